@@ -1,0 +1,51 @@
+"""`serialine` — one command, many subcommands. Each subcommand lives in its own module and is
+imported only when used, so a broken or heavy module never slows the others down."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help). The function takes argv (list[str]) and returns
+# an exit status.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "selftest": ("serialine.tools.selftest", "main", "protocol self-test: host <-> firmware in the MicroPython unix port over a pty"),
+    "sim": ("serialine.host.sim.cli", "main", "run a simulated line end to end"),
+    "batch": ("serialine.host.cli_batch", "main", "products, batches, serials: create, start, close, reconcile"),
+    "rework": ("serialine.host.cli_batch", "rework_main", "rework: remove, replace, disaggregate, decommission"),
+    "audit": ("serialine.host.cli_batch", "audit_main", "verify the hash-chained audit log"),
+    "epcis": ("serialine.host.epcis.cli", "main", "EPCIS export"),
+    "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
+    "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
+    "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items())
+    return f"usage: serialine COMMAND [ARGS...]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), end="")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"serialine: unknown command {name!r}\n\n{usage()}", end="", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            print(f"serialine: command {name!r} is not available in this build ({exc})", file=sys.stderr)
+            return 2
+        raise
+    return int(getattr(mod, func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

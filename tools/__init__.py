@@ -1,0 +1,1 @@
+"""Code generation, flashing, benchmarks and other maintenance tools."""
