@@ -466,11 +466,11 @@ _ENUMS = (Outcome, Reason, Verdict, Command, DeviceState, Alarm, ConfigResult, H
 ENUMS = _ENUMS
 
 
-def _canonical() -> str:
+def canonical_text(messages: list[Message] | None = None) -> str:
     """A text that changes whenever any byte-level definition changes (MAVLink CRC_EXTRA idea):
     message ids, names, sequencing, field names, types and sizes, and enum values."""
     lines = [f"v{PROTOCOL_VERSION} sof={SOF.hex()} max={MAX_PAYLOAD} crc=crc-32"]
-    for m in sorted(MESSAGES, key=lambda m: m.msg_type):
+    for m in sorted(MESSAGES if messages is None else messages, key=lambda m: m.msg_type):
         parts = []
         for f in flat_fields(m.payload):
             e = "" if f.enum is None else "{" + ",".join(f"{x.name}={x.value}" for x in f.enum) + "}"
@@ -479,14 +479,22 @@ def _canonical() -> str:
     return "\n".join(lines)
 
 
-FINGERPRINT = crc32(_canonical().encode())
+def fingerprint(messages: list[Message] | None = None) -> int:
+    return crc32(canonical_text(messages).encode())
+
+
+FINGERPRINT = fingerprint()
 
 
 # --- The reference codec (construct): slow, but the definition of right ---
 
 
 def build_frame(msg_type: int, seq: int, ack: int, fields: dict) -> bytes:
-    payload = BY_TYPE[msg_type].payload.build(fields)
+    msg = BY_TYPE[msg_type]
+    for f in field_specs(msg.payload):
+        if f.kind == "str_pascal" and len(fields[f.name]) > LOG_MAX_TEXT:
+            raise ValueError(f"{msg.name}.{f.name}: at most {LOG_MAX_TEXT} characters")
+    payload = msg.payload.build(fields)
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
     body = dict(length=len(payload), seq=seq, ack=ack, msg_type=msg_type, payload=payload)
