@@ -75,3 +75,18 @@ def test_cli_lists_commands_and_refuses_unknown(capsys):
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, "-m", "serialine.host.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "serialine COMMAND" in proc.stdout
+
+
+def test_shipped_standards_are_the_shared_originals(repo_root):
+    from serialine.host import standards
+
+    shared = repo_root.parent / "shared" / "standards"
+    if not shared.is_dir():
+        pytest.fail(f"{shared} is missing: CI and developers have shared/ beside the repository")
+    originals = sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file())
+    assert originals, "shared/standards is empty"
+    for rel in originals:
+        assert (standards.HERE / rel).read_bytes() == (shared / rel).read_bytes(), rel
+    for path in (standards.GS1_SYNTAX_DICTIONARY, standards.EPCIS_JSON_SCHEMA, standards.EPCIS_XSD_12,
+                 standards.EPCIS_XSD_20, standards.CAPTURE_OPENAPI, standards.EPCIS_CONTEXT):
+        assert path.is_file(), path
