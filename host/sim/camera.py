@@ -1,0 +1,85 @@
+"""The simulated camera (code reader): each trigger from the line reads what is printed on the pack
+in front of it and reports the result over TCP after its processing latency, sometimes wrongly.
+
+Line protocol (ASCII, unsolicited from the camera, one result per trigger, in trigger order):
+  camera< READ <n> <grade> <code>   n counts triggers from 1 since the camera started;
+                                    grade is ISO/IEC 15415 A..F (the host's minimum decides)
+  camera< NOREAD <n>
+  host>   PING                      camera< PONG
+
+Latency runs on the simulator's clock: `deliver(now_us)` sends every result that is due, so virtual
+time and real time use the same code."""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import random
+import threading
+
+from .line import mutate
+from .tcpline import LineServer
+
+
+class SimCamera(LineServer):
+    def __init__(self, latency_ms=6.0, jitter_ms=2.0, no_read=0.0, misread=0.0, low_grade=0.0,
+                 seed=0, **kw):
+        super().__init__(**kw)
+        self.latency_us, self.jitter_us = latency_ms * 1000, jitter_ms * 1000
+        self.rates = (("no_read", no_read), ("misread", misread), ("low_grade", low_grade))
+        self.rng = random.Random(seed)
+        self.triggers = 0
+        self._due: list[tuple[int, int, str]] = []  # (due t_us, n, line)
+        self._lock2 = threading.Lock()
+        self.delivered: list[tuple[int, int]] = []  # (n, t_us delivered)
+        self.lost = 0  # results nobody was connected to receive
+        self.faults = collections.Counter()
+
+    def handle(self, line: str) -> str:
+        return "PONG" if line == "PING" else "ERR unknown command"
+
+    def trigger(self, t_us: int, printed: str | None, smeared: bool) -> tuple[str | None, str]:
+        """Read the pack in front: returns (what was read or None, camera fault on a good print)."""
+        self.triggers += 1
+        n, fault = self.triggers, ""
+        if printed is None:
+            read, grade = None, ""
+        elif smeared:
+            read, grade = (printed, "D") if self.rng.random() < 0.5 else (None, "")
+        else:
+            read, grade, x = printed, "A", self.rng.random()
+            for name, rate in self.rates:
+                if x < rate:
+                    fault = name
+                    break
+                x -= rate
+            if fault == "no_read":
+                read = None
+            elif fault == "misread":
+                read = mutate(printed, self.rng)
+            elif fault == "low_grade":
+                grade = "D"
+        self.faults[fault or "ok"] += 1
+        line = f"NOREAD {n}" if read is None else f"READ {n} {grade} {read}"
+        due = t_us + max(0, round(self.latency_us + self.rng.uniform(-1, 1) * self.jitter_us))
+        with self._lock2:
+            heapq.heappush(self._due, (due, n, line))
+        return read, fault
+
+    def next_due(self) -> int | None:
+        with self._lock2:
+            return self._due[0][0] if self._due else None
+
+    def deliver(self, now_us: int) -> list[int]:
+        """Send every result due by now_us; returns their trigger numbers."""
+        out = []
+        while True:
+            with self._lock2:
+                if not self._due or self._due[0][0] > now_us:
+                    return out
+                due, n, line = heapq.heappop(self._due)
+            if self.send(line):
+                self.delivered.append((n, due))
+            else:
+                self.lost += 1
+            out.append(n)

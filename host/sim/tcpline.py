@@ -1,0 +1,98 @@
+"""A tiny line-oriented TCP server on loopback: one client at a time (a reconnecting host replaces
+the old connection), one thread reading its commands, `send()` for unsolicited lines."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class LineServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._sock = socket.create_server((host, port))
+        self.address = self._sock.getsockname()[:2]
+        self._client: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name=type(self).__name__)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def close(self):
+        self._closed = True
+        for s in (self._client, self._sock):
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def send(self, line: str) -> bool:
+        """Send one line to the client; False when nobody is connected (the line is lost)."""
+        with self._lock:
+            c = self._client
+            if c is None:
+                return False
+            try:
+                c.sendall(line.encode("ascii", "replace") + b"\n")
+                return True
+            except OSError:
+                self._client = None
+                self.connected.clear()
+                return False
+
+    def handle(self, line: str) -> str | None:  # pragma: no cover - overridden
+        return "ERR unknown command"
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if self._client is not None:
+                    self._client.close()
+                self._client = conn
+            self.connected.set()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket):
+        buf = b""
+        while True:
+            try:
+                chunk = conn.recv(4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                with self._lock:
+                    if self._client is conn:
+                        self._client = None
+                        self.connected.clear()
+                return
+            buf += chunk
+            while b"\n" in buf:
+                raw, buf = buf.split(b"\n", 1)
+                try:
+                    text = raw.decode("ascii").strip()
+                except UnicodeDecodeError:
+                    reply = "ERR not ascii"
+                else:
+                    reply = self.handle(text) if text else None
+                if reply is not None:
+                    with self._lock:
+                        try:
+                            conn.sendall(reply.encode() + b"\n")
+                        except OSError:
+                            pass

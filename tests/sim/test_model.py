@@ -1,0 +1,218 @@
+"""The simulator's own parts: scenarios, the physical line, the simulated coder and camera (real TCP
+on loopback). The line is driven here by a small position-tracking controller written in the test,
+so the model's physics (photo-eye edges, gate lead time, push window, confirm) are checked in isolation."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from serialine.host.sim import scenario as sc
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+from serialine.host.sim.line import Line
+
+
+def small(**kw) -> sc.Scenario:
+    return sc.Scenario(units=kw.pop("units", 40), **kw)
+
+
+class Tracker:
+    """Fires outputs by encoder position, like the firmware does; gate fired lead-compensated."""
+
+    def __init__(self, line: Line, lead_comp: bool = True, reject=lambda i: False):
+        self.line, self.units, self.lead_comp, self.reject = line, [], lead_comp, reject
+        self.fired: set[tuple[int, str]] = set()
+        self.gate_close_at = None
+
+    def run(self, step_us=100):
+        ln = self.line
+        t = 0
+        while not ln.done:
+            t += step_us
+            for e in ln.advance(t):
+                if e.name == "photo_eye" and e.level:
+                    self.units.append(ln.encoder)
+            v = ln.profile.speed(t) / 1e6  # counts/us
+            for i, pos in enumerate(self.units):
+                off = ln.encoder - pos
+                for name, at in (("coder", ln.coder_at), ("camera", ln.camera_at)):
+                    if off >= at and (i, name) not in self.fired:
+                        self.fired.add((i, name))
+                        ln.output(name, 1, t)
+                        ln.output(name, 0, t)
+                lead = v * ln.lead_us if self.lead_comp else 0
+                if self.reject(i) and off >= ln.gate_at - lead and (i, "gate") not in self.fired:
+                    self.fired.add((i, "gate"))
+                    ln.output("gate", 1, t)
+                    self.gate_close_at = t + 3000
+            if self.gate_close_at is not None and t >= self.gate_close_at:
+                ln.output("gate", 0, t)
+                self.gate_close_at = None
+
+
+def test_shipped_scenarios_load():
+    names = sc.names()
+    for need in ("nominal", "high-speed", "speed-ramp", "noisy-camera", "link-faults",
+                 "device-reboot", "host-crash", "bin-full"):
+        assert need in names
+        assert sc.load(need).name == need
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("units = 0", "units must be"),
+    ("colour = 1", "unknown key 'colour'"),
+    ("[line]\ncoder_at_mm = 900", "stations must be in order"),
+    ("[speed]\nprofile = 'warp'", "speed.profile"),
+    ("[defects]\nmisprint = 2", "rate"),
+    ("units = 'many'", "units must be int"),
+    ("units = [", "not valid TOML"),
+    ("[faults]\nlink_outages = [1]", "link_outages"),
+])
+def test_bad_scenarios_are_refused_clearly(text, msg):
+    with pytest.raises(sc.ScenarioError, match=msg):
+        sc.parse(text, "t.toml")
+
+
+def test_unknown_scenario_name():
+    with pytest.raises(sc.ScenarioError, match="shipped: .*nominal"):
+        sc.load("no-such-scenario")
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=60, deadline=None)
+def test_scenario_parser_never_crashes(text):
+    try:
+        sc.parse(text)
+    except sc.ScenarioError:
+        pass
+
+
+def test_photo_eye_sees_every_pack_once_in_order():
+    ln = Line(small(units=30))
+    edges = []
+    t = 0
+    while not ln.done:
+        t += 5000
+        edges += ln.advance(t)
+    pe = [e for e in edges if e.name == "photo_eye"]
+    assert [e.level for e in pe] == [1, 0] * 30
+    assert all(a.t_us <= b.t_us for a, b in zip(pe, pe[1:]))
+    assert all(p.detected_t is not None for p in ln.packs)
+
+
+def test_lead_compensated_gate_rejects_exactly_the_chosen_packs():
+    ln = Line(small(units=40))
+    chosen = {3, 4, 17, 39}
+    Tracker(ln, reject=lambda i: i in chosen).run()
+    assert {p.index for p in ln.packs if p.rejected} == chosen
+    assert ln.bin_count == 4
+    assert max(abs(g.error) for g in ln.gate_events) <= 2  # counts
+
+
+def test_uncompensated_gate_misses_at_speed():
+    # 8 ms lead at 1500 ppm is ~80 counts of travel, beyond the 60-count push window
+    s = small(units=20, ppm=1500.0)
+    ln = Line(s)
+    Tracker(ln, lead_comp=False, reject=lambda i: i == 5).run()
+    assert not ln.packs[5].rejected
+    assert ln.gate_events[0].error > ln.window
+
+
+def test_confirm_pulse_follows_each_push():
+    ln = Line(small(units=10))
+    confirms = []
+    tr = Tracker(ln, reject=lambda i: i in (2, 6))
+    orig = ln.advance
+    ln.advance = lambda t: [e for e in orig(t) if not (e.name == "confirm" and confirms.append(e))]
+    tr.run()
+    assert [e.level for e in confirms] == [1, 0, 1, 0]
+
+
+def test_same_seed_same_line_other_seed_other_line():
+    a, b, c = Line(small(seed=5)), Line(small(seed=5)), Line(small(seed=6))
+    assert [p.belt_at for p in a.packs] == [p.belt_at for p in b.packs]
+    assert [p.belt_at for p in a.packs] != [p.belt_at for p in c.packs]
+
+
+@pytest.mark.parametrize("profile", ["ramp", "stop-start"])
+def test_speed_profiles_still_reject_the_right_pack(profile):
+    s = sc.Scenario(units=60, ppm=900.0, speed=sc.Speed(profile=profile, run_units=20, stop_ms=200,
+                                                         ramp_units=40))
+    ln = Line(s)
+    speeds = {round(ln.profile.speed(t * 10_000)) for t in range(600)}
+    assert len(speeds) > 3  # the speed really varies
+    Tracker(ln, reject=lambda i: i % 7 == 0).run(step_us=50)
+    assert {p.index for p in ln.packs if p.rejected} == {i for i in range(60) if i % 7 == 0}
+
+
+def test_bin_full_edge_at_the_scenario_unit():
+    s = small(units=20, faults=sc.Faults(bin_full_at=12))
+    ln = Line(s)
+    edges = []
+    t = 0
+    while not ln.done:
+        t += 1000
+        edges += ln.advance(t)
+    full = [e for e in edges if e.name == "bin_full"]
+    assert len(full) == 1 and full[0].t_us == ln.packs[12].detected_t
+
+
+def _client(server):
+    c = socket.create_connection(server.address, timeout=5)
+    server.connected.wait(5)
+    return c, c.makefile("r")
+
+
+def test_coder_over_tcp_prints_buffer_head_and_reports_faults():
+    with SimCoder(misprint=0.5, seed=3) as coder:
+        c, r = _client(coder)
+        for i in range(4):
+            c.sendall(f"PUSH 0109506000134352217{i}\n".encode())
+            assert r.readline().strip() == f"OK {i + 1}"
+        c.sendall(b"PUSH two words\n")
+        assert r.readline().strip() == "ERR bad code"
+        jobs = [coder.trigger(t) for t in range(4)]
+        assert [j[0] for j in jobs] == [f"0109506000134352217{i}" for i in range(4)]
+        assert [r.readline().strip() for _ in range(4)] == [f"PRINTED {j[0]}" for j in jobs]
+        assert coder.trigger(9) is None and r.readline().strip() == "EMPTY"
+        assert 0 < sum(j[1] == "misprint" for j in jobs) < 4
+        c.close()
+
+
+def test_coder_refuses_overfill_and_changes_nothing():
+    with SimCoder() as coder:
+        c, r = _client(coder)
+        for _ in range(64):
+            c.sendall(b"PUSH X\n")
+            r.readline()
+        c.sendall(b"PUSH Y\nDEPTH\n")
+        assert r.readline().strip() == "ERR full" and r.readline().strip() == "OK 64"
+        c.close()
+
+
+def test_camera_delivers_on_the_simulator_clock_in_order():
+    with SimCamera(latency_ms=5, jitter_ms=0, seed=1) as cam:
+        c, r = _client(cam)
+        cam.trigger(1000, "CODE1", False)
+        cam.trigger(2000, None, False)
+        assert cam.deliver(5999) == []
+        assert cam.deliver(7000) == [1, 2]
+        assert r.readline().strip() == "READ 1 A CODE1"
+        assert r.readline().strip() == "NOREAD 2"
+        c.sendall(b"PING\n")
+        assert r.readline().strip() == "PONG"
+        c.close()
+
+
+def test_camera_faults_only_on_good_prints_and_at_their_rates():
+    cam = SimCamera(no_read=0.1, misread=0.1, low_grade=0.1, seed=2)
+    results = [cam.trigger(i, "010950600013435221ABC123", False) for i in range(2000)]
+    counts = {k: sum(f == k for _, f in results) for k in ("no_read", "misread", "low_grade")}
+    assert all(120 < v < 280 for v in counts.values()), counts
+    assert all(r is None for r, f in results if f == "no_read")
+    assert all(r != "010950600013435221ABC123" for r, f in results if f == "misread")
+    cam.close()
