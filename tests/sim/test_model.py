@@ -216,3 +216,40 @@ def test_camera_faults_only_on_good_prints_and_at_their_rates():
     assert all(r is None for r, f in results if f == "no_read")
     assert all(r != "010950600013435221ABC123" for r, f in results if f == "misread")
     cam.close()
+
+
+def _pty_pair_roundtrip(relay, payload: bytes) -> tuple[bytes, bytes]:
+    import serial
+
+    dev = serial.Serial(relay.device_path, timeout=0.5)
+    host = serial.Serial(relay.host_path, timeout=0.5)
+    try:
+        dev.write(payload)
+        got_host = host.read(len(payload))
+        host.write(payload)
+        got_dev = dev.read(len(payload))
+        return got_host, got_dev
+    finally:
+        dev.close()
+        host.close()
+
+
+def test_relay_is_transparent_without_faults():
+    from serialine.host.sim.faults import FaultyRelay
+
+    data = bytes(range(256)) * 4
+    with FaultyRelay() as relay:
+        assert _pty_pair_roundtrip(relay, data) == (data, data)
+
+
+def test_relay_corrupts_and_drops_at_its_rates_and_goes_dark():
+    from serialine.host.sim.faults import FaultyRelay
+
+    data = bytes(range(256)) * 8
+    with FaultyRelay(corrupt=0.02, loss=0.02, seed=4) as relay:
+        to_host, _ = _pty_pair_roundtrip(relay, data)
+        st = relay.stats["to_host"]
+        assert 10 < st.corrupted < 90 and 10 < st.dropped < 90
+        assert len(to_host) == len(data) - st.dropped and to_host != data
+        relay.dark = True
+        assert _pty_pair_roundtrip(relay, b"hello") == (b"", b"")
