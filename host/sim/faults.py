@@ -45,6 +45,8 @@ class FaultyRelay:
         self._host_m, self.host_path, self._host_s = open_pty()
         self.dark = False  # an outage: everything is lost both ways
         self.stats = {"to_host": LinkStats(), "to_device": LinkStats()}
+        # taps: called with the bytes each end will actually receive (after the faults)
+        self.taps = {"to_host": None, "to_device": None}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="FaultyRelay")
 
@@ -87,8 +89,7 @@ class FaultyRelay:
         return bytes(out)
 
     def _run(self):
-        route = {self._dev_m: (self._host_m, self.stats["to_host"]),
-                 self._host_m: (self._dev_m, self.stats["to_device"])}
+        route = {self._dev_m: (self._host_m, "to_host"), self._host_m: (self._dev_m, "to_device")}
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select(list(route), [], [], 0.05)
@@ -99,8 +100,10 @@ class FaultyRelay:
                     data = os.read(fd, 4096)
                 except OSError:
                     continue
-                dst, st = route[fd]
-                data = self.mangle(data, st)
+                dst, way = route[fd]
+                data = self.mangle(data, self.stats[way])
+                if data and self.taps[way] is not None:
+                    self.taps[way](data)
                 if data:
                     try:
                         os.write(dst, data)

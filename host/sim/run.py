@@ -1,0 +1,151 @@
+"""The orchestrator: one simulated batch, end to end.
+
+    line model ──encoder, photo-eye, confirm, bin──▶ firmware (MicroPython unix port, boards/sim)
+        ▲  ◀────────── coder/camera triggers, gate ──────┘        │ pty ─ FaultyRelay ─ pty
+        │                                                          ▼
+    SimCoder / SimCamera  ◀──── loopback TCP ────▶  host agent (own process) ──▶ SQLite, EPCIS
+
+Virtual time: the simulator owns the clock and jumps from one physical event to the next. It holds
+the clock (a barrier) while the host owes a verdict for a camera result it has delivered, so the
+outcome never depends on how fast this machine is, unless a fault makes the host absent (killed,
+link dark). Real time: the same loop on the wall clock, to measure latency and jitter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import parts
+from .camera import SimCamera
+from .coder import SimCoder
+from .faults import FaultPlan, FaultyRelay
+from .line import Line
+from .report import build
+from .scenario import Scenario
+from .wiretap import VerdictTap
+
+MAX_STEP_US = 250  # the longest virtual jump: the firmware sees the encoder at least this often
+BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
+
+
+class RunError(RuntimeError):
+    """The run could not start or finish (a part missing or refusing); the message says which."""
+
+
+def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = scenario
+    coder = SimCoder(misprint=s.defects.misprint, skip=s.defects.skip, smear=s.defects.smear,
+                     seed=s.seed * 7 + 1).start()
+    camera = SimCamera(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
+                       no_read=s.camera.no_read, misread=s.camera.misread,
+                       low_grade=s.camera.low_grade, seed=s.seed * 7 + 2).start()
+    relay = FaultyRelay(corrupt=s.faults.link_corrupt, loss=s.faults.link_loss, seed=s.seed * 7 + 3)
+    tap = VerdictTap()
+    relay.taps["to_device"] = tap
+    relay.start()
+    line = Line(s, coder=coder, camera=camera)
+    plan = FaultPlan(s.faults)
+    device = host = None
+    wall0 = time.monotonic()
+    stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0}
+    try:
+        device = parts.Device(relay.device_path, line, s, realtime=realtime)
+        host = parts.HostAgent(out, relay.host_path, coder.address, camera.address, s)
+        host.start()
+        device.start()
+        host.wait_ready(device)
+        _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
+        line.unprinted()
+        host.finish(device)
+        ledger = host.ledger()
+    finally:
+        for part in (device, host):
+            if part is not None:
+                part.close()
+        relay.close()
+        coder.close()
+        camera.close()
+    wall = time.monotonic() - wall0
+    extra = {"link": {k: vars(v) for k, v in relay.stats.items()}, "run": stats,
+             "coder_faults": dict(coder.faults), "camera_faults": dict(camera.faults),
+             "triggers_without_pack": line.triggers_without_pack}
+    return build(s, line, ledger, mode="realtime" if realtime else "virtual",
+                 virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
+
+
+def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console):
+    progress = _progress(console, s.units)
+    t0 = time.monotonic()
+    detected = 0
+    outage_until = None
+    owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
+    try:
+        while not line.done:
+            if realtime:
+                t = max(line.t + 1, int((time.monotonic() - t0) * 1e6))
+            else:
+                t = min(line.next_event_us(), line.t + MAX_STEP_US, device.next_wakeup_us(line.t))
+                due = camera.next_due()
+                if due is not None:
+                    t = max(line.t + 1, min(t, due))
+                # barrier: the host owes verdicts; do not run into their deadlines without them
+                if owed > tap.count() and host.present and not relay.dark:
+                    stats["barrier_waits"] += 1
+                    if not tap.wait_for(owed, BARRIER_TIMEOUT_S):
+                        stats["barrier_timeouts"] += 1
+                        owed = tap.count()
+            edges = line.advance(t)
+            for e in edges:
+                if e.name == "photo_eye" and e.level:
+                    for kind, arg in plan.due(detected):
+                        _fire(kind, arg, line, device, host, relay, tap, stats)
+                        if kind == "outage":
+                            outage_until = line.t + int(arg * 1000)
+                        if kind == "device_reboot":
+                            owed = 0
+                    detected += 1
+                    progress(detected)
+            for name, level, te in device.step(line.t, line.encoder, edges):
+                line.output(name, level, te)
+            owed += len(camera.deliver(line.t))
+            if outage_until is not None and line.t >= outage_until:
+                relay.dark, outage_until = False, None
+            host.check()
+            if realtime:
+                time.sleep(0.0002)
+    finally:
+        progress(None)
+
+
+def _fire(kind, arg, line, device, host, relay, tap, stats):
+    if kind == "outage":
+        relay.dark = True
+    elif kind == "device_reboot":
+        stats["device_reboots"] += 1
+        tap.reset()
+        device.reboot()
+    elif kind == "host_kill":
+        stats["host_restarts"] += 1
+        host.kill_and_restart()
+
+
+def _progress(console, total):
+    """A rich progress bar (or nothing when quiet); call with the count, None to finish."""
+    if console is None or console.quiet:
+        return lambda n: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task("packs", total=total)
+    bar.start()
+
+    def update(n):
+        if n is None:
+            bar.stop()
+        else:
+            bar.update(task, completed=n)
+
+    return update
