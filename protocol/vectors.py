@@ -1,0 +1,119 @@
+"""Shared test vectors, generated from the construct reference codec.
+
+    python -m serialine.protocol.vectors     # (re)write protocol/vectors.json
+
+Each vector: message name and type, seq, ack, the frame as hex, and its decoded fields as a flat
+list in schema order (CONFIG_REPORT's config flattened), exactly what fastcodec.decode returns and
+what firmware/wire.py's dec_<name> writes into `out`. Every message type gets edge cases: all
+zero, all maximum (strings at full length), signed minimum, values at the 2**30 wrap, and a
+typical one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from . import schema as S
+
+PATH = Path(__file__).resolve().parent / "vectors.json"
+
+
+def _int_value(f: S.FieldSpec, case: str, i: int) -> int:
+    bits = 8 * f.size
+    signed = f.fmt.islower()
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if case == "zero":
+        return 0
+    if case == "max":
+        return hi
+    if case == "min":
+        return lo if signed else 1
+    if case == "wrap":  # either side of the 2**30 wrap, alternating field by field
+        if bits == 32:
+            return S.WRAP - 1 if i % 2 == 0 else (S.WRAP if not signed else -S.WRAP)
+        return hi // 2 + 1
+    # typical: a real enum member, or a small distinctive number
+    if f.enum is not None:
+        members = list(f.enum)
+        return members[i % len(members)].value
+    return (1000 + 37 * i) if bits >= 16 else (i + 1) & 0xFF
+
+
+def _str_value(f: S.FieldSpec, case: str, i: int) -> str:
+    width = S.LOG_MAX_TEXT if f.kind == "str_pascal" else f.size
+    if case == "zero":
+        return ""
+    if case in ("max", "wrap"):
+        return "".join(chr(33 + (k * 7 + i) % 94) for k in range(width))  # printable, full length
+    return f"{f.name[:6]}-{i}"[:width]
+
+
+def _fields_for(m: S.Message, case: str) -> dict:
+    out = {}
+    i = 0
+    for f in S.field_specs(m.payload):
+        if f.kind == "struct":
+            sub = {}
+            for g in f.fields:
+                sub[g.name] = _int_value(g, case, i) if g.kind == "int" else _str_value(g, case, i)
+                i += 1
+            out[f.name] = sub
+        else:
+            out[f.name] = _int_value(f, case, i) if f.kind == "int" else _str_value(f, case, i)
+            i += 1
+    return out
+
+
+def flatten(m: S.Message, fields: dict) -> list:
+    """construct's nested field dict -> flat list in schema order."""
+    out = []
+    for f in S.field_specs(m.payload):
+        if f.kind == "struct":
+            out.extend(fields[f.name][g.name] for g in f.fields)
+        else:
+            out.append(fields[f.name])
+    return out
+
+
+CASES = (("zero", 0, 0), ("max", 255, 255), ("min", 1, 254), ("wrap", 128, 127), ("typical", 17, 42))
+
+
+def generate() -> list[dict]:
+    vectors = []
+    for m in S.MESSAGES:
+        for case, seq, ack in CASES:
+            if not m.sequenced:
+                seq = 0
+            fields = _fields_for(m, case)
+            frame = S.build_frame(m.msg_type, seq, ack, fields)
+            t, s, a, parsed = S.parse_frame(frame)  # the reference's own decoding is the truth
+            vectors.append(dict(name=m.name, msg_type=t, case=case, seq=s, ack=a, hex=frame.hex(),
+                                fields=flatten(m, parsed)))
+    return vectors
+
+
+def dumps(vectors: list[dict]) -> str:
+    return "[\n" + ",\n".join(json.dumps(v, sort_keys=True) for v in vectors) + "\n]\n"
+
+
+def load() -> list[dict]:
+    return json.loads(PATH.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    text = dumps(generate())
+    if "--check" in argv:
+        if not PATH.exists() or PATH.read_text() != text:
+            print(f"{PATH} is out of date: run python -m serialine.protocol.vectors", file=sys.stderr)
+            return 1
+        return 0
+    PATH.write_text(text)
+    print(f"wrote {PATH}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
