@@ -27,6 +27,7 @@ class Tracker:
         self.line, self.units, self.lead_comp, self.reject = line, [], lead_comp, reject
         self.fired: set[tuple[int, str]] = set()
         self.gate_close_at = None
+        self.base = 0  # index of units[0]
 
     def run(self, step_us=100):
         ln = self.line
@@ -36,9 +37,14 @@ class Tracker:
             for e in ln.advance(t):
                 if e.name == "photo_eye" and e.level:
                     self.units.append(ln.encoder)
+            if self.units and ln.encoder - self.units[0] > 2 * ln.gate_at:
+                self.base += 1
+                self.units.pop(0)
             v = ln.profile.speed(t) / 1e6  # counts/us
-            for i, pos in enumerate(self.units):
+            for i, pos in enumerate(self.units, self.base):
                 off = ln.encoder - pos
+                if off > ln.gate_at + ln.window:
+                    continue
                 for name, at in (("coder", ln.coder_at), ("camera", ln.camera_at)):
                     if off >= at and (i, name) not in self.fired:
                         self.fired.add((i, name))
