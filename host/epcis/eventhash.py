@@ -1,0 +1,102 @@
+"""CBV 2.0 event hash (`ni:///sha-256;…?ver=CBV2.0`) for the events this agent emits.
+
+The pre-hash string follows the CBV 2.0 algorithm as implemented by GS1's reference
+(`epcis-event-hash-generator`): fields in the canonical order, `name=value` pairs, list items
+sorted, EPC URIs replaced by constrained canonical GS1 Digital Link URIs, CBV short names by
+their web-vocabulary URLs, times in UTC at millisecond precision. Fields outside the canonical
+order (here: `ilmd`) follow as sorted `name=value` pairs. Only the fields our builders emit are
+accepted: an unknown field raises instead of silently giving a different hash upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timezone
+
+CBV = "https://ref.gs1.org/cbv/"
+_VOCAB_FIELDS = {"bizStep": "BizStep-", "disposition": "Disp-"}
+_ORDERED = ("eventTime", "eventTimeZoneOffset", "parentID", "epcList", "childEPCs", "action",
+            "bizStep", "disposition", "readPoint", "bizLocation")
+_IGNORED = {"type", "eventID", "recordTime", "@context"}
+_UNORDERED = {"ilmd"}
+
+_SGTIN = re.compile(r"^urn:epc:id:sgtin:(\d{6,12})\.(\d{1,7})\.(.{1,60})$")
+_SSCC = re.compile(r"^urn:epc:id:sscc:(\d{6,12})\.(\d{5,11})$")
+_SGLN = re.compile(r"^urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})\.(.{1,60})$")
+
+
+def check_digit(digits: str) -> int:
+    """GS1 mod-10 check digit of a key given without it (weights 3,1,... from the right)."""
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits)))
+    return (10 - total % 10) % 10
+
+
+def _dl_escape(text: str) -> str:
+    # GS1 Digital Link percent-encodes these; EPC URIs already escaped the rest
+    for ch, esc in (("!", "%21"), ("(", "%28"), (")", "%29"), ("*", "%2A"), ("+", "%2B"),
+                    (",", "%2C"), (":", "%3A")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def canonical_uri(uri: str) -> str:
+    """EPC URI -> constrained canonical GS1 Digital Link URI; other values unchanged."""
+    if m := _SGTIN.match(uri):
+        prefix, item, serial = m.groups()
+        raw = item[:1] + prefix + item[1:]
+        return f"https://id.gs1.org/01/{raw}{check_digit(raw)}/21/{_dl_escape(serial)}"
+    if m := _SSCC.match(uri):
+        prefix, ref = m.groups()
+        raw = ref[:1] + prefix + ref[1:]
+        return f"https://id.gs1.org/00/{raw}{check_digit(raw)}"
+    if m := _SGLN.match(uri):
+        prefix, loc, ext = m.groups()
+        gln = prefix + loc
+        base = f"https://id.gs1.org/414/{gln}{check_digit(gln)}"
+        return base if ext == "0" else f"{base}/254/{_dl_escape(ext)}"
+    return uri
+
+
+def _canonical_value(value: str) -> str:
+    value = value.strip()
+    try:  # numbers lose leading zeros, '+' and '.0', as in the reference
+        number = float(value)
+        value = str(int(number) if number == int(number) else number)
+    except (ValueError, OverflowError):
+        pass
+    return canonical_uri(value)
+
+
+def canonical_time(text: str) -> str:
+    when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prehash(event: dict) -> str:
+    unknown = set(event) - set(_ORDERED) - _IGNORED - _UNORDERED
+    if unknown:
+        raise ValueError(f"event hash: unsupported field(s) {sorted(unknown)}")
+    parts = ["eventType=" + event["type"]]
+    for name in _ORDERED:
+        if name not in event:
+            continue
+        value = event[name]
+        if name == "eventTime":
+            parts.append(f"eventTime={canonical_time(value)}")
+        elif name in ("epcList", "childEPCs"):
+            if value:
+                parts.append(name + "".join(sorted(f"epc={_canonical_value(v)}" for v in value)))
+        elif name in ("readPoint", "bizLocation"):
+            parts.append(f"{name}id={_canonical_value(value['id'])}")
+        elif name in _VOCAB_FIELDS and ":" not in value:
+            parts.append(f"{name}={CBV}{_VOCAB_FIELDS[name]}{value}")
+        else:
+            parts.append(f"{name}={_canonical_value(value)}")
+    if "ilmd" in event:
+        fields = sorted(f"{k}={_canonical_value(str(v))}" for k, v in event["ilmd"].items())
+        parts.append("ilmd" + "".join(fields))
+    return "".join(parts)
+
+
+def event_hash(event: dict) -> str:
+    return f"ni:///sha-256;{hashlib.sha256(prehash(event).encode()).hexdigest()}?ver=CBV2.0"

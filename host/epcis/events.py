@@ -1,0 +1,161 @@
+"""EPCIS 2.0 JSON-LD events (CBV 2.0 vocabulary) for what the ledger records.
+
+Each builder returns one event as a plain dict, ready for a document (`document.py`) or the
+outbox, with its `eventID` set to the CBV 2.0 event hash: the same fact always gets the same ID,
+so a resend is recognisable upstream. Builders check their input and raise ValueError."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from serialine.host.epcis.eventhash import check_digit, event_hash
+
+# CBV 2.0 bizStep and disposition per kind of decommissioning (ObjectEvent DELETE)
+DECOMMISSION_KINDS = {
+    "destroyed": ("destroying", "destroyed"),
+    "sampled": ("sampling", "non_sellable_other"),
+    "decommissioned": ("decommissioning", "inactive"),
+}
+
+# GS1 AI 21 serials use the 82-character set; the EPC URI escapes " % & / < > ?
+_CSET82 = re.compile(r'^[!"%&\'()*+,\-./0-9:;<=>?A-Z_a-z]{1,20}$')
+_URI_ESCAPES = {c: f"%{ord(c):02X}" for c in '"%&/<>?'}
+_OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where events happen (SGLN URNs from configuration) and the site's time-zone offset."""
+    read_point: str
+    biz_location: str
+    tz_offset: str = "+00:00"
+
+    def __post_init__(self):
+        for name in ("read_point", "biz_location"):
+            if not str(getattr(self, name)).startswith("urn:epc:id:sgln:"):
+                raise ValueError(f"{name} must be an SGLN EPC URI, got {getattr(self, name)!r}")
+        if not _OFFSET.match(self.tz_offset):
+            raise ValueError(f"tz_offset must look like +01:00, got {self.tz_offset!r}")
+
+    @property
+    def tzinfo(self) -> timezone:
+        sign = -1 if self.tz_offset[0] == "-" else 1
+        hours, minutes = int(self.tz_offset[1:3]), int(self.tz_offset[4:6])
+        return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def _key_digits(value: str, length: int, what: str) -> str:
+    value = str(value)
+    if not value.isdigit() or len(value) != length:
+        raise ValueError(f"{what} must be {length} digits, got {value!r}")
+    if check_digit(value[:-1]) != int(value[-1]):
+        raise ValueError(f"{what} {value} has a wrong check digit")
+    return value
+
+
+def _prefix_len(company_prefix_len: int) -> int:
+    if not isinstance(company_prefix_len, int) or not 6 <= company_prefix_len <= 12:
+        raise ValueError(f"company prefix length must be 6..12, got {company_prefix_len!r}")
+    return company_prefix_len
+
+
+def sgtin_urn(gtin: str, serial: str, company_prefix_len: int) -> str:
+    """urn:epc:id:sgtin:CompanyPrefix.IndicatorItemRef.Serial (GS1 EPC TDS)."""
+    gtin = str(gtin).zfill(14) if str(gtin).isdigit() and len(str(gtin)) in (8, 12, 13) else gtin
+    gtin = _key_digits(gtin, 14, "GTIN")
+    n = _prefix_len(company_prefix_len)
+    if not _CSET82.match(str(serial)):
+        raise ValueError(f"serial must be 1..20 GS1 AI 21 characters, got {serial!r}")
+    escaped = "".join(_URI_ESCAPES.get(c, c) for c in serial)
+    return f"urn:epc:id:sgtin:{gtin[1:1 + n]}.{gtin[0]}{gtin[1 + n:13]}.{escaped}"
+
+
+def sscc_urn(sscc: str, company_prefix_len: int) -> str:
+    """urn:epc:id:sscc:CompanyPrefix.ExtensionSerialRef (GS1 EPC TDS)."""
+    sscc = _key_digits(sscc, 18, "SSCC")
+    n = _prefix_len(company_prefix_len)
+    return f"urn:epc:id:sscc:{sscc[1:1 + n]}.{sscc[0]}{sscc[1 + n:17]}"
+
+
+def sgln_urn(gln: str, company_prefix_len: int, extension: str = "0") -> str:
+    """urn:epc:id:sgln:CompanyPrefix.LocationRef.Extension (for read point / business location)."""
+    gln = _key_digits(gln, 13, "GLN")
+    n = _prefix_len(company_prefix_len)
+    return f"urn:epc:id:sgln:{gln[:n]}.{gln[n:12]}.{extension}"
+
+
+def _time(ctx: Context, when: datetime) -> str:
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise ValueError(f"event time must be a timezone-aware datetime, got {when!r}")
+    local = when.astimezone(ctx.tzinfo)
+    return local.isoformat(timespec="milliseconds")
+
+
+def _epcs(epcs, what: str) -> list[str]:
+    epcs = list(epcs)
+    if not epcs:
+        raise ValueError(f"{what}: at least one EPC is required")
+    for epc in epcs:
+        if not isinstance(epc, str) or not epc.startswith("urn:epc:id:"):
+            raise ValueError(f"{what}: not an EPC URI: {epc!r}")
+    if len(set(epcs)) != len(epcs):
+        raise ValueError(f"{what}: duplicate EPCs")
+    return epcs
+
+
+def _finish(ctx: Context, event: dict, **tail) -> dict:
+    event["readPoint"] = {"id": ctx.read_point}
+    event["bizLocation"] = {"id": ctx.biz_location}
+    event.update(tail)
+    event["eventID"] = event_hash(event)
+    return event
+
+
+def _head(kind: str, ctx: Context, when: datetime) -> dict:
+    return {"type": kind, "eventTime": _time(ctx, when), "eventTimeZoneOffset": ctx.tz_offset}
+
+
+def commissioning(ctx: Context, epcs, lot: str, expiry: date, when: datetime) -> dict:
+    """ObjectEvent ADD, bizStep commissioning, disposition active, ILMD lot + expiry."""
+    if not isinstance(lot, str) or not _CSET82.match(lot):
+        raise ValueError(f"lot must be 1..20 GS1 AI 10 characters, got {lot!r}")
+    if not isinstance(expiry, date) or isinstance(expiry, datetime):
+        raise ValueError(f"expiry must be a date, got {expiry!r}")
+    event = _head("ObjectEvent", ctx, when)
+    event.update(epcList=_epcs(epcs, "commissioning"), action="ADD", bizStep="commissioning",
+                 disposition="active")
+    ilmd = {"cbvmda:lotNumber": lot, "cbvmda:itemExpirationDate": expiry.isoformat()}
+    return _finish(ctx, event, ilmd=ilmd)
+
+
+def _aggregation(ctx, parent, children, when, action, biz_step) -> dict:
+    parent = _epcs([parent], biz_step)[0]
+    event = _head("AggregationEvent", ctx, when)
+    event.update(parentID=parent, childEPCs=_epcs(children, biz_step), action=action,
+                 bizStep=biz_step, disposition="in_progress")
+    if parent in event["childEPCs"]:
+        raise ValueError(f"{biz_step}: {parent} cannot contain itself")
+    return _finish(ctx, event)
+
+
+def packing(ctx: Context, parent: str, children, when: datetime) -> dict:
+    """AggregationEvent ADD: children (SGTINs or SSCCs) put into the parent SSCC."""
+    return _aggregation(ctx, parent, children, when, "ADD", "packing")
+
+
+def unpacking(ctx: Context, parent: str, children, when: datetime) -> dict:
+    """AggregationEvent DELETE: children taken out of the parent SSCC (rework)."""
+    return _aggregation(ctx, parent, children, when, "DELETE", "unpacking")
+
+
+def decommissioning(ctx: Context, epcs, kind: str, when: datetime) -> dict:
+    """ObjectEvent DELETE: destroyed | sampled | decommissioned, with the matching CBV terms."""
+    if kind not in DECOMMISSION_KINDS:
+        raise ValueError(f"kind must be one of {sorted(DECOMMISSION_KINDS)}, got {kind!r}")
+    biz_step, disposition = DECOMMISSION_KINDS[kind]
+    event = _head("ObjectEvent", ctx, when)
+    event.update(epcList=_epcs(epcs, kind), action="DELETE", bizStep=biz_step,
+                 disposition=disposition)
+    return _finish(ctx, event)
