@@ -1,0 +1,351 @@
+"""Host end of the reliable link (go-back-N, Klipper-like), over pyserial.
+
+The host acks a device event only after the application says it is durably stored:
+`poll()` hands delivered messages to the caller, the caller commits them and calls
+`ack_delivered()`; only then does the ack number sent to the device advance.
+Host->device sequenced messages are kept until the device acks them and resent after an RTO
+with exponential backoff. See docs/link.md for the state machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+
+import serial
+
+from serialine.protocol import schema
+from serialine.protocol.schema import (
+    BY_NAME,
+    BY_TYPE,
+    CRC_SIZE,
+    FINGERPRINT,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    PROTOCOL_VERSION,
+    SOF,
+    HelloStatus,
+    crc32,
+)
+
+try:  # the fast struct codec, when it has landed; construct is the reference otherwise
+    from serialine.protocol import fastcodec as _fast
+except ImportError:  # pragma: no cover - only before the codec exists
+    _fast = None
+
+MSG_ACK = BY_NAME["ACK"].msg_type
+MSG_HELLO = BY_NAME["HELLO"].msg_type
+MSG_HELLO_REPLY = BY_NAME["HELLO_REPLY"].msg_type
+MSG_PING = BY_NAME["PING"].msg_type
+MSG_PONG = BY_NAME["PONG"].msg_type
+
+
+class LinkError(Exception):
+    """The link could not be opened or was lost; the message says why."""
+
+
+class FingerprintMismatch(LinkError):
+    """Host and device were built from different schemas (or protocol versions)."""
+
+
+def encode(msg_type: int, seq: int, ack: int, fields: dict) -> bytes:
+    if _fast is not None:
+        return _fast.encode(msg_type, seq, ack, tuple(fields[n] for n in _fast.FIELDS[msg_type]))
+    return schema.build_frame(msg_type, seq, ack, fields)
+
+
+def decode(frame: bytes) -> tuple[int, int, int, dict]:
+    if _fast is not None:
+        t, seq, ack, values = _fast.decode(frame)
+        return t, seq, ack, _fast.as_dict(t, values)
+    return schema.parse_frame(frame)
+
+
+class Deframer:
+    """Splits a byte stream into CRC-valid frames; resynchronises on the next SOF after garbage.
+    Never yields a frame whose CRC fails; counts what it threw away."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.bad_frames = 0  # complete-looking frames whose CRC or length was wrong
+        self.garbage_bytes = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        out = []
+        buf = self.buf
+        while True:
+            i = buf.find(SOF)
+            if i < 0:
+                keep = 1 if buf[-1:] == SOF[:1] else 0
+                self.garbage_bytes += len(buf) - keep
+                del buf[: len(buf) - keep]
+                break
+            if i:
+                self.garbage_bytes += i
+                del buf[:i]
+            if len(buf) < HEADER_SIZE:
+                break
+            length = buf[2]
+            if length > MAX_PAYLOAD or buf[5] not in BY_TYPE:
+                self.bad_frames += 1
+                del buf[:1]
+                continue
+            n = HEADER_SIZE + length + CRC_SIZE
+            if len(buf) < n:
+                break
+            body = bytes(buf[2 : n - CRC_SIZE])
+            if crc32(body) != int.from_bytes(buf[n - CRC_SIZE : n], "little"):
+                self.bad_frames += 1
+                del buf[:1]  # maybe a SOF inside this one starts a real frame
+                continue
+            out.append(bytes(buf[:n]))
+            del buf[:n]
+        return out
+
+
+class HostLink:
+    """`HostLink(port_path)`; `connect(timeout)` -> hello dict; `poll(timeout)` -> delivered
+    [(msg_name, fields)]; `ack_delivered()` after storing them; `send(msg_name, fields)`."""
+
+    def __init__(self, port_path: str, *, baudrate: int = 115200, window: int = 32,
+                 rto: float = 0.05, rto_max: float = 1.0, ping_interval: float = 0.5,
+                 timeout: float = 2.0, hello_timeout: float = 0.5,
+                 fingerprint: int = FINGERPRINT, proto_version: int = PROTOCOL_VERSION) -> None:
+        if not 0 < window < 128:
+            raise ValueError("window must be 1..127 (seq numbers are modulo 256)")
+        self.port = serial.Serial(port_path, baudrate=baudrate, timeout=0)
+        self.window, self.rto_min, self.rto_max = window, rto, rto_max
+        self.ping_interval, self.timeout, self.hello_timeout = ping_interval, timeout, hello_timeout
+        self.fingerprint, self.proto_version = fingerprint, proto_version
+        self.deframer = Deframer()
+        self.up = False
+        self.hello: dict | None = None
+        self.state = "closed"  # closed -> hello_sent -> open (docs/link.md)
+        # receive side: rx_expected = next device seq to deliver; ack_upto = what we have acked
+        self.rx_expected = 0
+        self.ack_upto = 0
+        self.delivered_unacked = 0
+        # send side: unacked host->device messages as (msg_type, fields); tx_base = seq of [0]
+        self.txq: deque[tuple[int, dict]] = deque()
+        self.tx_base = 0
+        self.tx_sent = 0  # how many of txq are in flight
+        self.rto = rto
+        self.tx_timer = 0.0
+        self.last_rx = 0.0
+        self.last_ping = 0.0
+        self.hello_sent_at = 0.0
+        self.ping_nonce = 0
+        self.ping_sent: dict[int, float] = {}
+        self.rtts: list[float] = []  # seconds, from PING/PONG
+        # counters
+        self.frames_in = 0
+        self.frames_out = 0
+        self.retransmits = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+        self.sessions = 0
+        self.links_lost = 0
+        self.last_status: dict | None = None
+        self.error: LinkError | None = None
+        self._early: list[tuple[str, dict]] = []
+
+    # --- public API ---
+
+    @property
+    def bad_frames(self) -> int:
+        return self.deframer.bad_frames
+
+    def close(self) -> None:
+        self.port.close()
+
+    def connect(self, timeout: float = 5.0) -> dict:
+        """Open a session with HELLO; returns the device's HELLO_REPLY fields.
+        Raises FingerprintMismatch when the schemas differ, LinkError when nobody answers."""
+        self._start_hello(time.monotonic())
+        deadline = time.monotonic() + timeout
+        while self.state != "open":
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                raise LinkError(f"no HELLO_REPLY from the device on {self.port.port} "
+                                f"within {timeout:g} s")
+            self._step(0.02, self._early)
+        return dict(self.hello)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[str, dict]]:
+        """Read, retransmit, heartbeat; return the messages delivered in order since the last
+        call (each exactly once per session). Call ack_delivered() once they are stored."""
+        out, self._early = self._early, []  # anything that arrived during connect()
+        end = time.monotonic() + timeout
+        while True:
+            self._step(max(0.0, min(0.02, end - time.monotonic())), out)
+            if self.error is not None:
+                err, self.error = self.error, None
+                raise err
+            if out or time.monotonic() >= end:
+                return out
+
+    def ack_delivered(self) -> None:
+        """Everything poll() returned so far is durably stored: let the device forget it."""
+        if self.delivered_unacked:
+            self.ack_upto = (self.ack_upto + self.delivered_unacked) & 0xFF
+            self.delivered_unacked = 0
+            if self.state == "open":
+                self._write(encode(MSG_ACK, 0, self.ack_upto, {}))
+
+    def send(self, msg_name: str, fields: dict) -> None:
+        """Queue a host->device message. Sequenced ones are resent until the device acks them."""
+        msg = BY_NAME[msg_name]
+        frame = encode(msg.msg_type, 0, 0, fields)  # validate now: bad input raises, changes nothing
+        if not msg.sequenced:
+            self._write(frame)
+            return
+        self.txq.append((msg.msg_type, dict(fields)))
+        if self.state == "open":
+            self._send_window(time.monotonic())
+
+    @property
+    def tx_pending(self) -> int:
+        return len(self.txq)
+
+    def counters(self) -> dict:
+        return dict(frames_in=self.frames_in, frames_out=self.frames_out,
+                    retransmits=self.retransmits, bad_frames=self.bad_frames,
+                    garbage_bytes=self.deframer.garbage_bytes, duplicates=self.duplicates,
+                    out_of_order=self.out_of_order, sessions=self.sessions,
+                    links_lost=self.links_lost)
+
+    # --- machinery ---
+
+    def _write(self, frame: bytes) -> None:
+        self.port.write(frame)
+        self.frames_out += 1
+
+    def _start_hello(self, now: float) -> None:
+        self.state = "hello_sent"
+        self.hello_sent_at = now
+        self._write(encode(MSG_HELLO, 0, 0, dict(fingerprint=self.fingerprint,
+                                                 proto_version=self.proto_version)))
+
+    def _open_session(self, fields: dict, now: float) -> None:
+        if fields["fingerprint"] != self.fingerprint or fields["proto_version"] != self.proto_version:
+            self.state = "closed"
+            self.error = FingerprintMismatch(
+                f"device schema fingerprint 0x{fields['fingerprint']:08x} protocol version "
+                f"{fields['proto_version']}, host fingerprint 0x{self.fingerprint:08x} protocol "
+                f"version {self.proto_version}: host and device were built from different "
+                f"schemas; refusing to talk")
+            return
+        if fields["status"] != HelloStatus.OK:
+            self.state = "closed"
+            self.error = FingerprintMismatch(
+                f"device refused the session: {HelloStatus(fields['status']).name}")
+            return
+        # both sides restart numbering at 0; undelivered device events come again, renumbered;
+        # our unacked messages are resent from seq 0 (handlers on the device are idempotent)
+        self.state, self.up, self.hello = "open", True, fields
+        self.sessions += 1
+        self.rx_expected = self.ack_upto = self.delivered_unacked = 0
+        self._early.clear()  # delivered in the old session but never acked: they come again
+        self.tx_base, self.tx_sent, self.rto = 0, 0, self.rto_min
+        self.last_rx = self.last_ping = now
+        self._send_window(now)
+
+    def _send_window(self, now: float) -> None:
+        while self.tx_sent < min(len(self.txq), self.window):
+            msg_type, fields = self.txq[self.tx_sent]
+            seq = (self.tx_base + self.tx_sent) & 0xFF
+            if self.tx_sent == 0:
+                self.tx_timer = now
+            self._write(encode(msg_type, seq, self.ack_upto, fields))
+            self.tx_sent += 1
+
+    def _on_ack(self, ack: int, now: float) -> None:
+        n = (ack - self.tx_base) & 0xFF
+        if 0 < n <= self.tx_sent:  # anything else is stale or bogus
+            for _ in range(n):
+                self.txq.popleft()
+            self.tx_base, self.tx_sent = ack, self.tx_sent - n
+            self.rto, self.tx_timer = self.rto_min, now  # progress: reset backoff
+
+    def _step(self, wait: float, out: list) -> None:
+        now = time.monotonic()
+        data = self.port.read(4096)
+        if not data and wait > 0:
+            time.sleep(wait)
+            now = time.monotonic()
+            data = self.port.read(4096)
+        for frame in self.deframer.feed(data) if data else ():
+            self._on_frame(frame, now, out)
+        self._timers(now)
+
+    def _on_frame(self, frame: bytes, now: float, out: list) -> None:
+        try:
+            msg_type, seq, ack, fields = decode(frame)
+        except Exception:  # CRC-valid but not a valid message of this schema
+            self.deframer.bad_frames += 1
+            return
+        self.frames_in += 1
+        if msg_type == MSG_HELLO_REPLY:
+            if self.state == "hello_sent":
+                self._open_session(fields, now)
+            return  # a late duplicate reply to a HELLO we already had answered: ignore
+        if self.state != "open":
+            return  # frames from before this session
+        self.last_rx = now
+        self._on_ack(ack, now)
+        msg = BY_TYPE[msg_type]
+        if msg_type == MSG_PONG:
+            sent = self.ping_sent.pop(fields["nonce"], None)
+            if sent is not None:
+                self.rtts.append(now - sent)
+        elif msg.name == "STATUS":
+            self.last_status = fields
+        if not msg.sequenced:
+            return
+        if seq == self.rx_expected:
+            self.rx_expected = (seq + 1) & 0xFF
+            self.delivered_unacked += 1
+            out.append((msg.name, fields))
+        else:
+            if (self.rx_expected - seq) & 0xFF <= 128:
+                self.duplicates += 1  # already have it (delivered, maybe not yet acked)
+            else:
+                self.out_of_order += 1  # a gap: something before it was lost
+            self._write(encode(MSG_ACK, 0, self.ack_upto, {}))
+
+    def _timers(self, now: float) -> None:
+        if self.state == "hello_sent":
+            if now - self.hello_sent_at > self.hello_timeout:
+                self._start_hello(now)  # reply lost (or no device yet): ask again
+            return
+        if self.state != "open":
+            return
+        if now - self.last_rx > self.timeout:
+            self.up = False
+            self.links_lost += 1
+            self._start_hello(now)  # reconnect: a new session, unacked events are resent
+            return
+        if now - self.last_ping >= self.ping_interval:
+            self.last_ping = now
+            self.ping_nonce = (self.ping_nonce + 1) & 0xFFFFFFFF
+            self.ping_sent[self.ping_nonce] = now
+            if len(self.ping_sent) > 64:  # lost PONGs: forget the oldest
+                self.ping_sent.pop(next(iter(self.ping_sent)))
+            self._write(encode(MSG_PING, 0, self.ack_upto,
+                               dict(nonce=self.ping_nonce, host_ms=int(now * 1000) & 0xFFFFFFFF)))
+        if self.tx_sent and now - self.tx_timer > self.rto:
+            self.retransmits += self.tx_sent  # go back N: resend everything in flight
+            self.tx_sent = 0
+            self.rto = min(self.rto * 2, self.rto_max)
+            self._send_window(now)
+            self.tx_timer = now
+        else:
+            self._send_window(now)
+
+
+def open_port_pair() -> tuple[int, str]:  # pragma: no cover - convenience for tools
+    master, slave = os.openpty()
+    return master, os.ttyname(slave)
