@@ -117,6 +117,9 @@ class Line:
         self.confirm_delay_us = round(L.confirm_delay_mm / (self.profile.full_cps / c) * 1e6)
         self.coder, self.camera = coder, camera
         self.t = 0
+        self.pt = 0.0  # profile time: stands still while the device holds the line stopped
+        self.run_factor = 1.0  # 1 running, 0 stopped by the device (line stop), ramps between
+        self.line_stop = False
         self.belt = 0.0  # belt position, counts (float; the encoder reads its floor)
         # packs: the first enters after one pitch, so the device has time to start
         self.packs: list[Pack] = []
@@ -156,7 +159,7 @@ class Line:
     def next_event_us(self) -> int:
         """The next time the physical world changes something the device sees, for time jumps."""
         cands = [self.t + 1_000_000]
-        v = self.profile.speed(self.t)
+        v = self.speed()
         if self._pe_next < len(self.packs) and v > 0:
             cands.append(self.t + int((self.packs[self._pe_next].belt_at - self.belt) / v * 1e6))
         if self._pe_tail is not None and v > 0:
@@ -172,7 +175,10 @@ class Line:
             t1 = min(t_us, self.t + SUBSTEP_US)
             if self._gate_cmds and self._gate_cmds[0][0] < t1:
                 t1 = max(self.t + 1, self._gate_cmds[0][0])
-            v0, v1 = self.profile.speed(self.t), self.profile.speed(t1)
+            v0 = self.speed()
+            self._run_factor(t1 - self.t)
+            self.pt += (t1 - self.t) * self.run_factor
+            v1 = self.speed()
             b0, b1 = self.belt, self.belt + (v0 + v1) / 2 * (t1 - self.t) / 1e6
             self._photo_eye(b0, b1, self.t, t1)
             if self.gate_out:
@@ -191,6 +197,14 @@ class Line:
         out = [e for e in self._pending if e.t_us <= t_us]
         self._pending = [e for e in self._pending if e.t_us > t_us]
         return sorted(out, key=lambda e: e.t_us)
+
+    def speed(self) -> float:
+        """Belt speed now, counts/s."""
+        return self.profile.speed(self.pt) * self.run_factor
+
+    def _run_factor(self, dt: float) -> None:
+        k = dt / self.profile.accel_us
+        self.run_factor = max(0.0, self.run_factor - k) if self.line_stop else min(1.0, self.run_factor + k)
 
     def _at(self, target: float, b0: float, b1: float, t0: int, t1: int) -> int:
         return t0 if b1 == b0 else t0 + round((target - b0) / (b1 - b0) * (t1 - t0))
@@ -249,10 +263,15 @@ class Line:
     # --- the device's outputs ---
     def output(self, name: str, level: int, t_us: int) -> None:
         """An output edge from the device at t_us (<= the current time is fine)."""
+        if name in ("gate_open", "gate_close"):
+            name, level = "gate", int(name == "gate_open")
+        if name in ("stop_on", "stop_off"):
+            self.line_stop = name == "stop_on"
+            return
         if name == "gate":
             self._gate_cmds.append((t_us + self.lead_us, level))
             self._gate_cmds.sort()
-        elif level and name in ("coder", "camera"):
+        elif level and name in ("coder", "camera"):  # a trigger is an edge: level 1 fires
             at = self.coder_at if name == "coder" else self.camera_at
             p = self._nearest(at, self.s.line.pitch_mm * self.s.line.counts_per_mm / 2)
             if p is None:

@@ -40,7 +40,7 @@ class Tracker:
             if self.units and ln.encoder - self.units[0] > 2 * ln.gate_at:
                 self.base += 1
                 self.units.pop(0)
-            v = ln.profile.speed(t) / 1e6  # counts/us
+            v = ln.speed() / 1e6  # counts/us
             for i, pos in enumerate(self.units, self.base):
                 off = ln.encoder - pos
                 if off > ln.gate_at + ln.window:
@@ -259,3 +259,16 @@ def test_relay_corrupts_and_drops_at_its_rates_and_goes_dark():
         assert len(to_host) == len(data) - st.dropped and to_host != data
         relay.dark = True
         assert _pty_pair_roundtrip(relay, b"hello") == (b"", b"")
+
+
+def test_a_line_stop_from_the_device_halts_the_belt_and_a_release_restarts_it():
+    ln = Line(small(units=10))
+    ln.advance(200_000)
+    ln.output("stop_on", 1, ln.t)
+    ln.advance(400_000)  # accel_ms is 100: stopped well before this
+    b = ln.belt
+    ln.advance(900_000)
+    assert ln.belt == b and ln.speed() == 0
+    ln.output("stop_off", 1, ln.t)
+    ln.advance(1_100_000)
+    assert ln.belt > b and ln.speed() == ln.profile.full_cps
