@@ -1,0 +1,52 @@
+"""Store-and-forward: delivers the outbox upstream, in order per batch, in documents of up to
+`doc_size` events. A document counts as delivered only after the sink confirmed it; then its rows
+are marked in SQLite, so a crash before that means a resend (at-least-once; the eventIDs make it
+idempotent upstream). A failure keeps the rows, records the sink's message and schedules the
+next try with exponential backoff; the batch waits, later batches still go."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+from serialine.host.epcis import document as doc, outbox
+from serialine.host.epcis.sinks import SinkError
+
+
+class Forwarder:
+    def __init__(self, conn: sqlite3.Connection, sink, doc_size: int = 100,
+                 backoff_base: float = 1.0, backoff_max: float = 300.0, clock=time.time):
+        if doc_size < 1:
+            raise ValueError("doc_size must be at least 1")
+        self.conn, self.sink, self.doc_size = conn, sink, doc_size
+        self.backoff_base, self.backoff_max, self.clock = backoff_base, backoff_max, clock
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds to wait after the `attempts`-th failure in a row: base * 2^(attempts-1), capped."""
+        return min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
+
+    def run_once(self) -> int:
+        """Deliver everything that is due now; returns the number of events delivered."""
+        delivered = 0
+        for batch_id in outbox.pending_batches(self.conn):
+            while (chunk := outbox.next_chunk(self.conn, batch_id, self.doc_size, self.clock())):
+                seqs = [seq for seq, _, _ in chunk]
+                try:
+                    self.sink.send(doc.epcis_document([event for _, _, event in chunk]),
+                                   f"{batch_id}-{seqs[0]:012d}")
+                except SinkError as exc:
+                    (attempts,) = self.conn.execute(
+                        "SELECT attempts FROM epcis_outbox WHERE seq = ?", (seqs[0],)).fetchone()
+                    outbox.record_failure(self.conn, seqs, str(exc),
+                                          self.clock() + self.backoff(attempts + 1))
+                    break
+                outbox.mark_delivered(self.conn, seqs, self.clock())
+                delivered += len(seqs)
+        return delivered
+
+    def run(self, stop: threading.Event, idle: float = 0.5) -> None:
+        """Forward until `stop` is set, sleeping `idle` seconds when nothing is due."""
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(idle)

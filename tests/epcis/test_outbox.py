@@ -1,0 +1,68 @@
+"""Outbox: written in the caller's transaction, idempotent by eventID, bad input changes nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from serialine.host.epcis import outbox
+
+from .conftest import all_kinds
+
+
+@pytest.fixture
+def conn(tmp_path):
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    outbox.ensure_schema(conn)
+    outbox.ensure_schema(conn)  # idempotent
+    return conn
+
+
+def test_rolled_back_transaction_leaves_no_event(conn, ctx):
+    events = all_kinds(ctx)
+    with pytest.raises(RuntimeError):
+        with conn:
+            for event in events:
+                outbox.enqueue(conn, "B1", event)
+            raise RuntimeError("ledger change failed")
+    assert outbox.counts(conn) == {"pending": 0, "delivered": 0}
+    with conn:
+        for event in events:
+            outbox.enqueue(conn, "B1", event)
+    assert outbox.batch_events(conn, "B1") == events
+
+
+def test_enqueue_is_idempotent_on_event_id(conn, ctx):
+    events = all_kinds(ctx)
+    with conn:
+        added = [outbox.enqueue(conn, "B1", e) for e in events + events]
+    assert added == [True] * len(events) + [False] * len(events)
+    assert outbox.counts(conn)["pending"] == len(events)
+    with pytest.raises(ValueError, match="already in the outbox for batch"):
+        outbox.enqueue(conn, "B2", events[0])
+
+
+@pytest.mark.parametrize("batch,event", [
+    ("", {"type": "ObjectEvent", "eventID": "ni:///sha-256;" + "a" * 64 + "?ver=CBV2.0"}),
+    ("B1", {"type": "ObjectEvent"}),
+    ("B1", {"type": "ObjectEvent", "eventID": "urn:uuid:1234"}),
+    ("B1", "not an event"),
+])
+def test_bad_input_is_refused_and_changes_nothing(conn, batch, event):
+    with pytest.raises(ValueError):
+        outbox.enqueue(conn, batch, event)
+    conn.commit()
+    assert outbox.counts(conn) == {"pending": 0, "delivered": 0}
+
+
+def test_database_keeps_delivered_events_final_and_immutable(conn, ctx):
+    with conn:
+        outbox.enqueue(conn, "B1", all_kinds(ctx)[0])
+    outbox.mark_delivered(conn, [1], 100.0)
+    with pytest.raises(sqlite3.IntegrityError, match="cannot be undelivered"):
+        with conn:
+            conn.execute("UPDATE epcis_outbox SET delivered_at = NULL")
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        with conn:
+            conn.execute("UPDATE epcis_outbox SET body = '{}'")
