@@ -91,14 +91,19 @@ class Link:
             n = self.port.readinto(buf)
             if not n:
                 break
-            off = 0
-            while off < n:
-                off += d.feed(buf, n, off)
+            while n:
+                took = d.feed(buf, n)
                 while True:
                     t = d.next()
                     if t < 0:
                         break
                     self._on_frame(t, d.frame, now_ms, handler)
+                if took == 0:  # cannot happen with whole frames drained; never spin
+                    d.reset()
+                elif took < n:  # the deframer was full: keep the rest, byte by byte (no slice)
+                    for j in range(n - took):
+                        buf[j] = buf[took + j]
+                n -= took
         if self.state != _STATE_OPEN:
             return
         if self.up and time.ticks_diff(now_ms, self.last_rx) > self.timeout_ms:

@@ -51,7 +51,7 @@ class FingerprintMismatch(LinkError):
 
 def encode(msg_type: int, seq: int, ack: int, fields: dict) -> bytes:
     if _fast is not None:
-        return _fast.encode(msg_type, seq, ack, tuple(fields[n] for n in _fast.FIELDS[msg_type]))
+        return _fast.encode(msg_type, seq, ack, fields)
     return schema.build_frame(msg_type, seq, ack, fields)
 
 
