@@ -1,0 +1,178 @@
+"""The ledger's SQLite connection and schema. Rules that must never break (a serial issued once,
+legal state changes, a pack in one case, SSCCs never reused, an append-only audit log) are
+constraints and triggers here, so no code path can get around them."""
+
+from __future__ import annotations
+
+import sqlite3
+
+SERIAL_STATES = ("available", "allocated", "printed", "commissioned", "rejected", "destroyed",
+                 "sampled", "decommissioned")
+
+# (old, new) pairs a serial may take; allocated -> available is also checked against batch state.
+TRANSITIONS = (
+    ("available", "allocated"), ("allocated", "printed"), ("allocated", "available"),
+    ("printed", "commissioned"), ("printed", "rejected"),
+    ("printed", "destroyed"), ("printed", "sampled"), ("printed", "decommissioned"),
+    ("commissioned", "destroyed"), ("commissioned", "sampled"), ("commissioned", "decommissioned"),
+)
+
+_allowed = " OR ".join(f"(OLD.state='{a}' AND NEW.state='{b}')" for a, b in TRANSITIONS)
+_states = ",".join(f"'{s}'" for s in SERIAL_STATES)
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS product (
+        gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
+        name TEXT NOT NULL,
+        market TEXT NOT NULL CHECK (market IN ('EU_FMD', 'US_DSCSA')),
+        company_prefix_len INTEGER NOT NULL CHECK (company_prefix_len BETWEEN 6 AND 12),
+        nhrn_ai TEXT CHECK (nhrn_ai IS NULL OR nhrn_ai BETWEEN '710' AND '716'),
+        nhrn TEXT)""",
+    """CREATE TABLE IF NOT EXISTS batch (
+        batch_id TEXT PRIMARY KEY,
+        gtin TEXT NOT NULL REFERENCES product (gtin),
+        lot TEXT NOT NULL CHECK (length(lot) BETWEEN 1 AND 20),
+        expiry TEXT NOT NULL CHECK (date(expiry) = expiry),
+        planned INTEGER NOT NULL CHECK (planned > 0),
+        case_size INTEGER NOT NULL CHECK (case_size > 0),
+        pallet_size INTEGER NOT NULL CHECK (pallet_size > 0),
+        state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed')),
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        closed_at TEXT)""",
+    f"""CREATE TABLE IF NOT EXISTS serial (
+        gtin TEXT NOT NULL REFERENCES product (gtin),
+        serial TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'available' CHECK (state IN ({_states})),
+        batch_id TEXT REFERENCES batch (batch_id),
+        source TEXT NOT NULL,
+        PRIMARY KEY (gtin, serial)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state)",
+    "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state)",
+    """CREATE TABLE IF NOT EXISTS serial_history (
+        gtin TEXT NOT NULL, serial TEXT NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
+        batch_id TEXT, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))""",
+    """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
+        BEGIN SELECT RAISE(ABORT, 'serials are never deleted'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_born_available BEFORE INSERT ON serial
+        WHEN NEW.state <> 'available' BEGIN SELECT RAISE(ABORT, 'a new serial must be available'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state AND NOT ({_allowed})
+        BEGIN SELECT RAISE(ABORT, 'illegal serial state transition'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_return_only_at_close BEFORE UPDATE OF state ON serial
+        WHEN OLD.state = 'allocated' AND NEW.state = 'available'
+         AND (SELECT state FROM batch WHERE batch_id = OLD.batch_id) IS NOT 'closing'
+        BEGIN SELECT RAISE(ABORT, 'allocated serials return to the pool only at batch close'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_identity_fixed BEFORE UPDATE OF gtin, serial ON serial
+        BEGIN SELECT RAISE(ABORT, 'a serial''s identity never changes'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state
+        BEGIN INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id)
+              VALUES (NEW.gtin, NEW.serial, OLD.state, NEW.state, COALESCE(NEW.batch_id, OLD.batch_id)); END""",
+    # Every device event once, keyed by the device's identity; the row is the durable copy acked.
+    """CREATE TABLE IF NOT EXISTS device_event (
+        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, event_seq INTEGER NOT NULL,
+        msg_name TEXT NOT NULL, unit_seq INTEGER, body TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, boot_id, event_seq)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS unit (
+        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        test INTEGER NOT NULL DEFAULT 0,
+        gtin TEXT, serial TEXT,
+        verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
+        outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED')),
+        reason TEXT,
+        PRIMARY KEY (device_id, boot_id, unit_seq),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS unit_serial_once ON unit (gtin, serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS unit_batch ON unit (batch_id, outcome)",
+    # Codes queued to the coder, in order; the head still 'queued' is bound at the next UNIT_PRINTED.
+    """CREATE TABLE IF NOT EXISTS coder_job (
+        job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'bound', 'dropped')),
+        UNIQUE (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    # Cases and pallets. An SSCC is given when the container closes and is never given again.
+    """CREATE TABLE IF NOT EXISTS container (
+        container_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        level TEXT NOT NULL CHECK (level IN ('case', 'pallet')),
+        sscc TEXT UNIQUE CHECK (sscc IS NULL OR (length(sscc) = 18 AND sscc NOT GLOB '*[^0-9]*')),
+        parent_id INTEGER REFERENCES container (container_id),
+        state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed', 'disaggregated')),
+        closed_at TEXT)""",
+    """CREATE TRIGGER IF NOT EXISTS container_never_deleted BEFORE DELETE ON container
+        BEGIN SELECT RAISE(ABORT, 'containers (and their SSCCs) are never deleted'); END""",
+    """CREATE TRIGGER IF NOT EXISTS sscc_fixed BEFORE UPDATE OF sscc ON container
+        WHEN OLD.sscc IS NOT NULL BEGIN SELECT RAISE(ABORT, 'an SSCC is never changed or reused'); END""",
+    """CREATE TABLE IF NOT EXISTS sscc_counter (
+        company_prefix TEXT PRIMARY KEY, next_ref INTEGER NOT NULL)""",
+    """CREATE TRIGGER IF NOT EXISTS sscc_counter_forward BEFORE UPDATE ON sscc_counter
+        WHEN NEW.next_ref <= OLD.next_ref BEGIN SELECT RAISE(ABORT, 'the SSCC counter only moves forward'); END""",
+    # A pack is in at most one case: the primary key is the pack.
+    """CREATE TABLE IF NOT EXISTS packed (
+        gtin TEXT NOT NULL, serial TEXT NOT NULL,
+        container_id INTEGER NOT NULL REFERENCES container (container_id),
+        PRIMARY KEY (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    """CREATE TRIGGER IF NOT EXISTS packed_only_commissioned BEFORE INSERT ON packed
+        WHEN (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial) IS NOT 'commissioned'
+        BEGIN SELECT RAISE(ABORT, 'only a commissioned pack can be packed (destroyed, sampled, rejected or decommissioned packs cannot)'); END""",
+    """CREATE TRIGGER IF NOT EXISTS packed_into_open_case BEFORE INSERT ON packed
+        WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
+        BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
+    """CREATE TABLE IF NOT EXISTS rework (
+        rework_id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL CHECK (user <> ''),
+        action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL CHECK (reason <> ''), detail TEXT)""",
+    """CREATE TABLE IF NOT EXISTS alarm_log (
+        alarm_id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, source TEXT NOT NULL,
+        alarm TEXT NOT NULL, detail TEXT)""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY, at TEXT NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
+        detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL UNIQUE)""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+]
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open (and create) the ledger: WAL, foreign keys on, explicit transactions only."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    conn.execute("PRAGMA foreign_keys=ON")
+    with transaction(conn):
+        for statement in SCHEMA:
+            conn.execute(statement)
+        try:
+            from serialine.host.epcis import outbox
+            outbox.ensure_schema(conn)
+        except ImportError:  # pragma: no cover - EPCIS package not installed
+            pass
+    return conn
+
+
+class transaction:
+    """`with transaction(conn):` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+
+def snapshot(conn: sqlite3.Connection) -> dict:
+    """Every row of every table (for tests that prove bad input changed nothing)."""
+    names = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return {n: sorted(map(repr, conn.execute(f"SELECT * FROM {n}"))) for n in names}
