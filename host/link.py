@@ -9,7 +9,7 @@ with exponential backoff. See docs/link.md for the state machine.
 
 from __future__ import annotations
 
-import os
+import select
 import time
 from collections import deque
 
@@ -273,8 +273,8 @@ class HostLink:
     def _step(self, wait: float, out: list) -> None:
         now = time.monotonic()
         data = self.port.read(4096)
-        if not data and wait > 0:
-            time.sleep(wait)
+        if not data and wait > 0:  # sleep until bytes arrive, at most `wait`
+            select.select([self.port.fileno()], [], [], wait)
             now = time.monotonic()
             data = self.port.read(4096)
         for frame in self.deframer.feed(data) if data else ():
@@ -344,8 +344,3 @@ class HostLink:
             self.tx_timer = now
         else:
             self._send_window(now)
-
-
-def open_port_pair() -> tuple[int, str]:  # pragma: no cover - convenience for tools
-    master, slave = os.openpty()
-    return master, os.ttyname(slave)

