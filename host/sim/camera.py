@@ -16,6 +16,7 @@ import collections
 import heapq
 import random
 import threading
+import time
 
 from .line import mutate
 from .tcpline import LineServer
@@ -32,6 +33,7 @@ class SimCamera(LineServer):
         self._due: list[tuple[int, int, str]] = []  # (due t_us, n, line)
         self._lock2 = threading.Lock()
         self.delivered: list[tuple[int, int]] = []  # (n, t_us delivered)
+        self.delivered_wall: dict[int, float] = {}  # n -> monotonic s when sent
         self.lost = 0  # results nobody was connected to receive
         self.faults = collections.Counter()
 
@@ -80,6 +82,7 @@ class SimCamera(LineServer):
                 due, n, line = heapq.heappop(self._due)
             if self.send(line):
                 self.delivered.append((n, due))
+                self.delivered_wall[n] = time.monotonic()
             else:
                 self.lost += 1
             out.append(n)

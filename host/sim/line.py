@@ -34,6 +34,8 @@ class Pack:
     defect: str = ""  # misprint | skip | smear | empty | double_print | unprinted
     camera_fault: str = ""  # no_read | misread | low_grade (the camera's, the pack is fine)
     read: str | None = None  # what the camera reported
+    camera_n: int = 0  # the camera's trigger number for it
+    unit_key: tuple[int, int] | None = None  # (boot number, unit_seq) the device gave it
     rejected: bool = False
     rejected_offset: float | None = None  # offset when the paddle first touched it
     in_bin: bool = False
@@ -309,7 +311,7 @@ class Line:
         smeared = p.smeared if p is not None else False
         read, fault = self.camera.trigger(t_us, printed, smeared)
         if p is not None:
-            p.read = read
+            p.read, p.camera_n = read, self.camera.triggers
             if fault and not p.bad:
                 p.camera_fault = fault
 

@@ -79,6 +79,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     progress = _progress(console, s.units)
     t0 = time.monotonic()
     detected = 0
+    boot_no, boot_base = 0, 0
     outage_until = None
     owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
     try:
@@ -104,7 +105,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                         if kind == "outage":
                             outage_until = line.t + int(arg * 1000)
                         if kind == "device_reboot":
-                            owed = 0
+                            owed, boot_no, boot_base = 0, boot_no + 1, detected
+                    line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)
             for name, level, te in device.step(line.t, line.encoder, edges):

@@ -5,6 +5,7 @@ Uses the host link's own deframer and decoder, so it sees exactly the frames the
 from __future__ import annotations
 
 import threading
+import time
 
 from serialine.host.link import Deframer, decode
 from serialine.protocol.schema import BY_NAME
@@ -17,7 +18,9 @@ class VerdictTap:
         self._deframer = Deframer()
         self._lock = threading.Lock()
         self.cond = threading.Condition(self._lock)
-        self.verdicts: dict[int, int] = {}  # unit_seq -> times seen (retransmits count again)
+        self.verdicts: dict[int, int] = {}  # this boot: unit_seq -> times seen (retransmits count)
+        self.first_seen: dict[tuple[int, int], float] = {}  # (boot_no, unit_seq) -> monotonic s
+        self.boot_no = 0
         self.frames = 0
 
     def __call__(self, data: bytes) -> None:
@@ -31,6 +34,7 @@ class VerdictTap:
                 if msg_type == VERDICT:
                     u = fields["unit_seq"]
                     self.verdicts[u] = self.verdicts.get(u, 0) + 1
+                    self.first_seen.setdefault((self.boot_no, u), time.monotonic())
                 self.cond.notify_all()
 
     def count(self) -> int:
@@ -46,3 +50,4 @@ class VerdictTap:
         """A new device boot numbers its units from 0 again."""
         with self._lock:
             self.verdicts.clear()
+            self.boot_no += 1
