@@ -1,0 +1,496 @@
+# The line device's pure core: unit tracking, station firing, fail-safe decisions.
+# No hardware imports: time, encoder and outputs come from a board adapter, events go to a sink.
+#
+# board: ticks_diff(a, b) / ticks_add(a, b) (wrapping at 2**30 like a real board),
+#        out_coder(now, pos), out_camera(now, pos), out_gate(on, now, pos), out_stop(on, now, pos)
+# sink:  detected(unit, pos, t, flags), printed(unit, pos, t), inspected(unit, pos, t),
+#        outcome(unit, outcome, reason, gate_error, pos, t), alarm(alarm, active, unit, t)
+#
+# Per-unit path (edge, stations, verdict, outcome) allocates nothing: state lives in preallocated
+# arrays, positions and times are small ints below 2**30 compared modulo 2**30.
+from micropython import const
+from array import array
+
+_MASK = const(0x3FFFFFFF)  # positions wrap at 2**30 (the wrap itself is not a 32-bit small int)
+_HALF = const(0x20000000)
+
+# Outcome / Reason / Alarm / state / command values: the schema's (protocol/schema.py).
+PASSED = const(1)
+REJECTED_CONFIRMED = const(2)
+REJECTED_UNCONFIRMED = const(3)
+R_OK = const(0)
+R_NO_VERDICT = const(2)
+R_DOUBLE_DETECT = const(3)
+R_BUFFER_OVERFLOW = const(4)
+R_LINK_LOST = const(5)
+R_PURGE = const(6)
+R_TEST_UNIT = const(7)
+A_DOUBLE_DETECT = const(1)
+A_REJECT_UNCONFIRMED = const(2)
+A_REJECT_STREAK = const(3)
+A_BIN_FULL = const(4)
+A_ENCODER_STALL = const(5)
+A_LINK_LOST = const(6)
+A_BUFFER_OVERFLOW = const(7)
+STATE_BOOT = const(0)
+STATE_IDLE = const(1)
+STATE_RUNNING = const(2)
+STATE_STOPPED = const(3)
+POLICY_STOP_ON_LINK_LOSS = const(1)
+POLICY_STOP_ON_DOUBLE_DETECT = const(2)
+NO_UNIT = const(0x3FFFFFFF)  # the glue sends NO_UNIT (0xFFFFFFFF) for this
+
+# Config indices: ConfigFields order in protocol/schema.py (config.py holds the names).
+C_CODER_AT = const(1)
+C_CAMERA_AT = const(2)
+C_GATE_AT = const(3)
+C_CONFIRM_FROM = const(4)
+C_CONFIRM_TO = const(5)
+C_GATE_LEAD_US = const(7)
+C_DWELL = const(8)
+C_DWELL_UNIT = const(9)
+C_DEBOUNCE_US = const(10)
+C_MIN_PITCH = const(11)
+C_DEADLINE_MARGIN = const(12)
+C_STREAK = const(15)
+C_LINK_STOP_MS = const(17)
+C_PURGE_COUNTS = const(18)
+C_VIRTUAL_SPEED = const(19)
+C_STALL_MS = const(20)
+C_POLICY = const(21)
+
+# Unit stage bits.
+_PRINTED = const(1)
+_INSPECTED = const(2)
+_DECIDED = const(4)  # pass/reject fixed at the decision deadline (or earlier by a fail-safe)
+_FIRED = const(8)  # gate fired for this unit
+_MEASURED = const(16)  # gate_error measured (gate physically effective)
+_DONE = const(32)  # outcome emitted
+_REJECT = const(64)
+_TEST = const(128)
+
+_SPEED_WINDOW_US = const(4000)  # speed estimated over about this much travel time
+
+
+def pdiff(a, b):
+    """a - b for positions/ticks that wrap at 2**30, in (-2**29, 2**29]."""
+    d = (a - b) & _MASK
+    if d > _HALF:
+        d = d - _MASK - 1
+    return d
+
+
+class Core:
+    def __init__(self, board, sink, capacity=64):
+        self.board = board
+        self.sink = sink
+        self.cap = capacity
+        self.useq = array("i", bytes(4 * capacity))
+        self.upos = array("i", bytes(4 * capacity))
+        self.ut = array("i", bytes(4 * capacity))
+        self.tfire = array("i", bytes(4 * capacity))
+        self.gerr = array("i", bytes(4 * capacity))
+        self.stage = bytearray(capacity)
+        self.verdict = bytearray(capacity)  # 0 none, 1 PASS, 2 FAIL
+        self.reason = bytearray(capacity)
+        self.cfg = None  # list of ConfigFields values, or None (STATE_BOOT)
+        self.state = STATE_BOOT
+        self.alarms = 0
+        self.reset_counters()
+
+    def reset_counters(self):
+        self.head = 0
+        self.count = 0
+        self.next_seq = 0
+        self.detected = 0
+        self.passed = 0
+        self.rejected = 0
+        self.now = 0
+        self.pos = 0
+        self.prev_t = 0
+        self.prev_pos = 0
+        self.vacc = 0  # virtual encoder: us*cps not yet a whole count
+        self.sp_t = 0  # speed window start
+        self.sp_pos = 0
+        self.sp_dpos = 0  # counts travelled over the last window ...
+        self.sp_dt = 1  # ... of this many us
+        self.moved_t = 0
+        self.pe_stable = 0
+        self.pe_cand = 0
+        self.pe_t = 0
+        self.pe_pos = 0
+        self.last_edge_pos = 0
+        self.have_edge = False
+        self.confirm_prev = 0
+        self.bin_prev = 0
+        self.gate_on = False
+        self.gate_until = 0
+        self.gate_until_is_t = False
+        self.gate_hold = False
+        self.purge_until = 0
+        self.purging = False
+        self.streak = 0
+        self.test_left = 0
+        self.link_up = True
+        self.link_down_t = 0
+        self.overflow = False
+
+    # --- configuration and commands (not on the per-unit path) ---
+
+    def configure(self, values):
+        """Apply a validated configuration (config.validate); the caller refuses while busy."""
+        self.cfg = values
+        if self.state == STATE_BOOT:
+            self.state = STATE_IDLE
+
+    def busy(self):
+        return self.count > 0
+
+    def start(self):
+        if self.cfg is None:
+            return False
+        self.state = STATE_RUNNING
+        self.purge_until = (self.pos + self.cfg[C_PURGE_COUNTS]) & _MASK
+        self.purging = self.cfg[C_PURGE_COUNTS] > 0
+        return True
+
+    def stop(self):
+        if self.state == STATE_RUNNING:
+            self.state = STATE_IDLE
+
+    def clear_alarm(self):
+        """Releases a latched line stop and clears every alarm."""
+        for a in range(1, 16):
+            if self.alarms & (1 << a):
+                self.sink.alarm(a, 0, NO_UNIT, self.now)
+        self.alarms = 0
+        self.streak = 0
+        if self.state == STATE_STOPPED:
+            self.state = STATE_RUNNING
+            self.board.out_stop(False, self.now, self.pos)
+
+    def purge(self):
+        """Reject everything in flight now, reason purge."""
+        self._reject_open(R_PURGE)
+
+    def test_units(self, n):
+        self.test_left = n
+
+    def set_link(self, up):
+        if up == self.link_up:
+            return
+        self.link_up = up
+        if up:
+            return
+        self.link_down_t = self.now
+        self._raise(A_LINK_LOST, NO_UNIT)
+        self._reject_open(R_LINK_LOST)
+
+    def apply_verdict(self, unit, verdict, reason):
+        """A host verdict. Applied only to a tracked unit not yet decided; True when applied."""
+        i = self.head
+        for _ in range(self.count):
+            if self.useq[i] == unit:
+                if self.stage[i] & _DECIDED or self.verdict[i]:
+                    return False
+                self.verdict[i] = verdict
+                if verdict != 1:
+                    self.reason[i] = reason
+                return True
+            i += 1
+            if i == self.cap:
+                i = 0
+        return False
+
+    # --- the per-unit path ---
+
+    def update(self, now, pos, pe, confirm, bin_full):
+        """One scan: now (us ticks), pos (encoder counts), input levels 0/1."""
+        cfg = self.cfg
+        if cfg is None:
+            self.now = now
+            self.pos = pos
+            return
+        b = self.board
+        vs = cfg[C_VIRTUAL_SPEED]
+        if vs:  # no encoder: the line moves at its configured speed
+            self.vacc += b.ticks_diff(now, self.now) * vs
+            step = self.vacc // 1000000
+            self.vacc -= step * 1000000
+            pos = (self.pos + step) & _MASK
+        self.prev_t = self.now
+        self.prev_pos = self.pos
+        self.now = now
+        if pos != self.pos:
+            self.moved_t = now
+        self.pos = pos
+        span = b.ticks_diff(now, self.sp_t)
+        if span >= _SPEED_WINDOW_US:
+            self.sp_dpos = pdiff(pos, self.sp_pos)
+            self.sp_dt = span
+            self.sp_t = now
+            self.sp_pos = pos
+        self._pe(now, pos, pe)
+        if confirm and not self.confirm_prev:
+            self._confirm(pos)
+        self.confirm_prev = confirm
+        if bin_full != self.bin_prev:
+            self.bin_prev = bin_full
+            if bin_full:
+                self._raise(A_BIN_FULL, NO_UNIT)
+                self._line_stop()
+        if not self.link_up and cfg[C_POLICY] & POLICY_STOP_ON_LINK_LOSS and cfg[C_LINK_STOP_MS]:
+            if b.ticks_diff(now, self.link_down_t) >= cfg[C_LINK_STOP_MS] * 1000:
+                self._line_stop()
+        if self.purging and pdiff(pos, self.purge_until) >= 0:
+            self.purging = False
+        self._stations(now, pos)
+        self._gate(now, pos)
+
+    def lead_counts(self):
+        """Counts the line travels during the gate's lead time, at the measured speed."""
+        d = self.sp_dpos
+        if d <= 0:
+            return 0
+        return (d * self.cfg[C_GATE_LEAD_US] + self.sp_dt // 2) // self.sp_dt
+
+    def speed_cps(self):
+        return self.sp_dpos * 1000 // (self.sp_dt // 1000 or 1)
+
+    def _pe(self, now, pos, pe):
+        if pe == self.pe_stable:
+            self.pe_cand = 0
+            return
+        if not self.pe_cand:  # a change starts: remember where, confirm after the debounce
+            self.pe_cand = 1
+            self.pe_t = now
+            self.pe_pos = pos
+        if self.board.ticks_diff(now, self.pe_t) < self.cfg[C_DEBOUNCE_US]:
+            return
+        self.pe_stable = pe
+        self.pe_cand = 0
+        if pe:
+            self._detect(self.pe_t, self.pe_pos)
+
+    def _detect(self, t, pos):
+        cfg = self.cfg
+        if self.count and self.board.ticks_diff(t, self.moved_t) >= cfg[C_STALL_MS] * 1000 \
+                and cfg[C_STALL_MS]:
+            self._raise(A_ENCODER_STALL, NO_UNIT)
+        seq = self.next_seq
+        self.next_seq = (seq + 1) & _MASK
+        self.detected += 1
+        flags = 1 if self.test_left else 0
+        self.sink.detected(seq, pos, t, flags)
+        if self.count == self.cap:  # nowhere to track it: it cannot be vouched for nor aimed at
+            self.overflow = True
+            self.gate_hold = True
+            self._raise(A_BUFFER_OVERFLOW, seq)
+            self._reject_open(R_BUFFER_OVERFLOW)
+            self._line_stop()
+            self.rejected += 1
+            self.sink.outcome(seq, REJECTED_UNCONFIRMED, R_BUFFER_OVERFLOW, 0, pos, t)
+            return
+        i = self.head + self.count
+        if i >= self.cap:
+            i -= self.cap
+        self.count += 1
+        self.useq[i] = seq
+        self.upos[i] = pos
+        self.ut[i] = t
+        self.verdict[i] = 0
+        self.reason[i] = 0
+        self.gerr[i] = 0
+        self.stage[i] = 0
+        if self.test_left:
+            self.test_left -= 1
+            self.stage[i] = _TEST
+            self._decide(i, R_TEST_UNIT)
+        if not self.link_up:
+            self._decide(i, R_LINK_LOST)
+        if self.have_edge and pdiff(pos, self.last_edge_pos) < cfg[C_MIN_PITCH]:
+            self._raise(A_DOUBLE_DETECT, seq)
+            self._decide(i, R_DOUBLE_DETECT)
+            j = i - 1 if i else self.cap - 1
+            if self.count > 1:
+                self._decide(j, R_DOUBLE_DETECT)
+            if cfg[C_POLICY] & POLICY_STOP_ON_DOUBLE_DETECT:
+                self._line_stop()
+        self.have_edge = True
+        self.last_edge_pos = pos
+
+    def _decide(self, i, reason):
+        """Fix a reject for unit i unless it is already decided (the first reason wins)."""
+        st = self.stage[i]
+        if st & _DONE:
+            return
+        if st & _DECIDED:
+            if st & _REJECT or st & _FIRED:
+                return
+            # decided PASS but not yet past the gate: a fail-safe still turns it into a reject
+        self.stage[i] = st | _DECIDED | _REJECT
+        self.reason[i] = reason
+
+    def _reject_open(self, reason):
+        i = self.head
+        for _ in range(self.count):
+            st = self.stage[i]
+            if not st & _DONE and not (st & _DECIDED and st & _FIRED):
+                if not st & _REJECT:
+                    self._decide(i, reason)
+            i += 1
+            if i == self.cap:
+                i = 0
+
+    def _stations(self, now, pos):
+        cfg = self.cfg
+        coder = cfg[C_CODER_AT]
+        camera = cfg[C_CAMERA_AT]
+        gate = cfg[C_GATE_AT]
+        fire_at = gate - self.lead_counts()
+        deadline = fire_at - cfg[C_DEADLINE_MARGIN]
+        sink = self.sink
+        b = self.board
+        i = self.head
+        cap = self.cap
+        for _ in range(self.count):
+            st = self.stage[i]
+            if st & _DONE:
+                pass
+            else:
+                rel = pdiff(pos, self.upos[i])
+                if not st & _PRINTED and rel >= coder:
+                    st |= _PRINTED
+                    b.out_coder(now, pos)
+                    sink.printed(self.useq[i], pos, now)
+                if not st & _INSPECTED and rel >= camera:
+                    st |= _INSPECTED
+                    b.out_camera(now, pos)
+                    sink.inspected(self.useq[i], pos, now)
+                if not st & _DECIDED and rel >= deadline:
+                    st |= _DECIDED
+                    if self.verdict[i] != 1:
+                        st |= _REJECT
+                        if not self.verdict[i]:
+                            self.reason[i] = R_NO_VERDICT
+                if self.purging and not st & _FIRED and not st & _REJECT and rel >= fire_at:
+                    st |= _DECIDED | _REJECT
+                    self.reason[i] = R_PURGE
+                self.stage[i] = st
+                self._unit_gate(i, st, rel, fire_at, now, pos)
+            i += 1
+            if i == cap:
+                i = 0
+        # drop finished units from the head
+        while self.count and self.stage[self.head] & _DONE:
+            self.head += 1
+            if self.head == cap:
+                self.head = 0
+            self.count -= 1
+        if self.overflow and self.count < cap // 2:
+            self.overflow = False
+            self.gate_hold = False
+
+    def _unit_gate(self, i, st, rel, fire_at, now, pos):
+        cfg = self.cfg
+        b = self.board
+        if st & _REJECT:
+            if not st & _FIRED and rel >= fire_at:
+                st |= _FIRED
+                self.tfire[i] = now
+                self._open_gate(now, pos)
+                self._count_reject()
+            if st & _FIRED and not st & _MEASURED:
+                # the gate acts lead_us after firing: where was the unit then?
+                late = b.ticks_diff(now, self.tfire[i]) - cfg[C_GATE_LEAD_US]
+                if late >= 0:
+                    st |= _MEASURED
+                    dt = b.ticks_diff(now, self.prev_t)
+                    back = (pdiff(pos, self.prev_pos) * late + dt // 2) // dt if dt > 0 else 0
+                    self.gerr[i] = pdiff(pos, self.upos[i]) - back - cfg[C_GATE_AT]
+            if st & _MEASURED and rel > cfg[C_CONFIRM_TO]:
+                st |= _DONE
+                self.stage[i] = st
+                self._raise(A_REJECT_UNCONFIRMED, self.useq[i])
+                self._line_stop()
+                self._finish(i, REJECTED_UNCONFIRMED, now, pos)
+                return
+        elif st & _DECIDED and rel >= cfg[C_GATE_AT]:
+            st |= _DONE
+            self.stage[i] = st
+            self.streak = 0
+            self.passed += 1
+            self.sink.outcome(self.useq[i], PASSED, R_OK, 0, pos, now)
+            return
+        self.stage[i] = st
+
+    def _count_reject(self):
+        self.streak += 1
+        lim = self.cfg[C_STREAK]
+        if lim and self.streak >= lim and not self.alarms & (1 << A_REJECT_STREAK):
+            self._raise(A_REJECT_STREAK, NO_UNIT)
+            self._line_stop()
+
+    def _finish(self, i, outcome, now, pos):
+        self.rejected += 1
+        self.sink.outcome(self.useq[i], outcome, self.reason[i], self.gerr[i], pos, now)
+
+    def _confirm(self, pos):
+        """A confirm-sensor edge: the oldest fired reject inside its window is confirmed."""
+        cfg = self.cfg
+        i = self.head
+        for _ in range(self.count):
+            st = self.stage[i]
+            if st & _FIRED and not st & _DONE:
+                rel = pdiff(pos, self.upos[i])
+                if cfg[C_CONFIRM_FROM] <= rel <= cfg[C_CONFIRM_TO]:
+                    if not st & _MEASURED:  # confirmed before the measuring scan: measure now
+                        self.gerr[i] = rel - cfg[C_GATE_AT]
+                    self.stage[i] = st | _DONE | _MEASURED
+                    self._finish(i, REJECTED_CONFIRMED, self.now, pos)
+                    return
+            i += 1
+            if i == self.cap:
+                i = 0
+
+    def _open_gate(self, now, pos):
+        cfg = self.cfg
+        if cfg[C_DWELL_UNIT]:
+            # both edges act lead_us late, so the dwell counts from the firing edge
+            self.gate_until = (now + cfg[C_DWELL]) & _MASK
+            self.gate_until_is_t = True
+        else:
+            self.gate_until = (pos + cfg[C_DWELL]) & _MASK
+            self.gate_until_is_t = False
+        if not self.gate_on:
+            self.gate_on = True
+            self.board.out_gate(True, now, pos)
+
+    def _gate(self, now, pos):
+        if self.gate_hold or self.purging:
+            if not self.gate_on:
+                self.gate_on = True
+                self.board.out_gate(True, now, pos)
+            self.gate_until = pos
+            self.gate_until_is_t = False
+            return
+        if not self.gate_on:
+            return
+        if self.gate_until_is_t:
+            over = self.board.ticks_diff(now, self.gate_until) >= 0
+        else:
+            over = pdiff(pos, self.gate_until) >= 0
+        if over:
+            self.gate_on = False
+            self.board.out_gate(False, now, pos)
+
+    def _raise(self, alarm, unit):
+        bit = 1 << alarm
+        if not self.alarms & bit:
+            self.alarms |= bit
+            self.sink.alarm(alarm, 1, unit, self.now)
+
+    def _line_stop(self):
+        if self.state != STATE_STOPPED:
+            self.state = STATE_STOPPED
+            self.board.out_stop(True, self.now, self.pos)
