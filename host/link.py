@@ -236,7 +236,8 @@ class HostLink:
                 f"device schema fingerprint 0x{fields['fingerprint']:08x} protocol version "
                 f"{fields['proto_version']}, host fingerprint 0x{self.fingerprint:08x} protocol "
                 f"version {self.proto_version}: host and device were built from different "
-                f"schemas; refusing to talk")
+                f"schemas; refusing to talk (device status "
+                f"{HelloStatus(fields['status']).name})")
             return
         if fields["status"] != HelloStatus.OK:
             self.state = "closed"
