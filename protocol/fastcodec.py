@@ -74,6 +74,21 @@ def as_dict(msg_type: int, fields: tuple) -> dict:
     return dict(zip(FIELDS[msg_type], fields))
 
 
+# Nested struct fields (CONFIG_REPORT.config) by message: lets encode take construct's nested dicts.
+_NESTED = {m.msg_type: {g.name: f.name for f in S.field_specs(m.payload) if f.kind == "struct"
+                        for g in f.fields} for m in S.MESSAGES}
+
+
+def _from_dict(msg_type: int, fields: dict) -> tuple:
+    """Flat or construct-style nested dict -> values in FIELDS order."""
+    nested = _NESTED[msg_type]
+    try:
+        return tuple(fields[n] if n in fields or n not in nested else fields[nested[n]][n]
+                     for n in FIELDS[msg_type])
+    except (KeyError, TypeError) as exc:
+        raise FrameError(f"{S.BY_TYPE[msg_type].name}: field {exc} is missing") from None
+
+
 def _layout_of(msg_type: int) -> _Layout:
     lay = _LAYOUTS.get(msg_type)
     if lay is None:
@@ -103,7 +118,7 @@ def _ascii(lay: _Layout, name: str, s: str) -> bytes:
 def encode(msg_type: int, seq: int, ack: int, fields: tuple | list | dict = ()) -> bytes:
     """One whole frame. Raises FrameError (nothing is produced) on any invalid input."""
     lay = _layout_of(msg_type)
-    values = tuple(fields[n] for n in lay.fields) if isinstance(fields, dict) else tuple(fields)
+    values = _from_dict(msg_type, fields) if isinstance(fields, dict) else tuple(fields)
     if not (0 <= seq <= 255 and 0 <= ack <= 255):
         raise FrameError(f"seq {seq} / ack {ack} out of 0..255")
     fast = _FAST.get(msg_type)

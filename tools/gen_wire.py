@@ -388,6 +388,7 @@ _FRAMES = const(2)
 _BAD_CRC = const(3)
 _SKIPPED = const(4)
 _BAD_HEADER = const(5)
+_OFF = const(6)  # feed()'s offset into data (viper takes at most 4 arguments)
 
 
 @micropython.viper
@@ -395,7 +396,8 @@ def _feed(buf, st, data, n: int) -> int:
     b = ptr8(buf)
     s = ptr32(st)
     d = ptr8(data)
-    have = int(len(data))
+    o = s[_OFF]
+    have = int(len(data)) - o
     if n > have:
         n = have
     r = s[_R]
@@ -412,7 +414,7 @@ def _feed(buf, st, data, n: int) -> int:
         take = n
     i = 0
     while i < take:
-        b[w + i] = d[i]
+        b[w + i] = d[o + i]
         i += 1
     s[_W] = w + take
     return take
@@ -482,10 +484,12 @@ class Deframer:
     def __init__(self):
         self.frame = bytearray(MAX_FRAME)
         self._buf = bytearray(_BUF_SIZE)
-        self._st = array.array("i", (0, 0, 0, 0, 0, 0))
+        self._st = array.array("i", (0, 0, 0, 0, 0, 0, 0))
 
-    def feed(self, data, n):
-        """Take up to n bytes from data[0:n]; returns how many were taken (buffer space)."""
+    def feed(self, data, n, off=0):
+        """Take up to n bytes from data[off:off + n]; returns how many were taken (the rest
+        did not fit: drain next() and feed again from off + taken)."""
+        self._st[_OFF] = off
         return _feed(self._buf, self._st, data, n)
 
     def next(self):

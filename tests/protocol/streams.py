@@ -12,16 +12,15 @@ from serialine.protocol import vectors as V
 FRAMES = [bytes.fromhex(v["hex"]) for v in V.load()]
 
 
-def build_stream(rng: random.Random, pieces: int) -> tuple[bytes, list[bytes]]:
-    """(stream, intact frames in order). Corrupted pieces never equal an intact frame by chance
-    of construction: the checker only requires intact frames to come out, in order."""
+def build_stream(rng: random.Random, pieces: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """(stream, intact frames in order with their offsets)."""
     out, intact = bytearray(), []
     for _ in range(pieces):
         frame = rng.choice(FRAMES)
         kind = rng.randrange(6)
         if kind <= 1:
+            intact.append((len(out), frame))
             out += frame
-            intact.append(frame)
         elif kind == 2:  # garbage, sometimes rich in start-of-frame bytes
             n = rng.randrange(1, 40)
             out += bytes(rng.choice((0xA5, 0x5A, rng.randrange(256))) for _ in range(n))
@@ -41,12 +40,25 @@ def build_stream(rng: random.Random, pieces: int) -> tuple[bytes, list[bytes]]:
     return bytes(out), intact
 
 
-def check_yield(stream: bytes, intact: list[bytes], got: list[bytes]) -> None:
-    """No false frame (each yielded frame is a CRC-valid frame present in the stream) and every
-    intact frame recovered, in order (extra frames may only be real frames found in the stream)."""
+def check_yield(stream: bytes, intact: list[tuple[int, bytes]], got: list[bytes]) -> None:
+    """No false frame: each yielded frame is CRC-valid and present in the stream. Every intact
+    frame recovered, in order, except where a corrupted piece plus the intact frame's first bytes
+    happen to form a real CRC-valid frame (e.g. a frame truncated by one byte followed by an A5):
+    then that real frame is yielded instead, which no decoder can tell apart; that must be rare."""
+    spans, pos = [], 0
     for frame in got:
         F.decode(frame)  # raises on a bad CRC or malformed frame
-        assert frame in stream
-    it = iter(got)
-    for frame in intact:
-        assert any(frame == g for g in it), f"intact frame {frame.hex()} was not recovered"
+        at = stream.find(frame, pos)  # a decoder yields the earliest valid frame after the last
+        assert at >= 0, f"yielded frame {frame.hex()} is not in the stream (in order)"
+        spans.append((at, at + len(frame)))
+        pos = at + len(frame)
+    starts = {a for a, _ in spans}
+    masked = 0
+    for offset, frame in intact:
+        if offset in starts:
+            continue
+        end = offset + len(frame)
+        assert any(a < end and offset < b for a, b in spans), \
+            f"intact frame {frame.hex()} at {offset} was not recovered"
+        masked += 1
+    assert masked <= 1 + len(intact) // 50, f"{masked} of {len(intact)} intact frames masked"

@@ -48,3 +48,17 @@ def test_string_encoders_refuse_bad_input_and_write_nothing(run_mp):
     lines = out.split("\n")
     assert lines[:2] == ["refused string longer than 80 bytes True", "refused string is not ASCII True"]
     assert F.decode(bytes.fromhex(lines[2])) == (0x32, 3, 4, (9, 20, "x" * 80))
+
+
+def test_deframer_feed_from_an_offset_and_when_full(run_mp):
+    frames = b"".join(F.encode(0x23, i, 0, (i, i, 1, 0, -i, i, i)) for i in range(20))
+    out = run_mp(
+        "import wire\nd = wire.Deframer()\nout = [0] * wire.MAX_FIELDS\n"
+        f"data = b'junk' + bytes.fromhex({frames.hex()!r})\n"
+        "pos = 4\nseen = []\n"
+        "while pos < len(data):\n"
+        "    pos += d.feed(data, len(data) - pos, pos)\n"
+        "    while d.next() >= 0:\n"
+        "        wire.dec_unit_outcome(d.frame, out)\n        seen.append(out[4])\n"
+        "print(seen, d.frames, d.skipped_bytes, d.bad_crc)\n")
+    assert out.strip() == f"{[-i for i in range(20)]} 20 0 0"

@@ -117,3 +117,13 @@ def test_encode_rejects_bad_input_with_a_clear_error():
         F.encode(0x7F, 0, 0, ())
     except F.FrameError as exc:
         assert "unknown msg_type" in str(exc)
+
+
+def test_encode_names_a_missing_dict_field():
+    t = S.BY_NAME["VERDICT"].msg_type
+    try:
+        F.encode(t, 0, 0, {"unit_seq": 1, "verdict": 1})
+    except F.FrameError as exc:
+        assert "reason" in str(exc)
+    else:
+        raise AssertionError("encoded without a reason")
