@@ -79,6 +79,8 @@ SCHEMA = [
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
         test INTEGER NOT NULL DEFAULT 0,
         gtin TEXT, serial TEXT,
+        inspected INTEGER NOT NULL DEFAULT 0,
+        read_serial TEXT, grade TEXT,
         verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
         outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED')),
         reason TEXT,
@@ -102,6 +104,7 @@ SCHEMA = [
         sscc TEXT UNIQUE CHECK (sscc IS NULL OR (length(sscc) = 18 AND sscc NOT GLOB '*[^0-9]*')),
         parent_id INTEGER REFERENCES container (container_id),
         state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed', 'disaggregated')),
+        partial INTEGER NOT NULL DEFAULT 0,
         closed_at TEXT)""",
     """CREATE TRIGGER IF NOT EXISTS container_never_deleted BEFORE DELETE ON container
         BEGIN SELECT RAISE(ABORT, 'containers (and their SSCCs) are never deleted'); END""",

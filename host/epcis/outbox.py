@@ -94,17 +94,41 @@ def next_chunk(conn: sqlite3.Connection, batch_id: str, size: int, now: float):
     return [(seq, event_id, json.loads(body)) for seq, event_id, body, _ in rows]
 
 
+class _own_transaction:
+    """The forwarder's own short write transaction, for connections in either sqlite3 mode
+    (the ledger's connections use isolation_level=None with explicit BEGIN IMMEDIATE)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        if self.conn.in_transaction:
+            raise RuntimeError("the forwarder needs its own connection, not one inside a transaction")
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+
 def mark_delivered(conn: sqlite3.Connection, seqs: list[int], now: float) -> None:
-    with conn:
+    with _own_transaction(conn):
         conn.executemany("UPDATE epcis_outbox SET delivered_at = ?, last_error = NULL"
                          " WHERE seq = ? AND delivered_at IS NULL", [(now, s) for s in seqs])
 
 
 def record_failure(conn: sqlite3.Connection, seqs: list[int], error: str, next_try_at: float) -> None:
-    with conn:
+    with _own_transaction(conn):
         conn.executemany("UPDATE epcis_outbox SET attempts = attempts + 1, last_error = ?,"
                          " next_try_at = ? WHERE seq = ? AND delivered_at IS NULL",
                          [(error[:2000], next_try_at, s) for s in seqs])
+
+
+def retry_now(conn: sqlite3.Connection) -> int:
+    """Make every pending event due now (the engineer fixed the upstream problem)."""
+    with _own_transaction(conn):
+        return conn.execute("UPDATE epcis_outbox SET next_try_at = 0"
+                            " WHERE delivered_at IS NULL AND next_try_at > 0").rowcount
 
 
 def pending_rows(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple]:

@@ -1,0 +1,93 @@
+"""Aggregation: passed packs fill cases in order, full cases get an SSCC and fill pallets.
+An open container has no SSCC yet; it gets one from the never-reused counter when it closes."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from . import gs1, reporting
+from .masterdata import Batch
+
+SSCC_EXTENSION = 0
+
+
+class AggregationError(ValueError):
+    pass
+
+
+def next_sscc(conn: sqlite3.Connection, company_prefix: str, extension: int = SSCC_EXTENSION) -> str:
+    """Take the next SSCC (inside the caller's transaction); the counter only moves forward."""
+    row = conn.execute("SELECT next_ref FROM sscc_counter WHERE company_prefix=?", (company_prefix,)).fetchone()
+    ref = 1 if row is None else row[0]
+    if row is None:
+        conn.execute("INSERT INTO sscc_counter VALUES (?, ?)", (company_prefix, ref + 1))
+    else:
+        conn.execute("UPDATE sscc_counter SET next_ref=? WHERE company_prefix=?", (ref + 1, company_prefix))
+    return gs1.sscc(extension, company_prefix, ref)
+
+
+class Aggregator:
+    """Per batch; every method runs inside the caller's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, batch: Batch, ctx):
+        self.conn, self.batch, self.ctx = conn, batch, ctx
+
+    def _open(self, level: str) -> int:
+        row = self.conn.execute("SELECT container_id FROM container WHERE batch_id=? AND level=? AND state='open'",
+                                (self.batch.batch_id, level)).fetchone()
+        if row:
+            return row[0]
+        return self.conn.execute("INSERT INTO container (batch_id, level) VALUES (?, ?)",
+                                 (self.batch.batch_id, level)).lastrowid
+
+    def children(self, container_id: int) -> list[str]:
+        """EPCs directly inside a container."""
+        packs = [reporting.sgtin(self.batch, s) for (s,) in self.conn.execute(
+            "SELECT serial FROM packed WHERE container_id=? ORDER BY rowid", (container_id,))]
+        cases = [reporting.sscc(self.batch, c) for (c,) in self.conn.execute(
+            "SELECT sscc FROM container WHERE parent_id=? AND state='closed' ORDER BY container_id", (container_id,))]
+        return packs + cases
+
+    def add_pack(self, serial: str) -> None:
+        case = self._open("case")
+        self.conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
+                          (self.batch.gtin, serial, case))
+        (n,) = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()
+        if n >= self.batch.case_size:
+            self.close(case)
+
+    def close(self, container_id: int, partial: bool = False) -> str:
+        """Give the container its SSCC, report its packing; a closed case goes onto the open pallet."""
+        level, state = self.conn.execute("SELECT level, state FROM container WHERE container_id=?",
+                                         (container_id,)).fetchone()
+        if state != "open":
+            raise AggregationError(f"{level} {container_id} is not open")
+        code = next_sscc(self.conn, self.batch.company_prefix)
+        self.conn.execute("UPDATE container SET sscc=?, state='closed', partial=?, closed_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')"
+                          " WHERE container_id=?", (code, int(partial), container_id))
+        reporting.packed(self.conn, self.ctx, self.batch, code, self.children(container_id))
+        if level == "case":
+            pallet = self._open("pallet")
+            self.conn.execute("UPDATE container SET parent_id=? WHERE container_id=?", (pallet, container_id))
+            (n,) = self.conn.execute("SELECT count(*) FROM container WHERE parent_id=? AND state='closed'",
+                                     (pallet,)).fetchone()
+            if n >= self.batch.pallet_size and not partial:
+                self.close(pallet)
+        return code
+
+    def close_partial(self) -> list[str]:
+        """Batch close: the open case, then the open pallet, closed explicitly (marked partial)."""
+        out = []
+        for level in ("case", "pallet"):
+            row = self.conn.execute("SELECT container_id FROM container WHERE batch_id=? AND level=? AND state='open'",
+                                    (self.batch.batch_id, level)).fetchone()
+            if row is None:
+                continue
+            empty = not self.conn.execute("SELECT 1 FROM packed WHERE container_id=? UNION ALL "
+                                          "SELECT 1 FROM container WHERE parent_id=? AND state='closed'",
+                                          (row[0], row[0])).fetchone()
+            if empty:  # nothing in it: leave it without an SSCC, it was never a real container
+                self.conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (row[0],))
+                continue
+            out.append(self.close(row[0], partial=True))
+        return out

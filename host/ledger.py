@@ -1,0 +1,171 @@
+"""Device events into the ledger. `store()` is idempotent on (device_id, boot_id, event_seq): a
+retransmitted event finds its row and changes nothing. Callers wrap a whole poll's events in one
+transaction and acknowledge to the device only after it commits.
+
+Which serial goes with which unit: the coder prints the head of its queue at each trigger, so the
+oldest still-queued coder job is bound to the unit of each UNIT_PRINTED, in arrival order."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+from serialine.protocol.schema import Outcome, Reason
+
+from . import gs1, reporting, serials
+from .aggregation import Aggregator
+from .masterdata import Batch, get_batch
+from .verdicts import Judge
+
+UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME")
+
+
+class LedgerError(ValueError):
+    pass
+
+
+def _name(enum_cls, value) -> str:
+    return enum_cls(int(value)).name
+
+
+class Ledger:
+    def __init__(self, conn: sqlite3.Connection, batch_id: str, ctx=None, min_grade: float = 1.5):
+        self.conn = conn
+        self.batch: Batch = get_batch(conn, batch_id)
+        if self.batch.state != "running":
+            raise LedgerError(f"batch {batch_id} is {self.batch.state}, not running")
+        self.ctx = ctx or reporting.context_for(self.batch)
+        self.agg = Aggregator(conn, self.batch, self.ctx)
+        seen = {s for (s,) in conn.execute(
+            "SELECT read_serial FROM unit WHERE read_serial IS NOT NULL"
+            " AND batch_id IN (SELECT batch_id FROM batch WHERE gtin=?)", (self.batch.gtin,))}
+        self.judge = Judge(batch_id, self.batch.gtin, self.batch.lot, self._serial_batch, seen, min_grade)
+        self._commissioned: list[str] = []  # passed in this transaction: one commissioning event
+
+    # --- lookups ---
+    def _serial_batch(self, serial: str) -> str | None:
+        row = self.conn.execute("SELECT batch_id, state FROM serial WHERE gtin=? AND serial=?",
+                                (self.batch.gtin, serial)).fetchone()
+        if row is None or row[1] == "available":
+            return None
+        return row[0]
+
+    def code_for(self, serial: str) -> str:
+        b = self.batch
+        return gs1.element_string(gs1.pack_pairs(b.gtin, serial, b.lot, b.expiry, b.nhrn_ai, b.nhrn))
+
+    # --- coder fill-ahead ---
+    def queue_codes(self, count: int) -> list[tuple[int, str]]:
+        """Allocate serials and record them as coder jobs (caller's transaction) → [(job_id, code)]."""
+        out = []
+        for s in serials.allocate(self.conn, self.batch.batch_id, self.batch.gtin, count):
+            code = self.code_for(s)
+            job = self.conn.execute("INSERT INTO coder_job (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
+                                    (self.batch.batch_id, self.batch.gtin, s, code)).lastrowid
+            out.append((job, code))
+        return out
+
+    def queued_depth(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM coder_job WHERE batch_id=? AND state='queued'",
+                                 (self.batch.batch_id,)).fetchone()[0]
+
+    def drop_queued(self) -> int:
+        """The coder's buffer was cleared: its jobs will never print (serials stay allocated and
+        return to the pool at batch close)."""
+        return self.conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
+                                 (self.batch.batch_id,)).rowcount
+
+    # --- device events ---
+    def new_boot(self, device_id: str, boot_id: int) -> int:
+        """Units of earlier boots still without an outcome were in flight across the restart:
+        recorded as outcome-less purge, their serials rejected. Caller's transaction."""
+        rows = self.conn.execute("SELECT boot_id, unit_seq, serial FROM unit WHERE device_id=? AND boot_id<>?"
+                                 " AND outcome IS NULL", (device_id, boot_id)).fetchall()
+        for b, u, s in rows:
+            self.conn.execute("UPDATE unit SET outcome='PURGED', reason='PURGE' WHERE device_id=? AND boot_id=?"
+                              " AND unit_seq=?", (device_id, b, u))
+            if s is not None:
+                self.conn.execute("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=? AND state='printed'",
+                                  (self.batch.gtin, s))
+        return len(rows)
+
+    def store(self, device_id: str, boot_id: int, msg_name: str, fields: dict) -> bool:
+        """Store one sequenced device event (caller's transaction). False: already stored."""
+        if "event_seq" not in fields:
+            return False  # STATUS / PONG: not events, latest wins
+        body = json.dumps(fields, separators=(",", ":"), default=str)
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)",
+            (device_id, boot_id, fields["event_seq"], msg_name, fields.get("unit_seq"), body, time.time()))
+        if cur.rowcount == 0:
+            return False
+        handler = getattr(self, "_on_" + msg_name.lower(), None)
+        if handler is not None:
+            handler(device_id, boot_id, fields)
+        return True
+
+    def _on_unit_detected(self, device_id, boot_id, f):
+        self.conn.execute("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)",
+                          (device_id, boot_id, f["unit_seq"], self.batch.batch_id, f.get("flags", 0) & 1))
+
+    def _on_unit_printed(self, device_id, boot_id, f):
+        job = self.conn.execute("SELECT job_id, serial FROM coder_job WHERE batch_id=? AND state='queued'"
+                                " ORDER BY job_id LIMIT 1", (self.batch.batch_id,)).fetchone()
+        if job is None:
+            self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{f['unit_seq']} printed with no code queued")
+            return
+        self.conn.execute("UPDATE coder_job SET state='bound' WHERE job_id=?", (job[0],))
+        self.conn.execute("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                          (self.batch.gtin, job[1], device_id, boot_id, f["unit_seq"]))
+        self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, job[1]))
+
+    def _on_unit_inspected(self, device_id, boot_id, f):
+        self.conn.execute("UPDATE unit SET inspected=1 WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                          (device_id, boot_id, f["unit_seq"]))
+
+    def _on_unit_outcome(self, device_id, boot_id, f):
+        outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
+        row = self.conn.execute("SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                                (device_id, boot_id, f["unit_seq"])).fetchone()
+        if row is None:  # outcome of a unit whose detection we never saw: keep the record complete
+            self._on_unit_detected(device_id, boot_id, f)
+            row = (None, None)
+        serial, _ = row
+        self.conn.execute("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                          (outcome, reason, device_id, boot_id, f["unit_seq"]))
+        if serial is None:
+            if outcome == "PASSED":
+                self.alarm(device_id, "PASSED_WITHOUT_CODE", f"unit {boot_id}/{f['unit_seq']}")
+            return
+        if outcome == "PASSED":
+            self.conn.execute("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?",
+                              (self.batch.gtin, serial))
+            self._commissioned.append(serial)
+            self.agg.add_pack(serial)  # after the commissioning rows: packed needs 'commissioned'
+        else:
+            self.conn.execute("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?",
+                              (self.batch.gtin, serial))
+
+    def flush_events(self) -> None:
+        """End of a poll's transaction: one commissioning event for every pack passed in it.
+        Packing events of cases closed in the same transaction are already queued; a receiver
+        orders by eventTime and both carry the same instant, so commission first."""
+        if self._commissioned:
+            reporting.commissioned(self.conn, self.ctx, self.batch, self._commissioned)
+            self._commissioned = []
+
+    def record_verdict(self, device_id, boot_id, unit_seq, verdict, reason, read_serial, grade) -> None:
+        self.conn.execute("UPDATE unit SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
+                          " WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                          (verdict.name, reason.name, read_serial, grade, device_id, boot_id, unit_seq))
+
+    def expected_code(self, device_id, boot_id, unit_seq) -> str | None:
+        row = self.conn.execute("SELECT j.code FROM unit u JOIN coder_job j ON j.gtin=u.gtin AND j.serial=u.serial"
+                                " WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?",
+                                (device_id, boot_id, unit_seq)).fetchone()
+        return row[0] if row else None
+
+    def alarm(self, source: str, alarm: str, detail: str) -> None:
+        self.conn.execute("INSERT INTO alarm_log (at, source, alarm, detail) VALUES (?,?,?,?)",
+                          (time.time(), source, alarm, detail))
