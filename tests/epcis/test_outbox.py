@@ -66,3 +66,14 @@ def test_database_keeps_delivered_events_final_and_immutable(conn, ctx):
     with pytest.raises(sqlite3.IntegrityError, match="immutable"):
         with conn:
             conn.execute("UPDATE epcis_outbox SET body = '{}'")
+
+
+def test_failure_holds_the_batch_until_due_and_retry_now_releases_it(conn, ctx):
+    with conn:
+        for event in all_kinds(ctx):
+            outbox.enqueue(conn, "B1", event)
+    outbox.record_failure(conn, [1, 2], "HTTP 503: busy", next_try_at=5000.0)
+    assert outbox.next_chunk(conn, "B1", 10, now=4999.0) is None
+    assert outbox.pending_rows(conn)[0][4:] == (1, 5000.0, "HTTP 503: busy")
+    assert outbox.retry_now(conn) == 2
+    assert [seq for seq, _, _ in outbox.next_chunk(conn, "B1", 3, now=0.0)] == [1, 2, 3]
