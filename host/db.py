@@ -13,6 +13,7 @@ SERIAL_STATES = ("available", "allocated", "printed", "commissioned", "rejected"
 TRANSITIONS = (
     ("available", "allocated"), ("allocated", "printed"), ("allocated", "available"),
     ("printed", "commissioned"), ("printed", "rejected"),
+    ("allocated", "rejected"),  # sent to a coder but never seen printed: may exist, never reissued
     ("printed", "destroyed"), ("printed", "sampled"), ("printed", "decommissioned"),
     ("commissioned", "destroyed"), ("commissioned", "sampled"), ("commissioned", "decommissioned"),
 )

@@ -1,0 +1,180 @@
+"""Rework: every change is one transaction, recorded with user, time and reason (rework table and
+audit chain) together with its EPCIS event; an impossible request raises ReworkError and changes
+nothing."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+
+from . import audit, reporting
+from .db import transaction
+from .masterdata import get_batch
+
+KINDS = ("destroyed", "sampled", "decommissioned")
+
+
+class ReworkError(ValueError):
+    pass
+
+
+def _record(conn, user, action, target, reason, detail):
+    if not user or not reason:
+        raise ReworkError("rework needs a user and a reason")
+    at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+    conn.execute("INSERT INTO rework (at, user, action, target, reason, detail) VALUES (?,?,?,?,?,?)",
+                 (at, user, action, target, reason, json.dumps(detail, default=str)))
+    audit.append(conn, user, "rework." + action, {"target": target, "reason": reason, **detail})
+
+
+def _pack(conn, gtin: str, serial: str):
+    row = conn.execute("SELECT s.state, s.batch_id, p.container_id FROM serial s LEFT JOIN packed p USING (gtin, serial)"
+                       " WHERE s.gtin=? AND s.serial=?", (gtin, serial)).fetchone()
+    if row is None:
+        raise ReworkError(f"unknown pack {gtin}/{serial}")
+    return row
+
+
+def _container(conn, sscc: str):
+    row = conn.execute("SELECT container_id, batch_id, level, state FROM container WHERE sscc=?", (sscc,)).fetchone()
+    if row is None:
+        raise ReworkError(f"unknown SSCC {sscc}")
+    if row[3] != "closed":
+        raise ReworkError(f"{row[2]} {sscc} is {row[3]}")
+    return row
+
+
+def _sscc_of(conn, container_id):
+    return conn.execute("SELECT sscc FROM container WHERE container_id=?", (container_id,)).fetchone()[0]
+
+
+def remove_pack(conn: sqlite3.Connection, gtin: str, serial: str, user: str, reason: str) -> str:
+    """Take a pack out of its case → the case's SSCC."""
+    with transaction(conn):
+        state, batch_id, cid = _pack(conn, gtin, serial)
+        if cid is None:
+            raise ReworkError(f"pack {serial} is not in a case")
+        b = get_batch(conn, batch_id)
+        sscc = _sscc_of(conn, cid)
+        if sscc is None:
+            raise ReworkError(f"pack {serial} is in a case that is still open on the line")
+        conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
+        reporting.unpacked(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
+        _record(conn, user, "remove", serial, reason, {"gtin": gtin, "case": sscc})
+        return sscc
+
+
+def add_pack(conn: sqlite3.Connection, sscc: str, gtin: str, serial: str, user: str, reason: str) -> None:
+    """Put a commissioned, unpacked pack of the same batch into a closed case."""
+    with transaction(conn):
+        cid, batch_id, level, _ = _container(conn, sscc)
+        if level != "case":
+            raise ReworkError(f"{sscc} is a {level}; packs go into cases")
+        state, pack_batch, in_case = _pack(conn, gtin, serial)
+        if in_case is not None:
+            raise ReworkError(f"pack {serial} is already in case {_sscc_of(conn, in_case)}: a pack is in one case at most")
+        if state != "commissioned":
+            raise ReworkError(f"pack {serial} is {state}: only a commissioned pack can be packed")
+        if pack_batch != batch_id:
+            raise ReworkError(f"pack {serial} belongs to batch {pack_batch}, case {sscc} to {batch_id}")
+        b = get_batch(conn, batch_id)
+        (n,) = conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (cid,)).fetchone()
+        if n >= b.case_size:
+            raise ReworkError(f"case {sscc} is full ({n}/{b.case_size})")
+        # the trigger only lets packs into open cases: reopen for the insert, inside this transaction
+        conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
+        conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?,?,?)", (gtin, serial, cid))
+        conn.execute("UPDATE container SET state='closed' WHERE container_id=?", (cid,))
+        reporting.packed(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
+        _record(conn, user, "add", serial, reason, {"gtin": gtin, "case": sscc})
+
+
+def replace_pack(conn, gtin: str, old_serial: str, new_serial: str, user: str, reason: str) -> str:
+    """Take one pack out of its case and put another in its place: both steps or neither."""
+    with transaction(conn):
+        _, _, cid = _pack(conn, gtin, old_serial)
+        if cid is None or _sscc_of(conn, cid) is None:
+            raise ReworkError(f"pack {old_serial} is not in a closed case")
+        new_state, _, new_case = _pack(conn, gtin, new_serial)
+        if new_case is not None:
+            raise ReworkError(f"pack {new_serial} is already in case {_sscc_of(conn, new_case)}: a pack is in one case at most")
+        if new_state != "commissioned":
+            raise ReworkError(f"pack {new_serial} is {new_state}: only a commissioned pack can be packed")
+        sscc = _sscc_of(conn, cid)
+        _remove_in(conn, gtin, old_serial, user, reason)
+        _add_in(conn, sscc, gtin, new_serial, user, reason)
+        return sscc
+
+
+def _remove_in(conn, gtin, serial, user, reason):
+    state, batch_id, cid = _pack(conn, gtin, serial)
+    b = get_batch(conn, batch_id)
+    sscc = _sscc_of(conn, cid)
+    conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
+    reporting.unpacked(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
+    _record(conn, user, "remove", serial, reason, {"gtin": gtin, "case": sscc})
+
+
+def _add_in(conn, sscc, gtin, serial, user, reason):
+    cid, batch_id, level, _ = _container(conn, sscc)
+    b = get_batch(conn, batch_id)
+    conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
+    conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?,?,?)", (gtin, serial, cid))
+    conn.execute("UPDATE container SET state='closed' WHERE container_id=?", (cid,))
+    reporting.packed(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
+    _record(conn, user, "add", serial, reason, {"gtin": gtin, "case": sscc})
+
+
+def disaggregate(conn: sqlite3.Connection, sscc: str, user: str, reason: str) -> list[str]:
+    """Empty a case or pallet; its SSCC is retired (never given again). → the children's EPCs."""
+    with transaction(conn):
+        cid, batch_id, level, _ = _container(conn, sscc)
+        b = get_batch(conn, batch_id)
+        from .aggregation import Aggregator
+        children = Aggregator(conn, b, None).children(cid)
+        conn.execute("DELETE FROM packed WHERE container_id=?", (cid,))
+        conn.execute("UPDATE container SET parent_id=NULL WHERE parent_id=?", (cid,))
+        conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (cid,))
+        reporting.unpacked(conn, reporting.context_for(b), b, sscc, children)
+        _record(conn, user, "disaggregate", sscc, reason, {"level": level, "children": len(children)})
+        return children
+
+
+def decommission(conn: sqlite3.Connection, gtin: str, serial: str, kind: str, user: str, reason: str) -> None:
+    """Destroy / sample / decommission one pack (taken out of its case first)."""
+    if kind not in KINDS:
+        raise ReworkError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    with transaction(conn):
+        _decommission_in(conn, gtin, serial, kind, user, reason)
+
+
+def _decommission_in(conn, gtin, serial, kind, user, reason):
+    state, batch_id, cid = _pack(conn, gtin, serial)
+    if state not in ("commissioned", "printed"):
+        raise ReworkError(f"pack {serial} is {state}: it cannot be {kind}")
+    if cid is not None:
+        _remove_in(conn, gtin, serial, user, reason)
+    b = get_batch(conn, batch_id)
+    conn.execute("UPDATE serial SET state=? WHERE gtin=? AND serial=?", (kind, gtin, serial))
+    if state == "commissioned":
+        reporting.decommissioned(conn, reporting.context_for(b), b, [serial], kind)
+    _record(conn, user, "decommission", serial, reason, {"gtin": gtin, "kind": kind})
+
+
+def decommission_container(conn, sscc: str, kind: str, user: str, reason: str) -> int:
+    """Decommission every pack in a case or pallet, recursively; the containers are retired."""
+    if kind not in KINDS:
+        raise ReworkError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    with transaction(conn):
+        cid, batch_id, level, _ = _container(conn, sscc)
+        b = get_batch(conn, batch_id)
+        ids = [cid] + [c for (c,) in conn.execute("SELECT container_id FROM container WHERE parent_id=?", (cid,))]
+        packs = [s for (s,) in conn.execute(
+            f"SELECT serial FROM packed WHERE container_id IN ({','.join('?' * len(ids))})", ids)]
+        for s in packs:
+            _decommission_in(conn, b.gtin, s, kind, user, reason)
+        for c in ids:
+            conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (c,))
+        _record(conn, user, "decommission_container", sscc, reason, {"kind": kind, "packs": len(packs)})
+        return len(packs)
