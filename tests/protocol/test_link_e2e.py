@@ -93,7 +93,7 @@ def test_link_loss_detected_on_both_sides_and_recovered_with_new_hello():
                 lost_seen |= not host.up
             relay.cut = False
             assert lost_seen and host.counters()["links_lost"] >= 1
-            got += collect(host, lambda g: {f["unit_seq"] for _, f in g} >= set(range(n)))
+            got += collect(host, lambda g: {f["unit_seq"] for _, f in got + g} >= set(range(n)))
             assert host.up and host.sessions >= 2
             out = stop_linkdev(proc, host)
         finally:
