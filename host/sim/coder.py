@@ -3,6 +3,7 @@ the line prints the job at the head of the buffer, sometimes badly.
 
 Line protocol (ASCII, one command per line, replies one line):
   host> PUSH <code>     coder< OK <depth>   | ERR full | ERR bad code
+                        (code: printable ASCII without spaces, GS (0x1D) sent raw)
   host> CLEAR           coder< OK 0
   host> DEPTH           coder< OK <depth>
   coder< PRINTED <code>  unsolicited, after each trigger that ran a job (the coder cannot see a bad print)
@@ -18,6 +19,7 @@ from .tcpline import LineServer
 
 MAX_DEPTH = 64
 MAX_CODE = 120
+GS = "\x1d"  # GS1 element strings separate variable-length fields with GS; sent raw
 
 
 class SimCoder(LineServer):
@@ -35,7 +37,7 @@ class SimCoder(LineServer):
         cmd, _, arg = line.partition(" ")
         with self._buf_lock:
             if cmd == "PUSH":
-                if not arg or len(arg) > MAX_CODE or not arg.isprintable() or " " in arg:
+                if not arg or len(arg) > MAX_CODE or not all(c == GS or "!" <= c <= "~" for c in arg):
                     return "ERR bad code"
                 if len(self.buffer) >= MAX_DEPTH:
                     return "ERR full"

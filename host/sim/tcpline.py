@@ -85,7 +85,7 @@ class LineServer:
             while b"\n" in buf:
                 raw, buf = buf.split(b"\n", 1)
                 try:
-                    text = raw.decode("ascii").strip()
+                    text = raw.decode("ascii").rstrip("\r")  # not strip(): GS (0x1D) is whitespace to Python
                 except UnicodeDecodeError:
                     reply = "ERR not ascii"
                 else:

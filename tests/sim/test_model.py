@@ -181,6 +181,13 @@ def test_coder_over_tcp_prints_buffer_head_and_reports_faults():
             assert r.readline().strip() == f"OK {i + 1}"
         c.sendall(b"PUSH two words\n")
         assert r.readline().strip() == "ERR bad code"
+        c.sendall(b"PUSH 0109506000134352\x1d\n")  # GS is part of a code, not whitespace
+        assert r.readline().strip() == "OK 5"
+        c.sendall(b"CLEAR\n")
+        assert r.readline().strip() == "OK 0"
+        for i in range(4):
+            c.sendall(f"PUSH 0109506000134352217{i}\n".encode())
+            r.readline()
         jobs = [coder.trigger(t) for t in range(4)]
         assert [j[0] for j in jobs] == [f"0109506000134352217{i}" for i in range(4)]
         assert [r.readline().strip() for _ in range(4)] == [f"PRINTED {j[0]}" for j in jobs]
