@@ -40,7 +40,10 @@ class _Layout:
 
 def _layout(m: S.Message) -> _Layout:
     flat = S.flat_fields(m.payload)
-    fmt, strings, ranges, pascal, fixed, widths = "<", [], [], False, 0, {}
+    fmt, pascal, fixed = "<", False, 0
+    strings: list[int] = []
+    widths: dict[int, int] = {}
+    ranges: list[tuple[int, int] | None] = []
     for i, f in enumerate(flat):
         if f.kind == "int":
             c = _FMT[f.fmt]
@@ -173,19 +176,19 @@ def _payload(lay: _Layout, frame, length: int) -> tuple:
         values = lay.payload.unpack_from(frame, _H)
         if not lay.strings:
             return values
-        values = list(values)
+        texts = list(values)
         for i in lay.strings:
-            values[i] = _text(lay, i, values[i].rstrip(b"\0"))
-        return tuple(values)
+            texts[i] = _text(lay, i, texts[i].rstrip(b"\0"))
+        return tuple(texts)
     k = length - lay.fixed
     if k < 0 or k > S.LOG_MAX_TEXT or frame[_H + lay.fixed - 1] != k:
         raise FrameError(f"{lay.name}: payload of {length} bytes disagrees with its string length")
-    values = list(lay.payload.unpack_from(frame, _H))
+    mixed = list(lay.payload.unpack_from(frame, _H))
     for i in lay.strings:
-        values[i] = _text(lay, i, values[i].rstrip(b"\0"))
+        mixed[i] = _text(lay, i, mixed[i].rstrip(b"\0"))
     start = _H + lay.fixed
-    values.append(_text(lay, len(lay.fields) - 1, bytes(frame[start:start + k])))
-    return tuple(values)
+    mixed.append(_text(lay, len(lay.fields) - 1, bytes(frame[start:start + k])))
+    return tuple(mixed)
 
 
 def _text(lay: _Layout, i: int, raw: bytes) -> str:

@@ -51,11 +51,11 @@ def _str_value(f: S.FieldSpec, case: str, i: int) -> str:
 
 
 def _fields_for(m: S.Message, case: str) -> dict:
-    out = {}
+    out: dict[str, object] = {}
     i = 0
     for f in S.field_specs(m.payload):
         if f.kind == "struct":
-            sub = {}
+            sub: dict[str, int | str] = {}
             for g in f.fields:
                 sub[g.name] = _int_value(g, case, i) if g.kind == "int" else _str_value(g, case, i)
                 i += 1
@@ -68,7 +68,7 @@ def _fields_for(m: S.Message, case: str) -> dict:
 
 def flatten(m: S.Message, fields: dict) -> list:
     """construct's nested field dict -> flat list in schema order."""
-    out = []
+    out: list = []
     for f in S.field_specs(m.payload):
         if f.kind == "struct":
             out.extend(fields[f.name][g.name] for g in f.fields)
