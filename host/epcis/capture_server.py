@@ -6,8 +6,10 @@ deduplicates by eventID while counting every copy it received."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
+import ssl
 import threading
 import time
 from collections import Counter
@@ -16,8 +18,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class CaptureServer:
-    def __init__(self, port: int = 0, token: str | None = None):
+    def __init__(self, port: int = 0, token: str | None = None, basic: tuple[str, str] | None = None,
+                 tls: tuple[str, str] | None = None):
+        """token: required bearer token; basic: required (user, password); tls: (certfile, keyfile)."""
         self.token = token
+        self.authorization = None
+        if token:
+            self.authorization = f"Bearer {token}"
+        elif basic:
+            self.authorization = "Basic " + base64.b64encode(":".join(basic).encode()).decode()
         self.events: dict[str, dict] = {}      # eventID -> event, first copy wins
         self.received = Counter()              # eventID -> copies received
         self.documents = 0
@@ -32,6 +41,12 @@ class CaptureServer:
         self._ids = itertools.count(1)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.thread: threading.Thread | None = None
 
     @property
@@ -40,7 +55,7 @@ class CaptureServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def duplicates(self) -> int:
@@ -124,8 +139,8 @@ class CaptureServer:
                 self.wfile.write(data)
 
             def _authorised(self) -> bool:
-                if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
-                    self._send(401, _problem(401, "UnauthorizedRequestException", "bad or missing bearer token"))
+                if server.authorization and self.headers.get("Authorization") != server.authorization:
+                    self._send(401, _problem(401, "UnauthorizedRequestException", "bad or missing credentials"))
                     return False
                 return True
 

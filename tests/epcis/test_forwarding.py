@@ -5,6 +5,7 @@ ledger counts each once, and the capture server (dedup by eventID) sees nothing 
 from __future__ import annotations
 
 import json
+import subprocess
 import sqlite3
 import threading
 import time
@@ -251,3 +252,31 @@ def test_sink_refuses_bad_configuration():
         HttpCaptureSink("http://127.0.0.1:1", token="t", username="u")
     with pytest.raises(SinkError):
         HttpCaptureSink("http://127.0.0.1:1", timeout=0.5).send({"epcisBody": {"eventList": []}})
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+def test_https_verifies_the_server_by_default(certificate):
+    cert, key = certificate
+    one = {"epcisBody": {"eventList": [{"eventID": "ni:///sha-256;" + "b" * 64 + "?ver=CBV2.0"}]}}
+    with CaptureServer(tls=(cert, key), basic=("line1", "pw")) as server:
+        with pytest.raises(SinkError, match="CERTIFICATE_VERIFY_FAILED"):
+            HttpCaptureSink(server.url, username="line1", password="pw", timeout=2).send(one)
+        with pytest.raises(SinkError, match="HTTP 401: UnauthorizedRequestException"):
+            HttpCaptureSink(server.url, username="line1", password="bad", ca_file=cert,
+                            timeout=2).send(one)
+        HttpCaptureSink(server.url, username="line1", password="pw", ca_file=cert, timeout=2,
+                        poll_interval=0.01).send(one)
+        assert len(server.events) == 1
+        HttpCaptureSink(server.url, username="line1", password="pw", verify_tls=False, timeout=2,
+                        poll_interval=0.01).send(one)   # explicitly turned off: accepted
+        assert server.duplicates == 1
