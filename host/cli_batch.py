@@ -1,0 +1,142 @@
+"""`serialine batch …`, `serialine rework …`, `serialine audit …` — the line engineer's commands.
+Every command takes --db (default $SERIALINE_DB or ./serialine.db); errors print one clear line
+and exit 1 with nothing changed."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sqlite3
+import sys
+
+from . import audit, db, masterdata, reconcile, rework, serials
+from .gs1 import GS1Error
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=os.environ.get("SERIALINE_DB", "serialine.db"), help="ledger file")
+    p.add_argument("--user", default=os.environ.get("SERIALINE_USER") or getpass.getuser(), help="who does this")
+
+
+def _run(fn, args) -> int:
+    conn = db.connect(args.db)
+    try:
+        fn(conn, args)
+        return 0
+    except (ValueError, GS1Error, sqlite3.IntegrityError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+
+
+def _audited(conn, args, action, detail):
+    with db.transaction(conn):
+        audit.append(conn, args.user, action, detail)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine batch")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("product", help="add a product")
+    p.add_argument("gtin"); p.add_argument("name")
+    p.add_argument("--market", required=True, choices=sorted(masterdata.PROFILES))
+    p.add_argument("--prefix-len", type=int, required=True, help="GS1 company prefix length")
+    p.add_argument("--nhrn-ai"); p.add_argument("--nhrn")
+    p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N or --import FILE")
+    p.add_argument("gtin")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--generate", type=int); g.add_argument("--import", dest="import_file")
+    p = sub.add_parser("create", help="create a batch")
+    for a in ("batch_id", "gtin", "lot", "expiry"):
+        p.add_argument(a)
+    p.add_argument("--planned", type=int, required=True)
+    p.add_argument("--case-size", type=int, required=True)
+    p.add_argument("--pallet-size", type=int, required=True)
+    for name in ("start", "reconcile", "close"):
+        p = sub.add_parser(name, help=f"{name} a batch")
+        p.add_argument("batch_id")
+    for p in sub.choices.values():
+        _common(p)
+    args = ap.parse_args(argv)
+
+    def go(conn, a):
+        if a.cmd == "product":
+            masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn)
+            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market})
+        elif a.cmd == "serials":
+            if a.generate is not None:
+                n = serials.generate(conn, a.gtin, a.generate)
+            else:
+                n = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file)
+            _audited(conn, a, "serials.add", {"gtin": a.gtin, "count": n})
+            print(f"{n} serials added to {a.gtin}; {serials.available(conn, a.gtin)} available")
+            warn = serials.low_water(conn, a.gtin)
+            if warn:
+                print("warning: " + warn, file=sys.stderr)
+        elif a.cmd == "create":
+            masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned, a.case_size, a.pallet_size)
+            _audited(conn, a, "batch.create", {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot})
+        elif a.cmd == "start":
+            masterdata.start_batch(conn, a.batch_id)
+            _audited(conn, a, "batch.start", {"batch_id": a.batch_id})
+        elif a.cmd == "reconcile":
+            print("\n".join(reconcile.reconcile(conn, a.batch_id).lines()))
+        elif a.cmd == "close":
+            try:
+                report = reconcile.close_batch(conn, a.batch_id, a.user)
+            except reconcile.ReconcileError as exc:
+                print("\n".join(exc.report.lines()))
+                raise
+            print("\n".join(report.lines()))
+            print(f"batch {a.batch_id} closed")
+    return _run(go, args)
+
+
+def rework_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine rework")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("remove", help="take a pack out of its case"); p.add_argument("gtin"); p.add_argument("serial")
+    p = sub.add_parser("add", help="put a pack into a case"); p.add_argument("sscc"); p.add_argument("gtin"); p.add_argument("serial")
+    p = sub.add_parser("replace", help="replace a pack in its case")
+    p.add_argument("gtin"); p.add_argument("old_serial"); p.add_argument("new_serial")
+    p = sub.add_parser("disaggregate", help="empty a case or pallet"); p.add_argument("sscc")
+    p = sub.add_parser("decommission", help="destroyed / sampled / decommissioned: a pack or (--sscc) a whole container")
+    p.add_argument("kind", choices=rework.KINDS)
+    p.add_argument("target", nargs="+", help="GTIN SERIAL, or --sscc SSCC")
+    p.add_argument("--sscc", action="store_true", help="target is an SSCC: decommission recursively")
+    for p in sub.choices.values():
+        _common(p)
+        p.add_argument("--reason", required=True)
+    args = ap.parse_args(argv)
+
+    def go(conn, a):
+        if a.cmd == "remove":
+            print(f"removed from case {rework.remove_pack(conn, a.gtin, a.serial, a.user, a.reason)}")
+        elif a.cmd == "add":
+            rework.add_pack(conn, a.sscc, a.gtin, a.serial, a.user, a.reason)
+        elif a.cmd == "replace":
+            rework.replace_pack(conn, a.gtin, a.old_serial, a.new_serial, a.user, a.reason)
+        elif a.cmd == "disaggregate":
+            print(f"{len(rework.disaggregate(conn, a.sscc, a.user, a.reason))} children released")
+        elif a.cmd == "decommission":
+            if a.sscc:
+                n = rework.decommission_container(conn, a.target[0], a.kind, a.user, a.reason)
+                print(f"{n} packs {a.kind}")
+            else:
+                if len(a.target) != 2:
+                    raise ValueError("decommission a pack: GTIN SERIAL")
+                rework.decommission(conn, a.target[0], a.target[1], a.kind, a.user, a.reason)
+    return _run(go, args)
+
+
+def audit_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine audit")
+    ap.add_argument("action", choices=["verify"])
+    _common(ap)
+    args = ap.parse_args(argv)
+    conn = db.connect(args.db)
+    ok, n, message = audit.verify(conn)
+    print(message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
