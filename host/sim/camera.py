@@ -2,8 +2,10 @@
 in front of it and reports the result over TCP after its processing latency, sometimes wrongly.
 
 Line protocol (ASCII, unsolicited from the camera, one result per trigger, in trigger order):
-  camera< READ <n> <grade> <code>   n counts triggers from 1 since the camera started;
-                                    grade is ISO/IEC 15415 A..F (the host's minimum decides)
+  camera< READ <n> <grade> <data>   n counts triggers from 1 since the camera started;
+                                    grade is ISO/IEC 15415 A..F (the host's minimum decides);
+                                    data is the symbology identifier ]d2 (GS1 DataMatrix) and
+                                    the code, GS as the 4 characters \x1d
   camera< NOREAD <n>
   host>   PING                      camera< PONG
 
@@ -18,7 +20,10 @@ import random
 import threading
 import time
 
+from .coder import escape
 from .line import mutate
+
+SYMBOLOGY = "]d2"  # ISO/IEC 15424 identifier of GS1 DataMatrix
 from .tcpline import LineServer
 
 
@@ -62,7 +67,7 @@ class SimCamera(LineServer):
             elif fault == "low_grade":
                 grade = "D"
         self.faults[fault or "ok"] += 1
-        line = f"NOREAD {n}" if read is None else f"READ {n} {grade} {read}"
+        line = f"NOREAD {n}" if read is None else f"READ {n} {grade} {SYMBOLOGY}{escape(read)}"
         due = t_us + max(0, round(self.latency_us + self.rng.uniform(-1, 1) * self.jitter_us))
         with self._lock2:
             heapq.heappush(self._due, (due, n, line))

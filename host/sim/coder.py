@@ -3,7 +3,7 @@ the line prints the job at the head of the buffer, sometimes badly.
 
 Line protocol (ASCII, one command per line, replies one line):
   host> PUSH <code>     coder< OK <depth>   | ERR full | ERR bad code
-                        (code: printable ASCII without spaces, GS (0x1D) sent raw)
+                        (code: printable ASCII without spaces; GS travels as the 4 characters \x1d)
   host> CLEAR           coder< OK 0
   host> DEPTH           coder< OK <depth>
   coder< PRINTED <code>  unsolicited, after each trigger that ran a job (the coder cannot see a bad print)
@@ -19,7 +19,16 @@ from .tcpline import LineServer
 
 MAX_DEPTH = 64
 MAX_CODE = 120
-GS = "\x1d"  # GS1 element strings separate variable-length fields with GS; sent raw
+GS = "\x1d"  # GS1 element strings separate variable-length fields with GS
+GS_ESCAPE = "\\x1d"  # ... which travels on a text line as these 4 characters (docs/devices.md)
+
+
+def escape(code: str) -> str:
+    return code.replace(GS, GS_ESCAPE)
+
+
+def unescape(text: str) -> str:
+    return text.replace(GS_ESCAPE, GS)
 
 
 class SimCoder(LineServer):
@@ -37,6 +46,7 @@ class SimCoder(LineServer):
         cmd, _, arg = line.partition(" ")
         with self._buf_lock:
             if cmd == "PUSH":
+                arg = unescape(arg)
                 if not arg or len(arg) > MAX_CODE or not all(c == GS or "!" <= c <= "~" for c in arg):
                     return "ERR bad code"
                 if len(self.buffer) >= MAX_DEPTH:
@@ -72,5 +82,5 @@ class SimCoder(LineServer):
             x -= rate
         self.faults[fault or "ok"] += 1
         self.jobs_printed += 1
-        self.send(f"PRINTED {code}")
+        self.send(f"PRINTED {escape(code)}")
         return code, fault

@@ -18,7 +18,7 @@ FAIL_SAFE = {Reason.NO_VERDICT, Reason.LINK_LOST, Reason.PURGE, Reason.BUFFER_OV
 # What a camera fault on a good print makes the host say.
 CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION},
                   "misread": {Reason.CODE_MISMATCH, Reason.NOT_GS1, Reason.UNKNOWN_SERIAL,
-                              Reason.CORRELATION},
+                              Reason.WRONG_BATCH, Reason.DUPLICATE, Reason.CORRELATION},
                   "low_grade": {Reason.LOW_GRADE}}
 
 

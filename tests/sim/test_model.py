@@ -181,8 +181,8 @@ def test_coder_over_tcp_prints_buffer_head_and_reports_faults():
             assert r.readline().strip() == f"OK {i + 1}"
         c.sendall(b"PUSH two words\n")
         assert r.readline().strip() == "ERR bad code"
-        c.sendall(b"PUSH 0109506000134352\x1d\n")  # GS is part of a code, not whitespace
-        assert r.readline().strip() == "OK 5"
+        c.sendall(b"PUSH 0109506000134352\\x1d10ABC\n")  # GS escaped as in docs/devices.md
+        assert r.readline().strip() == "OK 5" and coder.buffer[-1] == "0109506000134352\x1d10ABC"
         c.sendall(b"CLEAR\n")
         assert r.readline().strip() == "OK 0"
         for i in range(4):
@@ -214,7 +214,7 @@ def test_camera_delivers_on_the_simulator_clock_in_order():
         cam.trigger(2000, None, False)
         assert cam.deliver(5999) == []
         assert cam.deliver(7000) == [1, 2]
-        assert r.readline().strip() == "READ 1 A CODE1"
+        assert r.readline().strip() == "READ 1 A ]d2CODE1"
         assert r.readline().strip() == "NOREAD 2"
         c.sendall(b"PING\n")
         assert r.readline().strip() == "PONG"
@@ -279,3 +279,30 @@ def test_a_line_stop_from_the_device_halts_the_belt_and_a_release_restarts_it():
     ln.output("stop_off", 1, ln.t)
     ln.advance(1_100_000)
     assert ln.belt > b and ln.speed() == ln.profile.full_cps
+
+
+def test_host_drivers_understand_the_simulated_devices():
+    """The host's own coder/camera drivers (host/devices) against the simulated devices."""
+    from serialine.host.devices.camera import Camera
+    from serialine.host.devices.coder import Coder
+
+    code = "0109506000134352172811301012345\x1d21ABCDEF123456"
+    with SimCoder() as coder, SimCamera(latency_ms=1, jitter_ms=0) as cam:
+        hc, hcam = Coder(*coder.address), Camera(*cam.address)
+        cam.connected.wait(5)
+        assert hc.push(code) == 1 and hc.depth() == 1
+        assert coder.trigger(0) == (code, "")
+        cam.trigger(0, code, False)
+        cam.trigger(10, None, False)
+        cam.deliver(10_000)
+        import time
+        deadline = time.monotonic() + 5
+        results = []
+        while len(results) < 2 and time.monotonic() < deadline:
+            got, errors = hcam.results()
+            assert not errors
+            results += got
+            time.sleep(0.01)
+        assert [(r.n, r.grade, r.data) for r in results] == [(1, "A", "]d2" + code), (2, None, None)]
+        hc.close()
+        hcam.close()
