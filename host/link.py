@@ -197,7 +197,14 @@ class HostLink:
 
     def send(self, msg_name: str, fields: dict) -> None:
         """Queue a host->device message. Sequenced ones are resent until the device acks them."""
-        msg = BY_NAME[msg_name]
+        msg = BY_NAME.get(msg_name)
+        if msg is None or msg.direction == "device>host" or msg.msg_type in (MSG_HELLO, MSG_ACK):
+            raise ValueError(f"the host cannot send {msg_name!r}; it sends one of "
+                             f"{', '.join(m.name for m in BY_NAME.values() if m.direction == 'host>device' and m.msg_type != MSG_HELLO)}")
+        for f in schema.flat_fields(msg.payload):
+            if f.enum is not None and f.name in fields and fields[f.name] not in set(f.enum):
+                raise ValueError(f"{msg_name}.{f.name}={fields[f.name]!r} is not a "
+                                 f"{f.enum.__name__} ({', '.join(e.name for e in f.enum)})")
         frame = encode(msg.msg_type, 0, 0, fields)  # validate now: bad input raises, changes nothing
         if not msg.sequenced:
             self._write(frame)
