@@ -48,7 +48,7 @@ class Context:
 
 def _key_digits(value: str, length: int, what: str) -> str:
     value = str(value)
-    if not value.isdigit() or len(value) != length:
+    if not (value.isascii() and value.isdigit()) or len(value) != length:
         raise ValueError(f"{what} must be {length} digits, got {value!r}")
     if check_digit(value[:-1]) != int(value[-1]):
         raise ValueError(f"{what} {value} has a wrong check digit")

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.parse
 from datetime import date, datetime, timezone
 
 import pytest
@@ -40,6 +41,7 @@ def test_epc_urns_follow_tds():
     lambda: ev.sgtin_urn(GTIN, "A B", 7),                   # space is not in CSET 82
     lambda: ev.sgtin_urn(GTIN, "A", 13),                    # company prefix length
     lambda: ev.sscc_urn("12345", 7),
+    lambda: ev.sscc_urn("34012345000000000\u0663", 7),  # an Arabic-Indic digit: int() takes it
     lambda: ev.Context(read_point="urn:x", biz_location="urn:epc:id:sgln:4012345.00000.0"),
 ])
 def test_bad_identifiers_are_refused(call):
@@ -123,3 +125,33 @@ def test_schema_validation_catches_a_bad_event(events_all):
 def test_hash_refuses_unknown_fields(events_all):
     with pytest.raises(ValueError):
         eventhash.event_hash({**events_all[0], "sensorElementList": []})
+
+
+@settings(max_examples=200, deadline=None)
+@given(gtin_body=st.text(alphabet="0123456789", min_size=13, max_size=13),
+       serial=st.text(min_size=0, max_size=22), prefix_len=st.integers(4, 14))
+def test_sgtin_urn_fuzzed_agrees_with_reference_normaliser(gtin_body, serial, prefix_len):
+    """Any input either raises ValueError or gives an EPC URI that GS1's reference normaliser
+    maps back to the same GTIN and serial."""
+    from epcis_event_hash_generator.dl_normaliser import normaliser
+    gtin = gtin_body + str(eventhash.check_digit(gtin_body))
+    try:
+        urn = ev.sgtin_urn(gtin, serial, prefix_len)
+    except ValueError:
+        return
+    dl = normaliser(urn)
+    assert dl is not None and dl == eventhash.canonical_uri(urn)
+    assert dl.startswith(f"https://id.gs1.org/01/{gtin}/21/")
+    assert urllib.parse.unquote(dl.rsplit("/21/", 1)[1]) == serial
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=40) | st.text(alphabet="0123456789", min_size=17, max_size=17).map(
+    lambda body: body + str(eventhash.check_digit(body))))
+def test_sscc_urn_fuzzed_refuses_or_round_trips(text):
+    from epcis_event_hash_generator.dl_normaliser import normaliser
+    try:
+        urn = ev.sscc_urn(text, 7)
+    except ValueError:
+        return
+    assert normaliser(urn) == f"https://id.gs1.org/00/{text}"
