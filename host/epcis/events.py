@@ -36,8 +36,9 @@ class Context:
         for name in ("read_point", "biz_location"):
             if not str(getattr(self, name)).startswith("urn:epc:id:sgln:"):
                 raise ValueError(f"{name} must be an SGLN EPC URI, got {getattr(self, name)!r}")
-        if not _OFFSET.match(self.tz_offset):
+        if not _OFFSET.fullmatch(self.tz_offset):
             raise ValueError(f"tz_offset must look like +01:00, got {self.tz_offset!r}")
+        self.tzinfo  # noqa: B018 - raises ValueError for offsets of a day or more
 
     @property
     def tzinfo(self) -> timezone:
@@ -66,7 +67,7 @@ def sgtin_urn(gtin: str, serial: str, company_prefix_len: int) -> str:
     gtin = str(gtin).zfill(14) if str(gtin).isdigit() and len(str(gtin)) in (8, 12, 13) else gtin
     gtin = _key_digits(gtin, 14, "GTIN")
     n = _prefix_len(company_prefix_len)
-    if not _CSET82.match(str(serial)):
+    if not _CSET82.fullmatch(str(serial)):
         raise ValueError(f"serial must be 1..20 GS1 AI 21 characters, got {serial!r}")
     escaped = "".join(_URI_ESCAPES.get(c, c) for c in serial)
     return f"urn:epc:id:sgtin:{gtin[1:1 + n]}.{gtin[0]}{gtin[1 + n:13]}.{escaped}"
@@ -119,7 +120,7 @@ def _head(kind: str, ctx: Context, when: datetime) -> dict:
 
 def commissioning(ctx: Context, epcs, lot: str, expiry: date, when: datetime) -> dict:
     """ObjectEvent ADD, bizStep commissioning, disposition active, ILMD lot + expiry."""
-    if not isinstance(lot, str) or not _CSET82.match(lot):
+    if not isinstance(lot, str) or not _CSET82.fullmatch(lot):
         raise ValueError(f"lot must be 1..20 GS1 AI 10 characters, got {lot!r}")
     if not isinstance(expiry, date) or isinstance(expiry, datetime):
         raise ValueError(f"expiry must be a date, got {expiry!r}")

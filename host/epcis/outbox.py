@@ -52,7 +52,7 @@ def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
     if not isinstance(batch_id, str) or not batch_id:
         raise ValueError(f"batch_id must be a non-empty string, got {batch_id!r}")
     event_id = event.get("eventID") if isinstance(event, dict) else None
-    if not isinstance(event_id, str) or not _EVENT_ID.match(event_id):
+    if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError(f"event needs a CBV 2.0 hash eventID, got {event_id!r}")
     body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
     cur = conn.execute(

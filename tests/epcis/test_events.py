@@ -39,6 +39,7 @@ def test_epc_urns_follow_tds():
     lambda: ev.sgtin_urn(GTIN, "", 7),                      # empty serial
     lambda: ev.sgtin_urn(GTIN, "x" * 21, 7),                # serial too long
     lambda: ev.sgtin_urn(GTIN, "A B", 7),                   # space is not in CSET 82
+    lambda: ev.sgtin_urn(GTIN, "AB\n", 7),                  # nor a newline, even at the end
     lambda: ev.sgtin_urn(GTIN, "A", 13),                    # company prefix length
     lambda: ev.sscc_urn("12345", 7),
     lambda: ev.sscc_urn("34012345000000000\u0663", 7),  # an Arabic-Indic digit: int() takes it
