@@ -13,7 +13,7 @@ import select
 import time
 from collections import deque
 
-import serial
+import serial  # type: ignore[import-untyped]
 
 from serialine.protocol import schema
 from serialine.protocol.schema import (
@@ -172,6 +172,7 @@ class HostLink:
                 raise LinkError(f"no HELLO_REPLY from the device on {self.port.port} "
                                 f"within {timeout:g} s")
             self._step(0.02, self._early)
+        assert self.hello is not None
         return dict(self.hello)
 
     def poll(self, timeout: float = 0.0) -> list[tuple[str, dict]]:

@@ -158,7 +158,8 @@ def run(events: int = 2000, commands: int = 5, corrupt: float = 0.001, drop: flo
             result["fingerprint"] = hello["fingerprint"]
             for arg in range(commands):
                 host.send("COMMAND", dict(command=1, arg=1000 + arg))  # Command.START
-            units, logs = [], []
+            units: list[dict] = []
+            logs: list[dict] = []
             end = time.monotonic() + timeout
             while (len(units) < events or len(logs) < commands) and time.monotonic() < end:
                 for name, f in host.poll(0.05):
