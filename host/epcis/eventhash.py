@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from datetime import datetime, timezone
 
 CBV = "https://ref.gs1.org/cbv/"
@@ -25,6 +26,7 @@ _SSCC = re.compile(r"^urn:epc:id:sscc:(\d{6,12})\.(\d{5,11})$")
 _SGLN = re.compile(r"^urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})\.(.{1,60})$")
 
 
+@lru_cache(maxsize=1024)  # the same GTINs, GLNs and company prefixes come back all the time
 def check_digit(digits: str) -> int:
     """GS1 mod-10 check digit of a key given without it (weights 3,1,... from the right)."""
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits)))
@@ -39,6 +41,7 @@ def _dl_escape(text: str) -> str:
     return text
 
 
+@lru_cache(maxsize=1024)  # read points and locations repeat in every event
 def canonical_uri(uri: str) -> str:
     """EPC URI -> constrained canonical GS1 Digital Link URI; other values unchanged."""
     if m := _SGTIN.match(uri):
