@@ -7,6 +7,13 @@ Everything the simulator needs from them goes through here, so a change of their
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 from serialine.protocol.schema import DwellUnit
 
@@ -71,6 +78,10 @@ class Device:
             self.board.set_input(e.name, e.level, e.t_us)
         return self.board.advance(t_us, encoder)
 
+    def idle(self):
+        """Let the firmware run (its link, its timers) without moving the line."""
+        return self.board.advance(self.line.t, self.line.encoder)
+
     def next_wakeup_us(self, now: int) -> int:
         nxt = getattr(self.board, "next_wakeup_us", None)
         return nxt() if nxt else now + 1_000_000
@@ -84,32 +95,85 @@ class Device:
 
 
 class HostAgent:
-    """The host agent in its own process (so it can be killed with SIGKILL and restarted)."""
+    """The host agent in its own process (host/sim/agent_proc.py around host/agent.py's Agent), so
+    a scenario can kill it with SIGKILL and start it again on the same ledger."""
 
-    def __init__(self, out, tty_path, coder_addr, camera_addr, scenario):
-        self.mod = _need("serialine.host.agent", "the host agent (host/agent.py)")
-        self.out, self.tty_path = out, tty_path
-        self.coder_addr, self.camera_addr, self.scenario = coder_addr, camera_addr, scenario
+    def __init__(self, db_path, batch_id, tty_path, coder_addr, camera_addr, config: dict):
+        _need("serialine.host.agent", "the host agent (host/agent.py)")
+        self.db_path, self.batch_id, self.tty_path = db_path, batch_id, tty_path
+        self.coder_addr, self.camera_addr, self.config = coder_addr, camera_addr, config
         self.proc = None
         self.present = False
+        self.log = open(Path(db_path).with_suffix(".agent.log"), "ab")
 
     def start(self):
-        raise NotImplementedError("host agent process adapter: waiting for host/agent.py's API")
+        cmd = [sys.executable, "-m", "serialine.host.sim.agent_proc", "--db", str(self.db_path),
+               "--batch", self.batch_id, "--tty", self.tty_path,
+               "--coder", "%s:%d" % tuple(self.coder_addr), "--camera", "%s:%d" % tuple(self.camera_addr),
+               "--config", json.dumps(self.config)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
 
-    def wait_ready(self, device):
-        pass
+    def wait_ready(self, device, timeout: float = 60.0):
+        """Step the device (so it can answer HELLO and take its configuration) until READY."""
+        import select
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise self._died()
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.005)
+            if r:
+                line = self.proc.stdout.readline().decode(errors="replace").strip()
+                if line == "READY":
+                    self.present = True
+                    return
+            device.idle()
+        from .run import RunError
+
+        raise RunError(f"the host agent did not get ready within {timeout:g} s (log: {self.log.name})")
+
+    def poll_ready(self) -> bool:
+        """Non-blocking: has the (re)started agent said READY?"""
+        import select
+
+        if self.proc.poll() is not None:
+            raise self._died()
+        while select.select([self.proc.stdout], [], [], 0)[0]:
+            if self.proc.stdout.readline().decode(errors="replace").strip() == "READY":
+                self.present = True
+                return True
+        return False
+
+    def _died(self):
+        from .run import RunError
+
+        self.log.flush()
+        tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+        return RunError(f"the host agent exited with status {self.proc.returncode}:\n{tail}")
 
     def check(self):
-        pass
+        if self.present and self.proc.poll() is not None:
+            raise self._died()
 
-    def kill_and_restart(self):
-        pass
+    def kill(self):
+        """kill -9: no goodbye, no flush; whatever the ledger committed is what survives."""
+        self.present = False
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
-    def finish(self, device):
-        pass
-
-    def ledger(self):
-        pass
+    def stop(self, timeout: float = 10.0):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.present = False
 
     def close(self):
-        pass
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

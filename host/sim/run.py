@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import parts
+from . import batch, parts
+from . import ledger as ledger_mod
 from .camera import SimCamera
 from .coder import SimCoder
 from .faults import FaultPlan, FaultyRelay
@@ -32,10 +33,15 @@ class RunError(RuntimeError):
     """The run could not start or finish (a part missing or refusing); the message says which."""
 
 
+HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before it is back
+
+
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = scenario
+    db_path, epcis_dir = out / "serialine.db", out / "epcis"
+    batch_id = batch.setup(db_path, s)
     coder = SimCoder(misprint=s.defects.misprint, skip=s.defects.skip, smear=s.defects.smear,
                      seed=s.seed * 7 + 1).start()
     camera = SimCamera(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
@@ -50,16 +56,19 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
     device = host = None
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0}
+    printed: list[str] = []
     try:
         device = parts.Device(relay.device_path, line, s, realtime=realtime)
-        host = parts.HostAgent(out, relay.host_path, coder.address, camera.address, s)
-        host.start()
+        host = parts.HostAgent(db_path, batch_id, relay.host_path, coder.address, camera.address,
+                               parts.device_config(s, line))
         device.start()
+        host.start()
         host.wait_ready(device)
         _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
         line.unprinted()
-        host.finish(device)
-        ledger = host.ledger()
+        _drain(line, device, db_path, batch_id)
+        host.stop()
+        printed = [p.printed for p in line.packs if p.printed]
     finally:
         for part in (device, host):
             if part is not None:
@@ -67,12 +76,44 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
         relay.close()
         coder.close()
         camera.close()
+    ok, problems = batch.close(db_path, batch_id, epcis_dir)
+    latency = {}
+    for p in line.packs:
+        seen = tap.first_seen.get(p.unit_key) if p.unit_key else None
+        sent = camera.delivered_wall.get(p.camera_n)
+        if seen is not None and sent is not None:
+            latency[p.unit_key] = round((seen - sent) * 1000, 3)
+    ledger = ledger_mod.read(db_path, batch_id, printed_codes=printed, epcis_dir=epcis_dir,
+                             reconciliation_ok=ok, verdict_latency=latency)
     wall = time.monotonic() - wall0
     extra = {"link": {k: vars(v) for k, v in relay.stats.items()}, "run": stats,
              "coder_faults": dict(coder.faults), "camera_faults": dict(camera.faults),
-             "triggers_without_pack": line.triggers_without_pack}
+             "triggers_without_pack": line.triggers_without_pack, "reconciliation_problems": problems,
+             "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir)}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
                  virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
+
+
+def _drain(line, device, db_path, batch_id, timeout: float = 20.0):
+    """After the last pack: keep the device running until the ledger holds an outcome for every
+    unit it detected (the device keeps its events until they are stored)."""
+    import sqlite3
+
+    want = sum(1 for p in line.packs if p.detected_t is not None)
+    end = time.monotonic() + timeout
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        while time.monotonic() < end:
+            (n,) = conn.execute("SELECT COUNT(*) FROM unit WHERE batch_id = ? AND outcome IS NOT NULL",
+                                (batch_id,)).fetchone()
+            if n >= want:
+                return
+            t = line.t + 1000
+            for name, level, te in device.step(t, line.encoder, line.advance(t)):
+                line.output(name, level, te)
+            time.sleep(0.002)
+    finally:
+        conn.close()
 
 
 def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console):
@@ -81,6 +122,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     detected = 0
     boot_no, boot_base = 0, 0
     outage_until = None
+    host_back_at = None
     owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
     try:
         while not line.done:
@@ -104,6 +146,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                         _fire(kind, arg, line, device, host, relay, tap, stats)
                         if kind == "outage":
                             outage_until = line.t + int(arg * 1000)
+                        if kind == "host_kill":
+                            host_back_at = line.t + HOST_RESTART_MS * 1000
                         if kind == "device_reboot":
                             owed, boot_no, boot_base = 0, boot_no + 1, detected
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
@@ -114,6 +158,13 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             owed += len(camera.deliver(line.t))
             if outage_until is not None and line.t >= outage_until:
                 relay.dark, outage_until = False, None
+            if host_back_at is not None:
+                if realtime and host.poll_ready():
+                    host_back_at = None
+                elif not realtime and line.t >= host_back_at:
+                    host.wait_ready(device)  # virtual time holds here: the restart takes what it takes
+                    host_back_at = None
+                    owed = tap.count()
             host.check()
             if realtime:
                 time.sleep(0.0002)
@@ -130,7 +181,8 @@ def _fire(kind, arg, line, device, host, relay, tap, stats):
         device.reboot()
     elif kind == "host_kill":
         stats["host_restarts"] += 1
-        host.kill_and_restart()
+        host.kill()
+        host.start()  # it comes back on the same ledger; the loop waits for READY later
 
 
 def _progress(console, total):

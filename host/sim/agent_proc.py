@@ -1,0 +1,106 @@
+"""The host agent as its own process, for the simulator (so a scenario can SIGKILL it and start it
+again). A thin wrapper around host/agent.py's `Agent`: opens the ledger, the link (pty) and the
+coder/camera drivers, configures and starts the line device, then runs the agent loop.
+
+    python -m serialine.host.sim.agent_proc --db DB --batch B --tty PTY --coder HOST:PORT
+        --camera HOST:PORT --config JSON
+
+Prints READY once the device is configured and started; runs until SIGTERM or stdin closes.
+It also follows a device reboot: a new boot_id in the link's HELLO_REPLY starts a new boot in the
+ledger (in-flight units of the old boot are purged) and the device is configured and started again."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+class BootFollowingLink:
+    """The HostLink, watched: when a poll opens a session with a new device boot, the agent is
+    moved to it before the poll's events are stored."""
+
+    def __init__(self, link, on_new_boot):
+        self._link, self._on_new_boot = link, on_new_boot
+        self._boot = None
+
+    def __getattr__(self, name):
+        return getattr(self._link, name)
+
+    def connect(self, timeout=5.0):
+        hello = self._link.connect(timeout)
+        self._boot = hello["boot_id"]
+        return hello
+
+    def poll(self, timeout=0.0):
+        msgs = self._link.poll(timeout)
+        hello = self._link.hello
+        if hello is not None and self._boot is not None and hello["boot_id"] != self._boot:
+            self._boot = hello["boot_id"]
+            self._on_new_boot(hello)
+        return msgs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="agent_proc")
+    p.add_argument("--db", required=True)
+    p.add_argument("--batch", required=True)
+    p.add_argument("--tty", required=True)
+    p.add_argument("--coder", required=True)
+    p.add_argument("--camera", required=True)
+    p.add_argument("--config", required=True, help="device ConfigFields as JSON")
+    args = p.parse_args(argv)
+
+    from serialine.host import db as hostdb
+    from serialine.host.agent import Agent
+    from serialine.host.db import transaction
+    from serialine.host.devices.camera import Camera
+    from serialine.host.devices.coder import Coder
+    from serialine.host.link import HostLink
+    from serialine.protocol.schema import Command
+
+    config = json.loads(args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    conn = hostdb.connect(args.db)
+    link = HostLink(args.tty)
+    agent = None
+
+    def configure_and_start():
+        link.send("CONFIG_SET", config)
+        link.send("COMMAND", {"command": int(Command.START), "arg": 0})
+
+    def on_new_boot(hello):
+        agent.device_id, agent.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+        with transaction(conn):
+            agent.ledger.new_boot(agent.device_id, agent.boot_id)
+        configure_and_start()
+
+    watched = BootFollowingLink(link, on_new_boot)
+    agent = Agent(conn, args.batch, watched, Coder(*_addr(args.coder)), Camera(*_addr(args.camera)))
+    agent.start(timeout=30)
+    configure_and_start()
+    print("READY", flush=True)
+    while not stop.is_set():
+        agent.step(0.002)
+    # drain what is in flight, then leave
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        agent.step(0.01)
+    link.close()
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
