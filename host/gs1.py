@@ -135,6 +135,8 @@ def yymmdd(day: _dt.date) -> str:
 
 def validate(pairs: list[tuple[str, str]]) -> None:
     """Every AI value against the dictionary, and no AI twice."""
+    if not pairs:
+        raise GS1Error("no element strings")
     seen = set()
     for ai, value in pairs:
         if ai in seen:
