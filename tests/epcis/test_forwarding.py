@@ -280,3 +280,16 @@ def test_https_verifies_the_server_by_default(certificate):
         HttpCaptureSink(server.url, username="line1", password="pw", verify_tls=False, timeout=2,
                         poll_interval=0.01).send(one)   # explicitly turned off: accepted
         assert server.duplicates == 1
+
+
+def test_sinks_from_configuration(tmp_path):
+    from serialine.host.epcis import sinks
+    assert isinstance(sinks.from_config({"kind": "directory", "path": str(tmp_path)}), DirectorySink)
+    http = sinks.from_config({"kind": "http", "url": "https://epcis.example/api/", "token": "t"})
+    assert http.headers["Authorization"] == "Bearer t"
+    assert http.context.verify_mode.name == "CERT_REQUIRED"     # TLS verification on by default
+    mqtt_sink = sinks.from_config({"kind": "mqtt", "site": "s1", "line": "l2",
+                                   "topic": "plants/{site}/{line}"})
+    assert mqtt_sink.topic == "plants/s1/l2"
+    with pytest.raises(ValueError, match="unknown sink kind"):
+        sinks.from_config({"kind": "ftp"})
