@@ -14,7 +14,7 @@ A = {"DOUBLE_DETECT": 1, "REJECT_UNCONFIRMED": 2, "REJECT_STREAK": 3, "BIN_FULL"
 
 
 def run_line(mp, setup: str, body: str) -> dict:
-    code = "import mpline\n" + setup + "\nL.core.start()\n" + body + "\nmpline.summary(L)\n"
+    code = "import simline as mpline\n" + setup + "\nL.core.start()\n" + body + "\nmpline.summary(L)\n"
     return ast.literal_eval(mp(code)[-1])
 
 
@@ -121,7 +121,7 @@ def test_double_detect_rejects_both_and_alarms(mp):
 
 def test_debounce_ignores_a_short_glitch(mp):
     code = """
-import board, core, mpline
+import board, core, simline as mpline
 b = board.SimBoard(); s = mpline.CountingSink(); c = core.Core(b, s)
 c.configure(mpline.config(debounce_us=300)); c.start()
 t = 0
@@ -152,7 +152,7 @@ early_stop = L.stop_on
 assert L.run_until_done(10000)
 print(early_stop)
 """
-    code = ("import mpline\nL = mpline.Line(mpline.config(policy=1, link_stop_ms=500), npacks=40)\n"
+    code = ("import simline as mpline\nL = mpline.Line(mpline.config(policy=1, link_stop_ms=500), npacks=40)\n"
             "L.core.start()\n" + body + "mpline.summary(L)\n")
     out = mp(code)
     r = ast.literal_eval(out[-1])
@@ -197,7 +197,7 @@ st = L.core.state
 L.core.clear_alarm()
 print(st, L.core.state, L.b.kind[(L.b.n - 1) % L.b.cap])
 """
-    code = ("import mpline\nL = mpline.Line(mpline.config(), npacks=6, bad=lambda u: 16 if u == 2 else 0)\n"
+    code = ("import simline as mpline\nL = mpline.Line(mpline.config(), npacks=6, bad=lambda u: 16 if u == 2 else 0)\n"
             "L.core.start()\n" + body + "mpline.summary(L)\n")
     out = mp(code)
     r = ast.literal_eval(out[-1])
@@ -225,7 +225,7 @@ def test_bin_full_stops_the_line(mp):
 
 def test_encoder_stall_while_packs_are_detected(mp):
     code = """
-import board, core, mpline
+import board, core, simline as mpline
 b = board.SimBoard(); s = mpline.CountingSink(); c = core.Core(b, s)
 c.configure(mpline.config(stall_ms=100, min_pitch=0)); c.start()
 t = 0
@@ -240,7 +240,7 @@ print(s.detected_n, s.alarm_bits)
 
 def test_virtual_encoder_for_lines_without_one(mp):
     code = """
-import board, core, mpline
+import board, core, simline as mpline
 b = board.SimBoard(); s = mpline.CountingSink(); c = core.Core(b, s)
 c.configure(mpline.config(virtual_speed_cps=10000)); c.start()
 t = 0
@@ -254,7 +254,7 @@ print(c.pos, c.speed_cps())
 
 def test_verdicts_apply_once_and_only_to_tracked_undecided_units(mp):
     code = """
-import mpline
+import simline as mpline
 L = mpline.Line(mpline.config(), npacks=3, host=False)
 L.core.start()
 L.run(100000, 10000)  # unit 0 detected, not yet at its deadline

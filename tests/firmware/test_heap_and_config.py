@@ -15,7 +15,7 @@ def test_per_unit_path_runs_with_the_heap_locked(mp):
     # Every kind of unit event happens inside the locked section: detect, print, inspect,
     # verdict, pass, reject, gate open/close, confirm, a double detect alarm, a purge.
     code = """
-import micropython, mpline
+import micropython, simline as mpline
 L = mpline.Line(mpline.config(), npacks=200, bad=lambda u: 18 if u % 4 == 0 else 0)
 L.core.start()
 L.run(20000, 10000)  # warm up outside the lock
@@ -52,7 +52,7 @@ CFG_OK, CFG_BAD_ORDER, CFG_BAD_RANGE, CFG_BUDGET, CFG_BUSY = 0, 1, 2, 3, 4
 
 
 def check(mp, **fields) -> tuple[int, int]:
-    code = f"import config, mpline\nprint(repr(config.validate(mpline.config(**{fields!r}))))"
+    code = f"import config, simline as mpline\nprint(repr(config.validate(mpline.config(**{fields!r}))))"
     return ast.literal_eval(mp(code)[-1])
 
 
@@ -75,7 +75,7 @@ def test_validation_as_a_whole(mp):
 def test_config_is_atomic_persistent_and_refused_while_busy(mp, tmp_path):
     path = tmp_path / "serialine.cfg"
     code = f"""
-import config, core, board, mpline
+import config, core, board, simline as mpline
 P = {str(path)!r}
 def fresh():
     b = board.SimBoard(); c = core.Core(b, mpline.CountingSink()); return c, config.Store(c, P)

@@ -1,6 +1,6 @@
-# A small line model that runs inside MicroPython next to the core, for the firmware tests and
-# the benchmark: a belt with packs, an encoder, a photo-eye, a reject chute with its confirm
-# sensor, and a host that answers each inspected unit with a verdict after a latency.
+# A small line model that runs inside MicroPython next to the core (virtual time), for the
+# firmware tests and `serialine bench firmware`: a belt with packs, an encoder, a photo-eye, a
+# reject chute with its confirm sensor, and a host answering each inspected unit after a latency.
 from array import array
 from micropython import const
 import board as simboard
