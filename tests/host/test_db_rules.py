@@ -1,0 +1,104 @@
+"""The ledger's rules hold in the database itself: raw SQL cannot break them."""
+
+import sqlite3
+
+import pytest
+
+from serialine.host.db import transaction
+
+from hostkit import GTIN
+
+
+def one_serial(conn, state="available"):
+    return conn.execute("SELECT serial FROM serial WHERE state=? LIMIT 1", (state,)).fetchone()[0]
+
+
+def test_serial_unique_forever_and_never_deleted(conn):
+    s = one_serial(conn)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO serial (gtin, serial, source) VALUES (?, ?, 'x')", (GTIN, s))
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        conn.execute("DELETE FROM serial WHERE serial=?", (s,))
+    with pytest.raises(sqlite3.IntegrityError, match="identity"):
+        conn.execute("UPDATE serial SET serial='X' WHERE serial=?", (s,))
+
+
+@pytest.mark.parametrize("path, bad", [
+    (["allocated"], "commissioned"),  # allocated → commissioned skips printing
+    ([], "printed"),                                    # available → printed skips allocation
+    (["allocated", "printed", "commissioned"], "available"),
+    (["allocated", "printed", "rejected"], "commissioned"),
+    (["allocated", "printed", "commissioned", "destroyed"], "commissioned"),
+])
+def test_illegal_transitions_refused(conn, path, bad):
+    s = one_serial(conn)
+    for state in path:
+        conn.execute("UPDATE serial SET state=?, batch_id='B1' WHERE serial=?", (state, s))
+    with pytest.raises(sqlite3.IntegrityError, match="illegal serial state transition"):
+        conn.execute("UPDATE serial SET state=? WHERE serial=?", (bad, s))
+
+
+def test_allocated_returns_only_at_close(conn):
+    s = one_serial(conn)
+    conn.execute("UPDATE serial SET state='allocated', batch_id='B1' WHERE serial=?", (s,))
+    with pytest.raises(sqlite3.IntegrityError, match="only at batch close"):
+        conn.execute("UPDATE serial SET state='available' WHERE serial=?", (s,))
+    history = conn.execute("SELECT old_state, new_state FROM serial_history WHERE serial=?", (s,)).fetchall()
+    assert history == [("available", "allocated")]
+
+
+def test_pack_in_one_case_and_destroyed_not_packed(conn):
+    a, b = one_serial(conn), None
+    conn.execute("UPDATE serial SET state='allocated', batch_id='B1' WHERE serial=?", (a,))
+    conn.execute("UPDATE serial SET state='printed' WHERE serial=?", (a,))
+    conn.execute("UPDATE serial SET state='commissioned' WHERE serial=?", (a,))
+    c1 = conn.execute("INSERT INTO container (batch_id, level) VALUES ('B1', 'case')").lastrowid
+    c2 = conn.execute("INSERT INTO container (batch_id, level) VALUES ('B1', 'case')").lastrowid
+    conn.execute("INSERT INTO packed VALUES (?, ?, ?)", (GTIN, a, c1))
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO packed VALUES (?, ?, ?)", (GTIN, a, c2))
+    conn.execute("DELETE FROM packed WHERE serial=?", (a,))
+    conn.execute("UPDATE serial SET state='destroyed' WHERE serial=?", (a,))
+    with pytest.raises(sqlite3.IntegrityError, match="only a commissioned pack"):
+        conn.execute("INSERT INTO packed VALUES (?, ?, ?)", (GTIN, a, c2))
+
+
+def test_sscc_never_reused_or_changed(conn):
+    conn.execute("INSERT INTO container (batch_id, level, sscc, state) VALUES ('B1', 'case', '095060000000000015', 'closed')")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO container (batch_id, level, sscc) VALUES ('B1', 'case', '095060000000000015')")
+    with pytest.raises(sqlite3.IntegrityError, match="never changed"):
+        conn.execute("UPDATE container SET sscc='095060000000000022'")
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        conn.execute("DELETE FROM container")
+
+
+def test_device_event_key_is_idempotent(conn):
+    row = ("dev1", 7, 1, "LOG", None, "{}", 0.0)
+    assert conn.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", row).rowcount == 1
+    assert conn.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", row).rowcount == 0
+
+
+def test_transaction_rolls_back_everything(conn):
+    s1, before = one_serial(conn), conn.execute("SELECT count(*) FROM serial WHERE state='allocated'").fetchone()
+    with pytest.raises(sqlite3.IntegrityError):
+        with transaction(conn):
+            conn.execute("UPDATE serial SET state='allocated', batch_id='B1' WHERE serial=?", (s1,))
+            conn.execute("UPDATE serial SET state='commissioned' WHERE serial=?", (s1,))
+    assert conn.execute("SELECT count(*) FROM serial WHERE state='allocated'").fetchone() == before
+
+
+def test_audit_append_only(conn):
+    from serialine.host import audit
+    with transaction(conn):
+        audit.append(conn, "ann", "x", {"a": 1})
+        audit.append(conn, "bob", "y", {"b": 2})
+    assert audit.verify(conn)[:2] == (True, 2)
+    for sql in ("UPDATE audit SET user='eve'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(sql)
+    # behind SQLite's back (triggers dropped): the chain names the record
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET detail='{\"a\":2}' WHERE seq=1")
+    ok, n, msg = audit.verify(conn)
+    assert not ok and "record 1" in msg
