@@ -28,7 +28,7 @@ class CaptureServer:
         elif basic:
             self.authorization = "Basic " + base64.b64encode(":".join(basic).encode()).decode()
         self.events: dict[str, dict] = {}      # eventID -> event, first copy wins
-        self.received = Counter()              # eventID -> copies received
+        self.received: Counter[str] = Counter()            # eventID -> copies received
         self.documents = 0
         self.jobs: dict[str, dict] = {}
         self.lock = threading.Lock()

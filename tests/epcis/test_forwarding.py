@@ -218,7 +218,7 @@ def test_mqtt_broker_killed_mid_batch_and_restarted(db, ctx):
     clock = Clock()
     broker = Mosquitto().start()
     sub = Subscriber(broker.port, "serialine/plant1/line2/epcis")
-    sink = MqttSink(port=broker.port, site="plant1", line="line2", timeout=2)
+    sink = MqttSink(port=broker.port, site="plant1", line="line2", timeout=5)
     try:
         sub.wait()
         fwd = Forwarder(conn, sink, doc_size=5, backoff_base=1, clock=clock)

@@ -25,11 +25,15 @@ class MqttSink:
             self.client.username_pw_set(username, password)
         if tls_ca_file:
             self.client.tls_set(ca_certs=tls_ca_file)
-        self.client.on_connect = lambda c, u, f, rc, p=None: rc.is_failure or self.connected.set()
-        self.client.on_disconnect = lambda *a: self.connected.clear()
-        self.client.reconnect_delay_set(min_delay=0.05, max_delay=2)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *args: self.connected.clear()
+        self.client.reconnect_delay_set(min_delay=1, max_delay=4)
         self.host, self.port = host, port
         self._started = False
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if not reason_code.is_failure:
+            self.connected.set()
 
     def _ensure_connected(self) -> None:
         if not self._started:
