@@ -90,7 +90,7 @@ def test_unused_allocations_return_to_pool(conn, ledger):
 
 def test_rework(line):
     conn = line.ledger.conn
-    for u in range(7):
+    for u in range(9):
         line.unit(u)
     case, packs = conn.execute("SELECT c.sscc, group_concat(p.serial) FROM container c JOIN packed p USING (container_id)"
                                " WHERE c.level='case' GROUP BY c.container_id ORDER BY c.container_id").fetchone()
