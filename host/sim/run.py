@@ -58,12 +58,13 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0}
     printed: list[str] = []
     try:
-        device = parts.Device(relay.device_path, line, s, realtime=realtime)
+        device = parts.Device(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
         host = parts.HostAgent(db_path, batch_id, relay.host_path, coder.address, camera.address,
                                parts.device_config(s, line))
         device.start()
         host.start()
         host.wait_ready(device)
+        _until_running(device)
         _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
         line.unprinted()
         _drain(line, device, db_path, batch_id)
@@ -92,6 +93,16 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
              "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir)}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
                  virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
+
+
+def _until_running(device, timeout: float = 20.0):
+    """Scan (the line standing still) until the host has configured and started the device."""
+    end = time.monotonic() + timeout
+    while not device.running:
+        if time.monotonic() > end:
+            raise RunError(f"the device did not start within {timeout:g} s (state {device.state})")
+        device.idle()
+        time.sleep(0.001)
 
 
 def _drain(line, device, db_path, batch_id, timeout: float = 20.0):
@@ -176,9 +187,14 @@ def _fire(kind, arg, line, device, host, relay, tap, stats):
     if kind == "outage":
         relay.dark = True
     elif kind == "device_reboot":
+        # a power cycle drops the line's run permissive: the drive stops at once, and runs again
+        # only when the host has the device configured and started
         stats["device_reboots"] += 1
+        line.line_stop, line.run_factor = True, 0.0
         tap.reset()
         device.reboot()
+        _until_running(device, timeout=30)
+        line.line_stop = False
     elif kind == "host_kill":
         stats["host_restarts"] += 1
         host.kill()
