@@ -31,6 +31,8 @@ def ticks_diff(a, b):
 class SimBoard:
     """virtual=True: the simulator sets t and pos; False: t from the wall clock (ticks_us)."""
 
+    NAME = NAME
+
     def __init__(self, virtual=True, edges=4096, t0=0):
         self.virtual = virtual
         self.t = t0 & _MASK

@@ -1,0 +1,83 @@
+# The firmware on the unix port: `micropython simmain.py LINK_TTY SIM_TTY [options]`
+#   --realtime          wall clock (default: virtual time, lockstep with the simulator)
+#   --cfg PATH          configuration file (default serialine.cfg in the working directory)
+#   --device-id ID      --wdt-ms MS (0 = off)   --virtual-pos (realtime: encoder from the config)
+# The sim channel (SIM_TTY, a second pty) carries text lines, see boards/sim/README.md.
+import select
+import sys
+import time
+
+import board
+import device
+import link
+
+
+def main(argv):
+    link_path, sim_path = argv[0], argv[1]
+    virtual = "--realtime" not in argv
+    opt = {"--cfg": "serialine.cfg", "--device-id": "sim-1", "--wdt-ms": "0"}
+    for i, a in enumerate(argv):
+        if a in opt:
+            opt[a] = argv[i + 1]
+    b = board.SimBoard(virtual=virtual)
+    port = link.open_tty(link_path)
+    sim = link.open_tty(sim_path)
+    dev = device.Device(b, port, device_id=opt["--device-id"], cfg_path=opt["--cfg"])
+    if dev.boot_note:
+        print("BOOT", dev.boot_note)
+    wdt = b.wdt(int(opt["--wdt-ms"])) if int(opt["--wdt-ms"]) else None
+    print("READY boot_id=%d" % dev.boot_id)
+    poller = select.poll()
+    poller.register(port, select.POLLIN)
+    poller.register(sim, select.POLLIN)
+    rx = b""
+    buf = bytearray(256)
+    sent = 0  # output edges already reported
+    while not dev.reboot:
+        n = sim.readinto(buf)
+        if n:
+            rx += bytes(buf[:n])
+        stepped = False
+        while b"\n" in rx:
+            line, rx = rx.split(b"\n", 1)
+            w = line.split()
+            if not w:
+                continue
+            if w[0] == b"S":  # virtual step: t pos pe confirm bin
+                b.t, b.pos = int(w[1]), int(w[2])
+                b.pe, b.confirm, b.bin_full = int(w[3]), int(w[4]), int(w[5])
+                dev.scan(b.t, b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
+                sent = report(sim, b, sent)
+                c = dev.core
+                sim.write(b"K %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill))
+                stepped = True
+            elif w[0] == b"I":  # real-time inputs: pe confirm bin [pos]
+                b.pe, b.confirm, b.bin_full = int(w[1]), int(w[2]), int(w[3])
+                if len(w) > 4:
+                    b.pos = int(w[4])
+            elif w[0] == b"Q":
+                dev.reboot = True
+        if wdt:
+            wdt.feed()
+            wdt.check()
+        if virtual:
+            if not stepped:  # keep the link alive between steps
+                dev.link.poll(time.ticks_ms(), dev.handle)
+                if dev.pcount:
+                    dev._flush()
+                poller.poll(2)
+        else:
+            dev.scan(b.now(), b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
+            sent = report(sim, b, sent)
+    print("EXIT")
+
+
+def report(sim, b, sent):
+    while sent < b.n:
+        i = sent % b.cap
+        sim.write(b"E %d %d %d\n" % (b.kind[i], b.et[i], b.ep[i]))
+        sent += 1
+    return sent
+
+
+main(sys.argv[1:])

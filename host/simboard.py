@@ -1,0 +1,147 @@
+"""Drive the sim board: the real firmware in the MicroPython unix port, its line I/O over a
+pty of its own (the sim channel, boards/sim/README.md), its link on another tty.
+
+    with SimBoard(link_path, cfg_path=...) as sb:          # virtual time, lockstep
+        edges, status = sb.step(t_us, pos, pe, confirm, bin_full)
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_NAMES = ("", "coder", "camera", "gate_open", "gate_close", "stop_on", "stop_off")
+
+
+@dataclass(frozen=True)
+class Edge:
+    name: str  # coder | camera | gate_open | gate_close | stop_on | stop_off
+    t_us: int  # virtual (or wall-clock) ticks_us of the edge, wraps at 2**30
+    pos: int  # encoder position at the edge, wraps at 2**30
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    state: int  # DeviceState
+    in_flight: int
+    alarms: int  # bit (1 << Alarm)
+    queue_fill: int
+
+
+def micropython_bin() -> str:
+    here = Path(sys.executable).parent / "micropython"
+    return str(here) if here.exists() else "micropython"
+
+
+class SimBoard:
+    """Starts `boards/sim/simmain.py` with the link on `link_path` (a tty the host side of the
+    link does not open itself, e.g. PtyRelay.device_path)."""
+
+    def __init__(self, link_path: str, *, cfg_path: str | os.PathLike = "serialine.cfg",
+                 realtime: bool = False, device_id: str = "sim-1", wdt_ms: int = 0,
+                 cwd: str | os.PathLike | None = None) -> None:
+        self.realtime = realtime
+        self.master, slave = os.openpty()
+        tty.setraw(slave)
+        self._slave = slave
+        sim_path = os.ttyname(slave)
+        paths = [str(ROOT / "firmware"), str(ROOT / "boards" / "sim")]
+        env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
+        args = [micropython_bin(), "-X", "heapsize=2m", str(ROOT / "boards" / "sim" / "simmain.py"),
+                link_path, sim_path, "--cfg", str(cfg_path), "--device-id", device_id,
+                "--wdt-ms", str(wdt_ms)]
+        if realtime:
+            args.append("--realtime")
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self._rx = b""
+        self.boot_line = self._stdout_until("READY")
+
+    def _stdout_until(self, word: str, timeout: float = 10.0) -> str:
+        assert self.proc.stdout is not None
+        seen = []
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("firmware exited:\n" + "".join(seen))
+            seen.append(line)
+            if line.startswith(word):
+                return "".join(seen)
+        raise RuntimeError("firmware did not start:\n" + "".join(seen))
+
+    def _readline(self, timeout: float = 5.0) -> bytes:
+        end = time.monotonic() + timeout
+        while b"\n" not in self._rx:
+            left = end - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"sim channel: no answer (firmware exit {self.proc.poll()})")
+            if select.select([self.master], [], [], min(left, 0.1))[0]:
+                self._rx += os.read(self.master, 4096)
+        line, self._rx = self._rx.split(b"\n", 1)
+        return line
+
+    def step(self, t_us: int, pos: int, pe: int, confirm: int = 0,
+             bin_full: int = 0) -> tuple[list[Edge], StepStatus]:
+        """Virtual time: set the clock, the encoder and the inputs, run one scan; the output
+        edges of that scan and the device's state after it."""
+        os.write(self.master, b"S %d %d %d %d %d\n" % (t_us & 0x3FFFFFFF, pos & 0x3FFFFFFF,
+                                                       pe, confirm, bin_full))
+        edges = []
+        while True:
+            w = self._readline().split()
+            if w[0] == b"E":
+                edges.append(Edge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
+            elif w[0] == b"K":
+                return edges, StepStatus(*(int(x) for x in w[1:5]))
+
+    def set_inputs(self, pe: int, confirm: int = 0, bin_full: int = 0,
+                   pos: int | None = None) -> None:
+        """Real time: set input levels (and the encoder position if given)."""
+        tail = b"" if pos is None else b" %d" % (pos & 0x3FFFFFFF)
+        os.write(self.master, b"I %d %d %d%s\n" % (pe, confirm, bin_full, tail))
+
+    def read_edges(self, timeout: float = 0.0) -> list[Edge]:
+        """Real time: the output edges reported so far."""
+        out = []
+        end = time.monotonic() + timeout
+        while True:
+            if select.select([self.master], [], [], max(0.0, end - time.monotonic()))[0]:
+                self._rx += os.read(self.master, 4096)
+            while b"\n" in self._rx:
+                line, self._rx = self._rx.split(b"\n", 1)
+                w = line.split()
+                if w and w[0] == b"E":
+                    out.append(Edge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
+            if time.monotonic() >= end:
+                return out
+
+    def close(self) -> str:
+        """Stop the firmware; returns what it printed."""
+        if self.proc.poll() is None:
+            try:
+                os.write(self.master, b"Q\n")
+                self.proc.wait(3)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        out = self.proc.stdout.read() if self.proc.stdout else ""
+        for fd in (self.master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return out
+
+    def __enter__(self) -> "SimBoard":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

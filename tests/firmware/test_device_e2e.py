@@ -1,0 +1,113 @@
+"""The real firmware (boards/sim/simmain.py -> firmware/device.py) in the MicroPython unix
+port: link on a pty through pyserial (HostLink), line I/O on the sim channel in virtual time."""
+
+from __future__ import annotations
+
+from serialine.protocol.schema import ConfigFields
+from serialine.host.link import HostLink
+from serialine.host.simboard import SimBoard
+from serialine.tools.selftest import PtyRelay
+
+CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=2100,
+           confirm_to=2600, counts_per_mm_milli=1000, gate_lead_us=5000, dwell=150,
+           dwell_unit=0, debounce_us=200, min_pitch=100, deadline_margin=100,
+           max_speed_cps=20000, min_host_budget_us=10000, reject_streak_limit=0,
+           link_timeout_ms=1000, link_stop_ms=0, purge_counts=0, virtual_speed_cps=0,
+           stall_ms=500, policy=0)
+assert list(CFG) == [sc.name for sc in ConfigFields.subcons]
+
+
+def wait_for(host, name, timeout=5.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for msg, fields in host.poll(0.05):
+            host.ack_delivered()
+            if msg == name:
+                return fields
+    raise AssertionError(f"no {name}")
+
+
+def test_firmware_end_to_end_on_a_pty(tmp_path):
+    with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=tmp_path / "s.cfg") as sb:
+        host = HostLink(relay.host_path)
+        try:
+            hello = host.connect()
+            assert hello["state"] == 0 and 0 <= hello["boot_id"] < 2**30  # BOOT: no config yet
+            assert hello["board"] == "sim" and hello["next_unit_seq"] == 0
+            host.send("CONFIG_SET", dict(CFG, gate_at=700))  # out of order: refused
+            rep = wait_for(host, "CONFIG_REPORT")
+            assert (rep["result"], rep["bad_field"]) == (1, 3)
+            host.send("CONFIG_SET", CFG)
+            rep = wait_for(host, "CONFIG_REPORT")
+            assert rep["result"] == 0 and rep.get("config", rep)["gate_at"] == 2000
+            host.send("COMMAND", dict(command=1, arg=0))  # START
+            outcomes: dict[int, dict] = {}
+            detected, inspected = [], []
+            gate_opens = 0
+            confirm_at: list[int] = []
+            travel, t, n_packs, pitch, first = 0, 0, 10, 400, 300
+            while len(outcomes) < n_packs and t < 10_000_000:
+                t += 200
+                travel += 2  # 10000 counts/s
+                x = travel - first
+                pe = int(0 <= x < n_packs * pitch and x % pitch < 150)
+                confirm = int(any(c <= travel < c + 20 for c in confirm_at))
+                edges, status = sb.step(t, travel, pe, confirm)
+                for e in edges:
+                    if e.name == "gate_open":  # that pack falls into the chute
+                        confirm_at.append(e.pos + 350)
+                        gate_opens += 1
+                for msg, f in host.poll(0):
+                    if msg == "UNIT_DETECTED":
+                        detected.append(f["unit_seq"])
+                    elif msg == "UNIT_INSPECTED":
+                        inspected.append(f["unit_seq"])
+                        bad = f["unit_seq"] % 3 == 0
+                        host.send("VERDICT", dict(unit_seq=f["unit_seq"], verdict=2 if bad else 1,
+                                                  reason=18 if bad else 0))
+                    elif msg == "UNIT_OUTCOME":
+                        assert f["unit_seq"] not in outcomes
+                        outcomes[f["unit_seq"]] = f
+                host.ack_delivered()
+            assert detected == inspected == list(range(n_packs))
+            for u in range(n_packs):
+                o = outcomes[u]
+                want = (2, 18) if u % 3 == 0 else (1, 0)
+                assert (o["outcome"], o["reason"]) == want, (u, o)
+                assert abs(o["gate_error"]) <= 2
+            assert gate_opens == 4 and status.in_flight == 0 and status.alarms == 0
+        finally:
+            host.close()
+        out = sb.close()
+    assert "EXIT" in out and "Traceback" not in out
+
+
+def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path):
+    cfg = tmp_path / "s.cfg"
+    for expect_state in (0, 1):
+        with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=cfg) as sb:
+            host = HostLink(relay.host_path)
+            try:
+                hello = host.connect()
+                assert hello["state"] == expect_state
+                if expect_state == 0:
+                    host.send("CONFIG_SET", CFG)
+                    assert wait_for(host, "CONFIG_REPORT")["result"] == 0
+                else:
+                    host.send("CONFIG_GET", {})
+                    assert (lambda r: r.get("config", r))(wait_for(host, "CONFIG_REPORT"))["config_id"] == 7
+            finally:
+                host.close()
+    boot_ids = set()
+    cfg.write_bytes(cfg.read_bytes()[:-3] + b"999")
+    with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=cfg) as sb:
+        assert "checksum mismatch" in sb.boot_line
+        host = HostLink(relay.host_path)
+        try:
+            hello = host.connect()
+            assert hello["state"] == 0
+            boot_ids.add(hello["boot_id"])
+        finally:
+            host.close()
