@@ -31,6 +31,10 @@ class Aggregator:
 
     def __init__(self, conn: sqlite3.Connection, batch: Batch, ctx):
         self.conn, self.batch, self.ctx = conn, batch, ctx
+        self._case: tuple[int, int] | None = None  # (open case id, packs in it): hot-path mirror
+
+    def forget(self) -> None:
+        self._case = None
 
     def _open(self, level: str) -> int:
         row = self.conn.execute("SELECT container_id FROM container WHERE batch_id=? AND level=? AND state='open'",
@@ -49,11 +53,17 @@ class Aggregator:
         return packs + cases
 
     def add_pack(self, serial: str) -> None:
-        case = self._open("case")
+        if self._case is None:
+            case = self._open("case")
+            n = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
+        else:
+            case, n = self._case
         self.conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
                           (self.batch.gtin, serial, case))
-        (n,) = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()
+        n += 1
+        self._case = (case, n)
         if n >= self.batch.case_size:
+            self._case = None
             self.close(case)
 
     def close(self, container_id: int, partial: bool = False) -> str:

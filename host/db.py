@@ -97,6 +97,7 @@ SCHEMA = [
         state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'bound', 'dropped')),
         UNIQUE (gtin, serial),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    "CREATE INDEX IF NOT EXISTS coder_job_queue ON coder_job (batch_id, state, job_id)",
     # Cases and pallets. An SSCC is given when the container closes and is never given again.
     """CREATE TABLE IF NOT EXISTS container (
         container_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -121,6 +122,9 @@ SCHEMA = [
         container_id INTEGER NOT NULL REFERENCES container (container_id),
         PRIMARY KEY (gtin, serial),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    "CREATE INDEX IF NOT EXISTS packed_by_container ON packed (container_id)",
+    "CREATE INDEX IF NOT EXISTS container_open ON container (batch_id, level, state)",
+    "CREATE INDEX IF NOT EXISTS container_parent ON container (parent_id)",
     """CREATE TRIGGER IF NOT EXISTS packed_only_commissioned BEFORE INSERT ON packed
         WHEN (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial) IS NOT 'commissioned'
         BEGIN SELECT RAISE(ABORT, 'only a commissioned pack can be packed (destroyed, sampled, rejected or decommissioned packs cannot)'); END""",

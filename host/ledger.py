@@ -7,6 +7,7 @@ oldest still-queued coder job is bound to the unit of each UNIT_PRINTED, in arri
 
 from __future__ import annotations
 
+import collections
 import json
 import sqlite3
 import time
@@ -42,6 +43,11 @@ class Ledger:
             " AND batch_id IN (SELECT batch_id FROM batch WHERE gtin=?)", (self.batch.gtin,))}
         self.judge = Judge(batch_id, self.batch.gtin, self.batch.lot, self._serial_batch, seen, min_grade)
         self._commissioned: list[str] = []  # passed in this transaction: one commissioning event
+        # hot-path mirrors of the DB (rebuilt here at start; a rolled-back transaction resets them)
+        self._queue = collections.deque(conn.execute(
+            "SELECT job_id, serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
+            (batch_id,)).fetchall())
+        self._bound: dict[tuple, tuple[str, str]] = {}  # unit key -> (serial, code)
 
     # --- lookups ---
     def _serial_batch(self, serial: str) -> str | None:
@@ -53,7 +59,10 @@ class Ledger:
 
     def code_for(self, serial: str) -> str:
         b = self.batch
-        return gs1.element_string(gs1.pack_pairs(b.gtin, serial, b.lot, b.expiry, b.nhrn_ai, b.nhrn))
+        pairs = gs1.pack_pairs(b.gtin, serial, b.lot, b.expiry, b.nhrn_ai, b.nhrn)
+        code = gs1.element_string(pairs)
+        self.judge.expect(code, pairs)
+        return code
 
     # --- coder fill-ahead ---
     def queue_codes(self, count: int) -> list[tuple[int, str]]:
@@ -64,17 +73,27 @@ class Ledger:
             job = self.conn.execute("INSERT INTO coder_job (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
                                     (self.batch.batch_id, self.batch.gtin, s, code)).lastrowid
             out.append((job, code))
+            self._queue.append((job, s, code))
         return out
 
     def queued_depth(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM coder_job WHERE batch_id=? AND state='queued'",
-                                 (self.batch.batch_id,)).fetchone()[0]
+        return len(self._queue)
 
     def drop_queued(self) -> int:
         """The coder's buffer was cleared: its jobs will never print (serials stay allocated and
         return to the pool at batch close)."""
+        self._queue.clear()
         return self.conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
                                  (self.batch.batch_id,)).rowcount
+
+    def resync(self) -> None:
+        """After a rolled-back transaction: rebuild the mirrors from the database."""
+        self._queue = collections.deque(self.conn.execute(
+            "SELECT job_id, serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
+            (self.batch.batch_id,)).fetchall())
+        self._bound.clear()
+        self._commissioned = []
+        self.agg.forget()
 
     # --- device events ---
     def new_boot(self, device_id: str, boot_id: int) -> int:
@@ -110,8 +129,7 @@ class Ledger:
                           (device_id, boot_id, f["unit_seq"], self.batch.batch_id, f.get("flags", 0) & 1))
 
     def _on_unit_printed(self, device_id, boot_id, f):
-        job = self.conn.execute("SELECT job_id, serial FROM coder_job WHERE batch_id=? AND state='queued'"
-                                " ORDER BY job_id LIMIT 1", (self.batch.batch_id,)).fetchone()
+        job = self._queue.popleft() if self._queue else None
         if job is None:
             self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{f['unit_seq']} printed with no code queued")
             return
@@ -119,15 +137,17 @@ class Ledger:
         self.conn.execute("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
                           (self.batch.gtin, job[1], device_id, boot_id, f["unit_seq"]))
         self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, job[1]))
+        self._bound[(device_id, boot_id, f["unit_seq"])] = (job[1], job[2])
 
     def _on_unit_inspected(self, device_id, boot_id, f):
-        self.conn.execute("UPDATE unit SET inspected=1 WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                          (device_id, boot_id, f["unit_seq"]))
+        pass  # the stored event is the record; the agent's correlator takes it from here
 
     def _on_unit_outcome(self, device_id, boot_id, f):
         outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
-        row = self.conn.execute("SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                                (device_id, boot_id, f["unit_seq"])).fetchone()
+        bound = self._bound.pop((device_id, boot_id, f["unit_seq"]), None)
+        row = (bound[0], None) if bound else self.conn.execute(
+            "SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
+            (device_id, boot_id, f["unit_seq"])).fetchone()
         if row is None:  # outcome of a unit whose detection we never saw: keep the record complete
             self._on_unit_detected(device_id, boot_id, f)
             row = (None, None)
@@ -161,6 +181,9 @@ class Ledger:
                           (verdict.name, reason.name, read_serial, grade, device_id, boot_id, unit_seq))
 
     def expected_code(self, device_id, boot_id, unit_seq) -> str | None:
+        bound = self._bound.get((device_id, boot_id, unit_seq))
+        if bound is not None:
+            return bound[1]
         row = self.conn.execute("SELECT j.code FROM unit u JOIN coder_job j ON j.gtin=u.gtin AND j.serial=u.serial"
                                 " WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?",
                                 (device_id, boot_id, unit_seq)).fetchone()

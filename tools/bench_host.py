@@ -1,0 +1,96 @@
+"""`serialine bench host`: the host agent's figures on this machine.
+
+- events_per_s: unit events (detected, printed, inspected, outcome) through store + verdict +
+  aggregation + EPCIS outbox, as the agent runs them: one transaction per poll of many events,
+  coder jobs allocated ahead in the same rhythm.
+- verdict_latency_ms p50/p99: one decision in-process (parse the read with biip, check grade,
+  batch, serial, duplicate, code) — the time from camera result to verdict ready to send.
+- serials_per_s: random serial generation into the pool (one transaction)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from serialine.host import db, masterdata, serials
+from serialine.host.db import transaction
+from serialine.host.ledger import Ledger
+
+GTIN = "09506000134352"
+
+
+def _pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine bench host")
+    ap.add_argument("--units", type=int, default=10000)
+    ap.add_argument("--per-poll", type=int, default=64, help="units per poll (4 events each)")
+    ap.add_argument("--serials", type=int, default=200000)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        conn = db.connect(str(Path(d) / "bench.db"))
+        masterdata.add_product(conn, GTIN, "bench", "EU_FMD", 7)
+        t = time.perf_counter()
+        serials.generate(conn, GTIN, args.serials)
+        serials_per_s = args.serials / (time.perf_counter() - t)
+        masterdata.create_batch(conn, "B", GTIN, "L1", "2030-01-31", args.units, 10, 20)
+        masterdata.start_batch(conn, "B")
+        L = Ledger(conn, "B")
+        latencies, seq, u = [], 0, 0
+        t0 = time.perf_counter()
+        while u < args.units:
+            n = min(args.per_poll, args.units - u)
+            with transaction(conn):
+                L.queue_codes(n)
+            with transaction(conn):
+                for k in range(u, u + n):
+                    for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
+                                    ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
+                                    ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
+                        seq += 1
+                        f["event_seq"] = seq
+                        L.store("bench", 1, name, f)
+                    code = L.expected_code("bench", 1, k)
+                    ts = time.perf_counter()
+                    verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
+                    latencies.append(time.perf_counter() - ts)
+                    L.record_verdict("bench", 1, k, verdict, reason, serial, "A")
+                    seq += 1
+                    L.store("bench", 1, "UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
+                                                              gate_error=0, pos=0, t_us=0))
+                L.flush_events()
+            u += n
+        elapsed = time.perf_counter() - t0
+        passed = conn.execute("SELECT count(*) FROM serial WHERE state='commissioned'").fetchone()[0]
+        cases = conn.execute("SELECT count(*) FROM container WHERE level='case' AND state='closed'").fetchone()[0]
+        conn.close()
+    if passed != args.units:
+        raise SystemExit(f"bench broken: {passed} of {args.units} units commissioned")
+    figures = {
+        "events_per_s": round(seq / elapsed),
+        "units_per_s": round(args.units / elapsed),
+        "verdict_latency_ms_p50": round(statistics.median(latencies) * 1e3, 4),
+        "verdict_latency_ms_p99": round(_pct(latencies, 0.99) * 1e3, 4),
+        "serials_per_s": round(serials_per_s),
+        "units": args.units, "events": seq, "cases_closed": cases, "units_per_poll": args.per_poll,
+    }
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title="serialine bench host")
+        table.add_column("figure"); table.add_column("value", justify="right")
+        for k, v in figures.items():
+            table.add_row(k, str(v))
+        Console().print(table)
+    except ImportError:  # pragma: no cover
+        for k, v in figures.items():
+            print(f"{k:<26} {v}")
+    print(json.dumps(figures))
+    return 0
