@@ -48,6 +48,9 @@ class SimBoard:
         self.ticks_add = ticks_add
         self.ticks_diff = ticks_diff
 
+    def sample(self):
+        """Inputs are already latched: the simulator sets pos/pe/confirm/bin_full."""
+
     def now(self):
         if self.virtual:
             return self.t

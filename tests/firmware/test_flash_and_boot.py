@@ -1,0 +1,73 @@
+"""`serialine device flash` with mpremote into the real unix port behind a socat pty; the sim
+board's watchdog; a new boot id every boot."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from serialine.tools import device
+
+ROOT = Path(__file__).resolve().parents[2]
+MP = str(Path(sys.executable).parent / "micropython")
+
+
+def test_flash_copies_every_file_through_mpremote(tmp_path):
+    link = tmp_path / "pty"
+    socat = subprocess.Popen(["socat", f"PTY,link={link},rawer", f"EXEC:{MP},pty,rawer"],
+                             cwd=tmp_path)
+    try:
+        for _ in range(50):
+            if link.exists():
+                break
+            time.sleep(0.1)
+        rc = device.main(["flash", "--port", str(link), "--board", "sim", "--resume"])
+        assert rc == 0
+    finally:
+        socat.terminate()
+        socat.wait(5)
+    for src, name in device.files("sim"):
+        assert (tmp_path / name).read_bytes() == src.read_bytes(), name
+
+
+def test_flash_refuses_an_unknown_board(capsys):
+    try:
+        device.main(["flash", "--port", "/dev/null", "--board", "nope"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("accepted an unknown board")
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_sim_watchdog_ends_a_hung_process(run_mp):
+    code = """
+import board, time, sys
+w = board.SimBoard().wdt(50)
+for i in range(3):
+    time.sleep_ms(20); w.feed(); w.check()
+print("fed ok")
+time.sleep_ms(80)
+w.check()
+print("still alive")
+"""
+    env = {"MICROPYPATH": f".frozen:{ROOT / 'firmware'}:{ROOT / 'boards' / 'sim'}"}
+    proc = subprocess.run([MP, "-c", code], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 3
+    assert "fed ok" in proc.stdout and "WATCHDOG RESET" in proc.stdout
+    assert "still alive" not in proc.stdout
+
+
+def test_each_boot_has_a_new_boot_id_below_2_30(run_mp):
+    code = """
+import board, device
+class Port:
+    def readinto(self, b): return 0
+    def write(self, b, n): pass
+print(device.Device(board.SimBoard(), Port(), cfg_path='/nonexistent/x').boot_id)
+"""
+    ids = {int(run_mp(code).split()[-1]) for _ in range(4)}
+    assert len(ids) == 4 and all(0 <= i < 2**30 for i in ids)
