@@ -57,28 +57,38 @@ class Agent:
     def step(self, timeout: float = 0.05) -> int:
         """One poll: returns the number of events stored."""
         msgs = self.link.poll(timeout)
+        errors: list[str] = []
         if self.camera is not None:
             results, errors = self.camera.results()
             for r in results:
                 self.correlator.result(r)
             self.alarms.extend(errors)
         stored, verdicts = 0, []
-        with transaction(self.conn):
-            for name, fields in msgs:
-                if self.ledger.store(self.device_id, self.boot_id, name, fields):
-                    stored += 1
-                    if name == "UNIT_INSPECTED":
-                        self.correlator.inspected(fields["unit_seq"], time.monotonic())
-            for err in errors if self.camera is not None else ():
-                self.ledger.alarm("camera", "MALFORMED", err)
-            verdicts = self._decide(time.monotonic())
-            self.ledger.flush_events()
+        try:
+            stored, verdicts = self._store_and_decide(msgs, errors)
+        except Exception:
+            self.ledger.resync()  # the transaction rolled back: nothing is acked, mirrors rebuilt
+            raise
         self.link.ack_delivered()
         for unit_seq, verdict, reason, t0 in verdicts:
             self.link.send("VERDICT", {"unit_seq": unit_seq, "verdict": int(verdict), "reason": int(reason)})
             self.verdict_latency_s.append(time.perf_counter() - t0)
         self.fill_coder()
         return stored
+
+    def _store_and_decide(self, msgs, errors):
+        stored = 0
+        with transaction(self.conn):
+            for name, fields in msgs:
+                if self.ledger.store(self.device_id, self.boot_id, name, fields):
+                    stored += 1
+                    if name == "UNIT_INSPECTED":
+                        self.correlator.inspected(fields["unit_seq"], time.monotonic())
+            for err in errors:
+                self.ledger.alarm("camera", "MALFORMED", err)
+            verdicts = self._decide(time.monotonic())
+            self.ledger.flush_events()
+        return stored, verdicts
 
     def _decide(self, now: float) -> list:
         out = []

@@ -4,7 +4,8 @@ The camera answers every trigger once, in trigger order, numbering them n = 1, 2
 reports each trigger as UNIT_INSPECTED. So results and inspected units pair off in order, as long
 as (a) the numbers run on without a gap and (b) each pair arrived within `window_s` of each other.
 Anything else is a correlation fault: the unit concerned FAILs with CORRELATION and an alarm is
-raised; a result nobody can own is discarded (also an alarm)."""
+raised; a result nobody can own is discarded (also an alarm). Pairing is never what makes a pack
+pass: the read must still equal the code sent for that very unit."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ class Correlator:
                 continue
             if self.units and now - self.units[0][1] > self.window_s:
                 key, _ = self.units.popleft()
-                if self.next_n is not None:
-                    self.next_n += 1
+                # did the camera trigger and lose the result, or never trigger? Unknown: re-align
+                # on the next result by time (a wrong pairing still fails: the code must match)
+                self.next_n = None
                 out.append(Pairing(key, None, "no camera result within the window"))
                 continue
             if self.results and not self.units and now - self.results[0].t > self.window_s:

@@ -1,0 +1,87 @@
+"""The agent with the line simulator's coder and camera as real TCP servers on loopback: codes go
+to the coder ahead of the line, print order binds serials to units, camera reads come back over
+TCP and are correlated and judged. The line device's event stream is scripted (the link itself is
+tested by its owner; end to end runs in the line simulator)."""
+
+import time
+
+from serialine.host.agent import Agent
+from serialine.host.devices.camera import Camera
+from serialine.host.devices.coder import Coder
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+from serialine.protocol.schema import Outcome, Reason, Verdict
+
+
+class ScriptedLink:
+    """Stands in for HostLink: hands the agent device events, records what it sends and acks."""
+
+    def __init__(self):
+        self.inbox, self.sent, self.acks, self.seq = [], [], 0, 0
+
+    def connect(self, timeout):
+        return {"device_id": "line1", "boot_id": 42}
+
+    def poll(self, timeout):
+        out, self.inbox = self.inbox, []
+        return out
+
+    def ack_delivered(self):
+        self.acks += 1
+
+    def send(self, name, fields):
+        self.sent.append((name, fields))
+
+    def event(self, name, **f):
+        self.seq += 1
+        self.inbox.append((name, dict(f, event_seq=self.seq)))
+
+
+def run_unit(agent, link, coder, camera, u, fault=None):
+    link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+    printed = coder.trigger(u * 1000)[0]
+    link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+    if fault == "misread":
+        printed = printed.replace("21", "21X", 1)
+    if fault != "lost":
+        camera.trigger(u * 1000, printed, False)
+    link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+    camera.deliver(10 ** 12)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        agent.step(0)
+        got = [f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u]
+        if got:
+            v = got[0]
+            outcome = Outcome.PASSED if v["verdict"] == Verdict.PASS else Outcome.REJECTED_CONFIRMED
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(outcome),
+                       reason=0 if outcome == Outcome.PASSED else int(Reason.VERDICT_FAIL), gate_error=0, pos=0, t_us=0)
+            agent.step(0)
+            return Verdict(v["verdict"]), Reason(v["reason"])
+        time.sleep(0.01)
+    raise AssertionError(f"no verdict for unit {u}")
+
+
+def test_agent_with_tcp_coder_and_camera(conn):
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.3)
+        agent.start()
+        assert sc.depth == 5  # filled ahead, and every pushed code is a committed coder job
+        assert conn.execute("SELECT count(*) FROM coder_job WHERE state='queued'").fetchone()[0] == 5
+        results = [run_unit(agent, link, sc, scam, u) for u in range(4)]
+        assert results == [(Verdict.PASS, Reason.OK)] * 4
+        assert run_unit(agent, link, sc, scam, 4, fault="misread")[0] == Verdict.FAIL
+        assert run_unit(agent, link, sc, scam, 5, fault="lost") == (Verdict.FAIL, Reason.CORRELATION)
+        assert run_unit(agent, link, sc, scam, 6) == (Verdict.PASS, Reason.OK)
+        assert sc.depth == 5  # topped up after every print
+        # each unit carries the serial the coder printed for it, in order
+        printed = [c.split("\x1d21")[1].split("\x1d")[0] for c in
+                   [r[0] for r in conn.execute("SELECT code FROM coder_job WHERE state='bound' ORDER BY job_id")]]
+        bound = [r[0] for r in conn.execute("SELECT serial FROM unit ORDER BY unit_seq")]
+        assert printed == bound
+        states = dict(conn.execute("SELECT state, count(*) FROM serial WHERE batch_id='B1' GROUP BY state"))
+        assert states["commissioned"] == 5 and states["rejected"] == 2 and states["allocated"] == 5
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='CORRELATION'").fetchone()[0] == 1
+        assert link.acks >= 7
+        agent.coder.close(); agent.camera.close()
