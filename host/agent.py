@@ -12,6 +12,7 @@ import time
 
 from serialine.protocol.schema import Reason, Verdict
 
+from . import serials
 from .correlate import Correlator
 from .db import transaction
 from .ledger import Ledger
@@ -50,6 +51,10 @@ class Agent:
             return 0
         with transaction(self.conn):
             jobs = self.ledger.queue_codes(need)
+            warning = serials.low_water(self.conn, self.ledger.batch.gtin)
+            if warning and warning not in self.alarms:
+                self.ledger.alarm("agent", "SERIALS_LOW", warning)
+                self.alarms.append(warning)
         for _, code in jobs:
             self.coder.push(code)
         return len(jobs)
