@@ -46,6 +46,7 @@ class Device:
         self.status_buf = bytearray(wire.MAX_FRAME)
         self.last_status = 0
         self.link = link.Link(port, self, timeout_ms=link_timeout_ms)
+        self.handler = self.handle  # bound once: a bound method made per scan would allocate
 
     # --- what the link reads at HELLO / PING ---
     @property
@@ -172,7 +173,7 @@ class Device:
     reboot = False
 
     def scan(self, now_us, pos, pe, confirm, bin_full, now_ms):
-        self.link.poll(now_ms, self.handle)
+        self.link.poll(now_ms, self.handler)
         up = self.link.up
         if up != self.core.link_up:
             self.core.set_link(up)

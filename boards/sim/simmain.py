@@ -62,7 +62,7 @@ def main(argv):
             wdt.check()
         if virtual:
             if not stepped:  # keep the link alive between steps
-                dev.link.poll(time.ticks_ms(), dev.handle)
+                dev.link.poll(time.ticks_ms(), dev.handler)
                 if dev.pcount:
                     dev._flush()
                 poller.poll(2)

@@ -129,3 +129,35 @@ def test_all_firmware_and_boards_compile_with_mpy_cross(tmp_path):
                                   capture_output=True, text=True)
             assert proc.returncode == 0, f"{src}: {proc.stderr}"
             assert out.stat().st_size > 0
+
+
+def test_device_event_encoding_runs_with_the_heap_locked(mp):
+    # the glue: core events -> wire.enc_* into link slots, then the pending ring when the
+    # link's ring is full (no host acks here), status frames; all with the heap locked
+    code = """
+import micropython, board, device, simline, wire
+class Port:  # a stream that takes everything and has nothing to read
+    def readinto(self, b): return 0
+    def write(self, b, n): pass
+b = board.SimBoard()
+d = device.Device(b, Port(), cfg_path='/nonexistent/x')
+d.core.configure(simline.config()); d.core.start()
+t = 0; pos = 0
+def scan_until(us):
+    global t, pos
+    while t < us:
+        t += 100; pos += 1  # 10000 counts/s
+        x = pos - 300
+        pe = 1 if 0 <= x < 8000 and x % 400 < 150 else 0
+        d.scan(t, pos, pe, 0, 0, t // 1000)
+scan_until(20000)
+micropython.heap_lock()
+try:
+    scan_until(1500000)
+finally:
+    micropython.heap_unlock()
+print(d.event_seq, d.link.queue_fill, d.pcount, d.core.detected, d.lost_events)
+"""
+    seq, fill, pending, detected, lost = map(int, mp(code)[-1].split())
+    assert detected == 20 and fill == 32 and pending > 0 and lost == 0
+    assert seq == fill  # event numbers given as frames are queued, in order
