@@ -84,11 +84,12 @@ class Agent:
     def _store_and_decide(self, msgs, errors):
         stored = 0
         with transaction(self.conn):
-            for name, fields in msgs:
-                if self.ledger.store(self.device_id, self.boot_id, name, fields):
+            now = time.monotonic()
+            for (name, fields), new in zip(msgs, self.ledger.store_batch(self.device_id, self.boot_id, msgs)):
+                if new:
                     stored += 1
                     if name == "UNIT_INSPECTED":
-                        self.correlator.inspected(fields["unit_seq"], time.monotonic())
+                        self.correlator.inspected(fields["unit_seq"], now)
             for err in errors:
                 self.ledger.alarm("camera", "MALFORMED", err)
             verdicts = self._decide(time.monotonic())

@@ -45,9 +45,10 @@ class Ledger:
         self._commissioned: list[str] = []  # passed in this transaction: one commissioning event
         # hot-path mirrors of the DB (rebuilt here at start; a rolled-back transaction resets them)
         self._queue = collections.deque(conn.execute(
-            "SELECT job_id, serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
+            "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (batch_id,)).fetchall())
         self._bound: dict[tuple, tuple[str, str]] = {}  # unit key -> (serial, code)
+        self._tpl = None
 
     # --- lookups ---
     def _serial_batch(self, serial: str) -> str | None:
@@ -57,23 +58,32 @@ class Ledger:
             return None
         return row[0]
 
-    def code_for(self, serial: str) -> str:
+    def _template(self):
+        """The batch's code around its serial, validated once: (head, tail, pairs with a slot)."""
         b = self.batch
-        pairs = gs1.pack_pairs(b.gtin, serial, b.lot, b.expiry, b.nhrn_ai, b.nhrn)
-        code = gs1.element_string(pairs)
-        self.judge.expect(code, pairs)
+        es = gs1.element_string(gs1.pack_pairs(b.gtin, "0", b.lot, b.expiry, b.nhrn_ai, b.nhrn))
+        cut = es.index(gs1.GS + "21") + 1  # the first GS follows the lot, the only variable field before 21
+        return es[:cut], es[cut + 3:], gs1.pack_pairs(b.gtin, "0", b.lot, b.expiry, b.nhrn_ai, b.nhrn)
+
+    def code_for(self, serial: str) -> str:
+        """The element string for one pack; the serial is checked against the Syntax Dictionary."""
+        if self._tpl is None:
+            self._tpl = self._template()
+        head, tail, pairs = self._tpl
+        gs1.validate([("21", serial)])
+        code = head + "21" + serial + tail
+        self.judge.expect(code, [(ai, serial if ai == "21" else v) for ai, v in pairs])
         return code
 
     # --- coder fill-ahead ---
-    def queue_codes(self, count: int) -> list[tuple[int, str]]:
-        """Allocate serials and record them as coder jobs (caller's transaction) → [(job_id, code)]."""
-        out = []
-        for s in serials.allocate(self.conn, self.batch.batch_id, self.batch.gtin, count):
-            code = self.code_for(s)
-            job = self.conn.execute("INSERT INTO coder_job (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
-                                    (self.batch.batch_id, self.batch.gtin, s, code)).lastrowid
-            out.append((job, code))
-            self._queue.append((job, s, code))
+    def queue_codes(self, count: int) -> list[tuple[str, str]]:
+        """Allocate serials and record them as coder jobs, in order (caller's transaction)
+        → [(serial, code)]."""
+        out = [(s, self.code_for(s)) for s in serials.allocate(self.conn, self.batch.batch_id, self.batch.gtin, count)]
+        b = self.batch
+        self.conn.executemany("INSERT INTO coder_job (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
+                              [(b.batch_id, b.gtin, s, code) for s, code in out])
+        self._queue.extend(out)
         return out
 
     def queued_depth(self) -> int:
@@ -89,10 +99,11 @@ class Ledger:
     def resync(self) -> None:
         """After a rolled-back transaction: rebuild the mirrors from the database."""
         self._queue = collections.deque(self.conn.execute(
-            "SELECT job_id, serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
+            "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (self.batch.batch_id,)).fetchall())
         self._bound.clear()
         self._commissioned = []
+        self.judge.known.clear()
         self.agg.forget()
 
     # --- device events ---
@@ -124,6 +135,70 @@ class Ledger:
             handler(device_id, boot_id, fields)
         return True
 
+    def store_batch(self, device_id: str, boot_id: int, msgs) -> list[bool]:
+        """A whole poll's events at once (caller's transaction): the same result as store() for
+        each in turn, with the writes grouped per statement. If any event was already stored (a
+        retransmission), falls back to store() one by one."""
+        evs = [(n, f) for n, f in msgs if "event_seq" in f]
+        now = time.time()
+        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"),
+                 json.dumps(f, separators=(",", ":"), default=str), now) for n, f in evs]
+        c = self.conn
+        c.execute("SAVEPOINT store_batch")
+        before = c.total_changes
+        c.executemany("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", rows)
+        if c.total_changes - before != len(rows):
+            c.execute("ROLLBACK TO store_batch")
+            c.execute("RELEASE store_batch")
+            return [self.store(device_id, boot_id, n, f) for n, f in msgs]
+        c.execute("RELEASE store_batch")
+        gtin, batch_id = self.batch.gtin, self.batch.batch_id
+        detected, bound_jobs, unit_serials, outcomes, passed, rejected = [], [], [], [], [], []
+
+        def flush():
+            c.executemany("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)", detected)
+            c.executemany("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", bound_jobs)
+            c.executemany("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?", unit_serials)
+            c.executemany("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", bound_jobs)
+            c.executemany("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?", outcomes)
+            c.executemany("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?", [(gtin, s) for s in passed])
+            c.executemany("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?", [(gtin, s) for s in rejected])
+            for s in passed:
+                self.agg.add_pack(s)
+            self._commissioned.extend(passed)
+            for lst in (detected, bound_jobs, unit_serials, outcomes, passed, rejected):
+                lst.clear()
+
+        for n, f in evs:
+            u = f.get("unit_seq")
+            if n == "UNIT_DETECTED":
+                detected.append((device_id, boot_id, u, batch_id, f.get("flags", 0) & 1))
+            elif n == "UNIT_PRINTED":
+                if not self._queue:
+                    flush()
+                    self._on_unit_printed(device_id, boot_id, f)  # raises the alarm
+                    continue
+                serial, code = self._queue.popleft()
+                bound_jobs.append((gtin, serial))
+                unit_serials.append((gtin, serial, device_id, boot_id, u))
+                self._bound[(device_id, boot_id, u)] = (serial, code)
+            elif n == "UNIT_OUTCOME":
+                bound = self._bound.pop((device_id, boot_id, u), None)
+                if bound is None:  # not bound in this run: the careful path reads the database
+                    flush()
+                    self._on_unit_outcome(device_id, boot_id, f)
+                    continue
+                outcome = _name(Outcome, f["outcome"])
+                outcomes.append((outcome, _name(Reason, f["reason"]), device_id, boot_id, u))
+                (passed if outcome == "PASSED" else rejected).append(bound[0])
+            else:
+                handler = getattr(self, "_on_" + n.lower(), None)
+                if handler is not None:
+                    flush()
+                    handler(device_id, boot_id, f)
+        flush()
+        return [("event_seq" in f) for _, f in msgs]
+
     def _on_unit_detected(self, device_id, boot_id, f):
         self.conn.execute("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)",
                           (device_id, boot_id, f["unit_seq"], self.batch.batch_id, f.get("flags", 0) & 1))
@@ -133,11 +208,12 @@ class Ledger:
         if job is None:
             self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{f['unit_seq']} printed with no code queued")
             return
-        self.conn.execute("UPDATE coder_job SET state='bound' WHERE job_id=?", (job[0],))
+        serial, code = job
+        self.conn.execute("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", (self.batch.gtin, serial))
         self.conn.execute("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                          (self.batch.gtin, job[1], device_id, boot_id, f["unit_seq"]))
-        self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, job[1]))
-        self._bound[(device_id, boot_id, f["unit_seq"])] = (job[1], job[2])
+                          (self.batch.gtin, serial, device_id, boot_id, f["unit_seq"]))
+        self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, serial))
+        self._bound[(device_id, boot_id, f["unit_seq"])] = (serial, code)
 
     def _on_unit_inspected(self, device_id, boot_id, f):
         pass  # the stored event is the record; the agent's correlator takes it from here

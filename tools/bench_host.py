@@ -49,22 +49,29 @@ def main(argv: list[str]) -> int:
             n = min(args.per_poll, args.units - u)
             with transaction(conn):
                 L.queue_codes(n)
-            with transaction(conn):
+            with transaction(conn):  # one poll: the line's events for n units, then their verdicts
+                msgs = []
                 for k in range(u, u + n):
                     for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
                                     ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
                                     ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
                         seq += 1
                         f["event_seq"] = seq
-                        L.store("bench", 1, name, f)
+                        msgs.append((name, f))
+                L.store_batch("bench", 1, msgs)
+                for k in range(u, u + n):
                     code = L.expected_code("bench", 1, k)
                     ts = time.perf_counter()
                     verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
                     latencies.append(time.perf_counter() - ts)
                     L.record_verdict("bench", 1, k, verdict, reason, serial, "A")
+            with transaction(conn):  # next poll: their outcomes
+                msgs = []
+                for k in range(u, u + n):
                     seq += 1
-                    L.store("bench", 1, "UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
-                                                              gate_error=0, pos=0, t_us=0))
+                    msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
+                                                     gate_error=0, pos=0, t_us=0)))
+                L.store_batch("bench", 1, msgs)
                 L.flush_events()
             u += n
         elapsed = time.perf_counter() - t0

@@ -125,3 +125,34 @@ def test_rework(line):
     kinds = [(e["type"], e.get("bizStep")) for e in outbox.batch_events(conn, "B1")]
     assert ("ObjectEvent", "destroying") in kinds or any(k[1] and "destroy" in k[1] for k in kinds)
     assert ("AggregationEvent", "unpacking") in kinds
+
+
+def test_store_batch_matches_store_and_is_idempotent(line):
+    """The grouped path used by the agent gives the same ledger as event-by-event storage."""
+    L = line.ledger
+    ev = []
+    for u in range(5):
+        ev += [line.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0),
+               line.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0),
+               line.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0),
+               line.event("UNIT_OUTCOME", unit_seq=u, outcome=1 if u != 2 else 2, reason=0 if u != 2 else 1,
+                          gate_error=0, pos=0, t_us=0)]
+    ev.append(("STATUS", {"state": 2}))  # not an event: ignored by both
+    with transaction(L.conn):
+        assert L.store_batch("dev1", 7, ev) == [True] * 20 + [False]
+        L.flush_events()
+    batch_view = (L.conn.execute("SELECT unit_seq, serial, outcome, reason FROM unit ORDER BY unit_seq").fetchall(),
+                  states(L.conn), L.conn.execute("SELECT sscc, state FROM container ORDER BY 1").fetchall())
+    before = snapshot(L.conn)
+    with transaction(L.conn):  # the device resends it all: nothing changes
+        assert L.store_batch("dev1", 7, ev) == [False] * 21
+    assert snapshot(L.conn) == before
+    # same stream, one event at a time, on a second boot id of a fresh run of the same ledger file
+    with transaction(L.conn):
+        for n, f in ev:
+            L.store("dev1", 8, n, f)
+        L.flush_events()
+    one_by_one = L.conn.execute("SELECT unit_seq, outcome, reason FROM unit WHERE boot_id=8 ORDER BY unit_seq").fetchall()
+    assert one_by_one == [(u, o, r) for u, _, o, r in batch_view[0]]
+    assert batch_view[1]["commissioned"] == 4 and batch_view[1]["rejected"] == 1
+    assert sorted(st for _, st in batch_view[2]) == ["closed", "open", "open"]  # case 1; open pallet, case 2
