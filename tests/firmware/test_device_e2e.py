@@ -100,7 +100,7 @@ def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path
                     assert (lambda r: r.get("config", r))(wait_for(host, "CONFIG_REPORT"))["config_id"] == 7
             finally:
                 host.close()
-    boot_ids = set()
+
     cfg.write_bytes(cfg.read_bytes()[:-3] + b"999")
     with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=cfg) as sb:
         assert "checksum mismatch" in sb.boot_line
@@ -108,6 +108,47 @@ def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path
         try:
             hello = host.connect()
             assert hello["state"] == 0
-            boot_ids.add(hello["boot_id"])
+
+        finally:
+            host.close()
+
+
+def test_real_time_mode_wall_clock_and_virtual_encoder(tmp_path):
+    import time
+
+    with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=tmp_path / "s.cfg",
+                                       realtime=True) as sb:
+        host = HostLink(relay.host_path)
+        try:
+            host.connect()
+            host.send("CONFIG_SET", dict(CFG, virtual_speed_cps=10000, debounce_us=0))
+            assert wait_for(host, "CONFIG_REPORT")["result"] == 0
+            host.send("COMMAND", dict(command=1, arg=0))  # START
+            edges, outcomes = [], {}
+
+            def serve(seconds):  # the host answers while the line runs
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    for msg, f in host.poll(0.002):
+                        if msg == "UNIT_INSPECTED":
+                            host.send("VERDICT", dict(unit_seq=f["unit_seq"], verdict=1, reason=0))
+                        elif msg == "UNIT_OUTCOME":
+                            outcomes[f["unit_seq"]] = (f["outcome"], f["reason"])
+                    host.ack_delivered()
+                    edges.extend(sb.read_edges(0))
+
+            for _ in range(3):  # three packs, 20 ms each, 100 ms apart (200 / 1000 counts)
+                sb.set_inputs(1)
+                serve(0.02)
+                sb.set_inputs(0)
+                serve(0.08)
+            serve(1.0)
+            assert outcomes == {0: (1, 0), 1: (1, 0), 2: (1, 0)}
+            coder = [e for e in edges if e.name == "coder"]
+            camera = [e for e in edges if e.name == "camera"]
+            assert len(coder) == len(camera) == 3
+            # 400 counts after the photo-eye at 10000 counts/s: 40 ms, from the wall clock
+            assert 39_000 < (camera[0].t_us - coder[0].t_us) & (2**30 - 1) < 60_000
+            assert not [e for e in edges if e.name.startswith("gate")]
         finally:
             host.close()
