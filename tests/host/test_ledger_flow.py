@@ -156,3 +156,20 @@ def test_store_batch_matches_store_and_is_idempotent(line):
     assert one_by_one == [(u, o, r) for u, _, o, r in batch_view[0]]
     assert batch_view[1]["commissioned"] == 4 and batch_view[1]["rejected"] == 1
     assert sorted(st for _, st in batch_view[2]) == ["closed", "open", "open"]  # case 1; open pallet, case 2
+
+
+@pytest.mark.parametrize("nhrn", [None, ("714", "1234567")])
+def test_code_template_equals_full_element_string(conn, nhrn):
+    import datetime as dt
+    from serialine.host import masterdata, serials
+    gtin = "09506000134369"
+    masterdata.add_product(conn, gtin, "x", "EU_FMD", 7, *(nhrn or (None, None)))
+    serials.generate(conn, gtin, 20)
+    masterdata.create_batch(conn, "B3", gtin, "LOT-7", "2031-05-31", 10, 2, 2)
+    masterdata.start_batch(conn, "B3")
+    L = Ledger(conn, "B3")
+    with transaction(conn):
+        for serial, code in L.queue_codes(5):
+            pairs = gs1.pack_pairs(gtin, serial, "LOT-7", dt.date(2031, 5, 31), *(nhrn or (None, None)))
+            assert code == gs1.element_string(pairs)
+            assert L.judge.known[code] == gs1.parse_read("]d2" + code).ais == dict(pairs)  # as biip reads it
