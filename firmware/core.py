@@ -32,6 +32,7 @@ A_BIN_FULL = const(4)
 A_ENCODER_STALL = const(5)
 A_LINK_LOST = const(6)
 A_BUFFER_OVERFLOW = const(7)
+A_WATCHDOG_RESET = const(8)
 STATE_BOOT = const(0)
 STATE_IDLE = const(1)
 STATE_RUNNING = const(2)
@@ -180,7 +181,10 @@ class Core:
         if up == self.link_up:
             return
         self.link_up = up
-        if up:
+        if up:  # the alarm clears; a line stop it caused stays latched until CLEAR_ALARM
+            if self.alarms & (1 << A_LINK_LOST):
+                self.alarms &= ~(1 << A_LINK_LOST)
+                self.sink.alarm(A_LINK_LOST, 0, NO_UNIT, self.now)
             return
         self.link_down_t = self.now
         self._raise(A_LINK_LOST, NO_UNIT)

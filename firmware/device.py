@@ -47,6 +47,8 @@ class Device:
         self.last_status = 0
         self.link = link.Link(port, self, timeout_ms=link_timeout_ms)
         self.handler = self.handle  # bound once: a bound method made per scan would allocate
+        if reset_cause == 2:  # ResetCause.WATCHDOG: the host hears it as an alarm too
+            self.core._raise(core.A_WATCHDOG_RESET, core.NO_UNIT)
 
     # --- what the link reads at HELLO / PING ---
     @property

@@ -46,7 +46,7 @@ class SimBoard:
 
     def __init__(self, link_path: str, *, cfg_path: str | os.PathLike = "serialine.cfg",
                  realtime: bool = False, device_id: str = "sim-1", wdt_ms: int = 0,
-                 cwd: str | os.PathLike | None = None) -> None:
+                 reset_cause: int = 1, cwd: str | os.PathLike | None = None) -> None:
         self.realtime = realtime
         self.master, slave = os.openpty()
         tty.setraw(slave)
@@ -56,7 +56,7 @@ class SimBoard:
         env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
         args = [micropython_bin(), "-X", "heapsize=2m", str(ROOT / "boards" / "sim" / "simmain.py"),
                 link_path, sim_path, "--cfg", str(cfg_path), "--device-id", device_id,
-                "--wdt-ms", str(wdt_ms)]
+                "--wdt-ms", str(wdt_ms), "--reset-cause", str(reset_cause)]
         if realtime:
             args.append("--realtime")
         self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,

@@ -1,7 +1,8 @@
 # The firmware on the unix port: `micropython simmain.py LINK_TTY SIM_TTY [options]`
 #   --realtime          wall clock (default: virtual time, lockstep with the simulator)
 #   --cfg PATH          configuration file (default serialine.cfg in the working directory)
-#   --device-id ID      --wdt-ms MS (0 = off)   --virtual-pos (realtime: encoder from the config)
+#   --device-id ID      --wdt-ms MS (0 = off)
+#   --reset-cause N     ResetCause reported at HELLO (2 = WATCHDOG after a SimWDT exit)
 # The sim channel (SIM_TTY, a second pty) carries text lines, see boards/sim/README.md.
 import select
 import sys
@@ -15,14 +16,17 @@ import link
 def main(argv):
     link_path, sim_path = argv[0], argv[1]
     virtual = "--realtime" not in argv
-    opt = {"--cfg": "serialine.cfg", "--device-id": "sim-1", "--wdt-ms": "0"}
+    opt = {"--cfg": "serialine.cfg", "--device-id": "sim-1", "--wdt-ms": "0",
+           "--reset-cause": "1"}
     for i, a in enumerate(argv):
         if a in opt:
             opt[a] = argv[i + 1]
     b = board.SimBoard(virtual=virtual)
     port = link.open_tty(link_path)
     sim = link.open_tty(sim_path)
-    dev = device.Device(b, port, device_id=opt["--device-id"], cfg_path=opt["--cfg"])
+    cause = int(opt["--reset-cause"])  # the simulator knows why it restarted us
+    dev = device.Device(b, port, device_id=opt["--device-id"], cfg_path=opt["--cfg"],
+                        reset_cause=cause)
     if dev.boot_note:
         print("BOOT", dev.boot_note)
     wdt = b.wdt(int(opt["--wdt-ms"])) if int(opt["--wdt-ms"]) else None
