@@ -97,7 +97,7 @@ class Agent:
         return stored, verdicts
 
     def _decide(self, now: float) -> list:
-        out = []
+        out, rows = [], []
         for p in self.correlator.pairs(now):
             if p.unit is None:
                 self.ledger.alarm("camera", "CORRELATION", p.why)
@@ -112,8 +112,10 @@ class Agent:
                 expected = self.ledger.expected_code(self.device_id, self.boot_id, p.unit)
                 verdict, reason, serial = self.ledger.judge.decide(p.result.data, p.result.grade, expected)
                 grade = p.result.grade
-            self.ledger.record_verdict(self.device_id, self.boot_id, p.unit, verdict, reason, serial, grade)
+            rows.append((self.device_id, self.boot_id, p.unit, verdict, reason, serial, grade))
             out.append((p.unit, verdict, reason, t0))
+        if rows:
+            self.ledger.record_verdicts(rows)
         return out
 
     def run(self, until=lambda: False, timeout: float = 0.02) -> None:

@@ -156,13 +156,17 @@ class Ledger:
         detected, bound_jobs, unit_serials, outcomes, passed, rejected = [], [], [], [], [], []
 
         def flush():
-            c.executemany("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)", detected)
-            c.executemany("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", bound_jobs)
-            c.executemany("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?", unit_serials)
-            c.executemany("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", bound_jobs)
-            c.executemany("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?", outcomes)
-            c.executemany("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?", [(gtin, s) for s in passed])
-            c.executemany("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?", [(gtin, s) for s in rejected])
+            for sql, params in (
+                ("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)", detected),
+                ("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", bound_jobs),
+                ("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?", unit_serials),
+                ("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", bound_jobs),
+                ("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?", outcomes),
+                ("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?", [(gtin, s) for s in passed]),
+                ("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?", [(gtin, s) for s in rejected]),
+            ):
+                if params:
+                    c.executemany(sql, params)
             for s in passed:
                 self.agg.add_pack(s)
             self._commissioned.extend(passed)
@@ -215,8 +219,8 @@ class Ledger:
         self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, serial))
         self._bound[(device_id, boot_id, f["unit_seq"])] = (serial, code)
 
-    def _on_unit_inspected(self, device_id, boot_id, f):
-        pass  # the stored event is the record; the agent's correlator takes it from here
+    # UNIT_INSPECTED needs no handler: the stored event is the record, the agent's correlator
+    # takes it from there.
 
     def _on_unit_outcome(self, device_id, boot_id, f):
         outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
@@ -252,9 +256,13 @@ class Ledger:
             self._commissioned = []
 
     def record_verdict(self, device_id, boot_id, unit_seq, verdict, reason, read_serial, grade) -> None:
-        self.conn.execute("UPDATE unit SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
-                          " WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                          (verdict.name, reason.name, read_serial, grade, device_id, boot_id, unit_seq))
+        self.record_verdicts([(device_id, boot_id, unit_seq, verdict, reason, read_serial, grade)])
+
+    def record_verdicts(self, rows) -> None:
+        """[(device_id, boot_id, unit_seq, verdict, reason, read_serial, grade)] in one statement."""
+        self.conn.executemany("UPDATE unit SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
+                              " WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                              [(v.name, r.name, s, g, d, b, u) for d, b, u, v, r, s, g in rows])
 
     def expected_code(self, device_id, boot_id, unit_seq) -> str | None:
         bound = self._bound.get((device_id, boot_id, unit_seq))
