@@ -104,6 +104,10 @@ class Ledger:
         self._bound.clear()
         self._commissioned = []
         self.judge.known.clear()
+        self.judge.seen.clear()
+        self.judge.seen.update(s for (s,) in self.conn.execute(
+            "SELECT read_serial FROM unit WHERE read_serial IS NOT NULL"
+            " AND batch_id IN (SELECT batch_id FROM batch WHERE gtin=?)", (self.batch.gtin,)))
         self.agg.forget()
 
     # --- device events ---
