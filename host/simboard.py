@@ -66,7 +66,7 @@ class SimBoard:
 
     def _stdout_until(self, word: str, timeout: float = 10.0) -> str:
         assert self.proc.stdout is not None
-        seen = []
+        seen: list[str] = []
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             line = self.proc.stdout.readline()

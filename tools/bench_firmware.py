@@ -102,13 +102,14 @@ def run_mp(code: str, timeout: float = 600, prefix: tuple[str, ...] = ()) -> str
 def main(argv: list[str]) -> int:
     units = int(argv[argv.index("--units") + 1]) if "--units" in argv else 150
     fires = int(argv[argv.index("--fires") + 1]) if "--fires" in argv else 500
-    rows = []
+    rows: list[tuple[str, int, int, int, int]] = []
+    touts = core_us = talloc = scans = 0
     for line in run_mp(_MP_VIRTUAL.replace("NUNITS", str(units))).splitlines():
         if line.startswith("RESULT"):
             _, name, outs, run_us, alloc, gerr = line.split()
             rows.append((name, int(outs), int(run_us), int(alloc), int(gerr)))
         elif line.startswith("THROUGHPUT"):
-            _, touts, core_us, talloc, scans = (int(x) if x.isdigit() else x for x in line.split())
+            touts, core_us, talloc, scans = (int(x) for x in line.split()[1:])
     rt_code = _MP_REALTIME.replace("FIRES", str(fires))
     jit = run_mp(rt_code).split()
     c50, c99, cmax, _ = (int(x) for x in jit[-4:])
