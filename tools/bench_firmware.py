@@ -106,8 +106,8 @@ def main(argv: list[str]) -> int:
     touts = core_us = talloc = scans = 0
     for line in run_mp(_MP_VIRTUAL.replace("NUNITS", str(units))).splitlines():
         if line.startswith("RESULT"):
-            _, name, outs, run_us, alloc, gerr = line.split()
-            rows.append((name, int(outs), int(run_us), int(alloc), int(gerr)))
+            w = line.split()
+            rows.append((w[1], int(w[2]), int(w[3]), int(w[4]), int(w[5])))
         elif line.startswith("THROUGHPUT"):
             touts, core_us, talloc, scans = (int(x) for x in line.split()[1:])
     rt_code = _MP_REALTIME.replace("FIRES", str(fires))
