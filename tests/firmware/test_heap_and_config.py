@@ -161,3 +161,22 @@ print(d.event_seq, d.link.queue_fill, d.pcount, d.core.detected, d.lost_events)
     seq, fill, pending, detected, lost = map(int, mp(code)[-1].split())
     assert detected == 20 and fill == 32 and pending > 0 and lost == 0
     assert seq == fill  # event numbers given as frames are queued, in order
+
+
+def test_event_buffers_full_fails_safe_and_stops_the_line(mp):
+    # no host acks: 32 link slots + 16 pending events, then every open unit is rejected
+    # (BUFFER_OVERFLOW), the alarm is raised and the line stops; events beyond are counted lost
+    code = """
+import board, device, simline
+class Port:
+    def readinto(self, b): return 0
+    def write(self, b, n): pass
+b = board.SimBoard()
+d = device.Device(b, Port(), cfg_path='/nonexistent/x', pending=16)
+d.core.configure(simline.config()); d.core.start()
+for t in range(1, 40000):
+    x = t - 300
+    d.scan(t * 100, t, 1 if 0 <= x < 8000 and x % 400 < 150 else 0, 0, 0, t // 10)
+print(d.link.queue_fill, d.pcount, d.lost_events > 0, d.core.state, d.core.alarms >> 7 & 1)
+"""
+    assert mp(code)[-1] == "32 16 True 3 1"
