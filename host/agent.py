@@ -34,14 +34,20 @@ class Agent:
 
     def start(self, timeout: float = 5.0) -> dict:
         hello = self.link.connect(timeout)
+        self._on_boot(hello)
+        return hello
+
+    def _on_boot(self, hello: dict) -> None:
+        """A (new) session: units of other boots still in flight are purged, and the coder starts
+        clean — after a device reboot nobody knows which of its jobs were printed."""
         self.device_id, self.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+        self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
         with transaction(self.conn):
             self.ledger.new_boot(self.device_id, self.boot_id)
             if self.coder is not None:  # what the coder holds is unknown after our restart: start clean
                 self.coder.clear()
                 self.ledger.drop_queued()
         self.fill_coder()
-        return hello
 
     def fill_coder(self) -> int:
         if self.coder is None:
@@ -62,6 +68,9 @@ class Agent:
     def step(self, timeout: float = 0.05) -> int:
         """One poll: returns the number of events stored."""
         msgs = self.link.poll(timeout)
+        hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
+        if hello and int(hello["boot_id"]) != self.boot_id:
+            self._on_boot(dict(hello))
         errors: list[str] = []
         if self.camera is not None:
             results, errors = self.camera.results()

@@ -122,6 +122,8 @@ class Ledger:
             if s is not None:
                 self.conn.execute("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=? AND state='printed'",
                                   (self.batch.gtin, s))
+        for key in [k for k in self._bound if k[0] == device_id and k[1] != boot_id]:
+            del self._bound[key]
         return len(rows)
 
     def store(self, device_id: str, boot_id: int, msg_name: str, fields: dict) -> bool:

@@ -18,9 +18,10 @@ class ScriptedLink:
 
     def __init__(self):
         self.inbox, self.sent, self.acks, self.seq = [], [], 0, 0
+        self.hello = {"device_id": "line1", "boot_id": 42}
 
     def connect(self, timeout):
-        return {"device_id": "line1", "boot_id": 42}
+        return dict(self.hello)
 
     def poll(self, timeout):
         out, self.inbox = self.inbox, []
@@ -84,4 +85,16 @@ def test_agent_with_tcp_coder_and_camera(conn):
         assert states["commissioned"] == 5 and states["rejected"] == 2 and states["allocated"] == 5
         assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='CORRELATION'").fetchone()[0] == 1
         assert link.acks >= 7
+        # the device reboots with unit 7 printed but undecided: purged, its serial rejected, coder restarted
+        link.event("UNIT_DETECTED", unit_seq=7, pos=0, t_us=0, flags=0)
+        sc.trigger(7000)
+        link.event("UNIT_PRINTED", unit_seq=7, pos=0, t_us=0)
+        agent.step(0)
+        stuck = conn.execute("SELECT serial FROM unit WHERE unit_seq=7").fetchone()[0]
+        link.hello = {"device_id": "line1", "boot_id": 43}
+        agent.step(0)
+        assert conn.execute("SELECT outcome, reason FROM unit WHERE unit_seq=7").fetchone() == ("PURGED", "PURGE")
+        assert conn.execute("SELECT state FROM serial WHERE serial=?", (stuck,)).fetchone()[0] == "rejected"
+        assert sc.depth == 5 and agent.boot_id == 43
+        assert run_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)  # boot 43's unit 0
         agent.coder.close(); agent.camera.close()
