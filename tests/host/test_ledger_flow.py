@@ -8,7 +8,7 @@ from serialine.host.epcis import outbox
 from serialine.host.ledger import Ledger
 from serialine.protocol.schema import Reason, Verdict
 
-from hostkit import GTIN, Line
+from hostkit import GTIN
 
 
 def states(conn):
