@@ -66,6 +66,24 @@ class Aggregator:
             self._case = None
             self.close(case)
 
+    def add_packs(self, serials: list[str]) -> None:
+        """add_pack for many, in order, one INSERT statement per case they fill."""
+        i = 0
+        while i < len(serials):
+            if self._case is None:
+                case = self._open("case")
+                n = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
+            else:
+                case, n = self._case
+            take = serials[i:i + self.batch.case_size - n]
+            self.conn.executemany("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
+                                  [(self.batch.gtin, s, case) for s in take])
+            i, n = i + len(take), n + len(take)
+            self._case = (case, n)
+            if n >= self.batch.case_size:
+                self._case = None
+                self.close(case)
+
     def close(self, container_id: int, partial: bool = False) -> str:
         """Give the container its SSCC, report its packing; a closed case goes onto the open pallet."""
         level, state = self.conn.execute("SELECT level, state FROM container WHERE container_id=?",

@@ -22,6 +22,13 @@ from .verdicts import Judge
 UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME")
 
 
+def _body(fields: dict) -> str:
+    """The event's fields as compact JSON (flat ints on the hot path: formatted directly)."""
+    if all(type(v) is int for v in fields.values()):
+        return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+    return json.dumps(fields, separators=(",", ":"), default=str)
+
+
 class LedgerError(ValueError):
     pass
 
@@ -130,7 +137,7 @@ class Ledger:
         """Store one sequenced device event (caller's transaction). False: already stored."""
         if "event_seq" not in fields:
             return False  # STATUS / PONG: not events, latest wins
-        body = json.dumps(fields, separators=(",", ":"), default=str)
+        body = _body(fields)
         cur = self.conn.execute(
             "INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)",
             (device_id, boot_id, fields["event_seq"], msg_name, fields.get("unit_seq"), body, time.time()))
@@ -147,8 +154,7 @@ class Ledger:
         retransmission), falls back to store() one by one."""
         evs = [(n, f) for n, f in msgs if "event_seq" in f]
         now = time.time()
-        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"),
-                 json.dumps(f, separators=(",", ":"), default=str), now) for n, f in evs]
+        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"), _body(f), now) for n, f in evs]
         c = self.conn
         c.execute("SAVEPOINT store_batch")
         before = c.total_changes
@@ -173,8 +179,7 @@ class Ledger:
             ):
                 if params:
                     c.executemany(sql, params)
-            for s in passed:
-                self.agg.add_pack(s)
+            self.agg.add_packs(passed)
             self._commissioned.extend(passed)
             for lst in (detected, bound_jobs, unit_serials, outcomes, passed, rejected):
                 lst.clear()
