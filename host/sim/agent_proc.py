@@ -5,7 +5,9 @@ coder/camera drivers, configures and starts the line device, then runs the agent
     python -m serialine.host.sim.agent_proc --db DB --batch B --tty PTY --coder HOST:PORT
         --camera HOST:PORT --config JSON
 
-Prints READY once the device is configured and started; runs until SIGTERM or stdin closes.
+Prints READY once the device is configured and started; runs until SIGTERM or stdin closes. A line
+on stdin naming a Command (CLEAR_ALARM, START, ...) is sent to the device: the simulator playing the
+operator who has emptied the reject bin.
 It also follows a device reboot: a new boot_id in the link's HELLO_REPLY starts a new boot in the
 ledger (in-flight units of the old boot are purged) and the device is configured and started again."""
 
@@ -70,7 +72,14 @@ def main(argv=None) -> int:
     config = json.loads(args.config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    operator: list[str] = []  # commands from the simulator playing the line operator
+
+    def read_stdin():
+        for line in sys.stdin:
+            operator.append(line.strip())
+        stop.set()
+
+    threading.Thread(target=read_stdin, daemon=True).start()
 
     conn = hostdb.connect(args.db)
     link = HostLink(args.tty)
@@ -92,6 +101,10 @@ def main(argv=None) -> int:
     configure_and_start()
     print("READY", flush=True)
     while not stop.is_set():
+        while operator:
+            cmd = operator.pop(0)
+            if cmd in Command.__members__:
+                link.send("COMMAND", {"command": int(Command[cmd]), "arg": 0})
         agent.step(0.002)
     # drain what is in flight, then leave
     end = time.monotonic() + 0.5

@@ -14,7 +14,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from serialine.protocol.schema import Outcome, Reason
+from serialine.protocol.schema import Alarm, Outcome, Reason
 
 from .report import Ledger, UnitRecord
 
@@ -41,9 +41,14 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
             "SELECT device_id, boot_id FROM device_event GROUP BY device_id, boot_id ORDER BY MIN(received_at)")]
         outcomes = collections.defaultdict(list)
         seqs = collections.defaultdict(list)
+        device_alarms = collections.Counter()
         for dev, boot, eseq, name, useq, body in conn.execute(
                 "SELECT device_id, boot_id, event_seq, msg_name, unit_seq, body FROM device_event"):
             seqs[(dev, boot)].append(eseq)
+            if name == "ALARM":
+                f = json.loads(body)
+                if f.get("active"):
+                    device_alarms[Alarm(int(f["alarm"])).name.lower()] += 1
             if name == "UNIT_OUTCOME":
                 f = json.loads(body)
                 outcomes[(dev, boot, useq)].append((_OUTCOME.get(str(f.get("outcome")).upper(), f.get("outcome")),
@@ -74,6 +79,7 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         pallets = conn.execute("SELECT COUNT(*) FROM container WHERE batch_id = ? AND level = 'pallet' AND state = 'closed'",
                                (batch_id,)).fetchone()[0]
         alarms = collections.Counter(a.lower() for (a,) in conn.execute("SELECT alarm FROM alarm_log"))
+        alarms.update(device_alarms)
     finally:
         conn.close()
     n_events, errors = epcis(epcis_dir)

@@ -262,6 +262,11 @@ class Line:
                     self.bin_full = 1
                     self._pending.append(Edge(self.t, "bin_full", 1))
 
+    def empty_bin(self) -> None:
+        """The operator empties the reject bin: its full sensor drops."""
+        self.bin_count, self.bin_full = 0, 0
+        self._pending.append(Edge(self.t, "bin_full", 0))
+
     # --- the device's outputs ---
     def output(self, name: str, level: int, t_us: int) -> None:
         """An output edge from the device at t_us (<= the current time is fine)."""

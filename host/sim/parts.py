@@ -235,6 +235,11 @@ class HostAgent:
         if self.present and self.proc.poll() is not None:
             raise self._died()
 
+    def operator(self, command: str):
+        """The line operator's command to the device, through the agent (e.g. CLEAR_ALARM)."""
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+
     def kill(self):
         """kill -9: no goodbye, no flush; whatever the ledger committed is what survives."""
         self.present = False

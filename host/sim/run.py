@@ -25,6 +25,7 @@ from .report import build
 from .scenario import Scenario
 from .wiretap import VerdictTap
 
+BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
 MAX_STEP_US = 250  # the longest virtual jump: the firmware sees the encoder at least this often
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
 
@@ -134,9 +135,14 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     boot_no, boot_base = 0, 0
     outage_until = None
     host_back_at = None
+    bin_empty_at = None
+    wall_limit = time.monotonic() + 120 + s.units * 0.5
     owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
     try:
         while not line.done:
+            if time.monotonic() > wall_limit:
+                raise RunError(f"the line did not finish: {detected} of {s.units} packs detected, "
+                               f"line {'stopped' if line.line_stop else 'running'}")
             if realtime:
                 t = max(line.t + 1, int((time.monotonic() - t0) * 1e6))
             else:
@@ -167,6 +173,13 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             for name, level, te in device.step(line.t, line.encoder, edges):
                 line.output(name, level, te)
             owed += len(camera.deliver(line.t))
+            # the operator: a line stopped with a full bin gets the bin emptied and the alarm cleared
+            if line.line_stop and line.bin_full and bin_empty_at is None:
+                bin_empty_at = line.t + BIN_EMPTY_MS * 1000
+            if bin_empty_at is not None and line.t >= bin_empty_at:
+                line.empty_bin()
+                host.operator("CLEAR_ALARM")
+                bin_empty_at = None
             if outage_until is not None and line.t >= outage_until:
                 relay.dark, outage_until = False, None
             if host_back_at is not None:
