@@ -56,7 +56,8 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
     plan = FaultPlan(s.faults)
     device = host = None
     wall0 = time.monotonic()
-    stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0}
+    stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0,
+             "operator_clears": 0}
     printed: list[str] = []
     try:
         device = parts.Device(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
@@ -173,11 +174,14 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             for name, level, te in device.step(line.t, line.encoder, edges):
                 line.output(name, level, te)
             owed += len(camera.deliver(line.t))
-            # the operator: a line stopped with a full bin gets the bin emptied and the alarm cleared
-            if line.line_stop and line.bin_full and bin_empty_at is None:
+            # the operator: a line the device stopped (bin full, unconfirmed reject, ...) gets the
+            # bin emptied if full and the alarm cleared, a second later
+            if line.line_stop and bin_empty_at is None:
                 bin_empty_at = line.t + BIN_EMPTY_MS * 1000
             if bin_empty_at is not None and line.t >= bin_empty_at:
-                line.empty_bin()
+                if line.bin_full:
+                    line.empty_bin()
+                stats["operator_clears"] += 1
                 host.operator("CLEAR_ALARM")
                 bin_empty_at = None
             if outage_until is not None and line.t >= outage_until:

@@ -125,9 +125,11 @@ def main(argv):
             continue
         t, pos = int(parts[1]) & MASK, int(parts[2]) & MASK
         board.t = t
+        # scan first, then the link: a START applied in the poll then sees the current position
+        # (the core's purge after a start is measured from it)
+        c.update(t, pos, int(parts[3]), int(parts[4]), int(parts[5]))
         lk.poll(time.ticks_ms(), handler)
         c.set_link(lk.up)
-        c.update(t, pos, int(parts[3]), int(parts[4]), int(parts[5]))
         sink.flush()
         lk.poll(time.ticks_ms(), handler)
         info.next_unit_seq = c.next_seq
