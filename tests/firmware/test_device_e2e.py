@@ -155,7 +155,8 @@ def test_real_time_mode_wall_clock_and_virtual_encoder(tmp_path):
             # (a scan preempted by the host OS may fire late, so no fixed window in time)
             for a, b in zip(coder, camera):
                 dt, dpos = (b.t_us - a.t_us) & (2**30 - 1), (b.pos - a.pos) & (2**30 - 1)
-                assert 200 <= dpos <= 420 and abs(dt / 100 - dpos) <= 2, (a, b)
+                # never early; late only by what the OS took (the positions and times agree)
+                assert dpos >= 200 and abs(dt / 100 - dpos) <= 2, (a, b)
             assert not [e for e in edges if e.name.startswith("gate")]
         finally:
             host.close()
