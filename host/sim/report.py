@@ -14,7 +14,7 @@ from serialine.protocol.schema import Outcome, Reason
 # Reasons a good pack may be rejected for when a fault forces it (fail safe), never on a clean line.
 FAIL_SAFE = {Reason.NO_VERDICT, Reason.LINK_LOST, Reason.PURGE, Reason.BUFFER_OVERFLOW,
              Reason.DOUBLE_DETECT, Reason.CORRELATION, Reason.NO_READ, Reason.LOW_GRADE,
-             Reason.CODE_MISMATCH, Reason.NOT_GS1}
+             Reason.CODE_MISMATCH, Reason.NOT_GS1, Reason.UNKNOWN_SERIAL}
 # What a camera fault on a good print makes the host say.
 CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION},
                   "misread": {Reason.CODE_MISMATCH, Reason.NOT_GS1, Reason.UNKNOWN_SERIAL,

@@ -159,7 +159,9 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                         owed = tap.count()
             edges = line.advance(t)
             for e in edges:
-                if e.name == "photo_eye" and e.level:
+                # unit-numbered faults strike in the gap before pack N (after pack N-1 has left
+                # the photo-eye), so no pack is half-seen by a rebooting device
+                if e.name == "photo_eye" and not e.level:
                     for kind, arg in plan.due(detected):
                         _fire(kind, arg, line, device, host, relay, tap, stats)
                         if kind == "outage":
@@ -168,6 +170,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                             host_back_at = line.t + HOST_RESTART_MS * 1000
                         if kind == "device_reboot":
                             owed, boot_no, boot_base = 0, boot_no + 1, detected
+                if e.name == "photo_eye" and e.level:
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)

@@ -62,5 +62,5 @@ def test_same_seed_same_figures(tmp_path):
     s = small("nominal").with_overrides(units=60)
     a = run(s, out=tmp_path / "a")
     b = run(s, out=tmp_path / "b")
-    drop = ("wall_s", "batch", "_latencies", "verdict_latency_ms", "run", "link")
+    drop = ("wall_s", "batch", "_latencies", "verdict_latency_ms", "run", "link", "db", "epcis_dir")
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
