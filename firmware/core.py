@@ -148,7 +148,7 @@ class Core:
         return self.count > 0
 
     def start(self):
-        if self.cfg is None:
+        if self.cfg is None or self.state == STATE_STOPPED:  # a latched stop needs CLEAR_ALARM
             return False
         self.state = STATE_RUNNING
         self.purge_until = (self.pos + self.cfg[C_PURGE_COUNTS]) & _MASK
@@ -156,8 +156,9 @@ class Core:
         return True
 
     def stop(self):
+        """The host stops the line: latched like an alarm's stop, released by CLEAR_ALARM."""
         if self.state == STATE_RUNNING:
-            self.state = STATE_IDLE
+            self._line_stop()
 
     def clear_alarm(self):
         """Releases a latched line stop and clears every alarm."""

@@ -4,13 +4,24 @@ ahead and camera results correlated to inspected units.
 One loop step: poll the link; in ONE transaction store every event (idempotently), pair camera
 results with inspected units and record the verdicts; commit; only then ack the device and send
 the verdicts; then top the coder up (serials allocated and committed before they are pushed, so a
-crash can never make a code the ledger does not know about)."""
+crash can never make a code the ledger does not know about).
+
+Which code is on which pack: the coder prints its queue in order, so each UNIT_PRINTED takes the
+oldest job still queued. That holds only while the ledger's queue and the coder's are the same;
+after our own crash they may not be (a job committed but never pushed, prints made while we were
+away), so a restarted agent RESUMES its device's boot: it latches a line stop, lets the device
+deliver every event, binds those prints to the jobs queued before the crash, and only with the
+belt standing still clears the coder and pushes fresh jobs. Until then no coder top-up and no
+operator restart reaches the line: no print can race the clear. Camera results are just as
+unreliable then (those sent while we were away are lost, the rest pair off with the wrong units), so
+while resuming every inspected unit FAILs with CORRELATION and every result is discarded; pairing
+starts afresh once the belt is still and the camera has been quiet for a correlation window."""
 
 from __future__ import annotations
 
 import time
 
-from serialine.protocol.schema import Reason, Verdict
+from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
 from . import serials
 from .correlate import Correlator
@@ -31,16 +42,64 @@ class Agent:
         self.boot_id: int | None = None
         self.verdict_latency_s: list[float] = []
         self.alarms: list[str] = []
+        self.resuming = False  # latched the line stop after our restart; coder not yet reset
+        self._held: list[str] = []  # operator commands held while resuming
+        self._last_result_at = 0.0  # when the camera last sent a result (monotonic s)
+        self.discarded_results = 0  # camera results dropped while resuming
+        self._serials_low = False
 
     def start(self, timeout: float = 5.0) -> dict:
         hello = self.link.connect(timeout)
-        self._on_boot(hello)
+        device_id, boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+        if self.ledger.knows_boot(device_id, boot_id):
+            self._resume(device_id, boot_id)
+        else:
+            self._on_boot(hello)
         return hello
+
+    def command(self, name: str, arg: int = 0) -> bool:
+        """An operator's line command (START, CLEAR_ALARM, ...). Held while resuming: releasing the
+        line stop before the coder is reset would let a print race the clear. True when sent."""
+        if self.resuming:
+            self._held.append(name)
+            return False
+        self.link.send("COMMAND", {"command": int(Command[name]), "arg": arg})
+        return True
+
+    def _resume(self, device_id: str, boot_id: int) -> None:
+        self.device_id, self.boot_id, self.resuming = device_id, boot_id, True
+        self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+        with transaction(self.conn):
+            self.ledger.alarm("agent", "RESUMING", f"agent restarted on {device_id} boot {boot_id}: line stop "
+                              "latched until the device's events are in and the coder is reset")
+
+    def _try_finish_resume(self) -> None:
+        """Done when the device says: not running, belt still, every event acknowledged (so stored).
+        The link is new since our restart, so every STATUS it holds was sent after the crash."""
+        st = getattr(self.link, "last_status", None)
+        if st is None or int(st["state"]) == DeviceState.RUNNING or st["speed_cps"] or st["queue_fill"]:
+            return
+        if time.monotonic() - self._last_result_at < self.correlator.window_s:
+            return  # a result may still be on its way for a unit inspected before the stop
+        self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
+        with transaction(self.conn):
+            dropped = 0
+            if self.coder is not None:
+                self.coder.clear()
+                dropped = self.ledger.drop_queued()
+            self.ledger.alarm("agent", "RESUMED", f"coder cleared, {dropped} queued job(s) dropped; "
+                              "clear the alarm to restart the line")
+        self.resuming = False
+        self.fill_coder()
+        held, self._held = self._held, []
+        for name in held:
+            self.command(name)
 
     def _on_boot(self, hello: dict) -> None:
         """A (new) session: units of other boots still in flight are purged, and the coder starts
         clean — after a device reboot nobody knows which of its jobs were printed."""
         self.device_id, self.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+        self.resuming = False  # a freshly booted device prints nothing until configured and started
         self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
         with transaction(self.conn):
             self.ledger.new_boot(self.device_id, self.boot_id)
@@ -50,7 +109,7 @@ class Agent:
         self.fill_coder()
 
     def fill_coder(self) -> int:
-        if self.coder is None:
+        if self.coder is None or self.resuming:
             return 0
         need = self.fill_ahead - self.ledger.queued_depth()
         if need <= 0:
@@ -58,9 +117,10 @@ class Agent:
         with transaction(self.conn):
             jobs = self.ledger.queue_codes(need)
             warning = serials.low_water(self.conn, self.ledger.batch.gtin)
-            if warning and warning not in self.alarms:
+            if warning and not self._serials_low:  # once per crossing, not once per top-up
                 self.ledger.alarm("agent", "SERIALS_LOW", warning)
                 self.alarms.append(warning)
+            self._serials_low = warning is not None
         for _, code in jobs:
             self.coder.push(code)
         return len(jobs)
@@ -74,6 +134,11 @@ class Agent:
         errors: list[str] = []
         if self.camera is not None:
             results, errors = self.camera.results()
+            if results:
+                self._last_result_at = time.monotonic()
+            if self.resuming:
+                self.discarded_results += len(results)
+                results = []
             for r in results:
                 self.correlator.result(r)
             self.alarms.extend(errors)
@@ -84,6 +149,8 @@ class Agent:
             self.ledger.resync()  # the transaction rolled back: nothing is acked, mirrors rebuilt
             raise
         self.link.ack_delivered()
+        if self.resuming:
+            self._try_finish_resume()
         for unit_seq, verdict, reason, t0 in verdicts:
             self.link.send("VERDICT", {"unit_seq": unit_seq, "verdict": int(verdict), "reason": int(reason)})
             self.verdict_latency_s.append(time.perf_counter() - t0)
@@ -91,19 +158,33 @@ class Agent:
         return stored
 
     def _store_and_decide(self, msgs, errors):
-        stored = 0
+        stored, blind = 0, []
         with transaction(self.conn):
             now = time.monotonic()
             for (name, fields), new in zip(msgs, self.ledger.store_batch(self.device_id, self.boot_id, msgs)):
                 if new:
                     stored += 1
                     if name == "UNIT_INSPECTED":
-                        self.correlator.inspected(fields["unit_seq"], now)
+                        if self.resuming:
+                            blind.append(fields["unit_seq"])
+                        else:
+                            self.correlator.inspected(fields["unit_seq"], now)
             for err in errors:
                 self.ledger.alarm("camera", "MALFORMED", err)
             verdicts = self._decide(time.monotonic())
+            if blind:
+                verdicts += self._fail_blind(blind)
             self.ledger.flush_events()
         return stored, verdicts
+
+    def _fail_blind(self, units: list[int]) -> list:
+        """Units inspected while resuming: no camera result can be trusted to be theirs."""
+        t0 = time.perf_counter()
+        self.ledger.record_verdicts([(self.device_id, self.boot_id, u, Verdict.FAIL, Reason.CORRELATION, None, None)
+                                     for u in units])
+        self.ledger.alarm("agent", "CORRELATION", f"units {units[0]}..{units[-1]} inspected while the agent "
+                          "resumed: rejected, their camera results cannot be paired")
+        return [(u, Verdict.FAIL, Reason.CORRELATION, t0) for u in units]
 
     def _decide(self, now: float) -> list:
         out, rows = [], []

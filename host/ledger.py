@@ -118,9 +118,15 @@ class Ledger:
         self.agg.forget()
 
     # --- device events ---
+    def knows_boot(self, device_id: str, boot_id: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM device_boot WHERE device_id=? AND boot_id=?",
+                                 (device_id, boot_id)).fetchone() is not None
+
     def new_boot(self, device_id: str, boot_id: int) -> int:
         """Units of earlier boots still without an outcome were in flight across the restart:
         recorded as outcome-less purge, their serials rejected. Caller's transaction."""
+        self.conn.execute("INSERT OR IGNORE INTO device_boot (device_id, boot_id, batch_id, first_seen)"
+                          " VALUES (?,?,?,?)", (device_id, boot_id, self.batch.batch_id, time.time()))
         rows = self.conn.execute("SELECT boot_id, unit_seq, serial FROM unit WHERE device_id=? AND boot_id<>?"
                                  " AND outcome IS NULL", (device_id, boot_id)).fetchall()
         for b, u, s in rows:

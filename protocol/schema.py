@@ -98,7 +98,7 @@ class Verdict(enum.IntEnum):
 
 class Command(enum.IntEnum):
     START = 1
-    STOP = 2
+    STOP = 2  # latch a line stop (stop output on) until CLEAR_ALARM
     CLEAR_ALARM = 3  # also releases a latched line stop
     PURGE = 4  # reject everything in flight now, reason purge
     REBOOT = 5

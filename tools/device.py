@@ -65,7 +65,14 @@ def main(argv: list[str]) -> int:
     print(" ".join(cmd))
     if args.dry_run:
         return 0
-    return subprocess.run(cmd).returncode
+    beside = Path(sys.executable).parent / "mpremote"  # the venv's own, even when not on PATH
+    if beside.exists():
+        cmd[0] = str(beside)
+    try:
+        return subprocess.run(cmd).returncode
+    except FileNotFoundError:
+        print("serialine device: mpremote is not installed (pip install mpremote)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ coder/camera drivers, configures and starts the line device, then runs the agent
 Prints READY once the device is configured and started; runs until SIGTERM or stdin closes. A line
 on stdin naming a Command (CLEAR_ALARM, START, ...) is sent to the device: the simulator playing the
 operator who has emptied the reject bin.
+Restarted on a ledger that knows the device's boot, the agent resumes it (see host/agent.py): the
+line is stopped and the coder reset before the operator's CLEAR_ALARM may restart it.
 It also follows a device reboot: a new boot_id in the link's HELLO_REPLY starts a new boot in the
 ledger (in-flight units of the old boot are purged) and the device is configured and started again."""
 
@@ -98,13 +100,14 @@ def main(argv=None) -> int:
     watched = BootFollowingLink(link, on_new_boot)
     agent = Agent(conn, args.batch, watched, Coder(*_addr(args.coder)), Camera(*_addr(args.camera)))
     agent.start(timeout=30)
-    configure_and_start()
+    if not agent.resuming:  # a resumed device is configured and running; its stop is the agent's
+        configure_and_start()
     print("READY", flush=True)
     while not stop.is_set():
         while operator:
             cmd = operator.pop(0)
             if cmd in Command.__members__:
-                link.send("COMMAND", {"command": int(Command[cmd]), "arg": 0})
+                agent.command(cmd)  # held while the agent resumes after a restart
         agent.step(0.002)
     # drain what is in flight, then leave
     end = time.monotonic() + 0.5

