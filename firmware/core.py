@@ -95,6 +95,7 @@ class Core:
         self.verdict = bytearray(capacity)  # 0 none, 1 PASS, 2 FAIL
         self.reason = bytearray(capacity)
         self.cfg = None  # list of ConfigFields values, or None (STATE_BOOT)
+        self.pass_at = 0  # rel position at which a passing unit's outcome is final
         self.state = STATE_BOOT
         self.alarms = 0
         self.reset_counters()
@@ -141,6 +142,10 @@ class Core:
     def configure(self, values):
         """Apply a validated configuration (config.validate); the caller refuses while busy."""
         self.cfg = values
+        # A pass is final only beyond the purge's reach: a purge after a reboot rejects whatever is
+        # within purge_counts of the photo-eye, so a pack this boot reported PASSED is never one
+        # the next boot's purge pushes off (set purge_counts to the gate's far edge).
+        self.pass_at = max(values[C_GATE_AT], values[C_PURGE_COUNTS])
         if self.state == STATE_BOOT:
             self.state = STATE_IDLE
 
@@ -354,6 +359,7 @@ class Core:
         gate = cfg[C_GATE_AT]
         fire_at = gate - self.lead_counts()
         deadline = fire_at - cfg[C_DEADLINE_MARGIN]
+        reach = self.pass_at - gate
         sink = self.sink
         b = self.board
         i = self.head
@@ -378,7 +384,8 @@ class Core:
                         st |= _REJECT
                         if not self.verdict[i]:
                             self.reason[i] = R_NO_VERDICT
-                if self.purging and not st & _FIRED and not st & _REJECT and rel >= fire_at:
+                # the gate held open by a purge reaches a pack (pass_at - gate) before gate_at
+                if self.purging and not st & _FIRED and not st & _REJECT and rel >= fire_at - reach:
                     st |= _DECIDED | _REJECT
                     self.reason[i] = R_PURGE
                 self.stage[i] = st
@@ -420,7 +427,7 @@ class Core:
                 self._line_stop()
                 self._finish(i, REJECTED_UNCONFIRMED, now, pos)
                 return
-        elif st & _DECIDED and rel >= cfg[C_GATE_AT]:
+        elif st & _DECIDED and rel >= self.pass_at:
             st |= _DONE
             self.stage[i] = st
             self.streak = 0

@@ -198,7 +198,7 @@ ConfigFields = Struct(
     "reject_streak_limit" / u8 * "consecutive rejects that stop the line (0 = off)",
     "link_timeout_ms" / u32 * "no valid frame for this long = link lost, ms",
     "link_stop_ms" / u32 * "line stop after the link has been lost this long, ms (0 = never)",
-    "purge_counts" / u32 * "after a start, the gate rejects everything for this travel, counts",
+    "purge_counts" / u32 * "after a start, the gate rejects everything for this travel; set it to the gate's far edge (a pass is reported beyond it), counts",
     "virtual_speed_cps" / u32 * "0 = real encoder; else a virtual encoder at this speed, counts/s",
     "stall_ms" / u32 * "encoder still while packs are detected for this long = alarm, ms",
     "policy" / u8 * "fail-safe policy bits (POLICY_*)",

@@ -175,6 +175,42 @@ def test_purge_window_after_start(mp):
     assert all(o != PASSED for o in r["outcome"][: len(purged)])
 
 
+def test_purge_window_rejects_what_the_gate_reaches(mp):
+    """A purge reaching past the gate (purge_counts = the gate's far edge) rejects, with reason
+    purge, every pack the open gate physically pushes off: the chute matches the outcomes."""
+    r = run_line(mp, "L = mpline.Line(mpline.config(purge_counts=2300), npacks=20)",
+                 "assert L.run_until_done(10000)")
+    assert_one_outcome_each(r, 20)
+    assert r["reason"][0] == PURGE
+    assert_physics(r)
+
+
+_PASS_POSITIONS = """
+det, rel = {}, []
+_d, _o = L.sink.detected, L.sink.outcome
+def _detected(unit, pos, t, flags):
+    det[unit] = pos
+    _d(unit, pos, t, flags)
+def _outcome(unit, outcome, reason, gate_error, pos, t):
+    if outcome == 1:
+        rel.append(core.pdiff(pos, det[unit]))
+    _o(unit, outcome, reason, gate_error, pos, t)
+L.sink.detected, L.sink.outcome = _detected, _outcome
+"""
+
+
+@pytest.mark.parametrize("purge_counts, pass_at", [(0, 2000), (1500, 2000), (2300, 2300)])
+def test_a_pass_is_reported_beyond_the_gate_and_the_purge_reach(mp, purge_counts, pass_at):
+    """A pack reported PASSED is beyond anything a purge after a reboot could push off: the old
+    boot's pass and the new boot's purge never claim the same pack."""
+    code = ("import simline as mpline\nimport core\n"
+            f"L = mpline.Line(mpline.config(purge_counts={purge_counts}), npacks=30)\n"
+            + _PASS_POSITIONS + "L.core.start()\nassert L.run_until_done(10000)\n"
+            "print(min(rel), max(rel), len(rel))")
+    lo, hi, n = map(int, mp(code)[-1].split())
+    assert n > 0 and pass_at <= lo <= hi <= pass_at + 10  # 10 counts: one scan at this speed
+
+
 def test_purge_command_rejects_everything_in_flight(mp):
     r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=20)",
                  "L.run(600000, 10000)\nL.core.purge()\nassert L.run_until_done(10000)")
