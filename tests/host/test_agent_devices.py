@@ -98,3 +98,55 @@ def test_agent_with_tcp_coder_and_camera(conn):
         assert sc.depth == 5 and agent.boot_id == 43
         assert run_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)  # boot 43's unit 0
         agent.coder.close(); agent.camera.close()
+
+
+def _serial_of(code: str) -> str:
+    return code.split("\x1d21")[1].split("\x1d")[0]
+
+
+def test_restarted_agent_resumes_its_device_boot(conn):
+    """The agent dies with jobs in the coder; the line prints two packs while it is away. The new
+    agent finds the device's boot in the ledger: it stops the line, binds those prints to the jobs
+    queued before the crash, fails their units (their camera results are lost), holds the
+    operator's restart, and only with the belt still resets the coder and lets the line go."""
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        first = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.2)
+        first.start()
+        assert [run_unit(first, link, sc, scam, u) for u in range(2)] == [(Verdict.PASS, Reason.OK)] * 2
+        first.coder.close(); first.camera.close()  # kill -9: nothing more from it
+        away = []
+        for u in (2, 3):  # printed and inspected while no agent listens
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            away.append(_serial_of(sc.trigger(u * 1000)[0]))
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+            link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+        link.sent.clear()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 6}  # still running
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.2)
+        agent.start()
+        assert agent.resuming and link.sent == [("COMMAND", {"command": 2, "arg": 0})]  # STOP
+        assert agent.command("CLEAR_ALARM") is False  # held: the line must not restart yet
+        agent.step(0)
+        bound = [r[0] for r in conn.execute("SELECT serial FROM unit WHERE unit_seq IN (2, 3) ORDER BY unit_seq")]
+        assert bound == away  # the prints made while away carry the jobs queued before the crash
+        verdicts = [(f["unit_seq"], f["verdict"], f["reason"]) for n, f in link.sent if n == "VERDICT"]
+        assert verdicts == [(2, Verdict.FAIL, Reason.CORRELATION), (3, Verdict.FAIL, Reason.CORRELATION)]
+        assert sc.depth == 3  # nothing pushed while resuming
+        link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}  # stopped, still, all acked
+        deadline = time.monotonic() + 5
+        while agent.resuming and time.monotonic() < deadline:
+            agent.step(0)
+            time.sleep(0.02)
+        assert not agent.resuming
+        assert link.sent[-1] == ("COMMAND", {"command": 3, "arg": 0})  # the held CLEAR_ALARM, now
+        assert sc.depth == 5  # cleared and refilled with fresh jobs
+        assert conn.execute("SELECT count(*) FROM coder_job WHERE state='dropped'").fetchone()[0] == 3
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm IN ('RESUMING', 'RESUMED')").fetchone()[0] == 2
+        for u in (2, 3):
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(Outcome.REJECTED_CONFIRMED),
+                       reason=int(Reason.CORRELATION), gate_error=0, pos=0, t_us=0)
+        assert run_unit(agent, link, sc, scam, 4) == (Verdict.PASS, Reason.OK)  # pairing starts afresh
+        states = dict(conn.execute("SELECT state, count(*) FROM serial WHERE batch_id='B1' GROUP BY state"))
+        assert states["commissioned"] == 3 and states["rejected"] == 2
+        agent.coder.close(); agent.camera.close()
