@@ -38,7 +38,7 @@ HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before
 
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) -> dict:
-    out = Path(out)
+    out = Path(out).resolve()  # the device and the agent run in other working directories
     out.mkdir(parents=True, exist_ok=True)
     s = scenario
     db_path, epcis_dir = out / "serialine.db", out / "epcis"
