@@ -54,7 +54,7 @@ class Agent:
         if self.ledger.knows_boot(device_id, boot_id):
             self._resume(device_id, boot_id)
         else:
-            self._on_boot(hello)
+            self.on_new_boot(hello)
         return hello
 
     def command(self, name: str, arg: int = 0) -> bool:
@@ -95,7 +95,7 @@ class Agent:
         for name in held:
             self.command(name)
 
-    def _on_boot(self, hello: dict) -> None:
+    def on_new_boot(self, hello: dict) -> None:
         """A (new) session: units of other boots still in flight are purged, and the coder starts
         clean — after a device reboot nobody knows which of its jobs were printed."""
         self.device_id, self.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
@@ -130,7 +130,7 @@ class Agent:
         msgs = self.link.poll(timeout)
         hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
         if hello and int(hello["boot_id"]) != self.boot_id:
-            self._on_boot(dict(hello))
+            self.on_new_boot(dict(hello))
         errors: list[str] = []
         if self.camera is not None:
             results, errors = self.camera.results()

@@ -65,7 +65,6 @@ def main(argv=None) -> int:
 
     from serialine.host import db as hostdb
     from serialine.host.agent import Agent
-    from serialine.host.db import transaction
     from serialine.host.devices.camera import Camera
     from serialine.host.devices.coder import Coder
     from serialine.host.link import HostLink
@@ -92,9 +91,9 @@ def main(argv=None) -> int:
         link.send("COMMAND", {"command": int(Command.START), "arg": 0})
 
     def on_new_boot(hello):
-        agent.device_id, agent.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
-        with transaction(conn):
-            agent.ledger.new_boot(agent.device_id, agent.boot_id)
+        # the agent's own boot handling: old units purged, coder restarted clean (the UNIT_PRINTED
+        # events the device lost with its RAM would otherwise shift every later binding), pairing reset
+        agent.on_new_boot(dict(hello))
         configure_and_start()
 
     watched = BootFollowingLink(link, on_new_boot)
