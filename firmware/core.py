@@ -249,7 +249,8 @@ class Core:
             if bin_full:
                 self._raise(A_BIN_FULL, NO_UNIT)
                 self._line_stop()
-        if not self.link_up and cfg[C_POLICY] & POLICY_STOP_ON_LINK_LOSS and cfg[C_LINK_STOP_MS]:
+        if not self.link_up and self.state == STATE_RUNNING and cfg[C_POLICY] & POLICY_STOP_ON_LINK_LOSS \
+                and cfg[C_LINK_STOP_MS]:  # a line that is not running has nothing to stop
             if b.ticks_diff(now, self.link_down_t) >= cfg[C_LINK_STOP_MS] * 1000:
                 self._line_stop()
         if self.purging and pdiff(pos, self.purge_until) >= 0:

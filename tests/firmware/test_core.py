@@ -312,3 +312,17 @@ def test_thousands_of_units_each_get_exactly_one_outcome(mp):
     assert_physics(r)
     assert max(abs(e) for e in r["gerr"]) <= 1
     assert not r["alarms"]
+
+
+def test_a_link_down_before_start_latches_no_stop(mp):
+    """Policy stop-on-link-loss stops a running line; a device waiting for its host (IDLE) has no
+    line to stop, so the host's START still works once the link is up."""
+    code = ("import simline as mpline\n"
+            "L = mpline.Line(mpline.config(policy=1, link_stop_ms=10), npacks=5)\n"
+            "L.core.set_link(False)\nL.run(100000, 0)\nidle = L.core.state\n"
+            "L.core.set_link(True)\nstarted = L.core.start()\n"
+            "L.core.set_link(False)\nL.run(100000, 0)\n"
+            "print(idle, started, L.core.state, L.stop_on)")
+    idle, started, after, stop_on = mp(code)[-1].split()
+    assert (idle, started) == ("1", "True")  # IDLE, and the START took
+    assert (after, stop_on) == ("3", "True")  # running, then the link lost: stopped, output on

@@ -17,13 +17,15 @@ CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=
 assert list(CFG) == [sc.name for sc in ConfigFields.subcons]
 
 
-def wait_for(host, name, timeout=5.0):
+def wait_for(host, name, timeout=5.0, seen=None):
     import time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         for msg, fields in host.poll(0.05):
             host.ack_delivered()
+            if seen is not None:
+                seen.append((msg, fields))
             if msg == name:
                 return fields
     raise AssertionError(f"no {name}")
@@ -33,11 +35,14 @@ def test_firmware_end_to_end_on_a_pty(tmp_path):
     with PtyRelay() as relay, SimBoard(relay.device_path, cfg_path=tmp_path / "s.cfg") as sb:
         host = HostLink(relay.host_path)
         try:
+            sb.step(100, 0, 0)  # a scan before any host has said HELLO
             hello = host.connect()
             assert hello["state"] == 0 and 0 <= hello["boot_id"] < 2**30  # BOOT: no config yet
             assert hello["board"] == "sim" and hello["next_unit_seq"] == 0
             host.send("CONFIG_SET", dict(CFG, gate_at=700))  # out of order: refused
-            rep = wait_for(host, "CONFIG_REPORT")
+            seen: list = []
+            rep = wait_for(host, "CONFIG_REPORT", seen=seen)
+            assert not [f for m, f in seen if m == "ALARM"]  # no host before HELLO is not a lost link
             assert (rep["result"], rep["bad_field"]) == (1, 3)
             host.send("CONFIG_SET", CFG)
             rep = wait_for(host, "CONFIG_REPORT")
