@@ -32,7 +32,9 @@ def setup(db_path: Path, scenario) -> str:
         masterdata.create_batch(conn, batch_id, GTIN, lot=f"L{scenario.seed % 100000:05d}",
                                 expiry=dt.date.today() + dt.timedelta(days=730),
                                 planned=scenario.units, case_size=CASE_SIZE, pallet_size=PALLET_SIZE)
-        need = scenario.units * 2 + 200  # rejects and the coder's fill-ahead use serials too
+        # rejects and the coder's fill-ahead use serials too; a pool sized for the run stays above
+        # the low-water mark, so its alarm means what it says
+        need = scenario.units * 2 + 200 + serials.LOW_WATER
         have = serials.available(conn, GTIN)
         if have < need:
             serials.generate(conn, GTIN, need - have)
