@@ -163,7 +163,10 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 # the photo-eye), so no pack is half-seen by a rebooting device
                 if e.name == "photo_eye" and not e.level:
                     for kind, arg in plan.due(detected):
+                        fired_at = time.monotonic()
                         _fire(kind, arg, line, device, host, relay, tap, stats)
+                        if realtime:  # the line's clock pauses while a reboot is staged, rather
+                            t0 += time.monotonic() - fired_at  # than jump the belt through it
                         if kind == "outage":
                             outage_until = line.t + int(arg * 1000)
                         if kind == "host_kill":

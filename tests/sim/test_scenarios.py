@@ -64,3 +64,14 @@ def test_same_seed_same_figures(tmp_path):
     b = run(s, out=tmp_path / "b")
     drop = ("wall_s", "batch", "_latencies", "verdict_latency_ms", "run", "link", "db", "epcis_dir")
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+@pytest.mark.parametrize("name", ["device-reboot", "host-crash"])
+def test_faults_in_real_time_hold_the_invariants(name, tmp_path):
+    """On the wall clock the simulator cannot hold time while it stages a reboot or a restart: the
+    line's clock pauses for the staging instead of the belt jumping through it."""
+    r = run(small(name), out=tmp_path, realtime=True)
+    broken = {k: v for k, v in r["invariants"].items() if not v}
+    assert not broken, json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, indent=1)
+    assert r["mode"] == "realtime" and r["units_detected"] == small(name).units
+    assert r["run"]["device_reboots" if name == "device-reboot" else "host_restarts"] == 1
