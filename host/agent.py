@@ -29,11 +29,13 @@ from .db import transaction
 from .ledger import Ledger
 
 FILL_AHEAD = 8
+PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 
 
 class Agent:
     def __init__(self, conn, batch_id: str, link, coder=None, camera=None, *, fill_ahead: int = FILL_AHEAD,
-                 window_s: float = 0.5, min_grade: float = 1.5, ctx=None):
+                 window_s: float = 0.5, min_grade: float = 1.5, ctx=None,
+                 pairing_lost_after: int = PAIRING_LOST_AFTER):
         self.conn, self.link, self.coder, self.camera = conn, link, coder, camera
         self.ledger = Ledger(conn, batch_id, ctx=ctx, min_grade=min_grade)
         self.correlator = Correlator(window_s)
@@ -45,6 +47,9 @@ class Agent:
         self.resuming = False  # latched the line stop after our restart; coder not yet reset
         self._held: list[str] = []  # operator commands held while resuming
         self._last_result_at = 0.0  # when the camera last sent a result (monotonic s)
+        self._reset_coder = True  # what finishing the resume does besides restarting the pairing
+        self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
+        self.pairing_lost_after = pairing_lost_after
         self.discarded_results = 0  # camera results dropped while resuming
         self._serials_low = False
 
@@ -67,11 +72,16 @@ class Agent:
         return True
 
     def _resume(self, device_id: str, boot_id: int) -> None:
-        self.device_id, self.boot_id, self.resuming = device_id, boot_id, True
-        self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+        self.device_id, self.boot_id = device_id, boot_id
+        self._stop_and_resync(reset_coder=True)
         with transaction(self.conn):
             self.ledger.alarm("agent", "RESUMING", f"agent restarted on {device_id} boot {boot_id}: line stop "
                               "latched until the device's events are in and the coder is reset")
+
+    def _stop_and_resync(self, reset_coder: bool) -> None:
+        """Latch a line stop; pair nothing until the belt is still and the camera quiet."""
+        self.resuming, self._reset_coder = True, reset_coder
+        self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
 
     def _try_finish_resume(self) -> None:
         """Done when the device says: not running, belt still, every event acknowledged (so stored).
@@ -84,12 +94,12 @@ class Agent:
         self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
         with transaction(self.conn):
             dropped = 0
-            if self.coder is not None:
+            if self.coder is not None and self._reset_coder:
                 self.coder.clear()
                 dropped = self.ledger.drop_queued()
-            self.ledger.alarm("agent", "RESUMED", f"coder cleared, {dropped} queued job(s) dropped; "
-                              "clear the alarm to restart the line")
-        self.resuming = False
+            done = f"coder cleared, {dropped} queued job(s) dropped" if self._reset_coder else "camera pairing restarted"
+            self.ledger.alarm("agent", "RESUMED", f"{done}; clear the alarm to restart the line")
+        self.resuming, self._mismatches = False, 0
         self.fill_coder()
         held, self._held = self._held, []
         for name in held:
@@ -178,17 +188,19 @@ class Agent:
         return stored, verdicts
 
     def _fail_blind(self, units: list[int]) -> list:
-        """Units inspected while resuming: no camera result can be trusted to be theirs."""
+        """Units inspected while resuming (or waiting when pairing slipped): no camera result can be
+        trusted to be theirs. Their verdicts are recorded here (caller's transaction)."""
         t0 = time.perf_counter()
         self.ledger.record_verdicts([(self.device_id, self.boot_id, u, Verdict.FAIL, Reason.CORRELATION, None, None)
                                      for u in units])
-        self.ledger.alarm("agent", "CORRELATION", f"units {units[0]}..{units[-1]} inspected while the agent "
-                          "resumed: rejected, their camera results cannot be paired")
+        self.ledger.alarm("agent", "CORRELATION", f"units {units[0]}..{units[-1]}: rejected, their camera "
+                          "results cannot be paired (line stopped to pair afresh)")
         return [(u, Verdict.FAIL, Reason.CORRELATION, t0) for u in units]
 
     def _decide(self, now: float) -> list:
         out, rows = [], []
-        for p in self.correlator.pairs(now):
+        pairs = self.correlator.pairs(now)
+        for i, p in enumerate(pairs):
             if p.unit is None:
                 self.ledger.alarm("camera", "CORRELATION", p.why)
                 self.alarms.append(p.why)
@@ -202,11 +214,30 @@ class Agent:
                 expected = self.ledger.expected_code(self.device_id, self.boot_id, p.unit)
                 verdict, reason, serial = self.ledger.judge.decide(p.result.data, p.result.grade, expected)
                 grade = p.result.grade
+                if verdict == Verdict.PASS:
+                    self._mismatches = 0
+                elif reason == Reason.CODE_MISMATCH:
+                    self._mismatches += 1
             rows.append((self.device_id, self.boot_id, p.unit, verdict, reason, serial, grade))
             out.append((p.unit, verdict, reason, t0))
+            if self._mismatches >= self.pairing_lost_after:
+                out += self._pairing_lost([q.unit for q in pairs[i + 1:] if q.unit is not None])
+                break
         if rows:
             self.ledger.record_verdicts(rows)
         return out
+
+    def _pairing_lost(self, waiting: list) -> list:
+        """Results have slipped against units (a trigger the camera missed, a stray result): every
+        unit still waiting FAILs, the line stops, and pairing restarts once nothing is between the
+        camera and its results — as after our own restart, but the coder's queue is still good."""
+        waiting += [k for k, _ in self.correlator.units]
+        self.correlator = Correlator(self.correlator.window_s)
+        self._mismatches = 0
+        self._stop_and_resync(reset_coder=False)
+        self.ledger.alarm("agent", "PAIRING_LOST", f"{self.pairing_lost_after} code mismatches in a row: camera "
+                          "results have slipped against units; line stopped to pair afresh")
+        return self._fail_blind(waiting) if waiting else []
 
     def run(self, until=lambda: False, timeout: float = 0.02) -> None:
         while not until():

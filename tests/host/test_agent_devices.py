@@ -150,3 +150,44 @@ def test_restarted_agent_resumes_its_device_boot(conn):
         states = dict(conn.execute("SELECT state, count(*) FROM serial WHERE batch_id='B1' GROUP BY state"))
         assert states["commissioned"] == 3 and states["rejected"] == 2
         agent.coder.close(); agent.camera.close()
+
+
+def test_slipped_pairing_stops_the_line_and_pairs_afresh(conn):
+    """The camera misses the trigger of unit 0: every later result would pair with the unit before
+    its own (the trigger numbers show no gap). After three code mismatches in a row the agent fails
+    the units still waiting, stops the line and, once the belt is still and the camera quiet,
+    pairs afresh: the next unit passes again."""
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 4}
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=8, window_s=0.5)
+        agent.start()
+        for u in range(6):
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            code = sc.trigger(u * 1000)[0]
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+            if u:  # unit 0's trigger never reached the camera
+                scam.trigger(u * 1000, code, False)
+            link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+        scam.deliver(10 ** 12)
+        deadline = time.monotonic() + 5
+        while len([1 for n, _ in link.sent if n == "VERDICT"]) < 6 and time.monotonic() < deadline:
+            agent.step(0)
+            time.sleep(0.01)
+        verdicts = {f["unit_seq"]: (f["verdict"], f["reason"]) for n, f in link.sent if n == "VERDICT"}
+        assert [verdicts[u] for u in range(3)] == [(Verdict.FAIL, Reason.CODE_MISMATCH)] * 3
+        assert all(verdicts[u] == (Verdict.FAIL, Reason.CORRELATION) for u in (3, 4, 5))
+        assert ("COMMAND", {"command": 2, "arg": 0}) in link.sent and agent.resuming  # STOP
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='PAIRING_LOST'").fetchone()[0] == 1
+        assert agent.command("CLEAR_ALARM") is False  # held until pairing can restart
+        for u in range(6):
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(Outcome.REJECTED_CONFIRMED),
+                       reason=int(Reason.VERDICT_FAIL), gate_error=0, pos=0, t_us=0)
+        link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}
+        while agent.resuming and time.monotonic() < deadline + 5:
+            agent.step(0)
+            time.sleep(0.02)
+        assert not agent.resuming and link.sent[-1] == ("COMMAND", {"command": 3, "arg": 0})
+        assert conn.execute("SELECT count(*) FROM coder_job WHERE state='dropped'").fetchone()[0] == 0  # queue kept
+        assert run_unit(agent, link, sc, scam, 6) == (Verdict.PASS, Reason.OK)
+        agent.coder.close(); agent.camera.close()
