@@ -29,10 +29,11 @@ from .tcpline import LineServer
 
 class SimCamera(LineServer):
     def __init__(self, latency_ms=6.0, jitter_ms=2.0, no_read=0.0, misread=0.0, low_grade=0.0,
-                 seed=0, **kw):
+                 missed_trigger=0.0, seed=0, **kw):
         super().__init__(**kw)
         self.latency_us, self.jitter_us = latency_ms * 1000, jitter_ms * 1000
         self.rates = (("no_read", no_read), ("misread", misread), ("low_grade", low_grade))
+        self.missed_trigger = missed_trigger
         self.rng = random.Random(seed)
         self.triggers = 0
         self._due: list[tuple[int, int, str]] = []  # (due t_us, n, line)
@@ -46,7 +47,12 @@ class SimCamera(LineServer):
         return "PONG" if line == "PING" else "ERR unknown command"
 
     def trigger(self, t_us: int, printed: str | None, smeared: bool) -> tuple[str | None, str]:
-        """Read the pack in front: returns (what was read or None, camera fault on a good print)."""
+        """Read the pack in front: returns (what was read or None, camera fault on a good print).
+        A missed trigger ("missed_trigger") makes no result and does not count: the trigger numbers
+        run on without a gap, so the host cannot see it by numbering."""
+        if self.missed_trigger and self.rng.random() < self.missed_trigger:
+            self.faults["missed_trigger"] += 1
+            return None, "missed_trigger"
         self.triggers += 1
         n, fault = self.triggers, ""
         if printed is None:

@@ -32,7 +32,8 @@ class Pack:
     prints: int = 0
     smeared: bool = False
     defect: str = ""  # misprint | skip | smear | empty | double_print | unprinted
-    camera_fault: str = ""  # no_read | misread | low_grade (the camera's, the pack is fine)
+    camera_fault: str = ""  # no_read | misread | low_grade | missed_trigger (the camera's, the pack is fine)
+    camera_missed: bool = False  # the camera missed its trigger (whatever the pack): later results slip
     read: str | None = None  # what the camera reported
     camera_n: int = 0  # the camera's trigger number for it
     unit_key: tuple[int, int] | None = None  # (boot number, unit_seq) the device gave it
@@ -317,6 +318,8 @@ class Line:
         read, fault = self.camera.trigger(t_us, printed, smeared)
         if p is not None:
             p.read, p.camera_n = read, self.camera.triggers
+            if fault == "missed_trigger":
+                p.camera_missed, p.camera_n = True, 0
             if fault and not p.bad:
                 p.camera_fault = fault
 

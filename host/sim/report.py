@@ -19,7 +19,12 @@ FAIL_SAFE = {Reason.NO_VERDICT, Reason.LINK_LOST, Reason.PURGE, Reason.BUFFER_OV
 CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION},
                   "misread": {Reason.CODE_MISMATCH, Reason.NOT_GS1, Reason.UNKNOWN_SERIAL,
                               Reason.WRONG_BATCH, Reason.DUPLICATE, Reason.CORRELATION},
-                  "low_grade": {Reason.LOW_GRADE}}
+                  "low_grade": {Reason.LOW_GRADE},
+                  "missed_trigger": {Reason.CORRELATION, Reason.CODE_MISMATCH}}
+# After a missed camera trigger results slip against units until the host notices and pairs afresh:
+# the packs in between are rejected for it (mismatched, unpaired, or decided before the host's FAIL
+# for an unpaired unit arrived), each with that reason.
+SLIP_REASONS = {Reason.CODE_MISMATCH, Reason.CORRELATION, Reason.NO_VERDICT}
 
 
 @dataclass
@@ -65,11 +70,21 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
     good_rej = [p for p in good if p.rejected]
     reasons = collections.Counter()
     unexcused = []
+    slipped, slipping = set(), False  # packs from a missed trigger to the next good pack passed
+    for p in detected:
+        if p.camera_missed:
+            slipping = True
+        elif slipping and not p.bad and not p.rejected:
+            slipping = False
+        if slipping:
+            slipped.add(p.index)
     for p in good_rej:
         rec = ledger.units[p.index] if p.index < len(ledger.units) else None
         reason = Reason(rec.outcomes[0][1]) if rec and len(rec.outcomes) == 1 else None
         reasons[reason.name.lower() if reason else "unrecorded"] += 1
         allowed = CAMERA_REASONS.get(p.camera_fault, set())
+        if p.index in slipped:
+            allowed = allowed | SLIP_REASONS
         if scenario.has_faults:
             allowed = allowed | FAIL_SAFE
         if reason is None or reason not in allowed:

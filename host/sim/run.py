@@ -47,7 +47,8 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
                      seed=s.seed * 7 + 1).start()
     camera = SimCamera(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
                        no_read=s.camera.no_read, misread=s.camera.misread,
-                       low_grade=s.camera.low_grade, seed=s.seed * 7 + 2).start()
+                       low_grade=s.camera.low_grade, missed_trigger=s.camera.missed_trigger,
+                       seed=s.seed * 7 + 2).start()
     relay = FaultyRelay(corrupt=s.faults.link_corrupt, loss=s.faults.link_loss, seed=s.seed * 7 + 3)
     tap = VerdictTap()
     relay.taps["to_device"] = tap

@@ -61,6 +61,7 @@ class Camera:
     no_read: float = 0.0  # a good print the camera fails to read
     misread: float = 0.0  # a good print read as something else
     low_grade: float = 0.0  # a good print graded below the minimum
+    missed_trigger: float = 0.0  # the camera misses a trigger: no result, so later results slip a unit
 
 
 @dataclass(frozen=True)

@@ -101,3 +101,19 @@ def test_table_renders():
     c = Console(record=True, width=120)
     c.print(rep.table(r))
     assert "bad rejected" in c.export_text()
+
+
+def test_a_missed_camera_trigger_excuses_the_slip_until_a_good_pack_passes():
+    s, line, ledger = _run(reject_good=True)  # a good pack rejected (no_verdict) from unit 5 on
+    i = next(k for k, p in enumerate(line.packs) if p.rejected and not p.bad)
+    r = rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
+    assert not r["invariants"]["no_good_pack_rejected_without_reason"]
+    line.packs[i].camera_missed = True  # the camera missed this pack's trigger: results slip from here
+    r = rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
+    assert r["invariants"]["no_good_pack_rejected_without_reason"]
+    line.packs[i].camera_missed = False
+    j = next(k for k in range(i) if not line.packs[k].bad and not line.packs[k].rejected)
+    line.packs[j].camera_missed = True  # a slip that a good pack passing (before i) ended
+    assert any(not p.bad and not p.rejected for p in line.packs[j + 1:i])  # this seed's line has one
+    r = rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
+    assert not r["invariants"]["no_good_pack_rejected_without_reason"]
