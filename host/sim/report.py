@@ -22,9 +22,9 @@ CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION
                   "low_grade": {Reason.LOW_GRADE},
                   "missed_trigger": {Reason.CORRELATION, Reason.CODE_MISMATCH}}
 # After a missed camera trigger results slip against units until the host notices and pairs afresh:
-# the packs in between are rejected for it (mismatched, unpaired, or decided before the host's FAIL
-# for an unpaired unit arrived), each with that reason.
-SLIP_REASONS = {Reason.CODE_MISMATCH, Reason.CORRELATION, Reason.NO_VERDICT}
+# the packs in between are rejected for it — judged on a neighbour's result (whatever that says),
+# unpaired, or decided before the host's FAIL for an unpaired unit arrived — each with that reason.
+SLIP_REASONS = set().union(*CAMERA_REASONS.values()) | {Reason.NO_VERDICT}
 
 
 @dataclass
