@@ -71,6 +71,7 @@ _REJECT = const(64)
 _TEST = const(128)
 
 _SPEED_WINDOW_US = const(4000)  # speed estimated over about this much travel time
+_PURGE_TAIL_US = const(2000)  # beyond the gate's lead: scans are this far apart at worst
 
 
 def pdiff(a, b):
@@ -131,6 +132,8 @@ class Core:
         self.gate_hold = False
         self.purge_until = 0
         self.purging = False
+        self.purge_tail = False  # the purge's gate closed, its paddle may still be out (lead time)
+        self.purge_tail_t = 0
         self.streak = 0
         self.test_left = 0
         self.link_up = True
@@ -158,6 +161,7 @@ class Core:
         self.state = STATE_RUNNING
         self.purge_until = (self.pos + self.cfg[C_PURGE_COUNTS]) & _MASK
         self.purging = self.cfg[C_PURGE_COUNTS] > 0
+        self.purge_tail = False
         return True
 
     def stop(self):
@@ -255,6 +259,8 @@ class Core:
                 self._line_stop()
         if self.purging and pdiff(pos, self.purge_until) >= 0:
             self.purging = False
+            self.purge_tail = True
+            self.purge_tail_t = now
         self._stations(now, pos)
         self._gate(now, pos)
 
@@ -361,6 +367,12 @@ class Core:
         fire_at = gate - self.lead_counts()
         deadline = fire_at - cfg[C_DEADLINE_MARGIN]
         reach = self.pass_at - gate
+        sweep = self.purging  # the purge's paddle is (or may still be) out
+        if self.purge_tail:
+            if self.board.ticks_diff(now, self.purge_tail_t) > cfg[C_GATE_LEAD_US] + _PURGE_TAIL_US:
+                self.purge_tail = False
+            else:
+                sweep = True
         sink = self.sink
         b = self.board
         i = self.head
@@ -385,8 +397,9 @@ class Core:
                         st |= _REJECT
                         if not self.verdict[i]:
                             self.reason[i] = R_NO_VERDICT
-                # the gate held open by a purge reaches a pack (pass_at - gate) before gate_at
-                if self.purging and not st & _FIRED and not st & _REJECT and rel >= fire_at - reach:
+                # the gate held open by a purge reaches a pack (pass_at - gate) before gate_at, and
+                # its paddle acts until the lead time after the gate closed
+                if sweep and not st & _FIRED and not st & _REJECT and rel >= fire_at - reach:
                     st |= _DECIDED | _REJECT
                     self.reason[i] = R_PURGE
                 self.stage[i] = st
