@@ -367,12 +367,19 @@ class Core:
         fire_at = gate - self.lead_counts()
         deadline = fire_at - cfg[C_DEADLINE_MARGIN]
         reach = self.pass_at - gate
-        sweep = self.purging  # the purge's paddle is (or may still be) out
+        # A purge's paddle reaches a pack `reach` counts before gate_at. While the purge holds the
+        # gate, a pack that far within one lead time of travel is sure to meet it; after the gate
+        # closed, the paddle is still out until the lead time has passed: a pack meets it if it
+        # is that far by then (its position then, from the measured speed).
+        sweep = self.purging
+        sweep_from = fire_at - reach
         if self.purge_tail:
-            if self.board.ticks_diff(now, self.purge_tail_t) > cfg[C_GATE_LEAD_US] + _PURGE_TAIL_US:
+            late = self.board.ticks_diff(now, self.purge_tail_t) - cfg[C_GATE_LEAD_US]
+            if late > _PURGE_TAIL_US:
                 self.purge_tail = False
             else:
                 sweep = True
+                sweep_from = gate - reach + (late * self.sp_dpos) // self.sp_dt
         sink = self.sink
         b = self.board
         i = self.head
@@ -397,9 +404,7 @@ class Core:
                         st |= _REJECT
                         if not self.verdict[i]:
                             self.reason[i] = R_NO_VERDICT
-                # the gate held open by a purge reaches a pack (pass_at - gate) before gate_at, and
-                # its paddle acts until the lead time after the gate closed
-                if sweep and not st & _FIRED and not st & _REJECT and rel >= fire_at - reach:
+                if sweep and not st & _FIRED and not st & _REJECT and rel >= sweep_from:
                     st |= _DECIDED | _REJECT
                     self.reason[i] = R_PURGE
                 self.stage[i] = st
