@@ -185,6 +185,19 @@ def test_purge_window_rejects_what_the_gate_reaches(mp):
     assert_physics(r)
 
 
+@pytest.mark.parametrize("first", [150, 180, 195, 199, 201, 205, 220, 250])
+def test_purge_tail_matches_the_paddle(mp, first):
+    """The model's paddle reaches 75 counts either side of gate_at (purge_counts = 2075) and acts
+    5 ms (50 counts at this speed) after each gate edge. Packs placed around the last one the
+    purge's paddle meets: each is rejected with purge exactly when it physically fell in the chute."""
+    r = run_line(mp, f"L = mpline.Line(mpline.config(purge_counts=2075), npacks=6, first={first})",
+                 "assert L.run_until_done(10000)")
+    assert_one_outcome_each(r, 6)
+    assert_physics(r)
+    swept = [u for u, why in enumerate(r["reason"]) if why == PURGE]
+    assert swept == ([0] if first <= 200 else [])  # 2075 + 50 - first >= 2000 - 75
+
+
 _PASS_POSITIONS = """
 det, rel = {}, []
 _d, _o = L.sink.detected, L.sink.outcome
