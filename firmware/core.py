@@ -83,7 +83,7 @@ def pdiff(a, b):
 
 
 class Core:
-    def __init__(self, board, sink, capacity=64):
+    def __init__(self, board, sink, capacity=64, link_up=True):
         self.board = board
         self.sink = sink
         self.cap = capacity
@@ -100,6 +100,7 @@ class Core:
         self.state = STATE_BOOT
         self.alarms = 0
         self.reset_counters()
+        self.link_up = link_up
 
     def reset_counters(self):
         self.head = 0

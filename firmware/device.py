@@ -32,10 +32,9 @@ class Device:
         self.device_id = device_id
         self.boot_id = int.from_bytes(os.urandom(4), "little") & 0x3FFFFFFF
         self.reset_cause = reset_cause
-        self.core = core.Core(board, self, capacity)
         # no host yet is not a lost link: no alarm at boot, but a pack seen before a host has
         # opened a session is still rejected (link_lost)
-        self.core.link_up = False
+        self.core = core.Core(board, self, capacity, link_up=False)
         self.store = config.Store(self.core, cfg_path)
         self.boot_note = self.store.boot()  # "" or why there is no configuration
         self.event_seq = 0

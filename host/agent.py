@@ -32,6 +32,11 @@ FILL_AHEAD = 8
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 
 
+def _boot_key(hello: dict) -> tuple[str, int]:
+    """(device_id, boot_id) of a HELLO_REPLY: the device's session in the ledger."""
+    return hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+
+
 class Agent:
     def __init__(self, conn, batch_id: str, link, coder=None, camera=None, *, fill_ahead: int = FILL_AHEAD,
                  window_s: float = 0.5, min_grade: float = 1.5, ctx=None,
@@ -50,14 +55,12 @@ class Agent:
         self._reset_coder = True  # what finishing the resume does besides restarting the pairing
         self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
         self.pairing_lost_after = pairing_lost_after
-        self.discarded_results = 0  # camera results dropped while resuming
         self._serials_low = False
 
     def start(self, timeout: float = 5.0) -> dict:
         hello = self.link.connect(timeout)
-        device_id, boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
-        if self.ledger.knows_boot(device_id, boot_id):
-            self._resume(device_id, boot_id)
+        if self.ledger.knows_boot(*_boot_key(hello)):
+            self._resume(hello)
         else:
             self.on_new_boot(hello)
         return hello
@@ -71,11 +74,11 @@ class Agent:
         self.link.send("COMMAND", {"command": int(Command[name]), "arg": arg})
         return True
 
-    def _resume(self, device_id: str, boot_id: int) -> None:
-        self.device_id, self.boot_id = device_id, boot_id
+    def _resume(self, hello: dict) -> None:
+        self.device_id, self.boot_id = _boot_key(hello)
         self._stop_and_resync(reset_coder=True)
         with transaction(self.conn):
-            self.ledger.alarm("agent", "RESUMING", f"agent restarted on {device_id} boot {boot_id}: line stop "
+            self.ledger.alarm("agent", "RESUMING", f"agent restarted on {self.device_id} boot {self.boot_id}: line stop "
                               "latched until the device's events are in and the coder is reset")
 
     def _stop_and_resync(self, reset_coder: bool) -> None:
@@ -99,7 +102,7 @@ class Agent:
                 dropped = self.ledger.drop_queued()
             done = f"coder cleared, {dropped} queued job(s) dropped" if self._reset_coder else "camera pairing restarted"
             self.ledger.alarm("agent", "RESUMED", f"{done}; clear the alarm to restart the line")
-        self.resuming, self._mismatches = False, 0
+        self.resuming = False
         self.fill_coder()
         held, self._held = self._held, []
         for name in held:
@@ -108,7 +111,7 @@ class Agent:
     def on_new_boot(self, hello: dict) -> None:
         """A (new) session: units of other boots still in flight are purged, and the coder starts
         clean — after a device reboot nobody knows which of its jobs were printed."""
-        self.device_id, self.boot_id = hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
+        self.device_id, self.boot_id = _boot_key(hello)
         self.resuming = False  # a freshly booted device prints nothing until configured and started
         self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
         with transaction(self.conn):
@@ -147,8 +150,7 @@ class Agent:
             if results:
                 self._last_result_at = time.monotonic()
             if self.resuming:
-                self.discarded_results += len(results)
-                results = []
+                results = []  # no result can be paired until the belt is still and the camera quiet
             for r in results:
                 self.correlator.result(r)
             self.alarms.extend(errors)

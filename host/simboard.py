@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT_NAMES = ("", "coder", "camera", "gate_open", "gate_close", "stop_on", "stop_off")
+MASK = 0x3FFFFFFF  # the board's clock and encoder wrap at 2**30, as on a real board
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class SimBoard:
              bin_full: int = 0) -> tuple[list[Edge], StepStatus]:
         """Virtual time: set the clock, the encoder and the inputs, run one scan; the output
         edges of that scan and the device's state after it."""
-        os.write(self.master, b"S %d %d %d %d %d\n" % (t_us & 0x3FFFFFFF, pos & 0x3FFFFFFF,
+        os.write(self.master, b"S %d %d %d %d %d\n" % (t_us & MASK, pos & MASK,
                                                        pe, confirm, bin_full))
         edges = []
         while True:
@@ -105,7 +106,7 @@ class SimBoard:
     def set_inputs(self, pe: int, confirm: int = 0, bin_full: int = 0,
                    pos: int | None = None) -> None:
         """Real time: set input levels (and the encoder position if given)."""
-        tail = b"" if pos is None else b" %d" % (pos & 0x3FFFFFFF)
+        tail = b"" if pos is None else b" %d" % (pos & MASK)
         os.write(self.master, b"I %d %d %d%s\n" % (pe, confirm, bin_full, tail))
 
     def read_edges(self, timeout: float = 0.0) -> list[Edge]:

@@ -317,9 +317,8 @@ class Line:
         smeared = p.smeared if p is not None else False
         read, fault = self.camera.trigger(t_us, printed, smeared)
         if p is not None:
-            p.read, p.camera_n = read, self.camera.triggers
-            if fault == "missed_trigger":
-                p.camera_missed, p.camera_n = True, 0
+            p.read, p.camera_missed = read, fault == "missed_trigger"
+            p.camera_n = 0 if p.camera_missed else self.camera.triggers
             if fault and not p.bad:
                 p.camera_fault = fault
 

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from serialine.host import simboard
 from serialine.protocol.schema import DwellUnit
 
 
@@ -60,9 +61,6 @@ def device_config(scenario, line, config_id: int = 1) -> dict:
     )
 
 
-MASK30 = (1 << 30) - 1  # the sim board's clock and encoder wrap at 2**30, as on a real board
-
-
 class Device:
     """The firmware, unchanged (firmware/device.py through boards/sim/simmain.py), in the real
     MicroPython unix port on the device pty, driven scan by scan in lockstep with the line model
@@ -83,7 +81,6 @@ class Device:
         self.log = open(self.workdir / "device.log", "a")
 
     def start(self):
-        simboard = _need("serialine.host.simboard", "the sim board driver (host/simboard.py)")
         try:
             # lockstep even in a real-time run: the orchestrator then takes t from the wall clock
             self.board = simboard.SimBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
@@ -102,7 +99,7 @@ class Device:
             raise self._died() from None
         self.state = st.state
         # edge times come back wrapped at 2**30: unwrap against this scan's (unwrapped) time
-        return [(e.name, 1, t_us - ((t_us - e.t_us) & MASK30)) for e in edges]
+        return [(e.name, 1, t_us - ((t_us - e.t_us) & simboard.MASK)) for e in edges]
 
     def _died(self):
         from .run import RunError

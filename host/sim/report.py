@@ -19,8 +19,7 @@ FAIL_SAFE = {Reason.NO_VERDICT, Reason.LINK_LOST, Reason.PURGE, Reason.BUFFER_OV
 CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION},
                   "misread": {Reason.CODE_MISMATCH, Reason.NOT_GS1, Reason.UNKNOWN_SERIAL,
                               Reason.WRONG_BATCH, Reason.DUPLICATE, Reason.CORRELATION},
-                  "low_grade": {Reason.LOW_GRADE},
-                  "missed_trigger": {Reason.CORRELATION, Reason.CODE_MISMATCH}}
+                  "low_grade": {Reason.LOW_GRADE}}
 # After a missed camera trigger results slip against units until the host notices and pairs afresh:
 # the packs in between are rejected for it — judged on a neighbour's result (whatever that says),
 # unpaired, or decided before the host's FAIL for an unpaired unit arrived — each with that reason.
