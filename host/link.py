@@ -16,23 +16,8 @@ from collections import deque
 import serial  # type: ignore[import-untyped]
 
 from serialine.protocol import schema
-from serialine.protocol.schema import (
-    BY_NAME,
-    BY_TYPE,
-    CRC_SIZE,
-    FINGERPRINT,
-    HEADER_SIZE,
-    MAX_PAYLOAD,
-    PROTOCOL_VERSION,
-    SOF,
-    HelloStatus,
-    crc32,
-)
-
-try:  # the fast struct codec, when it has landed; construct is the reference otherwise
-    from serialine.protocol import fastcodec as _fast
-except ImportError:  # pragma: no cover - only before the codec exists
-    _fast = None
+from serialine.protocol.fastcodec import StreamDecoder, ValueOutOfRange, as_dict, encode
+from serialine.protocol.schema import BY_NAME, BY_TYPE, FINGERPRINT, PROTOCOL_VERSION, HelloStatus
 
 MSG_ACK = BY_NAME["ACK"].msg_type
 MSG_HELLO = BY_NAME["HELLO"].msg_type
@@ -49,62 +34,6 @@ class FingerprintMismatch(LinkError):
     """Host and device were built from different schemas (or protocol versions)."""
 
 
-def encode(msg_type: int, seq: int, ack: int, fields: dict) -> bytes:
-    if _fast is not None:
-        return _fast.encode(msg_type, seq, ack, fields)
-    return schema.build_frame(msg_type, seq, ack, fields)
-
-
-def decode(frame: bytes) -> tuple[int, int, int, dict]:
-    if _fast is not None:
-        t, seq, ack, values = _fast.decode(frame)
-        return t, seq, ack, _fast.as_dict(t, values)
-    return schema.parse_frame(frame)
-
-
-class Deframer:
-    """Splits a byte stream into CRC-valid frames; resynchronises on the next SOF after garbage.
-    Never yields a frame whose CRC fails; counts what it threw away."""
-
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.bad_frames = 0  # complete-looking frames whose CRC or length was wrong
-        self.garbage_bytes = 0
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        out = []
-        buf = self.buf
-        while True:
-            i = buf.find(SOF)
-            if i < 0:
-                keep = 1 if buf[-1:] == SOF[:1] else 0
-                self.garbage_bytes += len(buf) - keep
-                del buf[: len(buf) - keep]
-                break
-            if i:
-                self.garbage_bytes += i
-                del buf[:i]
-            if len(buf) < HEADER_SIZE:
-                break
-            length = buf[2]
-            if length > MAX_PAYLOAD or buf[5] not in BY_TYPE:
-                self.bad_frames += 1
-                del buf[:1]
-                continue
-            n = HEADER_SIZE + length + CRC_SIZE
-            if len(buf) < n:
-                break
-            body = bytes(buf[2 : n - CRC_SIZE])
-            if crc32(body) != int.from_bytes(buf[n - CRC_SIZE : n], "little"):
-                self.bad_frames += 1
-                del buf[:1]  # maybe a SOF inside this one starts a real frame
-                continue
-            out.append(bytes(buf[:n]))
-            del buf[:n]
-        return out
-
-
 class HostLink:
     """`HostLink(port_path)`; `connect(timeout)` -> hello dict; `poll(timeout)` -> delivered
     [(msg_name, fields)]; `ack_delivered()` after storing them; `send(msg_name, fields)`."""
@@ -119,7 +48,7 @@ class HostLink:
         self.window, self.rto_min, self.rto_max = window, rto, rto_max
         self.ping_interval, self.timeout, self.hello_timeout = ping_interval, timeout, hello_timeout
         self.fingerprint, self.proto_version = fingerprint, proto_version
-        self.deframer = Deframer()
+        self.decoder = StreamDecoder()  # the one host stream decoder (fuzzed, benchmarked)
         self.up = False
         self.hello: dict | None = None
         self.state = "closed"  # closed -> hello_sent -> open (docs/link.md)
@@ -155,7 +84,7 @@ class HostLink:
 
     @property
     def bad_frames(self) -> int:
-        return self.deframer.bad_frames
+        return self.decoder.bad_crc + self.decoder.bad_header
 
     def close(self) -> None:
         self.port.close()
@@ -221,7 +150,8 @@ class HostLink:
     def counters(self) -> dict:
         return dict(frames_in=self.frames_in, frames_out=self.frames_out,
                     retransmits=self.retransmits, bad_frames=self.bad_frames,
-                    garbage_bytes=self.deframer.garbage_bytes, duplicates=self.duplicates,
+                    garbage_bytes=self.decoder.skipped_bytes,
+                    out_of_range=self.decoder.out_of_range, duplicates=self.duplicates,
                     out_of_order=self.out_of_order, sessions=self.sessions,
                     links_lost=self.links_lost)
 
@@ -240,12 +170,17 @@ class HostLink:
     def _open_session(self, fields: dict, now: float) -> None:
         if fields["fingerprint"] != self.fingerprint or fields["proto_version"] != self.proto_version:
             self.state = "closed"
+            status = fields["status"]
             self.error = FingerprintMismatch(
                 f"device schema fingerprint 0x{fields['fingerprint']:08x} protocol version "
                 f"{fields['proto_version']}, host fingerprint 0x{self.fingerprint:08x} protocol "
                 f"version {self.proto_version}: host and device were built from different "
                 f"schemas; refusing to talk (device status "
-                f"{HelloStatus(fields['status']).name})")
+                f"{HelloStatus(status).name if status in set(HelloStatus) else status})")
+            return
+        if "invalid" in fields:
+            self.state = "closed"
+            self.error = LinkError(f"the device's HELLO_REPLY is invalid: {fields['invalid']}")
             return
         if fields["status"] != HelloStatus.OK:
             self.state = "closed"
@@ -286,16 +221,18 @@ class HostLink:
             select.select([self.port.fileno()], [], [], wait)
             now = time.monotonic()
             data = self.port.read(4096)
-        for frame in self.deframer.feed(data) if data else ():
-            self._on_frame(frame, now, out)
+        for msg_type, seq, ack, values in self.decoder.feed(data) if data else ():
+            if isinstance(values, ValueOutOfRange):
+                # intact but with an enum value out of range: delivered as an invalid event (the
+                # caller stores and acks it without applying it), never dropped into a resend loop
+                fields = dict(values.fields, invalid=values.detail)
+            else:
+                fields = as_dict(msg_type, values)
+            self._on_frame(msg_type, seq, ack, fields, now, out)
         self._timers(now)
 
-    def _on_frame(self, frame: bytes, now: float, out: list) -> None:
-        try:
-            msg_type, seq, ack, fields = decode(frame)
-        except Exception:  # CRC-valid but not a valid message of this schema
-            self.deframer.bad_frames += 1
-            return
+    def _on_frame(self, msg_type: int, seq: int, ack: int, fields: dict, now: float,
+                  out: list) -> None:
         self.frames_in += 1
         if msg_type == MSG_HELLO_REPLY:
             if self.state == "hello_sent":
@@ -310,7 +247,7 @@ class HostLink:
             sent = self.ping_sent.pop(fields["nonce"], None)
             if sent is not None:
                 self.rtts.append(now - sent)
-        elif msg.name == "STATUS":
+        elif msg.name == "STATUS" and "invalid" not in fields:
             self.last_status = fields
         if not msg.sequenced:
             return

@@ -25,6 +25,19 @@ class FrameError(ValueError):
     """A frame that is not a valid frame of this schema (the message says why)."""
 
 
+class ValueOutOfRange(FrameError):
+    """A CRC-valid frame of a known message whose enum field holds a value its enumeration lacks.
+    `.msg_name`, `.msg_type`, `.seq`, `.ack`, `.values` (flat tuple), `.fields` (the raw values by
+    name, event_seq included), `.detail` (one line, e.g. "UNIT_OUTCOME.reason 99 is not a Reason").
+    The frame arrived intact, so a link stores and acks it as an event rather than dropping it."""
+
+    def __init__(self, msg_type: int, seq: int, ack: int, values: tuple, detail: str) -> None:
+        super().__init__(detail)
+        self.msg_type, self.seq, self.ack, self.values, self.detail = msg_type, seq, ack, values, detail
+        self.msg_name = S.BY_TYPE[msg_type].name
+        self.fields = as_dict(msg_type, values)
+
+
 @dataclass(frozen=True)
 class _Layout:
     msg_type: int
@@ -36,6 +49,7 @@ class _Layout:
     strings: tuple[int, ...]  # indexes of fixed-size string fields
     widths: dict[int, int]  # their sizes
     ranges: tuple[tuple[int, int] | None, ...]  # int field bounds, for clear errors
+    enums: tuple[tuple[int, frozenset[int], str], ...]  # (index, members, enum name) of enum fields
 
 
 def _layout(m: S.Message) -> _Layout:
@@ -44,6 +58,8 @@ def _layout(m: S.Message) -> _Layout:
     strings: list[int] = []
     widths: dict[int, int] = {}
     ranges: list[tuple[int, int] | None] = []
+    enums = tuple((i, frozenset(int(x) for x in f.enum), f.enum.__name__)
+                  for i, f in enumerate(flat) if f.enum is not None)
     for i, f in enumerate(flat):
         if f.kind == "int":
             c = _FMT[f.fmt]
@@ -63,7 +79,7 @@ def _layout(m: S.Message) -> _Layout:
             ranges.append(None)
             fixed += 1
     return _Layout(m.msg_type, m.name, tuple(f.name for f in flat), struct.Struct(fmt), fixed, pascal,
-                   tuple(strings), widths, tuple(ranges))
+                   tuple(strings), widths, tuple(ranges), enums)
 
 
 _LAYOUTS: dict[int, _Layout] = {m.msg_type: _layout(m) for m in S.MESSAGES}
@@ -152,7 +168,8 @@ def encode(msg_type: int, seq: int, ack: int, fields: tuple | list | dict = ()) 
 
 def decode(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, tuple]:
     """One whole frame -> (msg_type, seq, ack, fields). Raises FrameError on anything invalid:
-    short, wrong SOF, length disagreeing with the frame or the message definition, bad CRC."""
+    short, wrong SOF, length disagreeing with the frame or the message definition, bad CRC;
+    ValueOutOfRange (a FrameError) for an intact frame with an enum value outside its enum."""
     n = len(frame)
     if n < _H + _C:
         raise FrameError(f"frame of {n} bytes is shorter than the minimum {_H + _C}")
@@ -166,7 +183,17 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, tuple]
     lay = _LAYOUTS.get(msg_type)
     if lay is None:
         raise FrameError(f"unknown msg_type 0x{msg_type:02x}")
-    return msg_type, seq, ack, _payload(lay, frame, length)
+    values = _payload(lay, frame, length)
+    for i, members, enum_name in lay.enums:
+        if values[i] not in members:
+            raise _out_of_range(lay, seq, ack, values)
+    return msg_type, seq, ack, values
+
+
+def _out_of_range(lay: _Layout, seq: int, ack: int, values: tuple) -> ValueOutOfRange:
+    bad = [f"{lay.name}.{lay.fields[i]} {values[i]} is not a {enum_name}"
+           for i, members, enum_name in lay.enums if values[i] not in members]
+    return ValueOutOfRange(lay.msg_type, seq, ack, values, "; ".join(bad))
 
 
 def _payload(lay: _Layout, frame, length: int) -> tuple:
@@ -206,8 +233,11 @@ def _valid_length(msg_type: int, length: int) -> bool:
 
 
 class StreamDecoder:
-    """Byte stream -> verified frames. Skips garbage, truncated, bad-header and bad-CRC frames
-    and resyncs on the next start-of-frame; never yields a frame whose CRC fails."""
+    """Byte stream -> verified frames as (msg_type, seq, ack, fields). Skips garbage, truncated,
+    bad-header and bad-CRC frames and resyncs on the next start-of-frame; never yields a frame
+    whose CRC fails. An intact frame with an enum value out of range is yielded in its place in
+    the stream with a ValueOutOfRange as `fields` (its raw values in `.values`), counted in
+    `out_of_range`: the caller decides (the host link delivers it as an invalid event)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -215,6 +245,7 @@ class StreamDecoder:
         self.bad_crc = 0
         self.bad_header = 0
         self.skipped_bytes = 0
+        self.out_of_range = 0
 
     def feed(self, data: bytes) -> list[tuple[int, int, int, tuple]]:
         buf = self._buf
@@ -249,13 +280,20 @@ class StreamDecoder:
                 self.skipped_bytes += 1
                 pos += 1
                 continue
+            lay = _LAYOUTS[msg_type]
             try:
-                out.append((msg_type, frame[3], frame[4], _payload(_LAYOUTS[msg_type], frame, length)))
+                values = _payload(lay, frame, length)
             except FrameError:  # CRC-valid but malformed (string length/ASCII): refuse it
                 self.bad_header += 1
                 self.skipped_bytes += 1
                 pos += 1
                 continue
+            for i, members, _ in lay.enums:
+                if values[i] not in members:
+                    self.out_of_range += 1
+                    values = _out_of_range(lay, frame[3], frame[4], values)  # type: ignore[assignment]
+                    break
+            out.append((msg_type, frame[3], frame[4], values))
             self.frames += 1
             pos += total
         del buf[:pos]

@@ -522,4 +522,19 @@ def parse_frame(frame: bytes) -> tuple[int, int, int, dict]:
     fields = _plain(msg.payload.parse(body.payload))
     if msg.payload.build(fields) != body.payload:
         raise ValueError(f"{msg.name}: payload length {body.length} does not match its definition")
+    bad = out_of_range(msg, fields)
+    if bad:
+        raise ValueError(bad)
     return body.msg_type, body.seq, body.ack, fields
+
+
+def out_of_range(msg: Message, fields: dict) -> str:
+    """"" or one line naming every enum field whose value its enumeration lacks
+    (e.g. "UNIT_OUTCOME.reason 99 is not a Reason"); fields nested as construct builds them."""
+    bad = []
+    for f in field_specs(msg.payload):
+        for g in f.fields if f.kind == "struct" else (f,):
+            v = fields[f.name][g.name] if f.kind == "struct" else fields[g.name]
+            if g.enum is not None and v not in set(g.enum):
+                bad.append(f"{msg.name}.{g.name} {v} is not a {g.enum.__name__}")
+    return "; ".join(bad)

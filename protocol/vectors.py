@@ -6,7 +6,10 @@ Each vector: message name and type, seq, ack, the frame as hex, and its decoded 
 list in schema order (CONFIG_REPORT's config flattened), exactly what fastcodec.decode returns and
 what firmware/wire.py's dec_<name> writes into `out`. Every message type gets edge cases: all
 zero, all maximum (strings at full length), signed minimum, values at the 2**30 wrap, and a
-typical one.
+typical one (enum fields always hold members: the lowest, highest, middle one). Every enum field
+also gets out-of-range vectors (`case` "bad_<field>_<value>": the lowest non-member, 99, 255):
+CRC-valid frames both codecs must refuse, with `error` (the one-line detail) and `bad_field`
+(flat index); their `fields` are the raw values the decoders read.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ def _int_value(f: S.FieldSpec, case: str, i: int) -> int:
     bits = 8 * f.size
     signed = f.fmt.islower()
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if f.enum is not None and case != "typical":
+        members = sorted(int(x) for x in f.enum)
+        return {"zero": members[0], "min": members[0], "max": members[-1]}.get(
+            case, members[len(members) // 2])
     if case == "zero":
         return 0
     if case == "max":
@@ -91,7 +98,35 @@ def generate() -> list[dict]:
             t, s, a, parsed = S.parse_frame(frame)  # the reference's own decoding is the truth
             vectors.append(dict(name=m.name, msg_type=t, case=case, seq=s, ack=a, hex=frame.hex(),
                                 fields=flatten(m, parsed)))
+        vectors += _out_of_range(m)
     return vectors
+
+
+def bad_values(e) -> list[int]:
+    """Values outside enumeration e for a u8 field: its lowest non-member, 99 and 255."""
+    members = {int(x) for x in e}
+    gap = next(v for v in range(256) if v not in members)
+    return sorted({gap, 99, 255} - members)
+
+
+def _out_of_range(m: S.Message) -> list[dict]:
+    out = []
+    base = _fields_for(m, "typical")
+    seq = 17 if m.sequenced else 0
+    for f in S.field_specs(m.payload):
+        for g in f.fields if f.kind == "struct" else (f,):
+            if g.enum is None:
+                continue
+            for value in bad_values(g.enum):
+                fields = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+                (fields[f.name] if f.kind == "struct" else fields)[g.name] = value
+                frame = S.build_frame(m.msg_type, seq, 42, fields)
+                flat = flatten(m, fields)
+                index = [x.name for x in S.flat_fields(m.payload)].index(g.name)
+                out.append(dict(name=m.name, msg_type=m.msg_type, case=f"bad_{g.name}_{value}",
+                                seq=seq, ack=42, hex=frame.hex(), fields=flat,
+                                error=S.out_of_range(m, fields), bad_field=index))
+    return out
 
 
 def dumps(vectors: list[dict]) -> str:

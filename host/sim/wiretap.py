@@ -1,13 +1,13 @@
 """Watches the bytes the device receives for VERDICT frames: the virtual clock's barrier needs to
 know that the host's verdict for a unit is on its way before it lets time pass that unit's deadline.
-Uses the host link's own deframer and decoder, so it sees exactly the frames the device will accept."""
+Uses the host's one stream decoder (protocol.fastcodec), so it sees exactly the intact frames."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from serialine.host.link import Deframer, decode
+from serialine.protocol.fastcodec import StreamDecoder, ValueOutOfRange
 from serialine.protocol.schema import BY_NAME
 
 VERDICT = BY_NAME["VERDICT"].msg_type
@@ -15,7 +15,7 @@ VERDICT = BY_NAME["VERDICT"].msg_type
 
 class VerdictTap:
     def __init__(self):
-        self._deframer = Deframer()
+        self._decoder = StreamDecoder()
         self._lock = threading.Lock()
         self.cond = threading.Condition(self._lock)
         self.verdicts: dict[int, int] = {}  # this boot: unit_seq -> times seen (retransmits count)
@@ -24,15 +24,11 @@ class VerdictTap:
         self.frames = 0
 
     def __call__(self, data: bytes) -> None:
-        for frame in self._deframer.feed(data):
-            try:
-                msg_type, _, _, fields = decode(frame)
-            except Exception:
-                continue
+        for msg_type, _, _, fields in self._decoder.feed(data):
             with self.cond:
                 self.frames += 1
-                if msg_type == VERDICT:
-                    u = fields["unit_seq"]
+                if msg_type == VERDICT and not isinstance(fields, ValueOutOfRange):
+                    u = fields[0]  # unit_seq
                     self.verdicts[u] = self.verdicts.get(u, 0) + 1
                     self.first_seen.setdefault((self.boot_no, u), time.monotonic())
                 self.cond.notify_all()

@@ -20,6 +20,9 @@ def _feed_all(data: bytes, cuts: list[int]) -> tuple[F.StreamDecoder, list[bytes
     got, pos = [], 0
     for cut in sorted(set(c % (len(data) + 1) for c in cuts)) + [len(data)]:
         for t, seq, ack, fields in dec.feed(data[pos:cut]):
+            if isinstance(fields, F.ValueOutOfRange):
+                assert fields.detail == str(fields) and "is not a" in fields.detail
+                fields = fields.values
             got.append(F.encode(t, seq, ack, fields))
         pos = max(pos, cut)
     return dec, got
@@ -62,6 +65,50 @@ def test_decode_of_arbitrary_bytes_raises_frame_error_or_roundtrips(data):
     except F.FrameError:
         return
     assert F.encode(t, seq, ack, fields) == data
+
+
+ENUM_MSGS = [m for m in S.MESSAGES if any(f.enum for f in S.flat_fields(m.payload))]
+
+
+@st.composite
+def _enum_frames(draw):
+    """A CRC-valid frame of a message with enum fields, every u8 enum field any byte value."""
+    m = draw(st.sampled_from(ENUM_MSGS))
+    values = []
+    for f in S.flat_fields(m.payload):
+        if f.enum is not None:
+            values.append(draw(st.one_of(st.sampled_from([int(x) for x in f.enum]), st.integers(0, 255))))
+        elif f.kind == "int":
+            bits = 8 * f.size
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if f.fmt.islower() else (0, (1 << bits) - 1)
+            values.append(draw(st.integers(lo, hi)))
+        else:
+            values.append(draw(st.text("abcXYZ09", max_size=min(f.size, 12))))
+    return m, tuple(values)
+
+
+@SETTINGS
+@given(frame=_enum_frames(), seq=st.integers(0, 255), ack=st.integers(0, 255))
+def test_enum_values_are_checked_at_decode_like_the_reference(frame, seq, ack):
+    m, values = frame
+    raw = F.encode(m.msg_type, seq if m.sequenced else 0, ack, values)
+    bad = [f"{m.name}.{f.name} {v} is not a {f.enum.__name__}"
+           for f, v in zip(S.flat_fields(m.payload), values) if f.enum and v not in set(f.enum)]
+    try:
+        got = F.decode(raw)
+    except F.ValueOutOfRange as exc:
+        assert bad and exc.detail == "; ".join(bad) and exc.values == values
+        assert exc.msg_name == m.name and exc.fields == F.as_dict(m.msg_type, values)
+        try:
+            S.parse_frame(raw)
+        except ValueError as ref:
+            assert str(ref) == exc.detail  # the reference refuses it with the same words
+        else:
+            raise AssertionError("the reference codec accepted " + exc.detail)
+        [(_, _, _, streamed)] = F.StreamDecoder().feed(raw)
+        assert isinstance(streamed, F.ValueOutOfRange) and streamed.values == values
+        return
+    assert not bad and got[3] == values
 
 
 def test_truncated_and_lengthened_frames_are_refused():

@@ -1,5 +1,6 @@
-"""The host endpoint on its own: its deframer fuzzed with hypothesis, bad input refused without
-side effects, and its go-back-N sender driven byte for byte through a real pty."""
+"""The host endpoint on its own: bad input refused without side effects, an out-of-range enum
+delivered as an invalid event, and its go-back-N sender driven byte for byte through a real pty.
+Its stream decoder is protocol.fastcodec.StreamDecoder, fuzzed in test_fuzz_host.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import time
 import tty
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from serialine.host.link import Deframer, HostLink, decode, encode
-from serialine.protocol.schema import BY_NAME, FINGERPRINT, PROTOCOL_VERSION, crc32
+from serialine.host.link import HostLink
+from serialine.protocol.fastcodec import StreamDecoder, as_dict, encode
+from serialine.protocol.schema import BY_NAME, FINGERPRINT, PROTOCOL_VERSION
 
 UNIT = BY_NAME["UNIT_DETECTED"].msg_type
 ACK = BY_NAME["ACK"].msg_type
@@ -20,36 +20,6 @@ ACK = BY_NAME["ACK"].msg_type
 
 def unit_frame(i: int) -> bytes:
     return encode(UNIT, i & 0xFF, 0, dict(event_seq=i, unit_seq=i, pos=i * 3, t_us=i * 5, flags=0))
-
-
-def crc_ok(frame: bytes) -> bool:
-    return crc32(frame[2:-4]) == int.from_bytes(frame[-4:], "little")
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 1000)), max_size=12),
-    st.lists(st.integers(1, 64), min_size=1, max_size=20),
-    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=6),
-)
-def test_deframer_never_yields_a_bad_frame_and_finds_the_good_ones(parts, chunks, flips):
-    stream = bytearray()
-    for garbage, i in parts:
-        stream += garbage.replace(b"\xa5", b"\x00") + unit_frame(i)
-    clean = bytes(stream)
-    for pos, mask in flips:  # corrupt a few bytes anywhere
-        if stream:
-            stream[pos % len(stream)] ^= mask
-    d, got, at, k = Deframer(), [], 0, 0
-    while at < len(stream):
-        n = chunks[k % len(chunks)]
-        got += d.feed(bytes(stream[at : at + n]))
-        at, k = at + n, k + 1
-    assert all(crc_ok(f) for f in got)
-    for f in got:
-        decode(f)  # a yielded frame is a valid message of this schema
-    if not any(mask for _, mask in flips) or stream == clean:
-        assert [decode(f)[3]["unit_seq"] for f in got] == [i for _, i in parts]
 
 
 @pytest.fixture
@@ -63,7 +33,7 @@ def pty_host():
     os.close(slave)
 
 
-def read_frames(master: int, d: Deframer, wait: float = 0.3, host=None) -> list[tuple]:
+def read_frames(master: int, d: StreamDecoder, wait: float = 0.3, host=None) -> list[tuple]:
     """What the host wrote to the wire during `wait` seconds (driving its timers if given)."""
     end, out = time.monotonic() + wait, []
     os.set_blocking(master, False)
@@ -71,7 +41,7 @@ def read_frames(master: int, d: Deframer, wait: float = 0.3, host=None) -> list[
         if host is not None:
             assert host.poll(0.005) == []
         try:
-            out += [decode(f) for f in d.feed(os.read(master, 4096))]
+            out += [(t, s, a, as_dict(t, f)) for t, s, a, f in d.feed(os.read(master, 4096))]
         except BlockingIOError:
             time.sleep(0.01)
     return out
@@ -85,6 +55,7 @@ def hello_reply(fp: int = FINGERPRINT) -> bytes:
 
 def test_bad_input_is_refused_and_changes_nothing(pty_host):
     host, _ = pty_host
+    assert type(host.decoder) is StreamDecoder  # the one host stream decoder, the fuzzed one
     with pytest.raises(ValueError, match="cannot send 'UNIT_DETECTED'"):
         host.send("UNIT_DETECTED", {})
     with pytest.raises(ValueError, match="cannot send 'NOPE'"):
@@ -102,7 +73,7 @@ def test_bad_input_is_refused_and_changes_nothing(pty_host):
 
 def test_host_sender_go_back_n_ack_and_delivery_gated_by_storage(pty_host):
     host, master = pty_host
-    d = Deframer()
+    d = StreamDecoder()
     host._start_hello(time.monotonic())
     assert [t for t, *_ in read_frames(master, d, 0.05)] == [BY_NAME["HELLO"].msg_type]
     os.write(master, hello_reply())
@@ -135,3 +106,25 @@ def test_fingerprint_mismatch_reply_raises_with_both_values(pty_host):
     with pytest.raises(Exception) as err:
         host.connect(timeout=1)
     assert "0xdeadbeef" in str(err.value) and f"0x{FINGERPRINT:08x}" in str(err.value)
+
+
+def test_an_out_of_range_enum_is_delivered_as_an_invalid_event_and_acked(pty_host):
+    # The issue's crash loop: a CRC-valid UNIT_OUTCOME with reason 99. It must come out of poll()
+    # in its place (fields["invalid"] says why) so the caller stores and acks it like any event.
+    host, master = pty_host
+    d = StreamDecoder()
+    host._start_hello(time.monotonic())
+    os.write(master, hello_reply())
+    assert host.poll(0.1) == [] and host.state == "open"
+    outcome = BY_NAME["UNIT_OUTCOME"].msg_type
+    bad = encode(outcome, 1, 0, (8, 4, 1, 99, 0, 5, 6))
+    os.write(master, unit_frame(0) + bad + unit_frame(2))
+    got = host.poll(0.1)
+    assert [n for n, _ in got] == ["UNIT_DETECTED", "UNIT_OUTCOME", "UNIT_DETECTED"]
+    name, fields = got[1]
+    assert fields["invalid"] == "UNIT_OUTCOME.reason 99 is not a Reason"
+    assert (fields["event_seq"], fields["unit_seq"], fields["reason"]) == (8, 4, 99)
+    assert "invalid" not in got[0][1] and host.counters()["out_of_range"] == 1
+    host.ack_delivered()
+    acks = [a for t, s, a, f in read_frames(master, d, 0.1) if t == ACK]
+    assert acks and acks[0] == 3  # the invalid event is acked with the rest: no resend loop
