@@ -144,16 +144,19 @@ class Agent:
         hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
         if hello and int(hello["boot_id"]) != self.boot_id:
             self.on_new_boot(dict(hello))
-        errors: list[str] = []
+        errors: list[tuple[str, str, str]] = []  # (source, kind, detail): the drivers' alarms
+        if self.coder is not None:
+            errors += [("coder", kind, detail) for kind, detail in self.coder.alarms()]
         if self.camera is not None:
-            results, errors = self.camera.results()
+            results, camera_alarms = self.camera.results()
+            errors += [("camera", kind, detail) for kind, detail in camera_alarms]
             if results:
                 self._last_result_at = time.monotonic()
             if self.resuming:
                 results = []  # no result can be paired until the belt is still and the camera quiet
             for r in results:
                 self.correlator.result(r)
-            self.alarms.extend(errors)
+        self.alarms.extend(detail for _, _, detail in errors)
         stored, verdicts = 0, []
         try:
             stored, verdicts = self._store_and_decide(msgs, errors)
@@ -181,8 +184,8 @@ class Agent:
                             blind.append(fields["unit_seq"])
                         else:
                             self.correlator.inspected(fields["unit_seq"], now)
-            for err in errors:
-                self.ledger.alarm("camera", "MALFORMED", err)
+            for source, kind, detail in errors:
+                self.ledger.alarm(source, kind, detail)
             verdicts = self._decide(time.monotonic())
             if blind:
                 verdicts += self._fail_blind(blind)

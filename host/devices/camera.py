@@ -1,14 +1,17 @@
-"""Camera (code reader) driver: decode results arrive unsolicited, one per trigger, in order."""
+"""Camera (code reader) driver: decode results arrive unsolicited, one per trigger, in order.
+Lines are parsed on arrival; a malformed one is an alarm and is not kept (docs/devices.md)."""
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
-from .lineclient import LineClient, unescape_code
+from .lineclient import DeviceError, LineClient, unescape_code
 
 _GRADE = re.compile(r"^(?:[ABCDF]|[0-4](?:\.\d{1,2})?)$")
 MAX_DATA = 200
+RECONNECT_EVERY_S = 1.0
 
 
 class CameraLineError(ValueError):
@@ -26,7 +29,7 @@ class CameraResult:
 def parse_line(line: str, t: float = 0.0) -> CameraResult:
     """`READ <n> <grade> <data>` | `NOREAD <n>` → CameraResult; CameraLineError on anything else."""
     if not isinstance(line, str) or not line.isascii():
-        raise CameraLineError(f"camera line is not ASCII: {line!r}")
+        raise CameraLineError(f"camera line is not ASCII: {line[:80]!r}")
     parts = line.rstrip("\r\n").split(" ", 3)
     kind = parts[0]
     if kind == "NOREAD" and len(parts) == 2:
@@ -34,28 +37,44 @@ def parse_line(line: str, t: float = 0.0) -> CameraResult:
     if kind == "READ" and len(parts) == 4:
         n, grade, data = _n(parts[1], line), parts[2], unescape_code(parts[3])
         if not _GRADE.match(grade) or (grade[0].isdigit() and float(grade) > 4.0):
-            raise CameraLineError(f"bad grade {grade!r} in {line!r}")
+            raise CameraLineError(f"bad grade {grade[:10]!r} in {line[:80]!r}")
         if not data or len(data) > MAX_DATA or not all(c == "\x1d" or " " < c < "\x7f" for c in data):
-            raise CameraLineError(f"bad data in {line!r}")
+            raise CameraLineError(f"bad data in {line[:80]!r}")
         return CameraResult(n, grade, data, t)
-    raise CameraLineError(f"malformed camera line {line!r}")
+    raise CameraLineError(f"malformed camera line {line[:80]!r}")
 
 
 def _n(text: str, line: str) -> int:
     if not text.isdigit() or len(text) > 9 or int(text) < 1:
-        raise CameraLineError(f"bad trigger number {text!r} in {line!r}")
+        raise CameraLineError(f"bad trigger number {text[:12]!r} in {line[:80]!r}")
     return int(text)
 
 
 class Camera(LineClient):
     UNSOLICITED = ("READ", "NOREAD")
+    REPLIES = ("PONG", "ERR")
 
-    def results(self) -> tuple[list[CameraResult], list[str]]:
-        """Everything received so far → (results, errors for malformed lines)."""
-        out, errors = [], []
-        for line, t in self.drain():
+    def __init__(self, *args, **kw):
+        self._next_reconnect = 0.0
+        super().__init__(*args, **kw)
+
+    def on_event(self, line: str, t: float) -> None:
+        try:
+            self.keep_event(parse_line(line, t))
+        except CameraLineError as exc:
+            self.alarm("MALFORMED", f"camera: {exc}")
+
+    def ping(self) -> None:
+        self.request("PING", "PONG", idempotent=True)
+
+    def results(self) -> tuple[list[CameraResult], list[tuple[str, str]]]:
+        """Results received so far, and (kind, detail) of the camera's alarms meanwhile. A lost
+        connection is reopened (at most once a second); results sent meanwhile are lost, and the
+        correlator sees the gap in their numbers."""
+        if self.closed and not self.shut and time.monotonic() >= self._next_reconnect:
+            self._next_reconnect = time.monotonic() + RECONNECT_EVERY_S
             try:
-                out.append(parse_line(line, t))
-            except CameraLineError as exc:
-                errors.append(str(exc))
-        return out, errors
+                self.reconnect("connection lost")
+            except DeviceError as exc:
+                self.alarm("DISCONNECTED", str(exc))
+        return self.drain(), self.alarms()

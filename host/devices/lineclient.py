@@ -1,13 +1,24 @@
-"""A line-protocol TCP client: one reader thread splits replies (answers to our commands) from
-unsolicited lines (events), so a request never swallows an event and vice versa."""
+"""A line-protocol TCP client (docs/devices.md): one reader thread splits each line into an
+unsolicited event, a reply to our one outstanding request, or garbage (an alarm).
+
+The protocol has no request ids, so a reply is matched to a request by order alone: one request is
+outstanding at a time and its reply must have the shape that request allows. Anything else — a
+reply-shaped line with no request waiting, a reply of the wrong shape, no reply within the timeout —
+leaves the connection in doubt (a late reply may still be on its way). The next request then opens
+a fresh connection first, so no stale reply can ever answer it."""
 
 from __future__ import annotations
 
-import queue
+import collections
+import re
 import socket
 import threading
+import time
 
 GS_ESCAPE = "\\x1d"  # the GS separator inside a code on a text line (never in GS1's character set)
+MAX_LINE = 512  # bytes before the newline; a longer line is discarded up to its newline (docs/devices.md)
+MAX_EVENTS = 4096  # unsolicited lines kept until the owner takes them; more are dropped with an alarm
+MAX_ALARMS = 100  # alarms kept until the owner takes them; the rest are counted per kind
 
 
 def escape_code(code: str) -> str:
@@ -19,62 +30,229 @@ def unescape_code(text: str) -> str:
 
 
 class DeviceError(RuntimeError):
-    pass
+    """The device refused (its `ERR …` reply), or cannot be reached."""
+
+
+class InDoubt(DeviceError):
+    """No reply, or one that cannot be ours: the device may or may not have done it."""
+
+
+class LineSplitter:
+    """Bytes → lines, in linear time and bounded memory: a line longer than `max_line` bytes is
+    discarded up to its newline and reported once as `TOO_LONG` (never kept)."""
+
+    TOO_LONG = None  # what feed() yields for a discarded line
+
+    def __init__(self, max_line: int = MAX_LINE):
+        self.max_line = max_line
+        self._buf = bytearray()
+        self._discarding = False
+
+    def feed(self, chunk: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        start = 0
+        if self._discarding:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                return out
+            self._discarding, start = False, nl + 1
+        buf = self._buf
+        searched = len(buf)  # the kept tail holds no newline
+        buf += memoryview(chunk)[start:]
+        begin = 0
+        while (nl := buf.find(b"\n", searched)) >= 0:
+            out.append(bytes(buf[begin:nl]) if nl - begin <= self.max_line else self.TOO_LONG)
+            begin = searched = nl + 1
+        del buf[:begin]
+        if len(buf) > self.max_line:
+            buf.clear()
+            self._discarding = True
+            out.append(self.TOO_LONG)
+        return out
 
 
 class LineClient:
-    UNSOLICITED: tuple[str, ...] = ()
+    UNSOLICITED: tuple[str, ...] = ()  # first words of the device's unsolicited lines
+    REPLIES: tuple[str, ...] = ("OK", "ERR")  # first words of replies
 
-    def __init__(self, host: str, port: int, timeout: float = 2.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.settimeout(None)
-        self.timeout = timeout
-        self.replies: queue.Queue[str] = queue.Queue()
-        self.events: queue.Queue[tuple[str, float]] = queue.Queue()
-        self._lock = threading.Lock()
-        self.closed = False
-        threading.Thread(target=self._read, daemon=True, name=type(self).__name__).start()
+    def __init__(self, host: str, port: int, timeout: float = 2.0, max_line: int = MAX_LINE):
+        self.address, self.timeout, self.max_line = (host, port), timeout, max_line
+        self._lock = threading.Lock()  # one request at a time
+        self._state = threading.Lock()  # guards everything below, shared with the reader thread
+        self._events: collections.deque = collections.deque()
+        self._alarms: collections.deque = collections.deque()
+        self._alarms_dropped: collections.Counter = collections.Counter()
+        self._waiting: tuple[socket.socket, threading.Event, list] | None = None
+        self.in_doubt = False
+        self.closed = False  # no live connection (lost, or closed by the owner)
+        self.shut = False  # closed by the owner: never reopened
+        self.sock: socket.socket | None = None
+        self._connect()
 
-    def _read(self):
-        import time
-        buf = b""
+    # --- connection --------------------------------------------------------------------------
+    def _connect(self) -> None:
         try:
-            while True:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                now = time.monotonic()
-                for raw in lines:
-                    line = raw.decode("ascii", "replace").rstrip("\r")
-                    if line.split(" ", 1)[0] in self.UNSOLICITED:
-                        self.events.put((line, now))
-                    else:
-                        self.replies.put(line)
-        except OSError:
-            pass
-        self.closed = True
+            sock = socket.create_connection(self.address, timeout=self.timeout)
+        except OSError as exc:
+            raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from exc
+        sock.settimeout(None)
+        with self._state:
+            old, self.sock, self.closed, self.in_doubt = self.sock, sock, False, False
+        if old is not None:
+            _close(old)
+        threading.Thread(target=self._read, args=(sock,), daemon=True, name=self.name).start()
 
-    def request(self, line: str) -> str:
-        with self._lock:
-            self.sock.sendall(line.encode("ascii") + b"\n")
-            try:
-                return self.replies.get(timeout=self.timeout)
-            except queue.Empty:
-                raise DeviceError(f"no reply to {line.split(' ', 1)[0]} within {self.timeout}s") from None
+    def reconnect(self, why: str) -> None:
+        """A fresh connection: nothing in flight on the old one can reach us any more."""
+        if self.shut:
+            raise DeviceError(f"{self.name}: closed")
+        self.alarm("RESYNC", f"{self.name}: reconnecting ({why})")
+        self._connect()
 
-    def drain(self) -> list[tuple[str, float]]:
-        out = []
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    def close(self) -> None:
+        with self._state:
+            sock, self.closed, self.shut = self.sock, True, True
+        if sock is not None:
+            _close(sock)
+
+    # --- reader thread -----------------------------------------------------------------------
+    def _read(self, sock: socket.socket) -> None:
+        splitter = LineSplitter(self.max_line)
         while True:
             try:
-                out.append(self.events.get_nowait())
-            except queue.Empty:
-                return out
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            now = time.monotonic()
+            for raw in splitter.feed(chunk):
+                if raw is LineSplitter.TOO_LONG:
+                    self.alarm("TOO_LONG", f"{self.name}: line longer than {self.max_line} bytes discarded")
+                else:
+                    self._line(sock, raw, now)
+        with self._state:
+            if sock is self.sock and not self.closed:
+                self.closed = True
+                lost = True
+            else:
+                lost = False
+        if lost:
+            self.alarm("DISCONNECTED", f"{self.name}: the device closed the connection")
 
-    def close(self):
+    def _line(self, sock: socket.socket, raw: bytes, now: float) -> None:
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if not raw:
+            return
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            line = None
+        if line is None or not line.isprintable():
+            self.alarm("MALFORMED", f"{self.name}: not a printable ASCII line: {raw[:80]!r}")
+            return
+        word = line.split(" ", 1)[0]
+        if word in self.UNSOLICITED:
+            self.on_event(line, now)
+        elif word in self.REPLIES:
+            with self._state:
+                waiting = self._waiting
+                mine = waiting is not None and waiting[0] is sock and not waiting[2]
+                if mine:
+                    waiting[2].append(line)
+                    self._waiting = None
+                elif sock is self.sock:
+                    self.in_doubt = True
+            if mine:
+                waiting[1].set()
+            elif sock is self.sock:
+                self.alarm("UNEXPECTED_REPLY", f"{self.name}: {line[:80]!r} answers no request (a late or "
+                           "stray reply); the next request reconnects first")
+        else:
+            self.alarm("MALFORMED", f"{self.name}: unknown line {line[:80]!r}")
+
+    def on_event(self, line: str, t: float) -> None:
+        """An unsolicited line: kept for `drain()` (bounded; overridden by drivers that parse)."""
+        self.keep_event((line, t))
+
+    def keep_event(self, item) -> None:
+        with self._state:
+            full = len(self._events) >= MAX_EVENTS
+            if not full:
+                self._events.append(item)
+        if full:
+            self.alarm("EVENTS_DROPPED", f"{self.name}: {MAX_EVENTS} unsolicited lines not taken yet; "
+                       "a newer one is dropped")
+
+    # --- owner's side ------------------------------------------------------------------------
+    def alarm(self, kind: str, detail: str) -> None:
+        with self._state:
+            if len(self._alarms) < MAX_ALARMS:
+                self._alarms.append((kind, detail))
+            else:
+                self._alarms_dropped[kind] += 1
+
+    def alarms(self) -> list[tuple[str, str]]:
+        """(kind, detail) of every alarm since the last call; beyond MAX_ALARMS, one count per kind."""
+        with self._state:
+            out, self._alarms = list(self._alarms), collections.deque()
+            dropped, self._alarms_dropped = self._alarms_dropped, collections.Counter()
+        out += [(kind, f"{self.name}: {n} more {kind} alarm(s) not listed") for kind, n in dropped.items()]
+        return out
+
+    def drain(self) -> list:
+        with self._state:
+            out, self._events = list(self._events), collections.deque()
+        return out
+
+    def request(self, line: str, expect: str, idempotent: bool = False) -> str:
+        """Send one command and return its reply, which must fully match the regex `expect`.
+        InDoubt when no such reply came; an idempotent command is retried once on a fresh connection."""
+        with self._lock:
+            try:
+                return self._request(line, expect)
+            except InDoubt:
+                if not idempotent:
+                    raise
+            return self._request(line, expect)
+
+    def _request(self, line: str, expect: str) -> str:
+        cmd = line.split(" ", 1)[0]
+        if self.closed or self.in_doubt:
+            self.reconnect("connection lost" if self.closed else "replies were in doubt")
+        done, slot = threading.Event(), []
+        with self._state:
+            sock = self.sock
+            self._waiting = (sock, done, slot)
+        try:
+            sock.sendall(line.encode("ascii") + b"\n")
+        except OSError as exc:
+            self._doubt()
+            raise InDoubt(f"{self.name}: {cmd} not sent: {exc}") from None
+        if not done.wait(self.timeout):
+            self._doubt()
+            self.alarm("NO_REPLY", f"{self.name}: no reply to {cmd} within {self.timeout}s")
+            raise InDoubt(f"{self.name}: no reply to {cmd} within {self.timeout}s (done or not: unknown)")
+        reply = slot[0]
+        if not re.fullmatch(expect, reply):
+            self._doubt()
+            self.alarm("UNEXPECTED_REPLY", f"{self.name}: {reply[:80]!r} is no reply to {cmd}")
+            raise InDoubt(f"{self.name}: {reply[:80]!r} is no reply to {cmd} (done or not: unknown)")
+        return reply
+
+    def _doubt(self) -> None:
+        with self._state:
+            self._waiting = None
+            self.in_doubt = True
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

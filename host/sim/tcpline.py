@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+
+from ..devices.lineclient import LineSplitter
 
 
 class LineServer:
@@ -15,6 +18,7 @@ class LineServer:
         self._lock = threading.Lock()
         self._closed = False
         self.connected = threading.Event()
+        self.reply_delay_s: list[float] = []  # fault injection: delay the next replies by these
         self._thread = threading.Thread(target=self._accept, daemon=True, name=type(self).__name__)
 
     def start(self):
@@ -69,7 +73,7 @@ class LineServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket):
-        buf = b""
+        splitter = LineSplitter()  # bounded, linear, like the host's side
         while True:
             try:
                 chunk = conn.recv(4096)
@@ -81,15 +85,18 @@ class LineServer:
                         self._client = None
                         self.connected.clear()
                 return
-            buf += chunk
-            while b"\n" in buf:
-                raw, buf = buf.split(b"\n", 1)
-                try:
-                    text = raw.decode("ascii").rstrip("\r")  # not strip(): GS (0x1D) is whitespace to Python
-                except UnicodeDecodeError:
-                    reply = "ERR not ascii"
+            for raw in splitter.feed(chunk):
+                if raw is LineSplitter.TOO_LONG:
+                    reply = "ERR line too long"  # still one reply per line: the host stays in step
                 else:
-                    reply = self.handle(text) if text else None
+                    try:
+                        text = raw.decode("ascii").rstrip("\r")  # not strip(): GS (0x1D) is whitespace to Python
+                    except UnicodeDecodeError:
+                        reply = "ERR not ascii"
+                    else:
+                        reply = self.handle(text) if text else None
+                if reply is not None and self.reply_delay_s:
+                    time.sleep(self.reply_delay_s.pop(0))  # an injected late reply
                 if reply is not None:
                     with self._lock:
                         try:
