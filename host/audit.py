@@ -1,15 +1,67 @@
 """Append-only audit log: each record carries the hash of the one before, so any edit, deletion or
 reordering breaks the chain at a record `verify` can name. The table's triggers refuse UPDATE and
-DELETE; the chain catches what is done behind SQLite's back."""
+DELETE; the chain catches what is done behind SQLite's back.
+
+What the chain alone cannot see, and how it is covered:
+- truncation, or a record edited and the chain re-hashed: the head (`head`, "SEQ:HASH") is anchored
+  outside the file — printed by every batch command, carried by each EPCIS document, appended to
+  `<db>.anchors` — and `verify` checks every anchor is still in the chain.
+- the ledger rows a QA reviewer relies on: the record of `product.add` seals the product row, of
+  `batch.create` the batch's master data (lot, expiry, …), of `batch.close` / `batch.abort` everything
+  of the batch (units, serials and their history, device events, containers, coder jobs, outbox
+  bodies, alarms so far). `verify` recomputes each batch's latest seal, and every eventID from its
+  outbox body.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import os
+import re
 import sqlite3
 
 GENESIS = "0" * 64
+
+# What a seal covers: part -> (table, rows of the key, order, columns left out or None = all,
+# bound column). A part with a bound column seals only rows up to the seal's time: rows the
+# line may still add for the same boot (or anywhere, for alarms) afterwards are not the batch's.
+_BATCH_BOOTS = ("(device_id, boot_id) IN (SELECT device_id, boot_id FROM device_boot WHERE batch_id = :key"
+                " UNION SELECT device_id, boot_id FROM unit WHERE batch_id = :key)")
+_PARTS = {
+    "product": ("product", "gtin = (SELECT gtin FROM batch WHERE batch_id = :key)", "gtin", None, None),
+    "batch": ("batch", "batch_id = :key", "batch_id", None, None),
+    "unit": ("unit", "batch_id = :key", "device_id, boot_id, unit_seq", None, None),
+    "serial": ("serial", "batch_id = :key", "gtin, serial", None, None),
+    "serial_history": ("serial_history", "batch_id = :key", "gtin, serial, at, old_state, new_state", None, None),
+    "device_event": ("device_event", _BATCH_BOOTS, "device_id, boot_id, event_seq", None, "received_at"),
+    "coder_job": ("coder_job", "batch_id = :key", "job_id", None, None),
+    "container": ("container", "batch_id = :key", "container_id", None, None),
+    "packed": ("packed", "container_id IN (SELECT container_id FROM container WHERE batch_id = :key)",
+               "gtin, serial", None, None),
+    "epcis_outbox": ("epcis_outbox", "batch_id = :key", "seq",
+                     ("delivered_at", "attempts", "next_try_at", "last_error"), "enqueued_at"),  # delivery moves on
+    "alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
+    # master data at creation (state and closed_at move on)
+    "product_row": ("product", "gtin = :key", "gtin", None, None),
+    "batch_master": ("batch", "batch_id = :key", "batch_id", ("state", "closed_at"), None),
+}
+_CLOSED = ("product", "batch", "unit", "serial", "serial_history", "device_event", "coder_job",
+           "container", "packed", "epcis_outbox", "alarm_log")
+# action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
+SEALS = {
+    "product.add": ("gtin", ("product_row",)),
+    "batch.create": ("batch_id", ("batch_master",)),
+    "batch.close": ("batch_id", _CLOSED),
+    "batch.abort": ("batch_id", _CLOSED),
+}
+
+_ANCHOR = re.compile(r"\b(\d+):([0-9a-f]{64})\b")
+
+
+class AuditError(ValueError):
+    pass
 
 
 def _digest(prev_hash: str, seq: int, at: str, user: str, action: str, detail: str) -> str:
@@ -17,10 +69,46 @@ def _digest(prev_hash: str, seq: int, at: str, user: str, action: str, detail: s
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _columns(conn, table: str, leave_out) -> list[str]:
+    cols = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    return [c for c in cols if c not in (leave_out or ())]
+
+
+def _part_digest(conn, part: str, key: str, cols: list[str], upto) -> dict:
+    table, where, order, _, bound = _PARTS[part]
+    sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ({where})"
+    if bound and upto is not None:
+        sql += f" AND {bound} <= :upto"
+    h, n = hashlib.sha256(), 0
+    for row in conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto}):
+        h.update(json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str).encode() + b"\n")
+        n += 1
+    return {"rows": n, "sha256": h.hexdigest()}
+
+
+def seal(conn: sqlite3.Connection, key: str, parts, now: float | None = None) -> dict:
+    """Digests of the rows `parts` cover for `key` (a batch id or GTIN), as sealed in a record."""
+    import time
+    now = time.time() if now is None else now
+    out = {}
+    for part in parts:
+        table, _, _, leave_out, bound = _PARTS[part]
+        cols = _columns(conn, table, leave_out)
+        if not cols:  # table absent in this ledger
+            continue
+        upto = now if bound else None
+        out[part] = {"cols": cols, **({"upto": upto} if bound else {}), **_part_digest(conn, part, key, cols, upto)}
+    return out
+
+
 def append(conn: sqlite3.Connection, user: str, action: str, detail: dict) -> str:
-    """Add one record inside the caller's transaction; returns its hash."""
+    """Add one record inside the caller's transaction, after its change (the record of an action in
+    SEALS carries the digests of what it covers); returns its hash."""
     if not user:
         raise ValueError("audit records need a user")
+    if action in SEALS:
+        key_name, parts = SEALS[action]
+        detail = {**detail, "seal": seal(conn, str(detail[key_name]), parts)}
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
     at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
@@ -30,15 +118,210 @@ def append(conn: sqlite3.Connection, user: str, action: str, detail: dict) -> st
     return h
 
 
-def verify(conn: sqlite3.Connection) -> tuple[bool, int, str]:
-    """→ (ok, records checked, message naming the first broken record)."""
-    prev, expected_seq, n = GENESIS, 1, 0
+def head(conn: sqlite3.Connection) -> str:
+    """The chain head as an anchor, "SEQ:HASH" ("0:000…" for an empty log)."""
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return f"{row[0]}:{row[1]}" if row else f"0:{GENESIS}"
+
+
+def anchors_path(conn: sqlite3.Connection) -> str | None:
+    """`<db>.anchors` beside the ledger file (None for an in-memory ledger)."""
+    for _, name, path in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return path + ".anchors" if path else None
+    return None
+
+
+def anchor(conn: sqlite3.Connection, why: str) -> str:
+    """Append the committed head to `<db>.anchors` (call only outside a transaction: an anchor of
+    a record that then rolls back would later read as tampering); returns the head."""
+    if conn.in_transaction:
+        raise RuntimeError("anchor the head after the commit, not inside a transaction")
+    h = head(conn)
+    path = anchors_path(conn)
+    if path:
+        at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        line = f"{at} {h} {' '.join(why.split())}\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return h
+
+
+def parse_anchors(text: str) -> list[tuple[int | None, str]]:
+    """Every anchor in a text ("SEQ:HASH" anywhere: the anchors file, a batch command's output, an
+    EPCIS document), or a bare 64-hex hash → [(seq or None, hash)]."""
+    found = [(int(s), h) for s, h in _ANCHOR.findall(text)]
+    if not found and re.fullmatch(r"[0-9a-f]{64}", text.strip()):
+        found = [(None, text.strip())]
+    return found
+
+
+def read_anchors(spec: str) -> list[tuple[int | None, str]]:
+    """--anchor value: an anchor or hash, or a file holding anchors."""
+    if _ANCHOR.fullmatch(spec.strip()) or re.fullmatch(r"[0-9a-f]{64}", spec.strip()):
+        return parse_anchors(spec)
+    try:
+        with open(spec, encoding="utf-8", errors="replace") as f:
+            found = parse_anchors(f.read())
+    except OSError as exc:
+        raise AuditError(f"--anchor {spec}: neither SEQ:HASH, a hash, nor a readable file ({exc.strerror})") from None
+    if not found:
+        raise AuditError(f"--anchor {spec}: the file holds no anchor (SEQ:HASH)")
+    return found
+
+
+def _verify_chain(conn) -> tuple[str | None, int, dict]:
+    prev, expected_seq, n, by_seq = GENESIS, 1, 0, {}
     for seq, at, user, action, detail, prev_hash, h in conn.execute("SELECT * FROM audit ORDER BY seq"):
         if seq != expected_seq:
-            return False, n, f"record {expected_seq} is missing (next is {seq})"
+            return f"record {expected_seq} is missing (next is {seq})", n, by_seq
         if prev_hash != prev:
-            return False, n, f"record {seq}: previous-hash link broken"
+            return f"record {seq}: previous-hash link broken", n, by_seq
         if _digest(prev_hash, seq, at, user, action, detail) != h:
-            return False, n, f"record {seq}: content does not match its hash"
+            return f"record {seq}: content does not match its hash", n, by_seq
+        by_seq[seq] = h
         prev, expected_seq, n = h, seq + 1, n + 1
-    return True, n, f"audit log intact: {n} records"
+    return None, n, by_seq
+
+
+def _verify_anchors(by_seq: dict, anchors) -> str | None:
+    hashes = {h: s for s, h in by_seq.items()}
+    last = max(by_seq, default=0)
+    for seq, h in anchors:
+        if seq == 0 and h == GENESIS:
+            continue
+        name = f"{seq}:{h[:12]}…" if seq is not None else f"{h[:12]}…"
+        if seq is None:
+            if h not in hashes:
+                return f"anchor {name}: no record has this hash (the log was truncated or rewritten)"
+        elif seq not in by_seq:
+            return f"anchor {name}: record {seq} is missing, the log ends at record {last} (truncated)"
+        elif by_seq[seq] != h:
+            return f"anchor {name}: record {seq} has another hash (the chain was rewritten)"
+    return None
+
+
+def _latest_seals(conn) -> list[tuple[int, str, str, dict]]:
+    """(seq, action, key, seal) of the seals that must still hold: per GTIN its product.add, per
+    batch its batch.create and its latest close/abort unless a later record names the batch."""
+    master, final = {}, {}
+    for seq, action, text in conn.execute("SELECT seq, action, detail FROM audit ORDER BY seq"):
+        try:
+            detail = json.loads(text)
+        except ValueError:
+            continue
+        if not isinstance(detail, dict):
+            continue
+        batch_id = detail.get("batch_id")
+        if batch_id is not None:
+            final.pop(str(batch_id), None)  # a later record (e.g. reopen) supersedes a close's seal
+        if action not in SEALS or "seal" not in detail:
+            continue
+        key = str(detail[SEALS[action][0]])
+        if action in ("product.add", "batch.create"):
+            master[(action, key)] = (seq, action, key, detail["seal"])
+        else:
+            final[key] = (seq, action, key, detail["seal"])
+    return list(master.values()) + list(final.values())
+
+
+def _verify_seals(conn) -> str | None:
+    for seq, action, key, sealed in _latest_seals(conn):
+        for part, s in sealed.items():
+            if part not in _PARTS:
+                continue
+            try:
+                now = _part_digest(conn, part, key, s["cols"], s.get("upto"))
+            except sqlite3.Error as exc:
+                return f"{_label(action, key)}: table {_PARTS[part][0]} cannot be read as sealed in record {seq} ({exc})"
+            if now != {"rows": s["rows"], "sha256": s["sha256"]}:
+                what = f"{s['rows']} rows sealed, {now['rows']} now" if now["rows"] != s["rows"] else "rows changed"
+                return (f"{_label(action, key)}: table {_PARTS[part][0]} differs from its seal in record {seq} ({action}): {what}")
+    return None
+
+
+def _label(action: str, key: str) -> str:
+    return f"product {key}" if action == "product.add" else f"batch {key}"
+
+
+def _verify_outbox(conn) -> str | None:
+    from serialine.host.epcis.eventhash import event_hash
+    try:
+        rows = conn.execute("SELECT seq, batch_id, event_id, body FROM epcis_outbox ORDER BY seq")
+    except sqlite3.OperationalError:
+        return None  # no outbox in this ledger
+    bad, first = 0, None
+    for seq, batch_id, event_id, body in rows:
+        try:
+            event = json.loads(body)
+            ok = event.get("eventID") == event_id and event_hash(event) == event_id
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ok = False
+        if not ok:
+            bad += 1
+            first = first or (seq, batch_id)
+    if bad:
+        return (f"outbox: {bad} event(s) whose eventID does not match their body, first at outbox seq"
+                f" {first[0]} (batch {first[1]})")
+    return None
+
+
+def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
+    """→ (ok, records checked, one line naming the first break). Checks the chain, that every
+    anchor ([(seq or None, hash)]; plus `<db>.anchors` if present) is in it, the sealed tables and
+    every outbox eventID."""
+    problem, n, by_seq = _verify_chain(conn)
+    if problem:
+        return False, n, problem
+    anchors = list(anchors)
+    trail = anchors_path(conn)
+    if trail and os.path.exists(trail):
+        with open(trail, encoding="utf-8", errors="replace") as f:
+            anchors += parse_anchors(f.read())
+    problem = _verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_outbox(conn)
+    if problem:
+        return False, n, problem
+    (events,) = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone() if _has(conn, "epcis_outbox") else (0,)
+    return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found,"
+                     f" sealed tables match, {events} outbox eventIDs match their bodies")
+
+
+def _has(conn, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
+
+
+def _since(text: str) -> _dt.datetime:
+    try:
+        when = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise AuditError(f"--since {text!r}: want an ISO date or time, e.g. 2026-12-01T08:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=_dt.timezone.utc)
+
+
+def records(conn: sqlite3.Connection, batch: str | None = None, since: str | None = None,
+            user: str | None = None, action: str | None = None) -> list[tuple]:
+    """(seq, at, user, action, detail) of the trail, oldest first. `batch`: records naming the batch,
+    and rework of its packs and containers; `action`: exact, or a prefix ending in '.' ("rework.")."""
+    sql = "SELECT seq, at, user, action, detail FROM audit WHERE 1"
+    args: dict = {}
+    if batch is not None:
+        sql += (" AND (json_extract(detail, '$.batch_id') = :batch"
+                " OR EXISTS (SELECT 1 FROM serial s WHERE s.batch_id = :batch AND s.gtin = json_extract(audit.detail, '$.gtin')"
+                " AND s.serial = json_extract(audit.detail, '$.target'))"
+                " OR EXISTS (SELECT 1 FROM container c WHERE c.batch_id = :batch AND c.sscc = json_extract(audit.detail, '$.target')))")
+        args["batch"] = batch
+    if user is not None:
+        sql += " AND user = :user"
+        args["user"] = user
+    if action is not None:
+        sql += " AND (action = :action OR (substr(:action, -1) = '.' AND substr(action, 1, length(:action)) = :action))"
+        args["action"] = action
+    rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+    if since is not None:
+        t = _since(since)
+        rows = [r for r in rows if _dt.datetime.fromisoformat(r[1]) >= t]
+    return rows

@@ -31,9 +31,13 @@ def _run(fn, args) -> int:
         conn.close()
 
 
-def _audited(conn, args, action, detail):
+def _audited(conn, args, action, detail, change):
+    """`change()` and its audit record in ONE transaction: both commit or neither (a kill between
+    them leaves nothing). `detail` may be a function of change's result."""
     with db.transaction(conn):
-        audit.append(conn, args.user, action, detail)
+        result = change()
+        audit.append(conn, args.user, action, detail(result) if callable(detail) else detail)
+    return result
 
 
 def main(argv: list[str]) -> int:
@@ -63,24 +67,24 @@ def main(argv: list[str]) -> int:
 
     def go(conn, a):
         if a.cmd == "product":
-            masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn)
-            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market})
+            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market}, lambda: masterdata.add_product(
+                conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn))
         elif a.cmd == "serials":
             if a.generate is not None:
-                n = serials.generate(conn, a.gtin, a.generate)
+                add = lambda: serials.generate(conn, a.gtin, a.generate)  # noqa: E731
             else:
-                n = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file)
-            _audited(conn, a, "serials.add", {"gtin": a.gtin, "count": n})
+                add = lambda: serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file)  # noqa: E731
+            n = _audited(conn, a, "serials.add", lambda n: {"gtin": a.gtin, "count": n}, add)
             print(f"{n} serials added to {a.gtin}; {serials.available(conn, a.gtin)} available")
             warn = serials.low_water(conn, a.gtin)
             if warn:
                 print("warning: " + warn, file=sys.stderr)
         elif a.cmd == "create":
-            masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned, a.case_size, a.pallet_size)
-            _audited(conn, a, "batch.create", {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot})
+            _audited(conn, a, "batch.create", {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot, "expiry": a.expiry},
+                     lambda: masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned,
+                                                     a.case_size, a.pallet_size))
         elif a.cmd == "start":
-            masterdata.start_batch(conn, a.batch_id)
-            _audited(conn, a, "batch.start", {"batch_id": a.batch_id})
+            _audited(conn, a, "batch.start", {"batch_id": a.batch_id}, lambda: masterdata.start_batch(conn, a.batch_id))
         elif a.cmd == "reconcile":
             print("\n".join(reconcile.reconcile(conn, a.batch_id).lines()))
         elif a.cmd == "close":

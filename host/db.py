@@ -170,17 +170,26 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class transaction:
-    """`with transaction(conn):` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
+    """`with transaction(conn):` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Nested
+    inside an open transaction it is a savepoint, so a change and its audit record can share the
+    caller's one transaction (the outermost decides what commits)."""
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.nested = False
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.nested = self.conn.in_transaction
+        self.conn.execute("SAVEPOINT nested" if self.nested else "BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if self.nested:
+            if exc_type is not None:
+                self.conn.execute("ROLLBACK TO nested")
+            self.conn.execute("RELEASE nested")
+        else:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         return False
 
 
