@@ -12,6 +12,7 @@ from .lineclient import DeviceError, InDoubt, LineClient, escape_code
 __all__ = ["Coder", "DeviceError", "InDoubt"]
 
 _DEPTH = r"OK (\d{1,6})"
+_REFUSED = r"ERR (?:full|bad code|line too long|not ascii)"  # definite: nothing queued
 
 
 class Coder(LineClient):
@@ -33,7 +34,7 @@ class Coder(LineClient):
 
     def push(self, code: str) -> int:
         """Queue one code; returns the buffer depth. DeviceError when the coder refused it."""
-        reply = self.request("PUSH " + escape_code(code), rf"{_DEPTH}|ERR full|ERR bad code")
+        reply = self.request("PUSH " + escape_code(code), rf"{_DEPTH}|{_REFUSED}")
         if reply.startswith("ERR"):
             raise DeviceError(f"coder refused PUSH: {reply}")
         return int(reply[3:])

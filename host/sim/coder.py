@@ -6,6 +6,7 @@ Line protocol (ASCII, one command per line, replies one line):
                         (code: printable ASCII without spaces; GS travels as the 4 characters \x1d)
   host> CLEAR           coder< OK 0
   host> DEPTH           coder< OK <depth>
+  (a command line over 512 bytes, or not ASCII: coder< ERR line too long | ERR not ascii)
   coder< PRINTED <code>  unsolicited, after each trigger that ran a job (the coder cannot see a bad print)
   coder< EMPTY           unsolicited, a trigger found the buffer empty (nothing printed)"""
 

@@ -265,9 +265,10 @@ def test_refusal_is_definite_and_garbage_from_the_coder_is_alarmed():
 def test_coder_refuses_a_long_command_line_in_step():
     with SimCoder() as sim:
         coder = Coder(*sim.address)
-        with pytest.raises(DeviceError, match="line too long"):
+        with pytest.raises(DeviceError, match="line too long") as exc:
             coder.push("9" * 5000)
-        assert coder.push(CODE) == 1 and not coder.in_doubt
+        assert not isinstance(exc.value, InDoubt) and not coder.in_doubt
+        assert coder.push(CODE) == 1 and coder.alarms() == []
         coder.close()
 
 
