@@ -10,7 +10,7 @@ import os
 import sqlite3
 import sys
 
-from . import audit, db, masterdata, reconcile, rework, serials
+from . import audit, db, masterdata, reconcile, reporting, rework, serials
 from .gs1 import GS1Error
 
 
@@ -40,6 +40,16 @@ def _audited(conn, args, action, detail, change):
     return result
 
 
+def _anchored(fn, prog):
+    """Every batch / rework command ends by printing the audit chain's head and appending it to
+    `<db>.anchors`, after its commit: a later truncation or re-hash of the chain is then detectable."""
+    def go(conn, a):
+        fn(conn, a)
+        what = " ".join(str(v) for v in (a.cmd, getattr(a, "batch_id", None) or getattr(a, "gtin", None)) if v)
+        print(f"audit head {audit.anchor(conn, f'{prog} {what} by {a.user}')}")
+    return go
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine batch")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -48,6 +58,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--market", required=True, choices=sorted(masterdata.PROFILES))
     p.add_argument("--prefix-len", type=int, required=True, help="GS1 company prefix length")
     p.add_argument("--nhrn-ai"); p.add_argument("--nhrn")
+    for opt in ("--ndc", "--dosage-form", "--strength", "--net-content", "--manufacturer"):
+        p.add_argument(opt, help="DSCSA master data (EPCIS 1.2 export)")
+    p = sub.add_parser("site", help="add or update a site (with --tz) or a partner's location")
+    p.add_argument("sgln", help="SGLN URN, or GLN with --prefix-len")
+    p.add_argument("--prefix-len", type=int, help="company prefix length of a GLN")
+    p.add_argument("--name", required=True)
+    for opt in ("--street", "--city", "--state", "--postal", "--country"):
+        p.add_argument(opt)
+    p.add_argument("--tz", help="IANA time zone of a site of ours, e.g. Europe/Berlin")
     p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N or --import FILE")
     p.add_argument("gtin")
     g = p.add_mutually_exclusive_group(required=True)
@@ -58,17 +77,27 @@ def main(argv: list[str]) -> int:
     p.add_argument("--planned", type=int, required=True)
     p.add_argument("--case-size", type=int, required=True)
     p.add_argument("--pallet-size", type=int, required=True)
+    p.add_argument("--site", help="SGLN or GLN of a configured site (default: the only one)")
+    p.add_argument("--read-point", help="SGLN or GLN.EXT of the line (default: the site)")
     for name in ("start", "reconcile", "close"):
         p = sub.add_parser(name, help=f"{name} a batch")
         p.add_argument("batch_id")
+    from . import resolve
+    resolve.add_parser(sub)
     for p in sub.choices.values():
         _common(p)
     args = ap.parse_args(argv)
 
     def go(conn, a):
         if a.cmd == "product":
-            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market}, lambda: masterdata.add_product(
-                conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn))
+            dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
+            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market, **dscsa}, lambda: masterdata.add_product(
+                conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa))
+        elif a.cmd == "site":
+            loc = masterdata.Location(masterdata.sgln(a.sgln, a.prefix_len), a.name, a.street, a.city, a.state,
+                                      a.postal, a.country, a.tz)
+            new = _audited(conn, a, "location.set", vars(loc), lambda: masterdata.set_location(conn, loc))
+            print(f"{'added' if new else 'updated'} {'site' if a.tz else 'location'} {loc.sgln} ({loc.name})")
         elif a.cmd == "serials":
             if a.generate is not None:
                 add = lambda: serials.generate(conn, a.gtin, a.generate)  # noqa: E731
@@ -80,13 +109,20 @@ def main(argv: list[str]) -> int:
             if warn:
                 print("warning: " + warn, file=sys.stderr)
         elif a.cmd == "create":
-            _audited(conn, a, "batch.create", {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot, "expiry": a.expiry},
+            b = _audited(conn, a, "batch.create", lambda b: {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot,
+                                                          "expiry": a.expiry, "site": b.site, "read_point": b.read_point},
                      lambda: masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned,
-                                                     a.case_size, a.pallet_size))
+                                                     a.case_size, a.pallet_size, site=a.site, read_point=a.read_point))
+            if b.site is None:
+                print("warning: no site configured: EPCIS events carry the placeholder location "
+                      f"{reporting.context_for(b).biz_location} in UTC (serialine batch site … --tz ZONE)",
+                      file=sys.stderr)
         elif a.cmd == "start":
             _audited(conn, a, "batch.start", {"batch_id": a.batch_id}, lambda: masterdata.start_batch(conn, a.batch_id))
         elif a.cmd == "reconcile":
             print("\n".join(reconcile.reconcile(conn, a.batch_id).lines()))
+        elif a.cmd == "resolve":
+            resolve.run(conn, a)
         elif a.cmd == "close":
             try:
                 report = reconcile.close_batch(conn, a.batch_id, a.user)
@@ -95,7 +131,7 @@ def main(argv: list[str]) -> int:
                 raise
             print("\n".join(report.lines()))
             print(f"batch {a.batch_id} closed")
-    return _run(go, args)
+    return _run(_anchored(go, "batch"), args)
 
 
 def rework_main(argv: list[str]) -> int:
@@ -132,7 +168,7 @@ def rework_main(argv: list[str]) -> int:
                 if len(a.target) != 2:
                     raise ValueError("decommission a pack: GTIN SERIAL")
                 rework.decommission(conn, a.target[0], a.target[1], a.kind, a.user, a.reason)
-    return _run(go, args)
+    return _run(_anchored(go, "rework"), args)
 
 
 def audit_main(argv: list[str]) -> int:

@@ -40,6 +40,30 @@ SCHEMA = [
         state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed')),
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
         closed_at TEXT)""",
+    # Where and what, for EPCIS (host/masterdata.py checks the values): locations (our sites with
+    # their IANA time zone, partners without), a product's DSCSA master data, a batch's site and
+    # read point. Tables of their own, so ledgers made before them just gain them.
+    """CREATE TABLE IF NOT EXISTS location (
+        sgln TEXT PRIMARY KEY CHECK (sgln LIKE 'urn:epc:id:sgln:%'),
+        name TEXT NOT NULL CHECK (name <> ''),
+        street TEXT, city TEXT, state TEXT, postal TEXT,
+        country TEXT CHECK (country IS NULL OR (length(country) = 2 AND country NOT GLOB '*[^A-Z]*')),
+        tz TEXT)""",
+    """CREATE TABLE IF NOT EXISTS product_master (
+        gtin TEXT PRIMARY KEY REFERENCES product (gtin),
+        ndc TEXT CHECK (ndc IS NULL OR (length(ndc) = 11 AND ndc NOT GLOB '*[^0-9]*')),
+        dosage_form TEXT, strength TEXT, net_content TEXT, manufacturer TEXT)""",
+    """CREATE TABLE IF NOT EXISTS batch_site (
+        batch_id TEXT PRIMARY KEY REFERENCES batch (batch_id),
+        site TEXT NOT NULL REFERENCES location (sgln),
+        read_point TEXT NOT NULL CHECK (read_point LIKE 'urn:epc:id:sgln:%'))""",
+    # Pallets (or loose cases) that left the site: each SSCC once (host/ship.py).
+    """CREATE TABLE IF NOT EXISTS shipment (
+        shipment_id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL CHECK (user <> ''),
+        destination TEXT NOT NULL, po TEXT NOT NULL, desadv TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS shipped (
+        sscc TEXT PRIMARY KEY REFERENCES container (sscc),
+        shipment_id INTEGER NOT NULL REFERENCES shipment (shipment_id))""",
     f"""CREATE TABLE IF NOT EXISTS serial (
         gtin TEXT NOT NULL REFERENCES product (gtin),
         serial TEXT NOT NULL,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import sqlite3
+import zoneinfo
 from dataclasses import dataclass
 
 from . import gs1
 from .db import transaction
+from .epcis.eventhash import check_digit
 
 
 @dataclass(frozen=True)
@@ -22,9 +25,10 @@ class MarketProfile:
 PROFILES = {
     # EU FMD: alphanumeric (no I/O to keep reads unambiguous), up to 20; NHRN (710-714) where needed.
     "EU_FMD": MarketProfile("EU_FMD", "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12,
-                            ("710", "711", "712", "713", "714", "715", "716")),
+                            ("710", "711", "712", "714", "716")),
     # US DSCSA: SNI = GTIN + serial (up to 20 alphanumeric); numeric serials keep US readers simple.
-    "US_DSCSA": MarketProfile("US_DSCSA", "0123456789", 12, ()),
+    # The NDC sits in the GTIN; 715 (NHRN NDC) carries it where it does not fit there.
+    "US_DSCSA": MarketProfile("US_DSCSA", "0123456789", 12, ("715",)),
 }
 
 
@@ -48,12 +52,145 @@ class Batch:
     nhrn: str | None
 
     @property
+    site: str | None = None        # SGLN URN of the site (bizLocation); None: no site configured
+    read_point: str | None = None  # SGLN URN of the line (readPoint)
+    tz: str | None = None          # the site's IANA time zone
     def company_prefix(self) -> str:
         return self.gtin[1:1 + self.company_prefix_len]
 
 
 def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, company_prefix_len: int,
-                nhrn_ai: str | None = None, nhrn: str | None = None) -> None:
+                nhrn_ai: str | None = None, nhrn: str | None = None, *, ndc: str | None = None,
+                dosage_form: str | None = None, strength: str | None = None,
+                net_content: str | None = None, manufacturer: str | None = None) -> None:
+@dataclass(frozen=True)
+class Location:
+    sgln: str
+    name: str
+    street: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal: str | None = None
+    country: str | None = None
+    tz: str | None = None  # set for a site of ours, None for a trading partner's location
+
+
+@dataclass(frozen=True)
+class ProductMaster:
+    """A product's DSCSA master data (EPCClass vocabulary of the EPCIS 1.2 header)."""
+    gtin: str
+    name: str
+    ndc: str | None = None  # FDA NDC in its 11-digit form
+    dosage_form: str | None = None
+    strength: str | None = None
+    net_content: str | None = None
+    manufacturer: str | None = None
+
+
+# urn:epc:id:sgln:CompanyPrefix.LocationRef.Extension (extension: AI 254, EPC URI escaped)
+_SGLN_URN = re.compile(r"^urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})\.([A-Za-z0-9!'()*+,\-.:;=_]|%[0-9A-F]{2}){1,20}$")
+_GLN = re.compile(r"^(\d{13})(?:\.([A-Za-z0-9!'()*+,\-.:;=_%]{1,20}))?$")
+
+
+def sgln(value: str, prefix_len: int | None = None) -> str:
+    """An SGLN URN from `urn:epc:id:sgln:…` or from a GLN (`GLN` or `GLN.EXTENSION`, check digit
+    verified; the company prefix length says where the prefix ends)."""
+    value = str(value).strip()
+    if value.startswith("urn:"):
+        m = _SGLN_URN.fullmatch(value)
+        if not m or len(m.group(1)) + len(m.group(2)) != 12:
+            raise MasterDataError(f"{value!r} is not an SGLN (urn:epc:id:sgln:PREFIX.LOCATION.EXTENSION,"
+                                  " prefix and location 12 digits together)")
+        return value
+    m = _GLN.fullmatch(value)
+    if not m:
+        raise MasterDataError(f"{value!r} is neither a GLN (13 digits[.extension]) nor an SGLN URN")
+    gln, ext = m.group(1), m.group(2) or "0"
+    if check_digit(gln[:12]) != int(gln[12]):
+        raise MasterDataError(f"GLN {gln} has a wrong check digit (expected {check_digit(gln[:12])})")
+    if prefix_len is None:
+        raise MasterDataError(f"GLN {gln}: give its company prefix length (--prefix-len) or the SGLN URN")
+    if not 6 <= int(prefix_len) <= 12:
+        raise MasterDataError(f"company prefix length must be 6..12, got {prefix_len}")
+    return f"urn:epc:id:sgln:{gln[:prefix_len]}.{gln[prefix_len:12]}.{ext}"
+
+
+def gln_of(urn: str) -> str:
+    """The 13-digit GLN of an SGLN URN."""
+    digits = "".join(urn[len("urn:epc:id:sgln:"):].split(".")[:2])
+    return digits + str(check_digit(digits))
+
+
+def time_zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise MasterDataError(f"unknown time zone {name!r} (want an IANA name such as Europe/Berlin)") from None
+
+
+def set_location(conn: sqlite3.Connection, location: Location) -> bool:
+    """Add or update a location (a site when it has a time zone). True if it was new."""
+    urn = sgln(location.sgln)
+    if not location.name or not location.name.strip():
+        raise MasterDataError(f"location {urn}: a name is required")
+    if location.country is not None and not re.fullmatch(r"[A-Z]{2}", location.country):
+        raise MasterDataError(f"country must be an ISO 3166-1 alpha-2 code such as DE, got {location.country!r}")
+    if location.tz is not None:
+        time_zone(location.tz)
+    row = (urn, location.name.strip(), location.street, location.city, location.state, location.postal,
+           location.country, location.tz)
+    with transaction(conn):
+        new = conn.execute("SELECT 1 FROM location WHERE sgln=?", (urn,)).fetchone() is None
+        conn.execute("INSERT INTO location VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (sgln) DO UPDATE SET"
+                     " name=excluded.name, street=excluded.street, city=excluded.city, state=excluded.state,"
+                     " postal=excluded.postal, country=excluded.country, tz=excluded.tz", row)
+    return new
+
+
+def get_location(conn: sqlite3.Connection, urn: str) -> Location | None:
+    row = conn.execute("SELECT * FROM location WHERE sgln=?", (urn,)).fetchone()
+    return Location(*row) if row else None
+
+
+def _site(conn: sqlite3.Connection, value: str | None) -> str | None:
+    """The site a batch runs at: the one named (SGLN URN or GLN), else the ledger's only site."""
+    sites = [s for (s,) in conn.execute("SELECT sgln FROM location WHERE tz IS NOT NULL ORDER BY sgln")]
+    if value is None:
+        if len(sites) > 1:
+            raise MasterDataError(f"{len(sites)} sites are configured: name one with --site")
+        return sites[0] if sites else None
+    if str(value).startswith("urn:"):
+        urn = sgln(value)
+        matches = [s for s in sites if s == urn]
+    else:
+        gln = str(value).strip()
+        sgln(gln, 12)  # checks the GLN's form and check digit
+        matches = [s for s in sites if gln_of(s) == gln and s.endswith(".0")]
+    if not matches:
+        raise MasterDataError(f"unknown site {value}: configure it first (serialine batch site … --tz ZONE)")
+    return matches[0]
+
+
+def _read_point(value: str | None, site: str) -> str:
+    """The line's read point: an SGLN URN, `GLN.EXT` (prefix length from the site), or the site."""
+    if value is None:
+        return site
+    prefix_len = len(site[len("urn:epc:id:sgln:"):].split(".")[0])
+    return sgln(value, prefix_len)
+
+
+def _ndc11(value: str) -> str:
+    """FDA NDC as 11 digits (FDA_NDC_11): 11 digits, or the labeled 4-4-2 / 5-3-2 / 5-4-1 form."""
+    value = str(value).strip()
+    if re.fullmatch(r"\d{11}", value):
+        return value
+    m = re.fullmatch(r"(\d{4,5})-(\d{3,4})-(\d{1,2})", value)
+    if m and len(value) == 12:
+        labeler, product, package = m.groups()
+        return labeler.zfill(5) + product.zfill(4) + package.zfill(2)
+    raise MasterDataError(f"NDC {value!r}: want 11 digits or a 10-digit NDC as 4-4-2, 5-3-2 or 5-4-1")
+
+
     if market not in PROFILES:
         raise MasterDataError(f"unknown market profile {market!r} (known: {', '.join(PROFILES)})")
     gs1.validate([("01", gtin)])
@@ -65,23 +202,35 @@ def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, com
         gs1.validate([("01", gtin), (nhrn_ai, nhrn or "")])
     with transaction(conn):
         try:
+    master = (ndc and _ndc11(ndc), dosage_form, strength, net_content, manufacturer)
             conn.execute("INSERT INTO product VALUES (?,?,?,?,?,?)",
                          (gtin, name, market, int(company_prefix_len), nhrn_ai, nhrn))
         except sqlite3.IntegrityError as exc:
             raise MasterDataError(f"product {gtin}: {exc}") from None
 
 
+        if any(v is not None for v in master):
+            conn.execute("INSERT INTO product_master VALUES (?,?,?,?,?,?)", (gtin, *master))
+
+
+def get_product_master(conn: sqlite3.Connection, gtin: str) -> ProductMaster:
+    row = conn.execute("SELECT p.gtin, p.name, m.ndc, m.dosage_form, m.strength, m.net_content,"
+                       " m.manufacturer FROM product p LEFT JOIN product_master m USING (gtin)"
+                       " WHERE p.gtin=?", (gtin,)).fetchone()
+    if row is None:
+        raise MasterDataError(f"unknown GTIN {gtin}")
+    return ProductMaster(*row)
 def _date(value) -> _dt.date:
     if isinstance(value, _dt.date):
         return value
-    try:
-        return _dt.date.fromisoformat(str(value))
-    except ValueError:
-        raise MasterDataError(f"invalid date {value!r} (want YYYY-MM-DD)") from None
+    return gs1.parse_expiry(value)  # YYYY-MM-DD, or YYYY-MM-00 (GS1 day 00: the month only)
 
 
 def create_batch(conn: sqlite3.Connection, batch_id: str, gtin: str, lot: str, expiry, planned: int,
-                 case_size: int, pallet_size: int) -> None:
+                 case_size: int, pallet_size: int, *, site: str | None = None,
+                 read_point: str | None = None) -> Batch:
+    """`site` (SGLN URN or GLN of a configured site; default: the only one) and `read_point`
+    (SGLN URN or GLN.EXT; default: the site) say where the batch's EPCIS events happen."""
     expiry = _date(expiry)
     if not batch_id or not batch_id.isprintable():
         raise MasterDataError(f"bad batch id {batch_id!r}")
@@ -95,13 +244,19 @@ def create_batch(conn: sqlite3.Connection, batch_id: str, gtin: str, lot: str, e
             raise MasterDataError(f"{name} must be positive, got {v}")
     with transaction(conn):
         try:
+    site = _site(conn, site)
+    if site is None and read_point is not None:
+        raise MasterDataError("a read point needs a site: configure one (serialine batch site … --tz ZONE)")
             conn.execute("INSERT INTO batch (batch_id, gtin, lot, expiry, planned, case_size, pallet_size)"
                          " VALUES (?,?,?,?,?,?,?)",
-                         (batch_id, gtin, lot, expiry.isoformat(), planned, case_size, pallet_size))
+                         (batch_id, gtin, lot, gs1.expiry_text(expiry), planned, case_size, pallet_size))
         except sqlite3.IntegrityError as exc:
             raise MasterDataError(f"batch {batch_id}: {exc}") from None
 
 
+        if site is not None:
+            conn.execute("INSERT INTO batch_site VALUES (?,?,?)", (batch_id, site, _read_point(read_point, site)))
+    return get_batch(conn, batch_id)
 def start_batch(conn: sqlite3.Connection, batch_id: str) -> None:
     with transaction(conn):
         cur = conn.execute("UPDATE batch SET state='running' WHERE batch_id=? AND state='created'",
@@ -113,10 +268,11 @@ def start_batch(conn: sqlite3.Connection, batch_id: str) -> None:
 def get_batch(conn: sqlite3.Connection, batch_id: str) -> Batch:
     row = conn.execute(
         "SELECT b.batch_id, b.gtin, b.lot, b.expiry, b.planned, b.case_size, b.pallet_size, b.state,"
-        " p.market, p.company_prefix_len, p.nhrn_ai, p.nhrn FROM batch b JOIN product p USING (gtin)"
-        " WHERE b.batch_id=?", (batch_id,)).fetchone()
+        " p.market, p.company_prefix_len, p.nhrn_ai, p.nhrn, s.site, s.read_point, l.tz"
+        " FROM batch b JOIN product p USING (gtin) LEFT JOIN batch_site s USING (batch_id)"
+        " LEFT JOIN location l ON l.sgln = s.site WHERE b.batch_id=?", (batch_id,)).fetchone()
     if row is None:
         raise MasterDataError(f"unknown batch {batch_id!r}")
     row = list(row)
-    row[3] = _dt.date.fromisoformat(row[3])
+    row[3] = gs1.parse_expiry(row[3])
     return Batch(*row)

@@ -1,25 +1,74 @@
 """The one place the ledger hands events to EPCIS: builds the event and puts it in the outbox
-inside the caller's transaction, so the ledger change and its event commit (or vanish) together."""
+inside the caller's transaction, so the ledger change and its event commit (or vanish) together.
+
+Order is what happened: one clock per batch gives each event a time strictly after the batch's
+previous event (millisecond steps), and a case filled by packs that pass in a transaction waits
+(`after_commissioning`) until those packs' commissioning event is out, since the ledger reports
+a transaction's commissioning once, at its end."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sqlite3
 
 from serialine.host.epcis import events, outbox
 
-from .masterdata import Batch
+from .masterdata import Batch, time_zone
 
 
-def context_for(batch: Batch, read_point: str | None = None, biz_location: str | None = None):
-    """Read point / business location: configured SGLNs, else the company's own (location 0)."""
-    p = batch.company_prefix
-    default = f"urn:epc:id:sgln:{p}.{'0' * (12 - len(p))}.0"
-    return events.Context(read_point=read_point or default, biz_location=biz_location or default)
+def context_for(batch: Batch, when: _dt.datetime | None = None):
+    """Where and when the batch's events happen: its site's SGLN (bizLocation), its line's read
+    point and the offset of the site's time zone at `when` (default now). A batch made before any
+    site was configured keeps the company's own location 0 in UTC."""
+    if batch.site is None:
+        p = batch.company_prefix
+        default = f"urn:epc:id:sgln:{p}.{'0' * (12 - len(p))}.0"
+        return events.Context(read_point=default, biz_location=default)
+    offset = (when or _now()).astimezone(time_zone(batch.tz)).utcoffset()
+    minutes = int(offset.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    tz_offset = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return events.Context(read_point=batch.read_point, biz_location=batch.site, tz_offset=tz_offset)
 
 
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
+
+
+_MS = _dt.timedelta(milliseconds=1)
+
+
+def event_time(conn: sqlite3.Connection, batch: Batch) -> _dt.datetime:
+    """Now (to the millisecond), but always after the batch's last event in the outbox."""
+    now = _now()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    row = conn.execute("SELECT json_extract(body, '$.eventTime') FROM epcis_outbox WHERE batch_id=?"
+                       " ORDER BY seq DESC LIMIT 1", (batch.batch_id,)).fetchone()
+    if row and row[0]:
+        last = _dt.datetime.fromisoformat(row[0])
+        if now <= last:
+            now = last + _MS
+    return now
+
+
+def _enqueue(conn, batch: Batch, build) -> None:
+    """build(when) -> event, enqueued at the batch's next instant."""
+    outbox.enqueue(conn, batch.batch_id, build(event_time(conn, batch)))
+
+
+_WAITING = """CREATE TEMP TABLE IF NOT EXISTS epcis_waiting (
+    batch_id TEXT NOT NULL, parent TEXT NOT NULL, children TEXT NOT NULL)"""  # per connection; rolls back with it
+
+
+def _release_waiting(conn, ctx, batch: Batch) -> None:
+    conn.execute(_WAITING)
+    rows = conn.execute("SELECT rowid, parent, children FROM temp.epcis_waiting WHERE batch_id=? ORDER BY rowid",
+                        (batch.batch_id,)).fetchall()
+    for _, parent, children in rows:
+        _enqueue(conn, batch, lambda when: events.packing(ctx, sscc(batch, parent), json.loads(children), when))
+    if rows:
+        conn.execute("DELETE FROM temp.epcis_waiting WHERE batch_id=?", (batch.batch_id,))
 
 
 def sgtin(batch: Batch, serial: str) -> str:
@@ -31,22 +80,42 @@ def sscc(batch: Batch, code: str) -> str:
 
 
 def commissioned(conn: sqlite3.Connection, ctx, batch: Batch, serials: list[str]) -> None:
+    """ObjectEvent ADD for packs that passed; then the packing of cases they filled."""
     if serials:
-        ev = events.commissioning(ctx, [sgtin(batch, s) for s in serials], batch.lot, batch.expiry, _now())
-        outbox.enqueue(conn, batch.batch_id, ev)
+        epcs = [sgtin(batch, s) for s in serials]
+        _enqueue(conn, batch, lambda when: events.commissioning(ctx, epcs, batch.lot, batch.expiry, when))
+    _release_waiting(conn, ctx, batch)
 
 
-def packed(conn, ctx, batch: Batch, parent_sscc: str, children: list[str]) -> None:
-    if children:
-        outbox.enqueue(conn, batch.batch_id, events.packing(ctx, sscc(batch, parent_sscc), children, _now()))
+def packed(conn, ctx, batch: Batch, parent_sscc: str, children: list[str],
+           after_commissioning: bool = False) -> None:
+    """AggregationEvent ADD. after_commissioning: children passed in this transaction and their
+    commissioning is still to come (commissioned() releases it)."""
+    if not children:
+        return
+    if after_commissioning:
+        conn.execute(_WAITING)
+        conn.execute("INSERT INTO temp.epcis_waiting VALUES (?, ?, ?)",
+                     (batch.batch_id, parent_sscc, json.dumps(children)))
+        return
+    _release_waiting(conn, ctx, batch)
+    _enqueue(conn, batch, lambda when: events.packing(ctx, sscc(batch, parent_sscc), children, when))
 
 
 def unpacked(conn, ctx, batch: Batch, parent_sscc: str, children: list[str]) -> None:
     if children:
-        outbox.enqueue(conn, batch.batch_id, events.unpacking(ctx, sscc(batch, parent_sscc), children, _now()))
+        _release_waiting(conn, ctx, batch)
+        _enqueue(conn, batch, lambda when: events.unpacking(ctx, sscc(batch, parent_sscc), children, when))
+
+
+def sampled(conn, ctx, batch: Batch, serials: list[str]) -> None:
+    """ObjectEvent OBSERVE bizStep sampling: the packs are taken as samples (end of life follows)."""
+    if serials:
+        epcs = [sgtin(batch, s) for s in serials]
+        _enqueue(conn, batch, lambda when: events.sampling(ctx, epcs, when))
 
 
 def decommissioned(conn, ctx, batch: Batch, serials: list[str], kind: str) -> None:
     if serials:
-        ev = events.decommissioning(ctx, [sgtin(batch, s) for s in serials], kind, _now())
-        outbox.enqueue(conn, batch.batch_id, ev)
+        epcs = [sgtin(batch, s) for s in serials]
+        _enqueue(conn, batch, lambda when: events.decommissioning(ctx, epcs, kind, when))

@@ -39,13 +39,34 @@ def _batch_state(conn: sqlite3.Connection, batch_id: str) -> str | None:
     return row[0] if row else None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def file_stem(batch_id: str) -> str:
+    """A file name per batch id, one-to-one: only [A-Za-z0-9_-] and inner dots stay, every other
+    byte (and '%') is percent-encoded, so `A/B`, `A_B` and `A:B` get three different files."""
+    out = []
+    for i, byte in enumerate(batch_id.encode()):
+        c = chr(byte)
+        keep = c.isascii() and (c.isalnum() or c in "_-" or (c == "." and i > 0))
+        out.append(c if keep else f"%{byte:02X}")
+    return "".join(out)
+
+
+def _atomic_write(path: Path, data: bytes, replace: bool = False) -> bool:
+    """Write whole or not at all; without `replace` an existing file is kept (returns False)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)  # atomic and never clobbers
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
 
 
 def export(argv: list[str]) -> int:
@@ -56,6 +77,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--sender", help="SGLN URI of the sender (xml12; default: bizLocation)")
     parser.add_argument("--receiver", help="SGLN URI of the receiver (xml12; default: sender)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export file")
     args = parser.parse_args(argv)
     conn = _open(args.db)
     events = outbox.batch_events(conn, args.batch)
@@ -67,7 +89,7 @@ def export(argv: list[str]) -> int:
     if state not in (None, "closed"):
         print(f"serialine epcis export: note: batch {args.batch!r} is {state}, not closed; "
               "exporting the events recorded so far", file=sys.stderr)
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in args.batch)
+    safe = file_stem(args.batch)
     if args.format == "jsonld":
         doc = document.epcis_document(events)
         validate.json_document(doc)
@@ -79,7 +101,10 @@ def export(argv: list[str]) -> int:
         validate.xml_document(data, "1.2")
         name = f"{safe}.xml"
     args.out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(args.out / name, data)
+    if not _atomic_write(args.out / name, data, replace=args.overwrite):
+        print(f"serialine epcis export: {args.out / name} exists (use --overwrite to replace it)",
+              file=sys.stderr)
+        return 1
     print(f"{args.out / name}: {len(events)} events")
     return 0
 
