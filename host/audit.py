@@ -43,15 +43,18 @@ _PARTS = {
     "epcis_outbox": ("epcis_outbox", "batch_id = :key", "seq",
                      ("delivered_at", "attempts", "next_try_at", "last_error"), "enqueued_at"),  # delivery moves on
     "alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
+    "product_master": ("product_master", "gtin = (SELECT gtin FROM batch WHERE batch_id = :key)", "gtin", None, None),
+    "batch_site": ("batch_site", "batch_id = :key", "batch_id", None, None),
     # master data at creation (state and closed_at move on)
     "product_row": ("product", "gtin = :key", "gtin", None, None),
+    "product_master_row": ("product_master", "gtin = :key", "gtin", None, None),
     "batch_master": ("batch", "batch_id = :key", "batch_id", ("state", "closed_at"), None),
 }
-_CLOSED = ("product", "batch", "unit", "serial", "serial_history", "device_event", "coder_job",
-           "container", "packed", "epcis_outbox", "alarm_log")
+_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial", "serial_history", "device_event",
+           "coder_job", "container", "packed", "epcis_outbox", "alarm_log")
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
-    "product.add": ("gtin", ("product_row",)),
+    "product.add": ("gtin", ("product_row", "product_master_row")),
     "batch.create": ("batch_id", ("batch_master",)),
     "batch.close": ("batch_id", _CLOSED),
     "batch.abort": ("batch_id", _CLOSED),

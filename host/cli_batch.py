@@ -173,10 +173,49 @@ def rework_main(argv: list[str]) -> int:
 
 def audit_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine audit")
-    ap.add_argument("action", choices=["verify"])
-    _common(ap)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("verify", help="check the chain, its anchors, the sealed tables and the outbox eventIDs")
+    p.add_argument("--anchor", action="append", default=[], metavar="HASH|FILE",
+                   help="a recorded head (SEQ:HASH or HASH) or a file holding some (batch output, EPCIS"
+                        " document, anchors trail); repeatable. <db>.anchors is always checked")
+    _common(p)
+    p = sub.add_parser("list", help="show the trail")
+    p.add_argument("--db", default=os.environ.get("SERIALINE_DB", "serialine.db"), help="ledger file")
+    p.add_argument("--batch"); p.add_argument("--since", metavar="ISO"); p.add_argument("--user", metavar="U")
+    p.add_argument("--action", metavar="A", help="exact, or a prefix ending in '.' (rework.)")
     args = ap.parse_args(argv)
-    conn = db.connect(args.db)
-    ok, n, message = audit.verify(conn)
-    print(message, file=sys.stdout if ok else sys.stderr)
-    return 0 if ok else 1
+
+    def go(conn, a):
+        if a.cmd == "verify":
+            anchors = [x for spec in a.anchor for x in audit.read_anchors(spec)]
+            ok, _, message = audit.verify(conn, anchors)
+            print(message, file=sys.stdout if ok else sys.stderr)
+            if not ok:
+                raise SystemExit(1)
+        else:
+            _print_trail(audit.records(conn, a.batch, a.since, a.user, a.action))
+    try:
+        return _run(go, args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def _print_trail(rows) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+        t = Table("seq", "at (UTC)", "user", "action", "detail")
+        for seq, at, user, action, detail in rows:
+            t.add_row(str(seq), at[:23], user, action, _brief(detail))
+        Console().print(t)
+    else:
+        for seq, at, user, action, detail in rows:
+            print(f"{seq}\t{at}\t{user}\t{action}\t{_brief(detail)}")
+    print(f"{len(rows)} record(s)", file=sys.stderr)
+
+
+def _brief(detail: str) -> str:
+    import json
+    d = json.loads(detail)
+    d.pop("seal", None) if isinstance(d, dict) else None  # digests: for verify, not for reading
+    return json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(",", ":"))

@@ -6,11 +6,15 @@ import json
 from datetime import datetime, timezone
 
 CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
+# Document-level extension (a prefixed term: GS1's JSON Schema allows any URI-named field): the
+# sender's audit chain head "SEQ:HASH" when the document was made (host/audit.py anchors).
+EXTENSION_PREFIX = {"serialine": "urn:serialine:"}
+AUDIT_HEAD = "serialine:auditHead"
 
 
-def epcis_document(events: list[dict], created: datetime | None = None) -> dict:
+def epcis_document(events: list[dict], created: datetime | None = None, audit_head: str | None = None) -> dict:
     created = created or datetime.now(timezone.utc)
-    return {
+    document = {
         "@context": [CONTEXT_URL],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
@@ -18,6 +22,10 @@ def epcis_document(events: list[dict], created: datetime | None = None) -> dict:
         .replace("+00:00", "Z"),
         "epcisBody": {"eventList": list(events)},
     }
+    if audit_head is not None:
+        document["@context"].append(dict(EXTENSION_PREFIX))
+        document[AUDIT_HEAD] = audit_head
+    return document
 
 
 def dumps(document: dict) -> bytes:
