@@ -15,10 +15,24 @@ belt standing still clears the coder and pushes fresh jobs. Until then no coder 
 operator restart reaches the line: no print can race the clear. Camera results are just as
 unreliable then (those sent while we were away are lost, the rest pair off with the wrong units), so
 while resuming every inspected unit FAILs with CORRELATION and every result is discarded; pairing
-starts afresh once the belt is still and the camera has been quiet for a correlation window."""
+starts afresh once the belt is still and the camera has been quiet for a correlation window.
+
+One agent per device on a ledger: an OS lock beside the database file, held while the agent lives
+(the kernel drops it when the process dies), refuses a second agent for the same device_id. A busy
+ledger (another writer holding the lock) never kills the agent: the poll's events stay in hand and
+unacknowledged on the device, retried with backoff while the link is kept alive; the device's own
+decision deadline rejects what cannot wait (fail safe)."""
 
 from __future__ import annotations
 
+import collections
+import copy
+import fcntl
+import logging
+import os
+import re
+import socket
+import sqlite3
 import time
 
 from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
@@ -29,6 +43,24 @@ from .db import transaction
 from .ledger import Ledger
 
 FILL_AHEAD = 8
+BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step's backoff, link served
+BACKOFF_MAX_S = 1.0
+log = logging.getLogger("serialine.agent")
+
+
+class AgentError(RuntimeError):
+    """The agent cannot serve this device (the message says why, in one line)."""
+
+
+def _copy(c: Correlator) -> Correlator:
+    """A correlator's state, to go back to when a step's transaction could not run."""
+    out = copy.copy(c)
+    out.units, out.results = collections.deque(c.units), collections.deque(c.results)
+    return out
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 
 
@@ -56,13 +88,61 @@ class Agent:
         self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
         self.pairing_lost_after = pairing_lost_after
         self._serials_low = False
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self._lock = None  # (device_id, open lock file)
+        self._pending_errors: list = []
+        self._waiting: list = []  # polled, not yet stored (the ledger was busy): acked once stored
+        self._busy_since: float | None = None
+        self._busy_tries = 0
+        self._backoff = 0.0
+
+    def _lease(self, device_id: str) -> None:
+        """Hold the device's lock beside the ledger file, or refuse: one agent per device."""
+        if self._lock and self._lock[0] == device_id:
+            return
+        path = next((f for _, name, f in self.conn.execute("PRAGMA database_list") if name == "main"), "")
+        if not path:
+            return  # an in-memory ledger: nobody else can share it
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device_id)
+        f = open(f"{path}.{safe}.agent.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise AgentError(f"device {device_id} is already served by an agent on this ledger ({holder}); "
+                             "one agent per device: stop it first, or give each line its own device_id") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, batch {self.ledger.batch.batch_id}\n")
+        f.flush()
+        self.release()
+        self._lock = (device_id, f)
+
+    def release(self) -> None:
+        """Give up the device's lock (the process ending does the same)."""
+        if self._lock:
+            self._lock[1].close()
+            self._lock = None
 
     def start(self, timeout: float = 5.0) -> dict:
+        """Open the session: resume this batch's boot of the device, or start a new one."""
         hello = self.link.connect(timeout)
-        if self.ledger.knows_boot(*_boot_key(hello)):
-            self._resume(hello)
-        else:
-            self.on_new_boot(hello)
+        self._lease(_boot_key(hello)[0])
+        while True:
+            try:
+                if self.ledger.knows_boot(*_boot_key(hello)):
+                    self._resume(hello)
+                else:
+                    self.on_new_boot(hello)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                self._on_busy(exc)
+                time.sleep(self._backoff)
+        self._busy_over()
         return hello
 
     def command(self, name: str, arg: int = 0) -> bool:
@@ -75,11 +155,12 @@ class Agent:
         return True
 
     def _resume(self, hello: dict) -> None:
-        self.device_id, self.boot_id = _boot_key(hello)
-        self._stop_and_resync(reset_coder=True)
+        device_id, boot_id = _boot_key(hello)
         with transaction(self.conn):
-            self.ledger.alarm("agent", "RESUMING", f"agent restarted on {self.device_id} boot {self.boot_id}: line stop "
+            self.ledger.alarm("agent", "RESUMING", f"agent restarted on {device_id} boot {boot_id}: line stop "
                               "latched until the device's events are in and the coder is reset")
+        self.device_id, self.boot_id = device_id, boot_id
+        self._stop_and_resync(reset_coder=True)
 
     def _stop_and_resync(self, reset_coder: bool) -> None:
         """Latch a line stop; pair nothing until the belt is still and the camera quiet."""
@@ -111,14 +192,16 @@ class Agent:
     def on_new_boot(self, hello: dict) -> None:
         """A (new) session: units of other boots still in flight are purged, and the coder starts
         clean — after a device reboot nobody knows which of its jobs were printed."""
-        self.device_id, self.boot_id = _boot_key(hello)
-        self.resuming = False  # a freshly booted device prints nothing until configured and started
-        self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
+        device_id, boot_id = _boot_key(hello)
+        self._lease(device_id)
         with transaction(self.conn):
-            self.ledger.new_boot(self.device_id, self.boot_id)
+            self.ledger.new_boot(device_id, boot_id)
             if self.coder is not None:  # what the coder holds is unknown after our restart: start clean
                 self.coder.clear()
                 self.ledger.drop_queued()
+        self.device_id, self.boot_id = device_id, boot_id  # only once booked: a busy ledger retries it
+        self.resuming = False  # a freshly booted device prints nothing until configured and started
+        self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
         self.fill_coder()
 
     def fill_coder(self) -> int:
@@ -139,8 +222,49 @@ class Agent:
         return len(jobs)
 
     def step(self, timeout: float = 0.05) -> int:
-        """One poll: returns the number of events stored."""
-        msgs = self.link.poll(timeout)
+        """One poll: returns the number of events stored. A busy ledger is waited out (see above)."""
+        self._waiting += self.link.poll(max(timeout, self._backoff))
+        saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
+        try:
+            stored = self._step()
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self.ledger.resync()  # rolled back: mirrors rebuilt, pairing as before this step
+            self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
+            self._on_busy(exc)
+            return 0
+        self._busy_over()
+        return stored
+
+    def _on_busy(self, exc) -> None:
+        if self._busy_since is None:
+            self._busy_since = time.monotonic()
+            msg = f"ledger busy ({exc}): another writer holds the lock; events wait unacknowledged, retrying"
+            log.warning(msg)
+            self.alarms.append(msg)
+        self._busy_tries += 1
+        self._backoff = min(BACKOFF_MAX_S, max(0.05, self._backoff * 2))
+
+    def _busy_over(self) -> None:
+        """The ledger was busy and is free again: say so in the alarm log."""
+        if self._busy_since is None:
+            return
+        waited = time.monotonic() - self._busy_since
+        self._busy_since, self._backoff = None, 0.0
+        try:
+            with transaction(self.conn):
+                self.ledger.alarm("agent", "LEDGER_BUSY", f"the ledger was locked by another writer for {waited:.1f} s"
+                                  f" ({self._busy_tries} attempt(s)); events waited unacknowledged on the device")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self._busy_since = time.monotonic() - waited  # busy again: say it when it is over
+            return
+        self._busy_tries = 0
+
+    def _step(self) -> int:
+        msgs = self._waiting
         hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
         if hello and int(hello["boot_id"]) != self.boot_id:
             self.on_new_boot(dict(hello))
@@ -157,12 +281,15 @@ class Agent:
             for r in results:
                 self.correlator.result(r)
         self.alarms.extend(detail for _, _, detail in errors)
+        errors = self._pending_errors + errors
         stored, verdicts = 0, []
         try:
             stored, verdicts = self._store_and_decide(msgs, errors)
         except Exception:
+            self._pending_errors = errors  # the drivers' alarms are logged with the next commit
             self.ledger.resync()  # the transaction rolled back: nothing is acked, mirrors rebuilt
             raise
+        self._waiting, self._pending_errors = [], []
         self.link.ack_delivered()
         if self.resuming:
             self._try_finish_resume()

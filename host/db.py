@@ -107,7 +107,9 @@ SCHEMA = [
         inspected INTEGER NOT NULL DEFAULT 0,
         read_serial TEXT, grade TEXT,
         verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
-        outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED')),
+        -- UNKNOWN: the host never heard it (host/ledger.py), until a person resolves it: PASSED or DESTROYED
+        outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED',
+                                        'UNKNOWN', 'DESTROYED')),
         reason TEXT,
         PRIMARY KEY (device_id, boot_id, unit_seq),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
@@ -158,11 +160,11 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS rework (
         rework_id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL CHECK (user <> ''),
         action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL CHECK (reason <> ''), detail TEXT)""",
-    # Every device boot the agent has opened a session with: a restarted agent that finds its
-    # device's boot here resumes it (the line may have run on) instead of starting it afresh.
+    # Every device boot each batch's agent has opened a session with: a restarted agent that finds
+    # its device's boot here resumes it (the line may have run on) instead of starting it afresh.
     """CREATE TABLE IF NOT EXISTS device_boot (
         device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, batch_id TEXT NOT NULL, first_seen REAL NOT NULL,
-        PRIMARY KEY (device_id, boot_id)) WITHOUT ROWID""",
+        PRIMARY KEY (device_id, boot_id, batch_id)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS alarm_log (
         alarm_id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, source TEXT NOT NULL,
         alarm TEXT NOT NULL, detail TEXT)""",

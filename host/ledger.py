@@ -1,9 +1,13 @@
-"""Device events into the ledger. `store()` is idempotent on (device_id, boot_id, event_seq): a
+"""Device events into the ledger. `store_batch()` is idempotent on (device_id, boot_id, event_seq): a
 retransmitted event finds its row and changes nothing. Callers wrap a whole poll's events in one
 transaction and acknowledge to the device only after it commits.
 
-Which serial goes with which unit: the coder prints the head of its queue at each trigger, so the
-oldest still-queued coder job is bound to the unit of each UNIT_PRINTED, in arrival order."""
+Each event kind has one handler (Ledger.HANDLERS); each state change is one statement (_RULES),
+queued per poll and run rule by rule. Which serial goes with which unit: the coder prints the head
+of its queue at each trigger, so the oldest still-queued coder job is bound to the unit of each
+UNIT_PRINTED, in unit order. A gap in a unit's life is never silent: a unit the host hears of first
+by a later event is booked UNKNOWN (EVENTS_LOST) until the device reports its outcome, and a
+UNIT_PRINTED missing before a later one still takes its job (so later bindings stay in step)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,29 @@ from .masterdata import Batch, get_batch
 from .verdicts import Judge
 
 UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME")
+
+# One statement per rule, run in this order at each flush: a unit's life, top to bottom.
+_RULES = {
+    "unit": "INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test, outcome, reason)"
+            " VALUES (?,?,?,?,?,?,?)",
+    "job_bound": "UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?",
+    "unit_serial": "UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+    "serial_printed": "UPDATE serial SET state='printed' WHERE gtin=? AND serial=?",
+    "unit_outcome": "UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+    "serial_commissioned": "UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?",
+    "serial_rejected": "UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?",
+}
+
+
+class _Life:
+    """What the host has heard of one device boot's units (unit_seq counts from 0 at boot)."""
+    __slots__ = ("detected", "printed", "unprinted", "lost")
+
+    def __init__(self):
+        self.detected = -1  # highest unit with a row
+        self.printed = -1  # highest unit printed
+        self.unprinted: set[int] = set()  # beyond `printed`, finished without a print (untracked)
+        self.lost: set[int] = set()  # booked UNKNOWN in this run: their outcome reads the database
 
 
 def _body(fields: dict) -> str:
@@ -55,6 +82,9 @@ class Ledger:
             "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (batch_id,)).fetchall())
         self._bound: dict[tuple, tuple[str, str]] = {}  # unit key -> (serial, code)
+        self._boots: dict[tuple, _Life] = {}  # (device_id, boot_id) -> _Life, loaded on first use
+        self._writes: dict[str, list] = {name: [] for name in _RULES}
+        self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
         self._tpl = None
 
     # --- lookups ---
@@ -109,6 +139,10 @@ class Ledger:
             "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (self.batch.batch_id,)).fetchall())
         self._bound.clear()
+        self._boots.clear()
+        for params in self._writes.values():
+            params.clear()
+        self._passed = []
         self._commissioned = []
         self.judge.known.clear()
         self.judge.seen.clear()
@@ -119,150 +153,182 @@ class Ledger:
 
     # --- device events ---
     def knows_boot(self, device_id: str, boot_id: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM device_boot WHERE device_id=? AND boot_id=?",
-                                 (device_id, boot_id)).fetchone() is not None
+        """Has this batch a session with that device boot (a restarted agent resumes it)?"""
+        return self.conn.execute("SELECT 1 FROM device_boot WHERE device_id=? AND boot_id=? AND batch_id=?",
+                                 (device_id, boot_id, self.batch.batch_id)).fetchone() is not None
 
     def new_boot(self, device_id: str, boot_id: int) -> int:
-        """Units of earlier boots still without an outcome were in flight across the restart:
-        recorded as outcome-less purge, their serials rejected. Caller's transaction."""
-        self.conn.execute("INSERT OR IGNORE INTO device_boot (device_id, boot_id, batch_id, first_seen)"
-                          " VALUES (?,?,?,?)", (device_id, boot_id, self.batch.batch_id, time.time()))
-        rows = self.conn.execute("SELECT boot_id, unit_seq, serial FROM unit WHERE device_id=? AND boot_id<>?"
-                                 " AND outcome IS NULL", (device_id, boot_id)).fetchall()
-        for b, u, s in rows:
-            self.conn.execute("UPDATE unit SET outcome='PURGED', reason='PURGE' WHERE device_id=? AND boot_id=?"
-                              " AND unit_seq=?", (device_id, b, u))
-            if s is not None:
-                self.conn.execute("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=? AND state='printed'",
-                                  (self.batch.gtin, s))
-        for key in [k for k in self._bound if k[0] == device_id and k[1] != boot_id]:
-            del self._bound[key]
-        return len(rows)
+        """A session with a new device boot. This batch's units of the device's earlier boots still
+        without a final outcome were in flight across the restart. The device rejects every unit
+        the host sent no PASS for (fail safe): those are rejected by purge. A unit the host passed
+        may have left the line with its PASSED event unacknowledged in the lost RAM: its outcome
+        is UNKNOWN (serial stays printed, alarm) until a person resolves it (host/resolve.py).
+        Caller's transaction. → the number of units booked."""
+        c = self.conn
+        c.execute("INSERT OR IGNORE INTO device_boot (device_id, boot_id, batch_id, first_seen) VALUES (?,?,?,?)",
+                  (device_id, boot_id, self.batch.batch_id, time.time()))
+        open_ = ("device_id=? AND boot_id<>? AND batch_id=? AND (outcome IS NULL OR reason='EVENTS_LOST')")
+        key = (device_id, boot_id, self.batch.batch_id)
+        unknown = c.execute(f"UPDATE unit SET outcome='UNKNOWN', reason='OUTCOME_LOST' WHERE {open_}"
+                            " AND verdict='PASS' AND test=0 RETURNING boot_id, unit_seq, serial", key).fetchall()
+        c.execute("UPDATE serial SET state='rejected' WHERE state='printed' AND (gtin, serial) IN"
+                  f" (SELECT gtin, serial FROM unit WHERE {open_})", key)
+        purged = c.execute(f"UPDATE unit SET outcome='PURGED', reason='PURGE' WHERE {open_}", key).rowcount
+        if unknown:
+            self.alarm(device_id, "OUTCOME_UNKNOWN", f"{len(unknown)} unit(s) passed by the host, outcome lost with "
+                       "the device's reboot; batch close blocked until each is resolved: "
+                       + ", ".join(f"{device_id}:{b}:{u} serial {s}" for b, u, s in sorted(unknown)[:20]))
+        for k in [k for k in self._bound if k[0] == device_id and k[1] != boot_id]:
+            del self._bound[k]
+        for k in [k for k in self._boots if k[0] == device_id and k[1] != boot_id]:
+            del self._boots[k]
+        return purged + len(unknown)
 
     def store(self, device_id: str, boot_id: int, msg_name: str, fields: dict) -> bool:
-        """Store one sequenced device event (caller's transaction). False: already stored."""
-        if "event_seq" not in fields:
-            return False  # STATUS / PONG: not events, latest wins
-        body = _body(fields)
-        cur = self.conn.execute(
-            "INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)",
-            (device_id, boot_id, fields["event_seq"], msg_name, fields.get("unit_seq"), body, time.time()))
-        if cur.rowcount == 0:
-            return False
-        handler = getattr(self, "_on_" + msg_name.lower(), None)
-        if handler is not None:
-            handler(device_id, boot_id, fields)
-        return True
+        """Store one sequenced device event (caller's transaction). False: already stored (or
+        not an event, or quarantined)."""
+        return self.store_batch(device_id, boot_id, [(msg_name, fields)])[0]
 
     def store_batch(self, device_id: str, boot_id: int, msgs) -> list[bool]:
-        """A whole poll's events at once (caller's transaction): the same result as store() for
-        each in turn, with the writes grouped per statement. If any event was already stored (a
-        retransmission), falls back to store() one by one."""
-        evs = [(n, f) for n, f in msgs if "event_seq" in f]
+        """A poll's messages (caller's transaction): each sequenced event is stored once, keyed
+        (device_id, boot_id, event_seq), and applied by its handler; a retransmitted one changes
+        nothing. → per message: stored and applied now."""
+        life = self._boot(device_id, boot_id)  # before this poll's rows exist
         now = time.time()
-        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"), _body(f), now) for n, f in evs]
+        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"), _body(f), now)
+                for n, f in msgs if "event_seq" in f]
         c = self.conn
         c.execute("SAVEPOINT store_batch")
         before = c.total_changes
         c.executemany("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", rows)
-        if c.total_changes - before != len(rows):
+        if c.total_changes - before == len(rows):
+            new = ["event_seq" in f for _, f in msgs]
+        else:  # some were stored already (a retransmission): find which, one by one
             c.execute("ROLLBACK TO store_batch")
-            c.execute("RELEASE store_batch")
-            return [self.store(device_id, boot_id, n, f) for n, f in msgs]
+            it = iter(rows)
+            new = [("event_seq" in f) and c.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)",
+                                                     next(it)).rowcount == 1 for _, f in msgs]
         c.execute("RELEASE store_batch")
-        gtin, batch_id = self.batch.gtin, self.batch.batch_id
-        detected, bound_jobs, unit_serials, outcomes, passed, rejected = [], [], [], [], [], []
+        w = self._writes
+        for i, (n, f) in enumerate(msgs):
+            if not new[i]:
+                continue
+            if "invalid" in f:  # an intact frame with a value out of range: kept, never applied
+                self.alarm(device_id, "QUARANTINED", f"boot {boot_id} event {f['event_seq']} {n}: {f['invalid']}")
+                new[i] = False
+                continue
+            handler = self.HANDLERS.get(n)
+            if handler is not None:
+                handler(self, w, life, device_id, boot_id, f)
+        self._flush()
+        return new
 
-        def flush():
-            for sql, params in (
-                ("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)", detected),
-                ("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", bound_jobs),
-                ("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?", unit_serials),
-                ("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", bound_jobs),
-                ("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?", outcomes),
-                ("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?", [(gtin, s) for s in passed]),
-                ("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?", [(gtin, s) for s in rejected]),
-            ):
-                if params:
-                    c.executemany(sql, params)
-            self.agg.add_packs(passed)
-            self._commissioned.extend(passed)
-            for lst in (detected, bound_jobs, unit_serials, outcomes, passed, rejected):
-                lst.clear()
+    # The handlers: one per event kind; each rule is one statement in _RULES, queued in `w`.
+    def _boot(self, device_id, boot_id) -> "_Life":
+        life = self._boots.get((device_id, boot_id))
+        if life is None:
+            c, key = self.conn, (device_id, boot_id)
+            life = _Life()
+            life.detected = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM unit WHERE device_id=? AND boot_id=?",
+                                      key).fetchone()[0]
+            life.printed = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM device_event WHERE device_id=?"
+                                     " AND boot_id=? AND msg_name='UNIT_PRINTED'", key).fetchone()[0]
+            life.unprinted = {u for (u,) in c.execute(
+                "SELECT unit_seq FROM unit WHERE device_id=? AND boot_id=? AND unit_seq>? AND serial IS NULL"
+                " AND outcome IS NOT NULL AND outcome<>'UNKNOWN'", key + (life.printed,))}
+            self._boots[key] = life
+        return life
 
-        for n, f in evs:
-            u = f.get("unit_seq")
-            if n == "UNIT_DETECTED":
-                detected.append((device_id, boot_id, u, batch_id, f.get("flags", 0) & 1))
-            elif n == "UNIT_PRINTED":
-                if not self._queue:
-                    flush()
-                    self._on_unit_printed(device_id, boot_id, f)  # raises the alarm
-                    continue
-                serial, code = self._queue.popleft()
-                bound_jobs.append((gtin, serial))
-                unit_serials.append((gtin, serial, device_id, boot_id, u))
-                self._bound[(device_id, boot_id, u)] = (serial, code)
-            elif n == "UNIT_OUTCOME":
-                bound = self._bound.pop((device_id, boot_id, u), None)
-                if bound is None:  # not bound in this run: the careful path reads the database
-                    flush()
-                    self._on_unit_outcome(device_id, boot_id, f)
-                    continue
-                outcome = _name(Outcome, f["outcome"])
-                outcomes.append((outcome, _name(Reason, f["reason"]), device_id, boot_id, u))
-                (passed if outcome == "PASSED" else rejected).append(bound[0])
-            else:
-                handler = getattr(self, "_on_" + n.lower(), None)
-                if handler is not None:
-                    flush()
-                    handler(device_id, boot_id, f)
-        flush()
-        return [("event_seq" in f) for _, f in msgs]
-
-    def _on_unit_detected(self, device_id, boot_id, f):
-        self.conn.execute("INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test) VALUES (?,?,?,?,?)",
-                          (device_id, boot_id, f["unit_seq"], self.batch.batch_id, f.get("flags", 0) & 1))
-
-    def _on_unit_printed(self, device_id, boot_id, f):
-        job = self._queue.popleft() if self._queue else None
-        if job is None:
-            self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{f['unit_seq']} printed with no code queued")
+    def _row(self, w, life, device_id, boot_id, u, what) -> None:
+        """Units up to u have a row: any the host never heard detected are booked UNKNOWN."""
+        if u <= life.detected:
             return
-        serial, code = job
-        self.conn.execute("UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?", (self.batch.gtin, serial))
-        self.conn.execute("UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                          (self.batch.gtin, serial, device_id, boot_id, f["unit_seq"]))
-        self.conn.execute("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?", (self.batch.gtin, serial))
-        self._bound[(device_id, boot_id, f["unit_seq"])] = (serial, code)
+        lost = range(life.detected + 1, u + 1)
+        w["unit"] += [(device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST") for m in lost]
+        life.lost.update(lost)
+        life.detected = u
+        self.alarm(device_id, "EVENTS_LOST", f"boot {boot_id} unit(s) {lost[0]}..{lost[-1]}: no UNIT_DETECTED before"
+                   f" {what}; outcome unknown until the device reports it")
 
-    # UNIT_INSPECTED needs no handler: the stored event is the record, the agent's correlator
-    # takes it from there.
+    def _on_detected(self, w, life, device_id, boot_id, f):
+        u = f["unit_seq"]
+        if u > life.detected + 1:
+            self._row(w, life, device_id, boot_id, u - 1, f"unit {u}")
+        if u > life.detected:
+            w["unit"].append((device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None))
+            life.detected = u
 
-    def _on_unit_outcome(self, device_id, boot_id, f):
+    def _on_printed(self, w, life, device_id, boot_id, f):
+        u = f["unit_seq"]
+        self._row(w, life, device_id, boot_id, u, "its UNIT_PRINTED")
+        # the coder prints each trigger in order: a print we never heard of took the next job
+        for m in range(life.printed + 1, u):
+            if m in life.unprinted:  # finished before the coder (not tracked): nothing printed
+                life.unprinted.discard(m)
+            else:
+                self.alarm(device_id, "PRINT_LOST", f"boot {boot_id} unit {m}: UNIT_PRINTED missing before unit {u};"
+                           " the next coder job is bound to it (prints are in order)")
+                self._bind(w, life, device_id, boot_id, m)
+        self._bind(w, life, device_id, boot_id, u)
+        life.printed = max(life.printed, u)
+
+    def _bind(self, w, life, device_id, boot_id, u) -> None:
+        if not self._queue:
+            self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{u} printed with no code queued")
+            return
+        serial, code = self._queue.popleft()
+        gtin = self.batch.gtin
+        w["job_bound"].append((gtin, serial))
+        w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
+        w["serial_printed"].append((gtin, serial))
+        if u not in life.lost:  # a unit booked UNKNOWN takes the careful path at its outcome
+            self._bound[(device_id, boot_id, u)] = (serial, code)
+
+    def _on_inspected(self, w, life, device_id, boot_id, f):
+        # the stored event is the record; the agent's correlator takes it from there
+        self._row(w, life, device_id, boot_id, f["unit_seq"], "its UNIT_INSPECTED")
+
+    def _on_outcome(self, w, life, device_id, boot_id, f):
+        u = f["unit_seq"]
+        self._row(w, life, device_id, boot_id, u, "its UNIT_OUTCOME")
+        if u > life.printed:
+            life.unprinted.add(u)
         outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
-        bound = self._bound.pop((device_id, boot_id, f["unit_seq"]), None)
-        row = (bound[0], None) if bound else self.conn.execute(
-            "SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
-            (device_id, boot_id, f["unit_seq"])).fetchone()
-        if row is None:  # outcome of a unit whose detection we never saw: keep the record complete
-            self._on_unit_detected(device_id, boot_id, f)
-            row = (None, None)
-        serial, _ = row
-        self.conn.execute("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                          (outcome, reason, device_id, boot_id, f["unit_seq"]))
+        bound = self._bound.pop((device_id, boot_id, u), None)
+        if bound is not None:
+            serial = bound[0]
+        else:  # not bound in this run: the database knows
+            self._flush()
+            serial, was = self.conn.execute("SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=?"
+                                            " AND unit_seq=?", (device_id, boot_id, u)).fetchone() or (None, None)
+            if was not in (None, "UNKNOWN"):  # resolved by a person, or booked at a reboot
+                self.alarm(device_id, "OUTCOME_IGNORED", f"unit {boot_id}/{u} is already {was}; the device says {outcome}")
+                return
+            life.lost.discard(u)
+        w["unit_outcome"].append((outcome, reason, device_id, boot_id, u))
         if serial is None:
             if outcome == "PASSED":
-                self.alarm(device_id, "PASSED_WITHOUT_CODE", f"unit {boot_id}/{f['unit_seq']}")
-            return
-        if outcome == "PASSED":
-            self.conn.execute("UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?",
-                              (self.batch.gtin, serial))
-            self._commissioned.append(serial)
-            self.agg.add_pack(serial)  # after the commissioning rows: packed needs 'commissioned'
+                self.alarm(device_id, "PASSED_WITHOUT_CODE", f"unit {boot_id}/{u}")
+        elif outcome == "PASSED":
+            w["serial_commissioned"].append((self.batch.gtin, serial))
+            self._passed.append(serial)
         else:
-            self.conn.execute("UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?",
-                              (self.batch.gtin, serial))
+            w["serial_rejected"].append((self.batch.gtin, serial))
+
+    HANDLERS = {"UNIT_DETECTED": _on_detected, "UNIT_PRINTED": _on_printed,
+                "UNIT_INSPECTED": _on_inspected, "UNIT_OUTCOME": _on_outcome}
+
+    def _flush(self) -> None:
+        """Run the queued writes, rule by rule in _RULES order (a unit's life runs top to bottom)."""
+        for name, sql in _RULES.items():
+            params = self._writes[name]
+            if params:
+                self.conn.executemany(sql, params)
+                params.clear()
+        if self._passed:
+            self.agg.add_packs(self._passed)  # after the commissioning rows: packed needs 'commissioned'
+            self._commissioned.extend(self._passed)
+            self._passed = []
 
     def flush_events(self) -> None:
         """End of a poll's transaction: one commissioning event for every pack passed in it.

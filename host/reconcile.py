@@ -63,9 +63,16 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
                                  (batch_id,)))
     detected = sum(outcomes.values())
     passed = outcomes.get("PASSED", 0)
-    rejected = sum(outcomes.get(k, 0) for k in ("REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED"))
+    rejected = sum(outcomes.get(k, 0) for k in ("REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED", "DESTROYED"))
     r.units = {"detected": detected, "passed": passed, "rejected": rejected}
-    if detected != passed + rejected:
+    if outcomes.get("UNKNOWN"):
+        r.units["unknown"] = outcomes["UNKNOWN"]
+        unknown = conn.execute("SELECT device_id, boot_id, unit_seq, serial FROM unit WHERE batch_id=? AND outcome='UNKNOWN'"
+                               " ORDER BY 1, 2, 3", (batch_id,)).fetchall()
+        r.problems.append(f"{len(unknown)} unit(s) with an unknown outcome (the host never heard it), each to be resolved"
+                          f" (serialine batch resolve {batch_id} --unit DEVICE:BOOT:SEQ --found-in SSCC | --destroyed): "
+                          + _few(f"{d}:{bt}:{u}" + (f" serial {s}" if s else "") for d, bt, u, s in unknown))
+    if outcomes.get("NONE"):
         open_units = conn.execute("SELECT device_id, boot_id, unit_seq, serial FROM unit WHERE batch_id=? AND outcome IS NULL",
                                   (batch_id,)).fetchall()
         r.problems.append(f"{len(open_units)} unit(s) detected without an outcome: "

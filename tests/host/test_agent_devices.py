@@ -114,7 +114,7 @@ def test_restarted_agent_resumes_its_device_boot(conn):
         first = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.2)
         first.start()
         assert [run_unit(first, link, sc, scam, u) for u in range(2)] == [(Verdict.PASS, Reason.OK)] * 2
-        first.coder.close(); first.camera.close()  # kill -9: nothing more from it
+        first.coder.close(); first.camera.close(); first.release()  # kill -9: nothing more from it, lock gone
         away = []
         for u in (2, 3):  # printed and inspected while no agent listens
             link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)

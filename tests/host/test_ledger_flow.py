@@ -80,12 +80,15 @@ def test_close_refuses_with_named_serials_then_closes(line):
     assert audit.verify(conn)[0]
 
 
-def test_unused_allocations_return_to_pool(conn, ledger):
+def test_unused_allocations_return_to_pool(line):
+    conn = line.ledger.conn
+    line.unit(0)  # a batch that made nothing is aborted, not closed
     with transaction(conn):
         from serialine.host import serials
         serials.allocate(conn, "B1", GTIN, 5)
     report = reconcile.close_batch(conn, "B1", "ann")
-    assert report.serials["returned"] == 5 and states(conn) == {}
+    assert report.serials["returned"] == 5  # never sent to a coder; the 19 that were are void
+    assert states(conn) == {"commissioned": 1, "rejected": 19}
 
 
 def test_rework(line):
