@@ -1,30 +1,23 @@
 # Device configuration: the schema's ConfigFields, validated as a whole, persisted as a file.
 # A config is a list of ints in ConfigFields order (the order wire.dec_config_set fills).
+# Field names, indices (C_*) and result codes (CFG_*) are the schema's, generated into wire.py.
 from micropython import const
+from wire import CONFIG_FIELDS as FIELDS, NFIELDS_CONFIG_SET as NFIELDS
+from wire import CFG_OK, CFG_BAD_ORDER, CFG_BAD_RANGE, CFG_BUDGET_TOO_SMALL, CFG_BUSY, CFG_STORAGE
+from wire import (C_CAMERA_AT, C_GATE_AT, C_CONFIRM_FROM, C_CONFIRM_TO,
+                  C_GATE_LEAD_US, C_DEADLINE_MARGIN, C_MAX_SPEED_CPS, C_MIN_HOST_BUDGET_US)
+from wire import DWELL_COUNTS, DWELL_US, POLICY_STOP_ON_LINK_LOSS, POLICY_STOP_ON_DOUBLE_DETECT
 
-FIELDS = (
-    "config_id", "coder_at", "camera_at", "gate_at", "confirm_from", "confirm_to",
-    "counts_per_mm_milli", "gate_lead_us", "dwell", "dwell_unit", "debounce_us", "min_pitch",
-    "deadline_margin", "max_speed_cps", "min_host_budget_us", "reject_streak_limit",
-    "link_timeout_ms", "link_stop_ms", "purge_counts", "virtual_speed_cps", "stall_ms", "policy",
-)
-NFIELDS = const(22)
-
-# Inclusive ranges. Positions stay well below 2**29 so wrapped differences stay unambiguous.
+# Inclusive ranges, in FIELDS order. Positions stay well below 2**29 so wrapped differences stay
+# unambiguous.
 _P = const(1 << 24)
 RANGES = (
     (0, 0xFFFFFFFF), (1, _P), (1, _P), (1, _P), (1, _P), (1, _P),
-    (1, 10000000), (0, 1000000), (1, 10000000), (0, 1), (0, 100000), (0, _P),
+    (1, 10000000), (0, 1000000), (1, 10000000), (DWELL_COUNTS, DWELL_US), (0, 100000), (0, _P),
     (0, _P), (1, 10000000), (0, 60000000), (0, 255),
-    (10, 600000), (0, 3600000), (0, _P), (0, 10000000), (0, 3600000), (0, 3),
+    (10, 600000), (0, 3600000), (0, _P), (0, 10000000), (0, 3600000),
+    (0, POLICY_STOP_ON_LINK_LOSS | POLICY_STOP_ON_DOUBLE_DETECT),
 )
-
-CFG_OK = const(0)
-CFG_BAD_ORDER = const(1)
-CFG_BAD_RANGE = const(2)
-CFG_BUDGET_TOO_SMALL = const(3)
-CFG_BUSY = const(4)
-CFG_STORAGE = const(5)
 NO_FIELD = const(255)
 
 PATH = "serialine.cfg"
@@ -33,9 +26,9 @@ _MAGIC = b"SLC1"
 
 def budget_us(c):
     """Host decision budget at max speed: camera trigger to the decision deadline, us."""
-    v = c[13]
-    lead = c[7] * v // 1000000
-    counts = c[3] - lead - c[12] - c[2]
+    v = c[C_MAX_SPEED_CPS]
+    lead = c[C_GATE_LEAD_US] * v // 1000000
+    counts = c[C_GATE_AT] - lead - c[C_DEADLINE_MARGIN] - c[C_CAMERA_AT]
     return counts * 1000000 // v
 
 
@@ -48,15 +41,15 @@ def validate(c):
         if not lo <= c[i] <= hi:
             return CFG_BAD_RANGE, i
     # PE(0) < coder < camera < gate <= confirm_from < confirm_to
-    for i in (2, 3):
-        if c[i] <= c[i - 1]:
+    for i in (C_CAMERA_AT, C_GATE_AT):
+        if c[i] <= c[i - 1]:  # C_CODER_AT precedes C_CAMERA_AT precedes C_GATE_AT
             return CFG_BAD_ORDER, i
-    if c[4] < c[3]:
-        return CFG_BAD_ORDER, 4
-    if c[5] <= c[4]:
-        return CFG_BAD_ORDER, 5
-    if budget_us(c) < c[14]:
-        return CFG_BUDGET_TOO_SMALL, 14
+    if c[C_CONFIRM_FROM] < c[C_GATE_AT]:
+        return CFG_BAD_ORDER, C_CONFIRM_FROM
+    if c[C_CONFIRM_TO] <= c[C_CONFIRM_FROM]:
+        return CFG_BAD_ORDER, C_CONFIRM_TO
+    if budget_us(c) < c[C_MIN_HOST_BUDGET_US]:
+        return CFG_BUDGET_TOO_SMALL, C_MIN_HOST_BUDGET_US
     return CFG_OK, NO_FIELD
 
 

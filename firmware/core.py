@@ -14,51 +14,28 @@ from array import array
 _MASK = const(0x3FFFFFFF)  # positions wrap at 2**30 (the wrap itself is not a 32-bit small int)
 _HALF = const(0x20000000)
 
-# Outcome / Reason / Alarm / state / command values: the schema's (protocol/schema.py).
-PASSED = const(1)
-REJECTED_CONFIRMED = const(2)
-REJECTED_UNCONFIRMED = const(3)
-R_OK = const(0)
-R_NO_VERDICT = const(2)
-R_DOUBLE_DETECT = const(3)
-R_BUFFER_OVERFLOW = const(4)
-R_LINK_LOST = const(5)
-R_PURGE = const(6)
-R_TEST_UNIT = const(7)
-A_DOUBLE_DETECT = const(1)
-A_REJECT_UNCONFIRMED = const(2)
-A_REJECT_STREAK = const(3)
-A_BIN_FULL = const(4)
-A_ENCODER_STALL = const(5)
-A_LINK_LOST = const(6)
-A_BUFFER_OVERFLOW = const(7)
-A_WATCHDOG_RESET = const(8)
-STATE_BOOT = const(0)
-STATE_IDLE = const(1)
-STATE_RUNNING = const(2)
-STATE_STOPPED = const(3)
-POLICY_STOP_ON_LINK_LOSS = const(1)
-POLICY_STOP_ON_DOUBLE_DETECT = const(2)
-NO_UNIT = const(0x3FFFFFFF)  # the glue sends NO_UNIT (0xFFFFFFFF) for this
+# Schema values (protocol/schema.py), generated into wire.py as const(); short names here.
+from wire import (OUTCOME_PASSED as PASSED, OUTCOME_REJECTED_CONFIRMED as REJECTED_CONFIRMED,
+                  OUTCOME_REJECTED_UNCONFIRMED as REJECTED_UNCONFIRMED)
+from wire import (REASON_OK as R_OK, REASON_NO_VERDICT as R_NO_VERDICT,
+                  REASON_DOUBLE_DETECT as R_DOUBLE_DETECT, REASON_BUFFER_OVERFLOW as R_BUFFER_OVERFLOW,
+                  REASON_LINK_LOST as R_LINK_LOST, REASON_PURGE as R_PURGE,
+                  REASON_TEST_UNIT as R_TEST_UNIT)
+from wire import (ALARM_DOUBLE_DETECT as A_DOUBLE_DETECT,
+                  ALARM_REJECT_UNCONFIRMED as A_REJECT_UNCONFIRMED,
+                  ALARM_REJECT_STREAK as A_REJECT_STREAK, ALARM_BIN_FULL as A_BIN_FULL,
+                  ALARM_ENCODER_STALL as A_ENCODER_STALL, ALARM_LINK_LOST as A_LINK_LOST,
+                  ALARM_BUFFER_OVERFLOW as A_BUFFER_OVERFLOW,
+                  ALARM_WATCHDOG_RESET as A_WATCHDOG_RESET)
+from wire import STATE_BOOT, STATE_IDLE, STATE_RUNNING, STATE_STOPPED, VERDICT_PASS
+from wire import POLICY_STOP_ON_LINK_LOSS, POLICY_STOP_ON_DOUBLE_DETECT
+# Config indices: ConfigFields order.
+from wire import (C_CODER_AT, C_CAMERA_AT, C_GATE_AT, C_CONFIRM_FROM, C_CONFIRM_TO,
+                  C_GATE_LEAD_US, C_DWELL, C_DWELL_UNIT, C_DEBOUNCE_US, C_MIN_PITCH,
+                  C_DEADLINE_MARGIN, C_REJECT_STREAK_LIMIT, C_LINK_STOP_MS, C_PURGE_COUNTS,
+                  C_VIRTUAL_SPEED_CPS, C_STALL_MS, C_POLICY)
 
-# Config indices: ConfigFields order in protocol/schema.py (config.py holds the names).
-C_CODER_AT = const(1)
-C_CAMERA_AT = const(2)
-C_GATE_AT = const(3)
-C_CONFIRM_FROM = const(4)
-C_CONFIRM_TO = const(5)
-C_GATE_LEAD_US = const(7)
-C_DWELL = const(8)
-C_DWELL_UNIT = const(9)
-C_DEBOUNCE_US = const(10)
-C_MIN_PITCH = const(11)
-C_DEADLINE_MARGIN = const(12)
-C_STREAK = const(15)
-C_LINK_STOP_MS = const(17)
-C_PURGE_COUNTS = const(18)
-C_VIRTUAL_SPEED = const(19)
-C_STALL_MS = const(20)
-C_POLICY = const(21)
+NO_UNIT = const(0x3FFFFFFF)  # the firmware's small-int "no unit"; the glue sends wire.NO_UNIT
 
 # Unit stage bits.
 _PRINTED = const(1)
@@ -93,7 +70,7 @@ class Core:
         self.tfire = array("i", bytes(4 * capacity))
         self.gerr = array("i", bytes(4 * capacity))
         self.stage = bytearray(capacity)
-        self.verdict = bytearray(capacity)  # 0 none, 1 PASS, 2 FAIL
+        self.verdict = bytearray(capacity)  # 0 none, else a Verdict
         self.reason = bytearray(capacity)
         self.cfg = None  # list of ConfigFields values, or None (STATE_BOOT)
         self.pass_at = 0  # rel position at which a passing unit's outcome is final
@@ -209,7 +186,7 @@ class Core:
                 if self.stage[i] & _DECIDED or self.verdict[i]:
                     return False
                 self.verdict[i] = verdict
-                if verdict != 1:
+                if verdict != VERDICT_PASS:
                     self.reason[i] = reason
                 return True
             i += 1
@@ -227,7 +204,7 @@ class Core:
             self.pos = pos
             return
         b = self.board
-        vs = cfg[C_VIRTUAL_SPEED]
+        vs = cfg[C_VIRTUAL_SPEED_CPS]
         if vs:  # no encoder: the line moves at its configured speed
             self.vacc += b.ticks_diff(now, self.now) * vs
             step = self.vacc // 1000000
@@ -401,7 +378,7 @@ class Core:
                     sink.inspected(self.useq[i], pos, now)
                 if not st & _DECIDED and rel >= deadline:
                     st |= _DECIDED
-                    if self.verdict[i] != 1:
+                    if self.verdict[i] != VERDICT_PASS:
                         st |= _REJECT
                         if not self.verdict[i]:
                             self.reason[i] = R_NO_VERDICT
@@ -458,7 +435,7 @@ class Core:
 
     def _count_reject(self):
         self.streak += 1
-        lim = self.cfg[C_STREAK]
+        lim = self.cfg[C_REJECT_STREAK_LIMIT]
         if lim and self.streak >= lim and not self.alarms & (1 << A_REJECT_STREAK):
             self._raise(A_REJECT_STREAK, NO_UNIT)
             self._line_stop()

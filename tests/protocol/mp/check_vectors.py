@@ -1,6 +1,6 @@
 # Runs under the MicroPython unix port: checks firmware/wire.py against the shared vectors.
 # Expects VECTORS (path of vectors.json) to be defined before this text. Prints one line per
-# failure and finally "checked N".
+# failure and finally "checked N". Out-of-range enum vectors: dec_<name> returns their bad_field.
 import json
 
 import wire
@@ -31,9 +31,11 @@ for v in vectors:
         print("HEADER", v["name"], v["case"])
     for i in range(len(out)):
         out[i] = None
-    getattr(wire, "dec_" + name)(f, out)
+    bad = getattr(wire, "dec_" + name)(f, out)
     if out[:len(fields)] != fields:
         print("DEC", v["name"], v["case"], out[:len(fields)])
+    if bad != v.get("bad_field", -1):  # an out-of-range enum is refused, naming its field
+        print("ENUM", v["name"], v["case"], bad)
     if wire.is_sequenced(v["msg_type"]) != (getattr(wire, "MSG_" + v["name"]) in SEQUENCED):
         print("SEQ", v["name"])
     checked += 1
