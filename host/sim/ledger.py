@@ -1,9 +1,11 @@
 """Reads what the host recorded (its SQLite ledger, its EPCIS output) into the report's `Ledger`,
 checking it against what the simulator saw on the wire and on the line:
 
-- units in detection order across boots (boots ordered by their first stored event), each with the
-  UNIT_OUTCOME events stored for it — exactly one when accounted for;
-- events lost: gaps in a boot's stored event_seq numbers (the device numbers events 0, 1, 2, ...);
+- units in detection order: the simulator knows each pack's (boot, unit_seq) and the device's boot
+  ids, so a pack with no unit row is seen as such, with the outcome events stored for it;
+- what the ledger says about every code the coder was given (by the code, as printed on a pack):
+  its serial's state and the outcome of the unit it is bound to;
+- sequence gaps: a boot's stored event_seq numbers not contiguous from 0;
 - serials issued twice: a (gtin, serial) bound to two units, or a code the coder printed twice;
 - EPCIS: every document in the output directory validated against GS1's JSON Schema."""
 
@@ -16,10 +18,11 @@ from pathlib import Path
 
 from serialine.protocol.schema import Alarm, Outcome, Reason
 
-from .report import Ledger, UnitRecord
+from .report import UNKNOWN, CodeRecord, Ledger, UnitRecord
 
 _OUTCOME = {o.name: int(o) for o in Outcome}
 _OUTCOME["PURGED"] = int(Outcome.REJECTED_UNCONFIRMED)  # the host closes units lost in a restart
+_OUTCOME["UNKNOWN"] = UNKNOWN  # an outcome the host never received (pending a person's resolution)
 
 
 def _reason(text) -> int:
@@ -34,11 +37,13 @@ def _reason(text) -> int:
 
 
 def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: Path,
-         reconciliation_ok: bool, verdict_latency: dict | None = None) -> Ledger:
+         reconciliation_ok: bool, verdict_latency: dict | None = None,
+         unit_keys: list | None = None, device_id: str = "sim-line-1",
+         boot_ids: list[int] | None = None) -> Ledger:
+    """`unit_keys[i]`: pack i's (boot number, unit_seq) from the line (None: never detected);
+    `boot_ids[n]`: the device's boot_id for boot number n."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
-        boots = [tuple(r) for r in conn.execute(
-            "SELECT device_id, boot_id FROM device_event GROUP BY device_id, boot_id ORDER BY MIN(received_at)")]
         outcomes = collections.defaultdict(list)
         seqs = collections.defaultdict(list)
         device_alarms = collections.Counter()
@@ -48,7 +53,10 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
             if name == "ALARM":
                 f = json.loads(body)
                 if f.get("active"):
-                    device_alarms[Alarm(int(f["alarm"])).name.lower()] += 1
+                    try:
+                        device_alarms[Alarm(int(f["alarm"])).name.lower()] += 1
+                    except (ValueError, KeyError, TypeError):
+                        device_alarms["invalid"] += 1
             if name == "UNIT_OUTCOME":
                 f = json.loads(body)
                 outcomes[(dev, boot, useq)].append((_OUTCOME.get(str(f.get("outcome")).upper(), f.get("outcome")),
@@ -56,20 +64,48 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         rows = {(d, b, u): (o, r) for d, b, u, o, r in conn.execute(
             "SELECT device_id, boot_id, unit_seq, outcome, reason FROM unit WHERE batch_id = ? AND test = 0",
             (batch_id,))}
-        units = []
-        for k, (dev, boot) in enumerate(boots):
-            for (d, b, u) in sorted(key for key in rows if key[:2] == (dev, boot)):
-                outs = outcomes.get((d, b, u), [])
-                o, r = rows[(d, b, u)]
-                if not outs and o == "PURGED":  # closed by the host, not by a device event
-                    outs = [(_OUTCOME["PURGED"], int(Reason.PURGE), None)]
-                lat = (verdict_latency or {}).get((k, u))
-                units.append(UnitRecord([(x[0], x[1]) for x in outs],
-                                        gate_error=outs[0][2] if outs else None, verdict_latency_ms=lat))
-        lost = 0
+
+        def record(key, lat):
+            if key not in rows:
+                return UnitRecord(outcomes=[(x[0], x[1]) for x in outcomes.get(key, [])], row=False,
+                                  verdict_latency_ms=lat)
+            outs = outcomes.get(key, [])
+            o, r = rows[key]
+            from_device = bool(outs)
+            if not outs and o is not None:  # closed by the host, not by a device event
+                outs = [(_OUTCOME.get(o, -1), _reason(r) if o != "PURGED" else int(Reason.PURGE), None)]
+            return UnitRecord([(x[0], x[1]) for x in outs], gate_error=outs[0][2] if outs else None,
+                              verdict_latency_ms=lat, from_device=from_device)
+
+        units, extra = [], 0
+        if unit_keys is not None and boot_ids is not None:
+            seen = set()
+            for k in unit_keys:
+                if k is None:
+                    continue
+                key = (device_id, boot_ids[k[0]], k[1]) if k[0] < len(boot_ids) else None
+                seen.add(key)
+                units.append(record(key, (verdict_latency or {}).get(k)))
+            extra = sum(1 for key in rows if key not in seen)
+        else:  # no line to align with: boots in the order of their first stored event
+            boots = [tuple(r) for r in conn.execute(
+                "SELECT device_id, boot_id FROM device_event GROUP BY device_id, boot_id ORDER BY MIN(received_at)")]
+            for k, (dev, boot) in enumerate(boots):
+                for key in sorted(key for key in rows if key[:2] == (dev, boot)):
+                    units.append(record(key, (verdict_latency or {}).get((k, key[2]))))
+        gaps = 0
         for s in seqs.values():
             s = sorted(set(s))
-            lost += (s[-1] - s[0] + 1 - len(s)) + s[0]  # a gap, or a boot whose first events are missing
+            gaps += (s[-1] - s[0] + 1 - len(s)) + s[0]  # a gap, or a boot whose first events are missing
+        codes = {}
+        for code, serial, state, outcome in conn.execute(
+                "SELECT j.code, j.serial, s.state, u.outcome FROM coder_job j"
+                " JOIN serial s ON s.gtin = j.gtin AND s.serial = j.serial"
+                " LEFT JOIN unit u ON u.gtin = j.gtin AND u.serial = j.serial"
+                " WHERE j.batch_id = ?", (batch_id,)):
+            codes[code] = CodeRecord(serial, state, outcome)
+        commissioned = [serial for (serial,) in conn.execute(
+            "SELECT serial FROM serial WHERE batch_id = ? AND state = 'commissioned'", (batch_id,))]
         twice = conn.execute(
             "SELECT COUNT(*) FROM (SELECT 1 FROM unit WHERE serial IS NOT NULL GROUP BY gtin, serial HAVING COUNT(*) > 1)"
         ).fetchone()[0]
@@ -83,10 +119,11 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
     finally:
         conn.close()
     n_events, errors = epcis(epcis_dir)
-    return Ledger(batch=batch_id, units=units, serials_issued_twice=twice, events_lost=lost,
+    return Ledger(batch=batch_id, units=units, serials_issued_twice=twice, events_lost=gaps,
                   reconciliation_ok=reconciliation_ok, epcis_events=n_events,
                   epcis_valid=not errors and n_events > 0, cases=cases, pallets=pallets,
-                  alarms=dict(alarms), epcis_errors=errors)
+                  alarms=dict(alarms), epcis_errors=errors, codes=codes, commissioned=commissioned,
+                  extra_units=extra)
 
 
 def epcis(directory: Path) -> tuple[int, list[str]]:

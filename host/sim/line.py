@@ -142,6 +142,7 @@ class Line:
         self.bin_full = 0
         self.bin_full_from_unit = scenario.faults.bin_full_at
         self.triggers_without_pack = {"coder": 0, "camera": 0}
+        self.boot_ends: list[float] = []  # belt position at each device power cycle
 
     # --- what the device reads ---
     @property

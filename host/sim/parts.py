@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,7 @@ class Device:
         self.levels = {"photo_eye": 0, "confirm": 0, "bin_full": 0}
         self.state = 0
         self.board = None
+        self.boot_ids: list[int] = []  # the boot_id of each boot, in order
         self.log = open(self.workdir / "device.log", "a")
 
     def start(self):
@@ -90,6 +92,8 @@ class Device:
 
             raise RunError(f"the device (MicroPython) did not start: {exc}") from None
         self.log.write(self.board.boot_line)
+        m = re.search(r"READY boot_id=(\d+)", self.board.boot_line)
+        self.boot_ids.append(int(m.group(1)) if m else -1)
 
     def _scan(self, t_us: int, encoder: int) -> list[tuple[str, int, int]]:
         lv = self.levels
@@ -114,10 +118,10 @@ class Device:
         outs = []
         for e in edges:  # scan at each input edge, so the firmware sees every pulse
             self.levels[e.name] = e.level
-            outs += self._scan(e.t_us, self._pos_at(e.t_us, t_us, encoder))
+            outs += self._scan(e.t_us, self.pos_at(e.t_us, t_us, encoder))
         return outs + self._scan(t_us, encoder)
 
-    def _pos_at(self, t_edge, t_now, encoder):
+    def pos_at(self, t_edge, t_now, encoder):
         # the encoder at an edge inside the step: back off by the travel since (speed ~ constant)
         return max(0, int(encoder - self.line.speed() * (t_now - t_edge) / 1e6))
 

@@ -1,5 +1,10 @@
 """The run's report: ground truth from the line model set against the ledger, the invariants, a
-JSON file, a rich summary table and a PNG plot (gate position error, verdict latency)."""
+JSON file, a rich summary table and a PNG plot (gate position error, verdict latency).
+
+Packs are matched to the ledger by the code physically printed on them: a pack that left the line
+must carry a code whose serial is commissioned (or whose unit's outcome is UNKNOWN, pending a
+person's resolution: `unresolved`); no other serial may be commissioned (a pack in the bin, a code
+on no pack that left)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serialine.protocol.schema import Outcome, Reason
+from serialine.protocol.schema import Reason
 
 # Reasons a good pack may be rejected for when a fault forces it (fail safe), never on a clean line.
 FAIL_SAFE = {Reason.NO_VERDICT, Reason.LINK_LOST, Reason.PURGE, Reason.BUFFER_OVERFLOW,
@@ -24,6 +29,23 @@ CAMERA_REASONS = {"no_read": {Reason.NO_READ, Reason.NOT_GS1, Reason.CORRELATION
 # the packs in between are rejected for it — judged on a neighbour's result (whatever that says),
 # unpaired, or decided before the host's FAIL for an unpaired unit arrived — each with that reason.
 SLIP_REASONS = set().union(*CAMERA_REASONS.values()) | {Reason.NO_VERDICT}
+UNKNOWN = 0  # a unit the ledger holds with outcome UNKNOWN: the host never received its outcome
+
+
+def _reason_name(value) -> str:
+    try:
+        return Reason(value).name.lower()
+    except ValueError:
+        return f"reason_{value}"
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    """What the ledger says about one code the coder was given."""
+
+    serial: str
+    state: str  # the serial's state
+    outcome: str | None  # the outcome of the unit it is bound to (None: bound to no unit)
 
 
 @dataclass
@@ -33,6 +55,8 @@ class UnitRecord:
     outcomes: list[tuple[int, int]]  # (Outcome, Reason) recorded; exactly one when accounted for
     gate_error: int | None = None  # the device's view, counts
     verdict_latency_ms: float | None = None  # camera result delivered -> verdict sent
+    row: bool = True  # the ledger has a unit row for it
+    from_device: bool = True  # its outcome came as the device's UNIT_OUTCOME (not booked by the host)
 
 
 @dataclass
@@ -50,6 +74,9 @@ class Ledger:
     pallets: int = 0
     alarms: dict[str, int] = field(default_factory=dict)
     epcis_errors: list[str] = field(default_factory=list)
+    codes: dict[str, CodeRecord] = field(default_factory=dict)  # by the code as printed
+    commissioned: list[str] = field(default_factory=list)  # serials of the batch in that state
+    extra_units: int = 0  # unit rows for no pack the line detected
 
 
 def percentile(xs, q: float) -> float:
@@ -79,8 +106,14 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
             slipped.add(p.index)
     for p in good_rej:
         rec = ledger.units[p.index] if p.index < len(ledger.units) else None
-        reason = Reason(rec.outcomes[0][1]) if rec and len(rec.outcomes) == 1 else None
-        reasons[reason.name.lower() if reason else "unrecorded"] += 1
+        reason = rec.outcomes[0][1] if rec and len(rec.outcomes) == 1 else None
+        if reason is not None and rec.outcomes[0][0] == UNKNOWN:
+            # the host does not claim it passed: fail safe, if a fault made the outcome unknown
+            reasons["outcome_unknown"] += 1
+            if not scenario.has_faults:
+                unexcused.append(p.index)
+            continue
+        reasons[_reason_name(reason) if reason is not None else "unrecorded"] += 1
         allowed = CAMERA_REASONS.get(p.camera_fault, set())
         if p.index in slipped:
             allowed = allowed | SLIP_REASONS
@@ -88,16 +121,11 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
             allowed = allowed | FAIL_SAFE
         if reason is None or reason not in allowed:
             unexcused.append(p.index)
-    # the ledger must agree with the physics: passed <=> the pack went on down the line
-    disagree = []
-    for p in detected:
-        rec = ledger.units[p.index] if p.index < len(ledger.units) else None
-        if rec and len(rec.outcomes) == 1:
-            if (rec.outcomes[0][0] == Outcome.PASSED) == p.rejected:
-                disagree.append(p.index)
+    by_code = compare_by_code(detected, ledger)
+    lost = events_lost(scenario, line, detected, ledger)
     unaccounted = sum(1 for i in range(len(detected))
                       if i >= len(ledger.units) or len(ledger.units[i].outcomes) != 1)
-    unaccounted += max(0, len(ledger.units) - len(detected))
+    unaccounted += max(0, len(ledger.units) - len(detected)) + ledger.extra_units
     gate_err = [abs(g.error) for g in line.gate_events if not math.isnan(g.error)]
     lat = [u.verdict_latency_ms for u in ledger.units if u.verdict_latency_ms is not None]
     r = {
@@ -112,8 +140,12 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
         "good_rejected": len(good_rej),
         "good_rejected_reasons": dict(sorted(reasons.items())),
         "unaccounted": unaccounted,
+        "left_unaccounted": len(by_code["left_unaccounted"]),
+        "unresolved": len(by_code["unresolved"]),
+        "ledger_mismatch": len(by_code["mismatch"]),
         "serials_issued_twice": ledger.serials_issued_twice,
-        "events_lost": ledger.events_lost,
+        "events_lost": lost["sequence_gaps"] + lost["units_without_row"] + lost["outcomes_missing"],
+        "events_lost_detail": lost,
         "gate_error_counts": {"max": max(gate_err, default=0.0), "p99": percentile(gate_err, 99)},
         "verdict_latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
         "throughput_ppm": round(len(detected) / virtual_s * 60, 1) if virtual_s > 0 else 0.0,
@@ -123,7 +155,8 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
         "reconciliation_ok": ledger.reconciliation_ok,
         "alarms": dict(sorted(ledger.alarms.items())),
         "defects": dict(sorted(collections.Counter(p.defect for p in bad).items())),
-        "ledger_disagrees_with_line": disagree[:20],
+        "left_unaccounted_packs": by_code["left_unaccounted"][:20],
+        "ledger_mismatches": by_code["mismatch"][:20],
         "virtual_s": round(virtual_s, 3),
         "wall_s": round(wall_s, 3),
     }
@@ -132,17 +165,73 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
         "no_good_pack_rejected_without_reason": not unexcused,
         "every_unit_one_outcome": unaccounted == 0,
         "no_serial_issued_twice": ledger.serials_issued_twice == 0,
-        "no_event_lost": ledger.events_lost == 0,
-        "ledger_matches_line": not disagree,
+        "no_event_lost": r["events_lost"] == 0,
+        "no_pack_left_unaccounted": not by_code["left_unaccounted"],
+        "ledger_matches_line": not by_code["mismatch"],
         "reconciliation_ok": ledger.reconciliation_ok,
         "epcis_valid": ledger.epcis_valid,
         "all_packs_detected": len(detected) == scenario.units,
     }
-    r["ok"] = all(r["invariants"].values())
     r.update(extra or {})
+    r["invalid"] = r.get("invalid")  # the simulator's own failure (e.g. a real-time overrun)
+    r["ok"] = all(r["invariants"].values()) and not r["invalid"]
     r["_gate_errors"] = [g.error for g in line.gate_events if not math.isnan(g.error)]
     r["_latencies"] = lat
     return r
+
+
+def compare_by_code(detected, ledger: Ledger) -> dict[str, list]:
+    """The line's packs against the ledger, by the code printed on each."""
+    left_unaccounted, unresolved, out_codes = [], [], set()
+    for p in detected:
+        if p.in_bin:
+            continue
+        rec = ledger.codes.get(p.printed) if p.printed else None
+        out_codes.add(p.printed)
+        if rec is not None and rec.state == "commissioned":
+            continue
+        if rec is not None and rec.outcome == "UNKNOWN":
+            unresolved.append(p.index)
+            continue
+        left_unaccounted.append({"pack": p.index, "unit": list(p.unit_key or ()), "code": p.printed,
+                                 "defect": p.defect or None,
+                                 "serial_state": rec.state if rec else None,
+                                 "unit_outcome": rec.outcome if rec else None})
+    code_of = {r.serial: code for code, r in ledger.codes.items()}
+    in_bin = {p.printed: p.index for p in detected if p.printed and p.in_bin}
+    mismatch = []
+    for serial in ledger.commissioned:  # commissioned: must be on a pack that left the line
+        code = code_of.get(serial)
+        if code not in out_codes:
+            mismatch.append({"serial": serial, "code": code, "pack": in_bin.get(code),
+                             "physically": "in the bin" if code in in_bin else "on no pack that left the line"})
+    return {"left_unaccounted": left_unaccounted, "unresolved": unresolved, "mismatch": mismatch}
+
+
+def events_lost(scenario, line, detected, ledger: Ledger) -> dict[str, int]:
+    """Real losses, not only sequence gaps: a detected pack with no unit row; a unit whose outcome
+    the device decided while its boot was alive but the ledger holds no UNIT_OUTCOME event for
+    (a pack still short of its decision when the device rebooted never had one)."""
+    L = scenario.line
+    c = L.counts_per_mm
+    pass_at = line.gate_at + L.gate_window_mm * c  # the device's PASSED is final here ...
+    confirm_to = line.gate_at + L.confirm_window_mm * c  # ... a reject's by here
+    ends = getattr(line, "boot_ends", [])
+    without_row, missing = [], []
+    for p in detected:
+        rec = ledger.units[p.index] if p.index < len(ledger.units) else None
+        if rec is None or not rec.row:
+            without_row.append(p)
+            continue
+        boot = p.unit_key[0] if p.unit_key else len(ends)
+        decided = boot >= len(ends) or ends[boot] - p.belt_at >= (confirm_to if p.in_bin else pass_at)
+        if decided and not rec.from_device:
+            missing.append(p)
+    return {"sequence_gaps": ledger.events_lost, "units_without_row": len(without_row),
+            "outcomes_missing": len(missing),
+            "units": [{"pack": p.index, "unit": list(p.unit_key or ()), "lost": what,
+                       "physically": "in the bin" if p.in_bin else "left the line"}
+                      for what, ps in (("unit row", without_row), ("outcome", missing)) for p in ps][:20]}
 
 
 def write(report: dict, path: Path) -> tuple[Path, Path]:
@@ -196,8 +285,12 @@ def table(report: dict):
          inv["no_good_pack_rejected_without_reason"]),
         ("unaccounted", report["unaccounted"], inv["every_unit_one_outcome"]),
         ("serials issued twice", report["serials_issued_twice"], inv["no_serial_issued_twice"]),
-        ("events lost", report["events_lost"], inv["no_event_lost"]),
-        ("ledger matches line", len(report["ledger_disagrees_with_line"]) or "yes", inv["ledger_matches_line"]),
+        ("events lost (gaps / no unit row / outcome missing)",
+         "{} ({sequence_gaps} / {units_without_row} / {outcomes_missing})".format(
+             report["events_lost"], **report["events_lost_detail"]), inv["no_event_lost"]),
+        ("packs left the line unaccounted", report["left_unaccounted"], inv["no_pack_left_unaccounted"]),
+        ("unresolved (outcome unknown)", report["unresolved"], None),
+        ("ledger mismatches (by code)", report["ledger_mismatch"], inv["ledger_matches_line"]),
         ("gate error max / p99 (counts)",
          f"{report['gate_error_counts']['max']:.1f} / {report['gate_error_counts']['p99']:.1f}", None),
         ("verdict latency p50 / p99 (ms)",
@@ -209,6 +302,8 @@ def table(report: dict):
         ("alarms", ", ".join(f"{k}×{v}" for k, v in report["alarms"].items()) or "none", None),
         ("virtual / wall time (s)", f"{report['virtual_s']} / {report['wall_s']}", None),
     ]
+    if report.get("invalid"):
+        rows.append(("RUN INVALID", report["invalid"], False))
     for name, value, ok in rows:
         t.add_row(name, str(value), "" if ok is None else mark(ok))
     return t

@@ -88,7 +88,9 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
         if seen is not None and sent is not None:
             latency[p.unit_key] = round((seen - sent) * 1000, 3)
     ledger = ledger_mod.read(db_path, batch_id, printed_codes=printed, epcis_dir=epcis_dir,
-                             reconciliation_ok=ok, verdict_latency=latency)
+                             reconciliation_ok=ok, verdict_latency=latency,
+                             unit_keys=[p.unit_key for p in line.packs], device_id=device.device_id,
+                             boot_ids=device.boot_ids)
     wall = time.monotonic() - wall0
     extra = {"link": {k: vars(v) for k, v in relay.stats.items()}, "run": stats,
              "coder_faults": dict(coder.faults), "camera_faults": dict(camera.faults),
@@ -135,7 +137,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     t0 = time.monotonic()
     detected = 0
     boot_no, boot_base = 0, 0
-    outage_until = None
+    dark = _Outage(relay)
     host_back_at = None
     bin_empty_at = None
     wall_limit = time.monotonic() + 120 + s.units * 0.5
@@ -159,26 +161,31 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                         stats["barrier_timeouts"] += 1
                         owed = tap.count()
             edges = line.advance(t)
-            for e in edges:
+            seen = 0  # edges the device has been given
+            for k, e in enumerate(edges):
                 # unit-numbered faults strike in the gap before pack N (after pack N-1 has left
                 # the photo-eye), so no pack is half-seen by a rebooting device
-                if e.name == "photo_eye" and not e.level:
-                    for kind, arg in plan.due(detected):
-                        fired_at = time.monotonic()
-                        _fire(kind, arg, line, device, host, relay, tap, stats)
-                        if realtime:  # the line's clock pauses while a reboot is staged, rather
-                            t0 += time.monotonic() - fired_at  # than jump the belt through it
-                        if kind == "outage":
-                            outage_until = line.t + int(arg * 1000)
-                        if kind == "host_kill":
-                            host_back_at = line.t + HOST_RESTART_MS * 1000
-                        if kind == "device_reboot":
-                            owed, boot_no, boot_base = 0, boot_no + 1, detected
+                faults = plan.due(detected) if e.name == "photo_eye" and not e.level else []
+                if faults:  # the device sees the world up to this edge before the fault strikes
+                    at = device.pos_at(e.t_us, line.t, line.encoder)
+                    for name, level, te in device.step(e.t_us, at, edges[seen:k + 1]):
+                        line.output(name, level, te)
+                    seen = k + 1
+                for kind, arg in faults:
+                    fired_at, fired_t = time.monotonic(), line.t
+                    _fire(kind, arg, line, device, host, relay, tap, stats, dark)
+                    if realtime:  # the line's clock pauses while a reboot is staged, rather than
+                        # jump the belt through it (time an outage ran on meanwhile excepted)
+                        t0 += time.monotonic() - fired_at - (line.t - fired_t) / 1e6
+                    if kind == "host_kill":
+                        host_back_at = line.t + HOST_RESTART_MS * 1000
+                    if kind == "device_reboot":
+                        owed, boot_no, boot_base = 0, boot_no + 1, detected
                 if e.name == "photo_eye" and e.level:
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)
-            for name, level, te in device.step(line.t, line.encoder, edges):
+            for name, level, te in device.step(line.t, line.encoder, edges[seen:]):
                 line.output(name, level, te)
             owed += len(camera.deliver(line.t))
             # the operator: a line the device stopped (bin full, unconfirmed reject, ...) gets the
@@ -191,13 +198,14 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 stats["operator_clears"] += 1
                 host.operator("CLEAR_ALARM")
                 bin_empty_at = None
-            if outage_until is not None and line.t >= outage_until:
-                relay.dark, outage_until = False, None
+            dark.check(line.t)
             if host_back_at is not None:
                 if realtime and host.poll_ready():
                     host_back_at = None
-                elif not realtime and line.t >= host_back_at:
-                    host.wait_ready(device)  # virtual time holds here: the restart takes what it takes
+                elif not realtime and line.t >= host_back_at and not relay.dark:
+                    # virtual time holds here: the restart takes what it takes (an agent cannot
+                    # connect through a dark link: the outage runs its course first)
+                    host.wait_ready(device)
                     host_back_at = None
                     owed = tap.count()
             host.check()
@@ -207,17 +215,58 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
         progress(None)
 
 
-def _fire(kind, arg, line, device, host, relay, tap, stats):
+class _Outage:
+    """The link's outages: dark from the unit that starts one until its duration has passed on the
+    line's clock (overlapping outages: until the last ends)."""
+
+    def __init__(self, relay):
+        self.relay, self.until = relay, None
+
+    def start(self, now_us: int, ms: float) -> None:
+        self.relay.dark = True
+        self.until = max(self.until or 0, now_us + int(ms * 1000))
+
+    def check(self, now_us: int) -> None:
+        if self.until is not None and now_us >= self.until:
+            self.relay.dark, self.until = False, None
+
+
+def _wait_running(device, line, dark, timeout: float = 30.0):
+    """After a power cycle: scan (the line standing still) until the host has configured and
+    started the device again. Virtual time holds, except while the link is dark: an outage must
+    run its course (on the line's clock, at wall speed, the belt still) or no host can reach the
+    device — the simulator waiting for the device would wait for ever."""
+    end = time.monotonic() + timeout
+    last = time.monotonic()
+    while not device.running:
+        now = time.monotonic()
+        if now > end:
+            raise RunError(f"the device did not start within {timeout:g} s after its reboot "
+                           f"(state {device.state}, link {'dark' if dark.relay.dark else 'up'})")
+        if dark.relay.dark:
+            t = line.t + max(1, int((now - last) * 1e6))
+            edges = line.advance(t)
+            for name, level, te in device.step(line.t, line.encoder, edges):
+                line.output(name, level, te)
+            dark.check(line.t)
+        else:
+            device.idle()
+        last = now
+        time.sleep(0.001)
+
+
+def _fire(kind, arg, line, device, host, relay, tap, stats, dark):
     if kind == "outage":
-        relay.dark = True
+        dark.start(line.t, arg)
     elif kind == "device_reboot":
         # a power cycle drops the line's run permissive: the drive stops at once, and runs again
         # only when the host has the device configured and started
         stats["device_reboots"] += 1
+        line.boot_ends.append(line.belt)
         line.line_stop, line.run_factor = True, 0.0
         tap.reset()
         device.reboot()
-        _until_running(device, timeout=30)
+        _wait_running(device, line, dark)
         line.line_stop = False
     elif kind == "host_kill":
         stats["host_restarts"] += 1

@@ -14,7 +14,7 @@ from serialine.protocol.schema import Outcome, Reason
 from .test_model import Tracker
 
 KEYS = {"batch", "units_detected", "units_good", "units_bad", "bad_rejected", "good_rejected",
-        "unaccounted", "serials_issued_twice", "events_lost", "gate_error_counts",
+        "unaccounted", "left_unaccounted", "unresolved", "ledger_mismatch", "invalid", "serials_issued_twice", "events_lost", "gate_error_counts",
         "verdict_latency_ms", "throughput_ppm", "cases", "pallets", "epcis_events",
         "reconciliation_ok", "alarms"}
 
@@ -41,8 +41,21 @@ def _run(reject_good=False, pass_bad=False, faults=sc.Faults()):
                               Reason.CODE_MISMATCH if p.rejected and p.bad else
                               Reason.NO_VERDICT if p.rejected else Reason.OK)],
                             verdict_latency_ms=1.0 + i % 5) for i, p in enumerate(line.packs)]
-    ledger = rep.Ledger("B1", units, 0, 0, True, 180, True, cases=6, pallets=1, alarms={})
+    # the ledger binds each code to the pack it was printed on (the coder's order)
+    codes = {p.code: rep.CodeRecord(p.code[-4:], "rejected" if p.rejected else "commissioned",
+                                    "REJECTED_CONFIRMED" if p.rejected else "PASSED")
+             for p in line.packs if p.code}
+    ledger = rep.Ledger("B1", units, 0, 0, True, 180, True, cases=6, pallets=1, alarms={}, codes=codes,
+                        commissioned=[r.serial for r in codes.values() if r.state == "commissioned"])
     return s, line, ledger
+
+
+def _build(s, line, ledger):
+    return rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
+
+
+def _passed(line, n=1, after=5):
+    return [i for i, p in enumerate(line.packs) if not p.rejected and i > after][:n]
 
 
 def test_a_clean_run_holds_every_invariant_and_has_the_issue_keys(tmp_path):
@@ -75,16 +88,87 @@ def test_a_good_pack_rejected_needs_a_fault_to_excuse_it():
     assert r2["invariants"]["no_good_pack_rejected_without_reason"]
 
 
-def test_missing_or_double_outcomes_are_unaccounted_and_disagreement_is_caught():
+def test_missing_or_double_outcomes_are_unaccounted():
     s, line, ledger = _run()
     ledger.units[3].outcomes = []
     ledger.units[4].outcomes *= 2
-    first_pass = next(i for i, p in enumerate(line.packs) if not p.rejected and i > 5)
-    ledger.units[first_pass].outcomes = [(Outcome.REJECTED_CONFIRMED, Reason.NO_VERDICT)]
-    r = rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
+    r = _build(s, line, ledger)
     assert r["unaccounted"] == 2
-    assert r["ledger_disagrees_with_line"] == [first_pass]
     assert not r["ok"]
+
+
+def _rebind(ledger, code, state, outcome):
+    old = ledger.codes[code]
+    ledger.codes[code] = rep.CodeRecord(old.serial, state, outcome)
+    ledger.commissioned = [c.serial for c in ledger.codes.values() if c.state == "commissioned"]
+
+
+def test_a_pack_on_the_market_whose_serial_the_ledger_rejected_is_left_unaccounted():
+    """The reboot defect: the pack passed the gate, its PASSED was lost, the host rejected its
+    serial. Whatever the unit rows say, by the code on the pack it is on the market uncommissioned."""
+    s, line, ledger = _run()
+    i = _passed(line)[0]
+    _rebind(ledger, line.packs[i].printed, "rejected", "PURGED")
+    r = _build(s, line, ledger)
+    assert r["left_unaccounted"] == 1 and r["left_unaccounted_packs"][0]["pack"] == i
+    assert r["left_unaccounted_packs"][0]["serial_state"] == "rejected"
+    assert not r["invariants"]["no_pack_left_unaccounted"] and not r["ok"]
+    assert r["ledger_mismatch"] == 0
+
+
+def test_an_unknown_outcome_is_unresolved_not_unaccounted():
+    s, line, ledger = _run()
+    i = _passed(line)[0]
+    _rebind(ledger, line.packs[i].printed, "printed", "UNKNOWN")
+    r = _build(s, line, ledger)
+    assert r["unresolved"] == 1 and r["left_unaccounted"] == 0
+    assert r["invariants"]["no_pack_left_unaccounted"]
+
+
+def test_a_commissioned_serial_in_the_bin_or_bound_to_a_neighbour_is_a_mismatch():
+    s, line, ledger = _run(reject_good=True)
+    binned = next(p for p in line.packs if p.in_bin and p.printed and p.printed == p.code)
+    _rebind(ledger, binned.printed, "commissioned", "PASSED")
+    r = _build(s, line, ledger)
+    assert r["ledger_mismatch"] == 1 and r["ledger_mismatches"][0]["physically"] == "in the bin"
+    assert not r["invariants"]["ledger_matches_line"] and not r["ok"]
+    # a dropped UNIT_PRINTED: the ledger bound each pack to its neighbour's serial (unit rows all
+    # say PASSED, the unit-number view sees nothing wrong)
+    s, line, ledger = _run()
+    a, b = _passed(line, 2)
+    ca, cb = line.packs[a].printed, line.packs[b].printed
+    ledger.codes[ca], ledger.codes[cb] = ledger.codes[cb], ledger.codes[ca]
+    ledger.codes[cb] = rep.CodeRecord(ledger.codes[cb].serial, "rejected", "REJECTED_CONFIRMED")
+    ledger.commissioned = [c.serial for c in ledger.codes.values() if c.state == "commissioned"]
+    r = _build(s, line, ledger)
+    assert r["left_unaccounted"] == 1  # pack b's code names a rejected serial
+    assert r["unaccounted"] == 0 and r["invariants"]["every_unit_one_outcome"]
+
+
+def test_events_lost_counts_units_without_a_row_and_outcomes_the_device_decided_but_lost():
+    s, line, ledger = _run()
+    assert _build(s, line, ledger)["events_lost"] == 0
+    a, b = _passed(line, 2)
+    ledger.units[a].row = False
+    ledger.units[b].from_device = False  # booked by the host, though the device decided it
+    r = _build(s, line, ledger)
+    d = r["events_lost_detail"]
+    assert (d["sequence_gaps"], d["units_without_row"], d["outcomes_missing"]) == (0, 1, 1)
+    assert [(u["pack"], u["lost"]) for u in d["units"]] == [(a, "unit row"), (b, "outcome")]
+    assert r["events_lost"] == 2 and not r["invariants"]["no_event_lost"]
+    # a pack still short of the gate when its boot ended never had an outcome to lose
+    for p in line.packs:
+        p.unit_key = (0, p.index)
+    line.boot_ends = [line.packs[b].belt_at + line.gate_at - 1]
+    r = _build(s, line, ledger)
+    assert r["events_lost_detail"]["outcomes_missing"] == 0
+
+
+def test_an_invalid_run_is_never_ok():
+    s, line, ledger = _run()
+    r = rep.build(s, line, ledger, mode="realtime", virtual_s=1, wall_s=1,
+                  extra={"invalid": "the simulator's loop was 40 ms late (bound 7.5 ms)"})
+    assert all(r["invariants"].values()) and not r["ok"] and r["invalid"].startswith("the simulator")
 
 
 def test_percentile_nearest_rank():
