@@ -1,8 +1,10 @@
 """A real EPCIS 2.0 capture server on loopback, following the REST binding
 (`capture-openapi.yaml`): POST /capture -> 202 + Location /capture/{id}; GET /capture/{id} -> the
 capture job. Written for tests, the benchmark and the simulator: it can fail (HTTP error or a
-failed job), time out (never answer in time), accept slowly, require a bearer token, and it
-deduplicates by eventID while counting every copy it received."""
+failed job), time out (never answer in time), accept slowly, require a bearer token, redirect
+(the POST, the job poll, or an absolute job Location on another server) or play that other server
+(every job a success), and it deduplicates by eventID while counting every copy it received. It
+records the Authorization header of every request (`authorizations`)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,11 @@ class CaptureServer:
         self.hang_seconds = 0.0     # sleep this long before answering (a timeout for the client)
         self.accept_delay = 0.0     # sleep before answering a POST (a slow server)
         self.job_polls = 0          # a job reports running=true for this many GETs
+        self.redirect_post: str | None = None   # answer POST /capture with 302 to this URL
+        self.redirect_get: str | None = None    # answer GET /capture/{id} with 302 to BASE/moved/capture/{id}
+        self.job_base: str | None = None        # 202 Location is absolute, on this base URL
+        self.every_job_succeeds = False         # any GET /capture/{id} reports success (a hostile server)
+        self.authorizations: list[str | None] = []  # Authorization header of each request, in order
         self._ids = itertools.count(1)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
@@ -103,11 +110,13 @@ class CaptureServer:
                     self.received[event_id] += 1
                     self.events.setdefault(event_id, event)
             self.jobs[capture_id] = job
-        return 202, {"Location": f"/capture/{capture_id}"}, {}
+        return 202, {"Location": f"{self.job_base or ''}/capture/{capture_id}"}, {}
 
     def _job(self, capture_id: str) -> tuple[int, dict]:
         with self.lock:
             job = self.jobs.get(capture_id)
+            if job is None and self.every_job_succeeds:
+                return 200, {"captureID": capture_id, "running": False, "success": True, "errors": []}
             if job is None:
                 return 404, _problem(404, "NoSuchResourceException", f"no capture job {capture_id}")
             if job["running"]:
@@ -139,6 +148,8 @@ class CaptureServer:
                 self.wfile.write(data)
 
             def _authorised(self) -> bool:
+                with server.lock:
+                    server.authorizations.append(self.headers.get("Authorization"))
                 if server.authorization and self.headers.get("Authorization") != server.authorization:
                     self._send(401, _problem(401, "UnauthorizedRequestException", "bad or missing credentials"))
                     return False
@@ -152,6 +163,8 @@ class CaptureServer:
                     return
                 if self.path.rstrip("/") != "/capture":
                     return self._send(404, _problem(404, "NoSuchResourceException", self.path))
+                if server.redirect_post:
+                    return self._send(302, {}, {"Location": server.redirect_post})
                 if server.accept_delay:
                     time.sleep(server.accept_delay)
                 status, headers, body = server._capture(body)
@@ -161,8 +174,12 @@ class CaptureServer:
                 if not self._authorised():
                     return
                 parts = self.path.strip("/").split("/")
+                moved = parts[0] == "moved"  # where redirect_get sends the poll: served, never redirected
+                parts = parts[1:] if moved else parts
                 if len(parts) != 2 or parts[0] != "capture":
                     return self._send(404, _problem(404, "NoSuchResourceException", self.path))
+                if server.redirect_get and not moved:
+                    return self._send(302, {}, {"Location": f"{server.redirect_get}/moved{self.path}"})
                 self._send(*server._job(parts[1]))
 
         return Handler

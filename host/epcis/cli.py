@@ -3,7 +3,8 @@
     serialine epcis export --batch B --format jsonld|xml12 --out DIR [--db PATH]
                            [--sender SGLN] [--receiver SGLN]
     serialine outbox [--db PATH] [--limit N]
-    serialine outbox [--retry-now] --forward directory:DIR|http://HOST/BASE|mqtt://HOST:PORT/SITE/LINE
+    serialine outbox [--retry-now] --forward directory:DIR|http(s)://HOST/BASE|mqtt(s)://HOST:PORT/SITE/LINE
+                     [--credentials FILE] [--ca FILE] [--cert FILE] [--key FILE]
                      [--doc-size N]
 """
 
@@ -18,14 +19,17 @@ from datetime import datetime
 from pathlib import Path
 
 from serialine.host.epcis import document, outbox, validate
+from serialine.host.epcis.sinks import redact
 
 DEFAULT_DB = os.environ.get("SERIALINE_DB", "serialine.db")
 
 
 def _open(path: str) -> sqlite3.Connection:
-    if not Path(path).exists():
-        raise SystemExit(f"serialine: no ledger at {path} (use --db PATH or set SERIALINE_DB)")
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    from serialine.host import ledgerfile  # the one opener: a missing or foreign file is refused in one line
+    try:
+        conn = ledgerfile.open_ledger(path, schema=False)
+    except ledgerfile.LedgerFileError as exc:
+        raise SystemExit(f"error: {exc}") from None
     outbox.ensure_schema(conn)
     return conn
 
@@ -69,14 +73,51 @@ def _atomic_write(path: Path, data: bytes, replace: bool = False) -> bool:
     return True
 
 
+def _dscsa(conn: sqlite3.Connection, batch_id: str, events: list[dict], sender: str | None,
+           receiver: str | None):
+    """Sender, receiver (SGLNs) and the header's master data for a DSCSA 1.2 export: the
+    product's EPCClass and every configured location the document names."""
+    from serialine.host import masterdata
+    from serialine.host.epcis import events as ev, xml12
+    try:
+        batch = masterdata.get_batch(conn, batch_id)
+    except sqlite3.OperationalError:
+        raise ValueError(f"{batch_id}: the 1.2 export needs the ledger's master data, and this file"
+                         " has only an outbox") from None
+    if receiver is None:
+        raise ValueError("the 1.2 export needs --receiver SGLN (the trading partner it goes to)")
+    if sender is None and batch.site is None:
+        raise ValueError(f"batch {batch_id} has no site: give --sender SGLN")
+    sender, receiver = masterdata.sgln(sender or batch.site), masterdata.sgln(receiver)
+    product = masterdata.get_product_master(conn, batch.gtin)
+    fields = ("ndc", "manufacturer", "dosage_form", "strength", "net_content")
+    missing = [f.replace("_", "-") for f in fields if not getattr(product, f)]
+    if missing:
+        raise ValueError(f"product {batch.gtin} lacks DSCSA master data: --{', --'.join(missing)}"
+                         " (serialine batch product)")
+    pattern = ev.sgtin_urn(batch.gtin, "0", batch.company_prefix_len).rsplit(".", 1)[0] + ".*"
+    master = [xml12.epc_class(pattern, name=product.name, **{f: getattr(product, f) for f in fields})]
+    named = [sender, receiver]
+    for event in events:
+        named += [event[k]["id"] for k in ("bizLocation", "readPoint") if k in event]
+        named += [item[key] for name, key in (("sourceList", "source"), ("destinationList", "destination"))
+                  for item in event.get(name, ())]
+    for urn in dict.fromkeys(named):
+        loc = masterdata.get_location(conn, urn)
+        if loc is not None:
+            master.append(xml12.location(loc.sgln, name=loc.name, street=loc.street, city=loc.city,
+                                         state=loc.state, postal=loc.postal, country=loc.country))
+    return sender, receiver, master
+
+
 def export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="serialine epcis export")
     parser.add_argument("--batch", required=True)
     parser.add_argument("--format", choices=("jsonld", "xml12"), default="jsonld")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--db", default=DEFAULT_DB)
-    parser.add_argument("--sender", help="SGLN URI of the sender (xml12; default: bizLocation)")
-    parser.add_argument("--receiver", help="SGLN URI of the receiver (xml12; default: sender)")
+    parser.add_argument("--sender", help="SGLN URI of the sender (xml12; default: the batch's site)")
+    parser.add_argument("--receiver", help="SGLN URI of the trading partner receiving it (xml12)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export file")
     args = parser.parse_args(argv)
     conn = _open(args.db)
@@ -96,8 +137,8 @@ def export(argv: list[str]) -> int:
         data, name = document.dumps(doc), f"{safe}.jsonld"
     else:
         from serialine.host.epcis import xml12
-        sender = args.sender or events[0]["bizLocation"]["id"]
-        data = xml12.document(events, sender, args.receiver or sender)
+        sender, receiver, master_data = _dscsa(conn, args.batch, events, args.sender, args.receiver)
+        data = xml12.document(events, sender, receiver, master_data=master_data)
         validate.xml_document(data, "1.2")
         name = f"{safe}.xml"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,24 +160,46 @@ def main(argv: list[str]) -> int:
     except validate.InvalidDocument as exc:
         print(f"serialine epcis export: refusing to write an invalid document:\n{exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:
+        print(f"serialine epcis export: {exc}", file=sys.stderr)
+        return 1
 
 
-def sink_from_spec(spec: str):
-    """directory:DIR | http(s)://HOST[:PORT]/BASE | mqtt://HOST:PORT[/SITE/LINE]"""
+def sink_from_spec(spec: str, credentials_file=None, ca_file=None, cert_file=None, key_file=None):
+    """directory:DIR | http(s)://HOST[:PORT]/BASE | mqtt(s)://HOST[:PORT][/SITE/LINE]. Credentials
+    come from the environment or `credentials_file` (sinks/credentials.py), never from the address;
+    ValueError with a one-line, redacted message for anything refused."""
+    import urllib.parse
+
     from serialine.host.epcis import sinks
+    from serialine.host.epcis.sinks import credentials
     if spec.startswith("directory:"):
         return sinks.from_config({"kind": "directory", "path": spec[len("directory:"):]})
-    if spec.startswith(("http://", "https://")):
-        return sinks.from_config({"kind": "http", "url": spec,
-                                  "token": os.environ.get("SERIALINE_EPCIS_TOKEN"),
-                                  "ca_file": os.environ.get("SERIALINE_EPCIS_CA")})
-    if spec.startswith("mqtt://"):
-        hostport, _, rest = spec[len("mqtt://"):].partition("/")
-        host, _, port = hostport.partition(":")
-        site, _, line = rest.partition("/")
-        return sinks.from_config({"kind": "mqtt", "host": host, "port": int(port or 1883),
-                                  "site": site or "site", "line": line or "line"})
-    raise ValueError(f"unknown sink {spec!r}")
+    secrets: list[str] = []
+    try:
+        parts = urllib.parse.urlsplit(spec)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https", "mqtt", "mqtts"):
+            raise ValueError(f"unknown sink {spec!r} (directory:DIR | http(s)://HOST/BASE | "
+                             "mqtt(s)://HOST:PORT/SITE/LINE)")
+        sinks.check_address(spec, True, False, scheme.rstrip("s"))  # userinfo refused before reading any
+        creds = credentials.load(credentials_file)
+        secrets = list(creds.values())
+        if scheme.startswith("http"):
+            return sinks.from_config({
+                "kind": "http", "url": spec, "token": creds.get("SERIALINE_HTTP_TOKEN"),
+                "username": creds.get("SERIALINE_HTTP_USER"), "password": creds.get("SERIALINE_HTTP_PASSWORD"),
+                "ca_file": ca_file, "cert_file": cert_file, "key_file": key_file})
+        if scheme == "mqtt" and (ca_file or cert_file):
+            raise ValueError("--ca/--cert given for a plain mqtt:// sink: use mqtts://")
+        site, _, line = parts.path.strip("/").partition("/")
+        return sinks.from_config({
+            "kind": "mqtt", "host": parts.hostname or "", "port": parts.port, "site": site or "site",
+            "line": line or "line", "tls": scheme == "mqtts", "username": creds.get("SERIALINE_MQTT_USER"),
+            "password": creds.get("SERIALINE_MQTT_PASSWORD"), "tls_ca_file": ca_file,
+            "tls_certfile": cert_file, "tls_keyfile": key_file})
+    except (ValueError, OSError) as exc:
+        raise ValueError(sinks.redact(str(exc), secrets)) from None
 
 
 def _when(ts: float) -> str:
@@ -153,13 +216,22 @@ def outbox_main(argv: list[str]) -> int:
     parser.add_argument("--forward", metavar="SINK", help="deliver what is due now, then show")
     parser.add_argument("--doc-size", type=int, default=100)
     parser.add_argument("--retry-now", action="store_true", help="ignore the backoff: all due now")
+    parser.add_argument("--credentials", metavar="FILE", help="NAME=VALUE credentials (chmod 600) "
+                        "instead of the environment's SERIALINE_HTTP_*/SERIALINE_MQTT_*")
+    parser.add_argument("--ca", metavar="FILE", help="CA certificate(s) to verify the https/mqtts server")
+    parser.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for https/mqtts")
+    parser.add_argument("--key", metavar="FILE", help="its private key, when not in --cert")
     args = parser.parse_args(argv)
     conn = _open(args.db)
     if args.retry_now:
         print(f"{outbox.retry_now(conn)} pending events due now")
     if args.forward:
         from serialine.host.epcis.forwarder import Forwarder
-        sink = sink_from_spec(args.forward)
+        try:
+            sink = sink_from_spec(args.forward, args.credentials, args.ca, args.cert, args.key)
+        except ValueError as exc:
+            print(f"serialine outbox: {exc}", file=sys.stderr)
+            return 2
         try:
             sent = Forwarder(conn, sink, doc_size=args.doc_size).run_once()
         finally:
@@ -174,6 +246,6 @@ def outbox_main(argv: list[str]) -> int:
     now = time.time()
     for seq, batch, kind, event_id, attempts, next_try, error in outbox.pending_rows(conn, args.limit):
         due = "due" if next_try <= now else _when(next_try)
-        table.add_row(str(seq), batch, kind, event_id[14:30] + "…", str(attempts), due, error or "")
+        table.add_row(str(seq), batch, kind, event_id[14:30] + "…", str(attempts), due, redact(error or ""))
     Console().print(table)
     return 0
