@@ -8,21 +8,31 @@ import sqlite3
 from . import gs1, reporting
 from .masterdata import Batch
 
-SSCC_EXTENSION = 0
-
 
 class AggregationError(ValueError):
     pass
 
 
-def next_sscc(conn: sqlite3.Connection, company_prefix: str, extension: int = SSCC_EXTENSION) -> str:
-    """Take the next SSCC (inside the caller's transaction); the counter only moves forward."""
+def sscc_capacity(company_prefix: str) -> int:
+    """SSCCs one company prefix can give: extension digit and serial reference count together
+    (10 ** (17 - prefix length), less the all-zero one)."""
+    return 10 ** (17 - len(company_prefix)) - 1
+
+
+def next_sscc(conn: sqlite3.Connection, company_prefix: str) -> str:
+    """Take the next SSCC (inside the caller's transaction); the counter only moves forward.
+    The counter runs through the serial references of extension digit 0, then 1, ... 9, so a
+    ledger that only ever used extension 0 goes on without reusing any SSCC."""
     row = conn.execute("SELECT next_ref FROM sscc_counter WHERE company_prefix=?", (company_prefix,)).fetchone()
-    ref = 1 if row is None else row[0]
+    n = 1 if row is None else row[0]
+    if n > sscc_capacity(company_prefix):
+        raise AggregationError(f"company prefix {company_prefix} has no SSCC left: all {sscc_capacity(company_prefix):,}"
+                               " (extension digits 0-9) are used; a new company prefix is needed")
     if row is None:
-        conn.execute("INSERT INTO sscc_counter VALUES (?, ?)", (company_prefix, ref + 1))
+        conn.execute("INSERT INTO sscc_counter VALUES (?, ?)", (company_prefix, n + 1))
     else:
-        conn.execute("UPDATE sscc_counter SET next_ref=? WHERE company_prefix=?", (ref + 1, company_prefix))
+        conn.execute("UPDATE sscc_counter SET next_ref=? WHERE company_prefix=?", (n + 1, company_prefix))
+    extension, ref = divmod(n, 10 ** (16 - len(company_prefix)))
     return gs1.sscc(extension, company_prefix, ref)
 
 
@@ -53,6 +63,8 @@ class Aggregator:
         return packs + cases
 
     def add_pack(self, serial: str) -> None:
+        """A pack that passed in the caller's transaction (its commissioning event still to come:
+        the packing of a case it fills waits for it, see reporting)."""
         if self._case is None:
             case = self._open("case")
             n = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
@@ -64,7 +76,7 @@ class Aggregator:
         self._case = (case, n)
         if n >= self.batch.case_size:
             self._case = None
-            self.close(case)
+            self.close(case, line=True)
 
     def add_packs(self, serials: list[str]) -> None:
         """add_pack for many, in order, one INSERT statement per case they fill."""
@@ -82,10 +94,11 @@ class Aggregator:
             self._case = (case, n)
             if n >= self.batch.case_size:
                 self._case = None
-                self.close(case)
+                self.close(case, line=True)
 
-    def close(self, container_id: int, partial: bool = False) -> str:
-        """Give the container its SSCC, report its packing; a closed case goes onto the open pallet."""
+    def close(self, container_id: int, partial: bool = False, line: bool = False) -> str:
+        """Give the container its SSCC, report its packing; a closed case goes onto the open pallet.
+        line: filled by add_pack(s), so its packing is reported after the packs' commissioning."""
         level, state = self.conn.execute("SELECT level, state FROM container WHERE container_id=?",
                                          (container_id,)).fetchone()
         if state != "open":
@@ -93,14 +106,14 @@ class Aggregator:
         code = next_sscc(self.conn, self.batch.company_prefix)
         self.conn.execute("UPDATE container SET sscc=?, state='closed', partial=?, closed_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')"
                           " WHERE container_id=?", (code, int(partial), container_id))
-        reporting.packed(self.conn, self.ctx, self.batch, code, self.children(container_id))
+        reporting.packed(self.conn, self.ctx, self.batch, code, self.children(container_id), after_commissioning=line)
         if level == "case":
             pallet = self._open("pallet")
             self.conn.execute("UPDATE container SET parent_id=? WHERE container_id=?", (pallet, container_id))
             (n,) = self.conn.execute("SELECT count(*) FROM container WHERE parent_id=? AND state='closed'",
                                      (pallet,)).fetchone()
             if n >= self.batch.pallet_size and not partial:
-                self.close(pallet)
+                self.close(pallet, line=line)
         return code
 
     def close_partial(self) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from serialine.host.epcis.eventhash import PREFIXES
+
 CONTEXT_URL = "https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"
 # Document-level extension (a prefixed term: GS1's JSON Schema allows any URI-named field): the
 # sender's audit chain head "SEQ:HASH" when the document was made (host/audit.py anchors).
@@ -15,7 +17,9 @@ AUDIT_HEAD = "serialine:auditHead"
 def epcis_document(events: list[dict], created: datetime | None = None, audit_head: str | None = None) -> dict:
     created = created or datetime.now(timezone.utc)
     document = {
-        "@context": [CONTEXT_URL],
+        # the prefixes declared inline too: a receiver expands them without fetching the context,
+        # and the event hash (eventhash.PREFIXES) is the one it then computes
+        "@context": [CONTEXT_URL, dict(PREFIXES)],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": created.astimezone(timezone.utc).isoformat(timespec="milliseconds")

@@ -4,8 +4,11 @@ The pre-hash string follows the CBV 2.0 algorithm as implemented by GS1's refere
 (`epcis-event-hash-generator`): fields in the canonical order, `name=value` pairs, list items
 sorted, EPC URIs replaced by constrained canonical GS1 Digital Link URIs, CBV short names by
 their web-vocabulary URLs, times in UTC at millisecond precision. Fields outside the canonical
-order (here: `ilmd`) follow as sorted `name=value` pairs. Only the fields our builders emit are
-accepted: an unknown field raises instead of silently giving a different hash upstream."""
+order (here: `ilmd`) follow as sorted `{namespace}localName=value` pairs: a prefixed key is
+expanded to its full IRI (`PREFIXES`), as the reference does for a prefix the document declares
+and for an XML namespace, so the JSON-LD and the XML renderings of an event hash alike. Only the
+fields our builders emit are accepted: an unknown field raises instead of silently giving a
+different hash upstream."""
 
 from __future__ import annotations
 
@@ -15,11 +18,17 @@ from functools import lru_cache
 from datetime import datetime, timezone
 
 CBV = "https://ref.gs1.org/cbv/"
+# namespace prefixes of the extension fields we emit; documents declare them inline (document.py)
+# and the 1.2 XML uses the same IRIs as XML namespaces (xml12.py)
+PREFIXES = {"cbvmda": "urn:epcglobal:cbv:mda:"}
 _VOCAB_FIELDS = {"bizStep": "BizStep-", "disposition": "Disp-"}
 _ORDERED = ("eventTime", "eventTimeZoneOffset", "parentID", "epcList", "childEPCs", "action",
             "bizStep", "disposition", "readPoint", "bizLocation")
 _IGNORED = {"type", "eventID", "recordTime", "@context"}
-_UNORDERED = {"ilmd"}
+# typed lists (shipping): items of `type` (CBV short name -> vocabulary URL) + value, sorted
+_TYPED_LISTS = {"bizTransactionList": ("bizTransaction", "BTT-"), "sourceList": ("source", "SDT-"),
+                "destinationList": ("destination", "SDT-")}
+_UNORDERED = {"ilmd", *_TYPED_LISTS}
 
 _SGTIN = re.compile(r"^urn:epc:id:sgtin:(\d{6,12})\.(\d{1,7})\.(.{1,60})$")
 _SSCC = re.compile(r"^urn:epc:id:sscc:(\d{6,12})\.(\d{5,11})$")
@@ -75,6 +84,14 @@ def canonical_time(text: str) -> str:
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def expand_name(name: str) -> str:
+    """`cbvmda:lotNumber` -> `{urn:epcglobal:cbv:mda:}lotNumber`; an unknown prefix raises."""
+    prefix, sep, local = name.partition(":")
+    if not sep or prefix not in PREFIXES or not local:
+        raise ValueError(f"event hash: extension field {name!r} has no known namespace prefix")
+    return "{" + PREFIXES[prefix] + "}" + local
+
+
 def prehash(event: dict) -> str:
     unknown = set(event) - set(_ORDERED) - _IGNORED - _UNORDERED
     if unknown:
@@ -95,10 +112,20 @@ def prehash(event: dict) -> str:
             parts.append(f"{name}={CBV}{_VOCAB_FIELDS[name]}{value}")
         else:
             parts.append(f"{name}={_canonical_value(value)}")
+    tail = [_typed_list(name, event[name]) for name in _TYPED_LISTS if event.get(name)]
     if "ilmd" in event:
-        fields = sorted(f"{k}={_canonical_value(str(v))}" for k, v in event["ilmd"].items())
-        parts.append("ilmd" + "".join(fields))
-    return "".join(parts)
+        fields = sorted(f"{expand_name(k)}={_canonical_value(str(v))}" for k, v in event["ilmd"].items())
+        tail.append("ilmd" + "".join(fields))
+    return "".join(parts + sorted(tail))  # fields outside the canonical order, sorted (reference)
+
+
+def _typed_list(name: str, items: list[dict]) -> str:
+    key, vocabulary = _TYPED_LISTS[name]
+    rendered = []
+    for item in items:
+        kind = item["type"] if ":" in item["type"] else f"{CBV}{vocabulary}{item['type']}"
+        rendered.append(f"type={kind}{key}={_canonical_value(item[key])}")
+    return name + "".join(sorted(rendered))
 
 
 def event_hash(event: dict) -> str:

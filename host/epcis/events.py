@@ -12,10 +12,11 @@ from datetime import date, datetime, timedelta, timezone
 
 from serialine.host.epcis.eventhash import check_digit, event_hash
 
-# CBV 2.0 bizStep and disposition per kind of decommissioning (ObjectEvent DELETE)
+# CBV 2.0 bizStep and disposition of each end of life (ObjectEvent DELETE). A sample is first
+# observed with bizStep sampling (`sampling()`); its identity then ends like a decommissioned one.
 DECOMMISSION_KINDS = {
     "destroyed": ("destroying", "destroyed"),
-    "sampled": ("sampling", "non_sellable_other"),
+    "sampled": ("decommissioning", "inactive"),
     "decommissioned": ("decommissioning", "inactive"),
 }
 
@@ -149,6 +150,14 @@ def packing(ctx: Context, parent: str, children, when: datetime) -> dict:
 def unpacking(ctx: Context, parent: str, children, when: datetime) -> dict:
     """AggregationEvent DELETE: children taken out of the parent SSCC (rework)."""
     return _aggregation(ctx, parent, children, when, "DELETE", "unpacking")
+
+
+def sampling(ctx: Context, epcs, when: datetime) -> dict:
+    """ObjectEvent OBSERVE, bizStep sampling: packs taken out as samples, no longer for sale."""
+    event = _head("ObjectEvent", ctx, when)
+    event.update(epcList=_epcs(epcs, "sampling"), action="OBSERVE", bizStep="sampling",
+                 disposition="non_sellable_other")
+    return _finish(ctx, event)
 
 
 def decommissioning(ctx: Context, epcs, kind: str, when: datetime) -> dict:

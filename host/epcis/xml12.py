@@ -10,9 +10,11 @@ from datetime import datetime, timezone
 
 from lxml import etree
 
+from serialine.host.epcis.eventhash import PREFIXES
+
 EPCIS_NS = "urn:epcglobal:epcis:xsd:1"
 SBDH_NS = "http://www.unece.org/cefact/namespaces/StandardBusinessDocumentHeader"
-CBVMDA_NS = "urn:epcglobal:cbv:mda"
+CBVMDA_NS = PREFIXES["cbvmda"]  # the IRI the JSON-LD context gives cbvmda: both renderings hash alike
 NSMAP = {"epcis": EPCIS_NS, "sbdh": SBDH_NS, "cbvmda": CBVMDA_NS}
 
 
@@ -59,9 +61,9 @@ def _event(parent, event: dict) -> None:
         ilmd = _sub(_sub(el, "extension"), "ilmd")
         for key, value in event["ilmd"].items():
             prefix, _, name = key.partition(":")
-            if prefix != "cbvmda":
+            if prefix not in PREFIXES or not name:
                 raise ValueError(f"EPCIS 1.2 export: unsupported ILMD attribute {key!r}")
-            _sub(ilmd, f"{{{CBVMDA_NS}}}{name}", str(value))
+            _sub(ilmd, f"{{{PREFIXES[prefix]}}}{name}", str(value))
 
 
 def document(events: list[dict], sender: str, receiver: str,

@@ -34,7 +34,9 @@ def all_kinds(ctx, n_units: int = 3, batch: str = "B1") -> list[dict]:
         ev.packing(ctx, case, units, when),
         ev.packing(ctx, pallet, [case], when),
         ev.unpacking(ctx, case, units[:1], when),
-        *(ev.decommissioning(ctx, units[:1], kind, when) for kind in ev.DECOMMISSION_KINDS),
+        ev.decommissioning(ctx, units[:1], "destroyed", when),
+        ev.sampling(ctx, units[:1], when),  # a sample's end of life is a decommissioning, as next
+        ev.decommissioning(ctx, units[:1], "decommissioned", when),
     ]
 
 

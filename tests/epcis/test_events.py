@@ -74,8 +74,9 @@ def test_vocabulary_per_kind(events_all):
     assert pallet["childEPCs"] == [pack["parentID"]]
     assert (unpack["action"], unpack["bizStep"]) == ("DELETE", "unpacking")
     assert [(e["action"], e["bizStep"], e["disposition"]) for e in (destroyed, sampled, decommissioned)] == [
-        ("DELETE", "destroying", "destroyed"), ("DELETE", "sampling", "non_sellable_other"),
+        ("DELETE", "destroying", "destroyed"), ("OBSERVE", "sampling", "non_sellable_other"),
         ("DELETE", "decommissioning", "inactive")]
+    assert ev.DECOMMISSION_KINDS["sampled"] == ("decommissioning", "inactive")  # a sample's end of life
     assert commission["eventTime"] == "2026-11-24T18:00:00.123+01:00"
 
 

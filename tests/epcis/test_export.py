@@ -28,7 +28,7 @@ def test_xml12_valid_for_every_kind_with_ilmd_in_extension(ctx):
     root = etree.fromstring(data)
     ilmd = root.findall(".//ObjectEvent/extension/ilmd")
     assert len(ilmd) == 1
-    assert ilmd[0].findtext("{urn:epcglobal:cbv:mda}lotNumber") == "L0042"
+    assert ilmd[0].findtext(f"{{{xml12.CBVMDA_NS}}}lotNumber") == "L0042"
     assert [e.text for e in root.iter("eventID")] == [e["eventID"] for e in events]
     sbdh = "{http://www.unece.org/cefact/namespaces/StandardBusinessDocumentHeader}"
     assert root.find(f".//{sbdh}Receiver/{sbdh}Identifier").text == PARTNER
