@@ -31,7 +31,9 @@ _BATCH_BOOTS = ("(device_id, boot_id) IN (SELECT device_id, boot_id FROM device_
                 " UNION SELECT device_id, boot_id FROM unit WHERE batch_id = :key)")
 _PARTS = {
     "product": ("product", "gtin = (SELECT gtin FROM batch WHERE batch_id = :key)", "gtin", None, None),
+    "product_master": ("product_master", "gtin = (SELECT gtin FROM batch WHERE batch_id = :key)", "gtin", None, None),
     "batch": ("batch", "batch_id = :key", "batch_id", None, None),
+    "batch_site": ("batch_site", "batch_id = :key", "batch_id", None, None),
     "unit": ("unit", "batch_id = :key", "device_id, boot_id, unit_seq", None, None),
     "serial": ("serial", "batch_id = :key", "gtin, serial", None, None),
     "serial_history": ("serial_history", "batch_id = :key", "gtin, serial, at, old_state, new_state", None, None),
@@ -43,8 +45,6 @@ _PARTS = {
     "epcis_outbox": ("epcis_outbox", "batch_id = :key", "seq",
                      ("delivered_at", "attempts", "next_try_at", "last_error"), "enqueued_at"),  # delivery moves on
     "alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
-    "product_master": ("product_master", "gtin = (SELECT gtin FROM batch WHERE batch_id = :key)", "gtin", None, None),
-    "batch_site": ("batch_site", "batch_id = :key", "batch_id", None, None),
     # master data at creation (state and closed_at move on)
     "product_row": ("product", "gtin = :key", "gtin", None, None),
     "product_master_row": ("product_master", "gtin = :key", "gtin", None, None),
@@ -59,6 +59,8 @@ SEALS = {
     "batch.close": ("batch_id", _CLOSED),
     "batch.abort": ("batch_id", _CLOSED),
 }
+
+REOPENS = ("batch.reopen",)  # after one, a batch may change until its next close seals it again
 
 _ANCHOR = re.compile(r"\b(\d+):([0-9a-f]{64})\b")
 
@@ -208,10 +210,11 @@ def _verify_anchors(by_seq: dict, anchors) -> str | None:
     return None
 
 
-def _latest_seals(conn) -> list[tuple[int, str, str, dict]]:
-    """(seq, action, key, seal) of the seals that must still hold: per GTIN its product.add, per
-    batch its batch.create and its latest close/abort unless a later record names the batch."""
-    master, final = {}, {}
+def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
+    """(seq, action, key, seal) of the seals that must still hold — per GTIN its product.add, per
+    batch its batch.create and its latest close/abort unless reopened since — and the batches
+    whose trail ends reopened ({batch: seq of the reopen})."""
+    master, final, reopened = {}, {}, {}
     for seq, action, text in conn.execute("SELECT seq, action, detail FROM audit ORDER BY seq"):
         try:
             detail = json.loads(text)
@@ -219,9 +222,9 @@ def _latest_seals(conn) -> list[tuple[int, str, str, dict]]:
             continue
         if not isinstance(detail, dict):
             continue
-        batch_id = detail.get("batch_id")
-        if batch_id is not None:
-            final.pop(str(batch_id), None)  # a later record (e.g. reopen) supersedes a close's seal
+        if action in REOPENS:
+            final.pop(str(detail.get("batch_id")), None)
+            reopened[str(detail.get("batch_id"))] = seq
         if action not in SEALS or "seal" not in detail:
             continue
         key = str(detail[SEALS[action][0]])
@@ -229,14 +232,15 @@ def _latest_seals(conn) -> list[tuple[int, str, str, dict]]:
             master[(action, key)] = (seq, action, key, detail["seal"])
         else:
             final[key] = (seq, action, key, detail["seal"])
-    return list(master.values()) + list(final.values())
+            reopened.pop(key, None)
+    return list(master.values()) + list(final.values()), reopened
 
 
 def _verify_seals(conn) -> str | None:
-    for seq, action, key, sealed in _latest_seals(conn):
-        for part, s in sealed.items():
-            if part not in _PARTS:
-                continue
+    seals, reopened = _latest_seals(conn)
+    for seq, action, key, sealed in seals:
+        for part in [p for p in _PARTS if p in sealed]:  # in _PARTS order: the first broken is the most telling
+            s = sealed[part]
             try:
                 now = _part_digest(conn, part, key, s["cols"], s.get("upto"))
             except sqlite3.Error as exc:
@@ -244,6 +248,11 @@ def _verify_seals(conn) -> str | None:
             if now != {"rows": s["rows"], "sha256": s["sha256"]}:
                 what = f"{s['rows']} rows sealed, {now['rows']} now" if now["rows"] != s["rows"] else "rows changed"
                 return (f"{_label(action, key)}: table {_PARTS[part][0]} differs from its seal in record {seq} ({action}): {what}")
+    for batch_id, seq in reopened.items():
+        row = conn.execute("SELECT state FROM batch WHERE batch_id=?", (batch_id,)).fetchone()
+        if row is None or row[0] in ("closed", "aborted"):
+            state = row[0] if row else "missing"
+            return f"batch {batch_id}: the trail ends with its reopen (record {seq}) but the ledger says {state}"
     return None
 
 
@@ -289,8 +298,11 @@ def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
     if problem:
         return False, n, problem
     (events,) = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone() if _has(conn, "epcis_outbox") else (0,)
-    return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found,"
-                     f" sealed tables match, {events} outbox eventIDs match their bodies")
+    newest = max((s if s is not None else {h: q for q, h in by_seq.items()}.get(h, 0) for s, h in anchors), default=0)
+    # records after the newest anchor are only as good as the file: nothing outside vouches for them yet
+    tail = f", {n - newest} record(s) after the newest anchor" if anchors and n > newest else ""
+    return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found{tail};"
+                     f" sealed tables match; {events} outbox eventIDs match their bodies")
 
 
 def _has(conn, table: str) -> bool:

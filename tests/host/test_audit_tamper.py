@@ -1,0 +1,214 @@
+"""Tampering matrix: a closed batch's ledger edited behind the project's back with raw sqlite3
+(dropping the append-only and rule triggers first, as an attacker would). `serialine audit
+verify` must exit non-zero for every kind of edit, with one line naming the first broken record or
+table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from serialine.host import audit, cli_batch, db
+from serialine.host.db import transaction
+from serialine.host.epcis import eventhash
+from serialine.host.ledger import Ledger
+from serialine.protocol.schema import Reason
+
+from hostkit import GTIN, Line
+
+SETUP = [["product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len", "7"],
+         ["serials", GTIN, "--generate", "300"],
+         ["create", "B1", GTIN, "L1", "2030-01-31", "--planned", "100", "--case-size", "3", "--pallet-size", "2"],
+         ["start", "B1"]]
+
+
+def _run_line(dbfile, close=True):
+    for argv in SETUP:
+        assert cli_batch.main([*argv, "--db", str(dbfile), "--user", "ann"]) == 0
+    conn = db.connect(str(dbfile))
+    ledger = Ledger(conn, "B1")
+    with transaction(conn):
+        ledger.queue_codes(12)
+    line = Line(ledger)
+    for u in range(6):
+        line.unit(u)  # two full cases on one pallet
+    line.unit(6, outcome=2, reason=int(Reason.VERDICT_FAIL), grade="F")  # rejected
+    with transaction(conn):
+        ledger.alarm("dev1", "REJECT_STREAK", "test alarm")
+    conn.close()
+    if close:
+        assert cli_batch.main(["close", "B1", "--db", str(dbfile), "--user", "qa"]) == 0
+
+
+@pytest.fixture(scope="module")
+def closed_ledger(tmp_path_factory):
+    d = tmp_path_factory.mktemp("closed")
+    _run_line(d / "ledger.db")
+    return d
+
+
+def _rehash(c, start=1):
+    prev = audit.GENESIS if start == 1 else c.execute("SELECT hash FROM audit WHERE seq=?", (start - 1,)).fetchone()[0]
+    for seq, at, user, action, detail in c.execute(
+            "SELECT seq, at, user, action, detail FROM audit WHERE seq >= ? ORDER BY seq", (start,)).fetchall():
+        h = audit._digest(prev, seq, at, user, action, detail)
+        c.execute("UPDATE audit SET prev_hash=?, hash=? WHERE seq=?", (prev, h, seq))
+        prev = h
+
+
+def _rejected(c):
+    return c.execute("SELECT gtin, serial FROM unit WHERE outcome LIKE 'REJECTED%'").fetchone()
+
+
+def delete_last_records(c):
+    c.execute("DROP TRIGGER audit_no_delete")
+    c.execute("DELETE FROM audit WHERE seq > (SELECT max(seq) - 2 FROM audit)")
+
+
+def edit_record_and_rehash(c):
+    c.execute("DROP TRIGGER audit_no_update")
+    (detail,) = c.execute("SELECT detail FROM audit WHERE action='batch.create'").fetchone()
+    c.execute("UPDATE audit SET detail=? WHERE action='batch.create'", (detail.replace('"L1"', '"L9"'),))
+    _rehash(c)
+
+
+def forge_passed_commissioned_cased(c):  # the issue's case: a rejected pack made good and packed
+    gtin, serial = _rejected(c)
+    for t in ("serial_transition", "serial_log", "packed_only_commissioned", "packed_into_open_case"):
+        c.execute(f"DROP TRIGGER {t}")
+    c.execute("UPDATE unit SET outcome='PASSED', reason=NULL, verdict='PASS' WHERE serial=?", (serial,))
+    c.execute("UPDATE serial SET state='commissioned' WHERE serial=?", (serial,))
+    c.execute("INSERT INTO packed SELECT ?, ?, container_id FROM container WHERE level='case' LIMIT 1", (gtin, serial))
+
+
+def edit_unit_outcome(c):
+    c.execute("UPDATE unit SET outcome='PASSED' WHERE outcome LIKE 'REJECTED%'")
+
+
+def edit_serial_state(c):
+    c.execute("DROP TRIGGER serial_transition")
+    c.execute("DROP TRIGGER serial_log")
+    c.execute("UPDATE serial SET state='commissioned' WHERE serial=?", (_rejected(c)[1],))
+
+
+def delete_serial_history_row(c):
+    c.execute("DELETE FROM serial_history WHERE serial=? AND new_state='rejected'", (_rejected(c)[1],))
+
+
+def edit_device_event_body(c):
+    (body,) = c.execute("SELECT body FROM device_event WHERE msg_name='UNIT_OUTCOME' AND unit_seq=6").fetchone()
+    fields = json.loads(body)
+    fields["outcome"] = 1
+    c.execute("UPDATE device_event SET body=? WHERE msg_name='UNIT_OUTCOME' AND unit_seq=6", (json.dumps(fields),))
+
+
+def delete_alarm(c):
+    c.execute("DELETE FROM alarm_log")
+
+
+def edit_batch_lot_expiry(c):
+    c.execute("UPDATE batch SET lot='L9', expiry='2031-01-31' WHERE batch_id='B1'")
+
+
+def edit_outbox_body(c):
+    c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
+    seq, body = c.execute("SELECT seq, body FROM epcis_outbox WHERE event_type='ObjectEvent' LIMIT 1").fetchone()
+    event = json.loads(body)
+    event["epcList"] = event["epcList"][:-1]
+    c.execute("UPDATE epcis_outbox SET body=? WHERE seq=?", (json.dumps(event), seq))
+
+
+def edit_outbox_event_id(c):
+    c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
+    seq, body = c.execute("SELECT seq, body FROM epcis_outbox LIMIT 1").fetchone()
+    event = json.loads(body)
+    event["eventID"] = "ni:///sha-256;" + "ab" * 32 + "?ver=CBV2.0"
+    c.execute("UPDATE epcis_outbox SET event_id=?, body=? WHERE seq=?", (event["eventID"], json.dumps(event), seq))
+
+
+def insert_forged_record(c):  # a rework the line never had, slipped in before the close and re-chained
+    for t in ("audit_no_update", "audit_no_delete"):
+        c.execute(f"DROP TRIGGER {t}")
+    recs = c.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+    close_at = next(r[0] for r in recs if r[3] == "batch.close")
+    c.execute("DELETE FROM audit WHERE seq >= ?", (close_at,))
+    forged = (close_at, recs[close_at - 2][1], "ann", "rework.decommission", json.dumps({"target": "X", "reason": "r"}))
+    c.execute("INSERT INTO audit VALUES (?,?,?,?,?,'',?)", (*forged, "x"))
+    for r in recs[close_at - 1:]:
+        c.execute("INSERT INTO audit VALUES (?,?,?,?,?,'',?)", (r[0] + 1, *r[1:5], f"x{r[0]}"))
+    _rehash(c)
+
+
+def append_forged_reopen(c):  # a "reopen" appended at the head, so the close seal no longer applies
+    c.execute("DROP TRIGGER serial_transition")
+    c.execute("DROP TRIGGER serial_log")
+    seq, prev = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    at, detail = "2026-01-01T00:00:00.000000+00:00", json.dumps({"batch_id": "B1", "reason": "r", "from": "closed"})
+    c.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", (seq + 1, at, "ann", "batch.reopen", detail, prev,
+                                                          audit._digest(prev, seq + 1, at, "ann", "batch.reopen", detail)))
+    c.execute("UPDATE unit SET outcome='PASSED' WHERE outcome LIKE 'REJECTED%'")
+
+
+# edit kind -> what verify's line must say
+MATRIX = {
+    "delete the last 2 audit records": (delete_last_records, "is missing, the log ends at record"),
+    "edit a record, re-hash the chain": (edit_record_and_rehash, "has another hash (the chain was rewritten)"),
+    "rejected unit forged PASSED, commissioned, cased": (forge_passed_commissioned_cased, "table unit differs"),
+    "edit a unit outcome": (edit_unit_outcome, "table unit differs"),
+    "edit a serial state": (edit_serial_state, "table serial differs"),
+    "delete a serial_history row": (delete_serial_history_row, "table serial_history differs"),
+    "edit a device_event body": (edit_device_event_body, "table device_event differs"),
+    "delete an alarm": (delete_alarm, "table alarm_log differs"),
+    "edit the batch's lot and expiry": (edit_batch_lot_expiry, "batch B1: table batch differs from its seal in record 3 (batch.create)"),
+    "edit an outbox body": (edit_outbox_body, "table epcis_outbox differs"),
+    "edit an outbox eventID": (edit_outbox_event_id, "table epcis_outbox differs"),
+    "insert a forged audit record": (insert_forged_record, "has another hash (the chain was rewritten)"),
+    "append a forged reopen, edit a unit": (append_forged_reopen, "the trail ends with its reopen"),
+}
+
+
+def _tampered(src, dst, edit):
+    shutil.copy(src / "ledger.db", dst / "ledger.db")
+    shutil.copy(src / "ledger.db.anchors", dst / "ledger.db.anchors")
+    c = sqlite3.connect(dst / "ledger.db", isolation_level=None)  # raw sqlite3, not the project's code
+    c.execute("BEGIN")
+    edit(c)
+    c.execute("COMMIT")
+    c.close()
+    return dst / "ledger.db"
+
+
+def test_untouched_ledger_verifies(closed_ledger, capsys):
+    assert cli_batch.audit_main(["verify", "--db", str(closed_ledger / "ledger.db")]) == 0
+    out = capsys.readouterr().out
+    assert "audit log intact" in out and "sealed tables match" in out
+
+
+@pytest.mark.parametrize("kind", list(MATRIX))
+def test_tampering_is_detected(closed_ledger, tmp_path, capsys, kind):
+    edit, expected = MATRIX[kind]
+    dbfile = _tampered(closed_ledger, tmp_path, edit)
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1, kind
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, (kind, err)
+
+
+def test_outbox_eventids_recomputed_on_a_running_batch(tmp_path, capsys):
+    """No seal yet (the batch runs): verify still recomputes every eventID from its body."""
+    dbfile = tmp_path / "ledger.db"
+    _run_line(dbfile, close=False)
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
+    seq, body = c.execute("SELECT seq, body FROM epcis_outbox WHERE event_type='ObjectEvent' LIMIT 1").fetchone()
+    event = json.loads(body)
+    event["epcList"] = event["epcList"][:-1]
+    assert eventhash.event_hash(event) != event["eventID"]
+    c.execute("UPDATE epcis_outbox SET body=? WHERE seq=?", (json.dumps(event), seq))
+    c.close()
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
+    assert capsys.readouterr().err.strip() == f"outbox: 1 event(s) whose eventID does not match their body, first at outbox seq {seq} (batch B1)"
