@@ -1,0 +1,187 @@
+"""Faults the ledger must survive without a pack left unaccounted for: a reboot that loses PASSED
+outcomes (UNKNOWN until a person resolves each unit), gaps in a unit's life (rows created, a lost
+UNIT_PRINTED still takes its coder job), and events that arrive with a value out of range."""
+
+import subprocess
+import sys
+
+import pytest
+
+from serialine.host import audit, reconcile, resolve, rework
+from serialine.host.db import snapshot, transaction
+from serialine.host.epcis import outbox
+from serialine.protocol.schema import Outcome, Reason, Verdict
+
+
+def unit_row(conn, u, boot=7):
+    return conn.execute("SELECT outcome, reason, serial FROM unit WHERE boot_id=? AND unit_seq=?", (boot, u)).fetchone()
+
+
+def serial_state(conn, serial):
+    return conn.execute("SELECT state FROM serial WHERE serial=?", (serial,)).fetchone()[0]
+
+
+def alarms(conn, kind):
+    return [d for (d,) in conn.execute("SELECT detail FROM alarm_log WHERE alarm=? ORDER BY alarm_id", (kind,))]
+
+
+def in_flight(line, u, verdict):
+    """Unit u detected, printed, inspected and judged (verdict recorded as sent), no outcome yet."""
+    L = line.ledger
+    line.store([line.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0),
+                line.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0),
+                line.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)])
+    if verdict is not None:
+        with transaction(L.conn):
+            L.record_verdict("dev1", 7, u, verdict, Reason.OK if verdict == Verdict.PASS else Reason.LOW_GRADE,
+                             None, "A")
+
+
+def reboot_with_units_in_flight(line):
+    """Units 0-2 passed (one closed case of 3); the device reboots with unit 3 passed by the host
+    (its PASSED event lost with the RAM), unit 4 failed and unit 5 never judged."""
+    for u in range(3):
+        line.unit(u)
+    in_flight(line, 3, Verdict.PASS)
+    in_flight(line, 4, Verdict.FAIL)
+    in_flight(line, 5, None)
+    with transaction(line.ledger.conn):
+        assert line.ledger.new_boot("dev1", 8) == 3
+
+
+def test_reboot_books_a_passed_unit_unknown_and_the_rest_rejected(line):
+    conn = line.ledger.conn
+    reboot_with_units_in_flight(line)
+    assert unit_row(conn, 3)[:2] == ("UNKNOWN", "OUTCOME_LOST")
+    assert serial_state(conn, unit_row(conn, 3)[2]) == "printed"  # maybe on the market: never rejected
+    for u in (4, 5):  # no PASS sent: the device rejected them (fail safe)
+        assert unit_row(conn, u)[:2] == ("PURGED", "PURGE")
+        assert serial_state(conn, unit_row(conn, u)[2]) == "rejected"
+    [alarm] = alarms(conn, "OUTCOME_UNKNOWN")
+    assert "dev1:7:3" in alarm and "dev1:7:4" not in alarm
+    before = snapshot(conn)
+    with pytest.raises(reconcile.ReconcileError, match="unknown outcome.*dev1:7:3"):
+        reconcile.close_batch(conn, "B1", "ann")
+    assert snapshot(conn) == before
+
+
+def test_resolve_found_in_a_case_commissions_and_packs_it(line):
+    conn = line.ledger.conn
+    reboot_with_units_in_flight(line)
+    serial = unit_row(conn, 3)[2]
+    sscc, first = conn.execute("SELECT c.sscc, p.serial FROM container c JOIN packed p USING (container_id)"
+                               " WHERE c.level='case' AND c.state='closed'").fetchone()
+    before = snapshot(conn)
+    for kwargs, why in (({"found_in": sscc}, "full"), ({"found_in": "000000000000000000"}, "unknown SSCC"),
+                        ({}, "--found-in SSCC or --destroyed"), ({"found_in": sscc, "destroyed": True}, "--found-in")):
+        with pytest.raises(resolve.ResolveError, match=why):
+            resolve.resolve(conn, "B1", "dev1:7:3", user="qa", reason="case check", **kwargs)
+    with pytest.raises(resolve.ResolveError, match="PURGED, not UNKNOWN"):
+        resolve.resolve(conn, "B1", "dev1:7:4", destroyed=True, user="qa", reason="x")
+    with pytest.raises(resolve.ResolveError, match="DEVICE:BOOT:SEQ"):
+        resolve.resolve(conn, "B1", "dev1-7-3", destroyed=True, user="qa", reason="x")
+    assert snapshot(conn) == before  # every refusal changed nothing
+    # the case was re-checked: the pack the ledger put in it is not there, the unknown one is
+    rework.remove_pack(conn, line.ledger.batch.gtin, first, "qa", "case check: not in this case")
+    rework.decommission(conn, line.ledger.batch.gtin, first, "destroyed", "qa", "not found")
+    done = resolve.resolve(conn, "B1", "dev1:7:3", found_in=sscc, user="qa", reason="case check: found in it")
+    assert sscc in done and serial in done
+    assert unit_row(conn, 3)[:2] == ("PASSED", "FOUND_IN_CASE")
+    assert serial_state(conn, serial) == "commissioned"
+    assert conn.execute("SELECT c.sscc FROM packed p JOIN container c USING (container_id) WHERE p.serial=?",
+                        (serial,)).fetchone()[0] == sscc
+    [(user, detail)] = conn.execute("SELECT user, detail FROM audit WHERE action='unit.resolve'").fetchall()
+    assert user == "qa" and "found in it" in detail and sscc in detail
+    assert audit.verify(conn)[0]
+    kinds = [(e["type"], e.get("bizStep", "")) for e in outbox.batch_events(conn, "B1")]
+    assert kinds[-2:] == [("ObjectEvent", "commissioning"), ("AggregationEvent", "packing")]  # the found pack
+    assert reconcile.reconcile(conn, "B1").units.get("unknown") is None
+
+
+def test_resolve_destroyed_on_the_command_line_then_the_batch_closes(line, tmp_path):
+    conn = line.ledger.conn
+    reboot_with_units_in_flight(line)
+    serial = unit_row(conn, 3)[2]
+    db_path = conn.execute("PRAGMA database_list").fetchone()[2]
+    cmd = [sys.executable, "-m", "serialine.host.cli", "batch", "resolve", "B1", "--db", db_path, "--user", "qa"]
+    bad = subprocess.run(cmd + ["--unit", "dev1:7:9", "--destroyed", "--reason", "x"], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no unit dev1:7:9" in bad.stderr
+    ok = subprocess.run(cmd + ["--unit", "dev1:7:3", "--destroyed", "--reason", "not found on the line"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert unit_row(conn, 3)[:2] == ("DESTROYED", "RESOLVED") and serial_state(conn, serial) == "destroyed"
+    report = reconcile.close_batch(conn, "B1", "ann")
+    assert report.units == {"detected": 6, "passed": 3, "rejected": 3}
+
+
+def test_a_unit_heard_of_first_by_a_later_event_gets_a_row_booked_unknown(line):
+    conn = line.ledger.conn
+    line.store([line.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0),
+                line.event("UNIT_PRINTED", unit_seq=0, pos=0, t_us=0),
+                # UNIT_DETECTED of unit 1 never arrived; nothing at all of unit 2
+                line.event("UNIT_PRINTED", unit_seq=1, pos=0, t_us=0),
+                line.event("UNIT_DETECTED", unit_seq=3, pos=0, t_us=0, flags=0)])
+    assert unit_row(conn, 1)[:2] == ("UNKNOWN", "EVENTS_LOST") and unit_row(conn, 1)[2] is not None
+    assert unit_row(conn, 2) == ("UNKNOWN", "EVENTS_LOST", None)
+    assert unit_row(conn, 3) == (None, None, None)
+    assert len(alarms(conn, "EVENTS_LOST")) == 2
+    # the device's word, when it comes, replaces the unknown
+    line.store([line.event("UNIT_OUTCOME", unit_seq=1, outcome=int(Outcome.REJECTED_CONFIRMED),
+                           reason=int(Reason.NO_VERDICT), gate_error=0, pos=0, t_us=0)])
+    assert unit_row(conn, 1)[:2] == ("REJECTED_CONFIRMED", "NO_VERDICT")
+    assert serial_state(conn, unit_row(conn, 1)[2]) == "rejected"
+    # and an outcome for a unit with no row at all creates it
+    line.store([line.event("UNIT_OUTCOME", unit_seq=5, outcome=int(Outcome.REJECTED_UNCONFIRMED),
+                           reason=int(Reason.BUFFER_OVERFLOW), gate_error=0, pos=0, t_us=0)])
+    assert unit_row(conn, 5)[:2] == ("REJECTED_UNCONFIRMED", "BUFFER_OVERFLOW")
+    assert unit_row(conn, 4)[:2] == ("UNKNOWN", "EVENTS_LOST")
+
+
+def test_a_lost_print_still_takes_its_job_so_later_units_keep_their_codes(line):
+    conn = line.ledger.conn
+    queued = [s for (s,) in conn.execute("SELECT serial FROM coder_job ORDER BY job_id")]
+    ev = [line.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0) for u in range(3)]
+    ev += [line.event("UNIT_PRINTED", unit_seq=0, pos=0, t_us=0),
+           line.event("UNIT_PRINTED", unit_seq=2, pos=0, t_us=0)]  # unit 1's print event lost
+    # unit 3 was not tracked (device buffer full): rejected at detection, never triggered the coder
+    ev += [line.event("UNIT_DETECTED", unit_seq=3, pos=0, t_us=0, flags=0),
+           line.event("UNIT_OUTCOME", unit_seq=3, outcome=int(Outcome.REJECTED_UNCONFIRMED),
+                      reason=int(Reason.BUFFER_OVERFLOW), gate_error=0, pos=0, t_us=0),
+           line.event("UNIT_DETECTED", unit_seq=4, pos=0, t_us=0, flags=0),
+           line.event("UNIT_PRINTED", unit_seq=4, pos=0, t_us=0)]
+    line.store(ev)
+    bound = [unit_row(conn, u)[2] for u in range(5)]
+    assert bound == [queued[0], queued[1], queued[2], None, queued[3]]
+    [lost] = alarms(conn, "PRINT_LOST")
+    assert "unit 1:" in lost
+    assert line.ledger.expected_code("dev1", 7, 2).count(queued[2]) == 1
+
+
+def test_the_binding_survives_a_restarted_ledger(line):
+    """The next agent knows where the boot's prints stand: a gap across its start is seen too."""
+    from serialine.host.ledger import Ledger
+    conn = line.ledger.conn
+    queued = [s for (s,) in conn.execute("SELECT serial FROM coder_job ORDER BY job_id")]
+    line.store([line.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0),
+                line.event("UNIT_PRINTED", unit_seq=0, pos=0, t_us=0),
+                line.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)])
+    line.ledger = Ledger(conn, "B1")
+    line.store([line.event("UNIT_DETECTED", unit_seq=2, pos=0, t_us=0, flags=0),
+                line.event("UNIT_PRINTED", unit_seq=2, pos=0, t_us=0)])
+    assert [unit_row(conn, u)[2] for u in range(3)] == queued[:3]
+    assert len(alarms(conn, "PRINT_LOST")) == 1 and not alarms(conn, "EVENTS_LOST")
+
+
+def test_an_invalid_event_is_stored_once_never_applied(line):
+    conn = line.ledger.conn
+    line.store([line.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0),
+                line.event("UNIT_PRINTED", unit_seq=0, pos=0, t_us=0)])
+    bad = line.event("UNIT_OUTCOME", unit_seq=0, outcome=1, reason=99, gate_error=0, pos=0, t_us=0,
+                     invalid="UNIT_OUTCOME.reason 99 is not a Reason")
+    assert line.store([bad]) == [False]
+    assert unit_row(conn, 0)[0] is None  # not applied: the unit still waits for a real outcome
+    [alarm] = alarms(conn, "QUARANTINED")
+    assert "reason 99" in alarm
+    before = snapshot(conn)
+    assert line.store([bad]) == [False]  # resent: recognised, nothing changes, no second alarm
+    assert snapshot(conn) == before

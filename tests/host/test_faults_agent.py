@@ -1,0 +1,154 @@
+"""The agent survives bad input and contention: an intact frame with an enum value out of range
+(through the real HostLink on a pty) is stored, alarmed and acked, never a crash loop; a second
+agent for the same device is refused in one line; a writer holding the ledger's lock (a real
+second connection in BEGIN IMMEDIATE) is waited out, the events acked only once stored."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import tty
+
+import pytest
+
+from serialine.host import db
+from serialine.host.agent import Agent, AgentError
+from serialine.host.link import HostLink
+from serialine.protocol.fastcodec import StreamDecoder, as_dict, encode
+from serialine.protocol.schema import BY_NAME, FINGERPRINT, PROTOCOL_VERSION
+
+T = {name: m.msg_type for name, m in BY_NAME.items()}
+
+
+def hello_reply(boot_id=5):
+    return encode(T["HELLO_REPLY"], 0, 0, dict(
+        fingerprint=FINGERPRINT, proto_version=PROTOCOL_VERSION, status=0, fw_version="x", board="sim",
+        device_id="dev-q", boot_id=boot_id, uptime_ms=2, reset_cause=1, next_unit_seq=0, state=1))
+
+
+def acks(master, d, wait=0.3, agent=None):
+    """The highest ack the host wrote during `wait` s (stepping the agent meanwhile)."""
+    end, best = time.monotonic() + wait, None
+    while time.monotonic() < end:
+        if agent is not None:
+            agent.step(0.01)
+        try:
+            for t, _, ack, _ in d.feed(os.read(master, 4096)):
+                best = ack if best is None else max(best, ack)
+        except BlockingIOError:
+            time.sleep(0.01)
+    return best
+
+
+def frames():
+    detected = encode(T["UNIT_DETECTED"], 0, 0, dict(event_seq=1, unit_seq=0, pos=0, t_us=0, flags=0))
+    # CRC-valid, every field in its wire range, but reason 99 is no Reason
+    outcome = encode(T["UNIT_OUTCOME"], 1, 0, dict(event_seq=2, unit_seq=0, outcome=1, reason=99, gate_error=0,
+                                                   pos=0, t_us=0))
+    return detected + outcome
+
+
+def test_an_out_of_range_event_is_quarantined_and_acked_never_a_crash_loop(conn):
+    for attempt in range(2):  # the second agent gets the same events resent: still no crash
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        link = HostLink(os.ttyname(slave), rto=0.05, hello_timeout=0.2)
+        try:
+            os.write(master, hello_reply())
+            agent = Agent(conn, "B1", link)
+            agent.start(timeout=3)
+            os.write(master, frames())
+            assert acks(master, StreamDecoder(), agent=agent) == 2  # both stored, both acked
+            agent.release()
+        finally:
+            link.close()
+            os.close(master)
+            os.close(slave)
+    rows = conn.execute("SELECT event_seq, msg_name FROM device_event WHERE device_id='dev-q'").fetchall()
+    assert rows == [(1, "UNIT_DETECTED"), (2, "UNIT_OUTCOME")]
+    assert conn.execute("SELECT outcome FROM unit WHERE device_id='dev-q'").fetchall() == [(None,)]  # not applied
+    quarantined = conn.execute("SELECT detail FROM alarm_log WHERE alarm='QUARANTINED'").fetchall()
+    assert len(quarantined) == 1 and "99" in quarantined[0][0]
+
+
+class ScriptedLink:
+    """Stands in for HostLink: each event delivered once by poll(), acked by ack_delivered()."""
+
+    def __init__(self, device_id="line1"):
+        self.inbox, self.sent, self.acked, self.delivered, self.seq = [], [], 0, 0, 0
+        self.hello = {"device_id": device_id, "boot_id": 42}
+
+    def connect(self, timeout):
+        return dict(self.hello)
+
+    def poll(self, timeout):
+        out, self.inbox = self.inbox, []
+        self.delivered += len(out)
+        return out
+
+    def ack_delivered(self):
+        self.acked = self.delivered
+
+    def send(self, name, fields):
+        self.sent.append((name, fields))
+
+    def event(self, name, **f):
+        self.seq += 1
+        self.inbox.append((name, dict(f, event_seq=self.seq)))
+
+
+def test_a_second_agent_for_the_same_device_is_refused(conn, tmp_path):
+    first = Agent(conn, "B1", ScriptedLink())
+    first.start()
+    with pytest.raises(AgentError) as err:
+        Agent(conn, "B1", ScriptedLink()).start()
+    assert "line1" in str(err.value) and f"pid {os.getpid()}" in str(err.value) and "\n" not in str(err.value)
+    # another process on the same ledger file: refused too (the lock is the OS's, not this process's)
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    code = ("import sys; sys.path.insert(0, 'tests/host'); from test_faults_agent import ScriptedLink;"
+            "from serialine.host import db; from serialine.host.agent import Agent, AgentError\n"
+            f"try: Agent(db.connect({path!r}), 'B1', ScriptedLink()).start()\n"
+            "except AgentError as e: print(e); sys.exit(3)")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert other.returncode == 3 and "already served" in other.stdout, other.stderr
+    Agent(conn, "B1", ScriptedLink("line2")).start()  # another device: fine
+    first.release()
+    Agent(conn, "B1", ScriptedLink()).start()  # the first is gone: the device is free
+
+
+def test_a_busy_ledger_is_waited_out_and_events_acked_only_once_stored(conn, tmp_path):
+    link = ScriptedLink()
+    agent = Agent(conn, "B1", link)
+    agent.start()
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    other = db.connect(path)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a serial import holding the write lock
+    holding = threading.Event()
+    holding.set()
+
+    def release_later():
+        time.sleep(1.5)
+        holding.clear()
+        other.execute("COMMIT")
+
+    threading.Thread(target=release_later, daemon=True).start()
+    link.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0)
+    steps = 0
+    while holding.is_set():
+        stored = agent.step(0.01)  # no exception
+        if holding.is_set():
+            assert stored == 0 and link.acked == 0  # nothing stored, nothing acked
+        steps += 1
+    link.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)
+    deadline = time.monotonic() + 5
+    while link.acked < 2 and time.monotonic() < deadline:
+        agent.step(0.01)
+    assert link.acked == 2
+    assert conn.execute("SELECT unit_seq FROM unit ORDER BY 1").fetchall() == [(0,), (1,)]
+    [(detail,)] = conn.execute("SELECT detail FROM alarm_log WHERE alarm='LEDGER_BUSY'").fetchall()
+    assert "locked by another writer" in detail
+    assert any("ledger busy" in a for a in agent.alarms)
+    assert 1 < steps < 200  # backed off, but the link kept being served
+    other.close()
