@@ -180,6 +180,16 @@ SCHEMA = [
 
 def connect(path: str) -> sqlite3.Connection:
     """Open (and create) the ledger: WAL, foreign keys on, explicit transactions only."""
+    # what left the site is no longer ours to rework: its containment stays as shipped
+    """CREATE TRIGGER IF NOT EXISTS shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
+        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc
+                     WHERE p.container_id IN (OLD.container_id, OLD.parent_id))
+        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END""",
+    """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed
+        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
+                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
+                     WHERE c.container_id = OLD.container_id)
+        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""",
     conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
