@@ -11,13 +11,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "selftest": ("serialine.tools.selftest", "main", "protocol self-test: host <-> firmware in the MicroPython unix port over a pty"),
     "sim": ("serialine.host.sim.cli", "main", "run a simulated line end to end"),
-    "batch": ("serialine.host.cli_batch", "main", "products, batches, serials: create, start, close, reconcile"),
+    "init": ("serialine.host.cli_batch", "init_main", "create an empty ledger (no other command creates one)"),
+    "batch": ("serialine.host.cli_batch", "main", "products, batches, serials: create, start, close, reconcile, abort, reopen"),
     "rework": ("serialine.host.cli_batch", "rework_main", "rework: remove, replace, disaggregate, decommission"),
     "audit": ("serialine.host.cli_batch", "audit_main", "verify the hash-chained audit log"),
     "epcis": ("serialine.host.epcis.cli", "main", "EPCIS export"),
     "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
-    "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
+    "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line"),
 }
 

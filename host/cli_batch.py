@@ -7,11 +7,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
-import sqlite3
 import sys
 
-from . import audit, db, masterdata, reconcile, reporting, rework, serials
-from .gs1 import GS1Error
+from . import audit, db, gs1, ledgerfile, lifecycle, masterdata, reconcile, reporting, rework, serials
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -19,16 +17,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", default=os.environ.get("SERIALINE_USER") or getpass.getuser(), help="who does this")
 
 
-def _run(fn, args) -> int:
-    conn = db.connect(args.db)
-    try:
-        fn(conn, args)
-        return 0
-    except (ValueError, GS1Error, sqlite3.IntegrityError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        conn.close()
+def _run(fn, args, create: bool = False) -> int:
+    """Open the existing ledger (only `create` makes a new one), run, say errors in one line."""
+    def go():
+        conn = ledgerfile.open_ledger(args.db, create=create)
+        try:
+            return fn(conn, args)
+        finally:
+            conn.close()
+    return ledgerfile.run("serialine", go)
 
 
 def _audited(conn, args, action, detail, change):
@@ -44,9 +41,10 @@ def _anchored(fn, prog):
     """Every batch / rework command ends by printing the audit chain's head and appending it to
     `<db>.anchors`, after its commit: a later truncation or re-hash of the chain is then detectable."""
     def go(conn, a):
-        fn(conn, a)
+        rc = fn(conn, a)
         what = " ".join(str(v) for v in (a.cmd, getattr(a, "batch_id", None) or getattr(a, "gtin", None)) if v)
         print(f"audit head {audit.anchor(conn, f'{prog} {what} by {a.user}')}")
+        return rc
     return go
 
 
@@ -80,8 +78,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--site", help="SGLN or GLN of a configured site (default: the only one)")
     p.add_argument("--read-point", help="SGLN or GLN.EXT of the line (default: the site)")
     for name in ("start", "reconcile", "close"):
-        p = sub.add_parser(name, help=f"{name} a batch")
+        p = sub.add_parser(name, help=f"{name} a batch" + (" (exit 1 if it lists a problem)" if name == "reconcile" else ""))
         p.add_argument("batch_id")
+    p = sub.add_parser("abort", help="end a stuck batch: units without an outcome rejected, unused serials back")
+    p.add_argument("batch_id"); p.add_argument("--reason", required=True)
+    p = sub.add_parser("reopen", help="reopen a closed or aborted batch for rework (close it again after)")
+    p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     from . import resolve
     resolve.add_parser(sub)
     for p in sub.choices.values():
@@ -93,17 +95,24 @@ def main(argv: list[str]) -> int:
             dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
             _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market, **dscsa}, lambda: masterdata.add_product(
                 conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa))
+            print(f"added product {a.gtin} ({a.name}, {a.market})")
         elif a.cmd == "site":
             loc = masterdata.Location(masterdata.sgln(a.sgln, a.prefix_len), a.name, a.street, a.city, a.state,
                                       a.postal, a.country, a.tz)
             new = _audited(conn, a, "location.set", vars(loc), lambda: masterdata.set_location(conn, loc))
             print(f"{'added' if new else 'updated'} {'site' if a.tz else 'location'} {loc.sgln} ({loc.name})")
         elif a.cmd == "serials":
+            # staged in chunks, published with its audit record in one transaction (host/serials.py)
             if a.generate is not None:
-                add = lambda: serials.generate(conn, a.gtin, a.generate)  # noqa: E731
+                added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user)
             else:
-                add = lambda: serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file)  # noqa: E731
-            n = _audited(conn, a, "serials.add", lambda n: {"gtin": a.gtin, "count": n}, add)
+                added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file,
+                                               user=a.user)
+                print(added.randomness.text())
+                if added.randomness.predictable:
+                    print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "
+                          "but anyone holding one pack can guess others", file=sys.stderr)
+            n = added.count
             print(f"{n} serials added to {a.gtin}; {serials.available(conn, a.gtin)} available")
             warn = serials.low_water(conn, a.gtin)
             if warn:
@@ -113,14 +122,30 @@ def main(argv: list[str]) -> int:
                                                           "expiry": a.expiry, "site": b.site, "read_point": b.read_point},
                      lambda: masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned,
                                                      a.case_size, a.pallet_size, site=a.site, read_point=a.read_point))
+            print(f"created batch {b.batch_id}: GTIN {b.gtin}, lot {b.lot}, expiry {gs1.expiry_text(b.expiry)},"
+                  f" {b.planned} planned, cases of {b.case_size}, pallets of {b.pallet_size}")
+            for w in reconcile.reconcile(conn, b.batch_id).warnings:
+                print("warning: " + w, file=sys.stderr)
             if b.site is None:
                 print("warning: no site configured: EPCIS events carry the placeholder location "
                       f"{reporting.context_for(b).biz_location} in UTC (serialine batch site … --tz ZONE)",
                       file=sys.stderr)
         elif a.cmd == "start":
             _audited(conn, a, "batch.start", {"batch_id": a.batch_id}, lambda: masterdata.start_batch(conn, a.batch_id))
+            print(f"batch {a.batch_id} started")
         elif a.cmd == "reconcile":
-            print("\n".join(reconcile.reconcile(conn, a.batch_id).lines()))
+            report = reconcile.reconcile(conn, a.batch_id)
+            print("\n".join(report.lines()))
+            return 1 if report.problems else 0
+        elif a.cmd == "abort":
+            n = lifecycle.abort(conn, a.batch_id, a.user, a.reason)
+            print(f"batch {a.batch_id} aborted: {n['units_rejected']} unit(s) without an outcome rejected, "
+                  f"{n['serials_rejected_printed'] + n['serials_rejected_queued']} serial(s) written off as rejected "
+                  f"(printed or sent to a coder), {n['serials_returned']} returned to the pool"
+                  + (f", partial containers closed: {', '.join(n['closed_partial'])}" if n["closed_partial"] else ""))
+        elif a.cmd == "reopen":
+            lifecycle.reopen(conn, a.batch_id, a.user, a.reason)
+            print(f"batch {a.batch_id} reopened for rework; close it again when done")
         elif a.cmd == "resolve":
             resolve.run(conn, a)
         elif a.cmd == "close":
@@ -131,7 +156,7 @@ def main(argv: list[str]) -> int:
                 raise
             print("\n".join(report.lines()))
             print(f"batch {a.batch_id} closed")
-    return _run(_anchored(go, "batch"), args)
+    return _run(_anchored(go, "batch"), args, create=args.cmd == "product")
 
 
 def rework_main(argv: list[str]) -> int:
@@ -156,8 +181,10 @@ def rework_main(argv: list[str]) -> int:
             print(f"removed from case {rework.remove_pack(conn, a.gtin, a.serial, a.user, a.reason)}")
         elif a.cmd == "add":
             rework.add_pack(conn, a.sscc, a.gtin, a.serial, a.user, a.reason)
+            print(f"pack {a.serial} added to case {a.sscc}")
         elif a.cmd == "replace":
-            rework.replace_pack(conn, a.gtin, a.old_serial, a.new_serial, a.user, a.reason)
+            sscc = rework.replace_pack(conn, a.gtin, a.old_serial, a.new_serial, a.user, a.reason)
+            print(f"pack {a.old_serial} replaced by {a.new_serial} in case {sscc}")
         elif a.cmd == "disaggregate":
             print(f"{len(rework.disaggregate(conn, a.sscc, a.user, a.reason))} children released")
         elif a.cmd == "decommission":
@@ -168,7 +195,28 @@ def rework_main(argv: list[str]) -> int:
                 if len(a.target) != 2:
                     raise ValueError("decommission a pack: GTIN SERIAL")
                 rework.decommission(conn, a.target[0], a.target[1], a.kind, a.user, a.reason)
+                print(f"pack {a.target[1]} {a.kind}")
     return _run(_anchored(go, "rework"), args)
+
+
+def init_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine init", description="create an empty ledger")
+    _common(ap)
+    args = ap.parse_args(argv)
+
+    def go():
+        if ledgerfile.is_ledger(args.db):
+            print(f"a ledger already exists at {args.db}; nothing changed")
+            return 0
+        conn = ledgerfile.open_ledger(args.db, create=True)
+        try:
+            with db.transaction(conn):
+                audit.append(conn, args.user, "ledger.init", {"path": os.path.abspath(args.db)})
+        finally:
+            conn.close()
+        print(f"created ledger {args.db}")
+        return 0
+    return ledgerfile.run("serialine init", go)
 
 
 def audit_main(argv: list[str]) -> int:

@@ -33,11 +33,12 @@ SCHEMA = [
         batch_id TEXT PRIMARY KEY,
         gtin TEXT NOT NULL REFERENCES product (gtin),
         lot TEXT NOT NULL CHECK (length(lot) BETWEEN 1 AND 20),
-        expiry TEXT NOT NULL CHECK (date(expiry) = expiry),
+        -- a real date, or YYYY-MM-00: GS1's day 00 (the label shows the month; it means its last day)
+        expiry TEXT NOT NULL CONSTRAINT expiry_is_a_date CHECK (date(expiry) IS expiry OR (expiry GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]-00' AND date(substr(expiry, 1, 8) || '01') IS NOT NULL)),
         planned INTEGER NOT NULL CHECK (planned > 0),
         case_size INTEGER NOT NULL CHECK (case_size > 0),
         pallet_size INTEGER NOT NULL CHECK (pallet_size > 0),
-        state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed')),
+        state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened')),
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
         closed_at TEXT)""",
     # Where and what, for EPCIS (host/masterdata.py checks the values): locations (our sites with
@@ -64,19 +65,41 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS shipped (
         sscc TEXT PRIMARY KEY REFERENCES container (sscc),
         shipment_id INTEGER NOT NULL REFERENCES shipment (shipment_id))""",
+    """CREATE TRIGGER IF NOT EXISTS batch_lot_once BEFORE INSERT ON batch
+        WHEN EXISTS (SELECT 1 FROM batch WHERE gtin = NEW.gtin AND lot = NEW.lot)
+        BEGIN SELECT RAISE(ABORT, 'this lot is already used by another batch of the same GTIN'); END""",
+    # A large pool is staged in chunks (short write locks) and published in one step: until then
+    # its serials exist (so they stay unique) but nobody can use them (host/serials.py).
+    """CREATE TABLE IF NOT EXISTS serial_import (
+        import_id INTEGER PRIMARY KEY AUTOINCREMENT, gtin TEXT NOT NULL REFERENCES product (gtin),
+        source TEXT NOT NULL, count INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'staging' CHECK (state IN ('staging', 'published', 'abandoned')),
+        started_at REAL NOT NULL, heartbeat REAL NOT NULL, published_at REAL)""",
+    """CREATE TRIGGER IF NOT EXISTS serial_import_final BEFORE UPDATE OF state ON serial_import
+        WHEN OLD.state <> 'staging' AND NEW.state <> OLD.state
+        BEGIN SELECT RAISE(ABORT, 'a published or abandoned serial import is final'); END""",
     f"""CREATE TABLE IF NOT EXISTS serial (
         gtin TEXT NOT NULL REFERENCES product (gtin),
         serial TEXT NOT NULL,
         state TEXT NOT NULL DEFAULT 'available' CHECK (state IN ({_states})),
         batch_id TEXT REFERENCES batch (batch_id),
         source TEXT NOT NULL,
+        import_id INTEGER REFERENCES serial_import (import_id),
         PRIMARY KEY (gtin, serial)) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS serial_staged_only_while_staging BEFORE INSERT ON serial
+        WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'staging'
+        BEGIN SELECT RAISE(ABORT, 'serials are staged only into an import that is still staging'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_unpublished_unused BEFORE UPDATE OF state ON serial
+        WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'
+        BEGIN SELECT RAISE(ABORT, 'a serial of an unpublished import cannot be used'); END""",
     "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state)",
     "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state)",
     """CREATE TABLE IF NOT EXISTS serial_history (
         gtin TEXT NOT NULL, serial TEXT NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
         batch_id TEXT, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))""",
+    # ... except those of an import abandoned before it was published: they were never in a pool
     """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
+        WHEN OLD.import_id IS NULL OR (SELECT state FROM serial_import WHERE import_id = OLD.import_id) IS NOT 'abandoned'
         BEGIN SELECT RAISE(ABORT, 'serials are never deleted'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_born_available BEFORE INSERT ON serial
         WHEN NEW.state <> 'available' BEGIN SELECT RAISE(ABORT, 'a new serial must be available'); END""",
@@ -157,6 +180,16 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS packed_into_open_case BEFORE INSERT ON packed
         WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
         BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
+    # what left the site is no longer ours to rework: its containment stays as shipped
+    """CREATE TRIGGER IF NOT EXISTS shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
+        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc
+                     WHERE p.container_id IN (OLD.container_id, OLD.parent_id))
+        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END""",
+    """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed
+        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
+                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
+                     WHERE c.container_id = OLD.container_id)
+        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""",
     """CREATE TABLE IF NOT EXISTS rework (
         rework_id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL CHECK (user <> ''),
         action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL CHECK (reason <> ''), detail TEXT)""",
@@ -180,21 +213,12 @@ SCHEMA = [
 
 def connect(path: str) -> sqlite3.Connection:
     """Open (and create) the ledger: WAL, foreign keys on, explicit transactions only."""
-    # what left the site is no longer ours to rework: its containment stays as shipped
-    """CREATE TRIGGER IF NOT EXISTS shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
-        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc
-                     WHERE p.container_id IN (OLD.container_id, OLD.parent_id))
-        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END""",
-    """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed
-        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
-                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
-                     WHERE c.container_id = OLD.container_id)
-        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""",
     conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     conn.execute("PRAGMA foreign_keys=ON")
     with transaction(conn):
+        _migrate(conn)
         for statement in SCHEMA:
             conn.execute(statement)
         try:
@@ -203,6 +227,14 @@ def connect(path: str) -> sqlite3.Connection:
         except ImportError:  # pragma: no cover - EPCIS package not installed
             pass
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Ledgers made before staged serial imports gain the column (and the delete rule that knows it)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(serial)")}
+    if cols and "import_id" not in cols:
+        conn.execute("ALTER TABLE serial ADD COLUMN import_id INTEGER REFERENCES serial_import (import_id)")
+        conn.execute("DROP TRIGGER IF EXISTS serial_never_deleted")
 
 
 class transaction:

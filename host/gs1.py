@@ -7,7 +7,6 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 GS = "\x1d"  # the FNC1 separator inside element strings
 SYMBOLOGY_DATAMATRIX = "]d2"
@@ -15,10 +14,6 @@ SYMBOLOGY_DATAMATRIX = "]d2"
 # GS1 General Specifications figure 7.11-1: 82 characters allowed in AI encodable set 82.
 CSET82 = set("!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
 
-_DICT_PATHS = (
-    Path(__file__).resolve().parent / "standards" / "gs1" / "gs1-syntax-dictionary.txt",
-    Path("/work/shared/standards/gs1/gs1-syntax-dictionary.txt"),
-)
 
 
 class GS1Error(ValueError):
@@ -57,11 +52,9 @@ _COMPONENT = re.compile(r"^\[?([NXYZ])(\d*)(?:\.\.(\d+))?((?:,\w+)*)\]?$")
 
 @lru_cache(maxsize=1)
 def dictionary() -> dict[str, AISpec]:
-    path = next((p for p in _DICT_PATHS if p.exists()), None)
-    if path is None:  # pragma: no cover - the package ships a copy
-        raise FileNotFoundError("gs1-syntax-dictionary.txt not found")
+    from .standards import GS1_SYNTAX_DICTIONARY  # shipped in the package, never a machine path
     out: dict[str, AISpec] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for raw in GS1_SYNTAX_DICTIONARY.read_text(encoding="utf-8").splitlines():
         line, _, title = raw.partition("#")
         parts = line.split()
         if not parts or not parts[0][0].isdigit():
@@ -102,6 +95,10 @@ def _check_value(ai: str, value: str) -> None:
             raise GS1Error(f"AI ({ai}) {spec.title}: characters {bad!r} not allowed: {value!r}")
         if "csum" in linters and not valid_check_digit(part):
             raise GS1Error(f"AI ({ai}) {spec.title}: bad check digit: {value!r}")
+        for pos in (1, 2):  # the company prefix starts at this position: all zeros is nobody's key
+            if f"gcppos{pos}" in linters and not part[pos - 1:-1].strip("0"):
+                raise GS1Error(f"AI ({ai}) {spec.title}: all zeros from position {pos} on: no GS1 company "
+                               f"prefix, not an allocated key: {value!r}")
         if "yymmd0" in linters or "yymmdd" in linters:
             parse_yymmdd(part, allow_day_zero="yymmd0" in linters, ai=ai)
         rest = rest[len(part):]
@@ -121,16 +118,49 @@ def parse_yymmdd(text: str, allow_day_zero: bool = True, ai: str = "17") -> _dt.
     elif this - year > 49:
         year += 100
     if dd == 0 and allow_day_zero and 1 <= mm <= 12:
-        nxt = _dt.date(year + mm // 12, mm % 12 + 1, 1)
-        return nxt - _dt.timedelta(days=1)
+        return EndOfMonth(year, mm)
     try:
         return _dt.date(year, mm, dd)
     except ValueError:
         raise GS1Error(f"AI ({ai}): {text!r} is not a valid date") from None
 
 
+class EndOfMonth(_dt.date):
+    """A date given as a month only: GS1 day 00 (`(17)YYMM00`). It is the month's last day in any
+    comparison and in EPCIS (itemExpirationDate), and keeps its 00 in codes and the ledger."""
+
+    def __new__(cls, year: int, month: int, *_ignored):
+        last = (_dt.date(year + month // 12, month % 12 + 1, 1) - _dt.timedelta(days=1)).day
+        return super().__new__(cls, year, month, last)
+
+    def __reduce__(self):
+        return (EndOfMonth, (self.year, self.month))
+
+    def __repr__(self) -> str:
+        return f"EndOfMonth({self.year}, {self.month})"
+
+
 def yymmdd(day: _dt.date) -> str:
-    return day.strftime("%y%m%d")
+    return day.strftime("%y%m00" if isinstance(day, EndOfMonth) else "%y%m%d")
+
+
+def expiry_text(day: _dt.date) -> str:
+    """The ledger's form: YYYY-MM-DD, or YYYY-MM-00 for a month-only expiry."""
+    return day.strftime("%Y-%m-00") if isinstance(day, EndOfMonth) else day.isoformat()
+
+
+def parse_expiry(text: str) -> _dt.date:
+    """YYYY-MM-DD, or YYYY-MM-00 / YYYY-MM for a month-only expiry (GS1 day 00)."""
+    text = str(text)
+    month_only = re.fullmatch(r"(\d{4})-(\d{2})(?:-00)?", text)
+    try:
+        if month_only:
+            return EndOfMonth(int(month_only[1]), int(month_only[2]))
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return _dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise GS1Error(f"invalid date {text!r} (want YYYY-MM-DD, or YYYY-MM-00 for a month-only expiry)")
 
 
 def validate(pairs: list[tuple[str, str]]) -> None:

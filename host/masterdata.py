@@ -20,12 +20,15 @@ class MarketProfile:
     serial_length: int
     nhrn_ais: tuple[str, ...]  # national number AIs this market may carry
     max_guess_probability: float = 1e-4  # EU Delegated Regulation 2016/161 art. 4(b)
+    randomised: bool = False  # serials must be unpredictable: an imported pool is tested (host/serials.py)
 
 
 PROFILES = {
-    # EU FMD: alphanumeric (no I/O to keep reads unambiguous), up to 20; NHRN (710-714) where needed.
+    # EU FMD: alphanumeric (no I/O to keep reads unambiguous), up to 20. NHRN of the EU members
+    # that use one (Syntax Dictionary titles): 710 PZN Germany, 711 CIP France, 712 CN Spain,
+    # 714 AIM Portugal, 716 AIC Italy. Not EU: 713 DRN Brazil, 715 NDC USA, 717 SRN Costa Rica.
     "EU_FMD": MarketProfile("EU_FMD", "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12,
-                            ("710", "711", "712", "714", "716")),
+                            ("710", "711", "712", "714", "716"), randomised=True),  # art. 4(b): randomised
     # US DSCSA: SNI = GTIN + serial (up to 20 alphanumeric); numeric serials keep US readers simple.
     # The NDC sits in the GTIN; 715 (NHRN NDC) carries it where it does not fit there.
     "US_DSCSA": MarketProfile("US_DSCSA", "0123456789", 12, ("715",)),
@@ -50,19 +53,15 @@ class Batch:
     company_prefix_len: int
     nhrn_ai: str | None
     nhrn: str | None
-
-    @property
     site: str | None = None        # SGLN URN of the site (bizLocation); None: no site configured
     read_point: str | None = None  # SGLN URN of the line (readPoint)
     tz: str | None = None          # the site's IANA time zone
+
+    @property
     def company_prefix(self) -> str:
         return self.gtin[1:1 + self.company_prefix_len]
 
 
-def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, company_prefix_len: int,
-                nhrn_ai: str | None = None, nhrn: str | None = None, *, ndc: str | None = None,
-                dosage_form: str | None = None, strength: str | None = None,
-                net_content: str | None = None, manufacturer: str | None = None) -> None:
 @dataclass(frozen=True)
 class Location:
     sgln: str
@@ -191,6 +190,10 @@ def _ndc11(value: str) -> str:
     raise MasterDataError(f"NDC {value!r}: want 11 digits or a 10-digit NDC as 4-4-2, 5-3-2 or 5-4-1")
 
 
+def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, company_prefix_len: int,
+                nhrn_ai: str | None = None, nhrn: str | None = None, *, ndc: str | None = None,
+                dosage_form: str | None = None, strength: str | None = None,
+                net_content: str | None = None, manufacturer: str | None = None) -> None:
     if market not in PROFILES:
         raise MasterDataError(f"unknown market profile {market!r} (known: {', '.join(PROFILES)})")
     gs1.validate([("01", gtin)])
@@ -198,17 +201,16 @@ def _ndc11(value: str) -> str:
         raise MasterDataError(f"company prefix length must be 6..12, got {company_prefix_len}")
     if nhrn_ai is not None:
         if nhrn_ai not in PROFILES[market].nhrn_ais:
-            raise MasterDataError(f"market {market} carries no national number AI ({nhrn_ai})")
+            uses = ", ".join(f"{ai} ({gs1.dictionary()[ai].title})" for ai in PROFILES[market].nhrn_ais) or "none"
+            raise MasterDataError(f"market {market} carries no national number AI ({nhrn_ai}); its NHRN AIs: {uses}")
         gs1.validate([("01", gtin), (nhrn_ai, nhrn or "")])
+    master = (ndc and _ndc11(ndc), dosage_form, strength, net_content, manufacturer)
     with transaction(conn):
         try:
-    master = (ndc and _ndc11(ndc), dosage_form, strength, net_content, manufacturer)
             conn.execute("INSERT INTO product VALUES (?,?,?,?,?,?)",
                          (gtin, name, market, int(company_prefix_len), nhrn_ai, nhrn))
         except sqlite3.IntegrityError as exc:
             raise MasterDataError(f"product {gtin}: {exc}") from None
-
-
         if any(v is not None for v in master):
             conn.execute("INSERT INTO product_master VALUES (?,?,?,?,?,?)", (gtin, *master))
 
@@ -220,6 +222,8 @@ def get_product_master(conn: sqlite3.Connection, gtin: str) -> ProductMaster:
     if row is None:
         raise MasterDataError(f"unknown GTIN {gtin}")
     return ProductMaster(*row)
+
+
 def _date(value) -> _dt.date:
     if isinstance(value, _dt.date):
         return value
@@ -242,21 +246,21 @@ def create_batch(conn: sqlite3.Connection, batch_id: str, gtin: str, lot: str, e
     for name, v in (("planned", planned), ("case_size", case_size), ("pallet_size", pallet_size)):
         if int(v) <= 0:
             raise MasterDataError(f"{name} must be positive, got {v}")
-    with transaction(conn):
-        try:
     site = _site(conn, site)
     if site is None and read_point is not None:
         raise MasterDataError("a read point needs a site: configure one (serialine batch site … --tz ZONE)")
+    with transaction(conn):
+        try:
             conn.execute("INSERT INTO batch (batch_id, gtin, lot, expiry, planned, case_size, pallet_size)"
                          " VALUES (?,?,?,?,?,?,?)",
                          (batch_id, gtin, lot, gs1.expiry_text(expiry), planned, case_size, pallet_size))
         except sqlite3.IntegrityError as exc:
             raise MasterDataError(f"batch {batch_id}: {exc}") from None
-
-
         if site is not None:
             conn.execute("INSERT INTO batch_site VALUES (?,?,?)", (batch_id, site, _read_point(read_point, site)))
     return get_batch(conn, batch_id)
+
+
 def start_batch(conn: sqlite3.Connection, batch_id: str) -> None:
     with transaction(conn):
         cur = conn.execute("UPDATE batch SET state='running' WHERE batch_id=? AND state='created'",

@@ -4,7 +4,9 @@ Checks (each discrepancy names the serials or units that are off):
   serials allocated = commissioned + rejected + sampled + destroyed + decommissioned + returned
   units detected   = passed + rejected (purged units count as rejected)
   every commissioned pack is in a closed case; every closed case is full (or closed as partial
-  here) and on a closed pallet."""
+  here) and on a closed pallet.
+A batch that produced nothing is not closed (abort it); fewer or more packs than planned, or a
+pool too small for what is still planned, are warnings the report carries."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from . import reporting
 
 class ReconcileError(ValueError):
     def __init__(self, report: "Report"):
-        super().__init__("batch not closed:\n  " + "\n  ".join(report.problems))
+        super().__init__(f"batch {report.batch_id} not closed: " + "; ".join(report.problems))
         self.report = report
 
 
@@ -33,12 +35,14 @@ class Report:
     pallets: int = 0
     partial: list = field(default_factory=list)
     problems: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"batch {self.batch_id}"]
         out += [f"  serials {k:<15} {v}" for k, v in self.serials.items()]
         out += [f"  units   {k:<15} {v}" for k, v in self.units.items()]
         out += [f"  cases {self.cases}  pallets {self.pallets}  closed partial: {', '.join(self.partial) or '-'}"]
+        out += [f"  WARNING: {w}" for w in self.warnings]
         out += [f"  PROBLEM: {p}" for p in self.problems] or ["  reconciled: no discrepancy"]
         return out
 
@@ -105,22 +109,46 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
     opened = conn.execute("SELECT count(*) FROM container WHERE batch_id=? AND state='open'", (batch_id,)).fetchone()[0]
     if opened:
         r.problems.append(f"{opened} container(s) still open")
+    _planned(conn, b, r)
     return r
+
+
+def _planned(conn, b, r: Report) -> None:
+    """Packs made against the work order, and whether the pool can still cover it."""
+    made = r.serials["commissioned"] + r.serials["sampled"] + r.serials["destroyed"] + r.serials["decommissioned"]
+    if b.state in ("created", "running"):
+        (free,) = conn.execute("SELECT count(*) FROM serial WHERE gtin=? AND state='available'", (b.gtin,)).fetchone()
+        need = b.planned - made - r.serials["allocated"]
+        if need > free:
+            r.warnings.append(f"serial pool for {b.gtin} has {free} available, {need} more needed for the "
+                              f"{b.planned} planned packs: add serials before the run reaches them")
+        return
+    if made == 0:
+        return
+    if made < b.planned:
+        r.warnings.append(f"{made} of {b.planned} planned packs made ({100 * made / b.planned:.1f} %): short batch")
+    elif made > b.planned:
+        r.warnings.append(f"{made} packs made, {b.planned} planned: {made - b.planned} over plan")
 
 
 def close_batch(conn: sqlite3.Connection, batch_id: str, user: str) -> Report:
     """Close partial containers, reconcile, return unused allocations, mark closed; refuses (and
     rolls everything back) on any discrepancy."""
     b = get_batch(conn, batch_id)
-    if b.state != "running":
-        raise ValueError(f"batch {batch_id} is {b.state}, only a running batch can be closed")
+    if b.state not in ("running", "reopened"):
+        raise ValueError(f"batch {batch_id} is {b.state}, only a running or reopened batch can be closed")
     with transaction(conn):
         ctx = reporting.context_for(b)
         partial = Aggregator(conn, b, ctx).close_partial()
+        conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch_id,))
         report = reconcile(conn, batch_id)
+        (made,) = conn.execute("SELECT count(*) FROM serial WHERE batch_id=? AND state IN ('commissioned',"
+                               " 'sampled', 'destroyed', 'decommissioned')", (batch_id,)).fetchone()
+        if not made:
+            report.problems.append(f"nothing was made (0 of {b.planned} planned packs): a batch that produced "
+                                   f"nothing is not closed; abort it (serialine batch abort {batch_id} --reason ...)")
         if report.problems:
             raise ReconcileError(report)
-        conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch_id,))
         conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'", (batch_id,))
         # a code that reached a coder may exist on some pack: never reissue it
         voided = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
@@ -133,5 +161,6 @@ def close_batch(conn: sqlite3.Connection, batch_id: str, user: str) -> Report:
                      (batch_id,))
         report.serials["returned"] = returned
         audit.append(conn, user, "batch.close", {"batch_id": batch_id, "partial": partial, "returned": returned, "voided": voided,
-                                                 "serials": report.serials, "units": report.units})
+                                                 "serials": report.serials, "units": report.units,
+                                                 "warnings": report.warnings})
     return report

@@ -10,6 +10,7 @@ import sqlite3
 
 from . import audit, reporting
 from .db import transaction
+from .lifecycle import check_reworkable
 from .masterdata import get_batch
 
 KINDS = ("destroyed", "sampled", "decommissioned")
@@ -49,13 +50,29 @@ def _sscc_of(conn, container_id):
     return conn.execute("SELECT sscc FROM container WHERE container_id=?", (container_id,)).fetchone()[0]
 
 
+def _check_fits(conn, b, cid: int, sscc: str, gtin: str, serial: str, leaving: int = 0) -> None:
+    """The one rule for a pack going into a case by rework (add, replace): commissioned, in no
+    case, of the case's batch, and room for it once `leaving` packs are out."""
+    state, pack_batch, in_case = _pack(conn, gtin, serial)
+    if in_case is not None:
+        raise ReworkError(f"pack {serial} is already in case {_sscc_of(conn, in_case)}: a pack is in one case at most")
+    if state != "commissioned":
+        raise ReworkError(f"pack {serial} is {state}: only a commissioned pack can be packed")
+    if pack_batch != b.batch_id or gtin != b.gtin:
+        raise ReworkError(f"pack {serial} belongs to batch {pack_batch}, case {sscc} to {b.batch_id}: "
+                          "a case holds packs of its own batch only")
+    (n,) = conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (cid,)).fetchone()
+    if n - leaving >= b.case_size:
+        raise ReworkError(f"case {sscc} is full ({n}/{b.case_size})")
+
+
 def remove_pack(conn: sqlite3.Connection, gtin: str, serial: str, user: str, reason: str) -> str:
     """Take a pack out of its case → the case's SSCC."""
     with transaction(conn):
         state, batch_id, cid = _pack(conn, gtin, serial)
         if cid is None:
             raise ReworkError(f"pack {serial} is not in a case")
-        b = get_batch(conn, batch_id)
+        b = check_reworkable(conn, batch_id)
         sscc = _sscc_of(conn, cid)
         if sscc is None:
             raise ReworkError(f"pack {serial} is in a case that is still open on the line")
@@ -71,17 +88,8 @@ def add_pack(conn: sqlite3.Connection, sscc: str, gtin: str, serial: str, user: 
         cid, batch_id, level, _ = _container(conn, sscc)
         if level != "case":
             raise ReworkError(f"{sscc} is a {level}; packs go into cases")
-        state, pack_batch, in_case = _pack(conn, gtin, serial)
-        if in_case is not None:
-            raise ReworkError(f"pack {serial} is already in case {_sscc_of(conn, in_case)}: a pack is in one case at most")
-        if state != "commissioned":
-            raise ReworkError(f"pack {serial} is {state}: only a commissioned pack can be packed")
-        if pack_batch != batch_id:
-            raise ReworkError(f"pack {serial} belongs to batch {pack_batch}, case {sscc} to {batch_id}")
-        b = get_batch(conn, batch_id)
-        (n,) = conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (cid,)).fetchone()
-        if n >= b.case_size:
-            raise ReworkError(f"case {sscc} is full ({n}/{b.case_size})")
+        b = check_reworkable(conn, batch_id)
+        _check_fits(conn, b, cid, sscc, gtin, serial)
         # the trigger only lets packs into open cases: reopen for the insert, inside this transaction
         conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
         conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?,?,?)", (gtin, serial, cid))
@@ -96,12 +104,9 @@ def replace_pack(conn, gtin: str, old_serial: str, new_serial: str, user: str, r
         _, _, cid = _pack(conn, gtin, old_serial)
         if cid is None or _sscc_of(conn, cid) is None:
             raise ReworkError(f"pack {old_serial} is not in a closed case")
-        new_state, _, new_case = _pack(conn, gtin, new_serial)
-        if new_case is not None:
-            raise ReworkError(f"pack {new_serial} is already in case {_sscc_of(conn, new_case)}: a pack is in one case at most")
-        if new_state != "commissioned":
-            raise ReworkError(f"pack {new_serial} is {new_state}: only a commissioned pack can be packed")
         sscc = _sscc_of(conn, cid)
+        b = check_reworkable(conn, _container(conn, sscc)[1])
+        _check_fits(conn, b, cid, sscc, gtin, new_serial, leaving=1)
         _remove_in(conn, gtin, old_serial, user, reason)
         _add_in(conn, sscc, gtin, new_serial, user, reason)
         return sscc
@@ -126,13 +131,33 @@ def _add_in(conn, sscc, gtin, serial, user, reason):
     _record(conn, user, "add", serial, reason, {"gtin": gtin, "case": sscc})
 
 
+def _off_pallet(conn, b, cid: int, sscc: str) -> None:
+    """A case leaving its pallet by rework: off it in the ledger, and in EPCIS if the pallet was
+    reported (closed)."""
+    row = conn.execute("SELECT p.sscc, p.state FROM container c JOIN container p ON p.container_id = c.parent_id"
+                       " WHERE c.container_id=?", (cid,)).fetchone()
+    conn.execute("UPDATE container SET parent_id=NULL WHERE container_id=?", (cid,))
+    if row is not None and row[1] == "closed":
+        reporting.unpacked(conn, reporting.context_for(b), b, row[0], [reporting.sscc(b, sscc)])
+
+
+def _end_of_life(conn, b, serials: list[str], kind: str) -> None:
+    """The packs' serials end as `kind`; a sample is first observed being taken (CBV sampling)."""
+    if serials:
+        ctx = reporting.context_for(b)
+        if kind == "sampled":
+            reporting.sampled(conn, ctx, b, serials)
+        reporting.decommissioned(conn, ctx, b, serials, kind)
+
+
 def disaggregate(conn: sqlite3.Connection, sscc: str, user: str, reason: str) -> list[str]:
     """Empty a case or pallet; its SSCC is retired (never given again). → the children's EPCs."""
     with transaction(conn):
         cid, batch_id, level, _ = _container(conn, sscc)
-        b = get_batch(conn, batch_id)
+        b = check_reworkable(conn, batch_id)
         from .aggregation import Aggregator
         children = Aggregator(conn, b, None).children(cid)
+        _off_pallet(conn, b, cid, sscc)
         conn.execute("DELETE FROM packed WHERE container_id=?", (cid,))
         conn.execute("UPDATE container SET parent_id=NULL WHERE parent_id=?", (cid,))
         conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (cid,))
@@ -153,12 +178,13 @@ def _decommission_in(conn, gtin, serial, kind, user, reason):
     state, batch_id, cid = _pack(conn, gtin, serial)
     if state not in ("commissioned", "printed"):
         raise ReworkError(f"pack {serial} is {state}: it cannot be {kind}")
+    check_reworkable(conn, batch_id)
     if cid is not None:
         _remove_in(conn, gtin, serial, user, reason)
     b = get_batch(conn, batch_id)
     conn.execute("UPDATE serial SET state=? WHERE gtin=? AND serial=?", (kind, gtin, serial))
     if state == "commissioned":
-        reporting.decommissioned(conn, reporting.context_for(b), b, [serial], kind)
+        _end_of_life(conn, b, [serial], kind)
     _record(conn, user, "decommission", serial, reason, {"gtin": gtin, "kind": kind})
 
 
@@ -168,13 +194,29 @@ def decommission_container(conn, sscc: str, kind: str, user: str, reason: str) -
         raise ReworkError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     with transaction(conn):
         cid, batch_id, level, _ = _container(conn, sscc)
-        b = get_batch(conn, batch_id)
-        ids = [cid] + [c for (c,) in conn.execute("SELECT container_id FROM container WHERE parent_id=?", (cid,))]
-        packs = [s for (s,) in conn.execute(
-            f"SELECT serial FROM packed WHERE container_id IN ({','.join('?' * len(ids))})", ids)]
-        for s in packs:
-            _decommission_in(conn, b.gtin, s, kind, user, reason)
-        for c in ids:
+        b = check_reworkable(conn, batch_id)
+        ctx = reporting.context_for(b)
+        # each containment change once, top down: case off its pallet / pallet emptied, cases
+        # emptied; then one end-of-life for all the packs (every pack in a case is commissioned)
+        _off_pallet(conn, b, cid, sscc)
+        cases = [(cid, sscc)] if level == "case" else conn.execute(
+            "SELECT container_id, sscc FROM container WHERE parent_id=? AND state='closed' ORDER BY container_id",
+            (cid,)).fetchall()
+        if level == "pallet":
+            reporting.unpacked(conn, ctx, b, sscc, [reporting.sscc(b, c) for _, c in cases])
+            conn.execute("UPDATE container SET parent_id=NULL WHERE parent_id=?", (cid,))
+        packs = []
+        for case_id, case_sscc in cases:
+            serials = [s for (s,) in conn.execute("SELECT serial FROM packed WHERE container_id=? ORDER BY rowid",
+                                                  (case_id,))]
+            conn.execute("DELETE FROM packed WHERE container_id=?", (case_id,))
+            reporting.unpacked(conn, ctx, b, case_sscc, [reporting.sgtin(b, s) for s in serials])
+            packs += serials
+        for c in {cid, *(case_id for case_id, _ in cases)}:
             conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (c,))
+        conn.executemany("UPDATE serial SET state=? WHERE gtin=? AND serial=?", [(kind, b.gtin, s) for s in packs])
+        _end_of_life(conn, b, packs, kind)
+        for s in packs:
+            _record(conn, user, "decommission", s, reason, {"gtin": b.gtin, "kind": kind, "container": sscc})
         _record(conn, user, "decommission_container", sscc, reason, {"kind": kind, "packs": len(packs)})
         return len(packs)

@@ -1,18 +1,37 @@
 """Serial number pools per GTIN: generated (cryptographically random, the market's alphabet and
 length) or imported from the enterprise level; allocated to a batch when queued to the coder.
-The database's primary key (gtin, serial) and its triggers make a second issue impossible."""
+The database's primary key (gtin, serial) and its triggers make a second issue impossible.
+
+A pool is added in chunks of CHUNK serials, each its own short write transaction (a line's agent
+keeps writing meanwhile), into a `serial_import` that is `staging`; one last transaction
+publishes it with its audit record. Until then nobody can use its serials; a failed or killed
+import is abandoned and its staged serials removed (they were never in the pool)."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import secrets
 import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import gs1
+from . import audit, gs1
 from .db import transaction
 from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
+CHUNK = 20_000  # serials per write transaction while staging
+STALE_S = 120.0  # a staging import without progress this long was killed: abandoned by the next one
+
+# a serial's rows are usable when not part of an import still staging (or abandoned)
+USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
+          " AND i.state <> 'published')")
+
+_SERIAL = re.compile("[" + re.escape("".join(sorted(gs1.CSET82))) + "]{1,20}")
 
 
 class SerialError(ValueError):
@@ -41,6 +60,178 @@ def _check_guess(conn, gtin, adding: int, profile, length: int, alphabet_size: i
             f"{profile.max_guess_probability:g} (EU 2016/161 art. 4)")
 
 
+# --- how random a pool is -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Randomness:
+    """Estimates from the serials themselves (whatever their author claims).
+    positions/alphabet: how many character positions vary and over how many characters; the
+    gap figures come from the serials in order as numbers: a sequential or strided range has
+    one gap everywhere, and from one serial anyone gets the next."""
+    count: int
+    varying_positions: int
+    length: int
+    alphabet: int
+    space_bits: float  # log2 of the space the varying positions span
+    typical_gap_bits: float  # mean log2 of the gaps between neighbours in order
+    repeated_gap_share: float  # share of gaps equal to another gap (0 for random)
+    guess_probability: float  # the worst of: pool / space, 1 / typical gap, repeated gaps
+
+    @property
+    def predictable(self) -> bool:
+        return not self.guess_probability < 1e-4
+
+    def text(self) -> str:
+        return (f"randomness of {self.count} serials: {self.varying_positions} of {self.length} positions vary over "
+                f"{self.alphabet} characters ({self.space_bits:.1f} bits); neighbours differ by about "
+                f"2^{self.typical_gap_bits:.1f}, {100 * self.repeated_gap_share:.1f} % of gaps repeat; "
+                f"estimated guess probability {self.guess_probability:.3g}"
+                + (" — predictable" if self.predictable else ""))
+
+
+def randomness(serials: list[str]) -> Randomness:
+    """Worst case over the groups of equal length (each its own number space)."""
+    by_len: dict[int, list[str]] = {}
+    for s in serials:
+        by_len.setdefault(len(s), []).append(s)
+    results = [_randomness(group) for group in by_len.values()]
+    worst = max(results, key=lambda r: r.guess_probability)
+    return Randomness(len(serials), *[getattr(worst, f) for f in (
+        "varying_positions", "length", "alphabet", "space_bits", "typical_gap_bits", "repeated_gap_share",
+        "guess_probability")])
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _randomness(serials: list[str]) -> Randomness:
+    n, length = len(serials), len(serials[0])
+    columns = [{s[i] for s in serials} for i in range(length)]
+    varying = [i for i, col in enumerate(columns) if len(col) > 1 or n == 1]  # one serial: judged by its own characters
+    chars = sorted(set().union(*(columns[i] for i in varying)) if n > 1 else set(serials[0]))
+    k = max(len(chars), 1)
+    space_bits = len(varying) * math.log2(k) if k > 1 else 0.0
+    # the serials as numbers in base k (over the varying positions), sorted: their gaps
+    if k > 1 and varying:
+        if k <= 36:
+            table = str.maketrans({c: _DIGITS[i] for i, c in enumerate(chars)})
+            values = sorted(int("".join(s[i] for i in varying).translate(table), k) for s in serials) \
+                if len(varying) < length else sorted(int(s.translate(table), k) for s in serials)
+        else:
+            rank = {c: i for i, c in enumerate(chars)}
+            values = sorted(sum(rank[s[i]] * k ** (len(varying) - 1 - j) for j, i in enumerate(varying)) for s in serials)
+        gaps = [b - a for a, b in zip(values, values[1:])]
+    else:
+        gaps = []
+    if gaps:
+        gap_bits = sum(math.log2(g) for g in gaps) / len(gaps)
+        # guessing "the last one plus the commonest gap": right this often beyond the first time
+        repeated = (max(Counter(gaps).values()) - 1) / len(gaps)
+    else:
+        gap_bits, repeated = (space_bits, 0.0) if n == 1 else (0.0, 1.0)
+    p = max(n / 2 ** space_bits if space_bits < 1024 else 0.0, 2 ** -gap_bits, repeated)
+    return Randomness(n, len(varying), length, k, space_bits, gap_bits, repeated, min(p, 1.0))
+
+
+# --- import files ---------------------------------------------------------------------------
+
+
+def read_import_file(path: str | Path) -> list[str]:
+    """One serial per line, each line ending in "\\n" and holding exactly the serial: nothing is
+    stripped or split elsewhere (no CR, GS, form feed, NEL, U+2028 ...). All good, or an error
+    naming the first bad line (and how many more there are)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SerialError(f"{path}: line {line}: not UTF-8 (byte {data[exc.start]:#04x})") from None
+    if not text:
+        raise SerialError(f"{path}: empty file, no serials")
+    if not text.endswith("\n"):
+        raise SerialError(f"{path}: line {text.count(chr(10)) + 1} does not end in a newline: the file may be cut short")
+    lines = text[:-1].split("\n")
+    bad = [(no, why) for no, line in enumerate(lines, 1) if (why := _bad_line(line))]
+    if bad:
+        no, why = bad[0]
+        more = f" (and {len(bad) - 1} more bad line(s))" if len(bad) > 1 else ""
+        raise SerialError(f"{path}: line {no}: {why}{more}; nothing imported")
+    first: dict[str, int] = {}
+    for no, line in enumerate(lines, 1):
+        if line in first:
+            raise SerialError(f"{path}: line {no}: duplicate serial {line!r} (also line {first[line]}); nothing imported")
+        first[line] = no
+    return lines
+
+
+def _bad_line(line: str) -> str | None:
+    if _SERIAL.fullmatch(line):
+        return None
+    if not line:
+        return "empty line"
+    if line != line.strip() or line.endswith("\r"):
+        return f"whitespace around the serial {line!r} (records are the serial and \"\\n\", nothing else)"
+    if len(line) > 20:
+        return f"{len(line)} characters: bad characters or length (a serial has 1 to 20): {line[:30]!r}"
+    others = sorted(set(line) - gs1.CSET82)
+    return f"bad characters {others!r} in {line!r} (GS1 AI 21 takes the 82 characters of CSET 82)"
+
+
+# --- adding to a pool -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Added:
+    count: int
+    import_id: int
+    randomness: Randomness | None  # imported pools only
+    chunks: int
+    longest_write_s: float  # the longest any one of this import's write transactions held the lock
+
+
+def _check_file(serials: list[str]) -> None:
+    bad = [s for s in serials if not (isinstance(s, str) and _SERIAL.fullmatch(s))]
+    if bad:
+        raise SerialError(f"{len(bad)} serial(s) with bad characters or length: {bad[:10]!r}")
+    seen, dups = set(), []
+    for s in serials:
+        (dups.append(s) if s in seen else seen.add(s))
+    if dups:
+        raise SerialError(f"{len(dups)} duplicate serial(s) in the file: {dups[:10]!r}")
+
+
+def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], source: str = "import",
+                   user: str | None = None) -> Added:
+    """Import the enterprise's serials: all valid, new and (for a randomised market) unpredictable,
+    or nothing. `user` given: the publication is audited in its own transaction."""
+    profile = _profile_for(conn, gtin)
+    if not serials:
+        raise SerialError("no serials to import")
+    _check_file(serials)
+    rnd = randomness(serials)
+    if profile.randomised and rnd.predictable:
+        raise SerialError(f"pool for {gtin} refused: {rnd.text()}; market {profile.name} requires randomised "
+                          "serials (EU 2016/161 art. 4(b)): nothing imported")
+    length = min(len(s) for s in serials)
+    alphabet = len(set("".join(serials)))
+    _check_guess(conn, gtin, len(serials), profile, length, max(alphabet, 1))
+    known = []
+    for i in range(0, len(serials), CHUNK):  # read-only: no write lock
+        known += [s for (s,) in conn.execute(
+            "SELECT serial FROM serial WHERE gtin=? AND serial IN (SELECT value FROM json_each(?))",
+            (gtin, json.dumps(serials[i:i + CHUNK])))]
+        if len(known) >= 10:
+            break
+    if known:
+        raise SerialError(f"serial(s) already known for {gtin}: {known[:10]!r}; nothing imported")
+    chunks = (serials[i:i + CHUNK] for i in range(0, len(serials), CHUNK))
+
+    def check():
+        _check_guess(conn, gtin, 0, profile, length, max(alphabet, 1))
+    return _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known=False)
+
+
 def random_serials(alphabet: str, length: int, count: int) -> list[str]:
     """Uniform, cryptographically random strings (rejection sampling keeps them unbiased)."""
     n = len(alphabet)
@@ -55,56 +246,104 @@ def random_serials(alphabet: str, length: int, count: int) -> list[str]:
     return out
 
 
-def generate(conn: sqlite3.Connection, gtin: str, count: int) -> int:
-    """Add `count` new random serials to the GTIN's pool (one transaction). Returns count."""
+def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> int:
+    """Add `count` new random serials to the GTIN's pool. Returns count."""
+    return generate_pool(conn, gtin, count, user).count
+
+
+def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> Added:
     profile = _profile_for(conn, gtin)
     if count <= 0:
         raise SerialError("count must be positive")
+    _check_guess(conn, gtin, count, profile, profile.serial_length, len(profile.alphabet))
+
+    def chunks():  # a draw that collides with a known serial is skipped and drawn again
+        left = count
+        while left > 0:
+            got = yield random_serials(profile.alphabet, profile.serial_length, min(left, CHUNK))
+            left -= got
+
+    def check():
+        _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
+    return _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True)
+
+
+def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known) -> Added:
+    _abandon_stale(conn, gtin)
+    longest = 0.0
+    t = time.monotonic()
     with transaction(conn):
-        _check_guess(conn, gtin, count, profile, profile.serial_length, len(profile.alphabet))
-        added = 0
-        while added < count:  # collisions with existing serials are skipped and drawn again
-            rows = [(gtin, s) for s in random_serials(profile.alphabet, profile.serial_length, count - added)]
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO serial (gtin, serial, source) VALUES (?, ?, 'generated')", rows)
-            added += conn.total_changes - before
-    return count
+        now = time.time()
+        import_id = conn.execute("INSERT INTO serial_import (gtin, source, started_at, heartbeat) VALUES (?,?,?,?)",
+                                 (gtin, str(source), now, now)).lastrowid
+    longest = time.monotonic() - t
+    added = n_chunks = 0
+    try:
+        rows = next(chunks)
+        while True:
+            t = time.monotonic()
+            with transaction(conn):
+                before = conn.total_changes
+                conn.executemany(f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
+                                 " VALUES (?, ?, ?, ?)", [(gtin, s, source, import_id) for s in rows])
+                got = conn.total_changes - before
+                conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
+                             (got, time.time(), import_id))
+            longest = max(longest, time.monotonic() - t)
+            added, n_chunks = added + got, n_chunks + 1
+            try:
+                rows = chunks.send(got)  # generate() draws again for what collided
+            except StopIteration:
+                break
+        t = time.monotonic()
+        with transaction(conn):
+            check()
+            cur = conn.execute("UPDATE serial_import SET state='published', published_at=? WHERE import_id=? AND state='staging'",
+                               (time.time(), import_id))
+            if cur.rowcount != 1:
+                raise SerialError(f"serial import {import_id} was abandoned meanwhile (stalled over {STALE_S:.0f} s)")
+            if user:
+                detail = {"gtin": gtin, "count": added, "source": str(source), "import_id": import_id}
+                if rnd is not None:
+                    detail["guess_probability"] = rnd.guess_probability
+                audit.append(conn, user, "serials.add", detail)
+        longest = max(longest, time.monotonic() - t)
+    except BaseException as exc:
+        _abandon(conn, import_id)
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise SerialError(f"import into the pool of {gtin} failed ({exc}); nothing imported") from None
+        raise
+    return Added(added, import_id, rnd, n_chunks, longest)
 
 
-def read_import_file(path: str | Path) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8", errors="strict").splitlines()
-    return [ln.strip() for ln in lines if ln.strip()]
-
-
-def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], source: str = "import") -> int:
-    """Import the enterprise's serials: all valid and new, or nothing (errors name the serials)."""
-    profile = _profile_for(conn, gtin)
-    bad = [s for s in serials if not (1 <= len(s) <= 20 and set(s) <= gs1.CSET82)]
-    if bad:
-        raise SerialError(f"{len(bad)} serial(s) with bad characters or length: {bad[:10]!r}")
-    seen, dups = set(), []
-    for s in serials:
-        (dups.append(s) if s in seen else seen.add(s))
-    if dups:
-        raise SerialError(f"{len(dups)} duplicate serial(s) in the file: {dups[:10]!r}")
-    length = min(len(s) for s in serials) if serials else 0
-    alphabet = set("".join(serials))
+def _abandon(conn, import_id: int) -> None:
+    """Mark the import abandoned, then remove its staged serials chunk by chunk."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
     with transaction(conn):
-        known = [s for (s,) in conn.execute(
-            "SELECT serial FROM serial WHERE gtin=? AND serial IN (SELECT value FROM json_each(?))",
-            (gtin, __import__("json").dumps(serials)))]
-        if known:
-            raise SerialError(f"{len(known)} serial(s) already known for {gtin}: {known[:10]!r}")
-        if serials:
-            _check_guess(conn, gtin, len(serials), profile, length, max(len(alphabet), 1))
-        conn.executemany("INSERT INTO serial (gtin, serial, source) VALUES (?, ?, ?)",
-                         [(gtin, s, source) for s in serials])
-    return len(serials)
+        conn.execute("UPDATE serial_import SET state='abandoned' WHERE import_id=? AND state='staging'", (import_id,))
+    while True:
+        with transaction(conn):
+            n = conn.execute("DELETE FROM serial WHERE (gtin, serial) IN (SELECT s.gtin, s.serial FROM serial_import i"
+                             " JOIN serial s ON s.gtin = i.gtin AND s.import_id = i.import_id WHERE i.import_id=? LIMIT ?)",
+                             (import_id, CHUNK)).rowcount
+        if n == 0:
+            return
+
+
+def _abandon_stale(conn, gtin: str) -> None:
+    stale = [i for (i,) in conn.execute("SELECT import_id FROM serial_import WHERE gtin=? AND state='staging' AND heartbeat<?",
+                                        (gtin, time.time() - STALE_S))]
+    for import_id in stale:
+        _abandon(conn, import_id)
+
+
+# --- using a pool ---------------------------------------------------------------------------
 
 
 def allocate(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> list[str]:
     """Take `count` available serials for the batch. Call inside the caller's transaction."""
-    rows = conn.execute("SELECT serial FROM serial WHERE gtin=? AND state='available' LIMIT ?",
+    rows = conn.execute(f"SELECT serial FROM serial WHERE gtin=? AND state='available' AND {USABLE} LIMIT ?",
                         (gtin, count)).fetchall()
     if len(rows) < count:
         raise SerialError(f"pool for {gtin} exhausted: {len(rows)} available, {count} needed")
@@ -115,11 +354,11 @@ def allocate(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> 
 
 
 def available(conn: sqlite3.Connection, gtin: str) -> int:
-    return conn.execute("SELECT count(*) FROM serial WHERE gtin=? AND state='available'", (gtin,)).fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM serial WHERE gtin=? AND state='available' AND {USABLE}", (gtin,)).fetchone()[0]
 
 
 def low_water(conn: sqlite3.Connection, gtin: str, threshold: int = LOW_WATER) -> str | None:
     """A warning text when the pool runs low, else None."""
-    n = conn.execute("SELECT count(*) FROM (SELECT 1 FROM serial WHERE gtin=? AND state='available' LIMIT ?)",
+    n = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM serial WHERE gtin=? AND state='available' AND {USABLE} LIMIT ?)",
                      (gtin, threshold)).fetchone()[0]  # bounded: cheap enough for every coder top-up
     return f"serial pool for {gtin} is low: {n} available (< {threshold})" if n < threshold else None

@@ -77,16 +77,35 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "serialine COMMAND" in proc.stdout
 
 
-def test_shipped_standards_are_the_shared_originals(repo_root):
+def test_shipped_standards_match_their_manifest():
+    """The standards ship in the package (host/standards) with SHA256SUMS taken when they were copied
+    unchanged from their publishers: every file is listed, every listed file is there, unchanged.
+    Nothing outside the repository is consulted."""
+    import hashlib
+
     from serialine.host import standards
 
-    shared = repo_root.parent / "shared" / "standards"
-    if not shared.is_dir():
-        pytest.fail(f"{shared} is missing: CI and developers have shared/ beside the repository")
-    originals = sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file())
-    assert originals, "shared/standards is empty"
-    for rel in originals:
-        assert (standards.HERE / rel).read_bytes() == (shared / rel).read_bytes(), rel
+    listed = {}
+    for line in (standards.HERE / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(None, 1)
+        listed[name.strip()] = digest
+    present = {p.relative_to(standards.HERE).as_posix() for p in standards.HERE.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.name not in ("__init__.py", "SHA256SUMS")}
+    assert present == set(listed), (present ^ set(listed))
+    for name, digest in listed.items():
+        assert hashlib.sha256((standards.HERE / name).read_bytes()).hexdigest() == digest, name
     for path in (standards.GS1_SYNTAX_DICTIONARY, standards.EPCIS_JSON_SCHEMA, standards.EPCIS_XSD_12,
                  standards.EPCIS_XSD_20, standards.CAPTURE_OPENAPI, standards.EPCIS_CONTEXT):
-        assert path.is_file(), path
+        assert path.is_file() and path.relative_to(standards.HERE), path
+
+
+def test_code_reads_standards_from_the_package_only(repo_root):
+    """No machine path (/work/shared, ../shared) in the code: the package is self-contained."""
+    from serialine.host import gs1, standards
+
+    for py in (repo_root / "host").rglob("*.py"):
+        text = py.read_text(encoding="utf-8")
+        assert "/work/shared" not in text and "../shared" not in text, py
+    gs1.dictionary.cache_clear()
+    assert gs1.dictionary()["01"].title == "GTIN"
+    assert standards.GS1_SYNTAX_DICTIONARY.is_relative_to(standards.HERE)

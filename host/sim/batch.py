@@ -29,7 +29,8 @@ def setup(db_path: Path, scenario) -> str:
         if conn.execute("SELECT 1 FROM product WHERE gtin = ?", (GTIN,)).fetchone() is None:
             masterdata.add_product(conn, GTIN, "Serialine simulated pack", "EU_FMD", COMPANY_PREFIX_LEN)
         batch_id = batch_id_for(scenario, conn)
-        masterdata.create_batch(conn, batch_id, GTIN, lot=f"L{scenario.seed % 100000:05d}",
+        (runs,) = conn.execute("SELECT count(*) FROM batch").fetchone()  # a lot is used once per GTIN
+        masterdata.create_batch(conn, batch_id, GTIN, lot=f"L{scenario.seed % 100000:05d}-{runs + 1}",
                                 expiry=dt.date.today() + dt.timedelta(days=730),
                                 planned=scenario.units, case_size=CASE_SIZE, pallet_size=PALLET_SIZE)
         # rejects and the coder's fill-ahead use serials too; a pool sized for the run stays above

@@ -1,7 +1,7 @@
 """GS1's official artefacts, shipped unchanged with the agent so it validates offline at run time.
 
-They are copies of `../shared/standards/` (see README.md here for sources and licences);
-tests/test_foundation.py checks that the copies are byte-for-byte the shared originals.
+See README.md here for sources and licences. SHA256SUMS lists each file as copied from its
+publisher; tests/test_foundation.py checks the package against it (and nothing outside the repo).
 """
 
 from pathlib import Path

@@ -46,8 +46,10 @@ def test_cli_batch_life_and_clear_errors(tmp_path):
     assert cli(f, "batch", "create", "B1", GTIN, "L1", "2030-12-01", "--planned", "5", "--case-size", "2",
                "--pallet-size", "2").returncode == 0
     assert cli(f, "batch", "start", "B1").returncode == 0
-    r = cli(f, "batch", "close", "B1")
-    assert r.returncode == 0 and "closed" in r.stdout
+    r = cli(f, "batch", "close", "B1")  # nothing made: not a close, an abort
+    assert r.returncode == 1 and "0 of 5 planned" in r.stdout and "abort" in r.stderr
+    r = cli(f, "batch", "abort", "B1", "--reason", "work order cancelled")
+    assert r.returncode == 0 and "aborted" in r.stdout
     r = cli(f, "rework", "disaggregate", "095060000000000015", "--reason", "x")
     assert r.returncode == 1 and "unknown SSCC" in r.stderr
     r = cli(f, "audit", "verify")
