@@ -4,6 +4,7 @@ Lines are parsed on arrival; a malformed one is an alarm and is not kept (docs/d
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 
@@ -72,9 +73,13 @@ class Camera(LineClient):
         connection is reopened (at most once a second); results sent meanwhile are lost, and the
         correlator sees the gap in their numbers."""
         if self.closed and not self.shut and time.monotonic() >= self._next_reconnect:
-            self._next_reconnect = time.monotonic() + RECONNECT_EVERY_S
-            try:
-                self.reconnect("connection lost")
-            except DeviceError as exc:
-                self.alarm("DISCONNECTED", str(exc))
+            self._next_reconnect = float("inf")  # one attempt at a time
+            threading.Thread(target=self._reopen, daemon=True).start()  # never stalls the agent's loop
         return self.drain(), self.alarms()
+
+    def _reopen(self) -> None:
+        try:
+            self.reconnect("connection lost")
+        except DeviceError as exc:
+            self.alarm("DISCONNECTED", str(exc))
+        self._next_reconnect = time.monotonic() + RECONNECT_EVERY_S
