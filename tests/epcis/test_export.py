@@ -77,9 +77,43 @@ def test_export_jsonld_and_xml12(ledger, tmp_path, ctx):
     validate.json_document(doc)
     assert [e["eventID"] for e in doc["epcisBody"]["eventList"]] == \
         [e["eventID"] for e in all_kinds(ctx, batch="B7")]
+    # the DSCSA export needs the ledger's master data (tests/epcis/test_ship.py exports one)
     assert cli.main(["epcis", "export", "--batch", "B7", "--format", "xml12", "--out", str(out),
-                     "--db", str(ledger), "--receiver", PARTNER]) == 0
-    validate.xml_document((out / "B7.xml").read_bytes(), "1.2")
+                     "--db", str(ledger), "--receiver", PARTNER]) == 1
+    assert not (out / "B7.xml").exists()
+
+
+def test_xml12_refuses_a_receiver_or_sender_that_is_no_sgln(ctx):
+    events = all_kinds(ctx)
+    for sender, receiver in ((ctx.biz_location, "not an SGLN"), ("urn:epc:id:sgln:1.2.0", PARTNER),
+                             (ctx.biz_location, None)):
+        with pytest.raises(ValueError, match="SGLN"):
+            xml12.document(events, sender, receiver)
+
+
+def test_export_file_names_are_one_to_one_and_never_silently_replaced(tmp_path, ctx, capsys):
+    path = tmp_path / "ledger.db"
+    conn = sqlite3.connect(path)
+    outbox.ensure_schema(conn)
+    batches = ["A/B", "A_B", "A:B", "A%2FB", ".hidden", "Ä"]
+    with conn:
+        for i, batch in enumerate(batches):
+            outbox.enqueue(conn, batch, all_kinds(ctx, batch=f"X{i}")[0])
+    conn.close()
+    out = tmp_path / "out"
+    for batch in batches:
+        assert cli.main(["epcis", "export", "--batch", batch, "--out", str(out), "--db", str(path)]) == 0
+    files = sorted(f.name for f in out.iterdir())
+    assert len(files) == len(batches) and not [f for f in files if f.startswith(".") or "/" in f]
+    assert {json.loads((out / f).read_text())["epcisBody"]["eventList"][0]["eventID"] for f in files} == \
+        {all_kinds(ctx, batch=f"X{i}")[0]["eventID"] for i in range(len(batches))}
+    capsys.readouterr()
+    before = (out / "A_B.jsonld").read_bytes()
+    assert cli.main(["epcis", "export", "--batch", "A_B", "--out", str(out), "--db", str(path)]) == 1
+    assert "exists (use --overwrite" in capsys.readouterr().err
+    assert (out / "A_B.jsonld").read_bytes() == before and len(list(out.iterdir())) == len(batches)
+    assert cli.main(["epcis", "export", "--batch", "A_B", "--out", str(out), "--db", str(path),
+                     "--overwrite"]) == 0
 
 
 def test_export_of_unknown_batch_fails_and_writes_nothing(ledger, tmp_path, capsys):
