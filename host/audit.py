@@ -9,8 +9,9 @@ What the chain alone cannot see, and how it is covered:
 - the ledger rows a QA reviewer relies on: the record of `product.add` seals the product row, of
   `batch.create` the batch's master data (lot, expiry, …), of `batch.close` / `batch.abort` everything
   of the batch (units, serials and their history, device events, containers, coder jobs, outbox
-  bodies, alarms so far). `verify` recomputes each batch's latest seal, and every eventID from its
-  outbox body.
+  bodies, alarms so far). While a batch runs, `checkpoint` seals the append-only logs (device
+  events, serial history, alarms, outbox bodies) incrementally. `verify` recomputes each batch's
+  latest seals, every checkpoint, and every eventID from its outbox body.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import sqlite3
 GENESIS = "0" * 64
 
 # What a seal covers: part -> (table, rows of the key, order, columns left out or None = all,
-# bound column). A part with a bound column seals only rows up to the seal's time: rows the
-# line may still add for the same boot (or anywhere, for alarms) afterwards are not the batch's.
+# bound column). A part with a bound column seals only rows older than the seal (bound < upto):
+# rows added afterwards (the same boot's later events, alarms, a shipping event) are not its own.
 _BATCH_BOOTS = ("(device_id, boot_id) IN (SELECT device_id, boot_id FROM device_boot WHERE batch_id = :key"
                 " UNION SELECT device_id, boot_id FROM unit WHERE batch_id = :key)")
 _PARTS = {
@@ -49,7 +50,14 @@ _PARTS = {
     "product_row": ("product", "gtin = :key", "gtin", None, None),
     "product_master_row": ("product_master", "gtin = :key", "gtin", None, None),
     "batch_master": ("batch", "batch_id = :key", "batch_id", ("state", "closed_at"), None),
+    # the append-only logs as a whole, for checkpoints of running batches
+    "log:device_event": ("device_event", "1", "device_id, boot_id, event_seq", None, "received_at"),
+    "log:serial_history": ("serial_history", "1", "at, gtin, serial, old_state, new_state, batch_id", None, "at"),
+    "log:alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
+    "log:epcis_outbox": ("epcis_outbox", "1", "seq", ("delivered_at", "attempts", "next_try_at", "last_error"),
+                         "enqueued_at"),
 }
+_TEXT_BOUNDS = ("serial_history",)  # its `at` is SQLite's strftime text, the others time.time()
 _CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial", "serial_history", "device_event",
            "coder_job", "container", "packed", "epcis_outbox", "alarm_log")
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
@@ -79,29 +87,39 @@ def _columns(conn, table: str, leave_out) -> list[str]:
     return [c for c in cols if c not in (leave_out or ())]
 
 
-def _part_digest(conn, part: str, key: str, cols: list[str], upto) -> dict:
+def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, start: str = "") -> dict:
+    """Rows and sha256 of the part's rows (with bound in [since, upto)); `start` chains a digest
+    onto the previous checkpoint's."""
     table, where, order, _, bound = _PARTS[part]
     sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ({where})"
     if bound and upto is not None:
-        sql += f" AND {bound} <= :upto"
-    h, n = hashlib.sha256(), 0
-    for row in conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto}):
+        sql += f" AND {bound} < :upto"
+    if bound and since is not None:
+        sql += f" AND {bound} >= :since"
+    h, n = hashlib.sha256(start.encode()), 0
+    for row in conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto, "since": since}):
         h.update(json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str).encode() + b"\n")
         n += 1
     return {"rows": n, "sha256": h.hexdigest()}
 
 
+def _now_bound(table: str):
+    if table in _TEXT_BOUNDS:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    import time
+    return time.time()
+
+
 def seal(conn: sqlite3.Connection, key: str, parts, now: float | None = None) -> dict:
     """Digests of the rows `parts` cover for `key` (a batch id or GTIN), as sealed in a record."""
-    import time
-    now = time.time() if now is None else now
     out = {}
     for part in parts:
         table, _, _, leave_out, bound = _PARTS[part]
         cols = _columns(conn, table, leave_out)
         if not cols:  # table absent in this ledger
             continue
-        upto = now if bound else None
+        upto = (_now_bound(table) if now is None else now) if bound else None
         out[part] = {"cols": cols, **({"upto": upto} if bound else {}), **_part_digest(conn, part, key, cols, upto)}
     return out
 
@@ -121,6 +139,60 @@ def append(conn: sqlite3.Connection, user: str, action: str, detail: dict) -> st
     h = _digest(prev, seq, at, user, action, text)
     conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", (seq, at, user, action, text, prev, h))
     return h
+
+
+CHECKPOINT = "audit.checkpoint"
+
+
+def _checkpoints(conn):
+    for seq, text in conn.execute("SELECT seq, detail FROM audit WHERE action = ? ORDER BY seq", (CHECKPOINT,)):
+        try:
+            yield seq, json.loads(text)["parts"]
+        except (ValueError, KeyError, TypeError):
+            yield seq, None
+
+
+def checkpoint(conn: sqlite3.Connection, user: str) -> str:
+    """Seal the append-only logs (device events, serial history, alarms, outbox bodies) as far as
+    they go now, in one record: each part's digest continues the previous checkpoint's over only
+    the rows added since, so it is cheap however big the ledger grows. Own transaction (it must
+    see every committed row and no writer between); returns the record's hash."""
+    from .db import transaction
+    with transaction(conn):
+        last = {}
+        for _, parts in _checkpoints(conn):
+            last.update(parts or {})
+        parts = {}
+        for part in (p for p in _PARTS if p.startswith("log:")):
+            table, _, _, leave_out, _ = _PARTS[part]
+            cols = _columns(conn, table, leave_out)
+            if not cols:
+                continue
+            before = last.get(part, {})
+            upto = _now_bound(table)
+            d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""))
+            parts[part] = {"cols": cols, "upto": upto, "rows": before.get("rows", 0) + d["rows"], "sha256": d["sha256"]}
+        return append(conn, user, CHECKPOINT, {"parts": parts})
+
+
+def _verify_checkpoints(conn) -> str | None:
+    last: dict = {}
+    for seq, parts in _checkpoints(conn):
+        if parts is None:
+            return f"record {seq} ({CHECKPOINT}): unreadable"
+        for part in [p for p in _PARTS if p in parts]:
+            s, before = parts[part], last.get(part, {})
+            try:
+                d = _part_digest(conn, part, "", s["cols"], s["upto"], before.get("upto"), before.get("sha256", ""))
+            except sqlite3.Error as exc:
+                return f"checkpoint record {seq}: table {_PARTS[part][0]} cannot be read as sealed ({exc})"
+            rows = before.get("rows", 0) + d["rows"]
+            if (rows, d["sha256"]) != (s["rows"], s["sha256"]):
+                what = f"{s['rows']} rows sealed, {rows} now" if rows != s["rows"] else "rows changed"
+                since = f" since the checkpoint before ({before['upto']})" if before else ""
+                return f"checkpoint record {seq}: table {_PARTS[part][0]} differs from its seal{since}: {what}"
+            last[part] = s
+    return None
 
 
 def head(conn: sqlite3.Connection) -> str:
@@ -294,7 +366,8 @@ def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
     if trail and os.path.exists(trail):
         with open(trail, encoding="utf-8", errors="replace") as f:
             anchors += parse_anchors(f.read())
-    problem = _verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_outbox(conn)
+    problem = (_verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_checkpoints(conn)
+               or _verify_outbox(conn))
     if problem:
         return False, n, problem
     (events,) = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone() if _has(conn, "epcis_outbox") else (0,)

@@ -212,3 +212,57 @@ def test_outbox_eventids_recomputed_on_a_running_batch(tmp_path, capsys):
     capsys.readouterr()
     assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
     assert capsys.readouterr().err.strip() == f"outbox: 1 event(s) whose eventID does not match their body, first at outbox seq {seq} (batch B1)"
+
+
+@pytest.fixture(scope="module")
+def running_ledger(tmp_path_factory):
+    """A batch still running (no close seal): the logs so far are sealed by a checkpoint."""
+    d = tmp_path_factory.mktemp("running")
+    _run_line(d / "ledger.db", close=False)
+    assert cli_batch.audit_main(["checkpoint", "--db", str(d / "ledger.db"), "--user", "qa"]) == 0
+    return d
+
+
+RUNNING = {
+    "edit a device_event body": (edit_device_event_body, "table device_event differs from its seal"),
+    "delete a serial_history row": (delete_serial_history_row, "table serial_history differs from its seal"),
+    "delete an alarm": (delete_alarm, "table alarm_log differs from its seal"),
+    "edit an outbox body": (edit_outbox_body, "table epcis_outbox differs from its seal"),
+    "edit an outbox eventID": (edit_outbox_event_id, "table epcis_outbox differs from its seal"),
+    "delete the last 2 audit records": (delete_last_records, "is missing, the log ends at record"),
+}
+
+
+@pytest.mark.parametrize("kind", list(RUNNING))
+def test_tampering_a_running_batch_is_detected_by_its_checkpoint(running_ledger, tmp_path, capsys, kind):
+    edit, expected = RUNNING[kind]
+    dbfile = _tampered(running_ledger, tmp_path, edit)
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1, kind
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, (kind, err)
+
+
+def test_checkpoints_chain_over_new_rows_only(tmp_path, capsys):
+    dbfile = tmp_path / "ledger.db"
+    _run_line(dbfile, close=False)
+    conn = db.connect(str(dbfile))
+    audit.checkpoint(conn, "qa")
+    ledger = Ledger(conn, "B1")
+    line = Line(ledger)
+    line.event_seq = conn.execute("SELECT max(event_seq) FROM device_event").fetchone()[0]
+    line.unit(7)  # the line runs on
+    audit.checkpoint(conn, "qa")
+    parts = [json.loads(d)["parts"]["log:device_event"] for (d,) in conn.execute(
+        "SELECT detail FROM audit WHERE action='audit.checkpoint' ORDER BY seq")]
+    assert parts[1]["rows"] == parts[0]["rows"] + 4 and parts[1]["upto"] > parts[0]["upto"]
+    assert audit.verify(conn)[0]
+    first = conn.execute("SELECT seq FROM audit WHERE action='audit.checkpoint' ORDER BY seq").fetchone()[0]
+    conn.close()
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    c.execute("DELETE FROM device_event WHERE unit_seq = 0 AND msg_name = 'UNIT_DETECTED'")  # before the first
+    c.close()
+    conn = db.connect(str(dbfile))
+    ok, _, message = audit.verify(conn)
+    conn.close()
+    assert not ok and message.startswith(f"checkpoint record {first}: table device_event differs from its seal")
