@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     console = Console(stderr=False, quiet=args.quiet)
     try:
         result = run(scenario, out=args.out, realtime=args.realtime, console=console)
-    except RunError as exc:
+    except (RunError, ScenarioError) as exc:
         print(f"serialine sim: {exc}", file=sys.stderr)
         return 2
     path = args.report or args.out / f"report-{scenario.name}.json"

@@ -19,6 +19,8 @@ from pathlib import Path
 from serialine.host import simboard
 from serialine.protocol.schema import DwellUnit
 
+from .scenario import deadline_margin_counts, host_budget_counts
+
 
 def _need(module: str, what: str):
     try:
@@ -34,8 +36,8 @@ def device_config(scenario, line, config_id: int = 1) -> dict:
     L, c = scenario.line, scenario.line.counts_per_mm
     full = line.profile.full_cps
     pitch_min = L.pitch_mm * (1 - L.pitch_spread) * c
-    margin = round(max(8, 0.002 * full))  # decide 2 ms of travel before the gate fires
-    budget_counts = line.gate_at - line.camera_at - margin - L.gate_lead_ms / 1000 * full * 1.25
+    margin = deadline_margin_counts(scenario)
+    budget_counts = host_budget_counts(scenario)  # validated positive
     return dict(
         config_id=config_id,
         coder_at=line.coder_at,

@@ -22,7 +22,7 @@ from .coder import SimCoder
 from .faults import FaultPlan, FaultyRelay
 from .line import Line
 from .report import build
-from .scenario import Scenario
+from .scenario import Scenario, validate
 from .wiretap import VerdictTap
 
 BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
@@ -38,6 +38,7 @@ HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before
 
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) -> dict:
+    validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
     out.mkdir(parents=True, exist_ok=True)
     s = scenario

@@ -1,18 +1,22 @@
 """Scenarios: TOML files that set the line, its speed, its defects and its faults.
 
 A scenario is read with `tomllib`, checked field by field against the defaults below (an unknown key
-or a value of the wrong type is an error, so a typo never silently runs the default) and returned as
-a frozen `Scenario`. Lengths are in mm, times in ms unless a name says otherwise; the line model
-turns them into encoder counts and µs."""
+or a value of the wrong type is an error, so a typo never silently runs the default), every number
+against its key's range in `RANGES` (finite, so no inf or nan), and returned as a frozen `Scenario`.
+Nothing is created before that. Lengths are in mm, times in ms unless a name says otherwise; the
+line model turns them into encoder counts and µs."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCENARIO_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+from serialine.host.resources import scenarios_dir
+
+SCENARIO_DIR = scenarios_dir()  # a package resource: the same in the checkout and a wheel
 
 
 class ScenarioError(ValueError):
@@ -96,19 +100,59 @@ class Scenario:
     def with_overrides(self, **kw) -> "Scenario":
         kw = {k: v for k, v in kw.items() if v is not None}
         out = dataclasses.replace(self, **kw)
-        validate(out, "overrides")
+        validate(out, f"{self.name} with overrides")
         return out
 
 
 _SECTIONS = {"line": Line, "speed": Speed, "defects": Defects, "camera": Camera, "faults": Faults}
 _PROFILES = ("constant", "ramp", "stop-start")
+_RATE = (0.0, 1.0)
+# (lo, hi) inclusive for every number; unit numbers of faults are checked against `units`.
+RANGES = {
+    "units": (1, 200_000), "ppm": (1.0, 20_000.0), "seed": (0, 2**31 - 1),
+    "line.pitch_mm": (10.0, 2000.0), "line.pitch_spread": (0.0, 0.49), "line.pack_length_mm": (1.0, 2000.0),
+    "line.counts_per_mm": (1.0, 100.0),  # below 1 the stations and the gate dwell round to nothing
+    "line.coder_at_mm": (1.0, 100_000.0), "line.camera_at_mm": (1.0, 100_000.0),
+    "line.gate_at_mm": (1.0, 100_000.0), "line.gate_window_mm": (1.0, 1000.0),
+    "line.gate_lead_ms": (0.0, 1000.0), "line.gate_dwell_mm": (1.0, 1000.0),
+    "line.confirm_delay_mm": (0.0, 10_000.0), "line.confirm_window_mm": (1.0, 10_000.0),
+    "line.bin_capacity": (1, 10**9),
+    "speed.ramp_from": (0.0, 1.0), "speed.ramp_to": (0.05, 1.0),  # a ramp to standstill never ends
+    "speed.ramp_units": (1, 10**6), "speed.run_units": (1, 10**6), "speed.stop_ms": (0.0, 60_000.0),
+    "speed.accel_ms": (1.0, 60_000.0),
+    "defects.misprint": _RATE, "defects.skip": _RATE, "defects.smear": _RATE,
+    "camera.latency_ms": (0.0, 10_000.0), "camera.latency_jitter_ms": (0.0, 10_000.0),
+    "camera.no_read": _RATE, "camera.misread": _RATE, "camera.low_grade": _RATE, "camera.missed_trigger": _RATE,
+    "faults.link_corrupt": (0.0, 0.1), "faults.link_loss": (0.0, 0.1),
+    "faults.outage_ms": (1.0, 600_000.0),  # each link outage's duration
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # it names the batch and the report file
+
+
+def full_speed_cps(s: Scenario) -> float:
+    return s.ppm / 60.0 * s.line.pitch_mm * s.line.counts_per_mm
+
+
+def deadline_margin_counts(s: Scenario) -> int:
+    return round(max(8, 0.002 * full_speed_cps(s)))  # decide 2 ms of travel before the gate fires
+
+
+def host_budget_counts(s: Scenario) -> float:
+    """Travel from the camera to the decision deadline, less the gate's lead at 125 % speed: what
+    is left for the host's verdict. The device refuses a configuration that leaves nothing."""
+    L = s.line
+    return (round(L.gate_at_mm * L.counts_per_mm) - round(L.camera_at_mm * L.counts_per_mm)
+            - deadline_margin_counts(s) - L.gate_lead_ms / 1000 * full_speed_cps(s) * 1.25)
 
 
 def _coerce(where: str, key: str, default, value):
     if isinstance(default, bool) or isinstance(value, bool):
         raise ScenarioError(f"{where}: {key} must not be a boolean")
     if isinstance(default, float) and isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ScenarioError(f"{where}: {key} = {value} is out of range") from None
     if isinstance(default, int) and isinstance(value, int):
         return value
     if isinstance(default, str) and isinstance(value, str):
@@ -117,10 +161,10 @@ def _coerce(where: str, key: str, default, value):
         if not isinstance(value, list):
             raise ScenarioError(f"{where}: {key} must be a list")
         if key == "link_outages":
-            if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)
-                       for p in value):
+            if not all(isinstance(p, list) and len(p) == 2 and type(p[0]) is int
+                       and type(p[1]) in (int, float) and -2**53 < p[1] < 2**53 for p in value):
                 raise ScenarioError(f"{where}: link_outages must be a list of [at_unit, duration_ms]")
-            return tuple((int(a), float(d)) for a, d in value)
+            return tuple((a, float(d)) for a, d in value)
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
             raise ScenarioError(f"{where}: {key} must be a list of unit numbers")
         return tuple(value)
@@ -143,12 +187,43 @@ def _build(cls, where: str, table: dict):
     return cls(**kw)
 
 
+def _n(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _key(name: str) -> str:
+    section, _, key = name.rpartition(".")
+    return f"[{section}] {key}" if section else key
+
+
 def validate(s: Scenario, where: str) -> None:
     L, problems = s.line, []
-    if s.units < 1:
-        problems.append("units must be >= 1")
-    if not 1 <= s.ppm <= 20_000:
-        problems.append("ppm must be in 1..20000")
+    for name, (lo, hi) in RANGES.items():
+        section, _, key = name.rpartition(".")
+        if key == "outage_ms":
+            continue
+        v = getattr(getattr(s, section) if section else s, key)
+        if not lo <= v <= hi:  # also refuses nan and inf
+            problems.append(f"{_key(name)} = {v!r} must be in {_n(lo)}..{_n(hi)}")
+    if not _NAME.fullmatch(s.name):
+        problems.append(f"name {s.name!r} must be 1-64 of A-Z a-z 0-9 _ . - (it names the batch and the report)")
+    if len(s.description) > 500:
+        problems.append("description is longer than 500 characters")
+    f, last = s.faults, s.units - 1  # a fault strikes before pack N: N in 1..units-1, or it never does
+    lo, hi = RANGES["faults.outage_ms"]
+    for at, ms in f.link_outages:
+        if not 1 <= at <= last:
+            problems.append(f"[faults] link_outages: at unit {at} must be in 1..{last}")
+        if not lo <= ms <= hi:
+            problems.append(f"[faults] link_outages: duration {ms!r} ms at unit {at} must be in {_n(lo)}..{_n(hi)}")
+    for key in ("device_reboot_at", "host_kill_at"):
+        for at in getattr(f, key):
+            if not 1 <= at <= last:
+                problems.append(f"[faults] {key}: unit {at} must be in 1..{last}")
+    if f.bin_full_at != -1 and not 0 <= f.bin_full_at <= last:
+        problems.append(f"[faults] bin_full_at = {f.bin_full_at} must be -1 (never) or in 0..{last}")
+    if problems:  # the checks below compute with these numbers
+        raise ScenarioError(f"{where}: " + "; ".join(problems))
     if s.speed.profile not in _PROFILES:
         problems.append(f"speed.profile must be one of {', '.join(_PROFILES)}")
     if not 0 <= L.pitch_spread < 0.5:
@@ -157,19 +232,11 @@ def validate(s: Scenario, where: str) -> None:
         problems.append("line.pack_length_mm must be positive and leave a gap at the smallest pitch")
     if not 0 < L.coder_at_mm < L.camera_at_mm < L.gate_at_mm:
         problems.append("stations must be in order: 0 < coder_at_mm < camera_at_mm < gate_at_mm")
-    if L.counts_per_mm <= 0 or L.gate_window_mm <= 0 or L.gate_dwell_mm <= 0:
-        problems.append("line.counts_per_mm, gate_window_mm, gate_dwell_mm must be positive")
     if L.confirm_delay_mm >= L.confirm_window_mm:
-        problems.append("line.confirm_delay_mm must be inside confirm_window_mm")
-    for sect in (s.defects, s.camera):
-        for f in dataclasses.fields(sect):
-            v = getattr(sect, f.name)
-            if f.name not in ("latency_ms", "latency_jitter_ms") and not 0 <= v <= 1:
-                problems.append(f"{f.name} is a rate and must be in [0, 1]")
-    if s.camera.latency_ms < 0 or s.camera.latency_jitter_ms < 0:
-        problems.append("camera latency must be >= 0")
-    if not (0 <= s.faults.link_corrupt <= 0.1 and 0 <= s.faults.link_loss <= 0.1):
-        problems.append("link_corrupt and link_loss are per-byte rates in [0, 0.1]")
+        problems.append("[line] confirm_delay_mm must be inside confirm_window_mm")
+    if not problems and host_budget_counts(s) <= 0:
+        problems.append("[line] camera_at_mm to gate_at_mm is too short for the gate's lead "
+                        f"(gate_lead_ms {L.gate_lead_ms:g}) at {s.ppm:g} packs/min: no time is left for a verdict")
     if problems:
         raise ScenarioError(f"{where}: " + "; ".join(problems))
 
@@ -179,6 +246,8 @@ def parse(text: str, where: str = "<scenario>") -> Scenario:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{where}: not valid TOML: nested too deep") from None
     s = _build(Scenario, where, table)
     validate(s, where)
     return s
@@ -196,7 +265,11 @@ def load(name_or_file: str) -> Scenario:
         if not path.exists():
             raise ScenarioError(f"no scenario {name_or_file!r}; shipped: {', '.join(names())}")
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
-        raise ScenarioError(f"{path}: {exc.strerror}") from None
+        raise ScenarioError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not a TOML text file (byte {exc.start} is not UTF-8)") from None
     return parse(text, str(path))
