@@ -16,13 +16,16 @@ _EV_INSPECTED = const(3)
 _EV_OUTCOME = const(4)
 _EV_ALARM = const(5)
 _STATUS_MS = const(200)
+# room kept for events still to come once the device has failed safe: each tracked unit's print,
+# inspection and outcome (3 per unit, counted live) plus this many (alarms, packs still arriving)
+_RESERVE = const(24)
 
 
 class Device:
     """board: adapter (ticks_*, now(), inputs(), out_*); port: link stream; wdt: .feed()."""
 
     def __init__(self, board, port, device_id="sim-1", cfg_path=config.PATH, capacity=64,
-                 pending=64, reset_cause=1, link_timeout_ms=2000):
+                 pending=None, reset_cause=1, link_timeout_ms=2000):
         import os
         import link
 
@@ -38,12 +41,16 @@ class Device:
         self.store = config.Store(self.core, cfg_path)
         self.boot_note = self.store.boot()  # "" or why there is no configuration
         self.event_seq = 0
-        # events the link ring had no room for, in order; flushed first on every scan
+        # events the link ring had no room for, in order; flushed first on every scan. Sized for
+        # every event the units in flight can still emit after the fail-safe stop (see _emit).
+        if pending is None:
+            pending = 3 * capacity + 64
         self.pend = array("i", bytes(4 * _EV_WORDS * pending))
         self.npend_cap = pending
         self.phead = 0
         self.pcount = 0
-        self.lost_events = 0
+        self.lost_events = 0  # only if pending is smaller than the reserve needs: never by default
+        self.failed_safe = False  # the buffer ran low: line stopped, open units rejected
         self.fields = [0] * 32
         self.status_buf = bytearray(wire.MAX_FRAME)
         self.last_status = 0
@@ -69,11 +76,9 @@ class Device:
     def _emit(self, kind, a, b, c, d, e, f):
         if not self.pcount and self._send(kind, a, b, c, d, e, f):
             return
-        if self.pcount == self.npend_cap:  # both buffers full: fail safe, say so
+        if self.pcount == self.npend_cap:  # a buffer below the reserve: counted, the line stopped
             self.lost_events += 1
-            self.core._raise(core.A_BUFFER_OVERFLOW, core.NO_UNIT)
-            self.core._reject_open(core.R_BUFFER_OVERFLOW)
-            self.core._line_stop()
+            self._fail_safe()
             return
         i = self.phead + self.pcount
         if i >= self.npend_cap:
@@ -88,6 +93,18 @@ class Device:
         p[j + 5] = e
         p[j + 6] = f
         self.pcount += 1
+        if not self.failed_safe and self.npend_cap - self.pcount < 3 * self.core.count + _RESERVE:
+            self._fail_safe()
+
+    def _fail_safe(self):
+        # Stop before an event could be lost: no unit passes whose outcome might find no room,
+        # and what the units in flight still emit fits in the reserve.
+        if self.failed_safe:
+            return
+        self.failed_safe = True
+        self.core._raise(core.A_BUFFER_OVERFLOW, core.NO_UNIT)
+        self.core._reject_open(core.R_BUFFER_OVERFLOW)
+        self.core._line_stop()
 
     def _send(self, kind, a, b, c, d, e, f):
         slot = self.link.reserve()
@@ -118,6 +135,7 @@ class Device:
             if self.phead == self.npend_cap:
                 self.phead = 0
             self.pcount -= 1
+        self.failed_safe = False  # drained: the next shortage fails safe again
 
     def detected(self, unit, pos, t, flags):
         self._emit(_EV_DETECTED, unit, pos, t, flags, 0, 0)
