@@ -69,11 +69,11 @@ def test_shipped_scenarios_load():
 
 
 @pytest.mark.parametrize("text,msg", [
-    ("units = 0", "units must be"),
+    ("units = 0", "units = 0 must be in 1..200000"),
     ("colour = 1", "unknown key 'colour'"),
     ("[line]\ncoder_at_mm = 900", "stations must be in order"),
     ("[speed]\nprofile = 'warp'", "speed.profile"),
-    ("[defects]\nmisprint = 2", "rate"),
+    ("[defects]\nmisprint = 2", r"\[defects\] misprint = 2.0 must be in 0..1"),
     ("units = 'many'", "units must be int"),
     ("units = [", "not valid TOML"),
     ("[faults]\nlink_outages = [1]", "link_outages"),
