@@ -185,3 +185,22 @@ def test_an_invalid_event_is_stored_once_never_applied(line):
     before = snapshot(conn)
     assert line.store([bad]) == [False]  # resent: recognised, nothing changes, no second alarm
     assert snapshot(conn) == before
+
+
+def test_a_boot_belongs_to_its_batch_another_batch_purges_none_of_it(line):
+    """Two lines on one ledger with the same device_id: the second batch's new boot books only its
+    own units (its agent is refused while the first runs: test_faults_agent)."""
+    from serialine.host import masterdata
+    from serialine.host.ledger import Ledger
+    conn = line.ledger.conn
+    in_flight(line, 0, Verdict.PASS)
+    with transaction(conn):
+        line.ledger.new_boot("dev1", 7)
+    masterdata.create_batch(conn, "B2", line.ledger.batch.gtin, "L2", "2030-01-31", 10, 3, 2)
+    masterdata.start_batch(conn, "B2")
+    other = Ledger(conn, "B2")
+    assert not other.knows_boot("dev1", 7)  # B1's session is not B2's to resume
+    with transaction(conn):
+        assert other.new_boot("dev1", 9) == 0
+    assert unit_row(conn, 0)[0] is None  # still B1's, in flight
+    assert conn.execute("SELECT batch_id FROM device_boot ORDER BY boot_id").fetchall() == [("B1",), ("B2",)]
