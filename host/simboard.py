@@ -16,7 +16,8 @@ import tty
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serialine.host.resources import board_dir, firmware_dir
+
 OUT_NAMES = ("", "coder", "camera", "gate_open", "gate_close", "stop_on", "stop_off")
 MASK = 0x3FFFFFFF  # the board's clock and encoder wrap at 2**30, as on a real board
 
@@ -53,9 +54,10 @@ class SimBoard:
         tty.setraw(slave)
         self._slave = slave
         sim_path = os.ttyname(slave)
-        paths = [str(ROOT / "firmware"), str(ROOT / "boards" / "sim")]
+        board = board_dir("sim")
+        paths = [str(firmware_dir()), str(board)]
         env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
-        args = [micropython_bin(), "-X", "heapsize=2m", str(ROOT / "boards" / "sim" / "simmain.py"),
+        args = [micropython_bin(), "-X", "heapsize=2m", str(board / "simmain.py"),
                 link_path, sim_path, "--cfg", str(cfg_path), "--device-id", device_id,
                 "--wdt-ms", str(wdt_ms), "--reset-cause", str(reset_cause)]
         if realtime:

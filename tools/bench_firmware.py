@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serialine.host.resources import board_dir, firmware_dir
+
 
 _MP_VIRTUAL = r"""
 import gc, time, simline
@@ -90,10 +91,10 @@ print("JITTER", lat[len(lat) // 2], lat[len(lat) * 99 // 100], lat[-1], len(lat)
 
 def run_mp(code: str, timeout: float = 600, prefix: tuple[str, ...] = ()) -> str:
     mp = Path(sys.executable).parent / "micropython"
-    paths = [str(ROOT / "firmware"), str(ROOT / "boards" / "sim")]
+    paths = [str(firmware_dir()), str(board_dir("sim"))]
     env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([*prefix, str(mp) if mp.exists() else "micropython", "-X", "heapsize=8m", "-c", code],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(firmware_dir()))
     if proc.returncode != 0 or "Traceback" in proc.stdout + proc.stderr:
         raise RuntimeError(proc.stdout + proc.stderr)
     return proc.stdout

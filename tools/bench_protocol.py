@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from serialine.host.resources import firmware_dir
 from serialine.protocol import fastcodec as F
 from serialine.protocol import schema as S
 
-ROOT = Path(__file__).resolve().parent.parent
 MSG = S.BY_NAME["UNIT_OUTCOME"]
 FIELDS = (123456, 4567, int(S.Outcome.REJECTED_CONFIRMED), int(S.Reason.NO_VERDICT), -12, 987654, 55555)
 DICT = F.as_dict(MSG.msg_type, FIELDS)
@@ -94,7 +94,7 @@ def _micropython() -> str:
 
 
 def bench_micropython(n: int) -> dict:
-    env = {"MICROPYPATH": str(ROOT / "firmware"), "PATH": "/usr/bin:/bin"}
+    env = {"MICROPYPATH": str(firmware_dir()), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([_micropython(), "-X", "heapsize=4m", "-c", MP_SCRIPT % {"n": n}],
                           capture_output=True, text=True, timeout=300, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("MP ")), None)

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from serialine.host.resources import board_dir, firmware_dir
+
 FIRMWARE = ("wire.py", "link.py", "core.py", "config.py", "device.py", "main.py")
 BOARDS = ("rpi_pico", "esp32", "sim")
 
@@ -24,12 +25,13 @@ def files(board: str) -> list[tuple[Path, str]]:
     """(source, name on the board) in copy order; main.py last so a half copy never boots."""
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
-    out = [(ROOT / "firmware" / n, n) for n in FIRMWARE if n != "main.py"]
-    out.append((ROOT / "boards" / board / "board.py", "board.py"))
+    fw = firmware_dir()
+    out = [(fw / n, n) for n in FIRMWARE if n != "main.py"]
+    out.append((board_dir(board) / "board.py", "board.py"))
     if board == "sim":
-        out.append((ROOT / "boards" / "sim" / "simmain.py", "simmain.py"))
+        out.append((board_dir("sim") / "simmain.py", "simmain.py"))
     else:
-        out.append((ROOT / "firmware" / "main.py", "main.py"))
+        out.append((fw / "main.py", "main.py"))
     return out
 
 
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "files":
         for src, name in files(args.board):
-            print(f"{src.relative_to(ROOT)} -> :{name}")
+            print(f"{src} -> :{name}")
         return 0
     missing = [str(s) for s, _ in files(args.board) if not s.exists()]
     if missing:

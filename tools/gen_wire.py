@@ -19,10 +19,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from serialine.host.resources import firmware_dir
 from serialine.protocol import schema as S
 
-ROOT = Path(__file__).resolve().parent.parent
-TARGET = ROOT / "firmware" / "wire.py"
+TARGET = firmware_dir() / "wire.py"
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "wire.py"
 
 ENUM_PREFIX = {

@@ -20,7 +20,7 @@ import time
 import tty
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout (firmware/, boards/ live there)
+from serialine.host.resources import board_dir, firmware_dir
 
 
 class PtyRelay:
@@ -113,10 +113,10 @@ def micropython_bin() -> str:
 
 def spawn_linkdev(tty_path: str, events: int, *args: str) -> subprocess.Popen:
     """boards/sim/linkdev.py in the real MicroPython unix port, on tty_path."""
-    env = {"MICROPYPATH": f".frozen:{ROOT / 'firmware'}:{ROOT / 'boards' / 'sim'}",
+    env = {"MICROPYPATH": f".frozen:{firmware_dir()}:{board_dir('sim')}",
            "PATH": "/usr/bin:/bin"}
     return subprocess.Popen(
-        [micropython_bin(), "-X", "heapsize=1m", str(ROOT / "boards" / "sim" / "linkdev.py"),
+        [micropython_bin(), "-X", "heapsize=1m", str(board_dir("sim") / "linkdev.py"),
          tty_path, str(events), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
