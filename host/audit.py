@@ -50,6 +50,9 @@ _PARTS = {
     "product_row": ("product", "gtin = :key", "gtin", None, None),
     "product_master_row": ("product_master", "gtin = :key", "gtin", None, None),
     "batch_master": ("batch", "batch_id = :key", "batch_id", ("state", "closed_at"), None),
+    "location_row": ("location", "sgln = :key", "sgln", None, None),
+    "shipment_row": ("shipment", "shipment_id = :key", "shipment_id", None, None),
+    "shipped_rows": ("shipped", "shipment_id = :key", "sscc", None, None),
     # the append-only logs as a whole, for checkpoints of running batches
     "log:device_event": ("device_event", "1", "device_id, boot_id, event_seq", None, "received_at"),
     "log:serial_history": ("serial_history", "1", "at, gtin, serial, old_state, new_state, batch_id", None, "at"),
@@ -66,7 +69,10 @@ SEALS = {
     "batch.create": ("batch_id", ("batch_master",)),
     "batch.close": ("batch_id", _CLOSED),
     "batch.abort": ("batch_id", _CLOSED),
+    "location.set": ("sgln", ("location_row",)),
+    "ship": ("shipment", ("shipment_row", "shipped_rows")),
 }
+FINAL = ("batch.close", "batch.abort")  # seal a batch as a whole; the others seal one key's rows
 
 REOPENS = ("batch.reopen",)  # after one, a batch may change until its next close seals it again
 
@@ -300,11 +306,11 @@ def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
         if action not in SEALS or "seal" not in detail:
             continue
         key = str(detail[SEALS[action][0]])
-        if action in ("product.add", "batch.create"):
-            master[(action, key)] = (seq, action, key, detail["seal"])
-        else:
+        if action in FINAL:
             final[key] = (seq, action, key, detail["seal"])
             reopened.pop(key, None)
+        else:  # the latest record for the key says what its rows are now
+            master[(action, key)] = (seq, action, key, detail["seal"])
     return list(master.values()) + list(final.values()), reopened
 
 
@@ -329,7 +335,7 @@ def _verify_seals(conn) -> str | None:
 
 
 def _label(action: str, key: str) -> str:
-    return f"product {key}" if action == "product.add" else f"batch {key}"
+    return {"product.add": "product", "location.set": "location", "ship": "shipment"}.get(action, "batch") + " " + key
 
 
 def _verify_outbox(conn) -> str | None:

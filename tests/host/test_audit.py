@@ -193,3 +193,19 @@ def test_audit_list_filters(tmp_path, capsys):
     assert detail["lot"] == "L2" and "seal" not in detail  # the digests are for verify, not for reading
     assert cli_batch.audit_main(["list", "--db", str(dbfile), "--since", "yesterday"]) == 1
     assert "error: --since 'yesterday'" in capsys.readouterr().err
+
+
+def test_a_site_is_sealed_by_its_latest_record(tmp_path, capsys):
+    dbfile = tmp_path / "ledger.db"
+    _setup(dbfile)
+    site = "urn:epc:id:sgln:9506000.00001.0"
+    assert batch(dbfile, "site", site, "--name", "Plant", "--tz", "Europe/Berlin") == 0
+    assert batch(dbfile, "site", site, "--name", "Plant 2", "--tz", "Europe/Paris") == 0  # an audited update
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 0
+    c = sqlite3.connect(dbfile)
+    c.execute("UPDATE location SET tz='UTC' WHERE sgln=?", (site,))  # the events' time zone, behind the CLI
+    c.commit()
+    c.close()
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
+    assert capsys.readouterr().err.startswith(f"location {site}: table location differs from its seal in record 6")
