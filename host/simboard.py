@@ -62,8 +62,9 @@ class SimBoard:
                 "--wdt-ms", str(wdt_ms), "--reset-cause", str(reset_cause)]
         if realtime:
             args.append("--realtime")
+        # its own session: a Ctrl-C at the terminal is the simulator's to handle, not the board's
         self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self._rx = b""
         self.boot_line = self._stdout_until("READY")
 

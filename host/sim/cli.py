@@ -37,11 +37,14 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
 
     from . import report as rep
-    from .run import RunError, run
+    from .run import Interrupted, RunError, run
 
     console = Console(stderr=False, quiet=args.quiet)
     try:
         result = run(scenario, out=args.out, realtime=args.realtime, console=console)
+    except Interrupted as exc:
+        print(f"serialine sim: {exc}", file=sys.stderr)
+        return 130  # as a shell reports a SIGINT
     except (RunError, ScenarioError) as exc:
         print(f"serialine sim: {exc}", file=sys.stderr)
         return 2

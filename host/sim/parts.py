@@ -171,7 +171,9 @@ class HostAgent:
                "--batch", self.batch_id, "--tty", self.tty_path,
                "--coder", "%s:%d" % tuple(self.coder_addr), "--camera", "%s:%d" % tuple(self.camera_addr),
                "--config", json.dumps(self.config)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        # its own session: a Ctrl-C at the terminal reaches the simulator, which stops it in order
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     start_new_session=True)
 
     def wait_ready(self, device, timeout: float = 60.0):
         """Step the device (so it can answer HELLO and take its configuration) until READY."""

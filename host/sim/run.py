@@ -12,6 +12,10 @@ link dark). Real time: the same loop on the wall clock, to measure latency and j
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -34,6 +38,14 @@ class RunError(RuntimeError):
     """The run could not start or finish (a part missing or refusing); the message says which."""
 
 
+class Interrupted(RunError):
+    """Ctrl-C (SIGINT): the line was stopped and the batch aborted (or left resumable); the message
+    says which."""
+
+
+LOCK_NAME = ".serialine-sim.lock"
+
+
 HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before it is back
 
 
@@ -41,9 +53,70 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
     out.mkdir(parents=True, exist_ok=True)
-    s = scenario
+    where: dict = {}  # how far the run got, for an interrupt
+    with _locked(out):
+        try:
+            return _run(scenario, out, realtime, console, where)
+        except KeyboardInterrupt:
+            _sigint(signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
+            try:
+                raise Interrupted(_abort(out / "serialine.db", scenario, where)) from None
+            finally:
+                _sigint(signal.default_int_handler)
+
+
+def _sigint(handler) -> None:
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: its caller handles signals
+        pass
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One run per --out: its ledger gets one agent. An advisory lock (fcntl) on a file there,
+    released by the kernel however the run ends."""
+    f = open(out / LOCK_NAME, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise RunError(f"{out} is in use by another run (pid {pid}); one run, one agent per ledger") from None
+    try:
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+    finally:
+        f.close()
+
+
+def _abort(db_path: Path, s: Scenario, where: dict) -> str:
+    """After Ctrl-C: the line is stopped and the parts are down; the batch is aborted with a
+    reason, or left running (resumable) if it cannot be. → the one line to say."""
+    at = f"interrupted at pack {where.get('detected', 0)} of {s.units}"
+    batch_id = where.get("batch_id")
+    if batch_id is None:
+        return f"{at}: no batch was started"
+    from serialine.host import db as hostdb
+    from serialine.host import lifecycle
+
+    conn = hostdb.connect(str(db_path))
+    try:
+        counts = lifecycle.abort(conn, batch_id, "serialine-sim", f"serialine sim {at} (SIGINT)")
+    except Exception as exc:  # noqa: BLE001 - whatever refused, the batch stays as it was: say so
+        return f"{at}: line stopped; batch {batch_id} left running, resumable ({exc})"
+    finally:
+        conn.close()
+    return (f"{at}: line stopped, batch {batch_id} aborted "
+            f"({counts.get('units_rejected', 0)} unit(s) in flight rejected)")
+
+
+def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
     db_path, epcis_dir = out / "serialine.db", out / "epcis"
-    batch_id = batch.setup(db_path, s)
+    batch_id = where["batch_id"] = batch.setup(db_path, s)
     coder = SimCoder(misprint=s.defects.misprint, skip=s.defects.skip, smear=s.defects.smear,
                      seed=s.seed * 7 + 1).start()
     camera = SimCamera(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
@@ -69,7 +142,12 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
         host.start()
         host.wait_ready(device)
         _until_running(device)
-        _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
+        try:
+            _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
+        except KeyboardInterrupt:
+            where["detected"] = sum(1 for p in line.packs if p.detected_t is not None)
+            _stop_line(line, device, host)
+            raise
         line.unprinted()
         _drain(line, device, db_path, batch_id)
         host.stop()
@@ -99,6 +177,23 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) 
              "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir)}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
                  virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
+
+
+def _stop_line(line, device, host, settle_s: float = 0.5):
+    """The operator's stop: the drive stops, the device latches its stop (through the agent), the
+    agent stores what the device has sent and leaves."""
+    _sigint(signal.SIG_IGN)
+    line.line_stop = True
+    try:
+        if host.present:
+            host.operator("STOP")
+        end = time.monotonic() + settle_s
+        while time.monotonic() < end:
+            device.idle()
+            time.sleep(0.002)
+        host.stop()
+    except (RunError, OSError):
+        pass  # a part already gone: the batch is aborted all the same
 
 
 def _until_running(device, timeout: float = 20.0):

@@ -44,3 +44,67 @@ def test_sim_refuses_a_bad_scenario_and_runs_nothing(tmp_path, capsys):
     assert cli.main(["--scenario", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert "coder_at_mm" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _procs_using(path) -> list[str]:
+    """Processes whose command line names `path` (the agent's --db, the board's --cfg)."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmd and int(pid) != os.getpid():
+            found.append(cmd)
+    return found
+
+
+def test_a_busy_out_is_refused_and_ctrl_c_stops_the_line_and_aborts_the_batch(tmp_path):
+    """A real `serialine sim` in a subprocess: a second run into its --out is refused in one line
+    (never two agents on one ledger); SIGINT then ends it cleanly: exit 130, one line, no
+    traceback, the batch aborted, no agent or board left running, the --out free again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "serialine.host.cli", "sim", "--units", "600", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        db = out / "serialine.db"
+        end = time.monotonic() + 90
+        while time.monotonic() < end:  # running: the agent has stored units
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+                    if c.execute("SELECT count(*) FROM unit WHERE outcome IS NOT NULL").fetchone()[0] >= 20:
+                        break
+            except sqlite3.Error:
+                pass
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the run never got going")
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1 and "in use by another run" in second.stderr, second.stderr
+        assert f"pid {proc.pid}" in second.stderr
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert "interrupted at pack" in stderr and "line stopped" in stderr and "aborted" in stderr, stderr
+    with sqlite3.connect(out / "serialine.db") as c:
+        (state,) = c.execute("SELECT state FROM batch").fetchone()
+        assert state == "aborted"
+        assert c.execute("SELECT count(*) FROM unit WHERE outcome IS NULL").fetchone()[0] == 0
+    assert not _procs_using(out)
+    again = cli.main(["--units", "20", "--out", str(out), "--quiet"])  # the lock went with the run
+    assert again == 0
