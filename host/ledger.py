@@ -167,13 +167,20 @@ class Ledger:
         c = self.conn
         c.execute("INSERT OR IGNORE INTO device_boot (device_id, boot_id, batch_id, first_seen) VALUES (?,?,?,?)",
                   (device_id, boot_id, self.batch.batch_id, time.time()))
-        open_ = ("device_id=? AND boot_id<>? AND batch_id=? AND (outcome IS NULL OR reason='EVENTS_LOST')")
-        key = (device_id, boot_id, self.batch.batch_id)
-        unknown = c.execute(f"UPDATE unit SET outcome='UNKNOWN', reason='OUTCOME_LOST' WHERE {open_}"
-                            " AND verdict='PASS' AND test=0 RETURNING boot_id, unit_seq, serial", key).fetchall()
-        c.execute("UPDATE serial SET state='rejected' WHERE state='printed' AND (gtin, serial) IN"
-                  f" (SELECT gtin, serial FROM unit WHERE {open_})", key)
-        purged = c.execute(f"UPDATE unit SET outcome='PURGED', reason='PURGE' WHERE {open_}", key).rowcount
+        w, unknown = self._writes, []
+        for b, u, serial, passed in c.execute(
+                "SELECT boot_id, unit_seq, serial, verdict='PASS' AND test=0 FROM unit WHERE device_id=? AND boot_id<>?"
+                " AND batch_id=? AND (outcome IS NULL OR reason='EVENTS_LOST')",
+                (device_id, boot_id, self.batch.batch_id)).fetchall():
+            if passed:
+                w["unit_outcome"].append(("UNKNOWN", "OUTCOME_LOST", device_id, b, u))
+                unknown.append((b, u, serial))
+            else:
+                w["unit_outcome"].append(("PURGED", "PURGE", device_id, b, u))
+                if serial is not None:
+                    w["serial_rejected"].append((self.batch.gtin, serial))
+        booked = len(w["unit_outcome"])
+        self._flush()
         if unknown:
             self.alarm(device_id, "OUTCOME_UNKNOWN", f"{len(unknown)} unit(s) passed by the host, outcome lost with "
                        "the device's reboot; batch close blocked until each is resolved: "
@@ -182,7 +189,7 @@ class Ledger:
             del self._bound[k]
         for k in [k for k in self._boots if k[0] == device_id and k[1] != boot_id]:
             del self._boots[k]
-        return purged + len(unknown)
+        return booked
 
     def store(self, device_id: str, boot_id: int, msg_name: str, fields: dict) -> bool:
         """Store one sequenced device event (caller's transaction). False: already stored (or
