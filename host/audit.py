@@ -103,10 +103,14 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     if bound and since is not None:
         sql += f" AND {bound} >= :since"
     h, n = hashlib.sha256(start.encode()), 0
-    for row in conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto, "since": since}):
-        h.update(json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=str).encode() + b"\n")
-        n += 1
+    cur = conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto, "since": since})
+    while rows := cur.fetchmany(4096):  # each row as one line of JSON
+        h.update("".join([_row_json(r) + "\n" for r in rows]).encode())
+        n += len(rows)
     return {"rows": n, "sha256": h.hexdigest()}
+
+
+_row_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 def _now_bound(table: str):
