@@ -221,12 +221,13 @@ def anchors_path(conn: sqlite3.Connection) -> str | None:
 
 def anchor(conn: sqlite3.Connection, why: str) -> str:
     """Append the committed head to `<db>.anchors` (call only outside a transaction: an anchor of
-    a record that then rolls back would later read as tampering); returns the head."""
+    a record that then rolls back would later read as tampering); returns the head. Cheap to call
+    per EPCIS document sent: a head this process already wrote is not written again."""
     if conn.in_transaction:
         raise RuntimeError("anchor the head after the commit, not inside a transaction")
     h = head(conn)
     path = anchors_path(conn)
-    if path:
+    if path and _last_anchored.get(path) != h:  # a forwarder sending document after document: one line per head
         at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         line = f"{at} {h} {' '.join(why.split())}\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -235,7 +236,11 @@ def anchor(conn: sqlite3.Connection, why: str) -> str:
             os.fsync(fd)
         finally:
             os.close(fd)
+        _last_anchored[path] = h
     return h
+
+
+_last_anchored: dict[str, str] = {}
 
 
 def parse_anchors(text: str) -> list[tuple[int | None, str]]:

@@ -209,3 +209,17 @@ def test_a_site_is_sealed_by_its_latest_record(tmp_path, capsys):
     capsys.readouterr()
     assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
     assert capsys.readouterr().err.startswith(f"location {site}: table location differs from its seal in record 6")
+
+
+def test_anchor_per_document_writes_one_line_per_head(tmp_path):
+    dbfile = tmp_path / "ledger.db"
+    _setup(dbfile)
+    c = db.connect(str(dbfile))
+    lines = len((tmp_path / "ledger.db.anchors").read_text().splitlines())
+    heads = {audit.anchor(c, f"document {i}") for i in range(5)}  # a forwarder sending five documents
+    assert heads == {audit.head(c)}
+    assert len((tmp_path / "ledger.db.anchors").read_text().splitlines()) == lines  # the head was anchored already
+    with db.transaction(c):
+        with pytest.raises(RuntimeError):
+            audit.anchor(c, "inside a transaction")  # it could name a record that then rolls back
+    c.close()
