@@ -11,7 +11,7 @@ test files do, the EPCIS 1.2 XML export), each with GS1's reference `epcis-event
 (a fresh process per file: it keeps the namespaces it has seen in a global) and with our own
 `eventhash` (on the JSON events, and on the events read back from the XML).
 
-    python tests/epcis/story.py OUT/serialine.db [BATCH]   # counts for every event of a run
+    python tests/epcis/story.py OUT/serialine.db [BATCH] [--sender SGLN] [--receiver SGLN]
 """
 
 from __future__ import annotations
@@ -205,21 +205,31 @@ def rehash(events: list[dict], paths: dict[str, Path]) -> dict[str, dict[str, in
 
 
 def main(argv: list[str]) -> int:
+    import argparse
     from serialine.host.epcis import outbox
-    conn = sqlite3.connect(argv[0])
-    batches = argv[1:] or [b for (b,) in conn.execute("SELECT DISTINCT batch_id FROM epcis_outbox")]
+    parser = argparse.ArgumentParser(prog="story.py")
+    parser.add_argument("db")
+    parser.add_argument("batch", nargs="*")
+    parser.add_argument("--sender")
+    parser.add_argument("--receiver", default="urn:epc:id:sgln:0614141.00001.0")
+    args = parser.parse_args(argv)
+    conn = sqlite3.connect(args.db)
+    batches = args.batch or [b for (b,) in conn.execute("SELECT DISTINCT batch_id FROM epcis_outbox")]
+    serialine = str(Path(sys.executable).parent / "serialine")
     for batch in batches:
         events = outbox.batch_events(conn, batch)
         kinds: dict[str, int] = {}
         for e in events:
             kinds[f"{e['type']}/{e['bizStep']}"] = kinds.get(f"{e['type']}/{e['bizStep']}", 0) + 1
         with tempfile.TemporaryDirectory() as tmp:
-            db = argv[0]
             out = Path(tmp)
-            for fmt in ("jsonld", "xml12"):
-                subprocess.run([str(Path(sys.executable).parent / "serialine"), "epcis", "export", "--batch", batch,
-                                "--format", fmt, "--out", str(out / "export"), "--db", db],
-                               check=True, capture_output=True, text=True)
+            xml_args = ["--receiver", args.receiver] + (["--sender", args.sender] if args.sender else [])
+            for fmt, extra in (("jsonld", []), ("xml12", xml_args)):
+                done = subprocess.run([serialine, "epcis", "export", "--batch", batch, "--format", fmt,
+                                       "--out", str(out / "export"), "--db", args.db, *extra],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"export {fmt}: {done.stderr.strip()}")
             jsonld = next((out / "export").glob("*.jsonld")).read_bytes()
             xml = next((out / "export").glob("*.xml")).read_bytes()
             counts = rehash(events, renderings(events, "", "", out / "r", jsonld=jsonld, xml=xml))
