@@ -65,15 +65,17 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         conn = _ledger(Path(tmp) / "bench.db")
         build_s = build_and_enqueue(conn, ctx, "BUILD", args.events, args.per_txn)
-        # the built rows are not forwarded: mark them delivered so each sink gets its own batch
-        conn.execute("UPDATE epcis_outbox SET delivered_at = 1")
-
+        conn.close()
+        # every target gets a ledger's whole story: each sink its own ledger with its own batch
+        conn = _ledger(Path(tmp) / "http.db")
         build_and_enqueue(conn, ctx, "HTTP", args.forward_events, args.per_txn)
         with CaptureServer() as server:
             http_sent, http_s = forward(conn, HttpCaptureSink(server.url, poll_interval=0.002),
                                         args.doc_size)
             assert len(server.events) == http_sent == args.forward_events, "HTTP lost events"
 
+        conn.close()
+        conn = _ledger(Path(tmp) / "mqtt.db")
         build_and_enqueue(conn, ctx, "MQTT", args.forward_events, args.per_txn)
         with Mosquitto() as broker:
             sink = MqttSink(port=broker.port, site="bench", line="l1")

@@ -6,11 +6,16 @@
     serialine outbox [--retry-now] --forward directory:DIR|http(s)://HOST/BASE|mqtt(s)://HOST:PORT/SITE/LINE
                      [--credentials FILE] [--ca FILE] [--cert FILE] [--key FILE]
                      [--doc-size N]
+    serialine outbox --resend --batch B --to TARGET [--user U] [--reason R]
+
+Delivery is kept per target (the --forward address, credentials never part of it): a target
+gets every batch's whole history from its first event; --resend starts a target over on a batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sqlite3
 import sys
@@ -209,6 +214,32 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts).isoformat(sep=" ", timespec="seconds")
 
 
+def _forward(conn: sqlite3.Connection, forwarder, args) -> int:
+    print(f"forwarded {forwarder.run_once()} events to {forwarder.target}")
+    return 0
+
+
+def _resend(conn: sqlite3.Connection, forwarder, args) -> int:
+    """Start the target over on the batch (audited, in one transaction), then send it."""
+    from serialine.host import audit, db
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'").fetchone() is None:
+        print(f"serialine outbox: {args.db} has no audit trail: a resend is recorded in the ledger's",
+              file=sys.stderr)
+        return 1
+    with db.transaction(conn):
+        n = outbox.resend(conn, forwarder.target, args.batch)
+        if n:
+            audit.append(conn, args.user, "outbox.resend", {"batch_id": args.batch, "target": forwarder.target,
+                                                            "events": n, "reason": args.reason})
+    if not n:
+        print(f"serialine outbox: batch {args.batch!r} has no EPCIS events", file=sys.stderr)
+        return 1
+    sent = forwarder.run_once(args.batch)
+    print(f"resent {sent} of {n} events of batch {args.batch} to {forwarder.target}"
+          + ("" if sent == n else " (the rest stays pending for it)"))
+    return 0
+
+
 def outbox_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="serialine outbox",
                                      description="what is waiting to go upstream, and why")
@@ -222,22 +253,36 @@ def outbox_main(argv: list[str]) -> int:
     parser.add_argument("--ca", metavar="FILE", help="CA certificate(s) to verify the https/mqtts server")
     parser.add_argument("--cert", metavar="FILE", help="client certificate (PEM) for https/mqtts")
     parser.add_argument("--key", metavar="FILE", help="its private key, when not in --cert")
+    parser.add_argument("--resend", action="store_true",
+                        help="send --batch B's whole history again to --to TARGET, in order")
+    parser.add_argument("--batch", help="the batch to resend")
+    parser.add_argument("--to", metavar="TARGET", help="the target to resend to (a --forward address)")
+    parser.add_argument("--user", default=os.environ.get("SERIALINE_USER") or getpass.getuser(),
+                        help="who asks for the resend (audited)")
+    parser.add_argument("--reason", default="receiver asked for the batch's whole history")
     args = parser.parse_args(argv)
+    if args.resend and not (args.batch and args.to):
+        parser.error("--resend needs --batch B and --to TARGET")
+    if (args.batch or args.to) and not args.resend:
+        parser.error("--batch and --to go with --resend")
     conn = _open(args.db)
     if args.retry_now:
-        print(f"{outbox.retry_now(conn)} pending events due now")
-    if args.forward:
+        print(f"{outbox.retry_now(conn)} waiting deliveries due now")
+    for spec, job in ((args.to, _resend), (args.forward, _forward)):
+        if not spec:
+            continue
         from serialine.host.epcis.forwarder import Forwarder
         try:
-            sink = sink_from_spec(args.forward, args.credentials, args.ca, args.cert, args.key)
+            sink = sink_from_spec(spec, args.credentials, args.ca, args.cert, args.key)
         except ValueError as exc:
             print(f"serialine outbox: {exc}", file=sys.stderr)
             return 2
         try:
-            sent = Forwarder(conn, sink, doc_size=args.doc_size).run_once()
+            status = job(conn, Forwarder(conn, sink, doc_size=args.doc_size), args)
         finally:
             sink.close()
-        print(f"forwarded {sent} events to {args.forward}")
+        if status:
+            return status
     from rich.console import Console
     from rich.table import Table
     counts = outbox.counts(conn)
@@ -249,4 +294,13 @@ def outbox_main(argv: list[str]) -> int:
         due = "due" if next_try <= now else _when(next_try)
         table.add_row(str(seq), batch, kind, event_id[14:30] + "…", str(attempts), due, redact(error or ""))
     Console().print(table)
+    per_target = outbox.pending_by_target(conn)
+    if per_target:
+        table = Table(title="pending per target")
+        for column in ("target", "batch", "pending", "attempts", "next try", "last error"):
+            table.add_column(column, overflow="fold")
+        for target, batch, pending, attempts, next_try, error in per_target:
+            due = "due" if next_try <= now else _when(next_try)
+            table.add_row(target, batch, str(pending), str(attempts), due, redact(error or ""))
+        Console().print(table)
     return 0

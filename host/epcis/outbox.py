@@ -2,8 +2,15 @@
 
 `enqueue` runs inside the caller's (ledger's) transaction and never commits, so an event exists
 exactly when the ledger change that caused it does. The eventID (CBV 2.0 event hash) is unique:
-enqueueing the same event again is a no-op. The forwarder reads pending rows in `seq` order
-per batch and records delivery or failure here, so a restart resumes where it stopped."""
+enqueueing the same event again is a no-op.
+
+Delivery is per target (a receiver's address without credentials, `forwarder.target_of`): each
+target gets every batch's whole story, in `seq` order, from its first event. Since a batch goes
+out in order, what a target has of it is one number, `epcis_delivery.delivered_seq`; its retry
+state sits beside it. A receiver added later starts at the batch's beginning; `resend` starts a
+target over. The row's own `delivered_at` / `attempts` / `next_try_at` / `last_error` summarise
+all targets (first delivery anywhere, failures so far, the latest failure) for the operator's
+view; scheduling reads only the per-target state. A restart resumes where each target stopped."""
 
 from __future__ import annotations
 
@@ -34,6 +41,15 @@ SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS epcis_outbox_body_is_immutable
     BEFORE UPDATE OF body, event_id, batch_id ON epcis_outbox
     BEGIN SELECT RAISE(ABORT, 'epcis_outbox: events are immutable'); END""",
+    "CREATE INDEX IF NOT EXISTS epcis_outbox_batch_seq ON epcis_outbox (batch_id, seq)",
+    """CREATE TABLE IF NOT EXISTS epcis_delivery (
+    target        TEXT NOT NULL CHECK (length(target) > 0),
+    batch_id      TEXT NOT NULL,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_try_at   REAL NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    PRIMARY KEY (target, batch_id)) WITHOUT ROWID""",
 )
 
 _EVENT_ID = re.compile(r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$")
@@ -75,23 +91,49 @@ def batch_events(conn: sqlite3.Connection, batch_id: str) -> list[dict]:
     return [json.loads(body) for (body,) in rows]
 
 
-def pending_batches(conn: sqlite3.Connection) -> list[str]:
-    """Batches with undelivered events, oldest first."""
-    rows = conn.execute("SELECT batch_id, MIN(seq) AS first FROM epcis_outbox"
-                        " WHERE delivered_at IS NULL GROUP BY batch_id ORDER BY first")
-    return [batch for batch, _ in rows]
+def batches(conn: sqlite3.Connection) -> list[str]:
+    """Every batch in the outbox (a skip over the (batch_id, seq) index: one probe per batch)."""
+    found, last = [], ""
+    while (row := conn.execute("SELECT batch_id FROM epcis_outbox WHERE batch_id > ? ORDER BY batch_id"
+                               " LIMIT 1", (last,)).fetchone()):
+        last = row[0]
+        found.append(last)
+    return found
 
 
-def next_chunk(conn: sqlite3.Connection, batch_id: str, size: int, now: float):
-    """The batch's oldest undelivered events (up to `size`) if they are due, else None.
-    In order per batch: if the head row is waiting for its retry time, the batch waits."""
-    rows = conn.execute(
-        "SELECT seq, event_id, body, next_try_at FROM epcis_outbox"
-        " WHERE batch_id = ? AND delivered_at IS NULL ORDER BY seq LIMIT ?",
-        (batch_id, size)).fetchall()
-    if not rows or rows[0][3] > now:
+def _state(conn: sqlite3.Connection, target: str, batch_id: str) -> tuple[int, int, float]:
+    """(delivered_seq, attempts, next_try_at) of a target's delivery of a batch."""
+    row = conn.execute("SELECT delivered_seq, attempts, next_try_at FROM epcis_delivery"
+                       " WHERE target = ? AND batch_id = ?", (target, batch_id)).fetchone()
+    return row or (0, 0, 0.0)
+
+
+def pending_batches(conn: sqlite3.Connection, target: str) -> list[str]:
+    """Batches with events `target` has not had, the one with the oldest such event first."""
+    heads = []
+    for batch_id in batches(conn):
+        done = _state(conn, target, batch_id)[0]
+        row = conn.execute("SELECT seq FROM epcis_outbox WHERE batch_id = ? AND seq > ? ORDER BY seq"
+                           " LIMIT 1", (batch_id, done)).fetchone()
+        if row:
+            heads.append((row[0], batch_id))
+    return [batch_id for _, batch_id in sorted(heads)]
+
+
+def next_chunk(conn: sqlite3.Connection, target: str, batch_id: str, size: int, now: float):
+    """The batch's next events for `target` (up to `size`) if they are due, else None. In order
+    per batch: while its delivery waits for the retry time, the batch waits."""
+    done, _, next_try_at = _state(conn, target, batch_id)
+    if next_try_at > now:
         return None
-    return [(seq, event_id, json.loads(body)) for seq, event_id, body, _ in rows]
+    rows = conn.execute("SELECT seq, event_id, body FROM epcis_outbox WHERE batch_id = ? AND seq > ?"
+                        " ORDER BY seq LIMIT ?", (batch_id, done, size)).fetchall()
+    return [(seq, event_id, json.loads(body)) for seq, event_id, body in rows] or None
+
+
+def attempts(conn: sqlite3.Connection, target: str, batch_id: str) -> int:
+    """Failures in a row of this target's delivery of the batch."""
+    return _state(conn, target, batch_id)[1]
 
 
 class _own_transaction:
@@ -111,24 +153,64 @@ class _own_transaction:
         return False
 
 
-def mark_delivered(conn: sqlite3.Connection, seqs: list[int], now: float) -> None:
+_UPSERT = ("INSERT INTO epcis_delivery (target, batch_id, delivered_seq, attempts, next_try_at, last_error)"
+           " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (target, batch_id) DO UPDATE SET ")
+
+
+def mark_delivered(conn: sqlite3.Connection, target: str, batch_id: str, seqs: list[int],
+                   now: float) -> None:
+    """`target` confirmed these events (the batch's next ones, in order)."""
     with _own_transaction(conn):
+        conn.execute(_UPSERT + "delivered_seq = MAX(delivered_seq, excluded.delivered_seq), attempts = 0,"
+                     " next_try_at = 0, last_error = NULL", (target, batch_id, max(seqs), 0, 0, None))
         conn.executemany("UPDATE epcis_outbox SET delivered_at = ?, last_error = NULL"
                          " WHERE seq = ? AND delivered_at IS NULL", [(now, s) for s in seqs])
 
 
-def record_failure(conn: sqlite3.Connection, seqs: list[int], error: str, next_try_at: float) -> None:
+def record_failure(conn: sqlite3.Connection, target: str, batch_id: str, seqs: list[int], error: str,
+                   next_try_at: float) -> None:
+    error = error[:2000]
     with _own_transaction(conn):
+        conn.execute(_UPSERT + "attempts = attempts + 1, next_try_at = excluded.next_try_at,"
+                     " last_error = excluded.last_error", (target, batch_id, 0, 1, next_try_at, error))
         conn.executemany("UPDATE epcis_outbox SET attempts = attempts + 1, last_error = ?,"
                          " next_try_at = ? WHERE seq = ? AND delivered_at IS NULL",
-                         [(error[:2000], next_try_at, s) for s in seqs])
+                         [(error, next_try_at, s) for s in seqs])
 
 
 def retry_now(conn: sqlite3.Connection) -> int:
-    """Make every pending event due now (the engineer fixed the upstream problem)."""
+    """Make every waiting delivery due now (the engineer fixed the upstream problem); returns
+    how many (target, batch) deliveries were waiting."""
     with _own_transaction(conn):
-        return conn.execute("UPDATE epcis_outbox SET next_try_at = 0"
-                            " WHERE delivered_at IS NULL AND next_try_at > 0").rowcount
+        conn.execute("UPDATE epcis_outbox SET next_try_at = 0 WHERE delivered_at IS NULL AND next_try_at > 0")
+        return conn.execute("UPDATE epcis_delivery SET next_try_at = 0 WHERE next_try_at > 0").rowcount
+
+
+def resend(conn: sqlite3.Connection, target: str, batch_id: str) -> int:
+    """Start `target` over on the batch: its whole history goes again, in order. Runs in the
+    caller's transaction (the caller audits it); returns the number of events."""
+    (n,) = conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ?", (batch_id,)).fetchone()
+    if n:
+        conn.execute(_UPSERT + "delivered_seq = 0, attempts = 0, next_try_at = 0, last_error = NULL",
+                     (target, batch_id, 0, 0, 0, None))
+    return n
+
+
+def pending_by_target(conn: sqlite3.Connection) -> list[tuple]:
+    """(target, batch_id, pending, attempts, next_try_at, last_error) for every known target and
+    batch it still lacks events of."""
+    out = []
+    targets = [t for (t,) in conn.execute("SELECT DISTINCT target FROM epcis_delivery ORDER BY target")]
+    for batch_id in batches(conn):
+        for target in targets:
+            row = conn.execute("SELECT delivered_seq, attempts, next_try_at, last_error FROM epcis_delivery"
+                               " WHERE target = ? AND batch_id = ?", (target, batch_id)).fetchone()
+            done, tries, next_try_at, error = row or (0, 0, 0.0, None)
+            (pending,) = conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ? AND seq > ?",
+                                      (batch_id, done)).fetchone()
+            if pending:
+                out.append((target, batch_id, pending, tries, next_try_at, error))
+    return out
 
 
 def pending_rows(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple]:
@@ -138,7 +220,14 @@ def pending_rows(conn: sqlite3.Connection, limit: int = 1000) -> list[tuple]:
         " FROM epcis_outbox WHERE delivered_at IS NULL ORDER BY seq LIMIT ?", (limit,)).fetchall()
 
 
-def counts(conn: sqlite3.Connection) -> dict:
-    pending, delivered = conn.execute(
-        "SELECT COUNT(*) - COUNT(delivered_at), COUNT(delivered_at) FROM epcis_outbox").fetchone()
+def counts(conn: sqlite3.Connection, target: str | None = None) -> dict:
+    """Events pending / delivered: to `target`, or (None) to no target yet / to some target."""
+    if target is None:
+        pending, delivered = conn.execute(
+            "SELECT COUNT(*) - COUNT(delivered_at), COUNT(delivered_at) FROM epcis_outbox").fetchone()
+    else:
+        (delivered,) = conn.execute(
+            "SELECT COUNT(*) FROM epcis_outbox o JOIN epcis_delivery d ON d.batch_id = o.batch_id"
+            " AND d.target = ? WHERE o.seq <= d.delivered_seq", (target,)).fetchone()
+        pending = conn.execute("SELECT COUNT(*) FROM epcis_outbox").fetchone()[0] - delivered
     return {"pending": pending, "delivered": delivered}

@@ -59,7 +59,7 @@ def test_bad_input_is_refused_and_changes_nothing(conn, batch, event):
 def test_database_keeps_delivered_events_final_and_immutable(conn, ctx):
     with conn:
         outbox.enqueue(conn, "B1", all_kinds(ctx)[0])
-    outbox.mark_delivered(conn, [1], 100.0)
+    outbox.mark_delivered(conn, "directory:/x", "B1", [1], 100.0)
     with pytest.raises(sqlite3.IntegrityError, match="cannot be undelivered"):
         with conn:
             conn.execute("UPDATE epcis_outbox SET delivered_at = NULL")
@@ -72,8 +72,29 @@ def test_failure_holds_the_batch_until_due_and_retry_now_releases_it(conn, ctx):
     with conn:
         for event in all_kinds(ctx):
             outbox.enqueue(conn, "B1", event)
-    outbox.record_failure(conn, [1, 2], "HTTP 503: busy", next_try_at=5000.0)
-    assert outbox.next_chunk(conn, "B1", 10, now=4999.0) is None
+    outbox.record_failure(conn, "http://a", "B1", [1, 2], "HTTP 503: busy", next_try_at=5000.0)
+    assert outbox.next_chunk(conn, "http://a", "B1", 10, now=4999.0) is None
+    assert len(outbox.next_chunk(conn, "http://b", "B1", 10, now=4999.0)) == 7  # another target: not held
     assert outbox.pending_rows(conn)[0][4:] == (1, 5000.0, "HTTP 503: busy")
-    assert outbox.retry_now(conn) == 2
-    assert [seq for seq, _, _ in outbox.next_chunk(conn, "B1", 3, now=0.0)] == [1, 2, 3]
+    assert outbox.retry_now(conn) == 1
+    assert [seq for seq, _, _ in outbox.next_chunk(conn, "http://a", "B1", 3, now=0.0)] == [1, 2, 3]
+
+
+def test_each_target_has_its_own_progress_and_a_resend_starts_it_over(conn, ctx):
+    with conn:
+        for event in all_kinds(ctx):
+            outbox.enqueue(conn, "B1", event)
+        outbox.enqueue(conn, "B2", all_kinds(ctx, batch="B2")[0])
+    outbox.mark_delivered(conn, "http://a", "B1", [1, 2, 3, 4, 5, 6, 7], 10.0)
+    outbox.mark_delivered(conn, "http://a", "B2", [8], 10.0)
+    assert outbox.pending_batches(conn, "http://a") == []
+    assert outbox.pending_batches(conn, "http://b") == ["B1", "B2"]  # a later receiver: whole story
+    assert [s for s, _, _ in outbox.next_chunk(conn, "http://b", "B1", 100, now=0)] == [1, 2, 3, 4, 5, 6, 7]
+    assert outbox.counts(conn) == {"pending": 0, "delivered": 8}
+    assert outbox.counts(conn, "http://a") == {"pending": 0, "delivered": 8}
+    assert outbox.counts(conn, "http://b") == {"pending": 8, "delivered": 0}
+    with conn:
+        assert outbox.resend(conn, "http://a", "B1") == 7
+        assert outbox.resend(conn, "http://a", "nope") == 0
+    assert outbox.pending_batches(conn, "http://a") == ["B1"]
+    assert outbox.pending_by_target(conn) == [("http://a", "B1", 7, 0, 0.0, None)]
