@@ -45,6 +45,28 @@ def setup(db_path: Path, scenario) -> str:
         conn.close()
 
 
+def resolve_binned(db_path: Path, batch_id: str, in_bin: set[tuple[str, int, int]]) -> int:
+    """The operator empties the reject bin: every unit whose outcome the host never heard and
+    whose pack is in the bin is resolved as destroyed (with user and reason). A pack that left the
+    line stays unresolved: only a person who finds it can say where it is. → units resolved."""
+    from serialine.host import db as hostdb
+    from serialine.host import resolve
+
+    conn = hostdb.connect(str(db_path))
+    try:
+        keys = conn.execute("SELECT device_id, boot_id, unit_seq FROM unit WHERE batch_id = ? AND outcome = 'UNKNOWN'",
+                            (batch_id,)).fetchall()
+        n = 0
+        for key in map(tuple, keys):
+            if key in in_bin:
+                resolve.resolve(conn, batch_id, "%s:%d:%d" % key, destroyed=True, user="serialine-sim operator",
+                                reason="pack found in the reject bin")
+                n += 1
+        return n
+    finally:
+        conn.close()
+
+
 def close(db_path: Path, batch_id: str, epcis_dir: Path) -> tuple[bool, list[str]]:
     """Close with reconciliation; forward the batch's EPCIS events. (ok, problems)."""
     from serialine.host import db as hostdb

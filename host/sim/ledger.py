@@ -23,6 +23,7 @@ from .report import UNKNOWN, CodeRecord, Ledger, UnitRecord
 _OUTCOME = {o.name: int(o) for o in Outcome}
 _OUTCOME["PURGED"] = int(Outcome.REJECTED_UNCONFIRMED)  # the host closes units lost in a restart
 _OUTCOME["UNKNOWN"] = UNKNOWN  # an outcome the host never received (pending a person's resolution)
+_OUTCOME["DESTROYED"] = UNKNOWN  # ... that a person then resolved
 
 
 def _reason(text) -> int:

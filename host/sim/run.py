@@ -159,6 +159,10 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
         relay.close()
         coder.close()
         camera.close()
+    ids = device.boot_ids
+    stats["resolved_in_bin"] = batch.resolve_binned(db_path, batch_id, {
+        (device.device_id, ids[p.unit_key[0]], p.unit_key[1]) for p in line.packs
+        if p.in_bin and p.unit_key and p.unit_key[0] < len(ids)})
     ok, problems = batch.close(db_path, batch_id, epcis_dir)
     latency = {}
     for p in line.packs:

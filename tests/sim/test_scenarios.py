@@ -15,7 +15,7 @@ from serialine.host.sim.run import run
 # (scenario, units): big enough for each scenario's fault to land mid-run
 SIZES = {"nominal": 120, "high-speed": 150, "speed-ramp": 120, "stop-start": 120,
          "noisy-camera": 150, "link-faults": 150, "device-reboot": 120, "host-crash": 120,
-         "bin-full": 120, "kill-then-reboot": 240}
+         "bin-full": 120, "kill-then-reboot": 240, "reboot-in-outage": 150}
 
 
 def small(name: str) -> sc.Scenario:
@@ -55,6 +55,8 @@ def test_scenario_holds_its_invariants(name, tmp_path):
         assert r["run"]["device_reboots"] == 1
     if name == "host-crash":
         assert r["run"]["host_restarts"] == 1
+    if name == "reboot-in-outage":  # the outages ended although the device restarted inside them
+        assert r["run"]["device_reboots"] == 2 and r["run"]["host_restarts"] == 1
     if name == "kill-then-reboot":
         assert r["run"]["host_restarts"] == 1 and r["run"]["device_reboots"] == 1
     assert r["left_unaccounted"] == 0 and r["ledger_mismatch"] == 0
