@@ -39,6 +39,7 @@ from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
 from . import serials
 from .correlate import Correlator
+from .devices.lineclient import DeviceError
 from .db import transaction
 from .ledger import Ledger
 
@@ -195,6 +196,12 @@ class Agent:
         device_id, boot_id = _boot_key(hello)
         self._lease(device_id)
         with transaction(self.conn):
+            if self.coder is not None:  # prints the old boot made but never reported take their jobs
+                try:
+                    self.ledger.unheard_prints(device_id, boot_id, self.ledger.queued_depth() - self.coder.depth())
+                except DeviceError as exc:
+                    self.ledger.alarm("coder", "DEPTH_UNKNOWN", f"coder depth at the reboot of {device_id}: {exc};"
+                                      " its queued jobs are written off unbound")
             self.ledger.new_boot(device_id, boot_id)
             if self.coder is not None:  # what the coder holds is unknown after our restart: start clean
                 self.coder.clear()

@@ -269,15 +269,36 @@ class Ledger:
         u = f["unit_seq"]
         self._row(w, life, device_id, boot_id, u, "its UNIT_PRINTED")
         # the coder prints each trigger in order: a print we never heard of took the next job
-        for m in range(life.printed + 1, u):
-            if m in life.unprinted:  # finished before the coder (not tracked): nothing printed
-                life.unprinted.discard(m)
-            else:
-                self.alarm(device_id, "PRINT_LOST", f"boot {boot_id} unit {m}: UNIT_PRINTED missing before unit {u};"
-                           " the next coder job is bound to it (prints are in order)")
-                self._bind(w, life, device_id, boot_id, m)
-        self._bind(w, life, device_id, boot_id, u)
+        lost = [m for m in range(life.printed + 1, u) if m not in life.unprinted]
+        life.unprinted.difference_update(range(life.printed + 1, u))  # not tracked: nothing printed
+        if lost:
+            self.alarm(device_id, "PRINT_LOST", f"boot {boot_id} unit(s) {lost[0]}..{lost[-1]}: UNIT_PRINTED missing"
+                       f" before unit {u}; each takes the next coder job (prints are in order)")
+        for m in lost + [u]:
+            self._bind(w, life, device_id, boot_id, m)
         life.printed = max(life.printed, u)
+
+    def unheard_prints(self, device_id: str, boot_id: int, count: int) -> int:
+        """The coder printed `count` more of its queue than the device's last boot before `boot_id`
+        reported (its events were lost with its RAM): they went, in order, to the units after the
+        last print heard, which get their rows and codes; new_boot() then books them (no PASS was
+        ever sent for them: rejected). Caller's transaction, before new_boot(). → units bound."""
+        row = self.conn.execute("SELECT boot_id FROM device_boot WHERE device_id=? AND batch_id=? AND boot_id<>?"
+                                " ORDER BY first_seen DESC LIMIT 1", (device_id, self.batch.batch_id, boot_id)).fetchone()
+        if row is None or count <= 0:
+            return 0
+        life, w = self._boot(device_id, row[0]), self._writes
+        m, units = life.printed, []
+        while len(units) < count:
+            m += 1
+            if m not in life.unprinted:
+                units.append(m)
+        self._row(w, life, device_id, row[0], units[-1], "the coder's prints for them")
+        for m in units:
+            self._bind(w, life, device_id, row[0], m)
+        life.printed = units[-1]
+        self._flush()
+        return len(units)
 
     def _bind(self, w, life, device_id, boot_id, u) -> None:
         if not self._queue:

@@ -153,7 +153,7 @@ def test_a_lost_print_still_takes_its_job_so_later_units_keep_their_codes(line):
     bound = [unit_row(conn, u)[2] for u in range(5)]
     assert bound == [queued[0], queued[1], queued[2], None, queued[3]]
     [lost] = alarms(conn, "PRINT_LOST")
-    assert "unit 1:" in lost
+    assert "unit(s) 1..1:" in lost
     assert line.ledger.expected_code("dev1", 7, 2).count(queued[2]) == 1
 
 

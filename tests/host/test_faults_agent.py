@@ -152,3 +152,34 @@ def test_a_busy_ledger_is_waited_out_and_events_acked_only_once_stored(conn, tmp
     assert any("ledger busy" in a for a in agent.alarms)
     assert 1 < steps < 200  # backed off, but the link kept being served
     other.close()
+
+
+def _serial_of(code: str) -> str:
+    return code.split("\x1d21")[1].split("\x1d")[0]
+
+
+def test_prints_lost_with_the_devices_ram_still_get_their_units(conn):
+    """The device reboots with two units' events unacknowledged: the coder's depth says two more
+    of its jobs were printed; those packs get unit rows with their codes, booked rejected (the host
+    never passed them), instead of no row at all."""
+    from serialine.host.devices.coder import Coder
+    from serialine.host.sim.coder import SimCoder
+    with SimCoder() as sc:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), fill_ahead=4)
+        agent.start()
+        link.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0)
+        heard = _serial_of(sc.trigger(0)[0])
+        link.event("UNIT_PRINTED", unit_seq=0, pos=0, t_us=0)
+        agent.step(0)
+        lost = [_serial_of(sc.trigger(k * 1000)[0]) for k in (1, 2)]  # their events die with the RAM
+        link.hello = {"device_id": "line1", "boot_id": 43}
+        agent.step(0)
+        rows = conn.execute("SELECT unit_seq, outcome, reason, serial FROM unit WHERE boot_id=42 ORDER BY 1").fetchall()
+        assert rows == [(0, "PURGED", "PURGE", heard), (1, "PURGED", "PURGE", lost[0]), (2, "PURGED", "PURGE", lost[1])]
+        states = {s: st for s, st in conn.execute("SELECT serial, state FROM serial WHERE serial IN (?,?,?)",
+                                                  [heard] + lost)}
+        assert set(states.values()) == {"rejected"}
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='EVENTS_LOST'").fetchone()[0] == 1
+        assert sc.depth == 4  # cleared and refilled for the new boot
+        agent.coder.close()
