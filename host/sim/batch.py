@@ -11,6 +11,7 @@ from pathlib import Path
 GTIN = "09506000134352"  # GS1's example GTIN (valid check digit), company prefix 9506000
 COMPANY_PREFIX_LEN = 7
 CASE_SIZE, PALLET_SIZE = 10, 10
+SIM_SITE, SIM_READ_POINT = "urn:epc:id:sgln:9506000.00000.0", "urn:epc:id:sgln:9506000.00000.1"  # EPCIS where
 
 
 def batch_id_for(scenario, db: sqlite3.Connection) -> str:
@@ -28,11 +29,14 @@ def setup(db_path: Path, scenario) -> str:
     try:
         if conn.execute("SELECT 1 FROM product WHERE gtin = ?", (GTIN,)).fetchone() is None:
             masterdata.add_product(conn, GTIN, "Serialine simulated pack", "EU_FMD", COMPANY_PREFIX_LEN)
+        if masterdata.get_location(conn, SIM_SITE) is None:
+            masterdata.set_location(conn, masterdata.Location(SIM_SITE, "Serialine simulated plant", tz="UTC"))
         batch_id = batch_id_for(scenario, conn)
         (runs,) = conn.execute("SELECT count(*) FROM batch").fetchone()  # a lot is used once per GTIN
         masterdata.create_batch(conn, batch_id, GTIN, lot=f"L{scenario.seed % 100000:05d}-{runs + 1}",
                                 expiry=dt.date.today() + dt.timedelta(days=730),
-                                planned=scenario.units, case_size=CASE_SIZE, pallet_size=PALLET_SIZE)
+                                planned=scenario.units, case_size=CASE_SIZE, pallet_size=PALLET_SIZE,
+                                site=SIM_SITE, read_point=SIM_READ_POINT)
         # rejects and the coder's fill-ahead use serials too; a pool sized for the run stays above
         # the low-water mark, so its alarm means what it says
         need = scenario.units * 2 + 200 + serials.LOW_WATER
