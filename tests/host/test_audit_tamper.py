@@ -266,3 +266,42 @@ def test_checkpoints_chain_over_new_rows_only(tmp_path, capsys):
     ok, _, message = audit.verify(conn)
     conn.close()
     assert not ok and message.startswith(f"checkpoint record {first}: table device_event differs from its seal")
+
+
+def test_reopen_lifts_the_seal_until_the_next_close(closed_ledger, tmp_path, capsys):
+    """An audited reopen, rework and close again verify; the new close seals the reworked batch."""
+    shutil.copy(closed_ledger / "ledger.db", tmp_path / "ledger.db")
+    shutil.copy(closed_ledger / "ledger.db.anchors", tmp_path / "ledger.db.anchors")
+    dbfile = str(tmp_path / "ledger.db")
+    c = sqlite3.connect(dbfile)
+    serial = c.execute("SELECT serial FROM packed LIMIT 1").fetchone()[0]
+    (pallet,) = c.execute("SELECT sscc FROM container WHERE level='pallet'").fetchone()
+    c.close()
+    assert cli_batch.main(["reopen", "B1", "--reason", "damaged pallet", "--db", dbfile, "--user", "qa"]) == 0
+    assert cli_batch.rework_main(["decommission", "destroyed", "--sscc", pallet, "--reason", "damaged",
+                                  "--db", dbfile, "--user", "qa"]) == 0
+    assert cli_batch.main(["close", "B1", "--db", dbfile, "--user", "qa"]) == 0
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", dbfile]) == 0
+    c = sqlite3.connect(dbfile)
+    c.execute("DROP TRIGGER serial_transition")
+    c.execute("UPDATE serial SET state='commissioned' WHERE serial=?", (serial,))  # undo the destruction
+    c.commit()
+    (last_close,) = c.execute("SELECT max(seq) FROM audit WHERE action='batch.close'").fetchone()
+    c.close()
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", dbfile]) == 1
+    assert f"table serial differs from its seal in record {last_close} (batch.close)" in capsys.readouterr().err
+
+
+def test_abort_seals_the_batch(tmp_path, capsys):
+    dbfile = tmp_path / "ledger.db"
+    _run_line(dbfile, close=False)
+    assert cli_batch.main(["abort", "B1", "--reason", "line fault", "--db", str(dbfile), "--user", "qa"]) == 0
+    c = sqlite3.connect(dbfile)
+    c.execute("UPDATE unit SET outcome='PASSED' WHERE outcome LIKE 'REJECTED%'")
+    c.commit()
+    c.close()
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
+    assert "table unit differs from its seal" in capsys.readouterr().err
