@@ -91,15 +91,22 @@ class LineClient:
 
     # --- connection --------------------------------------------------------------------------
     def _connect(self) -> None:
+        with self._state:  # retire the old connection first: its reader then knows it is not current
+            old, self.sock, self.closed = self.sock, None, True
+        if old is not None:
+            _close(old)
         try:
             sock = socket.create_connection(self.address, timeout=self.timeout)
         except OSError as exc:
-            raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from exc
+            raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from None
         sock.settimeout(None)
         with self._state:
-            old, self.sock, self.closed, self.in_doubt = self.sock, sock, False, False
-        if old is not None:
-            _close(old)
+            shut = self.shut  # closed by the owner meanwhile
+            if not shut:
+                self.sock, self.closed, self.in_doubt = sock, False, False
+        if shut:
+            _close(sock)
+            raise DeviceError(f"{self.name}: closed")
         threading.Thread(target=self._read, args=(sock,), daemon=True, name=self.name).start()
 
     def reconnect(self, why: str) -> None:

@@ -9,6 +9,10 @@ Line protocol (ASCII, unsolicited from the camera, one result per trigger, in tr
   camera< NOREAD <n>
   host>   PING                      camera< PONG
 
+Fault injection beyond misreads: `garbage` (per trigger) sends one line the host must alarm on and
+ignore before the result (unknown word, malformed READ, over-long line), from its own random stream
+so the other faults of a seed stay as they were.
+
 Latency runs on the simulator's clock: `deliver(now_us)` sends every result that is due, so virtual
 time and real time use the same code."""
 
@@ -29,11 +33,12 @@ from .tcpline import LineServer
 
 class SimCamera(LineServer):
     def __init__(self, latency_ms=6.0, jitter_ms=2.0, no_read=0.0, misread=0.0, low_grade=0.0,
-                 missed_trigger=0.0, seed=0, **kw):
+                 missed_trigger=0.0, garbage=0.0, seed=0, **kw):
         super().__init__(**kw)
         self.latency_us, self.jitter_us = latency_ms * 1000, jitter_ms * 1000
         self.rates = (("no_read", no_read), ("misread", misread), ("low_grade", low_grade))
         self.missed_trigger = missed_trigger
+        self.garbage, self._garbage_rng = garbage, random.Random(f"garbage-{seed}")
         self.rng = random.Random(seed)
         self.triggers = 0
         self._due: list[tuple[int, int, str]] = []  # (due t_us, n, line)
@@ -76,6 +81,10 @@ class SimCamera(LineServer):
         line = f"NOREAD {n}" if read is None else f"READ {n} {grade} {SYMBOLOGY}{escape(read)}"
         due = t_us + max(0, round(self.latency_us + self.rng.uniform(-1, 1) * self.jitter_us))
         with self._lock2:
+            if self.garbage and self._garbage_rng.random() < self.garbage:
+                self.faults["garbage"] += 1
+                junk = self._garbage_rng.choice(["STATUS ok", f"READ {n} Q ]d2X", "READ " + "9" * 600])
+                heapq.heappush(self._due, (due, 0, junk))  # n 0 sorts before the result due with it
             heapq.heappush(self._due, (due, n, line))
         return read, fault
 
@@ -91,6 +100,9 @@ class SimCamera(LineServer):
                 if not self._due or self._due[0][0] > now_us:
                     return out
                 due, n, line = heapq.heappop(self._due)
+            if n == 0:  # injected garbage: no result, owes no verdict
+                self.send(line)
+                continue
             if self.send(line):
                 self.delivered.append((n, due))
                 self.delivered_wall[n] = time.monotonic()

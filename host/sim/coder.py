@@ -8,7 +8,10 @@ Line protocol (ASCII, one command per line, replies one line):
   host> DEPTH           coder< OK <depth>
   (a command line over 512 bytes, or not ASCII: coder< ERR line too long | ERR not ascii)
   coder< PRINTED <code>  unsolicited, after each trigger that ran a job (the coder cannot see a bad print)
-  coder< EMPTY           unsolicited, a trigger found the buffer empty (nothing printed)"""
+  coder< EMPTY           unsolicited, a trigger found the buffer empty (nothing printed)
+
+Fault injection for the host's reply matching: `stray_reply` (per print) sends an unsolicited
+`OK <depth>` after PRINTED (its own random stream); `reply_delay_s` (LineServer) delays replies."""
 
 from __future__ import annotations
 
@@ -33,10 +36,11 @@ def unescape(text: str) -> str:
 
 
 class SimCoder(LineServer):
-    def __init__(self, misprint=0.0, skip=0.0, smear=0.0, seed=0, **kw):
+    def __init__(self, misprint=0.0, skip=0.0, smear=0.0, stray_reply=0.0, seed=0, **kw):
         super().__init__(**kw)
         self.rates = (("misprint", misprint), ("skip", skip), ("smear", smear))
         self.rng = random.Random(seed)
+        self.stray_reply, self._stray_rng = stray_reply, random.Random(f"stray-{seed}")
         self.buffer: collections.deque[str] = collections.deque()
         self._buf_lock = threading.Lock()
         self.jobs_printed = 0
@@ -84,4 +88,7 @@ class SimCoder(LineServer):
         self.faults[fault or "ok"] += 1
         self.jobs_printed += 1
         self.send(f"PRINTED {escape(code)}")
+        if self.stray_reply and self._stray_rng.random() < self.stray_reply:
+            self.faults["stray_reply"] += 1
+            self.send(f"OK {self.depth}")
         return code, fault

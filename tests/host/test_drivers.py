@@ -211,14 +211,14 @@ def test_stray_reply_shifts_nothing():
 
 def test_late_reply_is_doubt_and_never_answers_a_later_request():
     with SimCoder() as sim:
-        coder = Coder(*sim.address, timeout=0.3)
-        sim.reply_delay_s = [0.6]
+        coder = Coder(*sim.address, timeout=1.0)
+        sim.reply_delay_s = [1.6]
         with pytest.raises(InDoubt, match="no reply to PUSH"):
             coder.push(CODE)
         assert sim.depth == 1  # it was queued after all: only the caller can write it off
         coder.clear()  # on a fresh connection: the stale "OK 1" cannot confirm it
         assert sim.depth == 0
-        time.sleep(0.5)  # the late reply goes to the old connection, which is gone
+        time.sleep(0.8)  # the late reply goes to the old connection, which is gone
         assert coder.push(CODE) == 1 and coder.depth() == 1
         assert [k for k, _ in coder.alarms()] == ["NO_REPLY", "RESYNC"]
         coder.close()
@@ -232,7 +232,7 @@ def test_clear_not_confirmed_by_a_wrong_reply_and_ok_without_depth():
             return b"OK\n" if n < 3 else b"OK 1\n"
         return b"OK 0\n"
     dev = RawDevice(answer)
-    coder = Coder(*dev.address, timeout=1)
+    coder = Coder(*dev.address, timeout=2)
     coder.clear()  # retried once on a fresh connection: idempotent
     assert [c for c, line in dev.received] == [1, 2]
     with pytest.raises(InDoubt, match="'OK' is no reply to PUSH"):
@@ -304,3 +304,23 @@ def test_agent_logs_driver_alarms(conn):
         assert ("camera", "MALFORMED") in rows and ("coder", "UNEXPECTED_REPLY") in rows
         agent.coder.close()
         agent.camera.close()
+
+
+def test_emulators_inject_garbage_and_stray_replies_the_drivers_survive():
+    with SimCoder(stray_reply=1.0) as sc, SimCamera(latency_ms=0, jitter_ms=0, garbage=1.0, seed=5) as scam:
+        coder, cam = Coder(*sc.address), Camera(*scam.address)
+        scam.connected.wait(5)
+        results, alarms = [], []
+        for i in range(20):
+            assert coder.push(CODE) == 1  # each reply matched, whatever strays came before
+            printed, _ = sc.trigger(i)
+            wait_for(lambda: coder.in_doubt)  # the stray is in (one arriving while a PUSH waits
+            scam.trigger(i, printed, False)   # is the case order cannot tell: docs/devices.md)
+            assert scam.deliver(10 ** 9) == [i + 1]  # garbage owes no verdict
+        wait_for(lambda: results.extend(cam.results()[0]) or len(results) == 20)
+        assert [r.n for r in results] == list(range(1, 21))
+        assert sc.faults["stray_reply"] == 20 and scam.faults["garbage"] == 20
+        kinds = {k for k, _ in coder.alarms()}
+        assert kinds == {"UNEXPECTED_REPLY", "RESYNC"}
+        coder.close()
+        cam.close()
