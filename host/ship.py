@@ -16,10 +16,8 @@ import datetime as _dt
 import getpass
 import os
 import sqlite3
-import sys
-from pathlib import Path
 
-from . import audit, db, masterdata, reporting
+from . import audit, db, ledgerfile, masterdata, reporting
 from .epcis import events, outbox
 
 
@@ -144,17 +142,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--db", default=os.environ.get("SERIALINE_DB", "serialine.db"), help="ledger file")
     ap.add_argument("--user", default=os.environ.get("SERIALINE_USER") or getpass.getuser(), help="who ships")
     args = ap.parse_args(argv)
-    if not Path(args.db).is_file():
-        print(f"error: no ledger at {args.db} (use --db PATH or set SERIALINE_DB)", file=sys.stderr)
-        return 1
-    conn = db.connect(args.db)
-    try:
-        shipment = ship(conn, args.sscc, args.to, args.po, args.desadv, args.user, args.read_point,
-                        args.to_party)
-    except (ValueError, sqlite3.IntegrityError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        conn.close()
-    print(f"shipment {shipment}: {len(args.sscc)} container(s) to {args.to}")
-    return 0
+
+    def go():
+        conn = ledgerfile.open_ledger(args.db)
+        try:
+            shipment = ship(conn, args.sscc, args.to, args.po, args.desadv, args.user, args.read_point,
+                            args.to_party)
+        finally:
+            conn.close()
+        print(f"shipment {shipment}: {len(args.sscc)} container(s) to {args.to}")
+    return ledgerfile.run("serialine ship", go)
