@@ -59,9 +59,12 @@ def _enqueue(conn, batch: Batch, build) -> None:
 
 _WAITING = """CREATE TEMP TABLE IF NOT EXISTS epcis_waiting (
     batch_id TEXT NOT NULL, parent TEXT NOT NULL, children TEXT NOT NULL)"""  # per connection; rolls back with it
+_MAYBE_WAITING: set[int] = set()  # id() of connections that may hold rows there (a hint: skips the query)
 
 
 def _release_waiting(conn, ctx, batch: Batch) -> None:
+    if id(conn) not in _MAYBE_WAITING:
+        return
     conn.execute(_WAITING)
     rows = conn.execute("SELECT rowid, parent, children FROM temp.epcis_waiting WHERE batch_id=? ORDER BY rowid",
                         (batch.batch_id,)).fetchall()
@@ -69,6 +72,8 @@ def _release_waiting(conn, ctx, batch: Batch) -> None:
         _enqueue(conn, batch, lambda when: events.packing(ctx, sscc(batch, parent), json.loads(children), when))
     if rows:
         conn.execute("DELETE FROM temp.epcis_waiting WHERE batch_id=?", (batch.batch_id,))
+    if not conn.execute("SELECT 1 FROM temp.epcis_waiting LIMIT 1").fetchone():
+        _MAYBE_WAITING.discard(id(conn))
 
 
 def sgtin(batch: Batch, serial: str) -> str:
@@ -95,6 +100,7 @@ def packed(conn, ctx, batch: Batch, parent_sscc: str, children: list[str],
         return
     if after_commissioning:
         conn.execute(_WAITING)
+        _MAYBE_WAITING.add(id(conn))
         conn.execute("INSERT INTO temp.epcis_waiting VALUES (?, ?, ?)",
                      (batch.batch_id, parent_sscc, json.dumps(children)))
         return
