@@ -121,7 +121,7 @@ def _now_bound(table: str):
     return time.time()
 
 
-def seal(conn: sqlite3.Connection, key: str, parts, now: float | None = None) -> dict:
+def seal(conn: sqlite3.Connection, key: str, parts) -> dict:
     """Digests of the rows `parts` cover for `key` (a batch id or GTIN), as sealed in a record."""
     out = {}
     for part in parts:
@@ -129,7 +129,7 @@ def seal(conn: sqlite3.Connection, key: str, parts, now: float | None = None) ->
         cols = _columns(conn, table, leave_out)
         if not cols:  # table absent in this ledger
             continue
-        upto = (_now_bound(table) if now is None else now) if bound else None
+        upto = _now_bound(table) if bound else None
         out[part] = {"cols": cols, **({"upto": upto} if bound else {}), **_part_digest(conn, part, key, cols, upto)}
     return out
 
@@ -298,9 +298,9 @@ def _verify_anchors(by_seq: dict, anchors) -> str | None:
 
 
 def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
-    """(seq, action, key, seal) of the seals that must still hold — per GTIN its product.add, per
-    batch its batch.create and its latest close/abort unless reopened since — and the batches
-    whose trail ends reopened ({batch: seq of the reopen})."""
+    """(seq, action, key, seal) of the seals that must still hold — per action and key (GTIN,
+    batch, location, shipment) its latest record, per batch its latest close/abort unless reopened
+    since — and the batches whose trail ends reopened ({batch: seq of the reopen})."""
     master, final, reopened = {}, {}, {}
     for seq, action, text in conn.execute("SELECT seq, action, detail FROM audit ORDER BY seq"):
         try:
@@ -312,7 +312,7 @@ def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
         if action in REOPENS:
             final.pop(str(detail.get("batch_id")), None)
             reopened[str(detail.get("batch_id"))] = seq
-        if action not in SEALS or "seal" not in detail:
+        if action not in SEALS or "seal" not in detail or SEALS[action][0] not in detail:
             continue
         key = str(detail[SEALS[action][0]])
         if action in FINAL:
@@ -326,10 +326,14 @@ def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
 def _verify_seals(conn) -> str | None:
     seals, reopened = _latest_seals(conn)
     for seq, action, key, sealed in seals:
+        if not isinstance(sealed, dict):
+            return f"record {seq} ({action}): its seal is unreadable"
         for part in [p for p in _PARTS if p in sealed]:  # in _PARTS order: the first broken is the most telling
             s = sealed[part]
             try:
                 now = _part_digest(conn, part, key, s["cols"], s.get("upto"))
+            except (KeyError, TypeError):
+                return f"record {seq} ({action}): its seal is unreadable"
             except sqlite3.Error as exc:
                 return f"{_label(action, key)}: table {_PARTS[part][0]} cannot be read as sealed in record {seq} ({exc})"
             if now != {"rows": s["rows"], "sha256": s["sha256"]}:
@@ -381,8 +385,11 @@ def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
     if trail and os.path.exists(trail):
         with open(trail, encoding="utf-8", errors="replace") as f:
             anchors += parse_anchors(f.read())
-    problem = (_verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_checkpoints(conn)
-               or _verify_outbox(conn))
+    try:
+        problem = (_verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_checkpoints(conn)
+                   or _verify_outbox(conn))
+    except (KeyError, TypeError, AttributeError) as exc:  # a record whose chain holds but whose seal is malformed
+        problem = f"a sealed record's detail is malformed ({type(exc).__name__}: {exc})"
     if problem:
         return False, n, problem
     (events,) = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone() if _has(conn, "epcis_outbox") else (0,)
