@@ -191,3 +191,20 @@ def test_sscc_uses_the_extension_digit_and_says_when_a_prefix_is_exhausted(tmp_p
     # the shortest prefix: 10 ** 10 SSCCs, the first one as before
     assert aggregation.sscc_capacity("9506000") == 10 ** 10 - 1
     conn.close()
+
+
+def test_rework_on_the_line_s_open_pallet_reports_only_what_was_reported(line):
+    """A case on the pallet still open on the line: that pallet has no SSCC and no packing event
+    yet, so taking the case off it is a ledger change only; the pallet closes later without it."""
+    conn = line.ledger.conn
+    _all_in_one_poll(line, range(9))  # cases 1+2 on a closed pallet, case 3 on the open one
+    (c3, (parent, _)) = list(_cases(conn).items())[2]
+    assert parent is None
+    n = len(outbox.batch_events(conn, "B1"))
+    rework.disaggregate(conn, c3, "ann", "relabel")
+    assert _new_events(conn, n) == [("AggregationEvent", "DELETE", "unpacking")]
+    check_story(conn, "B1")
+    _all_in_one_poll(line, range(9, 15))  # two more cases: the open pallet fills with them
+    pallets = conn.execute("SELECT count(*) FROM container WHERE level='pallet' AND state='closed'").fetchone()[0]
+    assert pallets == 2
+    check_story(conn, "B1")
