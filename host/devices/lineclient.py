@@ -219,6 +219,9 @@ class LineClient:
     def request(self, line: str, expect: str, idempotent: bool = False) -> str:
         """Send one command and return its reply, which must fully match the regex `expect`.
         InDoubt when no such reply came; an idempotent command is retried once on a fresh connection."""
+        if not (line.isascii() and line.isprintable()) or len(line) > self.max_line:
+            raise DeviceError(f"{self.name}: refusing to send a command that is not one printable "
+                              f"ASCII line of at most {self.max_line} bytes: {line[:40]!r}")  # nothing sent
         with self._lock:
             try:
                 return self._request(line, expect)

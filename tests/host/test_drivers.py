@@ -262,13 +262,16 @@ def test_refusal_is_definite_and_garbage_from_the_coder_is_alarmed():
         coder.close()
 
 
-def test_coder_refuses_a_long_command_line_in_step():
+def test_long_command_lines_stay_in_step_and_a_code_never_injects_a_command():
     with SimCoder() as sim:
-        coder = Coder(*sim.address)
+        coder = Coder(*sim.address, max_line=8000)  # a host allowed longer lines than the device
         with pytest.raises(DeviceError, match="line too long") as exc:
             coder.push("9" * 5000)
         assert not isinstance(exc.value, InDoubt) and not coder.in_doubt
         assert coder.push(CODE) == 1 and coder.alarms() == []
+        with pytest.raises(DeviceError, match="refusing to send"):
+            coder.push("010950\nCLEAR")  # nothing sent: one line per message
+        assert sim.depth == 1 and coder.depth() == 1
         coder.close()
 
 
