@@ -101,17 +101,35 @@ def sgln(value: str, prefix_len: int | None = None) -> str:
             raise MasterDataError(f"{value!r} is not an SGLN (urn:epc:id:sgln:PREFIX.LOCATION.EXTENSION,"
                                   " prefix and location 12 digits together)")
         return value
-    m = _GLN.fullmatch(value)
-    if not m:
-        raise MasterDataError(f"{value!r} is neither a GLN (13 digits[.extension]) nor an SGLN URN")
-    gln, ext = m.group(1), m.group(2) or "0"
-    if check_digit(gln[:12]) != int(gln[12]):
-        raise MasterDataError(f"GLN {gln} has a wrong check digit (expected {check_digit(gln[:12])})")
+    gln, ext = _gln(value)
     if prefix_len is None:
         raise MasterDataError(f"GLN {gln}: give its company prefix length (--prefix-len) or the SGLN URN")
     if not 6 <= int(prefix_len) <= 12:
         raise MasterDataError(f"company prefix length must be 6..12, got {prefix_len}")
     return f"urn:epc:id:sgln:{gln[:prefix_len]}.{gln[prefix_len:12]}.{ext}"
+
+
+def _gln(value: str) -> tuple[str, str]:
+    """(GLN, extension) of `GLN` or `GLN.EXTENSION`, check digit verified."""
+    m = _GLN.fullmatch(str(value).strip())
+    if not m:
+        raise MasterDataError(f"{value!r} is neither a GLN (13 digits[.extension]) nor an SGLN URN")
+    gln, ext = m.group(1), m.group(2) or "0"
+    if check_digit(gln[:12]) != int(gln[12]):
+        raise MasterDataError(f"GLN {gln} has a wrong check digit (expected {check_digit(gln[:12])})")
+    return gln, ext
+
+
+def registered(conn: sqlite3.Connection, value: str, sites_only: bool = False) -> str | None:
+    """The SGLN URN of the registered location (a site of ours, if sites_only) that `value`
+    names, as an SGLN URN or as GLN[.EXTENSION]; None if none is registered."""
+    known = [u for (u,) in conn.execute("SELECT sgln FROM location"
+                                        + (" WHERE tz IS NOT NULL" if sites_only else ""))]
+    if str(value).strip().startswith("urn:"):
+        urn = sgln(value)
+        return urn if urn in known else None
+    gln, ext = _gln(value)
+    return next((u for u in known if gln_of(u) == gln and u.rsplit(".", 1)[1] == ext), None)
 
 
 def gln_of(urn: str) -> str:
@@ -158,16 +176,10 @@ def _site(conn: sqlite3.Connection, value: str | None) -> str | None:
         if len(sites) > 1:
             raise MasterDataError(f"{len(sites)} sites are configured: name one with --site")
         return sites[0] if sites else None
-    if str(value).startswith("urn:"):
-        urn = sgln(value)
-        matches = [s for s in sites if s == urn]
-    else:
-        gln = str(value).strip()
-        sgln(gln, 12)  # checks the GLN's form and check digit
-        matches = [s for s in sites if gln_of(s) == gln and s.endswith(".0")]
-    if not matches:
+    site = registered(conn, value, sites_only=True)
+    if site is None:
         raise MasterDataError(f"unknown site {value}: configure it first (serialine batch site … --tz ZONE)")
-    return matches[0]
+    return site
 
 
 def _read_point(value: str | None, site: str) -> str:

@@ -53,14 +53,13 @@ def shipping_event(ctx: events.Context, epcs: list[str], source: str, destinatio
 
 
 def _destination(conn: sqlite3.Connection, value: str) -> str:
-    if str(value).startswith("urn:"):
+    """A partner's SGLN: any SGLN URN, or the GLN[.EXT] of a registered location."""
+    if str(value).strip().startswith("urn:"):
         return masterdata.sgln(value)
-    gln, _, ext = str(value).partition(".")
-    masterdata.sgln(value, 12)  # form and check digit
-    for (urn,) in conn.execute("SELECT sgln FROM location"):
-        if masterdata.gln_of(urn) == gln and urn.endswith("." + (ext or "0")):
-            return urn
-    raise ShipError(f"{value}: give the destination as an SGLN URN (or register it: serialine batch site)")
+    urn = masterdata.registered(conn, value)
+    if urn is None:
+        raise ShipError(f"{value}: give the destination as an SGLN URN (or register it: serialine batch site)")
+    return urn
 
 
 def _containers(conn: sqlite3.Connection, ssccs: list[str]) -> dict[str, list[str]]:

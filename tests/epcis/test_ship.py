@@ -130,9 +130,11 @@ def test_ship_two_pallets_then_export_dscsa_xml_and_jsonld(ledger, tmp_path, cap
 
 def test_json_schema_accepts_the_shipping_event(ledger):
     path, conn, pallets, _ = ledger
-    assert ship(path, "--sscc", pallets[0], "--to", PARTNER, "--po", "urn:epcglobal:cbv:bt:0614141000005:P1",
+    partner_gln = masterdata.gln_of(PARTNER)  # a registered location may be named by its GLN
+    assert ship(path, "--sscc", pallets[0], "--to", partner_gln, "--po", "urn:epcglobal:cbv:bt:0614141000005:P1",
                 "--desadv", "D1", "--read-point", "4012345000009.dock1") == 0
     event = outbox.batch_events(conn, "B1")[-1]
+    assert event["destinationList"][1] == {"type": "location", "destination": PARTNER}
     assert event["readPoint"]["id"] == "urn:epc:id:sgln:4012345.00000.dock1"
     assert event["bizTransactionList"][0]["bizTransaction"] == "urn:epcglobal:cbv:bt:0614141000005:P1"
     validate.json_document(document.epcis_document([event]))
