@@ -39,11 +39,12 @@ from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
 from . import serials
 from .correlate import Correlator
-from .devices.lineclient import DeviceError
 from .db import transaction
+from .devices.lineclient import DeviceError
 from .ledger import Ledger
 
 FILL_AHEAD = 8
+PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step's backoff, link served
 BACKOFF_MAX_S = 1.0
 log = logging.getLogger("serialine.agent")
@@ -62,7 +63,6 @@ def _copy(c: Correlator) -> Correlator:
 
 def _busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
-PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 
 
 def _boot_key(hello: dict) -> tuple[str, int]:
@@ -191,8 +191,10 @@ class Agent:
             self.command(name)
 
     def on_new_boot(self, hello: dict) -> None:
-        """A (new) session: units of other boots still in flight are purged, and the coder starts
-        clean — after a device reboot nobody knows which of its jobs were printed."""
+        """A (new) session: this batch's units of the device's other boots still in flight are
+        booked (ledger.new_boot: rejected, or UNKNOWN if the host passed them), the prints the old
+        boot never reported take their jobs (the coder's depth says how many), and the coder
+        starts clean."""
         device_id, boot_id = _boot_key(hello)
         self._lease(device_id)
         with transaction(self.conn):
