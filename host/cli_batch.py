@@ -253,8 +253,8 @@ def audit_main(argv: list[str]) -> int:
 def _print_trail(rows) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
-        from rich.table import Table
-        t = Table("seq", "at (UTC)", "user", "action", "detail")
+        from rich.table import Column, Table
+        t = Table("seq", Column("at (UTC)", no_wrap=True), "user", "action", Column("detail", overflow="fold"))
         for seq, at, user, action, detail in rows:
             t.add_row(str(seq), at[:23], user, action, _brief(detail))
         Console().print(t)
@@ -267,5 +267,9 @@ def _print_trail(rows) -> None:
 def _brief(detail: str) -> str:
     import json
     d = json.loads(detail)
-    d.pop("seal", None) if isinstance(d, dict) else None  # digests: for verify, not for reading
+    if isinstance(d, dict):  # digests are for verify, not for reading: a checkpoint shows its row counts
+        d.pop("seal", None)
+        if isinstance(d.get("parts"), dict):
+            d["parts"] = {k.removeprefix("log:"): v.get("rows") for k, v in d["parts"].items() if isinstance(v, dict)}
+        d = {k: v for k, v in d.items() if v is not None}
     return json.dumps(d, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
