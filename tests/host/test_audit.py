@@ -223,3 +223,20 @@ def test_anchor_per_document_writes_one_line_per_head(tmp_path):
         with pytest.raises(RuntimeError):
             audit.anchor(c, "inside a transaction")  # it could name a record that then rolls back
     c.close()
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+_HEX = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@given(before=st.text(max_size=40), seq=st.integers(1, 10**9), h=_HEX, after=st.text(max_size=40))
+def test_parse_anchors_finds_an_anchor_in_any_text(before, seq, h, after):
+    text = f"{before} {seq}:{h} {after}"
+    assert (seq, h) in audit.parse_anchors(text)
+
+
+@given(st.text(max_size=200))
+def test_parse_anchors_never_fails(text):
+    for seq, h in audit.parse_anchors(text):
+        assert (seq is None or seq >= 0) and len(h) == 64
