@@ -373,10 +373,11 @@ def _verify_outbox(conn) -> str | None:
     return None
 
 
-def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
+def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[bool, int, str]:
     """→ (ok, records checked, one line naming the first break). Checks the chain, that every
     anchor ([(seq or None, hash)]; plus `<db>.anchors` if present) is in it, the sealed tables and
-    every outbox eventID."""
+    every outbox eventID; `strict`: also that an anchor vouches for the head (a record appended
+    behind the project's back has none)."""
     problem, n, by_seq = _verify_chain(conn)
     if problem:
         return False, n, problem
@@ -394,6 +395,9 @@ def verify(conn: sqlite3.Connection, anchors=()) -> tuple[bool, int, str]:
         return False, n, problem
     (events,) = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone() if _has(conn, "epcis_outbox") else (0,)
     newest = max((s if s is not None else {h: q for q, h in by_seq.items()}.get(h, 0) for s, h in anchors), default=0)
+    if strict and n > newest:
+        return False, n, (f"record {newest + 1}" + (f" to {n}" if n > newest + 1 else "")
+                          + ": no anchor vouches for it (appended after the newest anchor)")
     # records after the newest anchor are only as good as the file: nothing outside vouches for them yet
     tail = f", {n - newest} record(s) after the newest anchor" if anchors and n > newest else ""
     return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found{tail};"

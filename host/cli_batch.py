@@ -100,7 +100,8 @@ def main(argv: list[str]) -> int:
             loc = masterdata.Location(masterdata.sgln(a.sgln, a.prefix_len), a.name, a.street, a.city, a.state,
                                       a.postal, a.country, a.tz)
             new = _audited(conn, a, "location.set", vars(loc), lambda: masterdata.set_location(conn, loc))
-            print(f"{'added' if new else 'updated'} {'site' if a.tz else 'location'} {loc.sgln} ({loc.name})")
+            kind = "site" if masterdata.get_location(conn, loc.sgln).tz else "location"
+            print(f"{'added' if new else 'updated'} {kind} {loc.sgln} ({loc.name})")
         elif a.cmd == "serials":
             # staged in chunks, published with its audit record in one transaction (host/serials.py)
             if a.generate is not None:
@@ -226,6 +227,7 @@ def audit_main(argv: list[str]) -> int:
     p.add_argument("--anchor", action="append", default=[], metavar="HASH|FILE",
                    help="a recorded head (SEQ:HASH or HASH) or a file holding some (batch output, EPCIS"
                         " document, anchors trail); repeatable. <db>.anchors is always checked")
+    p.add_argument("--strict", action="store_true", help="also fail if records follow the newest anchor")
     _common(p)
     p = sub.add_parser("checkpoint", help="seal the append-only logs so far (device events, serial history,"
                                           " alarms, outbox bodies): covers running batches; run it periodically")
@@ -239,7 +241,7 @@ def audit_main(argv: list[str]) -> int:
     def go(conn, a):
         if a.cmd == "verify":
             anchors = [x for spec in a.anchor for x in audit.read_anchors(spec)]
-            ok, _, message = audit.verify(conn, anchors)
+            ok, _, message = audit.verify(conn, anchors, strict=a.strict)
             print(message, file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
         elif a.cmd == "checkpoint":

@@ -305,3 +305,22 @@ def test_abort_seals_the_batch(tmp_path, capsys):
     capsys.readouterr()
     assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
     assert "table unit differs from its seal" in capsys.readouterr().err
+
+
+def append_forged_record(c):  # a self-consistent record at the head: the chain holds, no seal is touched
+    seq, prev = c.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    at, detail = "2026-01-01T00:00:00.000000+00:00", json.dumps({"target": "X", "reason": "r"})
+    c.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)", (seq + 1, at, "ann", "rework.remove", detail, prev,
+                                                          audit._digest(prev, seq + 1, at, "ann", "rework.remove", detail)))
+
+
+def test_a_forged_record_at_the_head_has_no_anchor(closed_ledger, tmp_path, capsys):
+    """Only an anchor can vouch for the newest records: `--strict` fails on any without one (every
+    batch / rework command anchors its record after the commit). Undetectable without it."""
+    dbfile = _tampered(closed_ledger, tmp_path, append_forged_record)
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 0
+    assert "1 record(s) after the newest anchor" in capsys.readouterr().out
+    assert cli_batch.audit_main(["verify", "--strict", "--db", str(dbfile)]) == 1
+    assert capsys.readouterr().err == "record 6: no anchor vouches for it (appended after the newest anchor)\n"
+    assert cli_batch.audit_main(["verify", "--strict", "--db", str(closed_ledger / "ledger.db")]) == 0
