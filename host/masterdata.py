@@ -146,7 +146,8 @@ def time_zone(name: str) -> zoneinfo.ZoneInfo:
 
 
 def set_location(conn: sqlite3.Connection, location: Location) -> bool:
-    """Add or update a location (a site when it has a time zone). True if it was new."""
+    """Add or update a location (a site when it has a time zone); an update changes the parts
+    given and keeps the others (so a site keeps its zone). True if it was new."""
     urn = sgln(location.sgln)
     if not location.name or not location.name.strip():
         raise MasterDataError(f"location {urn}: a name is required")
@@ -158,9 +159,10 @@ def set_location(conn: sqlite3.Connection, location: Location) -> bool:
            location.country, location.tz)
     with transaction(conn):
         new = conn.execute("SELECT 1 FROM location WHERE sgln=?", (urn,)).fetchone() is None
+        keep = ", ".join(f"{c} = COALESCE(excluded.{c}, {c})"
+                         for c in ("street", "city", "state", "postal", "country", "tz"))
         conn.execute("INSERT INTO location VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (sgln) DO UPDATE SET"
-                     " name=excluded.name, street=excluded.street, city=excluded.city, state=excluded.state,"
-                     " postal=excluded.postal, country=excluded.country, tz=excluded.tz", row)
+                     " name = excluded.name, " + keep, row)
     return new
 
 

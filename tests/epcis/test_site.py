@@ -102,3 +102,13 @@ def test_two_sites_need_an_explicit_site_and_a_partner_location_is_no_site(ledge
     with pytest.raises(masterdata.MasterDataError, match="unknown site"):
         masterdata.create_batch(conn, "B2", GTIN, "L2", "2030-01-31", 1, 1, 1,
                                 site="urn:epc:id:sgln:0614141.00001.0")
+
+
+def test_updating_a_site_changes_what_is_given_and_keeps_the_rest(ledger, capsys):
+    assert site(ledger, "--tz", "Europe/Berlin") == 0
+    assert run(ledger, "site", SITE, "--name", "Plant Berlin-Mitte", "--street", "Allee 2") == 0
+    assert "updated site" in capsys.readouterr().out
+    conn = db.connect(ledger)
+    loc = masterdata.get_location(conn, SITE)
+    assert (loc.name, loc.street, loc.city, loc.tz) == ("Plant Berlin-Mitte", "Allee 2", "Berlin", "Europe/Berlin")
+    assert [a for (a,) in conn.execute("SELECT action FROM audit ORDER BY seq")][-2:] == ["location.set"] * 2
