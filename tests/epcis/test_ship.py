@@ -171,6 +171,13 @@ def test_bad_shipments_are_refused_whole(ledger, capsys):
     with pytest.raises(Exception, match="shipped"):
         with transaction(conn):
             conn.execute("UPDATE container SET state='disaggregated' WHERE sscc=?", (pallets[0],))
+    (serial,) = conn.execute("SELECT p.serial FROM packed p JOIN container c USING (container_id)"
+                             " JOIN container pl ON pl.container_id = c.parent_id WHERE pl.sscc = ? LIMIT 1",
+                             (pallets[0],)).fetchone()
+    assert cli.main(["batch", "reopen", "B1", "--reason", "a complaint", "--db", path, "--user", "qa"]) == 0
+    capsys.readouterr()
+    assert cli.main(["rework", "remove", GTIN, serial, "--reason", "r", "--db", path, "--user", "ann"]) == 1
+    assert "shipped" in capsys.readouterr().err
 
 
 def test_dscsa_export_refuses_what_a_partner_could_not_use(ledger, tmp_path, capsys):
