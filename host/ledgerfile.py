@@ -72,7 +72,7 @@ _UNIQUE = {
     "unit.gtin, unit.serial": "this serial is already bound to another unit",
 }
 _CHECK = {
-    "date(expiry) = expiry": "the expiry must be a real date, YYYY-MM-DD",
+    "expiry_is_a_date": "the expiry must be a real date, YYYY-MM-DD (or YYYY-MM-00: the month only)",
     "length(lot) BETWEEN 1 AND 20": "a lot has 1 to 20 characters",
     "planned > 0": "the planned quantity must be positive",
     "case_size > 0": "the case size must be positive",

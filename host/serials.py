@@ -24,7 +24,8 @@ from .db import transaction
 from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
-CHUNK = 20_000  # serials per write transaction while staging
+CHUNK = 10_000  # serials per write transaction while staging (a fraction of a second of write lock)
+YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
 STALE_S = 120.0  # a staging import without progress this long was killed: abandoned by the next one
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
@@ -173,7 +174,7 @@ def _bad_line(line: str) -> str | None:
     if line != line.strip() or line.endswith("\r"):
         return f"whitespace around the serial {line!r} (records are the serial and \"\\n\", nothing else)"
     if len(line) > 20:
-        return f"{len(line)} characters: bad characters or length (a serial has 1 to 20): {line[:30]!r}"
+        return f"bad characters or length: {len(line)} characters, a serial has 1 to 20: {line[:30]!r}"
     others = sorted(set(line) - gs1.CSET82)
     return f"bad characters {others!r} in {line!r} (GS1 AI 21 takes the 82 characters of CSET 82)"
 
@@ -225,7 +226,8 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
             break
     if known:
         raise SerialError(f"serial(s) already known for {gtin}: {known[:10]!r}; nothing imported")
-    chunks = (serials[i:i + CHUNK] for i in range(0, len(serials), CHUNK))
+    ordered = sorted(serials)  # in key order each chunk fills neighbouring pages, not a page per serial
+    chunks = (ordered[i:i + CHUNK] for i in range(0, len(ordered), CHUNK))
 
     def check():
         _check_guess(conn, gtin, 0, profile, length, max(alphabet, 1))
@@ -260,7 +262,7 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
     def chunks():  # a draw that collides with a known serial is skipped and drawn again
         left = count
         while left > 0:
-            got = yield random_serials(profile.alphabet, profile.serial_length, min(left, CHUNK))
+            got = yield sorted(random_serials(profile.alphabet, profile.serial_length, min(left, CHUNK)))
             left -= got
 
     def check():
@@ -290,6 +292,10 @@ def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_know
                 conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
                              (got, time.time(), import_id))
             longest = max(longest, time.monotonic() - t)
+            # copy our pages back now (another writer's commit does not inherit the checkpoint), and
+            # leave the lock free longer than SQLite's busy retry period: a waiting writer gets in
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            time.sleep(YIELD_S)
             added, n_chunks = added + got, n_chunks + 1
             try:
                 rows = chunks.send(got)  # generate() draws again for what collided
