@@ -33,8 +33,9 @@ SCHEMA = [
         batch_id TEXT PRIMARY KEY,
         gtin TEXT NOT NULL REFERENCES product (gtin),
         lot TEXT NOT NULL CHECK (length(lot) BETWEEN 1 AND 20),
-        -- a real date, or YYYY-MM-00: GS1's day 00 (the label shows the month; it means its last day)
-        expiry TEXT NOT NULL CONSTRAINT expiry_is_a_date CHECK (date(expiry) IS expiry OR (expiry GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]-00' AND date(substr(expiry, 1, 8) || '01') IS NOT NULL)),
+        -- a real date ('+0 days' normalises: date() alone keeps 02-30), or YYYY-MM-00: GS1's day 00
+        -- (the label shows the month; it means the month's last day)
+        expiry TEXT NOT NULL CONSTRAINT expiry_is_a_date CHECK (date(expiry, '+0 days') IS expiry OR (expiry GLOB '[0-9][0-9][0-9][0-9]-[01][0-9]-00' AND date(substr(expiry, 1, 8) || '01') IS NOT NULL)),
         planned INTEGER NOT NULL CHECK (planned > 0),
         case_size INTEGER NOT NULL CHECK (case_size > 0),
         pallet_size INTEGER NOT NULL CHECK (pallet_size > 0),

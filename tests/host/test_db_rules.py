@@ -102,3 +102,29 @@ def test_audit_append_only(conn):
     conn.execute("UPDATE audit SET detail='{\"a\":2}' WHERE seq=1")
     ok, n, msg = audit.verify(conn)
     assert not ok and "record 1" in msg
+
+
+def test_a_lot_once_per_gtin_and_batch_states(conn):
+    ins = "INSERT INTO batch (batch_id, gtin, lot, expiry, planned, case_size, pallet_size) VALUES (?, ?, ?, '2031-01-31', 1, 1, 1)"
+    with pytest.raises(sqlite3.IntegrityError, match="lot is already used"):
+        conn.execute(ins, ("B2", GTIN, "L1"))
+    conn.execute(ins, ("B2", GTIN, "L2"))
+    for state in ("aborted", "reopened"):
+        conn.execute("UPDATE batch SET state=? WHERE batch_id='B2'", (state,))
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        conn.execute("UPDATE batch SET state='paused' WHERE batch_id='B2'")
+
+
+def test_only_serials_of_an_abandoned_import_can_be_deleted(conn):
+    now = 0.0
+    imp = conn.execute("INSERT INTO serial_import (gtin, source, started_at, heartbeat) VALUES (?, 'f', ?, ?)",
+                       (GTIN, now, now)).lastrowid
+    conn.execute("INSERT INTO serial (gtin, serial, source, import_id) VALUES (?, 'STAGED000001', 'f', ?)", (GTIN, imp))
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        conn.execute("DELETE FROM serial WHERE serial='STAGED000001'")  # still staging: the import decides
+    conn.execute("UPDATE serial_import SET state='abandoned' WHERE import_id=?", (imp,))
+    with pytest.raises(sqlite3.IntegrityError, match="still staging"):
+        conn.execute("INSERT INTO serial (gtin, serial, source, import_id) VALUES (?, 'STAGED000002', 'f', ?)", (GTIN, imp))
+    conn.execute("DELETE FROM serial WHERE serial='STAGED000001'")
+    with pytest.raises(sqlite3.IntegrityError, match="final"):
+        conn.execute("UPDATE serial_import SET state='published' WHERE import_id=?", (imp,))
