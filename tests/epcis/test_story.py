@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from serialine.host import aggregation, db, masterdata, rework, serials
 from serialine.host.db import snapshot, transaction
@@ -37,6 +38,21 @@ def test_every_rendering_rehashes_to_the_event_id(tmp_path, ctx):
     validate.xml_document(paths["xml12"].read_bytes(), "1.2")
     n = len(events)
     assert rehash(events, paths) == {name: {"events": n, "reference": n, "own": n} for name in paths}
+
+
+@settings(max_examples=8, deadline=None)
+@given(lot=st.text(alphabet="!\"%&'()*+,-./0123456789:;<=>?AZ_az", min_size=1, max_size=20),
+       serials=st.lists(st.text(alphabet="!\"%&'()*+,-./0123456789:;<=>?AZ_az", min_size=1, max_size=20),
+                        min_size=1, max_size=3, unique=True),
+       offset=st.sampled_from(["+00:00", "-05:30", "+14:00"]))
+def test_every_rendering_rehashes_to_the_event_id_fuzzed(tmp_path_factory, lot, serials, offset):
+    """Lots and serials with XML's and Digital Link's special characters, numeric-looking ones."""
+    ctx = ev.Context(read_point=ev.sgln_urn("4012345000009", 7, "A.1"),
+                     biz_location=ev.sgln_urn("4012345000009", 7), tz_offset=offset)
+    epcs = [ev.sgtin_urn(EPCIS_GTIN, s, 7) for s in serials]
+    events = [ev.commissioning(ctx, epcs, lot, date(2030, 2, 28), datetime(2026, 3, 4, 5, 6, 7, 89000, tzinfo=timezone.utc))]
+    paths = renderings(events, ctx.biz_location, PARTNER, tmp_path_factory.mktemp("r"))
+    assert rehash(events, paths) == {name: {"events": 1, "reference": 1, "own": 1} for name in paths}
 
 
 def test_documents_declare_the_prefixes_their_event_hashes_expand():
