@@ -204,3 +204,22 @@ def test_a_boot_belongs_to_its_batch_another_batch_purges_none_of_it(line):
         assert other.new_boot("dev1", 9) == 0
     assert unit_row(conn, 0)[0] is None  # still B1's, in flight
     assert conn.execute("SELECT batch_id FROM device_boot ORDER BY boot_id").fetchall() == [("B1",), ("B2",)]
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.text(max_size=40))
+def test_unit_keys_parse_or_are_refused_in_one_line(text):
+    try:
+        device_id, boot, seq = resolve.parse_unit(text)
+    except resolve.ResolveError as exc:
+        assert "\n" not in str(exc) and "DEVICE:BOOT:SEQ" in str(exc)
+    else:
+        assert device_id and f"{device_id}:{boot}:{seq}".count(":") >= 2
+
+
+@given(st.text(min_size=1, max_size=16).filter(lambda s: ":" not in s and s.strip() == s and s),
+       st.integers(0, 2 ** 30), st.integers(0, 2 ** 30))
+def test_unit_keys_round_trip(device_id, boot, seq):
+    assert resolve.parse_unit(f"{device_id}:{boot}:{seq}") == (device_id, boot, seq)
