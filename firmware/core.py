@@ -74,6 +74,7 @@ class Core:
         self.reason = bytearray(capacity)
         self.cfg = None  # list of ConfigFields values, or None (STATE_BOOT)
         self.pass_at = 0  # rel position at which a passing unit's outcome is final
+        self.reach = 0  # counts past gate_at within which the paddle takes a pack off
         self.state = STATE_BOOT
         self.alarms = 0
         self.reset_counters()
@@ -127,6 +128,9 @@ class Core:
         # within purge_counts of the photo-eye, so a pack this boot reported PASSED is never one
         # the next boot's purge pushes off (set purge_counts to the gate's far edge).
         self.pass_at = max(values[C_GATE_AT], values[C_PURGE_COUNTS])
+        # How far past gate_at the paddle still takes a pack: to the gate's far edge if purge_counts
+        # says where it is, else half the smallest pitch (beyond it the paddle is nearer the next).
+        self.reach = self.pass_at - values[C_GATE_AT] or values[C_MIN_PITCH] // 2
         if self.state == STATE_BOOT:
             self.state = STATE_IDLE
 
@@ -411,16 +415,16 @@ class Core:
                 self._count_reject()
             if st & _FIRED and not st & _MEASURED:
                 # the gate acts lead_us after firing: where was the unit then?
-                late = b.ticks_diff(now, self.tfire[i]) - cfg[C_GATE_LEAD_US]
-                if late >= 0:
+                if b.ticks_diff(now, self.tfire[i]) >= cfg[C_GATE_LEAD_US]:
                     st |= _MEASURED
-                    dt = b.ticks_diff(now, self.prev_t)
-                    back = (pdiff(pos, self.prev_pos) * late + dt // 2) // dt if dt > 0 else 0
-                    self.gerr[i] = pdiff(pos, self.upos[i]) - back - cfg[C_GATE_AT]
-            if st & _MEASURED and rel > cfg[C_CONFIRM_TO]:
+                    self.gerr[i] = self._gate_error(i, now, pos)
+            # unconfirmed: the paddle came out when the unit was already beyond its reach (a late
+            # scan), or no confirm came in the window. Never a pass: a line stop names the unit.
+            if st & _MEASURED and (rel > cfg[C_CONFIRM_TO] or self.gerr[i] > self.reach):
                 st |= _DONE
                 self.stage[i] = st
-                self._raise(A_REJECT_UNCONFIRMED, self.useq[i])
+                self.alarms |= 1 << A_REJECT_UNCONFIRMED
+                self.sink.alarm(A_REJECT_UNCONFIRMED, 1, self.useq[i], now)  # every such unit named
                 self._line_stop()
                 self._finish(i, REJECTED_UNCONFIRMED, now, pos)
                 return
@@ -444,8 +448,17 @@ class Core:
         self.rejected += 1
         self.sink.outcome(self.useq[i], outcome, self.reason[i], self.gerr[i], pos, now)
 
+    def _gate_error(self, i, now, pos):
+        """Unit i's offset from gate_at when its paddle came out (lead_us after firing), counts:
+        back from this scan by the travel since then, at this scan's speed."""
+        late = self.board.ticks_diff(now, self.tfire[i]) - self.cfg[C_GATE_LEAD_US]
+        dt = self.board.ticks_diff(now, self.prev_t)
+        back = (pdiff(pos, self.prev_pos) * late + dt // 2) // dt if dt > 0 else 0
+        return pdiff(pos, self.upos[i]) - back - self.cfg[C_GATE_AT]
+
     def _confirm(self, pos):
-        """A confirm-sensor edge: the oldest fired reject inside its window is confirmed."""
+        """A confirm-sensor edge: the oldest fired reject inside its window is confirmed, if the
+        paddle could reach it (a unit the paddle came out behind is not the pack in the chute)."""
         cfg = self.cfg
         i = self.head
         for _ in range(self.count):
@@ -454,7 +467,13 @@ class Core:
                 rel = pdiff(pos, self.upos[i])
                 if cfg[C_CONFIRM_FROM] <= rel <= cfg[C_CONFIRM_TO]:
                     if not st & _MEASURED:  # confirmed before the measuring scan: measure now
-                        self.gerr[i] = rel - cfg[C_GATE_AT]
+                        self.gerr[i] = self._gate_error(i, self.now, pos)
+                    if self.gerr[i] > self.reach:
+                        self.stage[i] = st | _MEASURED  # finished unconfirmed at its next scan
+                        i += 1
+                        if i == self.cap:
+                            i = 0
+                        continue
                     self.stage[i] = st | _DONE | _MEASURED
                     self._finish(i, REJECTED_CONFIRMED, self.now, pos)
                     return

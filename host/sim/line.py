@@ -243,6 +243,10 @@ class Line:
                 break
         return best
 
+    def near_gate(self, travel: float) -> bool:
+        """A pack not yet pushed is within the gate window, or was within `travel` before it."""
+        return self._nearest(self.gate_at, self.window + travel) is not None
+
     def _gate_opened(self):
         p = self._nearest(self.gate_at, self.s.line.pitch_mm * self.s.line.counts_per_mm / 2)
         err = self.offset(p) - self.gate_at if p is not None else float("nan")

@@ -49,14 +49,18 @@ LOCK_NAME = ".serialine-sim.lock"
 HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before it is back
 
 
-def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None) -> dict:
+def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
+        stall: tuple[int, float] | None = None) -> dict:
+    """One batch end to end → the report (report.build). `stall` = (pack, ms): the simulator
+    itself stalls that long as that pack reaches the gate's firing point — to prove that it
+    notices its own overrun, and what the device then does with the pack it could not aim at."""
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
     out.mkdir(parents=True, exist_ok=True)
     where: dict = {}  # how far the run got, for an interrupt
     with _locked(out):
         try:
-            return _run(scenario, out, realtime, console, where)
+            return _run(scenario, out, realtime, console, where, stall)
         except KeyboardInterrupt:
             _sigint(signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
             try:
@@ -114,7 +118,7 @@ def _abort(db_path: Path, s: Scenario, where: dict) -> str:
             f"({counts.get('units_rejected', 0)} unit(s) in flight rejected)")
 
 
-def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
+def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) -> dict:
     db_path, epcis_dir = out / "serialine.db", out / "epcis"
     batch_id = where["batch_id"] = batch.setup(db_path, s)
     coder = SimCoder(misprint=s.defects.misprint, skip=s.defects.skip, smear=s.defects.smear,
@@ -133,6 +137,7 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0,
              "operator_clears": 0}
+    ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
         device = parts.Device(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
@@ -143,7 +148,7 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
         host.wait_ready(device)
         _until_running(device)
         try:
-            _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console)
+            _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks)
         except KeyboardInterrupt:
             where["detected"] = sum(1 for p in line.packs if p.detected_t is not None)
             _stop_line(line, device, host)
@@ -178,7 +183,8 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict) -> dict:
     extra = {"link": {k: vars(v) for k, v in relay.stats.items()}, "run": stats,
              "coder_faults": dict(coder.faults), "camera_faults": dict(camera.faults),
              "triggers_without_pack": line.triggers_without_pack, "reconciliation_problems": problems,
-             "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir)}
+             "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir),
+             "ticks": ticks.summary(), "invalid": ticks.invalid()}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
                  virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
 
@@ -232,7 +238,54 @@ def _drain(line, device, db_path, batch_id, timeout: float = 20.0):
         conn.close()
 
 
-def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console):
+class Ticks:
+    """The simulator's own timing. Between two scans the device sees nothing: if the belt travels
+    further than half the gate window in one tick while a pack is at the gate, the paddle acts
+    where the simulator's lateness put it — the physics of the run are no longer the line's, and
+    the run is invalid (a loaded machine in real time; never in virtual time, whose ticks are short
+    by design). Late ticks with no pack at the gate are counted, harmless."""
+
+    def __init__(self, s: Scenario, stall):
+        self.bound = s.line.gate_window_mm / 2 * s.line.counts_per_mm  # counts
+        self.stall = stall  # (pack, ms) or None
+        self.n = self.late = self.overruns = 0
+        self.worst_counts = self.worst_us = 0.0
+
+    def stall_us(self, line) -> int:
+        """Once, as the stall's pack is a few counts short of where the gate fires for it (the
+        device leads the gate by its lead time at the speed it measures): how long (µs)."""
+        if self.stall is None:
+            return 0
+        fire_at = line.gate_at - line.speed() * line.lead_us / 1e6
+        if line.offset(line.packs[self.stall[0]]) < fire_at - 4:
+            return 0
+        ms, self.stall = self.stall[1], None
+        return int(ms * 1000)
+
+    def tick(self, dt_us: int, travel: float, line) -> None:
+        self.n += 1
+        if travel <= self.bound:
+            return
+        self.late += 1
+        if line.near_gate(travel):
+            self.overruns += 1
+            if travel > self.worst_counts:
+                self.worst_counts, self.worst_us = travel, dt_us
+
+    def summary(self) -> dict:
+        return {"ticks": self.n, "late": self.late, "overruns": self.overruns, "bound_counts": self.bound,
+                "worst_travel_counts": round(self.worst_counts, 1), "worst_tick_ms": round(self.worst_us / 1000, 2)}
+
+    def invalid(self) -> str | None:
+        if not self.overruns:
+            return None
+        return (f"the simulator fell behind the line: {self.overruns} tick(s) let the belt travel more than "
+                f"half the gate window ({self.bound:g} counts) between two device scans with a pack at the gate, worst "
+                f"{self.worst_counts:.0f} counts in {self.worst_us / 1000:.1f} ms; gate and confirm timing "
+                f"in this run are the simulator's, not the line's")
+
+
+def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks):
     progress = _progress(console, s.units)
     t0 = time.monotonic()
     detected = 0
@@ -247,8 +300,13 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             if time.monotonic() > wall_limit:
                 raise RunError(f"the line did not finish: {detected} of {s.units} packs detected, "
                                f"line {'stopped' if line.line_stop else 'running'}")
+            stall = ticks.stall_us(line)
             if realtime:
+                if stall:
+                    time.sleep(stall / 1e6)
                 t = max(line.t + 1, int((time.monotonic() - t0) * 1e6))
+            elif stall:
+                t = line.t + stall
             else:
                 t = min(line.next_event_us(), line.t + MAX_STEP_US, device.next_wakeup_us(line.t))
                 due = camera.next_due()
@@ -260,7 +318,9 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     if not tap.wait_for(owed, BARRIER_TIMEOUT_S):
                         stats["barrier_timeouts"] += 1
                         owed = tap.count()
+            t_was, belt_was = line.t, line.belt
             edges = line.advance(t)
+            ticks.tick(line.t - t_was, line.belt - belt_was, line)
             seen = 0  # edges the device has been given
             for k, e in enumerate(edges):
                 # unit-numbered faults strike in the gap before pack N (after pack N-1 has left

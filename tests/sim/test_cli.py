@@ -35,6 +35,11 @@ def test_sim_in_real_time_holds_the_invariants(tmp_path, monkeypatch):
     rc = cli.main(["--units", "30", "--realtime", "--out", "out", "--quiet"])
     r = json.loads((tmp_path / "out" / "report-nominal.json").read_text())
     assert r["mode"] == "realtime" and r["units_detected"] == 30
+    if rc == 3:  # the machine could not carry real time: the run says so and judges nothing
+        import pytest
+
+        assert r["invalid"] and not r["ok"]
+        pytest.skip(f"run invalid: {r['invalid']}")
     assert rc == 0, {k: v for k, v in r["invariants"].items() if not v}
 
 

@@ -77,6 +77,9 @@ def test_faults_in_real_time_hold_the_invariants(name, tmp_path):
     """On the wall clock the simulator cannot hold time while it stages a reboot or a restart: the
     line's clock pauses for the staging instead of the belt jumping through it."""
     r = run(small(name), out=tmp_path, realtime=True)
+    if r["invalid"]:  # the machine could not carry real time: the run says so and judges nothing
+        assert not r["ok"] and r["ticks"]["overruns"] > 0
+        pytest.skip(f"run invalid: {r['invalid']}")
     broken = {k: v for k, v in r["invariants"].items() if not v}
     assert not broken, json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, indent=1)
     assert r["mode"] == "realtime" and r["units_detected"] == small(name).units
