@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line"),
 }
 
+# commands on the ledger: errors the ledger or its input raise are said in one line (host/ledgerfile.py)
+LEDGER_COMMANDS = ("init", "batch", "rework", "audit", "epcis", "outbox")
+
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
@@ -46,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serialine: command {name!r} is not available in this build ({exc})", file=sys.stderr)
             return 2
         raise
+    if name in LEDGER_COMMANDS:  # an expected failure is one line, whichever module raised it
+        from serialine.host import ledgerfile
+        return ledgerfile.run(f"serialine {name}", getattr(mod, func), rest)
     return int(getattr(mod, func)(rest) or 0)
 
 

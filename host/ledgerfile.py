@@ -111,7 +111,7 @@ def run(prog: str, fn, *args, **kwargs) -> int:
     every command writes in one transaction). Programming errors still show their traceback."""
     try:
         return int(fn(*args, **kwargs) or 0)
-    except (LedgerFileError, ValueError, sqlite3.IntegrityError, sqlite3.OperationalError, OSError) as exc:
+    except (LedgerFileError, ValueError, sqlite3.DatabaseError, OSError) as exc:
         return fail(exc)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the ledger holds only what was committed", file=sys.stderr)
