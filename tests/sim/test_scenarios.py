@@ -15,7 +15,8 @@ from serialine.host.sim.run import run
 # (scenario, units): big enough for each scenario's fault to land mid-run
 SIZES = {"nominal": 120, "high-speed": 150, "speed-ramp": 120, "stop-start": 120,
          "noisy-camera": 150, "link-faults": 150, "device-reboot": 120, "host-crash": 120,
-         "bin-full": 120, "kill-then-reboot": 240, "reboot-in-outage": 150}
+         "bin-full": 120, "kill-then-reboot": 240, "reboot-in-outage": 150,
+         "combined-faults": 300}
 
 
 def small(name: str) -> sc.Scenario:
@@ -55,6 +56,9 @@ def test_scenario_holds_its_invariants(name, tmp_path):
         assert r["run"]["device_reboots"] == 1
     if name == "host-crash":
         assert r["run"]["host_restarts"] == 1
+    if name == "combined-faults":
+        assert r["run"]["device_reboots"] == 3 and r["run"]["host_restarts"] == 2
+        assert r["camera_faults"].get("ok", 0) < r["units_detected"] and r["coder_faults"].get("ok", 0) < r["units_detected"]
     if name == "reboot-in-outage":  # the outages ended although the device restarted inside them
         assert r["run"]["device_reboots"] == 2 and r["run"]["host_restarts"] == 1
     if name == "kill-then-reboot":
