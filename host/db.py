@@ -107,6 +107,11 @@ SCHEMA = [
     f"""CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial
         WHEN NEW.state <> OLD.state AND NOT ({_allowed})
         BEGIN SELECT RAISE(ABORT, 'illegal serial state transition'); END""",
+    # an aborted, closed or reopened batch takes no new serials (what it held was returned or written off)
+    """CREATE TRIGGER IF NOT EXISTS serial_allocated_to_running_batch BEFORE UPDATE OF state ON serial
+        WHEN NEW.state = 'allocated' AND OLD.state <> 'allocated'
+         AND (SELECT state FROM batch WHERE batch_id = NEW.batch_id) IS NOT 'running'
+        BEGIN SELECT RAISE(ABORT, 'serials are allocated only to a running batch'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_return_only_at_close BEFORE UPDATE OF state ON serial
         WHEN OLD.state = 'allocated' AND NEW.state = 'available'
          AND (SELECT state FROM batch WHERE batch_id = OLD.batch_id) IS NOT 'closing'

@@ -2,6 +2,8 @@
 batch, reconcile's exit status, close refusing an empty batch, warnings the report carries, and one
 packing rule for rework add and replace."""
 
+import sqlite3
+
 import pytest
 
 from serialine.host import audit, cli, lifecycle, masterdata, reconcile, rework, serials
@@ -216,3 +218,11 @@ def test_rework_add_and_replace_follow_one_rule(line, how):
     else:
         rework.replace_pack(conn, GTIN, mine[0], spare, "qa", "swap")
     assert spare in packs_in(conn, case) and len(packs_in(conn, case)) == 3
+
+
+def test_an_aborted_batch_takes_no_new_serials(conn):
+    lifecycle.abort(conn, "B1", "qa", "line broke down")
+    with pytest.raises(sqlite3.IntegrityError, match="only to a running batch"):
+        with transaction(conn):
+            serials.allocate(conn, "B1", GTIN, 1)
+    assert conn.execute("SELECT count(*) FROM serial WHERE batch_id='B1'").fetchone() == (0,)

@@ -118,6 +118,7 @@ def test_every_verdict_reason(ledger):
 
 def test_serial_of_another_batch_is_wrong_batch(conn, ledger):
     masterdata.create_batch(conn, "B2", GTIN, "L2", "2030-01-31", 10, 2, 2)
+    masterdata.start_batch(conn, "B2")  # serials go only to a running batch
     with transaction(conn):
         s = serials.allocate(conn, "B2", GTIN, 1)[0]
         (_, code), = ledger.queue_codes(1)
