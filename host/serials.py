@@ -9,6 +9,7 @@ import is abandoned and its staged serials removed (they were never in the pool)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -76,7 +77,7 @@ class Randomness:
     alphabet: int
     space_bits: float  # log2 of the space the varying positions span
     typical_gap_bits: float  # mean log2 of the gaps between neighbours in order
-    repeated_gap_share: float  # share of gaps equal to another gap (0 for random)
+    repeated_gap_share: float  # (count of the commonest gap - 1) / gaps: 0 for random, 1 for a stride
     guess_probability: float  # the worst of: pool / space, 1 / typical gap, repeated gaps
 
     @property
@@ -96,11 +97,8 @@ def randomness(serials: list[str]) -> Randomness:
     by_len: dict[int, list[str]] = {}
     for s in serials:
         by_len.setdefault(len(s), []).append(s)
-    results = [_randomness(group) for group in by_len.values()]
-    worst = max(results, key=lambda r: r.guess_probability)
-    return Randomness(len(serials), *[getattr(worst, f) for f in (
-        "varying_positions", "length", "alphabet", "space_bits", "typical_gap_bits", "repeated_gap_share",
-        "guess_probability")])
+    worst = max((_randomness(group) for group in by_len.values()), key=lambda r: r.guess_probability)
+    return dataclasses.replace(worst, count=len(serials))
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -122,7 +120,7 @@ def _randomness(serials: list[str]) -> Randomness:
         else:
             rank = {c: i for i, c in enumerate(chars)}
             values = sorted(sum(rank[s[i]] * k ** (len(varying) - 1 - j) for j, i in enumerate(varying)) for s in serials)
-        gaps = [b - a for a, b in zip(values, values[1:])]
+        gaps = [b - a for a, b in zip(values, values[1:]) if b != a]
     else:
         gaps = []
     if gaps:
