@@ -109,10 +109,10 @@ def main(argv: list[str]) -> int:
             else:
                 added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file,
                                                user=a.user)
-                print(added.randomness.text())
-                if added.randomness.predictable:
-                    print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "
-                          "but anyone holding one pack can guess others", file=sys.stderr)
+            print(added.statement)
+            if added.randomness is not None and added.randomness.predictable:
+                print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "
+                      "but anyone holding one pack can guess others", file=sys.stderr)
             n = added.count
             print(f"{n} serials added to {a.gtin}; {serials.available(conn, a.gtin)} available")
             warn = serials.low_water(conn, a.gtin)

@@ -90,11 +90,16 @@ _PATTERNS = (
      lambda m: "the ledger is busy: another process holds its write lock; nothing changed, try again"),
     (re.compile(r"attempt to write a readonly database"), lambda m: "the ledger file is read-only"),
     (re.compile(r"database or disk is full"), lambda m: "the disk holding the ledger is full; nothing changed"),
+    (re.compile(r"^illegal serial state transition$"),
+     lambda m: "illegal serial state change (available → allocated → printed → commissioned, or rejected, "
+               "destroyed, sampled, decommissioned; never back)"),
 )
 
 
 def sentence(exc: BaseException | str) -> str:
     """One line a line engineer can act on, for any error the ledger raises."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     for pattern, say in _PATTERNS:
         text = pattern.sub(say, text)

@@ -187,6 +187,7 @@ class Added:
     randomness: Randomness | None  # imported pools only
     chunks: int
     longest_write_s: float  # the longest any one of this import's write transactions held the lock
+    statement: str = ""  # how random the pool is, in one line
 
 
 def _check_file(serials: list[str]) -> None:
@@ -229,7 +230,8 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
 
     def check():
         _check_guess(conn, gtin, 0, profile, length, max(alphabet, 1))
-    return _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known=False)
+    added = _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known=False)
+    return dataclasses.replace(added, statement=rnd.text())
 
 
 def random_serials(alphabet: str, length: int, count: int) -> list[str]:
@@ -265,7 +267,11 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
 
     def check():
         _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
-    return _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True)
+    added = _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True)
+    p = guess_probability(added.count, len(profile.alphabet), profile.serial_length)
+    return dataclasses.replace(added, statement=(
+        f"randomness of {added.count} generated serials: drawn uniformly from the OS's cryptographic source, "
+        f"{profile.serial_length} characters of {len(profile.alphabet)}; guess probability {p:.3g}"))
 
 
 def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known) -> Added:

@@ -136,3 +136,13 @@ def test_every_cli_module_opens_through_the_one_helper(repo_root):
         text = (repo_root / rel).read_text()
         assert "sqlite3.connect(" not in text and "db.connect(" not in text, rel
         assert "ledgerfile" in text, rel
+
+
+def test_missing_import_file_and_illegal_transition_are_sentences(tmp_path, capsys):
+    f = str(tmp_path / "l.db")
+    run(capsys, "batch", "product", GTIN, "A", "--market", "EU_FMD", "--prefix-len", "7", "--db", f)
+    rc, out, _ = run(capsys, "batch", "serials", GTIN, "--generate", "50", "--db", f)
+    assert rc == 0 and "drawn uniformly from the OS's cryptographic source" in out
+    rc, _, err = run(capsys, "batch", "serials", GTIN, "--import", str(tmp_path / "nope.txt"), "--db", f)
+    assert rc == 1 and err == f"error: {tmp_path / 'nope.txt'}: No such file or directory\n"
+    assert "never back" in ledgerfile.sentence(sqlite3.IntegrityError("illegal serial state transition"))
