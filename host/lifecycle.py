@@ -46,15 +46,9 @@ def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> di
                              (ABORTED_REASON, batch_id)).rowcount
         # the return trigger lets allocations go back only while a batch is closing
         conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch_id,))
-        dropped = conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
-                               (batch_id,)).rowcount
         printed = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='printed'",
                                (batch_id,)).rowcount
-        queued = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
-                              " (SELECT 1 FROM coder_job j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
-                              (batch_id,)).rowcount
-        returned = conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id=? AND state='allocated'",
-                                (batch_id,)).rowcount
+        dropped, queued, returned = release_allocations(conn, batch_id)
         partial = Aggregator(conn, b, reporting.context_for(b)).close_partial() if b.state == "running" else []
         conn.execute("UPDATE batch SET state='aborted', closed_at=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE batch_id=?",
                      (batch_id,))
@@ -74,6 +68,20 @@ def reopen(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> N
             raise LifecycleError(f"batch {batch_id} is {b.state}: only a closed or aborted batch can be reopened")
         conn.execute("UPDATE batch SET state='reopened', closed_at=NULL WHERE batch_id=?", (batch_id,))
         audit.append(conn, user, "batch.reopen", {"batch_id": batch_id, "reason": reason, "from": b.state})
+
+
+def release_allocations(conn: sqlite3.Connection, batch_id: str) -> tuple[int, int, int]:
+    """End of a batch (close or abort; state 'closing'): queued coder jobs dropped; a serial that
+    reached a coder may exist on some pack, so it is written off as rejected, never reissued; one
+    only allocated goes back to the pool. → (jobs dropped, serials rejected, serials returned)."""
+    dropped = conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
+                           (batch_id,)).rowcount
+    voided = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
+                          " (SELECT 1 FROM coder_job j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
+                          (batch_id,)).rowcount
+    returned = conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id=? AND state='allocated'",
+                            (batch_id,)).rowcount
+    return dropped, voided, returned
 
 
 REWORKABLE = ("running", "reopened")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from . import audit
 from .aggregation import Aggregator
 from .db import transaction
+from .lifecycle import release_allocations
 from .masterdata import get_batch
 from . import reporting
 
@@ -149,13 +150,7 @@ def close_batch(conn: sqlite3.Connection, batch_id: str, user: str) -> Report:
                                    f"nothing is not closed; abort it (serialine batch abort {batch_id} --reason ...)")
         if report.problems:
             raise ReconcileError(report)
-        conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'", (batch_id,))
-        # a code that reached a coder may exist on some pack: never reissue it
-        voided = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
-                              " (SELECT 1 FROM coder_job j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
-                              (batch_id,)).rowcount
-        returned = conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id=? AND state='allocated'",
-                                (batch_id,)).rowcount
+        _, voided, returned = release_allocations(conn, batch_id)
         report.serials["rejected"] += voided
         conn.execute("UPDATE batch SET state='closed', closed_at=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE batch_id=?",
                      (batch_id,))

@@ -127,6 +127,7 @@ def test_rework_on_a_closed_batch_is_refused_until_reopened(line, capsys):
     assert rc == 0 and f"pack {pack} added to case {case}" in out
     rc, out, _ = run(capsys, conn, "batch", "close", "B1")
     assert rc == 0 and "no discrepancy" in out and state(conn) == "closed"
+    assert audit.verify(conn)[0], audit.verify(conn)[2]
     actions = [r[3] for r in audit.records(conn)]
     assert actions.count("batch.reopen") == 1 and "batch.close" in actions
 
