@@ -8,6 +8,7 @@ a transaction's commissioning once, at its end."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import sqlite3
@@ -19,17 +20,16 @@ from .masterdata import Batch, time_zone
 
 def context_for(batch: Batch, when: _dt.datetime | None = None):
     """Where and when the batch's events happen: its site's SGLN (bizLocation), its line's read
-    point and the offset of the site's time zone at `when` (default now). A batch made before any
-    site was configured keeps the company's own location 0 in UTC."""
+    point and the site's time zone, so each event gets the offset in force at its own time
+    (`tz_offset` is the offset at `when`, default now). A batch made before any site was
+    configured keeps the company's own location 0 in UTC."""
     if batch.site is None:
         p = batch.company_prefix
         default = f"urn:epc:id:sgln:{p}.{'0' * (12 - len(p))}.0"
         return events.Context(read_point=default, biz_location=default)
-    offset = (when or _now()).astimezone(time_zone(batch.tz)).utcoffset()
-    minutes = int(offset.total_seconds()) // 60
-    sign = "-" if minutes < 0 else "+"
-    tz_offset = f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
-    return events.Context(read_point=batch.read_point, biz_location=batch.site, tz_offset=tz_offset)
+    time_zone(batch.tz)  # an unknown zone is said the master data's way
+    ctx = events.Context(read_point=batch.read_point, biz_location=batch.site, zone=batch.tz)
+    return dataclasses.replace(ctx, tz_offset=ctx.offset_at(when or _now()))
 
 
 def _now() -> _dt.datetime:

@@ -7,6 +7,7 @@ so a resend is recognisable upstream. Builders check their input and raise Value
 from __future__ import annotations
 
 import re
+import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
@@ -28,10 +29,13 @@ _OFFSET = re.compile(r"^[+-]\d{2}:\d{2}$")
 
 @dataclass(frozen=True)
 class Context:
-    """Where events happen (SGLN URNs from configuration) and the site's time-zone offset."""
+    """Where events happen (SGLN URNs from configuration) and when: the site's IANA time zone
+    (`zone`), so each event carries the offset in force at its own eventTime (a run may cross a
+    daylight-saving switch); without a zone, the fixed `tz_offset`."""
     read_point: str
     biz_location: str
     tz_offset: str = "+00:00"
+    zone: str | None = None
 
     def __post_init__(self):
         for name in ("read_point", "biz_location"):
@@ -39,13 +43,28 @@ class Context:
                 raise ValueError(f"{name} must be an SGLN EPC URI, got {getattr(self, name)!r}")
         if not _OFFSET.fullmatch(self.tz_offset):
             raise ValueError(f"tz_offset must look like +01:00, got {self.tz_offset!r}")
-        self.tzinfo  # noqa: B018 - raises ValueError for offsets of a day or more
+        self.tzinfo  # noqa: B018 - raises ValueError for offsets of a day or more, or an unknown zone
 
     @property
-    def tzinfo(self) -> timezone:
+    def tzinfo(self) -> timezone | zoneinfo.ZoneInfo:
+        if self.zone is not None:
+            try:
+                return zoneinfo.ZoneInfo(str(self.zone))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {self.zone!r} (want an IANA name such as Europe/Berlin)") from None
         sign = -1 if self.tz_offset[0] == "-" else 1
         hours, minutes = int(self.tz_offset[1:3]), int(self.tz_offset[4:6])
         return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+    def offset_at(self, when: datetime) -> str:
+        """The eventTimeZoneOffset of an event at `when` (aware): +HH:MM."""
+        return _offset(when.astimezone(self.tzinfo).utcoffset())
+
+
+def _offset(delta: timedelta) -> str:
+    minutes = round(delta.total_seconds() / 60)  # whole minutes: EPCIS has no seconds in an offset
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def _key_digits(value: str, length: int, what: str) -> str:
@@ -88,11 +107,13 @@ def sgln_urn(gln: str, company_prefix_len: int, extension: str = "0") -> str:
     return f"urn:epc:id:sgln:{gln[:n]}.{gln[n:12]}.{extension}"
 
 
-def _time(ctx: Context, when: datetime) -> str:
+def _time(ctx: Context, when: datetime) -> tuple[str, str]:
+    """(eventTime, eventTimeZoneOffset): the time in the site's local time at that instant."""
     if not isinstance(when, datetime) or when.tzinfo is None:
         raise ValueError(f"event time must be a timezone-aware datetime, got {when!r}")
-    local = when.astimezone(ctx.tzinfo)
-    return local.isoformat(timespec="milliseconds")
+    offset = when.astimezone(ctx.tzinfo).utcoffset()
+    local = when.astimezone(timezone(timedelta(minutes=round(offset.total_seconds() / 60))))
+    return local.isoformat(timespec="milliseconds"), _offset(offset)
 
 
 def _epcs(epcs, what: str) -> list[str]:
@@ -116,7 +137,8 @@ def _finish(ctx: Context, event: dict, **tail) -> dict:
 
 
 def _head(kind: str, ctx: Context, when: datetime) -> dict:
-    return {"type": kind, "eventTime": _time(ctx, when), "eventTimeZoneOffset": ctx.tz_offset}
+    event_time, offset = _time(ctx, when)
+    return {"type": kind, "eventTime": event_time, "eventTimeZoneOffset": offset}
 
 
 def commissioning(ctx: Context, epcs, lot: str, expiry: date, when: datetime) -> dict:
