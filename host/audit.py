@@ -205,6 +205,11 @@ def _verify_checkpoints(conn) -> str | None:
     return None
 
 
+def present(conn: sqlite3.Connection) -> bool:
+    """Whether this file has an audit log (an outbox-only store, e.g. a forwarder's, has none)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'").fetchone() is not None
+
+
 def head(conn: sqlite3.Connection) -> str:
     """The chain head as an anchor, "SEQ:HASH" ("0:000…" for an empty log)."""
     row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

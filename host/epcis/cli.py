@@ -23,6 +23,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from serialine.host import audit
 from serialine.host.epcis import document, outbox, validate
 from serialine.host.epcis.sinks import redact
 
@@ -138,7 +139,7 @@ def export(argv: list[str]) -> int:
               "exporting the events recorded so far", file=sys.stderr)
     safe = file_stem(args.batch)
     if args.format == "jsonld":
-        doc = document.epcis_document(events)
+        doc = document.epcis_document(events, audit_head=audit.head(conn) if audit.present(conn) else None)
         validate.json_document(doc)
         data, name = document.dumps(doc), f"{safe}.jsonld"
     else:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from serialine.host import audit
 from serialine.host.epcis import document as doc, outbox
 from serialine.host.epcis.sinks import SinkError, redact
 
@@ -38,6 +39,7 @@ class Forwarder:
         self.conn, self.sink, self.doc_size = conn, sink, doc_size
         self.target = target or target_of(sink)
         self.backoff_base, self.backoff_max, self.clock = backoff_base, backoff_max, clock
+        self.audited = audit.present(conn)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th failure in a row: base * 2^(attempts-1), capped."""
@@ -50,9 +52,13 @@ class Forwarder:
         for batch in outbox.pending_batches(self.conn, self.target) if batch_id is None else [batch_id]:
             while (chunk := outbox.next_chunk(self.conn, self.target, batch, self.doc_size, self.clock())):
                 seqs = [seq for seq, _, _ in chunk]
+                name = f"{batch}-{seqs[0]:012d}"
+                # each document carries the audit chain's head, so a receiver holds an anchor
+                # that a truncated or rewritten trail cannot match
+                head = (None if not self.audited else audit.head(self.conn) if self.conn.in_transaction
+                        else audit.anchor(self.conn, f"EPCIS document {name} to {self.target}"))
                 try:
-                    self.sink.send(doc.epcis_document([event for _, _, event in chunk]),
-                                   f"{batch}-{seqs[0]:012d}")
+                    self.sink.send(doc.epcis_document([event for _, _, event in chunk], audit_head=head), name)
                 except SinkError as exc:
                     attempts = outbox.attempts(self.conn, self.target, batch)
                     outbox.record_failure(self.conn, self.target, batch, seqs, str(exc),

@@ -99,3 +99,24 @@ def test_resend_refuses_what_it_cannot_do_and_changes_nothing(ledger, capsys):
             outbox_cli(path, "--batch", "B1")
         assert not server.events
     assert db.snapshot(conn) == before
+
+
+def test_forwarded_and_exported_documents_carry_the_audit_head(ledger, tmp_path):
+    """Each document that leaves the site carries the chain head, and the forwarder leaves the
+    head in `<db>.anchors`: a truncated or re-hashed trail no longer matches what receivers hold."""
+    from serialine.host import audit
+    from serialine.host.epcis import document
+
+    path, conn = ledger
+    with db.transaction(conn):
+        audit.append(conn, "ann", "test.mark", {"why": "a head to anchor"})
+    head = audit.head(conn)
+    sink_dir = tmp_path / "sink"
+    assert outbox_cli(path, "--forward", f"directory:{sink_dir}") == 0
+    docs = [json.loads(f.read_text()) for f in sink_dir.iterdir()]
+    assert docs and all(d[document.AUDIT_HEAD] == head for d in docs)
+    assert head in (tmp_path / "ledger.db.anchors").read_text()
+    out = tmp_path / "export"
+    assert cli.main(["epcis", "export", "--batch", "B1", "--db", path, "--out", str(out)]) == 0
+    (exported,) = out.iterdir()
+    assert json.loads(exported.read_text())[document.AUDIT_HEAD] == head
