@@ -8,6 +8,8 @@ on a reopened batch (the agent wants `running`); only rework and close do."""
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import sqlite3
 
 from . import audit, reporting
@@ -27,6 +29,22 @@ def _who(user: str, reason: str, what: str) -> None:
         raise LifecycleError(f"{what} needs a user and a reason")
 
 
+def live_agents(conn: sqlite3.Connection, batch_id: str) -> list[str]:
+    """Agents serving this batch right now: their lock beside the ledger is held (host/agent.py)."""
+    path = next((f for _, name, f in conn.execute("PRAGMA database_list") if name == "main"), "")
+    out = []
+    for lock in glob.glob(glob.escape(path) + ".*.agent.lock") if path else []:
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)  # nobody holds it: that agent is gone
+            except BlockingIOError:
+                holder = f.read().strip()
+                if holder.endswith(f"batch {batch_id}"):
+                    out.append(holder)
+    return out
+
+
 def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> dict:
     """End a created or running batch for good. Units without an outcome are rejected; a serial
     printed, or queued to a coder (it may exist on a pack), is written off as rejected, never
@@ -37,6 +55,10 @@ def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> di
         b = get_batch(conn, batch_id)
         if b.state not in ("created", "running"):
             raise LifecycleError(f"batch {batch_id} is {b.state}: only a created or running batch can be aborted")
+        agents = live_agents(conn, batch_id)
+        if agents:
+            raise LifecycleError(f"batch {batch_id} is being run by an agent ({agents[0]}): stop the line and "
+                                 "its agent first, then abort")
         (unknown,) = conn.execute("SELECT count(*) FROM unit WHERE batch_id=? AND outcome='UNKNOWN'",
                                   (batch_id,)).fetchone()
         if unknown:

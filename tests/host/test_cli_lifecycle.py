@@ -227,3 +227,17 @@ def test_an_aborted_batch_takes_no_new_serials(conn):
         with transaction(conn):
             serials.allocate(conn, "B1", GTIN, 1)
     assert conn.execute("SELECT count(*) FROM serial WHERE batch_id='B1'").fetchone() == (0,)
+
+
+def test_abort_refused_while_an_agent_runs_the_batch(conn, capsys):
+    import fcntl
+    (path,) = [r[2] for r in conn.execute("PRAGMA database_list") if r[1] == "main"]
+    with open(f"{path}.dev1.agent.lock", "a+") as held:  # what host/agent.py holds while it serves
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 4242 on line-pc, batch B1\n")
+        held.flush()
+        rc, _, err = run(capsys, conn, "batch", "abort", "B1", "--reason", "stuck?")
+        assert rc == 1 and "being run by an agent (pid 4242 on line-pc, batch B1)" in err
+        assert state(conn) == "running"
+    rc, out, _ = run(capsys, conn, "batch", "abort", "B1", "--reason", "agent gone")  # lock released: stale file
+    assert rc == 0 and state(conn) == "aborted"
