@@ -102,6 +102,7 @@ def randomness(serials: list[str]) -> Randomness:
 
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+_DIGITS_UPPER = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _randomness(serials: list[str]) -> Randomness:
@@ -111,24 +112,29 @@ def _randomness(serials: list[str]) -> Randomness:
     chars = sorted(set().union(*(columns[i] for i in varying)) if n > 1 else set(serials[0]))
     k = max(len(chars), 1)
     space_bits = len(varying) * math.log2(k) if k > 1 else 0.0
-    # the serials as numbers in base k (over the varying positions), sorted: their gaps
+    # the serials as numbers, sorted: their gaps. A counter may count in decimal, in base 36 or in the
+    # alphabet it uses, so each reading is tried and the most predictable one counts.
+    readings = []
     if k > 1 and varying:
+        if all(c in _DIGITS[:10] for c in chars):
+            readings.append(int)
+        if all(c in _DIGITS_UPPER for c in chars):
+            readings.append(lambda s: int(s, 36))
         if k <= 36:
             table = str.maketrans({c: _DIGITS[i] for i, c in enumerate(chars)})
-            values = sorted(int("".join(s[i] for i in varying).translate(table), k) for s in serials) \
-                if len(varying) < length else sorted(int(s.translate(table), k) for s in serials)
+            readings.append(lambda s: int("".join(s[i] for i in varying).translate(table), k))
         else:
             rank = {c: i for i, c in enumerate(chars)}
-            values = sorted(sum(rank[s[i]] * k ** (len(varying) - 1 - j) for j, i in enumerate(varying)) for s in serials)
+            readings.append(lambda s: sum(rank[s[i]] * k ** (len(varying) - 1 - j) for j, i in enumerate(varying)))
+    gap_bits, repeated = (space_bits, 0.0) if n == 1 else (0.0, 1.0)
+    for i, reading in enumerate(readings):
+        values = sorted(map(reading, serials))
         gaps = [b - a for a, b in zip(values, values[1:]) if b != a]
-    else:
-        gaps = []
-    if gaps:
-        gap_bits = sum(math.log2(g) for g in gaps) / len(gaps)
-        # guessing "the last one plus the commonest gap": right this often beyond the first time
-        repeated = (max(Counter(gaps).values()) - 1) / len(gaps)
-    else:
-        gap_bits, repeated = (space_bits, 0.0) if n == 1 else (0.0, 1.0)
+        if gaps:
+            bits = sum(math.log2(g) for g in gaps) / len(gaps)
+            # guessing "the last one plus the commonest gap": right this often beyond the first time
+            rep = (max(Counter(gaps).values()) - 1) / len(gaps)
+            gap_bits, repeated = (bits, rep) if i == 0 else (min(gap_bits, bits), max(repeated, rep))
     p = max(n / 2 ** space_bits if space_bits < 1024 else 0.0, 2 ** -gap_bits, repeated)
     return Randomness(n, len(varying), length, k, space_bits, gap_bits, repeated, min(p, 1.0))
 

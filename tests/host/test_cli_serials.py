@@ -231,3 +231,12 @@ def test_another_writer_gets_the_lock_between_chunks(tmp_path, monkeypatch):
     assert added.chunks == 10 and len(waits) >= 11 and max(waits) < 1.0
     assert added.longest_write_s < 5.0
     assert math.isfinite(added.longest_write_s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10 ** 11), st.integers(1, 10 ** 7), st.integers(3, 400), st.integers(0, 10 ** 6))
+def test_any_stride_is_predictable_and_random_pools_are_not(start, step, n, seed):
+    stride = [f"{start + i * step:012d}" for i in range(n)]
+    assert serials.randomness(stride).predictable
+    pool = serials.random_serials("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12, n)
+    assert not serials.randomness(pool).predictable
