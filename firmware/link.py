@@ -2,10 +2,17 @@
 # CPython for tools. See docs/link.md for the state machine and the API.
 #
 # Every sequenced event waits in a preallocated ring of frame slots until the host acks it
-# (the host acks only after storing it). Nothing on the per-event path allocates:
+# (the host acks only after storing it). Under corruption it degrades gracefully: the RTO comes
+# from the measured ack time (Jacobson/Karels, timed from the oldest frame's latest send); two
+# duplicate acks from the host resend the oldest frame at once, and so does every partial ack
+# after it (fast retransmit, NewReno: the host keeps frames that arrive after a hole, so only
+# holes are resent, and the window need not shrink with the error rate); an RTO resends the
+# oldest too; the RTO backs off only once the link is down (the host absent, not lossy). A new
+# session resends everything. Nothing on the per-event path allocates:
 # reserve/commit, poll with nothing to do, ack handling and retransmission run with the heap
 # locked (tests/protocol/test_link_device.py proves it).
 from micropython import const
+from array import array
 import time
 import wire
 
@@ -13,6 +20,8 @@ _SEQ_MASK = const(0xFF)
 _STATE_IDLE = const(0)  # no HELLO yet: send nothing sequenced
 _STATE_OPEN = const(1)  # session open
 _STATE_REFUSED = const(2)  # last HELLO had another fingerprint/version: accept nothing
+_DUPACKS = const(2)  # duplicate acks that mean a frame was lost: go back without waiting
+_HELLO_COPIES = const(3)  # the reply is sent this often: the one long frame of the handshake
 
 
 class Link:
@@ -21,7 +30,7 @@ class Link:
     # info: object with attributes fw_version, board, device_id (str), boot_id,
     #   reset_cause, next_unit_seq, state, pos (ints), read at HELLO/PING time.
     def __init__(self, port, info, slots=32, window=16, rto_ms=50, rto_max_ms=1000,
-                 timeout_ms=2000):
+                 timeout_ms=2000, rto_min_ms=5):
         if not 0 < window < 128:
             raise ValueError("window must be 1..127")
         self.port = port
@@ -32,8 +41,17 @@ class Link:
         self.slots = [bytearray(wire.MAX_FRAME) for _ in range(slots)]
         self.lens = bytearray(slots)  # frame lengths (MAX_FRAME < 256)
         self.window = window
-        self.rto_min = rto_ms
+        self.rto_init = rto_ms  # until the first sample
+        self.rto_min = rto_min_ms
         self.rto_max = rto_max_ms
+        self.sent_at = array("i", bytes(4 * slots))  # ticks_ms a slot was last (re)sent
+        self.srtt8 = 0  # smoothed ack time x 8, ms (0: no sample yet)
+        self.rttvar4 = 0  # its mean deviation x 4, ms
+        self.hi = 0  # frames from base sent at least once this session
+        self.dupacks = 0
+        self.recover = 0  # frames in flight when a fast retransmit began; 0: not recovering
+        self.fast_retransmits = 0
+        self.timeouts = 0
         self.timeout_ms = timeout_ms
         self.rxbuf = bytearray(64)
         self.deframer = wire.Deframer()
@@ -109,9 +127,15 @@ class Link:
         if self.up and time.ticks_diff(now_ms, self.last_rx) > self.timeout_ms:
             self.up = False  # no valid frame for too long; the host will HELLO again
         if self.sent and time.ticks_diff(now_ms, self.tx_timer) >= self.rto:
-            self.retransmits += self.sent  # go back N
-            self.sent = 0
-            self.rto = min(self.rto * 2, self.rto_max)
+            # RTO: resend the oldest, recover the rest by partial acks; back off only while
+            # the link is down (a lossy host still answers within the link timeout)
+            r = self.rto * 2 if not self.up else self._rto_now()
+            self.dupacks = 0
+            self.recover = self.sent
+            self._resend_oldest(now_ms)
+            self.fast_retransmits -= 1  # counted as a timeout, not a fast retransmit
+            self.timeouts += 1
+            self.rto = r if r < self.rto_max else self.rto_max
         self._send_window(now_ms)
         if self.need_ack:
             self.need_ack = False
@@ -127,18 +151,70 @@ class Link:
             self.port.write(slot, self.lens[i])
             if self.sent == 0:
                 self.tx_timer = now_ms
+            self.sent_at[i] = now_ms
+            if self.sent >= self.hi:
+                self.hi = self.sent + 1
             self.sent += 1
             self.need_ack = False  # the ack rode along
 
-    def _on_ack(self, ack, now_ms):
+    def _resend_oldest(self, now_ms):
+        # Fast retransmit: the host holds what came after the hole, so only the hole is resent.
+        i = self.head
+        slot = self.slots[i]
+        wire.restamp(slot, self.base, self.rx_expected)
+        self.port.write(slot, self.lens[i])
+        self.sent_at[i] = now_ms
+        self.tx_timer = now_ms
+        self.retransmits += 1
+        self.fast_retransmits += 1
+        self.need_ack = False
+
+    def _rto_now(self):
+        if not self.srtt8:
+            return self.rto_init
+        v = self.rttvar4 if self.rttvar4 > 4 else 4
+        r = (self.srtt8 >> 3) + v
+        if r < self.rto_min:
+            return self.rto_min
+        return r if r < self.rto_max else self.rto_max
+
+    def _on_ack(self, ack, now_ms, is_ack_msg):
         k = (ack - self.base) & _SEQ_MASK
-        if 0 < k <= self.sent:  # anything else is stale or bogus
+        if 0 < k <= self.hi:  # frames sent (maybe before a go-back); anything else is stale
+            # ack time of the oldest frame, from its latest (re)send: under loss the ack almost
+            # always answers the resend (the original was lost), and the host holds nothing
+            # back behind it, so this is the round trip plus the host's storage time
+            t = time.ticks_diff(now_ms, self.sent_at[self.head])
+            if t < 0:
+                t = 0
+            if not self.srtt8:
+                self.srtt8 = (t << 3) | 1
+                self.rttvar4 = t << 1
+            else:
+                e = t - (self.srtt8 >> 3)
+                self.srtt8 += e
+                if self.srtt8 < 1:
+                    self.srtt8 = 1
+                if e < 0:
+                    e = -e
+                self.rttvar4 += e - (self.rttvar4 >> 2)
             self.head = (self.head + k) % self.nslots
             self.count -= k
-            self.sent -= k
+            self.sent = self.sent - k if self.sent > k else 0
+            self.hi -= k
             self.base = ack
-            self.rto = self.rto_min  # progress: backoff reset
+            self.rto = self._rto_now()  # progress: backoff reset
             self.tx_timer = now_ms
+            self.dupacks = 0
+            if self.recover:
+                self.recover = self.recover - k if self.recover > k else 0
+                if self.recover and self.sent:  # a partial ack: the next hole
+                    self._resend_oldest(now_ms)
+        elif k == 0 and is_ack_msg and self.sent:
+            self.dupacks += 1  # the host got something out of order: a frame was lost
+            if self.dupacks == _DUPACKS and not self.recover:
+                self.recover = self.sent
+                self._resend_oldest(now_ms)
 
     def _on_frame(self, t, frame, now_ms, handler):
         if t == wire.MSG_HELLO:
@@ -148,7 +224,7 @@ class Link:
             return  # refused or no session: accept nothing
         self.last_rx = now_ms
         self.up = True
-        self._on_ack(wire.frame_ack(frame), now_ms)
+        self._on_ack(wire.frame_ack(frame), now_ms, t == wire.MSG_ACK)
         if t == wire.MSG_PING:
             self._pong(frame)
         elif wire.is_sequenced(t):
@@ -172,8 +248,11 @@ class Link:
         # a new session: both sides count from 0; unacked events stay and are renumbered
         self.base = 0
         self.sent = 0
+        self.hi = 0
+        self.dupacks = 0
+        self.recover = 0
         self.rx_expected = 0
-        self.rto = self.rto_min
+        self.rto = self._rto_now()
         self.need_ack = False
         self.last_rx = now_ms
         if status == wire.HELLO_OK:
@@ -188,7 +267,8 @@ class Link:
                                  i.fw_version, i.board, i.device_id, i.boot_id,
                                  time.ticks_diff(now_ms, self.t0), i.reset_cause,
                                  i.next_unit_seq, i.state)
-        self.port.write(self.ctl, n)
+        for _ in range(_HELLO_COPIES):  # all before any frame of the session: extra ones are ignored
+            self.port.write(self.ctl, n)
         self._ack_n = wire.enc_ack(self.ctl, 0, 0)
 
     def _pong(self, frame):

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
     "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
-    "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line"),
+    "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link"),
 }
 
 # commands on the ledger: errors the ledger or its input raise are said in one line (host/ledgerfile.py)

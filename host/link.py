@@ -3,8 +3,10 @@
 The host acks a device event only after the application says it is durably stored:
 `poll()` hands delivered messages to the caller, the caller commits them and calls
 `ack_delivered()`; only then does the ack number sent to the device advance.
-Host->device sequenced messages are kept until the device acks them and resent after an RTO
-with exponential backoff. See docs/link.md for the state machine.
+Host->device sequenced messages are kept until the device acks them and resent (go back N)
+after an RTO computed from the measured ack time, or at once on two duplicate acks; the window
+halves on every go-back and grows back with progress; the RTO backs off only while the device
+is silent. See docs/link.md for the state machine and the goodput under corruption.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ class HostLink:
     [(msg_name, fields)]; `ack_delivered()` after storing them; `send(msg_name, fields)`."""
 
     def __init__(self, port_path: str, *, baudrate: int = 115200, window: int = 32,
-                 rto: float = 0.05, rto_max: float = 1.0, ping_interval: float = 0.5,
-                 timeout: float = 2.0, hello_timeout: float = 0.5,
+                 rto: float = 0.05, rto_max: float = 1.0, rto_min: float = 0.005,
+                 ping_interval: float = 0.5,
+                 timeout: float = 2.0, hello_timeout: float = 0.1,
                  fingerprint: int = FINGERPRINT, proto_version: int = PROTOCOL_VERSION) -> None:
         if not 0 < window < 128:
             raise ValueError("window must be 1..127 (seq numbers are modulo 256)")
         self.port = serial.Serial(port_path, baudrate=baudrate, timeout=0)
-        self.window, self.rto_min, self.rto_max = window, rto, rto_max
+        self.window, self.rto_init, self.rto_min, self.rto_max = window, rto, rto_min, rto_max
         self.ping_interval, self.timeout, self.hello_timeout = ping_interval, timeout, hello_timeout
         self.fingerprint, self.proto_version = fingerprint, proto_version
         self.decoder = StreamDecoder()  # the one host stream decoder (fuzzed, benchmarked)
@@ -56,10 +59,21 @@ class HostLink:
         self.rx_expected = 0
         self.ack_upto = 0
         self.delivered_unacked = 0
-        # send side: unacked host->device messages as (msg_type, fields); tx_base = seq of [0]
-        self.txq: deque[tuple[int, dict]] = deque()
+        # frames that arrived after a hole, by seq: delivered once the hole is filled, so the
+        # device resends only the hole (fast retransmit) rather than everything after it
+        self.rx_hold: dict[int, tuple[str, dict]] = {}
+        # send side: unacked host->device messages as [msg_type, fields, sent_at, resent];
+        # tx_base = seq of [0]
+        self.txq: deque[list] = deque()
         self.tx_base = 0
         self.tx_sent = 0  # how many of txq are in flight
+        self.tx_hi = 0  # how many of txq were sent at least once this session
+        self.cwnd = window  # adapts below `window` to the error rate
+        self.grow = 0
+        self.dupacks = 0
+        self.heard = False  # a valid frame since the last go-back: the device is there
+        self.srtt: float | None = None  # smoothed ack time of sequenced messages, s
+        self.rttvar = 0.0
         self.rto = rto
         self.tx_timer = 0.0
         self.last_rx = 0.0
@@ -72,6 +86,7 @@ class HostLink:
         self.frames_in = 0
         self.frames_out = 0
         self.retransmits = 0
+        self.fast_retransmits = 0
         self.duplicates = 0
         self.out_of_order = 0
         self.sessions = 0
@@ -139,7 +154,7 @@ class HostLink:
         if not msg.sequenced:
             self._write(frame)
             return
-        self.txq.append((msg.msg_type, dict(fields)))
+        self.txq.append([msg.msg_type, dict(fields), 0.0, False])
         if self.state == "open":
             self._send_window(time.monotonic())
 
@@ -149,7 +164,8 @@ class HostLink:
 
     def counters(self) -> dict:
         return dict(frames_in=self.frames_in, frames_out=self.frames_out,
-                    retransmits=self.retransmits, bad_frames=self.bad_frames,
+                    retransmits=self.retransmits, fast_retransmits=self.fast_retransmits,
+                    rto_ms=round(self.rto * 1000, 3), bad_frames=self.bad_frames,
                     garbage_bytes=self.decoder.skipped_bytes,
                     out_of_range=self.decoder.out_of_range, duplicates=self.duplicates,
                     out_of_order=self.out_of_order, sessions=self.sessions,
@@ -192,27 +208,59 @@ class HostLink:
         self.state, self.up, self.hello = "open", True, fields
         self.sessions += 1
         self.rx_expected = self.ack_upto = self.delivered_unacked = 0
+        self.rx_hold.clear()
         self._early.clear()  # delivered in the old session but never acked: they come again
-        self.tx_base, self.tx_sent, self.rto = 0, 0, self.rto_min
+        self.tx_base, self.tx_sent, self.tx_hi, self.dupacks = 0, 0, 0, 0
+        self.cwnd, self.rto = self.window, self._rto_now()
         self.last_rx = self.last_ping = now
         self._send_window(now)
 
     def _send_window(self, now: float) -> None:
-        while self.tx_sent < min(len(self.txq), self.window):
-            msg_type, fields = self.txq[self.tx_sent]
+        while self.tx_sent < min(len(self.txq), self.cwnd):
+            entry = self.txq[self.tx_sent]
             seq = (self.tx_base + self.tx_sent) & 0xFF
             if self.tx_sent == 0:
                 self.tx_timer = now
-            self._write(encode(msg_type, seq, self.ack_upto, fields))
+            self._write(encode(entry[0], seq, self.ack_upto, entry[1]))
+            entry[2], entry[3] = now, self.tx_sent < self.tx_hi  # Karn: no sample from a resend
             self.tx_sent += 1
+            self.tx_hi = max(self.tx_hi, self.tx_sent)
 
-    def _on_ack(self, ack: int, now: float) -> None:
+    def _go_back(self, now: float) -> None:
+        """Resend everything in flight, from the oldest unacked, with half the window."""
+        self.retransmits += self.tx_sent
+        self.tx_sent, self.dupacks, self.heard = 0, 0, False
+        self.cwnd, self.grow = max(2, self.cwnd // 2), 0
+        self.tx_timer = now
+
+    def _rto_now(self) -> float:
+        if self.srtt is None:
+            return self.rto_init
+        return min(self.rto_max, max(self.rto_min, self.srtt + max(4 * self.rttvar, 0.004)))
+
+    def _on_ack(self, ack: int, now: float, is_ack_msg: bool) -> None:
         n = (ack - self.tx_base) & 0xFF
-        if 0 < n <= self.tx_sent:  # anything else is stale or bogus
+        if 0 < n <= self.tx_hi:  # sent, maybe before a go-back; anything else is stale or bogus
+            newest = self.txq[n - 1]
+            if not self.dupacks and not any(self.txq[i][3] for i in range(n)):  # Karn
+                sample = max(0.0, now - newest[2])
+                if self.srtt is None:
+                    self.srtt, self.rttvar = sample, sample / 2
+                else:
+                    self.rttvar += (abs(sample - self.srtt) - self.rttvar) / 4
+                    self.srtt += (sample - self.srtt) / 8
             for _ in range(n):
                 self.txq.popleft()
-            self.tx_base, self.tx_sent = ack, self.tx_sent - n
-            self.rto, self.tx_timer = self.rto_min, now  # progress: reset backoff
+            self.tx_base, self.tx_sent, self.tx_hi = ack, max(0, self.tx_sent - n), self.tx_hi - n
+            self.rto, self.tx_timer, self.dupacks = self._rto_now(), now, 0  # progress: no backoff
+            self.grow += n
+            if self.grow >= self.cwnd and self.cwnd < self.window:
+                self.cwnd, self.grow = self.cwnd + 1, 0
+        elif n == 0 and is_ack_msg and self.tx_sent:
+            self.dupacks += 1  # the device got something out of order: a frame was lost
+            if self.dupacks >= 2:
+                self.fast_retransmits += 1
+                self._go_back(now)
 
     def _step(self, wait: float, out: list) -> None:
         now = time.monotonic()
@@ -240,8 +288,8 @@ class HostLink:
             return  # a late duplicate reply to a HELLO we already had answered: ignore
         if self.state != "open":
             return  # frames from before this session
-        self.last_rx = now
-        self._on_ack(ack, now)
+        self.last_rx, self.heard = now, True
+        self._on_ack(ack, now, msg_type == MSG_ACK)
         msg = BY_TYPE[msg_type]
         if msg_type == MSG_PONG:
             sent = self.ping_sent.pop(fields["nonce"], None)
@@ -252,15 +300,22 @@ class HostLink:
         if not msg.sequenced:
             return
         if seq == self.rx_expected:
+            out.append((msg.name, fields))
             self.rx_expected = (seq + 1) & 0xFF
             self.delivered_unacked += 1
-            out.append((msg.name, fields))
+            while self.rx_expected in self.rx_hold:  # the hole is filled: what came after it
+                out.append(self.rx_hold.pop(self.rx_expected))
+                self.rx_expected = (self.rx_expected + 1) & 0xFF
+                self.delivered_unacked += 1
         else:
             if (self.rx_expected - seq) & 0xFF <= 128:
                 self.duplicates += 1  # already have it (delivered, maybe not yet acked)
+            elif seq in self.rx_hold:
+                self.duplicates += 1
             else:
-                self.out_of_order += 1  # a gap: something before it was lost
-            self._write(encode(MSG_ACK, 0, self.ack_upto, {}))
+                self.out_of_order += 1  # a gap: something before it was lost; keep this one
+                self.rx_hold[seq] = (msg.name, fields)
+            self._write(encode(MSG_ACK, 0, self.ack_upto, {}))  # a duplicate ack: go back early
 
     def _timers(self, now: float) -> None:
         if self.state == "hello_sent":
@@ -283,10 +338,10 @@ class HostLink:
             self._write(encode(MSG_PING, 0, self.ack_upto,
                                dict(nonce=self.ping_nonce, host_ms=int(now * 1000) & 0xFFFFFFFF)))
         if self.tx_sent and now - self.tx_timer > self.rto:
-            self.retransmits += self.tx_sent  # go back N: resend everything in flight
-            self.tx_sent = 0
-            self.rto = min(self.rto * 2, self.rto_max)
+            # go back N; back off only if the device said nothing since the last go-back
+            rto = self.rto * 2 if not self.heard else self._rto_now()
+            self._go_back(now)
+            self.rto = min(rto, self.rto_max)
             self._send_window(now)
-            self.tx_timer = now
         else:
             self._send_window(now)

@@ -11,6 +11,7 @@ BENCHES = {
     "host": "serialine.tools.bench_host",
     "epcis": "serialine.tools.bench_epcis",
     "line": "serialine.tools.bench_line",
+    "link": "serialine.tools.bench_link",
 }
 
 

@@ -96,7 +96,9 @@ def main(argv):
         poller.poll(2 if (lk.sent or lk.count) else 10)
     d = lk.deframer
     print("DONE emitted=%d queue_fill=%d retransmits=%d duplicates=%d bad_crc=%d bad_header=%d"
-          % (emitted, lk.queue_fill, lk.retransmits, lk.duplicates, d.bad_crc, d.bad_header))
+          " fast_retransmits=%d timeouts=%d srtt_ms=%d rto_ms=%d"
+          % (emitted, lk.queue_fill, lk.retransmits, lk.duplicates, d.bad_crc, d.bad_header,
+             lk.fast_retransmits, lk.timeouts, lk.srtt8 >> 3, lk.rto))
 
 
 main(sys.argv[1:])

@@ -104,6 +104,7 @@ print("rest", applied[0], applied[1], port.last_ack)
 def test_ring_full_ack_retransmit_and_renumbering(run_mp):
     out = run_mp(PRELUDE + r"""
 port.load(hello, hn); lk.poll(0, handler)
+print("replies", port.writes, port.last_type)       # the HELLO_REPLY, three times
 def ev(i):
     s = lk.reserve()
     if s is None:
@@ -115,33 +116,50 @@ while ev(n):
     n += 1
 print("capacity", n, lk.queue_fill)
 lk.poll(0, handler)
-print("sent", port.writes - 1, lk.sent, port.last_seq)   # window 4 of 8, after the reply
+print("sent", port.writes - 3, lk.sent, port.last_seq)   # window 4 of 8
 a2, an = frame(wire.enc_ack, 0, 2)
-port.load(a2, an); lk.poll(10, handler)
-print("acked2", lk.queue_fill, lk.sent, port.last_seq)
+port.load(a2, an); lk.poll(10, handler)             # ack time 10 ms: srtt 10, rto 10 + 4 x 5
+print("acked2", lk.queue_fill, lk.sent, port.last_seq, lk.rto)
 w = port.writes
-lk.poll(10 + 49, handler)
+port.load(a2, an); lk.poll(11, handler)             # a duplicate ack: not yet
+port.load(a2, an); lk.poll(12, handler)             # the second: fast retransmit of seq 2 only
+print("fast", port.writes - w, port.seqs[port.writes - 1], lk.fast_retransmits)
+a3, an3 = frame(wire.enc_ack, 0, 3)
+w = port.writes
+port.load(a3, an3); lk.poll(13, handler)            # a partial ack: the next hole at once
+print("partial", port.writes - w, port.seqs[w], lk.queue_fill, lk.rto)
+w = port.writes
+lk.poll(13 + lk.rto - 1, handler)
 print("before-rto", port.writes - w)
-lk.poll(10 + 50, handler)                           # RTO: go back N, resend 2..5
-print("rto", port.writes - w, port.types[w], port.seqs[w], lk.retransmits, lk.rto)
-lk.poll(10 + 50 + 100, handler)                     # backoff doubled
-print("backoff", lk.retransmits, lk.rto)
+lk.poll(13 + lk.rto, handler)                       # RTO: only the oldest (seq 3) again
+print("rto", port.writes - w, port.types[w], port.seqs[w], lk.timeouts)
+r0 = lk.rto
+lk.poll(13 + 3 * r0, handler)                       # the host is there (link up): no backoff
+print("no-backoff", lk.timeouts, lk.rto == r0)
+lk.poll(1100, handler)                              # silent past timeout_ms: link down
+r0 = lk.rto
+lk.poll(1100 + r0, handler)
+print("backoff", lk.up, lk.rto == 2 * r0)
 bogus, bn = frame(wire.enc_ack, 0, 200)
-port.load(bogus, bn); lk.poll(200, handler)
+port.load(bogus, bn); lk.poll(2000, handler)
 print("bogus", lk.queue_fill)
 # a new session: unacked events stay and are renumbered from 0
-port.load(hello, hn); lk.poll(300, handler)
+port.load(hello, hn); lk.poll(3000, handler)
 print("renumbered", lk.queue_fill, port.seqs[port.writes - 4], port.last_seq, lk.sessions)
 """)
     lines = out.splitlines()
-    assert lines[0] == "capacity 8 8"
-    assert lines[1] == "sent 4 4 3"
-    assert lines[2] == "acked2 6 4 5"
-    assert lines[3] == "before-rto 0"
-    assert lines[4] == "rto 4 32 2 4 100"
-    assert lines[5] == "backoff 8 200"
-    assert lines[6] == "bogus 6"
-    assert lines[7] == "renumbered 6 0 3 2"
+    assert lines[0] == "replies 3 2"
+    assert lines[1] == "capacity 8 8"
+    assert lines[2] == "sent 4 4 3"
+    assert lines[3] == "acked2 6 4 5 30"
+    assert lines[4] == "fast 1 2 1"
+    assert lines[5] == "partial 2 3 5 33"  # seq 3 and the new seq 6 sent; srtt 9 + 4 x rttvar 6
+    assert lines[6] == "before-rto 0"
+    assert lines[7] == "rto 1 32 3 1"
+    assert lines[8] == "no-backoff 2 True"
+    assert lines[9] == "backoff False True"
+    assert lines[10] == "bogus 5"
+    assert lines[11] == "renumbered 5 0 3 2"
 
 
 def test_link_lost_after_timeout(run_mp):
