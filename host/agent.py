@@ -40,13 +40,15 @@ from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 from . import serials
 from .correlate import Correlator
 from .db import transaction
-from .devices.lineclient import DeviceError
+from .devices.lineclient import DeviceError, InDoubt
 from .ledger import Ledger
 
 FILL_AHEAD = 8
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step's backoff, link served
 BACKOFF_MAX_S = 1.0
+CODER_RETRY_S = 1.0  # a refusing or unreachable coder is tried again after this, doubling ...
+CODER_RETRY_MAX_S = 30.0  # ... up to this (each retry of a push puts one serial at stake)
 log = logging.getLogger("serialine.agent")
 
 
@@ -96,6 +98,9 @@ class Agent:
         self._busy_since: float | None = None
         self._busy_tries = 0
         self._backoff = 0.0
+        self._coder_refused = 0  # pushes refused in a row (ERR full / bad code / unreachable)
+        self._coder_retry_at = 0.0  # no coder request before this (monotonic s)
+        self._coder_wait = 0.0  # the present retry interval
 
     def _lease(self, device_id: str) -> None:
         """Hold the device's lock beside the ledger file, or refuse: one agent per device."""
@@ -176,11 +181,20 @@ class Agent:
             return
         if time.monotonic() - self._last_result_at < self.correlator.window_s:
             return  # a result may still be on its way for a unit inspected before the stop
+        clear = self.coder is not None and self._reset_coder
+        if clear:
+            if time.monotonic() < self._coder_retry_at:
+                return
+            try:
+                self.coder.clear()
+            except DeviceError as exc:  # still latched: no refill before a clear is confirmed
+                self._coder_unclear(exc)
+                return
+            self._coder_wait = 0.0
         self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
         with transaction(self.conn):
             dropped = 0
-            if self.coder is not None and self._reset_coder:
-                self.coder.clear()
+            if clear:
                 dropped = self.ledger.drop_queued()
             done = f"coder cleared, {dropped} queued job(s) dropped" if self._reset_coder else "camera pairing restarted"
             self.ledger.alarm("agent", "RESUMED", f"{done}; clear the alarm to restart the line")
@@ -206,19 +220,30 @@ class Agent:
                                       " its queued jobs are written off unbound")
             self.ledger.new_boot(device_id, boot_id)
             if self.coder is not None:  # what the coder holds is unknown after our restart: start clean
-                self.coder.clear()
                 self.ledger.drop_queued()
         self.device_id, self.boot_id = device_id, boot_id  # only once booked: a busy ledger retries it
         self.resuming = False  # a freshly booted device prints nothing until configured and started
         self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
+        if self.coder is not None:
+            try:
+                self.coder.clear()
+            except DeviceError as exc:  # its old jobs may still print: stop until a clear is confirmed
+                self._coder_unclear(exc)
+                self._stop_and_resync(reset_coder=True)
         self.fill_coder()
 
     def fill_coder(self) -> int:
-        if self.coder is None or self.resuming:
+        """Top the coder up to fill_ahead jobs (committed before pushed). A push in doubt latches a
+        line stop and the coder's queue is reset once the belt is still (as on resume); a refused
+        one (or an unreachable coder) writes off the jobs it never got and pauses filling, retried
+        with one job at a time until the coder takes one. Never raises for the coder's sake."""
+        if self.coder is None or self.resuming or time.monotonic() < self._coder_retry_at:
             return 0
         need = self.fill_ahead - self.ledger.queued_depth()
         if need <= 0:
             return 0
+        if self._coder_refused:
+            need = 1  # probing whether it takes jobs again
         with transaction(self.conn):
             jobs = self.ledger.queue_codes(need)
             warning = serials.low_water(self.conn, self.ledger.batch.gtin)
@@ -226,9 +251,68 @@ class Agent:
                 self.ledger.alarm("agent", "SERIALS_LOW", warning)
                 self.alarms.append(warning)
             self._serials_low = warning is not None
-        for _, code in jobs:
-            self.coder.push(code)
+        for i, (_, code) in enumerate(jobs):
+            try:
+                self.coder.push(code)
+            except InDoubt as exc:
+                self._coder_in_doubt(exc)
+                return i
+            except DeviceError as exc:
+                self._coder_refusing(exc, [serial for serial, _ in jobs[i:]])
+                return i
+        if self._coder_refused:
+            self._alarm_now("coder", "CODER_ACCEPTS", f"the coder takes jobs again after {self._coder_refused}"
+                            " refused push(es); filling resumed")
+            self._coder_refused, self._coder_wait = 0, 0.0
         return len(jobs)
+
+    def _coder_in_doubt(self, exc: DeviceError) -> None:
+        """The coder may or may not have queued a job: its queue no longer matches the ledger's.
+        Prints go on taking the jobs queued before (those are certain) until the line stops; then
+        _try_finish_resume clears the coder, writes the queue off and refills."""
+        self._stop_and_resync(reset_coder=True)
+        self._alarm_now("coder", "CODER_IN_DOUBT", f"{exc}; line stop latched: once the belt is still the coder"
+                        " is cleared and its queued jobs written off, then refilled")
+
+    def _coder_refusing(self, exc: DeviceError, unsent: list[str]) -> None:
+        """Nothing was queued for the refused job: it and the jobs after it are written off."""
+        self._coder_refused += 1
+        self._coder_wait = min(CODER_RETRY_MAX_S, max(CODER_RETRY_S, self._coder_wait * 2))
+        self._coder_retry_at = time.monotonic() + self._coder_wait
+        try:
+            with transaction(self.conn):
+                dropped = self.ledger.drop_unsent(unsent)
+                if self._coder_refused == 1:  # once per episode; CODER_ACCEPTS ends it
+                    self.ledger.alarm("coder", "CODER_REFUSED", f"{exc}; {dropped} job(s) it never got written off,"
+                                      f" filling paused (retried every {CODER_RETRY_S:g}..{CODER_RETRY_MAX_S:g} s)")
+        except sqlite3.OperationalError as busy:
+            if not _busy(busy):
+                raise
+            self.ledger.resync()  # the unsent jobs still look queued: reset the coder's queue instead
+            self._coder_in_doubt(exc)
+            return
+        if self._coder_refused == 1:
+            self.alarms.append(str(exc))
+
+    def _coder_unclear(self, exc: DeviceError) -> None:
+        """A CLEAR not confirmed: tried again later; the alarm is logged once per episode."""
+        first = self._coder_wait == 0.0
+        self._coder_wait = min(CODER_RETRY_MAX_S, max(CODER_RETRY_S, self._coder_wait * 2))
+        self._coder_retry_at = time.monotonic() + self._coder_wait
+        if first:
+            self._alarm_now("coder", "CODER_CLEAR_FAILED", f"{exc}; the line stays stopped and the coder is not"
+                            f" refilled until a CLEAR is confirmed (retried every {CODER_RETRY_S:g}..{CODER_RETRY_MAX_S:g} s)")
+
+    def _alarm_now(self, source: str, kind: str, detail: str) -> None:
+        """An alarm outside a step's transaction; a busy ledger logs it with the next commit."""
+        self.alarms.append(detail)
+        try:
+            with transaction(self.conn):
+                self.ledger.alarm(source, kind, detail)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self._pending_errors.append((source, kind, detail))
 
     def step(self, timeout: float = 0.05) -> int:
         """One poll: returns the number of events stored. A busy ledger is waited out (see above)."""

@@ -133,6 +133,17 @@ class Ledger:
         return self.conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
                                  (self.batch.batch_id,)).rowcount
 
+    def drop_unsent(self, serials: list[str]) -> int:
+        """The coder refused a push: that job and those allocated after it (the queue's tail) never
+        reached it and are written off like drop_queued's (caller's transaction)."""
+        tail = [s for s, _ in list(self._queue)[len(self._queue) - len(serials):]] if serials else []
+        if tail != list(serials):
+            raise LedgerError(f"jobs {serials[:3]}... are not the tail of the coder queue")
+        for _ in serials:
+            self._queue.pop()
+        return self.conn.executemany("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND serial=?"
+                                     " AND state='queued'", [(self.batch.batch_id, s) for s in serials]).rowcount
+
     def resync(self) -> None:
         """After a rolled-back transaction: rebuild the mirrors from the database."""
         self._queue = collections.deque(self.conn.execute(

@@ -1,0 +1,158 @@
+"""The coder misbehaving under a real Agent, over loopback with the SimCoder emulator: a push whose
+reply comes too late (in doubt: the job may or may not be queued), stray replies, and refusals
+(ERR full). The agent never crashes; afterwards the coder's buffer is the ledger's queue, in order,
+and every pack carries the serial that was printed on it."""
+
+import time
+
+import pytest
+
+from serialine.host import agent as agent_mod
+from serialine.host.agent import Agent
+from serialine.host.devices.camera import Camera
+from serialine.host.devices.coder import Coder
+from serialine.host.sim import coder as sim_coder
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+from serialine.protocol.schema import Outcome, Reason, Verdict
+
+from test_agent_devices import ScriptedLink, _serial_of, run_unit
+
+STOP, CLEAR_ALARM = ("COMMAND", {"command": 2, "arg": 0}), ("COMMAND", {"command": 3, "arg": 0})
+
+
+def _queued(conn) -> list[str]:
+    return [c for (c,) in conn.execute("SELECT code FROM coder_job WHERE state='queued' ORDER BY job_id")]
+
+
+def _alarms(conn, kind) -> int:
+    return conn.execute("SELECT count(*) FROM alarm_log WHERE alarm=?", (kind,)).fetchone()[0]
+
+
+def _bindings_match(conn) -> bool:
+    printed = [_serial_of(c) for (c,) in conn.execute("SELECT code FROM coder_job WHERE state='bound' ORDER BY job_id")]
+    return printed == [s for (s,) in conn.execute("SELECT serial FROM unit WHERE serial IS NOT NULL ORDER BY unit_seq")]
+
+
+def _print(link, sc, u, inspect=True):
+    link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+    code = sc.trigger(u * 1000)[0]
+    link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+    if inspect:
+        link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+    return code
+
+
+def test_a_push_in_doubt_stops_the_line_clears_the_coder_and_refills(conn):
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 3}
+        agent = Agent(conn, "B1", link, Coder(*sc.address, timeout=0.3), Camera(*scam.address),
+                      fill_ahead=5, window_s=0.2)
+        agent.start()
+        assert run_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
+        sc.reply_delay_s = [1.0]  # the reply to the next PUSH comes after the driver gave up on it
+        printed = [_print(link, sc, 1, inspect=False)]
+        link.sent.clear()
+        agent.step(0)  # stores unit 1's print, tops the coder up: that PUSH is in doubt
+        assert agent.resuming and link.sent == [STOP]
+        assert _alarms(conn, "CODER_IN_DOUBT") == 1
+        assert sc.depth == 5 == len(_queued(conn))  # the coder did queue it (the ledger cannot know)
+        assert agent.command("CLEAR_ALARM") is False  # held: no restart before the coder is reset
+        link.event("UNIT_INSPECTED", unit_seq=1, pos=0, t_us=0)
+        printed.append(_print(link, sc, 2))  # the line prints one more while it stops: a certain job
+        agent.step(0)
+        assert _bindings_match(conn) and [_serial_of(c) for c in printed] == [s for (s,) in conn.execute(
+            "SELECT serial FROM unit WHERE unit_seq IN (1, 2) ORDER BY unit_seq")]
+        verdicts = [(f["unit_seq"], f["verdict"], f["reason"]) for n, f in link.sent if n == "VERDICT"]
+        assert verdicts == [(1, Verdict.FAIL, Reason.CORRELATION), (2, Verdict.FAIL, Reason.CORRELATION)]
+        assert sc.depth == 4  # nothing pushed while the line stops
+        for u in (1, 2):
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(Outcome.REJECTED_CONFIRMED),
+                       reason=int(Reason.CORRELATION), gate_error=0, pos=0, t_us=0)
+        link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}  # stopped, still, all acked
+        deadline = time.monotonic() + 5
+        while agent.resuming and time.monotonic() < deadline:
+            agent.step(0)
+            time.sleep(0.02)
+        assert not agent.resuming and link.sent[-1] == CLEAR_ALARM  # the held restart, only now
+        dropped = [s for (s,) in conn.execute("SELECT serial FROM coder_job WHERE state='dropped'")]
+        assert len(dropped) == 4 and {st for (st,) in conn.execute(
+            f"SELECT state FROM serial WHERE serial IN ({','.join('?' * 4)})", dropped)} == {"allocated"}
+        assert list(sc.buffer) == _queued(conn) and sc.depth == 5  # cleared, refilled with fresh jobs
+        assert _alarms(conn, "RESUMED") == 1
+        assert run_unit(agent, link, sc, scam, 3) == (Verdict.PASS, Reason.OK)
+        assert _bindings_match(conn) and list(sc.buffer) == _queued(conn)
+        agent.coder.close(); agent.camera.close()
+
+
+def test_stray_replies_never_shift_a_binding(conn):
+    """Each print is followed by an unsolicited `OK <depth>`: the driver reconnects before its next
+    request (so no stray reply answers it) and the agent keeps printing the right serials."""
+    with SimCoder(stray_reply=1.0) as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address, timeout=0.5), Camera(*scam.address), fill_ahead=4,
+                      window_s=0.3)
+        agent.start()
+        assert [run_unit(agent, link, sc, scam, u) for u in range(6)] == [(Verdict.PASS, Reason.OK)] * 6
+        assert sc.faults["stray_reply"] == 6
+        assert _bindings_match(conn) and list(sc.buffer) == _queued(conn) and sc.depth == 4
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE source='coder' AND alarm IN "
+                            "('UNEXPECTED_REPLY', 'RESYNC')").fetchone()[0] >= 6
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_refusing_coder_pauses_filling_and_never_crashes_the_agent(conn, monkeypatch):
+    """The coder holds 6 jobs, the agent wants 8 ahead: the 7th PUSH gets `ERR full`. The jobs it
+    never got are written off (serials stay allocated), filling pauses and is retried one job at a
+    time; the coder's buffer stays the ledger's queue and every pack gets the serial printed on it."""
+    monkeypatch.setattr(sim_coder, "MAX_DEPTH", 6)  # the emulated coder's buffer size
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_S", 0.05)
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_MAX_S", 0.1)
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=8, window_s=0.3)
+        agent.start()
+        assert sc.depth == 6 and list(sc.buffer) == _queued(conn)
+        assert conn.execute("SELECT count(*) FROM coder_job WHERE state='dropped'").fetchone()[0] == 2
+        (detail,) = conn.execute("SELECT detail FROM alarm_log WHERE alarm='CODER_REFUSED'").fetchone()
+        assert "ERR full" in detail and "2 job(s)" in detail
+        assert not agent.resuming and STOP not in link.sent  # a definite refusal: nothing in doubt
+        for u in range(5):
+            assert run_unit(agent, link, sc, scam, u) == (Verdict.PASS, Reason.OK)
+            time.sleep(0.12)  # past the retry pause
+            agent.step(0)
+            assert list(sc.buffer) == _queued(conn)
+        assert _bindings_match(conn) and sc.depth == 6
+        assert _alarms(conn, "CODER_ACCEPTS") >= 1
+        dropped = [s for (s,) in conn.execute("SELECT serial FROM coder_job WHERE state='dropped'")]
+        assert {st for (st,) in conn.execute(f"SELECT state FROM serial WHERE serial IN ({','.join('?' * len(dropped))})",
+                                             dropped)} == {"allocated"}
+        agent.coder.close(); agent.camera.close()
+
+
+def test_an_unreachable_coder_at_a_new_boot_keeps_the_line_stopped_until_a_clear_is_confirmed(conn, monkeypatch):
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_S", 0.05)
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_MAX_S", 0.1)
+    sc = SimCoder().start()
+    host, port = sc.address
+    link = ScriptedLink()
+    agent = Agent(conn, "B1", link, Coder(host, port, timeout=0.3), None, fill_ahead=3)
+    agent.start()
+    sc.close()  # the coder goes away; the device reboots
+    link.hello = {"device_id": "line1", "boot_id": 43}
+    link.last_status = {"state": 1, "speed_cps": 0, "queue_fill": 0}
+    agent.step(0)
+    assert agent.resuming and STOP in link.sent and _alarms(conn, "CODER_CLEAR_FAILED") == 1
+    assert _queued(conn) == []  # what the coder held is written off at the reboot
+    for _ in range(3):
+        time.sleep(0.12)
+        agent.step(0)  # retried, still unreachable: no crash, no refill, one alarm per episode
+    assert agent.resuming and _queued(conn) == [] and _alarms(conn, "CODER_CLEAR_FAILED") == 1
+    with SimCoder(port=port) as back:  # it comes back
+        deadline = time.monotonic() + 5
+        while agent.resuming and time.monotonic() < deadline:
+            time.sleep(0.05)
+            agent.step(0)
+        assert not agent.resuming and back.depth == 3 and list(back.buffer) == _queued(conn)
+    agent.coder.close()
