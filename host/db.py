@@ -21,6 +21,9 @@ TRANSITIONS = (
 _allowed = " OR ".join(f"(OLD.state='{a}' AND NEW.state='{b}')" for a, b in TRANSITIONS)
 _states = ",".join(f"'{s}'" for s in SERIAL_STATES)
 
+_OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
+_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened'))"
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
         gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
@@ -29,7 +32,7 @@ SCHEMA = [
         company_prefix_len INTEGER NOT NULL CHECK (company_prefix_len BETWEEN 6 AND 12),
         nhrn_ai TEXT CHECK (nhrn_ai IS NULL OR nhrn_ai BETWEEN '710' AND '716'),
         nhrn TEXT)""",
-    """CREATE TABLE IF NOT EXISTS batch (
+    f"""CREATE TABLE IF NOT EXISTS batch (
         batch_id TEXT PRIMARY KEY,
         gtin TEXT NOT NULL REFERENCES product (gtin),
         lot TEXT NOT NULL CHECK (length(lot) BETWEEN 1 AND 20),
@@ -39,7 +42,7 @@ SCHEMA = [
         planned INTEGER NOT NULL CHECK (planned > 0),
         case_size INTEGER NOT NULL CHECK (case_size > 0),
         pallet_size INTEGER NOT NULL CHECK (pallet_size > 0),
-        state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened')),
+        state TEXT NOT NULL DEFAULT 'created' {_BATCH_STATES},
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
         closed_at TEXT)""",
     # Where and what, for EPCIS (host/masterdata.py checks the values): locations (our sites with
@@ -236,11 +239,21 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Ledgers made before staged serial imports gain the column (and the delete rule that knows it)."""
+    """Ledgers made before staged serial imports gain the column (and the delete rule that knows it);
+    before abort/reopen, the batch states. A CHECK that only admits more values changes no stored
+    row, so it is edited in place (SQLite's documented way: writable_schema, schema_version + 1)."""
     cols = {r[1] for r in conn.execute("PRAGMA table_info(serial)")}
     if cols and "import_id" not in cols:
         conn.execute("ALTER TABLE serial ADD COLUMN import_id INTEGER REFERENCES serial_import (import_id)")
         conn.execute("DROP TRIGGER IF EXISTS serial_never_deleted")
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='batch'").fetchone()
+    if row and _OLD_BATCH_STATES in row[0]:
+        (version,) = conn.execute("PRAGMA schema_version").fetchone()
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute("UPDATE sqlite_master SET sql=? WHERE type='table' AND name='batch'",
+                     (row[0].replace(_OLD_BATCH_STATES, _BATCH_STATES),))
+        conn.execute(f"PRAGMA schema_version={version + 1}")
+        conn.execute("PRAGMA writable_schema=OFF")
 
 
 class transaction:

@@ -128,3 +128,48 @@ def test_only_serials_of_an_abandoned_import_can_be_deleted(conn):
     conn.execute("DELETE FROM serial WHERE serial='STAGED000001'")
     with pytest.raises(sqlite3.IntegrityError, match="final"):
         conn.execute("UPDATE serial_import SET state='published' WHERE import_id=?", (imp,))
+
+
+OLD_BATCH = """CREATE TABLE batch (
+        batch_id TEXT PRIMARY KEY,
+        gtin TEXT NOT NULL REFERENCES product (gtin),
+        lot TEXT NOT NULL CHECK (length(lot) BETWEEN 1 AND 20),
+        expiry TEXT NOT NULL CHECK (date(expiry) = expiry),
+        planned INTEGER NOT NULL CHECK (planned > 0),
+        case_size INTEGER NOT NULL CHECK (case_size > 0),
+        pallet_size INTEGER NOT NULL CHECK (pallet_size > 0),
+        state TEXT NOT NULL DEFAULT 'created' CHECK (state IN ('created', 'running', 'closing', 'closed')),
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        closed_at TEXT)"""
+OLD_SERIAL = """CREATE TABLE serial (
+        gtin TEXT NOT NULL REFERENCES product (gtin), serial TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'available', batch_id TEXT REFERENCES batch (batch_id),
+        source TEXT NOT NULL, PRIMARY KEY (gtin, serial)) WITHOUT ROWID"""
+
+
+def test_a_ledger_made_before_abort_and_staged_imports_is_migrated(tmp_path):
+    """The batch and serial tables as the first release made them: opening the ledger lets a
+    stuck batch be aborted and a pool be staged, with the rows already there untouched."""
+    from serialine.host import db, lifecycle, masterdata, serials
+    path = str(tmp_path / "old.db")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE product (gtin TEXT PRIMARY KEY, name TEXT NOT NULL, market TEXT NOT NULL,"
+                " company_prefix_len INTEGER NOT NULL, nhrn_ai TEXT, nhrn TEXT)")
+    old.execute(OLD_BATCH)
+    old.execute(OLD_SERIAL)
+    old.execute("CREATE TRIGGER serial_never_deleted BEFORE DELETE ON serial BEGIN SELECT RAISE(ABORT, 'serials are never deleted'); END")
+    old.execute(f"INSERT INTO product VALUES ('{GTIN}', 'A', 'EU_FMD', 7, NULL, NULL)")
+    old.execute(f"INSERT INTO batch (batch_id, gtin, lot, expiry, planned, case_size, pallet_size, state)"
+                f" VALUES ('OLD1', '{GTIN}', 'L1', '2031-01-31', 10, 2, 2, 'running')")
+    old.execute(f"INSERT INTO serial (gtin, serial, source) VALUES ('{GTIN}', 'OLDSERIAL001', 'x')")
+    old.commit()
+    old.close()
+    conn = db.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    lifecycle.abort(conn, "OLD1", "qa", "stuck since the upgrade")
+    assert masterdata.get_batch(conn, "OLD1").state == "aborted"
+    assert serials.import_serials(conn, GTIN, serials.random_serials("ABCDEFGHJK0123456789", 12, 20)).count == 20
+    with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
+        conn.execute("DELETE FROM serial WHERE serial='OLDSERIAL001'")
+    conn.close()
+    assert db.connect(path).execute("SELECT count(*) FROM serial").fetchone() == (21,)  # reopens cleanly
