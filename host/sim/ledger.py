@@ -120,7 +120,7 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
     finally:
         conn.close()
     n_events, errors = epcis(epcis_dir)
-    return Ledger(batch=batch_id, units=units, serials_issued_twice=twice, events_lost=gaps,
+    return Ledger(batch=batch_id, units=units, serials_issued_twice=twice, sequence_gaps=gaps,
                   reconciliation_ok=reconciliation_ok, epcis_events=n_events,
                   epcis_valid=not errors and n_events > 0, cases=cases, pallets=pallets,
                   alarms=dict(alarms), epcis_errors=errors, codes=codes, commissioned=commissioned,

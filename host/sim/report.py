@@ -66,7 +66,7 @@ class Ledger:
     batch: str
     units: list[UnitRecord]
     serials_issued_twice: int
-    events_lost: int
+    sequence_gaps: int  # event_seq numbers missing from a boot's stored events
     reconciliation_ok: bool
     epcis_events: int
     epcis_valid: bool
@@ -227,7 +227,7 @@ def events_lost(scenario, line, detected, ledger: Ledger) -> dict[str, int]:
         decided = boot >= len(ends) or ends[boot] - p.belt_at >= (confirm_to if p.in_bin else pass_at)
         if decided and not rec.from_device:
             missing.append(p)
-    return {"sequence_gaps": ledger.events_lost, "units_without_row": len(without_row),
+    return {"sequence_gaps": ledger.sequence_gaps, "units_without_row": len(without_row),
             "outcomes_missing": len(missing),
             "units": [{"pack": p.index, "unit": list(p.unit_key or ()), "lost": what,
                        "physically": "in the bin" if p.in_bin else "left the line"}
