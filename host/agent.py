@@ -16,6 +16,8 @@ operator restart reaches the line: no print can race the clear. Camera results a
 unreliable then (those sent while we were away are lost, the rest pair off with the wrong units), so
 while resuming every inspected unit FAILs with CORRELATION and every result is discarded; pairing
 starts afresh once the belt is still and the camera has been quiet for a correlation window.
+A coder PUSH in doubt takes the same road (line stop; CLEAR and fresh jobs once still); a container
+that cannot close (no SSCC left) latches a line stop the operator cannot release.
 
 One agent per device on a ledger: an OS lock beside the database file, held while the agent lives
 (the kernel drops it when the process dies), refuses a second agent for the same device_id. A busy
@@ -101,6 +103,7 @@ class Agent:
         self._coder_refused = 0  # pushes refused in a row (ERR full / bad code / unreachable)
         self._coder_retry_at = 0.0  # no coder request before this (monotonic s)
         self._coder_wait = 0.0  # the present retry interval
+        self.line_stop: str | None = None  # why the line stays stopped whatever the operator does
 
     def _lease(self, device_id: str) -> None:
         """Hold the device's lock beside the ledger file, or refuse: one agent per device."""
@@ -153,7 +156,13 @@ class Agent:
 
     def command(self, name: str, arg: int = 0) -> bool:
         """An operator's line command (START, CLEAR_ALARM, ...). Held while resuming: releasing the
-        line stop before the coder is reset would let a print race the clear. True when sent."""
+        line stop before the coder is reset would let a print race the clear. Refused (False) while
+        passed packs cannot be packed (`line_stop`). True when sent."""
+        if self.line_stop and Command[name] in (Command.START, Command.CLEAR_ALARM):
+            msg = f"{name} refused: the line stays stopped ({self.line_stop})"
+            log.warning(msg)
+            self.alarms.append(msg)
+            return False
         if self.resuming:
             self._held.append(name)
             return False
@@ -384,6 +393,10 @@ class Agent:
             raise
         self._waiting, self._pending_errors = [], []
         self.link.ack_delivered()
+        if self.ledger.packing_stopped and not self.line_stop:  # alarm SSCC_EXHAUSTED is in the ledger
+            self.line_stop = self.ledger.packing_stopped
+            self.alarms.append(self.line_stop)
+            self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
         if self.resuming:
             self._try_finish_resume()
         for unit_seq, verdict, reason, t0 in verdicts:

@@ -19,7 +19,7 @@ import time
 from serialine.protocol.schema import Outcome, Reason
 
 from . import gs1, reporting, serials
-from .aggregation import Aggregator
+from .aggregation import AggregationError, Aggregator
 from .masterdata import Batch, get_batch
 from .verdicts import Judge
 
@@ -86,6 +86,7 @@ class Ledger:
         self._writes: dict[str, list] = {name: [] for name in _RULES}
         self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
         self._tpl = None
+        self.packing_stopped: str | None = None  # why passed packs can no longer be packed (the agent stops the line)
 
     # --- lookups ---
     def _serial_batch(self, serial: str) -> str | None:
@@ -155,6 +156,7 @@ class Ledger:
             params.clear()
         self._passed = []
         self._commissioned = []
+        self.packing_stopped = None  # its alarm rolled back too: said again if it happens again
         self.judge.known.clear()
         self.judge.seen.clear()
         self.judge.seen.update(s for (s,) in self.conn.execute(
@@ -365,9 +367,24 @@ class Ledger:
                 self.conn.executemany(sql, params)
                 params.clear()
         if self._passed:
-            self.agg.add_packs(self._passed)  # after the commissioning rows: packed needs 'commissioned'
-            self._commissioned.extend(self._passed)
-            self._passed = []
+            passed, self._passed = self._passed, []
+            self._commissioned.extend(passed)
+            try:
+                self.agg.add_packs(passed)  # after the commissioning rows: packed needs 'commissioned'
+            except AggregationError as exc:
+                self._cannot_pack(passed, exc)
+
+    def _cannot_pack(self, passed: list[str], exc: AggregationError) -> None:
+        """A container could not close (its SSCC prefix is exhausted). Nothing in it was written
+        (next_sscc raises first): it stays open, full, and the packs after it stay commissioned but
+        unpacked (reconcile lists them). The poll's events are kept; the agent latches a line stop."""
+        self.agg.forget()
+        unpacked = self.conn.execute(
+            "SELECT count(*) FROM json_each(?) WHERE value NOT IN (SELECT serial FROM packed WHERE gtin=?)", (json.dumps(passed), self.batch.gtin)).fetchone()[0]
+        if self.packing_stopped is None:
+            self.alarm("agent", "SSCC_EXHAUSTED", f"{exc}; the full container stays open, {unpacked} passed pack(s)"
+                       " commissioned but not packed (and any that pass later); line stop latched")
+        self.packing_stopped = str(exc)
 
     def flush_events(self) -> None:
         """End of a poll's transaction: one commissioning event for every pack passed in it.
