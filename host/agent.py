@@ -93,6 +93,7 @@ class Agent:
         self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
         self.pairing_lost_after = pairing_lost_after
         self._serials_low = False
+        self._serials_out = False  # SERIALS_EXHAUSTED said (once per episode)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         self._lock = None  # (device_id, open lock file)
         self._pending_errors: list = []
@@ -254,7 +255,19 @@ class Agent:
         if self._coder_refused:
             need = 1  # probing whether it takes jobs again
         with transaction(self.conn):
-            jobs = self.ledger.queue_codes(need)
+            try:
+                jobs = self.ledger.queue_codes(need)
+            except serials.SerialError as exc:  # the pool ran dry: what is left, then nothing (never a crash)
+                left = serials.available(self.conn, self.ledger.batch.gtin)
+                jobs = self.ledger.queue_codes(left) if left else []
+                if not self._serials_out:
+                    self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{exc}; the coder gets no more jobs until"
+                                      " serials are added (prints without a job are rejected)")
+                    self.alarms.append(str(exc))
+                self._serials_out = True
+                self._coder_retry_at = time.monotonic() + CODER_RETRY_S  # not a query per step meanwhile
+            else:
+                self._serials_out = False
             warning = serials.low_water(self.conn, self.ledger.batch.gtin)
             if warning and not self._serials_low:  # once per crossing, not once per top-up
                 self.ledger.alarm("agent", "SERIALS_LOW", warning)

@@ -156,3 +156,28 @@ def test_an_unreachable_coder_at_a_new_boot_keeps_the_line_stopped_until_a_clear
             agent.step(0)
         assert not agent.resuming and back.depth == 3 and list(back.buffer) == _queued(conn)
     agent.coder.close()
+
+
+def test_a_pool_that_runs_dry_gives_the_coder_what_is_left_and_never_crashes_the_agent(tmp_path):
+    from serialine.host import db, masterdata, serials
+    from hostkit import GTIN, PREFIX_LEN
+    conn = db.connect(str(tmp_path / "small.db"))
+    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", PREFIX_LEN)
+    serials.generate(conn, GTIN, 6)
+    masterdata.create_batch(conn, "B1", GTIN, "L1", "2030-01-31", 6, 3, 2)
+    masterdata.start_batch(conn, "B1")
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=8, window_s=0.3)
+        agent.start()
+        assert sc.depth == 6 and _alarms(conn, "SERIALS_EXHAUSTED") == 1  # 8 wanted, the 6 left queued
+        results = [run_unit(agent, link, sc, scam, u) for u in range(6)]
+        assert results == [(Verdict.PASS, Reason.OK)] * 6
+        assert sc.depth == 0 and _queued(conn) == [] and _bindings_match(conn)
+        assert _alarms(conn, "SERIALS_EXHAUSTED") == 1
+        link.event("UNIT_DETECTED", unit_seq=6, pos=0, t_us=0, flags=0)
+        assert sc.trigger(6000) is None  # the coder has nothing: the pack gets no code
+        link.event("UNIT_PRINTED", unit_seq=6, pos=0, t_us=0)
+        agent.step(0)
+        assert _alarms(conn, "CODER_EMPTY") == 1
+    conn.close()
