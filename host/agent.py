@@ -254,25 +254,14 @@ class Agent:
             return 0
         if self._coder_refused:
             need = 1  # probing whether it takes jobs again
-        with transaction(self.conn):
-            try:
-                jobs = self.ledger.queue_codes(need)
-            except serials.SerialError as exc:  # the pool ran dry: what is left, then nothing (never a crash)
-                left = serials.available(self.conn, self.ledger.batch.gtin)
-                jobs = self.ledger.queue_codes(left) if left else []
-                if not self._serials_out:
-                    self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{exc}; the coder gets no more jobs until"
-                                      " serials are added (prints without a job are rejected)")
-                    self.alarms.append(str(exc))
-                self._serials_out = True
-                self._coder_retry_at = time.monotonic() + CODER_RETRY_S  # not a query per step meanwhile
-            else:
-                self._serials_out = False
-            warning = serials.low_water(self.conn, self.ledger.batch.gtin)
-            if warning and not self._serials_low:  # once per crossing, not once per top-up
-                self.ledger.alarm("agent", "SERIALS_LOW", warning)
-                self.alarms.append(warning)
-            self._serials_low = warning is not None
+        try:
+            jobs = self._allocate(need)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self.ledger.resync()  # rolled back: none of these jobs exists, none was pushed
+            self._on_busy(exc)  # the step's events are in and acked already: only the top-up waits
+            return 0
         for i, (_, code) in enumerate(jobs):
             try:
                 self.coder.push(code)
@@ -287,6 +276,31 @@ class Agent:
                             " refused push(es); filling resumed")
             self._coder_refused, self._coder_wait = 0, 0.0
         return len(jobs)
+
+    def _allocate(self, need: int) -> list[tuple[str, str]]:
+        """Serials for `need` jobs, committed as queued coder jobs before any is pushed. A pool that
+        ran dry gives what is left, then nothing (SERIALS_EXHAUSTED once; looked at once a second)."""
+        dry = None
+        with transaction(self.conn):
+            try:
+                jobs = self.ledger.queue_codes(need)
+            except serials.SerialError as exc:
+                dry = str(exc)
+                left = serials.available(self.conn, self.ledger.batch.gtin)
+                jobs = self.ledger.queue_codes(left) if left else []
+                if not self._serials_out:
+                    self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{dry}; the coder gets no more jobs until"
+                                      " serials are added (prints without a job are rejected)")
+            warning = serials.low_water(self.conn, self.ledger.batch.gtin)
+            if warning and not self._serials_low:  # once per crossing, not once per top-up
+                self.ledger.alarm("agent", "SERIALS_LOW", warning)
+        for text, said in ((warning, self._serials_low), (dry, self._serials_out)):
+            if text and not said:
+                self.alarms.append(text)
+        self._serials_low, self._serials_out = warning is not None, dry is not None  # committed: said
+        if dry:
+            self._coder_retry_at = time.monotonic() + CODER_RETRY_S
+        return jobs
 
     def _coder_in_doubt(self, exc: DeviceError) -> None:
         """The coder may or may not have queued a job: its queue no longer matches the ledger's.

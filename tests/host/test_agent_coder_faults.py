@@ -181,3 +181,34 @@ def test_a_pool_that_runs_dry_gives_the_coder_what_is_left_and_never_crashes_the
         agent.step(0)
         assert _alarms(conn, "CODER_EMPTY") == 1
     conn.close()
+
+
+def test_a_busy_ledger_at_a_top_up_only_delays_the_top_up(conn):
+    """Another writer holds the ledger's lock when the coder is to be topped up (after the poll's
+    events were committed and acked): no job is made, nothing is pushed, nothing raised; the next
+    step tops up once the lock is free, and the coder's buffer is the ledger's queue."""
+    import sqlite3
+    path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
+        agent.start()
+        assert run_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
+        _print(link, sc, 1, inspect=False)
+        agent.step(0)
+        sc.trigger(2000)  # printed; the device's event is not in yet
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        link.event("UNIT_DETECTED", unit_seq=2, pos=0, t_us=0, flags=0)
+        link.event("UNIT_PRINTED", unit_seq=2, pos=0, t_us=0)
+        assert agent.step(0) == 0  # the poll waits too (unacknowledged), nothing raised
+        agent.fill_ahead = 5  # one more job wanted now
+        assert agent.fill_coder() == 0 and sc.depth == 3 and list(sc.buffer) == _queued(conn)[1:]
+        assert agent.ledger.queued_depth() == 4  # the rolled-back jobs are not in the mirror
+        other.execute("ROLLBACK")
+        other.close()
+        time.sleep(0.1)  # past the backoff
+        agent.step(0)
+        assert sc.depth == 5 and list(sc.buffer) == _queued(conn) and _bindings_match(conn)
+        assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='LEDGER_BUSY'").fetchone()[0] >= 1
+        agent.coder.close(); agent.camera.close()
