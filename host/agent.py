@@ -104,6 +104,7 @@ class Agent:
         self._coder_refused = 0  # pushes refused in a row (ERR full / bad code / unreachable)
         self._coder_retry_at = 0.0  # no coder request before this (monotonic s)
         self._coder_wait = 0.0  # the present retry interval
+        self._clear_failing = False  # CODER_CLEAR_FAILED said (once per episode)
         self.line_stop: str | None = None  # why the line stays stopped whatever the operator does
 
     def _lease(self, device_id: str) -> None:
@@ -200,7 +201,7 @@ class Agent:
             except DeviceError as exc:  # still latched: no refill before a clear is confirmed
                 self._coder_unclear(exc)
                 return
-            self._coder_wait = 0.0
+            self._clear_failing, self._coder_wait, self._coder_retry_at = False, 0.0, 0.0
         self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
         with transaction(self.conn):
             dropped = 0
@@ -240,6 +241,8 @@ class Agent:
             except DeviceError as exc:  # its old jobs may still print: stop until a clear is confirmed
                 self._coder_unclear(exc)
                 self._stop_and_resync(reset_coder=True)
+            else:
+                self._clear_failing = False
         self.fill_coder()
 
     def fill_coder(self) -> int:
@@ -332,10 +335,10 @@ class Agent:
 
     def _coder_unclear(self, exc: DeviceError) -> None:
         """A CLEAR not confirmed: tried again later; the alarm is logged once per episode."""
-        first = self._coder_wait == 0.0
         self._coder_wait = min(CODER_RETRY_MAX_S, max(CODER_RETRY_S, self._coder_wait * 2))
         self._coder_retry_at = time.monotonic() + self._coder_wait
-        if first:
+        if not self._clear_failing:
+            self._clear_failing = True
             self._alarm_now("coder", "CODER_CLEAR_FAILED", f"{exc}; the line stays stopped and the coder is not"
                             f" refilled until a CLEAR is confirmed (retried every {CODER_RETRY_S:g}..{CODER_RETRY_MAX_S:g} s)")
 
