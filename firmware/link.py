@@ -1,4 +1,4 @@
-# Device end of the reliable link (go-back-N, Klipper-like). MicroPython; runs unchanged on
+# Device end of the reliable link (sliding window, Klipper-like). MicroPython; runs unchanged on
 # CPython for tools. See docs/link.md for the state machine and the API.
 #
 # Every sequenced event waits in a preallocated ring of frame slots until the host acks it
@@ -7,8 +7,9 @@
 # duplicate acks from the host resend the oldest frame at once, and so does every partial ack
 # after it (fast retransmit, NewReno: the host keeps frames that arrive after a hole, so only
 # holes are resent, and the window need not shrink with the error rate); an RTO resends the
-# oldest too; the RTO backs off only once the link is down (the host absent, not lossy). A new
-# session resends everything. Nothing on the per-event path allocates:
+# oldest too (twice or three times after RTOs in a row); the RTO backs off only once the link
+# is down (the host absent, not lossy). A new session resends everything. Nothing on the
+# per-event path allocates:
 # reserve/commit, poll with nothing to do, ack handling and retransmission run with the heap
 # locked (tests/protocol/test_link_device.py proves it).
 from micropython import const
@@ -21,7 +22,8 @@ _STATE_IDLE = const(0)  # no HELLO yet: send nothing sequenced
 _STATE_OPEN = const(1)  # session open
 _STATE_REFUSED = const(2)  # last HELLO had another fingerprint/version: accept nothing
 _DUPACKS = const(2)  # duplicate acks that mean a frame was lost: go back without waiting
-_HELLO_COPIES = const(3)  # the reply is sent this often: the one long frame of the handshake
+_HELLO_COPIES = const(4)  # the reply is sent this often: the one long frame of the handshake
+_MAX_COPIES = const(3)  # a hole resent after consecutive RTOs goes this many times at most
 
 
 class Link:
@@ -52,6 +54,7 @@ class Link:
         self.recover = 0  # frames in flight when a fast retransmit began; 0: not recovering
         self.fast_retransmits = 0
         self.timeouts = 0
+        self.streak = 0  # RTOs in a row without progress: the error rate is high
         self.timeout_ms = timeout_ms
         self.rxbuf = bytearray(64)
         self.deframer = wire.Deframer()
@@ -132,7 +135,9 @@ class Link:
             r = self.rto * 2 if not self.up else self._rto_now()
             self.dupacks = 0
             self.recover = self.sent
-            self._resend_oldest(now_ms)
+            # after RTOs in a row the line is very noisy: send the hole more than once
+            self.streak += 1
+            self._resend_oldest(now_ms, self.streak if self.streak < _MAX_COPIES else _MAX_COPIES)
             self.fast_retransmits -= 1  # counted as a timeout, not a fast retransmit
             self.timeouts += 1
             self.rto = r if r < self.rto_max else self.rto_max
@@ -157,12 +162,13 @@ class Link:
             self.sent += 1
             self.need_ack = False  # the ack rode along
 
-    def _resend_oldest(self, now_ms):
+    def _resend_oldest(self, now_ms, copies=1):
         # Fast retransmit: the host holds what came after the hole, so only the hole is resent.
         i = self.head
         slot = self.slots[i]
         wire.restamp(slot, self.base, self.rx_expected)
-        self.port.write(slot, self.lens[i])
+        for _ in range(copies):
+            self.port.write(slot, self.lens[i])
         self.sent_at[i] = now_ms
         self.tx_timer = now_ms
         self.retransmits += 1
@@ -206,6 +212,7 @@ class Link:
             self.rto = self._rto_now()  # progress: backoff reset
             self.tx_timer = now_ms
             self.dupacks = 0
+            self.streak = 0
             if self.recover:
                 self.recover = self.recover - k if self.recover > k else 0
                 if self.recover and self.sent:  # a partial ack: the next hole
@@ -251,6 +258,7 @@ class Link:
         self.hi = 0
         self.dupacks = 0
         self.recover = 0
+        self.streak = 0
         self.rx_expected = 0
         self.rto = self._rto_now()
         self.need_ack = False

@@ -104,7 +104,7 @@ print("rest", applied[0], applied[1], port.last_ack)
 def test_ring_full_ack_retransmit_and_renumbering(run_mp):
     out = run_mp(PRELUDE + r"""
 port.load(hello, hn); lk.poll(0, handler)
-print("replies", port.writes, port.last_type)       # the HELLO_REPLY, three times
+print("replies", port.writes, port.last_type)       # the HELLO_REPLY, four times
 def ev(i):
     s = lk.reserve()
     if s is None:
@@ -116,7 +116,7 @@ while ev(n):
     n += 1
 print("capacity", n, lk.queue_fill)
 lk.poll(0, handler)
-print("sent", port.writes - 3, lk.sent, port.last_seq)   # window 4 of 8
+print("sent", port.writes - 4, lk.sent, port.last_seq)   # window 4 of 8
 a2, an = frame(wire.enc_ack, 0, 2)
 port.load(a2, an); lk.poll(10, handler)             # ack time 10 ms: srtt 10, rto 10 + 4 x 5
 print("acked2", lk.queue_fill, lk.sent, port.last_seq, lk.rto)
@@ -134,8 +134,9 @@ print("before-rto", port.writes - w)
 lk.poll(13 + lk.rto, handler)                       # RTO: only the oldest (seq 3) again
 print("rto", port.writes - w, port.types[w], port.seqs[w], lk.timeouts)
 r0 = lk.rto
-lk.poll(13 + 3 * r0, handler)                       # the host is there (link up): no backoff
-print("no-backoff", lk.timeouts, lk.rto == r0)
+w = port.writes
+lk.poll(13 + 3 * r0, handler)                       # the host is there (link up): no backoff,
+print("no-backoff", lk.timeouts, lk.rto == r0, port.writes - w)  # but the hole goes twice
 lk.poll(1100, handler)                              # silent past timeout_ms: link down
 r0 = lk.rto
 lk.poll(1100 + r0, handler)
@@ -148,7 +149,7 @@ port.load(hello, hn); lk.poll(3000, handler)
 print("renumbered", lk.queue_fill, port.seqs[port.writes - 4], port.last_seq, lk.sessions)
 """)
     lines = out.splitlines()
-    assert lines[0] == "replies 3 2"
+    assert lines[0] == "replies 4 2"
     assert lines[1] == "capacity 8 8"
     assert lines[2] == "sent 4 4 3"
     assert lines[3] == "acked2 6 4 5 30"
@@ -156,7 +157,7 @@ print("renumbered", lk.queue_fill, port.seqs[port.writes - 4], port.last_seq, lk
     assert lines[5] == "partial 2 3 5 33"  # seq 3 and the new seq 6 sent; srtt 9 + 4 x rttvar 6
     assert lines[6] == "before-rto 0"
     assert lines[7] == "rto 1 32 3 1"
-    assert lines[8] == "no-backoff 2 True"
+    assert lines[8] == "no-backoff 2 True 2"
     assert lines[9] == "backoff False True"
     assert lines[10] == "bogus 5"
     assert lines[11] == "renumbered 5 0 3 2"
