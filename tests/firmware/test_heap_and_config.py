@@ -8,6 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from serialine.protocol.schema import ConfigResult
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,7 +50,9 @@ print(r)
     assert mp(code)[-1] == "refused"
 
 
-CFG_OK, CFG_BAD_ORDER, CFG_BAD_RANGE, CFG_BUDGET, CFG_BUSY = 0, 1, 2, 3, 4
+CFG_OK, CFG_BAD_ORDER, CFG_BAD_RANGE, CFG_BUDGET, CFG_BUSY = (
+    ConfigResult.OK, ConfigResult.BAD_ORDER, ConfigResult.BAD_RANGE,
+    ConfigResult.BUDGET_TOO_SMALL, ConfigResult.BUSY)
 
 
 def check(mp, **fields) -> tuple[int, int]:
