@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from serialine.host import db, masterdata, serials
+from serialine.host import db, masterdata, reporting, serials
 from serialine.host.epcis import events as ev
 from serialine.host.epcis.eventhash import event_hash
 from serialine.host.ledger import Ledger
@@ -51,7 +51,6 @@ def test_events_either_side_of_the_switch_carry_their_own_offset(tmp_path):
 def test_the_context_s_offset_follows_the_zone_and_a_fixed_offset_stays_fixed(tmp_path):
     ledger = _berlin_ledger(tmp_path)
     assert (ledger.ctx.offset_at(BEFORE), ledger.ctx.offset_at(AFTER)) == ("+02:00", "+01:00")
-    from serialine.host import reporting
     assert reporting.context_for(ledger.batch, BEFORE).tz_offset == "+02:00"
     assert reporting.context_for(ledger.batch, AFTER).tz_offset == "+01:00"
     fixed = ev.Context(read_point=SITE, biz_location=SITE, tz_offset="+05:30")

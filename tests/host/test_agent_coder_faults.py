@@ -5,8 +5,6 @@ and every pack carries the serial that was printed on it."""
 
 import time
 
-import pytest
-
 from serialine.host import agent as agent_mod
 from serialine.host.agent import Agent
 from serialine.host.devices.camera import Camera
