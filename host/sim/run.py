@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def _abort(db_path: Path, s: Scenario, where: dict) -> str:
     conn = hostdb.connect(str(db_path))
     try:
         counts = lifecycle.abort(conn, batch_id, "serialine-sim", f"serialine sim {at} (SIGINT)")
-    except Exception as exc:  # noqa: BLE001 - whatever refused, the batch stays as it was: say so
+    except (ValueError, sqlite3.Error) as exc:  # refused (LifecycleError) or the ledger said no
         return f"{at}: line stopped; batch {batch_id} left running, resumable ({exc})"
     finally:
         conn.close()
@@ -216,19 +217,23 @@ def _until_running(device, timeout: float = 20.0):
         time.sleep(0.001)
 
 
-def _drain(line, device, db_path, batch_id, timeout: float = 20.0):
+def _drain(line, device, db_path, batch_id, timeout: float = 20.0, quiet_s: float = 5.0):
     """After the last pack: keep the device running until the ledger holds an outcome for every
-    unit it detected (the device keeps its events until they are stored)."""
-    import sqlite3
-
+    unit it detected (the device keeps its events until they are stored), or nothing more comes
+    for `quiet_s` (a unit whose events were lost never gets a row: the report counts it)."""
     want = sum(1 for p in line.packs if p.detected_t is not None)
     end = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         while time.monotonic() < end:
             (n,) = conn.execute("SELECT COUNT(*) FROM unit WHERE batch_id = ? AND outcome IS NOT NULL",
                                 (batch_id,)).fetchone()
             if n >= want:
+                return
+            if n != last:
+                last, since = n, time.monotonic()
+            elif time.monotonic() - since > quiet_s:
                 return
             t = line.t + 1000
             for name, level, te in device.step(t, line.encoder, line.advance(t)):
