@@ -187,7 +187,8 @@ def compare_by_code(detected, ledger: Ledger) -> dict[str, list]:
         if p.in_bin:
             continue
         rec = ledger.codes.get(p.printed) if p.printed else None
-        out_codes.add(p.printed)
+        if p.printed:
+            out_codes.add(p.printed)
         if rec is not None and rec.state == "commissioned":
             continue
         if rec is not None and rec.outcome == "UNKNOWN":
@@ -200,11 +201,14 @@ def compare_by_code(detected, ledger: Ledger) -> dict[str, list]:
     code_of = {r.serial: code for code, r in ledger.codes.items()}
     in_bin = {p.printed: p.index for p in detected if p.printed and p.in_bin}
     mismatch = []
-    for serial in ledger.commissioned:  # commissioned: must be on a pack that left the line
+    for serial in ledger.commissioned:  # commissioned: on a pack that left the line, its unit PASSED
         code = code_of.get(serial)
         if code not in out_codes:
             mismatch.append({"serial": serial, "code": code, "pack": in_bin.get(code),
                              "physically": "in the bin" if code in in_bin else "on no pack that left the line"})
+        elif ledger.codes[code].outcome != "PASSED":
+            mismatch.append({"serial": serial, "code": code, "pack": None,
+                             "physically": f"left the line, but its unit is {ledger.codes[code].outcome}"})
     return {"left_unaccounted": left_unaccounted, "unresolved": unresolved, "mismatch": mismatch}
 
 

@@ -132,6 +132,12 @@ def test_a_commissioned_serial_in_the_bin_or_bound_to_a_neighbour_is_a_mismatch(
     r = _build(s, line, ledger)
     assert r["ledger_mismatch"] == 1 and r["ledger_mismatches"][0]["physically"] == "in the bin"
     assert not r["invariants"]["ledger_matches_line"] and not r["ok"]
+    # commissioned, on a pack that left the line, but the unit it is bound to did not pass
+    s, line, ledger = _run()
+    i = _passed(line)[0]
+    _rebind(ledger, line.packs[i].printed, "commissioned", "REJECTED_CONFIRMED")
+    r = _build(s, line, ledger)
+    assert r["ledger_mismatch"] == 1 and "REJECTED_CONFIRMED" in r["ledger_mismatches"][0]["physically"]
     # a dropped UNIT_PRINTED: the ledger bound each pack to its neighbour's serial (unit rows all
     # say PASSED, the unit-number view sees nothing wrong)
     s, line, ledger = _run()
