@@ -128,3 +128,43 @@ def test_an_out_of_range_enum_is_delivered_as_an_invalid_event_and_acked(pty_hos
     host.ack_delivered()
     acks = [a for t, s, a, f in read_frames(master, d, 0.1) if t == ACK]
     assert acks and acks[0] == 3  # the invalid event is acked with the rest: no resend loop
+
+
+def test_frames_after_a_hole_are_held_and_delivered_once_when_it_fills(pty_host):
+    host, master = pty_host
+    d = StreamDecoder()
+    host._start_hello(time.monotonic())
+    os.write(master, hello_reply())
+    assert host.poll(0.1) == [] and host.state == "open"
+    read_frames(master, d, 0.02)
+    os.write(master, unit_frame(0) + unit_frame(2) + unit_frame(3) + unit_frame(2))
+    assert [f["unit_seq"] for _, f in host.poll(0.1)] == [0]
+    assert host.out_of_order == 2 and host.duplicates == 1
+    dup_acks = [a for t, s, a, f in read_frames(master, d, 0.05) if t == ACK]
+    assert dup_acks == [0, 0, 0]  # one per frame it could not deliver: the device resends early
+    os.write(master, unit_frame(1) + unit_frame(3))  # the hole, then a late copy of a held one
+    assert [f["unit_seq"] for _, f in host.poll(0.1)] == [1, 2, 3]
+    host.ack_delivered()
+    assert [a for t, s, a, f in read_frames(master, d, 0.05) if t == ACK][-1] == 4
+    os.write(master, unit_frame(4))
+    assert [f["unit_seq"] for _, f in host.poll(0.1)] == [4]  # exactly once, in order
+
+
+def test_two_duplicate_acks_make_the_host_resend_at_once(pty_host):
+    host, master = pty_host
+    d = StreamDecoder()
+    host = HostLink(host.port.port, rto=5.0, rto_max=5.0, hello_timeout=0.2)  # no RTO in this test
+    try:
+        host._start_hello(time.monotonic())
+        os.write(master, hello_reply())
+        assert host.poll(0.1) == [] and host.state == "open"
+        for arg in range(3):
+            host.send("COMMAND", dict(command=1, arg=arg))
+        cmd = BY_NAME["COMMAND"].msg_type
+        assert [s for t, s, a, f in read_frames(master, d, 0.05) if t == cmd] == [0, 1, 2]
+        os.write(master, encode(ACK, 0, 1, {}))  # seq 0 applied, then the device saw 2 before 1
+        os.write(master, encode(ACK, 0, 1, {}) + encode(ACK, 0, 1, {}))
+        assert [s for t, s, a, f in read_frames(master, d, 0.1, host) if t == cmd] == [1, 2]
+        assert host.fast_retransmits == 1 and host.tx_pending == 2
+    finally:
+        host.close()
