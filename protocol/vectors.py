@@ -44,7 +44,7 @@ def _int_value(f: S.FieldSpec, case: str, i: int) -> int:
     # typical: a real enum member, or a small distinctive number
     if f.enum is not None:
         members = list(f.enum)
-        return members[i % len(members)].value
+        return int(members[i % len(members)])
     return (1000 + 37 * i) if bits >= 16 else (i + 1) & 0xFF
 
 

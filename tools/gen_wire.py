@@ -267,10 +267,19 @@ def _dec(lines: list[str], m: S.Message) -> None:
     lines += ["", "", ""]
 
 
+def _encoders(lines: list[str]) -> None:
+    for m in S.MESSAGES:
+        _enc(lines, m)
+
+
+def _decoders(lines: list[str]) -> None:
+    for m in S.MESSAGES:
+        _dec(lines, m)
+
+
 def generate() -> str:
     sections = {"constants": _constants, "message_rows": _message_rows, "enum_rows": _enum_rows,
-                "encoders": lambda lines: [_enc(lines, m) for m in S.MESSAGES],
-                "decoders": lambda lines: [_dec(lines, m) for m in S.MESSAGES]}
+                "encoders": _encoders, "decoders": _decoders}
     template = TEMPLATE.read_text().splitlines()
     first = next(i for i, line in enumerate(template) if line.startswith('"""'))
     out: list[str] = []
