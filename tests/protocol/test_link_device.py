@@ -207,3 +207,34 @@ print(lk.retransmits, applied[0], applied[1], lk.queue_fill, full)
     retransmits, applied, last, fill, full = map(int, out.split())
     assert retransmits == 300 and applied == 300 and last == 299
     assert fill == 8 and full == 8
+
+
+def test_fast_retransmit_partial_acks_and_repeated_rtos_allocate_nothing(run_mp):
+    out = run_mp(PRELUDE + r"""
+port.load(hello, hn); lk.poll(0, handler)
+dups = [frame(wire.enc_ack, 0, i & 0xFF) for i in range(200)]
+now = 1
+i = _ = n = 0  # the loop's globals exist before the lock
+s = b = None
+micropython.heap_lock()
+try:
+    for i in range(200):
+        for _ in range(3):
+            s = lk.reserve()
+            if s is not None:
+                lk.commit(wire.enc_unit_detected(s, 0, 0, i, i, i * 10, i * 7, 0))
+        lk.poll(now, handler)                   # send the window
+        b, n = dups[i]
+        port.load(b, n); port.load(b, n)        # two duplicate acks: fast retransmit
+        lk.poll(now, handler)
+        for _ in range(3):                      # RTOs in a row: the hole goes 1, 2, 3 times
+            now = time.ticks_add(now, 1100)
+            lk.poll(now, handler)
+        b, n = dups[(i + 1) % 200]
+        port.load(b, n)                         # a partial ack: the next hole at once
+        lk.poll(now, handler)
+finally:
+    micropython.heap_unlock()
+print(lk.fast_retransmits > 100, lk.timeouts >= 600, lk.queue_fill)
+""")
+    assert out.split()[:2] == ["True", "True"]
