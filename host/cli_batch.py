@@ -28,15 +28,6 @@ def _run(fn, args, create: bool = False) -> int:
     return ledgerfile.run("serialine", go)
 
 
-def _audited(conn, args, action, detail, change):
-    """`change()` and its audit record in ONE transaction: both commit or neither (a kill between
-    them leaves nothing). `detail` may be a function of change's result."""
-    with db.transaction(conn):
-        result = change()
-        audit.append(conn, args.user, action, detail(result) if callable(detail) else detail)
-    return result
-
-
 def _anchored(fn, prog):
     """Every batch / rework command ends by printing the audit chain's head and appending it to
     `<db>.anchors`, after its commit: a later truncation or re-hash of the chain is then detectable."""
@@ -93,13 +84,12 @@ def main(argv: list[str]) -> int:
     def go(conn, a):
         if a.cmd == "product":
             dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
-            _audited(conn, a, "product.add", {"gtin": a.gtin, "market": a.market, **dscsa}, lambda: masterdata.add_product(
-                conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa))
+            masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa, user=a.user)
             print(f"added product {a.gtin} ({a.name}, {a.market})")
         elif a.cmd == "site":
             loc = masterdata.Location(masterdata.sgln(a.sgln, a.prefix_len), a.name, a.street, a.city, a.state,
                                       a.postal, a.country, a.tz)
-            new = _audited(conn, a, "location.set", vars(loc), lambda: masterdata.set_location(conn, loc))
+            new = masterdata.set_location(conn, loc, user=a.user)
             kind = "site" if masterdata.get_location(conn, loc.sgln).tz else "location"
             print(f"{'added' if new else 'updated'} {kind} {loc.sgln} ({loc.name})")
         elif a.cmd == "serials":
@@ -119,10 +109,8 @@ def main(argv: list[str]) -> int:
             if warn:
                 print("warning: " + warn, file=sys.stderr)
         elif a.cmd == "create":
-            b = _audited(conn, a, "batch.create", lambda b: {"batch_id": a.batch_id, "gtin": a.gtin, "lot": a.lot,
-                                                          "expiry": a.expiry, "site": b.site, "read_point": b.read_point},
-                     lambda: masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned,
-                                                     a.case_size, a.pallet_size, site=a.site, read_point=a.read_point))
+            b = masterdata.create_batch(conn, a.batch_id, a.gtin, a.lot, a.expiry, a.planned, a.case_size,
+                                        a.pallet_size, site=a.site, read_point=a.read_point, user=a.user)
             print(f"created batch {b.batch_id}: GTIN {b.gtin}, lot {b.lot}, expiry {gs1.expiry_text(b.expiry)},"
                   f" {b.planned} planned, cases of {b.case_size}, pallets of {b.pallet_size}")
             for w in reconcile.reconcile(conn, b.batch_id).warnings:
@@ -132,7 +120,7 @@ def main(argv: list[str]) -> int:
                       f"{reporting.context_for(b).biz_location} in UTC (serialine batch site … --tz ZONE)",
                       file=sys.stderr)
         elif a.cmd == "start":
-            _audited(conn, a, "batch.start", {"batch_id": a.batch_id}, lambda: masterdata.start_batch(conn, a.batch_id))
+            masterdata.start_batch(conn, a.batch_id, user=a.user)
             print(f"batch {a.batch_id} started")
         elif a.cmd == "reconcile":
             report = reconcile.reconcile(conn, a.batch_id)

@@ -118,6 +118,8 @@ def run(prog: str, fn, *args, **kwargs) -> int:
         return int(fn(*args, **kwargs) or 0)
     except (LedgerFileError, ValueError, sqlite3.DatabaseError, OSError) as exc:
         return fail(exc)
+    except OverflowError:  # a number beyond SQLite's 64-bit integers, from any option
+        return fail("a number given is too large (the ledger holds integers up to 2**63 - 1)")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the ledger holds only what was committed", file=sys.stderr)
         return 130

@@ -8,7 +8,7 @@ import sqlite3
 import zoneinfo
 from dataclasses import dataclass
 
-from . import gs1
+from . import audit, gs1
 from .db import transaction
 from .epcis.eventhash import check_digit
 
@@ -145,9 +145,16 @@ def time_zone(name: str) -> zoneinfo.ZoneInfo:
         raise MasterDataError(f"unknown time zone {name!r} (want an IANA name such as Europe/Berlin)") from None
 
 
-def set_location(conn: sqlite3.Connection, location: Location) -> bool:
+def _audit(conn, user: str | None, action: str, detail: dict) -> None:
+    """The change's audit record, in the caller's transaction (None: the caller audits it)."""
+    if user is not None:
+        audit.append(conn, user, action, detail)
+
+
+def set_location(conn: sqlite3.Connection, location: Location, *, user: str | None = None) -> bool:
     """Add or update a location (a site when it has a time zone); an update changes the parts
-    given and keeps the others (so a site keeps its zone). True if it was new."""
+    given and keeps the others (so a site keeps its zone). True if it was new. With `user`, the
+    change and its audit record (location.set) commit together."""
     urn = sgln(location.sgln)
     if not location.name or not location.name.strip():
         raise MasterDataError(f"location {urn}: a name is required")
@@ -163,6 +170,7 @@ def set_location(conn: sqlite3.Connection, location: Location) -> bool:
                          for c in ("street", "city", "state", "postal", "country", "tz"))
         conn.execute("INSERT INTO location VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (sgln) DO UPDATE SET"
                      " name = excluded.name, " + keep, row)
+        _audit(conn, user, "location.set", {**vars(location), "sgln": urn})
     return new
 
 
@@ -207,12 +215,19 @@ def _ndc11(value: str) -> str:
 def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, company_prefix_len: int,
                 nhrn_ai: str | None = None, nhrn: str | None = None, *, ndc: str | None = None,
                 dosage_form: str | None = None, strength: str | None = None,
-                net_content: str | None = None, manufacturer: str | None = None) -> None:
+                net_content: str | None = None, manufacturer: str | None = None,
+                user: str | None = None) -> None:
+    """With `user`, the product and its audit record (product.add, sealing the row) commit together."""
     if market not in PROFILES:
         raise MasterDataError(f"unknown market profile {market!r} (known: {', '.join(PROFILES)})")
     gs1.validate([("01", gtin)])
     if not 6 <= int(company_prefix_len) <= 12:
         raise MasterDataError(f"company prefix length must be 6..12, got {company_prefix_len}")
+    if set(gtin[1:1 + int(company_prefix_len)]) == {"0"}:
+        raise MasterDataError(f"GTIN {gtin}: its company prefix ({company_prefix_len} digits after the indicator)"
+                              " is all zeros, which GS1 never allocates")
+    if (nhrn_ai is None) != (nhrn is None):
+        raise MasterDataError("a national number needs both --nhrn-ai AI and --nhrn VALUE")
     if nhrn_ai is not None:
         if nhrn_ai not in PROFILES[market].nhrn_ais:
             uses = ", ".join(f"{ai} ({gs1.dictionary()[ai].title})" for ai in PROFILES[market].nhrn_ais) or "none"
@@ -227,6 +242,9 @@ def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, com
             raise MasterDataError(f"product {gtin}: {exc}") from None
         if any(v is not None for v in master):
             conn.execute("INSERT INTO product_master VALUES (?,?,?,?,?,?)", (gtin, *master))
+        _audit(conn, user, "product.add", {"gtin": gtin, "market": market, "ndc": ndc, "dosage_form": dosage_form,
+                                           "strength": strength, "net_content": net_content,
+                                           "manufacturer": manufacturer})
 
 
 def get_product_master(conn: sqlite3.Connection, gtin: str) -> ProductMaster:
@@ -246,9 +264,10 @@ def _date(value) -> _dt.date:
 
 def create_batch(conn: sqlite3.Connection, batch_id: str, gtin: str, lot: str, expiry, planned: int,
                  case_size: int, pallet_size: int, *, site: str | None = None,
-                 read_point: str | None = None) -> Batch:
+                 read_point: str | None = None, user: str | None = None) -> Batch:
     """`site` (SGLN URN or GLN of a configured site; default: the only one) and `read_point`
-    (SGLN URN or GLN.EXT; default: the site) say where the batch's EPCIS events happen."""
+    (SGLN URN or GLN.EXT; default: the site) say where the batch's EPCIS events happen. With
+    `user`, the batch and its audit record (batch.create, sealing its master data) commit together."""
     expiry = _date(expiry)
     if not batch_id or not batch_id.isprintable():
         raise MasterDataError(f"bad batch id {batch_id!r}")
@@ -272,15 +291,22 @@ def create_batch(conn: sqlite3.Connection, batch_id: str, gtin: str, lot: str, e
             raise MasterDataError(f"batch {batch_id}: {exc}") from None
         if site is not None:
             conn.execute("INSERT INTO batch_site VALUES (?,?,?)", (batch_id, site, _read_point(read_point, site)))
-    return get_batch(conn, batch_id)
+        b = get_batch(conn, batch_id)
+        _audit(conn, user, "batch.create", {"batch_id": batch_id, "gtin": gtin, "lot": lot,
+                                            "expiry": gs1.expiry_text(expiry), "site": b.site,
+                                            "read_point": b.read_point})
+    return b
 
 
-def start_batch(conn: sqlite3.Connection, batch_id: str) -> None:
+def start_batch(conn: sqlite3.Connection, batch_id: str, *, user: str | None = None) -> None:
+    """created -> running; with `user`, audited (batch.start) in the same transaction."""
     with transaction(conn):
         cur = conn.execute("UPDATE batch SET state='running' WHERE batch_id=? AND state='created'",
                            (batch_id,))
         if cur.rowcount != 1:
-            raise MasterDataError(f"batch {batch_id} is not a created batch")
+            state = get_batch(conn, batch_id).state  # an unknown batch says so here
+            raise MasterDataError(f"batch {batch_id} is {state}: only a created batch can be started")
+        _audit(conn, user, "batch.start", {"batch_id": batch_id})
 
 
 def get_batch(conn: sqlite3.Connection, batch_id: str) -> Batch:

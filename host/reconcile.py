@@ -121,8 +121,8 @@ def _planned(conn, b, r: Report) -> None:
         (free,) = conn.execute("SELECT count(*) FROM serial WHERE gtin=? AND state='available'", (b.gtin,)).fetchone()
         need = b.planned - made - r.serials["allocated"]
         if need > free:
-            r.warnings.append(f"serial pool for {b.gtin} has {free} available, {need} more needed for the "
-                              f"{b.planned} planned packs: add serials before the run reaches them")
+            r.warnings.append(f"serial pool for {b.gtin} has {free} available, but the {b.planned} planned packs"
+                              f" need {need} more (short by {need - free}): add serials before the run reaches them")
         return
     if made == 0:
         return

@@ -173,8 +173,8 @@ def test_create_refuses_duplicate_lot_and_zero_gtin_and_warns_pool_too_small(con
     rc, out, err = run(capsys, conn, "batch", "create", "B3", GTIN, "L3", "2031-01-31", "--planned", str(free + 500),
                        "--case-size", "2", "--pallet-size", "2")
     assert rc == 0 and "created batch B3" in out
-    assert f"has {free} available, {free + 500} more needed" in err
-    assert any(f"{free + 500} more needed" in w for w in reconcile.reconcile(conn, "B3").warnings)
+    assert f"has {free} available, but the {free + 500} planned packs need {free + 500} more (short by 500)" in err
+    assert any("(short by 500)" in w for w in reconcile.reconcile(conn, "B3").warnings)
 
 
 def second_batch(conn):
