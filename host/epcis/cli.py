@@ -95,6 +95,8 @@ def _dscsa(conn: sqlite3.Connection, batch_id: str, events: list[dict], sender: 
     if sender is None and batch.site is None:
         raise ValueError(f"batch {batch_id} has no site: give --sender SGLN")
     sender, receiver = masterdata.sgln(sender or batch.site), masterdata.sgln(receiver)
+    if receiver == sender:
+        raise ValueError(f"--receiver {receiver} is the sender: name the trading partner the document goes to")
     product = masterdata.get_product_master(conn, batch.gtin)
     fields = ("ndc", "manufacturer", "dosage_form", "strength", "net_content")
     missing = [f.replace("_", "-") for f in fields if not getattr(product, f)]
@@ -148,6 +150,9 @@ def export(argv: list[str]) -> int:
         data = xml12.document(events, sender, receiver, master_data=master_data)
         validate.xml_document(data, "1.2")
         name = f"{safe}.xml"
+    if args.out.exists() and not args.out.is_dir():
+        print(f"serialine epcis export: --out {args.out} is a file, not a directory", file=sys.stderr)
+        return 1
     args.out.mkdir(parents=True, exist_ok=True)
     if not _atomic_write(args.out / name, data, replace=args.overwrite):
         print(f"serialine epcis export: {args.out / name} exists (use --overwrite to replace it)",
@@ -260,10 +265,12 @@ def outbox_main(argv: list[str]) -> int:
     parser.add_argument("--to", metavar="TARGET", help="the target to resend to (a --forward address)")
     parser.add_argument("--user", default=os.environ.get("SERIALINE_USER") or getpass.getuser(),
                         help="who asks for the resend (audited)")
-    parser.add_argument("--reason", default="receiver asked for the batch's whole history")
+    parser.add_argument("--reason", help="why the receiver gets it again (required with --resend: audited)")
     args = parser.parse_args(argv)
     if args.resend and not (args.batch and args.to):
         parser.error("--resend needs --batch B and --to TARGET")
+    if args.resend and not (args.reason or "").strip():
+        parser.error("--resend needs --reason R (the audit record says why)")
     if (args.batch or args.to) and not args.resend:
         parser.error("--batch and --to go with --resend")
     conn = _open(args.db)

@@ -91,12 +91,14 @@ def test_resend_refuses_what_it_cannot_do_and_changes_nothing(ledger, capsys):
     path, conn = ledger
     before = db.snapshot(conn)
     with CaptureServer() as server:
-        assert outbox_cli(path, "--resend", "--batch", "nope", "--to", server.url) == 1
+        assert outbox_cli(path, "--resend", "--batch", "nope", "--to", server.url, "--reason", "r") == 1
         assert "has no EPCIS events" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             outbox_cli(path, "--resend", "--to", server.url)
         with pytest.raises(SystemExit):
             outbox_cli(path, "--batch", "B1")
+        with pytest.raises(SystemExit):  # a resend is audited with its reason: none is made up
+            outbox_cli(path, "--resend", "--batch", "B1", "--to", server.url)
         assert not server.events
     assert db.snapshot(conn) == before
 

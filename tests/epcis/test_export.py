@@ -135,3 +135,11 @@ def test_outbox_command_shows_pending_rows_and_server_errors(ledger, capsys, mon
         assert cli.main(["outbox", "--db", str(ledger), "--retry-now", "--forward", server.url]) == 0
         assert len(server.events) == 8
     assert "0 pending, 8 delivered" in capsys.readouterr().out
+
+
+def test_export_into_a_file_is_one_line_and_writes_nothing(ledger, tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("keep")
+    assert cli.main(["epcis", "export", "--batch", "B7", "--out", str(out), "--db", str(ledger)]) == 1
+    assert f"--out {out} is a file, not a directory" in capsys.readouterr().err
+    assert out.read_text() == "keep"

@@ -190,6 +190,8 @@ def test_dscsa_export_refuses_what_a_partner_could_not_use(ledger, tmp_path, cap
     assert "not an SGLN" in capsys.readouterr().err
     assert cli.main(base + ["--receiver", PARTNER, "--sender", "urn:epc:id:sgln:4012345.0000.0"]) == 1
     assert "not an SGLN" in capsys.readouterr().err
+    assert cli.main(base + ["--receiver", SITE]) == 1  # the sender (the batch's site) given as receiver
+    assert f"--receiver {SITE} is the sender" in capsys.readouterr().err
     assert not out.exists() or not list(out.iterdir())
     masterdata.add_product(conn, "09506000134352", "EU pack", "EU_FMD", 7)
     masterdata.create_batch(conn, "E1", "09506000134352", "LE1", date.today() + timedelta(days=700), 1, 1, 1)
