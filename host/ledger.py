@@ -236,6 +236,8 @@ class Ledger:
             if "invalid" in f:  # an intact frame with a value out of range: kept, never applied
                 self.alarm(device_id, "QUARANTINED", f"boot {boot_id} event {f['event_seq']} {n}: {f['invalid']}")
                 new[i] = False
+                if n == "UNIT_OUTCOME" and type(f.get("unit_seq")) is int:
+                    self._outcome_unreadable(w, life, device_id, boot_id, f["unit_seq"])
                 continue
             handler = self.HANDLERS.get(n)
             if handler is not None:
@@ -355,6 +357,21 @@ class Ledger:
             self._passed.append(serial)
         else:
             w["serial_rejected"].append((self.batch.gtin, serial))
+
+    def _outcome_unreadable(self, w, life, device_id, boot_id, u) -> None:
+        """The device decided unit u but its UNIT_OUTCOME is quarantined: the device sends no other,
+        so the pack may have left the line. UNKNOWN until a person resolves it, like a lost outcome."""
+        self._row(w, life, device_id, boot_id, u, "its UNIT_OUTCOME")
+        self._bound.pop((device_id, boot_id, u), None)
+        self._flush()
+        outcome, reason, serial = self.conn.execute("SELECT outcome, reason, serial FROM unit WHERE device_id=? AND"
+                                                    " boot_id=? AND unit_seq=?", (device_id, boot_id, u)).fetchone()
+        if outcome is not None and reason != "EVENTS_LOST":
+            return  # already final: this event changes nothing
+        w["unit_outcome"].append(("UNKNOWN", "OUTCOME_INVALID", device_id, boot_id, u))
+        life.lost.add(u)  # a later outcome for it (none is expected) reads the database
+        self.alarm(device_id, "OUTCOME_UNKNOWN", f"unit {device_id}:{boot_id}:{u}" + (f" serial {serial}" if serial else "")
+                   + ": its outcome event is invalid; batch close blocked until it is resolved")
 
     HANDLERS = {"UNIT_DETECTED": _on_detected, "UNIT_PRINTED": _on_printed,
                 "UNIT_INSPECTED": _on_inspected, "UNIT_OUTCOME": _on_outcome}

@@ -179,12 +179,29 @@ def test_an_invalid_event_is_stored_once_never_applied(line):
     bad = line.event("UNIT_OUTCOME", unit_seq=0, outcome=1, reason=99, gate_error=0, pos=0, t_us=0,
                      invalid="UNIT_OUTCOME.reason 99 is not a Reason")
     assert line.store([bad]) == [False]
-    assert unit_row(conn, 0)[0] is None  # not applied: the unit still waits for a real outcome
+    # not applied, and the device sends no other: the pack may have left the line, so UNKNOWN
+    outcome, reason, serial = unit_row(conn, 0)
+    assert (outcome, reason) == ("UNKNOWN", "OUTCOME_INVALID") and serial_state(conn, serial) == "printed"
     [alarm] = alarms(conn, "QUARANTINED")
     assert "reason 99" in alarm
+    [unknown] = alarms(conn, "OUTCOME_UNKNOWN")
+    assert "dev1:7:0" in unknown and serial in unknown
     before = snapshot(conn)
     assert line.store([bad]) == [False]  # resent: recognised, nothing changes, no second alarm
     assert snapshot(conn) == before
+    with pytest.raises(reconcile.ReconcileError, match="unknown outcome.*dev1:7:0"):
+        reconcile.close_batch(conn, "B1", "ann")
+    resolve.resolve(conn, "B1", "dev1:7:0", destroyed=True, user="qa", reason="not found in any case")
+    assert unit_row(conn, 0)[:2] == ("DESTROYED", "RESOLVED") and serial_state(conn, serial) == "destroyed"
+
+
+def test_an_invalid_outcome_never_overrides_a_final_one(line):
+    conn = line.ledger.conn
+    line.unit(0)
+    bad = line.event("UNIT_OUTCOME", unit_seq=0, outcome=1, reason=99, gate_error=0, pos=0, t_us=0,
+                     invalid="UNIT_OUTCOME.reason 99 is not a Reason")
+    assert line.store([bad]) == [False]
+    assert unit_row(conn, 0)[:2] == ("PASSED", "OK") and not alarms(conn, "OUTCOME_UNKNOWN")
 
 
 def test_a_boot_belongs_to_its_batch_another_batch_purges_none_of_it(line):

@@ -68,7 +68,8 @@ def test_an_out_of_range_event_is_quarantined_and_acked_never_a_crash_loop(conn)
             os.close(slave)
     rows = conn.execute("SELECT event_seq, msg_name FROM device_event WHERE device_id='dev-q'").fetchall()
     assert rows == [(1, "UNIT_DETECTED"), (2, "UNIT_OUTCOME")]
-    assert conn.execute("SELECT outcome FROM unit WHERE device_id='dev-q'").fetchall() == [(None,)]  # not applied
+    # not applied: the outcome is unknown until a person resolves the unit
+    assert conn.execute("SELECT outcome, reason FROM unit WHERE device_id='dev-q'").fetchall() == [("UNKNOWN", "OUTCOME_INVALID")]
     quarantined = conn.execute("SELECT detail FROM alarm_log WHERE alarm='QUARANTINED'").fetchall()
     assert len(quarantined) == 1 and "99" in quarantined[0][0]
 
