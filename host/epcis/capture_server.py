@@ -44,6 +44,7 @@ class CaptureServer:
         self.redirect_get: str | None = None    # answer GET /capture/{id} with 302 to BASE/moved/capture/{id}
         self.job_base: str | None = None        # 202 Location is absolute, on this base URL
         self.every_job_succeeds = False         # any GET /capture/{id} reports success (a hostile server)
+        self.job_body: bytes | None = None      # answer GET /capture/{id} with these bytes (no capture job)
         self.authorizations: list[str | None] = []  # Authorization header of each request, in order
         self._ids = itertools.count(1)
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -136,7 +137,7 @@ class CaptureServer:
                 pass
 
             def _send(self, status: int, body: dict, headers: dict | None = None):
-                data = json.dumps(body).encode() if body else b""
+                data = body if isinstance(body, bytes) else json.dumps(body).encode() if body else b""
                 self.send_response(status)
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -180,6 +181,8 @@ class CaptureServer:
                     return self._send(404, _problem(404, "NoSuchResourceException", self.path))
                 if server.redirect_get and not moved:
                     return self._send(302, {}, {"Location": f"{server.redirect_get}/moved{self.path}"})
+                if server.job_body is not None:
+                    return self._send(200, server.job_body)
                 self._send(*server._job(parts[1]))
 
         return Handler

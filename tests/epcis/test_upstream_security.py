@@ -290,3 +290,25 @@ def test_mqtts_client_certificate(pki):
             sink.send(ONE)
         finally:
             sink.close()
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b"42", b'"success"', b"null", b"\xff\xfe"])
+def test_a_job_status_that_is_no_capture_job_is_a_delivery_failure(ledger, body):
+    """Whatever the job poll answers, it is a SinkError (events kept, retried), never a traceback."""
+    path, conn, ids = ledger
+    with CaptureServer() as server:
+        server.job_body = body
+        assert Forwarder(conn, HttpCaptureSink(server.url, timeout=2, poll_interval=0.01), doc_size=10).run_once() == 0
+        assert "not a capture job" in last_errors(conn)[0] and delivered_ids(conn) == []
+
+
+def test_credentials_over_plain_http_never_go_through_a_proxy(ledger, monkeypatch):
+    """An http_proxy in the environment would get the token in the clear: plain http with
+    credentials goes straight to the (loopback) server."""
+    path, conn, ids = ledger
+    with CaptureServer(token=TOKEN) as ours, CaptureServer() as proxy:
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        assert Forwarder(conn, HttpCaptureSink(ours.url, token=TOKEN, timeout=2), doc_size=10).run_once() == 6
+        assert proxy.authorizations == [] and set(ours.authorizations) == {f"Bearer {TOKEN}"}

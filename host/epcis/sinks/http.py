@@ -44,6 +44,8 @@ class HttpCaptureSink:
             self._secrets.append(creds)
         self.context = None
         handlers = [_SameOriginRedirects(self)]
+        if self.origin[0] == "http" and self._secrets:
+            handlers.append(urllib.request.ProxyHandler({}))  # an http_proxy would get them in the clear
         if self.origin[0] == "https":
             self.context = ssl.create_default_context(cafile=ca_file)
             if cert_file:
@@ -85,7 +87,9 @@ class HttpCaptureSink:
             try:
                 job = json.loads(body)
             except ValueError:
-                raise self.error(f"GET {job_url}: not a capture job: {body[:200]!r}") from None
+                job = None
+            if not isinstance(job, dict):
+                raise self.error(f"GET {job_url}: not a capture job: {body[:200]!r}")
             if not job.get("running", False):
                 if job.get("success") is True:
                     return
