@@ -393,7 +393,7 @@ def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[
             anchors += parse_anchors(f.read())
     try:
         problem = (_verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_checkpoints(conn)
-                   or _verify_outbox(conn))
+                   or _verify_outbox(conn) or _verify_derived(conn))
     except (KeyError, TypeError, AttributeError) as exc:  # a record whose chain holds but whose seal is malformed
         problem = f"a sealed record's detail is malformed ({type(exc).__name__}: {exc})"
     if problem:
@@ -406,7 +406,68 @@ def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[
     # records after the newest anchor are only as good as the file: nothing outside vouches for them yet
     tail = f", {n - newest} record(s) after the newest anchor" if anchors and n > newest else ""
     return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found{tail};"
-                     f" sealed tables match; {events} outbox eventIDs match their bodies")
+                     f" sealed tables match; {events} outbox eventIDs match their bodies;"
+                     " serial states follow their history, passed units their device's word")
+
+
+def _verify_derived(conn) -> str | None:
+    """What the ledger derives, recomputed from the append-only logs it derives from (covered by
+    seals and checkpoints): a serial's state is where its history ends, each step from the one
+    before; a serial ever commissioned belongs to a PASSED unit; a PASSED unit has its device's
+    UNIT_OUTCOME saying so, or a person's `unit.resolve` record. So a unit forged good while its
+    batch runs is caught even after the close seals the forgery."""
+    if not all(_has(conn, t) for t in ("serial", "serial_history", "unit", "device_event")):
+        return None
+    from .db import TRANSITIONS
+    legal = set(TRANSITIONS)
+    state_of = "SELECT state FROM serial WHERE gtin=? AND serial=?"
+    unit_of = "SELECT outcome FROM unit WHERE gtin=? AND serial=?"
+    key = end = None
+    ended_out = 0  # serials whose history ends away from 'available'
+
+    def closed(key, end):
+        row = conn.execute(state_of, key).fetchone()
+        if row is None:
+            return f"serial {key[0]}/{key[1]}: it has a history but no row"
+        if row[0] != end:
+            return f"serial {key[0]}/{key[1]}: state {row[0]}, but its history ends {end}"
+        return None
+    for gtin, serial, old, new in conn.execute(
+            "SELECT gtin, serial, old_state, new_state FROM serial_history ORDER BY gtin, serial, rowid"):
+        if (gtin, serial) != key:
+            if key is not None:
+                problem = closed(key, end)
+                if problem:
+                    return problem
+                ended_out += end != "available"
+            key, end = (gtin, serial), "available"  # every serial is born available
+        if old != end:
+            return f"serial {gtin}/{serial}: its history goes {end}, then {old} -> {new} (a step is missing)"
+        if (old, new) not in legal:
+            return f"serial {gtin}/{serial}: its history holds {old} -> {new}, a change the ledger never makes"
+        end = new
+        if new == "commissioned" and (conn.execute(unit_of, key).fetchone() or (None,))[0] != "PASSED":
+            return f"serial {gtin}/{serial}: commissioned, but its unit is not PASSED"
+    if key is not None:
+        problem = closed(key, end)
+        if problem:
+            return problem
+        ended_out += end != "available"
+    (used,) = conn.execute("SELECT count(*) FROM serial WHERE state <> 'available'").fetchone()
+    if used != ended_out:
+        return f"{used - ended_out} serial(s) left 'available' without any history"
+    said = {(d, b, u) for d, b, u in conn.execute(
+        "SELECT device_id, boot_id, unit_seq FROM device_event WHERE msg_name = 'UNIT_OUTCOME'"
+        " AND json_valid(body) AND json_extract(body, '$.outcome') = 1")}
+    for (detail,) in conn.execute("SELECT detail FROM audit WHERE action = 'unit.resolve'"):
+        d = json.loads(detail)
+        if isinstance(d, dict) and d.get("outcome") == "PASSED":
+            device, boot, seq = str(d.get("unit", "")).rsplit(":", 2)
+            said.add((device, int(boot), int(seq)))
+    for device, boot, seq in conn.execute("SELECT device_id, boot_id, unit_seq FROM unit WHERE outcome = 'PASSED'"):
+        if (device, boot, seq) not in said:
+            return f"unit {device}:{boot}:{seq} is PASSED, but neither its device nor a unit.resolve record says so"
+    return None
 
 
 def _has(conn, table: str) -> bool:

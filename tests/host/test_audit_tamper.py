@@ -324,3 +324,51 @@ def test_a_forged_record_at_the_head_has_no_anchor(closed_ledger, tmp_path, caps
     assert cli_batch.audit_main(["verify", "--strict", "--db", str(dbfile)]) == 1
     assert capsys.readouterr().err == "record 6: no anchor vouches for it (appended after the newest anchor)\n"
     assert cli_batch.audit_main(["verify", "--strict", "--db", str(closed_ledger / "ledger.db")]) == 0
+
+
+def _forged_then_aborted(tmp_path, checkpoint, *extra):
+    """The issue's forgery on a RUNNING batch (a rejected pack made PASSED, commissioned, cased),
+    then the batch ended through the project: its abort seal now covers the forged rows."""
+    dbfile = tmp_path / "ledger.db"
+    _run_line(dbfile, close=False)
+    if checkpoint:
+        assert cli_batch.audit_main(["checkpoint", "--db", str(dbfile), "--user", "qa"]) == 0
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    c.execute("BEGIN")
+    gtin, serial = _rejected(c)
+    forge_passed_commissioned_cased(c)
+    for edit in extra:
+        edit(c, gtin, serial)
+    c.execute("COMMIT")
+    c.close()
+    assert cli_batch.main(["abort", "B1", "--reason", "line fault", "--db", str(dbfile), "--user", "qa"]) == 0
+    return dbfile, serial
+
+
+def _history_says_commissioned(c, gtin, serial):  # the forger also writes the step a trigger would have
+    c.execute("INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id) VALUES (?,?,?,?,?)",
+              (gtin, serial, "rejected", "commissioned", "B1"))
+
+
+def _history_rewritten(c, gtin, serial):  # ... or rewrites the history to a legal one
+    c.execute("UPDATE serial_history SET new_state='commissioned' WHERE serial=? AND new_state='rejected'", (serial,))
+
+
+@pytest.mark.parametrize("checkpoint, extra, expected", [
+    (True, (), "state commissioned, but its history ends rejected"),
+    (False, (), "state commissioned, but its history ends rejected"),
+    (False, (_history_says_commissioned,), "rejected -> commissioned, a change the ledger never makes"),
+    (True, (_history_rewritten,), "table serial_history differs from its seal"),  # the checkpoint holds it
+    (False, (_history_rewritten,), "is PASSED, but neither its device nor a unit.resolve record says so"),
+], ids=["checkpointed", "no checkpoint", "history step added", "history rewritten, checkpointed",
+        "history rewritten, no checkpoint"])
+def test_a_unit_forged_good_while_its_batch_runs_is_caught_after_the_seal(tmp_path, capsys, checkpoint, extra,
+                                                                          expected):
+    """verify recomputes what the ledger derives from its logs: a serial's state from its history,
+    a PASSED unit from its device's UNIT_OUTCOME. (Not caught: the device event rewritten too, after
+    the newest checkpoint — nothing outside the file has seen it.)"""
+    dbfile, serial = _forged_then_aborted(tmp_path, checkpoint, *extra)
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
