@@ -43,7 +43,8 @@ from . import serials
 from .correlate import Correlator
 from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt
-from .ledger import Ledger
+from .ledger import Ledger, LedgerError
+from .masterdata import MasterDataError
 
 FILL_AHEAD = 8
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
@@ -56,6 +57,10 @@ log = logging.getLogger("serialine.agent")
 
 class AgentError(RuntimeError):
     """The agent cannot serve this device (the message says why, in one line)."""
+
+
+class BatchEnded(AgentError):
+    """The batch was closed (or aborted) under the agent: the line is stopped, nothing more is stored."""
 
 
 def _copy(c: Correlator) -> Correlator:
@@ -79,7 +84,10 @@ class Agent:
                  window_s: float = 0.5, min_grade: float = 1.5, ctx=None,
                  pairing_lost_after: int = PAIRING_LOST_AFTER):
         self.conn, self.link, self.coder, self.camera = conn, link, coder, camera
-        self.ledger = Ledger(conn, batch_id, ctx=ctx, min_grade=min_grade)
+        try:
+            self.ledger = Ledger(conn, batch_id, ctx=ctx, min_grade=min_grade)
+        except (LedgerError, MasterDataError) as exc:  # e.g. the batch is closed: nothing to serve
+            raise AgentError(f"no line runs on it: {exc}") from None
         self.correlator = Correlator(window_s)
         self.fill_ahead = fill_ahead
         self.device_id: str | None = None
@@ -137,6 +145,27 @@ class Agent:
             self._lock[1].close()
             self._lock = None
 
+    def _check_batch(self) -> None:
+        """Inside a write transaction (so it cannot change meanwhile): the batch still runs. A batch
+        closed under a live line takes no more units or serials; the agent stops the line and ends."""
+        (state,) = self.conn.execute("SELECT state FROM batch WHERE batch_id=?", (self.ledger.batch.batch_id,)).fetchone()
+        if state != "running":
+            raise BatchEnded(f"batch {self.ledger.batch.batch_id} is {state}: the agent for device {self.device_id}"
+                             " stops and the line is stopped; events not stored stay on the device")
+
+    def _batch_ended(self, exc: BatchEnded) -> None:
+        """Stop the line (latched: START refused) and say why, once."""
+        if self.line_stop is None:
+            self.line_stop = str(exc)
+            log.error(str(exc))
+            self.alarms.append(str(exc))
+            self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+            try:
+                with transaction(self.conn):
+                    self.ledger.alarm("agent", "BATCH_ENDED", str(exc))
+            except sqlite3.Error:
+                pass  # the alarm is said on stderr already; the line stop is what matters
+
     def start(self, timeout: float = 5.0) -> dict:
         """Open the session: resume this batch's boot of the device, or start a new one."""
         hello = self.link.connect(timeout)
@@ -146,13 +175,16 @@ class Agent:
                 if self.ledger.knows_boot(*_boot_key(hello)):
                     self._resume(hello)
                 else:
-                    self.on_new_boot(hello)
+                    self._book_new_boot(hello)
                 break
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
                     raise
                 self._on_busy(exc)
                 time.sleep(self._backoff)
+            except BatchEnded as exc:
+                self._batch_ended(exc)
+                raise
         self._busy_over()
         return hello
 
@@ -174,6 +206,7 @@ class Agent:
     def _resume(self, hello: dict) -> None:
         device_id, boot_id = _boot_key(hello)
         with transaction(self.conn):
+            self._check_batch()
             self.ledger.alarm("agent", "RESUMING", f"agent restarted on {device_id} boot {boot_id}: line stop "
                               "latched until the device's events are in and the coder is reset")
         self.device_id, self.boot_id = device_id, boot_id
@@ -216,13 +249,26 @@ class Agent:
             self.command(name)
 
     def on_new_boot(self, hello: dict) -> None:
+        """The device rebooted (e.g. told by a link wrapper from inside poll()). A busy ledger only
+        defers the booking: the next step sees the new boot_id and books it before storing any
+        event of it."""
+        try:
+            self._book_new_boot(hello)
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self.ledger.resync()
+            self._on_busy(exc)
+
+    def _book_new_boot(self, hello: dict) -> None:
         """A (new) session: this batch's units of the device's other boots still in flight are
         booked (ledger.new_boot: rejected, or UNKNOWN if the host passed them), the prints the old
         boot never reported take their jobs (the coder's depth says how many), and the coder
-        starts clean."""
+        starts clean. A busy ledger raises (nothing booked)."""
         device_id, boot_id = _boot_key(hello)
         self._lease(device_id)
         with transaction(self.conn):
+            self._check_batch()
             if self.coder is not None:  # prints the old boot made but never reported take their jobs
                 try:
                     self.ledger.unheard_prints(device_id, boot_id, self.ledger.queued_depth() - self.coder.depth())
@@ -285,6 +331,7 @@ class Agent:
         ran dry gives what is left, then nothing (SERIALS_EXHAUSTED once; looked at once a second)."""
         dry = None
         with transaction(self.conn):
+            self._check_batch()
             try:
                 jobs = self.ledger.queue_codes(need)
             except serials.SerialError as exc:
@@ -355,7 +402,11 @@ class Agent:
 
     def step(self, timeout: float = 0.05) -> int:
         """One poll: returns the number of events stored. A busy ledger is waited out (see above)."""
-        self._waiting += self.link.poll(max(timeout, self._backoff))
+        try:
+            self._waiting += self.link.poll(max(timeout, self._backoff))
+        except BatchEnded as exc:  # a link wrapper's on_new_boot found the batch ended
+            self._batch_ended(exc)
+            raise
         saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
         try:
             stored = self._step()
@@ -366,6 +417,9 @@ class Agent:
             self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
             self._on_busy(exc)
             return 0
+        except BatchEnded as exc:
+            self._batch_ended(exc)
+            raise
         self._busy_over()
         return stored
 
@@ -399,7 +453,7 @@ class Agent:
         msgs = self._waiting
         hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
         if hello and int(hello["boot_id"]) != self.boot_id:
-            self.on_new_boot(dict(hello))
+            self._book_new_boot(dict(hello))  # busy: the step is retried, its events kept
         errors: list[tuple[str, str, str]] = []  # (source, kind, detail): the drivers' alarms
         if self.coder is not None:
             errors += [("coder", kind, detail) for kind, detail in self.coder.alarms()]
@@ -438,6 +492,8 @@ class Agent:
     def _store_and_decide(self, msgs, errors):
         stored, blind = 0, []
         with transaction(self.conn):
+            if msgs:
+                self._check_batch()
             now = time.monotonic()
             for (name, fields), new in zip(msgs, self.ledger.store_batch(self.device_id, self.boot_id, msgs)):
                 if new:

@@ -184,3 +184,80 @@ def test_prints_lost_with_the_devices_ram_still_get_their_units(conn):
         assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='EVENTS_LOST'").fetchone()[0] == 1
         assert sc.depth == 4  # cleared and refilled for the new boot
         agent.coder.close()
+
+
+def _unit(agent, link, sc, u):
+    """Unit u through the line with the real coder emulator: detected, printed, passed."""
+    from serialine.host.db import transaction
+    link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+    sc.trigger(u)
+    link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+    agent.step(0)
+    code = agent.ledger.expected_code("line1", 42, u)
+    with transaction(agent.conn):
+        v, r, s = agent.ledger.judge.decide("]d2" + code, "A", code)
+        agent.ledger.record_verdict("line1", 42, u, v, r, s, "A")
+    link.event("UNIT_OUTCOME", unit_seq=u, outcome=1, reason=0, gate_error=0, pos=0, t_us=0)
+    agent.step(0)
+
+
+@pytest.mark.parametrize("then", ["events", "top-up"])
+def test_a_batch_closed_under_a_running_agent_stops_the_line_and_the_agent_in_one_line(conn, then):
+    """Closed by QA while its line's agent runs: the next events (or the next coder top-up, where
+    the ledger refuses serials to a batch that is not running) stop the line and end the agent with
+    one line, storing nothing more; a restarted agent is refused in one line (no crash loop)."""
+    from serialine.host import reconcile
+    from serialine.host.devices.coder import Coder
+    from serialine.host.sim.coder import SimCoder
+    from serialine.protocol.schema import Command
+    with SimCoder() as sc:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), fill_ahead=4)
+        agent.start()
+        for u in range(3):
+            _unit(agent, link, sc, u)
+        qa = db.connect(conn.execute("PRAGMA database_list").fetchone()[2])
+        reconcile.close_batch(qa, "B1", "qa")
+        before = db.snapshot(conn)
+        if then == "events":
+            link.event("UNIT_DETECTED", unit_seq=3, pos=0, t_us=0, flags=0)
+        else:
+            agent.ledger.resync()  # as after any rolled-back step: the mirror sees the queue written off
+        with pytest.raises(AgentError) as err:
+            agent.step(0)
+        assert "batch B1 is closed" in str(err.value) and "\n" not in str(err.value)
+        assert link.sent[-1] == ("COMMAND", {"command": int(Command.STOP), "arg": 0})
+        assert not agent.command("START")  # latched
+        after = db.snapshot(conn)
+        assert after.pop("alarm_log") != before.pop("alarm_log") and after == before  # only the alarm
+        assert conn.execute("SELECT alarm FROM alarm_log ORDER BY alarm_id DESC").fetchone() == ("BATCH_ENDED",)
+        assert link.acked == link.delivered - (then == "events")
+        agent.release()
+        agent.coder.close()
+        with pytest.raises(AgentError, match="no line runs on it: batch B1 is closed") as err:
+            Agent(conn, "B1", ScriptedLink())
+        qa.close()
+
+
+def test_a_reboot_reported_from_inside_poll_while_the_ledger_is_busy_is_booked_once_free(conn):
+    """A link wrapper that tells the agent of a new boot from inside poll() (as the simulator's
+    agent process does) while another writer holds the lock: the booking waits, no exception,
+    and the new boot's events are stored under it only after it is booked."""
+    link = ScriptedLink()
+    agent = Agent(conn, "B1", link)
+    agent.start()
+    link.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0)
+    agent.step(0)
+    other = db.connect(conn.execute("PRAGMA database_list").fetchone()[2])
+    other.execute("BEGIN IMMEDIATE")
+    link.hello = {"device_id": "line1", "boot_id": 43}
+    agent.on_new_boot(dict(link.hello))  # what the wrapper does; busy: deferred
+    link.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0)  # the new boot's first unit
+    assert agent.step(0) == 0 and agent.boot_id == 42
+    other.execute("COMMIT")
+    deadline = time.monotonic() + 5
+    while agent.boot_id != 43 and time.monotonic() < deadline:
+        agent.step(0.01)
+    assert conn.execute("SELECT boot_id, unit_seq, outcome FROM unit ORDER BY 1").fetchall() == [
+        (42, 0, "PURGED"), (43, 0, None)]
+    other.close()
