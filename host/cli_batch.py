@@ -167,7 +167,7 @@ def rework_main(argv: list[str]) -> int:
 
     def go(conn, a):
         if a.cmd == "remove":
-            print(f"removed from case {rework.remove_pack(conn, a.gtin, a.serial, a.user, a.reason)}")
+            print(f"pack {a.serial} removed from case {rework.remove_pack(conn, a.gtin, a.serial, a.user, a.reason)}")
         elif a.cmd == "add":
             rework.add_pack(conn, a.sscc, a.gtin, a.serial, a.user, a.reason)
             print(f"pack {a.serial} added to case {a.sscc}")
@@ -175,11 +175,11 @@ def rework_main(argv: list[str]) -> int:
             sscc = rework.replace_pack(conn, a.gtin, a.old_serial, a.new_serial, a.user, a.reason)
             print(f"pack {a.old_serial} replaced by {a.new_serial} in case {sscc}")
         elif a.cmd == "disaggregate":
-            print(f"{len(rework.disaggregate(conn, a.sscc, a.user, a.reason))} children released")
+            print(f"{a.sscc} emptied: {len(rework.disaggregate(conn, a.sscc, a.user, a.reason))} children released")
         elif a.cmd == "decommission":
             if a.sscc:
                 n = rework.decommission_container(conn, a.target[0], a.kind, a.user, a.reason)
-                print(f"{n} packs {a.kind}")
+                print(f"{a.target[0]}: {n} packs {a.kind}")
             else:
                 if len(a.target) != 2:
                     raise ValueError("decommission a pack: GTIN SERIAL")
