@@ -311,15 +311,20 @@ class Agent:
             self.ledger.resync()  # rolled back: none of these jobs exists, none was pushed
             self._on_busy(exc)  # the step's events are in and acked already: only the top-up waits
             return 0
+        pushed_before = self.ledger.queued_depth() - len(jobs)  # queued in the ledger, pushed already
         for i, (_, code) in enumerate(jobs):
             try:
-                self.coder.push(code)
+                depth = self.coder.push(code)
             except InDoubt as exc:
                 self._coder_in_doubt(exc)
                 return i
             except DeviceError as exc:
                 self._coder_refusing(exc, [serial for serial, _ in jobs[i:]])
                 return i
+            if depth > pushed_before + i + 1:  # (fewer is prints not yet reported) more: not our queue
+                self._coder_in_doubt(InDoubt(f"coder holds {depth} jobs, the ledger queued {pushed_before + i + 1}:"
+                                             " an earlier reply was not what the coder did (a stray reply?)"))
+                return i + 1
         if self._coder_refused:
             self._alarm_now("coder", "CODER_ACCEPTS", f"the coder takes jobs again after {self._coder_refused}"
                             " refused push(es); filling resumed")

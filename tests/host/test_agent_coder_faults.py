@@ -210,3 +210,47 @@ def test_a_busy_ledger_at_a_top_up_only_delays_the_top_up(conn):
         assert sc.depth == 5 and list(sc.buffer) == _queued(conn) and _bindings_match(conn)
         assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='LEDGER_BUSY'").fetchone()[0] >= 1
         agent.coder.close(); agent.camera.close()
+
+
+def test_a_stray_refusal_taken_as_a_push_reply_is_caught_by_the_coders_depth(conn, monkeypatch):
+    """A stray `ERR full` arrives while a PUSH waits (the one case order cannot tell apart,
+    docs/devices.md): the job is written off though the coder queued it, so the coder holds one job
+    the ledger does not. The next push's depth says so (more jobs than the ledger queued): the agent
+    stops the line, clears the coder and refills; no pack ever passes with a serial not printed on it."""
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_S", 0.05)
+    monkeypatch.setattr(agent_mod, "CODER_RETRY_MAX_S", 0.1)
+
+    class StrayBeforeReply(SimCoder):
+        pushes = 0
+
+        def handle(self, line):
+            if line.startswith("PUSH"):
+                self.pushes += 1
+                if self.pushes == 6:
+                    self.send("ERR full")  # the stray, just before the real "OK 4"
+            return super().handle(line)
+
+    with StrayBeforeReply() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 3}
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.2)
+        agent.start()
+        assert [run_unit(agent, link, sc, scam, u) for u in (0, 1)] == [(Verdict.PASS, Reason.OK)] * 2
+        assert _alarms(conn, "CODER_REFUSED") == 1 and sc.depth == 4 and len(_queued(conn)) == 3
+        time.sleep(0.1)
+        agent.step(0)  # the probe push: the coder says 5, the ledger queued 4
+        assert _alarms(conn, "CODER_IN_DOUBT") == 1 and agent.resuming and STOP in link.sent
+        results = [run_unit(agent, link, sc, scam, u) for u in range(2, 7)]  # the line coasting to a stop
+        assert results == [(Verdict.FAIL, Reason.CORRELATION)] * 5
+        link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}
+        deadline = time.monotonic() + 5
+        while agent.resuming and time.monotonic() < deadline:
+            agent.step(0)
+            time.sleep(0.02)
+        assert not agent.resuming and list(sc.buffer) == _queued(conn) and sc.depth == 4
+        assert [run_unit(agent, link, sc, scam, u) for u in range(7, 10)] == [(Verdict.PASS, Reason.OK)] * 3
+        passed_wrong = conn.execute(
+            "SELECT count(*) FROM unit u JOIN coder_job j USING (gtin, serial) WHERE u.outcome='PASSED'"
+            " AND u.read_serial IS NOT u.serial").fetchone()[0]
+        assert passed_wrong == 0
+        agent.coder.close(); agent.camera.close()
