@@ -66,6 +66,7 @@ _CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial",
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
     "product.add": ("gtin", ("product_row", "product_master_row")),
+    "product.master": ("gtin", ("product_master_row",)),  # DSCSA master data added or changed later
     "batch.create": ("batch_id", ("batch_master",)),
     "batch.close": ("batch_id", _CLOSED),
     "batch.abort": ("batch_id", _CLOSED),
@@ -323,9 +324,20 @@ def _latest_seals(conn) -> tuple[list[tuple[int, str, str, dict]], dict]:
         if action in FINAL:
             final[key] = (seq, action, key, detail["seal"])
             reopened.pop(key, None)
-        else:  # the latest record for the key says what its rows are now
-            master[(action, key)] = (seq, action, key, detail["seal"])
-    return list(master.values()) + list(final.values()), reopened
+        elif isinstance(detail["seal"], dict):  # per part, the latest record sealing it says what its rows are now
+            for part, sealed in detail["seal"].items():
+                master[(part, key)] = (seq, action, key, {part: sealed})
+        else:
+            master[(None, action, key)] = (seq, action, key, detail["seal"])
+    finals = []
+    for seq, action, key, sealed in final.values():
+        # master data changed after the close (product.master) is vouched for by its own seal
+        row = conn.execute("SELECT gtin FROM batch WHERE batch_id=?", (key,)).fetchone()
+        later = row is not None and master.get(("product_master_row", row[0]), (0,))[0] > seq
+        if later and isinstance(sealed, dict):
+            sealed = {p: v for p, v in sealed.items() if p != "product_master"}
+        finals.append((seq, action, key, sealed))
+    return list(master.values()) + finals, reopened
 
 
 def _verify_seals(conn) -> str | None:
@@ -353,7 +365,8 @@ def _verify_seals(conn) -> str | None:
 
 
 def _label(action: str, key: str) -> str:
-    return {"product.add": "product", "location.set": "location", "ship": "shipment"}.get(action, "batch") + " " + key
+    return {"product.add": "product", "product.master": "product", "location.set": "location",
+            "ship": "shipment"}.get(action, "batch") + " " + key
 
 
 def _verify_outbox(conn) -> str | None:

@@ -49,6 +49,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--nhrn-ai"); p.add_argument("--nhrn")
     for opt in ("--ndc", "--dosage-form", "--strength", "--net-content", "--manufacturer"):
         p.add_argument(opt, help="DSCSA master data (EPCIS 1.2 export)")
+    p = sub.add_parser("master", help="add or change a product's DSCSA master data (EPCIS 1.2 export)")
+    p.add_argument("gtin")
+    for opt in ("--ndc", "--dosage-form", "--strength", "--net-content", "--manufacturer"):
+        p.add_argument(opt)
     p = sub.add_parser("site", help="add or update a site (with --tz) or a partner's location")
     p.add_argument("sgln", help="SGLN URN, or GLN with --prefix-len")
     p.add_argument("--prefix-len", type=int, help="company prefix length of a GLN")
@@ -86,6 +90,11 @@ def main(argv: list[str]) -> int:
             dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
             masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa, user=a.user)
             print(f"added product {a.gtin} ({a.name}, {a.market})")
+        elif a.cmd == "master":
+            m = masterdata.set_product_master(conn, a.gtin, user=a.user, **{
+                k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")})
+            print(f"product {m.gtin} master data: NDC {m.ndc or '-'}, {m.dosage_form or '-'}, {m.strength or '-'},"
+                  f" {m.net_content or '-'}, made by {m.manufacturer or '-'}")
         elif a.cmd == "site":
             loc = masterdata.Location(masterdata.sgln(a.sgln, a.prefix_len), a.name, a.street, a.city, a.state,
                                       a.postal, a.country, a.tz)

@@ -247,6 +247,30 @@ def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, com
                                            "manufacturer": manufacturer})
 
 
+def set_product_master(conn: sqlite3.Connection, gtin: str, *, ndc: str | None = None,
+                       dosage_form: str | None = None, strength: str | None = None,
+                       net_content: str | None = None, manufacturer: str | None = None,
+                       user: str | None = None) -> ProductMaster:
+    """Add or change a product's DSCSA master data (a product made before it had any, or a
+    correction): the fields given change, the others stay. With `user`, audited (product.master,
+    sealing the row) in the same transaction; its seal supersedes the earlier ones of that row."""
+    given = {"ndc": ndc and _ndc11(ndc), "dosage_form": dosage_form, "strength": strength,
+             "net_content": net_content, "manufacturer": manufacturer}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        raise MasterDataError("give at least one of --ndc, --dosage-form, --strength, --net-content, --manufacturer")
+    for k, v in given.items():
+        if not str(v).strip():
+            raise MasterDataError(f"{k.replace('_', '-')} must not be empty")
+    with transaction(conn):
+        get_product_master(conn, gtin)  # an unknown GTIN says so
+        conn.execute("INSERT INTO product_master (gtin) VALUES (?) ON CONFLICT (gtin) DO NOTHING", (gtin,))
+        conn.execute(f"UPDATE product_master SET {', '.join(f'{k} = ?' for k in given)} WHERE gtin = ?",
+                     (*given.values(), gtin))
+        _audit(conn, user, "product.master", {"gtin": gtin, **given})
+        return get_product_master(conn, gtin)
+
+
 def get_product_master(conn: sqlite3.Connection, gtin: str) -> ProductMaster:
     row = conn.execute("SELECT p.gtin, p.name, m.ndc, m.dosage_form, m.strength, m.net_content,"
                        " m.manufacturer FROM product p LEFT JOIN product_master m USING (gtin)"

@@ -102,7 +102,7 @@ def _dscsa(conn: sqlite3.Connection, batch_id: str, events: list[dict], sender: 
     missing = [f.replace("_", "-") for f in fields if not getattr(product, f)]
     if missing:
         raise ValueError(f"product {batch.gtin} lacks DSCSA master data: --{', --'.join(missing)}"
-                         " (serialine batch product)")
+                         f" (serialine batch master {batch.gtin} …)")
     item = ev.sgtin_urn(batch.gtin, "0", batch.company_prefix_len)[len("urn:epc:id:sgtin:"):].rsplit(".", 1)[0]
     pattern = f"urn:epc:idpat:sgtin:{item}.*"  # every serial of the product
     master = [xml12.epc_class(pattern, name=product.name, **{f: getattr(product, f) for f in fields})]

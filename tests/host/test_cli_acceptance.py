@@ -95,3 +95,34 @@ def test_starting_a_running_batch_says_its_state(ledger, capsys):
     assert run(capsys, "batch", "start", "B1", "--db", ledger)[0] == 0
     rc, _, err = run(capsys, "batch", "start", "B1", "--db", ledger)
     assert rc == 1 and "batch B1 is running: only a created batch can be started" in err
+
+
+def test_dscsa_master_data_added_to_a_product_after_its_batch_closed(tmp_path, capsys):
+    """A product made without DSCSA master data (an older ledger, the simulator's) gets it later:
+    audited and sealed as product.master, which vouches for the row from then on — the batch's
+    close seal still holds for everything else, and the 1.2 export now carries the EPCClass."""
+    import sqlite3
+    from test_audit_tamper import _run_line  # a closed batch B1 of GTIN, through the real CLI and ledger
+    dbfile = tmp_path / "ledger.db"
+    _run_line(dbfile)
+    path = str(dbfile)
+    export = ["epcis", "export", "--batch", "B1", "--format", "xml12", "--out", str(tmp_path / "out"), "--db", path,
+              "--sender", "urn:epc:id:sgln:9506000.00000.0", "--receiver", "urn:epc:id:sgln:0614141.00001.0"]
+    capsys.readouterr()
+    assert cli.main(export) == 1
+    assert f"lacks DSCSA master data: --ndc, --manufacturer, --dosage-form, --strength, --net-content (serialine batch master {GTIN}" in capsys.readouterr().err
+    rc, out, _ = run(capsys, "batch", "master", GTIN, "--ndc", "50242-040-62", "--dosage-form", "TABLET", "--strength",
+                     "100 mg", "--net-content", "30 tablets", "--manufacturer", "Example Pharma", "--db", path,
+                     "--user", "qa")
+    assert rc == 0 and f"product {GTIN} master data: NDC 50242004062, TABLET, 100 mg, 30 tablets" in out
+    assert cli.main(export) == 0
+    assert "50242004062" in (tmp_path / "out" / "B1.xml").read_text()
+    assert trail(path)[-1][:2] == ("qa", "product.master")
+    rc, out, err = run(capsys, "audit", "verify", "--db", path)
+    assert rc == 0 and "audit log intact" in out, err
+    c = sqlite3.connect(path)  # behind the project's back: the new seal catches it
+    c.execute("UPDATE product_master SET strength='500 mg'")
+    c.commit()
+    c.close()
+    rc, _, err = run(capsys, "audit", "verify", "--db", path)
+    assert rc == 1 and f"product {GTIN}: table product_master differs from its seal" in err
