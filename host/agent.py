@@ -93,7 +93,7 @@ class Agent:
         self.device_id: str | None = None
         self.boot_id: int | None = None
         self.verdict_latency_s: list[float] = []
-        self.alarms: list[str] = []
+        self.alarms: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, for a console
         self.resuming = False  # latched the line stop after our restart; coder not yet reset
         self._held: list[str] = []  # operator commands held while resuming
         self._last_result_at = 0.0  # when the camera last sent a result (monotonic s)

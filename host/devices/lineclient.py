@@ -19,6 +19,7 @@ GS_ESCAPE = "\\x1d"  # the GS separator inside a code on a text line (never in G
 MAX_LINE = 512  # bytes before the newline; a longer line is discarded up to its newline (docs/devices.md)
 MAX_EVENTS = 4096  # unsolicited lines kept until the owner takes them; more are dropped with an alarm
 MAX_ALARMS = 100  # alarms kept until the owner takes them; the rest are counted per kind
+ALARM_BURST = 10  # alarms of one kind kept per second; beyond, counted and said once a second
 
 
 def escape_code(code: str) -> str:
@@ -82,6 +83,8 @@ class LineClient:
         self._events: collections.deque = collections.deque()
         self._alarms: collections.deque = collections.deque()
         self._alarms_dropped: collections.Counter = collections.Counter()
+        self._alarm_window: dict[str, tuple[float, int]] = {}  # kind -> (window start, alarms in it)
+        self._counted_at: dict[str, float] = {}  # kind -> when its count was last said
         self._waiting: tuple[socket.socket, threading.Event, list] | None = None
         self.in_doubt = False
         self.closed = False  # no live connection (lost, or closed by the owner)
@@ -197,18 +200,27 @@ class LineClient:
 
     # --- owner's side ------------------------------------------------------------------------
     def alarm(self, kind: str, detail: str) -> None:
+        now = time.monotonic()
         with self._state:
-            if len(self._alarms) < MAX_ALARMS:
+            start, n = self._alarm_window.get(kind, (now, 0))
+            if now - start >= 1.0:
+                start, n = now, 0
+            self._alarm_window[kind] = (start, n + 1)
+            if n < ALARM_BURST and len(self._alarms) < MAX_ALARMS:
                 self._alarms.append((kind, detail))
             else:
                 self._alarms_dropped[kind] += 1
 
     def alarms(self) -> list[tuple[str, str]]:
-        """(kind, detail) of every alarm since the last call; beyond MAX_ALARMS, one count per kind."""
+        """(kind, detail) of the alarms since the last call: at most ALARM_BURST of a kind a second
+        (a device spewing garbage must not flood the ledger), the rest one count per kind a second."""
+        now = time.monotonic()
         with self._state:
             out, self._alarms = list(self._alarms), collections.deque()
-            dropped, self._alarms_dropped = self._alarms_dropped, collections.Counter()
-        out += [(kind, f"{self.name}: {n} more {kind} alarm(s) not listed") for kind, n in dropped.items()]
+            due = [k for k, n in self._alarms_dropped.items() if n and now - self._counted_at.get(k, -1.0) >= 1.0]
+            counts = [(k, self._alarms_dropped.pop(k)) for k in due]
+            self._counted_at.update((k, now) for k in due)
+        out += [(kind, f"{self.name}: {n} more {kind} alarm(s) not listed") for kind, n in counts]
         return out
 
     def drain(self) -> list:
