@@ -145,6 +145,14 @@ def time_zone(name: str) -> zoneinfo.ZoneInfo:
         raise MasterDataError(f"unknown time zone {name!r} (want an IANA name such as Europe/Berlin)") from None
 
 
+def _printable(**fields) -> None:
+    """Names and descriptions travel in EPCIS documents (XML 1.2 cannot carry control characters):
+    each given one is printable text, checked when it is entered, not when a partner needs it."""
+    for name, value in fields.items():
+        if value is not None and not str(value).isprintable():
+            raise MasterDataError(f"{name.replace('_', ' ')} {value!r}: control characters are not allowed")
+
+
 def _audit(conn, user: str | None, action: str, detail: dict) -> None:
     """The change's audit record, in the caller's transaction (None: the caller audits it)."""
     if user is not None:
@@ -158,6 +166,8 @@ def set_location(conn: sqlite3.Connection, location: Location, *, user: str | No
     urn = sgln(location.sgln)
     if not location.name or not location.name.strip():
         raise MasterDataError(f"location {urn}: a name is required")
+    _printable(name=location.name, street=location.street, city=location.city, state=location.state,
+               postal=location.postal)
     if location.country is not None and not re.fullmatch(r"[A-Z]{2}", location.country):
         raise MasterDataError(f"country must be an ISO 3166-1 alpha-2 code such as DE, got {location.country!r}")
     if location.tz is not None:
@@ -233,6 +243,8 @@ def add_product(conn: sqlite3.Connection, gtin: str, name: str, market: str, com
             uses = ", ".join(f"{ai} ({gs1.dictionary()[ai].title})" for ai in PROFILES[market].nhrn_ais) or "none"
             raise MasterDataError(f"market {market} carries no national number AI ({nhrn_ai}); its NHRN AIs: {uses}")
         gs1.validate([("01", gtin), (nhrn_ai, nhrn or "")])
+    _printable(name=name, dosage_form=dosage_form, strength=strength, net_content=net_content,
+               manufacturer=manufacturer)
     master = (ndc and _ndc11(ndc), dosage_form, strength, net_content, manufacturer)
     with transaction(conn):
         try:
@@ -262,6 +274,7 @@ def set_product_master(conn: sqlite3.Connection, gtin: str, *, ndc: str | None =
     for k, v in given.items():
         if not str(v).strip():
             raise MasterDataError(f"{k.replace('_', '-')} must not be empty")
+    _printable(**given)
     with transaction(conn):
         get_product_master(conn, gtin)  # an unknown GTIN says so
         conn.execute("INSERT INTO product_master (gtin) VALUES (?) ON CONFLICT (gtin) DO NOTHING", (gtin,))

@@ -78,7 +78,12 @@ def test_cli_master_data_records_are_the_same(ledger, capsys):
     (("batch", "create", "B9", GTIN, "L9", "2031-01-31", "--planned", "99999999999999999999", "--case-size", "2",
       "--pallet-size", "2"), "a number given is too large"),
     (("outbox", "--limit", "99999999999999999999"), "a number given is too large"),
-], ids=["start unknown", "nhrn without ai", "ai without nhrn", "zero company prefix", "huge planned", "huge limit"])
+    (("batch", "master", GTIN, "--manufacturer", "AC\x01ME"), "manufacturer 'AC\\x01ME': control characters"),
+    (("batch", "product", "09506000171005", "Asp\x1birin", "--market", "EU_FMD", "--prefix-len", "7"),
+     "control characters are not allowed"),
+    (("batch", "site", "urn:epc:id:sgln:0614141.00001.0", "--name", "Wh\nDC"), "control characters are not allowed"),
+], ids=["start unknown", "nhrn without ai", "ai without nhrn", "zero company prefix", "huge planned", "huge limit",
+        "control char in master data", "control char in product name", "control char in location"])
 def test_bad_input_is_one_line_and_changes_nothing(ledger, capsys, argv, says):
     conn = db.connect(ledger)
     before = snapshot(conn)
