@@ -412,14 +412,20 @@ class Agent:
         except BatchEnded as exc:  # a link wrapper's on_new_boot found the batch ended
             self._batch_ended(exc)
             raise
-        saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
+        saved = None
         try:
+            hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
+            if hello and int(hello["boot_id"]) != self.boot_id:
+                self._book_new_boot(dict(hello))  # busy: nothing booked, retried next step
+            self._take_drivers()  # before `saved`: what the drivers handed over survives a rollback
+            saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
             stored = self._step()
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
             self.ledger.resync()  # rolled back: mirrors rebuilt, pairing as before this step
-            self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
+            if saved is not None:
+                self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
             self._on_busy(exc)
             return 0
         except BatchEnded as exc:
@@ -454,12 +460,10 @@ class Agent:
             return
         self._busy_tries = 0
 
-    def _step(self) -> int:
-        msgs = self._waiting
-        hello = getattr(self.link, "hello", None)  # HostLink keeps the session's HELLO_REPLY
-        if hello and int(hello["boot_id"]) != self.boot_id:
-            self._book_new_boot(dict(hello))  # busy: the step is retried, its events kept
-        errors: list[tuple[str, str, str]] = []  # (source, kind, detail): the drivers' alarms
+    def _take_drivers(self) -> None:
+        """Camera results into the correlator, the drivers' alarms into _pending_errors (logged
+        with the next commit): taken from the drivers once, so never lost to a rolled-back step."""
+        errors: list[tuple[str, str, str]] = []  # (source, kind, detail)
         if self.coder is not None:
             errors += [("coder", kind, detail) for kind, detail in self.coder.alarms()]
         if self.camera is not None:
@@ -472,12 +476,14 @@ class Agent:
             for r in results:
                 self.correlator.result(r)
         self.alarms.extend(detail for _, _, detail in errors)
-        errors = self._pending_errors + errors
+        self._pending_errors += errors
+
+    def _step(self) -> int:
+        msgs, errors = self._waiting, self._pending_errors
         stored, verdicts = 0, []
         try:
             stored, verdicts = self._store_and_decide(msgs, errors)
         except Exception:
-            self._pending_errors = errors  # the drivers' alarms are logged with the next commit
             self.ledger.resync()  # the transaction rolled back: nothing is acked, mirrors rebuilt
             raise
         self._waiting, self._pending_errors = [], []

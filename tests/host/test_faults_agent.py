@@ -261,3 +261,40 @@ def test_a_reboot_reported_from_inside_poll_while_the_ledger_is_busy_is_booked_o
     assert conn.execute("SELECT boot_id, unit_seq, outcome FROM unit ORDER BY 1").fetchall() == [
         (42, 0, "PURGED"), (43, 0, None)]
     other.close()
+
+
+def test_camera_results_taken_during_a_busy_step_are_not_lost(conn):
+    """The step that takes a camera result from the driver finds the ledger locked and rolls back:
+    the result stays with the agent, so the unit still pairs with its own read and passes (losing
+    it would shift the pairing: the next units fail CODE_MISMATCH and the line stops)."""
+    from serialine.host.devices.camera import Camera
+    from serialine.host.devices.coder import Coder
+    from serialine.host.sim.camera import SimCamera
+    from serialine.host.sim.coder import SimCoder
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=1.0)
+        agent.start()
+        other = db.connect(conn.execute("PRAGMA database_list").fetchone()[2])
+        verdicts = []
+        for u in range(3):
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            printed = sc.trigger(u)[0]
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+            link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+            agent.step(0)  # the unit is in, waiting for its result
+            scam.trigger(u, printed, False)
+            scam.deliver(10 ** 12)
+            deadline = time.monotonic() + 5
+            while not agent.camera._events and time.monotonic() < deadline:
+                time.sleep(0.005)
+            other.execute("BEGIN IMMEDIATE")
+            assert agent.step(0) == 0 and not agent.camera._events  # taken, then rolled back
+            other.execute("COMMIT")
+            while not [f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u] and time.monotonic() < deadline:
+                agent.step(0.01)
+            [v] = [f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u]
+            verdicts.append((v["verdict"], v["reason"]))
+        assert verdicts == [(1, 0)] * 3  # PASS, OK
+        other.close()
+        agent.coder.close(); agent.camera.close()
