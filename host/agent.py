@@ -236,12 +236,19 @@ class Agent:
                 return
             self._clear_failing, self._coder_wait, self._coder_retry_at = False, 0.0, 0.0
         self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
-        with transaction(self.conn):
-            dropped = 0
-            if clear:
-                dropped = self.ledger.drop_queued()
-            done = f"coder cleared, {dropped} queued job(s) dropped" if self._reset_coder else "camera pairing restarted"
-            self.ledger.alarm("agent", "RESUMED", f"{done}; clear the alarm to restart the line")
+        try:  # after the step's commit and ack: a busy ledger only delays the end of the resume
+            with transaction(self.conn):
+                dropped = 0
+                if clear:
+                    dropped = self.ledger.drop_queued()
+                done = f"coder cleared, {dropped} queued job(s) dropped" if self._reset_coder else "camera pairing restarted"
+                self.ledger.alarm("agent", "RESUMED", f"{done}; clear the alarm to restart the line")
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+            self.ledger.resync()  # the queue still looks queued: the next try clears the coder again
+            self._on_busy(exc)
+            return
         self.resuming = False
         self.fill_coder()
         held, self._held = self._held, []

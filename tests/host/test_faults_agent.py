@@ -298,3 +298,48 @@ def test_camera_results_taken_during_a_busy_step_are_not_lost(conn):
         assert verdicts == [(1, 0)] * 3  # PASS, OK
         other.close()
         agent.coder.close(); agent.camera.close()
+
+
+def test_a_busy_ledger_as_a_resume_finishes_loses_no_verdict(conn):
+    """The step stores and acks its events, then finishing the resume (coder cleared) finds the
+    ledger locked: only the finish waits. The step's verdicts still go out, nothing is rolled back
+    in the agent, and the resume ends once the ledger is free."""
+    from serialine.host.devices.coder import Coder
+    from serialine.host.sim.coder import SimCoder
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    other = db.connect(path)
+
+    class LocksOnClear(SimCoder):
+        hold = False
+
+        def handle(self, line):
+            if line == "CLEAR" and self.hold:  # another writer takes the lock just then, for 0.6 s
+                self.hold = False
+                other.execute("BEGIN IMMEDIATE")
+                threading.Timer(0.6, lambda: other.execute("COMMIT")).start()
+            return super().handle(line)
+
+    with LocksOnClear() as sc:
+        first = Agent(conn, "B1", ScriptedLink(), Coder(*sc.address), fill_ahead=4)
+        first.start()
+        first.release()
+        first.coder.close()
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), fill_ahead=4)
+        agent.start()  # the same boot: resumed, line stop latched
+        assert agent.resuming
+        link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}
+        sc.hold = True
+        for name in ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED"):
+            link.event(name, unit_seq=0, pos=0, t_us=0, **({"flags": 0} if name == "UNIT_DETECTED" else {}))
+        sc.trigger(0)
+        assert agent.step(0) == 3 and link.acked == 3
+        assert [f["unit_seq"] for n, f in link.sent if n == "VERDICT"] == [0]  # sent, not rolled back
+        assert agent.resuming  # the finish waits for the ledger
+        deadline = time.monotonic() + 5
+        while agent.resuming and time.monotonic() < deadline:
+            agent.step(0.01)
+        assert not agent.resuming and list(sc.buffer) == [c for (c,) in conn.execute(
+            "SELECT code FROM coder_job WHERE state='queued' ORDER BY job_id")]
+        agent.coder.close()
+    other.close()
