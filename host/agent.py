@@ -328,9 +328,13 @@ class Agent:
             except DeviceError as exc:
                 self._coder_refusing(exc, [serial for serial, _ in jobs[i:]])
                 return i
-            if depth > pushed_before + i + 1:  # (fewer is prints not yet reported) more: not our queue
-                self._coder_in_doubt(InDoubt(f"coder holds {depth} jobs, the ledger queued {pushed_before + i + 1}:"
-                                             " an earlier reply was not what the coder did (a stray reply?)"))
+            # The probe after a refusal: if a stray "ERR" was taken for the refused push's reply, the
+            # coder kept that job and holds more than the ledger queued (fewer is prints not yet
+            # reported). Checked only here: while printing, one more is a print the coder has not
+            # made yet although the device reported it.
+            if self._coder_refused and depth > pushed_before + i + 1:
+                self._coder_in_doubt(InDoubt(f"coder holds {depth} jobs after a refusal, the ledger queued "
+                                             f"{pushed_before + i + 1}: the refusal was not what the coder did"))
                 return i + 1
         if self._coder_refused:
             self._alarm_now("coder", "CODER_ACCEPTS", f"the coder takes jobs again after {self._coder_refused}"
