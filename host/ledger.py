@@ -24,6 +24,9 @@ from .masterdata import Batch, get_batch
 from .verdicts import Judge
 
 UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME")
+# A device tracks 64 units and buffers a few hundred events, so a real gap in unit_seq is far
+# smaller; an event further ahead is quarantined (booking its gap would be millions of rows).
+MAX_UNIT_GAP = 4096
 
 # One statement per rule, run in this order at each flush: a unit's life, top to bottom.
 _RULES = {
@@ -240,7 +243,11 @@ class Ledger:
                     self._outcome_unreadable(w, life, device_id, boot_id, f["unit_seq"])
                 continue
             handler = self.HANDLERS.get(n)
-            if handler is not None:
+            if handler is not None and f["unit_seq"] > life.detected + MAX_UNIT_GAP:
+                self.alarm(device_id, "QUARANTINED", f"boot {boot_id} event {f['event_seq']} {n}: unit_seq {f['unit_seq']}"
+                           f" is more than {MAX_UNIT_GAP} beyond the last unit heard of ({life.detected})")
+                new[i] = False
+            elif handler is not None:
                 handler(self, w, life, device_id, boot_id, f)
         self._flush()
         return new

@@ -240,3 +240,22 @@ def test_unit_keys_parse_or_are_refused_in_one_line(text):
        st.integers(0, 2 ** 30), st.integers(0, 2 ** 30))
 def test_unit_keys_round_trip(device_id, boot, seq):
     assert resolve.parse_unit(f"{device_id}:{boot}:{seq}") == (device_id, boot, seq)
+
+
+def test_a_unit_seq_far_beyond_any_gap_the_device_can_have_is_quarantined(line):
+    """A CRC-valid event whose unit_seq jumps by billions (a device fault) would book every unit in
+    between UNKNOWN (2**32 rows: the agent runs out of memory, restarts, is sent it again): it is
+    stored, alarmed and not applied. A gap the device can really have still books its units."""
+    from serialine.host.ledger import MAX_UNIT_GAP
+    conn = line.ledger.conn
+    line.store([line.event("UNIT_DETECTED", unit_seq=0, pos=0, t_us=0, flags=0)])
+    wild = line.event("UNIT_OUTCOME", unit_seq=2 ** 32 - 1, outcome=1, reason=0, gate_error=0, pos=0, t_us=0)
+    assert line.store([wild]) == [False]
+    assert conn.execute("SELECT count(*) FROM unit").fetchone()[0] == 1
+    [alarm] = alarms(conn, "QUARANTINED")
+    assert str(2 ** 32 - 1) in alarm
+    assert conn.execute("SELECT count(*) FROM device_event WHERE unit_seq=?", (2 ** 32 - 1,)).fetchone()[0] == 1
+    before = snapshot(conn)
+    assert line.store([wild]) == [False] and snapshot(conn) == before  # resent: recognised
+    line.store([line.event("UNIT_DETECTED", unit_seq=MAX_UNIT_GAP, pos=0, t_us=0, flags=0)])
+    assert conn.execute("SELECT count(*) FROM unit WHERE outcome='UNKNOWN'").fetchone()[0] == MAX_UNIT_GAP - 1
