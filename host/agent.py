@@ -150,8 +150,9 @@ class Agent:
         closed under a live line takes no more units or serials; the agent stops the line and ends."""
         (state,) = self.conn.execute("SELECT state FROM batch WHERE batch_id=?", (self.ledger.batch.batch_id,)).fetchone()
         if state != "running":
-            raise BatchEnded(f"batch {self.ledger.batch.batch_id} is {state}: the agent for device {self.device_id}"
-                             " stops and the line is stopped; events not stored stay on the device")
+            device = f" for device {self.device_id}" if self.device_id else ""
+            raise BatchEnded(f"batch {self.ledger.batch.batch_id} is {state}: the agent{device} stops and the"
+                             " line is stopped; events not stored stay on the device")
 
     def _batch_ended(self, exc: BatchEnded) -> None:
         """Stop the line (latched: START refused) and say why, once."""
