@@ -312,3 +312,18 @@ def test_credentials_over_plain_http_never_go_through_a_proxy(ledger, monkeypatc
         monkeypatch.setenv("http_proxy", proxy.url)
         assert Forwarder(conn, HttpCaptureSink(ours.url, token=TOKEN, timeout=2), doc_size=10).run_once() == 6
         assert proxy.authorizations == [] and set(ours.authorizations) == {f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("mode,where", [("redirect_post", "http://[::1/capture"), ("redirect_get", "http://[::1"),
+                                        ("job_base", "http://[::1"), ("job_base", "http://127.0.0.1:99999")])
+def test_a_malformed_redirect_or_job_location_is_a_delivery_failure(ledger, mode, where):
+    """A Location urllib cannot even parse (broken IPv6 literal, port out of range): refused like
+    another origin, a SinkError with the events kept, never a traceback."""
+    path, conn, ids = ledger
+    with CaptureServer(token=TOKEN) as server:
+        setattr(server, mode, where)
+        sink = HttpCaptureSink(server.url, token=TOKEN, timeout=2, poll_interval=0.01)
+        assert Forwarder(conn, sink, doc_size=10).run_once() == 0
+        error = last_errors(conn)[0]
+        assert ("not followed" in error or "not polled" in error) and TOKEN not in error
+        assert delivered_ids(conn) == []

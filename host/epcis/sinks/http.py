@@ -77,8 +77,8 @@ class HttpCaptureSink:
         location = headers.get("Location")
         if status != 202 or not location:
             raise self.error(f"POST /capture: expected 202 with Location, got {status}: {_problem(body)}")
-        job_url = urllib.parse.urljoin(self.url + "/", location)
-        if origin(job_url) != self.origin:
+        job_url = _join(self.url + "/", location)
+        if not _same_origin(job_url, self.origin):
             raise self.error(f"capture job Location {location[:200]} is not on {_show(self.origin)}: not "
                              "polled (a job status counts only from the server the events were posted to)")
         deadline = time.monotonic() + self.job_timeout
@@ -110,13 +110,37 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, sink: HttpCaptureSink):
         self.sink = sink
 
+    def http_error_302(self, req, fp, code, msg, headers):
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except ValueError:  # urllib parses the Location first: a malformed one is refused here
+            fp.close()
+            raise self.sink.error(f"{req.get_method()} {req.full_url}: HTTP {code} redirect to a malformed address "
+                                  f"{str(headers.get('Location'))[:200]!r} not followed") from None
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        target = urllib.parse.urljoin(req.full_url, newurl)
-        if req.get_method() == "GET" and origin(target) == self.sink.origin:
+        target = _join(req.full_url, newurl)
+        if req.get_method() == "GET" and _same_origin(target, self.sink.origin):
             return super().redirect_request(req, fp, code, msg, headers, newurl)
         fp.close()
         raise self.sink.error(f"{req.get_method()} {req.full_url}: HTTP {code} redirect to "
                               f"{target[:200]} not followed (only GETs within {_show(self.sink.origin)})")
+
+
+def _join(base: str, location: str) -> str:
+    try:
+        return urllib.parse.urljoin(base, location)
+    except ValueError:
+        return location  # malformed: shown as sent, and on no origin
+
+
+def _same_origin(url: str, o: tuple[str, str, int]) -> bool:
+    try:
+        return origin(url) == o
+    except ValueError:  # a malformed address (bad port, broken IPv6 literal) is nobody's origin
+        return False
 
 
 def _show(o: tuple[str, str, int]) -> str:
