@@ -293,3 +293,28 @@ def test_sinks_from_configuration(tmp_path):
     assert mqtt_sink.topic == "plants/s1/l2"
     with pytest.raises(ValueError, match="unknown sink kind"):
         sinks.from_config({"kind": "ftp"})
+
+
+@pytest.mark.parametrize("reply", [b"garbage\r\n\r\n", b"HTTP/1.1 2020 X\r\n\r\n",
+                                   b"HTTP/1.1 202 Accepted\r\n" + b"X-A: b\r\n" * 200 + b"\r\n",
+                                   b"HTTP/1.1 202 Accepted\r\nLocation: /capture/1\r\nContent-Length: 100\r\n\r\nshort"])
+def test_a_server_that_does_not_speak_http_is_a_delivery_failure(db, ctx, reply):
+    """Not HTTP on the configured port (or an answer cut short): the events stay pending with the
+    reason, never a traceback from the forwarder."""
+    import socket
+    path, conn = db
+    ids = fill(conn, ctx, "B1", 3)
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        c, _ = srv.accept()
+        c.recv(65536)
+        c.sendall(reply)
+        time.sleep(0.2)
+        c.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    sink = HttpCaptureSink(f"http://127.0.0.1:{srv.getsockname()[1]}", timeout=2)
+    assert Forwarder(conn, sink, doc_size=10, clock=Clock()).run_once() == 0
+    assert delivered_ids(conn) == [] and outbox.pending_rows(conn)[0][6]
+    srv.close()

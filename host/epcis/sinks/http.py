@@ -10,6 +10,7 @@ cross to another server; credentials over plain http go only to loopback (sinks.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import ssl
 import time
@@ -71,6 +72,8 @@ class HttpCaptureSink:
             raise self.error(f"{method} {url}: HTTP {exc.code}: {_problem(exc.read())}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise self.error(f"{method} {url}: {getattr(exc, 'reason', exc)}") from None
+        except http.client.HTTPException as exc:  # not HTTP, or cut short: no answer we can count
+            raise self.error(f"{method} {url}: not a valid HTTP response ({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def send(self, document: dict, name: str = "") -> None:
         status, headers, body = self._request("POST", self.url + "/capture", doc.dumps(document))
