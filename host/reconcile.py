@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import audit
 from .aggregation import Aggregator
 from .db import transaction
-from .lifecycle import release_allocations
+from .lifecycle import LifecycleError, live_agents, release_allocations
 from .masterdata import get_batch
 from . import reporting
 
@@ -139,6 +139,10 @@ def close_batch(conn: sqlite3.Connection, batch_id: str, user: str) -> Report:
     if b.state not in ("running", "reopened"):
         raise ValueError(f"batch {batch_id} is {b.state}, only a running or reopened batch can be closed")
     with transaction(conn):
+        agents = live_agents(conn, batch_id)
+        if agents:
+            raise LifecycleError(f"batch {batch_id} is being run by an agent ({agents[0]}): stop the line and "
+                                 "its agent first, then close")
         ctx = reporting.context_for(b)
         partial = Aggregator(conn, b, ctx).close_partial()
         conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch_id,))

@@ -241,3 +241,25 @@ def test_abort_refused_while_an_agent_runs_the_batch(conn, capsys):
         assert state(conn) == "running"
     rc, out, _ = run(capsys, conn, "batch", "abort", "B1", "--reason", "agent gone")  # lock released: stale file
     assert rc == 0 and state(conn) == "aborted"
+
+
+def test_close_refused_while_an_agent_runs_the_batch(line, capsys):
+    import sys
+    sys.path.insert(0, "tests/host")
+    from serialine.host.agent import Agent
+    from test_faults_agent import ScriptedLink
+    conn = line.ledger.conn
+    for u in range(6):  # two full cases on one full pallet: closable
+        line.unit(u)
+    agent = Agent(conn, "B1", ScriptedLink())  # a real agent, holding its lock beside the ledger
+    agent.start()
+    before = snapshot(conn)
+    rc, out, err = run(capsys, conn, "batch", "close", "B1")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "batch B1 is being run by an agent (pid" in err and "batch B1): stop the line" in err
+    assert snapshot(conn) == before
+    with pytest.raises(lifecycle.LifecycleError, match="being run by an agent"):
+        reconcile.close_batch(conn, "B1", "qa")
+    agent.release()
+    rc, out, err = run(capsys, conn, "batch", "close", "B1")
+    assert rc == 0 and "batch B1 closed" in out, err + out
