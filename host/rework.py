@@ -10,7 +10,7 @@ import sqlite3
 
 from . import audit, reporting
 from .db import transaction
-from .lifecycle import check_reworkable
+from .lifecycle import check_reworkable, live_agents
 from .masterdata import get_batch
 
 KINDS = ("destroyed", "sampled", "decommissioned")
@@ -179,13 +179,28 @@ def _decommission_in(conn, gtin, serial, kind, user, reason):
     if state not in ("commissioned", "printed"):
         raise ReworkError(f"pack {serial} is {state}: it cannot be {kind}")
     check_reworkable(conn, batch_id)
-    if cid is not None:
+    detail = {"gtin": gtin, "kind": kind}
+    if cid is not None and _sscc_of(conn, cid) is None:
+        _out_of_open_case(conn, batch_id, gtin, serial, kind)
+        detail["case"] = "open"
+    elif cid is not None:
         _remove_in(conn, gtin, serial, user, reason)
     b = get_batch(conn, batch_id)
     conn.execute("UPDATE serial SET state=? WHERE gtin=? AND serial=?", (kind, gtin, serial))
     if state == "commissioned":
         _end_of_life(conn, b, [serial], kind)
-    _record(conn, user, "decommission", serial, reason, {"gtin": gtin, "kind": kind})
+    _record(conn, user, "decommission", serial, reason, detail)
+
+
+def _out_of_open_case(conn, batch_id, gtin, serial, kind):
+    """A pack leaving the case the line is filling: that case was never reported (no SSCC, no
+    packing event yet), so no unpacking event. Only while no agent fills it: the agent counts the
+    open case's packs in memory."""
+    agents = live_agents(conn, batch_id)
+    if agents:
+        raise ReworkError(f"pack {serial} is in the open case of batch {batch_id}, which an agent is filling "
+                          f"({agents[0]}): stop the line and its agent first, or mark it {kind} once its case is closed")
+    conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
 
 
 def decommission_container(conn, sscc: str, kind: str, user: str, reason: str) -> int:

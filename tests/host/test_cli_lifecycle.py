@@ -2,6 +2,7 @@
 batch, reconcile's exit status, close refusing an empty batch, warnings the report carries, and one
 packing rule for rework add and replace."""
 
+import json
 import sqlite3
 
 import pytest
@@ -263,3 +264,36 @@ def test_close_refused_while_an_agent_runs_the_batch(line, capsys):
     agent.release()
     rc, out, err = run(capsys, conn, "batch", "close", "B1")
     assert rc == 0 and "batch B1 closed" in out, err + out
+
+
+def test_decommission_a_pack_in_the_open_case(line, capsys):
+    import sys
+    sys.path.insert(0, "tests/host")
+    from serialine.host.agent import Agent
+    from test_faults_agent import ScriptedLink
+    conn = line.ledger.conn
+    for u in range(4):  # a full case of 3, and pack 3 in the line's open case (no SSCC yet)
+        line.unit(u)
+    (pack,) = conn.execute("SELECT p.serial FROM packed p JOIN container c USING (container_id) WHERE c.state='open'"
+                           ).fetchone()
+    agent = Agent(conn, "B1", ScriptedLink())  # the line's agent is filling that case
+    agent.start()
+    before = snapshot(conn)
+    rc, _, err = run(capsys, conn, "rework", "decommission", "destroyed", GTIN, pack, "--reason", "dropped")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"pack {pack} is in the open case of batch B1, which an agent is filling (pid" in err
+    assert snapshot(conn) == before
+    agent.release()  # line stopped: the case may change
+    events = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone()[0]
+    rc, out, err = run(capsys, conn, "rework", "decommission", "destroyed", GTIN, pack, "--reason", "dropped")
+    assert rc == 0 and f"pack {pack} destroyed" in out, err
+    assert conn.execute("SELECT state FROM serial WHERE serial=?", (pack,)).fetchone() == ("destroyed",)
+    assert conn.execute("SELECT count(*) FROM packed WHERE serial=?", (pack,)).fetchone() == (0,)
+    # the open case was never reported: only the pack's end of life, no unpacking event
+    new = conn.execute("SELECT event_type, body FROM epcis_outbox ORDER BY seq LIMIT -1 OFFSET ?", (events,)).fetchall()
+    assert [t for t, _ in new] == ["ObjectEvent"] and json.loads(new[0][1])["action"] == "DELETE"
+    rc, out, err = run(capsys, conn, "batch", "close", "B1")  # the emptied open case is dropped, not reported
+    assert rc == 0 and "batch B1 closed" in out, err + out
+    states = serial_states(conn)
+    assert (states["commissioned"], states["destroyed"]) == (3, 1)
+    assert conn.execute("SELECT count(*) FROM container WHERE level='case' AND state='closed'").fetchone() == (1,)
