@@ -103,11 +103,13 @@ def main(argv: list[str]) -> int:
             print(f"{'added' if new else 'updated'} {kind} {loc.sgln} ({loc.name})")
         elif a.cmd == "serials":
             # staged in chunks, published with its audit record in one transaction (host/serials.py)
+            def progress(line):
+                print(line, file=sys.stderr, flush=True)
             if a.generate is not None:
-                added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user)
+                added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user, progress=progress)
             else:
                 added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file,
-                                               user=a.user)
+                                               user=a.user, progress=progress)
             print(added.statement)
             if added.randomness is not None and added.randomness.predictable:
                 print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "

@@ -220,9 +220,12 @@ SCHEMA = [
 ]
 
 
+BUSY_TIMEOUT_S = 30.0  # how long one statement waits for another writer's lock
+
+
 def connect(path: str) -> sqlite3.Connection:
     """Open (and create) the ledger: WAL, foreign keys on, explicit transactions only."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     conn.execute("PRAGMA foreign_keys=ON")

@@ -5,13 +5,16 @@ The database's primary key (gtin, serial) and its triggers make a second issue i
 A pool is added in chunks of CHUNK serials, each its own short write transaction (a line's agent
 keeps writing meanwhile), into a `serial_import` that is `staging`; one last transaction
 publishes it with its audit record. Until then nobody can use its serials; a failed or killed
-import is abandoned and its staged serials removed (they were never in the pool)."""
+import is abandoned and its staged serials removed (they were never in the pool). A write that
+finds the lock taken (an agent, a simulator) is retried, for BUSY_DEADLINE_S in all, with a
+progress line at most every PROGRESS_S."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import random
 import re
 import secrets
 import sqlite3
@@ -27,7 +30,12 @@ from .masterdata import PROFILES
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
 CHUNK = 10_000  # serials per write transaction while staging (a fraction of a second of write lock)
 YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
-STALE_S = 120.0  # a staging import without progress this long was killed: abandoned by the next one
+BUSY_DEADLINE_S = 600.0  # an import waits this long in all for other writers' locks, then gives up
+ATTEMPT_S = 2.0  # one wait for the lock (SQLite polls meanwhile), then a progress line and the next try
+PROGRESS_S = 5.0  # at most this often a progress line
+# a staging import without progress this long was killed: abandoned by the next one (longer than a
+# live import may wait for the lock)
+STALE_S = BUSY_DEADLINE_S + 120.0
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
 USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
@@ -208,9 +216,10 @@ def _check_file(serials: list[str]) -> None:
 
 
 def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], source: str = "import",
-                   user: str | None = None) -> Added:
+                   user: str | None = None, progress=None) -> Added:
     """Import the enterprise's serials: all valid, new and (for a randomised market) unpredictable,
-    or nothing. `user` given: the publication is audited in its own transaction."""
+    or nothing. `user` given: the publication is audited in its own transaction. progress(line):
+    how far it got and what it waits for, at most every PROGRESS_S."""
     profile = _profile_for(conn, gtin)
     if not serials:
         raise SerialError("no serials to import")
@@ -236,7 +245,8 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
 
     def check():
         _check_guess(conn, gtin, 0, profile, length, max(alphabet, 1))
-    added = _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known=False)
+    added = _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known=False,
+                               total=len(serials), progress=progress)
     return dataclasses.replace(added, statement=rnd.text())
 
 
@@ -259,7 +269,7 @@ def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None =
     return generate_pool(conn, gtin, count, user).count
 
 
-def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> Added:
+def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None, progress=None) -> Added:
     profile = _profile_for(conn, gtin)
     if count <= 0:
         raise SerialError("count must be positive")
@@ -273,63 +283,131 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
 
     def check():
         _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
-    added = _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True)
+    added = _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True,
+                               total=count, progress=progress)
     p = guess_probability(added.count, len(profile.alphabet), profile.serial_length)
     return dataclasses.replace(added, statement=(
         f"randomness of {added.count} generated serials: drawn uniformly from the OS's cryptographic source, "
         f"{profile.serial_length} characters of {len(profile.alphabet)}; guess probability {p:.3g}"))
 
 
-def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known) -> Added:
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+class _Writes:
+    """An import's write transactions: each retried while another writer holds the lock, all
+    within one deadline; progress said at most every PROGRESS_S."""
+
+    def __init__(self, conn, total: int, progress):
+        self.conn, self.total, self.progress = conn, total, progress
+        self.started = self.said = time.monotonic()
+        self.deadline = self.started + BUSY_DEADLINE_S
+        self.staged = 0
+        self.waited = 0.0  # time spent waiting for the lock
+        self.longest = 0.0  # the longest one successful transaction took
+
+    def run(self, fn):
+        backoff = 0.01
+        while True:
+            left = self.deadline - time.monotonic()
+            self.conn.execute(f"PRAGMA busy_timeout={max(1, int(min(ATTEMPT_S, left) * 1000))}")
+            t = time.monotonic()
+            try:
+                with transaction(self.conn):
+                    out = fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                now = time.monotonic()
+                self.waited += now - t
+                if now >= self.deadline:
+                    raise SerialError(
+                        f"serial import gave up: another writer held the ledger's write lock for "
+                        f"{self.waited:.0f} s of {now - self.started:.0f} s ({self.staged:,} of {self.total:,} "
+                        "serials staged, none published); nothing imported, try again when the ledger is quieter"
+                    ) from None
+                self.say(f"ledger busy: another writer holds the write lock; waiting ({self.waited:.0f} s so far, "
+                         f"gives up after {BUSY_DEADLINE_S:.0f} s in all)")
+                time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, self.deadline - now)))
+                backoff = min(backoff * 2, 0.5)
+                continue
+            self.longest = max(self.longest, time.monotonic() - t)
+            return out
+
+    def say(self, what: str = "") -> None:
+        now = time.monotonic()
+        if self.progress is not None and now - self.said >= PROGRESS_S:
+            self.said = now
+            self.progress(f"serials: {self.staged:,} of {self.total:,} staged after {now - self.started:.0f} s"
+                          + (f"; {what}" if what else ""))
+
+
+def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known, total=0, progress=None) -> Added:
+    (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    w = _Writes(conn, total, progress)
+    try:
+        return _stage(conn, w, gtin, source, chunks, user, check, rnd, ignore_known)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
+
+
+def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_known) -> Added:
     _abandon_stale(conn, gtin)
-    longest = 0.0
-    t = time.monotonic()
-    with transaction(conn):
+
+    def begin():
         now = time.time()
-        import_id = conn.execute("INSERT INTO serial_import (gtin, source, started_at, heartbeat) VALUES (?,?,?,?)",
-                                 (gtin, str(source), now, now)).lastrowid
-    longest = time.monotonic() - t
-    added = n_chunks = 0
+        return conn.execute("INSERT INTO serial_import (gtin, source, started_at, heartbeat) VALUES (?,?,?,?)",
+                            (gtin, str(source), now, now)).lastrowid
+    import_id = w.run(begin)
+    n_chunks = 0
     try:
         rows = next(chunks)
         while True:
-            t = time.monotonic()
-            with transaction(conn):
+            def stage():
                 before = conn.total_changes
                 conn.executemany(f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
                                  " VALUES (?, ?, ?, ?)", [(gtin, s, source, import_id) for s in rows])
                 got = conn.total_changes - before
                 conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
                              (got, time.time(), import_id))
-            longest = max(longest, time.monotonic() - t)
+                return got
+            got = w.run(stage)
             # copy our pages back now (another writer's commit does not inherit the checkpoint), and
             # leave the lock free longer than SQLite's busy retry period: a waiting writer gets in
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             time.sleep(YIELD_S)
-            added, n_chunks = added + got, n_chunks + 1
+            w.staged, n_chunks = w.staged + got, n_chunks + 1
+            w.say()
             try:
                 rows = chunks.send(got)  # generate() draws again for what collided
             except StopIteration:
                 break
-        t = time.monotonic()
-        with transaction(conn):
+
+        def publish():
             check()
             cur = conn.execute("UPDATE serial_import SET state='published', published_at=? WHERE import_id=? AND state='staging'",
                                (time.time(), import_id))
             if cur.rowcount != 1:
                 raise SerialError(f"serial import {import_id} was abandoned meanwhile (stalled over {STALE_S:.0f} s)")
             if user:
-                detail = {"gtin": gtin, "count": added, "source": str(source), "import_id": import_id}
+                detail = {"gtin": gtin, "count": w.staged, "source": str(source), "import_id": import_id}
                 if rnd is not None:
                     detail["guess_probability"] = rnd.guess_probability
                 audit.append(conn, user, "serials.add", detail)
-        longest = max(longest, time.monotonic() - t)
+        w.run(publish)
     except BaseException as exc:
-        _abandon(conn, import_id)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(5 * ATTEMPT_S * 1000)}")
+            _abandon(conn, import_id)
+        except sqlite3.OperationalError as again:
+            if not _busy(again):
+                raise
+            # still locked: the staged serials were never usable; the next import removes them
         if isinstance(exc, sqlite3.IntegrityError):
             raise SerialError(f"import into the pool of {gtin} failed ({exc}); nothing imported") from None
         raise
-    return Added(added, import_id, rnd, n_chunks, longest)
+    return Added(w.staged, import_id, rnd, n_chunks, w.longest)
 
 
 def _abandon(conn, import_id: int) -> None:

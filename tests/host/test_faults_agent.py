@@ -203,9 +203,10 @@ def _unit(agent, link, sc, u):
 
 @pytest.mark.parametrize("then", ["events", "top-up"])
 def test_a_batch_closed_under_a_running_agent_stops_the_line_and_the_agent_in_one_line(conn, then):
-    """Closed by QA while its line's agent runs: the next events (or the next coder top-up, where
-    the ledger refuses serials to a batch that is not running) stop the line and end the agent with
-    one line, storing nothing more; a restarted agent is refused in one line (no crash loop)."""
+    """Closed by QA while its line's agent runs (close refuses while it sees the agent's lock; here
+    the lock file was deleted): the next events (or the next coder top-up, where the ledger
+    refuses serials to a batch that is not running) stop the line and end the agent with one
+    line, storing nothing more; a restarted agent is refused in one line (no crash loop)."""
     from serialine.host import reconcile
     from serialine.host.devices.coder import Coder
     from serialine.host.sim.coder import SimCoder
@@ -217,6 +218,11 @@ def test_a_batch_closed_under_a_running_agent_stops_the_line_and_the_agent_in_on
         for u in range(3):
             _unit(agent, link, sc, u)
         qa = db.connect(conn.execute("PRAGMA database_list").fetchone()[2])
+        with pytest.raises(ValueError, match="being run by an agent"):
+            reconcile.close_batch(qa, "B1", "qa")  # refused while the agent holds its lock
+        # its lock file deleted under it (a clean-up): close no longer sees the agent, which must
+        # then notice by itself
+        os.remove(conn.execute("PRAGMA database_list").fetchone()[2] + ".line1.agent.lock")
         reconcile.close_batch(qa, "B1", "qa")
         before = db.snapshot(conn)
         if then == "events":
