@@ -2,8 +2,10 @@
 outcomes (UNKNOWN until a person resolves each unit), gaps in a unit's life (rows created, a lost
 UNIT_PRINTED still takes its coder job), and events that arrive with a value out of range."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -73,7 +75,7 @@ def test_resolve_found_in_a_case_commissions_and_packs_it(line):
                                " WHERE c.level='case' AND c.state='closed'").fetchone()
     before = snapshot(conn)
     for kwargs, why in (({"found_in": sscc}, "full"), ({"found_in": "000000000000000000"}, "unknown SSCC"),
-                        ({}, "--found-in SSCC or --destroyed"), ({"found_in": sscc, "destroyed": True}, "--found-in")):
+                        ({}, "--found-in SSCC, --found-at-packer or --destroyed"), ({"found_in": sscc, "destroyed": True}, "--found-in")):
         with pytest.raises(resolve.ResolveError, match=why):
             resolve.resolve(conn, "B1", "dev1:7:3", user="qa", reason="case check", **kwargs)
     with pytest.raises(resolve.ResolveError, match="PURGED, not UNKNOWN"):
@@ -259,3 +261,50 @@ def test_a_unit_seq_far_beyond_any_gap_the_device_can_have_is_quarantined(line):
     assert line.store([wild]) == [False] and snapshot(conn) == before  # resent: recognised
     line.store([line.event("UNIT_DETECTED", unit_seq=MAX_UNIT_GAP, pos=0, t_us=0, flags=0)])
     assert conn.execute("SELECT count(*) FROM unit WHERE outcome='UNKNOWN'").fetchone()[0] == MAX_UNIT_GAP - 1
+
+
+def test_resolve_found_at_the_packer_packs_into_the_open_case_on_the_command_line(line, tmp_path):
+    from serialine.host.agent import Agent
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "epcis"))
+    from story import check_story
+    from test_faults_agent import ScriptedLink
+    conn, L = line.ledger.conn, line.ledger
+    for u in range(5):  # a closed case of 3, packs 3 and 4 in the line's open case
+        line.unit(u)
+    in_flight(line, 5, Verdict.PASS)
+    in_flight(line, 6, Verdict.PASS)
+    with transaction(conn):
+        L.new_boot("dev1", 8)  # both PASSED outcomes lost with the RAM; the packs went on downstream
+    found = {u: unit_row(conn, u)[2] for u in (5, 6)}
+    db_path = conn.execute("PRAGMA database_list").fetchone()[2]
+    cmd = [sys.executable, "-m", "serialine.host.cli", "batch", "resolve", "B1", "--db", db_path, "--user", "qa",
+           "--found-at-packer", "--reason", "found at the case packer"]
+    agent = Agent(conn, "B1", ScriptedLink())  # the line's agent is filling the open case
+    agent.start()
+    before = snapshot(conn)
+    busy = subprocess.run(cmd + ["--unit", "dev1:7:5"], capture_output=True, text=True)
+    assert busy.returncode == 1 and busy.stderr.count("\n") == 1, busy.stderr
+    assert "open case is being filled by an agent (pid" in busy.stderr
+    assert snapshot(conn) == before
+    agent.release()  # line stopped
+    events = conn.execute("SELECT count(*) FROM epcis_outbox").fetchone()[0]
+    ok = subprocess.run(cmd + ["--unit", "dev1:7:5"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("unit dev1:7:5 serial "), ok.stderr
+    (sscc,) = conn.execute("SELECT c.sscc FROM packed p JOIN container c USING (container_id) WHERE p.serial=?",
+                           (found[5],)).fetchone()
+    assert sscc and f"packed in case {sscc}, which it filled" in ok.stdout  # the open case was full: closed
+    new = [(t, json.loads(b)) for t, b in conn.execute(
+        "SELECT event_type, body FROM epcis_outbox ORDER BY seq LIMIT -1 OFFSET ?", (events,))]
+    # commissioned, then the case it filled packed, then the pallet of 2 that case filled
+    assert [(t, b.get("bizStep")) for t, b in new] == [("ObjectEvent", "commissioning")] + [("AggregationEvent", "packing")] * 2
+    assert len(new[1][1]["childEPCs"]) == 3 and new[1][1]["childEPCs"][-1].endswith(found[5])
+    ok = subprocess.run(cmd + ["--unit", "dev1:7:6"], capture_output=True, text=True)  # no open case: a new one
+    assert ok.returncode == 0 and "packed in the open case" in ok.stdout, ok.stderr
+    for u in (5, 6):
+        assert unit_row(conn, u)[:2] == ("PASSED", "FOUND_AT_PACKER") and serial_state(conn, found[u]) == "commissioned"
+    details = [json.loads(d) for (d,) in conn.execute("SELECT detail FROM audit WHERE action='unit.resolve'")]
+    assert [(d["unit"], d["case"]) for d in details] == [("dev1:7:5", sscc), ("dev1:7:6", "open")]
+    assert audit.verify(conn)[0]
+    report = reconcile.close_batch(conn, "B1", "ann")  # the open case closes as a partial one
+    assert report.units == {"detected": 7, "passed": 7, "rejected": 0}
+    check_story(conn, "B1")  # every pack commissioned before it is packed, containment as the ledger's
