@@ -64,9 +64,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from serialine.host import db as hostdb
-    from serialine.host.agent import Agent
+    from serialine.host.agent import Agent, AgentError
     from serialine.host.devices.camera import Camera
     from serialine.host.devices.coder import Coder
+    from serialine.host.devices.lineclient import DeviceError
     from serialine.host.link import HostLink
     from serialine.protocol.schema import Command
 
@@ -97,23 +98,28 @@ def main(argv=None) -> int:
         configure_and_start()
 
     watched = BootFollowingLink(link, on_new_boot)
-    agent = Agent(conn, args.batch, watched, Coder(*_addr(args.coder)), Camera(*_addr(args.camera)))
-    agent.start(timeout=30)
-    if not agent.resuming:  # a resumed device is configured and running; its stop is the agent's
-        configure_and_start()
-    print("READY", flush=True)
-    while not stop.is_set():
-        while operator:
-            cmd = operator.pop(0)
-            if cmd in Command.__members__:
-                agent.command(cmd)  # held while the agent resumes after a restart
-        agent.step(0.002)
-    # drain what is in flight, then leave
-    end = time.monotonic() + 0.5
-    while time.monotonic() < end:
-        agent.step(0.01)
-    link.close()
-    conn.close()
+    try:
+        agent = Agent(conn, args.batch, watched, Coder(*_addr(args.coder)), Camera(*_addr(args.camera)))
+        agent.start(timeout=30)
+        if not agent.resuming:  # a resumed device is configured and running; its stop is the agent's
+            configure_and_start()
+        print("READY", flush=True)
+        while not stop.is_set():
+            while operator:
+                cmd = operator.pop(0)
+                if cmd in Command.__members__:
+                    agent.command(cmd)  # held while the agent resumes after a restart
+            agent.step(0.002)
+        # drain what is in flight, then leave
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            agent.step(0.01)
+    except (AgentError, DeviceError) as exc:  # the agent's refusal (batch not running, device leased), a device gone
+        print(f"agent_proc: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        link.close()
+        conn.close()
     return 0
 
 

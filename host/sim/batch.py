@@ -11,6 +11,8 @@ from pathlib import Path
 GTIN = "09506000134352"  # GS1's example GTIN (valid check digit), company prefix 9506000
 COMPANY_PREFIX_LEN = 7
 CASE_SIZE, PALLET_SIZE = 10, 10
+OPERATOR = "serialine-sim operator"  # the person whose decisions the simulator takes after a run
+SIM_USER = "serialine-sim"  # who sets up and closes the simulator's batch
 SIM_SITE, SIM_READ_POINT = "urn:epc:id:sgln:9506000.00000.0", "urn:epc:id:sgln:9506000.00000.1"  # EPCIS where
 
 
@@ -28,45 +30,58 @@ def setup(db_path: Path, scenario) -> str:
     conn = hostdb.connect(str(db_path))
     try:
         if conn.execute("SELECT 1 FROM product WHERE gtin = ?", (GTIN,)).fetchone() is None:
-            masterdata.add_product(conn, GTIN, "Serialine simulated pack", "EU_FMD", COMPANY_PREFIX_LEN)
+            masterdata.add_product(conn, GTIN, "Serialine simulated pack", "EU_FMD", COMPANY_PREFIX_LEN,
+                                  user=SIM_USER)
         if masterdata.get_location(conn, SIM_SITE) is None:
-            masterdata.set_location(conn, masterdata.Location(SIM_SITE, "Serialine simulated plant", tz="UTC"))
+            masterdata.set_location(conn, masterdata.Location(SIM_SITE, "Serialine simulated plant", tz="UTC"),
+                                    user=SIM_USER)
         batch_id = batch_id_for(scenario, conn)
         (runs,) = conn.execute("SELECT count(*) FROM batch").fetchone()  # a lot is used once per GTIN
         masterdata.create_batch(conn, batch_id, GTIN, lot=f"L{scenario.seed % 100000:05d}-{runs + 1}",
                                 expiry=dt.date.today() + dt.timedelta(days=730),
                                 planned=scenario.units, case_size=CASE_SIZE, pallet_size=PALLET_SIZE,
-                                site=SIM_SITE, read_point=SIM_READ_POINT)
+                                site=SIM_SITE, read_point=SIM_READ_POINT, user=SIM_USER)
         # rejects and the coder's fill-ahead use serials too; a pool sized for the run stays above
         # the low-water mark, so its alarm means what it says
         need = scenario.units * 2 + 200 + serials.LOW_WATER
         have = serials.available(conn, GTIN)
         if have < need:
-            serials.generate(conn, GTIN, need - have)
-        masterdata.start_batch(conn, batch_id)
+            serials.generate(conn, GTIN, need - have, user=SIM_USER)
+        masterdata.start_batch(conn, batch_id, user=SIM_USER)
         return batch_id
     finally:
         conn.close()
 
 
-def resolve_binned(db_path: Path, batch_id: str, in_bin: set[tuple[str, int, int]]) -> int:
-    """The operator empties the reject bin: every unit whose outcome the host never heard and
-    whose pack is in the bin is resolved as destroyed (with user and reason). A pack that left the
-    line stays unresolved: only a person who finds it can say where it is. → units resolved."""
+def resolve_unknown(db_path: Path, batch_id: str, in_bin: set[tuple[str, int, int]],
+                    left: set[tuple[str, int, int]]) -> dict[str, int]:
+    """The operator, after the run (agent stopped), settles every unit whose outcome the host never
+    heard, as a person would from where its pack physically is: in the reject bin → destroyed;
+    left the line → found at the case packer (into the batch's open case). Each through
+    `serialine batch resolve`'s code, with user and reason. → counts by kind (a refusal keeps the
+    unit unresolved and is counted as `refused`)."""
     from serialine.host import db as hostdb
     from serialine.host import resolve
 
     conn = hostdb.connect(str(db_path))
+    counts = {"destroyed": 0, "found_at_packer": 0, "refused": 0, "pack_not_found": 0}
     try:
-        keys = conn.execute("SELECT device_id, boot_id, unit_seq FROM unit WHERE batch_id = ? AND outcome = 'UNKNOWN'",
-                            (batch_id,)).fetchall()
-        n = 0
+        keys = conn.execute("SELECT device_id, boot_id, unit_seq FROM unit WHERE batch_id = ? AND outcome = 'UNKNOWN'"
+                            " ORDER BY boot_id, unit_seq", (batch_id,)).fetchall()
         for key in map(tuple, keys):
             if key in in_bin:
-                resolve.resolve(conn, batch_id, "%s:%d:%d" % key, destroyed=True, user="serialine-sim operator",
-                                reason="pack found in the reject bin")
-                n += 1
-        return n
+                kind, how = "destroyed", {"destroyed": True, "reason": "pack found in the reject bin"}
+            elif key in left:
+                kind, how = "found_at_packer", {"found_at_packer": True, "reason": "pack found at the case packer"}
+            else:
+                counts["pack_not_found"] += 1
+                continue
+            try:
+                resolve.resolve(conn, batch_id, "%s:%d:%d" % key, user=OPERATOR, **how)
+                counts[kind] += 1
+            except ValueError:
+                counts["refused"] += 1
+        return counts
     finally:
         conn.close()
 
@@ -81,7 +96,7 @@ def close(db_path: Path, batch_id: str, epcis_dir: Path) -> tuple[bool, list[str
     conn = hostdb.connect(str(db_path))
     try:
         try:
-            report = close_batch(conn, batch_id, user="serialine-sim")
+            report = close_batch(conn, batch_id, user=SIM_USER)
             ok, problems = not report.problems, list(report.problems)
         except ReconcileError as exc:
             ok, problems = False, list(exc.report.problems)

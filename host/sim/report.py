@@ -294,6 +294,9 @@ def table(report: dict):
              report["events_lost"], **report["events_lost_detail"]), inv["no_event_lost"]),
         ("packs left the line unaccounted", report["left_unaccounted"], inv["no_pack_left_unaccounted"]),
         ("unresolved (outcome unknown)", report["unresolved"], None),
+        ("resolved by the operator (simulated person)",
+         ", ".join(f"{k} {v}" for k, v in (report.get("run") or {}).get("operator_resolutions", {}).items() if v)
+         or "none", None),
         ("ledger mismatches (by code)", report["ledger_mismatch"], inv["ledger_matches_line"]),
         ("gate error max / p99 (counts)",
          f"{report['gate_error_counts']['max']:.1f} / {report['gate_error_counts']['p99']:.1f}", None),

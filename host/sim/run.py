@@ -57,7 +57,11 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
     notices its own overrun, and what the device then does with the pack it could not aim at."""
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOCK_NAME).touch()
+    except OSError as exc:
+        raise RunError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     where: dict = {}  # how far the run got, for an interrupt
     with _locked(out):
         try:
@@ -166,9 +170,11 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) ->
         coder.close()
         camera.close()
     ids = device.boot_ids
-    stats["resolved_in_bin"] = batch.resolve_binned(db_path, batch_id, {
-        (device.device_id, ids[p.unit_key[0]], p.unit_key[1]) for p in line.packs
-        if p.in_bin and p.unit_key and p.unit_key[0] < len(ids)})
+    keyed = [(p, (device.device_id, ids[p.unit_key[0]], p.unit_key[1])) for p in line.packs
+             if p.unit_key and p.unit_key[0] < len(ids)]
+    # a person's decision, simulated: each unknown outcome settled from where its pack is
+    stats["operator_resolutions"] = batch.resolve_unknown(db_path, batch_id, {k for p, k in keyed if p.in_bin},
+                                                          {k for p, k in keyed if not p.in_bin})
     ok, problems = batch.close(db_path, batch_id, epcis_dir)
     latency = {}
     for p in line.packs:

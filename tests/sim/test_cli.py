@@ -26,6 +26,56 @@ def test_sim_command_writes_report_plot_ledger_and_epcis(tmp_path, capsys):
         assert state == "closed"
         assert c.execute("SELECT count(*) FROM unit WHERE batch_id=? AND outcome IS NOT NULL",
                          (r["batch"],)).fetchone()[0] == 40
+        # the sim's ledger has the audit trail a real one has, from the product to the close
+        assert {a for (a,) in c.execute("SELECT action FROM audit WHERE user='serialine-sim'")} >= {
+            "product.add", "location.set", "serials.add", "batch.create", "batch.start", "batch.close"}
+    from serialine.host import audit, db
+    conn = db.connect(str(out / "serialine.db"))
+    try:
+        assert audit.verify(conn)[0]
+    finally:
+        conn.close()
+
+
+def test_an_unwritable_out_is_refused_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "serialine.host.cli", "sim", "--units", "20", "--quiet", "--out", "/proc/x"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("serialine sim: --out /proc/x: cannot write there")
+
+
+def test_the_agent_process_says_a_refusal_in_one_line(tmp_path):
+    """agent_proc on a batch the ledger does not run: the agent's own error, one line, exit 1."""
+    import os
+    import subprocess
+    import sys
+    from serialine.host import db, masterdata
+    from serialine.host.sim.batch import COMPANY_PREFIX_LEN, GTIN
+    conn = db.connect(str(tmp_path / "l.db"))
+    masterdata.add_product(conn, GTIN, "x", "EU_FMD", COMPANY_PREFIX_LEN, user="t")
+    conn.close()
+    import socket
+    master, slave = os.openpty()
+    devices = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # coder and camera listening
+    up = [f"127.0.0.1:{d.getsockname()[1]}" for d in devices]
+
+    def agent_proc(coder, camera):
+        return subprocess.run([sys.executable, "-m", "serialine.host.sim.agent_proc", "--db", str(tmp_path / "l.db"),
+                               "--batch", "NOPE", "--tty", os.ttyname(slave), "--coder", coder, "--camera", camera,
+                               "--config", "{}"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    try:
+        refused, gone = agent_proc(*up), agent_proc("127.0.0.1:1", up[1])
+    finally:
+        os.close(master)
+        os.close(slave)
+        for d in devices:
+            d.close()
+    for p in (refused, gone):
+        assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert refused.stderr.startswith("agent_proc: no line runs on it")
+    assert gone.stderr.startswith("agent_proc: coder at 127.0.0.1:1")
 
 
 def test_sim_in_real_time_holds_the_invariants(tmp_path, monkeypatch):
