@@ -47,6 +47,7 @@ from .ledger import Ledger, LedgerError
 from .masterdata import MasterDataError
 
 FILL_AHEAD = 8
+MAX_UNBOUND = 256  # coder jobs printed but not yet reported: more and filling holds (fail safe)
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step's backoff, link served
 BACKOFF_MAX_S = 1.0
@@ -113,6 +114,8 @@ class Agent:
         self._coder_retry_at = 0.0  # no coder request before this (monotonic s)
         self._coder_wait = 0.0  # the present retry interval
         self._clear_failing = False  # CODER_CLEAR_FAILED said (once per episode)
+        self._unbound_held = False  # CODER_FILL_HELD said (once per episode)
+        self._empty_seen = coder.empty if coder is not None else 0  # EMPTY lines acted on
         self.line_stop: str | None = None  # why the line stays stopped whatever the operator does
 
     def _lease(self, device_id: str) -> None:
@@ -300,13 +303,28 @@ class Agent:
         self.fill_coder()
 
     def fill_coder(self) -> int:
-        """Top the coder up to fill_ahead jobs (committed before pushed). A push in doubt latches a
+        """Top the coder's own buffer up to fill_ahead jobs (committed before pushed): prints the
+        device has not reported yet (its link down) stay queued in the ledger, bound in order once
+        reported, and at most MAX_UNBOUND of them. A push in doubt latches a
         line stop and the coder's queue is reset once the belt is still (as on resume); a refused
         one (or an unreachable coder) writes off the jobs it never got and pauses filling, retried
         with one job at a time until the coder takes one. Never raises for the coder's sake."""
         if self.coder is None or self.resuming or time.monotonic() < self._coder_retry_at:
             return 0
-        need = self.fill_ahead - self.ledger.queued_depth()
+        try:  # by the coder's own buffer: prints the device has not reported yet are gone from it
+            held = min(self.coder.buffered(), self.ledger.queued_depth())
+        except DeviceError as exc:
+            self._coder_refusing(exc, [])
+            return 0
+        unbound = self.ledger.queued_depth() - held
+        need = self.fill_ahead - held
+        if unbound >= MAX_UNBOUND:
+            if not self._unbound_held:
+                self._unbound_held = True
+                self._alarm_now("agent", "CODER_FILL_HELD", f"{unbound} coder jobs printed but not yet reported by"
+                                " the device (link down?): filling held; a coder that runs dry stops the line")
+            return 0
+        self._unbound_held = False
         if need <= 0:
             return 0
         if self._coder_refused:
@@ -478,6 +496,12 @@ class Agent:
         errors: list[tuple[str, str, str]] = []  # (source, kind, detail)
         if self.coder is not None:
             errors += [("coder", kind, detail) for kind, detail in self.coder.alarms()]
+            empty, self._empty_seen = self.coder.empty - self._empty_seen, self.coder.empty
+            if empty and not (self.resuming and self._reset_coder):
+                self._stop_and_resync(reset_coder=True)
+                errors.append(("coder", "CODER_RAN_DRY", f"the coder printed nothing on {empty} trigger(s): which"
+                               " job is on which pack is no longer certain; line stop latched: once the belt is"
+                               " still the coder is cleared and its queued jobs written off, then refilled"))
         if self.camera is not None:
             results, camera_alarms = self.camera.results()
             errors += [("camera", kind, detail) for kind, detail in camera_alarms]

@@ -3,7 +3,11 @@
 Replies are matched to requests by `LineClient.request` (one outstanding, shape checked). A PUSH
 whose reply is in doubt raises InDoubt: the job may or may not be queued, so the caller must treat
 the coder's queue as unknown (line stop, CLEAR, write its queued jobs off). CLEAR and DEPTH are
-idempotent and retried once on a fresh connection."""
+idempotent and retried once on a fresh connection.
+
+`buffered()` is the coder's PHYSICAL depth: the depth its last reply gave, less the PRINTED lines
+read after that reply (counted in stream order by the reader thread, so none is counted twice).
+A lost connection may have lost PRINTED lines: the next `buffered()` asks DEPTH first."""
 
 from __future__ import annotations
 
@@ -19,9 +23,32 @@ class Coder(LineClient):
     UNSOLICITED = ("PRINTED", "EMPTY")
 
     def __init__(self, *args, **kw):
-        self.printed = 0  # PRINTED lines received (informational: prints bind by UNIT_PRINTED)
-        self.empty = 0  # EMPTY lines received
+        self.printed = 0  # PRINTED lines received (prints bind to units by UNIT_PRINTED)
+        self.empty = 0  # EMPTY lines received: a trigger printed nothing
+        self._printed_at_reply = 0  # `printed` when the reader met the latest reply
+        self._depth_at: tuple[int, int] | None = None  # (depth replied, printed at that reply)
         super().__init__(*args, **kw)
+
+    def _connect(self) -> None:
+        self._depth_at = None  # PRINTED lines may go with the old connection: the next reply says
+        super()._connect()
+
+    def _line(self, sock, raw: bytes, now: float) -> None:
+        if sock is self.sock and raw.startswith((b"OK", b"ERR")):
+            self._printed_at_reply = self.printed
+        super()._line(sock, raw, now)
+
+    def _replied(self, reply: str) -> int:
+        depth = int(reply[3:])
+        self._depth_at = (depth, self._printed_at_reply)
+        return depth
+
+    def buffered(self) -> int:
+        """Jobs in the coder's buffer now (at most: a PRINTED line may still be on its way)."""
+        if self._depth_at is None or self.closed:
+            self.depth()
+        depth, printed = self._depth_at
+        return max(0, depth - (self.printed - printed))
 
     def on_event(self, line: str, t: float) -> None:
         word, _, code = line.partition(" ")
@@ -37,10 +64,10 @@ class Coder(LineClient):
         reply = self.request("PUSH " + escape_code(code), rf"{_DEPTH}|{_REFUSED}")
         if reply.startswith("ERR"):
             raise DeviceError(f"coder refused PUSH: {reply}")
-        return int(reply[3:])
+        return self._replied(reply)
 
     def clear(self) -> None:
-        self.request("CLEAR", r"OK 0", idempotent=True)
+        self._replied(self.request("CLEAR", r"OK 0", idempotent=True))
 
     def depth(self) -> int:
-        return int(self.request("DEPTH", _DEPTH, idempotent=True)[3:])
+        return self._replied(self.request("DEPTH", _DEPTH, idempotent=True))
