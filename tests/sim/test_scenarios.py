@@ -63,6 +63,12 @@ def test_scenario_holds_its_invariants(name, tmp_path):
         assert r["run"]["device_reboots"] == 2 and r["run"]["host_restarts"] == 1
     if name == "kill-then-reboot":
         assert r["run"]["host_restarts"] == 1 and r["run"]["device_reboots"] == 1
+    # after the run the simulated operator settled every unknown outcome (a person's decision)
+    assert r["unresolved"] == 0
+    resolved = r["run"]["operator_resolutions"]
+    assert resolved["refused"] == 0 and resolved["pack_not_found"] == 0, resolved
+    if name in ("kill-then-reboot", "combined-faults"):  # the reboot lost PASSED outcomes
+        assert resolved["destroyed"] + resolved["found_at_packer"] > 0, resolved
     assert r["left_unaccounted"] == 0 and r["ledger_mismatch"] == 0
     if name == "link-faults":
         assert r["link"]["to_host"]["corrupted"] + r["link"]["to_device"]["corrupted"] > 0
