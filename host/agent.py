@@ -7,7 +7,9 @@ the verdicts; then top the coder up (serials allocated and committed before they
 crash can never make a code the ledger does not know about).
 
 Which code is on which pack: the coder prints its queue in order, so each UNIT_PRINTED takes the
-oldest job still queued. That holds only while the ledger's queue and the coder's are the same;
+oldest job still queued; the coder is topped up by its own buffer (prints the device has not
+reported yet, e.g. over a link outage, stay queued until it does). That holds only while the
+ledger's queue and the coder's are the same;
 after our own crash they may not be (a job committed but never pushed, prints made while we were
 away), so a restarted agent RESUMES its device's boot: it latches a line stop, lets the device
 deliver every event, binds those prints to the jobs queued before the crash, and only with the
@@ -16,7 +18,8 @@ operator restart reaches the line: no print can race the clear. Camera results a
 unreliable then (those sent while we were away are lost, the rest pair off with the wrong units), so
 while resuming every inspected unit FAILs with CORRELATION and every result is discarded; pairing
 starts afresh once the belt is still and the camera has been quiet for a correlation window.
-A coder PUSH in doubt takes the same road (line stop; CLEAR and fresh jobs once still); a container
+A coder PUSH in doubt, or a trigger the coder printed nothing on (EMPTY: the next print would be
+bound to its neighbour's job), takes the same road (line stop; CLEAR and fresh jobs once still); a container
 that cannot close (no SSCC left) latches a line stop the operator cannot release.
 
 One agent per device on a ledger: an OS lock beside the database file, held while the agent lives
