@@ -123,8 +123,9 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
             unexcused.append(p.index)
     by_code = compare_by_code(detected, ledger)
     lost = events_lost(scenario, line, detected, ledger)
-    unaccounted = sum(1 for i in range(len(detected))
-                      if i >= len(ledger.units) or len(ledger.units[i].outcomes) != 1)
+    power_cycle_packs = lost.pop("_power_cycle_packs")
+    unaccounted = sum(1 for i in range(len(detected)) if i not in power_cycle_packs
+                      and (i >= len(ledger.units) or len(ledger.units[i].outcomes) != 1))
     unaccounted += max(0, len(ledger.units) - len(detected)) + ledger.extra_units
     gate_err = [abs(g.error) for g in line.gate_events if not math.isnan(g.error)]
     lat = [u.verdict_latency_ms for u in ledger.units if u.verdict_latency_ms is not None]
@@ -221,21 +222,29 @@ def events_lost(scenario, line, detected, ledger: Ledger) -> dict[str, int]:
     pass_at = line.gate_at + L.gate_window_mm * c  # the device's PASSED is final here ...
     confirm_to = line.gate_at + L.confirm_window_mm * c  # ... a reject's by here
     ends = getattr(line, "boot_ends", [])
-    without_row, missing = [], []
+    without_row, missing, power = [], [], []
     for p in detected:
         rec = ledger.units[p.index] if p.index < len(ledger.units) else None
-        if rec is None or not rec.row:
-            without_row.append(p)
-            continue
         boot = p.unit_key[0] if p.unit_key else len(ends)
+        # Its boot ended in a power cycle: events still unacknowledged in the device's RAM went with
+        # it. That is a loss the host cannot prevent, only account for: an uncoded pack that never
+        # got a row must be in the bin (the purge took it), and an outcome lost after a PASS must
+        # have been booked UNKNOWN and settled by a person (compare_by_code checks against the line).
+        power_cycled = boot < len(ends)
+        if rec is None or not rec.row:
+            (power if power_cycled and p.in_bin and not p.printed else without_row).append(p)
+            continue
         decided = boot >= len(ends) or ends[boot] - p.belt_at >= (confirm_to if p.in_bin else pass_at)
         if decided and not rec.from_device:
-            missing.append(p)
+            (power if power_cycled and rec.outcomes and rec.outcomes[0][0] != UNKNOWN else missing).append(p)
     return {"sequence_gaps": ledger.sequence_gaps, "units_without_row": len(without_row),
-            "outcomes_missing": len(missing),
+            "outcomes_missing": len(missing), "lost_at_power_cycle": len(power),
             "units": [{"pack": p.index, "unit": list(p.unit_key or ()), "lost": what,
                        "physically": "in the bin" if p.in_bin else "left the line"}
-                      for what, ps in (("unit row", without_row), ("outcome", missing)) for p in ps][:20]}
+                      for what, ps in (("unit row", without_row), ("outcome", missing),
+                                       ("with the device's RAM at a power cycle (accounted)", power))
+                      for p in ps][:20],
+            "_power_cycle_packs": {p.index for p in power}}
 
 
 def write(report: dict, path: Path) -> tuple[Path, Path]:
@@ -289,8 +298,8 @@ def table(report: dict):
          inv["no_good_pack_rejected_without_reason"]),
         ("unaccounted", report["unaccounted"], inv["every_unit_one_outcome"]),
         ("serials issued twice", report["serials_issued_twice"], inv["no_serial_issued_twice"]),
-        ("events lost (gaps / no unit row / outcome missing)",
-         "{} ({sequence_gaps} / {units_without_row} / {outcomes_missing})".format(
+        ("events lost (gaps / no unit row / outcome missing; with RAM at a power cycle, accounted)",
+         "{} ({sequence_gaps} / {units_without_row} / {outcomes_missing}; {lost_at_power_cycle})".format(
              report["events_lost"], **report["events_lost_detail"]), inv["no_event_lost"]),
         ("packs left the line unaccounted", report["left_unaccounted"], inv["no_pack_left_unaccounted"]),
         ("unresolved (outcome unknown)", report["unresolved"], None),
