@@ -170,6 +170,39 @@ def test_events_lost_counts_units_without_a_row_and_outcomes_the_device_decided_
     assert r["events_lost_detail"]["outcomes_missing"] == 0
 
 
+def test_a_power_cycle_loss_is_accounted_only_for_an_uncoded_pack_in_the_bin_or_a_settled_outcome():
+    s, line, ledger = _run()
+    rejected = [i for i, p in enumerate(line.packs) if p.rejected and i > 5][0]
+    a, b = _passed(line, 2)
+    for p in line.packs:
+        p.unit_key = (0, p.index)
+    line.boot_ends = [line.packs[-1].belt_at + line.gate_at + 10_000]  # every pack's boot was power-cycled
+    # an uncoded pack the purge took, whose UNIT_DETECTED went with the device's RAM
+    line.packs[rejected].printed, line.packs[rejected].in_bin = None, True
+    ledger.units[rejected].row, ledger.units[rejected].outcomes = False, []
+    # a pack that passed, whose PASSED went with the RAM: booked UNKNOWN, then settled by a person
+    ledger.units[b].from_device = False
+    r = _build(s, line, ledger)
+    d = r["events_lost_detail"]
+    assert (d["units_without_row"], d["outcomes_missing"], d["lost_at_power_cycle"]) == (0, 0, 2)
+    assert r["events_lost"] == 0 and r["unaccounted"] == 0 and r["ok"]
+    # a coded pack without a row is a loss the host should have repaired (the coder knew of it)
+    line.packs[rejected].printed = "01095060001343522100XXXX"
+    r = _build(s, line, ledger)
+    assert r["events_lost_detail"]["units_without_row"] == 1 and not r["invariants"]["no_event_lost"]
+    assert not r["invariants"]["every_unit_one_outcome"]
+    # a lost outcome still UNKNOWN (nobody settled it) is no accounted loss
+    line.packs[rejected].printed = None
+    ledger.units[b].outcomes = [(rep.UNKNOWN, None)]
+    r = _build(s, line, ledger)
+    assert r["events_lost_detail"]["outcomes_missing"] == 1 and not r["ok"]
+    # outside a power-cycled boot nothing is excused
+    line.boot_ends = []
+    ledger.units[b].outcomes = [(Outcome.PASSED, Reason.OK)]
+    r = _build(s, line, ledger)
+    assert r["events_lost_detail"]["lost_at_power_cycle"] == 0 and r["events_lost"] >= 1
+
+
 def test_an_invalid_run_is_never_ok():
     s, line, ledger = _run()
     r = rep.build(s, line, ledger, mode="realtime", virtual_s=1, wall_s=1,
