@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import fcntl
 import logging
 import os
 import re
@@ -42,7 +41,7 @@ import time
 
 from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
-from . import serials
+from . import db, lockfile, serials
 from .correlate import Correlator
 from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt
@@ -125,23 +124,17 @@ class Agent:
         """Hold the device's lock beside the ledger file, or refuse: one agent per device."""
         if self._lock and self._lock[0] == device_id:
             return
-        path = next((f for _, name, f in self.conn.execute("PRAGMA database_list") if name == "main"), "")
+        path = db.file_of(self.conn)
         if not path:
             return  # an in-memory ledger: nobody else can share it
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device_id)
-        f = open(f"{path}.{safe}.agent.lock", "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise AgentError(f"device {device_id} is already served by an agent on this ledger ({holder}); "
-                             "one agent per device: stop it first, or give each line its own device_id") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}, batch {self.ledger.batch.batch_id}\n")
-        f.flush()
+            f = lockfile.hold(f"{path}.{safe}.agent.lock",
+                              f"pid {os.getpid()} on {socket.gethostname()}, batch {self.ledger.batch.batch_id}")
+        except lockfile.Held as held:
+            raise AgentError(f"device {device_id} is already served by an agent on this ledger"
+                             f" ({held.holder or 'another process'}); one agent per device: stop it first,"
+                             " or give each line its own device_id") from None
         self.release()
         self._lock = (device_id, f)
 

@@ -23,6 +23,8 @@ import os
 import re
 import sqlite3
 
+from . import db
+
 GENESIS = "0" * 64
 
 # What a seal covers: part -> (table, rows of the key, order, columns left out or None = all,
@@ -219,10 +221,8 @@ def head(conn: sqlite3.Connection) -> str:
 
 def anchors_path(conn: sqlite3.Connection) -> str | None:
     """`<db>.anchors` beside the ledger file (None for an in-memory ledger)."""
-    for _, name, path in conn.execute("PRAGMA database_list"):
-        if name == "main":
-            return path + ".anchors" if path else None
-    return None
+    path = db.file_of(conn)
+    return path + ".anchors" if path else None
 
 
 def anchor(conn: sqlite3.Connection, why: str) -> str:

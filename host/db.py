@@ -259,6 +259,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA writable_schema=OFF")
 
 
+def file_of(conn: sqlite3.Connection) -> str:
+    """The path of the ledger's file ("" for an in-memory ledger)."""
+    return next((f for _, name, f in conn.execute("PRAGMA database_list") if name == "main"), "")
+
+
 class transaction:
     """`with transaction(conn):` — BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Nested
     inside an open transaction it is a savepoint, so a change and its audit record can share the

@@ -8,11 +8,10 @@ on a reopened batch (the agent wants `running`); only rework and close do."""
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import sqlite3
 
-from . import audit, reporting
+from . import audit, db, lockfile, reporting
 from .aggregation import Aggregator
 from .db import transaction
 from .masterdata import get_batch
@@ -31,18 +30,9 @@ def _who(user: str, reason: str, what: str) -> None:
 
 def live_agents(conn: sqlite3.Connection, batch_id: str) -> list[str]:
     """Agents serving this batch right now: their lock beside the ledger is held (host/agent.py)."""
-    path = next((f for _, name, f in conn.execute("PRAGMA database_list") if name == "main"), "")
-    out = []
-    for lock in glob.glob(glob.escape(path) + ".*.agent.lock") if path else []:
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)  # nobody holds it: that agent is gone
-            except BlockingIOError:
-                holder = f.read().strip()
-                if holder.endswith(f"batch {batch_id}"):
-                    out.append(holder)
-    return out
+    path = db.file_of(conn)
+    held = (lockfile.holder(lock) for lock in glob.glob(glob.escape(path) + ".*.agent.lock")) if path else ()
+    return [h for h in held if h is not None and h.endswith(f"batch {batch_id}")]
 
 
 def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> dict:

@@ -13,13 +13,13 @@ link dark). Real time: the same loop on the wall clock, to measure latency and j
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
+from .. import lockfile
 from . import batch, parts
 from . import ledger as ledger_mod
 from .camera import SimCamera
@@ -85,18 +85,11 @@ def _sigint(handler) -> None:
 def _locked(out: Path):
     """One run per --out: its ledger gets one agent. An advisory lock (fcntl) on a file there,
     released by the kernel however the run ends."""
-    f = open(out / LOCK_NAME, "a+")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise RunError(f"{out} is in use by another run (pid {pid}); one run, one agent per ledger") from None
+        f = lockfile.hold(str(out / LOCK_NAME), str(os.getpid()))
+    except lockfile.Held as held:
+        raise RunError(f"{out} is in use by another run (pid {held.holder or '?'}); one run, one agent per ledger") from None
     try:
-        f.truncate(0)
-        f.write(f"{os.getpid()}\n")
-        f.flush()
         yield
     finally:
         f.close()
