@@ -47,7 +47,8 @@ class HostLink:
                  fingerprint: int = FINGERPRINT, proto_version: int = PROTOCOL_VERSION) -> None:
         if not 0 < window < 128:
             raise ValueError("window must be 1..127 (seq numbers are modulo 256)")
-        self.port = serial.Serial(port_path, baudrate=baudrate, timeout=0)
+        # a URL too (socket://host:port, rfc2217://host:port): a device behind a serial server
+        self.port = serial.serial_for_url(port_path, baudrate=baudrate, timeout=0)
         self.window, self.rto_init, self.rto_min, self.rto_max = window, rto, rto_min, rto_max
         self.ping_interval, self.timeout, self.hello_timeout = ping_interval, timeout, hello_timeout
         self.fingerprint, self.proto_version = fingerprint, proto_version
@@ -92,6 +93,7 @@ class HostLink:
         self.sessions = 0
         self.links_lost = 0
         self.last_status: dict | None = None
+        self.last_config_report: dict | None = None  # the device's answer to our latest CONFIG_SET
         self.error: LinkError | None = None
         self._early: list[tuple[str, dict]] = []
 
@@ -266,7 +268,10 @@ class HostLink:
         now = time.monotonic()
         data = self.port.read(4096)
         if not data and wait > 0:  # sleep until bytes arrive, at most `wait`
-            select.select([self.port.fileno()], [], [], wait)
+            try:
+                select.select([self.port.fileno()], [], [], wait)
+            except (AttributeError, OSError, ValueError):  # rfc2217: no descriptor to wait on
+                time.sleep(min(wait, 0.001))
             now = time.monotonic()
             data = self.port.read(4096)
         for msg_type, seq, ack, values in self.decoder.feed(data) if data else ():
@@ -297,6 +302,8 @@ class HostLink:
                 self.rtts.append(now - sent)
         elif msg.name == "STATUS" and "invalid" not in fields:
             self.last_status = fields
+        elif msg.name == "CONFIG_REPORT" and "invalid" not in fields:
+            self.last_config_report = fields
         if not msg.sequenced:
             return
         if seq == self.rx_expected:
