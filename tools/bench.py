@@ -16,7 +16,16 @@ BENCHES = {
 
 
 def main(argv: list[str]) -> int:
+    usage = f"usage: serialine bench {{{'|'.join(BENCHES)}}} [ARGS...]"
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
     if not argv or argv[0] not in BENCHES:
-        print(f"usage: serialine bench {{{'|'.join(BENCHES)}}} [ARGS...]", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
-    return int(importlib.import_module(BENCHES[argv[0]]).main(argv[1:]) or 0)
+    mod = importlib.import_module(BENCHES[argv[0]])
+    if {"-h", "--help"} & set(argv[1:]) and not hasattr(mod, "argparse"):
+        # a benchmark reading its argv by hand would run: its docstring is its help
+        print((mod.__doc__ or usage).strip())
+        return 0
+    return int(mod.main(argv[1:]) or 0)
