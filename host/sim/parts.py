@@ -1,5 +1,5 @@
 """Adapters from the orchestrator to the other parts of the project: the firmware in the MicroPython
-unix port (host/simboard.py, boards/sim) and the host agent (host/agent.py) in its own process.
+unix port (host/sim/unixboard.py, boards/sim) and the host agent (host/agent.py) in its own process.
 Everything the simulator needs from them goes through here, so a change of their API is one edit.
 
 `device_config()` turns a scenario into the device's ConfigFields (line geometry in counts)."""
@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from serialine.host import simboard
 from serialine.protocol.schema import DwellUnit
 
+from . import unixboard
 from .scenario import deadline_margin_counts, host_budget_counts
 
 
@@ -67,7 +67,7 @@ def device_config(scenario, line, config_id: int = 1) -> dict:
 class Device:
     """The firmware, unchanged (firmware/device.py through boards/sim/simmain.py), in the real
     MicroPython unix port on the device pty, driven scan by scan in lockstep with the line model
-    through host/simboard.py. A reboot is a power cycle: the process is killed and started again
+    through host/sim/unixboard.py. A reboot is a power cycle: the process is killed and started again
     (a new boot_id; the configuration the device stored survives in its working directory)."""
 
     def __init__(self, tty_path: str, line, scenario, *, realtime: bool, workdir: Path,
@@ -87,7 +87,7 @@ class Device:
     def start(self):
         try:
             # lockstep even in a real-time run: the orchestrator then takes t from the wall clock
-            self.board = simboard.SimBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
+            self.board = unixboard.UnixBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
                                            device_id=self.device_id, cwd=self.workdir)
         except (RuntimeError, OSError) as exc:  # OSError: no micropython command
             from .run import RunError
@@ -105,7 +105,7 @@ class Device:
             raise self._died() from None
         self.state = st.state
         # edge times come back wrapped at 2**30: unwrap against this scan's (unwrapped) time
-        return [(e.name, 1, t_us - ((t_us - e.t_us) & simboard.MASK)) for e in edges]
+        return [(e.name, 1, t_us - ((t_us - e.t_us) & unixboard.MASK)) for e in edges]
 
     def _died(self):
         from .run import RunError

@@ -1,7 +1,7 @@
 """Drive the sim board: the real firmware in the MicroPython unix port, its line I/O over a
 pty of its own (the sim channel, boards/sim/README.md), its link on another tty.
 
-    with SimBoard(link_path, cfg_path=...) as sb:          # virtual time, lockstep
+    with UnixBoard(link_path, cfg_path=...) as sb:          # virtual time, lockstep
         edges, status = sb.step(t_us, pos, pe, confirm, bin_full)
 """
 
@@ -22,7 +22,7 @@ MASK = 0x3FFFFFFF  # the board's clock and encoder wrap at 2**30, as on a real b
 
 
 @dataclass(frozen=True)
-class Edge:
+class OutputEdge:
     name: str  # coder | camera | gate_open | gate_close | stop_on | stop_off
     t_us: int  # virtual (or wall-clock) ticks_us of the edge, wraps at 2**30
     pos: int  # encoder position at the edge, wraps at 2**30
@@ -36,9 +36,9 @@ class StepStatus:
     queue_fill: int
 
 
-class SimBoard:
+class UnixBoard:
     """Starts `boards/sim/simmain.py` with the link on `link_path` (a tty the host side of the
-    link does not open itself, e.g. PtyRelay.device_path)."""
+    link does not open itself, e.g. FaultyRelay.device_path)."""
 
     def __init__(self, link_path: str, *, cfg_path: str | os.PathLike = "serialine.cfg",
                  realtime: bool = False, device_id: str = "sim-1", wdt_ms: int = 0,
@@ -84,7 +84,7 @@ class SimBoard:
         return line
 
     def step(self, t_us: int, pos: int, pe: int, confirm: int = 0,
-             bin_full: int = 0) -> tuple[list[Edge], StepStatus]:
+             bin_full: int = 0) -> tuple[list[OutputEdge], StepStatus]:
         """Virtual time: set the clock, the encoder and the inputs, run one scan; the output
         edges of that scan and the device's state after it."""
         os.write(self.master, b"S %d %d %d %d %d\n" % (t_us & MASK, pos & MASK,
@@ -93,7 +93,7 @@ class SimBoard:
         while True:
             w = self._readline().split()
             if w[0] == b"E":
-                edges.append(Edge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
+                edges.append(OutputEdge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
             elif w[0] == b"K":
                 return edges, StepStatus(*(int(x) for x in w[1:5]))
 
@@ -103,7 +103,7 @@ class SimBoard:
         tail = b"" if pos is None else b" %d" % (pos & MASK)
         os.write(self.master, b"I %d %d %d%s\n" % (pe, confirm, bin_full, tail))
 
-    def read_edges(self, timeout: float = 0.0) -> list[Edge]:
+    def read_edges(self, timeout: float = 0.0) -> list[OutputEdge]:
         """Real time: the output edges reported so far."""
         out = []
         end = time.monotonic() + timeout
@@ -114,7 +114,7 @@ class SimBoard:
                 line, self._rx = self._rx.split(b"\n", 1)
                 w = line.split()
                 if w and w[0] == b"E":
-                    out.append(Edge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
+                    out.append(OutputEdge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
             if time.monotonic() >= end:
                 return out
 
@@ -135,7 +135,7 @@ class SimBoard:
                 pass
         return out
 
-    def __enter__(self) -> "SimBoard":
+    def __enter__(self) -> "UnixBoard":
         return self
 
     def __exit__(self, *exc) -> None:
