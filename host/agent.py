@@ -217,6 +217,19 @@ class Agent:
         self.resuming, self._reset_coder = True, reset_coder
         self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
 
+    def driver_back(self, kind: str) -> None:
+        """The service reconnected the coder or camera after a loss (host/service.py): what it did
+        meanwhile is unknown. Camera: results were lost, pairing restarts once the belt is still.
+        Coder: its queue is unknown, cleared and refilled once still. A pending coder reset stays."""
+        coder = kind == "coder"
+        if coder:
+            self._coder_retry_at = 0.0  # the backoff of pushes refused while it was gone is over
+        self._stop_and_resync(reset_coder=coder or (self.resuming and self._reset_coder))
+
+    def alarm(self, source: str, kind: str, detail: str) -> None:
+        """An alarm from outside a step (the service's): in the ledger now, or with the next commit."""
+        self._alarm_now(source, kind, detail)
+
     def _try_finish_resume(self) -> None:
         """Done when the device says: not running, belt still, every event acknowledged (so stored).
         The link is new since our restart, so every STATUS it holds was sent after the crash."""
