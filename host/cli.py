@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "selftest": ("serialine.tools.selftest", "main", "protocol self-test: host <-> firmware in the MicroPython unix port over a pty"),
     "sim": ("serialine.host.sim.cli", "main", "run a simulated line end to end"),
+    "agent": ("serialine.host.cli_agent", "main", "the host agent for one line: run (a service) | check (its line file)"),
     "init": ("serialine.host.cli_batch", "init_main", "create an empty ledger (no other command creates one)"),
     "batch": ("serialine.host.cli_batch", "main", "products, batches, serials: create, start, close, reconcile, abort, reopen"),
     "rework": ("serialine.host.cli_batch", "rework_main", "rework: remove, replace, disaggregate, decommission"),

@@ -1,0 +1,706 @@
+"""`serialine agent run`: the host agent as a long-running service for one line (docs/agent.md).
+
+From a line file (host/linefile.py) it opens the ledger, the link to the line device, the coder and
+the camera, and the control interface, then runs host/agent.py's Agent on one batch (`--batch`, or
+the one selected through the control interface; it never creates batches). It follows the device
+itself: on every new boot it sends the line file's configuration and reads the CONFIG_REPORT (a
+refusal ends the service with the field and value in the line file's units) and, with `[agent]
+start_on_boot`, starts the line. A coder or camera connection that drops latches a line stop with
+an alarm; it is reopened with backoff, and once back the agent re-pairs (camera) or resets the
+coder's queue (coder); the line restarts only on an operator's clear/start. The outbox is forwarded
+to the line file's upstream targets by one thread per target, each on its own connection.
+
+SIGTERM stops the line, lets the units in flight reach their outcome (a few seconds at most),
+stores and acks everything and exits 0; a second SIGTERM (or SIGINT) exits at once: the crash path
+that resume handles. Logs go to stderr, one line per event that matters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import threading
+import time
+
+from serialine.protocol.schema import FINGERPRINT, Command, ConfigResult, DeviceState
+
+from . import audit
+from .db import transaction
+
+log = logging.getLogger("serialine.service")
+
+USER = "serialine-agent"  # who the service's own audit records are by
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
+DRAIN_S = 5.0  # after SIGTERM: how long the units in flight get to reach their outcome
+CONNECT_S = 1.0  # one HELLO attempt; the service keeps trying, serving its control interface
+STATUS_EVERY_S = 0.25  # ledger figures in the status snapshot (the rest is fresh every step)
+CONFIG_REPORT_WARN_S = 10.0
+
+
+class ServiceError(Exception):
+    """The service cannot go on (one line; exit 1)."""
+
+
+class Stop(Exception):
+    """SIGTERM/SIGINT: leave in order."""
+
+
+# --- logging -----------------------------------------------------------------------------------
+
+def setup_logging(with_time: bool | None = None, level: int = logging.INFO) -> None:
+    """stderr, journal-friendly: `serialine-agent: LEVEL message` (time only on a terminal or asked)."""
+    if with_time is None:
+        with_time = sys.stderr.isatty()
+    fmt = ("%(asctime)s " if with_time else "") + "serialine-agent: %(levelname)s %(message)s"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger("serialine")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def sentence(exc: BaseException) -> str:
+    from .ledgerfile import sentence as ledger_sentence
+    return ledger_sentence(exc)
+
+
+# --- drivers, watched --------------------------------------------------------------------------
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit():
+        raise ServiceError(f"address {address!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+def open_driver(kind: str, name: str, address: str, options: dict):
+    """A reader or coder driver by its line-file name (host/devices/registry.py)."""
+    host, port = _split(address)
+    try:
+        from .devices import registry
+    except ImportError:
+        registry = None
+    if registry is not None:
+        opener = registry.open_reader if kind == "camera" else registry.open_coder
+        return opener(name, host, port, dict(options or {}))
+    if name != "serialine":
+        raise ServiceError(f"[{kind}] driver = {name!r}: this build has only the 'serialine' driver")
+    if kind == "camera":
+        from .devices.camera import Camera
+        return Camera(host, port)
+    from .devices.coder import Coder
+    return Coder(host, port)
+
+
+class Watched:
+    """A driver as the agent sees it while the service watches its connection. While it is lost
+    nothing reaches the device (requests raise DeviceError at once, no results are taken): only the
+    service reconnects it, with backoff, so the agent never races a reconnect."""
+
+    def __init__(self, kind: str, address: str, driver):
+        self.kind, self.address, self.driver = kind, address, driver
+        self.lost = False
+        self._attempt: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._wait = 0.0
+        self._back = False  # reconnected by the attempt thread, not yet reported
+        self._last_error = ""
+
+    def __getattr__(self, name):  # empty, printed, alarms, printed_codes, ...
+        return getattr(self.driver, name)
+
+    @property
+    def closed(self) -> bool:
+        return self.lost or self.driver.closed
+
+    def _guard(self):
+        from .devices.lineclient import DeviceError
+        if self.lost or self.driver.closed:
+            self.lost = True
+            raise DeviceError(f"{self.kind} at {self.address}: connection lost")
+
+    # the coder's requests
+    def push(self, code):
+        self._guard()
+        return self.driver.push(code)
+
+    def clear(self):
+        self._guard()
+        return self.driver.clear()
+
+    def depth(self):
+        self._guard()
+        return self.driver.depth()
+
+    def buffered(self):
+        self._guard()
+        return self.driver.buffered()
+
+    # the reader's results
+    def results(self):
+        if self.lost or self.driver.closed:
+            self.lost = True
+            alarms = getattr(self.driver, "alarms", None)
+            return [], (alarms() if alarms else [])
+        return self.driver.results()
+
+    def close(self):
+        self.driver.close()
+
+    # supervision (service loop)
+    def check(self, now: float) -> str | None:
+        """'lost' when the connection has just gone, 'back' when it has just come back, else None."""
+        if self._back:
+            self._back, self.lost, self._wait = False, False, 0.0
+            return "back"
+        if not self.lost and self.driver.closed:
+            self.lost = True
+            self._retry_at, self._wait = now + RECONNECT_FIRST_S, RECONNECT_FIRST_S
+            return "lost"
+        if self.lost and self._attempt is None and now >= self._retry_at and not self.driver.shut:
+            self._attempt = threading.Thread(target=self._reconnect, daemon=True, name=f"reconnect-{self.kind}")
+            self._attempt.start()
+        return None
+
+    def _reconnect(self) -> None:
+        from .devices.lineclient import DeviceError
+        try:
+            self.driver.reconnect("connection lost")
+        except (DeviceError, OSError) as exc:
+            self._last_error = str(exc)
+            self._wait = min(RECONNECT_MAX_S, max(RECONNECT_FIRST_S, self._wait * 2))
+            self._retry_at = time.monotonic() + self._wait
+            log.debug("%s: reconnect failed (%s); next try in %g s", self.kind, exc, self._wait)
+        else:
+            self._back = True
+        finally:
+            self._attempt = None
+
+
+# --- the forwarder threads ---------------------------------------------------------------------
+
+def _sink(target):
+    from .epcis.cli import sink_from_spec
+    kind, where = target.kind, str(target.where)
+    creds = getattr(target, "credentials", None) or ""
+    creds_file = creds[len("file:"):] if creds.startswith("file:") else None
+    spec = f"directory:{where}" if kind in ("dir", "directory") else where
+    return sink_from_spec(spec, credentials_file=creds_file)
+
+
+class Forwarding:
+    """One thread per upstream target, each with its own SQLite connection (Forwarder.run)."""
+
+    def __init__(self, db_path: str, targets):
+        self.db_path, self.targets = db_path, list(targets or ())
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        from .epcis.forwarder import Forwarder
+        for target in self.targets:
+            sink = _sink(target)  # ValueError: one line, redacted
+            conn = _open_ledger(self.db_path, schema=False)
+            conn.execute("PRAGMA busy_timeout = 2000")
+            fwd = Forwarder(conn, sink)
+            log.info("forwarding the outbox to %s", fwd.target)
+            t = threading.Thread(target=self._run, args=(fwd, conn), daemon=True, name=f"forward {fwd.target}")
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, fwd, conn) -> None:
+        said = None
+        while not self.stop.is_set():
+            try:
+                fwd.run(self.stop)
+            except sqlite3.Error as exc:  # busy past its timeout, or worse: said once, tried again
+                if str(exc) != said:
+                    said = str(exc)
+                    log.warning("forwarding to %s: %s; retrying", fwd.target, sentence(exc))
+                self.stop.wait(1.0)
+            except Exception as exc:  # a sink's unexpected failure must not end the service
+                log.error("forwarding to %s stopped: %s: %s", fwd.target, type(exc).__name__, exc)
+                return
+        conn.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout)
+
+
+def _open_ledger(path, schema: bool = True):
+    from .ledgerfile import open_ledger
+    return open_ledger(path, schema=schema)
+
+
+# --- the service -------------------------------------------------------------------------------
+
+class Service:
+    def __init__(self, cfg, batch: str | None = None):
+        self.cfg, self.batch_arg = cfg, batch
+        self.conn = None
+        self.link = None
+        self.coder: Watched | None = None
+        self.camera: Watched | None = None
+        self.agent = None
+        self.control = None
+        self.forwarding: Forwarding | None = None
+        self.stopping = False
+        self.boot_id: int | None = None  # the boot the service has handled (configured or resumed)
+        self.configured = False
+        self.config_id = 0
+        self._config_sent_at = 0.0
+        self._config_warned = False
+        self._ready = False
+        self._status_at = 0.0
+        self._figures: dict = {}
+        self._alarm_seen = 0
+        self._alarms: list[dict] = []
+        self._signals = 0
+
+    # --- life ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self._open()
+            self._loop()
+            return 0
+        except Stop:
+            self._leave()
+            return 0
+        finally:
+            self._close()
+
+    def _install_signals(self) -> None:
+        def on_signal(signum, _frame):
+            self._signals += 1
+            if self._signals > 1:  # the crash path: resume on the next start handles it
+                os.write(2, b"serialine-agent: WARNING second signal: exiting at once\n")
+                os._exit(1)
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _open(self) -> None:
+        from .link import HostLink
+        cfg = self.cfg
+        self.conn = _open_ledger(cfg.ledger.path)
+        self._alarm_seen = self.conn.execute("SELECT COALESCE(MAX(alarm_id), 0) FROM alarm_log").fetchone()[0]
+        self._open_control()
+        self.forwarding = Forwarding(cfg.ledger.path, cfg.upstream)
+        self.forwarding.start()
+        try:
+            self.link = HostLink(cfg.device.port, baudrate=int(getattr(cfg.device, "baud", 115200) or 115200))
+        except Exception as exc:  # serial.SerialException and friends: the port cannot be opened
+            raise ServiceError(f"[device] port = {cfg.device.port!r}: cannot open it ({_first_line(exc)})") from None
+        self.coder = self._open_driver("coder", cfg.coder)
+        self.camera = self._open_driver("camera", cfg.camera)
+
+    def _open_control(self) -> None:
+        address = getattr(getattr(self.cfg, "control", None), "address", None)
+        if not address:
+            return
+        try:
+            from .control import ControlServer
+        except ImportError:
+            log.warning("no control interface in this build: the line is commanded by nothing but the device")
+            return
+        self.control = ControlServer.at(address)
+        log.info("control interface on http://%s", self.control.address)
+
+    def _open_driver(self, kind: str, spec) -> Watched:
+        """Open it, waiting with backoff (the control interface answers meanwhile)."""
+        from .devices.lineclient import DeviceError
+        wait, said = RECONNECT_FIRST_S, False
+        while True:
+            try:
+                driver = open_driver(kind, spec.driver, spec.address, getattr(spec, "options", {}) or {})
+            except (DeviceError, OSError) as exc:
+                if not said:
+                    log.warning("%s at %s: %s; retrying every %g..%g s", kind, spec.address, _first_line(exc),
+                                RECONNECT_FIRST_S, RECONNECT_MAX_S)
+                    said = True
+                self._wait_serving(wait)
+                wait = min(RECONNECT_MAX_S, wait * 2)
+                continue
+            except ValueError as exc:  # a bad driver option (the registry's check)
+                raise ServiceError(f"[{kind}] {_first_line(exc)}") from None
+            log.info("%s connected at %s (driver %s)", kind, spec.address, spec.driver)
+            return Watched(kind, spec.address, driver)
+
+    def _wait_serving(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._check_stop()
+            self._serve_requests()
+            self._publish(force=True)
+            time.sleep(0.05)
+
+    def _check_stop(self) -> None:
+        if self.stopping:
+            raise Stop()
+
+    def _close(self) -> None:
+        if self.control is not None:
+            self._publish(force=True, ready=False)
+            self.control.close()
+        if self.forwarding is not None:
+            self.forwarding.close()
+        for driver in (self.coder, self.camera):
+            if driver is not None:
+                driver.close()
+        if self.agent is not None:
+            self.agent.release()
+        if self.link is not None:
+            self.link.close()
+        if self.conn is not None:
+            self.conn.close()
+
+    # --- the batch ---------------------------------------------------------------------------
+    def _new_agent(self, batch_id: str):
+        from .agent import Agent
+        cfg = self.cfg
+        kw = {}
+        fill = getattr(cfg.agent, "fill_ahead", None)
+        if fill:
+            kw["fill_ahead"] = int(fill)
+        grade = getattr(cfg.camera, "min_grade", None)
+        if grade is not None:
+            kw["min_grade"] = _grade(grade)
+        return Agent(self.conn, batch_id, self.link, self.coder, self.camera, **kw)
+
+    def _select_batch(self) -> None:
+        """--batch, or wait for POST /batch/select; then open the session with the device."""
+        from .agent import AgentError
+        if self.batch_arg is not None:
+            self.agent = self._new_agent(self.batch_arg)  # AgentError: one line, exit 1
+            log.info("batch %s: running it", self.batch_arg)
+        else:
+            log.info("no batch: waiting for one to be selected (POST /batch/select)")
+            while self.agent is None:
+                self._wait_serving(0.1)
+        self._connect_device()
+
+    def _connect_device(self) -> None:
+        from .link import FingerprintMismatch, LinkError
+        said = False
+        while True:
+            self._check_stop()
+            try:
+                hello = self.agent.start(timeout=CONNECT_S)
+            except FingerprintMismatch:
+                raise
+            except LinkError as exc:
+                if not said:
+                    log.warning("device: %s; still trying", exc)
+                    said = True
+                self._serve_requests()
+                self._publish(force=True)
+                continue
+            break
+        self._on_boot(hello, resumed=self.agent.resuming)
+
+    # --- one boot ----------------------------------------------------------------------------
+    def _on_boot(self, hello: dict, resumed: bool) -> None:
+        self.boot_id = int(hello["boot_id"])
+        self.configured, self._ready = False, False
+        log.info("device %s boot %d: firmware %s, board %s, schema fingerprint 0x%08x, state %s%s",
+                 _text(hello["device_id"]), self.boot_id, _text(hello["fw_version"]), _text(hello["board"]),
+                 int(hello["fingerprint"]), _state(hello.get("state")),
+                 " (resumed: line stop latched until its events are in)" if resumed else "")
+        if resumed:  # configured and running already: its stop is the agent's
+            self.configured = self._ready = True
+            return
+        self._send_config()
+
+    def _send_config(self) -> None:
+        from . import linefile
+        self.config_id += 1
+        fields = linefile.device_fields(self.cfg, self.config_id)
+        self.link.last_config_report = None
+        self.link.send("CONFIG_SET", fields)
+        self._config_sent_at, self._config_warned = time.monotonic(), False
+
+    def _check_config_report(self) -> None:
+        if self.configured:
+            return
+        rep = self.link.last_config_report
+        if rep is None or int(rep.get("config_id", -1)) != self.config_id:
+            if not self._config_warned and time.monotonic() - self._config_sent_at > CONFIG_REPORT_WARN_S:
+                self._config_warned = True
+                log.warning("device: no CONFIG_REPORT %g s after the configuration was sent; still waiting",
+                            CONFIG_REPORT_WARN_S)
+            return
+        if int(rep["result"]) != ConfigResult.OK:
+            from . import linefile
+            raise ServiceError(linefile.explain_refusal(rep, self.cfg))
+        self.configured = True
+        hello = self.link.hello or {}
+        log.info("configuration %d applied on boot %d (firmware %s, board %s, schema fingerprint 0x%08x)",
+                 self.config_id, self.boot_id, _text(hello.get("fw_version", "?")), _text(hello.get("board", "?")),
+                 int(hello.get("fingerprint", FINGERPRINT)))
+        if getattr(self.cfg.agent, "start_on_boot", False):
+            self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
+            log.info("line started (start_on_boot)")
+        self._ready = True
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        from .agent import BatchEnded
+        self._select_batch()
+        while True:
+            if self.stopping:
+                raise Stop()
+            try:
+                self.agent.step(0.002)
+            except BatchEnded as exc:
+                log.error("%s", exc)
+                self._batch_gone()
+                continue
+            if self.agent.boot_id != self.boot_id:  # the agent booked a new boot in this step
+                self._on_boot(dict(self.link.hello), resumed=False)
+            self._check_config_report()
+            self._supervise()
+            self._serve_requests()
+            self._publish()
+
+    def _batch_gone(self) -> None:
+        """The batch was closed under the line: the agent is done; wait for the next batch."""
+        self.agent.release()
+        self.agent, self.batch_arg, self._ready = None, None, False
+        self._select_batch()
+
+    def _supervise(self) -> None:
+        now = time.monotonic()
+        for w in (self.coder, self.camera):
+            what = w.check(now)
+            if what == "lost":
+                self._alarm(w.kind, f"{w.kind.upper()}_LOST", f"{w.kind} at {w.address}: connection lost; line stop"
+                            f" latched, reconnecting every {RECONNECT_FIRST_S:g}..{RECONNECT_MAX_S:g} s")
+                self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+            elif what == "back":
+                reset = w.kind == "coder"
+                self._alarm(w.kind, f"{w.kind.upper()}_BACK", f"{w.kind} at {w.address}: connected again; "
+                            + ("its queue is unknown: the coder is cleared once the belt is still" if reset
+                               else "camera pairing restarts once the belt is still")
+                            + "; clear the alarm to restart the line")
+                self.agent.driver_back(w.kind)
+
+    def _alarm(self, source: str, kind: str, detail: str) -> None:
+        self.agent.alarm(source, kind, detail)
+
+    # --- control -----------------------------------------------------------------------------
+    def _serve_requests(self) -> None:
+        if self.control is None:
+            return
+        for req in self.control.requests():
+            try:
+                msg = self._execute(req)
+            except sqlite3.Error as exc:
+                req.refuse(sentence(exc))
+                continue
+            except Exception as exc:  # the service's bug must not leave a client hanging
+                req.refuse(f"{type(exc).__name__}: {exc}")
+                raise
+            if isinstance(msg, str):
+                log.warning("%s by %s refused: %s", req.command, req.user, msg)
+                req.refuse(msg)
+            else:
+                req.reply(msg)
+
+    def _execute(self, req):
+        """A control command on the loop thread → reply dict, or the refusal (str)."""
+        if req.command == "batch.select":
+            return self._cmd_select(req)
+        name = {"line.start": "START", "line.stop": "STOP", "line.clear": "CLEAR_ALARM"}.get(req.command)
+        if name is None:
+            return f"unknown command {req.command}"
+        if self.agent is None:
+            return "no batch is selected: select one first (POST /batch/select)"
+        if self.stopping:
+            return "the agent is stopping"
+        if name != "STOP":
+            lost = [w.kind for w in (self.coder, self.camera) if w.lost]
+            if lost:
+                return f"{req.command} refused: the line stays stopped while the {' and '.join(lost)} is lost"
+            if self.agent.line_stop:
+                return f"{req.command} refused: the line stays stopped ({self.agent.line_stop})"
+            if not self.configured:
+                return f"{req.command} refused: the device is not configured yet"
+        with transaction(self.conn):
+            audit.append(self.conn, req.user, req.command, self._audit_detail(req))
+        sent = self.agent.command(name)
+        held = not sent and self.agent.resuming
+        log.info("%s by %s (%s)%s", req.command, req.user, req.reason,
+                 ": held until the resume is done" if held else "")
+        return {"command": req.command, "held": held}
+
+    def _audit_detail(self, req, **more) -> dict:
+        return {"line_id": getattr(getattr(self.cfg, "identity", None), "line_id", None),
+                "batch_id": self.agent.ledger.batch.batch_id if self.agent else None,
+                "device_id": self.agent.device_id if self.agent else None,
+                "boot_id": self.agent.boot_id if self.agent else None, **more, "reason": req.reason}
+
+    def _cmd_select(self, req):
+        from .agent import AgentError
+        batch_id = req.args.get("batch")
+        if self.agent is not None:
+            current = self.agent.ledger.batch.batch_id
+            if current == batch_id:
+                return {"batch": batch_id, "already": True}
+            return f"batch {current} is being run: it must end (close or abort) before another is selected"
+        try:
+            agent = self._new_agent(batch_id)
+        except AgentError as exc:
+            return str(exc)
+        with transaction(self.conn):
+            audit.append(self.conn, req.user, "batch.select", self._audit_detail(req, batch_id=batch_id))
+        self.agent = agent
+        log.info("batch %s selected by %s (%s)", batch_id, req.user, req.reason)
+        return {"batch": batch_id}
+
+    # --- status ------------------------------------------------------------------------------
+    def _publish(self, force: bool = False, ready: bool | None = None) -> None:
+        now = time.monotonic()
+        if now - self._status_at >= STATUS_EVERY_S or force:
+            self._status_at = now
+            try:
+                self._read_figures()
+            except sqlite3.Error:
+                pass  # busy: the figures of the last read stand
+        if self.control is None:
+            return
+        hello = (self.link.hello if self.link is not None else None) or {}
+        st = (self.link.last_status if self.link is not None else None) or {}
+        agent = self.agent
+        self.control.set_status({
+            "ready": self._ready if ready is None else ready,
+            "line_id": getattr(getattr(self.cfg, "identity", None), "line_id", None),
+            "batch": agent.ledger.batch.batch_id if agent else None,
+            "device": {"port": self.cfg.device.port, "device_id": _text(hello.get("device_id", "")) or None,
+                       "boot_id": self.boot_id, "fw_version": _text(hello.get("fw_version", "")) or None,
+                       "board": _text(hello.get("board", "")) or None,
+                       "fingerprint": f"0x{int(hello['fingerprint']):08x}" if hello else None,
+                       "state": _state(st.get("state", hello.get("state"))),
+                       "configured": self.configured},
+            "resuming": bool(agent and agent.resuming),
+            "line_stop": agent.line_stop if agent else None,
+            "coder": _conn_state(self.coder), "camera": _conn_state(self.camera),
+            "counts": self._figures.get("counts", {}),
+            "alarms": self._alarms[-20:],
+            "outbox": self._figures.get("outbox", {}),
+            "stopping": self.stopping,
+        })
+
+    def _read_figures(self) -> None:
+        c = self.conn
+        rows = c.execute("SELECT alarm_id, at, source, alarm, detail FROM alarm_log WHERE alarm_id > ?"
+                         " ORDER BY alarm_id", (self._alarm_seen,)).fetchall()
+        for alarm_id, at, source, kind, detail in rows:
+            self._alarm_seen = alarm_id
+            log.warning("alarm %s %s: %s", source, kind, detail)
+            self._alarms.append({"at": at, "source": source, "alarm": kind, "detail": detail})
+        del self._alarms[:-20]
+        if self.agent is not None:
+            batch_id = self.agent.ledger.batch.batch_id
+            counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit WHERE batch_id=?"
+                                    " GROUP BY 1", (batch_id,)).fetchall())
+            counts["detected"] = sum(counts.values())
+            self._figures["counts"] = counts
+        from .epcis import outbox
+        try:
+            self._figures["outbox"] = outbox.counts(c)
+        except sqlite3.OperationalError:
+            self._figures["outbox"] = {}
+
+    # --- SIGTERM -----------------------------------------------------------------------------
+    def _leave(self) -> None:
+        """Stop the line; step until the units in flight of this boot have their outcome and every
+        event is stored and acked, or DRAIN_S; then leave (the ledger is closed by _close)."""
+        agent = self.agent
+        log.info("stopping: line stop sent, waiting up to %g s for the units in flight", DRAIN_S)
+        if agent is None or agent.boot_id is None:
+            return
+        self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+        end = time.monotonic() + DRAIN_S
+        left = None
+        while time.monotonic() < end:
+            try:
+                agent.step(0.01)
+            except Exception as exc:  # the batch ended, the link went: nothing more can be stored
+                log.warning("stopping: %s", _first_line(exc))
+                break
+            self._serve_requests()
+            self._publish()
+            left = self._in_flight()
+            if left == 0 and not self.link.tx_pending:
+                break
+        else:
+            log.warning("stopping: %s unit(s) of boot %s still without an outcome after %g s; the device keeps"
+                        " their events and the next start resumes them", left, agent.boot_id, DRAIN_S)
+            return
+        log.info("stopped: every unit in flight has its outcome, everything stored and acknowledged")
+
+    def _in_flight(self) -> int:
+        a = self.agent
+        (n,) = self.conn.execute("SELECT COUNT(*) FROM unit WHERE device_id=? AND boot_id=? AND outcome IS NULL",
+                                 (a.device_id, a.boot_id)).fetchone()
+        return n
+
+
+def _grade(value) -> float:
+    if isinstance(value, str) and value in "ABCDF":
+        return {"A": 3.5, "B": 2.5, "C": 1.5, "D": 0.5, "F": 0.0}[value]
+    return float(value)
+
+
+def _conn_state(w: Watched | None) -> str:
+    if w is None:
+        return "not connected"
+    return "lost" if w.lost else "connected"
+
+
+def _text(value) -> str:
+    return str(value).rstrip("\x00").strip()
+
+
+def _state(value) -> str | None:
+    if value is None:
+        return None
+    try:
+        return DeviceState(int(value)).name
+    except ValueError:
+        return str(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def run(cfg, batch: str | None = None) -> int:
+    """The service on a loaded line file → exit status; expected failures are one line."""
+    from .agent import AgentError
+    from .devices.lineclient import DeviceError
+    from .ledgerfile import LedgerFileError
+    from .link import LinkError
+    try:
+        from .control import ControlError
+    except ImportError:
+        ControlError = ServiceError  # noqa: N806
+    try:
+        return Service(cfg, batch).run()
+    except (ServiceError, AgentError, LinkError, DeviceError, LedgerFileError, ControlError, ValueError) as exc:
+        log.error("%s", _first_line(exc))
+        return 1
+    except sqlite3.Error as exc:
+        log.error("ledger: %s", sentence(exc))
+        return 1
+    except OSError as exc:
+        log.error("%s", sentence(exc))
+        return 1
