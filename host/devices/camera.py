@@ -36,13 +36,17 @@ def parse_line(line: str, t: float = 0.0) -> CameraResult:
     if kind == "NOREAD" and len(parts) == 2:
         return CameraResult(_n(parts[1], line), None, None, t)
     if kind == "READ" and len(parts) == 4:
-        n, grade, data = _n(parts[1], line), parts[2], unescape_code(parts[3])
-        if not _GRADE.match(grade) or (grade[0].isdigit() and float(grade) > 4.0):
-            raise CameraLineError(f"bad grade {grade[:10]!r} in {line[:80]!r}")
-        if not data or len(data) > MAX_DATA or not all(c == "\x1d" or " " < c < "\x7f" for c in data):
-            raise CameraLineError(f"bad data in {line[:80]!r}")
-        return CameraResult(n, grade, data, t)
+        return checked(_n(parts[1], line), parts[2], unescape_code(parts[3]), line, t)
     raise CameraLineError(f"malformed camera line {line[:80]!r}")
+
+
+def checked(n: int, grade: str, data: str, line: str, t: float = 0.0) -> CameraResult:
+    """A read result whose grade and data are what the agent may act on (every reader driver's rule)."""
+    if not _GRADE.match(grade) or (grade[0].isdigit() and float(grade) > 4.0):
+        raise CameraLineError(f"bad grade {grade[:10]!r} in {line[:80]!r}")
+    if not data or len(data) > MAX_DATA or not all(c == "\x1d" or " " < c < "\x7f" for c in data):
+        raise CameraLineError(f"bad data in {line[:80]!r}")
+    return CameraResult(n, grade, data, t)
 
 
 def _n(text: str, line: str) -> int:
@@ -51,27 +55,16 @@ def _n(text: str, line: str) -> int:
     return int(text)
 
 
-class Camera(LineClient):
-    UNSOLICITED = ("READ", "NOREAD")
-    REPLIES = ("PONG", "ERR")
+class Reopening:
+    """For a reader driver (a LineClient): `results()` reopens a lost connection in the background,
+    at most once a second, so the agent's loop never stalls on a dead reader."""
 
-    def __init__(self, *args, **kw):
-        self._next_reconnect = 0.0
-        super().__init__(*args, **kw)
-
-    def on_event(self, line: str, t: float) -> None:
-        try:
-            self.keep_event(parse_line(line, t))
-        except CameraLineError as exc:
-            self.alarm("MALFORMED", f"camera: {exc}")
-
-    def ping(self) -> None:
-        self.request("PING", "PONG", idempotent=True)
+    _next_reconnect = 0.0
 
     def results(self) -> tuple[list[CameraResult], list[tuple[str, str]]]:
-        """Results received so far, and (kind, detail) of the camera's alarms meanwhile. A lost
+        """Results received so far, and (kind, detail) of the reader's alarms meanwhile. A lost
         connection is reopened (at most once a second); results sent meanwhile are lost, and the
-        correlator sees the gap in their numbers."""
+        correlator sees the gap in their numbers (or, for a driver that counts, units with no result)."""
         if self.closed and not self.shut and time.monotonic() >= self._next_reconnect:
             self._next_reconnect = float("inf")  # one attempt at a time
             threading.Thread(target=self._reopen, daemon=True).start()  # never stalls the agent's loop
@@ -83,3 +76,17 @@ class Camera(LineClient):
         except DeviceError as exc:
             self.alarm("DISCONNECTED", str(exc))
         self._next_reconnect = time.monotonic() + RECONNECT_EVERY_S
+
+
+class Camera(Reopening, LineClient):
+    UNSOLICITED = ("READ", "NOREAD")
+    REPLIES = ("PONG", "ERR")
+
+    def on_event(self, line: str, t: float) -> None:
+        try:
+            self.keep_event(parse_line(line, t))
+        except CameraLineError as exc:
+            self.alarm("MALFORMED", f"camera: {exc}")
+
+    def ping(self) -> None:
+        self.request("PING", "PONG", idempotent=True)

@@ -90,7 +90,7 @@ def known_options(options: dict, allowed: dict[str, tuple[type | tuple, object]]
         value = options.get(key, default)
         tt = types if isinstance(types, tuple) else (types,)
         if isinstance(value, bool) and bool not in tt or not isinstance(value, tt):
-            names = " or ".join(t.__name__ for t in tt)
+            names = " or ".join(t.__name__ for t in tt if t is not type(None))
             raise ValueError(f"option {key!r} = {value!r}: expected {names}")
         out[key] = value
     return out

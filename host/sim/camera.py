@@ -14,21 +14,26 @@ ignore before the result (unknown word, malformed READ, over-long line), from it
 so the other faults of a seed stay as they were.
 
 Latency runs on the simulator's clock: `deliver(now_us)` sends every result that is due, so virtual
-time and real time use the same code."""
+time and real time use the same code.
+
+A vendor reader's emulator (dataman_emu, keyence_emu) is this camera with another wire format:
+it overrides `_result_line`, `_no_read_line`, `_garbage` and `handle` only, so the line model, the
+faults and the random streams are the same whichever driver the scenario picks."""
 
 from __future__ import annotations
 
 import collections
 import heapq
 import random
+import socket
 import threading
 import time
 
-from .coder import escape
+from ..devices.lineclient import escape_code as escape
 from .line import mutate
+from .tcpline import LineServer
 
 SYMBOLOGY = "]d2"  # ISO/IEC 15424 identifier of GS1 DataMatrix
-from .tcpline import LineServer
 
 
 class SimCamera(LineServer):
@@ -48,8 +53,32 @@ class SimCamera(LineServer):
         self.lost = 0  # results nobody was connected to receive
         self.faults = collections.Counter()
 
-    def handle(self, line: str) -> str:
+    def handle(self, line: str) -> str | None:
+        """One command line from the host → the reply line (None: no reply)."""
         return "PONG" if line == "PING" else "ERR unknown command"
+
+    def _result_line(self, n: int, grade: str, data: str) -> str:
+        """The wire line of a read: `data` is the code as printed (GS as 0x1D), grade A..F."""
+        return f"READ {n} {grade} {SYMBOLOGY}{escape(data)}"
+
+    def _no_read_line(self, n: int) -> str:
+        return f"NOREAD {n}"
+
+    def _garbage(self, n: int, rng: random.Random) -> str:
+        """A line the host must alarm on and ignore: unknown word, malformed result, over-long."""
+        return rng.choice(["STATUS ok", f"READ {n} Q ]d2X", "READ " + "9" * 600])
+
+    def drop(self) -> None:
+        """Fault: close the host's connection now (the reader keeps listening for a new one)."""
+        with self._lock:
+            c, self._client = self._client, None
+            self.connected.clear()
+        if c is not None:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
 
     def trigger(self, t_us: int, printed: str | None, smeared: bool) -> tuple[str | None, str]:
         """Read the pack in front: returns (what was read or None, camera fault on a good print).
@@ -78,12 +107,12 @@ class SimCamera(LineServer):
             elif fault == "low_grade":
                 grade = "D"
         self.faults[fault or "ok"] += 1
-        line = f"NOREAD {n}" if read is None else f"READ {n} {grade} {SYMBOLOGY}{escape(read)}"
+        line = self._no_read_line(n) if read is None else self._result_line(n, grade, read)
         due = t_us + max(0, round(self.latency_us + self.rng.uniform(-1, 1) * self.jitter_us))
         with self._lock2:
             if self.garbage and self._garbage_rng.random() < self.garbage:
                 self.faults["garbage"] += 1
-                junk = self._garbage_rng.choice(["STATUS ok", f"READ {n} Q ]d2X", "READ " + "9" * 600])
+                junk = self._garbage(n, self._garbage_rng)
                 heapq.heappush(self._due, (due, 0, junk))  # n 0 sorts before the result due with it
             heapq.heappush(self._due, (due, n, line))
         return read, fault
