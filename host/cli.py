@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "epcis": ("serialine.host.epcis.cli", "main", "EPCIS export"),
     "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
+    "line": ("serialine.host.cli_line", "main", "operator commands to a running agent: start, stop, clear, select, status"),
     "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link"),
 }
