@@ -15,7 +15,8 @@ import socket
 import threading
 import time
 
-GS_ESCAPE = "\\x1d"  # the GS separator inside a code on a text line (never in GS1's character set)
+GS = "\x1d"  # GS1 element strings separate variable-length fields with GS
+GS_ESCAPE = "\\x1d"  # ... which travels on a text line as these 4 characters (never in GS1's character set)
 MAX_LINE = 512  # bytes before the newline; a longer line is discarded up to its newline (docs/devices.md)
 MAX_EVENTS = 4096  # unsolicited lines kept until the owner takes them; more are dropped with an alarm
 MAX_ALARMS = 100  # alarms kept until the owner takes them; the rest are counted per kind
@@ -23,11 +24,12 @@ ALARM_BURST = 10  # alarms of one kind kept per second; beyond, counted and said
 
 
 def escape_code(code: str) -> str:
-    return code.replace("\x1d", GS_ESCAPE)
+    """The ONE escape of the text line protocols (drivers and simulated devices alike)."""
+    return code.replace(GS, GS_ESCAPE)
 
 
 def unescape_code(text: str) -> str:
-    return text.replace(GS_ESCAPE, "\x1d").replace("\\x1D", "\x1d")
+    return text.replace(GS_ESCAPE, GS).replace("\\x1D", GS)
 
 
 class DeviceError(RuntimeError):
@@ -40,12 +42,12 @@ class InDoubt(DeviceError):
 
 class LineSplitter:
     """Bytes → lines, in linear time and bounded memory: a line longer than `max_line` bytes is
-    discarded up to its newline and reported once as `TOO_LONG` (never kept)."""
+    discarded up to its terminator `eol` (one byte) and reported once as `TOO_LONG` (never kept)."""
 
     TOO_LONG = None  # what feed() yields for a discarded line
 
-    def __init__(self, max_line: int = MAX_LINE):
-        self.max_line = max_line
+    def __init__(self, max_line: int = MAX_LINE, eol: bytes = b"\n"):
+        self.max_line, self.eol = max_line, eol
         self._buf = bytearray()
         self._discarding = False
 
@@ -53,7 +55,7 @@ class LineSplitter:
         out: list[bytes | None] = []
         start = 0
         if self._discarding:
-            nl = chunk.find(b"\n")
+            nl = chunk.find(self.eol)
             if nl < 0:
                 return out
             self._discarding, start = False, nl + 1
@@ -61,7 +63,7 @@ class LineSplitter:
         searched = len(buf)  # the kept tail holds no newline
         buf += memoryview(chunk)[start:]
         begin = 0
-        while (nl := buf.find(b"\n", searched)) >= 0:
+        while (nl := buf.find(self.eol, searched)) >= 0:
             out.append(bytes(buf[begin:nl]) if nl - begin <= self.max_line else self.TOO_LONG)
             begin = searched = nl + 1
         del buf[:begin]
@@ -75,6 +77,9 @@ class LineSplitter:
 class LineClient:
     UNSOLICITED: tuple[str, ...] = ()  # first words of the device's unsolicited lines
     REPLIES: tuple[str, ...] = ("OK", "ERR")  # first words of replies
+    EOL = b"\n"  # line terminator, both ways (a device protocol ending lines in CR sets b"\r")
+    SEP = " "  # what ends a line's first word
+    RAW_OK = ""  # characters sent unescaped although not printable (a protocol that carries GS as is)
 
     def __init__(self, host: str, port: int, timeout: float = 2.0, max_line: int = MAX_LINE):
         self.address, self.timeout, self.max_line = (host, port), timeout, max_line
@@ -131,7 +136,7 @@ class LineClient:
 
     # --- reader thread -----------------------------------------------------------------------
     def _read(self, sock: socket.socket) -> None:
-        splitter = LineSplitter(self.max_line)
+        splitter = LineSplitter(self.max_line, self.EOL)
         while True:
             try:
                 chunk = sock.recv(65536)
@@ -155,7 +160,10 @@ class LineClient:
             self.alarm("DISCONNECTED", f"{self.name}: the device closed the connection")
 
     def _line(self, sock: socket.socket, raw: bytes, now: float) -> None:
-        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        if self.EOL == b"\n":
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+        else:  # CR-terminated: the LF of a CR LF pair starts the next line and is ignored
+            raw = raw[1:] if raw.startswith(b"\n") else raw
         if not raw:
             return
         try:
@@ -165,7 +173,7 @@ class LineClient:
         if line is None or not line.isprintable():
             self.alarm("MALFORMED", f"{self.name}: not a printable ASCII line: {raw[:80]!r}")
             return
-        word = line.split(" ", 1)[0]
+        word = line.split(self.SEP, 1)[0]
         if word in self.UNSOLICITED:
             self.on_event(line, now)
         elif word in self.REPLIES:
@@ -231,7 +239,8 @@ class LineClient:
     def request(self, line: str, expect: str, idempotent: bool = False) -> str:
         """Send one command and return its reply, which must fully match the regex `expect`.
         InDoubt when no such reply came; an idempotent command is retried once on a fresh connection."""
-        if not (line.isascii() and line.isprintable()) or len(line) > self.max_line:
+        plain = line.translate({ord(c): None for c in self.RAW_OK}) if self.RAW_OK else line
+        if not (line.isascii() and plain.isprintable()) or len(line) > self.max_line:
             raise DeviceError(f"{self.name}: refusing to send a command that is not one printable "
                               f"ASCII line of at most {self.max_line} bytes: {line[:40]!r}")  # nothing sent
         with self._lock:
@@ -243,7 +252,7 @@ class LineClient:
             return self._request(line, expect)
 
     def _request(self, line: str, expect: str) -> str:
-        cmd = line.split(" ", 1)[0]
+        cmd = line.split(self.SEP, 1)[0]
         if self.closed or self.in_doubt:
             self.reconnect("connection lost" if self.closed else "replies were in doubt")
         done, slot = threading.Event(), []
@@ -251,7 +260,7 @@ class LineClient:
             sock = self.sock
             self._waiting = (sock, done, slot)
         try:
-            sock.sendall(line.encode("ascii") + b"\n")
+            sock.sendall(line.encode("ascii") + self.EOL)
         except OSError as exc:
             self._doubt()
             raise InDoubt(f"{self.name}: {cmd} not sent: {exc}") from None

@@ -11,6 +11,9 @@ from ..devices.lineclient import LineSplitter
 
 
 class LineServer:
+    EOL = b"\n"  # line terminator both ways (an emulator of a CR-terminated protocol sets b"\r")
+    TOO_LONG, NOT_ASCII = "ERR line too long", "ERR not ascii"  # replies to a line it cannot read
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._sock = socket.create_server((host, port))
         self.address = self._sock.getsockname()[:2]
@@ -48,7 +51,7 @@ class LineServer:
             if c is None:
                 return False
             try:
-                c.sendall(line.encode("ascii", "replace") + b"\n")
+                c.sendall(line.encode("ascii", "replace") + self.EOL)
                 return True
             except OSError:
                 self._client = None
@@ -73,7 +76,7 @@ class LineServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket):
-        splitter = LineSplitter()  # bounded, linear, like the host's side
+        splitter = LineSplitter(eol=self.EOL)  # bounded, linear, like the host's side
         while True:
             try:
                 chunk = conn.recv(4096)
@@ -87,12 +90,13 @@ class LineServer:
                 return
             for raw in splitter.feed(chunk):
                 if raw is LineSplitter.TOO_LONG:
-                    reply = "ERR line too long"  # still one reply per line: the host stays in step
+                    reply = self.TOO_LONG  # still one reply per line: the host stays in step
                 else:
                     try:
-                        text = raw.decode("ascii").rstrip("\r")  # not strip(): GS (0x1D) is whitespace to Python
+                        text = raw.decode("ascii")  # not strip(): GS (0x1D) is whitespace to Python
+                        text = text.rstrip("\r") if self.EOL == b"\n" else text.lstrip("\n")
                     except UnicodeDecodeError:
-                        reply = "ERR not ascii"
+                        reply = self.NOT_ASCII
                     else:
                         reply = self.handle(text) if text else None
                 if reply is not None and self.reply_delay_s:
@@ -100,6 +104,6 @@ class LineServer:
                 if reply is not None:
                     with self._lock:
                         try:
-                            conn.sendall(reply.encode() + b"\n")
+                            conn.sendall(reply.encode() + self.EOL)
                         except OSError:
                             pass
