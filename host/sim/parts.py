@@ -16,10 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from serialine.protocol.schema import DwellUnit
+from serialine.host import linefile
 
 from . import unixboard
-from .scenario import deadline_margin_counts, host_budget_counts
 
 
 def _need(module: str, what: str):
@@ -31,37 +30,10 @@ def _need(module: str, what: str):
         raise RunError(f"{what} is not available in this build ({module}: {exc})") from None
 
 
-def device_config(scenario, line, config_id: int = 1) -> dict:
-    """The device configuration for the simulated line (ConfigFields, counts and µs)."""
-    L, c = scenario.line, scenario.line.counts_per_mm
-    full = line.profile.full_cps
-    pitch_min = L.pitch_mm * (1 - L.pitch_spread) * c
-    margin = deadline_margin_counts(scenario)
-    budget_counts = host_budget_counts(scenario)  # validated positive
-    return dict(
-        config_id=config_id,
-        coder_at=line.coder_at,
-        camera_at=line.camera_at,
-        gate_at=line.gate_at,
-        confirm_from=line.gate_at,
-        confirm_to=round(line.gate_at + L.confirm_window_mm * c),
-        counts_per_mm_milli=round(c * 1000),
-        gate_lead_us=line.lead_us,
-        dwell=round(L.gate_dwell_mm * c),
-        dwell_unit=int(DwellUnit.COUNTS),
-        debounce_us=200,
-        min_pitch=round(pitch_min * 0.5),
-        deadline_margin=margin,
-        max_speed_cps=round(full * 1.25),
-        min_host_budget_us=max(1, min(20_000, int(budget_counts / (full * 1.25) * 1e6 * 0.8))),
-        reject_streak_limit=0,
-        link_timeout_ms=1000,
-        link_stop_ms=0,
-        purge_counts=round(line.gate_at + L.gate_window_mm * c),
-        virtual_speed_cps=0,
-        stall_ms=0,
-        policy=0,
-    )
+def device_config(scenario, line=None, config_id: int = 1) -> dict:
+    """The device configuration for the simulated line (ConfigFields, counts and µs): the line
+    file's conversion (host/linefile.py) of the scenario's [line] at its speed."""
+    return linefile.device_fields(linefile.scenario_geometry(scenario), config_id)
 
 
 class Device:

@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serialine.host import linefile
+from serialine.host.linefile import Geometry
 from serialine.host.resources import scenarios_dir
 
 SCENARIO_DIR = scenarios_dir()  # a package resource: the same in the checkout and a wheel
@@ -23,21 +25,8 @@ class ScenarioError(ValueError):
     """A scenario that cannot run; the message names the file and the offending key."""
 
 
-@dataclass(frozen=True)
-class Line:
-    pitch_mm: float = 100.0  # mean distance between pack leading edges
-    pitch_spread: float = 0.1  # ± fraction of the pitch, uniform
-    pack_length_mm: float = 60.0
-    counts_per_mm: float = 4.0
-    coder_at_mm: float = 250.0
-    camera_at_mm: float = 500.0
-    gate_at_mm: float = 1000.0
-    gate_window_mm: float = 15.0  # a pack is pushed off if the gate is open while |offset| <= this
-    gate_lead_ms: float = 8.0  # actuator delay from the output edge to the paddle being out
-    gate_dwell_mm: float = 20.0
-    confirm_delay_mm: float = 40.0  # travel from the gate to the confirm sensor in the chute
-    confirm_window_mm: float = 80.0  # the device accepts the confirm within this after the gate
-    bin_capacity: int = 100_000
+# The [line] section is the line file's Geometry (host/linefile.py): one reader, one set of ranges.
+Line = Geometry
 
 
 @dataclass(frozen=True)
@@ -85,7 +74,7 @@ class Scenario:
     units: int = 600
     ppm: float = 600.0
     seed: int = 1
-    line: Line = field(default_factory=Line)
+    line: Geometry = field(default_factory=Geometry)
     speed: Speed = field(default_factory=Speed)
     defects: Defects = field(default_factory=Defects)
     camera: Camera = field(default_factory=Camera)
@@ -104,19 +93,13 @@ class Scenario:
         return out
 
 
-_SECTIONS = {"line": Line, "speed": Speed, "defects": Defects, "camera": Camera, "faults": Faults}
+_SECTIONS = {"line": Geometry, "speed": Speed, "defects": Defects, "camera": Camera, "faults": Faults}
 _PROFILES = ("constant", "ramp", "stop-start")
 _RATE = (0.0, 1.0)
 # (lo, hi) inclusive for every number; unit numbers of faults are checked against `units`.
 RANGES = {
     "units": (1, 200_000), "ppm": (1.0, 20_000.0), "seed": (0, 2**31 - 1),
-    "line.pitch_mm": (10.0, 2000.0), "line.pitch_spread": (0.0, 0.49), "line.pack_length_mm": (1.0, 2000.0),
-    "line.counts_per_mm": (1.0, 100.0),  # below 1 the stations and the gate dwell round to nothing
-    "line.coder_at_mm": (1.0, 100_000.0), "line.camera_at_mm": (1.0, 100_000.0),
-    "line.gate_at_mm": (1.0, 100_000.0), "line.gate_window_mm": (1.0, 1000.0),
-    "line.gate_lead_ms": (0.0, 1000.0), "line.gate_dwell_mm": (1.0, 1000.0),
-    "line.confirm_delay_mm": (0.0, 10_000.0), "line.confirm_window_mm": (1.0, 10_000.0),
-    "line.bin_capacity": (1, 10**9),
+    **linefile.RANGES,  # line.*: the line file's, checked by linefile.geometry_problems
     "speed.ramp_from": (0.0, 1.0), "speed.ramp_to": (0.05, 1.0),  # a ramp to standstill never ends
     "speed.ramp_units": (1, 10**6), "speed.run_units": (1, 10**6), "speed.stop_ms": (0.0, 60_000.0),
     "speed.accel_ms": (1.0, 60_000.0),
@@ -134,15 +117,13 @@ def full_speed_cps(s: Scenario) -> float:
 
 
 def deadline_margin_counts(s: Scenario) -> int:
-    return round(max(8, 0.002 * full_speed_cps(s)))  # decide 2 ms of travel before the gate fires
+    return linefile.deadline_margin_counts(s.line, full_speed_cps(s))
 
 
 def host_budget_counts(s: Scenario) -> float:
-    """Travel from the camera to the decision deadline, less the gate's lead at 125 % speed: what
-    is left for the host's verdict. The device refuses a configuration that leaves nothing."""
-    L = s.line
-    return (round(L.gate_at_mm * L.counts_per_mm) - round(L.camera_at_mm * L.counts_per_mm)
-            - deadline_margin_counts(s) - L.gate_lead_ms / 1000 * full_speed_cps(s) * 1.25)
+    """What is left for the host's verdict at 125 % speed (linefile.host_budget_counts). The device
+    refuses a configuration that leaves nothing."""
+    return linefile.host_budget_counts(s.line, full_speed_cps(s))
 
 
 def _coerce(where: str, key: str, default, value):
@@ -176,7 +157,9 @@ def _build(cls, where: str, table: dict):
     names = {f.name for f in dataclasses.fields(cls)} - set(_SECTIONS if cls is Scenario else ())
     kw = {}
     for key, value in table.items():
-        if cls is Scenario and key in _SECTIONS:
+        if cls is Scenario and key == "line":  # the line file's reader: same keys, types, ranges
+            kw[key] = linefile.read_geometry(value, where, err=ScenarioError, required=False)
+        elif cls is Scenario and key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ScenarioError(f"{where}: [{key}] must be a table")
             kw[key] = _build(_SECTIONS[key], f"{where} [{key}]", value)
@@ -200,11 +183,12 @@ def validate(s: Scenario, where: str) -> None:
     L, problems = s.line, []
     for name, (lo, hi) in RANGES.items():
         section, _, key = name.rpartition(".")
-        if key == "outage_ms":
+        if key == "outage_ms" or section == "line":
             continue
         v = getattr(getattr(s, section) if section else s, key)
         if not lo <= v <= hi:  # also refuses nan and inf
             problems.append(f"{_key(name)} = {v!r} must be in {_n(lo)}..{_n(hi)}")
+    problems += linefile.geometry_problems(L)
     if not _NAME.fullmatch(s.name):
         problems.append(f"name {s.name!r} must be 1-64 of A-Z a-z 0-9 _ . - (it names the batch and the report)")
     if len(s.description) > 500:
@@ -226,14 +210,6 @@ def validate(s: Scenario, where: str) -> None:
         raise ScenarioError(f"{where}: " + "; ".join(problems))
     if s.speed.profile not in _PROFILES:
         problems.append(f"speed.profile must be one of {', '.join(_PROFILES)}")
-    if not 0 <= L.pitch_spread < 0.5:
-        problems.append("line.pitch_spread must be in [0, 0.5)")
-    if not 0 < L.pack_length_mm < L.pitch_mm * (1 - L.pitch_spread):
-        problems.append("line.pack_length_mm must be positive and leave a gap at the smallest pitch")
-    if not 0 < L.coder_at_mm < L.camera_at_mm < L.gate_at_mm:
-        problems.append("stations must be in order: 0 < coder_at_mm < camera_at_mm < gate_at_mm")
-    if L.confirm_delay_mm >= L.confirm_window_mm:
-        problems.append("[line] confirm_delay_mm must be inside confirm_window_mm")
     if not problems and host_budget_counts(s) <= 0:
         problems.append("[line] camera_at_mm to gate_at_mm is too short for the gate's lead "
                         f"(gate_lead_ms {L.gate_lead_ms:g}) at {s.ppm:g} packs/min: no time is left for a verdict")
