@@ -119,7 +119,7 @@ def show_status(s: dict, address: str) -> None:
     alarms = s.get("alarms") or []
     if alarms:
         t = Table(title=f"latest alarms ({len(alarms)})", title_justify="left")
-        keys = [k for k in ("at", "kind", "unit", "detail") if any(isinstance(a, dict) and k in a for a in alarms)]
+        keys = [k for k in ("at", "source", "alarm", "kind", "unit", "detail") if any(isinstance(a, dict) and k in a for a in alarms)]
         for k in keys or ["alarm"]:
             t.add_column(k)
         for a in alarms:

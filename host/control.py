@@ -318,8 +318,7 @@ class ControlServer:
         self.address = format_address(bound_host, self.port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="serialine-control", daemon=True)
-        self._thread.start()
-        log.info("control: listening on http://%s", self.address)
+        self._thread.start()  # the service logs the bound address
 
     @classmethod
     def at(cls, address: str, **kw) -> "ControlServer":
@@ -382,7 +381,7 @@ class ControlServer:
                         req.user, self.answer_s)
             raise _Refusal(HTTPStatus.GATEWAY_TIMEOUT, f"the agent did not answer within {self.answer_s:g} s")
         code, body = answer
-        log.info("control: %s by %s (%s): %s", req.command, req.user, _escape(req.reason, 120),
+        log.debug("control: %s by %s (%s): %s", req.command, req.user, _escape(req.reason, 120),
                  "done" if body.get("ok") else "refused: " + _escape(body.get("error"), 200))
         return code, body
 

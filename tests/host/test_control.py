@@ -349,7 +349,7 @@ def test_close_refuses_what_is_waiting():
 
 def test_nothing_a_client_sends_makes_a_traceback_or_a_raw_log_line(served, caplog, capfd):
     server, loop = served
-    caplog.set_level(logging.INFO, logger="serialine.control")
+    caplog.set_level(logging.DEBUG, logger="serialine.control")
     host, port = control.parse_address(server.address)
     # a client that dies mid-body, one that sends terminal escapes, one that idles out
     with socket.create_connection((host, port)) as s:
