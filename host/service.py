@@ -183,12 +183,11 @@ class Watched:
 # --- the forwarder threads ---------------------------------------------------------------------
 
 def _sink(target):
+    """A line file's [[upstream]] target → its sink; credentials from the environment or the
+    target's file (never from the line file itself)."""
     from .epcis.cli import sink_from_spec
-    kind, where = target.kind, str(target.where)
-    creds = getattr(target, "credentials", None) or ""
-    creds_file = creds[len("file:"):] if creds.startswith("file:") else None
-    spec = f"directory:{where}" if kind in ("dir", "directory") else where
-    return sink_from_spec(spec, credentials_file=creds_file)
+    return sink_from_spec(target.spec, credentials_file=target.credentials_file, ca_file=target.ca_file or None,
+                          cert_file=target.cert_file or None, key_file=target.key_file or None)
 
 
 class Forwarding:
@@ -289,10 +288,10 @@ class Service:
     def _open(self) -> None:
         from .link import HostLink
         cfg = self.cfg
-        self.conn = _open_ledger(cfg.ledger.path)
+        self.conn = _open_ledger(cfg.ledger)
         self._alarm_seen = self.conn.execute("SELECT COALESCE(MAX(alarm_id), 0) FROM alarm_log").fetchone()[0]
         self._open_control()
-        self.forwarding = Forwarding(cfg.ledger.path, cfg.upstream)
+        self.forwarding = Forwarding(cfg.ledger, cfg.upstream)
         self.forwarding.start()
         try:
             self.link = HostLink(cfg.device.port, baudrate=int(getattr(cfg.device, "baud", 115200) or 115200))
@@ -371,7 +370,10 @@ class Service:
             kw["fill_ahead"] = int(fill)
         grade = getattr(cfg.camera, "min_grade", None)
         if grade is not None:
-            kw["min_grade"] = _grade(grade)
+            kw["min_grade"] = grade  # a letter or 0..4: the judge reads both
+        window = getattr(cfg.agent, "correlation_window_ms", None)
+        if window:
+            kw["window_s"] = float(window) / 1000
         return Agent(self.conn, batch_id, self.link, self.coder, self.camera, **kw)
 
     def _select_batch(self) -> None:
@@ -651,12 +653,6 @@ class Service:
         (n,) = self.conn.execute("SELECT COUNT(*) FROM unit WHERE device_id=? AND boot_id=? AND outcome IS NULL",
                                  (a.device_id, a.boot_id)).fetchone()
         return n
-
-
-def _grade(value) -> float:
-    if isinstance(value, str) and value in "ABCDF":
-        return {"A": 3.5, "B": 2.5, "C": 1.5, "D": 0.5, "F": 0.0}[value]
-    return float(value)
 
 
 def _conn_state(w: Watched | None) -> str:

@@ -1,0 +1,405 @@
+"""`serialine agent run` as a process, against the firmware in the MicroPython unix port on a pty,
+the simulated coder and camera as TCP servers, a batch made with the real `serialine batch` CLI.
+
+The rig (below) is the physical line, in wall-clock time: a belt at constant speed, packs fed at a
+fixed pitch while the device runs (the stop output holds the infeed; packs on the belt ride on to
+their outcome), the coder printing on its trigger, the camera reading on its, the gate pushing a
+pack off into the chute where the confirm sensor sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+import pytest
+
+from serialine.host import cli
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+
+try:
+    from serialine.host.sim.unixboard import UnixBoard as Board
+except ImportError:  # before the simulator's move
+    from serialine.host.simboard import SimBoard as Board
+
+
+GTIN = "09506000134352"
+SERIALINE = str(Path(sys.executable).parent / "serialine")
+CPM = 4  # counts per mm in the line files below
+
+
+class PtyLink:
+    """Two ptys joined by a relay thread: the device opens one end, the service the other."""
+
+    def __init__(self):
+        self.ends = []
+        for _ in range(2):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            tty.setraw(master)
+            self.ends.append((master, slave, os.ttyname(slave)))
+        self.device_path, self.host_path = self.ends[0][2], self.ends[1][2]
+        self._stop = False
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def _relay(self):
+        a, b = self.ends[0][0], self.ends[1][0]
+        while not self._stop:
+            r, _, _ = select.select([a, b], [], [], 0.05)
+            for fd in r:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    continue
+                try:
+                    os.write(b if fd == a else a, data)
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop = True
+        self._thread.join(1)
+        for master, slave, _ in self.ends:
+            for fd in (master, slave):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+class Pack:
+    def __init__(self, index, at):
+        self.index, self.at = index, at  # belt position when its leading edge meets the photo-eye
+        self.printed = None
+        self.rejected = False
+        self.confirmed = False
+
+
+class Rig:
+    """The line around the device (see the module's docstring), stepped by its own thread."""
+
+    def __init__(self, workdir: Path, fields: dict, *, cps: float = 800.0, pitch: int = 400,
+                 length: int = 240, units: int = 10**9):
+        self.f, self.cps, self.pitch, self.length, self.units = fields, cps, pitch, length, units
+        self.workdir = workdir
+        self.link = PtyLink()
+        self.coder = SimCoder().start()
+        self.camera = SimCamera(latency_ms=2, jitter_ms=0).start()
+        self.board = None
+        self.packs: list[Pack] = []
+        self.state = 0
+        self.stop_out = False
+        self.stops = 0  # stop_on edges seen
+        self.feeding = True
+        self.t0 = time.monotonic()
+        self.belt = 0.0
+        self.run_from = None  # belt position when the device last went RUNNING (the purge runs from it)
+        self.confirm_until = 0.0
+        self._reboot = threading.Event()
+        self._quit = False
+        self.error = None
+        self._boot()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _boot(self):
+        self.board = Board(self.link.device_path, cfg_path=self.workdir / "serialine.cfg", device_id="line-1",
+                           cwd=self.workdir)
+
+    @property
+    def address(self):
+        return {"coder": "%s:%d" % tuple(self.coder.address), "camera": "%s:%d" % tuple(self.camera.address)}
+
+    def _now_us(self):
+        return int((time.monotonic() - self.t0) * 1e6)
+
+    def _run(self):
+        last = self._now_us()
+        try:
+            while not self._quit:
+                if self._reboot.is_set():
+                    self.board.proc.kill()
+                    self.board.close()
+                    self._boot()
+                    self.state, self.stop_out, self.run_from = 0, False, None
+                    self._reboot.clear()
+                t = self._now_us()
+                self.belt += self.cps * (t - last) / 1e6
+                last = t
+                self._feed()
+                pe = int(any(p.at <= self.belt < p.at + self.length for p in self.packs[-3:]))
+                confirm = int(time.monotonic() < self.confirm_until)
+                edges, st = self.board.step(t, int(self.belt), pe, confirm, 0)
+                self.state = st.state
+                if st.state == 2 and self.run_from is None:
+                    self.run_from = self.belt
+                elif st.state != 2:
+                    self.run_from = None
+                for e in edges:
+                    self._output(e.name, t)
+                self._confirms()
+                self.camera.deliver(t)
+                time.sleep(0.0005)
+        except Exception as exc:  # the test sees it
+            self.error = exc
+
+    def _feed(self):
+        f = self.f
+        if (not self.feeding or self.state != 2 or self.stop_out or self.run_from is None
+                or len(self.packs) >= self.units or self.belt < self.run_from + f["purge_counts"]):
+            return
+        nxt = self.packs[-1].at + self.pitch if self.packs else self.belt
+        if self.belt >= nxt:
+            self.packs.append(Pack(len(self.packs), self.belt))
+
+    def _near(self, at, tol):
+        best = None
+        for p in self.packs[-40:]:
+            if abs(self.belt - p.at - at) <= tol and not p.rejected:
+                best = p
+        return best
+
+    def _output(self, name, t):
+        f = self.f
+        if name == "coder":
+            job = self.coder.trigger(t)
+            p = self._near(f["coder_at"], self.pitch / 2)
+            if p is not None and job is not None:
+                p.printed = job[0]
+        elif name == "camera":
+            p = self._near(f["camera_at"], self.pitch / 2)
+            self.camera.trigger(t, p.printed if p else None, False)
+        elif name == "gate_open":
+            lead = self.cps * f["gate_lead_us"] / 1e6
+            p = self._near(f["gate_at"] - lead, 60)
+            if p is not None:
+                p.rejected = True
+        elif name == "stop_on":
+            self.stop_out, self.stops = True, self.stops + 1
+        elif name == "stop_off":
+            self.stop_out = False
+
+    def _confirms(self):
+        f = self.f
+        for p in self.packs[-40:]:
+            if p.rejected and not p.confirmed and self.belt - p.at >= f["gate_at"] + 80:
+                p.confirmed = True
+                self.confirm_until = time.monotonic() + 0.003
+
+    def reboot(self):
+        self._reboot.set()
+        while self._reboot.is_set():
+            time.sleep(0.01)
+
+    def close(self):
+        self._quit = True
+        self.thread.join(5)
+        if self.board is not None:
+            self.board.close()
+        self.coder.close()
+        self.camera.close()
+        self.link.close()
+
+
+# --- the ledger and the line file -------------------------------------------------------------
+
+def make_batch(db: Path, batch="B1", planned=500) -> str:
+    def ok(*argv):
+        assert cli.main([*argv, "--db", str(db), "--user", "qa-anna"]) == 0, argv
+    ok("batch", "product", GTIN, "Aspirin", "--market", "EU_FMD", "--prefix-len", "7")
+    ok("batch", "serials", GTIN, "--generate", str(planned * 2 + 300))
+    ok("batch", "create", batch, GTIN, "L1", "2031-01-31", "--planned", str(planned), "--case-size", "10",
+       "--pallet-size", "10")
+    ok("batch", "start", batch)
+    return batch
+
+
+LINE_FILE = """\
+[identity]
+line_id = "line-1"
+name = "test line"
+
+[device]
+port = "{port}"
+
+[line]
+counts_per_mm = {cpm}
+coder_at_mm = 100.0
+camera_at_mm = 200.0
+gate_at_mm = {gate_at}
+gate_window_mm = 15.0
+gate_lead_ms = 8.0
+gate_dwell_mm = 20.0
+confirm_window_mm = 80.0
+max_speed_mm_s = 300.0
+
+[coder]
+driver = "serialine"
+address = "{coder}"
+
+[camera]
+driver = "serialine"
+address = "{camera}"
+
+[agent]
+start_on_boot = true
+
+[ledger]
+path = "{db}"
+
+[control]
+address = "127.0.0.1:0"
+{upstream}"""
+
+
+def line_file(path: Path, rig_or_addr, db: Path, *, gate_at=400.0, upstream="") -> Path:
+    addr = rig_or_addr.address
+    port = rig_or_addr.link.host_path
+    path.write_text(LINE_FILE.format(port=port, cpm=CPM, coder=addr["coder"], camera=addr["camera"], db=db,
+                                     gate_at=gate_at, upstream=upstream))
+    return path
+
+
+def fields_of(path: Path) -> dict:
+    from serialine.host import linefile
+    return linefile.device_fields(linefile.load(path))
+
+
+# --- the service process ----------------------------------------------------------------------
+
+class Agent:
+    def __init__(self, config: Path, batch: str | None):
+        args = [SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else [])
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match:
+        end = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < end:
+            for line in list(self.lines):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc.poll() is not None:
+                self._t.join(2)
+                for line in self.lines:
+                    if rx.search(line):
+                        return rx.search(line)
+                raise AssertionError(f"agent exited {self.proc.returncode} without logging {pattern!r}:\n{self.log}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.log}")
+
+    @property
+    def control(self):
+        from serialine.host.control import Client
+        m = self.wait_log(r"control interface on http://(\S+)")
+        return Client(m[1])
+
+    def wait_status(self, cond, timeout: float = 20.0) -> dict:
+        end = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < end:
+            try:
+                last = self.control.status()
+            except Exception:  # not up yet
+                last = None
+            if last is not None and cond(last):
+                return last
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.log}")
+            time.sleep(0.1)
+        raise AssertionError(f"status never matched; last {json.dumps(last)}\n{self.log}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        self._t.join(2)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def line(tmp_path):
+    made = []
+
+    def make(**kw):
+        db = tmp_path / "serialine.db"
+        batch = make_batch(db)
+        rig = Rig(tmp_path, {})  # its geometry comes from the line file the service reads
+        cfg = line_file(tmp_path / "line.toml", rig, db, **kw)
+        rig.f = fields_of(cfg)
+        made.append(rig)
+        return rig, cfg, db, batch
+
+    yield make
+    for rig in made:
+        rig.close()
+
+
+def ledger_rows(db: Path, sql: str, *args):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def wait_for(cond, timeout: float, what: str, rig=None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if rig is not None and rig.error is not None:
+            raise rig.error
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+# --- the tests --------------------------------------------------------------------------------
+
+def test_ready_runs_packs_and_sigterm_leaves_every_unit_with_an_outcome(line):
+    rig, cfg, db, batch = line()
+    agent = Agent(cfg, batch)
+    try:
+        st = agent.wait_status(lambda s: s["ready"])
+        assert st["batch"] == batch and st["device"]["device_id"] == "line-1"
+        assert st["coder"] == "connected" and st["camera"] == "connected"
+        assert re.search(r"configuration 1 applied on boot \d+ \(firmware \S+, board sim, schema fingerprint 0x[0-9a-f]{8}\)",
+                         agent.log), agent.log
+        wait_for(lambda: len(rig.packs) >= 8, 30, "8 packs on the line", rig)
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    rows = ledger_rows(db, "SELECT outcome, COUNT(*) FROM unit WHERE batch_id=? GROUP BY 1", batch)
+    by = dict(rows)
+    assert None not in by, (by, agent.log)
+    assert by.get("PASSED", 0) >= 5, by
+    assert "Traceback" not in agent.log
+    assert re.search(r"stopped: every unit in flight has its outcome", agent.log), agent.log
