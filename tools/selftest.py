@@ -7,99 +7,15 @@ Exit status 0 only if everything held."""
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import re
-import select
 import statistics
 import subprocess
 import sys
-import threading
 import time
-import tty
 
 from serialine.host.resources import board_dir
 from serialine.host.sim import unixport
-
-
-class PtyRelay:
-    """A faulty wire between two pseudo-terminals: the device opens `device_path`, the host
-    `host_path`; a thread copies bytes between their masters, corrupting and dropping bytes
-    (rates per byte) and duplicating chunks (rate per chunk), or cutting the wire (`cut`)."""
-
-    def __init__(self, *, corrupt: float = 0.0, drop: float = 0.0, dup: float = 0.0,
-                 seed: int = 1) -> None:
-        self.corrupt, self.drop, self.dup = corrupt, drop, dup
-        self.cut = False  # True: everything is lost in both directions (link loss)
-        self.rng = random.Random(seed)
-        self.stats = dict(bytes=0, corrupted=0, dropped=0, duplicated=0, cut=0)
-        self._fds: list[tuple[int, int]] = []
-        paths = []
-        for _ in range(2):
-            master, slave = os.openpty()
-            tty.setraw(slave)  # no echo or line editing before the far end configures it
-            self._fds.append((master, slave))
-            paths.append(os.ttyname(slave))
-        self.device_path, self.host_path = paths
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "PtyRelay":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-        for pair in self._fds:
-            for fd in pair:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._fds = []
-
-    def _mangle(self, data: bytes) -> bytes:
-        if self.cut:
-            self.stats["cut"] += len(data)
-            return b""
-        self.stats["bytes"] += len(data)
-        if not (self.corrupt or self.drop or self.dup):
-            return data
-        rng, out = self.rng, bytearray()
-        for b in data:
-            r = rng.random()
-            if r < self.drop:
-                self.stats["dropped"] += 1
-                continue
-            if r < self.drop + self.corrupt:
-                b ^= 1 << rng.randrange(8)
-                self.stats["corrupted"] += 1
-            out.append(b)
-        if rng.random() < self.dup:
-            self.stats["duplicated"] += 1
-            out = out + out
-        return bytes(out)
-
-    def _run(self) -> None:
-        dev, host = self._fds[0][0], self._fds[1][0]
-        peer = {dev: host, host: dev}
-        while not self._stop.is_set():
-            try:
-                ready, _, _ = select.select(list(peer), [], [], 0.05)
-            except (OSError, ValueError):
-                return
-            for fd in ready:
-                try:
-                    data = self._mangle(os.read(fd, 4096))
-                    if data:
-                        os.write(peer[fd], data)
-                except OSError:
-                    pass  # the far end closed its tty
+from serialine.host.sim.faults import FaultyRelay
 
 
 def spawn_linkdev(tty_path: str, events: int, *args: str) -> subprocess.Popen:
@@ -135,7 +51,7 @@ def run(events: int = 2000, commands: int = 5, corrupt: float = 0.001, drop: flo
     from serialine.host.link import HostLink
 
     result: dict = dict(events=events, commands=commands)
-    with PtyRelay(corrupt=corrupt, drop=drop, dup=dup, seed=seed) as relay:
+    with FaultyRelay(corrupt=corrupt, loss=drop, dup=dup, seed=seed) as relay:
         proc = spawn_linkdev(relay.device_path, events)
         host = HostLink(relay.host_path, ping_interval=0.05)
         output = ""
@@ -171,7 +87,7 @@ def run(events: int = 2000, commands: int = 5, corrupt: float = 0.001, drop: flo
         == list(range(events + commands)),
         commands_applied_once=applied == want,
         command_logs_once=sorted(x["text"] for x in logs) == sorted(f"applied {a}" for a in want),
-        host=host.counters(), device=device_counters(output), relay=dict(relay.stats),
+        host=host.counters(), device=device_counters(output), relay=relay.totals(),
         rtt_ms=[round(r * 1000, 3) for r in host.rtts], device_output=output,
     )
     result["ok"] = all(result[k] for k in ("exactly_once", "event_seq_in_order",

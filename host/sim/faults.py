@@ -1,6 +1,7 @@
-"""Faults on the serial link: a relay between two pseudo-terminal pairs that corrupts and drops
-bytes at seeded rates and goes dark during outages. The device opens one slave, the host the other;
-with no faults configured the relay is a transparent wire (the run then skips it entirely).
+"""Faults on the serial link: THE relay between two pseudo-terminal pairs (the simulator's and
+`serialine selftest`'s) that corrupts and drops bytes and duplicates chunks at seeded rates and goes
+dark during outages. The device opens one slave, the host the other; with no faults configured the
+relay is a transparent wire.
 
 Other faults (device reboot, host kill -9, bin full) are events at a unit number that the
 orchestrator (run.py) carries out; `FaultPlan` tells it which ones are due."""
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 from .scenario import Faults
 
 
-def open_pty() -> tuple[int, str]:
-    """A raw pty: (master fd, slave path). The slave stays open here so the master never sees EIO
+def open_pty() -> tuple[int, str, int]:
+    """A raw pty: (master fd, slave path, slave fd). The slave stays open here so the master never sees EIO
     while the other side reconnects (a restarting host or device)."""
     master, slave = os.openpty()
     tty.setraw(slave)
@@ -31,15 +32,17 @@ class LinkStats:
     bytes: int = 0
     corrupted: int = 0
     dropped: int = 0
+    duplicated: int = 0  # chunks
     dark_dropped: int = 0
 
 
 class FaultyRelay:
-    """Copies bytes both ways between two pty masters, with faults. `device_path` and `host_path`
-    are what the two ends open."""
+    """Copies bytes both ways between two pty masters, with faults: per byte, `loss` drops it and
+    `corrupt` flips one of its bits; per chunk read, `dup` sends it twice. `device_path` and
+    `host_path` are what the two ends open."""
 
-    def __init__(self, corrupt: float = 0.0, loss: float = 0.0, seed: int = 0):
-        self.corrupt, self.loss = corrupt, loss
+    def __init__(self, corrupt: float = 0.0, loss: float = 0.0, seed: int = 0, *, dup: float = 0.0):
+        self.corrupt, self.loss, self.dup = corrupt, loss, dup
         self.rng = random.Random(seed)
         self._dev_m, self.device_path, self._dev_s = open_pty()
         self._host_m, self.host_path, self._host_s = open_pty()
@@ -56,7 +59,8 @@ class FaultyRelay:
 
     def close(self):
         self._stop.set()
-        self._thread.join(2)
+        if self._thread.is_alive():
+            self._thread.join(2)
         for fd in (self._dev_m, self._dev_s, self._host_m, self._host_s):
             try:
                 os.close(fd)
@@ -69,12 +73,17 @@ class FaultyRelay:
     def __exit__(self, *exc):
         self.close()
 
+    def totals(self) -> dict:
+        """The stats of both ways summed."""
+        a, b = (vars(v) for v in self.stats.values())
+        return {k: a[k] + b[k] for k in a}
+
     def mangle(self, data: bytes, st: LinkStats) -> bytes:
         st.bytes += len(data)
         if self.dark:
             st.dark_dropped += len(data)
             return b""
-        if not (self.corrupt or self.loss):
+        if not (self.corrupt or self.loss or self.dup):
             return data
         out = bytearray()
         for b in data:
@@ -86,6 +95,9 @@ class FaultyRelay:
                 st.corrupted += 1
                 b ^= 1 << self.rng.randrange(8)
             out.append(b)
+        if self.dup and self.rng.random() < self.dup:
+            st.duplicated += 1
+            out = out + out
         return bytes(out)
 
     def _run(self):

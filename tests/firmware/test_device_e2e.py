@@ -6,7 +6,7 @@ from __future__ import annotations
 from serialine.protocol.schema import ConfigFields
 from serialine.host.link import HostLink
 from serialine.host.sim.unixboard import UnixBoard
-from serialine.tools.selftest import PtyRelay
+from serialine.host.sim.faults import FaultyRelay
 
 CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=2100,
            confirm_to=2600, counts_per_mm_milli=1000, gate_lead_us=5000, dwell=150,
@@ -32,7 +32,7 @@ def wait_for(host, name, timeout=5.0, seen=None):
 
 
 def test_firmware_end_to_end_on_a_pty(tmp_path):
-    with PtyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg") as sb:
+    with FaultyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg") as sb:
         host = HostLink(relay.host_path)
         try:
             sb.step(100, 0, 0)  # a scan before any host has said HELLO
@@ -92,7 +92,7 @@ def test_firmware_end_to_end_on_a_pty(tmp_path):
 def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path):
     cfg = tmp_path / "s.cfg"
     for expect_state in (0, 1):
-        with PtyRelay() as relay, UnixBoard(relay.device_path, cfg_path=cfg) as sb:
+        with FaultyRelay() as relay, UnixBoard(relay.device_path, cfg_path=cfg) as sb:
             host = HostLink(relay.host_path)
             try:
                 hello = host.connect()
@@ -107,7 +107,7 @@ def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path
                 host.close()
 
     cfg.write_bytes(cfg.read_bytes()[:-3] + b"999")
-    with PtyRelay() as relay, UnixBoard(relay.device_path, cfg_path=cfg) as sb:
+    with FaultyRelay() as relay, UnixBoard(relay.device_path, cfg_path=cfg) as sb:
         assert "checksum mismatch" in sb.boot_line
         host = HostLink(relay.host_path)
         try:
@@ -121,7 +121,7 @@ def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path
 def test_real_time_mode_wall_clock_and_virtual_encoder(tmp_path):
     import time
 
-    with PtyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg",
+    with FaultyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg",
                                        realtime=True) as sb:
         host = HostLink(relay.host_path)
         try:
@@ -168,7 +168,7 @@ def test_real_time_mode_wall_clock_and_virtual_encoder(tmp_path):
 
 
 def test_a_watchdog_restart_is_reported_at_hello_and_as_an_alarm(tmp_path):
-    with PtyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg",
+    with FaultyRelay() as relay, UnixBoard(relay.device_path, cfg_path=tmp_path / "s.cfg",
                                        reset_cause=2) as sb:
         host = HostLink(relay.host_path)
         try:

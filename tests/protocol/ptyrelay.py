@@ -1,5 +1,6 @@
-"""The faulty pty wire the link tests use; it lives with `serialine selftest`, which needs it too."""
+"""The faulty pty wire the link tests use: the simulator's relay; linkdev helpers from `serialine selftest`."""
 
-from serialine.tools.selftest import PtyRelay, spawn_linkdev, stop_linkdev, device_counters
+from serialine.host.sim.faults import FaultyRelay
+from serialine.tools.selftest import device_counters, spawn_linkdev, stop_linkdev
 
-__all__ = ["PtyRelay", "spawn_linkdev", "stop_linkdev", "device_counters"]
+__all__ = ["FaultyRelay", "spawn_linkdev", "stop_linkdev", "device_counters"]

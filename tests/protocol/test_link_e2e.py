@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .ptyrelay import PtyRelay, device_counters, spawn_linkdev, stop_linkdev
+from .ptyrelay import FaultyRelay, device_counters, spawn_linkdev, stop_linkdev
 from serialine.host.link import FingerprintMismatch, HostLink
 from serialine.protocol.schema import FINGERPRINT, BY_NAME, build_frame
 from serialine.tools import selftest
@@ -42,7 +42,7 @@ def test_thousands_of_events_exactly_once_in_order_despite_faults():
 
 
 def test_device_with_another_schema_is_refused_with_both_fingerprints():
-    with PtyRelay() as relay:
+    with FaultyRelay() as relay:
         proc = spawn_linkdev(relay.device_path, 10, "--fingerprint", "12345678")
         host = HostLink(relay.host_path)
         try:
@@ -58,7 +58,7 @@ def test_device_with_another_schema_is_refused_with_both_fingerprints():
 
 
 def test_device_refuses_host_with_another_schema_and_accepts_nothing():
-    with PtyRelay() as relay:
+    with FaultyRelay() as relay:
         proc = spawn_linkdev(relay.device_path, 10)
         host = HostLink(relay.host_path, fingerprint=FINGERPRINT ^ 0xFFFF)
         try:
@@ -78,20 +78,20 @@ def test_device_refuses_host_with_another_schema_and_accepts_nothing():
 
 def test_link_loss_detected_on_both_sides_and_recovered_with_new_hello():
     n = 300
-    with PtyRelay() as relay:
+    with FaultyRelay() as relay:
         proc = spawn_linkdev(relay.device_path, n, "--timeout", "500", "--rate", "400")
         host = HostLink(relay.host_path, timeout=0.5, ping_interval=0.1)
         try:
             host.connect(timeout=10)
             got = collect(host, lambda g: len(g) >= 50)
-            relay.cut = True
+            relay.dark = True
             lost_seen = False
             end = time.monotonic() + 1.5
             while time.monotonic() < end:
                 got += host.poll(0.05)
                 host.ack_delivered()
                 lost_seen |= not host.up
-            relay.cut = False
+            relay.dark = False
             assert lost_seen and host.counters()["links_lost"] >= 1
             got += collect(host, lambda g: {f["unit_seq"] for _, f in got + g} >= set(range(n)))
             assert host.up and host.sessions >= 2
@@ -109,7 +109,7 @@ def test_link_loss_detected_on_both_sides_and_recovered_with_new_hello():
 
 def test_slow_storage_means_retransmission_not_loss():
     n = 60
-    with PtyRelay() as relay:
+    with FaultyRelay() as relay:
         proc = spawn_linkdev(relay.device_path, n)
         host = HostLink(relay.host_path)
         try:

@@ -268,6 +268,23 @@ def test_relay_corrupts_and_drops_at_its_rates_and_goes_dark():
         assert _pty_pair_roundtrip(relay, b"hello") == (b"", b"")
 
 
+def test_relay_duplicates_chunks_at_its_rate():
+    from serialine.host.sim.faults import FaultyRelay
+
+    import serial
+
+    with FaultyRelay(dup=1.0, seed=1) as relay:
+        dev = serial.Serial(relay.device_path, timeout=0.5)
+        host = serial.Serial(relay.host_path, timeout=0.5)
+        try:
+            dev.write(b"abc")
+            assert host.read(7) == b"abcabc"
+        finally:
+            dev.close()
+            host.close()
+        assert relay.totals()["duplicated"] == 1 and relay.totals()["bytes"] == 3
+
+
 def test_a_line_stop_from_the_device_halts_the_belt_and_a_release_restarts_it():
     ln = Line(small(units=10))
     ln.advance(200_000)
