@@ -59,8 +59,9 @@ class DataManEmu(SimCamera):
             return None  # not DMCC: the reader ignores it
         header, _, body = line[2:].partition(">")
         check, _, cid = header.partition(":")
+        self._header = header  # the reply echoes it (reply checksums are not emulated)
         if check not in ("", "0", "1") or (cid and not cid.isdigit()):
-            return self._reply("0", cid, 101)
+            return self._reply(check, cid, 101)
         if check == "1":
             if not body:
                 return self._reply(check, cid, 103)
@@ -101,4 +102,4 @@ class DataManEmu(SimCamera):
     def _reply(self, check: str, cid: str, status: int, value: str = "") -> str | None:
         if self.params["COM.DMCC-RESPONSE"] != "1":
             return None
-        return f"||{check or '0'}:{cid}[{status}]{value}\r"
+        return f"||{self._header}[{status}]{value}\r"
