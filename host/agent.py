@@ -44,8 +44,9 @@ from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 from . import db, lockfile, serials
 from .correlate import Correlator
 from .db import transaction
-from .devices.lineclient import DeviceError, InDoubt
+from .devices.lineclient import DeviceError, InDoubt, escape_code
 from .ledger import Ledger, LedgerError
+from .printcheck import PrintCheck
 from .masterdata import MasterDataError
 
 FILL_AHEAD = 8
@@ -118,6 +119,8 @@ class Agent:
         self._clear_failing = False  # CODER_CLEAR_FAILED said (once per episode)
         self._unbound_held = False  # CODER_FILL_HELD said (once per episode)
         self._empty_seen = coder.empty if coder is not None else 0  # EMPTY lines acted on
+        self.printcheck = PrintCheck()  # the coder's PRINTED reports against the ledger's bindings
+        self._misprinted: set[tuple] = set()  # unit keys the coder printed another code on: they FAIL
         self.line_stop: str | None = None  # why the line stays stopped whatever the operator does
 
     def _lease(self, device_id: str) -> None:
@@ -247,6 +250,7 @@ class Agent:
             except DeviceError as exc:  # still latched: no refill before a clear is confirmed
                 self._coder_unclear(exc)
                 return
+            self._coder_cleared()
             self._clear_failing, self._coder_wait, self._coder_retry_at = False, 0.0, 0.0
         self.correlator = Correlator(self.correlator.window_s)  # the next result is the next trigger's
         try:  # after the step's commit and ack: a busy ledger only delays the end of the resume
@@ -309,6 +313,7 @@ class Agent:
                 self._stop_and_resync(reset_coder=True)
             else:
                 self._clear_failing = False
+                self._coder_cleared()
         self.fill_coder()
 
     def fill_coder(self) -> int:
@@ -458,6 +463,7 @@ class Agent:
                 self._book_new_boot(dict(hello))  # busy: nothing booked, retried next step
             self._take_drivers()  # before `saved`: what the drivers handed over survives a rollback
             saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
+            printed = self.printcheck.snapshot(), set(self._misprinted)
             stored = self._step()
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
@@ -465,6 +471,8 @@ class Agent:
             self.ledger.resync()  # rolled back: mirrors rebuilt, pairing as before this step
             if saved is not None:
                 self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
+                self.printcheck.restore(printed[0])
+                self._misprinted = printed[1]
             self._on_busy(exc)
             return 0
         except BatchEnded as exc:
@@ -505,6 +513,9 @@ class Agent:
         errors: list[tuple[str, str, str]] = []  # (source, kind, detail)
         if self.coder is not None:
             errors += [("coder", kind, detail) for kind, detail in self.coder.alarms()]
+            reports = getattr(self.coder, "printed_codes", None)
+            if reports is not None:
+                self.printcheck.add_reports(reports())
             empty, self._empty_seen = self.coder.empty - self._empty_seen, self.coder.empty
             if empty and not (self.resuming and self._reset_coder):
                 self._stop_and_resync(reset_coder=True)
@@ -561,6 +572,7 @@ class Agent:
                             self.correlator.inspected(fields["unit_seq"], now)
             for source, kind, detail in errors:
                 self.ledger.alarm(source, kind, detail)
+            self._check_prints()
             verdicts = self._decide(time.monotonic())
             if blind:
                 verdicts += self._fail_blind(blind)
@@ -571,11 +583,48 @@ class Agent:
         """Units inspected while resuming (or waiting when pairing slipped): no camera result can be
         trusted to be theirs. Their verdicts are recorded here (caller's transaction)."""
         t0 = time.perf_counter()
-        self.ledger.record_verdicts([(self.device_id, self.boot_id, u, Verdict.FAIL, Reason.CORRELATION, None, None)
+        reason = {u: self._misprint_reason(u) for u in units}
+        self.ledger.record_verdicts([(self.device_id, self.boot_id, u, Verdict.FAIL, reason[u], None, None)
                                      for u in units])
         self.ledger.alarm("agent", "CORRELATION", f"units {units[0]}..{units[-1]}: rejected, their camera "
                           "results cannot be paired (line stopped to pair afresh)")
-        return [(u, Verdict.FAIL, Reason.CORRELATION, t0) for u in units]
+        return [(u, Verdict.FAIL, reason[u], t0) for u in units]
+
+    def _misprint_reason(self, u: int) -> Reason:
+        """CODE_MISMATCH for a unit the coder printed another code on (its verdict is now made)."""
+        key = (self.device_id, self.boot_id, u)
+        if key in self._misprinted:
+            self._misprinted.discard(key)
+            return Reason.CODE_MISMATCH
+        return Reason.CORRELATION
+
+    def _coder_cleared(self) -> None:
+        """A CLEAR was confirmed: the coder's print reports and the ledger's bindings start afresh."""
+        self.printcheck.restart(getattr(self.coder, "epoch", 0))
+        self.ledger.take_bindings()
+
+    def _check_prints(self) -> None:
+        """Pair the coder's print reports with the prints the ledger bound (caller's transaction). A
+        mismatch: alarm PRINT_MISMATCH, its unit FAILs (CODE_MISMATCH) unless its verdict is out
+        already, and the line stops to clear and refill the coder, as for CODER_RAN_DRY."""
+        self.printcheck.add_bindings(self.ledger.take_bindings())
+        for m in self.printcheck.pairs():
+            device_id, boot_id, u = m.unit
+            printed = "a code it cannot name" if m.printed is None else escape_code(m.printed)
+            (verdict,) = self.conn.execute("SELECT verdict FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
+                                           m.unit).fetchone() or (None,)
+            if verdict is None:
+                self._misprinted.add(m.unit)
+                fate = "it FAILs"
+            else:
+                fate = f"its verdict ({verdict}) was sent already; the camera judged the code it read"
+            detail = (f"unit {device_id}:{boot_id}:{u}: the coder printed {printed}, the ledger bound"
+                      f" {escape_code(m.bound)}; {fate}; line stop latched: once the belt is still the coder is"
+                      " cleared and its queued jobs written off, then refilled")
+            self.ledger.alarm("coder", "PRINT_MISMATCH", detail)
+            self.alarms.append(detail)
+            if not (self.resuming and self._reset_coder):
+                self._stop_and_resync(reset_coder=True)
 
     def _decide(self, now: float) -> list:
         out, rows = [], []
@@ -586,7 +635,10 @@ class Agent:
                 self.alarms.append(p.why)
                 continue
             t0 = time.perf_counter()
-            if p.result is None:
+            if (self.device_id, self.boot_id, p.unit) in self._misprinted:  # whatever the camera read
+                verdict, reason, serial = Verdict.FAIL, self._misprint_reason(p.unit), None
+                grade = p.result.grade if p.result is not None else None
+            elif p.result is None:
                 verdict, reason, serial, grade = Verdict.FAIL, Reason.CORRELATION, None, None
                 self.ledger.alarm("agent", "CORRELATION", f"unit {p.unit}: {p.why}")
                 self.alarms.append(p.why)

@@ -85,6 +85,7 @@ class Ledger:
             "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (batch_id,)).fetchall())
         self._bound: dict[tuple, tuple[str, str]] = {}  # unit key -> (serial, code)
+        self.bindings: list[tuple[tuple, str]] = []  # (unit key, code) bound since taken: the print cross-check's
         self._boots: dict[tuple, _Life] = {}  # (device_id, boot_id) -> _Life, loaded on first use
         self._writes: dict[str, list] = {name: [] for name in _RULES}
         self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
@@ -127,6 +128,11 @@ class Ledger:
         self._queue.extend(out)
         return out
 
+    def take_bindings(self) -> list[tuple[tuple, str]]:
+        """(unit key, code) of the prints bound since the last call, in binding order."""
+        out, self.bindings = self.bindings, []
+        return out
+
     def queued_depth(self) -> int:
         return len(self._queue)
 
@@ -154,6 +160,7 @@ class Ledger:
             "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
             (self.batch.batch_id,)).fetchall())
         self._bound.clear()
+        self.bindings.clear()  # rolled back with the transaction that made them
         self._boots.clear()
         for params in self._writes.values():
             params.clear()
@@ -331,6 +338,7 @@ class Ledger:
         w["job_bound"].append((gtin, serial))
         w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
         w["serial_printed"].append((gtin, serial))
+        self.bindings.append(((device_id, boot_id, u), code))
         if u not in life.lost:  # a unit booked UNKNOWN takes the careful path at its outcome
             self._bound[(device_id, boot_id, u)] = (serial, code)
 

@@ -7,11 +7,18 @@ idempotent and retried once on a fresh connection.
 
 `buffered()` is the coder's PHYSICAL depth: the depth its last reply gave, less the PRINTED lines
 read after that reply (counted in stream order by the reader thread, so none is counted twice).
-A lost connection may have lost PRINTED lines: the next `buffered()` asks DEPTH first."""
+A lost connection may have lost PRINTED lines: the next `buffered()` asks DEPTH first.
+
+`printed_codes()` hands over the codes the coder said it printed, in order, each with the stream
+`epoch` it belongs to: a new connection (PRINTED lines may have gone with the old one) and a
+confirmed CLEAR each start a new epoch, so the agent's cross-check (host/printcheck.py) never
+pairs reports across a gap it cannot see."""
 
 from __future__ import annotations
 
-from .lineclient import DeviceError, InDoubt, LineClient, escape_code
+import collections
+
+from .lineclient import MAX_EVENTS, DeviceError, InDoubt, LineClient, escape_code, unescape_code
 
 __all__ = ["Coder", "DeviceError", "InDoubt"]
 
@@ -27,11 +34,28 @@ class Coder(LineClient):
         self.empty = 0  # EMPTY lines received: a trigger printed nothing
         self._printed_at_reply = 0  # `printed` when the reader met the latest reply
         self._depth_at: tuple[int, int] | None = None  # (depth replied, printed at that reply)
+        self.epoch = 0  # the PRINTED stream's epoch (see printed_codes)
+        self._codes: collections.deque = collections.deque()  # (epoch, code) not yet handed over
         super().__init__(*args, **kw)
 
     def _connect(self) -> None:
         self._depth_at = None  # PRINTED lines may go with the old connection: the next reply says
+        with self._state:
+            self.epoch += 1
         super()._connect()
+
+    def printed_codes(self) -> list[tuple[int, str | None]]:
+        """(epoch, code) of every PRINTED line since the last call, in stream order."""
+        with self._state:
+            out, self._codes = list(self._codes), collections.deque()
+        return out
+
+    def _printed_code(self, code: str | None) -> None:
+        with self._state:
+            if len(self._codes) >= MAX_EVENTS:  # not taken: the oldest go, and the stream has a gap
+                self._codes.clear()
+                self.epoch += 1
+            self._codes.append((self.epoch, code))
 
     def _line(self, sock, raw: bytes, now: float) -> None:
         if sock is self.sock and raw.startswith((b"OK", b"ERR")):
@@ -54,6 +78,7 @@ class Coder(LineClient):
         word, _, code = line.partition(" ")
         if word == "PRINTED" and code and " " not in code:
             self.printed += 1
+            self._printed_code(unescape_code(code))
         elif word == "EMPTY" and not code:
             self.empty += 1
         else:
@@ -68,6 +93,8 @@ class Coder(LineClient):
 
     def clear(self) -> None:
         self._replied(self.request("CLEAR", r"OK 0", idempotent=True))
+        with self._state:  # every PRINTED before the reply was read before it: the rest is new
+            self.epoch += 1
 
     def depth(self) -> int:
         return self._replied(self.request("DEPTH", _DEPTH, idempotent=True))
