@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
     "line": ("serialine.host.cli_line", "main", "operator commands to a running agent: start, stop, clear, select, status"),
     "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
+    "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link"),
 }
 

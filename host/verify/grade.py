@@ -1,0 +1,402 @@
+"""Print-quality grade of a DataMatrix image after ISO/IEC 15415 (2D matrix symbols) with ISO/IEC 16022's
+Data Matrix specifics: decode, symbol contrast, modulation, reflectance margin, fixed pattern damage,
+axial and grid non-uniformity, unused error correction; each 4..0 (A..F) with its value, the overall
+grade the lowest. Grey levels are taken as reflectance without calibration (docs/verify.md says what
+that means and where else this departs from the standard); every result says so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import zxingcpp
+
+from .decode import NO_READ, Decoded, decode
+
+LETTERS = "FDCBA"  # grade 0..4 → letter
+UNCALIBRATED = ("reflectance = grey level / 255 (no calibrated optics, aperture or illumination); "
+                "one image, not the standard's scan average")
+
+# square ECC 200: size → (data region side, data codewords, error-correction codewords, RS blocks)
+SIZES = {10: (8, 3, 5, 1), 12: (10, 5, 7, 1), 14: (12, 8, 10, 1), 16: (14, 12, 12, 1), 18: (16, 18, 14, 1),
+         20: (18, 22, 18, 1), 22: (20, 30, 20, 1), 24: (22, 36, 24, 1), 26: (24, 44, 28, 1),
+         32: (14, 62, 36, 1), 36: (16, 86, 42, 1), 40: (18, 114, 48, 1), 44: (20, 144, 56, 1),
+         48: (22, 174, 68, 1), 52: (24, 204, 84, 2), 64: (14, 280, 112, 2), 72: (16, 368, 144, 4),
+         80: (18, 456, 192, 4), 88: (20, 576, 224, 4), 96: (22, 696, 272, 4), 104: (24, 816, 336, 6),
+         120: (18, 1050, 408, 6), 132: (20, 1304, 496, 8), 144: (22, 1558, 620, 10)}
+
+# ISO/IEC 15415 grade thresholds: grade g needs value ≥ (or ≤) the g-th entry (grades 4, 3, 2, 1)
+_SC = (70.0, 55.0, 40.0, 20.0)  # symbol contrast, % reflectance
+_MOD = (0.50, 0.40, 0.30, 0.20)  # module modulation / margin, 2|R − GT| / SC
+_UEC = (0.62, 0.50, 0.37, 0.25)
+_AN = (0.06, 0.08, 0.10, 0.12)  # lower is better
+_GN = (0.38, 0.50, 0.63, 0.75)  # lower is better, in modules
+_FPD = (0.0, 0.09, 0.13, 0.17)  # share of a fixed-pattern segment's modules damaged, lower is better
+
+NAMES = ("decode", "symbol_contrast", "modulation", "reflectance_margin", "fixed_pattern_damage",
+         "axial_nonuniformity", "grid_nonuniformity", "unused_error_correction")
+
+
+def _at_least(value: float, thresholds) -> int:
+    return next((4 - i for i, t in enumerate(thresholds) if value >= t), 0)
+
+
+def _at_most(value: float, thresholds) -> int:
+    return next((4 - i for i, t in enumerate(thresholds) if value <= t + 1e-12), 0)
+
+
+@dataclass
+class Parameter:
+    value: float | str | None
+    grade: int  # 4..0
+
+    @property
+    def letter(self) -> str:
+        return LETTERS[self.grade]
+
+
+@dataclass
+class Result:
+    decoded: Decoded
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    overall: int = 0
+    detail: dict = field(default_factory=dict)  # per-segment damage, our own UEC, the nominal's source
+    note: str = UNCALIBRATED
+
+    @property
+    def overall_grade(self) -> str:
+        return LETTERS[self.overall]
+
+    @property
+    def error(self) -> str | None:
+        return self.decoded.error
+
+    def to_json(self) -> dict:
+        d = self.decoded
+        return {"symbology": d.symbology, "data": d.data, "ais": d.ais, "version": d.version,
+                "parameters": {k: {"value": p.value, "grade": p.letter, "grade_num": p.grade}
+                               for k, p in self.parameters.items()},
+                "overall_grade": self.overall_grade, "error": d.error, "error_detail": d.detail,
+                "calibrated": False, "note": self.note}
+
+
+# --- the symbol's layout (ISO/IEC 16022 ECC 200) ---
+
+
+@dataclass(frozen=True)
+class Layout:
+    n: int
+    dark_fixed: np.ndarray  # n × n bool: the fixed pattern's dark modules
+    fixed: np.ndarray  # n × n bool: module belongs to the fixed pattern
+    codeword: np.ndarray  # n × n int: codeword index of a data module, −1 elsewhere
+    block: np.ndarray  # codeword index → RS block
+    ec_per_block: int
+    segments: dict  # name → (rows, cols) index arrays in the (n + 2) × (n + 2) grid with the quiet-zone ring
+    clock_top: np.ndarray  # columns of the top clock track's dark modules
+    clock_right: np.ndarray  # rows of the right clock track's dark modules
+
+
+def placement(nrow: int, ncol: int) -> np.ndarray:
+    """ISO/IEC 16022 Annex F: the codeword (and bit: index·8 + bit, bit 0 the MSB) of each module
+    of the mapping matrix; −2 for the unused corner that stays a fixed checker."""
+    a = np.full((nrow, ncol), -1, dtype=np.int64)
+
+    def mod(r, c, ch, bit):
+        if r < 0:
+            r += nrow
+            c += 4 - ((nrow + 4) % 8)
+        if c < 0:
+            c += ncol
+            r += 4 - ((ncol + 4) % 8)
+        a[r, c] = ch * 8 + bit
+
+    def utah(r, c, ch):
+        for bit, (dr, dc) in enumerate(((-2, -2), (-2, -1), (-1, -2), (-1, -1), (-1, 0), (0, -2), (0, -1), (0, 0))):
+            mod(r + dr, c + dc, ch, bit)
+
+    def corner(ch, cells):
+        for bit, (r, c) in enumerate(cells):
+            mod(r, c, ch, bit)
+
+    ch, row, col = 0, 4, 0
+    while True:
+        if row == nrow and col == 0:
+            corner(ch, ((nrow - 1, 0), (nrow - 1, 1), (nrow - 1, 2), (0, ncol - 2), (0, ncol - 1),
+                        (1, ncol - 1), (2, ncol - 1), (3, ncol - 1)))
+            ch += 1
+        if row == nrow - 2 and col == 0 and ncol % 4:
+            corner(ch, ((nrow - 3, 0), (nrow - 2, 0), (nrow - 1, 0), (0, ncol - 4), (0, ncol - 3),
+                        (0, ncol - 2), (0, ncol - 1), (1, ncol - 1)))
+            ch += 1
+        if row == nrow - 2 and col == 0 and ncol % 8 == 4:
+            corner(ch, ((nrow - 3, 0), (nrow - 2, 0), (nrow - 1, 0), (0, ncol - 2), (0, ncol - 1),
+                        (1, ncol - 1), (2, ncol - 1), (3, ncol - 1)))
+            ch += 1
+        if row == nrow + 4 and col == 2 and not ncol % 8:
+            corner(ch, ((nrow - 1, 0), (nrow - 1, ncol - 1), (0, ncol - 3), (0, ncol - 2), (0, ncol - 1),
+                        (1, ncol - 3), (1, ncol - 2), (1, ncol - 1)))
+            ch += 1
+        while True:  # up and to the right
+            if row < nrow and col >= 0 and a[row, col] == -1:
+                utah(row, col, ch)
+                ch += 1
+            row -= 2
+            col += 2
+            if not (row >= 0 and col < ncol):
+                break
+        row += 1
+        col += 3
+        while True:  # down and to the left
+            if row >= 0 and col < ncol and a[row, col] == -1:
+                utah(row, col, ch)
+                ch += 1
+            row += 2
+            col -= 2
+            if not (row < nrow and col >= 0):
+                break
+        row += 3
+        col += 1
+        if not (row < nrow or col < ncol):
+            break
+    if a[nrow - 1, ncol - 1] == -1:
+        a[nrow - 1, ncol - 1] = a[nrow - 2, ncol - 2] = -3  # dark
+        a[nrow - 1, ncol - 2] = a[nrow - 2, ncol - 1] = -2  # light
+    return a
+
+
+@lru_cache(maxsize=32)
+def layout(n: int) -> Layout:
+    region, data_cw, ec_cw, blocks = SIZES[n]
+    per = n // (region + 2)  # data regions per side
+    fixed = np.zeros((n, n), dtype=bool)
+    dark = np.zeros((n, n), dtype=bool)
+    for k in range(per):
+        top, bottom = k * (region + 2), k * (region + 2) + region + 1
+        fixed[top, :] = fixed[bottom, :] = fixed[:, top] = fixed[:, bottom] = True
+        dark[bottom, :] = True  # the L's foot of each region
+        dark[:, top] = True  # the L's upright of each region
+        dark[top, ::2] = True  # clock track along the top
+        dark[1::2, bottom] = True  # clock track along the right
+        dark[top, 1::2] = False
+        dark[top, top] = True
+    dark &= fixed
+    m = placement(per * region, per * region)
+    sym = np.full((n, n), -1, dtype=np.int64)
+    rows = np.array([(i // region) * (region + 2) + 1 + i % region for i in range(per * region)])
+    sym[np.ix_(rows, rows)] = m
+    clock = fixed.copy()  # the frame's clock tracks and the inner solid patterns (not the L, not the corner)
+    clock[:, 0] = False
+    clock[n - 1, :] = False
+    corner_dark = sym == -3
+    dark |= corner_dark
+    fixed |= corner_dark | (sym == -2)
+    codeword = np.where(sym >= 0, sym // 8, -1)
+    assert codeword.max() + 1 == data_cw + ec_cw, (n, codeword.max())
+    idx = np.arange(data_cw + ec_cw)
+    block = np.where(idx < data_cw, idx % blocks, (idx - data_cw) % blocks)
+    g = n + 2  # with the quiet-zone ring, index 0 and n + 1
+    r_all = np.arange(1, n + 1)
+    segments = {
+        "L1": (r_all, np.ones(n, dtype=int)),  # the upright (left column)
+        "L2": (np.full(n, n), r_all),  # the foot (bottom row)
+        "QZL1": (r_all, np.zeros(n, dtype=int)),
+        "QZL2": (np.full(n, g - 1), r_all),
+    }
+    cr, cc = np.nonzero(clock)
+    segments["clock_and_solid"] = (cr + 1, cc + 1)
+    top_dark = np.array([c for c in range(n) if dark[0, c] and (c == 0 or not dark[0, c - 1])
+                         and (c == n - 1 or not dark[0, c + 1])])
+    right_dark = np.array([r for r in range(n) if dark[r, n - 1] and (r == 0 or not dark[r - 1, n - 1])
+                           and (r == n - 1 or not dark[r + 1, n - 1])])
+    return Layout(n, dark, fixed, codeword, block, ec_cw // blocks, segments, top_dark, right_dark)
+
+
+def nominal(dec: Decoded, n: int) -> np.ndarray | None:
+    """The module pattern the decoded data gives when encoded again (None: another size came out)."""
+    try:
+        if dec.symbology == "]d2" and dec.hri:
+            bc = zxingcpp.create_barcode(dec.hri, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True)
+        else:
+            bc = zxingcpp.create_barcode(dec.data, zxingcpp.BarcodeFormat.DataMatrix, force_square=True)
+    except Exception:
+        return None
+    m = np.asarray(bc.to_image(scale=1, add_quiet_zones=False)) < 128
+    return m if m.shape == (n, n) else None
+
+
+# --- sampling the image ---
+
+_AP = np.array([(x, y) for x in (-0.25, 0.0, 0.25) for y in (-0.25, 0.0, 0.25)])  # within 0.8 X aperture
+_WIN = np.linspace(-0.9, 0.9, 19)  # along a clock track
+_ACROSS = np.array([-0.2, 0.0, 0.2])
+
+
+def _mapper(corners: np.ndarray, n: int):
+    tl, tr, br, bl = corners
+    # zxing-cpp reports the outermost pixels; their far edges are one pixel further out
+    c = (tl + tr + br + bl) / 4
+    tl, tr, br, bl = (p + 0.5 * np.sign(p - c) + 0.5 for p in (tl, tr, br, bl))
+
+    def at(u, v):
+        s, t = np.asarray(u, dtype=np.float64) / n, np.asarray(v, dtype=np.float64) / n
+        x = tl[0] * (1 - s) * (1 - t) + tr[0] * s * (1 - t) + br[0] * s * t + bl[0] * (1 - s) * t
+        y = tl[1] * (1 - s) * (1 - t) + tr[1] * s * (1 - t) + br[1] * s * t + bl[1] * (1 - s) * t
+        return x, y
+    return at
+
+
+def _sample(refl: np.ndarray, x, y) -> np.ndarray:
+    h, w = refl.shape
+    xi = np.clip(np.floor(x).astype(np.intp), 0, w - 1)
+    yi = np.clip(np.floor(y).astype(np.intp), 0, h - 1)
+    return refl[yi, xi]
+
+
+def _overlay(cw_grade: np.ndarray, cw_error: np.ndarray, lay: Layout) -> tuple[int, float]:
+    """ISO/IEC 15415 grade overlay: at each grade level the codewords below it are erasures, the wrong
+    ones above it errors; notional UEC per RS block (worst block); the best min(level, UEC grade)."""
+    best, best_uec = 0, 0.0
+    nblocks = int(lay.block.max()) + 1
+    for g in (4, 3, 2, 1):
+        wrong = cw_error  # a codeword read wrong is an error (2 checks), whatever its grade
+        erased = (cw_grade < g) & ~wrong
+        e = np.bincount(lay.block, weights=erased, minlength=nblocks)
+        t = np.bincount(lay.block, weights=wrong, minlength=nblocks)
+        uec = float(max(0.0, (1 - (e + 2 * t) / lay.ec_per_block).min()))
+        got = min(g, _at_least(uec, _UEC)) if (e + 2 * t <= lay.ec_per_block).all() else 0
+        if got > best:
+            best, best_uec = got, uec
+    return best, best_uec
+
+
+def _segment_grade(module_grades: np.ndarray) -> tuple[int, float]:
+    best, share = 0, 1.0
+    for g in (4, 3, 2, 1):
+        damaged = float((module_grades < g).mean())
+        got = min(g, _at_most(damaged, _FPD))
+        if got > best:
+            best, share = got, damaged
+    return best, share
+
+
+def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
+    """Decode (unless `decoded` is given) and grade one greyscale (or RGB) image."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., :3].mean(axis=2)
+    dec = decoded if decoded is not None else decode(img if img.dtype == np.uint8 else img.astype(np.uint8))
+    res = Result(dec)
+    if dec.error == NO_READ:
+        res.parameters["decode"] = Parameter("fail", 0)
+        return res
+    try:
+        n = int(dec.version.split("x")[0])
+        lay = layout(n)
+    except (AttributeError, ValueError, KeyError):
+        res.parameters["decode"] = Parameter("pass", 4)
+        res.detail["ungraded"] = f"symbol size {dec.version} is not a square ECC 200 size"
+        return res
+    refl = img.astype(np.float32) * (100.0 / 255.0)
+    at = _mapper(dec.corners, n)
+
+    idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
+    uu, vv = np.meshgrid(idx, idx)
+
+    def modules(ucol, vrow):
+        u = ucol[None, :, None] + _AP[None, None, :, 0]
+        v = vrow[:, None, None] + _AP[None, None, :, 1]
+        x, y = at(np.broadcast_to(u, (len(vrow), len(ucol), len(_AP))), np.broadcast_to(v, (len(vrow), len(ucol), len(_AP))))
+        return _sample(refl, x, y).mean(axis=2)
+
+    first = modules(idx, idx)
+    gt0 = (first.max() + first.min()) / 2
+
+    # the clock tracks locate the columns (top track) and rows (right track): centroid of darkness
+    def centroids(along, fixed_at, horizontal):
+        pos = along[:, None, None] + 0.5 + _WIN[None, :, None]
+        other = np.broadcast_to(fixed_at + _ACROSS[None, None, :], pos.shape[:2] + (len(_ACROSS),))
+        pos = np.broadcast_to(pos, other.shape)
+        x, y = at(pos, other) if horizontal else at(other, pos)
+        w = np.clip(gt0 - _sample(refl, x, y), 0, None).sum(axis=2)
+        tot = w.sum(axis=1)
+        return np.where(tot > 0, (w * (along[:, None] + 0.5 + _WIN[None, :])).sum(axis=1) / np.maximum(tot, 1e-9),
+                        along + 0.5)
+
+    cu = centroids(lay.clock_top, 0.5, True)
+    cv = centroids(lay.clock_right, n - 0.5, False)
+    bu, au = np.polyfit(lay.clock_top + 0.5, cu, 1)
+    bv, av = np.polyfit(lay.clock_right + 0.5, cv, 1)
+    ucol, vrow = au + bu * idx, av + bv * idx
+    # module pitch in pixels along each axis at the clock tracks
+    x0, y0 = at(ucol[1:-1], np.full(n, 0.5))
+    xs = np.hypot(np.diff(x0), np.diff(y0)).mean()
+    x1, y1 = at(np.full(n, n - 0.5), vrow[1:-1])
+    ys = np.hypot(np.diff(x1), np.diff(y1)).mean()
+    an = abs(xs - ys) / ((xs + ys) / 2)
+    pitch = (xs + ys) / 2
+    dev_u = (cu - (au + bu * (lay.clock_top + 0.5))) * xs / max(bu, 1e-9)
+    dev_v = (cv - (av + bv * (lay.clock_right + 0.5))) * ys / max(bv, 1e-9)
+    gn = float(max(np.abs(dev_u).max(initial=0), np.abs(dev_v).max(initial=0)) / pitch)
+
+    r = modules(ucol, vrow)  # (n + 2) × (n + 2) reflectance, % (quiet-zone ring included)
+    rmax, rmin = float(r.max()), float(r.min())
+    sc = rmax - rmin
+    gt = (rmax + rmin) / 2
+    ratio = 2 * np.abs(r - gt) / max(sc, 1e-9)
+    mod_g = np.select([ratio >= t for t in _MOD], [4, 3, 2, 1], 0)
+    seen_dark = r < gt
+
+    nom_core = nominal(dec, n)
+    source = "re-encoded"
+    if nom_core is not None:
+        cw_wrong = np.zeros(lay.block.size, dtype=bool)
+        mask = lay.codeword >= 0
+        np.logical_or.at(cw_wrong, lay.codeword[mask], (nom_core != seen_dark[1:-1, 1:-1])[mask])
+        per_block = np.bincount(lay.block, weights=cw_wrong)
+        if (per_block >= lay.ec_per_block).any():  # another encoder's encodation: not this pattern
+            nom_core = None
+    if nom_core is None:
+        source = "as sampled"  # the data region's nominal is what was seen; fixed patterns stay known
+        nom_core = np.where(lay.fixed, lay.dark_fixed, seen_dark[1:-1, 1:-1])
+    nom = np.zeros((n + 2, n + 2), dtype=bool)
+    nom[1:-1, 1:-1] = nom_core
+    rm_g = np.where(nom == seen_dark, mod_g, 0)
+
+    mask = lay.codeword >= 0
+    cws = lay.codeword[mask]
+    ncw = lay.block.size
+    wrong_cw = np.zeros(ncw, dtype=bool)
+    np.logical_or.at(wrong_cw, cws, (nom != seen_dark)[1:-1, 1:-1][mask])
+    cw_mod = np.full(ncw, 4)
+    np.minimum.at(cw_mod, cws, mod_g[1:-1, 1:-1][mask])
+    cw_rm = np.full(ncw, 4)
+    np.minimum.at(cw_rm, cws, rm_g[1:-1, 1:-1][mask])
+    mod_grade, _ = _overlay(cw_mod, wrong_cw, lay)
+    rm_grade, _ = _overlay(cw_rm, wrong_cw, lay)
+    t = np.bincount(lay.block, weights=wrong_cw)
+    own_uec = float(max(0.0, (1 - 2 * t / lay.ec_per_block).min()))
+
+    seg = {}
+    for name, (rows, cols) in lay.segments.items():
+        seg[name] = _segment_grade(rm_g[rows, cols])
+    fpd = min(g for g, _ in seg.values())
+    fpd_share = max(s for g, s in seg.values() if g == fpd)
+
+    uec = dec.uec if dec.uec is not None else own_uec
+    data_ratio = ratio[1:-1, 1:-1][mask]
+    data_margin = np.where((nom == seen_dark)[1:-1, 1:-1][mask], data_ratio, 0.0)
+    p = res.parameters
+    p["decode"] = Parameter("pass", 4)
+    p["symbol_contrast"] = Parameter(round(sc, 1), _at_least(sc, _SC))
+    p["modulation"] = Parameter(round(float(data_ratio.min()), 3), mod_grade)
+    p["reflectance_margin"] = Parameter(round(float(data_margin.min()), 3), rm_grade)
+    p["fixed_pattern_damage"] = Parameter(round(fpd_share, 3), fpd)
+    p["axial_nonuniformity"] = Parameter(round(float(an), 3), _at_most(an, _AN))
+    p["grid_nonuniformity"] = Parameter(round(gn, 3), _at_most(gn, _GN))
+    p["unused_error_correction"] = Parameter(round(float(uec), 3), _at_least(uec, _UEC))
+    res.overall = 0 if dec.error else min(x.grade for x in p.values())
+    res.detail = {"segments": {k: {"grade": LETTERS[g], "damaged": round(s, 3)} for k, (g, s) in seg.items()},
+                  "own_uec": round(own_uec, 3), "nominal": source, "rmax": round(rmax, 1), "rmin": round(rmin, 1),
+                  "module_px": round(float(pitch), 2)}
+    return res

@@ -1,0 +1,177 @@
+"""A GS1 DataMatrix as a camera sees it: the exact element string (leading FNC1) encoded by zxing-cpp
+(square ECC 200: a DMRE rectangle reads back as `]d8`), printed with physical defects, imaged at a
+camera resolution. Everything is numpy; a seed makes every image reproducible.
+
+`render(code, defects, ...) -> image` is what the simulated coder + camera call; `grade(image)` in
+grade.py is what the camera reports."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import zxingcpp
+
+from .. import gs1
+
+SUBSTRATE = 0.85  # reflectance of a white carton
+INK = 0.05  # reflectance of black ink at full contrast
+_K = 12  # print raster: dots per module side (dot gain resolves to 1/_K of a module)
+NOZZLES_PER_MODULE = 6  # printhead nozzles across one module row
+
+
+class RenderError(ValueError):
+    """A code that cannot be printed as a GS1 DataMatrix, or a defect out of its range."""
+
+
+@dataclass(frozen=True)
+class Defects:
+    """Print and imaging defects; the zero value is a perfect print. Strengths grow with the value."""
+    dot_gain: float = 0.0  # ink spread per side, in modules (negative: starved dots)
+    missing_dots: int = 0  # clogged nozzles: each leaves a whole row of dots (1/6 module) unprinted
+    smear: float = 0.0  # motion blur along the travel (image x), in modules
+    contrast: float = 1.0  # print contrast: 1 black ink on white, 0 invisible
+    skew_deg: float = 0.0  # shear of the module grid (printhead not square to the travel)
+    rotation_deg: float = 0.0  # the pack turned under the camera (graded as nothing: ISO is rotation-free)
+    quiet_zone: float = 0.0  # share of the quiet zone beside the L's upright covered by a foreign mark
+    noise: float = 0.0  # camera noise, standard deviation as a share of full scale
+    flipped: int = 0  # modules of the data region printed the wrong colour (test corpus for UEC)
+
+    RANGES = {"dot_gain": (-0.45, 0.75), "missing_dots": (0, 400), "smear": (0.0, 10.0),
+              "contrast": (0.0, 1.0), "skew_deg": (-45.0, 45.0), "rotation_deg": (-360.0, 360.0),
+              "quiet_zone": (0.0, 1.0), "noise": (0.0, 1.0), "flipped": (0, 100000)}
+
+    def __post_init__(self):
+        for f in fields(self):
+            lo, hi = self.RANGES[f.name]
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+                raise RenderError(f"defect {f.name} = {v!r} not in {lo}..{hi}")
+
+
+def _hri_of(code: str) -> str:
+    """Element string (GS separators, optional `]d2`) → the bracketed form zxing-cpp encodes in GS1 mode."""
+    try:
+        read = gs1.parse_read(code if code.startswith("]") else gs1.SYMBOLOGY_DATAMATRIX + code)
+    except gs1.GS1Error as exc:
+        raise RenderError(f"cannot print {code!r} as GS1: {exc}") from None
+    return gs1.hri(list(read.ais.items()))
+
+
+def encode(code: str, *, gs1_mode: bool = True) -> np.ndarray:
+    """The module matrix (True = dark) of a square ECC 200 symbol, without quiet zone."""
+    content = _hri_of(code) if gs1_mode else code
+    try:
+        bc = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.DataMatrix, gs1=gs1_mode, force_square=True)
+    except Exception as exc:  # zxing-cpp raises ValueError/RuntimeError with its own text
+        raise RenderError(f"cannot encode {code!r}: {exc}") from None
+    return np.asarray(bc.to_image(scale=1, add_quiet_zones=False)) < 128
+
+
+def clogged(n_rows: int, seed: int) -> list[int]:
+    """The printhead's nozzles over the symbol in a fixed random order: k clogged nozzles are the first
+    k (nested, so the damage only grows with k)."""
+    nozzles = np.arange(n_rows * NOZZLES_PER_MODULE)
+    np.random.default_rng(seed).shuffle(nozzles)
+    return [int(z) for z in nozzles]
+
+
+def apply_print(m: np.ndarray, d: Defects, seed: int) -> np.ndarray:
+    """Module-level defects: flipped data modules."""
+    m = m.copy()
+    n_rows, n_cols = m.shape
+    if d.flipped:
+        rng = np.random.default_rng(seed + 1)
+        inner = [(r, c) for r in range(1, n_rows - 1) for c in range(1, n_cols - 1)]
+        for i in rng.permutation(len(inner))[:d.flipped]:
+            r, c = inner[i]
+            m[r, c] = not m[r, c]
+    return m
+
+
+def _dilate(a: np.ndarray, r: int) -> np.ndarray:
+    out = a.copy()
+    for axis in (0, 1):
+        src = out.copy()
+        for s in range(1, r + 1):
+            for sign in (1, -1):
+                shifted = np.roll(src, sign * s, axis=axis)
+                np.maximum(out, shifted, out=out)
+    return out
+
+
+def render(code: str, defects: Defects = Defects(), *, width: int = 640, height: int = 480,
+           module_px: float = 6.0, seed: int = 0, gs1_mode: bool = True,
+           matrix: np.ndarray | None = None) -> np.ndarray:
+    """Greyscale camera image (uint8, height × width) of `code` printed with `defects`.
+    `matrix` replaces the encoded module matrix (a test symbol); `gs1_mode=False` encodes plain text."""
+    d = defects
+    m = apply_print(encode(code, gs1_mode=gs1_mode) if matrix is None else matrix, d, seed)
+    n_rows, n_cols = m.shape
+    pad = 4  # quiet zone in modules (ISO/IEC 16022 asks ≥ 1)
+    grid = np.zeros((n_rows + 2 * pad, n_cols + 2 * pad), dtype=bool)
+    grid[pad:pad + n_rows, pad:pad + n_cols] = m
+    if d.quiet_zone > 0:  # a foreign mark in the quiet zone beside the L's upright, from the bottom up
+        h = int(round(d.quiet_zone * n_rows))
+        grid[pad + n_rows - h:pad + n_rows, pad - 1] = True
+    ink = np.kron(grid, np.ones((_K, _K), dtype=np.uint8)).astype(bool)
+    line = _K // NOZZLES_PER_MODULE
+    for z in clogged(n_rows, seed)[:d.missing_dots]:  # before the spread: neighbours' ink bleeds in
+        top = (pad * NOZZLES_PER_MODULE + z) * line
+        ink[top:top + line, pad * _K:(pad + n_cols) * _K] = False
+    gain = int(round(d.dot_gain * _K))
+    if gain > 0:
+        ink = _dilate(ink, gain)
+    elif gain < 0:
+        ink = ~_dilate(~ink, -gain)
+
+    # camera pixel → print raster: inverse of rotation · shear · scale about the symbol's centre
+    th, sk = math.radians(d.rotation_deg), math.tan(math.radians(d.skew_deg))
+    fwd = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ np.array([[1.0, sk], [0.0, 1.0]])
+    inv = np.linalg.inv(fwd * module_px)
+    gh, gw = grid.shape
+    centre = np.array([gw / 2, gh / 2])
+    corners = (np.array([[0, 0], [gw, 0], [0, gh], [gw, gh]]) - centre) @ (fwd * module_px).T
+    x0, y0 = np.floor(corners.min(0) + [width / 2, height / 2]).astype(int)
+    x1, y1 = np.ceil(corners.max(0) + [width / 2, height / 2]).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    ss = 3  # supersampling per camera pixel side
+    offs = (np.arange(ss) + 0.5) / ss
+    xs = (np.arange(x0, x1)[:, None] + offs[None, :]).ravel() - width / 2
+    ys = (np.arange(y0, y1)[:, None] + offs[None, :]).ravel() - height / 2
+    gx, gy = np.meshgrid(xs, ys)
+    u = inv[0, 0] * gx + inv[0, 1] * gy + centre[0]
+    v = inv[1, 0] * gx + inv[1, 1] * gy + centre[1]
+    iu = np.floor(u * _K).astype(np.int64)
+    iv = np.floor(v * _K).astype(np.int64)
+    inside = (iu >= 0) & (iu < ink.shape[1]) & (iv >= 0) & (iv < ink.shape[0])
+    cov = np.zeros(gx.shape, dtype=np.float32)
+    cov[inside] = ink[iv[inside], iu[inside]]
+    cov = cov.reshape(y1 - y0, ss, x1 - x0, ss).mean(axis=(1, 3))
+    coverage = np.zeros((height, width), dtype=np.float32)
+    coverage[y0:y1, x0:x1] = cov
+
+    coverage = _blur(coverage, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=(0, 1))  # the lens
+    if d.smear > 0:
+        n = max(1, int(round(d.smear * module_px)))
+        coverage = _blur(coverage, np.full(n + 1, 1.0 / (n + 1), dtype=np.float32), axis=(1,))
+    dark = SUBSTRATE - d.contrast * (SUBSTRATE - INK)
+    refl = SUBSTRATE - coverage * (SUBSTRATE - dark)
+    if d.noise > 0:
+        refl = refl + np.random.default_rng(seed + 2).normal(0.0, d.noise, refl.shape).astype(np.float32)
+    return np.clip(np.rint(refl * 255.0), 0, 255).astype(np.uint8)
+
+
+def _blur(a: np.ndarray, kernel: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
+    """Separable convolution with edge replication (the substrate continues past the frame)."""
+    r = len(kernel) // 2
+    for ax in axis:
+        padded = np.pad(a, [(r, len(kernel) - 1 - r) if i == ax else (0, 0) for i in range(a.ndim)], mode="edge")
+        out = np.zeros_like(a)
+        for i, k in enumerate(kernel):
+            sl = [slice(None)] * a.ndim
+            sl[ax] = slice(i, i + a.shape[ax])
+            out += k * padded[tuple(sl)]
+        a = out
+    return a
