@@ -37,7 +37,8 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
 
     from . import report as rep
-    from .run import Interrupted, RunError, run
+    from .errors import Interrupted, RunError
+    from .run import run
 
     console = Console(stderr=False, quiet=args.quiet)
     try:

@@ -19,14 +19,13 @@ from pathlib import Path
 from serialine.host import linefile
 
 from . import unixboard
+from .errors import RunError
 
 
 def _need(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        from .run import RunError
-
         raise RunError(f"{what} is not available in this build ({module}: {exc})") from None
 
 
@@ -60,10 +59,8 @@ class Device:
         try:
             # lockstep even in a real-time run: the orchestrator then takes t from the wall clock
             self.board = unixboard.UnixBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
-                                           device_id=self.device_id, cwd=self.workdir)
-        except (RuntimeError, OSError) as exc:  # OSError: no micropython command
-            from .run import RunError
-
+                                             device_id=self.device_id, cwd=self.workdir)
+        except (RuntimeError, OSError) as exc:  # RuntimeError: no micropython command too
             raise RunError(f"the device (MicroPython) did not start: {exc}") from None
         self.log.write(self.board.boot_line)
         m = re.search(r"READY boot_id=(\d+)", self.board.boot_line)
@@ -80,8 +77,6 @@ class Device:
         return [(e.name, 1, t_us - ((t_us - e.t_us) & unixboard.MASK)) for e in edges]
 
     def _died(self):
-        from .run import RunError
-
         out = self.board.close() if self.board is not None else ""
         self.log.write(out)
         self.log.flush()
@@ -162,8 +157,6 @@ class HostAgent:
                     self.present = True
                     return
             device.idle()
-        from .run import RunError
-
         raise RunError(f"the host agent did not get ready within {timeout:g} s (log: {self.log.name})")
 
     def poll_ready(self) -> bool:
@@ -179,8 +172,6 @@ class HostAgent:
         return False
 
     def _died(self):
-        from .run import RunError
-
         self.log.flush()
         tail = Path(self.log.name).read_text(errors="replace")[-2000:]
         return RunError(f"the host agent exited with status {self.proc.returncode}:\n{tail}")

@@ -24,6 +24,7 @@ from . import batch, parts
 from . import ledger as ledger_mod
 from .camera import SimCamera
 from .coder import SimCoder
+from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
 from .line import Line
 from .report import build
@@ -33,15 +34,6 @@ from .wiretap import VerdictTap
 BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
 MAX_STEP_US = 250  # the longest virtual jump: the firmware sees the encoder at least this often
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
-
-
-class RunError(RuntimeError):
-    """The run could not start or finish (a part missing or refusing); the message says which."""
-
-
-class Interrupted(RunError):
-    """Ctrl-C (SIGINT): the line was stopped and the batch aborted (or left resumable); the message
-    says which."""
 
 
 LOCK_NAME = ".serialine-sim.lock"
