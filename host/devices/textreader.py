@@ -59,8 +59,8 @@ class ResultFormat:
         sym = m.groupdict().get("symbology")
         if sym is not None:
             data = sym + data
-        if not re.match(r"\][A-Za-z][0-9A-Za-z]", data):
-            raise CameraLineError(f"no symbology identifier (]Cm) before the data in {line[:80]!r}")
+        if not re.match(r"\][A-Za-z][0-9A-Za-z].", data, re.S):
+            raise CameraLineError(f"no symbology identifier (]Cm) and data in {line[:80]!r}")
         return checked(self._n(m, line), m["grade"] or "", data, line, t)
 
     def skipped(self) -> None:
