@@ -1,80 +1,109 @@
-"""`serialine device`: put the firmware on a board with mpremote.
+"""`serialine device`: put the firmware on a board, and the unix port as a board.
 
-    serialine device flash --port /dev/ttyACM0 --board rpi_pico [--dry-run]
-    serialine device flash --port /tmp/mpy-pty --board sim --resume   (unix port behind socat)
+    serialine device flash --port /dev/ttyACM0 --board rpi_pico [--link /dev/ttyUSB0]
+                           [--device-id ID] [--pin NAME=GPIO ...] [--usb-link] [--config line.toml]
+    serialine device flash --board sim --port PORT      (PORT from `serialine device sim-board`)
+    serialine device flash --board esp32 --dry-run      (compile, print the manifest; no board)
+    serialine device sim-board --dir DIR
     serialine device files --board esp32
 
-The unix port has no soft reset that keeps the process alive, so for it use --resume (mpremote
-`resume`) on a pty made by `socat PTY,link=/tmp/mpy-pty,rawer EXEC:micropython,pty,rawer`."""
+What flash does and proves is in docs/flash.md (tools/flash.py)."""
 
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
+import json
 import sys
-from pathlib import Path
+from dataclasses import replace
 
-from serialine.host.resources import board_dir, firmware_dir
+from . import flash as F
 
-FIRMWARE = ("wire.py", "link.py", "core.py", "config.py", "device.py", "main.py")
-BOARDS = ("rpi_pico", "esp32", "sim")
-
-
-def files(board: str) -> list[tuple[Path, str]]:
-    """(source, name on the board) in copy order; main.py last so a half copy never boots."""
-    if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}: one of {', '.join(BOARDS)}")
-    fw = firmware_dir()
-    out = [(fw / n, n) for n in FIRMWARE if n != "main.py"]
-    out.append((board_dir(board) / "board.py", "board.py"))
-    if board == "sim":
-        out.append((board_dir("sim") / "simmain.py", "simmain.py"))
-    else:
-        out.append((fw / "main.py", "main.py"))
-    return out
+BOARDS = F.BOARDS
 
 
-def flash_command(port: str, board: str, resume: bool) -> list[str]:
-    cmd = [shutil.which("mpremote") or "mpremote", "connect", port]
-    if resume:
-        cmd.append("resume")
-    for src, name in files(board):
-        cmd += ["fs", "cp", str(src), ":" + name, "+"]
-    return cmd[:-1]
+def files(board: str) -> list[tuple[str, int]]:
+    """(name on the board, size) in install order; main.py last so a half copy never boots."""
+    b = F.build(board, F.default_settings(board))
+    return [(n, len(d)) for n, d in b.files]
+
+
+def _settings(args) -> F.Settings:
+    s = F.default_settings(args.board)
+    if args.config:
+        try:
+            from serialine.host import linefile  # type: ignore[attr-defined]
+        except ImportError:
+            raise F.FlashError("--config needs serialine.host.linefile (not in this build): "
+                               "use --device-id and --pin") from None
+        try:
+            cfg = linefile.load(args.config)
+        except linefile.LineFileError as exc:
+            raise F.FlashError(str(exc)) from None
+        dev = cfg.device
+        if getattr(dev, "board", None) and dev.board != args.board:
+            raise F.FlashError(f"{args.config}: [device] board = {dev.board!r}, but --board {args.board}")
+        s = replace(s, device_id=dev.device_id or s.device_id)
+        pins = getattr(dev, "pins", None)
+        if pins:
+            s = replace(s, pins={str(k).upper(): int(v) for k, v in dict(pins).items()})
+    if args.device_id:
+        s = replace(s, device_id=args.device_id)
+    if args.usb_link:
+        s = replace(s, link="usb")
+    pins = dict(s.pins)
+    for p in args.pin:
+        name, sep, value = p.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise F.FlashError(f"--pin {p!r}: NAME=GPIO, e.g. --pin PE=4")
+        pins[name.strip().upper().removeprefix("PIN_")] = int(value)
+    return replace(s, pins=pins)
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine device")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    fl = sub.add_parser("flash", help="copy the firmware and the board adapter to a board")
-    fl.add_argument("--port", required=True)
+    fl = sub.add_parser("flash", help="compile, copy, verify on the device, swap, reset, check HELLO")
+    fl.add_argument("--port", help="the board's REPL port (USB serial; the sim board's port)")
     fl.add_argument("--board", required=True, choices=BOARDS)
-    fl.add_argument("--resume", action="store_true", help="no soft reset (unix port over socat)")
-    fl.add_argument("--dry-run", action="store_true", help="print the mpremote command only")
-    fs = sub.add_parser("files", help="list what flash copies")
+    fl.add_argument("--link", help="the firmware's link port when it is not --port (a UART adapter); "
+                                   "the sim board names its own")
+    fl.add_argument("--device-id", help="the id the device reports in HELLO")
+    fl.add_argument("--pin", action="append", default=[], metavar="NAME=GPIO",
+                    help="pin map entry of the board adapter, e.g. PE=4 (repeatable)")
+    fl.add_argument("--usb-link", action="store_true", help="the link on the REPL's USB port")
+    fl.add_argument("--config", help="line file: [device] device_id (and board) from it")
+    fl.add_argument("--dry-run", action="store_true", help="compile and print the manifest only")
+    fl.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # always so now
+    fl.add_argument("--hello-timeout", type=float, default=15.0, help=argparse.SUPPRESS)
+    sb = sub.add_parser("sim-board", help="the MicroPython unix port behind a pty, as a board to flash")
+    sb.add_argument("--dir", required=True)
+    sb.add_argument("--quiet", action="store_true")
+    fs = sub.add_parser("files", help="list what flash installs")
     fs.add_argument("--board", required=True, choices=BOARDS)
     args = ap.parse_args(argv)
-    if args.cmd == "files":
-        for src, name in files(args.board):
-            print(f"{src} -> :{name}")
-        return 0
-    missing = [str(s) for s, _ in files(args.board) if not s.exists()]
-    if missing:
-        print("serialine device: missing " + ", ".join(missing), file=sys.stderr)
-        return 2
-    cmd = flash_command(args.port, args.board, args.resume)
-    print(" ".join(cmd))
-    if args.dry_run:
-        return 0
-    beside = Path(sys.executable).parent / "mpremote"  # the venv's own, even when not on PATH
-    if beside.exists():
-        cmd[0] = str(beside)
     try:
-        return subprocess.run(cmd).returncode
-    except FileNotFoundError:
-        print("serialine device: mpremote is not installed (pip install mpremote)", file=sys.stderr)
-        return 2
+        if args.cmd == "sim-board":
+            from . import flash_sim
+
+            return flash_sim.main(argv[1:])
+        if args.cmd == "files":
+            for name, size in files(args.board):
+                print(f":{name}  {size} B")
+            return 0
+        settings = _settings(args)
+        if args.dry_run:
+            print(json.dumps(F.build(args.board, settings).manifest, indent=1, sort_keys=True))
+            return 0
+        if not args.port:
+            raise F.FlashError("--port is required (or --dry-run)")
+        report = F.flash(args.port, args.board, settings, link_port=args.link,
+                         hello_timeout=args.hello_timeout,
+                         log=lambda s: print(s, file=sys.stderr, flush=True))
+    except F.FlashError as exc:
+        print(f"serialine device: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines))
+    return 0
 
 
 if __name__ == "__main__":
