@@ -48,6 +48,7 @@ READERS: dict[str, Driver] = {
 
 CODERS: dict[str, Driver] = {
     "serialine": Driver("coder", "coder", "Coder"),
+    "videojet": Driver("videojet", "coder"),  # Videojet (Zipher) Text Communications Protocol
 }
 
 _KINDS = {"reader": READERS, "coder": CODERS}

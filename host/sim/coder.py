@@ -61,8 +61,9 @@ class CoderModel(LineServer):
         with self._buf_lock:
             return len(self.buffer)
 
-    def _take(self) -> tuple[str, bool] | None:
-        """The job this trigger prints (and whether it is not the head: a swap), or None."""
+    def _take(self) -> tuple[str, str] | None:
+        """The job this trigger prints and how ("" the head, "swap" the second job, "duplicate" data
+        printed before), or None when nothing is printed."""
         with self._buf_lock:
             if not self.buffer:
                 return None
@@ -71,8 +72,8 @@ class CoderModel(LineServer):
             if swapped:
                 code = self.buffer[1]
                 del self.buffer[1]
-                return code, True
-            return self.buffer.popleft(), False
+                return code, "swap"
+            return self.buffer.popleft(), ""
 
     def trigger(self, t_us: int) -> tuple[str, str] | None:
         """The line fired the coder: (code, fault) for the job printed, fault "" when it went well;
@@ -82,22 +83,22 @@ class CoderModel(LineServer):
             self.empty_triggers += 1
             self.on_empty()
             return None
-        code, swapped = job
+        code, how = job
         fault, x = "", self.rng.random()
         for name, rate in self.rates:
             if x < rate:
                 fault = name
                 break
             x -= rate
-        if swapped:
-            self.faults["swap"] += 1
+        if how:
+            self.faults[how] += 1
         self.faults[fault or "ok"] += 1
         self.jobs_printed += 1
         self.on_printed(code)
         if self.stray_reply and self._stray_rng.random() < self.stray_reply:
             self.faults["stray_reply"] += 1
             self.send(self.stray_line())
-        return code, fault
+        return code, fault or ("duplicate" if how == "duplicate" else "")
 
     def on_printed(self, code: str) -> None:  # pragma: no cover - overridden
         pass

@@ -1,0 +1,265 @@
+"""Videojet coder driver: the Videojet (Zipher) Text Communications Protocol over TCP, as the public
+Videojet DataFlex 6530 Service Manual (Rev AA, appendix B) documents it (docs/devices.md, emulator
+host/sim/videojet_emu.py). The agent's coder interface (push/clear/depth/buffered/printed/empty/
+printed_codes/alarms/closed/reconnect/close) on a printer that holds ONE job's field data.
+
+The jobs wait here, in order (the coder's FIFO is this driver's); the printer holds the next one in
+its variable field, loaded with `JDA|<field>=<code>|` (`ACK`/`ERR`). The protocol reports nothing
+unsolicited, so a poller asks `GST` every `poll_s` (`STS|state|error|job|batch|total|`): each step
+of the total count is one print. A print of freshly loaded data printed that job (`printed_codes`);
+a print with nothing fresh loaded printed the field's old data again, i.e. no job (`empty`: the
+agent stops the line as for an EMPTY). The next job is loaded at once, and `GST` asked right
+after: a print counted then may have used either the old or the new data (`printed_codes` says
+None, alarm PRINT_IN_DOUBT; the agent's cross-check fails that unit and resets the coder). The
+total count survives a lost connection, so prints made meanwhile are still counted.
+
+A JDA with no reply leaves it unknown whether the data changed: the push raises InDoubt and the
+next print is reported as in doubt. `ERR` to a push's JDA is a definite refusal (nothing queued);
+to a later load, the job stays first and is retried (alarm LOAD_REFUSED) while prints meanwhile
+count as empty. `clear()` drops the jobs here and empties the field (`JDA|<field>=|`)."""
+
+from __future__ import annotations
+
+import collections
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+from .lineclient import GS, MAX_EVENTS, DeviceError, InDoubt, LineClient
+from .registry import check_timeout, known_options
+
+STATES = ("shut down", "starting up", "shutting down", "running", "offline")
+ERRORS = ("no errors", "warnings present", "faults present")
+RUNNING = 3
+_STS = re.compile(r"STS\|([0-4])\|([0-2])\|([^|\r\n]*)\|(\d{1,10})\|(\d{1,10})\|")
+LOAD_RETRY_S = 0.5
+
+
+class ReplyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Status:
+    state: int  # STATES
+    error: int  # ERRORS
+    job: str
+    batch: int
+    total: int
+
+
+def parse_reply(line: str) -> str | Status:
+    """One reply line (no CR) → "ACK", "ERR" or a Status; ReplyError on anything else."""
+    if line in ("ACK", "ERR"):
+        return line
+    m = _STS.fullmatch(line) if isinstance(line, str) else None
+    if m is None:
+        raise ReplyError(f"not a Text Communications reply: {str(line)[:80]!r}")
+    return Status(int(m[1]), int(m[2]), m[3], int(m[4]), int(m[5]))
+
+
+def check_code(code: str) -> None:
+    if not code or not code.isascii() or any(c in "|\r\n" or (c < " " and c != GS) for c in code):
+        raise DeviceError(f"videojet: refusing a code the protocol cannot carry in a field: {code[:40]!r}")
+
+
+class VideojetCoder(LineClient):
+    EOL, SEP, RAW_OK = b"\r", "|", GS
+    REPLIES = ("ACK", "ERR", "STS")
+
+    def __init__(self, host: str, port: int, timeout: float = 2.0, *, field: str = "SERIAL", job: str = "",
+                 poll_s: float = 0.01, queue: int = 64):
+        self.field, self.job, self.poll_s, self.max_queue = field, job, poll_s, queue
+        self._q = threading.RLock()  # one poll / push / clear at a time: the queue and the field agree
+        self._fifo: collections.deque[str] = collections.deque()  # jobs not yet loaded
+        self._loaded: str | None = None  # fresh in the printer's field, not printed yet
+        self._doubt = False  # the field's content is not known (a JDA without reply)
+        self._total: int | None = None
+        self._load_at = 0.0  # a refused load is retried from then
+        self.printed = 0
+        self.empty = 0
+        self.epoch = 0
+        self._codes: collections.deque = collections.deque()
+        self.status: Status | None = None
+        super().__init__(host, port, timeout)
+        with self._q:
+            if job:
+                self._ok(f"SLA|{job}|", "job select")
+            self.clear()
+        threading.Thread(target=self._poller, daemon=True, name="videojet-poll").start()
+
+    # --- connection ------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        super()._connect()
+        try:
+            self.sock.sendall(b"\r")  # the manual: a CR first resets the printer's parser
+        except (OSError, AttributeError):
+            pass
+
+    def _ok(self, command: str, what: str, idempotent: bool = False) -> None:
+        if self.request(command, "ACK|ERR", idempotent=idempotent) != "ACK":
+            raise DeviceError(f"videojet refused {what}: {command.split('|', 1)[0]} answered ERR")
+
+    # --- the counts ----------------------------------------------------------------------------
+    def _gst(self, window: bool = False) -> Status:
+        """Ask the state and count the prints since the last ask. `window`: a JDA went out since
+        then, so a print counted now may have used either data."""
+        st = parse_reply(self.request("GST", _STS.pattern, idempotent=True))
+        old, self.status = self.status, st
+        if old is None or (old.state, old.error) != (st.state, st.error):
+            if st.state != RUNNING:
+                self.alarm("NOT_RUNNING", f"videojet: printer {STATES[st.state]} ({ERRORS[st.error]})")
+            elif st.error:
+                self.alarm("FAULT" if st.error == 2 else "WARNING", f"videojet: {ERRORS[st.error]}")
+        if self._total is None or st.total < self._total:
+            if self._total is not None:  # restarted or reset: what the field holds is unknown too
+                self.alarm("COUNT_RESET", f"videojet: total count went back from {self._total} to {st.total}")
+                self._loaded, self._doubt = None, True
+            self._total = st.total
+            return st
+        for _ in range(st.total - self._total):
+            if window or self._doubt:
+                self._report(None)
+                self.alarm("PRINT_IN_DOUBT", "videojet: a print while the field was being loaded: which code it"
+                           " carries is unknown")
+                self._loaded, self._doubt = None, False
+            elif self._loaded is not None:
+                self._report(self._loaded)
+                self._loaded = None
+            else:
+                self.empty += 1  # nothing fresh: the field's old data again
+        self._total = st.total
+        return st
+
+    def _report(self, code: str | None) -> None:
+        self.printed += 1
+        with self._state:
+            if len(self._codes) >= MAX_EVENTS:
+                self._codes.clear()
+                self.epoch += 1
+            self._codes.append((self.epoch, code))
+
+    def printed_codes(self) -> list[tuple[int, str | None]]:
+        """(epoch, code) of each print since the last call (code None: in doubt), in order."""
+        with self._state:
+            out, self._codes = list(self._codes), collections.deque()
+        return out
+
+    # --- loading ---------------------------------------------------------------------------------
+    def _load(self, code: str) -> bool:
+        """JDA the next job into the field: True when ACKed. InDoubt: unknown (the field is in doubt)."""
+        try:
+            reply = self.request(f"JDA|{self.field}={code}|", "ACK|ERR")
+        except InDoubt:
+            self._loaded, self._doubt = code, True
+            raise
+        if reply != "ACK":
+            return False
+        self._loaded = code
+        self._gst(window=True)
+        return True
+
+    def _load_next(self) -> None:
+        if self._loaded is not None or self._doubt or not self._fifo or time.monotonic() < self._load_at:
+            return
+        code = self._fifo[0]
+        try:
+            ok = self._load(code)
+        except InDoubt:
+            self._fifo.popleft()
+            raise
+        if ok:
+            self._fifo.popleft()
+        else:
+            self._load_at = time.monotonic() + LOAD_RETRY_S
+            self.alarm("LOAD_REFUSED", f"videojet: JDA of the next job answered ERR (no job selected? field"
+                       f" {self.field!r}); retried every {LOAD_RETRY_S:g} s, prints meanwhile carry no job")
+
+    def _poll_once(self) -> None:
+        with self._q:
+            self._gst()
+            self._load_next()
+
+    def _poller(self) -> None:
+        while not self.shut:
+            time.sleep(self.poll_s)
+            try:
+                self._poll_once()
+            except DeviceError as exc:
+                if self.shut:
+                    return
+                self.alarm("POLL_FAILED", str(exc))
+                if self.closed:
+                    time.sleep(1.0)  # reconnects at the next request (LineClient), at most once a second
+
+    # --- the coder interface ---------------------------------------------------------------------------
+    def _held(self) -> int:
+        return len(self._fifo) + (self._loaded is not None)
+
+    def push(self, code: str) -> int:
+        """Queue one job; returns the jobs held (here and in the printer's field). DeviceError when
+        refused (nothing queued), InDoubt when the printer's answer never came."""
+        check_code(code)
+        with self._q:
+            if self._held() >= self.max_queue:
+                raise DeviceError(f"coder refused PUSH: full ({self.max_queue} jobs held)")
+            if self._loaded is None and not self._fifo and not self._doubt:
+                if not self._load(code):
+                    raise DeviceError("coder refused PUSH: JDA answered ERR")
+            else:
+                if self.closed:
+                    self._gst()  # reconnects, or says it cannot (nothing queued)
+                self._fifo.append(code)
+            return self._held()
+
+    def clear(self) -> None:
+        with self._q:
+            self._fifo.clear()
+            self._gst()
+            self._ok(f"JDA|{self.field}=|", "CLEAR (emptying the field)", idempotent=True)
+            self._loaded, self._doubt = None, False
+            self._gst(window=True)
+            with self._state:  # prints counted so far belong to what was cleared
+                self.epoch += 1
+
+    def depth(self) -> int:
+        with self._q:
+            self._gst()
+            self._load_next()
+            return self._held()
+
+    def buffered(self) -> int:
+        if self.closed:
+            return self.depth()
+        with self._q:
+            return self._held()
+
+    def clear_faults(self) -> None:
+        """CAF: clear every user-clearable fault (DeviceError if one remains)."""
+        self._ok("CAF", "CAF (a fault is not user-clearable)", idempotent=True)
+
+    def run(self) -> None:
+        """SST|3|: put the printer online (DeviceError if it refuses: no job, a fault)."""
+        self._ok("SST|3|", "SST|3| (running)", idempotent=True)
+
+
+def check_coder_options(options: dict) -> dict:
+    opts = check_timeout(known_options(options, {"timeout": ((int, float), 2.0), "field": (str, "SERIAL"),
+                                                 "job": (str, ""), "poll_ms": ((int, float), 10),
+                                                 "queue": (int, 64)}))
+    for key in ("field", "job"):
+        if any(c in "|=\r\n" for c in opts[key]) or not opts[key].isprintable() or not opts[key].isascii():
+            raise ValueError(f"option {key!r} = {opts[key]!r}: printable ASCII without | or =")
+    if not opts["field"]:
+        raise ValueError("option 'field' must name the job's variable field")
+    if not 1 <= opts["poll_ms"] <= 1000:
+        raise ValueError(f"option 'poll_ms' = {opts['poll_ms']!r}: expected 1 to 1000 (ms)")
+    if not 1 <= opts["queue"] <= 1024:
+        raise ValueError(f"option 'queue' = {opts['queue']!r}: expected 1 to 1024 (jobs)")
+    return opts
+
+
+def open_coder(host: str, port: int, options: dict) -> VideojetCoder:
+    return VideojetCoder(host, port, timeout=float(options["timeout"]), field=options["field"], job=options["job"],
+                         poll_s=options["poll_ms"] / 1000, queue=options["queue"])
