@@ -323,7 +323,7 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class Target:
-    kind: str = _k("dir", doc="dir | http | mqtt", choices=("dir", "http", "mqtt"), required=True)
+    kind: str = _k("dir", doc="a directory sink, an EPCIS capture interface, an MQTT broker", choices=("dir", "http", "mqtt"), required=True)
     where: str = _k("", doc="dir: a directory; http: http(s)://HOST[:PORT]/BASE; mqtt: mqtt(s)://HOST[:PORT][/SITE/LINE]",
                     required=True)
     credentials: str = _k("", doc='"env", "env:NAME[,NAME…]" or "file:/path" (NAME=VALUE lines, chmod 600)',
@@ -396,13 +396,15 @@ def _show(v) -> str:
 
 
 def _plain(v, depth=0) -> bool:
-    """A driver option's value: a string, number, boolean or a list of them (no dates, no tables)."""
+    """A driver option's value: a string, number, boolean, or a list or table of them (no dates)."""
     if isinstance(v, (str, bool, int)):
         return True
     if isinstance(v, float):
         return math.isfinite(v)
     if isinstance(v, list) and depth == 0:
         return all(_plain(x, 1) for x in v)
+    if isinstance(v, dict) and depth == 0:
+        return all(not _SECRET.search(k) and _plain(x, 1) for k, x in v.items())
     return False
 
 
@@ -421,7 +423,8 @@ def _value(where: str, sect: str, key: str, meta: dict, v, err):
                 raise err(f"{where}: {name}.{k}: a secret is never kept in the line file; "
                           "give the driver a reference (environment or a file only the service user reads)")
             if not _plain(x):
-                raise err(f"{where}: {name}.{k} must be a string, number, boolean or a list of them")
+                raise err(f"{where}: {name}.{k} must be a string, number, boolean, or a list or table of them "
+                          "(no secrets, no dates)")
         return dict(v)
     if isinstance(v, bool) and kind is not bool:
         raise err(f"{where}: {name} = {_show(v)} must not be a boolean")
@@ -504,7 +507,7 @@ def _driver_check(where: str, section: str, kind: str, s) -> None:
         registry.check_options(kind, s.driver, s.options)
     except ImportError:  # the driver's module is not in this build yet: its name is known, options unchecked
         return
-    except ValueError as exc:
+    except (ValueError, TypeError, re.error) as exc:
         raise LineFileError(f"{where}: [{section}] options: {exc}") from None
 
 
@@ -584,8 +587,6 @@ def parse(text: str, where: str = "line.toml") -> LineConfig:
     _driver_check(where, "camera", "reader", kw["camera"])
     if "control" in kw:
         _control_check(where, kw["control"])
-    if kw["device"].board == "sim" and kw["device"].baud != 115200:
-        pass  # a pty takes any speed
     return LineConfig(path=where, **kw)
 
 
@@ -673,13 +674,20 @@ FIELD_KEYS = {
 }
 
 
+def _shown(v, unit: str = "") -> str:
+    text = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return text + (f" {unit}" if unit and not isinstance(v, str) else "")
+
+
 def _in_file(g: Geometry, fields: dict, name: str) -> str:
-    """`[line] key = value unit` for ConfigFields field `name`."""
+    """`[line] key = value unit` (the file's own value) for ConfigFields field `name`."""
     key, unit, back = FIELD_KEYS[name]
-    v = back(g, fields, fields[name])
-    shown = f"{v:.6g}" if isinstance(v, float) else str(v)
-    return (f"[line] {key} = {shown}" + (f" {unit}" if unit and not isinstance(v, str) else "")
-            if name != "config_id" else f"config_id = {shown}")
+    if name == "config_id":
+        return f"config_id = {fields[name]}"
+    if name == "dwell_unit":
+        return f"[line] {key} is travel: dwell in {back(g, fields, fields[name])}"
+    v = getattr(g, key) if hasattr(g, key) else back(g, fields, fields[name])
+    return f"[line] {key} = {_shown(v, unit)}"
 
 
 # --- the firmware's own rules, offline --------------------------------------------------------------
@@ -788,11 +796,7 @@ def explain_refusal(report_fields: dict, cfg: LineConfig) -> str:
     key, unit, back = FIELD_KEYS[name]
     span = ""
     if name not in ("dwell_unit", "policy", "config_id"):
-        blo, bhi = back(g, sent, lo), back(g, sent, hi)
-        if name in ("confirm_to", "purge_counts"):
-            blo, bhi = (lo - sent["gate_at"]) / g.counts_per_mm, (hi - sent["gate_at"]) / g.counts_per_mm
-        span = f" (the device takes {_n(max(0, blo)) if isinstance(blo, int) else f'{max(0.0, blo):.6g}'}.." \
-               f"{bhi if isinstance(bhi, int) else f'{bhi:.6g}'}{(' ' + unit) if unit else ''})"
+        span = f" ({_shown(back(g, sent, lo))}..{_shown(back(g, sent, hi), unit)} at this counts_per_mm)"
     return (head + f"{_in_file(g, sent, name)} gives {name} = {sent[name]}, outside the device's range "
             f"{lo}..{hi}{span} (BAD_RANGE)")
 
@@ -878,6 +882,25 @@ def to_toml(cfg: LineConfig) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _credentials_state(t: Target) -> str:
+    """Whether the target's credentials can be read here (names only, never a value)."""
+    import os
+
+    from serialine.host.epcis.sinks import credentials
+
+    if t.credentials_file is not None:
+        try:
+            found = credentials.read_file(t.credentials_file)
+        except ValueError as exc:
+            return f"not usable here: {exc}"
+        return f"readable, {', '.join(sorted(found)) or 'no names set'}"
+    names = credentials.NAMES if t.credentials == "env" else t.credentials[4:].split(",")
+    unset = [n for n in names if not os.environ.get(n)]
+    if t.credentials == "env":
+        return f"set here: {', '.join(n for n in names if n not in unset) or 'none'}"
+    return "all set here" if not unset else f"not set here: {', '.join(unset)}"
+
+
 # --- serialine agent check ------------------------------------------------------------------------------
 
 def check_main(argv=None) -> int:
@@ -904,7 +927,8 @@ def check_main(argv=None) -> int:
           f"{cfg.camera.address} (min grade {cfg.camera.min_grade}); ledger {cfg.ledger}; "
           f"control {cfg.control.address}")
     for t in cfg.upstream:
-        print(f"upstream {t.kind} {t.where}" + (f" (credentials {t.credentials})" if t.credentials else ""))
+        print(f"upstream {t.kind} {t.where}" + (f" (credentials {t.credentials}: {_credentials_state(t)})"
+                                                 if t.credentials else ""))
     print("the device gets (ConfigFields):")
     width = max(map(len, fields))
     for name, v in fields.items():
@@ -933,8 +957,9 @@ def key_table() -> str:
                 d = f.default
             else:
                 d = f.default_factory()
-            default = "required" if m["required"] else ("derived" if d is None else
-                                                        ("{}" if d == {} else _toml_value(d)))
+            shown = ("derived" if cls is Geometry else "none") if d is None else \
+                ("{}" if d == {} else _toml_value(d))
+            default = (f"required (scenario: {shown})" if cls is Geometry else "required") if m["required"] else shown
             if m["lo"] is not None:
                 rng = f"{_n(m['lo'])}–{_n(m['hi'])}"
             elif m["choices"]:
@@ -944,9 +969,13 @@ def key_table() -> str:
             else:
                 rng = ""
             doc = m["doc"] + (" *(simulator)*" if m["sim"] and "simulator" not in m["doc"] else "")
-            rows.append(f"| `{sect}` | `{f.name}` | {default} | {rng} | {m['unit']} | {doc} |".replace("  ", " "))
+            cells = [f"`{sect}`", f"`{f.name}`", default, rng, m["unit"], doc]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--key-table"]:  # regenerates docs/line-file.md's table
+        print(key_table())
+        sys.exit(0)
     sys.exit(check_main(sys.argv[1:]))
