@@ -13,7 +13,7 @@ from .. import gs1
 # error names (`error` in results and in `serialine verify --json`)
 NO_READ = "no_read"  # no DataMatrix found or it did not decode
 NOT_GS1 = "not_gs1"  # decoded, but not `]d2` (no leading FNC1) or its element string is not valid GS1
-NOT_SQUARE = "not_square"  # `]d8`: a DMRE rectangle, not the ECC 200 square the line prints
+NOT_SQUARE = "not_square"  # a rectangle (ECC 200 or DMRE `]d8`), not the square the line prints
 
 
 @dataclass
@@ -44,8 +44,9 @@ def decode(image: np.ndarray) -> Decoded:
     extra = bc.extra or {}
     out = Decoded(symbology=bc.symbology_identifier, data=bc.bytes.decode("latin-1"), uec=extra.get("UEC"),
                   version=extra.get("Version"), corners=corners, hri=bc.text)
-    if out.symbology == "]d8":
-        out.error, out.detail = NOT_SQUARE, "DMRE rectangle (]d8), not an ECC 200 square"
+    rows, _, cols = (out.version or "").partition("x")
+    if out.symbology == "]d8" or rows != cols:
+        out.error, out.detail = NOT_SQUARE, f"{out.version} rectangle ({out.symbology}), not the square the line prints"
         return out
     if out.symbology != gs1.SYMBOLOGY_DATAMATRIX:
         out.error, out.detail = NOT_GS1, f"symbology {out.symbology}: no leading FNC1, not GS1"

@@ -13,6 +13,7 @@ import numpy as np
 import zxingcpp
 
 from .decode import NO_READ, Decoded, decode
+from .render import writer_hri
 
 LETTERS = "FDCBA"  # grade 0..4 → letter
 UNCALIBRATED = ("reflectance = grey level / 255 (no calibrated optics, aperture or illumination); "
@@ -90,6 +91,7 @@ class Layout:
     dark_fixed: np.ndarray  # n × n bool: the fixed pattern's dark modules
     fixed: np.ndarray  # n × n bool: module belongs to the fixed pattern
     codeword: np.ndarray  # n × n int: codeword index of a data module, −1 elsewhere
+    bit: np.ndarray  # n × n int: the module's bit in its codeword (0 the most significant), −1 elsewhere
     block: np.ndarray  # codeword index → RS block
     ec_per_block: int
     segments: dict  # name → (rows, cols) index arrays in the (n + 2) × (n + 2) grid with the quiet-zone ring
@@ -192,6 +194,7 @@ def layout(n: int) -> Layout:
     dark |= corner_dark
     fixed |= corner_dark | (sym == -2)
     codeword = np.where(sym >= 0, sym // 8, -1)
+    bit = np.where(sym >= 0, sym % 8, -1)
     assert codeword.max() + 1 == data_cw + ec_cw, (n, codeword.max())
     idx = np.arange(data_cw + ec_cw)
     block = np.where(idx < data_cw, idx % blocks, (idx - data_cw) % blocks)
@@ -209,14 +212,15 @@ def layout(n: int) -> Layout:
                          and (c == n - 1 or not dark[0, c + 1])])
     right_dark = np.array([r for r in range(n) if dark[r, n - 1] and (r == 0 or not dark[r - 1, n - 1])
                            and (r == n - 1 or not dark[r + 1, n - 1])])
-    return Layout(n, dark, fixed, codeword, block, ec_cw // blocks, segments, top_dark, right_dark)
+    return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark)
 
 
 def nominal(dec: Decoded, n: int) -> np.ndarray | None:
     """The module pattern the decoded data gives when encoded again (None: another size came out)."""
     try:
-        if dec.symbology == "]d2" and dec.hri:
-            bc = zxingcpp.create_barcode(dec.hri, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True)
+        if dec.symbology == "]d2" and (dec.ais or dec.hri):
+            content = writer_hri(list(dec.ais.items())) if dec.ais else dec.hri
+            bc = zxingcpp.create_barcode(content, zxingcpp.BarcodeFormat.DataMatrix, gs1=True, force_square=True)
         else:
             bc = zxingcpp.create_barcode(dec.data, zxingcpp.BarcodeFormat.DataMatrix, force_square=True)
     except Exception:

@@ -56,7 +56,12 @@ def _hri_of(code: str) -> str:
         read = gs1.parse_read(code if code.startswith("]") else gs1.SYMBOLOGY_DATAMATRIX + code)
     except gs1.GS1Error as exc:
         raise RenderError(f"cannot print {code!r} as GS1: {exc}") from None
-    return gs1.hri(list(read.ais.items()))
+    return writer_hri(list(read.ais.items()))
+
+
+def writer_hri(pairs: list[tuple[str, str]]) -> str:
+    """(AI)value… for zxing-cpp's GS1 writer: brackets inside a value (CSET 82 has them) escaped."""
+    return "".join(f"({ai})" + v.replace("(", "\\(").replace(")", "\\)") for ai, v in pairs)
 
 
 def encode(code: str, *, gs1_mode: bool = True) -> np.ndarray:

@@ -1,0 +1,80 @@
+"""`serialine verify` on image files the test writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from serialine.host import cli, gs1
+from serialine.host.verify.render import Defects, render
+
+CODE = "0109506000134352" "17261231" "10L1" + gs1.GS + "21ABC123"
+
+
+@pytest.fixture
+def images(tmp_path):
+    paths = {}
+    for name, img in (("clean", render(CODE)), ("smeared", render(CODE, Defects(smear=1.0), seed=2)),
+                      ("plain", render("HELLO", gs1_mode=False)), ("blank", render(CODE, Defects(contrast=0.0)))):
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(img).save(paths[name])
+    (tmp_path / "junk.png").write_text("not a picture")
+    paths["junk"] = tmp_path / "junk.png"
+    paths["missing"] = tmp_path / "missing.png"
+    return {k: str(v) for k, v in paths.items()}
+
+
+def run(capsys, *args):
+    rc = cli.main(["verify", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_json_one_object_per_image(capsys, images):
+    rc, out, err = run(capsys, images["clean"], images["smeared"], "--json")
+    lines = out.splitlines()
+    assert rc == 0 and err == "" and len(lines) == 2
+    clean, smeared = map(json.loads, lines)
+    assert clean["symbology"] == "]d2" and clean["data"] == CODE and clean["error"] is None
+    assert clean["overall_grade"] == "A" and clean["calibrated"] is False
+    assert clean["ais"] == {"01": "09506000134352", "17": "261231", "10": "L1", "21": "ABC123"}
+    assert set(clean["parameters"]) == {"decode", "symbol_contrast", "modulation", "reflectance_margin",
+                                        "fixed_pattern_damage", "axial_nonuniformity", "grid_nonuniformity",
+                                        "unused_error_correction"}
+    assert all(p["grade"] == "A" for p in clean["parameters"].values())
+    assert smeared["parameters"]["modulation"]["grade"] in "BCD" and smeared["overall_grade"] in "BCD"
+
+
+def test_table_shows_parameters_ais_and_the_expected_code(capsys, images):
+    rc, out, _ = run(capsys, images["clean"], "--expect", "(01)09506000134352(17)261231(10)L1(21)ABC123")
+    assert rc == 0
+    for text in ("symbol contrast", "unused error correction", "overall", "(21) ABC123", "equals the expected",
+                 "no calibrated optics"):
+        assert text in out
+    rc, out, _ = run(capsys, images["clean"], "--expect", "0109506000134352" "17261231" "10L1\x1d21ABC124")
+    assert rc == 1 and "differs from the expected" in out
+
+
+def test_not_gs1_and_no_read_are_errors_with_exit_1(capsys, images):
+    rc, out, _ = run(capsys, images["plain"], images["blank"], "--json")
+    plain, blank = map(json.loads, out.splitlines())
+    assert rc == 1
+    assert plain["error"] == "not_gs1" and plain["symbology"] == "]d1" and plain["overall_grade"] == "F"
+    assert blank["error"] == "no_read" and blank["overall_grade"] == "F"
+
+
+@pytest.mark.parametrize("which,why", [("missing", "no such file"), ("junk", "not an image file")])
+def test_unreadable_file_is_one_line_and_exit_1(capsys, images, which, why):
+    rc, out, err = run(capsys, images[which])
+    assert rc == 1 and out == "" and err == f"serialine verify: {images[which]}: {why}\n"
+    rc, out, err = run(capsys, images[which], images["clean"], "--json")
+    first, second = map(json.loads, out.splitlines())
+    assert rc == 1 and first["error"] == "unreadable" and first["error_detail"] == why
+    assert second["overall_grade"] == "A"
+
+
+def test_bad_expect_is_usage(capsys, images):
+    rc, out, err = run(capsys, images["clean"], "--expect", "(01)09506000134353")
+    assert rc == 2 and out == "" and "check digit" in err and len(err.splitlines()) == 1
