@@ -23,7 +23,7 @@ class NullCore:  # the same harness without the core: its cost is subtracted
     def apply_verdict(self, unit, verdict, reason): return True
 
 def run(profile, n, null=False):
-    L = simline.Line(simline.config(), npacks=n, dt=DT,
+    L = simline.VirtualLine(simline.config(), npacks=n, dt=DT,
                      bad=lambda u: 18 if u % 3 == 0 else 0)
     L.core.start()
     if null:

@@ -65,7 +65,7 @@ class CountingSink:
             self.alarm_bits |= 1 << alarm
 
 
-class Line:
+class VirtualLine:
     """Virtual-time line. speed(t_elapsed_us) -> counts/s; packs every `pitch` counts of travel.
     bad(k) -> host FAIL reason for pack k (0 = good); the host answers after latency_us."""
 

@@ -1,4 +1,4 @@
-"""Reads what the host recorded (its SQLite ledger, its EPCIS output) into the report's `Ledger`,
+"""Reads what the host recorded (its SQLite ledger, its EPCIS output) into the report's `LedgerView`,
 checking it against what the simulator saw on the wire and on the line:
 
 - units in detection order: the simulator knows each pack's (boot, unit_seq) and the device's boot
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from serialine.protocol.schema import Alarm, Outcome, Reason
 
-from .report import UNKNOWN, CodeRecord, Ledger, UnitRecord
+from .report import UNKNOWN, CodeRecord, LedgerView, UnitRecord
 
 _OUTCOME = {o.name: int(o) for o in Outcome}
 _OUTCOME["PURGED"] = int(Outcome.REJECTED_UNCONFIRMED)  # the host closes units lost in a restart
@@ -40,7 +40,7 @@ def _reason(text) -> int:
 def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: Path,
          reconciliation_ok: bool, verdict_latency: dict | None = None,
          unit_keys: list | None = None, device_id: str = "sim-line-1",
-         boot_ids: list[int] | None = None) -> Ledger:
+         boot_ids: list[int] | None = None) -> LedgerView:
     """`unit_keys[i]`: pack i's (boot number, unit_seq) from the line (None: never detected);
     `boot_ids[n]`: the device's boot_id for boot number n."""
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
@@ -120,11 +120,11 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
     finally:
         conn.close()
     n_events, errors = epcis(epcis_dir)
-    return Ledger(batch=batch_id, units=units, serials_issued_twice=twice, sequence_gaps=gaps,
-                  reconciliation_ok=reconciliation_ok, epcis_events=n_events,
-                  epcis_valid=not errors and n_events > 0, cases=cases, pallets=pallets,
-                  alarms=dict(alarms), epcis_errors=errors, codes=codes, commissioned=commissioned,
-                  extra_units=extra)
+    return LedgerView(batch=batch_id, units=units, serials_issued_twice=twice, sequence_gaps=gaps,
+                      reconciliation_ok=reconciliation_ok, epcis_events=n_events,
+                      epcis_valid=not errors and n_events > 0, cases=cases, pallets=pallets,
+                      alarms=dict(alarms), epcis_errors=errors, codes=codes, commissioned=commissioned,
+                      extra_units=extra)
 
 
 def epcis(directory: Path) -> tuple[int, list[str]]:

@@ -106,7 +106,7 @@ def make_profile(s: Scenario) -> Profile:
                    accel_us=max(1.0, sp.accel_ms * 1000))
 
 
-class Line:
+class LineModel:
     def __init__(self, scenario: Scenario, seed: int | None = None, coder=None, camera=None):
         self.s = scenario
         L = scenario.line

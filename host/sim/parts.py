@@ -35,7 +35,7 @@ def device_config(scenario, line=None, config_id: int = 1) -> dict:
     return linefile.device_fields(linefile.scenario_geometry(scenario), config_id)
 
 
-class Device:
+class SimDevice:
     """The firmware, unchanged (firmware/device.py through boards/sim/simmain.py), in the real
     MicroPython unix port on the device pty, driven scan by scan in lockstep with the line model
     through host/sim/unixboard.py. A reboot is a power cycle: the process is killed and started again

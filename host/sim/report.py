@@ -60,7 +60,7 @@ class UnitRecord:
 
 
 @dataclass
-class Ledger:
+class LedgerView:
     """What the host's ledger says about the batch (filled by run.py from SQLite)."""
 
     batch: str
@@ -88,7 +88,7 @@ def percentile(xs, q: float) -> float:
     return float(xs[k])
 
 
-def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s: float,
+def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wall_s: float,
           extra: dict | None = None) -> dict:
     detected = [p for p in line.packs if p.detected_t is not None]
     bad = [p for p in detected if p.bad]
@@ -181,7 +181,7 @@ def build(scenario, line, ledger: Ledger, *, mode: str, virtual_s: float, wall_s
     return r
 
 
-def compare_by_code(detected, ledger: Ledger) -> dict[str, list]:
+def compare_by_code(detected, ledger: LedgerView) -> dict[str, list]:
     """The line's packs against the ledger, by the code printed on each."""
     left_unaccounted, unresolved, out_codes = [], [], set()
     for p in detected:
@@ -213,7 +213,7 @@ def compare_by_code(detected, ledger: Ledger) -> dict[str, list]:
     return {"left_unaccounted": left_unaccounted, "unresolved": unresolved, "mismatch": mismatch}
 
 
-def events_lost(scenario, line, detected, ledger: Ledger) -> dict[str, int]:
+def events_lost(scenario, line, detected, ledger: LedgerView) -> dict[str, int]:
     """Real losses, not only sequence gaps: a detected pack with no unit row; a unit whose outcome
     the device decided while its boot was alive but the ledger holds no UNIT_OUTCOME event for
     (a pack still short of its decision when the device rebooted never had one)."""

@@ -26,7 +26,7 @@ from .camera import SimCamera
 from .coder import SimCoder
 from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
-from .line import Line
+from .line import LineModel
 from .report import build
 from .scenario import Scenario, validate
 from .wiretap import VerdictTap
@@ -121,7 +121,7 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) ->
     tap = VerdictTap()
     relay.taps["to_device"] = tap
     relay.start()
-    line = Line(s, coder=coder, camera=camera)
+    line = LineModel(s, coder=coder, camera=camera)
     plan = FaultPlan(s.faults)
     device = host = None
     wall0 = time.monotonic()
@@ -130,7 +130,7 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) ->
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
-        device = parts.Device(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
+        device = parts.SimDevice(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
         host = parts.HostAgent(db_path, batch_id, relay.host_path, coder.address, camera.address,
                                parts.device_config(s, line))
         device.start()

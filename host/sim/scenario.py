@@ -41,14 +41,14 @@ class Speed:
 
 
 @dataclass(frozen=True)
-class Defects:
+class ScenarioDefects:  # [defects]
     misprint: float = 0.0  # coder prints a wrong code
     skip: float = 0.0  # coder prints nothing
     smear: float = 0.0  # the print is unreadable / low grade
 
 
 @dataclass(frozen=True)
-class Camera:
+class ScenarioCamera:  # [camera]
     latency_ms: float = 6.0
     latency_jitter_ms: float = 2.0
     no_read: float = 0.0  # a good print the camera fails to read
@@ -76,8 +76,8 @@ class Scenario:
     seed: int = 1
     line: Geometry = field(default_factory=Geometry)
     speed: Speed = field(default_factory=Speed)
-    defects: Defects = field(default_factory=Defects)
-    camera: Camera = field(default_factory=Camera)
+    defects: ScenarioDefects = field(default_factory=ScenarioDefects)
+    camera: ScenarioCamera = field(default_factory=ScenarioCamera)
     faults: Faults = field(default_factory=Faults)
 
     @property
@@ -93,7 +93,8 @@ class Scenario:
         return out
 
 
-_SECTIONS = {"line": Geometry, "speed": Speed, "defects": Defects, "camera": Camera, "faults": Faults}
+_SECTIONS = {"line": Geometry, "speed": Speed, "defects": ScenarioDefects, "camera": ScenarioCamera,
+             "faults": Faults}
 _PROFILES = ("constant", "ramp", "stop-start")
 _RATE = (0.0, 1.0)
 # (lo, hi) inclusive for every number; unit numbers of faults are checked against `units`.

@@ -40,6 +40,12 @@ def env(board: str | None = "sim", extra: Iterable[str | os.PathLike] = ()) -> d
     return {"MICROPYPATH": ":".join(paths), "PATH": "/usr/bin:/bin"}
 
 
+def flash_env() -> dict:
+    """The environment of a unix-port process playing a flashed board: its working directory (the
+    board's filesystem) then the frozen modules, as on the board; no firmware folder."""
+    return {"MICROPYPATH": ":.frozen", "PATH": "/usr/bin:/bin"}
+
+
 def spawn(args: Iterable[str | os.PathLike], *, cwd: str | os.PathLike | None,
           board: str | None = "sim", extra: Iterable[str | os.PathLike] = (),
           prefix: Iterable[str] = (), **popen_kw) -> subprocess.Popen:

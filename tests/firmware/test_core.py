@@ -33,7 +33,7 @@ BAD = "bad=lambda u: 18 if u % 3 == 0 else 0"
 
 
 def test_constant_speed_mixed_verdicts(mp):
-    r = run_line(mp, f"L = mpline.Line(mpline.config(), npacks=60, {BAD})",
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(), npacks=60, {BAD})",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 60)
     assert r["printed"] == r["inspected"] == 60
@@ -46,7 +46,7 @@ def test_constant_speed_mixed_verdicts(mp):
 
 @pytest.mark.parametrize("speed", [3000, 10000, 19000])
 def test_gate_lead_compensated_at_each_speed(mp, speed):
-    r = run_line(mp, f"L = mpline.Line(mpline.config(), npacks=30, bad=lambda u: 19, dt=50)",
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(), npacks=30, bad=lambda u: 19, dt=50)",
                  f"assert L.run_until_done({speed})")
     assert_one_outcome_each(r, 30)
     assert all(o == CONFIRMED for o in r["outcome"])
@@ -63,7 +63,7 @@ while L.sink.outcomes[0] < L.npacks or L.core.count:
     L.step(v)
     assert t < 60000000
 """
-    r = run_line(mp, f"L = mpline.Line(mpline.config(), npacks=80, dt=50, {BAD})", body)
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(), npacks=80, dt=50, {BAD})", body)
     assert_one_outcome_each(r, 80)
     assert max(abs(e) for e in r["gerr"]) <= 1, r["gerr"]
     assert_physics(r)
@@ -77,7 +77,7 @@ while L.sink.outcomes[0] < L.npacks or L.core.count:
     L.step(0 if (t // 700000) % 2 else 8000)
     assert t < 60000000
 """
-    r = run_line(mp, f"L = mpline.Line(mpline.config(stall_ms=0), npacks=40, latency_us=3000, {BAD})",
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(stall_ms=0), npacks=40, latency_us=3000, {BAD})",
                  body)
     assert_one_outcome_each(r, 40)
     assert max(abs(e) for e in r["gerr"]) <= 1, r["gerr"]
@@ -86,7 +86,7 @@ while L.sink.outcomes[0] < L.npacks or L.core.count:
 
 
 def test_units_across_the_2_30_wrap_of_clock_and_encoder(mp):
-    r = run_line(mp, f"L = mpline.Line(mpline.config(), npacks=40, t0=(1 << 30) - 1000000, "
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(), npacks=40, t0=(1 << 30) - 1000000, "
                      f"pos0=(1 << 30) - 5000, {BAD})", "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 40)
     assert max(abs(e) for e in r["gerr"]) <= 1
@@ -95,7 +95,7 @@ def test_units_across_the_2_30_wrap_of_clock_and_encoder(mp):
 
 
 def test_no_verdict_rejects_everything(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=10, host=False)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=10, host=False)",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 10)
     assert r["outcome"] == [CONFIRMED] * 10 and r["reason"] == [NO_VERDICT] * 10
@@ -104,14 +104,14 @@ def test_no_verdict_rejects_everything(mp):
 
 def test_verdict_after_the_deadline_is_too_late(mp):
     # camera at 800, deadline at 2000 - 50 (lead at 10000 cps) - 100: 105 ms at 10000 cps
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=10, latency_us=120000)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=10, latency_us=120000)",
                  "assert L.run_until_done(10000)")
     assert r["reason"] == [NO_VERDICT] * 10 and r["outcome"] == [CONFIRMED] * 10
 
 
 def test_double_detect_rejects_both_and_alarms(mp):
     # packs 60 counts apart, min_pitch 100: every pair is a double detect
-    r = run_line(mp, "L = mpline.Line(mpline.config(policy=2), npacks=2, pitch=60, length=30)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(policy=2), npacks=2, pitch=60, length=30)",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 2)
     assert r["reason"] == [DOUBLE_DETECT, DOUBLE_DETECT]
@@ -135,7 +135,7 @@ print(s.detected_n)
 
 
 def test_buffer_overflow_rejects_and_stops(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=30, pitch=200, capacity=8)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=30, pitch=200, capacity=8)",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 30)
     assert BUFFER_OVERFLOW in r["reason"]
@@ -152,7 +152,7 @@ early_stop = L.stop_on
 assert L.run_until_done(10000)
 print(early_stop)
 """
-    code = ("import simline as mpline\nL = mpline.Line(mpline.config(policy=1, link_stop_ms=500), npacks=40)\n"
+    code = ("import simline as mpline\nL = mpline.VirtualLine(mpline.config(policy=1, link_stop_ms=500), npacks=40)\n"
             "L.core.start()\n" + body + "mpline.summary(L)\n")
     out = mp(code)
     r = ast.literal_eval(out[-1])
@@ -166,7 +166,7 @@ print(early_stop)
 
 
 def test_purge_window_after_start(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(purge_counts=3000), npacks=20)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(purge_counts=3000), npacks=20)",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 20)
     purged = [u for u, why in enumerate(r["reason"]) if why == PURGE]
@@ -178,7 +178,7 @@ def test_purge_window_after_start(mp):
 def test_purge_window_rejects_what_the_gate_reaches(mp):
     """A purge reaching past the gate (purge_counts = the gate's far edge) rejects, with reason
     purge, every pack the open gate physically pushes off: the chute matches the outcomes."""
-    r = run_line(mp, "L = mpline.Line(mpline.config(purge_counts=2300), npacks=20)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(purge_counts=2300), npacks=20)",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 20)
     assert r["reason"][0] == PURGE
@@ -190,7 +190,7 @@ def test_purge_tail_matches_the_paddle(mp, first):
     """The model's paddle reaches 75 counts either side of gate_at (purge_counts = 2075) and acts
     5 ms (50 counts at this speed) after each gate edge. Packs placed around the last one the
     purge's paddle meets: each is rejected with purge exactly when it physically fell in the chute."""
-    r = run_line(mp, f"L = mpline.Line(mpline.config(purge_counts=2075), npacks=6, first={first})",
+    r = run_line(mp, f"L = mpline.VirtualLine(mpline.config(purge_counts=2075), npacks=6, first={first})",
                  "assert L.run_until_done(10000)")
     assert_one_outcome_each(r, 6)
     assert_physics(r)
@@ -217,7 +217,7 @@ def test_a_pass_is_reported_beyond_the_gate_and_the_purge_reach(mp, purge_counts
     """A pack reported PASSED is beyond anything a purge after a reboot could push off: the old
     boot's pass and the new boot's purge never claim the same pack."""
     code = ("import simline as mpline\nimport core\n"
-            f"L = mpline.Line(mpline.config(purge_counts={purge_counts}), npacks=30)\n"
+            f"L = mpline.VirtualLine(mpline.config(purge_counts={purge_counts}), npacks=30)\n"
             + _PASS_POSITIONS + "L.core.start()\nassert L.run_until_done(10000)\n"
             "print(min(rel), max(rel), len(rel))")
     lo, hi, n = map(int, mp(code)[-1].split())
@@ -225,14 +225,14 @@ def test_a_pass_is_reported_beyond_the_gate_and_the_purge_reach(mp, purge_counts
 
 
 def test_purge_command_rejects_everything_in_flight(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=20)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=20)",
                  "L.run(600000, 10000)\nL.core.purge()\nassert L.run_until_done(10000)")
     assert_one_outcome_each(r, 20)
     assert PURGE in r["reason"] and r["reason"][-1] == OK
 
 
 def test_test_units_are_rejected_and_confirmed(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=10)\nL.core.test_units(3)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=10)\nL.core.test_units(3)",
                  "assert L.run_until_done(10000)")
     assert r["reason"][:3] == [TEST_UNIT] * 3 and r["outcome"][:3] == [CONFIRMED] * 3
     assert r["outcome"][3:] == [PASSED] * 7
@@ -246,7 +246,7 @@ st = L.core.state
 L.core.clear_alarm()
 print(st, L.core.state, L.b.kind[(L.b.n - 1) % L.b.cap])
 """
-    code = ("import simline as mpline\nL = mpline.Line(mpline.config(), npacks=6, bad=lambda u: 16 if u == 2 else 0)\n"
+    code = ("import simline as mpline\nL = mpline.VirtualLine(mpline.config(), npacks=6, bad=lambda u: 16 if u == 2 else 0)\n"
             "L.core.start()\n" + body + "mpline.summary(L)\n")
     out = mp(code)
     r = ast.literal_eval(out[-1])
@@ -257,16 +257,16 @@ print(st, L.core.state, L.b.kind[(L.b.n - 1) % L.b.cap])
 
 
 def test_reject_streak_stops_the_line(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(reject_streak_limit=3), npacks=6, bad=lambda u: 16)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(reject_streak_limit=3), npacks=6, bad=lambda u: 16)",
                  "assert L.run_until_done(10000)")
     assert r["alarms"] & (1 << A["REJECT_STREAK"]) and r["stop"]
-    r = run_line(mp, "L = mpline.Line(mpline.config(reject_streak_limit=3), npacks=6, "
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(reject_streak_limit=3), npacks=6, "
                      "bad=lambda u: 16 if u % 2 else 0)", "assert L.run_until_done(10000)")
     assert not r["alarms"] and not r["stop"]
 
 
 def test_bin_full_stops_the_line(mp):
-    r = run_line(mp, "L = mpline.Line(mpline.config(), npacks=4)",
+    r = run_line(mp, "L = mpline.VirtualLine(mpline.config(), npacks=4)",
                  "L.run(100000, 10000)\nL.bin_full = 1\nassert L.run_until_done(10000)")
     assert r["alarms"] == 1 << A["BIN_FULL"] and r["stop"] and r["state"] == 3
     assert_one_outcome_each(r, 4)
@@ -304,7 +304,7 @@ print(c.pos, c.speed_cps())
 def test_verdicts_apply_once_and_only_to_tracked_undecided_units(mp):
     code = """
 import simline as mpline
-L = mpline.Line(mpline.config(), npacks=3, host=False)
+L = mpline.VirtualLine(mpline.config(), npacks=3, host=False)
 L.core.start()
 L.run(100000, 10000)  # unit 0 detected, not yet at its deadline
 a = L.core.apply_verdict(0, 1, 0)
@@ -318,7 +318,7 @@ print(a, b, c, L.sink.outcome_of[0], L.sink.reason_of[0])
 
 def test_thousands_of_units_each_get_exactly_one_outcome(mp):
     setup = ("import random\nrandom.seed(5)\n"
-             "L = mpline.Line(mpline.config(), npacks=2500, pitch=300, dt=100, "
+             "L = mpline.VirtualLine(mpline.config(), npacks=2500, pitch=300, dt=100, "
              "bad=lambda u: random.choice((0, 0, 0, 16, 18, 20)))")
     r = run_line(mp, setup, "assert L.run_until_done(20000, 200000000)")
     assert_one_outcome_each(r, 2500)
@@ -331,7 +331,7 @@ def test_a_link_down_before_start_latches_no_stop(mp):
     """Policy stop-on-link-loss stops a running line; a device waiting for its host (IDLE) has no
     line to stop, so the host's START still works once the link is up."""
     code = ("import simline as mpline\n"
-            "L = mpline.Line(mpline.config(policy=1, link_stop_ms=10), npacks=5)\n"
+            "L = mpline.VirtualLine(mpline.config(policy=1, link_stop_ms=10), npacks=5)\n"
             "L.core.set_link(False)\nL.run(100000, 0)\nidle = L.core.state\n"
             "L.core.set_link(True)\nstarted = L.core.start()\n"
             "L.core.set_link(False)\nL.run(100000, 0)\n"

@@ -18,7 +18,7 @@ def test_per_unit_path_runs_with_the_heap_locked(mp):
     # verdict, pass, reject, gate open/close, confirm, a double detect alarm, a purge.
     code = """
 import micropython, simline as mpline
-L = mpline.Line(mpline.config(), npacks=200, bad=lambda u: 18 if u % 4 == 0 else 0)
+L = mpline.VirtualLine(mpline.config(), npacks=200, bad=lambda u: 18 if u % 4 == 0 else 0)
 L.core.start()
 L.run(20000, 10000)  # warm up outside the lock
 micropython.heap_lock()

@@ -23,7 +23,7 @@ def test_a_late_gate_is_unconfirmed_even_if_a_confirm_pulse_comes(run_mp):
     a line stop."""
     code = """
 import simline as mpline
-L = mpline.Line(mpline.config(purge_counts=2060), npacks=12, dt=100, bad=lambda u: 18)
+L = mpline.VirtualLine(mpline.config(purge_counts=2060), npacks=12, dt=100, bad=lambda u: 18)
 L.core.start()
 k = 5
 fire_at = L.cfg[mpline.C_GATE_AT] - L.core.lead_counts()
@@ -53,7 +53,7 @@ print(repr({"taken": taken, "outcome": L.sink.outcome_of[k], "gerr": L.sink.gerr
 
 
 def _stalled(tmp_path, realtime: bool):
-    s = sc.Scenario(name="stall", units=60, seed=1, defects=sc.Defects(misprint=1.0))  # every pack a reject
+    s = sc.Scenario(name="stall", units=60, seed=1, defects=sc.ScenarioDefects(misprint=1.0))  # every pack a reject
     return run(s, out=tmp_path, realtime=realtime, stall=(30, 25.0))
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from serialine.host.sim import scenario as sc
 from serialine.host.sim.camera import SimCamera
 from serialine.host.sim.coder import SimCoder
-from serialine.host.sim.line import Line
+from serialine.host.sim.line import LineModel
 
 
 def small(**kw) -> sc.Scenario:
@@ -23,7 +23,7 @@ def small(**kw) -> sc.Scenario:
 class Tracker:
     """Fires outputs by encoder position, like the firmware does; gate fired lead-compensated."""
 
-    def __init__(self, line: Line, lead_comp: bool = True, reject=lambda i: False):
+    def __init__(self, line: LineModel, lead_comp: bool = True, reject=lambda i: False):
         self.line, self.units, self.lead_comp, self.reject = line, [], lead_comp, reject
         self.fired: set[tuple[int, str]] = set()
         self.gate_close_at = None
@@ -98,7 +98,7 @@ def test_scenario_parser_never_crashes(text):
 
 
 def test_photo_eye_sees_every_pack_once_in_order():
-    ln = Line(small(units=30))
+    ln = LineModel(small(units=30))
     edges = []
     t = 0
     while not ln.done:
@@ -111,7 +111,7 @@ def test_photo_eye_sees_every_pack_once_in_order():
 
 
 def test_lead_compensated_gate_rejects_exactly_the_chosen_packs():
-    ln = Line(small(units=40))
+    ln = LineModel(small(units=40))
     chosen = {3, 4, 17, 39}
     Tracker(ln, reject=lambda i: i in chosen).run()
     assert {p.index for p in ln.packs if p.rejected} == chosen
@@ -122,14 +122,14 @@ def test_lead_compensated_gate_rejects_exactly_the_chosen_packs():
 def test_uncompensated_gate_misses_at_speed():
     # 8 ms lead at 1500 ppm is ~80 counts of travel, beyond the 60-count push window
     s = small(units=20, ppm=1500.0)
-    ln = Line(s)
+    ln = LineModel(s)
     Tracker(ln, lead_comp=False, reject=lambda i: i == 5).run()
     assert not ln.packs[5].rejected
     assert ln.gate_events[0].error > ln.window
 
 
 def test_confirm_pulse_follows_each_push():
-    ln = Line(small(units=10))
+    ln = LineModel(small(units=10))
     confirms = []
     tr = Tracker(ln, reject=lambda i: i in (2, 6))
     orig = ln.advance
@@ -139,7 +139,7 @@ def test_confirm_pulse_follows_each_push():
 
 
 def test_same_seed_same_line_other_seed_other_line():
-    a, b, c = Line(small(seed=5)), Line(small(seed=5)), Line(small(seed=6))
+    a, b, c = LineModel(small(seed=5)), LineModel(small(seed=5)), LineModel(small(seed=6))
     assert [p.belt_at for p in a.packs] == [p.belt_at for p in b.packs]
     assert [p.belt_at for p in a.packs] != [p.belt_at for p in c.packs]
 
@@ -148,7 +148,7 @@ def test_same_seed_same_line_other_seed_other_line():
 def test_speed_profiles_still_reject_the_right_pack(profile):
     s = sc.Scenario(units=60, ppm=900.0, speed=sc.Speed(profile=profile, run_units=20, stop_ms=200,
                                                          ramp_units=40))
-    ln = Line(s)
+    ln = LineModel(s)
     speeds = {round(ln.profile.speed(t * 10_000)) for t in range(600)}
     assert len(speeds) > 3  # the speed really varies
     Tracker(ln, reject=lambda i: i % 7 == 0).run(step_us=50)
@@ -157,7 +157,7 @@ def test_speed_profiles_still_reject_the_right_pack(profile):
 
 def test_bin_full_edge_at_the_scenario_unit():
     s = small(units=20, faults=sc.Faults(bin_full_at=12))
-    ln = Line(s)
+    ln = LineModel(s)
     edges = []
     t = 0
     while not ln.done:
@@ -286,7 +286,7 @@ def test_relay_duplicates_chunks_at_its_rate():
 
 
 def test_a_line_stop_from_the_device_halts_the_belt_and_a_release_restarts_it():
-    ln = Line(small(units=10))
+    ln = LineModel(small(units=10))
     ln.advance(200_000)
     ln.output("stop_on", 1, ln.t)
     ln.advance(400_000)  # accel_ms is 100: stopped well before this

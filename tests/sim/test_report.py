@@ -8,7 +8,7 @@ import json
 from serialine.host.sim import report as rep
 from serialine.host.sim import scenario as sc
 from serialine.host.sim.coder import SimCoder
-from serialine.host.sim.line import Line
+from serialine.host.sim.line import LineModel
 from serialine.protocol.schema import Outcome, Reason
 
 from .test_model import Tracker
@@ -20,11 +20,11 @@ KEYS = {"batch", "units_detected", "units_good", "units_bad", "bad_rejected", "g
 
 
 def _run(reject_good=False, pass_bad=False, faults=sc.Faults()):
-    s = sc.Scenario(units=60, defects=sc.Defects(misprint=0.1), faults=faults, seed=3)
+    s = sc.Scenario(units=60, defects=sc.ScenarioDefects(misprint=0.1), faults=faults, seed=3)
     coder = SimCoder(misprint=0.1, seed=9)
     for i in range(60):
         coder.buffer.append(f"01095060001343522100{i:04d}")
-    line = Line(s, coder=coder)
+    line = LineModel(s, coder=coder)
     tr = Tracker(line)
     # the first good pack from 5 on (coder faults are decided at print time, before the gate)
     extra = set()
@@ -45,7 +45,7 @@ def _run(reject_good=False, pass_bad=False, faults=sc.Faults()):
     codes = {p.code: rep.CodeRecord(p.code[-4:], "rejected" if p.rejected else "commissioned",
                                     "REJECTED_CONFIRMED" if p.rejected else "PASSED")
              for p in line.packs if p.code}
-    ledger = rep.Ledger("B1", units, 0, 0, True, 180, True, cases=6, pallets=1, alarms={}, codes=codes,
+    ledger = rep.LedgerView("B1", units, 0, 0, True, 180, True, cases=6, pallets=1, alarms={}, codes=codes,
                         commissioned=[r.serial for r in codes.values() if r.state == "commissioned"])
     return s, line, ledger
 
