@@ -74,7 +74,7 @@ class VideojetCoder(LineClient):
         self._q = threading.RLock()  # one poll / push / clear at a time: the queue and the field agree
         self._fifo: collections.deque[str] = collections.deque()  # jobs not yet loaded
         self._loaded: str | None = None  # fresh in the printer's field, not printed yet
-        self._doubt = False  # the field's content is not known (a JDA without reply)
+        self._field_doubt = False  # the field's content is not known (a JDA without reply)
         self._total: int | None = None
         self._load_at = 0.0  # a refused load is retried from then
         self.printed = 0
@@ -115,15 +115,15 @@ class VideojetCoder(LineClient):
         if self._total is None or st.total < self._total:
             if self._total is not None:  # restarted or reset: what the field holds is unknown too
                 self.alarm("COUNT_RESET", f"videojet: total count went back from {self._total} to {st.total}")
-                self._loaded, self._doubt = None, True
+                self._loaded, self._field_doubt = None, True
             self._total = st.total
             return st
         for _ in range(st.total - self._total):
-            if window or self._doubt:
+            if window or self._field_doubt:
                 self._report(None)
                 self.alarm("PRINT_IN_DOUBT", "videojet: a print while the field was being loaded: which code it"
                            " carries is unknown")
-                self._loaded, self._doubt = None, False
+                self._loaded, self._field_doubt = None, False
             elif self._loaded is not None:
                 self._report(self._loaded)
                 self._loaded = None
@@ -152,7 +152,7 @@ class VideojetCoder(LineClient):
         try:
             reply = self.request(f"JDA|{self.field}={code}|", "ACK|ERR")
         except InDoubt:
-            self._loaded, self._doubt = code, True
+            self._loaded, self._field_doubt = code, True
             raise
         if reply != "ACK":
             return False
@@ -161,7 +161,7 @@ class VideojetCoder(LineClient):
         return True
 
     def _load_next(self) -> None:
-        if self._loaded is not None or self._doubt or not self._fifo or time.monotonic() < self._load_at:
+        if self._loaded is not None or self._field_doubt or not self._fifo or time.monotonic() < self._load_at:
             return
         code = self._fifo[0]
         try:
@@ -204,7 +204,7 @@ class VideojetCoder(LineClient):
         with self._q:
             if self._held() >= self.max_queue:
                 raise DeviceError(f"coder refused PUSH: full ({self.max_queue} jobs held)")
-            if self._loaded is None and not self._fifo and not self._doubt:
+            if self._loaded is None and not self._fifo and not self._field_doubt:
                 if not self._load(code):
                     raise DeviceError("coder refused PUSH: JDA answered ERR")
             else:
@@ -218,7 +218,7 @@ class VideojetCoder(LineClient):
             self._fifo.clear()
             self._gst()
             self._ok(f"JDA|{self.field}=|", "CLEAR (emptying the field)", idempotent=True)
-            self._loaded, self._doubt = None, False
+            self._loaded, self._field_doubt = None, False
             self._gst(window=True)
             with self._state:  # prints counted so far belong to what was cleared
                 self.epoch += 1

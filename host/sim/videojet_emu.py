@@ -25,7 +25,8 @@ Faults: the physical ones of CoderModel (misprint, skip, smear), `stray_reply` (
 
 from __future__ import annotations
 
-from .coder import CoderModel, valid_code
+from ..devices.lineclient import GS
+from .coder import CoderModel
 
 SHUT_DOWN, STARTING_UP, SHUTTING_DOWN, RUNNING, OFFLINE = range(5)
 DEFAULT_JOBS = {"SERIALINE": ("SERIAL",)}  # job name -> its variable fields, in order
@@ -100,7 +101,7 @@ class VideojetEmu(CoderModel):
         for name, v in pairs:
             if name not in names:
                 continue  # the manual: an invalid field name is ignored, not an error
-            if v and not valid_code(v):
+            if not all(c == GS or " " <= c <= "~" for c in v):
                 return "ERR"
             self.fields[name] = v
             if name == self.field:
