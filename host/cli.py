@@ -20,8 +20,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
     "line": ("serialine.host.cli_line", "main", "operator commands to a running agent: start, stop, clear, select, status"),
-    "device": ("serialine.tools.device", "main", "flash a board with mpremote, show its configuration"),
+    "device": ("serialine.tools.device", "main", "flash a board (verified on the device, HELLO checked); the unix port as a sim board"),
     "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
+    "frames": ("serialine.tools.frames", "main", "decode a captured or live link byte stream into frames, flagging errors"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link"),
 }
 
