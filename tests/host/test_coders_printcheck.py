@@ -1,0 +1,176 @@
+"""The coder's own print reports cross-check the print binding, through the real Agent with the
+emulated coders over loopback: a coder that prints another code than the ledger bound gives alarm
+PRINT_MISMATCH and that unit FAILs (even when the camera is fooled into reading the bound code);
+a clean run, a dropped coder connection and a Videojet coder (prints learnt from its counts) give
+no false alarm. The pairing rules themselves (host/printcheck.py) are tested directly too."""
+
+import time
+
+from serialine.host.agent import Agent
+from serialine.host.devices.camera import Camera
+from serialine.host.devices.coder import Coder
+from serialine.host.devices.videojet import VideojetCoder
+from serialine.host.printcheck import PrintCheck
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+from serialine.host.sim.videojet_emu import VideojetEmu
+from serialine.protocol.schema import Outcome, Reason, Verdict
+
+from test_agent_devices import ScriptedLink
+
+STOP = ("COMMAND", {"command": 2, "arg": 0})
+
+
+def _alarms(conn, kind) -> list[str]:
+    return [d for (d,) in conn.execute("SELECT detail FROM alarm_log WHERE alarm=? ORDER BY rowid", (kind,))]
+
+
+def _until(agent, pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        agent.step(0)
+        if pred():
+            return True
+        time.sleep(0.005)
+    return pred()
+
+
+def one_unit(agent, link, coder, camera, u, read=None):
+    """Unit u through coder and camera; the coder's report and the device's event are in before the
+    camera reads (the coder is upstream). `read`: what the camera reads instead of the print, e.g.
+    the code the ledger bound (a fooled camera). → (verdict, reason)."""
+    checked = agent.printcheck.checked
+    link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+    printed = coder.trigger(u * 1000)[0]
+    link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+    assert _until(agent, lambda: agent.printcheck.checked > checked or not agent.printcheck.armed)
+    if read == "bound":
+        read = agent.ledger.expected_code(agent.device_id, agent.boot_id, u)
+    camera.trigger(u * 1000, read or printed, False)
+    link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+    camera.deliver(10 ** 12)
+    got = []
+    assert _until(agent, lambda: got.extend(f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u) or got)
+    v = got[0]
+    outcome = Outcome.PASSED if v["verdict"] == Verdict.PASS else Outcome.REJECTED_CONFIRMED
+    link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(outcome),
+               reason=0 if outcome == Outcome.PASSED else int(Reason.VERDICT_FAIL), gate_error=0, pos=0, t_us=0)
+    agent.step(0)
+    return Verdict(v["verdict"]), Reason(v["reason"])
+
+
+def _finish_resume(agent, link):
+    link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}  # stopped, still, all acked
+    assert _until(agent, lambda: not agent.resuming)
+
+
+def test_a_coder_printing_another_code_fails_the_unit_even_when_the_camera_is_fooled(conn):
+    with SimCoder(swap_at={3}) as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 2}
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
+        assert agent.printcheck.armed  # the new boot's CLEAR armed it
+        assert [one_unit(agent, link, sc, scam, u, read="bound") for u in (0, 1)] == [(Verdict.PASS, Reason.OK)] * 2
+        assert one_unit(agent, link, sc, scam, 2, read="bound") == (Verdict.FAIL, Reason.CODE_MISMATCH)
+        (detail,) = _alarms(conn, "PRINT_MISMATCH")
+        assert "unit line1:42:2" in detail and "it FAILs" in detail and sc.faults["swap"] == 1
+        assert agent.resuming and STOP in link.sent  # the queues differ: line stop, clear, refill
+        assert conn.execute("SELECT verdict, verdict_reason FROM unit WHERE unit_seq=2").fetchone() == ("FAIL", "CODE_MISMATCH")
+        _finish_resume(agent, link)
+        assert agent.printcheck.armed and list(sc.buffer) == [c for (c,) in conn.execute(
+            "SELECT code FROM coder_job WHERE state='queued' ORDER BY job_id")]
+        assert [one_unit(agent, link, sc, scam, u) for u in (3, 4, 5)] == [(Verdict.PASS, Reason.OK)] * 3
+        assert len(_alarms(conn, "PRINT_MISMATCH")) == 1
+        agent.coder.close(); agent.camera.close()
+
+
+def test_without_the_cross_check_that_unit_would_pass(conn):
+    """The same fault with the coder's reports ignored: the fooled camera passes the pack (what the
+    cross-check adds)."""
+    with SimCoder(swap_at={3}) as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        coder = Coder(*sc.address)
+        coder.printed_codes = lambda: []  # the check hears nothing
+        agent = Agent(conn, "B1", link, coder, Camera(*scam.address), fill_ahead=4, window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
+        agent.printcheck.disarm()
+        results = [one_unit(agent, link, sc, scam, u, read="bound") for u in (0, 1, 2)]
+        assert results == [(Verdict.PASS, Reason.OK)] * 3 and not _alarms(conn, "PRINT_MISMATCH")
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_clean_run_and_a_dropped_coder_connection_give_no_false_alarm(conn):
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address, timeout=0.5), Camera(*scam.address), fill_ahead=4,
+                      window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
+        assert [one_unit(agent, link, sc, scam, u) for u in range(4)] == [(Verdict.PASS, Reason.OK)] * 4
+        assert agent.printcheck.checked == 4
+        epoch = agent.coder.epoch
+        sc.drop()  # the coder drops the connection; the next print's report goes to nobody
+        link.event("UNIT_DETECTED", unit_seq=4, pos=0, t_us=0, flags=0)
+        sc.trigger(4000)
+        link.event("UNIT_PRINTED", unit_seq=4, pos=0, t_us=0)
+        assert _until(agent, lambda: agent.coder.epoch > epoch and sc.depth == 4)  # reconnected, topped up
+        link.event("UNIT_INSPECTED", unit_seq=4, pos=0, t_us=0)
+        link.event("UNIT_OUTCOME", unit_seq=4, outcome=int(Outcome.REJECTED_CONFIRMED), reason=int(Reason.CORRELATION),
+                   gate_error=0, pos=0, t_us=0)
+        assert _until(agent, lambda: any(n == "VERDICT" and f["unit_seq"] == 4 for n, f in link.sent), timeout=2)
+        assert [one_unit(agent, link, sc, scam, u) for u in (5, 6)] == [(Verdict.PASS, Reason.OK)] * 2
+        assert agent.printcheck.unverified == 1 and agent.printcheck.checked == 6 and agent.printcheck.armed
+        assert not _alarms(conn, "PRINT_MISMATCH")
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_videojet_coder_through_the_agent_checks_every_print(conn):
+    with VideojetEmu() as emu, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, VideojetCoder(*emu.address, poll_s=0.002), Camera(*scam.address), fill_ahead=4,
+                      window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
+        results = []
+        for u in range(5):
+            assert _until(agent, lambda: emu.depth == 1)  # the line's pitch is longer than a load
+            results.append(one_unit(agent, link, emu, scam, u))
+        assert results == [(Verdict.PASS, Reason.OK)] * 5 and agent.printcheck.checked == 5
+        assert not _alarms(conn, "PRINT_MISMATCH") and not _alarms(conn, "CODER_RAN_DRY")
+        assert conn.execute("SELECT count(*) FROM unit WHERE serial IS NOT NULL AND read_serial = serial").fetchone()[0] == 5
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_print_the_coder_cannot_name_is_a_mismatch():
+    """A Videojet print inside a load window (in doubt: None) fails the unit it is paired with."""
+    pc = PrintCheck()
+    pc.restart(3)
+    pc.add_reports([(3, "A"), (3, None)])
+    pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B")])
+    (m,) = pc.pairs()
+    assert m.unit == ("d", 1, 1) and m.printed is None and not pc.armed
+
+
+def test_pairing_rules():
+    pc = PrintCheck()
+    pc.add_reports([(1, "A")])
+    pc.add_bindings([(("d", 1, 0), "X")])
+    assert pc.pairs() == [] and pc.checked == 0  # not armed: nothing compared
+    pc.restart(2)
+    pc.add_reports([(1, "OLD"), (2, "A")])  # a report from before the CLEAR is not ours
+    assert pc.pairs() == []
+    pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B"), (("d", 1, 2), "C")])
+    assert pc.pairs() == [] and pc.checked == 1  # B waits for its report
+    pc.add_reports([(3, "C")])  # a new connection: B's report was lost with the old one
+    assert pc.pairs() == [] and pc.unverified == 1 and not pc.gap and pc.checked == 2
+    pc.add_bindings([(("d", 1, 3), "D")])
+    pc.add_reports([(3, "E")])
+    (m,) = pc.pairs()
+    assert (m.unit, m.bound, m.printed) == (("d", 1, 3), "D", "E") and not pc.armed
+    state = pc.snapshot()
+    pc.restart(4)
+    pc.restore(state)
+    assert not pc.armed
