@@ -27,29 +27,35 @@ def files(board: str) -> list[tuple[str, int]]:
     return [(n, len(d)) for n, d in b.files]
 
 
+def _from_config(args) -> None:
+    """--config line.toml: the board, its device id and (not on the sim board) the link port the
+    agent will use, where HELLO is then checked. Flags given as well win."""
+    from serialine.host import linefile
+
+    try:
+        dev = linefile.load(args.config).device
+    except linefile.LineFileError as exc:
+        raise F.FlashError(str(exc)) from None
+    if args.board and dev.board != args.board:
+        raise F.FlashError(f"{args.config}: [device] board = {dev.board!r}, but --board {args.board}")
+    args.board = dev.board
+    args.device_id = args.device_id or dev.device_id or None
+    if dev.board != "sim" and not args.link:
+        args.link = dev.port
+    if not args.port and dev.board != "sim" and args.usb_link:
+        args.port = dev.port
+
+
 def _settings(args) -> F.Settings:
-    s = F.default_settings(args.board)
     if args.config:
-        try:
-            from serialine.host import linefile  # type: ignore[attr-defined]
-        except ImportError:
-            raise F.FlashError("--config needs serialine.host.linefile (not in this build): "
-                               "use --device-id and --pin") from None
-        try:
-            cfg = linefile.load(args.config)
-        except linefile.LineFileError as exc:
-            raise F.FlashError(str(exc)) from None
-        dev = cfg.device
-        if getattr(dev, "board", None) and dev.board != args.board:
-            raise F.FlashError(f"{args.config}: [device] board = {dev.board!r}, but --board {args.board}")
-        s = replace(s, device_id=dev.device_id or s.device_id)
-        pins = getattr(dev, "pins", None)
-        if pins:
-            s = replace(s, pins={str(k).upper(): int(v) for k, v in dict(pins).items()})
+        _from_config(args)
+    if not args.board:
+        raise F.FlashError("--board is required (or --config line.toml naming it)")
+    s = F.default_settings(args.board)
     if args.device_id:
         s = replace(s, device_id=args.device_id)
-    if args.usb_link:
-        s = replace(s, link="usb")
+    if args.usb_link or (args.board != "sim" and args.link and args.link == args.port):
+        s = replace(s, link="usb")  # the link on the REPL's own port
     pins = dict(s.pins)
     for p in args.pin:
         name, sep, value = p.partition("=")
@@ -64,14 +70,14 @@ def main(argv: list[str]) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     fl = sub.add_parser("flash", help="compile, copy, verify on the device, swap, reset, check HELLO")
     fl.add_argument("--port", help="the board's REPL port (USB serial; the sim board's port)")
-    fl.add_argument("--board", required=True, choices=BOARDS)
+    fl.add_argument("--board", choices=BOARDS, help="required unless --config names it")
     fl.add_argument("--link", help="the firmware's link port when it is not --port (a UART adapter); "
                                    "the sim board names its own")
     fl.add_argument("--device-id", help="the id the device reports in HELLO")
     fl.add_argument("--pin", action="append", default=[], metavar="NAME=GPIO",
                     help="pin map entry of the board adapter, e.g. PE=4 (repeatable)")
     fl.add_argument("--usb-link", action="store_true", help="the link on the REPL's USB port")
-    fl.add_argument("--config", help="line file: [device] device_id (and board) from it")
+    fl.add_argument("--config", help="line file: [device] board, device_id and port (the link) from it")
     fl.add_argument("--dry-run", action="store_true", help="compile and print the manifest only")
     fl.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # always so now
     fl.add_argument("--hello-timeout", type=float, default=15.0, help=argparse.SUPPRESS)

@@ -111,3 +111,22 @@ def test_settings_are_written_into_the_board_adapter():
                       (F.Settings("x" * 17), "device id")):
         with pytest.raises(F.FlashError, match=what):
             F.build("rpi_pico", bad)
+
+
+def test_flash_takes_board_and_device_id_from_the_line_file(sim_board, tmp_path, capsys):
+    from serialine.host.resources import firmware_dir
+
+    example = firmware_dir().parent / "examples" / "line-sim.toml"
+    if not example.exists():
+        pytest.skip("examples/ not in this install")
+    line = tmp_path / "line.toml"
+    line.write_text(example.read_text().replace('device_id = "sim-line-1"', 'device_id = "cfg-dev-1"'))
+    rc = device.main(["flash", "--config", str(line), "--port", sim_board.port])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "device_id cfg-dev-1" in out
+    assert json.loads((sim_board.dir / F.MANIFEST).read_text())["device_id"] == "cfg-dev-1"
+    err = one_line_error(capsys, ["flash", "--config", str(line), "--board", "esp32", "--port", sim_board.port])
+    assert "[device] board = 'sim', but --board esp32" in err
+    err = one_line_error(capsys, ["flash", "--config", str(tmp_path / "none.toml"), "--port", sim_board.port])
+    assert "no such file" in err
