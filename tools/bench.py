@@ -12,6 +12,7 @@ BENCHES = {
     "epcis": "serialine.tools.bench_epcis",
     "line": "serialine.tools.bench_line",
     "link": "serialine.tools.bench_link",
+    "verify": "serialine.tools.bench_verify",
 }
 
 

@@ -97,6 +97,9 @@ class Layout:
     segments: dict  # name → (rows, cols) index arrays in the (n + 2) × (n + 2) grid with the quiet-zone ring
     clock_top: np.ndarray  # columns of the top clock track's dark modules
     clock_right: np.ndarray  # rows of the right clock track's dark modules
+    cw_modules: np.ndarray  # codeword × 8: flat indexes of its modules in the (n + 2)² grid
+    block_onehot: np.ndarray  # codeword × block: 1 where the codeword belongs to the block
+    seg_flat: dict  # name → flat indexes in the (n + 2)² grid
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -212,7 +215,15 @@ def layout(n: int) -> Layout:
                          and (c == n - 1 or not dark[0, c + 1])])
     right_dark = np.array([r for r in range(n) if dark[r, n - 1] and (r == 0 or not dark[r - 1, n - 1])
                            and (r == n - 1 or not dark[r + 1, n - 1])])
-    return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark)
+    total = data_cw + ec_cw
+    cw_modules = np.zeros((total, 8), dtype=np.intp)
+    rr, cc = np.nonzero(codeword >= 0)
+    cw_modules[codeword[rr, cc], bit[rr, cc]] = (rr + 1) * g + (cc + 1)
+    onehot = np.zeros((total, blocks))
+    onehot[np.arange(total), block] = 1.0
+    seg_flat = {k: r * g + c for k, (r, c) in segments.items()}
+    return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark,
+                  cw_modules, onehot, seg_flat)
 
 
 def nominal(dec: Decoded, n: int) -> np.ndarray | None:
@@ -234,50 +245,61 @@ def nominal(dec: Decoded, n: int) -> np.ndarray | None:
 _AP = np.array([(x, y) for x in (-0.25, 0.0, 0.25) for y in (-0.25, 0.0, 0.25)])  # within 0.8 X aperture
 _WIN = np.linspace(-0.9, 0.9, 19)  # along a clock track
 _ACROSS = np.array([-0.2, 0.0, 0.2])
+_LEVELS = np.array([4, 3, 2, 1])
+_MOD_UP = np.array(_MOD[::-1])  # ascending: the grade is how many thresholds a ratio reaches
+_SCALE = 100.0 / 255.0  # grey level → % reflectance (uncalibrated)
 
 
-def _mapper(corners: np.ndarray, n: int):
-    tl, tr, br, bl = corners
-    # zxing-cpp reports the outermost pixels; their far edges are one pixel further out
-    c = (tl + tr + br + bl) / 4
-    tl, tr, br, bl = (p + 0.5 * np.sign(p - c) + 0.5 for p in (tl, tr, br, bl))
+class _Map:
+    """Module coordinates (u across, v down, 0..n over the symbol) → image pixels: bilinear between
+    the four corners zxing-cpp found."""
 
-    def at(u, v):
-        s, t = np.asarray(u, dtype=np.float64) / n, np.asarray(v, dtype=np.float64) / n
-        x = tl[0] * (1 - s) * (1 - t) + tr[0] * s * (1 - t) + br[0] * s * t + bl[0] * (1 - s) * t
-        y = tl[1] * (1 - s) * (1 - t) + tr[1] * s * (1 - t) + br[1] * s * t + bl[1] * (1 - s) * t
-        return x, y
-    return at
+    def __init__(self, corners: np.ndarray, n: int):
+        c = corners.mean(axis=0)
+        # zxing-cpp reports the outermost pixels; their outer edges are half a pixel further out
+        tl, tr, br, bl = (p + 0.5 * np.sign(p - c) + 0.5 for p in corners)
+        self.a, self.b, self.c, self.d = tl, (tr - tl) / n, (bl - tl) / n, (br - tr - bl + tl) / (n * n)
 
-
-def _sample(refl: np.ndarray, x, y) -> np.ndarray:
-    h, w = refl.shape
-    xi = np.clip(np.floor(x).astype(np.intp), 0, w - 1)
-    yi = np.clip(np.floor(y).astype(np.intp), 0, h - 1)
-    return refl[yi, xi]
+    def __call__(self, u, v):
+        uv = u * v
+        return (self.a[0] + self.b[0] * u + self.c[0] * v + self.d[0] * uv,
+                self.a[1] + self.b[1] * u + self.c[1] * v + self.d[1] * uv)
 
 
-def _overlay(cw_grade: np.ndarray, cw_error: np.ndarray, lay: Layout) -> tuple[int, float]:
-    """ISO/IEC 15415 grade overlay: at each grade level the codewords below it are erasures, the wrong
-    ones above it errors; notional UEC per RS block (worst block); the best min(level, UEC grade)."""
-    best, best_uec = 0, 0.0
-    nblocks = int(lay.block.max()) + 1
-    for g in (4, 3, 2, 1):
-        wrong = cw_error  # a codeword read wrong is an error (2 checks), whatever its grade
-        erased = (cw_grade < g) & ~wrong
-        e = np.bincount(lay.block, weights=erased, minlength=nblocks)
-        t = np.bincount(lay.block, weights=wrong, minlength=nblocks)
-        uec = float(max(0.0, (1 - (e + 2 * t) / lay.ec_per_block).min()))
-        got = min(g, _at_least(uec, _UEC)) if (e + 2 * t <= lay.ec_per_block).all() else 0
-        if got > best:
-            best, best_uec = got, uec
-    return best, best_uec
+def _sample(img: np.ndarray, x, y) -> np.ndarray:
+    h, w = img.shape
+    xi = np.minimum(np.maximum(x, 0), w - 1).astype(np.intp)  # ≥ 0: truncation is the floor
+    yi = np.minimum(np.maximum(y, 0), h - 1).astype(np.intp)
+    return img[yi, xi]
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares y = a + b·x."""
+    xm, ym = x.mean(), y.mean()
+    b = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
+    return float(ym - b * xm), b
+
+
+def _overlay(cw_grade: np.ndarray, cw_error: np.ndarray, lay: Layout) -> int:
+    """ISO/IEC 15415 grade overlay: at each grade level the codewords below it are erasures (one check
+    each), codewords read wrong errors (two); notional UEC per RS block, the worst block; the grade is
+    the best min(level, notional UEC grade)."""
+    erased = (cw_grade[None, :] < _LEVELS[:, None]) & ~cw_error[None, :]
+    spent = (erased.astype(np.float64) + 2.0 * cw_error[None, :]) @ lay.block_onehot  # level × block
+    uec = 1.0 - spent.max(axis=1) / lay.ec_per_block
+    best = 0
+    for g, u in zip((4, 3, 2, 1), uec.tolist()):
+        got = min(g, _at_least(u, _UEC)) if u >= 0 else 0
+        best = max(best, got)
+    return best
 
 
 def _segment_grade(module_grades: np.ndarray) -> tuple[int, float]:
+    """A fixed-pattern segment: at each level its modules below it are damage; graded like _overlay."""
+    below = np.cumsum(np.bincount(module_grades, minlength=5)) / module_grades.size  # share < g+1 at index g
     best, share = 0, 1.0
     for g in (4, 3, 2, 1):
-        damaged = float((module_grades < g).mean())
+        damaged = float(below[g - 1])
         got = min(g, _at_most(damaged, _FPD))
         if got > best:
             best, share = got, damaged
@@ -289,7 +311,9 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     img = np.asarray(image)
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2)
-    dec = decoded if decoded is not None else decode(img if img.dtype == np.uint8 else img.astype(np.uint8))
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    dec = decoded if decoded is not None else decode(img)
     res = Result(dec)
     if dec.error == NO_READ:
         res.parameters["decode"] = Parameter("fail", 0)
@@ -301,106 +325,92 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
         res.parameters["decode"] = Parameter("pass", 4)
         res.detail["ungraded"] = f"symbol size {dec.version} is not a square ECC 200 size"
         return res
-    refl = img.astype(np.float32) * (100.0 / 255.0)
-    at = _mapper(dec.corners, n)
-
+    at = _Map(dec.corners, n)
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
-    uu, vv = np.meshgrid(idx, idx)
 
-    def modules(ucol, vrow):
-        u = ucol[None, :, None] + _AP[None, None, :, 0]
-        v = vrow[:, None, None] + _AP[None, None, :, 1]
-        x, y = at(np.broadcast_to(u, (len(vrow), len(ucol), len(_AP))), np.broadcast_to(v, (len(vrow), len(ucol), len(_AP))))
-        return _sample(refl, x, y).mean(axis=2)
+    # a first threshold from the module centres, to weigh darkness on the clock tracks
+    x, y = at(idx[None, :], idx[:, None])
+    first = _sample(img, x, y)
+    gt0 = (int(first.max()) + int(first.min())) / 2
 
-    first = modules(idx, idx)
-    gt0 = (first.max() + first.min()) / 2
-
-    # the clock tracks locate the columns (top track) and rows (right track): centroid of darkness
     def centroids(along, fixed_at, horizontal):
         pos = along[:, None, None] + 0.5 + _WIN[None, :, None]
-        other = np.broadcast_to(fixed_at + _ACROSS[None, None, :], pos.shape[:2] + (len(_ACROSS),))
-        pos = np.broadcast_to(pos, other.shape)
+        other = fixed_at + _ACROSS[None, None, :]
         x, y = at(pos, other) if horizontal else at(other, pos)
-        w = np.clip(gt0 - _sample(refl, x, y), 0, None).sum(axis=2)
+        w = np.maximum(gt0 - _sample(img, x, y), 0).sum(axis=2)
         tot = w.sum(axis=1)
-        return np.where(tot > 0, (w * (along[:, None] + 0.5 + _WIN[None, :])).sum(axis=1) / np.maximum(tot, 1e-9),
-                        along + 0.5)
+        centre = (w * (along[:, None] + 0.5 + _WIN[None, :])).sum(axis=1) / np.maximum(tot, 1e-9)
+        return np.where(tot > 0, centre, along + 0.5)
 
+    # the clock tracks locate the columns (top track) and the rows (right track)
     cu = centroids(lay.clock_top, 0.5, True)
     cv = centroids(lay.clock_right, n - 0.5, False)
-    bu, au = np.polyfit(lay.clock_top + 0.5, cu, 1)
-    bv, av = np.polyfit(lay.clock_right + 0.5, cv, 1)
+    au, bu = _line(lay.clock_top + 0.5, cu)
+    av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
-    # module pitch in pixels along each axis at the clock tracks
-    x0, y0 = at(ucol[1:-1], np.full(n, 0.5))
-    xs = np.hypot(np.diff(x0), np.diff(y0)).mean()
-    x1, y1 = at(np.full(n, n - 0.5), vrow[1:-1])
-    ys = np.hypot(np.diff(x1), np.diff(y1)).mean()
-    an = abs(xs - ys) / ((xs + ys) / 2)
+    x0, y0 = at(ucol[1:-1], 0.5)  # module pitch in pixels along each axis, at the clock tracks
+    xs = float(np.hypot(np.diff(x0), np.diff(y0)).mean())
+    x1, y1 = at(n - 0.5, vrow[1:-1])
+    ys = float(np.hypot(np.diff(x1), np.diff(y1)).mean())
     pitch = (xs + ys) / 2
-    dev_u = (cu - (au + bu * (lay.clock_top + 0.5))) * xs / max(bu, 1e-9)
-    dev_v = (cv - (av + bv * (lay.clock_right + 0.5))) * ys / max(bv, 1e-9)
-    gn = float(max(np.abs(dev_u).max(initial=0), np.abs(dev_v).max(initial=0)) / pitch)
+    an = abs(xs - ys) / pitch
+    dev_u = np.abs(cu - (au + bu * (lay.clock_top + 0.5))).max(initial=0) * xs / max(bu, 1e-9)
+    dev_v = np.abs(cv - (av + bv * (lay.clock_right + 0.5))).max(initial=0) * ys / max(bv, 1e-9)
+    gn = float(max(dev_u, dev_v) / pitch)
 
-    r = modules(ucol, vrow)  # (n + 2) × (n + 2) reflectance, % (quiet-zone ring included)
+    # every module (and the quiet-zone ring) through the synthetic aperture
+    x, y = at(ucol[None, :], vrow[:, None])
+    ax = at.b[0] * _AP[:, 0] + at.c[0] * _AP[:, 1]  # the aperture's offsets: the grid is near affine
+    ay = at.b[1] * _AP[:, 0] + at.c[1] * _AP[:, 1]
+    r = _sample(img, x[:, :, None] + ax, y[:, :, None] + ay).sum(axis=2) * (_SCALE / len(_AP))  # %
     rmax, rmin = float(r.max()), float(r.min())
     sc = rmax - rmin
     gt = (rmax + rmin) / 2
-    ratio = 2 * np.abs(r - gt) / max(sc, 1e-9)
-    mod_g = np.select([ratio >= t for t in _MOD], [4, 3, 2, 1], 0)
+    ratio = np.abs(r - gt) * (2 / max(sc, 1e-9))
+    mod_g = np.searchsorted(_MOD_UP, ratio, side="right")
     seen_dark = r < gt
 
+    core_seen = seen_dark[1:-1, 1:-1]
     nom_core = nominal(dec, n)
     source = "re-encoded"
     if nom_core is not None:
-        cw_wrong = np.zeros(lay.block.size, dtype=bool)
-        mask = lay.codeword >= 0
-        np.logical_or.at(cw_wrong, lay.codeword[mask], (nom_core != seen_dark[1:-1, 1:-1])[mask])
-        per_block = np.bincount(lay.block, weights=cw_wrong)
-        if (per_block >= lay.ec_per_block).any():  # another encoder's encodation: not this pattern
-            nom_core = None
+        wrong = (nom_core != core_seen)
+        flat = np.zeros((n + 2) * (n + 2), dtype=bool)
+        flat.reshape(n + 2, n + 2)[1:-1, 1:-1] = wrong
+        if ((flat[lay.cw_modules].any(axis=1) @ lay.block_onehot) >= lay.ec_per_block).any():
+            nom_core = None  # another encoder's encodation: this pattern is not what was printed
     if nom_core is None:
-        source = "as sampled"  # the data region's nominal is what was seen; fixed patterns stay known
-        nom_core = np.where(lay.fixed, lay.dark_fixed, seen_dark[1:-1, 1:-1])
+        source = "as sampled"  # the data region's nominal is what was seen; the fixed patterns stay known
+        nom_core = np.where(lay.fixed, lay.dark_fixed, core_seen)
     nom = np.zeros((n + 2, n + 2), dtype=bool)
     nom[1:-1, 1:-1] = nom_core
-    rm_g = np.where(nom == seen_dark, mod_g, 0)
+    right_side = (nom == seen_dark).ravel()
+    mod_flat = mod_g.ravel()
+    rm_flat = np.where(right_side, mod_flat, 0)
 
-    mask = lay.codeword >= 0
-    cws = lay.codeword[mask]
-    ncw = lay.block.size
-    wrong_cw = np.zeros(ncw, dtype=bool)
-    np.logical_or.at(wrong_cw, cws, (nom != seen_dark)[1:-1, 1:-1][mask])
-    cw_mod = np.full(ncw, 4)
-    np.minimum.at(cw_mod, cws, mod_g[1:-1, 1:-1][mask])
-    cw_rm = np.full(ncw, 4)
-    np.minimum.at(cw_rm, cws, rm_g[1:-1, 1:-1][mask])
-    mod_grade, _ = _overlay(cw_mod, wrong_cw, lay)
-    rm_grade, _ = _overlay(cw_rm, wrong_cw, lay)
-    t = np.bincount(lay.block, weights=wrong_cw)
-    own_uec = float(max(0.0, (1 - 2 * t / lay.ec_per_block).min()))
+    cwm = lay.cw_modules
+    wrong_cw = ~right_side[cwm].all(axis=1)
+    mod_grade = _overlay(mod_flat[cwm].min(axis=1), wrong_cw, lay)
+    rm_grade = _overlay(rm_flat[cwm].min(axis=1), wrong_cw, lay)
+    own_uec = float(max(0.0, 1 - 2 * (wrong_cw @ lay.block_onehot).max() / lay.ec_per_block))
 
-    seg = {}
-    for name, (rows, cols) in lay.segments.items():
-        seg[name] = _segment_grade(rm_g[rows, cols])
+    seg = {name: _segment_grade(rm_flat[flat_idx]) for name, flat_idx in lay.seg_flat.items()}
     fpd = min(g for g, _ in seg.values())
-    fpd_share = max(s for g, s in seg.values() if g == fpd)
+    fpd_share = max(sh for g, sh in seg.values() if g == fpd)
 
     uec = dec.uec if dec.uec is not None else own_uec
-    data_ratio = ratio[1:-1, 1:-1][mask]
-    data_margin = np.where((nom == seen_dark)[1:-1, 1:-1][mask], data_ratio, 0.0)
+    data_ratio = ratio.ravel()[cwm]
     p = res.parameters
     p["decode"] = Parameter("pass", 4)
     p["symbol_contrast"] = Parameter(round(sc, 1), _at_least(sc, _SC))
     p["modulation"] = Parameter(round(float(data_ratio.min()), 3), mod_grade)
-    p["reflectance_margin"] = Parameter(round(float(data_margin.min()), 3), rm_grade)
+    p["reflectance_margin"] = Parameter(round(float(np.where(right_side[cwm], data_ratio, 0.0).min()), 3), rm_grade)
     p["fixed_pattern_damage"] = Parameter(round(fpd_share, 3), fpd)
-    p["axial_nonuniformity"] = Parameter(round(float(an), 3), _at_most(an, _AN))
+    p["axial_nonuniformity"] = Parameter(round(an, 3), _at_most(an, _AN))
     p["grid_nonuniformity"] = Parameter(round(gn, 3), _at_most(gn, _GN))
     p["unused_error_correction"] = Parameter(round(float(uec), 3), _at_least(uec, _UEC))
     res.overall = 0 if dec.error else min(x.grade for x in p.values())
-    res.detail = {"segments": {k: {"grade": LETTERS[g], "damaged": round(s, 3)} for k, (g, s) in seg.items()},
+    res.detail = {"segments": {k: {"grade": LETTERS[g], "damaged": round(sh, 3)} for k, (g, sh) in seg.items()},
                   "own_uec": round(own_uec, 3), "nominal": source, "rmax": round(rmax, 1), "rmin": round(rmin, 1),
-                  "module_px": round(float(pitch), 2)}
+                  "module_px": round(pitch, 2)}
     return res

@@ -141,31 +141,35 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     x0, y0 = np.floor(corners.min(0) + [width / 2, height / 2]).astype(int)
     x1, y1 = np.ceil(corners.max(0) + [width / 2, height / 2]).astype(int)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    ss = 3  # supersampling per camera pixel side
-    offs = (np.arange(ss) + 0.5) / ss
-    xs = (np.arange(x0, x1)[:, None] + offs[None, :]).ravel() - width / 2
-    ys = (np.arange(y0, y1)[:, None] + offs[None, :]).ravel() - height / 2
-    gx, gy = np.meshgrid(xs, ys)
-    u = inv[0, 0] * gx + inv[0, 1] * gy + centre[0]
-    v = inv[1, 0] * gx + inv[1, 1] * gy + centre[1]
-    iu = np.floor(u * _K).astype(np.int64)
-    iv = np.floor(v * _K).astype(np.int64)
-    inside = (iu >= 0) & (iu < ink.shape[1]) & (iv >= 0) & (iv < ink.shape[0])
-    cov = np.zeros(gx.shape, dtype=np.float32)
-    cov[inside] = ink[iv[inside], iu[inside]]
-    cov = cov.reshape(y1 - y0, ss, x1 - x0, ss).mean(axis=(1, 3))
-    coverage = np.zeros((height, width), dtype=np.float32)
-    coverage[y0:y1, x0:x1] = cov
+    margin = 2 + int(math.ceil(d.smear * module_px))  # the blurs reach this far past the print
+    x0, y0 = max(x0 - margin, 0), max(y0 - margin, 0)
+    x1, y1 = min(x1 + margin, width), min(y1 + margin, height)
+    ss = 2  # supersampling per camera pixel side
+    offs = (np.arange(ss, dtype=np.float32) + 0.5) / ss
+    xs = (np.arange(x0, x1, dtype=np.float32)[:, None] + offs).ravel() - width / 2
+    ys = (np.arange(y0, y1, dtype=np.float32)[:, None] + offs).ravel() - height / 2
+    inv_k = (inv * _K).astype(np.float32)
+    ck = (centre * _K).astype(np.float32)
+    iu = (inv_k[0, 0] * xs[None, :] + inv_k[0, 1] * ys[:, None] + ck[0])
+    iv = (inv_k[1, 0] * xs[None, :] + inv_k[1, 1] * ys[:, None] + ck[1])
+    ink = np.pad(ink, ((0, 1), (0, 1)))  # the last row and column: bare substrate for points outside
+    h_ink, w_ink = ink.shape
+    iu = np.where((iu >= 0) & (iu < w_ink - 1), iu, w_ink - 1).astype(np.intp)
+    iv = np.where((iv >= 0) & (iv < h_ink - 1), iv, h_ink - 1).astype(np.intp)
+    hits = ink[iv, iu].view(np.uint8)
+    cov = sum(hits[i::ss, j::ss].astype(np.float32) for i in range(ss) for j in range(ss)) * (1.0 / (ss * ss))
 
-    coverage = _blur(coverage, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=(0, 1))  # the lens
+    cov = _blur(cov, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=(0, 1))  # the lens
     if d.smear > 0:
         n = max(1, int(round(d.smear * module_px)))
-        coverage = _blur(coverage, np.full(n + 1, 1.0 / (n + 1), dtype=np.float32), axis=(1,))
+        cov = _blur(cov, np.full(n + 1, 1.0 / (n + 1), dtype=np.float32), axis=(1,))
     dark = SUBSTRATE - d.contrast * (SUBSTRATE - INK)
-    refl = SUBSTRATE - coverage * (SUBSTRATE - dark)
-    if d.noise > 0:
-        refl = refl + np.random.default_rng(seed + 2).normal(0.0, d.noise, refl.shape).astype(np.float32)
-    return np.clip(np.rint(refl * 255.0), 0, 255).astype(np.uint8)
+    refl = SUBSTRATE - cov * np.float32(SUBSTRATE - dark)
+    if d.noise > 0:  # on the symbol's part of the frame; the rest stays plain substrate
+        refl += np.random.default_rng(seed + 2).standard_normal(refl.shape, dtype=np.float32) * np.float32(d.noise)
+    out = np.full((height, width), int(round(SUBSTRATE * 255)), dtype=np.uint8)
+    out[y0:y1, x0:x1] = np.clip(np.rint(refl * 255.0), 0, 255).astype(np.uint8)
+    return out
 
 
 def _blur(a: np.ndarray, kernel: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
