@@ -54,15 +54,7 @@ class DataMan(ReaderClient):
     def name(self) -> str:
         return "dataman"
 
-    def _connect(self) -> None:
-        super()._connect()
-        try:
-            self._configure()
-        except DeviceError as exc:
-            self._retire()
-            raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from None
-
-    def _configure(self) -> None:
+    def configure(self) -> None:
         self._send("SET COM.DMCC-RESPONSE 1", optional=True)  # silent mode may never answer it
         if self.get("COM.DMCC-RESPONSE") != "1":
             raise DeviceError("did not switch to extended DMCC responses (COM.DMCC-RESPONSE 1)")
@@ -74,16 +66,6 @@ class DataMan(ReaderClient):
                 raise DeviceError(f"{param} is {have[:40]!r}, the driver needs {want!r} (set it with the DataMan "
                                   f"Setup Tool, or add 'SET {param} {want}' to the camera's setup option)")
         self.device_type = self.get("DEVICE.TYPE")
-
-    def _retire(self) -> None:
-        """Drop the connection just opened (refused configuration): reopened later, as a lost one."""
-        with self._state:
-            sock, self.sock, self.closed = self.sock, None, True
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
 
     # --- commands ----------------------------------------------------------------------------
     def get(self, param: str) -> str:

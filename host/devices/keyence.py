@@ -42,17 +42,9 @@ class KeyenceSR(ReaderClient):
     def name(self) -> str:
         return "keyence-sr"
 
-    def _connect(self) -> None:
-        super()._connect()
-        try:
-            for cmd in self.setup:
-                self.command(cmd)
-        except DeviceError as exc:
-            with self._state:
-                sock, self.sock, self.closed = self.sock, None, True
-            if sock is not None:
-                sock.close()
-            raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from None
+    def configure(self) -> None:
+        for cmd in self.setup:
+            self.command(cmd)
 
     def command(self, cmd: str) -> str:
         """Send one command; the values after `OK,CMD,` (may be empty), else DeviceError."""

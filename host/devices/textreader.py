@@ -120,9 +120,9 @@ class ReaderClient(Reopening, LineClient):
                 elif raw:
                     self._line(sock, raw, now)
         with self._state:
-            lost = sock is self.sock and not self.closed
+            lost = sock is self.sock and not self._closed  # also while configuring
             if lost:
-                self.closed = True
+                self._closed = True
         if lost:
             self.alarm("DISCONNECTED", f"{self.name}: the reader closed the connection")
 
@@ -148,10 +148,41 @@ class ReaderClient(Reopening, LineClient):
         """True when `line` is a reply to a command (taken); the plain text reader has none."""
         return False
 
-    def setup_failed(self, why: str) -> DeviceError:
-        """The reader refused its configuration: the connection is closed and not reopened."""
-        self.close()
-        return DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {why}")
+    def configure(self) -> None:
+        """Set up / check the reader on a fresh connection; DeviceError (one line) when it refuses."""
+
+    _closed = True
+    _configuring = False
+
+    @property
+    def closed(self) -> bool:
+        """No usable connection: lost, closed, or not configured yet (connected means configured)."""
+        return self._closed or self._configuring
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value
+
+    def _connect(self) -> None:
+        """A refused configure() drops the new connection (it is retried like a lost one) and says
+        why in one line."""
+        self._configuring = True
+        try:
+            super()._connect()
+            sock = self.sock
+            try:
+                self.configure()
+            except DeviceError as exc:
+                with self._state:
+                    if self.sock is sock:
+                        self.sock, self._closed = None, True
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                raise DeviceError(f"{self.name} at {self.address[0]}:{self.address[1]}: {exc}") from None
+        finally:
+            self._configuring = False
 
 
 class TextReader(ReaderClient):

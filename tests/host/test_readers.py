@@ -58,6 +58,7 @@ class Collect:
 
 
 def read(emu, printed, smeared=False):
+    assert emu.connected.wait(5)  # a result sent before the reader connected is lost
     emu.trigger(0, printed, smeared)
     emu.deliver(10 ** 12)
 
@@ -171,7 +172,7 @@ def test_emulator_garbage_fault_through_the_drivers():
             reader = registry.open_reader(name, *emu.address, {})
             for _ in range(20):
                 read(emu, CODE)
-            got = Collect(reader).until(lambda c: len(c.results) == 20 and len(c.alarms) >= 20)
+            got = Collect(reader).until(lambda c: len(c.results) == 20 and c.alarms)  # alarms: bounded a second
             assert all(r.data == "]d2" + CODE for r in got.results)
             assert set(got.kinds()) <= {"MALFORMED", "TOO_LONG", "UNEXPECTED_REPLY"}
             reader.close()
