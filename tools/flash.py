@@ -237,15 +237,17 @@ def build(board: str, settings: Settings, arch: str | None = None) -> Build:
         files.append(("main.py", main.encode()))
     else:
         files.append(("main.py", (fw / "main.py").read_bytes()))  # a board runs main.py as source
-    manifest = {
+    hashes = {n: hashlib.sha256(d).hexdigest() for n, d in files}
+    manifest: dict = {
         "board": board, "fw_version": fw_version(), "fingerprint": f"0x{fp:08x}",
-        "mpy": describe_tag(mpy_tag(files[0][1])), "mpy_tag": mpy_tag(files[0][1]), "device_id": settings.device_id,
+        "mpy": describe_tag(mpy_tag(files[0][1])), "mpy_tag": mpy_tag(files[0][1]),
+        "device_id": settings.device_id,
         "link": settings.link, "pins": {**board_pins(board), **settings.pins},
-        "files": {n: hashlib.sha256(d).hexdigest() for n, d in files},
+        "files": hashes,
     }
     data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     files.insert(len(files) - 1, (MANIFEST, data))  # installed just before main.py
-    manifest["files"][MANIFEST] = hashlib.sha256(data).hexdigest()
+    hashes[MANIFEST] = hashlib.sha256(data).hexdigest()  # the file cannot list its own hash
     return Build(board, settings, files, manifest)
 
 

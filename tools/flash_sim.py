@@ -56,15 +56,18 @@ class SimBoard:
         self.boots = 0
         self._tail = b""
         self.stopping = False
+        self.raw_repl = False  # the board last showed its raw REPL prompt (not ">>> ")
+        self.ctrl_d_at = 0.0  # when the client last sent Ctrl-D (soft reset)
+        self.enter_raw = False  # after a soft reset in the raw REPL: back into it, as a board does
 
-    def _spawn(self) -> None:
+    def _spawn(self, run_main: bool = True) -> None:
         m, s = os.openpty()
         a = termios.tcgetattr(s)
         a[1] &= ~termios.OPOST  # the REPL writes its own \r\n
         a[3] &= ~(termios.ECHO | termios.ICANON)  # ISIG stays: Ctrl-C interrupts main.py
         termios.tcsetattr(s, termios.TCSANOW, a)
         os.set_blocking(m, False)
-        args = ["-i", "main.py"] if (self.dir / "main.py").exists() else []
+        args = ["-i", "main.py"] if run_main and (self.dir / "main.py").exists() else []
         env = {**unixport.env(None), LINK_ENV: self.link, "SERIALINE_LINK": self.dlink,
                # the board's filesystem only, not unixport.env's firmware folder
                "MICROPYPATH": ":.frozen"}
@@ -124,23 +127,35 @@ class SimBoard:
                     if ready is not None:
                         first += data
                     seen = self._tail + data
+                    raw_at, friendly_at = seen.rfind(b"raw REPL; CTRL-B"), seen.rfind(b">>> ")
+                    if raw_at != friendly_at:
+                        self.raw_repl = raw_at > friendly_at
+                    if self.enter_raw and friendly_at >= 0:
+                        os.write(self.con_m, b"\x01")
+                        self.enter_raw = False
                     reset = RESET_LINE.encode() in seen
-                    self._tail = seen[-len(RESET_LINE):]
+                    self._tail = seen[-max(len(RESET_LINE), 20):]
                 elif fd == self.repl_m:
-                    self._move(self.repl_m, self.con_m)
+                    if b"\x04" in self._move(self.repl_m, self.con_m):
+                        self.ctrl_d_at = time.monotonic()
                 elif fd == self.link_m:
                     self._move(self.link_m, self.dlink_m)
                 elif fd == self.dlink_m:
                     self._move(self.dlink_m, self.link_m)
-            ended = self.proc is not None and self.proc.poll() is not None
-            if reset or ended:
-                self.log("reset" if reset else f"the process ended (status {self.proc.returncode}): reboot")
+            status = self.proc.poll() if self.proc is not None else None
+            if reset or status is not None:
+                self.log("reset" if reset else f"the process ended (status {status}): reboot")
                 self._kill()
-                for fd in (self.dlink_m,):  # what the old boot left unread on its link
-                    termios.tcflush(self._dlink_s, termios.TCIOFLUSH)
+                termios.tcflush(self._dlink_s, termios.TCIOFLUSH)  # what the old boot left unread
                 time.sleep(0.05)
+                # Ctrl-D ends the unix port; a board soft-resets: back to the raw REPL if it was
+                # there (main.py skipped, as MicroPython does), else a boot with main.py
+                soft = not reset and time.monotonic() - self.ctrl_d_at < 1.0
                 if not self.stopping:
-                    self._spawn()
+                    self._spawn(run_main=not (soft and self.raw_repl))
+                    if soft:
+                        os.write(self.repl_m, b"MPY: soft reboot\r\n")
+                        self.enter_raw = self.raw_repl
         self._kill()
 
     def stop(self, *_a) -> None:

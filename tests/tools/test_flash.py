@@ -130,3 +130,19 @@ def test_flash_takes_board_and_device_id_from_the_line_file(sim_board, tmp_path,
     assert "[device] board = 'sim', but --board esp32" in err
     err = one_line_error(capsys, ["flash", "--config", str(tmp_path / "none.toml"), "--port", sim_board.port])
     assert "no such file" in err
+
+
+def test_the_mpremote_command_works_on_the_sim_board(sim_board):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    F.flash(sim_board.port, "sim", F.Settings("mp-1"))
+    mpremote = shutil.which("mpremote") or str(Path(sys.executable).parent / "mpremote")
+    for args in (["fs", "ls"], ["resume", "fs", "ls"]):  # a soft reset (Ctrl-D) and none
+        proc = subprocess.run([mpremote, "connect", sim_board.port, *args], capture_output=True,
+                              text=True, timeout=30)
+        assert proc.returncode == 0 and "main.py" in proc.stdout and "wire.mpy" in proc.stdout, proc
+    F.flash(sim_board.port, "sim", F.Settings("mp-2"))  # and flash again after it
+    assert hello(sim_board.link)["device_id"] == "mp-2"
