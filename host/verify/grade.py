@@ -99,7 +99,10 @@ class Layout:
     clock_right: np.ndarray  # rows of the right clock track's dark modules
     cw_modules: np.ndarray  # codeword × 8: flat indexes of its modules in the (n + 2)² grid
     block_onehot: np.ndarray  # codeword × block: 1 where the codeword belongs to the block
-    seg_flat: dict  # name → flat indexes in the (n + 2)² grid
+    seg_names: tuple  # fixed-pattern segments, in the order of seg_id
+    seg_all: np.ndarray  # their modules' flat indexes in the (n + 2)² grid, one segment after another
+    seg_id: np.ndarray  # the segment of each of those
+    seg_size: np.ndarray
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -221,9 +224,10 @@ def layout(n: int) -> Layout:
     cw_modules[codeword[rr, cc], bit[rr, cc]] = (rr + 1) * g + (cc + 1)
     onehot = np.zeros((total, blocks))
     onehot[np.arange(total), block] = 1.0
-    seg_flat = {k: r * g + c for k, (r, c) in segments.items()}
+    flat = [r * g + c for r, c in segments.values()]
     return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark,
-                  cw_modules, onehot, seg_flat)
+                  cw_modules, onehot, tuple(segments), np.concatenate(flat),
+                  np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]))
 
 
 def nominal(dec: Decoded, n: int) -> np.ndarray | None:
@@ -280,30 +284,31 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(ym - b * xm), b
 
 
-def _overlay(cw_grade: np.ndarray, cw_error: np.ndarray, lay: Layout) -> int:
-    """ISO/IEC 15415 grade overlay: at each grade level the codewords below it are erasures (one check
-    each), codewords read wrong errors (two); notional UEC per RS block, the worst block; the grade is
-    the best min(level, notional UEC grade)."""
-    erased = (cw_grade[None, :] < _LEVELS[:, None]) & ~cw_error[None, :]
-    spent = (erased.astype(np.float64) + 2.0 * cw_error[None, :]) @ lay.block_onehot  # level × block
-    uec = 1.0 - spent.max(axis=1) / lay.ec_per_block
-    best = 0
-    for g, u in zip((4, 3, 2, 1), uec.tolist()):
-        got = min(g, _at_least(u, _UEC)) if u >= 0 else 0
-        best = max(best, got)
-    return best
+def _overlay(cw_grades: np.ndarray, cw_error: np.ndarray, lay: Layout) -> list[int]:
+    """ISO/IEC 15415 grade overlay, for each row of `cw_grades` (parameter × codeword): at each grade
+    level the codewords below it are erasures (one check each), codewords read wrong errors (two);
+    notional UEC per RS block, the worst block; the grade is the best min(level, notional UEC grade)."""
+    erased = (cw_grades[:, None, :] < _LEVELS[None, :, None]) & ~cw_error
+    spent = (erased + 2.0 * cw_error) @ lay.block_onehot  # parameter × level × block
+    uec = (1.0 - spent.max(axis=2) / lay.ec_per_block).tolist()
+    return [max((min(g, _at_least(u, _UEC)) if u >= 0 else 0) for g, u in zip((4, 3, 2, 1), row)) for row in uec]
 
 
-def _segment_grade(module_grades: np.ndarray) -> tuple[int, float]:
-    """A fixed-pattern segment: at each level its modules below it are damage; graded like _overlay."""
-    below = np.cumsum(np.bincount(module_grades, minlength=5)) / module_grades.size  # share < g+1 at index g
-    best, share = 0, 1.0
-    for g in (4, 3, 2, 1):
-        damaged = float(below[g - 1])
-        got = min(g, _at_most(damaged, _FPD))
-        if got > best:
-            best, share = got, damaged
-    return best, share
+def _segment_grades(module_grades: np.ndarray, lay: Layout) -> dict[str, tuple[int, float]]:
+    """Each fixed-pattern segment: at each level its modules below it are damage, graded against the
+    damage thresholds; the segment's grade is the best min(level, damage grade) (Annex M's overlay)."""
+    nseg = len(lay.seg_names)
+    counts = np.bincount(lay.seg_id * 5 + module_grades[lay.seg_all], minlength=nseg * 5).reshape(nseg, 5)
+    below = (np.cumsum(counts, axis=1) / lay.seg_size[:, None]).tolist()  # [g]: share graded ≤ g
+    out = {}
+    for name, shares in zip(lay.seg_names, below):
+        best, share = 0, 1.0
+        for g in (4, 3, 2, 1):
+            got = min(g, _at_most(shares[g - 1], _FPD))
+            if got > best:
+                best, share = got, shares[g - 1]
+        out[name] = (best, share)
+    return out
 
 
 def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
@@ -390,11 +395,10 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
 
     cwm = lay.cw_modules
     wrong_cw = ~right_side[cwm].all(axis=1)
-    mod_grade = _overlay(mod_flat[cwm].min(axis=1), wrong_cw, lay)
-    rm_grade = _overlay(rm_flat[cwm].min(axis=1), wrong_cw, lay)
+    mod_grade, rm_grade = _overlay(np.stack([mod_flat[cwm].min(axis=1), rm_flat[cwm].min(axis=1)]), wrong_cw, lay)
     own_uec = float(max(0.0, 1 - 2 * (wrong_cw @ lay.block_onehot).max() / lay.ec_per_block))
 
-    seg = {name: _segment_grade(rm_flat[flat_idx]) for name, flat_idx in lay.seg_flat.items()}
+    seg = _segment_grades(rm_flat, lay)
     fpd = min(g for g, _ in seg.values())
     fpd_share = max(sh for g, sh in seg.values() if g == fpd)
 
@@ -406,7 +410,7 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     p["modulation"] = Parameter(round(float(data_ratio.min()), 3), mod_grade)
     p["reflectance_margin"] = Parameter(round(float(np.where(right_side[cwm], data_ratio, 0.0).min()), 3), rm_grade)
     p["fixed_pattern_damage"] = Parameter(round(fpd_share, 3), fpd)
-    p["axial_nonuniformity"] = Parameter(round(an, 3), _at_most(an, _AN))
+    p["axial_nonuniformity"] = Parameter(round(float(an), 3), _at_most(an, _AN))
     p["grid_nonuniformity"] = Parameter(round(gn, 3), _at_most(gn, _GN))
     p["unused_error_correction"] = Parameter(round(float(uec), 3), _at_least(uec, _UEC))
     res.overall = 0 if dec.error else min(x.grade for x in p.values())
