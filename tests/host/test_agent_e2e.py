@@ -368,6 +368,7 @@ def test_agent_run_end_to_end_camera_drop_sigterm_restart(tmp_path, rig):
                  "no_pack_left_unaccounted", "ledger_matches_line", "all_packs_detected"):
         assert inv[name], (name, summary)
     assert report["units_bad"] >= 2, summary  # the proof had bad packs to reject
+    assert "unrecorded" not in report["good_rejected_reasons"], summary  # a good pack rejected says why
     assert close.returncode == 0, (close.stdout, close.stderr)
     assert reconcile.returncode == 0, (reconcile.stdout, reconcile.stderr)
     assert "PROBLEM" not in reconcile.stdout, reconcile.stdout
