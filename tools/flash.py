@@ -277,6 +277,7 @@ class Board:
 
         _open_port_check(port)
         self.port = port
+        self.platform = ""  # sys.platform, once asked
         self._error = TransportError
         quiet = io.StringIO()  # mpremote prints what it read when the REPL does not answer
         try:
@@ -331,9 +332,10 @@ class Board:
                 out[w[0]] = None if w[1] == "-" else w[1]
         return out
 
-    def reset(self, board: str) -> None:
+    def reset(self) -> None:
         """Reset and let go of the port (the board reboots into its main.py)."""
-        code = f"print({RESET_LINE[:-5]!r}+'reset')" if board == "sim" else "import machine\nmachine.reset()"
+        sim = self.platform == PLATFORM["sim"]
+        code = f"print({RESET_LINE[:-5]!r}+'reset')" if sim else "import machine\nmachine.reset()"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 self.t.exec_raw_no_follow(code)
@@ -357,10 +359,11 @@ def _probe(b: Board) -> dict:
         platform, mpy, version, link = ast.literal_eval(out.strip().splitlines()[-1])
     except (ValueError, SyntaxError, IndexError):
         raise FlashError(f"the board on {b.port} did not say what it is: {out.strip()[:80]!r}") from None
+    b.platform = platform
     return {"platform": platform, "mpy": mpy, "version": version, "link": link}
 
 
-def _stage_script(names: list[str]) -> str:
+def _stage_script() -> str:
     return ("import os\n"
             f"try:\n for n in os.listdir({STAGE!r}):\n  os.remove({STAGE!r}+'/'+n)\n"
             f" os.rmdir({STAGE!r})\nexcept OSError:\n pass\nos.mkdir({STAGE!r})\n")
@@ -406,53 +409,28 @@ def flash(port: str, board: str, settings: Settings, *, link_port: str | None = 
     `on_staged` runs after the copy and before the verification (a test corrupts a file there)."""
     _check_settings(board, settings)
     lines: list[str] = []
-    b = Board(port)
+    b = Board(port)  # from here the old firmware is stopped (Ctrl-C): any refusal restarts it
     try:
-        info = _probe(b)
-        if info["platform"] != PLATFORM[board]:
-            actual = next((k for k, v in PLATFORM.items() if v == info["platform"]), info["platform"])
-            raise FlashError(f"wrong board: --board {board}, but the board on {port} is {actual} "
-                             f"(sys.platform {info['platform']!r})")
-        tag = info["mpy"]
-        arch = ARCHES[tag >> 10] if 0 < tag >> 10 < len(ARCHES) else ""
-        if not arch:
-            raise FlashError(f"the board's MicroPython {info['version']} has no native code emitter "
-                             f"(.mpy {describe_tag(tag)}); the firmware's viper code needs one")
-        build_ = build(board, settings, arch)
-        want = build_.manifest["mpy_tag"]
-        if tag != want:
-            raise FlashError(f"the board's MicroPython {info['version']} loads .mpy {describe_tag(tag)}, "
-                             f"mpy-cross {mpy_cross_version()} makes {describe_tag(want)}: "
-                             "flash the board with a MicroPython of the same .mpy version")
-        lines.append(f"board {board} on {port}: MicroPython {info['version']}, .mpy {describe_tag(tag)} "
-                     f"= what mpy-cross {mpy_cross_version()} made")
-        if board == "sim":
-            link_port = link_port or info["link"]
-            if not link_port:
-                raise FlashError(f"the board on {port} names no link port ({LINK_ENV}): start it with "
-                                 "serialine device sim-board")
-        elif link_port is None:
-            if settings.link != "usb":
-                raise FlashError(f"--link PORT is required: the firmware talks on the board's UART "
-                                 f"(link = {settings.link})")
-            link_port = port
-        old = _old_files(b)
-        b.exec(_stage_script([n for n, _ in build_.files]), "making the staging folder")
-        for name, data in build_.files:
-            log(f"copy {name} ({len(data)} B)")
-            b.write(f"{STAGE}/{name}", data)
-        if on_staged is not None:
-            on_staged()
         try:
+            build_, link_port = _prepare(b, board, settings, link_port, lines)
+            old = _old_files(b)
+            b.exec(_stage_script(), "making the staging folder")
+            for name, data in build_.files:
+                log(f"copy {name} ({len(data)} B)")
+                b.write(f"{STAGE}/{name}", data)
+            if on_staged is not None:
+                on_staged()
             lines += [f"staged in :{STAGE}/ and verified:"] + _verify(b, build_, STAGE + "/")
         except FlashError as exc:
-            b.exec(_stage_script([]) + f"os.rmdir({STAGE!r})\n", "removing the staging folder")
-            b.reset(board)
-            raise FlashError(f"{exc}; nothing installed, the old firmware was restarted") from None
-        b.exec(_swap_script(build_, old), "installing the verified files")
-        _verify(b, build_, "")
+            raise FlashError(f"{exc}; {_restore(b)}") from None
+        try:
+            b.exec(_swap_script(build_, old), "installing the verified files")
+            _verify(b, build_, "")
+        except FlashError as exc:
+            raise FlashError(f"{exc}; the swap was cut short: the board may have no main.py and boot "
+                             "to its REPL, running nothing; flash it again") from None
         lines.append("installed (main.py last) and verified again in place; reset")
-        b.reset(board)
+        b.reset()
     finally:
         b.close()
     hello = check_hello(link_port, build_, hello_timeout)
@@ -460,6 +438,51 @@ def flash(port: str, board: str, settings: Settings, *, link_port: str | None = 
                  f"fw_version {hello['fw_version']} = flashed, board {hello['board']}, "
                  f"device_id {hello['device_id']}, boot_id {hello['boot_id']}")
     return Report(lines, hello)
+
+
+def _prepare(b: Board, board: str, settings: Settings, link_port: str | None,
+             lines: list[str]) -> tuple[Build, str]:
+    """What the board is, the build for it, where its link is."""
+    info = _probe(b)
+    port = b.port
+    if info["platform"] != PLATFORM[board]:
+        actual = next((k for k, v in PLATFORM.items() if v == info["platform"]), info["platform"])
+        raise FlashError(f"wrong board: --board {board}, but the board on {port} is {actual} "
+                         f"(sys.platform {info['platform']!r})")
+    tag = info["mpy"]
+    arch = ARCHES[tag >> 10] if 0 < tag >> 10 < len(ARCHES) else ""
+    if not arch:
+        raise FlashError(f"the board's MicroPython {info['version']} has no native code emitter "
+                         f"(.mpy {describe_tag(tag)}); the firmware's viper code needs one")
+    build_ = build(board, settings, arch)
+    want = build_.manifest["mpy_tag"]
+    if tag != want:
+        raise FlashError(f"the board's MicroPython {info['version']} loads .mpy {describe_tag(tag)}, "
+                         f"mpy-cross {mpy_cross_version()} makes {describe_tag(want)}: "
+                         "flash the board with a MicroPython of the same .mpy version")
+    lines.append(f"board {board} on {port}: MicroPython {info['version']}, .mpy {describe_tag(tag)} "
+                 f"= what mpy-cross {mpy_cross_version()} made")
+    if board == "sim":
+        link_port = link_port or info["link"]
+        if not link_port:
+            raise FlashError(f"the board on {port} names no link port ({LINK_ENV}): start it with "
+                             "serialine device sim-board")
+    elif link_port is None:
+        if settings.link != "usb":
+            raise FlashError("--link PORT is required: the firmware talks on the board's UART "
+                             f"(link = {settings.link})")
+        link_port = port
+    return build_, link_port
+
+
+def _restore(b: Board) -> str:
+    """After a refusal: no staging folder left, the old firmware running again."""
+    try:
+        b.exec(_stage_script() + f"os.rmdir({STAGE!r})\n", "removing the staging folder")
+        b.reset()
+    except FlashError:
+        return "nothing installed; reset the board to restart its old firmware"
+    return "nothing installed, the old firmware was restarted"
 
 
 def mpy_cross_version() -> str:

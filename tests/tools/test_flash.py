@@ -94,10 +94,14 @@ def test_nothing_answering_and_wrong_board(sim_board, capsys):
     finally:
         os.close(master)
         os.close(slave)
+    F.flash(sim_board.port, "sim", F.Settings("right-1"))
+    before = sorted(p.name for p in sim_board.dir.iterdir())
     err = one_line_error(capsys, ["flash", "--board", "rpi_pico", "--port", sim_board.port,
                                   "--link", sim_board.link])
     assert "wrong board: --board rpi_pico, but the board on" in err and "is sim" in err
-    assert not list(sim_board.dir.iterdir())
+    assert "old firmware was restarted" in err
+    assert sorted(p.name for p in sim_board.dir.iterdir()) == before
+    assert hello(sim_board.link)["device_id"] == "right-1"  # running again after the refusal
 
 
 def test_settings_are_written_into_the_board_adapter():
