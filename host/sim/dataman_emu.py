@@ -13,7 +13,8 @@ DMCC as the emulator answers it:
 Result output (the reader's formatted output, one line per trigger, CR LF):
   <ISO 15415 overall grade>,<symbology identifier><data>   (GS as the raw byte 0x1D)
   NOREAD                                                     the configured no-read string
-Faults beyond SimCamera's: `drop()` closes the connection; `set_param(name, value)` changes the
+Faults beyond SimCamera's: `garbage` sends a late, stray or mangled DMCC reply (lines besides the
+results, which the driver must alarm on and not count); `drop()` closes the connection; `set_param(name, value)` changes the
 reader's settings behind the host's back (a test of the driver's checks)."""
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class DataManEmu(SimCamera):
         return "NOREAD\r"
 
     def _garbage(self, n: int, rng: random.Random) -> str:
-        return rng.choice(["STATUS ok\r", "Q,]d2X\r", "||0:99[0]late\r", "A," + "9" * 600 + "\r"])
+        # lines a reader sends besides its results (a late reply, a mangled one): never a result, so
+        # a driver that counts results itself must not count them either (docs/devices.md)
+        return rng.choice(["||0:99[0]late\r", "||0:98[104]\r", "||garbled\r"])
 
     def handle(self, line: str) -> str | None:
         self.commands.append(line)

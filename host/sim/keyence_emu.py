@@ -12,7 +12,8 @@ as the SR reader's command and data format (docs/devices.md "Keyence SR series" 
 Read data (one line per trigger, CR):
   <symbol ID><read data>:<ISO/IEC 15415 overall grade>    (GS as the raw byte 0x1D)
   ERROR                                                   the read-error string
-Faults beyond SimCamera's: `drop()` closes the connection."""
+Faults beyond SimCamera's: `garbage` sends a stray reply (a line besides the results, which the
+driver must alarm on and not count); `drop()` closes the connection."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class KeyenceEmu(SimCamera):
         return "ERROR"
 
     def _garbage(self, n: int, rng: random.Random) -> str:
-        return rng.choice(["STATUS", "]d2X:Q", "OK,LON", "]d2" + "9" * 600 + ":A"])
+        # lines a reader sends besides its results (stray replies): never a result (docs/devices.md)
+        return rng.choice(["OK,LON", "ER,LOFF,15", "OK,WP"])
 
     def handle(self, line: str) -> None:
         line = line.rstrip("\r")
