@@ -136,3 +136,31 @@ def test_a_live_link_through_the_tee(sim_board):
     reply = next(r for r in recs if r.get("msg") == "HELLO_REPLY")
     assert reply["fields"]["device_id"] == "tee-1" and reply["flags"] == [] and reply["t"] > 0
     assert recs[-1]["summary"]["crc_errors"] == 0
+
+
+def test_a_live_port_is_timestamped_and_saved(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    master, slave = os.openpty()
+    saved = tmp_path / "raw.bin"
+    proc = subprocess.Popen([sys.executable, "-m", "serialine.host.cli", "frames", "--port", os.ttyname(slave),
+                             "--seconds", "2", "--json", "--save", str(saved)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(0.7)
+        os.write(master, detected(0, 0) + b"\xff\xfe")
+        time.sleep(0.3)
+        os.write(master, detected(0, 0))
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        os.close(master)
+        os.close(slave)
+    recs = [json.loads(x) for x in out.splitlines()]
+    first, skipped, again, summary = recs
+    assert first["msg"] == "UNIT_DETECTED" and 0.2 < first["t"] < again["t"]
+    assert skipped["bytes"] == 2 and again["flags"] == ["resync", "retransmission"]
+    assert summary["summary"]["frames"] == 2
+    assert saved.read_bytes() == detected(0, 0) + b"\xff\xfe" + detected(0, 0)
