@@ -90,6 +90,16 @@ def test_dataman_configures_on_connect_with_command_ids():
         reader.close()
 
 
+def test_dataman_read_string_as_status_1_is_a_result():
+    with DataManEmu() as emu:
+        reader = registry.open_reader("dataman", *emu.address, {})
+        emu.send("||[1]B,]d2" + CODE + "\r")  # a reader-initiated read string (extended mode)
+        emu.send("||[1]NOREAD\r")
+        got = Collect(reader).until(lambda c: len(c.results) == 2)
+        assert [(r.n, r.grade, r.data) for r in got.results] == [(1, "B", "]d2" + CODE), (2, None, None)]
+        reader.close()
+
+
 def test_text_driver_with_reader_numbers_and_the_serialine_format():
     """The text driver reads any line format: here the Serialine camera's, numbered by the reader."""
     opts = {"result": r"READ (?P<n>\d+) (?P<grade>\S+) (?P<data>\S+)", "no_read": r"NOREAD (?P<n>\d+)"}
