@@ -16,6 +16,7 @@ that resume handles. Logs go to stderr, one line per event that matters."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 
-from serialine.protocol.schema import FINGERPRINT, Command, ConfigResult, DeviceState
+from serialine.protocol.schema import FINGERPRINT, NO_UNIT, Alarm, Command, ConfigResult, DeviceState
 
 from . import audit
 from .db import transaction
@@ -37,6 +38,7 @@ DRAIN_S = 5.0  # after SIGTERM: how long the units in flight get to reach their 
 CONNECT_S = 1.0  # one HELLO attempt; the service keeps trying, serving its control interface
 STATUS_EVERY_S = 0.25  # ledger figures in the status snapshot (the rest is fresh every step)
 CONFIG_REPORT_WARN_S = 10.0
+CONFIG_RETRY_S = 1.0  # a device busy with units in flight is sent the configuration again after this
 
 
 class ServiceError(Exception):
@@ -199,18 +201,25 @@ class Forwarding:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        from .epcis.forwarder import Forwarder
+        from .epcis.forwarder import target_of
         for target in self.targets:
             sink = _sink(target)  # ValueError: one line, redacted
-            conn = _open_ledger(self.db_path, schema=False)
-            conn.execute("PRAGMA busy_timeout = 2000")
-            fwd = Forwarder(conn, sink)
-            log.info("forwarding the outbox to %s", fwd.target)
-            t = threading.Thread(target=self._run, args=(fwd, conn), daemon=True, name=f"forward {fwd.target}")
+            name = target_of(sink)
+            log.info("forwarding the outbox to %s", name)
+            t = threading.Thread(target=self._run, args=(sink,), daemon=True, name=f"forward {name}")
             t.start()
             self.threads.append(t)
 
-    def _run(self, fwd, conn) -> None:
+    def _run(self, sink) -> None:
+        from .epcis.forwarder import Forwarder
+        from .ledgerfile import LedgerFileError
+        try:  # a connection of this thread's own (SQLite connections stay in their thread)
+            conn = _open_ledger(self.db_path, schema=False)
+            conn.execute("PRAGMA busy_timeout = 2000")
+            fwd = Forwarder(conn, sink)
+        except (LedgerFileError, sqlite3.Error) as exc:
+            log.error("forwarding stopped: %s", sentence(exc))
+            return
         said = None
         while not self.stop.is_set():
             try:
@@ -254,12 +263,15 @@ class Service:
         self.config_id = 0
         self._config_sent_at = 0.0
         self._config_warned = False
+        self._config_fields: dict = {}
+        self._busy_said = False
         self._ready = False
         self._status_at = 0.0
         self._figures: dict = {}
         self._alarm_seen = 0
         self._alarms: list[dict] = []
         self._signals = 0
+        self._device_alarm_at: tuple = (None, -1)  # ((device_id, boot_id), last ALARM event_seq logged)
 
     # --- life ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -423,29 +435,44 @@ class Service:
     def _send_config(self) -> None:
         from . import linefile
         self.config_id += 1
-        fields = linefile.device_fields(self.cfg, self.config_id)
+        self._config_fields = linefile.device_fields(self.cfg, self.config_id)
         self.link.last_config_report = None
-        self.link.send("CONFIG_SET", fields)
+        self.link.send("CONFIG_SET", self._config_fields)
         self._config_sent_at, self._config_warned = time.monotonic(), False
 
     def _check_config_report(self) -> None:
         if self.configured:
             return
-        rep = self.link.last_config_report
-        if rep is None or int(rep.get("config_id", -1)) != self.config_id:
-            if not self._config_warned and time.monotonic() - self._config_sent_at > CONFIG_REPORT_WARN_S:
+        rep, now = self.link.last_config_report, time.monotonic()
+        if rep is None:
+            if not self._config_warned and now - self._config_sent_at > CONFIG_REPORT_WARN_S:
                 self._config_warned = True
                 log.warning("device: no CONFIG_REPORT %g s after the configuration was sent; still waiting",
                             CONFIG_REPORT_WARN_S)
             return
-        if int(rep["result"]) != ConfigResult.OK:
+        result = int(rep["result"])
+        same = all(rep.get(k) == v for k, v in self._config_fields.items() if k != "config_id")
+        if result == ConfigResult.BUSY and not same:  # units in flight: the device takes it once they are out
+            if not self._busy_said:
+                self._busy_said = True
+                log.warning("device busy (units in flight) with a configuration other than the line file's;"
+                            " sending it again every %g s", CONFIG_RETRY_S)
+            if now - self._config_sent_at >= CONFIG_RETRY_S:
+                self._send_config()
+            return
+        if result not in (ConfigResult.OK, ConfigResult.BUSY):
             from . import linefile
             raise ServiceError(linefile.explain_refusal(rep, self.cfg))
-        self.configured = True
+        if result == ConfigResult.OK and int(rep["config_id"]) != self.config_id:
+            return  # the answer to an earlier CONFIG_SET
+        self.configured, self._busy_said = True, False
         hello = self.link.hello or {}
-        log.info("configuration %d applied on boot %d (firmware %s, board %s, schema fingerprint 0x%08x)",
-                 self.config_id, self.boot_id, _text(hello.get("fw_version", "?")), _text(hello.get("board", "?")),
-                 int(hello.get("fingerprint", FINGERPRINT)))
+        shown = self.config_id if result == ConfigResult.OK else int(rep["config_id"])
+        how = "applied" if result == ConfigResult.OK else "kept"
+        log.info("configuration %d %s on boot %d (firmware %s, board %s, schema fingerprint 0x%08x)%s",
+                 shown, how, self.boot_id, _text(hello.get("fw_version", "?")), _text(hello.get("board", "?")),
+                 int(hello.get("fingerprint", FINGERPRINT)),
+                 "" if result == ConfigResult.OK else ": units in flight, and the one the device stored is the line file's")
         if getattr(self.cfg.agent, "start_on_boot", False):
             self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
             log.info("line started (start_on_boot)")
@@ -608,6 +635,8 @@ class Service:
             log.warning("alarm %s %s: %s", source, kind, detail)
             self._alarms.append({"at": at, "source": source, "alarm": kind, "detail": detail})
         del self._alarms[:-20]
+        if self.agent is not None and self.agent.boot_id is not None:
+            self._device_alarms()
         if self.agent is not None:
             batch_id = self.agent.ledger.batch.batch_id
             counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit WHERE batch_id=?"
@@ -619,6 +648,23 @@ class Service:
             self._figures["outbox"] = outbox.counts(c)
         except sqlite3.OperationalError:
             self._figures["outbox"] = {}
+
+    def _device_alarms(self) -> None:
+        """The device's own ALARM events of this boot (stored by the agent), one line each."""
+        a = self.agent
+        key = (a.device_id, a.boot_id)
+        if self._device_alarm_at[0] != key:
+            self._device_alarm_at = (key, -1)
+        rows = self.conn.execute("SELECT event_seq, body FROM device_event WHERE device_id=? AND boot_id=?"
+                                 " AND msg_name='ALARM' AND event_seq > ? ORDER BY event_seq",
+                                 (*key, self._device_alarm_at[1])).fetchall()
+        for seq, body in rows:
+            self._device_alarm_at = (key, seq)
+            f = json.loads(body)
+            unit = f.get("unit_seq")
+            log.warning("device alarm %s %s%s", _enum_name(Alarm, f.get("alarm")),
+                        "raised" if f.get("active") else "cleared",
+                        f" (unit {unit})" if isinstance(unit, int) and unit != NO_UNIT else "")
 
     # --- SIGTERM -----------------------------------------------------------------------------
     def _leave(self) -> None:
@@ -663,6 +709,13 @@ def _conn_state(w: Watched | None) -> str:
 
 def _text(value) -> str:
     return str(value).rstrip("\x00").strip()
+
+
+def _enum_name(enum_cls, value) -> str:
+    try:
+        return enum_cls(int(value)).name
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _state(value) -> str | None:

@@ -100,6 +100,7 @@ class Rig:
         self.packs: list[Pack] = []
         self.state = 0
         self.stop_out = False
+        self.gate_out = False
         self.stops = 0  # stop_on edges seen
         self.feeding = True
         self.t0 = time.monotonic()
@@ -132,10 +133,11 @@ class Rig:
                     self.board.proc.kill()
                     self.board.close()
                     self._boot()
-                    self.state, self.stop_out, self.run_from = 0, False, None
+                    self.state, self.stop_out, self.gate_out, self.run_from = 0, False, False, None
                     self._reboot.clear()
                 t = self._now_us()
-                self.belt += self.cps * (t - last) / 1e6
+                if self._moving():
+                    self.belt += self.cps * (t - last) / 1e6
                 last = t
                 self._feed()
                 pe = int(any(p.at <= self.belt < p.at + self.length for p in self.packs[-3:]))
@@ -153,6 +155,16 @@ class Rig:
                 time.sleep(0.0005)
         except Exception as exc:  # the test sees it
             self.error = exc
+
+    def _moving(self) -> bool:
+        """The drive runs while the device runs; a line stop holds the infeed at once and the belt
+        runs on until no pack is short of its confirm point (the line clears), then stands."""
+        if self.state == 2 and not self.stop_out:
+            return True
+        if not self.stop_out or not self.f:
+            return False
+        clear = self.f["confirm_to"] + 40
+        return any(self.belt - p.at < clear for p in self.packs[-40:])
 
     def _feed(self):
         f = self.f
@@ -180,11 +192,8 @@ class Rig:
         elif name == "camera":
             p = self._near(f["camera_at"], self.pitch / 2)
             self.camera.trigger(t, p.printed if p else None, False)
-        elif name == "gate_open":
-            lead = self.cps * f["gate_lead_us"] / 1e6
-            p = self._near(f["gate_at"] - lead, 60)
-            if p is not None:
-                p.rejected = True
+        elif name in ("gate_open", "gate_close"):
+            self.gate_out = name == "gate_open"
         elif name == "stop_on":
             self.stop_out, self.stops = True, self.stops + 1
         elif name == "stop_off":
@@ -193,6 +202,8 @@ class Rig:
     def _confirms(self):
         f = self.f
         for p in self.packs[-40:]:
+            if self.gate_out and abs(self.belt - p.at - f["gate_at"]) <= 60:
+                p.rejected = True  # the paddle is out while the pack is in front of it
             if p.rejected and not p.confirmed and self.belt - p.at >= f["gate_at"] + 80:
                 p.confirmed = True
                 self.confirm_until = time.monotonic() + 0.003
@@ -379,7 +390,8 @@ def wait_for(cond, timeout: float, what: str, rig=None):
         if v:
             return v
         time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {timeout} s")
+    where = f" (device state {rig.state}, stop output {rig.stop_out}, {len(rig.packs)} packs)" if rig else ""
+    raise AssertionError(f"{what}: not within {timeout} s{where}")
 
 
 # --- the tests --------------------------------------------------------------------------------
@@ -403,3 +415,122 @@ def test_ready_runs_packs_and_sigterm_leaves_every_unit_with_an_outcome(line):
     assert by.get("PASSED", 0) >= 5, by
     assert "Traceback" not in agent.log
     assert re.search(r"stopped: every unit in flight has its outcome", agent.log), agent.log
+
+
+def outcomes(db: Path, batch: str) -> dict:
+    return dict(ledger_rows(db, "SELECT outcome, COUNT(*) FROM unit WHERE batch_id=? GROUP BY 1", batch))
+
+
+def alarms(db: Path) -> list[tuple[str, str, str]]:
+    return ledger_rows(db, "SELECT source, alarm, detail FROM alarm_log ORDER BY alarm_id")
+
+
+def test_a_device_reboot_is_followed_configured_and_started_again(line):
+    rig, cfg, db, batch = line()
+    agent = Agent(cfg, batch)
+    try:
+        first = agent.wait_status(lambda s: s["ready"])["device"]["boot_id"]
+        wait_for(lambda: len(rig.packs) >= 3, 30, "3 packs", rig)
+        rig.reboot()
+        st = agent.wait_status(lambda s: s["ready"] and s["device"]["boot_id"] not in (None, first), 30)
+        second = st["device"]["boot_id"]
+        assert re.search(rf"device line-1 boot {second}: firmware", agent.log), agent.log
+        # applied, or kept when a pack at the photo-eye made the rebooted device busy
+        assert re.search(rf"configuration \d+ (applied|kept) on boot {second} ", agent.log), agent.log
+        n = len(rig.packs)
+        wait_for(lambda: len(rig.packs) >= n + 3, 30, "3 packs after the reboot", rig)
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    boots = {b for (b,) in ledger_rows(db, "SELECT DISTINCT boot_id FROM unit WHERE batch_id=?", batch)}
+    assert boots == {first, second}
+    passed_after = ledger_rows(db, "SELECT COUNT(*) FROM unit WHERE boot_id=? AND outcome='PASSED'", second)[0][0]
+    assert passed_after >= 2, outcomes(db, batch)
+    assert "Traceback" not in agent.log
+
+
+def test_camera_lost_stops_the_line_until_back_and_cleared(line):
+    from serialine.host.control import ControlError
+
+    rig, cfg, db, batch = line()
+    agent = Agent(cfg, batch)
+    try:
+        agent.wait_status(lambda s: s["ready"])
+        client = agent.control
+        wait_for(lambda: len(rig.packs) >= 4, 30, "4 packs", rig)
+        host, port = rig.camera.address
+        rig.camera.close()
+        agent.wait_log(rf"alarm camera CAMERA_LOST: camera at {host}:{port}: connection lost")
+        wait_for(lambda: rig.stop_out, 10, "the line stopped", rig)
+        assert client.status()["camera"] == "lost"
+        with pytest.raises(ControlError, match="while the camera is lost"):
+            client.command("line.clear", "op-otto", "try to restart")
+        fed = len(rig.packs)
+        time.sleep(1.5)
+        assert len(rig.packs) == fed and rig.stop_out  # stopped meanwhile
+        rig.camera = SimCamera(latency_ms=2, jitter_ms=0, port=port).start()
+        agent.wait_log(r"alarm camera CAMERA_BACK", 40)
+        agent.wait_log(r"alarm agent RESUMED: camera pairing restarted", 20)
+        assert agent.control.status()["camera"] == "connected"
+        client.command("line.clear", "op-otto", "camera cable reseated")
+        wait_for(lambda: len(rig.packs) >= fed + 4, 30, "4 packs after the clear", rig)
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    kinds = [k for _, k, _ in alarms(db)]
+    assert kinds.index("CAMERA_LOST") < kinds.index("CAMERA_BACK") < kinds.index("RESUMED")
+    by = outcomes(db, batch)
+    assert None not in by and by.get("PASSED", 0) >= 5, by
+    # the packs after the clear were judged on their camera results again
+    late = ledger_rows(db, "SELECT outcome FROM unit WHERE batch_id=? ORDER BY boot_id, unit_seq DESC LIMIT 2", batch)
+    assert [o for (o,) in late] == ["PASSED", "PASSED"], by
+    trail = ledger_rows(db, "SELECT user, action, detail FROM audit WHERE action LIKE 'line.%'")
+    assert [(u, a, json.loads(d)["reason"]) for u, a, d in trail] == [("op-otto", "line.clear", "camera cable reseated")]
+    assert "Traceback" not in agent.log
+
+
+def test_a_refused_configuration_is_one_line_in_the_line_files_units_and_exit_1(tmp_path, line):
+    rig, cfg, db, batch = line()
+    cfg.write_text(cfg.read_text().replace("max_speed_mm_s = 300.0", "max_speed_mm_s = 300.0\nmin_host_budget_ms = 5000"))
+    agent = Agent(cfg, batch)
+    try:
+        rc = agent.proc.wait(30)
+    finally:
+        agent.kill()
+    agent._t.join(2)
+    assert rc == 1, agent.log
+    errors = [line for line in agent.lines if " ERROR " in line]
+    assert len(errors) == 1, agent.log
+    assert re.fullmatch(r"serialine-agent: ERROR device refused the configuration: the host's decision budget at max"
+                        r" speed \(\[line\] max_speed_mm_s = 300 mm/s\) is [\d.]+ ms .* below \[line\]"
+                        r" min_host_budget_ms = 5000 ms", errors[0]), errors[0]
+    assert "Traceback" not in agent.log and "did not start" not in agent.log
+    assert rig.state != 2 and not rig.packs  # the line never ran
+
+
+def test_batch_from_the_control_interface_and_background_forwarding(tmp_path, line):
+    from serialine.host.control import ControlError
+
+    out = tmp_path / "epcis"
+    out.mkdir()
+    rig, cfg, db, batch = line(upstream=f'\n[[upstream]]\nkind = "dir"\nwhere = "{out}"\n')
+    agent = Agent(cfg, None)
+    try:
+        st = agent.wait_status(lambda s: "batch" in s and s["batch"] is None and s["coder"] == "connected")
+        assert not st["ready"]
+        client = agent.control
+        with pytest.raises(ControlError, match="NOPE"):
+            client.command("batch.select", "qa-anna", "start of shift", batch="NOPE")
+        client.command("batch.select", "qa-anna", "start of shift", batch=batch)
+        agent.wait_status(lambda s: s["ready"] and s["batch"] == batch)
+        wait_for(lambda: len(rig.packs) >= 5, 30, "5 packs", rig)
+        # delivered while the agent runs: nobody typed serialine outbox --forward
+        docs = wait_for(lambda: sorted(out.glob("*.jsonld")), 20, "an EPCIS document in the directory target", rig)
+        assert docs
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    assert re.search(r"forwarding the outbox to directory:", agent.log), agent.log
+    trail = ledger_rows(db, "SELECT user, action, detail FROM audit WHERE action = 'batch.select'")
+    assert len(trail) == 1 and trail[0][0] == "qa-anna" and json.loads(trail[0][2])["reason"] == "start of shift"
+    assert "Traceback" not in agent.log
