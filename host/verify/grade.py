@@ -103,6 +103,8 @@ class Layout:
     seg_all: np.ndarray  # their modules' flat indexes in the (n + 2)² grid, one segment after another
     seg_id: np.ndarray  # the segment of each of those
     seg_size: np.ndarray
+    rs_order: np.ndarray  # block × position: codeword index in RS order (data then checks), −1 = leading pad
+    rs_power: np.ndarray  # position → its power of x in the block's polynomial
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -225,9 +227,40 @@ def layout(n: int) -> Layout:
     onehot = np.zeros((total, blocks))
     onehot[np.arange(total), block] = 1.0
     flat = [r * g + c for r, c in segments.values()]
+    members = [[i for i in range(data_cw) if i % blocks == b] + [data_cw + j for j in range(ec_cw) if j % blocks == b]
+               for b in range(blocks)]
+    width = max(map(len, members))
+    rs_order = np.array([[-1] * (width - len(m)) + m for m in members])  # a leading zero changes no syndrome
     return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark,
                   cw_modules, onehot, tuple(segments), np.concatenate(flat),
-                  np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]))
+                  np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]),
+                  rs_order, np.arange(width - 1, -1, -1))
+
+
+def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
+    exp, log = np.zeros(255, dtype=np.int64), np.zeros(256, dtype=np.int64)
+    x = 1
+    for i in range(255):
+        exp[i], log[x] = x, i
+        x <<= 1
+        if x & 0x100:
+            x ^= 0x12D  # GF(256) of ISO/IEC 16022
+    return exp, log
+
+
+_EXP, _LOG = _gf_tables()
+_BITS = 1 << np.arange(7, -1, -1)
+
+
+def rs_valid(dark_flat: np.ndarray, lay: Layout) -> bool:
+    """Do the modules as sampled form a valid Reed–Solomon codeword in every block (all syndromes 0)?
+    Then they are the nominal pattern: the only codeword within the correction radius of what was read."""
+    values = np.append(dark_flat[lay.cw_modules] @ _BITS, 0)[lay.rs_order]  # block × position
+    logs = _LOG[values]
+    roots = np.arange(1, lay.ec_per_block + 1)
+    terms = _EXP[(logs[:, None, :] + roots[None, :, None] * lay.rs_power[None, None, :]) % 255]
+    terms = np.where(values[:, None, :] != 0, terms, 0)
+    return not np.bitwise_xor.reduce(terms, axis=2).any()
 
 
 def nominal(dec: Decoded, n: int) -> np.ndarray | None:
@@ -333,23 +366,24 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     at = _Map(dec.corners, n)
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
 
-    # a first threshold from the module centres, to weigh darkness on the clock tracks
-    x, y = at(idx[None, :], idx[:, None])
-    first = _sample(img, x, y)
-    gt0 = (int(first.max()) + int(first.min())) / 2
+    # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
+    # darkness around each dark clock module, darkness against the tracks' own mid-level
+    top_pos = lay.clock_top[:, None, None] + 0.5 + _WIN[None, :, None]
+    right_pos = lay.clock_right[:, None, None] + 0.5 + _WIN[None, :, None]
+    xt, yt = at(top_pos, 0.5 + _ACROSS[None, None, :])
+    xr, yr = at(n - 0.5 + _ACROSS[None, None, :], right_pos)
+    st = _sample(img, xt, yt).astype(np.float32)
+    sr = _sample(img, xr, yr).astype(np.float32)
+    gt0 = (max(st.max(), sr.max()) + min(st.min(), sr.min())) / 2
 
-    def centroids(along, fixed_at, horizontal):
-        pos = along[:, None, None] + 0.5 + _WIN[None, :, None]
-        other = fixed_at + _ACROSS[None, None, :]
-        x, y = at(pos, other) if horizontal else at(other, pos)
-        w = np.maximum(gt0 - _sample(img, x, y), 0).sum(axis=2)
+    def centroid(samples, along):
+        w = np.maximum(gt0 - samples, 0).sum(axis=2)
         tot = w.sum(axis=1)
         centre = (w * (along[:, None] + 0.5 + _WIN[None, :])).sum(axis=1) / np.maximum(tot, 1e-9)
         return np.where(tot > 0, centre, along + 0.5)
 
-    # the clock tracks locate the columns (top track) and the rows (right track)
-    cu = centroids(lay.clock_top, 0.5, True)
-    cv = centroids(lay.clock_right, n - 0.5, False)
+    cu = centroid(st, lay.clock_top)
+    cv = centroid(sr, lay.clock_right)
     au, bu = _line(lay.clock_top + 0.5, cu)
     av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
@@ -376,9 +410,11 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     seen_dark = r < gt
 
     core_seen = seen_dark[1:-1, 1:-1]
-    nom_core = nominal(dec, n)
-    source = "re-encoded"
-    if nom_core is not None:
+    if rs_valid(seen_dark.ravel(), lay):
+        nom_core, source = np.where(lay.fixed, lay.dark_fixed, core_seen), "read, RS-valid"
+    else:
+        nom_core, source = nominal(dec, n), "re-encoded"
+    if source == "re-encoded" and nom_core is not None:
         wrong = (nom_core != core_seen)
         flat = np.zeros((n + 2) * (n + 2), dtype=bool)
         flat.reshape(n + 2, n + 2)[1:-1, 1:-1] = wrong

@@ -211,3 +211,20 @@ def test_any_pack_code_round_trips_through_print_and_grade(serial, lot):
     res = grade(render(code, seed=1))
     assert res.error is None and list(res.decoded.ais.items()) == pairs
     assert res.overall_grade == "A"
+
+
+def test_a_read_that_is_rs_valid_is_the_nominal_pattern():
+    """The grader takes a Reed–Solomon-valid read as the nominal (no re-encode); it is the pattern the
+    encoder gives, and a read with codeword errors is not RS-valid."""
+    from serialine.host.verify.grade import nominal, rs_valid
+    n = 22
+    for code in CODES[:2]:
+        clean = grade(render(code, Defects(rotation_deg=12), seed=1))
+        assert clean.detail["nominal"] == "read, RS-valid"
+        m = encode(code)
+        ring = np.zeros((m.shape[0] + 2, m.shape[1] + 2), dtype=bool)
+        ring[1:-1, 1:-1] = m
+        assert rs_valid(ring.ravel(), layout(m.shape[0])) and np.array_equal(nominal(clean.decoded, m.shape[0]), m)
+    flipped = grade(render(CODE, Defects(flipped=3), seed=1))
+    assert flipped.detail["nominal"] == "re-encoded" and flipped.detail["own_uec"] < 1.0
+    assert n == encode(CODE).shape[0]
