@@ -8,9 +8,11 @@ for it. Every other line is read data: `<symbol ID><read data>:<ISO/IEC 15415 re
 reader's "Append" settings as docs/devices.md says, and its read-error string (default `ERROR`)
 for a no-read.
 
-On each connect the driver sends the `setup` commands (each must answer `OK`); a refusal is a
-one-line DeviceError naming the command and the reader's error code. The driver never sends
-LON/LOFF itself: the reader is triggered by the line (its IN terminal), not by the host."""
+On each connect the driver asks `KEYENCE` (the reader answers `OK,KEYENCE,<model>,<versions…>`:
+proof that this is an SR reader's command port, and its model), then sends the `setup` commands
+(each must answer `OK`); a refusal is a one-line DeviceError naming the command, the reader's
+error code and its meaning. The driver never sends LON/LOFF itself: the reader is triggered by the
+line (its IN terminal), not by the host."""
 
 from __future__ import annotations
 
@@ -27,6 +29,13 @@ __all__ = ["KeyenceSR", "check_reader_options", "open_reader"]
 _REPLY = re.compile(r"(OK|ER),([A-Z0-9]{1,8})(?:,(.*))?")
 _COMMAND = re.compile(r"[A-Z][A-Z0-9]{0,7}(?:,[ -~]*)?")
 
+# the SR-X command error codes (docs/devices.md names the source)
+ERRORS = {"00": "undefined command", "01": "wrong command format (number of parameters)",
+          "02": "parameter 1 out of range", "03": "parameter 2 out of range", "04": "parameter 2 is not hex",
+          "05": "parameter 2 hex out of range", "10": "preset data invalid", "11": "area data invalid",
+          "12": "file does not exist", "13": "%Tmm-LON,bb: mm out of range", "14": "%Tmm-KEYENCE: no communication",
+          "20": "not allowed in the present state", "21": "buffer overflow", "22": "parameter load/save error",
+          "23": "AutoID Network Navigator connected: command not accepted", "99": "reader fault (call Keyence)"}
 DEFAULT_SETUP: list[str] = []  # the append settings are set in AutoID Network Navigator (docs/devices.md)
 DEFAULT_RESULT = r"(?P<data>.*):(?P<grade>[^:]{1,8})"  # <symbol ID><read data>:<ISO/IEC 15415 overall grade>
 DEFAULT_NO_READ = r"ERROR"
@@ -36,6 +45,7 @@ class KeyenceSR(ReaderClient):
     def __init__(self, host: str, port: int, fmt: ResultFormat, setup=(), timeout: float = 2.0):
         self.setup = list(setup)
         self._cmd_waiting: tuple | None = None
+        self.model = ""
         super().__init__(host, port, fmt, timeout=timeout)
 
     @property
@@ -43,6 +53,7 @@ class KeyenceSR(ReaderClient):
         return "keyence-sr"
 
     def configure(self) -> None:
+        self.model = self.command("KEYENCE").split(",", 1)[0]
         for cmd in self.setup:
             self.command(cmd)
 
@@ -70,7 +81,8 @@ class KeyenceSR(ReaderClient):
                 raise DeviceError(f"no reply to {word} within {self.timeout}s (is this an SR reader's command port?)")
             kind, value = slot[0]
             if kind == "ER":
-                raise DeviceError(f"refused {cmd[:60]!r}: ER,{word},{value}")
+                why = ERRORS.get(value, "unknown error code")
+                raise DeviceError(f"refused {cmd[:60]!r}: ER,{word},{value[:8]} ({why})")
             return value
 
     def on_reply(self, sock: socket.socket, line: str, now: float) -> bool:

@@ -3,10 +3,11 @@ as the SR reader's command and data format (docs/devices.md "Keyence SR series" 
 
   host>    CMD[,param…] CR (an LF after the CR is ignored)
   reader<  OK,CMD[,value…] CR | ER,CMD,ee CR
-           ee as the emulator uses them: 00 unknown command, 01 wrong number of parameters,
-           02 parameter out of range; LON while a read is in progress: ER,LON,15 (hypothetical
-           code — the stored pages name no code for it)
-  commands LON / LOFF (LON reads nothing here: LOFF then outputs the read-error string),
+           ee (the SR-X table): 00 undefined command, 01 wrong number of parameters, 02 parameter 1
+           out of range; LON while a read is in progress: 20 (not allowed in the present state —
+           the manual says only that it is an error)
+  commands KEYENCE → OK,KEYENCE,<model>,<versions>;
+           LON / LOFF (LON reads nothing here: LOFF then outputs the read-error string),
            RP,<no> / WP,<no>,<value> on a small table of parameter numbers (made up: the stored
            pages give no numbers, so only their shape is the reader's)
 Read data (one line per trigger, CR):
@@ -29,6 +30,7 @@ class KeyenceEmu(SimCamera):
         super().__init__(*args, **kw)
         self.params = dict(PARAMS)
         self.reading = False
+        self.model = "SR-X300"
         self.commands: list[str] = []
 
     def send(self, line: str) -> bool:
@@ -64,9 +66,11 @@ class KeyenceEmu(SimCamera):
 
     def _answer(self, line: str) -> str:
         word, *params = line.split(",")
+        if word == "KEYENCE":
+            return "ER,KEYENCE,01" if params else f"OK,KEYENCE,{self.model},1.00,emulator"
         if word == "LON" and not params:
             if self.reading:
-                return "ER,LON,15"
+                return "ER,LON,20"
             self.reading = True
             return "OK,LON"
         if word == "LOFF" and not params:

@@ -204,13 +204,16 @@ def test_dataman_refusals_name_the_command_and_status():
             registry.open_reader("dataman", *emu.address, {"setup": ["FROB"], "expect": {}})
 
 
-def test_dataman_silent_port_is_refused_within_the_timeout():
+@pytest.mark.parametrize("name,message", [
+    ("dataman", r"no reply to 'GET COM.DMCC-RESPONSE' within 0.3s \(is this a DataMan's DMCC port\?\)"),
+    ("keyence-sr", r"no reply to KEYENCE within 0.3s \(is this an SR reader's command port\?\)")])
+def test_a_port_that_never_answers_is_refused_within_the_timeout(name, message):
     server = socket.create_server(("127.0.0.1", 0))
     conns = []
     threading.Thread(target=lambda: conns.append(server.accept()), daemon=True).start()
     t0 = time.monotonic()
-    with pytest.raises(DeviceError, match=r"no reply to 'GET COM.DMCC-RESPONSE' within 0.3s \(is this a DataMan"):
-        registry.open_reader("dataman", *server.getsockname()[:2], {"timeout": 0.3})
+    with pytest.raises(DeviceError, match=message):
+        registry.open_reader(name, *server.getsockname()[:2], {"timeout": 0.3})
     assert time.monotonic() - t0 < 2
     server.close()
 
@@ -220,9 +223,10 @@ def test_keyence_setup_refusal():
         reader = registry.open_reader("keyence-sr", *emu.address, {"setup": ["WP,100,3"]})
         assert emu.params["100"] == "3"
         reader.close()
-        with pytest.raises(DeviceError, match=r"^keyence-sr at .*: refused 'WP,999,3': ER,WP,02$"):
+        assert emu.commands == ["KEYENCE", "WP,100,3"] and reader.model == "SR-X300"
+        with pytest.raises(DeviceError, match=r"^keyence-sr at .*: refused 'WP,999,3': ER,WP,02 \(parameter 1 out of range\)$"):
             registry.open_reader("keyence-sr", *emu.address, {"setup": ["WP,999,3"]})
-        with pytest.raises(DeviceError, match=r"refused 'XYZ': ER,XYZ,00"):
+        with pytest.raises(DeviceError, match=r"refused 'XYZ': ER,XYZ,00 \(undefined command\)"):
             registry.open_reader("keyence-sr", *emu.address, {"setup": ["XYZ"]})
 
 
@@ -251,7 +255,7 @@ def test_emulator_error_replies_on_the_wire():
             b"||[101]\r\n||0:7[102]\r\n||1:8[103]\r\n||0:9[0]DataMan 475V\r\n")
     with KeyenceEmu() as emu:
         assert talk(emu.address, b"LON\r\n", b"LON\r\n", b"LOFF\r\n", b"WP,1\r\n", b"NOPE\r\n") == (
-            b"OK,LON\rER,LON,15\rOK,LOFF\rERROR\rER,WP,01\rER,NOPE,00\r")
+            b"OK,LON\rER,LON,20\rOK,LOFF\rERROR\rER,WP,01\rER,NOPE,00\r")
 
 
 @pytest.mark.parametrize("name,options,message", [
