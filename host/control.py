@@ -148,7 +148,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         self.command, self.requestline = None, ""
-        if not self.raw_requestline.strip():
+        if not str(self.raw_requestline, "iso-8859-1").split():  # as http.server splits it (\x85 is space)
             self.request_version = "HTTP/1.0"
             self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
             return False
