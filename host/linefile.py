@@ -67,7 +67,7 @@ class Geometry:
     debounce_ms: float = _k(0.2, 0.0, 100.0, "ms", "photo-eye debounce")
     min_pitch_mm: float | None = _k(None, 0.0, 2000.0, "mm", "closer photo-eye edges are a double detect "
                                     "(default: half the smallest pitch)", kind=float)
-    max_speed_mm_s: float | None = _k(None, 1.0, 1_000_000.0, "mm/s", "maximum belt speed: the host's budget "
+    max_speed_mm_s: float | None = _k(None, 0.1, 1_000_000.0, "mm/s", "maximum belt speed: the host's budget "
                                       "is checked at it (a scenario: 1.25 × its ppm × pitch)", kind=float,
                                       required=True)
     deadline_margin_mm: float | None = _k(None, 0.0, 10_000.0, "mm", "the device decides this far before the "
@@ -118,17 +118,16 @@ def resolve(g: Geometry, full_cps: float | None = None) -> Geometry:
         if g.max_speed_mm_s is None:
             raise LineFileError("[line] max_speed_mm_s is required")
         full_cps = nominal_cps(g)
+    v = full_cps * NOMINAL_OF_MAX if g.max_speed_mm_s is None else g.max_speed_mm_s * c  # counts/s at max
     kw = {}
     if g.max_speed_mm_s is None:
-        kw["max_speed_mm_s"] = full_cps * NOMINAL_OF_MAX / c
+        kw["max_speed_mm_s"] = round(v) / c
     if g.min_pitch_mm is None:
-        kw["min_pitch_mm"] = g.pitch_mm * (1 - g.pitch_spread) * c * 0.5 / c
+        kw["min_pitch_mm"] = round(g.pitch_mm * (1 - g.pitch_spread) * c * 0.5) / c
     if g.deadline_margin_mm is None:
         kw["deadline_margin_mm"] = deadline_margin_counts(g, full_cps) / c
     if g.min_host_budget_ms is None:
-        v = (kw.get("max_speed_mm_s") or g.max_speed_mm_s) * c
-        budget = host_budget_counts(g, full_cps)
-        us = max(1, min(20_000, int(budget / v * 1e6 * 0.8 + 1e-9))) if v > 0 else 1
+        us = max(1, min(20_000, int(host_budget_counts(g, full_cps) / v * 1e6 * 0.8)))
         kw["min_host_budget_ms"] = us / 1000
     return dataclasses.replace(g, **kw) if kw else g
 
@@ -742,7 +741,7 @@ def device_verdict(fields: dict) -> tuple[ConfigResult, int]:
     return ConfigResult(res), bad
 
 
-def decision_budget_ms(cfg: LineConfig) -> float:
+def decision_budget_ms(cfg: LineConfig | Geometry) -> float:
     """The host's verdict budget at max speed: camera trigger to the decision deadline, ms (the
     device's own arithmetic, firmware/config.py budget_us)."""
     fields = device_fields(cfg)
@@ -759,15 +758,14 @@ def _result(v) -> ConfigResult:
     return ConfigResult(int(v))
 
 
-def explain_refusal(report_fields: dict, cfg: LineConfig) -> str:
+def explain_refusal(report_fields: dict, cfg: LineConfig, *, head: str = "device refused the configuration: ") -> str:
     """A CONFIG_REPORT (result ≠ OK) → one line in the line file's keys and units."""
     res = _result(report_fields.get("result", 0))
     bad = int(report_fields.get("bad_field", 255))
-    g = cfg.geometry
+    g = cfg.geometry if isinstance(cfg, LineConfig) else cfg
     sent = device_fields(cfg, int(report_fields.get("config_id", 1) or 1))
     names = list(firmware_config().FIELDS)
     name = names[bad] if 0 <= bad < len(names) else None
-    head = "device refused the configuration: "
     if res == ConfigResult.OK:
         return "device accepted the configuration"
     if res == ConfigResult.BUSY:
@@ -801,13 +799,14 @@ def explain_refusal(report_fields: dict, cfg: LineConfig) -> str:
             f"{lo}..{hi}{span} (BAD_RANGE)")
 
 
-def check(cfg: LineConfig) -> str | None:
+def check(cfg: LineConfig | Geometry) -> str | None:
     """None if the device will accept this configuration; else why not, as `explain_refusal` says it."""
     fields = device_fields(cfg)
     res, bad = device_verdict(fields)
     if res == ConfigResult.OK:
         return None
-    return explain_refusal({"result": res, "bad_field": bad, "config_id": fields["config_id"]}, cfg)
+    return explain_refusal({"result": res, "bad_field": bad, "config_id": fields["config_id"]}, cfg,
+                           head="the device would refuse it: ")
 
 
 # --- the simulator's line file ------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from serialine.host import linefile
 from serialine.host.linefile import Geometry
 from serialine.host.resources import scenarios_dir
 
+from . import emulators
+
 SCENARIO_DIR = scenarios_dir()  # a package resource: the same in the checkout and a wheel
 
 
@@ -48,7 +50,13 @@ class ScenarioDefects:  # [defects]
 
 
 @dataclass(frozen=True)
+class ScenarioCoder:  # [coder]
+    driver: str = "serialine"  # the agent's coder driver; the simulator runs its emulator (host/sim/emulators.py)
+
+
+@dataclass(frozen=True)
 class ScenarioCamera:  # [camera]
+    driver: str = "serialine"  # the agent's reader driver; the simulator runs its emulator (host/sim/emulators.py)
     latency_ms: float = 6.0
     latency_jitter_ms: float = 2.0
     no_read: float = 0.0  # a good print the camera fails to read
@@ -63,7 +71,9 @@ class Faults:
     link_loss: float = 0.0  # per byte, each direction
     link_outages: tuple[tuple[int, float], ...] = ()  # (at unit, duration ms)
     device_reboot_at: tuple[int, ...] = ()
-    host_kill_at: tuple[int, ...] = ()
+    host_kill_at: tuple[int, ...] = ()  # SIGKILL the agent service, start it again
+    host_term_at: tuple[int, ...] = ()  # SIGTERM the agent service (it stops in order), start it again
+    camera_drop_at: tuple[int, ...] = ()  # the camera drops its TCP connection
     bin_full_at: int = -1  # the reject bin reports full from this unit on (-1 = never)
 
 
@@ -77,6 +87,7 @@ class Scenario:
     line: Geometry = field(default_factory=Geometry)
     speed: Speed = field(default_factory=Speed)
     defects: ScenarioDefects = field(default_factory=ScenarioDefects)
+    coder: ScenarioCoder = field(default_factory=ScenarioCoder)
     camera: ScenarioCamera = field(default_factory=ScenarioCamera)
     faults: Faults = field(default_factory=Faults)
 
@@ -84,7 +95,7 @@ class Scenario:
     def has_faults(self) -> bool:
         f = self.faults
         return bool(f.link_corrupt or f.link_loss or f.link_outages or f.device_reboot_at
-                    or f.host_kill_at or f.bin_full_at >= 0)
+                    or f.host_kill_at or f.host_term_at or f.camera_drop_at or f.bin_full_at >= 0)
 
     def with_overrides(self, **kw) -> "Scenario":
         kw = {k: v for k, v in kw.items() if v is not None}
@@ -93,8 +104,8 @@ class Scenario:
         return out
 
 
-_SECTIONS = {"line": Geometry, "speed": Speed, "defects": ScenarioDefects, "camera": ScenarioCamera,
-             "faults": Faults}
+_SECTIONS = {"line": Geometry, "speed": Speed, "defects": ScenarioDefects, "coder": ScenarioCoder,
+             "camera": ScenarioCamera, "faults": Faults}
 _PROFILES = ("constant", "ramp", "stop-start")
 _RATE = (0.0, 1.0)
 # (lo, hi) inclusive for every number; unit numbers of faults are checked against `units`.
@@ -110,6 +121,7 @@ RANGES = {
     "faults.link_corrupt": (0.0, 0.1), "faults.link_loss": (0.0, 0.1),
     "faults.outage_ms": (1.0, 600_000.0),  # each link outage's duration
 }
+FAULTS_AT = ("device_reboot_at", "host_kill_at", "host_term_at", "camera_drop_at")  # [faults] unit lists
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # it names the batch and the report file
 
 
@@ -201,10 +213,14 @@ def validate(s: Scenario, where: str) -> None:
             problems.append(f"[faults] link_outages: at unit {at} must be in 1..{last}")
         if not lo <= ms <= hi:
             problems.append(f"[faults] link_outages: duration {ms!r} ms at unit {at} must be in {_n(lo)}..{_n(hi)}")
-    for key in ("device_reboot_at", "host_kill_at"):
+    for key in FAULTS_AT:
         for at in getattr(f, key):
             if not 1 <= at <= last:
                 problems.append(f"[faults] {key}: unit {at} must be in 1..{last}")
+    for kind, section in (("coder", s.coder), ("reader", s.camera)):
+        if section.driver not in emulators.NAMES[kind]:
+            problems.append(f"[{'camera' if kind == 'reader' else kind}] driver = {section.driver!r}: the simulator"
+                            f" emulates {', '.join(emulators.NAMES[kind])}")
     if f.bin_full_at != -1 and not 0 <= f.bin_full_at <= last:
         problems.append(f"[faults] bin_full_at = {f.bin_full_at} must be -1 (never) or in 0..{last}")
     if problems:  # the checks below compute with these numbers
@@ -214,6 +230,10 @@ def validate(s: Scenario, where: str) -> None:
     if not problems and host_budget_counts(s) <= 0:
         problems.append("[line] camera_at_mm to gate_at_mm is too short for the gate's lead "
                         f"(gate_lead_ms {L.gate_lead_ms:g}) at {s.ppm:g} packs/min: no time is left for a verdict")
+    if not problems:  # what the device gets, judged by the firmware's own rules
+        why = linefile.check(linefile.scenario_geometry(s))
+        if why:
+            problems.append(f"{why} at {s.ppm:g} packs/min")
     if problems:
         raise ScenarioError(f"{where}: " + "; ".join(problems))
 

@@ -103,6 +103,28 @@ def test_every_shipped_scenario_gives_the_device_what_the_simulator_always_sent(
     assert lf.check(cfg) is None  # the device accepts it
 
 
+_scen = st.builds(
+    lambda pitch, spread, cpm, coder, camera, gate, lead, ppm: dataclasses.replace(
+        sc.Scenario(), ppm=ppm, line=sc.Line(pitch_mm=pitch, pitch_spread=spread, pack_length_mm=5.0,
+                                             counts_per_mm=cpm, coder_at_mm=coder, camera_at_mm=camera,
+                                             gate_at_mm=gate, gate_lead_ms=lead)),
+    st.one_of(st.integers(10, 400).map(float), st.floats(10, 2000)), st.sampled_from([0.0, 0.05, 0.1, 0.3]),
+    st.one_of(st.sampled_from([1.0, 3.0, 4.0, 7.0, 12.5]), st.floats(1, 100)), st.floats(1, 500),
+    st.floats(501, 2000), st.floats(2001, 8000), st.floats(0, 50),
+    st.one_of(st.sampled_from([600.0, 1200.0, 1500.0]), st.floats(1, 3000)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scen)
+def test_any_valid_scenario_gives_the_old_fields_through_its_line_file(s):
+    try:
+        sc.validate(s, "random")
+    except sc.ScenarioError:
+        return
+    cfg = sim_config(s)
+    assert lf.device_fields(lf.parse(lf.to_toml(cfg), cfg.path)) == old_device_config(s)
+
+
 def test_the_scenario_helpers_and_the_line_model_agree_with_the_conversion():
     from serialine.host.sim import line as lm
 
@@ -127,6 +149,11 @@ def test_a_scenario_line_section_is_a_geometry_read_by_the_same_code(tmp_path):
         sc.load(str(p))
     p.write_text("[line]\ncamera_at_mm = 2000\n")
     with pytest.raises(sc.ScenarioError, match="stations must be in order"):
+        sc.load(str(p))
+    # a scenario the device would refuse is refused before anything runs, by the firmware's rules
+    p.write_text("ppm = 1\n[line]\npitch_mm = 10\npack_length_mm = 5\ncounts_per_mm = 1\n")
+    with pytest.raises(sc.ScenarioError, match=r"s\.toml: the device would refuse it: \[line\] max_speed_mm_s = 0 "
+                                               r"mm/s gives max_speed_cps = 0, outside the device's range 1\.\.10000000"):
         sc.load(str(p))
 
 
@@ -305,8 +332,29 @@ def tomlish(draw):
     return "\n".join(lines) + "\n"
 
 
+@st.composite
+def mutated(draw):
+    """The good file with a few keys of its sections (and a target) set to random values."""
+    import tomllib
+
+    doc = tomllib.loads(GOOD)
+    doc["upstream"] = [{"kind": "http", "where": "https://e.example/c"}]
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(sorted(lf.SECTIONS)))
+        table = doc.setdefault(name, [{}] if name == "upstream" else {})
+        table = table[0] if name == "upstream" else table
+        key = draw(st.sampled_from([f.name for f in dataclasses.fields(lf.SECTIONS[name])] + ["bogus"]))
+        table[key] = draw(_value)
+    lines = []
+    for name, table in doc.items():
+        for t in (table if isinstance(table, list) else [table]):
+            lines.append(f"[[{name}]]" if name == "upstream" else f"[{name}]")
+            lines += [f"{k} = {lf._toml_value(v)}" for k, v in t.items()]
+    return "\n".join(lines) + "\n"
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tomlish())
+@given(st.one_of(tomlish(), mutated()))
 def test_any_line_file_made_of_real_keys_is_a_config_or_a_line_file_error(text):
     try:
         cfg = lf.parse(text, "fuzz.toml")
@@ -344,7 +392,7 @@ def _cfg(**line):
 def test_explain_refusal_names_the_line_file_key_and_value_in_mm_and_ms():
     cfg = _cfg(gate_at_mm=400.0)  # built, not parsed: the device's own order rule answers
     why = lf.check(cfg)
-    assert why == ("device refused the configuration: [line] gate_at_mm = 400 mm puts the gate before or at "
+    assert why == ("the device would refuse it: [line] gate_at_mm = 400 mm puts the gate before or at "
                    "the camera (camera_at_mm = 500 mm) (BAD_ORDER)")
     # stations that round to one count: a file the parser passes, the device refuses
     text = GOOD.replace("counts_per_mm = 4", "counts_per_mm = 1").replace("coder_at_mm = 250", "coder_at_mm = 499.8")
@@ -354,7 +402,7 @@ def test_explain_refusal_names_the_line_file_key_and_value_in_mm_and_ms():
     assert "[line] max_speed_mm_s = 5e+06 mm/s gives max_speed_cps = 20000000" in why
     assert "range 1..10000000 (0.25..2.5e+06 mm/s" in why and "BAD_RANGE" in why
     why = lf.check(_cfg(min_host_budget_ms=500.0))
-    assert why.startswith("device refused the configuration: the host's decision budget at max speed "
+    assert why.startswith("the device would refuse it: the host's decision budget at max speed "
                           "([line] max_speed_mm_s = 1250 mm/s) is 390.400 ms")
     assert why.endswith("below [line] min_host_budget_ms = 500 ms")
     assert "BUSY" in lf.explain_refusal({"result": "BUSY", "bad_field": 255}, cfg)
