@@ -40,6 +40,9 @@ def _from_config(args) -> None:
         raise F.FlashError(f"{args.config}: [device] board = {dev.board!r}, but --board {args.board}")
     args.board = dev.board
     args.device_id = args.device_id or dev.device_id or None
+    # a pin map and link kind, once the line file's [device] carries them; --pin entries win
+    args.pin = [f"{k}={v}" for k, v in dict(getattr(dev, "pins", None) or {}).items()] + args.pin
+    args.usb_link = args.usb_link or getattr(dev, "link", None) == "usb"
     if dev.board != "sim" and not args.link:
         args.link = dev.port
     if not args.port and dev.board != "sim" and args.usb_link:
