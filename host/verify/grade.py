@@ -279,7 +279,7 @@ def nominal(dec: Decoded, n: int) -> np.ndarray | None:
 
 # --- sampling the image ---
 
-_AP = np.array([(x, y) for x in (-0.25, 0.0, 0.25) for y in (-0.25, 0.0, 0.25)])  # within 0.8 X aperture
+_AP = np.array([(0.0, 0.0), (-0.2, -0.2), (0.2, -0.2), (-0.2, 0.2), (0.2, 0.2)])  # inside the 0.8 X aperture
 _WIN = np.linspace(-0.9, 0.9, 19)  # along a clock track
 _ACROSS = np.array([-0.2, 0.0, 0.2])
 _LEVELS = np.array([4, 3, 2, 1])
@@ -292,10 +292,16 @@ class _Map:
     the four corners zxing-cpp found."""
 
     def __init__(self, corners: np.ndarray, n: int):
-        c = corners.mean(axis=0)
+        pts = corners.tolist()
+        cx, cy = sum(p[0] for p in pts) / 4, sum(p[1] for p in pts) / 4
         # zxing-cpp reports the outermost pixels; their outer edges are half a pixel further out
-        tl, tr, br, bl = (p + 0.5 * np.sign(p - c) + 0.5 for p in corners)
-        self.a, self.b, self.c, self.d = tl, (tr - tl) / n, (bl - tl) / n, (br - tr - bl + tl) / (n * n)
+        (ax, ay), (bx, by), (dx, dy), (ex, ey) = [
+            (x + (0.5 if x > cx else -0.5) + 0.5, y + (0.5 if y > cy else -0.5) + 0.5) for x, y in pts]
+        # tl = a, tr = b, br = d, bl = e: p(u, v) = a + (b − a)·u/n + (e − a)·v/n + (d − b − e + a)·uv/n²
+        self.a = (ax, ay)
+        self.b = ((bx - ax) / n, (by - ay) / n)
+        self.c = ((ex - ax) / n, (ey - ay) / n)
+        self.d = ((dx - bx - ex + ax) / (n * n), (dy - by - ey + ay) / (n * n))
 
     def __call__(self, u, v):
         uv = u * v
@@ -304,10 +310,14 @@ class _Map:
 
 
 def _sample(img: np.ndarray, x, y) -> np.ndarray:
+    """The pixels under (x, y); points off the image take its nearest edge pixel."""
     h, w = img.shape
-    xi = np.minimum(np.maximum(x, 0), w - 1).astype(np.intp)  # ≥ 0: truncation is the floor
-    yi = np.minimum(np.maximum(y, 0), h - 1).astype(np.intp)
-    return img[yi, xi]
+    xi = x.astype(np.intp)  # truncation is the floor for x ≥ 0; below 0 the clip below catches it
+    yi = y.astype(np.intp)
+    if xi.min() < 0 or yi.min() < 0 or xi.max() >= w or yi.max() >= h or x.min() < 0 or y.min() < 0:
+        xi = np.minimum(np.maximum(x, 0), w - 1).astype(np.intp)
+        yi = np.minimum(np.maximum(y, 0), h - 1).astype(np.intp)
+    return img.ravel().take(yi * w + xi)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -317,14 +327,19 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(ym - b * xm), b
 
 
+_UEC_UP = np.array(_UEC[::-1])
+_FPD_UP = np.array(_FPD)  # already ascending: lower is better
+
+
 def _overlay(cw_grades: np.ndarray, cw_error: np.ndarray, lay: Layout) -> list[int]:
     """ISO/IEC 15415 grade overlay, for each row of `cw_grades` (parameter × codeword): at each grade
     level the codewords below it are erasures (one check each), codewords read wrong errors (two);
     notional UEC per RS block, the worst block; the grade is the best min(level, notional UEC grade)."""
     erased = (cw_grades[:, None, :] < _LEVELS[None, :, None]) & ~cw_error
     spent = (erased + 2.0 * cw_error) @ lay.block_onehot  # parameter × level × block
-    uec = (1.0 - spent.max(axis=2) / lay.ec_per_block).tolist()
-    return [max((min(g, _at_least(u, _UEC)) if u >= 0 else 0) for g, u in zip((4, 3, 2, 1), row)) for row in uec]
+    uec = 1.0 - spent.max(axis=2) / lay.ec_per_block  # parameter × level
+    got = np.minimum(_LEVELS, np.searchsorted(_UEC_UP, uec, side="right"))
+    return got.max(axis=1).tolist()
 
 
 def _segment_grades(module_grades: np.ndarray, lay: Layout) -> dict[str, tuple[int, float]]:
@@ -332,16 +347,11 @@ def _segment_grades(module_grades: np.ndarray, lay: Layout) -> dict[str, tuple[i
     damage thresholds; the segment's grade is the best min(level, damage grade) (Annex M's overlay)."""
     nseg = len(lay.seg_names)
     counts = np.bincount(lay.seg_id * 5 + module_grades[lay.seg_all], minlength=nseg * 5).reshape(nseg, 5)
-    below = (np.cumsum(counts, axis=1) / lay.seg_size[:, None]).tolist()  # [g]: share graded ≤ g
-    out = {}
-    for name, shares in zip(lay.seg_names, below):
-        best, share = 0, 1.0
-        for g in (4, 3, 2, 1):
-            got = min(g, _at_most(shares[g - 1], _FPD))
-            if got > best:
-                best, share = got, shares[g - 1]
-        out[name] = (best, share)
-    return out
+    damaged = np.cumsum(counts, axis=1)[:, 3::-1] / lay.seg_size[:, None]  # segment × level 4..1: share below
+    got = np.minimum(_LEVELS, 4 - np.searchsorted(_FPD_UP, damaged - 1e-12, side="left"))
+    best = got.argmax(axis=1)
+    rows = np.arange(nseg)
+    return dict(zip(lay.seg_names, zip(got[rows, best].tolist(), damaged[rows, best].tolist())))
 
 
 def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
