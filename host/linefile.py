@@ -380,7 +380,8 @@ SECTIONS = {"identity": Identity, "device": DeviceSettings, "line": Geometry, "c
             "control": ControlSettings}
 REQUIRED_SECTIONS = ("identity", "device", "line", "coder", "camera", "ledger")
 # Keys that would hold a secret: refused wherever they appear (only references to one are allowed).
-_SECRET = re.compile(r"(?i)(pass(word|wd|phrase)?|token|secret|api_?key|auth\w*|bearer|private_?key|pin)$")
+_SECRET = re.compile(r"(?i)(^|[_.-])(pass(word|wd|phrase)?|token|secret|api_?key|auth(orization)?|bearer|"
+                     r"private_?key|pin|credential)$")
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -922,6 +923,14 @@ def check_main(argv=None) -> int:
     print(f"{cfg.path}: line {ident.line_id}" + (f" ({ident.name})" if ident.name else "")
           + f", {dev.board} on {dev.port} at {dev.baud} baud"
           + (f", device {dev.device_id}" if dev.device_id else ""))
+    if ident.time_zone:
+        import datetime
+        import zoneinfo
+
+        now = datetime.datetime.now(zoneinfo.ZoneInfo(ident.time_zone))
+        print(f"time zone {ident.time_zone} (now UTC{now.strftime('%z')[:3]}:{now.strftime('%z')[3:]})"
+              + (f"; market {ident.market}" if ident.market else "")
+              + (f"; read point {ident.read_point}" if ident.read_point else ""))
     print(f"coder {cfg.coder.driver} at {cfg.coder.address}; camera {cfg.camera.driver} at "
           f"{cfg.camera.address} (min grade {cfg.camera.min_grade}); ledger {cfg.ledger}; "
           f"control {cfg.control.address}")
