@@ -333,6 +333,12 @@ def test_agent_run_end_to_end_camera_drop_sigterm_restart(tmp_path, rig):
         assert st["device"]["boot_id"] == boot, st  # the same boot of the device: resumed, not reconfigured
         world.wait(lambda: alarm_count(db, "RESUMED") > resumed_before, 40, "RESUMED after the restart", agent)
         agent.operator("clear", "agent restarted after maintenance")
+        n = world.detected
+        world.wait(lambda: world.detected >= n + 4, 60, "4 packs after the restart", agent)
+        agent.operator("stop", "pallet change at the packer")
+        world.wait(lambda: world.line.line_stop, 10, "the line stopped by the operator", agent)
+        time.sleep(1.0)
+        agent.operator("clear", "pallet changed")
 
         # 4. the rest of the batch; then everything in the ledger, SIGTERM again
         world.wait(lambda: world.line.done, 120, "every pack past the gate", agent)
@@ -379,7 +385,9 @@ def test_agent_run_end_to_end_camera_drop_sigterm_restart(tmp_path, rig):
     trail = [(u, a, json.loads(d)["reason"]) for u, a, d in
              rows(db, "SELECT user, action, detail FROM audit WHERE action LIKE 'line.%' ORDER BY seq")]
     assert trail == [(OPERATOR, "line.clear", "camera reconnected, pairing restarted"),
-                     (OPERATOR, "line.clear", "agent restarted after maintenance")], trail
+                     (OPERATOR, "line.clear", "agent restarted after maintenance"),
+                     (OPERATOR, "line.stop", "pallet change at the packer"),
+                     (OPERATOR, "line.clear", "pallet changed")], trail
     ok("audit", "verify", "--db", str(db))
 
 
