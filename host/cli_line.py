@@ -53,8 +53,7 @@ def address_of(args: argparse.Namespace) -> str:
         return args.control
     if args.config:
         from . import linefile
-        cfg = linefile.load(args.config)
-        return getattr(cfg.control, "address", cfg.control)
+        return linefile.load(args.config).control.address
     return control.DEFAULT_ADDRESS
 
 

@@ -147,7 +147,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def parse_request(self) -> bool:
-        self.command, self.requestline = None, ""
+        self.command, self.requestline = None, ""  # type: ignore[assignment]  # unset until parsed
         if not str(self.raw_requestline, "iso-8859-1").split():  # as http.server splits it (\x85 is space)
             self.request_version = "HTTP/1.0"
             self.send_error(HTTPStatus.BAD_REQUEST, "empty request line")
@@ -284,7 +284,8 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         # http.server's server_bind does a reverse-DNS lookup of the host; not wanted on a line PC
         import socketserver
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request, client_address) -> None:
         import sys
@@ -314,8 +315,8 @@ class ControlServer:
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ControlError(f"control interface cannot listen on {format_address(host, port)}: {why}") from None
         bound_host, bound_port = self._httpd.server_address[:2]
-        self.host, self.port = bound_host, int(bound_port)
-        self.address = format_address(bound_host, self.port)
+        self.host, self.port = str(bound_host), int(bound_port)
+        self.address = format_address(self.host, self.port)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="serialine-control", daemon=True)
         self._thread.start()  # the service logs the bound address

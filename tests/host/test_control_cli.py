@@ -106,7 +106,7 @@ def test_the_line_file_names_the_address(agent, tmp_path):
         pytest.skip("examples/line.toml not there yet")
     text = examples.read_text()
     cfg = linefile.parse(text, str(examples))
-    old = getattr(cfg.control, "address", cfg.control)
+    old = cfg.control.address
     assert old in text
     path = tmp_path / "line.toml"
     path.write_text(text.replace(old, server.address))
