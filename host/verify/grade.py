@@ -308,21 +308,25 @@ class _Map:
         return (self.a[0] + self.b[0] * u + self.c[0] * v + self.d[0] * uv,
                 self.a[1] + self.b[1] * u + self.c[1] * v + self.d[1] * uv)
 
+    def inside(self, n: int, w: int, h: int) -> bool:
+        """Does every point the grader samples (≤ 2 modules outside the symbol) fall on the image?"""
+        xs, ys = zip(*(self(u, v) for u in (-2.0, n + 2.0) for v in (-2.0, n + 2.0)))
+        return min(xs) >= 0 and min(ys) >= 0 and max(xs) < w and max(ys) < h
 
-def _sample(img: np.ndarray, x, y) -> np.ndarray:
-    """The pixels under (x, y); points off the image take its nearest edge pixel."""
+
+def _sample(img: np.ndarray, x, y, inside: bool) -> np.ndarray:
+    """The pixels under (x, y); off the image, its nearest edge pixel."""
     h, w = img.shape
-    xi = x.astype(np.intp)  # truncation is the floor for x ≥ 0; below 0 the clip below catches it
-    yi = y.astype(np.intp)
-    if xi.min() < 0 or yi.min() < 0 or xi.max() >= w or yi.max() >= h or x.min() < 0 or y.min() < 0:
-        xi = np.minimum(np.maximum(x, 0), w - 1).astype(np.intp)
-        yi = np.minimum(np.maximum(y, 0), h - 1).astype(np.intp)
+    if inside:  # x, y ≥ 0: truncation is the floor
+        return img.ravel().take(y.astype(np.intp) * w + x.astype(np.intp))
+    xi = np.minimum(np.maximum(x, 0), w - 1).astype(np.intp)
+    yi = np.minimum(np.maximum(y, 0), h - 1).astype(np.intp)
     return img.ravel().take(yi * w + xi)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Least-squares y = a + b·x."""
-    xm, ym = x.mean(), y.mean()
+    xm, ym = x.sum() / len(x), y.sum() / len(y)
     b = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
     return float(ym - b * xm), b
 
@@ -374,6 +378,7 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
         res.detail["ungraded"] = f"symbol size {dec.version} is not a square ECC 200 size"
         return res
     at = _Map(dec.corners, n)
+    inside = at.inside(n, img.shape[1], img.shape[0])
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
 
     # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
@@ -382,8 +387,8 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     right_pos = lay.clock_right[:, None, None] + 0.5 + _WIN[None, :, None]
     xt, yt = at(top_pos, 0.5 + _ACROSS[None, None, :])
     xr, yr = at(n - 0.5 + _ACROSS[None, None, :], right_pos)
-    st = _sample(img, xt, yt).astype(np.float32)
-    sr = _sample(img, xr, yr).astype(np.float32)
+    st = _sample(img, xt, yt, inside).astype(np.float32)
+    sr = _sample(img, xr, yr, inside).astype(np.float32)
     gt0 = (max(st.max(), sr.max()) + min(st.min(), sr.min())) / 2
 
     def centroid(samples, along):
@@ -398,9 +403,9 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
     x0, y0 = at(ucol[1:-1], 0.5)  # module pitch in pixels along each axis, at the clock tracks
-    xs = float(np.hypot(np.diff(x0), np.diff(y0)).mean())
+    xs = float(np.hypot(np.diff(x0), np.diff(y0)).sum()) / (n - 1)
     x1, y1 = at(n - 0.5, vrow[1:-1])
-    ys = float(np.hypot(np.diff(x1), np.diff(y1)).mean())
+    ys = float(np.hypot(np.diff(x1), np.diff(y1)).sum()) / (n - 1)
     pitch = (xs + ys) / 2
     an = abs(xs - ys) / pitch
     dev_u = np.abs(cu - (au + bu * (lay.clock_top + 0.5))).max(initial=0) * xs / max(bu, 1e-9)
@@ -411,7 +416,7 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     x, y = at(ucol[None, :], vrow[:, None])
     ax = at.b[0] * _AP[:, 0] + at.c[0] * _AP[:, 1]  # the aperture's offsets: the grid is near affine
     ay = at.b[1] * _AP[:, 0] + at.c[1] * _AP[:, 1]
-    r = _sample(img, x[:, :, None] + ax, y[:, :, None] + ay).sum(axis=2) * (_SCALE / len(_AP))  # %
+    r = _sample(img, x[:, :, None] + ax, y[:, :, None] + ay, inside).sum(axis=2) * (_SCALE / len(_AP))  # %
     rmax, rmin = float(r.max()), float(r.min())
     sc = rmax - rmin
     gt = (rmax + rmin) / 2

@@ -228,3 +228,10 @@ def test_a_read_that_is_rs_valid_is_the_nominal_pattern():
     flipped = grade(render(CODE, Defects(flipped=3), seed=1))
     assert flipped.detail["nominal"] == "re-encoded" and flipped.detail["own_uec"] < 1.0
     assert n == encode(CODE).shape[0]
+
+
+def test_symbol_at_the_frame_edge_is_graded_from_the_pixels_there():
+    """Sample points past the frame take its edge pixels (the clipped path of the sampler)."""
+    res = grade(render(CODE, width=146, height=146, module_px=6.0))
+    assert res.error is None and res.decoded.data == CODE
+    assert res.parameters["symbol_contrast"].letter == "A" and res.parameters["unused_error_correction"].value == 1.0
