@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 
+import serial  # type: ignore[import-untyped]
+
 from serialine.protocol.schema import FINGERPRINT, NO_UNIT, Alarm, Command, ConfigResult, DeviceState
 
 from . import audit
@@ -110,6 +112,7 @@ class Watched:
         self._wait = 0.0
         self._back = False  # reconnected by the attempt thread, not yet reported
         self._last_error = ""
+        self._resync_said = False
 
     def __getattr__(self, name):  # empty, printed, alarms, printed_codes, ...
         return getattr(self.driver, name)
@@ -120,8 +123,7 @@ class Watched:
 
     def _guard(self):
         from .devices.lineclient import DeviceError
-        if self.lost or self.driver.closed:
-            self.lost = True
+        if self.lost or self.driver.closed:  # check() reports the loss and reconnects
             raise DeviceError(f"{self.kind} at {self.address}: connection lost")
 
     # the coder's requests
@@ -144,10 +146,26 @@ class Watched:
     # the reader's results
     def results(self):
         if self.lost or self.driver.closed:
-            self.lost = True
-            alarms = getattr(self.driver, "alarms", None)
-            return [], (alarms() if alarms else [])
-        return self.driver.results()
+            return [], self.alarms()
+        results, alarms = self.driver.results()
+        return results, self._once(alarms)
+
+    def alarms(self):
+        take = getattr(self.driver, "alarms", None)
+        return self._once(take() if take else [])
+
+    def _once(self, alarms):
+        """While lost, one reconnect alarm per episode: the further attempts are its backoff."""
+        if not self.lost:
+            return alarms
+        out = []
+        for kind, detail in alarms:
+            if kind == "RESYNC":
+                if self._resync_said:
+                    continue
+                self._resync_said = True
+            out.append((kind, detail))
+        return out
 
     def close(self):
         self.driver.close()
@@ -156,13 +174,14 @@ class Watched:
     def check(self, now: float) -> str | None:
         """'lost' when the connection has just gone, 'back' when it has just come back, else None."""
         if self._back:
-            self._back, self.lost, self._wait = False, False, 0.0
+            self._back, self.lost, self._wait, self._resync_said = False, False, 0.0, False
             return "back"
         if not self.lost and self.driver.closed:
             self.lost = True
             self._retry_at, self._wait = now + RECONNECT_FIRST_S, RECONNECT_FIRST_S
             return "lost"
-        if self.lost and self._attempt is None and now >= self._retry_at and not self.driver.shut:
+        if self.lost and self._attempt is None and now >= self._retry_at \
+                and not getattr(self.driver, "shut", False):
             self._attempt = threading.Thread(target=self._reconnect, daemon=True, name=f"reconnect-{self.kind}")
             self._attempt.start()
         return None
@@ -192,6 +211,32 @@ def _sink(target):
                           cert_file=target.cert_file or None, key_file=target.key_file or None)
 
 
+class _SaidSink:
+    """A sink whose failures are logged once per episode (the forwarder records each in the outbox)."""
+
+    def __init__(self, sink, name: str):
+        self.sink, self.name, self.failing = sink, name, False
+
+    def send(self, document, name):
+        from .epcis.sinks import SinkError
+        try:
+            self.sink.send(document, name)
+        except SinkError as exc:
+            if not self.failing:
+                self.failing = True
+                log.warning("upstream %s: %s; the events wait in the outbox, retried with backoff", self.name,
+                            _first_line(exc))
+            raise
+        if self.failing:
+            self.failing = False
+            log.info("upstream %s: delivering again", self.name)
+
+    def close(self):
+        close = getattr(self.sink, "close", None)
+        if close:
+            close()
+
+
 class Forwarding:
     """One thread per upstream target, each with its own SQLite connection (Forwarder.run)."""
 
@@ -211,12 +256,12 @@ class Forwarding:
             self.threads.append(t)
 
     def _run(self, sink) -> None:
-        from .epcis.forwarder import Forwarder
+        from .epcis.forwarder import Forwarder, target_of
         from .ledgerfile import LedgerFileError
         try:  # a connection of this thread's own (SQLite connections stay in their thread)
             conn = _open_ledger(self.db_path, schema=False)
             conn.execute("PRAGMA busy_timeout = 2000")
-            fwd = Forwarder(conn, sink)
+            fwd = Forwarder(conn, _SaidSink(sink, target_of(sink)), target=target_of(sink))
         except (LedgerFileError, sqlite3.Error) as exc:
             log.error("forwarding stopped: %s", sentence(exc))
             return
@@ -271,6 +316,7 @@ class Service:
         self._alarm_seen = 0
         self._alarms: list[dict] = []
         self._signals = 0
+        self._link_up = True
         self._device_alarm_at: tuple = (None, -1)  # ((device_id, boot_id), last ALARM event_seq logged)
 
     # --- life ------------------------------------------------------------------------------
@@ -421,6 +467,14 @@ class Service:
 
     # --- one boot ----------------------------------------------------------------------------
     def _on_boot(self, hello: dict, resumed: bool) -> None:
+        want = getattr(self.cfg.device, "device_id", "")
+        if want and _text(hello["device_id"]) != want:
+            raise ServiceError(f"the device on {self.cfg.device.port} is {_text(hello['device_id'])!r}, the line file"
+                               f" expects [device] device_id = {want!r}: is this the right port?")
+        board = getattr(self.cfg.device, "board", "")
+        if board and _text(hello["board"]) != board:
+            log.warning("the device reports board %s, the line file says [device] board = %s",
+                        _text(hello["board"]), board)
         self.boot_id = int(hello["boot_id"])
         self.configured, self._ready = False, False
         log.info("device %s boot %d: firmware %s, board %s, schema fingerprint 0x%08x, state %s%s",
@@ -485,6 +539,7 @@ class Service:
         while True:
             if self.stopping:
                 raise Stop()
+            self._supervise()  # first: a connection gone is said before what the agent makes of it
             try:
                 self.agent.step(0.002)
             except BatchEnded as exc:
@@ -494,9 +549,19 @@ class Service:
             if self.agent.boot_id != self.boot_id:  # the agent booked a new boot in this step
                 self._on_boot(dict(self.link.hello), resumed=False)
             self._check_config_report()
-            self._supervise()
+            self._watch_link()
             self._serve_requests()
             self._publish()
+
+    def _watch_link(self) -> None:
+        up = self.link.up
+        if up != self._link_up:
+            self._link_up = up
+            if up:
+                log.info("device link back (session %d)", self.link.sessions)
+            else:
+                log.warning("device link lost: nothing heard from %s for %g s; reconnecting",
+                            self.cfg.device.port, self.link.timeout)
 
     def _batch_gone(self) -> None:
         """The batch was closed under the line: the agent is done; wait for the next batch."""
@@ -749,6 +814,9 @@ def run(cfg, batch: str | None = None) -> int:
         return 1
     except sqlite3.Error as exc:
         log.error("ledger: %s", sentence(exc))
+        return 1
+    except serial.SerialException as exc:  # the port went away under us (a USB device unplugged, ...)
+        log.error("device port %s: %s", cfg.device.port, _first_line(exc))
         return 1
     except OSError as exc:
         log.error("%s", sentence(exc))

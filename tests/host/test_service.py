@@ -243,6 +243,7 @@ name = "test line"
 
 [device]
 port = "{port}"
+board = "sim"
 
 [line]
 counts_per_mm = {cpm}
@@ -347,6 +348,8 @@ class Agent:
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout)
         self._t.join(2)
+        if os.environ.get("SERIALINE_TEST_SHOW_LOG"):
+            print(self.log)
         return rc
 
     def kill(self):
@@ -534,3 +537,57 @@ def test_batch_from_the_control_interface_and_background_forwarding(tmp_path, li
     trail = ledger_rows(db, "SELECT user, action, detail FROM audit WHERE action = 'batch.select'")
     assert len(trail) == 1 and trail[0][0] == "qa-anna" and json.loads(trail[0][2])["reason"] == "start of shift"
     assert "Traceback" not in agent.log
+
+
+def test_coder_lost_stops_the_line_and_its_queue_is_reset_once_back(line):
+    rig, cfg, db, batch = line()
+    agent = Agent(cfg, batch)
+    try:
+        agent.wait_status(lambda s: s["ready"])
+        client = agent.control
+        wait_for(lambda: len(rig.packs) >= 4, 30, "4 packs", rig)
+        host, port = rig.coder.address
+        rig.coder.close()
+        agent.wait_log(rf"alarm coder CODER_LOST: coder at {host}:{port}: connection lost")
+        wait_for(lambda: rig.stop_out, 10, "the line stopped", rig)
+        assert client.status()["coder"] == "lost"
+        fed = len(rig.packs)
+        rig.coder = SimCoder(port=port).start()  # a coder restarted: its buffer is empty
+        agent.wait_log(r"alarm coder CODER_BACK", 40)
+        agent.wait_log(r"alarm agent RESUMED: coder cleared, \d+ queued job\(s\) dropped", 20)
+        client.command("line.clear", "op-otto", "coder restarted")
+        wait_for(lambda: len(rig.packs) >= fed + 4, 30, "4 packs after the clear", rig)
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    by = outcomes(db, batch)
+    assert None not in by, by
+    late = ledger_rows(db, "SELECT outcome FROM unit WHERE batch_id=? ORDER BY boot_id, unit_seq DESC LIMIT 2", batch)
+    assert [o for (o,) in late] == ["PASSED", "PASSED"], by  # bound to what the new coder printed
+    assert "Traceback" not in agent.log
+
+
+def test_a_second_sigterm_exits_at_once_and_the_next_start_resumes(line):
+    rig, cfg, db, batch = line()
+    agent = Agent(cfg, batch)
+    try:
+        boot = agent.wait_status(lambda s: s["ready"])["device"]["boot_id"]
+        wait_for(lambda: len(rig.packs) >= 3, 30, "3 packs", rig)
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.wait_log(r"stopping: line stop sent")
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.proc.wait(5) == 1
+    finally:
+        agent.kill()
+    again = Agent(cfg, batch)
+    try:
+        again.wait_log(rf"device line-1 boot {boot}: .* \(resumed: line stop latched until its events are in\)")
+        again.wait_status(lambda s: s["ready"] and not s["resuming"])
+        again.control.command("line.clear", "op-otto", "agent restarted")
+        fed = len(rig.packs)
+        wait_for(lambda: len(rig.packs) >= fed + 3, 30, "3 packs after the restart", rig)
+        assert again.stop() == 0, again.log
+    finally:
+        again.kill()
+    assert None not in outcomes(db, batch)
+    assert "Traceback" not in agent.log + again.log
