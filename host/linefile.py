@@ -13,7 +13,6 @@ unknown key or a bad value is a `LineFileError` naming the file, the key and wha
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import sys
@@ -52,7 +51,8 @@ class Geometry:
     pitch_mm: float = _k(100.0, 10.0, 2000.0, "mm", "mean distance between pack leading edges")
     pitch_spread: float = _k(0.1, 0.0, 0.49, "", "± fraction of the pitch (uniform, simulator)", sim=True)
     pack_length_mm: float = _k(60.0, 1.0, 2000.0, "mm", "pack length; must leave a gap at the smallest pitch", sim=True)
-    counts_per_mm: float = _k(4.0, 1.0, 100.0, "counts/mm", "encoder resolution", required=True)
+    counts_per_mm: float = _k(4.0, 1.0, 100.0, "counts/mm", "encoder resolution (below 1 the stations and the "
+                              "dwell round to nothing)", required=True)
     coder_at_mm: float = _k(250.0, 1.0, 100_000.0, "mm", "coder station from the photo-eye", required=True)
     camera_at_mm: float = _k(500.0, 1.0, 100_000.0, "mm", "camera station (after the coder)", required=True)
     gate_at_mm: float = _k(1000.0, 1.0, 100_000.0, "mm", "reject gate (after the camera)", required=True)
@@ -62,7 +62,8 @@ class Geometry:
     gate_dwell_mm: float = _k(20.0, 1.0, 1000.0, "mm", "how long the gate stays open (travel)")
     confirm_delay_mm: float = _k(40.0, 0.0, 10_000.0, "mm", "travel from the gate to the confirm sensor "
                                  "(simulator; inside confirm_window_mm)", sim=True)
-    confirm_window_mm: float = _k(80.0, 1.0, 10_000.0, "mm", "the reject confirm is accepted within this after the gate")
+    confirm_window_mm: float = _k(80.0, 1.0, 10_000.0, "mm", "the reject confirm is accepted within this "
+                                  "after the gate")
     bin_capacity: int = _k(100_000, 1, 10**9, "packs", "reject bin (simulator)", sim=True)
     debounce_ms: float = _k(0.2, 0.0, 100.0, "ms", "photo-eye debounce")
     min_pitch_mm: float | None = _k(None, 0.0, 2000.0, "mm", "closer photo-eye edges are a double detect "
@@ -216,6 +217,12 @@ def _serial_url(v: str) -> str:
     return v
 
 
+def _path(v: str) -> str:
+    if not v or not v.isprintable() or len(v) > 4096:
+        raise ValueError("must be a file path")
+    return v
+
+
 def _device_id(v: str) -> str:
     if len(v) > 16 or not all(" " < ch <= "~" for ch in v):
         raise ValueError("must be at most 16 printable ASCII characters without spaces ('' = any device)")
@@ -322,9 +329,10 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class Target:
-    kind: str = _k("dir", doc="a directory sink, an EPCIS capture interface, an MQTT broker", choices=("dir", "http", "mqtt"), required=True)
-    where: str = _k("", doc="dir: a directory; http: http(s)://HOST[:PORT]/BASE; mqtt: mqtt(s)://HOST[:PORT][/SITE/LINE]",
-                    required=True)
+    kind: str = _k("dir", doc="a directory sink, an EPCIS capture interface, an MQTT broker",
+                   choices=("dir", "http", "mqtt"), required=True)
+    where: str = _k("", doc="dir: a directory; http: http(s)://HOST[:PORT]/BASE; "
+                    "mqtt: mqtt(s)://HOST[:PORT][/SITE/LINE]", required=True)
     credentials: str = _k("", doc='"env", "env:NAME[,NAME…]" or "file:/path" (NAME=VALUE lines, chmod 600)',
                           check=_credentials)
     ca_file: str = _k("", doc="TLS: CA bundle path")
@@ -343,7 +351,8 @@ class Target:
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    path: str = _k("", doc="the SQLite ledger (relative to the service's working directory)", required=True)
+    path: str = _k("", doc="the SQLite ledger (relative to the service's working directory)", check=_path,
+                   required=True)
 
 
 @dataclass(frozen=True)
@@ -548,7 +557,7 @@ def _control_check(where: str, c: ControlSettings) -> None:
                             "(127.0.0.1, ::1, localhost); set [control] allow_remote = true to listen on it")
 
 
-def _identity_check(where: str, ident: Identity) -> Identity:
+def _identity_defaults(ident: Identity) -> Identity:
     if ident.biz_location is None and ident.site_sgln is not None:
         return dataclasses.replace(ident, biz_location=ident.site_sgln)
     return ident
@@ -581,7 +590,7 @@ def parse(text: str, where: str = "line.toml") -> LineConfig:
     kw["upstream"] = tuple(read_section(Target, t, where, "upstream") for t in ups)
     for i, t in enumerate(kw["upstream"]):
         _target_check(where, i, t)
-    kw["identity"] = _identity_check(where, kw["identity"])
+    kw["identity"] = _identity_defaults(kw["identity"])
     kw["ledger"] = kw["ledger"].path
     _driver_check(where, "coder", "coder", kw["coder"])
     _driver_check(where, "camera", "reader", kw["camera"])

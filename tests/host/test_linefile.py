@@ -227,6 +227,7 @@ BAD = [
     (lambda t: t + '\n[[upstream]]\nkind = "mqtt"\nwhere = "mqtts://b:8883/s/l"\ncredentials = "env:SERIALINE_PIN"\n', r"\[\[upstream\]\] credentials = .* env:NAME"),
     (lambda t: t + "\n[plc]\nx = 1\n", r"unknown section \[plc\]"),
     (lambda t: t.replace("[ledger]\npath = \"line.db\"\n", ""), r"\[ledger\] is required"),
+    (lambda t: t.replace('path = "line.db"', 'path = ""'), r"\[ledger\] path = '' must be a file path"),
     (lambda t: t.replace("[line]", "[line]\n[line.x]"), r"\[line\] x = .* must be a number|\[line\] unknown key 'x'"),
     (lambda t: t + "\n[line]\n", r"not valid TOML"),
 ]
