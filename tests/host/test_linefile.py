@@ -485,3 +485,23 @@ def test_agent_check_reports_credentials_by_name_never_by_value(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "readable, SERIALINE_HTTP_TOKEN" in p.stdout and "not set here: SERIALINE_MQTT_PASSWORD" in p.stdout
     assert "tok-very-secret" not in p.stdout + p.stderr and "u-visible-not" not in p.stdout
+
+
+def test_a_config_report_as_the_host_link_decodes_it_is_explained():
+    """CONFIG_REPORT through the wire codec (fastcodec: what host/link.py hands the service)."""
+    from serialine.protocol import fastcodec
+    from serialine.protocol.schema import BY_NAME
+
+    cfg = _cfg(min_host_budget_ms=500.0)
+    fields = lf.device_fields(cfg, config_id=7)
+    res, bad = lf.device_verdict(fields)
+    msg = BY_NAME["CONFIG_REPORT"]
+    in_force = lf.device_fields(lf.parse(GOOD, "l.toml"), config_id=6)  # the device keeps its old one
+    frame = fastcodec.encode(msg.msg_type, 1, 0, {"event_seq": 3, "result": int(res), "bad_field": bad,
+                                                  "config": in_force})
+    _t, _s, _a, values = fastcodec.decode(frame)
+    report = fastcodec.as_dict(msg.msg_type, values)
+    assert report["result"] == ConfigResult.BUDGET_TOO_SMALL
+    line = lf.explain_refusal(report, cfg)
+    assert line.startswith("device refused the configuration: the host's decision budget at max speed")
+    assert "below [line] min_host_budget_ms = 500 ms" in line
