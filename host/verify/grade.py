@@ -105,6 +105,8 @@ class Layout:
     seg_size: np.ndarray
     rs_order: np.ndarray  # block × position: codeword index in RS order (data then checks), −1 = leading pad
     rs_power: np.ndarray  # position → its power of x in the block's polynomial
+    fixed_ring: np.ndarray  # (n + 2)² flat bool: fixed pattern or quiet-zone ring
+    dark_ring: np.ndarray  # (n + 2)² flat bool: dark there
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -234,7 +236,8 @@ def layout(n: int) -> Layout:
     return Layout(n, dark, fixed, codeword, bit, block, ec_cw // blocks, segments, top_dark, right_dark,
                   cw_modules, onehot, tuple(segments), np.concatenate(flat),
                   np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]),
-                  rs_order, np.arange(width - 1, -1, -1))
+                  rs_order, np.arange(width - 1, -1, -1), np.pad(fixed, 1, constant_values=True).ravel(),
+                  np.pad(dark, 1).ravel())
 
 
 def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -402,10 +405,9 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     au, bu = _line(lay.clock_top + 0.5, cu)
     av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
-    x0, y0 = at(ucol[1:-1], 0.5)  # module pitch in pixels along each axis, at the clock tracks
-    xs = float(np.hypot(np.diff(x0), np.diff(y0)).sum()) / (n - 1)
-    x1, y1 = at(n - 0.5, vrow[1:-1])
-    ys = float(np.hypot(np.diff(x1), np.diff(y1)).sum()) / (n - 1)
+    # module pitch in pixels along each axis at the clock tracks (the map is linear in u at a fixed v)
+    xs = bu * float(np.hypot(at.b[0] + at.d[0] * 0.5, at.b[1] + at.d[1] * 0.5))
+    ys = bv * float(np.hypot(at.c[0] + at.d[0] * (n - 0.5), at.c[1] + at.d[1] * (n - 0.5)))
     pitch = (xs + ys) / 2
     an = abs(xs - ys) / pitch
     dev_u = np.abs(cu - (au + bu * (lay.clock_top + 0.5))).max(initial=0) * xs / max(bu, 1e-9)
@@ -424,23 +426,20 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     mod_g = np.searchsorted(_MOD_UP, ratio, side="right")
     seen_dark = r < gt
 
-    core_seen = seen_dark[1:-1, 1:-1]
-    if rs_valid(seen_dark.ravel(), lay):
-        nom_core, source = np.where(lay.fixed, lay.dark_fixed, core_seen), "read, RS-valid"
-    else:
-        nom_core, source = nominal(dec, n), "re-encoded"
-    if source == "re-encoded" and nom_core is not None:
-        wrong = (nom_core != core_seen)
-        flat = np.zeros((n + 2) * (n + 2), dtype=bool)
-        flat.reshape(n + 2, n + 2)[1:-1, 1:-1] = wrong
-        if ((flat[lay.cw_modules].any(axis=1) @ lay.block_onehot) >= lay.ec_per_block).any():
-            nom_core = None  # another encoder's encodation: this pattern is not what was printed
-    if nom_core is None:
-        source = "as sampled"  # the data region's nominal is what was seen; the fixed patterns stay known
-        nom_core = np.where(lay.fixed, lay.dark_fixed, core_seen)
-    nom = np.zeros((n + 2, n + 2), dtype=bool)
-    nom[1:-1, 1:-1] = nom_core
-    right_side = (nom == seen_dark).ravel()
+    seen_flat = seen_dark.ravel()
+    as_read = np.where(lay.fixed_ring, lay.dark_ring, seen_flat)  # the fixed patterns are always known
+    nom, source = as_read, "read, RS-valid"
+    if not rs_valid(seen_flat, lay):
+        core, source = nominal(dec, n), "re-encoded"
+        if core is not None:
+            nom = np.zeros((n + 2, n + 2), dtype=bool)
+            nom[1:-1, 1:-1] = core
+            nom = nom.ravel()
+            if ((nom != seen_flat)[lay.cw_modules].any(axis=1) @ lay.block_onehot >= lay.ec_per_block).any():
+                core = None  # another encoder's encodation: this pattern is not what was printed
+        if core is None:
+            nom, source = as_read, "as sampled"  # codeword errors are then only what zxing-cpp's UEC says
+    right_side = nom == seen_flat
     mod_flat = mod_g.ravel()
     rm_flat = np.where(right_side, mod_flat, 0)
 

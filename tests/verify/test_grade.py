@@ -235,3 +235,38 @@ def test_symbol_at_the_frame_edge_is_graded_from_the_pixels_there():
     res = grade(render(CODE, width=146, height=146, module_px=6.0))
     assert res.error is None and res.decoded.data == CODE
     assert res.parameters["symbol_contrast"].letter == "A" and res.parameters["unused_error_correction"].value == 1.0
+
+
+def _gf_mul(a: int, b: int) -> int:
+    return _EXP[_LOG[a] + _LOG[b]] if a and b else 0
+
+
+def _rs_checks(data: list[int], k: int) -> list[int]:
+    gen = [1]
+    for i in range(1, k + 1):  # Π (x − α^i)
+        gen = [a ^ _gf_mul(b, _EXP[i]) for a, b in zip(gen + [0], [0] + gen)]
+    rem = [0] * k
+    for c in data:
+        f = c ^ rem[0]
+        rem = [r ^ _gf_mul(f, g) for r, g in zip(rem[1:] + [0], gen[1:])]
+    return rem
+
+
+def test_a_symbol_from_another_encoder_is_graded_as_sampled():
+    """'12' as two ASCII digits (50, 51) where zxing-cpp's writer packs the pair (142): a valid symbol
+    the re-encode does not reproduce; the grader notices and takes the read as the nominal."""
+    n = 10
+    lay = layout(n)
+    data = [50, 51, 129]
+    cws = data + _rs_checks(data, 5)
+    m = lay.dark_fixed.copy()
+    for (r, c), k in np.ndenumerate(lay.codeword):
+        if k >= 0:
+            m[r, c] = bool(cws[k] & (0x80 >> lay.bit[r, c]))
+    res = grade(render("", matrix=m, module_px=10.0))
+    assert res.decoded.data == "12" and res.decoded.symbology == "]d1" and res.error == "not_gs1"
+    assert res.detail["nominal"] == "read, RS-valid" and res.parameters["reflectance_margin"].letter == "A"
+    m[3, 3] = not m[3, 3]  # one codeword wrong: no longer RS-valid, the re-encode is not this symbol
+    res = grade(render("", matrix=m, module_px=10.0))
+    assert res.decoded.data == "12" and res.detail["nominal"] == "as sampled"
+    assert res.parameters["unused_error_correction"].value < 1.0
