@@ -505,3 +505,10 @@ def test_a_config_report_as_the_host_link_decodes_it_is_explained():
     line = lf.explain_refusal(report, cfg)
     assert line.startswith("device refused the configuration: the host's decision budget at max speed")
     assert "below [line] min_host_budget_ms = 500 ms" in line
+
+
+def test_the_boards_a_line_file_names_are_the_shipped_boards():
+    from serialine.host.resources import board_dir
+
+    shipped = sorted(p.name for p in board_dir("sim").parent.iterdir() if (p / "board.py").exists())
+    assert sorted(lf.BOARDS) == shipped
