@@ -107,6 +107,9 @@ class Layout:
     rs_power: np.ndarray  # position → its power of x in the block's polynomial
     fixed_ring: np.ndarray  # (n + 2)² flat bool: fixed pattern or quiet-zone ring
     dark_ring: np.ndarray  # (n + 2)² flat bool: dark there
+    rs_exps: np.ndarray  # root × position: the power of α each position is raised to in a syndrome
+    top_window: np.ndarray  # dark top-clock module × window: u positions sampled along the track
+    right_window: np.ndarray  # dark right-clock module × window: v positions
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -237,7 +240,8 @@ def layout(n: int) -> Layout:
                   cw_modules, onehot, tuple(segments), np.concatenate(flat),
                   np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]),
                   rs_order, np.arange(width - 1, -1, -1), np.pad(fixed, 1, constant_values=True).ravel(),
-                  np.pad(dark, 1).ravel())
+                  np.pad(dark, 1).ravel(), np.arange(1, ec_cw // blocks + 1)[:, None] * np.arange(width - 1, -1, -1),
+                  top_dark[:, None] + 0.5 + _WIN, right_dark[:, None] + 0.5 + _WIN)
 
 
 def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +263,7 @@ def rs_valid(dark_flat: np.ndarray, lay: Layout) -> bool:
     """Do the modules as sampled form a valid Reed–Solomon codeword in every block (all syndromes 0)?
     Then they are the nominal pattern: the only codeword within the correction radius of what was read."""
     values = np.append(dark_flat[lay.cw_modules] @ _BITS, 0)[lay.rs_order]  # block × position
-    logs = _LOG[values]
-    roots = np.arange(1, lay.ec_per_block + 1)
-    terms = _EXP[(logs[:, None, :] + roots[None, :, None] * lay.rs_power[None, None, :]) % 255]
+    terms = _EXP[(_LOG[values][:, None, :] + lay.rs_exps) % 255]
     terms = np.where(values[:, None, :] != 0, terms, 0)
     return not np.bitwise_xor.reduce(terms, axis=2).any()
 
@@ -386,22 +388,19 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
 
     # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
     # darkness around each dark clock module, darkness against the tracks' own mid-level
-    top_pos = lay.clock_top[:, None, None] + 0.5 + _WIN[None, :, None]
-    right_pos = lay.clock_right[:, None, None] + 0.5 + _WIN[None, :, None]
-    xt, yt = at(top_pos, 0.5 + _ACROSS[None, None, :])
-    xr, yr = at(n - 0.5 + _ACROSS[None, None, :], right_pos)
+    xt, yt = at(lay.top_window[:, :, None], 0.5 + _ACROSS)
+    xr, yr = at(n - 0.5 + _ACROSS, lay.right_window[:, :, None])
     st = _sample(img, xt, yt, inside).astype(np.float32)
     sr = _sample(img, xr, yr, inside).astype(np.float32)
     gt0 = (max(st.max(), sr.max()) + min(st.min(), sr.min())) / 2
 
-    def centroid(samples, along):
+    def centroid(samples, window, along):
         w = np.maximum(gt0 - samples, 0).sum(axis=2)
         tot = w.sum(axis=1)
-        centre = (w * (along[:, None] + 0.5 + _WIN[None, :])).sum(axis=1) / np.maximum(tot, 1e-9)
-        return np.where(tot > 0, centre, along + 0.5)
+        return np.where(tot > 0, (w * window).sum(axis=1) / np.maximum(tot, 1e-9), along + 0.5)
 
-    cu = centroid(st, lay.clock_top)
-    cv = centroid(sr, lay.clock_right)
+    cu = centroid(st, lay.top_window, lay.clock_top)
+    cv = centroid(sr, lay.right_window, lay.clock_right)
     au, bu = _line(lay.clock_top + 0.5, cu)
     av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
