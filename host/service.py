@@ -38,7 +38,8 @@ USER = "serialine-agent"  # who the service's own audit records are by
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
 DRAIN_S = 5.0  # after SIGTERM: how long the units in flight get to reach their outcome
 CONNECT_S = 1.0  # one HELLO attempt; the service keeps trying, serving its control interface
-STATUS_EVERY_S = 0.25  # ledger figures in the status snapshot (the rest is fresh every step)
+ALARMS_EVERY_S = 0.2  # new alarms (ledger and device) logged and put in the status this often
+STATUS_EVERY_S = 1.0  # ledger figures and alarms in the status snapshot (the rest is fresh every step)
 CONFIG_REPORT_WARN_S = 10.0
 CONFIG_RETRY_S = 1.0  # a device busy with units in flight is sent the configuration again after this
 
@@ -311,7 +312,7 @@ class Service:
         self._config_fields: dict = {}
         self._busy_said = False
         self._ready = False
-        self._status_at = 0.0
+        self._status_at = self._alarms_at = 0.0
         self._figures: dict = {}
         self._alarm_seen = 0
         self._alarms: list[dict] = []
@@ -661,10 +662,13 @@ class Service:
     # --- status ------------------------------------------------------------------------------
     def _publish(self, force: bool = False, ready: bool | None = None) -> None:
         now = time.monotonic()
-        if now - self._status_at >= STATUS_EVERY_S or force:
-            self._status_at = now
+        if now - self._alarms_at >= ALARMS_EVERY_S or force:
+            self._alarms_at = now
             try:
-                self._read_figures()
+                self._read_alarms()
+                if now - self._status_at >= STATUS_EVERY_S or force:
+                    self._status_at = now
+                    self._read_figures()
             except sqlite3.Error:
                 pass  # busy: the figures of the last read stand
         if self.control is None:
@@ -691,7 +695,7 @@ class Service:
             "stopping": self.stopping,
         })
 
-    def _read_figures(self) -> None:
+    def _read_alarms(self) -> None:
         c = self.conn
         rows = c.execute("SELECT alarm_id, at, source, alarm, detail FROM alarm_log WHERE alarm_id > ?"
                          " ORDER BY alarm_id", (self._alarm_seen,)).fetchall()
@@ -702,6 +706,9 @@ class Service:
         del self._alarms[:-20]
         if self.agent is not None and self.agent.boot_id is not None:
             self._device_alarms()
+
+    def _read_figures(self) -> None:
+        c = self.conn
         if self.agent is not None:
             batch_id = self.agent.ledger.batch.batch_id
             counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit WHERE batch_id=?"
@@ -723,8 +730,10 @@ class Service:
         rows = self.conn.execute("SELECT event_seq, body FROM device_event WHERE device_id=? AND boot_id=?"
                                  " AND msg_name='ALARM' AND event_seq > ? ORDER BY event_seq",
                                  (*key, self._device_alarm_at[1])).fetchall()
+        (top,) = self.conn.execute("SELECT MAX(event_seq) FROM device_event WHERE device_id=? AND boot_id=?",
+                                   key).fetchone()  # the next look starts after what is stored now
+        self._device_alarm_at = (key, max(self._device_alarm_at[1], -1 if top is None else top))
         for seq, body in rows:
-            self._device_alarm_at = (key, seq)
             f = json.loads(body)
             unit = f.get("unit_seq")
             log.warning("device alarm %s %s%s", _enum_name(Alarm, f.get("alarm")),

@@ -591,3 +591,27 @@ def test_a_second_sigterm_exits_at_once_and_the_next_start_resumes(line):
         again.kill()
     assert None not in outcomes(db, batch)
     assert "Traceback" not in agent.log + again.log
+
+
+def run_cli(*argv, timeout=30):
+    p = subprocess.run([SERIALINE, *argv], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_usage_and_a_bad_line_file_are_one_line(tmp_path):
+    rc, out, err = run_cli("agent")
+    assert rc == 2 and "usage: serialine agent run" in out
+    rc, _, err = run_cli("agent", "run", "--config", str(tmp_path / "nope.toml"))
+    assert rc == 1 and err.strip() == f"serialine-agent: ERROR {tmp_path / 'nope.toml'}: no such file", err
+    rc, _, err = run_cli("agent", "fly")
+    assert rc == 2 and "unknown subcommand 'fly'" in err
+
+
+def test_check_dispatches_and_a_batch_not_running_is_refused_in_one_line(line):
+    rig, cfg, db, batch = line()
+    rc, out, err = run_cli("agent", "check", "--config", str(cfg))
+    assert rc == 0 and "OK: the device will accept this configuration" in out, out + err
+    rc, _, err = run_cli("agent", "run", "--config", str(cfg), "--batch", "NOPE")
+    errors = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert rc == 1 and len(errors) == 1 and "NOPE" in errors[0] and "Traceback" not in err, err
+    assert not rig.packs and rig.state != 2
