@@ -241,7 +241,13 @@ def test_a_stray_refusal_taken_as_a_push_reply_is_caught_by_the_coders_depth(con
         agent.step(0)  # the probe push: the coder says 5, the ledger queued 4
         assert _alarms(conn, "CODER_IN_DOUBT") == 1 and agent.resuming and STOP in link.sent
         results = [run_unit(agent, link, sc, scam, u) for u in range(2, 7)]  # the line coasting to a stop
-        assert results == [(Verdict.FAIL, Reason.CORRELATION)] * 5
+        assert all(v == Verdict.FAIL for v, _ in results)
+        # unit 5 got the job the ledger wrote off: the coder's own report names it (print cross-check);
+        # CORRELATION if that report came in only after the unit's blind verdict
+        assert [r for _, r in results[:3] + results[4:]] == [Reason.CORRELATION] * 4
+        assert results[3][1] in (Reason.CODE_MISMATCH, Reason.CORRELATION)
+        (mismatch,) = [d for (d,) in conn.execute("SELECT detail FROM alarm_log WHERE alarm='PRINT_MISMATCH'")]
+        assert "unit line1:42:5:" in mismatch
         link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}
         deadline = time.monotonic() + 5
         while agent.resuming and time.monotonic() < deadline:
