@@ -133,8 +133,9 @@ def resolve(g: Geometry, full_cps: float | None = None) -> Geometry:
     return dataclasses.replace(g, **kw) if kw else g
 
 
-def geometry_problems(g: Geometry) -> list[str]:
-    """What is wrong with a [line] section on its own: ranges, then the order of the stations."""
+def geometry_problems(g: Geometry, simulated: bool = True) -> list[str]:
+    """What is wrong with a [line] section on its own: ranges, then the order of the stations; with
+    `simulated`, also the simulator's physics (a line file's packs are real)."""
     problems = []
     for f in dataclasses.fields(Geometry):
         m, v = f.metadata, getattr(g, f.name)
@@ -144,14 +145,18 @@ def geometry_problems(g: Geometry) -> list[str]:
             problems.append(f"[line] {f.name} = {v!r} must be in {_n(m['lo'])}..{_n(m['hi'])} {m['unit']}".rstrip())
     if problems:
         return problems
-    if not 0 < g.pack_length_mm < g.pitch_mm * (1 - g.pitch_spread):
+    if simulated and not 0 < g.pack_length_mm < g.pitch_mm * (1 - g.pitch_spread):
         problems.append("[line] pack_length_mm must be positive and leave a gap at the smallest pitch "
                         "(pitch_mm × (1 − pitch_spread))")
     if not 0 < g.coder_at_mm < g.camera_at_mm < g.gate_at_mm:
         problems.append("stations must be in order: 0 < [line] coder_at_mm < camera_at_mm < gate_at_mm "
                         f"(got {_n(g.coder_at_mm)}, {_n(g.camera_at_mm)}, {_n(g.gate_at_mm)} mm)")
-    if g.confirm_delay_mm >= g.confirm_window_mm:
+    if simulated and g.confirm_delay_mm >= g.confirm_window_mm:
         problems.append("[line] confirm_delay_mm must be inside confirm_window_mm")
+    if g.min_pitch_mm is not None and g.min_pitch_mm >= g.pitch_mm * (1 - g.pitch_spread):
+        problems.append(f"[line] min_pitch_mm = {_n(g.min_pitch_mm)} mm must be below the smallest pitch "
+                        f"(pitch_mm × (1 − pitch_spread) = {g.pitch_mm * (1 - g.pitch_spread):g} mm): "
+                        "every pack would be a double detect")
     return problems
 
 
@@ -496,7 +501,7 @@ def read_geometry(table, where: str, *, err=LineFileError, required: bool = True
     """The [line] section of a line file (required keys) or of a scenario (none required), checked on
     its own (ranges, station order)."""
     g = read_section(Geometry, table, where, "line", err=err, required=required)
-    problems = geometry_problems(g)
+    problems = geometry_problems(g, simulated=not required)
     if problems:
         raise err(f"{where}: " + "; ".join(problems))
     return g

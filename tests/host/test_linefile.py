@@ -200,6 +200,7 @@ BAD = [
     (lambda t: with_keys(t, "line", 'stop_on_link_loss = "yes"'), r"\[line\] stop_on_link_loss = 'yes' must be true or false"),
     (lambda t: t.replace("camera_at_mm = 500", "camera_at_mm = 1500"), r"stations must be in order.*coder_at_mm < camera_at_mm < gate_at_mm"),
     (lambda t: without(t, "max_speed_mm_s"), r"\[line\] max_speed_mm_s is required"),
+    (lambda t: with_keys(t, "line", "min_pitch_mm = 95"), r"\[line\] min_pitch_mm = 95 mm must be below the smallest pitch .* 90 mm"),
     (lambda t: without(t, "gate_at_mm"), r"\[line\] gate_at_mm is required"),
     (lambda t: without(t, "line_id"), r"\[identity\] line_id is required"),
     (lambda t: t.replace('line_id = "L1"', 'line_id = "../x"'), r"\[identity\] line_id = '\.\./x' must be 1-64"),
@@ -253,6 +254,14 @@ def test_the_good_file_and_its_defaults():
     # at 1250 mm/s the nominal speed is 1000 mm/s = 4000 counts/s, as the nominal scenario runs
     assert f == old_device_config(sc.Scenario()) | {"min_host_budget_us": f["min_host_budget_us"]}
     assert lf.parse(lf.to_toml(cfg), "line.toml") == cfg
+
+
+def test_the_simulators_physics_keys_do_not_bind_a_real_line():
+    # a 50 mm pitch with the simulator's default 60 mm pack: a real line's packs are what they are
+    cfg = lf.parse(with_keys(GOOD, "line", "pitch_mm = 50"), "l.toml")
+    assert cfg.geometry.min_pitch_mm == 22.5  # half the smallest pitch, 50 × 0.9 / 2
+    with pytest.raises(sc.ScenarioError, match="pack_length_mm"):
+        sc.parse("[line]\npitch_mm = 50\n", "s.toml")
 
 
 def test_a_remote_control_address_needs_allow_remote():
