@@ -55,6 +55,12 @@ class VideojetEmu(CoderModel):
         names = self.jobs.get(self.job, ())
         return names[0] if names else ""
 
+    @property
+    def loaded(self) -> bool:
+        """Fresh data waits in the field (the next print is a job, not the old data again): a
+        virtual-time simulator may hold its clock until the host has loaded it."""
+        return self.depth > 0
+
     def handle(self, line: str) -> str:
         self.commands.append(line)
         cmd, rest = line[:3], line[3:].rstrip(" ")
