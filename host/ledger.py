@@ -27,6 +27,7 @@ UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME"
 # A device tracks 64 units and buffers a few hundred events, so a real gap in unit_seq is far
 # smaller; an event further ahead is quarantined (booking its gap would be millions of rows).
 MAX_UNIT_GAP = 4096
+MAX_BINDINGS = 65536  # bindings kept for the agent's print cross-check until it takes them (each step)
 
 # One statement per rule, run in this order at each flush: a unit's life, top to bottom.
 _RULES = {
@@ -338,6 +339,8 @@ class Ledger:
         w["job_bound"].append((gtin, serial))
         w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
         w["serial_printed"].append((gtin, serial))
+        if len(self.bindings) >= MAX_BINDINGS:  # nobody takes them (no agent): never unbounded
+            self.bindings.clear()
         self.bindings.append(((device_id, boot_id, u), code))
         if u not in life.lost:  # a unit booked UNKNOWN takes the careful path at its outcome
             self._bound[(device_id, boot_id, u)] = (serial, code)

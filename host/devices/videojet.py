@@ -217,7 +217,7 @@ class VideojetCoder(LineClient):
         with self._q:
             self._fifo.clear()
             self._gst()
-            self._ok(f"JDA|{self.field}=|", "CLEAR (emptying the field)", idempotent=True)
+            self._ok(f"JDA|{self.field}=|", f"CLEAR (emptying field {self.field!r}: is a job selected?)", idempotent=True)
             self._loaded, self._field_doubt = None, False
             self._gst(window=True)
             with self._state:  # prints counted so far belong to what was cleared
