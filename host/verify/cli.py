@@ -85,7 +85,8 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine verify", description="decode and grade GS1 DataMatrix images "
                                  "after ISO/IEC 15415 (uncalibrated: see docs/verify.md)")
     ap.add_argument("images", nargs="+", metavar="IMAGE")
-    ap.add_argument("--expect", metavar="CODE", help="the element string the images must carry")
+    ap.add_argument("--expect", metavar="CODE", help="the code the images must carry: its element string "
+                    "(GS separators, ]d2 optional) or (01)…(21)… (a value with '(' only as element string)")
     ap.add_argument("--json", action="store_true", help="one JSON object per image per line")
     args = ap.parse_args(argv)
     expect = None

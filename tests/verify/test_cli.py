@@ -78,3 +78,29 @@ def test_unreadable_file_is_one_line_and_exit_1(capsys, images, which, why):
 def test_bad_expect_is_usage(capsys, images):
     rc, out, err = run(capsys, images["clean"], "--expect", "(01)09506000134353")
     assert rc == 2 and out == "" and "check digit" in err and len(err.splitlines()) == 1
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from serialine.host.verify.cli import expected_ais  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(serial=st.text(alphabet=sorted(gs1.CSET82 - {"("}), min_size=1, max_size=20),
+       lot=st.text(alphabet=sorted(gs1.CSET82 - {"("}), min_size=1, max_size=20))
+def test_expect_reads_the_same_code_in_either_form(serial, lot):
+    import datetime as dt
+    pairs = gs1.pack_pairs("09506000134352", serial, lot, dt.date(2027, 6, 30))
+    code = gs1.element_string(pairs)
+    assert expected_ais(code) == expected_ais("]d2" + code) == expected_ais(gs1.hri(pairs)) == dict(pairs)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(text=st.text(max_size=40))
+def test_expect_refuses_anything_else_in_one_gs1_error(text):
+    try:
+        ais = expected_ais(text)
+    except gs1.GS1Error as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert ais and all(isinstance(v, str) for v in ais.values())
