@@ -73,6 +73,12 @@ class Result:
     def error(self) -> str | None:
         return self.decoded.error
 
+    @property
+    def read_text(self) -> str | None:
+        """What a camera reports (CameraResult.data): symbology identifier + data; None for a no-read."""
+        d = self.decoded
+        return None if d.symbology is None else d.symbology + (d.data or "")
+
     def to_json(self) -> dict:
         d = self.decoded
         return {"symbology": d.symbology, "data": d.data, "ais": d.ais, "version": d.version,
