@@ -24,6 +24,7 @@ import sqlite3
 import sys
 import threading
 import time
+from typing import Any
 
 import serial  # type: ignore[import-untyped]
 
@@ -83,21 +84,10 @@ def _split(address: str) -> tuple[str, int]:
 
 def open_driver(kind: str, name: str, address: str, options: dict):
     """A reader or coder driver by its line-file name (host/devices/registry.py)."""
+    from .devices import registry
     host, port = _split(address)
-    try:
-        from .devices import registry
-    except ImportError:
-        registry = None
-    if registry is not None:
-        opener = registry.open_reader if kind == "camera" else registry.open_coder
-        return opener(name, host, port, dict(options or {}))
-    if name != "serialine":
-        raise ServiceError(f"[{kind}] driver = {name!r}: this build has only the 'serialine' driver")
-    if kind == "camera":
-        from .devices.camera import Camera
-        return Camera(host, port)
-    from .devices.coder import Coder
-    return Coder(host, port)
+    opener = registry.open_reader if kind == "camera" else registry.open_coder
+    return opener(name, host, port, dict(options or {}))
 
 
 class Watched:
@@ -296,12 +286,12 @@ def _open_ledger(path, schema: bool = True):
 class Service:
     def __init__(self, cfg, batch: str | None = None):
         self.cfg, self.batch_arg = cfg, batch
-        self.conn = None
-        self.link = None
-        self.coder: Watched | None = None
-        self.camera: Watched | None = None
-        self.agent = None
-        self.control = None
+        self.conn: Any = None  # set by _open; None only before it
+        self.link: Any = None
+        self.coder: Any = None  # Watched
+        self.camera: Any = None  # Watched
+        self.agent: Any = None  # host/agent.py Agent, once a batch is selected
+        self.control: Any = None
         self.forwarding: Forwarding | None = None
         self.stopping = False
         self.boot_id: int | None = None  # the boot the service has handled (configured or resumed)
@@ -363,11 +353,7 @@ class Service:
         address = getattr(getattr(self.cfg, "control", None), "address", None)
         if not address:
             return
-        try:
-            from .control import ControlServer
-        except ImportError:
-            log.warning("no control interface in this build: the line is commanded by nothing but the device")
-            return
+        from .control import ControlServer
         self.control = ControlServer.at(address)
         log.info("control interface on http://%s", self.control.address)
 
@@ -423,7 +409,7 @@ class Service:
     def _new_agent(self, batch_id: str):
         from .agent import Agent
         cfg = self.cfg
-        kw = {}
+        kw: dict[str, Any] = {}
         fill = getattr(cfg.agent, "fill_ahead", None)
         if fill:
             kw["fill_ahead"] = int(fill)
@@ -437,7 +423,6 @@ class Service:
 
     def _select_batch(self) -> None:
         """--batch, or wait for POST /batch/select; then open the session with the device."""
-        from .agent import AgentError
         if self.batch_arg is not None:
             self.agent = self._new_agent(self.batch_arg)  # AgentError: one line, exit 1
             log.info("batch %s: running it", self.batch_arg)
@@ -812,10 +797,7 @@ def run(cfg, batch: str | None = None) -> int:
     from .devices.lineclient import DeviceError
     from .ledgerfile import LedgerFileError
     from .link import LinkError
-    try:
-        from .control import ControlError
-    except ImportError:
-        ControlError = ServiceError  # noqa: N806
+    from .control import ControlError
     try:
         return Service(cfg, batch).run()
     except (ServiceError, AgentError, LinkError, DeviceError, LedgerFileError, ControlError, ValueError) as exc:
