@@ -144,20 +144,22 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     margin = 2 + int(math.ceil(d.smear * module_px))  # the blurs reach this far past the print
     x0, y0 = max(x0 - margin, 0), max(y0 - margin, 0)
     x1, y1 = min(x1 + margin, width), min(y1 + margin, height)
-    ss = 2  # supersampling per camera pixel side
-    offs = (np.arange(ss, dtype=np.float32) + 0.5) / ss
-    xs = (np.arange(x0, x1, dtype=np.float32)[:, None] + offs).ravel() - width / 2
-    ys = (np.arange(y0, y1, dtype=np.float32)[:, None] + offs).ravel() - height / 2
+    # each camera pixel sees the raster's mean over its footprint: a box of b × b cells, then one sample
+    b = max(1, int(round(_K / module_px)))
+    inkf = ink.astype(np.float32)
+    if b > 1:
+        padded = np.pad(inkf, ((b // 2, b - 1 - b // 2), (b // 2, b - 1 - b // 2)))
+        h, w = inkf.shape
+        inkf = sum(padded[i:i + h, j:j + w] for i in range(b) for j in range(b)) * np.float32(1.0 / (b * b))
+    inkf = np.pad(inkf, 1)  # a bare border: points off the raster clip onto it
+    h_ink, w_ink = inkf.shape
+    xs = np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - width / 2)
+    ys = np.arange(y0, y1, dtype=np.float32) + np.float32(0.5 - height / 2)
     inv_k = (inv * _K).astype(np.float32)
-    ck = (centre * _K).astype(np.float32)
-    iu = (inv_k[0, 0] * xs[None, :] + inv_k[0, 1] * ys[:, None] + ck[0])
-    iv = (inv_k[1, 0] * xs[None, :] + inv_k[1, 1] * ys[:, None] + ck[1])
-    ink = np.pad(ink, ((0, 1), (0, 1)))  # the last row and column: bare substrate for points outside
-    h_ink, w_ink = ink.shape
-    iu = np.where((iu >= 0) & (iu < w_ink - 1), iu, w_ink - 1).astype(np.intp)
-    iv = np.where((iv >= 0) & (iv < h_ink - 1), iv, h_ink - 1).astype(np.intp)
-    hits = ink[iv, iu].view(np.uint8)
-    cov = sum(hits[i::ss, j::ss].astype(np.float32) for i in range(ss) for j in range(ss)) * (1.0 / (ss * ss))
+    ck = (centre * _K + 1).astype(np.float32)
+    iu = np.clip(inv_k[0, 0] * xs[None, :] + inv_k[0, 1] * ys[:, None] + ck[0], 0, w_ink - 1).astype(np.intp)
+    iv = np.clip(inv_k[1, 0] * xs[None, :] + inv_k[1, 1] * ys[:, None] + ck[1], 0, h_ink - 1).astype(np.intp)
+    cov = inkf.ravel().take(iv * w_ink + iu)
 
     cov = _blur(cov, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=(0, 1))  # the lens
     if d.smear > 0:
