@@ -93,7 +93,7 @@ def _compile(key: str, pattern, required: set, allowed: set = GROUPS) -> re.Patt
 
 
 class ReaderClient(Reopening, LineClient):
-    """A vendor reader's connection: lines end in LF, CR or CR LF; `on_line` sorts each into a reply
+    """A vendor reader's connection: lines end in LF, CR or CR LF; `_line` sorts each into a reply
     (`on_reply`) or a result; results parse through `self.format`."""
 
     format: ResultFormat

@@ -107,3 +107,21 @@ def test_any_bytes_from_the_reader_leave_the_driver_working(name, emu_cls, good)
             reader.close()
     finally:
         threading.excepthook = old_hook
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=80),
+                 st.builds(lambda h, c: f"||{h}>{c}", st.sampled_from(["", "0", "1", "0:5", "1:9", "2", "x:1", ":"]),
+                           st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)),
+                 st.builds(lambda w, p: ",".join([w, *p]), st.sampled_from(["LON", "LOFF", "RP", "WP", "KEYENCE", "X"]),
+                           st.lists(st.text(alphabet="0123456789AZ", max_size=4), max_size=3))))
+def test_emulators_answer_any_command_line_without_an_exception(line):
+    dm, ky = DataManEmu(), KeyenceEmu()  # not started: replies are returned (DataMan) or sent nowhere
+    try:
+        dm.params["COM.DMCC-RESPONSE"] = "1"
+        reply = dm.handle(line)
+        assert reply is None or (reply.startswith("||") and reply.endswith("\r") and "[" in reply)
+        assert ky.handle(line) is None
+    finally:
+        dm.close()
+        ky.close()
