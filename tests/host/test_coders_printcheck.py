@@ -174,3 +174,29 @@ def test_pairing_rules():
     pc.restart(4)
     pc.restore(state)
     assert not pc.armed
+
+
+def test_a_busy_ledger_only_delays_the_pairing(conn):
+    """Another writer holds the ledger: the reports taken from the driver wait, the bindings are made
+    once the step can store, and each print is checked once: no false alarm."""
+    import sqlite3
+    path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.5)
+        agent.start()
+        assert scam.connected.wait(2)
+        assert one_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        for u in (1, 2):
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            sc.trigger(u * 1000)
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+        assert _until(agent, lambda: len(agent.printcheck.reports) == 2 and agent._busy_since is not None)
+        assert agent.printcheck.checked == 1  # both reports taken from the driver, neither paired
+        other.execute("ROLLBACK")
+        other.close()
+        assert _until(agent, lambda: agent.printcheck.checked == 3)
+        assert not _alarms(conn, "PRINT_MISMATCH") and agent.printcheck.armed
+        agent.coder.close(); agent.camera.close()
