@@ -6,7 +6,8 @@ connect. A driver module is imported only when its name is used.
 
 Reader interface (what the agent uses): `results() -> (list[CameraResult], list[(kind, detail)])`,
 `closed`, `reconnect(why)`, `close()`. Coder interface: `push`, `clear`, `depth`, `buffered`,
-`printed`, `empty`, `alarms`, `closed`, `reconnect`, `close` (docs/devices.md)."""
+`printed`, `empty`, `alarms`, `closed`, `reconnect`, `close`, and `printed_codes()` with its `epoch` for the
+print cross-check (docs/devices.md)."""
 
 from __future__ import annotations
 
