@@ -139,15 +139,3 @@ class SimCamera(LineServer):
                 self.lost += 1
             out.append(n)
 
-
-def emulator_for(driver: str) -> type[SimCamera]:
-    """The simulator part that speaks a reader driver's protocol (same constructor as SimCamera)."""
-    if driver == "dataman":
-        from .dataman_emu import DataManEmu
-        return DataManEmu
-    if driver == "keyence-sr":
-        from .keyence_emu import KeyenceEmu
-        return KeyenceEmu
-    if driver == "serialine":
-        return SimCamera
-    raise ValueError(f"camera driver {driver!r}: the simulator has emulators for dataman, keyence-sr, serialine")
