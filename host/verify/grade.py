@@ -381,13 +381,12 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     if dec.error == NO_READ:
         res.parameters["decode"] = Parameter("fail", 0)
         return res
-    try:
-        n = int(dec.version.split("x")[0])
-        lay = layout(n)
-    except (AttributeError, ValueError, KeyError):
+    n = int(dec.version.partition("x")[0]) if dec.version and dec.version.partition("x")[0].isdigit() else 0
+    if n not in SIZES or dec.corners is None:
         res.parameters["decode"] = Parameter("pass", 4)
         res.detail["ungraded"] = f"symbol size {dec.version} is not a square ECC 200 size"
         return res
+    lay = layout(n)
     at = _Map(dec.corners, n)
     inside = at.inside(n, img.shape[1], img.shape[0])
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring

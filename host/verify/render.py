@@ -46,8 +46,22 @@ class Defects:
         for f in fields(self):
             lo, hi = self.RANGES[f.name]
             v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
-                raise RenderError(f"defect {f.name} = {v!r} not in {lo}..{hi}")
+            kinds = (int,) if isinstance(lo, int) else (int, float)
+            if not isinstance(v, kinds) or isinstance(v, bool) or not lo <= v <= hi:  # nan fails the range
+                whole = "a whole number " if kinds == (int,) else ""
+                raise RenderError(f"defect {f.name} = {v!r}: want {whole}in {lo}..{hi}")
+
+    @classmethod
+    def from_mapping(cls, values: dict, where: str = "defects") -> Defects:
+        """From a scenario's table: an unknown key or a bad value is one line naming it."""
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise RenderError(f"{where}: unknown defect {key!r} (known: {', '.join(known)})")
+        try:
+            return cls(**values)
+        except RenderError as exc:
+            raise RenderError(f"{where}: {exc}") from None
 
 
 def _hri_of(code: str) -> str:
@@ -150,7 +164,11 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     if b > 1:
         padded = np.pad(inkf, ((b // 2, b - 1 - b // 2), (b // 2, b - 1 - b // 2)))
         h, w = inkf.shape
-        inkf = sum(padded[i:i + h, j:j + w] for i in range(b) for j in range(b)) * np.float32(1.0 / (b * b))
+        acc = np.zeros_like(inkf)
+        for i in range(b):
+            for j in range(b):
+                acc += padded[i:i + h, j:j + w]
+        inkf = acc * np.float32(1.0 / (b * b))
     inkf = np.pad(inkf, 1)  # a bare border: points off the raster clip onto it
     h_ink, w_ink = inkf.shape
     xs = np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - width / 2)

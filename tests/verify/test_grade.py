@@ -179,6 +179,17 @@ def test_rectangle_is_refused_as_not_square(pairs, symbology):
     assert res.error == "not_square" and res.overall_grade == "F"
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"smudge": 1}, "unknown defect 'smudge'"), ({"missing_dots": 2.5}, "want a whole number in 0..400"),
+    ({"contrast": float("nan")}, "contrast = nan"), ({"noise": "0.1"}, "noise = '0.1'"),
+    ({"skew_deg": True}, "skew_deg = True"),
+])
+def test_defects_from_a_scenario_table_are_checked(values, message):
+    with pytest.raises(RenderError, match=message):
+        Defects.from_mapping(values, where="scenario.toml [print]")
+    assert Defects.from_mapping({"smear": 1, "missing_dots": 3}) == Defects(smear=1, missing_dots=3)
+
+
 def test_render_refuses_what_it_cannot_print():
     with pytest.raises(RenderError, match="contrast"):
         Defects(contrast=1.5)
