@@ -96,6 +96,27 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_unpublished_unused BEFORE UPDATE OF state ON serial
         WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'
         BEGIN SELECT RAISE(ABORT, 'a serial of an unpublished import cannot be used'); END""",
+    # Serials handed to another system over OPEN-SCS (host/opcua/openscs.py): out of this pool, never
+    # issued here, until that system returns them ('returned'); 'used' ones (encoded there) never come back.
+    """CREATE TABLE IF NOT EXISTS serial_grant (
+        token TEXT NOT NULL, gtin TEXT NOT NULL, serial TEXT NOT NULL, lot TEXT,
+        state TEXT NOT NULL DEFAULT 'out' CHECK (state IN ('out', 'returned', 'used')),
+        user TEXT NOT NULL CHECK (user <> ''), at REAL NOT NULL,
+        PRIMARY KEY (token, gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial)) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS serial_grant_once ON serial_grant (gtin, serial) WHERE state <> 'returned'",
+    """CREATE TRIGGER IF NOT EXISTS serial_grant_from_pool BEFORE INSERT ON serial_grant
+        WHEN NEW.state <> 'out' OR (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial)
+             IS NOT (CASE WHEN NEW.lot IS NULL THEN 'available' ELSE 'allocated' END)
+        BEGIN SELECT RAISE(ABORT, 'only a serial of the pool (or allocated to the lot) can be handed out'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_grant_final BEFORE UPDATE ON serial_grant
+        WHEN NOT (OLD.state = 'out' AND NEW.state IN ('returned', 'used') AND NEW.token = OLD.token
+                  AND NEW.gtin = OLD.gtin AND NEW.serial = OLD.serial)
+        BEGIN SELECT RAISE(ABORT, 'a handed-out serial is returned or used, once'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_granted_stays_out BEFORE UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state AND NEW.state IN ('allocated', 'available')
+         AND EXISTS (SELECT 1 FROM serial_grant g WHERE g.gtin = OLD.gtin AND g.serial = OLD.serial AND g.state <> 'returned')
+        BEGIN SELECT RAISE(ABORT, 'this serial was handed out over OPEN-SCS and not returned'); END""",
     "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state)",
     "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state)",
     """CREATE TABLE IF NOT EXISTS serial_history (
@@ -217,6 +238,35 @@ SCHEMA = [
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    # People (host/users.py): a ledger without any keeps the free-text --user of before. The password
+    # column holds only the scrypt hash with its salt and parameters. Users are disabled, never deleted.
+    """CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 2 AND 32 AND name NOT GLOB '*[^a-z0-9._-]*'),
+        full_name TEXT NOT NULL CHECK (trim(full_name) <> ''),
+        role TEXT NOT NULL CHECK (role IN ('operator', 'engineer', 'qa', 'admin')),
+        password TEXT NOT NULL CHECK (password LIKE 'scrypt$%'),
+        enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+        failures INTEGER NOT NULL DEFAULT 0, locked_until REAL,
+        created_at TEXT NOT NULL, changed_at TEXT NOT NULL)""",
+    """CREATE TRIGGER IF NOT EXISTS users_never_deleted BEFORE DELETE ON users
+        BEGIN SELECT RAISE(ABORT, 'users are disabled, never deleted (their records name them)'); END""",
+    # Site settings (lockout limit, ...): host/users.py SETTINGS holds the names and defaults.
+    """CREATE TABLE IF NOT EXISTS setting (name TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    # Electronic signatures (host/signatures.py): each is also an audit record carrying the same
+    # fields and the hash of the signed record's content; rows are never changed.
+    """CREATE TABLE IF NOT EXISTS signature (
+        signature_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_kind TEXT NOT NULL, record_id TEXT NOT NULL,
+        meaning TEXT NOT NULL CHECK (meaning IN ('reviewed', 'approved', 'released', 'performed')),
+        user TEXT NOT NULL REFERENCES users (name), full_name TEXT NOT NULL,
+        at TEXT NOT NULL, local_at TEXT NOT NULL, tz TEXT NOT NULL,
+        content_sha256 TEXT NOT NULL CHECK (length(content_sha256) = 64),
+        audit_seq INTEGER NOT NULL UNIQUE REFERENCES audit (seq))""",
+    "CREATE INDEX IF NOT EXISTS signature_of ON signature (record_kind, record_id)",
+    """CREATE TRIGGER IF NOT EXISTS signature_no_update BEFORE UPDATE ON signature
+        BEGIN SELECT RAISE(ABORT, 'a signature is never changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS signature_no_delete BEFORE DELETE ON signature
+        BEGIN SELECT RAISE(ABORT, 'a signature is never deleted'); END""",
 ]
 
 

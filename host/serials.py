@@ -39,7 +39,10 @@ STALE_S = BUSY_DEADLINE_S + 120.0
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
 USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
-          " AND i.state <> 'published')")
+          " AND i.state <> 'published')"
+          # ... nor handed out over OPEN-SCS and not returned (host/db.py serial_grant)
+          " AND NOT EXISTS (SELECT 1 FROM serial_grant g WHERE g.gtin = serial.gtin AND g.serial = serial.serial"
+          " AND g.state <> 'returned')")
 
 _SERIAL = re.compile("[" + re.escape("".join(sorted(gs1.CSET82))) + "]{1,20}")
 

@@ -1,0 +1,196 @@
+"""OPEN-SCS client: fill a GTIN's pool from an upstream OPEN-SCS pool manager (the site, the L4's
+gateway), all or nothing, idempotent with the same request token.
+
+Pages: the request token T names the whole fill; page i is asked for with token "T#i", so a repeat
+with the same T gets the same serials back from the upstream (it hands nothing out twice) and
+finds them already imported here. A failure after some pages returns those pages upstream
+(SNReturnUnallocated) and imports nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+from .openscs import Ret
+from .server import OPENSCS_NS, POOL_MANAGER, NAMESPACE
+
+CLIENT_URI = "urn:serialine:opcua:client"
+PAGE = 1000
+
+
+class ClientError(RuntimeError):
+    pass
+
+
+async def ensure_client_certificate(pki: Path) -> tuple[Path, Path]:
+    cert, key = pki / "client-cert.der", pki / "client-key.pem"
+    if not (cert.exists() and key.exists()):
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+        pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await setup_self_signed_certificate(key, cert, CLIENT_URI, "localhost", [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                            {"countryName": "XX", "organizationName": "Serialine",
+                                             "commonName": "serialine opcua client"})
+        key.chmod(0o600)
+    return cert, key
+
+
+def credentials(spec: str | None) -> tuple[str, str]:
+    """"env:NAME" (NAME holds "user:password") or "file:/path" (one line "user:password"); never
+    on the command line itself."""
+    if not spec:
+        spec = "env:SERIALINE_OPCUA_USER"
+    kind, _, where = spec.partition(":")
+    if kind == "env":
+        text = os.environ.get(where, "")
+        if not text:
+            raise ClientError(f"OPC UA credentials: environment variable {where} is not set (user:password)")
+    elif kind == "file":
+        try:
+            text = Path(where).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ClientError(f"OPC UA credentials: {where}: {exc.strerror}") from None
+    else:
+        raise ClientError(f"OPC UA credentials {spec!r}: env:NAME or file:/path")
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise ClientError("OPC UA credentials: expected user:password")
+    return user, password
+
+
+class PoolClient:
+    """A session with an upstream pool manager (async context manager)."""
+
+    def __init__(self, endpoint: str, user: str, password: str, pki: str | Path):
+        url = urlparse(endpoint)
+        if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
+            raise ClientError(f"endpoint {endpoint!r}: expected opc.tcp://HOST:PORT")
+        self.endpoint, self.user, self.password, self.pki = endpoint, user, password, Path(pki)
+        self.client: Client | None = None
+        self.pm = None
+        self.scs = 0
+
+    async def __aenter__(self):
+        cert, key = await ensure_client_certificate(self.pki)
+        c = Client(self.endpoint, timeout=30)
+        c.application_uri = CLIENT_URI
+        c.set_user(self.user)
+        c.set_password(self.password)
+        await c.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key),
+                             mode=ua.MessageSecurityMode.SignAndEncrypt)
+        try:
+            await c.connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ClientError(f"no OPC UA server answering at {self.endpoint}: {exc}") from None
+        except ua.UaStatusCodeError as exc:
+            raise ClientError(f"{self.endpoint} refused the session: {exc}") from None
+        self.client = c
+        try:
+            await c.load_data_type_definitions()
+            self.scs = await c.get_namespace_index(OPENSCS_NS)
+            idx = await c.get_namespace_index(NAMESPACE)
+            self.pm = await c.nodes.objects.get_child(f"{idx}:{POOL_MANAGER}")
+        except BaseException:
+            await c.disconnect()
+            raise
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.client is not None:
+            await self.client.disconnect()
+
+    def _criteria(self, gtin: str, lot: str | None):
+        kv = [ua.OPENSCSKeyValueDataType(Key="GTIN", Value=gtin)]
+        if lot:
+            kv.append(ua.OPENSCSKeyValueDataType(Key="LOT", Value=lot))
+        return ua.Variant(kv, ua.VariantType.ExtensionObject)
+
+    async def request(self, gtin: str, count: int, token: str, *, lot: str | None = None, fmt: str = "SERIALONLY"):
+        """One SNRequestUnallocated (or, with a lot, SNRequestAllocated) → (Ret, serials, token)."""
+        name = "SNRequestAllocated" if lot else "SNRequestUnallocated"
+        status, coll, got = await self.pm.call_method(
+            f"{self.scs}:{name}", ua.Variant("", ua.VariantType.String), ua.Variant(count, ua.VariantType.UInt32),
+            ua.Variant(fmt, ua.VariantType.String), self._criteria(gtin, lot), ua.Variant(token, ua.VariantType.String))
+        return Ret(status), list(coll.SerialNumbers or []), got, coll.Description
+
+    async def settle(self, name: str, gtin: str, serial_numbers: list[str], *, lot: str | None = None,
+                     fmt: str = "SERIALONLY") -> Ret:
+        coll = ua.OPENSCSSNCollectionDataType(ID="", Description="", State=0, AssociatedPoolID=gtin,
+                                              SerialNumbers=list(serial_numbers))
+        status = await self.pm.call_method(f"{self.scs}:{name}", ua.Variant(coll, ua.VariantType.ExtensionObject),
+                                           self._criteria(gtin, lot), ua.Variant(fmt, ua.VariantType.String))
+        return Ret(status)
+
+
+@dataclass(frozen=True)
+class Fill:
+    token: str
+    count: int
+    already: bool  # the same token was imported here before: nothing new
+
+
+def source_of(endpoint: str, token: str) -> str:
+    return f"opcua {endpoint} token {token}"
+
+
+async def _fetch(endpoint, creds, pki, gtin, count, token, page) -> list[str]:
+    got: list[str] = []
+    async with PoolClient(endpoint, *creds, pki) as pc:
+        try:
+            for i, start in enumerate(range(0, count, page)):
+                n = min(page, count - start)
+                status, serial_numbers, _, why = await pc.request(gtin, n, f"{token}#{i}")
+                if status is not Ret.NoError:
+                    raise ClientError(f"{endpoint}: SNRequestUnallocated page {i + 1}: {status.name}"
+                                      + (f" ({why})" if why else ""))
+                if len(serial_numbers) != n:
+                    raise ClientError(f"{endpoint}: page {i + 1} gave {len(serial_numbers)} serials, {n} asked for")
+                got += serial_numbers
+        except BaseException:
+            await _give_back(pc, gtin, got, page)
+            raise
+    return got
+
+
+async def _give_back(pc: PoolClient, gtin: str, got: list[str], page: int) -> None:
+    for start in range(0, len(got), page):
+        try:
+            await pc.settle("SNReturnUnallocated", gtin, got[start:start + page])
+        except Exception:  # the upstream keeps them out; the same token asks for them again
+            return
+
+
+def fill(conn, gtin: str, count: int, endpoint: str, *, token: str | None = None, user: str,
+         credentials_spec: str | None = None, pki: str | Path, page: int = PAGE, progress=None) -> Fill:
+    """Fill GTIN's pool with `count` serials from the upstream pool manager: all imported (one
+    import, host/serials.py) or none (what was fetched is returned upstream)."""
+    from .. import serials
+    if count <= 0:
+        raise ClientError("count must be positive")
+    token = token or uuid.uuid4().hex
+    source = source_of(endpoint, token)
+    (done,) = conn.execute("SELECT count(*) FROM serial_import WHERE gtin=? AND source=? AND state='published'",
+                           (gtin, source)).fetchone()
+    if done:
+        return Fill(token, 0, True)
+    creds = credentials(credentials_spec)
+    got = asyncio.run(_fetch(endpoint, creds, pki, gtin, count, token, page))
+    try:
+        serials.import_serials(conn, gtin, got, source, user=user, progress=progress)
+    except BaseException:
+        async def back():
+            async with PoolClient(endpoint, *creds, pki) as pc:
+                await _give_back(pc, gtin, got, page)
+        try:
+            asyncio.run(back())
+        except Exception:
+            pass
+        raise
+    return Fill(token, len(got), False)

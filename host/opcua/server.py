@@ -1,0 +1,260 @@
+"""The OPC UA server: the official NodeSets (host/opcua/nodesets/, loaded with asyncua's XML import),
+an OPEN-SCS pool manager on the ledger, the base server profile's security (Basic256Sha256
+SignAndEncrypt only, an application certificate made on first start, user name/password users
+with roles, anonymous off unless asked for)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import socket
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from urllib.parse import urlparse
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+
+from . import openscs, users
+from .openscs import Ret
+
+log = logging.getLogger("serialine.opcua")
+
+NAMESPACE = "urn:serialine:opcua"  # our instances; the types keep their companion namespaces
+OPENSCS_NS = "http://opcfoundation.org/UA/OPENSCS-SER/"
+PACKML_NS = "http://opcfoundation.org/UA/PackML/"
+APP_URI = "urn:serialine:opcua:server"
+NODESETS = ("Opc.Ua.OPENSCS.NodeSet2.xml", "Opc.Ua.PackML.NodeSet2.xml")
+POOL_MANAGER = "PoolManager"  # browse name of the instance under Objects (our namespace)
+POOL_MANAGER_TYPE = "ns=1;i=15032"  # OPENSCSPoolManagerObjectType, in the OPEN-SCS NodeSet's own numbering
+CHANGING = ("operator", "engineer")  # roles that may call a method that changes anything
+
+_caller: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
+
+
+class OpcuaError(RuntimeError):
+    pass
+
+
+def nodeset(name: str) -> Path:
+    return Path(str(files("serialine.host.opcua") / "nodesets" / name))
+
+
+class _Roles(SimpleRoleRuleset):
+    """asyncua's ruleset, and the caller of each request kept for the method callbacks (they run in
+    the same task as this check, so a context variable carries it)."""
+
+    def check_validity(self, user, action_type_id, body):
+        _caller.set(user)
+        return super().check_validity(user, action_type_id, body)
+
+
+class _Users:
+    """asyncua user manager over a users file; the role rides in User.name as "name/role"."""
+
+    def __init__(self, accounts: dict[str, users.Account], anonymous: bool):
+        self.accounts, self.anonymous = accounts, anonymous
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is None:
+            if self.anonymous:
+                return User(role=UserRole.User, name="anonymous/viewer")
+            log.warning("opcua: anonymous session refused")
+            return None
+        acc = self.accounts.get(username)
+        if acc is None or not users.check_password(acc.hashed, password or ""):
+            log.warning("opcua: login refused for user %r", username)
+            return None
+        return User(role=UserRole.User, name=f"{acc.name}/{acc.role}")
+
+
+def caller() -> tuple[str, str]:
+    """(user, role) of the request being served."""
+    u = _caller.get()
+    name, _, role = ((u.name if u else None) or "unknown/").partition("/")
+    return f"opcua:{name}", role
+
+
+async def ensure_certificate(pki: Path, host: str) -> tuple[Path, Path]:
+    """The server's application certificate and key in PKI, made self-signed on first start;
+    replace both files with a CA-signed pair (same names) to have clients trust it by CA."""
+    cert, key = pki / "server-cert.der", pki / "server-key.pem"
+    if not (cert.exists() and key.exists()):
+        from asyncua.crypto.cert_gen import setup_self_signed_certificate
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+        pki.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await setup_self_signed_certificate(
+            key, cert, APP_URI, host, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"countryName": "XX", "organizationName": "Serialine", "commonName": f"serialine opcua {host}"})
+        key.chmod(0o600)
+        log.info("opcua: made the application certificate %s (replace it and %s with your own)", cert, key.name)
+    return cert, key
+
+
+@dataclass
+class Served:
+    server: Server
+    pools: openscs.PoolManager
+    endpoint: str
+    idx: int
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+def _out(answer: openscs.Answer, with_collection: bool, state: openscs.State, collection_id: str):
+    out = [ua.Variant(int(answer.status), ua.VariantType.Int32)]
+    if with_collection:
+        coll = ua.OPENSCSSNCollectionDataType(ID=collection_id, Description=answer.why, State=int(state),
+                                              AssociatedPoolID=answer.gtin, SerialNumbers=list(answer.serials))
+        out += [ua.Variant(coll, ua.VariantType.ExtensionObject), ua.Variant(answer.token, ua.VariantType.String)]
+    return out
+
+
+def _pairs(value) -> list[tuple[str, str]]:
+    return [(getattr(kv, "Key", None), getattr(kv, "Value", None)) for kv in (value or [])]
+
+
+def _val(v):
+    return v.Value if isinstance(v, ua.Variant) else v
+
+
+async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *, anonymous: bool = False,
+                max_requestable: int = openscs.MAX_SN_REQUESTABLE) -> Served:
+    """Build and start the server on `endpoint` (opc.tcp://HOST:PORT[/path]); → Served."""
+    url = urlparse(endpoint)
+    if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
+        raise OpcuaError(f"endpoint {endpoint!r}: expected opc.tcp://HOST:PORT")
+    accounts = users.load(users_file) if users_file else {}
+    if not accounts and not anonymous:
+        raise OpcuaError("no OPC UA users: give a users file (serialine opcua user add FILE NAME --role R)")
+    server = Server(user_manager=_Users(accounts, anonymous))
+    await server.init()
+    server.set_endpoint(endpoint)
+    server.set_server_name("Serialine")
+    await server.set_application_uri(APP_URI)
+    cert, key = await ensure_certificate(Path(pki), url.hostname or socket.gethostname())
+    await server.load_certificate(str(cert))
+    await server.load_private_key(str(key))
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt], permission_ruleset=_Roles())
+    server.set_identity_tokens([ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if anonymous else []))
+    for name in NODESETS:
+        await server.import_xml(str(nodeset(name)))
+    await server.load_data_type_definitions()
+    idx = await server.register_namespace(NAMESPACE)
+    scs = await server.get_namespace_index(OPENSCS_NS)
+    pools = openscs.PoolManager(conn, max_requestable)
+    pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(15032, scs))
+    await _bind_pool_manager(server, pm, pools, scs)
+    await server.start()
+    log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),
+             ", anonymous viewers" if anonymous else "")
+    return Served(server, pools, endpoint, idx)
+
+
+async def _set_prop(parent, scs: int, name: str, value, vtype) -> None:
+    node = await parent.get_child(f"{scs}:{name}")
+    await node.write_value(ua.Variant(value, vtype))
+
+
+async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs: int) -> None:
+    for name, value, vtype in (("MaxSNRequestable", pools.max_requestable, ua.VariantType.UInt32),
+                               ("MaxSNReturnable", openscs.MAX_SN_RETURNABLE, ua.VariantType.UInt32),
+                               ("SNFormat", list(openscs.FORMATS), ua.VariantType.String)):
+        try:
+            await _set_prop(pm, scs, name, value, vtype)
+        except ua.UaError:  # optional in the type, not instantiated
+            prop = await pm.add_property(ua.QualifiedName(name, scs), value, vtype)
+            del prop
+
+    lock = asyncio.Lock()  # one ledger connection: one call at a time
+
+    def guarded(action: str, fn, outputs: bool):
+        async def call(parent, *args):
+            user, role = caller()
+            if role not in CHANGING:
+                why = f"role {role or 'none'} may not call {action}"
+                async with lock:
+                    await asyncio.to_thread(pools.refuse, user, action, Ret.InsufficientPrivilegeToExecute, why)
+                return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+            async with lock:
+                answer, state, cid = await asyncio.to_thread(fn, user, *[_val(a) for a in args])
+            if answer.status is not Ret.NoError:
+                log.info("opcua: %s by %s: %s (%s)", action, user, answer.status.name, answer.why)
+            return _out(answer, outputs, state, cid)
+        return call
+
+    def request(allocated: bool):
+        def fn(user, cid, count, fmt, pairs, token):
+            a = pools.request(user, int(count or 0), fmt or "", _pairs(pairs), token or "", allocated, cid or "")
+            return a, openscs.State.Allocated if allocated else openscs.State.Unallocated, cid or ""
+        return fn
+
+    def settle(how: str):
+        def fn(user, coll, pairs, fmt):
+            texts = list(getattr(coll, "SerialNumbers", None) or [])
+            return pools.settle(user, how, texts, fmt or "", _pairs(pairs)), openscs.State.Unassigned, ""
+        return fn
+
+    binds = {
+        "SNRequestUnallocated": (request(False), True),
+        "SNRequestAllocated": (request(True), True),
+        "SNReturnUnallocated": (settle("returned"), False),
+        "SNReturnAllocated": (settle("returned"), False),
+        "SNtoEncoded": (settle("used"), False),
+    }
+    for name, (fn, outputs) in binds.items():
+        method = await pm.get_child(f"{scs}:{name}")
+        server.link_method(method, guarded(f"opcua.{name}", fn, outputs))
+
+
+class Background:
+    """The server on its own event loop in a thread, for a caller that is not asyncio (the agent
+    service, `serialine opcua serve`, tests). start() returns once it listens, or raises its error."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        self.loop = asyncio.new_event_loop()
+        self.served: Served | None = None
+        self._thread = None
+
+    def start(self) -> "Background":
+        import threading
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.served = self.loop.run_until_complete(start(*self.args, **self.kwargs))
+            except BaseException as exc:  # handed to start()'s caller
+                failed.append(exc)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.served.stop())
+        self._thread = threading.Thread(target=run, name="opcua", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failed:
+            self._thread.join()
+            raise failed[0]
+        return self
+
+    def call(self, coro, timeout: float = 10.0):
+        """Run a coroutine on the server's loop (e.g. a PackML update) and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

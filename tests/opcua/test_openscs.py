@@ -1,0 +1,151 @@
+"""OPEN-SCS pool manager over OPC UA on loopback: browse by standard browse names, request and
+return serials (the ledger's pool follows), request tokens, return codes, roles, security."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asyncua import Client, ua
+
+from serialine.host import serials
+from serialine.host.opcua.openscs import Ret
+from serialine.host.opcua.server import NAMESPACE, OPENSCS_NS, POOL_MANAGER
+
+from conftest import GTIN, run, session
+
+METHODS = ("SNRequestAllocated", "SNRequestUnallocated", "SNRequestUnassigned", "SNReturnAllocated",
+           "SNReturnUnallocated", "SNtoAllocated", "SNtoEncoded", "SNtoUnallocated")
+
+
+def states(conn, serial_numbers):
+    return {s: st for s, st in conn.execute(
+        "SELECT serial, state FROM serial WHERE gtin=? AND serial IN (SELECT value FROM json_each(?))",
+        (GTIN, json.dumps(serial_numbers)))}
+
+
+def audits(conn, action):
+    return [(u, json.loads(d)) for u, d in conn.execute("SELECT user, detail FROM audit WHERE action=? ORDER BY seq",
+                                                        (action,))]
+
+
+def test_browse_pool_manager_by_standard_names(site):
+    async def go():
+        async with session(site, "vera") as pc:
+            c = pc.client
+            scs = await c.get_namespace_index(OPENSCS_NS)
+            pm = await c.nodes.objects.get_child(f"{await c.get_namespace_index(NAMESPACE)}:{POOL_MANAGER}")
+            typ = await pm.read_type_definition()
+            assert (await c.get_node(typ).read_browse_name()).Name == "OPENSCSPoolManagerObjectType"
+            names = {((b := await n.read_browse_name()).NamespaceIndex, b.Name) for n in await pm.get_children()}
+            for m in METHODS + ("MaxSNRequestable", "SNFormat"):
+                assert (scs, m) in names, m
+            assert await (await pm.get_child(f"{scs}:MaxSNRequestable")).read_value() == 1000
+            assert set(await (await pm.get_child(f"{scs}:SNFormat")).read_value()) == {"SERIALONLY", "LITERAL", "EPCURI"}
+    run(go())
+
+
+def test_request_unallocated_leaves_the_pool_and_repeat_is_idempotent(site):
+    before = serials.available(site.conn, GTIN)
+
+    async def go():
+        async with session(site) as pc:
+            first = await pc.request(GTIN, 1000, "tok-1")
+            again = await pc.request(GTIN, 1000, "tok-1")
+            other = await pc.request(GTIN, 5, "tok-2")
+            return first, again, other
+    (s1, sn1, t1, _), (s2, sn2, _, _), (s3, sn3, _, _) = run(go())
+    assert s1 is Ret.NoError and len(sn1) == 1000 and t1 == "tok-1"
+    assert s2 is Ret.NoError and sorted(sn2) == sorted(sn1)  # the same page again
+    assert s3 is Ret.NoError and not set(sn3) & set(sn1)
+    assert serials.available(site.conn, GTIN) == before - 1005  # out of this pool
+    assert set(states(site.conn, sn1).values()) == {"available"}  # the ledger's state: not allocated here
+    # the ledger's own allocation never picks a handed-out serial
+    picked = serials.allocate(site.conn, "B1", GTIN, before - 1005)
+    assert not set(picked) & (set(sn1) | set(sn3))
+    user, detail = audits(site.conn, "opcua.SNRequestUnallocated")[0]
+    assert user == "opcua:olga" and detail["handed_out"] == 1000 and detail["return"] == "NoError"
+    assert audits(site.conn, "opcua.SNRequestUnallocated")[1][1]["repeat"] is True
+
+
+def test_return_unallocated_puts_serials_back_all_or_nothing(site):
+    before = serials.available(site.conn, GTIN)
+
+    async def go():
+        async with session(site) as pc:
+            _, sn, _, _ = await pc.request(GTIN, 10, "t")
+            bad = await pc.settle("SNReturnUnallocated", GTIN, sn[:5] + ["NOTOURS123"])
+            mid = serials.available(site.conn, GTIN)
+            ok = await pc.settle("SNReturnUnallocated", GTIN, sn[:5])
+            twice = await pc.settle("SNReturnUnallocated", GTIN, sn[:5])
+            return bad, mid, ok, twice
+    bad, mid, ok, twice = run(go())
+    assert bad is Ret.InvalidSerialNumberCollection and mid == before - 10  # nothing returned
+    assert ok is Ret.NoError and twice is Ret.InvalidSerialNumberCollection
+    assert serials.available(site.conn, GTIN) == before - 5
+
+
+def test_request_allocated_to_the_lot_and_formats(site):
+    async def go():
+        async with session(site) as pc:
+            alloc = await pc.request(GTIN, 3, "a1", lot="L1", fmt="EPCURI")
+            nolot = await pc.request(GTIN, 3, "a2", lot="NOPE")
+            literal = await pc.request(GTIN, 2, "u1", fmt="LITERAL")
+            badfmt = await pc.request(GTIN, 2, "u2", fmt="BARCODE")
+            toomany = await pc.request(GTIN, 1001, "u3")
+            uris = alloc[1]
+            enc = await pc.settle("SNtoEncoded", GTIN, uris[:1], lot="L1", fmt="EPCURI")
+            ret = await pc.settle("SNReturnAllocated", GTIN, uris[1:], lot="L1", fmt="EPCURI")
+            return alloc, nolot, literal, badfmt, toomany, enc, ret
+    alloc, nolot, literal, badfmt, toomany, enc, ret = run(go())
+    assert alloc[0] is Ret.NoError and all(u.startswith("urn:epc:id:sgtin:9506000.013435.") for u in alloc[1])
+    assert nolot[0] is Ret.InvalidSelectionCriteria and "no batch" in nolot[3]
+    assert literal[0] is Ret.NoError and all(s.startswith(f"(01){GTIN}(21)") for s in literal[1])
+    assert badfmt[0] is Ret.InvalidSerialNumbersFormat and toomany[0] is Ret.InsufficientSerialNumbers
+    assert enc is Ret.NoError and ret is Ret.NoError
+    got = states(site.conn, [u.rsplit(".", 1)[1] for u in alloc[1]])
+    assert sorted(got.values()) == ["allocated", "allocated", "printed"]  # the lot's batch B1 holds them
+
+
+def test_viewer_cannot_call_and_is_audited(site):
+    before = serials.available(site.conn, GTIN)
+
+    async def go():
+        async with session(site, "vera") as pc:
+            with pytest.raises(ua.UaStatusCodeError) as exc:
+                await pc.request(GTIN, 5, "v1")
+            return exc.value
+    err = run(go())
+    assert isinstance(err, ua.uaerrors.BadUserAccessDenied)
+    assert serials.available(site.conn, GTIN) == before
+    user, detail = audits(site.conn, "opcua.SNRequestUnallocated")[-1]
+    assert user == "opcua:vera" and detail["return"] == "InsufficientPrivilegeToExecute"
+
+
+def test_wrong_password_and_anonymous_refused(site):
+    async def wrong():
+        async with session(site, "olga", "not-the-password"):
+            pass
+    with pytest.raises(Exception, match="refused|Bad"):
+        run(wrong())
+
+    async def anonymous():
+        c = Client(site.endpoint, timeout=10)
+        from serialine.host.opcua.client import ensure_client_certificate, CLIENT_URI
+        from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+        cert, key = await ensure_client_certificate(site.pki)
+        c.application_uri = CLIENT_URI
+        await c.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key), mode=ua.MessageSecurityMode.SignAndEncrypt)
+        await c.connect()
+        await c.disconnect()
+    with pytest.raises(Exception):
+        run(anonymous())
+
+    async def plain():  # no security: no such endpoint
+        c = Client(site.endpoint, timeout=10)
+        c.set_user("olga")
+        c.set_password("op-secret-1")
+        await c.connect()
+        await c.disconnect()
+    with pytest.raises(Exception):
+        run(plain())
