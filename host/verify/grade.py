@@ -114,8 +114,9 @@ class Layout:
     fixed_ring: np.ndarray  # (n + 2)² flat bool: fixed pattern or quiet-zone ring
     dark_ring: np.ndarray  # (n + 2)² flat bool: dark there
     rs_exps: np.ndarray  # root × position: the power of α each position is raised to in a syndrome
-    top_window: np.ndarray  # dark top-clock module × window: u positions sampled along the track
-    right_window: np.ndarray  # dark right-clock module × window: v positions
+    clock_window: np.ndarray  # dark clock module (top track, then right) × window: position along its track
+    clock_u: np.ndarray  # dark clock module × window × across: the points sampled around it
+    clock_v: np.ndarray
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -247,7 +248,17 @@ def layout(n: int) -> Layout:
                   np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]),
                   rs_order, np.arange(width - 1, -1, -1), np.pad(fixed, 1, constant_values=True).ravel(),
                   np.pad(dark, 1).ravel(), np.arange(1, ec_cw // blocks + 1)[:, None] * np.arange(width - 1, -1, -1),
-                  top_dark[:, None] + 0.5 + _WIN, right_dark[:, None] + 0.5 + _WIN)
+                  *_clock_points(n, top_dark, right_dark))
+
+
+def _clock_points(n: int, top: np.ndarray, right: np.ndarray):
+    along = np.concatenate([top, right])[:, None] + 0.5 + _WIN
+    k = len(top)
+    u = np.empty(along.shape + (len(_ACROSS),))
+    v = np.empty_like(u)
+    u[:k], v[:k] = along[:k, :, None], 0.5 + _ACROSS  # along the top track
+    u[k:], v[k:] = n - 0.5 + _ACROSS, along[k:, :, None]  # down the right track
+    return along, u, v
 
 
 def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
@@ -393,19 +404,13 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
 
     # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
     # darkness around each dark clock module, darkness against the tracks' own mid-level
-    xt, yt = at(lay.top_window[:, :, None], 0.5 + _ACROSS)
-    xr, yr = at(n - 0.5 + _ACROSS, lay.right_window[:, :, None])
-    st = _sample(img, xt, yt, inside).astype(np.float32)
-    sr = _sample(img, xr, yr, inside).astype(np.float32)
-    gt0 = (max(st.max(), sr.max()) + min(st.min(), sr.min())) / 2
-
-    def centroid(samples, window, along):
-        w = np.maximum(gt0 - samples, 0).sum(axis=2)
-        tot = w.sum(axis=1)
-        return np.where(tot > 0, (w * window).sum(axis=1) / np.maximum(tot, 1e-9), along + 0.5)
-
-    cu = centroid(st, lay.top_window, lay.clock_top)
-    cv = centroid(sr, lay.right_window, lay.clock_right)
+    xc, yc = at(lay.clock_u, lay.clock_v)
+    samples = _sample(img, xc, yc, inside).astype(np.float32)
+    gt0 = (samples.max() + samples.min()) / 2
+    w = np.maximum(gt0 - samples, 0).sum(axis=2)
+    tot = w.sum(axis=1)
+    centre = np.where(tot > 0, (w * lay.clock_window).sum(axis=1) / np.maximum(tot, 1e-9), lay.clock_window[:, 9])
+    cu, cv = centre[:len(lay.clock_top)], centre[len(lay.clock_top):]
     au, bu = _line(lay.clock_top + 0.5, cu)
     av, bv = _line(lay.clock_right + 0.5, cv)
     ucol, vrow = au + bu * idx, av + bv * idx
