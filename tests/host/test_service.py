@@ -615,3 +615,46 @@ def test_check_dispatches_and_a_batch_not_running_is_refused_in_one_line(line):
     errors = [ln for ln in err.splitlines() if " ERROR " in ln]
     assert rc == 1 and len(errors) == 1 and "NOPE" in errors[0] and "Traceback" not in err, err
     assert not rig.packs and rig.state != 2
+
+
+def test_a_device_of_another_schema_on_a_socket_url_is_refused_in_one_line(tmp_path):
+    """The port is a pyserial URL (a device behind a serial-to-TCP server): the service talks to it
+    and refuses a device built from another schema, in one line."""
+    import socket
+
+    from serialine.protocol.fastcodec import encode
+    from serialine.protocol.schema import BY_NAME, PROTOCOL_VERSION, HelloStatus
+
+    server = socket.create_server(("127.0.0.1", 0))
+    heard = []
+
+    def device():
+        conn, _ = server.accept()
+        conn.settimeout(10)
+        reply = encode(BY_NAME["HELLO_REPLY"].msg_type, 0, 0, dict(
+            fingerprint=0x12345678, proto_version=PROTOCOL_VERSION, status=int(HelloStatus.FINGERPRINT_MISMATCH),
+            fw_version="9.9.9", board="sim", device_id="line-1", boot_id=7, uptime_ms=1, reset_cause=1,
+            next_unit_seq=0, state=0))
+        try:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                heard.append(data)
+                conn.sendall(reply)
+        except OSError:
+            return
+
+    threading.Thread(target=device, daemon=True).start()
+    db = tmp_path / "serialine.db"
+    batch = make_batch(db)
+    with SimCoder() as coder, SimCamera() as camera:
+        cfg = tmp_path / "line.toml"
+        cfg.write_text(LINE_FILE.format(port="socket://127.0.0.1:%d" % server.getsockname()[1], cpm=CPM,
+                                        coder="%s:%d" % coder.address, camera="%s:%d" % camera.address, db=db,
+                                        gate_at=400.0, upstream=""))
+        rc, _, err = run_cli("agent", "run", "--config", str(cfg), "--batch", batch)
+    server.close()
+    errors = [ln for ln in err.splitlines() if " ERROR " in ln]
+    assert rc == 1 and heard and "Traceback" not in err, err
+    assert len(errors) == 1 and "device schema fingerprint 0x12345678" in errors[0] and "refusing" in errors[0], err
