@@ -43,11 +43,46 @@ def setup(db_path: Path, scenario) -> str:
                                 site=SIM_SITE, read_point=SIM_READ_POINT, user=SIM_USER)
         # rejects and the coder's fill-ahead use serials too; a pool sized for the run stays above
         # the low-water mark, so its alarm means what it says
-        need = scenario.units * 2 + 200 + serials.LOW_WATER
+        need = serials_needed(scenario) + serials.LOW_WATER
         have = serials.available(conn, GTIN)
         if have < need:
             serials.generate(conn, GTIN, need - have, user=SIM_USER)
         masterdata.start_batch(conn, batch_id, user=SIM_USER)
+        return batch_id
+    finally:
+        conn.close()
+
+
+def serials_needed(scenario) -> int:
+    """Serials a run may use: one per pack, rejects and the coder's fill-ahead besides."""
+    return scenario.units * 2 + 200
+
+
+def use(db_path: Path, batch_id: str, scenario) -> str:
+    """`serialine sim --batch B`: a batch the user created and started (serialine batch ...), run as
+    it is. Refused in one line (RunError, nothing changed) unless it is running and its product's
+    serial pool covers the run."""
+    from serialine.host import db as hostdb
+    from serialine.host import serials
+
+    from .errors import RunError
+
+    if not Path(db_path).exists():
+        raise RunError(f"--db {db_path}: no such ledger (serialine init makes one)")
+    conn = hostdb.connect(str(db_path))
+    try:
+        row = conn.execute("SELECT state, gtin FROM batch WHERE batch_id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise RunError(f"--batch {batch_id}: no such batch in {db_path}")
+        state, gtin = row
+        if state != "running":
+            how = f"serialine batch start {batch_id}" if state == "created" else "only a running batch is run"
+            raise RunError(f"--batch {batch_id} is {state}, not running ({how})")
+        have, need = serials.available(conn, gtin), serials_needed(scenario)
+        if have < need:
+            raise RunError(f"--batch {batch_id}: product {gtin} has {have} serials available, a run of"
+                           f" {scenario.units} packs needs up to {need} (serialine batch serials {gtin}"
+                           f" --generate {need - have})")
         return batch_id
     finally:
         conn.close()

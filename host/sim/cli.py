@@ -23,6 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out"), help="SQLite ledger and EPCIS files (default ./out)")
     p.add_argument("--report", type=Path, help="JSON report path (default OUT/report-SCENARIO.json); "
                                                 "the PNG plot goes beside it")
+    p.add_argument("--batch", metavar="B", help="run batch B, created and started with serialine batch"
+                   " (default: the run makes its own)")
+    p.add_argument("--db", type=Path, help="the ledger B is in (default OUT/serialine.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
@@ -42,7 +45,8 @@ def main(argv: list[str]) -> int:
 
     console = Console(stderr=False, quiet=args.quiet)
     try:
-        result = run(scenario, out=args.out, realtime=args.realtime, console=console)
+        result = run(scenario, out=args.out, realtime=args.realtime, console=console, batch_id=args.batch,
+                     db=args.db)
     except Interrupted as exc:
         print(f"serialine sim: {exc}", file=sys.stderr)
         return 130  # as a shell reports a SIGINT

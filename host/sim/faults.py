@@ -3,7 +3,7 @@
 dark during outages. The device opens one slave, the host the other; with no faults configured the
 relay is a transparent wire.
 
-Other faults (device reboot, host kill -9, bin full) are events at a unit number that the
+Other faults (device reboot, host kill -9 or SIGTERM, camera connection dropped, bin full) are events at a unit number that the
 orchestrator (run.py) carries out; `FaultPlan` tells it which ones are due."""
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ class FaultPlan:
             if at == unit and ("outage", at) not in self.fired:
                 self.fired.add(("outage", at))
                 out.append(("outage", ms))
-        for kind, ats in (("device_reboot", f.device_reboot_at), ("host_kill", f.host_kill_at)):
+        for kind, ats in (("device_reboot", f.device_reboot_at), ("host_kill", f.host_kill_at),
+                          ("host_term", f.host_term_at), ("camera_drop", f.camera_drop_at)):
             if unit in ats and (kind, unit) not in self.fired:
                 self.fired.add((kind, unit))
                 out.append((kind, 0.0))

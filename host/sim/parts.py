@@ -1,16 +1,18 @@
 """Adapters from the orchestrator to the other parts of the project: the firmware in the MicroPython
-unix port (host/sim/unixboard.py, boards/sim) and the host agent (host/agent.py) in its own process.
+unix port (host/sim/unixboard.py, boards/sim) and the host agent as the service a real line runs
+(`serialine agent run`, host/service.py) in its own process.
 Everything the simulator needs from them goes through here, so a change of their API is one edit.
 
 `device_config()` turns a scenario into the device's ConfigFields (line geometry in counts)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,54 +124,71 @@ class SimDevice:
 
 
 class HostAgent:
-    """The host agent in its own process (host/sim/agent_proc.py around host/agent.py's Agent), so
-    a scenario can kill it with SIGKILL and start it again on the same ledger."""
+    """`serialine agent run` (host/service.py), the service a real line runs, in its own process on
+    a line file made from the scenario (host/linefile.py from_scenario, written into the run's out
+    dir): the sim board's pty, the simulated coder and camera, the run's ledger, a control interface
+    on a free loopback port, START after each boot. The operator's commands go through that control
+    interface; a scenario can SIGKILL it (or SIGTERM it) and start it again on the same ledger."""
 
-    def __init__(self, db_path, batch_id, tty_path, coder_addr, camera_addr, config: dict):
-        _need("serialine.host.agent", "the host agent (host/agent.py)")
-        self.db_path, self.batch_id, self.tty_path = db_path, batch_id, tty_path
-        self.coder_addr, self.camera_addr, self.config = coder_addr, camera_addr, config
+    USER = "serialine-sim"  # the simulated operator, in the audit trail
+    POLL_S = 0.02  # how often /status is asked while waiting for ready
+
+    def __init__(self, scenario, out: Path, db_path, batch_id, tty_path, coder_addr, camera_addr, *,
+                 coder_driver: str = "serialine", camera_driver: str = "serialine"):
+        _need("serialine.host.service", "the host agent service (host/service.py)")
+        from serialine.host import control, linefile
+
+        self.batch_id = batch_id
+        self.address = f"127.0.0.1:{_free_port()}"
+        cfg = linefile.from_scenario(scenario, port=tty_path, coder_addr=coder_addr, camera_addr=camera_addr,
+                                     ledger=Path(db_path).resolve(), control=self.address)
+        cfg = dataclasses.replace(cfg, coder=dataclasses.replace(cfg.coder, driver=coder_driver),
+                                  camera=dataclasses.replace(cfg.camera, driver=camera_driver))
+        self.line_file = Path(out) / "line-sim.toml"
+        self.line_file.write_text(linefile.to_toml(cfg))
+        self.client = control.Client(self.address)
+        self._control_error = control.ControlError
         self.proc = None
-        self.present = False
-        self.log = open(Path(db_path).with_suffix(".agent.log"), "ab")
+        self.present = self.leaving = False
+        self._asked_at = 0.0
+        self.refusals: list[str] = []  # operator commands the service refused (it says why)
+        self.log = open(Path(out) / "serialine.agent.log", "ab")
 
     def start(self):
-        cmd = [sys.executable, "-m", "serialine.host.sim.agent_proc", "--db", str(self.db_path),
-               "--batch", self.batch_id, "--tty", self.tty_path,
-               "--coder", "%s:%d" % tuple(self.coder_addr), "--camera", "%s:%d" % tuple(self.camera_addr),
-               "--config", json.dumps(self.config)]
+        cmd = [sys.executable, "-m", "serialine.host.cli", "agent", "run", "--config", str(self.line_file),
+               "--batch", self.batch_id]
         # its own session: a Ctrl-C at the terminal reaches the simulator, which stops it in order
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
+        self.present, self.leaving, self._asked_at = False, False, 0.0
+
+    def _ready(self) -> bool:
+        try:
+            return bool(self.client.status().get("ready"))
+        except self._control_error:
+            return False  # not listening yet
 
     def wait_ready(self, device, timeout: float = 60.0):
-        """Step the device (so it can answer HELLO and take its configuration) until READY."""
-        import select
-
+        """Step the device (so it can answer HELLO and take its configuration) until the service
+        says ready (configured and started, or resumed, on the present boot)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise self._died()
-            r, _, _ = select.select([self.proc.stdout], [], [], 0.005)
-            if r:
-                line = self.proc.stdout.readline().decode(errors="replace").strip()
-                if line == "READY":
-                    self.present = True
-                    return
+            if self.poll_ready():
+                return
             device.idle()
+            time.sleep(0.001)
         raise RunError(f"the host agent did not get ready within {timeout:g} s (log: {self.log.name})")
 
     def poll_ready(self) -> bool:
-        """Non-blocking: has the (re)started agent said READY?"""
-        import select
-
+        """Non-blocking (asks at most every POLL_S): is the (re)started service ready?"""
         if self.proc.poll() is not None:
             raise self._died()
-        while select.select([self.proc.stdout], [], [], 0)[0]:
-            if self.proc.stdout.readline().decode(errors="replace").strip() == "READY":
-                self.present = True
-                return True
-        return False
+        now = time.monotonic()
+        if now - self._asked_at < self.POLL_S:
+            return False
+        self._asked_at = now
+        self.present = self._ready()
+        return self.present
 
     def _died(self):
         self.log.flush()
@@ -178,12 +197,22 @@ class HostAgent:
 
     def check(self):
         if self.present and self.proc.poll() is not None:
+            if self.leaving:  # SIGTERMed: gone in order
+                self.present = False
+                return
             raise self._died()
 
-    def operator(self, command: str):
-        """The line operator's command to the device, through the agent (e.g. CLEAR_ALARM)."""
-        self.proc.stdin.write(command.encode() + b"\n")
-        self.proc.stdin.flush()
+    def operator(self, command: str, reason: str = "the simulated operator") -> bool:
+        """The line operator's command through the control interface: CLEAR_ALARM (POST /line/clear)
+        or STOP (/line/stop). A refusal (the line must stay stopped, the service not up) is kept in
+        `refusals` and the log; the simulator's operator tries again later."""
+        name = {"CLEAR_ALARM": "line.clear", "STOP": "line.stop", "START": "line.start"}[command]
+        try:
+            self.client.command(name, self.USER, reason)
+            return True
+        except self._control_error as exc:
+            self.refusals.append(f"{name}: {exc}")
+            return False
 
     def kill(self):
         """kill -9: no goodbye, no flush; whatever the ledger committed is what survives."""
@@ -191,15 +220,31 @@ class HostAgent:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def stop(self, timeout: float = 10.0):
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self):
+        """SIGTERM: the service stops the line and lets the units in flight reach their outcome."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.leaving = True
+            self.proc.send_signal(signal.SIGTERM)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, device=None, timeout: float = 15.0):
+        """SIGTERM and wait for the service to leave, stepping the device meanwhile (it must answer
+        the service's line stop and acknowledgements), then SIGKILL if it has not."""
+        if not self.running:
+            self.present = False
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        self.terminate()
+        end = time.monotonic() + timeout
+        while self.running and time.monotonic() < end:
+            if device is not None:
+                device.idle()
+            time.sleep(0.002)
+        if self.running:
             self.proc.kill()
-            self.proc.wait()
+        self.proc.wait()
         self.present = False
 
     def close(self):
@@ -207,3 +252,10 @@ class HostAgent:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on now (the service binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

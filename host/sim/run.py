@@ -3,7 +3,7 @@
     line model ──encoder, photo-eye, confirm, bin──▶ firmware (MicroPython unix port, boards/sim)
         ▲  ◀────────── coder/camera triggers, gate ──────┘        │ pty ─ FaultyRelay ─ pty
         │                                                          ▼
-    SimCoder / SimCamera  ◀──── loopback TCP ────▶  host agent (own process) ──▶ SQLite, EPCIS
+    SimCoder / SimCamera  ◀──── loopback TCP ────▶  serialine agent run ──▶ SQLite, EPCIS
 
 Virtual time: the simulator owns the clock and jumps from one physical event to the next. It holds
 the clock (a barrier) while the host owes a verdict for a camera result it has delivered, so the
@@ -22,8 +22,7 @@ from pathlib import Path
 from .. import lockfile
 from . import batch, parts
 from . import ledger as ledger_mod
-from .camera import SimCamera
-from .coder import SimCoder
+from .emulators import emulator
 from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
 from .line import LineModel
@@ -40,15 +39,21 @@ LOCK_NAME = ".serialine-sim.lock"
 
 
 HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before it is back
+TERM_WAIT_S = 20.0  # wall time a SIGTERMed service gets to leave in order before SIGKILL
 
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
-        stall: tuple[int, float] | None = None) -> dict:
+        stall: tuple[int, float] | None = None, batch_id: str | None = None, db: Path | None = None) -> dict:
     """One batch end to end → the report (report.build). `stall` = (pack, ms): the simulator
     itself stalls that long as that pack reaches the gate's firing point — to prove that it
-    notices its own overrun, and what the device then does with the pack it could not aim at."""
+    notices its own overrun, and what the device then does with the pack it could not aim at.
+    `batch_id`: run that batch (created and started by the user) instead of making one; `db`: the
+    ledger it is in (default OUT/serialine.db)."""
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
+    db_path = Path(db).resolve() if db is not None else out / "serialine.db"
+    if batch_id is not None:
+        batch.use(db_path, batch_id, scenario)  # refused in one line before anything is created
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / LOCK_NAME).touch()
@@ -57,11 +62,11 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
     where: dict = {}  # how far the run got, for an interrupt
     with _locked(out):
         try:
-            return _run(scenario, out, realtime, console, where, stall)
+            return _run(scenario, out, db_path, batch_id, realtime, console, where, stall)
         except KeyboardInterrupt:
             _sigint(signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
             try:
-                raise Interrupted(_abort(out / "serialine.db", scenario, where)) from None
+                raise Interrupted(_abort(db_path, scenario, where)) from None
             finally:
                 _sigint(signal.default_int_handler)
 
@@ -108,15 +113,15 @@ def _abort(db_path: Path, s: Scenario, where: dict) -> str:
             f"({counts.get('units_rejected', 0)} unit(s) in flight rejected)")
 
 
-def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) -> dict:
-    db_path, epcis_dir = out / "serialine.db", out / "epcis"
-    batch_id = where["batch_id"] = batch.setup(db_path, s)
-    coder = SimCoder(misprint=s.defects.misprint, skip=s.defects.skip, smear=s.defects.smear,
-                     seed=s.seed * 7 + 1).start()
-    camera = SimCamera(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
-                       no_read=s.camera.no_read, misread=s.camera.misread,
-                       low_grade=s.camera.low_grade, missed_trigger=s.camera.missed_trigger,
-                       seed=s.seed * 7 + 2).start()
+def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, console, where: dict, stall) -> dict:
+    epcis_dir = out / "epcis"
+    batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
+    coder = emulator("coder", s.coder.driver)(misprint=s.defects.misprint, skip=s.defects.skip,
+                                              smear=s.defects.smear, seed=s.seed * 7 + 1).start()
+    camera = emulator("reader", s.camera.driver)(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
+                                                 no_read=s.camera.no_read, misread=s.camera.misread,
+                                                 low_grade=s.camera.low_grade, missed_trigger=s.camera.missed_trigger,
+                                                 seed=s.seed * 7 + 2).start()
     relay = FaultyRelay(corrupt=s.faults.link_corrupt, loss=s.faults.link_loss, seed=s.seed * 7 + 3)
     tap = VerdictTap()
     relay.taps["to_device"] = tap
@@ -125,14 +130,14 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) ->
     plan = FaultPlan(s.faults)
     device = host = None
     wall0 = time.monotonic()
-    stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "device_reboots": 0,
-             "operator_clears": 0}
+    stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "host_terms": 0, "device_reboots": 0,
+             "camera_drops": 0, "operator_clears": 0}
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
         device = parts.SimDevice(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
-        host = parts.HostAgent(db_path, batch_id, relay.host_path, coder.address, camera.address,
-                               parts.device_config(s, line))
+        host = parts.HostAgent(s, out, db_path, batch_id, relay.host_path, coder.address, camera.address,
+                               coder_driver=s.coder.driver, camera_driver=s.camera.driver)
         device.start()
         host.start()
         host.wait_ready(device)
@@ -145,7 +150,7 @@ def _run(s: Scenario, out: Path, realtime: bool, console, where: dict, stall) ->
             raise
         line.unprinted()
         _drain(line, device, db_path, batch_id)
-        host.stop()
+        host.stop(device)
         printed = [p.printed for p in line.packs if p.printed]
     finally:
         for part in (device, host):
@@ -193,7 +198,7 @@ def _stop_line(line, device, host, settle_s: float = 0.5):
         while time.monotonic() < end:
             device.idle()
             time.sleep(0.002)
-        host.stop()
+        host.stop(device)
     except (RunError, OSError):
         pass  # a part already gone: the batch is aborted all the same
 
@@ -288,6 +293,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     boot_no, boot_base = 0, 0
     dark = _Outage(relay)
     host_back_at = None
+    term_until = None  # a SIGTERMed service is leaving (in wall time, at most until then)
     bin_empty_at = None
     wall_limit = time.monotonic() + 120 + s.units * 0.5
     owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
@@ -296,6 +302,10 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             if time.monotonic() > wall_limit:
                 raise RunError(f"the line did not finish: {detected} of {s.units} packs detected, "
                                f"line {'stopped' if line.line_stop else 'running'}")
+            if term_until is not None and (not host.running or time.monotonic() > term_until):
+                host.stop(device)  # gone already, or SIGKILLed now: what it stored is what counts
+                host.start()
+                term_until, host_back_at = None, line.t + HOST_RESTART_MS * 1000
             stall = ticks.stall_us(line)
             if realtime:
                 if stall:
@@ -329,12 +339,14 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     seen = k + 1
                 for kind, arg in faults:
                     fired_at, fired_t = time.monotonic(), line.t
-                    _fire(kind, arg, line, device, host, relay, tap, stats, dark)
+                    _fire(kind, arg, line, device, host, camera, relay, tap, stats, dark)
                     if realtime:  # the line's clock pauses while a reboot is staged, rather than
                         # jump the belt through it (time an outage ran on meanwhile excepted)
                         t0 += time.monotonic() - fired_at - (line.t - fired_t) / 1e6
                     if kind == "host_kill":
                         host_back_at = line.t + HOST_RESTART_MS * 1000
+                    if kind == "host_term":
+                        term_until = time.monotonic() + TERM_WAIT_S
                     if kind == "device_reboot":
                         owed, boot_no, boot_base = 0, boot_no + 1, detected
                 if e.name == "photo_eye" and e.level:
@@ -411,7 +423,7 @@ def _wait_running(device, line, dark, timeout: float = 30.0):
         time.sleep(0.001)
 
 
-def _fire(kind, arg, line, device, host, relay, tap, stats, dark):
+def _fire(kind, arg, line, device, host, camera, relay, tap, stats, dark):
     if kind == "outage":
         dark.start(line.t, arg)
     elif kind == "device_reboot":
@@ -428,6 +440,14 @@ def _fire(kind, arg, line, device, host, relay, tap, stats, dark):
         stats["host_restarts"] += 1
         host.kill()
         host.start()  # it comes back on the same ledger; the loop waits for READY later
+    elif kind == "host_term":
+        # the service stops the line and settles the units in flight while the line runs on;
+        # the loop starts it again once it has left
+        stats["host_terms"] += 1
+        host.terminate()
+    elif kind == "camera_drop":
+        stats["camera_drops"] += 1
+        camera.drop()  # the service sees the reader gone: line stop, reconnect, operator's clear
 
 
 def _progress(console, total):

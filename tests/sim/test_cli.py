@@ -46,36 +46,103 @@ def test_an_unwritable_out_is_refused_in_one_line(tmp_path):
     assert p.stderr.startswith("serialine sim: --out /proc/x: cannot write there")
 
 
-def test_the_agent_process_says_a_refusal_in_one_line(tmp_path):
-    """agent_proc on a batch the ledger does not run: the agent's own error, one line, exit 1."""
-    import os
+def _user_batch(db, batch="QA-1", *, serials=400, start=True):
+    """A batch as a QA manager makes one: the real `serialine init` and `serialine batch` commands."""
+    from serialine.host import cli as top
+    from serialine.host.sim.batch import GTIN
+
+    def ok(*argv):
+        assert top.main([*argv, "--db", str(db), "--user", "qa-anna"]) == 0, argv
+    ok("init")
+    ok("batch", "product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len", "7")
+    ok("batch", "serials", GTIN, "--generate", str(serials))
+    ok("batch", "create", batch, GTIN, "L7", "2031-01-31", "--planned", "30", "--case-size", "10",
+       "--pallet-size", "10")
+    if start:
+        ok("batch", "start", batch)
+    return batch
+
+
+def test_sim_batch_runs_the_batch_the_user_created(tmp_path):
+    """`serialine sim --batch B --db L`: the batch made with `serialine batch` runs through `serialine
+    agent run` (its log is in OUT), nothing else is created in the ledger, the run closes it."""
+    db, out = tmp_path / "plant.db", tmp_path / "out"
+    batch = _user_batch(db)
+    rc = cli.main(["--units", "30", "--batch", batch, "--db", str(db), "--out", str(out), "--quiet"])
+    r = json.loads((out / "report-nominal.json").read_text())
+    assert rc == 0, {k: v for k, v in r["invariants"].items() if not v}
+    assert r["batch"] == batch and r["units_detected"] == 30
+    assert not (out / "serialine.db").exists()
+    with sqlite3.connect(db) as c:
+        assert [b for (b,) in c.execute("SELECT batch_id FROM batch")] == [batch]
+        assert c.execute("SELECT state FROM batch").fetchone()[0] == "closed"
+        assert c.execute("SELECT count(*) FROM unit WHERE outcome IS NOT NULL").fetchone()[0] == 30
+    log = (out / "serialine.agent.log").read_text()
+    assert f"batch {batch}: running it" in log and "line started (start_on_boot)" in log
+    assert "line file" in (out / "line-sim.toml").read_text() and "start_on_boot = true" in (out / "line-sim.toml").read_text()
+
+
+def test_sim_batch_refuses_a_batch_it_cannot_run_in_one_line(tmp_path):
     import subprocess
     import sys
-    from serialine.host import db, masterdata
-    from serialine.host.sim.batch import COMPANY_PREFIX_LEN, GTIN
-    conn = db.connect(str(tmp_path / "l.db"))
-    masterdata.add_product(conn, GTIN, "x", "EU_FMD", COMPANY_PREFIX_LEN, user="t")
-    conn.close()
+
+    db = tmp_path / "plant.db"
+    _user_batch(db, "NEW", start=False)
+
+    def sim(*argv):
+        return subprocess.run([sys.executable, "-m", "serialine.host.cli", "sim", "--units", "30", "--quiet",
+                               "--out", str(tmp_path / "out"), *argv], capture_output=True, text=True, timeout=60)
+    with sqlite3.connect(db) as c:
+        before = c.execute("SELECT count(*) FROM audit").fetchone()[0]
+    not_started, unknown, short = sim("--batch", "NEW", "--db", str(db)), sim("--batch", "NOPE", "--db", str(db)), \
+        sim("--batch", "NEW", "--db", str(db), "--units", "300")
+    nowhere = sim("--batch", "NEW", "--db", str(tmp_path / "none.db"))
+    for p in (not_started, unknown, short, nowhere):
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "--batch NEW is created, not running (serialine batch start NEW)" in not_started.stderr
+    assert "--batch NOPE: no such batch" in unknown.stderr
+    assert "none.db: no such ledger" in nowhere.stderr
+    from serialine.host import cli as top
+    assert top.main(["batch", "start", "NEW", "--db", str(db), "--user", "qa-anna"]) == 0
+    short = sim("--batch", "NEW", "--db", str(db), "--units", "300")
+    assert short.returncode == 2 and "has 400 serials available, a run of 300 packs needs up to 800" in short.stderr
+    with sqlite3.connect(db) as c:  # refused: nothing changed but our own start
+        assert c.execute("SELECT count(*) FROM audit").fetchone()[0] == before + 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_agent_service_says_a_refusal_in_one_line(tmp_path):
+    """The simulator's agent is `serialine agent run`: its refusal (a batch closed under the run's
+    feet, here: one that does not exist in the ledger the line file names) is the service's own
+    one line, which the simulator passes on."""
+    import pytest
+
+    from serialine.host.sim import parts
+    from serialine.host.sim import scenario as sc
+    from serialine.host.sim.errors import RunError
+
+    import os
     import socket
+
+    _user_batch(tmp_path / "l.db", "B1")
     master, slave = os.openpty()
     devices = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]  # coder and camera listening
-    up = [f"127.0.0.1:{d.getsockname()[1]}" for d in devices]
-
-    def agent_proc(coder, camera):
-        return subprocess.run([sys.executable, "-m", "serialine.host.sim.agent_proc", "--db", str(tmp_path / "l.db"),
-                               "--batch", "NOPE", "--tty", os.ttyname(slave), "--coder", coder, "--camera", camera,
-                               "--config", "{}"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    host = parts.HostAgent(sc.load("nominal"), tmp_path, tmp_path / "l.db", "NOPE", os.ttyname(slave),
+                           *(d.getsockname() for d in devices))
+    host.start()
     try:
-        refused, gone = agent_proc(*up), agent_proc("127.0.0.1:1", up[1])
+        assert host.proc.wait(60) == 1
+        with pytest.raises(RunError) as exc:
+            host.wait_ready(device=None, timeout=1)
     finally:
+        host.close()
         os.close(master)
         os.close(slave)
         for d in devices:
             d.close()
-    for p in (refused, gone):
-        assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
-    assert refused.stderr.startswith("agent_proc: no line runs on it")
-    assert gone.stderr.startswith("agent_proc: coder at 127.0.0.1:1")
+    text = str(exc.value)
+    assert text.startswith("the host agent exited with status 1:") and "Traceback" not in text
+    assert text.splitlines()[-1].startswith("serialine-agent: ERROR no line runs on it"), text
 
 
 def test_sim_in_real_time_holds_the_invariants(tmp_path, monkeypatch):

@@ -42,6 +42,12 @@ BAD = [
     ("[nope]\nx = 1", "nope"),
     ("line = 3", "line"),
     ("units = [1]", "units"),
+    ('[camera]\ndriver = "text"', "driver"),  # no emulator for the configurable text reader
+    ('[coder]\ndriver = "domino"', "driver"),
+    ("[coder]\ndriver = 1", "driver"),
+    ("[coder]\nspeed = 3", "speed"),
+    ("[faults]\nhost_term_at = [600]", "host_term_at"),
+    ("[faults]\ncamera_drop_at = [0]", "camera_drop_at"),
 ]
 
 

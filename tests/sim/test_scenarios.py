@@ -16,7 +16,7 @@ from serialine.host.sim.run import run
 SIZES = {"nominal": 120, "high-speed": 150, "speed-ramp": 120, "stop-start": 120,
          "noisy-camera": 150, "link-faults": 150, "device-reboot": 120, "host-crash": 120,
          "bin-full": 120, "kill-then-reboot": 240, "reboot-in-outage": 150,
-         "combined-faults": 300}
+         "combined-faults": 300, "vendor-drivers": 150}
 
 
 def small(name: str) -> sc.Scenario:
@@ -28,6 +28,8 @@ def small(name: str) -> sc.Scenario:
                        link_outages=tuple((scale(a), d) for a, d in f.link_outages),
                        device_reboot_at=tuple(map(scale, f.device_reboot_at)),
                        host_kill_at=tuple(map(scale, f.host_kill_at)),
+                       host_term_at=tuple(map(scale, f.host_term_at)),
+                       camera_drop_at=tuple(map(scale, f.camera_drop_at)),
                        bin_full_at=scale(f.bin_full_at) if f.bin_full_at >= 0 else -1)
     return s.with_overrides(units=n, faults=faults)
 
@@ -63,6 +65,9 @@ def test_scenario_holds_its_invariants(name, tmp_path):
         assert r["run"]["device_reboots"] == 2 and r["run"]["host_restarts"] == 1
     if name == "kill-then-reboot":
         assert r["run"]["host_restarts"] == 1 and r["run"]["device_reboots"] == 1
+    if name == "vendor-drivers":  # the service saw the reader go and come back, and left in order once
+        assert r["run"]["camera_drops"] == 1 and r["run"]["host_terms"] == 1
+        assert r["alarms"].get("camera_back", 0) >= 1, r["alarms"]
     # after the run the simulated operator settled every unknown outcome (a person's decision)
     assert r["unresolved"] == 0
     resolved = r["run"]["operator_resolutions"]
@@ -126,3 +131,14 @@ def test_a_reboot_in_an_outage_does_not_deadlock_the_simulator(tmp_path, faults)
     assert r["units_detected"] == 80 and r["run"]["device_reboots"] == 1
     assert r["left_unaccounted"] == 0 and r["ledger_mismatch"] == 0
     assert r["bad_rejected"] == r["units_bad"]
+
+
+def test_a_keyence_reader_and_the_serialine_coder_drop_in(tmp_path):
+    """Any reader emulator is a drop-in for SimCamera: the same line, the agent on its driver."""
+    s = sc.Scenario(name="keyence", units=60, seed=4, defects=sc.ScenarioDefects(misprint=0.05),
+                    camera=sc.ScenarioCamera(driver="keyence-sr"))
+    r = run(s, out=tmp_path)
+    broken = {k: v for k, v in r["invariants"].items() if not v}
+    assert not broken, json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, indent=1)
+    assert r["bad_rejected"] == r["units_bad"] > 0
+    assert 'driver = "keyence-sr"' in (tmp_path / "line-sim.toml").read_text()
