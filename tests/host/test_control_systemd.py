@@ -40,6 +40,7 @@ def test_unit_stops_the_service_gently_and_long_enough():
     assert one["Service.KillMode"] == "mixed"  # SIGTERM to the agent only, once
     assert int(one["Service.TimeoutStopSec"]) >= 3 * service.DRAIN_S
     assert one["Service.Restart"] == "on-failure" and one["Service.RestartPreventExitStatus"] == "2"
+    assert one["Unit.StartLimitIntervalSec"] == "0"  # a line PC keeps trying until the port is back
     assert "ExecStop" not in one  # a second SIGTERM would be the crash path
     assert one["Service.EnvironmentFile"].startswith("-/etc/serialine/")
     assert one["Service.ProtectSystem"] == "strict" and one["Service.StateDirectory"] == "serialine"
