@@ -311,6 +311,13 @@ def test_no_agent_bad_address_and_busy_port():
     assert control.parse_address("[::1]:8765") == ("::1", 8765)
     with ControlServer.at("127.0.0.1:0") as server:
         assert server.port > 0 and server.address == f"127.0.0.1:{server.port}"
+    if socket.has_ipv6:
+        try:
+            server = ControlServer.at("[::1]:0")
+        except ControlError:
+            return  # no IPv6 loopback here
+        with server:
+            assert server.address == f"[::1]:{server.port}" and Client(server.address).status() == {"ready": False}
 
 
 def test_not_an_agent():
