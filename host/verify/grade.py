@@ -201,7 +201,6 @@ def layout(n: int) -> Layout:
         dark[top, ::2] = True  # clock track along the top
         dark[1::2, bottom] = True  # clock track along the right
         dark[top, 1::2] = False
-        dark[top, top] = True
     dark &= fixed
     m = placement(per * region, per * region)
     sym = np.full((n, n), -1, dtype=np.int64)
