@@ -2,7 +2,8 @@
 link on a pty through HostLink), the real Agent in this process, the emulated coder and camera on
 loopback. A coder that prints another code than the ledger bound to the unit (a swap of two jobs)
 gives one PRINT_MISMATCH and that unit FAILs although the camera reads the code the ledger
-expected; the same line with an honest coder runs without a false alarm."""
+expected; the same line with an honest coder, the serialine or the Videojet one, runs without a
+false alarm."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 from serialine.host.agent import Agent
 from serialine.host.devices.camera import Camera
 from serialine.host.devices.coder import Coder
+from serialine.host.devices.videojet import VideojetCoder
 from serialine.host.link import HostLink
 from serialine.host.sim.camera import SimCamera
 from serialine.host.sim.coder import SimCoder
 from serialine.host.sim.faults import FaultyRelay
 from serialine.host.sim.unixboard import UnixBoard
+from serialine.host.sim.videojet_emu import VideojetEmu
 from serialine.protocol.schema import Command, ConfigFields
 
 CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=2100,
@@ -30,7 +33,7 @@ CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=
 assert list(CFG) == [sc.name for sc in ConfigFields.subcons]
 
 
-def run_line(conn, tmp_path, sc: SimCoder, n_packs: int, fooled: bool):
+def run_line(conn, tmp_path, sc: SimCoder, n_packs: int, fooled: bool, driver=Coder):
     """n_packs through the line; the camera reads the code the ledger bound when `fooled`, else
     what was printed. → (agent, outcomes {unit: (outcome, reason)})."""
     with SimCamera(latency_ms=0, jitter_ms=0) as scam, FaultyRelay() as relay, \
@@ -39,7 +42,7 @@ def run_line(conn, tmp_path, sc: SimCoder, n_packs: int, fooled: bool):
         agent = None
         try:
             sb.step(100, 0, 0)
-            agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=5.0)
+            agent = Agent(conn, "B1", link, driver(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=5.0)
             agent.start()
             assert scam.connected.wait(2)
             link.send("CONFIG_SET", CFG)
@@ -47,7 +50,7 @@ def run_line(conn, tmp_path, sc: SimCoder, n_packs: int, fooled: bool):
             outcomes: dict[int, tuple[int, int]] = {}
             at_coder: collections.deque = collections.deque()  # printed codes between coder and camera
             confirm_at: list[int] = []
-            travel, t, pitch, first = 0, 0, 400, 300
+            travel, t, pitch, first = 0, 0, 500, 300  # a print never meets the previous pack's read
             end = time.monotonic() + 60
             while len(outcomes) < n_packs and time.monotonic() < end:
                 t += 200
@@ -93,6 +96,14 @@ def test_a_clean_line_has_no_print_mismatch(conn, tmp_path):
         agent, outcomes = run_line(conn, tmp_path, sc, 5, fooled=False)
     assert outcomes == {u: ("PASSED", "OK") for u in range(5)}, outcomes
     assert agent.printcheck.checked == 5 and not _alarms(conn, "PRINT_MISMATCH")
+
+
+def test_a_videojet_line_has_no_false_alarm(conn, tmp_path):
+    with VideojetEmu() as emu:
+        agent, outcomes = run_line(conn, tmp_path, emu, 5, fooled=False, driver=VideojetCoder)
+    assert outcomes == {u: ("PASSED", "OK") for u in range(5)}, outcomes
+    assert agent.printcheck.checked == 5 and not _alarms(conn, "PRINT_MISMATCH")
+    assert not _alarms(conn, "CODER_RAN_DRY") and emu.faults["duplicate"] == 0
 
 
 def test_a_coder_printing_another_code_fails_the_unit_through_the_firmware(conn, tmp_path):
