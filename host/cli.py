@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "device": ("serialine.tools.device", "main", "flash a board (verified on the device, HELLO checked); the unix port as a sim board"),
     "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
     "frames": ("serialine.tools.frames", "main", "decode a captured or live link byte stream into frames, flagging errors"),
-    "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link"),
+    "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link | verify"),
 }
 
 # commands on the ledger: errors the ledger or its input raise are said in one line (host/ledgerfile.py)
