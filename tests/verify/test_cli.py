@@ -104,3 +104,14 @@ def test_expect_refuses_anything_else_in_one_gs1_error(text):
         assert "\n" not in str(exc)
     else:
         assert ais and all(isinstance(v, str) for v in ais.values())
+
+
+def test_bench_verify_prints_a_table_then_one_json_line(capsys):
+    from serialine.tools import bench
+    assert bench.main(["verify", "--symbols", "4", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(out[-1])
+    assert figures["symbols"] == 4 and figures["image"] == "640x480"
+    for key in ("render_ms_p50", "decode_ms_p50", "grade_ms_p50", "grade_to_decode_ratio", "verify_per_s"):
+        assert figures[key] > 0, key
+    assert sum(figures["overall_grades"].values()) == 4
