@@ -86,6 +86,18 @@ class AuditError(ValueError):
     pass
 
 
+MIN_REASON, MAX_REASON = 4, 500  # the one rule for a reason, wherever a change gives one
+
+
+def check_reason(reason) -> str:
+    """A change's reason, stripped, or ValueError (one line)."""
+    text = " ".join(str(reason or "").split())
+    if len(text) < MIN_REASON or len(text) > MAX_REASON or not text.isprintable():
+        raise ValueError(f"a reason is required: {MIN_REASON} to {MAX_REASON} printable characters,"
+                         f" saying why (got {str(reason or '')[:40]!r})")
+    return text
+
+
 def _digest(prev_hash: str, seq: int, at: str, user: str, action: str, detail: str) -> str:
     body = json.dumps([prev_hash, seq, at, user, action, detail], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(body.encode()).hexdigest()
@@ -142,6 +154,8 @@ def append(conn: sqlite3.Connection, user: str, action: str, detail: dict) -> st
     SEALS carries the digests of what it covers); returns its hash."""
     if not user:
         raise ValueError("audit records need a user")
+    if "reason" in detail:
+        check_reason(detail["reason"])
     if action in SEALS:
         key_name, parts = SEALS[action]
         detail = {**detail, "seal": seal(conn, str(detail[key_name]), parts)}
@@ -406,7 +420,7 @@ def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[
             anchors += parse_anchors(f.read())
     try:
         problem = (_verify_anchors(by_seq, anchors) or _verify_seals(conn) or _verify_checkpoints(conn)
-                   or _verify_outbox(conn) or _verify_derived(conn))
+                   or _verify_outbox(conn) or _verify_derived(conn) or _verify_signatures(conn))
     except (KeyError, TypeError, AttributeError) as exc:  # a record whose chain holds but whose seal is malformed
         problem = f"a sealed record's detail is malformed ({type(exc).__name__}: {exc})"
     if problem:
@@ -421,6 +435,14 @@ def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[
     return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found{tail};"
                      f" sealed tables match; {events} outbox eventIDs match their bodies;"
                      " serial states follow their history, passed units their device's word")
+
+
+def _verify_signatures(conn) -> str | None:
+    """Every signature still matches its record's content (host/signatures.py)."""
+    if not _has(conn, "signature"):
+        return None
+    from . import signatures
+    return signatures.verify(conn)
 
 
 def _verify_derived(conn) -> str | None:
