@@ -399,6 +399,14 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     lay = layout(n)
     at = _Map(dec.corners, n)
     inside = at.inside(n, img.shape[1], img.shape[0])
+    # light on dark (zxing-cpp reads it inverted)? The L's upright is then lighter than its quiet zone:
+    # grade the negative, which has the same contrast and modulation
+    mid = np.arange(n) + 0.5
+    xl, yl = at(np.concatenate([np.full(n, 0.5), np.full(n, -0.5)]), np.concatenate([mid, mid]))
+    edge = _sample(img, xl, yl, inside).astype(np.int64)
+    inverted = bool(edge[:n].sum() > edge[n:].sum())
+    if inverted:
+        img = 255 - img
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
 
     # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
@@ -473,6 +481,6 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     p["unused_error_correction"] = Parameter(round(float(uec), 3), _at_least(uec, _UEC))
     res.overall = 0 if dec.error else min(x.grade for x in p.values())
     res.detail = {"segments": {k: {"grade": LETTERS[g], "damaged": round(sh, 3)} for k, (g, sh) in seg.items()},
-                  "own_uec": round(own_uec, 3), "nominal": source, "rmax": round(rmax, 1), "rmin": round(rmin, 1),
+                  "own_uec": round(own_uec, 3), "nominal": source, "inverted": inverted, "rmax": round(rmax, 1), "rmin": round(rmin, 1),
                   "module_px": round(pitch, 2)}
     return res

@@ -89,6 +89,13 @@ def test_clean_symbol_grades_A_on_every_parameter(code, rotation):
     assert res.read_text == "]d2" + code  # what the simulated camera will report
 
 
+def test_light_on_dark_symbol_is_graded_as_its_negative():
+    res = grade(255 - render(CODE, Defects(rotation_deg=40), seed=2))
+    assert res.detail["inverted"] is True and res.decoded.data == CODE
+    assert grades(res) == {name: 4 for name in NAMES}
+    assert grade(render(CODE)).detail["inverted"] is False
+
+
 def test_render_is_deterministic():
     d = Defects(noise=0.05, missing_dots=3, flipped=2)
     assert np.array_equal(render(CODE, d, seed=7), render(CODE, d, seed=7))
