@@ -379,8 +379,9 @@ def _segment_grades(module_grades: np.ndarray, lay: Layout) -> dict[str, tuple[i
     return dict(zip(lay.seg_names, zip(got[rows, best].tolist(), damaged[rows, best].tolist())))
 
 
-def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
-    """Decode (unless `decoded` is given) and grade one greyscale (or RGB) image."""
+def grade(image: np.ndarray, decoded: Decoded | None = None, *, inverted: bool = False) -> Result:
+    """Decode (unless `decoded` is given) and grade one greyscale (or RGB) image; `inverted`: it is the
+    negative of what was imaged."""
     img = np.asarray(image)
     if img.ndim == 3:
         img = img[..., :3].mean(axis=2)
@@ -399,14 +400,6 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     lay = layout(n)
     at = _Map(dec.corners, n)
     inside = at.inside(n, img.shape[1], img.shape[0])
-    # light on dark (zxing-cpp reads it inverted)? The L's upright is then lighter than its quiet zone:
-    # grade the negative, which has the same contrast and modulation
-    mid = np.arange(n) + 0.5
-    xl, yl = at(np.concatenate([np.full(n, 0.5), np.full(n, -0.5)]), np.concatenate([mid, mid]))
-    edge = _sample(img, xl, yl, inside).astype(np.int64)
-    inverted = bool(edge[:n].sum() > edge[n:].sum())
-    if inverted:
-        img = 255 - img
     idx = np.arange(-1, n + 1) + 0.5  # module centres with the quiet-zone ring
 
     # the clock tracks locate the columns (top track) and the rows (right track): the centroid of
@@ -441,6 +434,10 @@ def grade(image: np.ndarray, decoded: Decoded | None = None) -> Result:
     ratio = np.abs(r - gt) * (2 / max(sc, 1e-9))
     mod_g = np.searchsorted(_MOD_UP, ratio, side="right")
     seen_dark = r < gt
+    if not inverted and r[1:-1, 1].sum() > r[1:-1, 0].sum():
+        # light on dark (zxing-cpp reads it inverted): the L's upright is lighter than its quiet zone;
+        # grade the negative, which has the same contrast and modulation
+        return grade(255 - img, dec, inverted=True)
 
     seen_flat = seen_dark.ravel()
     as_read = np.where(lay.fixed_ring, lay.dark_ring, seen_flat)  # the fixed patterns are always known
