@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch": ("serialine.host.cli_batch", "main", "products, batches, serials: create, start, close, reconcile, abort, reopen"),
     "rework": ("serialine.host.cli_batch", "rework_main", "rework: remove, replace, disaggregate, decommission"),
     "audit": ("serialine.host.cli_batch", "audit_main", "verify the hash-chained audit log"),
+    "users": ("serialine.host.cli_users", "main", "users and roles of the ledger: add, list, disable, reset-password (Part 11)"),
     "epcis": ("serialine.host.epcis.cli", "main", "EPCIS export"),
     "outbox": ("serialine.host.epcis.cli", "outbox_main", "what is waiting to go upstream, and why"),
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
@@ -23,11 +24,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "device": ("serialine.tools.device", "main", "flash a board (verified on the device, HELLO checked); the unix port as a sim board"),
     "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
     "frames": ("serialine.tools.frames", "main", "decode a captured or live link byte stream into frames, flagging errors"),
+    "opcua": ("serialine.host.opcua.cli", "main", "OPC UA: serve the ledger's serial pools (OPEN-SCS); users file"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link | verify"),
 }
 
 # commands on the ledger: errors the ledger or its input raise are said in one line (host/ledgerfile.py)
-LEDGER_COMMANDS = ("init", "batch", "rework", "audit", "epcis", "outbox")
+LEDGER_COMMANDS = ("init", "batch", "rework", "audit", "epcis", "outbox", "users")
 
 
 def usage() -> str:

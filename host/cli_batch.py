@@ -9,7 +9,13 @@ import getpass
 import os
 import sys
 
-from . import audit, db, gs1, ledgerfile, lifecycle, masterdata, reconcile, reporting, rework, serials
+from . import audit, db, gs1, ledgerfile, lifecycle, masterdata, reconcile, reporting, rework, serials, users
+
+# `serialine batch` subcommand -> the action (users.PERMISSIONS) its --user must be allowed; None: reads only
+ACTIONS = {"product": "masterdata.change", "master": "masterdata.change", "site": "masterdata.change",
+           "serials": "masterdata.change", "create": "batch.create", "start": "batch.start", "reconcile": None,
+           "close": "batch.close", "abort": "batch.abort", "reopen": "batch.reopen", "resolve": "batch.resolve",
+           "record": None, "review": None, "release": None}  # review and release prove it by their signature
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,6 +39,8 @@ def _anchored(fn, prog):
     `<db>.anchors`, after its commit: a later truncation or re-hash of the chain is then detectable."""
     def go(conn, a):
         rc = fn(conn, a)
+        if a.cmd == "record":  # stdout is the JSON document
+            return rc
         what = " ".join(str(v) for v in (a.cmd, getattr(a, "batch_id", None) or getattr(a, "gtin", None)) if v)
         print(f"audit head {audit.anchor(conn, f'{prog} {what} by {a.user}')}")
         return rc
@@ -60,10 +68,16 @@ def main(argv: list[str]) -> int:
     for opt in ("--street", "--city", "--state", "--postal", "--country"):
         p.add_argument(opt)
     p.add_argument("--tz", help="IANA time zone of a site of ours, e.g. Europe/Berlin")
-    p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N or --import FILE")
+    p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N, --import FILE or --from opc.tcp://…")
     p.add_argument("gtin")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--generate", type=int); g.add_argument("--import", dest="import_file")
+    g.add_argument("--from", dest="upstream", metavar="OPC_TCP_URL", help="an upstream OPEN-SCS pool manager (docs/opcua.md)")
+    p.add_argument("--count", type=int, help="with --from: how many serials (all or none)")
+    p.add_argument("--request-token", help="with --from: repeat a fill idempotently (printed by the first)")
+    p.add_argument("--credentials", help="with --from: env:NAME or file:/path holding user:password "
+                   "(default env:SERIALINE_OPCUA_USER)")
+    p.add_argument("--pki", help="with --from: folder of the client certificate (default: LEDGER.opcua-pki)")
     p = sub.add_parser("create", help="create a batch")
     for a in ("batch_id", "gtin", "lot", "expiry"):
         p.add_argument(a)
@@ -79,6 +93,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     p = sub.add_parser("reopen", help="reopen a closed or aborted batch for rework (close it again after)")
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
+    p = sub.add_parser("record", help="the batch record (JSON): what QA reviews and signs")
+    p.add_argument("batch_id")
+    for name, help_ in (("review", "QA signs the closed batch's record 'reviewed' (password again)"),
+                        ("release", "a second person signs the reviewed batch 'released' (password again)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("batch_id"); p.add_argument("--reason", help="optional note (at least 4 characters)")
     from . import resolve
     resolve.add_parser(sub)
     for p in sub.choices.values():
@@ -86,6 +106,10 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     def go(conn, a):
+        if ACTIONS[a.cmd]:
+            if getattr(a, "reason", None) is not None:  # a bad reason is said before any password is asked
+                audit.check_reason(a.reason)
+            users.act(conn, a.user, ACTIONS[a.cmd])
         if a.cmd == "product":
             dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
             masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa, user=a.user)
@@ -105,6 +129,15 @@ def main(argv: list[str]) -> int:
             # staged in chunks, published with its audit record in one transaction (host/serials.py)
             def progress(line):
                 print(line, file=sys.stderr, flush=True)
+            if a.upstream is not None:  # OPEN-SCS client (host/opcua/client.py)
+                from .opcua import client
+                if not a.count:
+                    raise ValueError("--from needs --count N")
+                got = client.fill(conn, a.gtin, a.count, a.upstream, token=a.request_token, user=a.user,
+                                  credentials_spec=a.credentials, pki=a.pki or f"{a.db}.opcua-pki", progress=progress)
+                print(f"request token {got.token}: " + ("already imported, nothing new" if got.already else
+                      f"{got.count} serials from {a.upstream} added to {a.gtin}; {serials.available(conn, a.gtin)} available"))
+                return
             if a.generate is not None:
                 added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user, progress=progress)
             else:
@@ -148,6 +181,12 @@ def main(argv: list[str]) -> int:
             print(f"batch {a.batch_id} reopened for rework; close it again when done")
         elif a.cmd == "resolve":
             resolve.run(conn, a)
+        elif a.cmd == "record":
+            import json
+            from . import release
+            print(json.dumps(release.batch_record(conn, a.batch_id), indent=1, ensure_ascii=False))
+        elif a.cmd in ("review", "release"):
+            _sign(conn, a)
         elif a.cmd == "close":
             try:
                 report = reconcile.close_batch(conn, a.batch_id, a.user)
@@ -157,6 +196,20 @@ def main(argv: list[str]) -> int:
             print("\n".join(report.lines()))
             print(f"batch {a.batch_id} closed")
     return _run(_anchored(go, "batch"), args, create=args.cmd == "product")
+
+
+def _sign(conn, a) -> None:
+    """`batch review|release B --user U`: the signature itself proves who (§11.200: the password again)."""
+    from . import release
+    if not users.present(conn):
+        raise users.AuthError("signatures need users in the ledger: serialine users add NAME --role admin ... first"
+                              " (docs/part11.md)")
+    meaning = "reviewed" if a.cmd == "review" else "released"
+    if a.reason is not None:
+        audit.check_reason(a.reason)
+    password = users.read_password(f"password for {a.user} (signs batch {a.batch_id} '{meaning}'): ")
+    s = getattr(release, a.cmd)(conn, a.batch_id, a.user, password, reason=a.reason)
+    print(f"batch {a.batch_id}: {s.manifestation()}; record sha256 {s.content_sha256}")
 
 
 def rework_main(argv: list[str]) -> int:
@@ -177,6 +230,8 @@ def rework_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     def go(conn, a):
+        audit.check_reason(a.reason)
+        users.act(conn, a.user, "rework")
         if a.cmd == "remove":
             print(f"pack {a.serial} removed from case {rework.remove_pack(conn, a.gtin, a.serial, a.user, a.reason)}")
         elif a.cmd == "add":
@@ -244,6 +299,7 @@ def audit_main(argv: list[str]) -> int:
             print(message, file=sys.stdout if ok else sys.stderr)
             return 0 if ok else 1
         elif a.cmd == "checkpoint":
+            users.act(conn, a.user, "audit.checkpoint")
             audit.checkpoint(conn, a.user)
             print(f"checkpoint sealed; audit head {audit.anchor(conn, f'audit checkpoint by {a.user}')}")
         else:

@@ -25,7 +25,7 @@ CLIENT_URI = "urn:serialine:opcua:client"
 PAGE = 1000
 
 
-class ClientError(RuntimeError):
+class ClientError(ValueError):
     pass
 
 
@@ -83,9 +83,9 @@ class PoolClient:
         c.application_uri = CLIENT_URI
         c.set_user(self.user)
         c.set_password(self.password)
-        await c.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key),
-                             mode=ua.MessageSecurityMode.SignAndEncrypt)
-        try:
+        try:  # without a server certificate given, set_security asks the server for it
+            await c.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key),
+                                 mode=ua.MessageSecurityMode.SignAndEncrypt)
             await c.connect()
         except (OSError, asyncio.TimeoutError) as exc:
             raise ClientError(f"no OPC UA server answering at {self.endpoint}: {exc}") from None
@@ -153,18 +153,23 @@ async def _fetch(endpoint, creds, pki, gtin, count, token, page) -> list[str]:
                 if len(serial_numbers) != n:
                     raise ClientError(f"{endpoint}: page {i + 1} gave {len(serial_numbers)} serials, {n} asked for")
                 got += serial_numbers
-        except BaseException:
-            await _give_back(pc, gtin, got, page)
+        except BaseException as exc:
+            if not await _give_back(pc, gtin, got, page) and isinstance(exc, ClientError):
+                raise ClientError(f"{exc}; {len(got)} serial(s) stay handed out upstream: repeat with "
+                                  f"--request-token {token}") from None
             raise
     return got
 
 
-async def _give_back(pc: PoolClient, gtin: str, got: list[str], page: int) -> None:
+async def _give_back(pc: PoolClient, gtin: str, got: list[str], page: int) -> bool:
+    """Return what a failed fill fetched; False if the upstream keeps some (the same token gets them again)."""
     for start in range(0, len(got), page):
         try:
-            await pc.settle("SNReturnUnallocated", gtin, got[start:start + page])
-        except Exception:  # the upstream keeps them out; the same token asks for them again
-            return
+            if await pc.settle("SNReturnUnallocated", gtin, got[start:start + page]) is not Ret.NoError:
+                return False
+        except Exception:
+            return False
+    return True
 
 
 def fill(conn, gtin: str, count: int, endpoint: str, *, token: str | None = None, user: str,
@@ -181,7 +186,10 @@ def fill(conn, gtin: str, count: int, endpoint: str, *, token: str | None = None
     if done:
         return Fill(token, 0, True)
     creds = credentials(credentials_spec)
-    got = asyncio.run(_fetch(endpoint, creds, pki, gtin, count, token, page))
+    try:
+        got = asyncio.run(_fetch(endpoint, creds, pki, gtin, count, token, page))
+    except ua.UaError as exc:  # e.g. BadUserAccessDenied: the user's role may not request
+        raise ClientError(f"{endpoint}: {type(exc).__name__}: {exc}; nothing imported") from None
     try:
         serials.import_serials(conn, gtin, got, source, user=user, progress=progress)
     except BaseException:

@@ -176,6 +176,9 @@ class PoolManager:
                 if rows:  # a repeat: the same page again, nothing new handed out
                     if {r[0] for r in rows} != {gtin} or {r[2] for r in rows} != {lot} or len(rows) != count:
                         raise Refused(Ret.InvalidRequestToken, f"request token {token!r} was used for another request")
+                    if any(r[3] == "returned" for r in rows):
+                        raise Refused(Ret.InvalidRequestToken, f"the serials of request token {token!r} were "
+                                      "returned: ask with a new token")
                     picked = sorted(r[1] for r in rows)
                     repeat = True
                 else:

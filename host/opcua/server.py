@@ -34,7 +34,7 @@ CHANGING = ("operator", "engineer")  # roles that may call a method that changes
 _caller: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
 
 
-class OpcuaError(RuntimeError):
+class OpcuaError(ValueError):
     pass
 
 
@@ -142,9 +142,10 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     server.set_identity_tokens([ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if anonymous else []))
     for name in NODESETS:
         await server.import_xml(str(nodeset(name)))
+    scs = await server.get_namespace_index(OPENSCS_NS)
+    await _complete_sn_collection(server, scs)
     await server.load_data_type_definitions()
     idx = await server.register_namespace(NAMESPACE)
-    scs = await server.get_namespace_index(OPENSCS_NS)
     pools = openscs.PoolManager(conn, max_requestable)
     pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(15032, scs))
     await _bind_pool_manager(server, pm, pools, scs)
@@ -152,6 +153,19 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),
              ", anonymous viewers" if anonymous else "")
     return Served(server, pools, endpoint, idx)
+
+
+async def _complete_sn_collection(server: Server, scs: int) -> None:
+    """The NodeSet's OPENSCSSNCollectionDataType (i=15008) has no DataTypeDefinition: it is its
+    supertype OPENSCSCollectionDataType (i=15005) without a field more. Give it the supertype's
+    fields, so a client can decode what the methods return (asyncua reads the definition)."""
+    sub, base = server.get_node(ua.NodeId(15008, scs)), server.get_node(ua.NodeId(15005, scs))
+    if (await sub.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value is not None:
+        return
+    fields = (await base.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value.Fields
+    sdef = ua.StructureDefinition(DefaultEncodingId=ua.NodeId(15191, scs), BaseDataType=base.nodeid,
+                                  StructureType=ua.StructureType.Structure, Fields=fields)
+    await sub.write_attribute(ua.AttributeIds.DataTypeDefinition, ua.DataValue(ua.Variant(sdef)))
 
 
 async def _set_prop(parent, scs: int, name: str, value, vtype) -> None:

@@ -78,8 +78,10 @@ def test_return_unallocated_puts_serials_back_all_or_nothing(site):
             mid = serials.available(site.conn, GTIN)
             ok = await pc.settle("SNReturnUnallocated", GTIN, sn[:5])
             twice = await pc.settle("SNReturnUnallocated", GTIN, sn[:5])
-            return bad, mid, ok, twice
-    bad, mid, ok, twice = run(go())
+            repeat = await pc.request(GTIN, 10, "t")  # partly returned: the token is spent
+            return bad, mid, ok, twice, repeat
+    bad, mid, ok, twice, repeat = run(go())
+    assert repeat[0] is Ret.InvalidRequestToken
     assert bad is Ret.InvalidSerialNumberCollection and mid == before - 10  # nothing returned
     assert ok is Ret.NoError and twice is Ret.InvalidSerialNumberCollection
     assert serials.available(site.conn, GTIN) == before - 5
