@@ -358,5 +358,8 @@ def act(conn: sqlite3.Connection, name: str, action: str) -> User | None:
     if user is None:  # audited as a failed login, without asking for a password
         authenticate(conn, name, "", purpose=action)
     user = authenticate(conn, name, read_password(f"password for {name}: "), purpose=action)
-    require(user, action)
+    if not may(user, action):
+        with transaction(conn):
+            audit.append(conn, name, "user.refused", {"name": name, "role": user.role.value, "action": action})
+        require(user, action)
     return user
