@@ -16,6 +16,7 @@ that resume handles. Logs go to stderr, one line per event that matters."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
 import os
@@ -342,12 +343,27 @@ class Service:
         self._open_control()
         self.forwarding = Forwarding(cfg.ledger, cfg.upstream)
         self.forwarding.start()
-        try:
-            self.link = HostLink(cfg.device.port, baudrate=int(getattr(cfg.device, "baud", 115200) or 115200))
-        except Exception as exc:  # serial.SerialException and friends: the port cannot be opened
-            raise ServiceError(f"[device] port = {cfg.device.port!r}: cannot open it ({_first_line(exc)})") from None
+        self.link = self._open_link(HostLink)
         self.coder = self._open_driver("coder", cfg.coder)
         self.camera = self._open_driver("camera", cfg.camera)
+
+    def _open_link(self, cls):
+        """The device's port, waited for with backoff (a USB device not plugged in yet, a serial
+        server not up); a port the line file cannot mean is one line."""
+        port, baud = self.cfg.device.port, int(getattr(self.cfg.device, "baud", 115200) or 115200)
+        wait, said = RECONNECT_FIRST_S, False
+        while True:
+            try:
+                return cls(port, baudrate=baud)
+            except ValueError as exc:  # pyserial: not a port URL it knows
+                raise ServiceError(f"[device] port = {port!r}: {_first_line(exc)}") from None
+            except (serial.SerialException, OSError) as exc:
+                if not said:
+                    log.warning("device port %s: cannot open it (%s); retrying every %g..%g s", port,
+                                _first_line(exc), RECONNECT_FIRST_S, RECONNECT_MAX_S)
+                    said = True
+                self._wait_serving(wait)
+                wait = min(RECONNECT_MAX_S, wait * 2)
 
     def _open_control(self) -> None:
         address = getattr(getattr(self.cfg, "control", None), "address", None)
@@ -687,7 +703,8 @@ class Service:
         for alarm_id, at, source, kind, detail in rows:
             self._alarm_seen = alarm_id
             log.warning("alarm %s %s: %s", source, kind, detail)
-            self._alarms.append({"at": at, "source": source, "alarm": kind, "detail": detail})
+            when = _dt.datetime.fromtimestamp(at, _dt.timezone.utc).isoformat(timespec="milliseconds")
+            self._alarms.append({"at": when.replace("+00:00", "Z"), "source": source, "alarm": kind, "detail": detail})
         del self._alarms[:-20]
         if self.agent is not None and self.agent.boot_id is not None:
             self._device_alarms()

@@ -617,18 +617,20 @@ def test_check_dispatches_and_a_batch_not_running_is_refused_in_one_line(line):
     assert not rig.packs and rig.state != 2
 
 
-def test_a_device_of_another_schema_on_a_socket_url_is_refused_in_one_line(tmp_path):
-    """The port is a pyserial URL (a device behind a serial-to-TCP server): the service talks to it
-    and refuses a device built from another schema, in one line."""
+def test_a_device_of_another_schema_on_a_socket_url_is_waited_for_then_refused_in_one_line(tmp_path):
+    """The port is a pyserial URL (a device behind a serial-to-TCP server): the service waits for it
+    to come up, talks to it, and refuses a device built from another schema, in one line."""
     import socket
 
     from serialine.protocol.fastcodec import encode
     from serialine.protocol.schema import BY_NAME, PROTOCOL_VERSION, HelloStatus
 
-    server = socket.create_server(("127.0.0.1", 0))
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nobody listens there yet
     heard = []
 
-    def device():
+    def device(server):
         conn, _ = server.accept()
         conn.settimeout(10)
         reply = encode(BY_NAME["HELLO_REPLY"].msg_type, 0, 0, dict(
@@ -645,16 +647,22 @@ def test_a_device_of_another_schema_on_a_socket_url_is_refused_in_one_line(tmp_p
         except OSError:
             return
 
-    threading.Thread(target=device, daemon=True).start()
     db = tmp_path / "serialine.db"
     batch = make_batch(db)
     with SimCoder() as coder, SimCamera() as camera:
         cfg = tmp_path / "line.toml"
-        cfg.write_text(LINE_FILE.format(port="socket://127.0.0.1:%d" % server.getsockname()[1], cpm=CPM,
-                                        coder="%s:%d" % coder.address, camera="%s:%d" % camera.address, db=db,
-                                        gate_at=400.0, upstream=""))
-        rc, _, err = run_cli("agent", "run", "--config", str(cfg), "--batch", batch)
+        cfg.write_text(LINE_FILE.format(port=f"socket://127.0.0.1:{port}", cpm=CPM, coder="%s:%d" % coder.address,
+                                        camera="%s:%d" % camera.address, db=db, gate_at=400.0, upstream=""))
+        agent = Agent(cfg, batch)
+        try:
+            agent.wait_log(rf"WARNING device port socket://127.0.0.1:{port}: cannot open it .*; retrying every 1..30 s")
+            server = socket.create_server(("127.0.0.1", port))
+            threading.Thread(target=device, args=(server,), daemon=True).start()
+            rc = agent.proc.wait(20)
+            agent._t.join(2)
+        finally:
+            agent.kill()
     server.close()
-    errors = [ln for ln in err.splitlines() if " ERROR " in ln]
-    assert rc == 1 and heard and "Traceback" not in err, err
-    assert len(errors) == 1 and "device schema fingerprint 0x12345678" in errors[0] and "refusing" in errors[0], err
+    errors = [ln for ln in agent.lines if " ERROR " in ln]
+    assert rc == 1 and heard and "Traceback" not in agent.log, agent.log
+    assert len(errors) == 1 and "device schema fingerprint 0x12345678" in errors[0] and "refusing" in errors[0], agent.log
