@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
     "frames": ("serialine.tools.frames", "main", "decode a captured or live link byte stream into frames, flagging errors"),
     "opcua": ("serialine.host.opcua.cli", "main", "OPC UA: serve the ledger's serial pools (OPEN-SCS); users file"),
+    "console": ("serialine.host.console.cli", "main", "the operator and QA console in a browser: line, batch records, signatures, audit, trends"),
     "bench": ("serialine.tools.bench", "main", "benchmarks: protocol | firmware | host | epcis | line | link | verify"),
 }
 
