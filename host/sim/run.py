@@ -40,6 +40,16 @@ LOCK_NAME = ".serialine-sim.lock"
 
 HOST_RESTART_MS = 300  # virtual time the host stays away after a kill -9 before it is back
 TERM_WAIT_S = 20.0  # wall time a SIGTERMed service gets to leave in order before SIGKILL
+CODER_HOLD_S = 0.5  # wall time virtual time holds at a coder trigger for the host to load its job
+
+
+def _wait_for(ready, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.0005)
+    return True
 
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
@@ -131,7 +141,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     device = host = None
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "host_terms": 0, "device_reboots": 0,
-             "camera_drops": 0, "operator_clears": 0}
+             "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0}
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
@@ -297,6 +307,19 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     bin_empty_at = None
     wall_limit = time.monotonic() + 120 + s.units * 0.5
     owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
+    coder = line.coder
+
+    def emit(outputs):
+        for name, level, te in outputs:
+            # a coder whose driver loads each job on its own clock (Videojet: after counting the
+            # last print) holds virtual time at its trigger until the host has loaded the next
+            if (name == "coder" and not realtime and getattr(coder, "loaded", True) is False
+                    and host.present and not relay.dark):
+                stats["coder_waits"] += 1
+                if not _wait_for(lambda: coder.loaded, CODER_HOLD_S):
+                    stats["coder_wait_timeouts"] += 1
+            line.output(name, level, te)
+
     try:
         while not line.done:
             if time.monotonic() > wall_limit:
@@ -334,8 +357,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 faults = plan.due(detected) if e.name == "photo_eye" and not e.level else []
                 if faults:  # the device sees the world up to this edge before the fault strikes
                     at = device.pos_at(e.t_us, line.t, line.encoder)
-                    for name, level, te in device.step(e.t_us, at, edges[seen:k + 1]):
-                        line.output(name, level, te)
+                    emit(device.step(e.t_us, at, edges[seen:k + 1]))
                     seen = k + 1
                 for kind, arg in faults:
                     fired_at, fired_t = time.monotonic(), line.t
@@ -353,8 +375,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)
-            for name, level, te in device.step(line.t, line.encoder, edges[seen:]):
-                line.output(name, level, te)
+            emit(device.step(line.t, line.encoder, edges[seen:]))
             owed += len(camera.deliver(line.t))
             # the operator: a line the device stopped (bin full, unconfirmed reject, ...) gets the
             # bin emptied if full and the alarm cleared, a second later

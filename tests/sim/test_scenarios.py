@@ -135,7 +135,7 @@ def test_a_reboot_in_an_outage_does_not_deadlock_the_simulator(tmp_path, faults)
 
 def test_a_keyence_reader_and_the_serialine_coder_drop_in(tmp_path):
     """Any reader emulator is a drop-in for SimCamera: the same line, the agent on its driver."""
-    s = sc.Scenario(name="keyence", units=60, seed=4, defects=sc.ScenarioDefects(misprint=0.05),
+    s = sc.Scenario(name="keyence", units=60, seed=4, defects=sc.ScenarioDefects(misprint=0.1),
                     camera=sc.ScenarioCamera(driver="keyence-sr"))
     r = run(s, out=tmp_path)
     broken = {k: v for k, v in r["invariants"].items() if not v}
