@@ -117,6 +117,8 @@ class Layout:
     clock_window: np.ndarray  # dark clock module (top track, then right) × window: position along its track
     clock_u: np.ndarray  # dark clock module × window × across: the points sampled around it
     clock_v: np.ndarray
+    fit_design: np.ndarray  # clock module × (a_u, b_u, a_v, b_v): the regular grid's positions
+    fit_solve: np.ndarray  # its least-squares solution operator: (a_u, b_u, a_v, b_v) = fit_solve @ centres
 
 
 def placement(nrow: int, ncol: int) -> np.ndarray:
@@ -247,10 +249,18 @@ def layout(n: int) -> Layout:
                   np.concatenate([np.full(len(f), i) for i, f in enumerate(flat)]), np.array([len(f) for f in flat]),
                   rs_order, np.arange(width - 1, -1, -1), np.pad(fixed, 1, constant_values=True).ravel(),
                   np.pad(dark, 1).ravel(), np.arange(1, ec_cw // blocks + 1)[:, None] * np.arange(width - 1, -1, -1),
-                  *_clock_points(n, top_dark, right_dark))
+                  *_clock_points(n, top_dark, right_dark), *_grid_fit(top_dark, right_dark))
 
 
-def _clock_points(n: int, top: np.ndarray, right: np.ndarray):
+def _grid_fit(top: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    k, m = len(top), len(right)
+    design = np.zeros((k + m, 4))
+    design[:k, 0], design[:k, 1] = 1.0, top + 0.5  # column centre = a_u + b_u · (c + ½)
+    design[k:, 2], design[k:, 3] = 1.0, right + 0.5  # row centre = a_v + b_v · (r + ½)
+    return design, np.linalg.pinv(design)
+
+
+def _clock_points(n: int, top: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     along = np.concatenate([top, right])[:, None] + 0.5 + _WIN
     k = len(top)
     u = np.empty(along.shape + (len(_ACROSS),))
@@ -345,13 +355,6 @@ def _sample(img: np.ndarray, x, y, inside: bool) -> np.ndarray:
     return img.ravel().take(yi * w + xi)
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Least-squares y = a + b·x."""
-    xm, ym = x.sum() / len(x), y.sum() / len(y)
-    b = float(((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum())
-    return float(ym - b * xm), b
-
-
 _UEC_UP = np.array(_UEC[::-1])
 _FPD_UP = np.array(_FPD)  # already ascending: lower is better
 
@@ -410,18 +413,17 @@ def grade(image: np.ndarray, decoded: Decoded | None = None, *, inverted: bool =
     w = np.maximum(gt0 - samples, 0).sum(axis=2)
     tot = w.sum(axis=1)
     centre = np.where(tot > 0, (w * lay.clock_window).sum(axis=1) / np.maximum(tot, 1e-9), lay.clock_window[:, 9])
-    cu, cv = centre[:len(lay.clock_top)], centre[len(lay.clock_top):]
-    au, bu = _line(lay.clock_top + 0.5, cu)
-    av, bv = _line(lay.clock_right + 0.5, cv)
+    fit = lay.fit_solve @ centre
+    au, bu, av, bv = fit.tolist()
+    off = np.abs(centre - lay.fit_design @ fit)  # each clock module's distance from the regular grid
     ucol, vrow = au + bu * idx, av + bv * idx
     # module pitch in pixels along each axis at the clock tracks (the map is linear in u at a fixed v)
     xs = bu * float(np.hypot(at.b[0] + at.d[0] * 0.5, at.b[1] + at.d[1] * 0.5))
     ys = bv * float(np.hypot(at.c[0] + at.d[0] * (n - 0.5), at.c[1] + at.d[1] * (n - 0.5)))
     pitch = (xs + ys) / 2
     an = abs(xs - ys) / pitch
-    dev_u = np.abs(cu - (au + bu * (lay.clock_top + 0.5))).max(initial=0) * xs / max(bu, 1e-9)
-    dev_v = np.abs(cv - (av + bv * (lay.clock_right + 0.5))).max(initial=0) * ys / max(bv, 1e-9)
-    gn = float(max(dev_u, dev_v) / pitch)
+    k = len(lay.clock_top)
+    gn = max(float(off[:k].max()) * xs / max(bu, 1e-9), float(off[k:].max()) * ys / max(bv, 1e-9)) / pitch
 
     # every module (and the quiet-zone ring) through the synthetic aperture
     x, y = at(ucol[None, :], vrow[:, None])
