@@ -1,0 +1,1 @@
+"""The operator and QA console, `serialine console` (docs/console.md)."""
