@@ -375,6 +375,24 @@ class ControlSettings:
         return _host_port(self.address, allow_zero=True)[1]
 
 
+def _opcua_endpoint(v: str) -> str:
+    from urllib.parse import urlparse
+    u = urlparse(v)
+    if u.scheme != "opc.tcp" or not u.hostname or u.port is None:
+        raise ValueError("must be opc.tcp://HOST:PORT")
+    return v
+
+
+@dataclass(frozen=True)
+class OpcuaSettings:
+    """[opcua]: the service also serves OPC UA (PackML for the line, OPEN-SCS pools; docs/opcua.md)."""
+    endpoint: str = _k("", doc="opc.tcp://HOST:PORT to listen on", check=_opcua_endpoint, required=True)
+    users: str = _k("", doc="users file (serialine opcua user add): names, roles, scrypt hashes", check=_path,
+                    required=True)
+    pki: str = _k("", doc="folder of the application certificate (default: LEDGER.opcua-pki)")
+    anonymous: bool = _k(False, doc="let anonymous clients in, as viewers")
+
+
 @dataclass(frozen=True)
 class LineConfig:
     path: str
@@ -387,11 +405,12 @@ class LineConfig:
     upstream: tuple[Target, ...] = ()
     ledger: str = ""  # the ledger's path ([ledger] path)
     control: ControlSettings = field(default_factory=ControlSettings)
+    opcua: OpcuaSettings | None = None  # [opcua] given: the service serves OPC UA
 
 
 SECTIONS = {"identity": Identity, "device": DeviceSettings, "line": Geometry, "coder": CoderSettings,
             "camera": CameraSettings, "agent": AgentSettings, "upstream": Target, "ledger": LedgerSettings,
-            "control": ControlSettings}
+            "control": ControlSettings, "opcua": OpcuaSettings}
 REQUIRED_SECTIONS = ("identity", "device", "line", "coder", "camera", "ledger")
 # Keys that would hold a secret: refused wherever they appear (only references to one are allowed).
 _SECRET = re.compile(r"(?i)(^|[_.-])(pass(word|wd|phrase)?|token|secret|api_?key|auth(orization)?|bearer|"
@@ -893,6 +912,8 @@ def to_toml(cfg: LineConfig) -> str:
         parts += ["", "[[upstream]]", *_toml_table(t)]
     parts += ["", "[ledger]", f"path = {_toml_value(cfg.ledger)}"]
     parts += ["", "[control]", *_toml_table(cfg.control)]
+    if cfg.opcua is not None:
+        parts += ["", "[opcua]", *_toml_table(cfg.opcua)]
     return "\n".join(parts) + "\n"
 
 
