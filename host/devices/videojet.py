@@ -11,7 +11,8 @@ a print with nothing fresh loaded printed the field's old data again, i.e. no jo
 agent stops the line as for an EMPTY). The next job is loaded at once, and `GST` asked right
 after: a print counted then may have used either the old or the new data (`printed_codes` says
 None, alarm PRINT_IN_DOUBT; the agent's cross-check fails that unit and resets the coder). The
-total count survives a lost connection, so prints made meanwhile are still counted.
+total count survives a lost connection, so prints made meanwhile are still counted once the owner
+(the agent's next request, or the service) has reconnected: the poller never reconnects by itself.
 
 A JDA with no reply leaves it unknown whether the data changed: the push raises InDoubt and the
 next print is reported as in doubt. `ERR` to a push's JDA is a definite refusal (nothing queued);
@@ -82,12 +83,13 @@ class VideojetCoder(LineClient):
         self.epoch = 0
         self._codes: collections.deque = collections.deque()
         self.status: Status | None = None
+        self._poll_thread = threading.Thread(target=self._poller, daemon=True, name="videojet-poll")
         super().__init__(host, port, timeout)
         with self._q:
             if job:
                 self._ok(f"SLA|{job}|", "job select")
             self.clear()
-        threading.Thread(target=self._poller, daemon=True, name="videojet-poll").start()
+        self._poll_thread.start()
 
     # --- connection ------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -96,6 +98,13 @@ class VideojetCoder(LineClient):
             self.sock.sendall(b"\r")  # the manual: a CR first resets the printer's parser
         except (OSError, AttributeError):
             pass
+
+    def _request(self, line: str, expect: str) -> str:
+        if self.closed and threading.current_thread() is self._poll_thread:
+            # a lost connection is reopened by the owner (the agent's next request, or the service's
+            # reconnect with backoff), never behind its back by the poller
+            raise DeviceError(f"{self.name}: connection lost")
+        return super()._request(line, expect)
 
     def _ok(self, command: str, what: str, idempotent: bool = False) -> None:
         if self.request(command, "ACK|ERR", idempotent=idempotent) != "ACK":
@@ -184,14 +193,13 @@ class VideojetCoder(LineClient):
     def _poller(self) -> None:
         while not self.shut:
             time.sleep(self.poll_s)
+            if self.closed:
+                continue  # the owner reconnects; prints meanwhile are counted at the next GST
             try:
                 self._poll_once()
             except DeviceError as exc:
-                if self.shut:
-                    return
-                self.alarm("POLL_FAILED", str(exc))
-                if self.closed:
-                    time.sleep(1.0)  # reconnects at the next request (LineClient), at most once a second
+                if not self.shut and not self.closed:
+                    self.alarm("POLL_FAILED", str(exc))
 
     # --- the coder interface ---------------------------------------------------------------------------
     def _held(self) -> int:

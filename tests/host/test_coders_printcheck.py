@@ -120,7 +120,7 @@ def test_a_clean_run_and_a_dropped_coder_connection_give_no_false_alarm(conn):
         link.event("UNIT_INSPECTED", unit_seq=4, pos=0, t_us=0)
         link.event("UNIT_OUTCOME", unit_seq=4, outcome=int(Outcome.REJECTED_CONFIRMED), reason=int(Reason.CORRELATION),
                    gate_error=0, pos=0, t_us=0)
-        assert _until(agent, lambda: any(n == "VERDICT" and f["unit_seq"] == 4 for n, f in link.sent), timeout=2)
+        assert _until(agent, lambda: any(n == "VERDICT" and f["unit_seq"] == 4 for n, f in link.sent))
         assert [one_unit(agent, link, sc, scam, u) for u in (5, 6)] == [(Verdict.PASS, Reason.OK)] * 2
         assert agent.printcheck.unverified == 1 and agent.printcheck.checked == 6 and agent.printcheck.armed
         assert not _alarms(conn, "PRINT_MISMATCH")

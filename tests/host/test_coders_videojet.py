@@ -130,7 +130,8 @@ def test_a_dropped_connection_loses_no_print_and_the_next_request_reconnects():
             c.push(CODE.format(2))
             emu.drop()
             emu.trigger(0)  # printed while the host was away: the total count keeps it
-            assert _wait(lambda: c.printed == 1, timeout=5)
+            assert _wait(lambda: c.closed) and c.printed == 0  # the poller does not reconnect behind the owner
+            assert c.buffered() == 1 and c.printed == 1  # the owner's next request reconnects and counts it
             assert [x for _, x in c.printed_codes()] == [CODE.format(1)]
             assert _wait(lambda: emu.fields["SERIAL"] == CODE.format(2), timeout=5) and not c.closed
             kinds = {k for k, _ in c.alarms()}
