@@ -288,7 +288,8 @@ _BITS = 1 << np.arange(7, -1, -1)
 def rs_valid(dark_flat: np.ndarray, lay: Layout) -> bool:
     """Do the modules as sampled form a valid Reed–Solomon codeword in every block (all syndromes 0)?
     Then they are the nominal pattern: the only codeword within the correction radius of what was read."""
-    values = np.append(dark_flat[lay.cw_modules] @ _BITS, 0)[lay.rs_order]  # block × position
+    values = dark_flat[lay.cw_modules] @ _BITS
+    values = (np.append(values, 0) if lay.rs_order.min() < 0 else values)[lay.rs_order]  # block × position
     terms = _EXP[(_LOG[values][:, None, :] + lay.rs_exps) % 255]
     terms = np.where(values[:, None, :] != 0, terms, 0)
     return not np.bitwise_xor.reduce(terms, axis=2).any()
