@@ -68,6 +68,9 @@ def test_scenario_holds_its_invariants(name, tmp_path):
     if name == "vendor-drivers":  # the service saw the reader go and come back, and left in order once
         assert r["run"]["camera_drops"] == 1 and r["run"]["host_terms"] == 1
         assert r["alarms"].get("camera_back", 0) >= 1, r["alarms"]
+        log = (tmp_path / "serialine.agent.log").read_text()
+        assert log.count("stopping: line stop sent") == 2 and log.count(": running it") == 2, log
+        assert "driver dataman" in log and "driver videojet" in log and "Traceback" not in log
     # after the run the simulated operator settled every unknown outcome (a person's decision)
     assert r["unresolved"] == 0
     resolved = r["run"]["operator_resolutions"]
