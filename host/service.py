@@ -694,6 +694,10 @@ class Service:
             "alarms": self._alarms[-20:],
             "outbox": self._figures.get("outbox", {}),
             "stopping": self.stopping,
+            # for the console (host/console/): belt speed, verdict latency of the last 500 verdicts vs the budget
+            "speed_mm_s": _speed_mm_s(st, self.cfg),
+            "verdict_latency_ms": self._figures.get("verdict_latency_ms", {}),
+            "budget_ms": self._figures.get("budget_ms"),
         })
 
     def _read_alarms(self) -> None:
@@ -717,6 +721,12 @@ class Service:
                                     " GROUP BY 1", (batch_id,)).fetchall())
             counts["detected"] = sum(counts.values())
             self._figures["counts"] = counts
+            if "budget_ms" not in self._figures:
+                self._figures["budget_ms"] = _budget_ms(self.cfg)
+            ms = sorted(1000 * x for x in self.agent.verdict_latency_s[-500:])
+            if ms:
+                self._figures["verdict_latency_ms"] = {"p50": round(ms[len(ms) // 2], 3), "n": len(ms),
+                                                       "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3)}
         from .epcis import outbox
         try:
             self._figures["outbox"] = outbox.counts(c)
@@ -775,6 +785,20 @@ class Service:
         (n,) = self.conn.execute("SELECT COUNT(*) FROM unit WHERE device_id=? AND boot_id=? AND outcome IS NULL",
                                  (a.device_id, a.boot_id)).fetchone()
         return n
+
+
+def _speed_mm_s(st: dict, cfg) -> float | None:
+    cpm = getattr(getattr(cfg, "geometry", None), "counts_per_mm", None)
+    return round(st["speed_cps"] / cpm, 1) if cpm and isinstance(st.get("speed_cps"), int) else None
+
+
+def _budget_ms(cfg) -> float | None:
+    from . import linefile
+    try:
+        budget = linefile.decision_budget_ms(cfg)
+    except Exception:  # a line file the device would refuse has no budget to show
+        return None
+    return round(budget, 3) if budget != float("inf") else None
 
 
 def _conn_state(w: Watched | None) -> str:
