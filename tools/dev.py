@@ -6,7 +6,7 @@
 
 It makes `.venv` beside the repository, installs the project with its test extras (only when
 pyproject.toml changed since the last install), installs the Debian packages the tests need
-(mosquitto, socat) when it runs as root and they are missing, then runs the job inside the venv.
+(mosquitto, socat, chromium, poppler-utils) when it runs as root and they are missing, then runs the job inside the venv.
 Only the standard library is used here: this runs before anything is installed.
 """
 
@@ -22,7 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / "bin"
-APT_PACKAGES = {"mosquitto": "/usr/sbin/mosquitto", "socat": "/usr/bin/socat"}
+# Debian's chromium is the browser Playwright drives in tests/console/ (Playwright's own download is not
+# reachable); poppler-utils' pdftotext reads the console's PDF batch record back
+APT_PACKAGES = {"mosquitto": "/usr/sbin/mosquitto", "socat": "/usr/bin/socat", "chromium": "/usr/bin/chromium",
+                "poppler-utils": "/usr/bin/pdftotext"}
 
 
 def say(msg: str) -> None:
