@@ -140,6 +140,25 @@ def test_a_dropped_connection_loses_no_print_and_the_next_request_reconnects():
             c.close()
 
 
+def test_stray_replies_never_shift_what_is_reported_printed():
+    """An unsolicited ACK after every print (answering no request): the driver reconnects before its
+    next request and every print is still reported, in order."""
+    with VideojetEmu(stray_reply=1.0) as emu:
+        c = VideojetCoder(*emu.address, poll_s=0.005)
+        try:
+            codes = [CODE.format(i) for i in range(5)]
+            for x in codes:
+                c.push(x)
+            for i in range(5):
+                assert _wait(lambda: emu.depth == 1)
+                emu.trigger(i)
+                assert _wait(lambda: c.printed == i + 1)
+            assert [x for _, x in c.printed_codes()] == codes and c.empty == 0
+            assert emu.faults["stray_reply"] == 5 and "UNEXPECTED_REPLY" in {k for k, _ in c.alarms()}
+        finally:
+            c.close()
+
+
 def test_printer_state_and_faults_are_alarms():
     with VideojetEmu() as emu:
         c = VideojetCoder(*emu.address, poll_s=0.005)
