@@ -42,6 +42,7 @@ except ImportError:  # before the simulator's rename
 SERIALINE = str(Path(sys.executable).with_name("serialine"))
 GTIN = "09506000134352"
 OPERATOR = "op-otto"
+MAX_TICK_US = 15_000  # the longest the belt moves between two scans (9 counts here; the gate's half window is 60)
 
 SCENARIO = """\
 name = "agent-e2e"
@@ -159,8 +160,8 @@ class ServiceProc:
 
 class World(threading.Thread):
     """The physical line on the wall clock: belt, packs, photo-eye, coder and camera triggers, gate,
-    confirm sensor; the device scanned in lockstep with it. The belt moves only once the device has
-    run (the drive's permissive), then follows the device's stop output."""
+    confirm sensor; the device scanned in lockstep with it (its clock is the line's). The belt moves
+    only once the device has run (the drive's permissive), then follows the device's stop output."""
 
     def __init__(self, s, workdir: Path, coder, camera):
         super().__init__(daemon=True)
@@ -180,7 +181,7 @@ class World(threading.Thread):
 
     def run(self):
         line, device = self.line, self.device
-        t0 = time.monotonic() - line.t / 1e6
+        last = time.monotonic()
         try:
             while not self._quit.is_set():
                 with self.lock:
@@ -189,7 +190,11 @@ class World(threading.Thread):
                             self.ran, line.line_stop = True, False
                         else:
                             line.line_stop, line.run_factor = True, 0.0
-                    t = max(line.t + 1, int((time.monotonic() - t0) * 1e6))
+                    # the line's clock follows the wall clock, but a tick this machine was late
+                    # with pauses the line rather than jump the belt past the gate unscanned
+                    now = time.monotonic()
+                    t = line.t + max(1, min(MAX_TICK_US, int((now - last) * 1e6)))
+                    last = now
                     t_was, belt_was = line.t, line.belt
                     edges = line.advance(t)
                     self.ticks.tick(line.t - t_was, line.belt - belt_was, line)
