@@ -293,6 +293,7 @@ class Service:
         self.camera: Any = None  # Watched
         self.agent: Any = None  # host/agent.py Agent, once a batch is selected
         self.control: Any = None
+        self.opcua: Any = None  # host/opcua/server.py Background, with [opcua]
         self.forwarding: Forwarding | None = None
         self.stopping = False
         self.boot_id: int | None = None  # the boot the service has handled (configured or resumed)
@@ -341,6 +342,7 @@ class Service:
         self.conn = _open_ledger(cfg.ledger)
         self._alarm_seen = self.conn.execute("SELECT COALESCE(MAX(alarm_id), 0) FROM alarm_log").fetchone()[0]
         self._open_control()
+        self._open_opcua()
         self.forwarding = Forwarding(cfg.ledger, cfg.upstream)
         self.forwarding.start()
         self.link = self._open_link(HostLink)
@@ -372,6 +374,23 @@ class Service:
         from .control import ControlServer
         self.control = ControlServer.at(address)
         log.info("control interface on http://%s", self.control.address)
+
+    def _open_opcua(self) -> None:
+        """[opcua]: PackML for the line (on the control interface) and the ledger's OPEN-SCS pools, in
+        their own thread with their own ledger connection (docs/opcua.md)."""
+        spec = getattr(self.cfg, "opcua", None)
+        if spec is None:
+            return
+        from .opcua.server import Background
+        conn = _open_ledger(self.cfg.ledger)
+        try:
+            self.opcua = Background(conn, spec.endpoint, spec.users, spec.pki or f"{self.cfg.ledger}.opcua-pki",
+                                    anonymous=spec.anonymous,
+                                    control=self.control.address if self.control is not None else None).start()
+        except (ValueError, OSError) as exc:
+            conn.close()
+            raise ServiceError(f"[opcua] {_first_line(exc)}") from None
+        self.opcua.conn = conn
 
     def _open_driver(self, kind: str, spec) -> Watched:
         """Open it, waiting with backoff (the control interface answers meanwhile)."""
@@ -406,6 +425,9 @@ class Service:
             raise Stop()
 
     def _close(self) -> None:
+        if self.opcua is not None:
+            self.opcua.stop()
+            self.opcua.conn.close()
         if self.control is not None:
             self._publish(force=True, ready=False)
             self.control.close()
