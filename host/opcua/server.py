@@ -99,8 +99,11 @@ class Served:
     pools: openscs.PoolManager
     endpoint: str
     idx: int
+    packml: object = None
 
     async def stop(self) -> None:
+        if self.packml is not None and self.packml.task is not None:
+            self.packml.task.cancel()
         await self.server.stop()
 
 
@@ -122,8 +125,9 @@ def _val(v):
 
 
 async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *, anonymous: bool = False,
-                max_requestable: int = openscs.MAX_SN_REQUESTABLE) -> Served:
-    """Build and start the server on `endpoint` (opc.tcp://HOST:PORT[/path]); → Served."""
+                max_requestable: int = openscs.MAX_SN_REQUESTABLE, control: str | None = None) -> Served:
+    """Build and start the server on `endpoint` (opc.tcp://HOST:PORT[/path]); with `control` (the
+    agent's control interface address) also the line's PackML object; → Served."""
     url = urlparse(endpoint)
     if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
         raise OpcuaError(f"endpoint {endpoint!r}: expected opc.tcp://HOST:PORT")
@@ -149,10 +153,17 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     pools = openscs.PoolManager(conn, max_requestable)
     pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(15032, scs))
     await _bind_pool_manager(server, pm, pools, scs)
+    packml = None
+    if control is not None:
+        from .packml import PackML
+        packml = PackML(server, idx, control, caller, CHANGING)
+        await packml.build()
     await server.start()
+    if packml is not None:
+        packml.start()
     log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),
              ", anonymous viewers" if anonymous else "")
-    return Served(server, pools, endpoint, idx)
+    return Served(server, pools, endpoint, idx, packml)
 
 
 async def _complete_sn_collection(server: Server, scs: int) -> None:
