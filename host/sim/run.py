@@ -161,6 +161,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
         line.unprinted()
         _drain(line, device, db_path, batch_id)
         host.stop(device)
+        stats["operator_refused"] = len(host.refusals)  # clears the service refused (said why in its log)
         printed = [p.printed for p in line.packs if p.printed]
     finally:
         for part in (device, host):
