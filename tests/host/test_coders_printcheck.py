@@ -200,3 +200,36 @@ def test_a_busy_ledger_only_delays_the_pairing(conn):
         assert _until(agent, lambda: agent.printcheck.checked == 3)
         assert not _alarms(conn, "PRINT_MISMATCH") and agent.printcheck.armed
         agent.coder.close(); agent.camera.close()
+
+
+def test_a_restarted_agent_compares_nothing_until_its_clear(conn):
+    """The agent dies; the line prints two packs meanwhile (their reports went to the dead agent's
+    connection). The new agent resumes the boot: the bindings of those prints are not compared, the
+    check arms at the resume's CLEAR and the next print is checked: no false alarm."""
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        first = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.2)
+        first.start()
+        assert scam.connected.wait(2)
+        assert [one_unit(first, link, sc, scam, u) for u in range(2)] == [(Verdict.PASS, Reason.OK)] * 2
+        first.coder.close(); first.camera.close(); first.release()
+        for u in (2, 3):
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            sc.trigger(u * 1000)
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+            link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 6}
+        scam.connected.clear()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.2)
+        agent.start()
+        assert agent.resuming and not agent.printcheck.armed
+        agent.step(0)
+        for u in (2, 3):
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(Outcome.REJECTED_CONFIRMED),
+                       reason=int(Reason.CORRELATION), gate_error=0, pos=0, t_us=0)
+        _finish_resume(agent, link)
+        assert agent.printcheck.armed and agent.printcheck.checked == 0
+        assert scam.connected.wait(2)
+        assert one_unit(agent, link, sc, scam, 4) == (Verdict.PASS, Reason.OK)
+        assert agent.printcheck.checked == 1 and not _alarms(conn, "PRINT_MISMATCH")
+        agent.coder.close(); agent.camera.close()
