@@ -434,7 +434,12 @@ def verify(conn: sqlite3.Connection, anchors=(), strict: bool = False) -> tuple[
     tail = f", {n - newest} record(s) after the newest anchor" if anchors and n > newest else ""
     return True, n, (f"audit log intact: {n} records, head {head(conn)}; {len(anchors)} anchor(s) found{tail};"
                      f" sealed tables match; {events} outbox eventIDs match their bodies;"
-                     " serial states follow their history, passed units their device's word")
+                     " serial states follow their history, passed units their device's word"
+                     + (f"; {signed} signature(s) match their records" if (signed := _signatures(conn)) else ""))
+
+
+def _signatures(conn) -> int:
+    return conn.execute("SELECT count(*) FROM signature").fetchone()[0] if _has(conn, "signature") else 0
 
 
 def _verify_signatures(conn) -> str | None:

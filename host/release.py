@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import sqlite3
 
-from . import gs1, reconcile, signatures, users
+from . import gs1, reconcile, signatures
 from .masterdata import get_batch
 
 # markets whose batch data must be delivered upstream before release (EU FMD, Delegated Regulation
@@ -147,14 +147,14 @@ def review(conn: sqlite3.Connection, batch_id: str, user_name: str, password: st
            reason: str | None = None) -> signatures.Signature:
     """QA signs the closed batch's record "reviewed"."""
     def check(conn, user, digest):
-        users.require(user, "batch.review")
         _closed(conn, batch_id, "reviewed")
         st = status(conn, batch_id)
         if st["released"]:
             raise ReleaseError(f"batch {batch_id} is already released ({st['released']['manifestation']})")
         if st["reviewed"]:
             raise ReleaseError(f"batch {batch_id} is already reviewed ({st['reviewed']['manifestation']})")
-    return signatures.sign(conn, user_name, password, "reviewed", "batch", batch_id, reason=reason, check=check)
+    return signatures.sign(conn, user_name, password, "reviewed", "batch", batch_id, reason=reason,
+                           action="batch.review", check=check)
 
 
 def pending_events(conn: sqlite3.Connection, batch_id: str) -> int:
@@ -167,7 +167,6 @@ def release(conn: sqlite3.Connection, batch_id: str, user_name: str, password: s
     """A second person signs the reviewed batch "released" — refused if they reviewed it, if the
     record changed since, or (a market that wants the data first) while events wait in the outbox."""
     def check(conn, user, digest):
-        users.require(user, "batch.release")
         b = _closed(conn, batch_id, "released")
         current = signatures.of(conn, "batch", batch_id)
         if any(s.meaning == "released" for s in current):
@@ -185,4 +184,5 @@ def release(conn: sqlite3.Connection, batch_id: str, user_name: str, password: s
             if pending:
                 raise ReleaseError(f"batch {batch_id} waits for the outbox: {pending} EPCIS event(s) not yet delivered"
                                    f" upstream ({b.market} wants the batch's data before release; serialine outbox)")
-    return signatures.sign(conn, user_name, password, "released", "batch", batch_id, reason=reason, check=check)
+    return signatures.sign(conn, user_name, password, "released", "batch", batch_id, reason=reason,
+                           action="batch.release", check=check)

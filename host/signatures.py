@@ -73,16 +73,19 @@ def record_hash(conn: sqlite3.Connection, kind: str, record_id: str) -> str:
 
 
 def sign(conn: sqlite3.Connection, user_name: str, password: str, meaning: str, record_kind: str, record_id: str,
-         *, reason: str | None = None, check=None) -> Signature:
+         *, reason: str | None = None, action: str | None = None, check=None) -> Signature:
     """Authenticate `user_name` again with `password` (a failure is audited and raises AuthError),
-    then, in one transaction, `check(conn, user, content_sha256)` (may raise to refuse), the audit
-    record and the signature row. Call outside a transaction."""
+    check the role may do `action` (users.PERMISSIONS; a refusal is audited), then, in one
+    transaction, `check(conn, user, content_sha256)` (may raise to refuse), the audit record and the
+    signature row. Call outside a transaction."""
     if meaning not in MEANINGS:
         raise SignatureError(f"meaning {meaning!r}: one of {', '.join(MEANINGS)}")
     module = _module(record_kind)
     if reason is not None:
         reason = audit.check_reason(reason)
     user = users.authenticate(conn, user_name, password, purpose=f"signature {meaning} {record_kind} {record_id}")
+    if action is not None:
+        users.refuse(conn, user, action)
     with transaction(conn):
         digest = content_sha256(module.record_content(conn, record_id))
         if check is not None:
@@ -99,7 +102,7 @@ def sign(conn: sqlite3.Connection, user_name: str, password: str, meaning: str, 
         seq = int(audit.head(conn).split(":")[0])
         cur = conn.execute(f"INSERT INTO signature ({', '.join(_FIELDS)}, audit_seq) VALUES ({', '.join('?' * 10)})",
                            (*fields.values(), seq))
-        return Signature(cur.lastrowid, **fields, audit_seq=seq)
+        return Signature(int(cur.lastrowid or 0), **fields, audit_seq=seq)
 
 
 def _voids(conn) -> dict:

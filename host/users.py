@@ -103,9 +103,9 @@ def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int
 
 def check_password(password: str, stored: str) -> bool:
     try:
-        kind, n, r, p, salt, key = stored.split("$")
-        n, r, p = int(n), int(r), int(p)
-        salt, key = base64.b64decode(salt), base64.b64decode(key)
+        kind, n_, r_, p_, salt_, key_ = stored.split("$")
+        n, r, p = int(n_), int(r_), int(p_)
+        salt, key = base64.b64decode(salt_), base64.b64decode(key_)
     except ValueError:
         return False
     if kind != "scrypt":
@@ -155,6 +155,13 @@ def _row(row) -> User:
 def get(conn: sqlite3.Connection, name: str) -> User | None:
     row = conn.execute("SELECT * FROM users WHERE name=?", (name,)).fetchone()
     return _row(row) if row else None
+
+
+def _existing(conn: sqlite3.Connection, name: str) -> User:
+    user = get(conn, name)
+    if user is None:
+        raise UserError(f"no user {name}")
+    return user
 
 
 def all_users(conn: sqlite3.Connection) -> list[User]:
@@ -221,7 +228,7 @@ def add(conn: sqlite3.Connection, name: str, role, password: str, *, by: str, re
             raise
         audit.append(conn, by, "user.add", {"name": name, "full_name": full_name, "role": role.value,
                                             "first": first, "reason": reason})
-    return get(conn, name)
+    return _existing(conn, name)
 
 
 def _acting_admin(conn, by: str) -> None:
@@ -239,7 +246,7 @@ def _change(conn, name: str, by: str, action: str, detail: dict, sql: str, args:
             raise UserError(f"no user {name}")
         conn.execute(sql + ", changed_at=? WHERE name=?", (*args, _now_text(), name))
         audit.append(conn, by, action, {"name": name, **detail})
-        return get(conn, name)
+        return _existing(conn, name)
 
 
 def disable(conn: sqlite3.Connection, name: str, *, by: str, reason: str) -> User:
@@ -318,7 +325,7 @@ def authenticate(conn: sqlite3.Connection, name: str, password: str, *, purpose:
             error = None
     if error:
         raise AuthError(error)
-    return get(conn, name)
+    return _existing(conn, name)
 
 
 # --- the CLI's side: --user names an enabled user and proves it -------------------------------------
@@ -354,12 +361,24 @@ def act(conn: sqlite3.Connection, name: str, action: str) -> User | None:
                   " `serialine users add NAME --role admin --full-name ...` (docs/part11.md)", file=sys.stderr)
         _said_not_set_up = True
         return None
-    user = get(conn, name)
-    if user is None:  # audited as a failed login, without asking for a password
+    if get(conn, name) is None:  # audited as a failed login, without asking for a password
         authenticate(conn, name, "", purpose=action)
-    user = authenticate(conn, name, read_password(f"password for {name}: "), purpose=action)
-    if not may(user, action):
-        with transaction(conn):
-            audit.append(conn, name, "user.refused", {"name": name, "role": user.role.value, "action": action})
-        require(user, action)
+    return prove(conn, name, read_password(f"password for {name}: "), action)
+
+
+def prove(conn: sqlite3.Connection, name: str, password: str, action: str) -> User:
+    """`authenticate`, then `require(user, action)`; a refused action is audited too (`user.refused`).
+    For any front end that receives a name and a password (CLI, console, control interface)."""
+    user = authenticate(conn, name, password, purpose=action)
+    refuse(conn, user, action)
     return user
+
+
+def refuse(conn: sqlite3.Connection, user: User, action: str) -> None:
+    """Nothing if `user` may do `action`; else its `user.refused` record (committed) and AuthError."""
+    if not may(user, action):
+        if not conn.in_transaction:
+            with transaction(conn):
+                audit.append(conn, user.name, "user.refused", {"name": user.name, "role": user.role.value,
+                                                               "action": action})
+        require(user, action)

@@ -38,6 +38,8 @@ def test_qa_reviews_a_second_person_releases_and_nobody_does_both(tmp_path):
     assert r.returncode == 1 and r.stderr == "error: ann reviewed batch B1: a second person must release it\n"
     r = sign(path, "release", "olga")
     assert r.returncode == 1 and "olga (operator) may not do batch.release" in r.stderr
+    assert conn.execute("SELECT user, json_extract(detail, '$.action') FROM audit WHERE action='user.refused'"
+                        " ORDER BY seq").fetchall() == [("olga", "batch.review"), ("olga", "batch.release")]
     assert release.status(conn, "B1")["stage"] == "reviewed: awaiting release"
     r = sign(path, "release", "bob")
     assert r.returncode == 0 and "Released by Bob Jones (bob)" in r.stdout, r.stderr
