@@ -30,6 +30,10 @@ COMMANDS = {"Start": ("line.start", EXECUTE_TYPE), "Hold": ("line.stop", EXECUTE
             "Unhold": ("line.clear", EXECUTE_TYPE), "Reset": ("line.clear", EXECUTE_TYPE),
             "Stop": ("line.stop", MACHINE_TYPE), "Abort": ("line.stop", BASE_TYPE), "Clear": ("line.clear", BASE_TYPE)}
 COUNTERS = ("ProdProcessedCount", "ProdDefectiveCount")
+# UNECE Rec. 20 "H87" (piece), as OPC UA's EUInformation encodes a unit code
+PIECE = ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+                         UnitId=(ord("H") << 16) | (ord("8") << 8) | ord("7"), DisplayName=ua.LocalizedText("piece"),
+                         Description=ua.LocalizedText("packs"))
 
 
 def states(status: dict | None) -> tuple[str, str | None, str | None]:
@@ -110,7 +114,7 @@ class PackML:
             await self._write_state(key, name)
         for i, name in enumerate(COUNTERS, 1):
             await self.nodes[name].write_value(ua.Variant(
-                ua.PackMLCountDataType(ID=i, Name=name, Unit="packs", Count=figures[name], AccCount=figures[name]),
+                ua.PackMLCountDataType(ID=i, Name=name, Unit=PIECE, Count=figures[name], AccCount=figures[name]),
                 ua.VariantType.ExtensionObject))
         if self.shown is None or st != self.shown[0]:
             log.info("opcua: PackML state %s", "/".join(x for x in st if x))
