@@ -281,8 +281,8 @@ class Console:
             text = f"{which} sent by {u.name}" + (" (held until the agent's resume is done)" if reply.get("held") else "")
         except Refused as exc:
             text = str(exc)
-        return self.render(request, "_message.html", {"ok": ok, "text": text}, status=200 if ok else 409,
-                           session=s)
+        # 200 either way: htmx swaps in only a 2xx answer, and the refusal is what the operator must read
+        return self.render(request, "_message.html", {"ok": ok, "text": text}, session=s)
 
     # --- batch record ---------------------------------------------------------------------------
     async def batches(self, request: Request) -> Response:

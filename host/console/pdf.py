@@ -45,6 +45,10 @@ def batch_record(batch_id: str, record: dict, *, generated_by: str) -> bytes:
     doc.set_font("DejaVu", size=8)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     doc.cell(0, 5, f"printed {now} by {generated_by}", new_x="LMARGIN", new_y="NEXT")
+    rel = record.get("release") or {}
+    doc.set_font("DejaVu", "B", 10)
+    doc.cell(0, 6, f"Release: {rel.get('stage', '?')}", new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("DejaVu", size=8)
     doc.cell(0, 5, f"record content SHA-256 {record.get('content_sha256', '?')}", new_x="LMARGIN", new_y="NEXT")
     for key, value in record.items():
         if key not in NOT_SECTIONS:

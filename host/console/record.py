@@ -4,8 +4,8 @@ a mapping of plain values is a list of "name: value", anything else one line."""
 
 from __future__ import annotations
 
-# shown elsewhere on the page (signatures) or not a section of its own
-NOT_SECTIONS = ("kind", "id", "signatures", "content_sha256")
+# shown on their own at the top (release, content hash) and bottom (signatures), or not a section at all
+NOT_SECTIONS = ("kind", "id", "signatures", "content_sha256", "release")
 
 def label(key) -> str:
     return str(key).replace("_", " ")

@@ -74,7 +74,7 @@ def test_a_post_without_the_sessions_csrf_token_is_refused(tmp_path, consoles, p
     assert resp.status == 409 and "security token does not match" in resp.text()
     resp = page.context.request.post(c.url + "/operator/command", form={"command": "stop", "reason": "test stop",
                                                                        "csrf": "forged"})
-    assert resp.status == 409 and "security token does not match" in resp.text()
+    assert "security token does not match" in resp.text() and 'class="bad"' in resp.text()
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
