@@ -65,16 +65,20 @@ def batch_record(batch_id: str, record: dict, *, generated_by: str) -> bytes:
     return bytes(doc.output())
 
 
-def _section(doc: _Doc, title: str, value) -> None:
+def _section(doc: _Doc, title: str, value, size: int = 11) -> None:
     doc.ln(2)
-    doc.set_font("DejaVu", "B", 11)
-    doc.cell(0, 7, title, new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("DejaVu", "B", size)
+    doc.cell(0, 7, title[:1].upper() + title[1:], new_x="LMARGIN", new_y="NEXT")
     doc.set_font("DejaVu", size=8)
     rows = rows_of(value)
-    if rows is None:  # a scalar, or a mapping of scalars
+    if rows is None:  # a scalar, or a mapping: its plain values as lines, its tables below them
         if isinstance(value, dict):
+            tables = {k: v for k, v in value.items() if isinstance(v, list) and rows_of(v) is not None}
             for k, v in value.items():
-                doc.multi_cell(0, 4.5, f"{label(k)}: {_text(v)}", new_x="LMARGIN", new_y="NEXT")
+                if k not in tables:
+                    doc.multi_cell(0, 4.5, f"{label(k)}: {_text(v)}", new_x="LMARGIN", new_y="NEXT")
+            for k, v in tables.items():
+                _section(doc, f"{title}: {label(k)}", v, size=9)
         else:
             doc.multi_cell(0, 4.5, _text(value), new_x="LMARGIN", new_y="NEXT")
         return
