@@ -310,6 +310,7 @@ class Service:
         self._alarms: list[dict] = []
         self._signals = 0
         self._link_up = True
+        self._batch_changed = False
         self._device_alarm_at: tuple = (None, -1)  # ((device_id, boot_id), last ALARM event_seq logged)
 
     # --- life ------------------------------------------------------------------------------
@@ -487,10 +488,13 @@ class Service:
                 self._publish(force=True)
                 continue
             break
-        self._on_boot(hello, resumed=self.agent.resuming)
+        self._on_boot(hello, resumed=self.agent.resuming, batch_changed=True)
 
     # --- one boot ----------------------------------------------------------------------------
-    def _on_boot(self, hello: dict, resumed: bool) -> None:
+    def _on_boot(self, hello: dict, resumed: bool, batch_changed: bool = False) -> None:
+        """A session on a boot this service has not handled: configure it (or take it as resumed).
+        After a batch change on the same boot the line waits for the operator's start."""
+        self._batch_changed = batch_changed and int(hello["boot_id"]) == self.boot_id
         want = getattr(self.cfg.device, "device_id", "")
         if want and _text(hello["device_id"]) != want:
             raise ServiceError(f"the device on {self.cfg.device.port} is {_text(hello['device_id'])!r}, the line file"
@@ -551,7 +555,7 @@ class Service:
                  shown, how, self.boot_id, _text(hello.get("fw_version", "?")), _text(hello.get("board", "?")),
                  int(hello.get("fingerprint", FINGERPRINT)),
                  "" if result == ConfigResult.OK else ": units in flight, and the one the device stored is the line file's")
-        if getattr(self.cfg.agent, "start_on_boot", False):
+        if getattr(self.cfg.agent, "start_on_boot", False) and not self._batch_changed:
             self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
             log.info("line started (start_on_boot)")
         self._ready = True
@@ -650,6 +654,9 @@ class Service:
                 return f"{req.command} refused: the line stays stopped ({self.agent.line_stop})"
             if not self.configured:
                 return f"{req.command} refused: the device is not configured yet"
+            st = self.link.last_status or {}
+            if name == "START" and st.get("state") == DeviceState.STOPPED:
+                return "line.start refused: the device has latched a line stop; clear it (line.clear) to restart"
         with transaction(self.conn):
             audit.append(self.conn, req.user, req.command, self._audit_detail(req))
         sent = self.agent.command(name)

@@ -420,6 +420,18 @@ def test_ready_runs_packs_and_sigterm_leaves_every_unit_with_an_outcome(line):
     assert re.search(r"stopped: every unit in flight has its outcome", agent.log), agent.log
 
 
+def passed_since(db: Path, boot: int, unit: int) -> int:
+    return ledger_rows(db, "SELECT COUNT(*) FROM unit WHERE boot_id=? AND unit_seq>=? AND outcome='PASSED'",
+                       boot, unit)[0][0]
+
+
+def last_outcomes(db: Path, batch: str, n: int = 2) -> list:
+    """The outcomes of the last n decided units (of a run on one boot: boot ids are random)."""
+    return [o for (o,) in ledger_rows(db, "SELECT outcome FROM unit WHERE batch_id=? AND outcome IS NOT NULL"
+                                          " ORDER BY boot_id DESC,"
+                                          " unit_seq DESC LIMIT ?", batch, n)]
+
+
 def outcomes(db: Path, batch: str) -> dict:
     return dict(ledger_rows(db, "SELECT outcome, COUNT(*) FROM unit WHERE batch_id=? GROUP BY 1", batch))
 
@@ -442,6 +454,7 @@ def test_a_device_reboot_is_followed_configured_and_started_again(line):
         assert re.search(rf"configuration \d+ (applied|kept) on boot {second} ", agent.log), agent.log
         n = len(rig.packs)
         wait_for(lambda: len(rig.packs) >= n + 3, 30, "3 packs after the reboot", rig)
+        wait_for(lambda: passed_since(db, second, 0) >= 2, 30, "2 passed on the new boot", rig)
         assert agent.stop() == 0, agent.log
     finally:
         agent.kill()
@@ -477,6 +490,8 @@ def test_camera_lost_stops_the_line_until_back_and_cleared(line):
         assert agent.control.status()["camera"] == "connected"
         client.command("line.clear", "op-otto", "camera cable reseated")
         wait_for(lambda: len(rig.packs) >= fed + 4, 30, "4 packs after the clear", rig)
+        # judged on fresh camera results / bound to what the coder printed again
+        wait_for(lambda: last_outcomes(db, batch) == ["PASSED", "PASSED"], 30, "the last two passed", rig)
         assert agent.stop() == 0, agent.log
     finally:
         agent.kill()
@@ -484,9 +499,6 @@ def test_camera_lost_stops_the_line_until_back_and_cleared(line):
     assert kinds.index("CAMERA_LOST") < kinds.index("CAMERA_BACK") < kinds.index("RESUMED")
     by = outcomes(db, batch)
     assert None not in by and by.get("PASSED", 0) >= 5, by
-    # the packs after the clear were judged on their camera results again
-    late = ledger_rows(db, "SELECT outcome FROM unit WHERE batch_id=? ORDER BY boot_id, unit_seq DESC LIMIT 2", batch)
-    assert [o for (o,) in late] == ["PASSED", "PASSED"], by
     trail = ledger_rows(db, "SELECT user, action, detail FROM audit WHERE action LIKE 'line.%'")
     assert [(u, a, json.loads(d)["reason"]) for u, a, d in trail] == [("op-otto", "line.clear", "camera cable reseated")]
     assert "Traceback" not in agent.log
@@ -557,13 +569,13 @@ def test_coder_lost_stops_the_line_and_its_queue_is_reset_once_back(line):
         agent.wait_log(r"alarm agent RESUMED: coder cleared, \d+ queued job\(s\) dropped", 20)
         client.command("line.clear", "op-otto", "coder restarted")
         wait_for(lambda: len(rig.packs) >= fed + 4, 30, "4 packs after the clear", rig)
+        # judged on fresh camera results / bound to what the coder printed again
+        wait_for(lambda: last_outcomes(db, batch) == ["PASSED", "PASSED"], 30, "the last two passed", rig)
         assert agent.stop() == 0, agent.log
     finally:
         agent.kill()
     by = outcomes(db, batch)
     assert None not in by, by
-    late = ledger_rows(db, "SELECT outcome FROM unit WHERE batch_id=? ORDER BY boot_id, unit_seq DESC LIMIT 2", batch)
-    assert [o for (o,) in late] == ["PASSED", "PASSED"], by  # bound to what the new coder printed
     assert "Traceback" not in agent.log
 
 
