@@ -19,7 +19,7 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from .openscs import Ret
-from .server import OPENSCS_NS, POOL_MANAGER, NAMESPACE
+from .server import NAMESPACE, OPENSCS_NS, POOL_MANAGER, sn_collection_class
 
 CLIENT_URI = "urn:serialine:opcua:client"
 PAGE = 1000
@@ -122,7 +122,7 @@ class PoolClient:
 
     async def settle(self, name: str, gtin: str, serial_numbers: list[str], *, lot: str | None = None,
                      fmt: str = "SERIALONLY") -> Ret:
-        coll = ua.OPENSCSSNCollectionDataType(ID="", Description="", State=0, AssociatedPoolID=gtin,
+        coll = sn_collection_class(self.scs)(ID="", Description="", State=0, AssociatedPoolID=gtin,
                                               SerialNumbers=list(serial_numbers))
         status = await self.pm.call_method(f"{self.scs}:{name}", ua.Variant(coll, ua.VariantType.ExtensionObject),
                                            self._criteria(gtin, lot), ua.Variant(fmt, ua.VariantType.String))

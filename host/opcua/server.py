@@ -28,7 +28,8 @@ PACKML_NS = "http://opcfoundation.org/UA/PackML/"
 APP_URI = "urn:serialine:opcua:server"
 NODESETS = ("Opc.Ua.OPENSCS.NodeSet2.xml", "Opc.Ua.PackML.NodeSet2.xml")
 POOL_MANAGER = "PoolManager"  # browse name of the instance under Objects (our namespace)
-POOL_MANAGER_TYPE = "ns=1;i=15032"  # OPENSCSPoolManagerObjectType, in the OPEN-SCS NodeSet's own numbering
+POOL_MANAGER_TYPE = 15032  # OPENSCSPoolManagerObjectType (i= in the OPEN-SCS namespace)
+SN_COLLECTION = 15008  # OPENSCSSNCollectionDataType
 CHANGING = ("operator", "engineer")  # roles that may call a method that changes anything
 
 _caller: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
@@ -46,8 +47,12 @@ class _Roles(SimpleRoleRuleset):
     """asyncua's ruleset, and the caller of each request kept for the method callbacks (they run in
     the same task as this check, so a context variable carries it)."""
 
+    _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
+
     def check_validity(self, user, action_type_id, body):
         _caller.set(user)
+        if action_type_id == self._WRITE:  # nothing here is written by clients: changes are method calls (audited)
+            return False
         return super().check_validity(user, action_type_id, body)
 
 
@@ -107,10 +112,16 @@ class Served:
         await self.server.stop()
 
 
-def _out(answer: openscs.Answer, with_collection: bool, state: openscs.State, collection_id: str):
+def sn_collection_class(scs: int):
+    """The class of OPENSCSSNCollectionDataType (i=15008) by its node id: asyncua's XML import binds
+    the name `ua.OPENSCSSNCollectionDataType` to its abstract supertype (i=15005) already."""
+    return ua.extension_objects_by_datatype[ua.NodeId(SN_COLLECTION, scs)]
+
+
+def _out(answer: openscs.Answer, with_collection: bool, state: openscs.State, collection_id: str, scs: int):
     out = [ua.Variant(int(answer.status), ua.VariantType.Int32)]
     if with_collection:
-        coll = ua.OPENSCSSNCollectionDataType(ID=collection_id, Description=answer.why, State=int(state),
+        coll = sn_collection_class(scs)(ID=collection_id, Description=answer.why, State=int(state),
                                               AssociatedPoolID=answer.gtin, SerialNumbers=list(answer.serials))
         out += [ua.Variant(coll, ua.VariantType.ExtensionObject), ua.Variant(answer.token, ua.VariantType.String)]
     return out
@@ -151,7 +162,7 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     await server.load_data_type_definitions()
     idx = await server.register_namespace(NAMESPACE)
     pools = openscs.PoolManager(conn, max_requestable)
-    pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(15032, scs))
+    pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
     await _bind_pool_manager(server, pm, pools, scs)
     packml = None
     if control is not None:
@@ -170,7 +181,7 @@ async def _complete_sn_collection(server: Server, scs: int) -> None:
     """The NodeSet's OPENSCSSNCollectionDataType (i=15008) has no DataTypeDefinition: it is its
     supertype OPENSCSCollectionDataType (i=15005) without a field more. Give it the supertype's
     fields, so a client can decode what the methods return (asyncua reads the definition)."""
-    sub, base = server.get_node(ua.NodeId(15008, scs)), server.get_node(ua.NodeId(15005, scs))
+    sub, base = server.get_node(ua.NodeId(SN_COLLECTION, scs)), server.get_node(ua.NodeId(15005, scs))
     if (await sub.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value is not None:
         return
     fields = (await base.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value.Value.Fields
@@ -208,7 +219,7 @@ async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs
                 answer, state, cid = await asyncio.to_thread(fn, user, *[_val(a) for a in args])
             if answer.status is not Ret.NoError:
                 log.info("opcua: %s by %s: %s (%s)", action, user, answer.status.name, answer.why)
-            return _out(answer, outputs, state, cid)
+            return _out(answer, outputs, state, cid, scs)
         return call
 
     def request(allocated: bool):

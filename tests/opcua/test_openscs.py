@@ -124,6 +124,20 @@ def test_viewer_cannot_call_and_is_audited(site):
     assert user == "opcua:vera" and detail["return"] == "InsufficientPrivilegeToExecute"
 
 
+def test_nothing_is_writable_and_the_collection_is_the_standard_type(site):
+    async def go():
+        async with session(site, "emil") as pc:  # even an engineer: changes are method calls
+            prop = await pc.pm.get_child(f"{pc.scs}:MaxSNRequestable")
+            with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                await prop.write_value(ua.Variant(5, ua.VariantType.UInt32))
+            assert await prop.read_value() == 1000
+            _, coll, _ = await pc.pm.call_method(
+                f"{pc.scs}:SNRequestUnallocated", "", ua.Variant(1, ua.VariantType.UInt32), "SERIALONLY",
+                pc._criteria(GTIN, None), "w1")
+            return type(coll).data_type.Identifier
+    assert run(go()) == 15008  # OPENSCSSNCollectionDataType, not its abstract supertype
+
+
 def test_wrong_password_and_anonymous_refused(site):
     async def wrong():
         async with session(site, "olga", "not-the-password"):
