@@ -13,6 +13,7 @@ BENCHES = {
     "line": "serialine.tools.bench_line",
     "link": "serialine.tools.bench_link",
     "verify": "serialine.tools.bench_verify",
+    "opcua": "serialine.tools.bench_opcua",
 }
 
 
