@@ -33,3 +33,8 @@ def board_dir(board: str) -> Path:
 def scenarios_dir() -> Path:
     """scenarios/: the shipped *.toml scenarios of `serialine sim`."""
     return _dir("serialine.scenarios")
+
+
+def opcua_nodesets_dir() -> Path:
+    """host/opcua/nodesets/: the OPC Foundation's NodeSets (OPEN-SCS, PackML) the OPC UA server imports."""
+    return _dir("serialine.host.opcua.nodesets")
