@@ -10,13 +10,13 @@ import contextvars
 import logging
 import socket
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlparse
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
 
+from .. import resources
 from . import openscs, users
 from .openscs import Ret
 
@@ -40,7 +40,7 @@ class OpcuaError(ValueError):
 
 
 def nodeset(name: str) -> Path:
-    return Path(str(files("serialine.host.opcua") / "nodesets" / name))
+    return resources.opcua_nodesets_dir() / name
 
 
 class _Roles(SimpleRoleRuleset):
