@@ -37,4 +37,4 @@ def scenarios_dir() -> Path:
 
 def opcua_nodesets_dir() -> Path:
     """host/opcua/nodesets/: the OPC Foundation's NodeSets (OPEN-SCS, PackML) the OPC UA server imports."""
-    return _dir("serialine.host.opcua.nodesets")
+    return _dir("serialine.host.opcua") / "nodesets"  # a data folder: no __init__.py of its own
