@@ -105,6 +105,7 @@ class Watched:
         self._back = False  # reconnected by the attempt thread, not yet reported
         self._last_error = ""
         self._resync_said = False
+        self._dropped = False
 
     def __getattr__(self, name):  # empty, printed, alarms, printed_codes, ...
         return getattr(self.driver, name)
@@ -147,8 +148,11 @@ class Watched:
         return self._once(take() if take else [])
 
     def _once(self, alarms):
-        """While lost, one reconnect alarm per episode: the further attempts are its backoff."""
+        """While lost, one reconnect alarm per episode: the further attempts are its backoff. A
+        DISCONNECTED seen while connected is a loss even if the driver reopened by itself meanwhile."""
         if not self.lost:
+            if any(kind == "DISCONNECTED" for kind, _ in alarms):
+                self._dropped = True
             return alarms
         out = []
         for kind, detail in alarms:
@@ -168,8 +172,8 @@ class Watched:
         if self._back:
             self._back, self.lost, self._wait, self._resync_said = False, False, 0.0, False
             return "back"
-        if not self.lost and self.driver.closed:
-            self.lost = True
+        if not self.lost and (self.driver.closed or self._dropped):
+            self.lost, self._dropped = True, False
             self._retry_at, self._wait = now + RECONNECT_FIRST_S, RECONNECT_FIRST_S
             return "lost"
         if self.lost and self._attempt is None and now >= self._retry_at \
@@ -312,6 +316,8 @@ class Service:
         self._link_up = True
         self._batch_changed = False
         self._device_alarm_at: tuple = (None, -1)  # ((device_id, boot_id), last ALARM event_seq logged)
+        self.challenge: Any = None  # host/challenge.py Run, the latest
+        self.config_change: Any = None  # host/tune.py Change waiting for its CONFIG_REPORT
 
     # --- life ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -555,6 +561,10 @@ class Service:
                  shown, how, self.boot_id, _text(hello.get("fw_version", "?")), _text(hello.get("board", "?")),
                  int(hello.get("fingerprint", FINGERPRINT)),
                  "" if result == ConfigResult.OK else ": units in flight, and the one the device stored is the line file's")
+        from . import challenge  # a changed configuration is audited: batch start's [policy] challenge reads it
+        with transaction(self.conn):
+            challenge.record_configuration(self.conn, self.cfg, self._config_fields, user=USER, boot_id=self.boot_id,
+                                           device_id=_text(hello.get("device_id", "")), config_id=shown, how=how)
         if getattr(self.cfg.agent, "start_on_boot", False) and not self._batch_changed:
             self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
             log.info("line started (start_on_boot)")
@@ -579,6 +589,7 @@ class Service:
             self._check_config_report()
             self._watch_link()
             self._serve_requests()
+            self._step_tools()
             self._publish()
 
     def _watch_link(self) -> None:
@@ -632,13 +643,27 @@ class Service:
             if isinstance(msg, str):
                 log.warning("%s by %s refused: %s", req.command, req.user, msg)
                 req.refuse(msg)
-            else:
+            elif msg is not None:  # None: answered after a device round trip (_step_tools)
                 req.reply(msg)
+
+    def _step_tools(self) -> None:
+        """The line engineer's tools on the loop: a challenge run, a configuration change."""
+        if self.challenge is not None:
+            self.challenge.step()
+        if self.config_change is not None:
+            from . import tune
+            tune.step_change(self)
 
     def _execute(self, req):
         """A control command on the loop thread → reply dict, or the refusal (str)."""
         if req.command == "batch.select":
             return self._cmd_select(req)
+        if req.command == "challenge.run":
+            from . import challenge
+            return challenge.execute(self, req)
+        if req.command == "device.config.set":
+            from . import tune
+            return tune.execute_change(self, req)
         name = {"line.start": "START", "line.stop": "STOP", "line.clear": "CLEAR_ALARM"}.get(req.command)
         if name is None:
             return f"unknown command {req.command}"
@@ -727,6 +752,8 @@ class Service:
             "speed_mm_s": _speed_mm_s(st, self.cfg),
             "verdict_latency_ms": self._figures.get("verdict_latency_ms", {}),
             "budget_ms": self._figures.get("budget_ms"),
+            "challenge": self.challenge.view() if self.challenge is not None else None,
+            "device_config": _device_config(self),
         })
 
     def _read_alarms(self) -> None:
@@ -814,6 +841,11 @@ class Service:
         (n,) = self.conn.execute("SELECT COUNT(*) FROM unit WHERE device_id=? AND boot_id=? AND outcome IS NULL",
                                  (a.device_id, a.boot_id)).fetchone()
         return n
+
+
+def _device_config(service) -> dict | None:
+    from . import tune
+    return tune.view(service)
 
 
 def _speed_mm_s(st: dict, cfg) -> float | None:
