@@ -18,6 +18,10 @@ COMMANDS = {
 }
 
 
+# On a ledger with users the agent asks for the user's password (control.NeedPassword): it is read as
+# every changing command reads it (host/users.py read_password) and sent once, never shown or logged.
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors: one line and exit 2, as argparse does, without the usage dump
         self.exit(2, f"{self.prog}: {message}\n")
@@ -70,7 +74,14 @@ def main(argv: list[str]) -> int:
             return 0
         command, _ = COMMANDS[args.cmd]
         extra = {"batch": args.batch} if args.cmd == "select" else {}
-        result = client.command(command, args.user, args.reason, **extra)
+        try:
+            result = client.command(command, args.user, args.reason, **extra)
+        except control.ControlError as exc:
+            if exc.need != "password":
+                raise
+            from . import users  # a ledger with users: prove who asks ($SERIALINE_PASSWORD, prompt, stdin)
+            password = users.read_password(f"password for {args.user}: ")
+            result = client.command(command, args.user, args.reason, password=password, **extra)
     except control.ControlError as exc:
         print(f"serialine line {args.cmd}: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,8 @@ import threading
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
+from . import audit
+
 log = logging.getLogger("serialine.control")
 
 DEFAULT_ADDRESS = "127.0.0.1:8765"
@@ -27,7 +29,7 @@ MAX_BODY = 4096       # bytes; a command is a few fields
 MAX_PENDING = 16      # commands waiting for the loop; more is refused (503)
 IDLE_S = 10.0         # a client connection idle this long is closed
 MAX_USER = 64
-MIN_REASON, MAX_REASON = 4, 500
+MAX_PASSWORD = 1024
 
 # endpoint -> (method, command name or None for status, the command's own fields: name -> required)
 ENDPOINTS: dict[str, tuple[str, str | None, dict[str, bool]]] = {
@@ -36,12 +38,26 @@ ENDPOINTS: dict[str, tuple[str, str | None, dict[str, bool]]] = {
     "/line/stop": ("POST", "line.stop", {}),
     "/line/clear": ("POST", "line.clear", {}),
     "/batch/select": ("POST", "batch.select", {"batch": True}),
+    # host/challenge.py and host/tune.py (B6): run on the agent loop like the others
+    "/challenge/run": ("POST", "challenge.run", {"plan": False, "timeout_s": False}),
+    "/device/config": ("POST", "device.config.set", {"values": True}),
 }
+GET_ONLY = {"/device/config": "device_config"}  # GET path -> the status snapshot's key it serves
+FIELD_MAX = {"plan": 400, "values": 1000}  # longer than a batch id; the service parses them
 PATHS = {command: path for path, (_, command, _) in ENDPOINTS.items() if command}
 
 
 class ControlError(Exception):
-    """One line for the operator: nobody answering, the agent's refusal, a timeout, a bad address."""
+    """One line for the operator: nobody answering, the agent's refusal, a timeout, a bad address.
+    `need` = "password" when the agent wants the user's password for this command."""
+
+    def __init__(self, message: str, need: str | None = None) -> None:
+        super().__init__(message)
+        self.need = need
+
+
+class NeedPassword(ValueError):
+    """From an authorizer: this command needs the user's password and none came (HTTP 401)."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -127,10 +143,11 @@ class Request:
 
 
 class _Refusal(Exception):
-    def __init__(self, code: int, message: str, headers: dict | None = None) -> None:
+    def __init__(self, code: int, message: str, headers: dict | None = None, need: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.headers = headers or {}
+        self.need = need
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -191,12 +208,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             code, body = self._handle()
         except _Refusal as exc:
             self.log_error("%d %s %s: %s", exc.code, self.command, self.path, exc)
-            self._send(exc.code, {"ok": False, "error": str(exc)}, close=True, headers=exc.headers)
+            body = {"ok": False, "error": str(exc), **({"need": exc.need} if exc.need else {})}
+            self._send(exc.code, body, close=True, headers=exc.headers)
+            return
+        except (OSError, http.client.HTTPException):
+            raise  # the client's connection: socketserver's handle_error says it in one line
+        except Exception as exc:  # a bug behind the edge: still one JSON line for the client, not silence
+            log.error("control: %s %s failed: %s: %s", self.command, _escape(self.path, 80), type(exc).__name__,
+                      _escape(exc, 200))
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"ok": False, "error": f"the agent failed on this request"
+                                                          f" ({type(exc).__name__}); see its log"}, close=True)
             return
         self._send(code, body)
 
     def _handle(self) -> tuple[int, dict]:
         path = urlsplit(self.path).path
+        if self.command in ("GET", "HEAD") and path in GET_ONLY:
+            self._drain_body()
+            return HTTPStatus.OK, {"ok": True, GET_ONLY[path]: self.server.status_body().get(GET_ONLY[path])}
         if path not in ENDPOINTS:
             raise _Refusal(HTTPStatus.NOT_FOUND, f"no such endpoint {_escape(path, 80)}; "
                            f"there are {', '.join(ENDPOINTS)}")
@@ -207,7 +236,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if command is None:
             self._drain_body()
             return HTTPStatus.OK, self.server.status_body()
-        user, reason, args = self._command_body(fields)
+        user, reason, password, args = self._command_body(fields)
+        self.server.authorize(user, password, command)
         return self.server.submit(Request(command, args, user, reason))
 
     def _body_length(self) -> int:
@@ -227,7 +257,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if n > 0:
             self.rfile.read(n)
 
-    def _command_body(self, fields: dict[str, bool]) -> tuple[str, str, dict]:
+    def _command_body(self, fields: dict[str, bool]) -> tuple[str, str, str | None, dict]:
         n = self._body_length()
         if n < 0:
             raise _Refusal(HTTPStatus.LENGTH_REQUIRED, 'send a JSON body {"user": ..., "reason": ...} with Content-Length')
@@ -242,23 +272,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise _Refusal(HTTPStatus.BAD_REQUEST, 'the body is not JSON; send {"user": ..., "reason": ...}') from None
         if not isinstance(body, dict):
             raise _Refusal(HTTPStatus.BAD_REQUEST, 'the body must be a JSON object {"user": ..., "reason": ...}')
-        user, reason = body.pop("user", None), body.pop("reason", None)
+        user, reason, password = body.pop("user", None), body.pop("reason", None), body.pop("password", None)
         if not isinstance(user, str) or not user.strip() or len(user) > MAX_USER or not _printable(user):
             raise _Refusal(HTTPStatus.BAD_REQUEST, f"user is required: 1-{MAX_USER} printable characters")
-        if (not isinstance(reason, str) or len(reason.strip()) < MIN_REASON or len(reason) > MAX_REASON
-                or not _printable(reason)):
-            raise _Refusal(HTTPStatus.BAD_REQUEST, f"reason is required: {MIN_REASON}-{MAX_REASON} printable characters")
+        if not isinstance(reason, str):
+            reason = None
+        try:
+            reason = audit.check_reason(reason)  # the one rule for a reason
+        except ValueError as exc:
+            raise _Refusal(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        if password is not None and (not isinstance(password, str) or not 0 < len(password) <= MAX_PASSWORD):
+            raise _Refusal(HTTPStatus.BAD_REQUEST, f"password, when given: 1-{MAX_PASSWORD} characters")
         unknown = sorted(set(body) - set(fields))
         if unknown:
-            allowed = ", ".join(["user", "reason", *fields])
+            allowed = ", ".join(["user", "reason", "password", *fields])
             raise _Refusal(HTTPStatus.BAD_REQUEST, f"unknown field {_escape(unknown[0], 40)!s}; this command takes {allowed}")
         for name, required in fields.items():
             value = body.get(name)
             if value is None and not required:
                 continue
-            if not isinstance(value, str) or not value.strip() or len(value) > 64 or not _printable(value):
-                raise _Refusal(HTTPStatus.BAD_REQUEST, f"{name} is required: 1-64 printable characters")
-        return user.strip(), reason.strip(), body
+            most = FIELD_MAX.get(name, 64)
+            if not isinstance(value, str) or not value.strip() or len(value) > most or not _printable(value):
+                raise _Refusal(HTTPStatus.BAD_REQUEST, f"{name} is required: 1-{most} printable characters")
+        return user.strip(), reason, password, body
 
     def log_message(self, format: str, *args) -> None:
         log.info("control: %s %s", _escape(self.client_address[0], 60), _escape(format % args, 300))
@@ -296,6 +332,9 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     def status_body(self) -> dict:
         return self.control._status_body()
 
+    def authorize(self, user: str, password: str | None, command: str) -> None:
+        self.control._authorize(user, password, command)
+
     def submit(self, req: Request) -> tuple[int, dict]:
         return self.control._submit(req)
 
@@ -303,8 +342,13 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class ControlServer:
     """The control interface of one agent: serves in a daemon thread from construction to close()."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, answer_s: float = ANSWER_S) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8765, *, answer_s: float = ANSWER_S,
+                 authorize=None) -> None:
+        """`authorize(user, password or None, command)`, if given, runs in the HTTP thread before a
+        command reaches the loop (a password check must not hold the line's loop): NeedPassword → 401,
+        any other ValueError → 403, with its one line (`ledger_authorizer` is the ledger's users')."""
         self.answer_s = float(answer_s)
+        self._authorizer = authorize
         self._lock = threading.Lock()
         self._status: str = json.dumps({"ready": False})
         self._pending: list[Request] = []
@@ -366,6 +410,16 @@ class ControlServer:
         body.update({k: v for k, v in json.loads(text).items() if k != "ok"})
         return body
 
+    def _authorize(self, user: str, password: str | None, command: str) -> None:
+        if self._authorizer is None:
+            return
+        try:
+            self._authorizer(user, password, command)
+        except NeedPassword as exc:
+            raise _Refusal(HTTPStatus.UNAUTHORIZED, " ".join(str(exc).split()), need="password") from None
+        except ValueError as exc:  # users.AuthError, a ledger that cannot be read: one line
+            raise _Refusal(HTTPStatus.FORBIDDEN, " ".join(str(exc).split()) or "refused") from None
+
     def _submit(self, req: Request) -> tuple[int, dict]:
         with self._lock:
             if self._closing:
@@ -402,11 +456,17 @@ class Client:
         body.pop("ok", None)
         return body
 
-    def command(self, name: str, user: str, reason: str, **args) -> dict:
+    def device_config(self) -> dict | None:
+        """The configuration the device reports, in the line file's keys (GET /device/config)."""
+        return self._call("GET", "/device/config", None).get("device_config")
+
+    def command(self, name: str, user: str, reason: str, *, password: str | None = None, **args) -> dict:
+        """Raises ControlError; its `need` is "password" when the agent wants `password` for this."""
         path = PATHS.get(name) or (name if name in ENDPOINTS and ENDPOINTS[name][1] else None)
         if path is None:
             raise ControlError(f"unknown command {name!r}; there are {', '.join(PATHS)}")
-        body = self._call("POST", path, {"user": user, "reason": reason, **args})
+        extra = {"password": password} if password is not None else {}
+        body = self._call("POST", path, {"user": user, "reason": reason, **extra, **args})
         body.pop("ok", None)
         return body
 
@@ -434,5 +494,36 @@ class Client:
         except ValueError:
             raise ControlError(f"{self.address} answered HTTP {resp.status} but not as a Serialine agent") from None
         if not body["ok"]:
-            raise ControlError(" ".join(str(body.get("error") or f"HTTP {resp.status}").split()))
+            need = body.get("need") if isinstance(body.get("need"), str) else None
+            raise ControlError(" ".join(str(body.get("error") or f"HTTP {resp.status}").split()), need)
         return body
+
+
+def ledger_authorizer(db_path: str):
+    """The ledger's users (host/users.py) for ControlServer(authorize=): a ledger without users takes
+    the user as given (as before users); with users, the user must give a password and may do the
+    command (users.prove: every attempt and refusal audited). Each call has its own connection."""
+    def authorize(user: str, password: str | None, command: str) -> None:
+        import sqlite3
+
+        from . import users
+        from .ledgerfile import open_ledger
+        try:
+            conn = open_ledger(db_path, schema=False)
+        except Exception as exc:  # LedgerFileError: one line naming the file
+            raise ValueError(f"the ledger cannot be read to check {user}: {exc}") from None
+        try:
+            conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                if not users.present(conn):
+                    return
+            except sqlite3.OperationalError:  # a ledger from before users: none to check
+                return
+            if password is None:
+                raise NeedPassword(f"{command} needs the password of {user} (this ledger has users)")
+            users.prove(conn, user, password, command)
+        except sqlite3.Error as exc:
+            raise ValueError(f"{command}: the ledger is busy or unreadable ({exc}); try again") from None
+        finally:
+            conn.close()
+    return authorize

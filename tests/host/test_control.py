@@ -424,3 +424,16 @@ def test_fuzz_any_bytes_get_a_json_reply_and_the_server_stays_up(fuzz_server, da
     got = responses(raw(fuzz_server.address, data), head=data.startswith(b"HEAD "))
     assert got or data == b""
     assert Client(fuzz_server.address).status()["ready"] is True
+
+
+def test_a_failing_authorizer_is_a_json_500_and_the_server_stays_up(caplog):
+    def broken(user, password, command):
+        raise RuntimeError("bug\nwith two lines")
+
+    with ControlServer("127.0.0.1", 0, authorize=broken) as server:
+        for _ in range(2):
+            status, _, doc = post(server.address, "/line/stop", {"user": "alice", "reason": "emergency"})
+            assert (status, doc) == (500, {"ok": False, "error": "the agent failed on this request (RuntimeError);"
+                                                                  " see its log"})
+        assert server.requests() == [] and Client(server.address).status() == {"ready": False}
+    assert all("\n" not in r.getMessage() for r in caplog.records)

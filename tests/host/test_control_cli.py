@@ -63,7 +63,8 @@ def test_operator_commands_carry_user_and_reason(agent):
 def test_refused_at_the_edge_is_one_line_and_nothing_reaches_the_agent(agent):
     server, loop = agent
     r = line("stop", "--control", server.address, "--user", "alice", "--reason", "no")
-    assert (r.returncode, r.stderr) == (1, "serialine line stop: reason is required: 4-500 printable characters\n")
+    assert (r.returncode, r.stderr) == (1, "serialine line stop: a reason is required: 4 to 500 printable characters,"
+                                           " saying why (got 'no')\n")
     r = line("stop", "--control", server.address, "--user", "", "--reason", "jam at the coder")
     assert (r.returncode, r.stderr) == (1, "serialine line stop: user is required: 1-64 printable characters\n")
     r = line("stop", "--control", server.address, "--reason", "jam at the coder")
