@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
+import re
 import sqlite3
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from serialine.host import audit
@@ -60,29 +62,10 @@ def file_stem(batch_id: str) -> str:
     return "".join(out)
 
 
-def _atomic_write(path: Path, data: bytes, replace: bool = False) -> bool:
-    """Write whole or not at all; without `replace` an existing file is kept (returns False)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    if replace:
-        os.replace(tmp, path)
-        return True
-    try:
-        os.link(tmp, path)  # atomic and never clobbers
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(tmp)
-    return True
-
-
-def _dscsa(conn: sqlite3.Connection, batch_id: str, events: list[dict], sender: str | None,
+def _dscsa(conn: sqlite3.Connection, batch_id: str, named_locations: list[str], sender: str | None,
            receiver: str | None):
     """Sender, receiver (SGLNs) and the header's master data for a DSCSA 1.2 export: the
-    product's EPCClass and every configured location the document names."""
+    product's EPCClass and every configured location the batch's events name."""
     from serialine.host import masterdata
     from serialine.host.epcis import events as ev, xml12
     try:
@@ -106,17 +89,127 @@ def _dscsa(conn: sqlite3.Connection, batch_id: str, events: list[dict], sender: 
     item = ev.sgtin_urn(batch.gtin, "0", batch.company_prefix_len)[len("urn:epc:id:sgtin:"):].rsplit(".", 1)[0]
     pattern = f"urn:epc:idpat:sgtin:{item}.*"  # every serial of the product
     master = [xml12.epc_class(pattern, name=product.name, **{f: getattr(product, f) for f in fields})]
-    named = [sender, receiver]
-    for event in events:
-        named += [event[k]["id"] for k in ("bizLocation", "readPoint") if k in event]
-        named += [item[key] for name, key in (("sourceList", "source"), ("destinationList", "destination"))
-                  for item in event.get(name, ())]
-    for urn in dict.fromkeys(named):
+    for urn in dict.fromkeys([sender, receiver, *named_locations]):
         loc = masterdata.get_location(conn, urn)
         if loc is not None:
             master.append(xml12.location(loc.sgln, name=loc.name, street=loc.street, city=loc.city,
                                          state=loc.state, postal=loc.postal, country=loc.country))
     return sender, receiver, master
+
+
+MAX_EVENTS = 10_000  # per document: what common receivers accept in one capture
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def byte_size(text: str) -> int:
+    """'25MB', '25 MB', '512KiB', '1000000' → bytes (decimal kB/MB/GB, binary KiB/MiB/GiB)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is no size (e.g. 25MB, 512KiB, 1000000)")
+    n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return n
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return n
+
+
+class _Documents:
+    """The export's documents, split at `max_events` events / `max_bytes` bytes, each written
+    to a hidden temporary file in `out` as its events come (`envelope()` → (head, tail) of a
+    new document); `check(path)` validates a finished file. Nothing is published here."""
+
+    def __init__(self, out: Path, envelope, separator: bytes, max_events: int, max_bytes: int | None,
+                 check=None):
+        self.out, self.envelope, self.sep, self.check = out, envelope, separator, check
+        self.max_events, self.max_bytes = max_events, max_bytes
+        self.done: list[tuple[Path, int]] = []  # (temporary file, events)
+        self._fh = None
+        self.events = 0  # in the open document
+
+    def add(self, data: bytes) -> None:
+        extra = len(data) + (len(self.sep) if self.events else 0)
+        if self._fh is not None and (self.events >= self.max_events or
+                                     (self.max_bytes and self._size + extra > self.max_bytes)):
+            self._finish()
+        if self._fh is None:
+            self._head, self._tail = self.envelope()
+            path = self.out / f".serialine-export-{os.getpid()}-{len(self.done) + 1}.tmp"
+            self._fh, self._path = open(path, "wb"), path
+            self._fh.write(self._head)
+            self._size, self.events, extra = len(self._head) + len(self._tail), 0, len(data)
+        if self.max_bytes and self._size + extra > self.max_bytes:
+            raise ValueError(f"an event of {len(data)} bytes does not fit --max-bytes {self.max_bytes}"
+                             f" with its document's envelope ({len(self._head) + len(self._tail)} bytes)")
+        self._fh.write(self.sep + data if self.events else data)
+        self._size += extra
+        self.events += 1
+
+    def _finish(self) -> None:
+        fh, self._fh = self._fh, None
+        fh.write(self._tail)
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        self.done.append((self._path, self.events))
+        if self.check:
+            self.check(self._path)
+
+    def close(self) -> list[tuple[Path, int]]:
+        if self._fh is not None:
+            self._finish()
+        return self.done
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self.done.append((self._path, self.events))
+            self._fh = None
+        for path, _ in self.done:
+            path.unlink(missing_ok=True)
+
+
+def export_names(stem: str, ext: str, n: int) -> list[str]:
+    """One document: STEM.EXT; split: STEM~0001.EXT … ('~' never comes out of file_stem, so no
+    batch's single file is another batch's part)."""
+    return [f"{stem}{ext}"] if n == 1 else [f"{stem}~{i:04d}{ext}" for i in range(1, n + 1)]
+
+
+def _existing(out: Path, stem: str, ext: str) -> list[Path]:
+    """The files an earlier export of this batch in this format left in `out`."""
+    if not out.is_dir():
+        return []
+    part = re.compile(re.escape(stem) + r"~\d{4,}" + re.escape(ext))
+    return sorted(p for p in out.iterdir() if p.name == stem + ext or part.fullmatch(p.name))
+
+
+def _publish(done: list[tuple[Path, int]], out: Path, names: list[str], replace: bool, stale: list[Path]):
+    """Every document under its name, or none (a failure takes back what it had linked)."""
+    linked: list[Path] = []
+    try:
+        for (tmp, _), name in zip(done, names):
+            if replace:
+                os.replace(tmp, out / name)
+            else:
+                os.link(tmp, out / name)  # atomic and never clobbers
+                linked.append(out / name)
+    except BaseException:
+        for path in linked:
+            path.unlink(missing_ok=True)
+        raise
+    for tmp, _ in done:
+        tmp.unlink(missing_ok=True)
+    for path in stale:
+        if path.name not in names:
+            path.unlink(missing_ok=True)  # the parts of an earlier, longer export
 
 
 def export(argv: list[str]) -> int:
@@ -127,12 +220,16 @@ def export(argv: list[str]) -> int:
     parser.add_argument("--db", default=DEFAULT_DB)
     parser.add_argument("--sender", help="SGLN URI of the sender (xml12; default: the batch's site)")
     parser.add_argument("--receiver", help="SGLN URI of the trading partner receiving it (xml12)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.add_argument("--max-events", type=_positive, default=MAX_EVENTS,
+                        help=f"events per document at most (default {MAX_EVENTS}); more go to the next document")
+    parser.add_argument("--max-bytes", type=byte_size, default=None, metavar="SIZE",
+                        help="bytes per document at most, e.g. 25MB (default: no limit)")
     args = parser.parse_args(argv)
     conn = _open(args.db)
-    events = outbox.batch_events(conn, args.batch)
+    n = outbox.batch_count(conn, args.batch)
     state = _batch_state(conn, args.batch)
-    if not events:
+    if not n:
         print(f"serialine epcis export: batch {args.batch!r} has no EPCIS events"
               + ("" if state else " (unknown batch)"), file=sys.stderr)
         return 1
@@ -140,25 +237,42 @@ def export(argv: list[str]) -> int:
         print(f"serialine epcis export: note: batch {args.batch!r} is {state}, not closed; "
               "exporting the events recorded so far", file=sys.stderr)
     safe = file_stem(args.batch)
-    if args.format == "jsonld":
-        doc = document.epcis_document(events, audit_head=audit.head(conn) if audit.present(conn) else None)
-        validate.json_document(doc)
-        data, name = document.dumps(doc), f"{safe}.jsonld"
-    else:
-        from serialine.host.epcis import xml12
-        sender, receiver, master_data = _dscsa(conn, args.batch, events, args.sender, args.receiver)
-        data = xml12.document(events, sender, receiver, master_data=master_data)
-        validate.xml_document(data, "1.2")
-        name = f"{safe}.xml"
     if args.out.exists() and not args.out.is_dir():
         print(f"serialine epcis export: --out {args.out} is a file, not a directory", file=sys.stderr)
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    if not _atomic_write(args.out / name, data, replace=args.overwrite):
-        print(f"serialine epcis export: {args.out / name} exists (use --overwrite to replace it)",
-              file=sys.stderr)
+    ext = ".jsonld" if args.format == "jsonld" else ".xml"
+    stale = _existing(args.out, safe, ext)
+    if stale and not args.overwrite:
+        print(f"serialine epcis export: {stale[0]} exists (use --overwrite to replace it)", file=sys.stderr)
         return 1
-    print(f"{args.out / name}: {len(events)} events")
+    if args.format == "jsonld":
+        head, tail = document.envelope(audit_head=audit.head(conn) if audit.present(conn) else None)
+        checker = document.EventChecker(head, tail)
+        docs = _Documents(args.out, lambda: (head, tail), b",", args.max_events, args.max_bytes)
+    else:
+        from serialine.host.epcis import xml12
+        sender, receiver, master_data = _dscsa(conn, args.batch, outbox.batch_locations(conn, args.batch),
+                                               args.sender, args.receiver)
+        created = datetime.now(timezone.utc)
+        docs = _Documents(args.out, lambda: xml12.envelope(sender, receiver, created, master_data), b"",
+                          args.max_events, args.max_bytes, check=xml12.check_file)
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, body in enumerate(outbox.batch_bodies(conn, args.batch)):
+            event = json.loads(body)
+            if args.format == "jsonld":
+                checker.check(event, f"event {i + 1} of the batch")
+                docs.add(body.encode())
+            else:
+                docs.add(xml12.event_xml(event))
+        done = docs.close()
+        names = export_names(safe, ext, len(done))
+        _publish(done, args.out, names, args.overwrite, stale)
+    except BaseException:
+        docs.discard()
+        raise
+    for name, (_, count) in zip(names, done):
+        print(f"{args.out / name}: {count} events")
     return 0
 
 

@@ -34,3 +34,32 @@ def epcis_document(events: list[dict], created: datetime | None = None, audit_he
 
 def dumps(document: dict) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def envelope(created: datetime | None = None, audit_head: str | None = None) -> tuple[bytes, bytes]:
+    """A document's bytes before and after its events: `head + b",".join(events) + tail` is
+    `dumps(epcis_document(events, ...))`, written without holding the events."""
+    text = dumps(epcis_document([], created, audit_head))
+    head, found, tail = text.partition(b'"eventList":[]')
+    assert found, "envelope: no empty eventList"
+    return head + b'"eventList":[', b"]" + tail
+
+
+class EventChecker:
+    """The EPCIS 2.0 JSON Schema applied event by event, with the same strictness as the whole
+    document (its eventList items are the schema's EPCIS-Document-Event, with no rule across
+    items): the envelope once, then each event; errors name the document's own path."""
+
+    def __init__(self, head: bytes, tail: bytes):
+        from serialine.host.epcis import validate
+        validator = validate._json_validator()
+        validate.json_document(json.loads(head + tail))
+        self._event = validator.evolve(schema=validator.schema["definitions"]["EPCIS-Document-Event"])
+
+    def check(self, event: dict, which: str) -> None:
+        from serialine.host.epcis import validate
+        errors = sorted(self._event.iter_errors(event), key=lambda e: list(e.absolute_path))
+        if errors:
+            lines = [f"{which}: {'/'.join(map(str, e.absolute_path)) or '(event)'}: {e.message}"
+                     for e in errors[:20]]
+            raise validate.InvalidDocument("EPCIS 2.0 JSON Schema:\n" + "\n".join(lines))

@@ -91,6 +91,33 @@ def batch_events(conn: sqlite3.Connection, batch_id: str) -> list[dict]:
     return [json.loads(body) for (body,) in rows]
 
 
+def batch_count(conn: sqlite3.Connection, batch_id: str) -> int:
+    return conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ?", (batch_id,)).fetchone()[0]
+
+
+def batch_bodies(conn: sqlite3.Connection, batch_id: str):
+    """Every event of a batch in outbox order as its stored JSON text, streamed (one statement:
+    one consistent read, whatever is written meanwhile)."""
+    for (body,) in conn.execute("SELECT body FROM epcis_outbox WHERE batch_id = ? ORDER BY seq", (batch_id,)):
+        yield body
+
+
+def batch_locations(conn: sqlite3.Connection, batch_id: str) -> list[str]:
+    """Every location a batch's events name (bizLocation, readPoint, source, destination), in
+    the order they first appear, read in one pass without building the events."""
+    named: dict[str, None] = {}
+    for biz, read, sources, destinations in conn.execute(
+            "SELECT body ->> '$.bizLocation.id', body ->> '$.readPoint.id', body -> '$.sourceList',"
+            " body -> '$.destinationList' FROM epcis_outbox WHERE batch_id = ? ORDER BY seq", (batch_id,)):
+        for urn in (biz, read):
+            if urn is not None:
+                named[urn] = None
+        for items, key in ((sources, "source"), (destinations, "destination")):
+            for item in json.loads(items) if items else ():
+                named[item[key]] = None
+    return list(named)
+
+
 def batches(conn: sqlite3.Connection) -> list[str]:
     """Every batch in the outbox (a skip over the (batch_id, seq) index: one probe per batch)."""
     found, last = [], ""

@@ -71,11 +71,19 @@ def _cbv12(vocabulary: str, value: str) -> str:
     return value if ":" in value else f"urn:epcglobal:cbv:{vocabulary}:{value}"
 
 
-def _event(parent, event: dict) -> None:
+def event_xml(event: dict) -> bytes:
+    """One event's element, standalone (it declares the ILMD namespaces it uses itself)."""
     kind = event["type"]
     if kind not in ("ObjectEvent", "AggregationEvent"):
         raise ValueError(f"EPCIS 1.2 export: unsupported event type {kind!r}")
-    el = _sub(parent, kind)
+    used = {key.partition(":")[0] for key in event.get("ilmd") or ()}
+    el = etree.Element(kind, nsmap={p: PREFIXES[p] for p in sorted(used) if p in PREFIXES} or None)
+    _fill(el, event)
+    return etree.tostring(el, encoding="UTF-8", pretty_print=True)
+
+
+def _fill(el, event: dict) -> None:
+    kind = event["type"]
     _sub(el, "eventTime", event["eventTime"])
     _sub(el, "eventTimeZoneOffset", event["eventTimeZoneOffset"])
     _sub(_sub(el, "baseExtension"), "eventID", event["eventID"])
@@ -136,9 +144,10 @@ def _master_data(header, elements) -> None:
                 _sub(element, "attribute", str(value), id=attr_id)
 
 
-def document(events: list[dict], sender: str, receiver: str,
-             created: datetime | None = None, master_data=()) -> bytes:
-    """One EPCIS 1.2 document with SBDH; sender/receiver are SGLN URIs of the trading partners;
+def envelope(sender: str, receiver: str, created: datetime | None = None,
+             master_data=()) -> tuple[bytes, bytes]:
+    """A 1.2 document's bytes before and after its events (`event_xml`), with SBDH (sender and
+    receiver: SGLN URIs of the trading partners; each call a new InstanceIdentifier) and
     `master_data`: vocabulary elements (`epc_class`, `location`) for the header."""
     stamp = (created or datetime.now(timezone.utc)).astimezone(timezone.utc) \
         .isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -148,7 +157,36 @@ def document(events: list[dict], sender: str, receiver: str,
     _sbdh(header, sender, receiver, stamp)
     if master_data:
         _master_data(header, master_data)
-    event_list = _sub(_sub(root, "EPCISBody"), "EventList")
-    for event in events:
-        _event(event_list, event)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    _sub(_sub(root, "EPCISBody"), "EventList").append(etree.Comment(_EVENTS))
+    text = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    head, found, tail = text.partition(f"<!--{_EVENTS}-->".encode())
+    assert found, "envelope: no event placeholder"
+    return head.rstrip(b" "), tail.lstrip(b"\n")
+
+
+_EVENTS = "events"
+
+
+def document(events: list[dict], sender: str, receiver: str,
+             created: datetime | None = None, master_data=()) -> bytes:
+    """One EPCIS 1.2 document with SBDH holding `events` (see `envelope`)."""
+    head, tail = envelope(sender, receiver, created, master_data)
+    return head + b"".join(event_xml(event) for event in events) + tail
+
+
+def check_file(path) -> None:
+    """The 1.2 XSD over a document file, streamed (events dropped once validated): memory does
+    not grow with the document. InvalidDocument as validate.xml_document says it."""
+    from serialine.host.epcis import validate
+    schema = validate._xsd("1.2")
+    try:
+        for _, el in etree.iterparse(str(path), events=("end",), schema=schema, no_network=True,
+                                     resolve_entities=False, huge_tree=True):
+            parent = el.getparent()
+            if parent is not None and parent.tag == "EventList":
+                el.clear()
+                while el.getprevious() is not None:
+                    del parent[0]
+    except etree.XMLSyntaxError as exc:
+        lines = [f"line {e.line}: {e.message}" for e in list(exc.error_log)[:20]] or [str(exc)]
+        raise validate.InvalidDocument("EPCIS 1.2 XSD:\n" + "\n".join(dict.fromkeys(lines))) from None
