@@ -298,6 +298,7 @@ class Service:
         self.agent: Any = None  # host/agent.py Agent, once a batch is selected
         self.control: Any = None
         self.opcua: Any = None  # host/opcua/server.py Background, with [opcua]
+        self.console: Any = None  # host/console/serve.py Server, with [console]
         self.forwarding: Forwarding | None = None
         self.stopping = False
         self.boot_id: int | None = None  # the boot the service has handled (configured or resumed)
@@ -350,6 +351,7 @@ class Service:
         self._alarm_seen = self.conn.execute("SELECT COALESCE(MAX(alarm_id), 0) FROM alarm_log").fetchone()[0]
         self._open_control()
         self._open_opcua()
+        self._open_console()
         self.forwarding = Forwarding(cfg.ledger, cfg.upstream)
         self.forwarding.start()
         self.link = self._open_link(HostLink)
@@ -399,6 +401,22 @@ class Service:
             raise ServiceError(f"[opcua] {_first_line(exc)}") from None
         self.opcua.conn = conn
 
+    def _open_console(self) -> None:
+        """[console]: the operator and QA console, served from a thread of its own on the control
+        interface and the ledger (docs/console.md)."""
+        spec = getattr(self.cfg, "console", None)
+        if spec is None:
+            return
+        from .console.serve import ConsoleError, Server
+        from .control import parse_address
+        host, port = parse_address(spec.address)
+        try:
+            self.console = Server(self.cfg.ledger, self.control.address if self.control is not None else None,
+                                  host, port, tls_cert=spec.tls_cert or None, tls_key=spec.tls_key or None).start()
+        except ConsoleError as exc:
+            raise ServiceError(f"[console] {exc}") from None
+        log.info("console on %s/", self.console.url)
+
     def _open_driver(self, kind: str, spec) -> Watched:
         """Open it, waiting with backoff (the control interface answers meanwhile)."""
         from .devices.lineclient import DeviceError
@@ -432,6 +450,8 @@ class Service:
             raise Stop()
 
     def _close(self) -> None:
+        if self.console is not None:
+            self.console.close()
         if self.opcua is not None:
             self.opcua.stop()
             self.opcua.conn.close()
