@@ -21,6 +21,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--control", metavar="ADDR", help="the agent's control address, e.g. 127.0.0.1:8765"
                     " (default: from --config, else 127.0.0.1:8765)")
     ap.add_argument("--config", metavar="LINE.TOML", help="a line file: its [control] address and [ledger] path")
+    ap.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
+    ap.add_argument("--tls-key", metavar="PEM", help="... and its private key file")
     return ap
 
 
@@ -37,8 +39,8 @@ def main(argv: list[str]) -> int:
             print(f"serialine console: {exc}", file=sys.stderr)
             return 1
         address = address or cfg.control.address
-        if "--db" not in argv and cfg.ledger.path:
-            db = cfg.ledger.path
+        if "--db" not in argv and cfg.ledger:
+            db = cfg.ledger
     address = address or control_mod.DEFAULT_ADDRESS
     if not 0 <= args.port <= 65535:
         print(f"serialine console: --port {args.port}: want 0-65535", file=sys.stderr)
@@ -48,32 +50,13 @@ def main(argv: list[str]) -> int:
     except ValueError:
         print(f"serialine console: --bind {args.bind!r}: want an IP address (127.0.0.1, 0.0.0.0, ::1)", file=sys.stderr)
         return 2
+    from .serve import ConsoleError, Server
     try:
-        from .app import create_app
-        app = create_app(db, address)
-    except LedgerFileError as exc:
+        server = Server(db, address, args.bind, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+    except (LedgerFileError, ConsoleError) as exc:
         print(f"serialine console: {exc}", file=sys.stderr)
         return 1
-    return serve(app, args.bind, args.port)
-
-
-def serve(app, host: str, port: int) -> int:
-    import socket
-
-    import uvicorn
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        print(f"serialine console: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"serialine console: on http://{shown}:{bound}/", file=sys.stderr, flush=True)
+    print(f"serialine console: on {server.url}/ (agent control at {address})", file=sys.stderr, flush=True)
     logging.getLogger("serialine").setLevel(logging.INFO)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    server.run()
     return 0

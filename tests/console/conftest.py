@@ -53,7 +53,7 @@ class ConsoleProc:
         self.url = None
         while time.monotonic() < end and self.url is None:
             for line in list(self.lines):
-                m = re.search(r"on (http://\S+?)/?$", line)
+                m = re.search(r"on (https?://\S+?)/? ", line)
                 if m:
                     self.url = m[1]
             if self.proc.poll() is not None:
