@@ -76,7 +76,8 @@ class PackML:
         s = self.server
         pk = await s.get_namespace_index("http://opcfoundation.org/UA/PackML/")
         self.pk = pk
-        line = await s.nodes.objects.add_object(self.idx, LINE, objecttype=ua.NodeId(OBJECT_TYPE, pk))
+        line = await s.nodes.objects.add_object(ua.NodeId(LINE, self.idx), ua.QualifiedName(LINE, self.idx),
+                                                objecttype=ua.NodeId(OBJECT_TYPE, pk))
         base = await line.get_child(f"{pk}:BaseStateMachine")
         machine = await base.get_child(f"{pk}:MachineState")
         execute = await machine.get_child(f"{pk}:ExecuteState")
@@ -89,12 +90,14 @@ class PackML:
         # mandatory ones of nested objects, so the type's own declarations are instantiated here
         for name, (_, level) in COMMANDS.items():
             decl = await s.get_node(ua.NodeId(level, pk)).get_child(f"{pk}:{name}")
-            (method_id, *_) = await instantiate(levels[level], decl, bname=ua.QualifiedName(name, pk), idx=self.idx)
+            (method_id, *_) = await instantiate(levels[level], decl, bname=ua.QualifiedName(name, pk),
+                                                nodeid=ua.NodeId(f"{levels[level].nodeid.Identifier}.{name}", self.idx))
             s.link_method(s.get_node(method_id), self._command(name))
         admin = await line.get_child(f"{pk}:Admin")
         for name in COUNTERS:
             decl = await s.get_node(ua.NodeId(ADMIN_TYPE, pk)).get_child(f"{pk}:{name}")
-            (var_id, *_) = await instantiate(admin, decl, bname=ua.QualifiedName(name, pk), idx=self.idx)
+            (var_id, *_) = await instantiate(admin, decl, bname=ua.QualifiedName(name, pk),
+                                             nodeid=ua.NodeId(f"{admin.nodeid.Identifier}.{name}", self.idx))
             self.nodes[name] = s.get_node(var_id)
         for key, node in (("base", base), ("machine", machine), ("execute", execute)):
             self.nodes[key] = await node.get_child("0:CurrentState")

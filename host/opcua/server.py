@@ -162,7 +162,9 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     await server.load_data_type_definitions()
     idx = await server.register_namespace(NAMESPACE)
     pools = openscs.PoolManager(conn, max_requestable)
-    pm = await server.nodes.objects.add_object(idx, POOL_MANAGER, objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
+    # string node ids (children: "PoolManager.SNRequestAllocated"...): stable for PLC and MES programs
+    pm = await server.nodes.objects.add_object(ua.NodeId(POOL_MANAGER, idx), ua.QualifiedName(POOL_MANAGER, idx),
+                                               objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
     await _bind_pool_manager(server, pm, pools, scs)
     packml = None
     if control is not None:
