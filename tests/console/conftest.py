@@ -43,8 +43,8 @@ def add_users(db: Path) -> None:
 
 
 class ConsoleProc:
-    def __init__(self, db: Path, control: str | None = None):
-        args = [SERIALINE, "console", "--db", str(db), "--port", "0"] + (["--control", control] if control else [])
+    def __init__(self, db: Path, control: str | None = None, extra: list[str] = ()):
+        args = [SERIALINE, "console", "--db", str(db), "--port", "0", *extra] + (["--control", control] if control else [])
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
