@@ -89,6 +89,8 @@ def main(argv: list[str]) -> int:
     for name in ("start", "reconcile", "close"):
         p = sub.add_parser(name, help=f"{name} a batch" + (" (exit 1 if it lists a problem)" if name == "reconcile" else ""))
         p.add_argument("batch_id")
+    sub.choices["start"].add_argument("--line", help="the line that runs it, when several lines of this ledger ask"
+                                      " for a challenge ([policy] challenge in their line files)")
     p = sub.add_parser("abort", help="end a stuck batch: units without an outcome rejected, unused serials back")
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     p = sub.add_parser("reopen", help="reopen a closed or aborted batch for rework (close it again after)")
@@ -164,6 +166,8 @@ def main(argv: list[str]) -> int:
                       f"{reporting.context_for(b).biz_location} in UTC (serialine batch site … --tz ZONE)",
                       file=sys.stderr)
         elif a.cmd == "start":
+            from . import challenge  # the line's [policy] challenge, as its configuration records say it
+            challenge.check_batch_start(conn, a.batch_id, a.line)
             masterdata.start_batch(conn, a.batch_id, user=a.user)
             print(f"batch {a.batch_id} started")
         elif a.cmd == "reconcile":

@@ -394,6 +394,15 @@ class OpcuaSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    """[policy]: what the site asks before a batch may start (host/challenge.py, docs/commissioning.md)."""
+    challenge: str = _k("none", doc="a passed challenge test before `serialine batch start`: none, on_change (since "
+                        "the last configuration change), per_batch (also since the last batch start), per_shift",
+                        choices=("none", "on_change", "per_batch", "per_shift"))
+    shift_hours: float = _k(8.0, 0.5, 24.0, "h", "per_shift: a passed challenge at most this long ago")
+
+
+@dataclass(frozen=True)
 class LineConfig:
     path: str
     identity: Identity
@@ -406,11 +415,12 @@ class LineConfig:
     ledger: str = ""  # the ledger's path ([ledger] path)
     control: ControlSettings = field(default_factory=ControlSettings)
     opcua: OpcuaSettings | None = None  # [opcua] given: the service serves OPC UA
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 SECTIONS = {"identity": Identity, "device": DeviceSettings, "line": Geometry, "coder": CoderSettings,
             "camera": CameraSettings, "agent": AgentSettings, "upstream": Target, "ledger": LedgerSettings,
-            "control": ControlSettings, "opcua": OpcuaSettings}
+            "control": ControlSettings, "opcua": OpcuaSettings, "policy": PolicySettings}
 REQUIRED_SECTIONS = ("identity", "device", "line", "coder", "camera", "ledger")
 # Keys that would hold a secret: refused wherever they appear (only references to one are allowed).
 _SECRET = re.compile(r"(?i)(^|[_.-])(pass(word|wd|phrase)?|token|secret|api_?key|auth(orization)?|bearer|"
@@ -914,6 +924,8 @@ def to_toml(cfg: LineConfig) -> str:
     parts += ["", "[control]", *_toml_table(cfg.control)]
     if cfg.opcua is not None:
         parts += ["", "[opcua]", *_toml_table(cfg.opcua)]
+    if cfg.policy != PolicySettings():
+        parts += ["", "[policy]", *_toml_table(cfg.policy)]
     return "\n".join(parts) + "\n"
 
 

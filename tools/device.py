@@ -69,6 +69,9 @@ def _settings(args) -> F.Settings:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["config"]:  # the running device, through its agent (host/tune.py)
+        from serialine.host import tune
+        return tune.config_main(argv[1:])
     ap = argparse.ArgumentParser(prog="serialine device")
     sub = ap.add_subparsers(dest="cmd", required=True)
     fl = sub.add_parser("flash", help="compile, copy, verify on the device, swap, reset, check HELLO")
@@ -87,6 +90,8 @@ def main(argv: list[str]) -> int:
     sb = sub.add_parser("sim-board", help="the MicroPython unix port behind a pty, as a board to flash")
     sb.add_argument("--dir", required=True)
     sb.add_argument("--quiet", action="store_true")
+    sub.add_parser("config", help="get|set the running device's configuration through the agent, in mm and ms",
+                   add_help=False)
     fs = sub.add_parser("files", help="list what flash installs")
     fs.add_argument("--board", required=True, choices=BOARDS)
     args = ap.parse_args(argv)
