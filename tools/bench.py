@@ -9,6 +9,7 @@ BENCHES = {
     "protocol": "serialine.tools.bench_protocol",
     "firmware": "serialine.tools.bench_firmware",
     "host": "serialine.tools.bench_host",
+    "batch": "serialine.tools.bench_batch",
     "epcis": "serialine.tools.bench_epcis",
     "line": "serialine.tools.bench_line",
     "link": "serialine.tools.bench_link",

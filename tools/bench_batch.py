@@ -1,0 +1,200 @@
+"""`serialine bench batch --units N`: one big batch through the ledger at one size.
+
+- events_per_s: unit events (detected, printed, inspected, outcome) through the host path (store +
+  verdict + aggregation + EPCIS outbox, one transaction per poll, as `serialine bench host`);
+  events_per_s_sqlite_baseline: the same rows (every table the host path filled) written by a bare
+  SQLite executemany into the same tables without indexes or triggers, in as many transactions, in
+  the same run; ratio = the first over the second (comparable across machines).
+- bytes_per_unit: the ledger file (checkpointed) over the units.
+- reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch.
+- export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process;
+  export_peak_rss_mb: the larger of the two processes' peak RSS (ru_maxrss).
+- serials_per_s: `serials.generate_pool` of --serials random serials into the pool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from serialine.host import db, masterdata, reconcile, serials
+from serialine.host.db import transaction
+from serialine.host.ledger import Ledger
+
+GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
+SITE = "urn:epc:id:sgln:4012345.00000.0"
+PARTNER = "urn:epc:id:sgln:0614141.00001.0"
+BATCH = "B"
+
+
+def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, pallet_size: int = 20):
+    """A ledger with one closed-ready batch of `units` passed units, filled through the host
+    path. Returns (conn, events, seconds in the host path, polls)."""
+    conn = db.connect(path)
+    masterdata.add_product(conn, GTIN, "Examplol 100 mg tablets", "US_DSCSA", 7, ndc="50242-040-62",
+                           dosage_form="TABLET", strength="100 mg", net_content="30 tablets",
+                           manufacturer="Example Pharma Inc.")
+    masterdata.set_location(conn, masterdata.Location(SITE, "Plant Berlin", "Allee 1", "Berlin", None,
+                                                      "10115", "DE", "Europe/Berlin"))
+    masterdata.set_location(conn, masterdata.Location(PARTNER, "Wholesaler DC", "1 Main St", "Columbus",
+                                                      "OH", "43215", "US"))
+    serials.generate(conn, GTIN, units)
+    masterdata.create_batch(conn, BATCH, GTIN, "L1", date.today() + timedelta(days=700), units, case_size,
+                            pallet_size, read_point="4012345000009.7")
+    masterdata.start_batch(conn, BATCH)
+    L = Ledger(conn, BATCH)
+    seq = u = polls = 0
+    t0 = time.perf_counter()
+    while u < units:
+        n = min(per_poll, units - u)
+        with transaction(conn):
+            L.queue_codes(n)
+        with transaction(conn):  # one poll: the line's events for n units, then their verdicts
+            msgs = []
+            for k in range(u, u + n):
+                for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
+                                ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
+                                ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
+                    seq += 1
+                    f["event_seq"] = seq
+                    msgs.append((name, f))
+            L.store_batch("bench", 1, msgs)
+            rows = []
+            for k in range(u, u + n):
+                code = L.expected_code("bench", 1, k)
+                verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
+                rows.append(("bench", 1, k, verdict, reason, serial, "A"))
+            L.record_verdicts(rows)
+        with transaction(conn):  # next poll: their outcomes
+            msgs = []
+            for k in range(u, u + n):
+                seq += 1
+                msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
+                                                 gate_error=0, pos=0, t_us=0)))
+            L.store_batch("bench", 1, msgs)
+            L.flush_events()
+        u += n
+        polls += 2
+    return conn, seq, time.perf_counter() - t0, polls
+
+
+def sqlite_baseline(conn: sqlite3.Connection, path: str, transactions: int) -> tuple[float, int]:
+    """Every row of every table `conn` holds, written again by a bare executemany into the same
+    tables (no index, no trigger) in `transactions` transactions. Returns (seconds, rows)."""
+    tables = [(name, sql) for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    data = []
+    for name, _ in tables:
+        rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
+        if rows:
+            data.append((name, rows))
+    bare = sqlite3.connect(path, isolation_level=None)
+    (sync,) = conn.execute("PRAGMA synchronous").fetchone()
+    bare.execute("PRAGMA journal_mode=WAL")
+    bare.execute(f"PRAGMA synchronous={sync}")
+    for name, sql in tables:
+        bare.execute(sql)
+    total = sum(len(rows) for _, rows in data)
+    chunk = max(1, -(-total // max(1, transactions)))
+    t0 = time.perf_counter()
+    for name, rows in data:
+        marks = ",".join("?" * len(rows[0]))
+        for i in range(0, len(rows), chunk):
+            bare.execute("BEGIN")
+            bare.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows[i:i + chunk])
+            bare.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    bare.close()
+    return elapsed, total
+
+
+def timed_child(argv: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stderr) of a command run in its own process."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"bench broken: {' '.join(argv[:4])} … exited {proc.returncode}: {err.strip()}")
+    return elapsed, usage.ru_maxrss / 1024, err
+
+
+def export_cmd(db_path: str, fmt: str, out: str, *extra: str) -> list[str]:
+    serialine = str(Path(sys.executable).parent / "serialine")
+    argv = [serialine, "epcis", "export", "--batch", BATCH, "--format", fmt, "--out", out, "--db", db_path,
+            "--overwrite", *extra]
+    return argv + (["--receiver", PARTNER] if fmt == "xml12" else [])
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="serialine bench batch", description=__doc__.splitlines()[0])
+    ap.add_argument("--units", type=int, default=10000)
+    ap.add_argument("--per-poll", type=int, default=64, help="units per poll (4 events each)")
+    ap.add_argument("--serials", type=int, default=200000, help="serials generated into the pool")
+    ap.add_argument("--dir", help="work here (kept) instead of a temporary directory")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        path = str(Path(d) / "ledger.db")
+        conn, events, host_s, polls = make_ledger(path, args.units, args.per_poll)
+        base_s, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
+        t = time.perf_counter()
+        problems = reconcile.reconcile(conn, BATCH)
+        reconcile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        reconcile.close_batch(conn, BATCH, "bench")
+        close_s = time.perf_counter() - t
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = sum(p.stat().st_size for p in Path(d).glob("ledger.db*"))
+        (n_events,) = conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ?", (BATCH,)).fetchone()
+        t = time.perf_counter()
+        serials.generate_pool(conn, GTIN, args.serials)
+        serials_s = time.perf_counter() - t
+        conn.close()
+        jsonld_s, jsonld_rss, _ = timed_child(export_cmd(path, "jsonld", str(Path(d) / "jsonld")))
+        xml_s, xml_rss, _ = timed_child(export_cmd(path, "xml12", str(Path(d) / "xml")))
+        docs = len(list((Path(d) / "jsonld").iterdir()))
+    figures = {
+        "events_per_s": round(events / host_s),
+        "events_per_s_sqlite_baseline": round(events / base_s),
+        "ratio": round(base_s / host_s, 4),
+        "bytes_per_unit": round(size / args.units),
+        "close_s": round(close_s, 3),
+        "reconcile_s": round(reconcile_s, 3),
+        "export_jsonld_s": round(jsonld_s, 3),
+        "export_xml_s": round(xml_s, 3),
+        "export_peak_rss_mb": round(max(jsonld_rss, xml_rss), 1),
+        "export_jsonld_rss_mb": round(jsonld_rss, 1),
+        "export_xml_rss_mb": round(xml_rss, 1),
+        "serials_per_s": round(args.serials / serials_s),
+        "units": args.units, "events": events, "baseline_rows": base_rows, "epcis_events": n_events,
+        "documents": docs, "reconcile_warnings": len(problems.warnings),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        table = Table(title=f"serialine bench batch --units {args.units}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for k, v in figures.items():
+            table.add_row(k, str(v))
+        Console().print(table)
+    except ImportError:  # pragma: no cover
+        for k, v in figures.items():
+            print(f"{k:<30} {v}")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
