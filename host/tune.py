@@ -63,7 +63,7 @@ def changed_config(cfg, values: dict):
     g = cfg.geometry
     table = {f.name: getattr(g, f.name) for f in dataclasses.fields(g) if getattr(g, f.name) is not None}
     table.update(values)
-    new_g = linefile.resolve(linefile.read_geometry(table, "device config"))
+    new_g = linefile.resolve(linefile.read_geometry(table, "the change"))
     return dataclasses.replace(cfg, geometry=new_g)
 
 
