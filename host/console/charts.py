@@ -8,6 +8,7 @@ import sqlite3
 from collections import Counter, defaultdict
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.dates import date2num
 from matplotlib.figure import Figure
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -57,12 +58,13 @@ def rejects(conn: sqlite3.Connection, batch_id: str) -> bytes:
         bins[reason][int((at - t0) // width)] += 1
     n = int(span // width) + 1
     ax = fig.add_subplot()
-    xs = [_dt.datetime.fromtimestamp(t0 + i * width, _dt.timezone.utc) for i in range(n)]
+    xs = [float(date2num(_dt.datetime.fromtimestamp(t0 + i * width, _dt.timezone.utc))) for i in range(n)]
     bottom = [0] * n
     for reason in sorted(bins):
         ys = [bins[reason].get(i, 0) for i in range(n)]
         ax.bar(xs, ys, width=width / 86400 * 0.9, bottom=bottom, label=reason, align="edge")
         bottom = [a + b for a, b in zip(bottom, ys)]
+    ax.xaxis_date()
     ax.set_ylabel(f"rejects per {width:.0f} s")
     ax.set_title(f"Rejects by reason, batch {batch_id} (UTC)")
     ax.legend(fontsize=8)
@@ -89,13 +91,17 @@ def latency(samples: list[tuple[float, float, float, float]]) -> bytes:
     fig = Figure(figsize=(7.5, 3.2))
     if not samples:
         return _empty(fig, "no verdict latency yet: the console samples the running agent")
-    xs = [_dt.datetime.fromtimestamp(s[0], _dt.timezone.utc) for s in samples]
+    xs = [float(date2num(_dt.datetime.fromtimestamp(s[0], _dt.timezone.utc))) for s in samples]
     ax = fig.add_subplot()
+    ax.xaxis_date()
     ax.plot(xs, [s[1] for s in samples], label="p50")
     ax.plot(xs, [s[2] for s in samples], label="p99")
     budget = samples[-1][3]
     if budget:
         ax.axhline(budget, color="#b00", linestyle="--", label=f"budget {budget:.1f} ms")
+    top = max(s[2] for s in samples)
+    if budget and top > 0 and budget / top > 20:  # both on one chart: a few ms against hundreds
+        ax.set_yscale("log")
     ax.set_ylabel("verdict latency, ms")
     ax.set_title("Verdict latency vs the decision budget (UTC)")
     ax.legend(fontsize=8)

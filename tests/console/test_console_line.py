@@ -173,3 +173,4 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
     for chart in ("rejects", "grades", "latency"):
         ok = page.evaluate(f"document.querySelector('#chart-{chart}').naturalWidth > 0")
         assert ok, chart
+    page.screenshot(path=str(IMG / "console-trends.png"), full_page=True)
