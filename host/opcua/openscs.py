@@ -209,10 +209,11 @@ class PoolManager:
             raise Refused(Ret.InsufficientSerialNumbers, f"pool for {gtin}: {len(rows)} available, {count} requested")
         return sorted(rows)
 
-    def settle(self, user: str, how: str, collection, fmt: str, pairs) -> Answer:
-        """SNReturnUnallocated / SNReturnAllocated (how="returned") or SNtoEncoded (how="used") of
-        serials this pool manager handed out; all of the collection or nothing."""
-        action = {"returned": "opcua.SNReturn", "used": "opcua.SNtoEncoded"}[how]
+    def settle(self, user: str, how: str, collection, fmt: str, pairs, allocated: bool | None = None) -> Answer:
+        """SNReturnUnallocated (allocated=False) / SNReturnAllocated (True; how="returned") or
+        SNtoEncoded (how="used", either) of serials this pool manager handed out; all or nothing."""
+        action = {("returned", False): "opcua.SNReturnUnallocated", ("returned", True): "opcua.SNReturnAllocated",
+                  ("used", None): "opcua.SNtoEncoded"}[(how, allocated)]
         texts = list(collection or ())
         detail = {"count": len(texts), "format": fmt, "criteria": [list(p) for p in pairs]}
         try:
@@ -233,6 +234,10 @@ class PoolManager:
                     raise Refused(Ret.InvalidSerialNumberCollection,
                                   f"{len(missing)} serial(s) not handed out by this pool manager (or settled already): "
                                   f"{missing[:5]!r}")
+                if allocated and lot is None:
+                    raise Refused(Ret.InvalidSelectionCriteria, "SNReturnAllocated needs a LOT selection criterion")
+                if allocated is False and any(out[s] is not None for s in wanted):
+                    raise Refused(Ret.InvalidSelectionCriteria, "allocated serials are returned with SNReturnAllocated")
                 if lot is not None and any(out[s] != lot for s in wanted):
                     raise Refused(Ret.InvalidSelectionCriteria, f"not every serial was allocated to lot {lot!r}")
                 self.conn.executemany("UPDATE serial_grant SET state=? WHERE gtin=? AND serial=? AND state='out'",

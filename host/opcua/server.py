@@ -230,18 +230,18 @@ async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs
             return a, openscs.State.Allocated if allocated else openscs.State.Unallocated, cid or ""
         return fn
 
-    def settle(how: str):
+    def settle(how: str, allocated: bool | None):
         def fn(user, coll, pairs, fmt):
             texts = list(getattr(coll, "SerialNumbers", None) or [])
-            return pools.settle(user, how, texts, fmt or "", _pairs(pairs)), openscs.State.Unassigned, ""
+            return pools.settle(user, how, texts, fmt or "", _pairs(pairs), allocated), openscs.State.Unassigned, ""
         return fn
 
     binds = {
         "SNRequestUnallocated": (request(False), True),
         "SNRequestAllocated": (request(True), True),
-        "SNReturnUnallocated": (settle("returned"), False),
-        "SNReturnAllocated": (settle("returned"), False),
-        "SNtoEncoded": (settle("used"), False),
+        "SNReturnUnallocated": (settle("returned", False), False),
+        "SNReturnAllocated": (settle("returned", True), False),
+        "SNtoEncoded": (settle("used", None), False),
     }
     for name, (fn, outputs) in binds.items():
         method = await pm.get_child(f"{scs}:{name}")

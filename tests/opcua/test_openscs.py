@@ -96,6 +96,8 @@ def test_request_allocated_to_the_lot_and_formats(site):
             badfmt = await pc.request(GTIN, 2, "u2", fmt="BARCODE")
             toomany = await pc.request(GTIN, 1001, "u3")
             uris = alloc[1]
+            wrong = await pc.settle("SNReturnUnallocated", GTIN, uris[1:], fmt="EPCURI")
+            assert wrong is Ret.InvalidSelectionCriteria
             enc = await pc.settle("SNtoEncoded", GTIN, uris[:1], lot="L1", fmt="EPCURI")
             ret = await pc.settle("SNReturnAllocated", GTIN, uris[1:], lot="L1", fmt="EPCURI")
             return alloc, nolot, literal, badfmt, toomany, enc, ret
@@ -165,3 +167,22 @@ def test_wrong_password_and_anonymous_refused(site):
         await c.disconnect()
     with pytest.raises(Exception):
         run(plain())
+
+
+def test_a_batch_holding_serials_handed_out_cannot_end_until_they_come_back(site):
+    from serialine.host import db, lifecycle
+
+    async def go(step):
+        async with session(site) as pc:
+            if step == "take":
+                return await pc.request(GTIN, 4, "held", lot="L1")
+            return await pc.settle("SNReturnAllocated", GTIN, step, lot="L1")
+    status, taken, _, _ = run(go("take"))
+    assert status is Ret.NoError
+    before = db.snapshot(site.conn)
+    with pytest.raises(Exception, match="handed out over OPEN-SCS"):
+        lifecycle.abort(site.conn, "B1", "qa-anna", "line dismantled")
+    assert db.snapshot(site.conn) == before  # nothing half-done
+    assert run(go(taken)) is Ret.NoError
+    counts = lifecycle.abort(site.conn, "B1", "qa-anna", "line dismantled")
+    assert counts["serials_returned"] == 4 and set(states(site.conn, taken).values()) == {"available"}
