@@ -50,6 +50,21 @@ SCHEMA = (
     next_try_at   REAL NOT NULL DEFAULT 0,
     last_error    TEXT,
     PRIMARY KEY (target, batch_id)) WITHOUT ROWID""",
+    # the outbox's counts, kept by the statements that change them (in their transaction): the
+    # status reads one row however long the delivered history grows
+    """CREATE TABLE IF NOT EXISTS epcis_outbox_tally (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    events    INTEGER NOT NULL CHECK (events >= 0),
+    delivered INTEGER NOT NULL CHECK (delivered >= 0 AND delivered <= events))""",
+    """CREATE TRIGGER IF NOT EXISTS epcis_outbox_tally_insert AFTER INSERT ON epcis_outbox
+    BEGIN UPDATE epcis_outbox_tally SET events = events + 1,
+    delivered = delivered + (NEW.delivered_at IS NOT NULL); END""",
+    """CREATE TRIGGER IF NOT EXISTS epcis_outbox_tally_deliver AFTER UPDATE OF delivered_at ON epcis_outbox
+    WHEN OLD.delivered_at IS NULL AND NEW.delivered_at IS NOT NULL
+    BEGIN UPDATE epcis_outbox_tally SET delivered = delivered + 1; END""",
+    """CREATE TRIGGER IF NOT EXISTS epcis_outbox_tally_delete AFTER DELETE ON epcis_outbox
+    BEGIN UPDATE epcis_outbox_tally SET events = events - 1,
+    delivered = delivered - (OLD.delivered_at IS NOT NULL); END""",
 )
 
 _EVENT_ID = re.compile(r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$")
@@ -58,8 +73,16 @@ _EVENT_ID = re.compile(r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$")
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the outbox table, index and triggers if missing (idempotent)."""
     # statement by statement: executescript() would commit the caller's open transaction
+    outside = not conn.in_transaction
     for statement in SCHEMA:
         conn.execute(statement)
+    if conn.execute("SELECT 1 FROM epcis_outbox_tally").fetchone() is None:
+        # an outbox made before the tally: counted once, after its triggers exist (one statement,
+        # so no event falls between the count and the triggers)
+        conn.execute("INSERT OR IGNORE INTO epcis_outbox_tally (id, events, delivered)"
+                     " SELECT 1, COUNT(*), COUNT(delivered_at) FROM epcis_outbox")
+        if outside and conn.in_transaction:  # sqlite3's implicit BEGIN: the caller did not open it
+            conn.commit()
 
 
 def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
@@ -251,10 +274,10 @@ def counts(conn: sqlite3.Connection, target: str | None = None) -> dict:
     """Events pending / delivered: to `target`, or (None) to no target yet / to some target."""
     if target is None:
         pending, delivered = conn.execute(
-            "SELECT COUNT(*) - COUNT(delivered_at), COUNT(delivered_at) FROM epcis_outbox").fetchone()
+            "SELECT events - delivered, delivered FROM epcis_outbox_tally").fetchone()
     else:
         (delivered,) = conn.execute(
             "SELECT COUNT(*) FROM epcis_outbox o JOIN epcis_delivery d ON d.batch_id = o.batch_id"
             " AND d.target = ? WHERE o.seq <= d.delivered_seq", (target,)).fetchone()
-        pending = conn.execute("SELECT COUNT(*) FROM epcis_outbox").fetchone()[0] - delivered
+        pending = conn.execute("SELECT events FROM epcis_outbox_tally").fetchone()[0] - delivered
     return {"pending": pending, "delivered": delivered}
