@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -142,7 +143,7 @@ class Console:
         return s, u
 
     # --- login --------------------------------------------------------------------------------
-    async def login_page(self, request: Request) -> Response:
+    def login_page(self, request: Request) -> Response:
         s = self.session(request)
         message = ""
         if s is None:
@@ -165,8 +166,7 @@ class Console:
         name, password = fields.get("user", "").strip(), fields.get("password", "")
         nxt = _safe_next(fields.get("next"))
         try:
-            from starlette.concurrency import run_in_threadpool
-            u = await run_in_threadpool(users.authenticate, self.conn(), name, password, purpose="console login")
+            u = await run_in_threadpool(lambda: users.authenticate(self.conn(), name, password, purpose="console login"))
         except users.AuthError as exc:
             ctx = {"next": nxt, "error": str(exc), "message": "", "no_users": not users.present(self.conn())}
             return self.render(request, "login.html", ctx, status=401, session=s)
@@ -235,7 +235,7 @@ class Console:
                                   " LIMIT 1").fetchone()
         return row[0] if row else None
 
-    async def operator(self, request: Request) -> Response:
+    def operator(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -244,7 +244,7 @@ class Console:
         ctx["may"] = {k: users.may(u, v) for k, v in COMMANDS.items()}
         return self.render(request, "operator.html", ctx, session=s)
 
-    async def live(self, request: Request) -> Response:
+    def live(self, request: Request) -> Response:
         got = self.login_required(request, touch=False)  # polling is not a person's activity
         if isinstance(got, Response):
             return got
@@ -252,7 +252,7 @@ class Console:
         return self.render(request, "_live.html", self.live_context(), session=s)
 
     async def command(self, request: Request) -> Response:
-        got = self.login_required(request)
+        got = await run_in_threadpool(self.login_required, request)
         if isinstance(got, Response):
             return got
         s, u = got
@@ -272,7 +272,6 @@ class Console:
             except ValueError as exc:
                 raise Refused(str(exc)) from None
             from ..control import ControlError
-            from starlette.concurrency import run_in_threadpool
             try:
                 reply = await run_in_threadpool(self.client().command, action, u.name, reason)
             except ControlError as exc:
@@ -282,10 +281,10 @@ class Console:
         except Refused as exc:
             text = str(exc)
         # 200 either way: htmx swaps in only a 2xx answer, and the refusal is what the operator must read
-        return self.render(request, "_message.html", {"ok": ok, "text": text}, session=s)
+        return await run_in_threadpool(self.render, request, "_message.html", {"ok": ok, "text": text}, session=s)
 
     # --- batch record ---------------------------------------------------------------------------
-    async def batches(self, request: Request) -> Response:
+    def batches(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -304,7 +303,7 @@ class Console:
         except (KeyError, LookupError, ValueError) as exc:
             raise Refused(str(exc).strip("'\"")) from None
 
-    async def batch(self, request: Request) -> Response:
+    def batch(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -322,7 +321,7 @@ class Console:
         return self.render(request, "batch.html", {"batch_id": batch_id, "rec": rec, "sigs": sigs, "may": may,
                                                    "message": message, "ok": ok}, status=status, session=s)
 
-    async def batch_pdf(self, request: Request) -> Response:
+    def batch_pdf(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -354,13 +353,14 @@ class Console:
                 who = " or ".join(sorted(r.value for r in users.PERMISSIONS[action]))
                 raise Refused(f"{u.name} ({u.role.value}) may not sign batch {batch_id} as {meaning}:"
                               f" it takes the role {who}")
-            from starlette.concurrency import run_in_threadpool
             await run_in_threadpool(self._sign, u.name, fields.get("password", ""), meaning, batch_id,
                                     fields.get("reason", ""))
         except Refused as exc:
-            return self._batch_page(request, s, u, batch_id, message=str(exc), ok=False, status=409)
+            return await run_in_threadpool(self._batch_page, request, s, u, batch_id, message=str(exc), ok=False,
+                                           status=409)
         log.info("console: batch %s signed %s by %s", batch_id, meaning, u.name)
-        return self._batch_page(request, s, u, batch_id, message=f"signed as {meaning} by {u.full_name}")
+        return await run_in_threadpool(self._batch_page, request, s, u, batch_id,
+                                       message=f"signed as {meaning} by {u.full_name}")
 
     def _sign(self, name: str, password: str, meaning: str, batch_id: str, reason: str) -> None:
         from .. import release
@@ -371,7 +371,7 @@ class Console:
             raise Refused(" ".join(str(exc).split())) from None
 
     # --- audit trail -----------------------------------------------------------------------------
-    async def audit_page(self, request: Request) -> Response:
+    def audit_page(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -394,7 +394,7 @@ class Console:
                                                    "verify": verdict}, session=s)
 
     # --- trends --------------------------------------------------------------------------------
-    async def trends(self, request: Request) -> Response:
+    def trends(self, request: Request) -> Response:
         got = self.login_required(request)
         if isinstance(got, Response):
             return got
@@ -407,25 +407,24 @@ class Console:
         row = self.conn().execute("SELECT batch_id FROM batch ORDER BY created_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
-    async def chart(self, request: Request) -> Response:
+    def chart(self, request: Request) -> Response:
         got = self.login_required(request, touch=False)
         if isinstance(got, Response):
             return got
         name = request.path_params["name"]
         batch = request.query_params.get("batch") or ""
-        from starlette.concurrency import run_in_threadpool
         if name == "rejects":
-            data = await run_in_threadpool(charts.rejects, self.conn(), batch)
+            data = charts.rejects(self.conn(), batch)
         elif name == "grades":
-            data = await run_in_threadpool(charts.grades, self.conn(), batch)
+            data = charts.grades(self.conn(), batch)
         elif name == "latency":
-            data = await run_in_threadpool(charts.latency, list(self.samples))
+            data = charts.latency(list(self.samples))
         else:
             return Response("no such chart", status_code=404, media_type="text/plain")
         return Response(data, media_type="image/svg+xml", headers={"Cache-Control": "no-store",
                                                                     "X-Content-Type-Options": "nosniff"})
 
-    async def index(self, request: Request) -> Response:
+    def index(self, request: Request) -> Response:
         return RedirectResponse("/operator", status_code=303)
 
 
