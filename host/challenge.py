@@ -187,9 +187,9 @@ def missing(conn, line: str, now: _dt.datetime | None = None) -> str | None:
     if kind == "none":
         return None
     change_seq, change_at = _change_point(configs)
-    passed = [(s, a) for s, a, c, _ in _records(conn, ACTION, line) if c.get("result") == "passed"
-              and c.get("settings_sha256") == d.get("settings_sha256")]
-    after = [(s, a) for s, a in passed if s > change_seq]
+    passed = [(s, a, c.get("settings_sha256")) for s, a, c, _ in _records(conn, ACTION, line)
+              if c.get("result") == "passed"]
+    after = [(s, a) for s, a, h in passed if s > change_seq and h == d.get("settings_sha256")]
     if not after:
         last = f"; the last passed one was at {passed[-1][1][:19]}Z" if passed else ""
         return (f"line {line} has no passed challenge since its configuration changed at {change_at[:19]}Z"
@@ -311,13 +311,12 @@ class Run:
         p = {"pack": i + 1, "kind": kind, "unit_seq": u["unit_seq"], "test": bool(u["test"]),
              "verdict": u["verdict"], "verdict_reason": u["verdict_reason"], "outcome": u["outcome"],
              "reason": u["reason"], "grade": u["grade"],
-             "gate_error_mm": None if ge is None else round(ge / cpm, 2)}
+             "gate_error_mm": None if ge is None or u["outcome"] == "PASSED" else round(ge / cpm, 2)}  # 0: not fired
         p["problem"] = judge(kind, p) if u["outcome"] is not None else None
         p["ok"] = u["outcome"] is not None and p["problem"] is None
         return p
 
     def _finish(self, why: str | None) -> None:
-        from . import audit
         from .db import transaction
         for i in range(len(self.packs), len(self.plan)):
             self.packs.append({"pack": i + 1, "kind": self.plan[i], "unit_seq": None, "ok": False,
@@ -331,19 +330,27 @@ class Run:
         if why:
             self.problems.insert(0, why)
         self.state = "passed" if not self.problems else "failed"
-        cfg = self.svc.cfg
-        s = settings(cfg, self.svc._config_fields or None)
-        g = cfg.geometry
-        detail = {"line_id": line_id(cfg), "token": self.token, "result": self.state, "plan": list(self.plan),
-                  "packs": self.packs, "problems": self.problems, "started_at": self.started_at,
-                  "finished_at": _now(), "device_id": self.device_id, "boot_id": self.boot_id,
-                  "batch_id": self.batch_id, "first_unit": self.first,
-                  "timing": {"gate_window_mm": g.gate_window_mm, "gate_dwell_mm": g.gate_dwell_mm,
-                             "counts_per_mm": g.counts_per_mm},
-                  **s, "reason": self.reason}
         with transaction(self.svc.conn):
-            self.record_hash = audit.append(self.svc.conn, self.user, ACTION, detail)
-        self.timing = detail["timing"]
+            self.record_hash = record(self.svc.conn, self.svc.cfg, self.svc._config_fields or None, user=self.user,
+                                      reason=self.reason, result=self.state, packs=self.packs, problems=self.problems,
+                                      token=self.token, plan=list(self.plan), started_at=self.started_at,
+                                      device_id=self.device_id, boot_id=self.boot_id, batch_id=self.batch_id,
+                                      first_unit=self.first)
+        log.info("challenge %d %s: %s", self.token, self.state, "; ".join(self.problems) or "every pack handled right")
+
+
+def record(conn, cfg, fields: dict | None, *, user: str, reason: str, result: str, packs: list, problems: list,
+           **more) -> str:
+    """The `line.challenge` audit record (inside the caller's transaction): who, when (the record's
+    time), the line's settings, every pack's result; returns its hash."""
+    from . import audit
+    g = cfg.geometry
+    detail = {"line_id": line_id(cfg), "result": result, "packs": packs, "problems": problems, **more,
+              "finished_at": _now(),
+              "timing": {"gate_window_mm": g.gate_window_mm, "gate_dwell_mm": g.gate_dwell_mm,
+                         "counts_per_mm": g.counts_per_mm},
+              **settings(cfg, fields), "reason": reason}
+    return audit.append(conn, user, ACTION, detail)
 
 
 def judge(kind: str, p: dict) -> str | None:
