@@ -8,6 +8,9 @@ invariants (host/sim/report.py): every bad pack rejected, one outcome per unit, 
 twice, no event lost, no pack unaccounted for, the ledger agreeing with the line by printed code,
 and `serialine batch reconcile` passing.
 
+The same proof through the simulator, which starts `serialine agent run` itself: `serialine sim
+--batch B` on a batch made with the CLI, vendor drivers, a camera drop and a SIGTERM + restart.
+
 Also: a configuration the line file or the device refuses is one line a user can act on, the same
 from `serialine agent check` (offline) and `serialine agent run`."""
 
@@ -432,3 +435,49 @@ def test_a_configuration_the_device_refuses_is_its_field_in_mm_and_ms(tmp_path, 
     assert "min_host_budget_ms = 5000 ms" in errors[0], errors[0]
     assert "Traceback" not in agent.log and "did not start" not in agent.log
     assert not world.ran and world.detected == 0  # the line never ran
+
+
+# --- the same proof through the simulator, which now runs `serialine agent run` itself ---------------
+
+SIM_SCENARIO = """\
+name = "agent-e2e-sim"
+units = 150
+ppm = 600
+seed = 3
+
+[defects]
+misprint = 0.03
+smear = 0.02
+
+[coder]
+driver = "videojet"
+
+[camera]
+driver = "dataman"
+no_read = 0.01
+
+[faults]
+camera_drop_at = [50]
+host_term_at = [100]
+"""
+
+
+def test_serialine_sim_runs_a_cli_batch_through_agent_run_with_a_camera_drop_and_a_sigterm(tmp_path):
+    db, batch = tmp_path / "serialine.db", "B-E2E-SIM"
+    make_batch(db, batch, 150)
+    scenario = tmp_path / "e2e.toml"
+    scenario.write_text(SIM_SCENARIO)
+    out = tmp_path / "out"
+    r = serialine("sim", "--scenario", str(scenario), "--batch", batch, "--db", str(db), "--out", str(out), "--quiet",
+                  timeout=300)
+    report = json.loads((out / "report-agent-e2e-sim.json").read_text())
+    summary = {k: report.get(k) for k in ("invariants", "run", "alarms", "good_rejected_reasons", "invalid")}
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:], summary)
+    assert all(report["invariants"].values()) and report["invalid"] is None, summary
+    assert report["run"]["camera_drops"] == 1 and report["run"]["host_terms"] == 1, summary
+    assert report["alarms"].get("camera_lost") == 1 and report["alarms"].get("camera_back") == 1, summary
+    assert report["batch"] == batch
+    agent_log = (out / "serialine.agent.log").read_text()
+    assert "Traceback" not in agent_log and "driver dataman" in agent_log and "driver videojet" in agent_log
+    reconcile = serialine("batch", "reconcile", batch, "--db", str(db), "--user", "qa-anna")
+    assert reconcile.returncode == 0 and "PROBLEM" not in reconcile.stdout, reconcile.stdout
