@@ -42,6 +42,8 @@ ENDPOINTS: dict[str, tuple[str, str | None, dict[str, bool]]] = {
     "/challenge/run": ("POST", "challenge.run", {"plan": False, "timeout_s": False}),
     "/device/config": ("POST", "device.config.set", {"values": True}),
 }
+# the users.PERMISSIONS action a command needs on a ledger with users, where its name is not one
+USER_ACTION = {"device.config.set": "config.change", "challenge.run": "config.change"}
 GET_ONLY = {"/device/config": "device_config"}  # GET path -> the status snapshot's key it serves
 FIELD_MAX = {"plan": 400, "values": 1000}  # longer than a batch id; the service parses them
 PATHS = {command: path for path, (_, command, _) in ENDPOINTS.items() if command}
@@ -521,7 +523,7 @@ def ledger_authorizer(db_path: str):
                 return
             if password is None:
                 raise NeedPassword(f"{command} needs the password of {user} (this ledger has users)")
-            users.prove(conn, user, password, command)
+            users.prove(conn, user, password, USER_ACTION.get(command, command))
         except sqlite3.Error as exc:
             raise ValueError(f"{command}: the ledger is busy or unreadable ({exc}); try again") from None
         finally:

@@ -110,3 +110,10 @@ def test_serialine_line_sends_the_password_when_the_agent_asks(agent):
     r = line("start", *addr, "--user", "otto", "--reason", "shift start", input="wrong-password-1\n")
     assert (r.returncode, r.stderr) == (1, "serialine line start: wrong password for otto (1 of 5 before a lockout)\n")
     assert [(q.command, q.user) for q in loop.seen] == [("line.clear", "otto"), ("line.stop", "otto")]
+
+
+def test_every_command_is_an_action_the_users_table_knows():
+    from serialine.host import control
+    for _, command, _ in control.ENDPOINTS.values():
+        if command is not None:
+            assert control.USER_ACTION.get(command, command) in users.PERMISSIONS, command
