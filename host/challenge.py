@@ -394,6 +394,11 @@ def execute(service, req):
         timeout_s = float(req.args.get("timeout_s") or TIMEOUT_S)
     except (ChallengeError, ValueError) as exc:
         return str(exc)
+    n_bad = sum(k != "good" for k in plan)
+    limit = service.cfg.geometry.reject_streak_limit
+    if limit and n_bad >= limit:
+        return (f"challenge refused: [line] reject_streak_limit = {limit} would stop the line at the {limit}th of the plan's"
+                f" {n_bad} bad packs (rejects in a row); raise it or test in smaller plans (--plan)")
     st = service.link.last_status or {}
     if st.get("in_flight"):
         return (f"challenge refused: {st['in_flight']} unit(s) in flight; stop feeding and let the line clear"
