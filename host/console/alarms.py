@@ -50,6 +50,19 @@ ALARMS: dict[str, tuple[str, str]] = {
     "LEDGER_BUSY": ("the ledger was busy; the agent retries", "none if it clears; else call the engineer"),
     "RESUMING": ("the agent restarted and is taking over the running device", "wait; then clear"),
     "RESUMED": ("the agent took over the device again", "clear to restart the line"),
+    "CORRELATION": ("a pack got no camera result in its time window: it is rejected",
+                    "none for one; many in a row: check the camera's trigger and its network"),
+    "OUTCOME_LOST": ("a pack's outcome was lost", "QA resolves the unit before the batch can close"),
+    # the coder and reader drivers
+    "DISCONNECTED": ("a coder or camera closed its connection", "see the LOST alarm beside it"),
+    "RESYNC": ("the agent is reconnecting to a coder or camera", "none; it retries by itself"),
+    "NO_REPLY": ("a coder or camera did not answer in time", "check it is on and not in an error screen"),
+    "MALFORMED": ("a coder or camera sent a line the agent cannot read (ignored)",
+                  "none for one; many: check the device's protocol settings"),
+    "UNEXPECTED_REPLY": ("a coder or camera answered something the agent did not ask", "call the line engineer"),
+    "TOO_LONG": ("a coder or camera sent an over-long line (ignored)", "call the line engineer"),
+    "NOT_RUNNING": ("the coder is not running its print job", "start the job on the coder"),
+    "LOAD_REFUSED": ("the coder refused the next code", "check the coder's screen for its error"),
 }
 
 

@@ -79,8 +79,25 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
         first = _count(page, "#count-detected")
         _until(lambda: _count(page, "#count-detected") > first, 30, "the counts rise without a reload")
         assert page.inner_text("#line-state") == "RUNNING"
+
+        # the camera drops its connection: the alarm says what it means and what to do, and the
+        # agent's interlock refuses a start until the operator clears
+        rig.camera.drop()
+        _until(lambda: "CAMERA_LOST" in page.inner_text("#alarms"), 20, "the camera alarm on the operator screen")
+        alarms = page.inner_text("#alarms")
+        assert "the connection to the camera is gone" in alarms and "check the camera is on" in alarms, alarms
+        _until(lambda: "CAMERA_BACK" in page.inner_text("#alarms"), 20, "the camera back")
+        page.fill("#reason", "restart after camera")
+        page.click("#start")
+        _until(lambda: "refused" in page.inner_text("#result"), 15, "start refused under the latched stop")
+        assert "line.start refused" in page.inner_text("#result"), page.inner_text("#result")
+        page.click("#clear")
+        _until(lambda: "clear sent by olga" in page.inner_text("#result"), 15, "the clear accepted")
+        n = _count(page, "#count-detected")
+        _until(lambda: _count(page, "#count-detected") > n, 30, "the line runs again after the clear")
         IMG.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(IMG / "console-operator.png"), full_page=True)
+
         page.fill("#reason", "end of the test run")
         page.click("#stop")
         _until(lambda: "stop sent by olga" in page.inner_text("#result"), 15, "the stop confirmed")
