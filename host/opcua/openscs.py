@@ -66,7 +66,7 @@ class Answer:
     why: str = ""  # one line for the log and the audit when status is not NoError
 
 
-class Refused(Exception):
+class CallRefused(Exception):
     def __init__(self, status: Ret, why: str):
         super().__init__(why)
         self.status, self.why = status, why
@@ -78,25 +78,26 @@ def criteria(pairs) -> tuple[str, str | None]:
     for key, value in pairs:
         k = (key or "").strip().upper()
         if k not in ("GTIN", "LOT") or k in got:
-            raise Refused(Ret.InvalidSelectionCriteria, f"selection criterion {key!r}: only GTIN and LOT, each once")
+            raise CallRefused(Ret.InvalidSelectionCriteria,
+                              f"selection criterion {key!r}: only GTIN and LOT, each once")
         got[k] = (value or "").strip()
     gtin = got.get("GTIN", "")
     if not re.fullmatch(r"\d{14}", gtin):
-        raise Refused(Ret.InvalidSelectionCriteria, f"GTIN {gtin!r}: 14 digits needed")
+        raise CallRefused(Ret.InvalidSelectionCriteria, f"GTIN {gtin!r}: 14 digits needed")
     return gtin, (got.get("LOT") or None)
 
 
 def _format(fmt: str) -> str:
     f = (fmt or "SERIALONLY").strip().upper()
     if f not in FORMATS:
-        raise Refused(Ret.InvalidSerialNumbersFormat, f"SNFormat {fmt!r}: one of {', '.join(FORMATS)}")
+        raise CallRefused(Ret.InvalidSerialNumbersFormat, f"SNFormat {fmt!r}: one of {', '.join(FORMATS)}")
     return f
 
 
 def _cp_len(conn, gtin: str) -> int:
     row = conn.execute("SELECT company_prefix_len FROM product WHERE gtin=?", (gtin,)).fetchone()
     if row is None:
-        raise Refused(Ret.InvalidSelectionCriteria, f"no pool for GTIN {gtin}")
+        raise CallRefused(Ret.InvalidSelectionCriteria, f"no pool for GTIN {gtin}")
     return row[0]
 
 
@@ -115,24 +116,27 @@ def decode(conn, gtin: str, text: str, fmt: str) -> str:
     elif fmt == "LITERAL":
         m = re.fullmatch(r"\(01\)(\d{14})\(21\)(.{1,20})", text)
         if not m or m.group(1) != gtin:
-            raise Refused(Ret.InvalidSerialNumbersFormat, f"{text!r} is not (01){gtin}(21)SERIAL")
+            raise CallRefused(Ret.InvalidSerialNumbersFormat, f"{text!r} is not (01){gtin}(21)SERIAL")
         serial = m.group(2)
     else:
         prefix = sgtin_urn(gtin, "0", _cp_len(conn, gtin))[:-1]
         if not text.startswith(prefix):
-            raise Refused(Ret.InvalidSerialNumbersFormat, f"{text!r} is not an SGTIN URN of {gtin}")
-        serial = text[len(prefix):]
+            raise CallRefused(Ret.InvalidSerialNumbersFormat, f"{text!r} is not an SGTIN URN of {gtin}")
+        # the TDS escapes of the URN (" % & / < > ?), and only its canonical form
+        serial = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), text[len(prefix):])
+        if not serials._SERIAL.fullmatch(serial) or sgtin_urn(gtin, serial, _cp_len(conn, gtin)) != text:
+            raise CallRefused(Ret.InvalidSerialNumbersFormat, f"{text!r}: not a canonical SGTIN URN")
     if not serials._SERIAL.fullmatch(serial):
-        raise Refused(Ret.InvalidSerialNumbersFormat, f"{text!r}: not a GS1 serial")
+        raise CallRefused(Ret.InvalidSerialNumbersFormat, f"{text!r}: not a GS1 serial")
     return serial
 
 
 def _running_batch(conn, gtin: str, lot: str) -> str:
     row = conn.execute("SELECT batch_id, state FROM batch WHERE gtin=? AND lot=?", (gtin, lot)).fetchone()
     if row is None:
-        raise Refused(Ret.InvalidSelectionCriteria, f"no batch of GTIN {gtin} with lot {lot!r}")
+        raise CallRefused(Ret.InvalidSelectionCriteria, f"no batch of GTIN {gtin} with lot {lot!r}")
     if row[1] != "running":
-        raise Refused(Ret.InvalidSelectionCriteria, f"batch {row[0]} (lot {lot!r}) is {row[1]}: serials are "
+        raise CallRefused(Ret.InvalidSelectionCriteria, f"batch {row[0]} (lot {lot!r}) is {row[1]}: serials are "
                       "allocated only to a running batch")
     return row[0]
 
@@ -145,7 +149,7 @@ class PoolManager:
         self.conn = conn
         self.max_requestable = max_requestable
 
-    def _audit_refusal(self, user: str, action: str, detail: dict, r: Refused) -> Answer:
+    def _audit_refusal(self, user: str, action: str, detail: dict, r: CallRefused) -> Answer:
         with transaction(self.conn):
             audit.append(self.conn, user, action, {**detail, "return": r.status.name, "why": r.why})
         return Answer(r.status, why=r.why)
@@ -160,14 +164,14 @@ class PoolManager:
             fmt = _format(fmt)
             gtin, lot = criteria(pairs)
             if allocated and lot is None:
-                raise Refused(Ret.InvalidSelectionCriteria, "SNRequestAllocated needs a LOT selection criterion")
+                raise CallRefused(Ret.InvalidSelectionCriteria, "SNRequestAllocated needs a LOT selection criterion")
             if not allocated and lot is not None:
-                raise Refused(Ret.InvalidSelectionCriteria, "SNRequestUnallocated takes GTIN only (no LOT)")
+                raise CallRefused(Ret.InvalidSelectionCriteria, "SNRequestUnallocated takes GTIN only (no LOT)")
             if not 0 < count <= self.max_requestable:
-                raise Refused(Ret.InsufficientSerialNumbers, f"count {count}: 1 to MaxSNRequestable = "
+                raise CallRefused(Ret.InsufficientSerialNumbers, f"count {count}: 1 to MaxSNRequestable = "
                               f"{self.max_requestable} per call")
             if len(token) > 200:
-                raise Refused(Ret.InvalidRequestToken, "request token longer than 200 characters")
+                raise CallRefused(Ret.InvalidRequestToken, "request token longer than 200 characters")
             token = token or uuid.uuid4().hex
             with transaction(self.conn):
                 _cp_len(self.conn, gtin)
@@ -175,9 +179,10 @@ class PoolManager:
                                          (token,)).fetchall()
                 if rows:  # a repeat: the same page again, nothing new handed out
                     if {r[0] for r in rows} != {gtin} or {r[2] for r in rows} != {lot} or len(rows) != count:
-                        raise Refused(Ret.InvalidRequestToken, f"request token {token!r} was used for another request")
+                        raise CallRefused(Ret.InvalidRequestToken,
+                                          f"request token {token!r} was used for another request")
                     if any(r[3] == "returned" for r in rows):
-                        raise Refused(Ret.InvalidRequestToken, f"the serials of request token {token!r} were "
+                        raise CallRefused(Ret.InvalidRequestToken, f"the serials of request token {token!r} were "
                                       "returned: ask with a new token")
                     picked = sorted(r[1] for r in rows)
                     repeat = True
@@ -193,7 +198,7 @@ class PoolManager:
                                                        "return": Ret.NoError.name})
                 out = tuple(encode(self.conn, gtin, s, fmt) for s in picked)
             return Answer(Ret.NoError, out, token, gtin)
-        except Refused as r:
+        except CallRefused as r:
             return self._audit_refusal(user, action, detail, r)
 
     def _take(self, gtin: str, lot: str | None, count: int) -> list[str]:
@@ -201,12 +206,13 @@ class PoolManager:
             try:
                 return sorted(serials.allocate(self.conn, _running_batch(self.conn, gtin, lot), gtin, count))
             except serials.SerialError as exc:
-                raise Refused(Ret.InsufficientSerialNumbers, str(exc)) from None
+                raise CallRefused(Ret.InsufficientSerialNumbers, str(exc)) from None
         rows = [s for (s,) in self.conn.execute(
             f"SELECT serial FROM serial WHERE gtin=? AND state='available' AND {serials.USABLE} LIMIT ?",
             (gtin, count))]
         if len(rows) < count:
-            raise Refused(Ret.InsufficientSerialNumbers, f"pool for {gtin}: {len(rows)} available, {count} requested")
+            raise CallRefused(Ret.InsufficientSerialNumbers,
+                              f"pool for {gtin}: {len(rows)} available, {count} requested")
         return sorted(rows)
 
     def settle(self, user: str, how: str, collection, fmt: str, pairs, allocated: bool | None = None) -> Answer:
@@ -220,36 +226,38 @@ class PoolManager:
             fmt = _format(fmt)
             gtin, lot = criteria(pairs)
             if not texts or len(texts) > MAX_SN_RETURNABLE:
-                raise Refused(Ret.InvalidSerialNumberCollection, f"{len(texts)} serials: 1 to MaxSNReturnable = "
+                raise CallRefused(Ret.InvalidSerialNumberCollection, f"{len(texts)} serials: 1 to MaxSNReturnable = "
                               f"{MAX_SN_RETURNABLE} per call")
             wanted = [decode(self.conn, gtin, t, fmt) for t in texts]
             if len(set(wanted)) != len(wanted):
-                raise Refused(Ret.InvalidSerialNumberCollection, "a serial appears twice in the collection")
+                raise CallRefused(Ret.InvalidSerialNumberCollection, "a serial appears twice in the collection")
             with transaction(self.conn):
                 out = dict(self.conn.execute(
                     "SELECT g.serial, g.lot FROM serial_grant g JOIN json_each(?) j ON g.serial = j.value"
                     " WHERE g.gtin=? AND g.state='out'", (json.dumps(wanted), gtin)))
                 missing = [s for s in wanted if s not in out]
                 if missing:
-                    raise Refused(Ret.InvalidSerialNumberCollection,
+                    raise CallRefused(Ret.InvalidSerialNumberCollection,
                                   f"{len(missing)} serial(s) not handed out by this pool manager (or settled already): "
                                   f"{missing[:5]!r}")
                 if allocated and lot is None:
-                    raise Refused(Ret.InvalidSelectionCriteria, "SNReturnAllocated needs a LOT selection criterion")
+                    raise CallRefused(Ret.InvalidSelectionCriteria, "SNReturnAllocated needs a LOT selection criterion")
                 if allocated is False and any(out[s] is not None for s in wanted):
-                    raise Refused(Ret.InvalidSelectionCriteria, "allocated serials are returned with SNReturnAllocated")
+                    raise CallRefused(Ret.InvalidSelectionCriteria,
+                                      "allocated serials are returned with SNReturnAllocated")
                 if lot is not None and any(out[s] != lot for s in wanted):
-                    raise Refused(Ret.InvalidSelectionCriteria, f"not every serial was allocated to lot {lot!r}")
+                    raise CallRefused(Ret.InvalidSelectionCriteria, f"not every serial was allocated to lot {lot!r}")
                 self.conn.executemany("UPDATE serial_grant SET state=? WHERE gtin=? AND serial=? AND state='out'",
                                       [(how, gtin, s) for s in wanted])
                 if how == "used":  # allocated to the lot here: the ledger's own allocated → printed
-                    self.conn.executemany("UPDATE serial SET state='printed' WHERE gtin=? AND serial=? AND state='allocated'",
+                    self.conn.executemany("UPDATE serial SET state='printed' WHERE gtin=? AND serial=?"
+                                          " AND state='allocated'",
                                           [(gtin, s) for s in wanted if out[s] is not None])
                 audit.append(self.conn, user, action, {**detail, "gtin": gtin, "lot": lot, "return": Ret.NoError.name})
             return Answer(Ret.NoError, gtin=gtin)
-        except Refused as r:
+        except CallRefused as r:
             return self._audit_refusal(user, action, detail, r)
 
     def refuse(self, user: str, action: str, status: Ret, why: str) -> Answer:
         """A call refused before it reached the ledger (e.g. the user's role): audited all the same."""
-        return self._audit_refusal(user, action, {}, Refused(status, why))
+        return self._audit_refusal(user, action, {}, CallRefused(status, why))

@@ -47,7 +47,8 @@ def states(status: dict | None) -> tuple[str, str | None, str | None]:
         return "Cleared", "Stopped", None
     if status.get("resuming"):
         return "Cleared", "Running", "Starting"
-    if (device.get("state") == "STOPPED" or status.get("line_stop") or "lost" in (status.get("coder"), status.get("camera"))):
+    if device.get("state") == "STOPPED" or status.get("line_stop") or "lost" in (status.get("coder"),
+                                                                               status.get("camera")):
         return "Cleared", "Running", "Held"
     if device.get("state") == "RUNNING":
         return "Cleared", "Running", "Execute"

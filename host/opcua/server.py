@@ -69,7 +69,7 @@ class _Users:
             log.warning("opcua: anonymous session refused")
             return None
         acc = self.accounts.get(username)
-        if acc is None or not users.check_password(acc.hashed, password or ""):
+        if acc is None or not users.check_password(password or "", acc.hashed):
             log.warning("opcua: login refused for user %r", username)
             return None
         return User(role=UserRole.User, name=f"{acc.name}/{acc.role}")

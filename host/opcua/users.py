@@ -1,18 +1,17 @@
-"""OPC UA users: a users file of `name role scrypt$N$r$p$salt$hash` lines (hashlib.scrypt), never a
-password in clear, in TOML or in a log. Roles: viewer (browse, read), operator (also calls that
-change the line or the pools), engineer (everything)."""
+"""OPC UA users: a users file of `name role scrypt$N$r$p$salt$hash` lines, never a password in
+clear, in TOML or in a log (the hash is the ledger users' one: host/users.py hash_password). Roles:
+viewer (browse, read), operator (also calls that change the line or the pools), engineer (everything)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..users import check_password, hash_password  # noqa: F401  (check_password: for the server)
+
 ROLES = ("viewer", "operator", "engineer")
-_N, _R, _P = 2 ** 14, 8, 1  # scrypt cost: ~16 MiB, tens of ms per login
 _NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
@@ -27,22 +26,6 @@ class Account:
     hashed: str
 
 
-def hash_password(password: str, *, salt: bytes | None = None, n: int = _N, r: int = _R, p: int = _P) -> str:
-    salt = salt or os.urandom(16)
-    dk = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
-    return f"scrypt${n}${r}${p}${salt.hex()}${dk.hex()}"
-
-
-def check_password(hashed: str, password: str) -> bool:
-    try:
-        kind, n, r, p, salt, dk = hashed.split("$")
-        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
-                             maxmem=64 * 1024 * 1024, dklen=len(dk) // 2)
-    except (ValueError, TypeError):
-        return False
-    return kind == "scrypt" and hmac.compare_digest(got.hex(), dk)
-
-
 def load(path: str | Path) -> dict[str, Account]:
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -53,7 +36,8 @@ def load(path: str | Path) -> dict[str, Account]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split()
-        if len(parts) != 3 or not _NAME.fullmatch(parts[0]) or parts[1] not in ROLES or not parts[2].startswith("scrypt$"):
+        if (len(parts) != 3 or not _NAME.fullmatch(parts[0]) or parts[1] not in ROLES
+                or not parts[2].startswith("scrypt$")):
             raise UsersError(f"{path}: line {no}: expected 'NAME ROLE scrypt$...' with ROLE one of {', '.join(ROLES)}")
         if parts[0] in out:
             raise UsersError(f"{path}: line {no}: user {parts[0]!r} twice")

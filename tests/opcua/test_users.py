@@ -20,8 +20,8 @@ def test_users_file_holds_only_scrypt_hashes(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     acc = users.load(path)
     assert acc["olga"].role == "operator" and acc["olga"].hashed.startswith("scrypt$16384$8$1$")
-    assert users.check_password(acc["olga"].hashed, "correct horse")
-    assert not users.check_password(acc["olga"].hashed, "correct horsE")
+    assert users.check_password("correct horse", acc["olga"].hashed)
+    assert not users.check_password("correct horsE", acc["olga"].hashed)
     assert acc["olga"].hashed != users.hash_password("correct horse")  # salted
     with pytest.raises(users.UsersError, match="role"):
         users.add(path, "x", "admin", "long enough")
@@ -37,7 +37,7 @@ def test_user_add_cli_reads_the_password_from_stdin(tmp_path):
     r = subprocess.run([sys.executable, "-m", "serialine.host.cli", "opcua", "user", "add", str(path), "emil",
                         "--role", "engineer"], input="eng-secret-1\n", capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "eng-secret-1" not in r.stdout + r.stderr + path.read_text()
-    assert users.check_password(users.load(path)["emil"].hashed, "eng-secret-1")
+    assert users.check_password("eng-secret-1", users.load(path)["emil"].hashed)
 
 
 def test_serve_refuses_bad_input_in_one_line(tmp_path):
@@ -91,3 +91,63 @@ def test_line_file_opcua_section():
         linefile.parse(LINE + '[opcua]\nendpoint = "opc.tcp://nohost"\nusers = "u"\n', "l.toml")
     with pytest.raises(linefile.LineFileError, match="password"):  # a secret never in the TOML
         linefile.parse(LINE + '[opcua]\nendpoint = "opc.tcp://h:1"\nusers = "u"\npassword = "x"\n', "l.toml")
+
+
+# --- the parsers: property tests ----------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from serialine.host import db, gs1, masterdata  # noqa: E402
+from serialine.host.opcua import openscs  # noqa: E402
+
+GTIN = "09506000134352"
+SERIAL = st.text(alphabet=sorted(gs1.CSET82), min_size=1, max_size=20)
+
+
+@pytest.fixture(scope="module")
+def mem():
+    c = db.connect(":memory:")
+    masterdata.add_product(c, GTIN, "Aspirin", "EU_FMD", 7)
+    return c
+
+
+@settings(max_examples=300, deadline=None)
+@given(serial=SERIAL, fmt=st.sampled_from(openscs.FORMATS))
+def test_every_sn_format_round_trips(mem, serial, fmt):
+    assert openscs.decode(mem, GTIN, openscs.encode(mem, GTIN, serial, fmt), fmt) == serial
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=40), fmt=st.sampled_from(openscs.FORMATS))
+def test_a_bad_serial_text_is_a_return_code_never_a_crash(mem, text, fmt):
+    try:
+        serial = openscs.decode(mem, GTIN, text, fmt)
+    except openscs.CallRefused as r:
+        assert r.status is openscs.Ret.InvalidSerialNumbersFormat
+    else:
+        assert openscs.encode(mem, GTIN, serial, fmt) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(pairs=st.lists(st.tuples(st.one_of(st.none(), st.text(max_size=8)), st.one_of(st.none(), st.text(max_size=16))),
+                      max_size=4))
+def test_selection_criteria_are_gtin_and_lot_or_a_return_code(pairs):
+    try:
+        gtin, lot = openscs.criteria(pairs)
+    except openscs.CallRefused as r:
+        assert r.status is openscs.Ret.InvalidSelectionCriteria
+    else:
+        assert len(gtin) == 14 and gtin.isdigit()
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200))
+def test_a_users_file_loads_or_is_one_line(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("u") / "users"
+    path.write_text(text, encoding="utf-8")
+    try:
+        out = users.load(path)
+    except users.UsersError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert all(a.role in users.ROLES for a in out.values())
