@@ -34,8 +34,8 @@ class Sessions:
     def new(self, user: str | None = None, message: str = "") -> Session:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), user, message=message)
         with self._lock:
-            if len(self._by_token) >= MAX_SESSIONS:
-                oldest = min(self._by_token.values(), key=lambda x: x.seen)
+            if len(self._by_token) >= MAX_SESSIONS:  # not-logged-in ones first: a flood of login pages evicts nobody
+                oldest = min(self._by_token.values(), key=lambda x: (x.user is not None, x.seen))
                 del self._by_token[oldest.token]
             self._by_token[s.token] = s
         return s

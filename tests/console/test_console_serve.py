@@ -86,3 +86,12 @@ def test_a_session_ends_after_its_idle_time_and_polling_does_not_keep_it():
     anon = s.new()  # the login form's session never times out into an audit record
     time.sleep(0.35)
     assert s.sweep() == ["quinn"] and s.get(anon.token)[0] is anon
+
+
+def test_a_flood_of_login_pages_evicts_no_logged_in_session():
+    from serialine.host.console import sessions
+    s = Sessions(timeout_s=60)
+    olga = s.new("olga")
+    for _ in range(sessions.MAX_SESSIONS + 50):
+        s.new()
+    assert s.get(olga.token)[0] is olga
