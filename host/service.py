@@ -40,6 +40,7 @@ USER = "serialine-agent"  # who the service's own audit records are by
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
 DRAIN_S = 5.0  # after SIGTERM: how long the units in flight get to reach their outcome
 CONNECT_S = 1.0  # one HELLO attempt; the service keeps trying, serving its control interface
+PUBLISH_EVERY_S = 0.005  # the status snapshot (a JSON dump, ~40 µs): at most this often, not every step
 ALARMS_EVERY_S = 0.2  # new alarms (ledger and device) logged and put in the status this often
 STATUS_EVERY_S = 1.0  # ledger figures and alarms in the status snapshot (the rest is fresh every step)
 CONFIG_REPORT_WARN_S = 10.0
@@ -309,7 +310,7 @@ class Service:
         self._config_fields: dict = {}
         self._busy_said = False
         self._ready = False
-        self._status_at = self._alarms_at = 0.0
+        self._status_at = self._alarms_at = self._published_at = 0.0
         self._figures: dict = {}
         self._alarm_seen = 0
         self._alarms: list[dict] = []
@@ -746,8 +747,9 @@ class Service:
                     self._read_figures()
             except sqlite3.Error:
                 pass  # busy: the figures of the last read stand
-        if self.control is None:
+        if self.control is None or (now - self._published_at < PUBLISH_EVERY_S and not force and ready is None):
             return
+        self._published_at = now
         hello = (self.link.hello if self.link is not None else None) or {}
         st = (self.link.last_status if self.link is not None else None) or {}
         agent = self.agent
