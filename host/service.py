@@ -849,7 +849,10 @@ class Service:
                 break
             self._serve_requests()
             self._publish()
-            left = self._in_flight()
+            try:
+                left = self._in_flight()
+            except sqlite3.OperationalError:  # another writer holds the lock: ask again next step
+                continue
             if left == 0 and not self.link.tx_pending:
                 break
         else:
