@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ship": ("serialine.host.ship", "main", "pallets leave the site: EPCIS shipping event (PO, despatch advice)"),
     "line": ("serialine.host.cli_line", "main", "operator commands to a running agent: start, stop, clear, select, status"),
     "challenge": ("serialine.host.cli_challenge", "main", "challenge-test the reject system of a running line (audited, PNG plot)"),
+    "tune": ("serialine.host.tune", "main", "live view for tuning a running line: speed, gate error, verdict latency, rejects; --plot"),
     "device": ("serialine.tools.device", "main", "flash a board (verified on the device, HELLO checked); the unix port as a sim board"),
     "verify": ("serialine.host.verify.cli", "main", "decode and grade DataMatrix images (ISO/IEC 15415, uncalibrated)"),
     "frames": ("serialine.tools.frames", "main", "decode a captured or live link byte stream into frames, flagging errors"),

@@ -240,3 +240,153 @@ def config_main(argv: list[str]) -> int:
         print(f"the line file {a.config} still says {', '.join(f'{k} = {getattr(cfg.geometry, k)}' for k in differs)}:"
               " put the new value there to keep it after the agent restarts", file=sys.stderr)
     return 0
+
+
+# --- serialine tune: the live view ------------------------------------------------------------------
+
+def figures(conn, cfg, n: int = 50) -> dict:
+    """The last `n` unit outcomes of the ledger as a line engineer tunes by them: per unit the gate
+    error (mm) and, for confirmed rejects, where the confirm sensor saw it (mm past the gate); the
+    rejects by reason."""
+    import json
+    g = cfg.geometry
+    cpm = g.counts_per_mm
+    rows = conn.execute("SELECT device_id, boot_id, unit_seq, body FROM device_event WHERE msg_name='UNIT_OUTCOME'"
+                        " ORDER BY received_at DESC, event_seq DESC LIMIT ?", (n,)).fetchall()
+    units = []
+    for device_id, boot_id, unit_seq, body in reversed(rows):
+        f = json.loads(body)
+        det = conn.execute("SELECT body FROM device_event WHERE device_id=? AND boot_id=? AND unit_seq=?"
+                           " AND msg_name='UNIT_DETECTED'", (device_id, boot_id, unit_seq)).fetchone()
+        outcome, reason = _name("Outcome", f.get("outcome")), _name("Reason", f.get("reason"))
+        fired = outcome.startswith("REJECTED")
+        confirm = None
+        if outcome == "REJECTED_CONFIRMED" and det is not None:
+            confirm = round((int(f["pos"]) - int(json.loads(det[0])["pos"])) / cpm - g.gate_at_mm, 2)
+        units.append({"unit": f"{boot_id}/{unit_seq}", "outcome": outcome, "reason": reason,
+                      "gate_error_mm": round(int(f.get("gate_error", 0)) / cpm, 2) if fired else None,
+                      "confirm_mm": confirm})
+    by_reason: dict[str, int] = {}
+    for u in units:
+        if u["outcome"] != "PASSED":
+            by_reason[u["reason"].lower()] = by_reason.get(u["reason"].lower(), 0) + 1
+    errs = [abs(u["gate_error_mm"]) for u in units if u["gate_error_mm"] is not None]
+    return {"units": units, "rejects_by_reason": by_reason, "gate_window_mm": g.gate_window_mm,
+            "confirm_window_mm": g.confirm_window_mm, "gate_error_max_mm": max(errs) if errs else None,
+            "outside_window": sum(e > g.gate_window_mm for e in errs)}
+
+
+def _name(enum_name: str, v) -> str:
+    from serialine.protocol import schema
+    try:
+        return getattr(schema, enum_name)(int(v)).name
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def render(status: dict, fig: dict):
+    """One frame of the live view (rich renderables)."""
+    from rich.console import Group
+    from rich.table import Table
+    speed = status.get("speed_mm_s")
+    lat = status.get("verdict_latency_ms") or {}
+    budget = status.get("budget_ms")
+    head = Table.grid(padding=(0, 2))
+    head.add_row("line", str(status.get("line_id")), "batch", str(status.get("batch")),
+                 "device", str((status.get("device") or {}).get("state")))
+    head.add_row("speed", f"{speed:g} mm/s" if speed is not None else "-",
+                 "verdict latency", f"p50 {lat.get('p50', '-')} ms, p99 {lat.get('p99', '-')} ms (n {lat.get('n', 0)})",
+                 "budget", f"{budget:g} ms" if budget is not None else "-")
+    w = fig["gate_window_mm"]
+    t = Table(title=f"last {len(fig['units'])} units: gate error vs ±{w:g} mm, confirm within {fig['confirm_window_mm']:g} mm")
+    for col in ("unit", "outcome", "reason", "gate error mm", "confirm mm past gate"):
+        t.add_column(col)
+    for u in fig["units"][-20:]:
+        ge = u["gate_error_mm"]
+        shown = "-" if ge is None else (f"[red]{ge:+.2f}[/red]" if abs(ge) > w else f"{ge:+.2f}")
+        t.add_row(u["unit"], u["outcome"], u["reason"].lower(), shown,
+                  "-" if u["confirm_mm"] is None else f"{u['confirm_mm']:.1f}")
+    rej = ", ".join(f"{k} {v}" for k, v in sorted(fig["rejects_by_reason"].items())) or "none"
+    mx = fig["gate_error_max_mm"]
+    tail = (f"rejects by reason: {rej}; gate error max {'-' if mx is None else f'{mx:.2f} mm'},"
+            f" {fig['outside_window']} outside the window")
+    warn = ""
+    if budget and lat.get("p99") and lat["p99"] > budget:
+        warn = f"\n[red]verdict latency p99 {lat['p99']} ms is over the decision budget {budget:g} ms[/red]"
+    return Group(head, t, tail + warn)
+
+
+def plot_figures(fig: dict, status: dict, path: str) -> None:
+    """--plot: gate error per unit against the window (symlog scale so outliers show) and the
+    rejects by reason."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    w = fig["gate_window_mm"]
+    units = fig["units"]
+    f, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
+    xs = [i for i, u in enumerate(units) if u["gate_error_mm"] is not None]
+    ax.axhspan(-w, w, color="tab:green", alpha=0.15, label=f"gate window ±{w:g} mm")
+    ax.plot(xs, [units[i]["gate_error_mm"] for i in xs], "o", color="tab:blue", label="gate error at opening")
+    ax.set_yscale("symlog", linthresh=max(1.0, w))
+    ax.set_xlabel(f"unit (last {len(units)})")
+    ax.set_ylabel("pack − gate when the gate opened (mm)")
+    lat, budget = status.get("verdict_latency_ms") or {}, status.get("budget_ms")
+    ax.set_title(f"speed {status.get('speed_mm_s')} mm/s; verdict p50 {lat.get('p50', '-')} / p99 {lat.get('p99', '-')} ms"
+                 f" vs budget {budget} ms", fontsize=8)
+    ax.legend(fontsize=7)
+    r = fig["rejects_by_reason"]
+    bx.bar(list(r), list(r.values()), color="tab:red")
+    bx.set_title("rejects by reason", fontsize=8)
+    bx.tick_params(axis="x", labelrotation=45, labelsize=7)
+    f.tight_layout()
+    f.savefig(path)
+    plt.close(f)
+
+
+def main(argv: list[str]) -> int:
+    """`serialine tune --config line.toml [--units N] [--plot FILE.png] [--once]`."""
+    from . import linefile
+    from .control import ControlError
+    from .ledgerfile import LedgerFileError, open_ledger
+    ap = argparse.ArgumentParser(prog="serialine tune", description="live view of a running line for tuning")
+    ap.add_argument("--config", required=True, help="the line file ([control] address, [ledger] path)")
+    ap.add_argument("--control", metavar="ADDR", help="the agent's control address (default: the line file's)")
+    ap.add_argument("--units", type=int, default=50, help="how many of the last units (default 50)")
+    ap.add_argument("--plot", metavar="FILE.png", help="write the plot of the same and exit")
+    ap.add_argument("--once", action="store_true", help="print one frame and exit")
+    ap.add_argument("--every", type=float, default=1.0, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    try:
+        cfg, client = _client(a.config, a.control)
+        conn = open_ledger(cfg.ledger, schema=False)
+    except (ControlError, LedgerFileError, ValueError) as exc:
+        print(f"serialine tune: {exc}", file=sys.stderr)
+        return 1
+    conn.execute("PRAGMA query_only = ON")
+
+    def frame():
+        return client.status(), figures(conn, cfg, a.units)
+
+    try:
+        if a.plot or a.once:
+            status, fig = frame()
+            if a.plot:
+                plot_figures(fig, status, a.plot)
+                print(f"plot: {a.plot}")
+            if a.once:
+                from rich.console import Console
+                Console(width=120).print(render(status, fig))
+            return 0
+        from rich.live import Live
+        with Live(render(*frame()), refresh_per_second=4) as live:
+            while True:
+                time.sleep(a.every)
+                live.update(render(*frame()))
+    except ControlError as exc:
+        print(f"serialine tune: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        conn.close()

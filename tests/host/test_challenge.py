@@ -176,6 +176,15 @@ def test_challenge_passes_every_kind_and_unblocks_batch_start(challenge_line, tm
                 assert abs(p["gate_error_mm"]) <= 15.0, p
         ok = batch_start(db, "B2")
         assert ok.returncode == 0 and "batch B2 started" in ok.stdout, ok
+
+        # serialine tune over the same units: gate error in mm vs the window, rejects by reason, the plot
+        tune_png = tmp_path / "tune.png"
+        t = subprocess.run([SERIALINE, "tune", "--config", str(cfg), "--control", agent.control.address, "--once",
+                            "--plot", str(tune_png)], capture_output=True, text=True, timeout=60)
+        assert t.returncode == 0, t
+        assert "rejects by reason: test_unit 6" in t.stdout and "0 outside the window" in t.stdout, t.stdout
+        assert "gate error vs ±15 mm" in t.stdout and "budget" in t.stdout, t.stdout
+        assert tune_png.read_bytes()[:4] == b"\x89PNG"
         assert agent.stop() == 0, agent.log
     finally:
         agent.kill()
