@@ -30,6 +30,7 @@ FORMATS = ("SERIALONLY", "LITERAL", "EPCURI")
 
 class Ret(enum.IntEnum):
     """OPENSCSReturnEnum (1 = NoError; 0 is Undefined)."""
+    Undefined = 0  # (a PackML command the agent refused: audited with its reason)
     NoError = 1
     InvalidSerialNumberCollection = 2
     InsufficientSerialNumbers = 3

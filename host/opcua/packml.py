@@ -64,10 +64,10 @@ def counters(status: dict | None) -> dict[str, int]:
 
 
 class PackML:
-    def __init__(self, server, idx: int, control_address: str, caller, roles_changing):
+    def __init__(self, server, idx: int, control_address: str, caller, roles_changing, refused):
         self.server, self.idx = server, idx
         self.control = Client(control_address)
-        self.caller, self.changing = caller, roles_changing
+        self.caller, self.changing, self.refused = caller, roles_changing, refused
         self.nodes: dict[str, object] = {}
         self.state_ids: dict[str, ua.NodeId] = {}
         self.shown: tuple | None = None
@@ -145,11 +145,13 @@ class PackML:
             user, role = self.caller()
             if role not in self.changing:
                 log.warning("opcua: PackML %s by %s refused: role %s", name, user, role or "none")
+                await self.refused(user, f"opcua.{name}", f"role {role or 'none'} may not call {name}")
                 return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
             try:
                 await asyncio.to_thread(self.control.command, command, user, f"OPC UA PackML {name}")
             except ControlError as exc:  # the agent's interlock (or no agent): said in the log, refused
                 log.warning("opcua: PackML %s by %s refused: %s", name, user, exc)
+                await self.refused(user, f"opcua.{name}", str(exc))
                 return ua.StatusCode(ua.StatusCodes.BadInvalidState)
             await self.update(await self._status())
             return []

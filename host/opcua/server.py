@@ -165,11 +165,17 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     # string node ids (children: "PoolManager.SNRequestAllocated"...): stable for PLC and MES programs
     pm = await server.nodes.objects.add_object(ua.NodeId(POOL_MANAGER, idx), ua.QualifiedName(POOL_MANAGER, idx),
                                                objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
-    await _bind_pool_manager(server, pm, pools, scs)
+    lock = asyncio.Lock()  # one ledger connection: one call at a time
+    await _bind_pool_manager(server, pm, pools, scs, lock)
     packml = None
     if control is not None:
         from .packml import PackML
-        packml = PackML(server, idx, control, caller, CHANGING)
+
+        async def refused(user: str, action: str, why: str) -> None:  # a refused command, audited
+            async with lock:
+                await asyncio.to_thread(pools.refuse, user, action, Ret.InsufficientPrivilegeToExecute
+                                        if why.startswith("role ") else Ret.Undefined, why)
+        packml = PackML(server, idx, control, caller, CHANGING, refused)
         await packml.build()
     await server.start()
     if packml is not None:
@@ -197,7 +203,7 @@ async def _set_prop(parent, scs: int, name: str, value, vtype) -> None:
     await node.write_value(ua.Variant(value, vtype))
 
 
-async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs: int) -> None:
+async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs: int, lock: asyncio.Lock) -> None:
     for name, value, vtype in (("MaxSNRequestable", pools.max_requestable, ua.VariantType.UInt32),
                                ("MaxSNReturnable", openscs.MAX_SN_RETURNABLE, ua.VariantType.UInt32),
                                ("SNFormat", list(openscs.FORMATS), ua.VariantType.String)):
@@ -206,8 +212,6 @@ async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs
         except ua.UaError:  # optional in the type, not instantiated
             prop = await pm.add_property(ua.QualifiedName(name, scs), value, vtype)
             del prop
-
-    lock = asyncio.Lock()  # one ledger connection: one call at a time
 
     def guarded(action: str, fn, outputs: bool):
         async def call(parent, *args):

@@ -128,4 +128,5 @@ def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
     assert agent.stop() == 0, agent.log
     audit = sqlite3.connect(db).execute("SELECT user, action FROM audit WHERE user LIKE 'opcua:%'").fetchall()
     assert ("opcua:olga", "line.stop") in audit and ("opcua:olga", "line.clear") in audit
+    assert ("opcua:vera", "opcua.Hold") in audit and ("opcua:olga", "opcua.Start") in audit  # the refusals too
     assert "Traceback" not in agent.log
