@@ -28,7 +28,7 @@ from .db import transaction
 from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
-CHUNK = 10_000  # serials per write transaction while staging (a fraction of a second of write lock)
+CHUNK = 100_000  # serials per write transaction while staging (a fraction of a second of write lock)
 YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
 BUSY_DEADLINE_S = 600.0  # an import waits this long in all for other writers' locks, then gives up
 ATTEMPT_S = 2.0  # one wait for the lock (SQLite polls meanwhile), then a progress line and the next try
@@ -254,17 +254,24 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
 
 
 def random_serials(alphabet: str, length: int, count: int) -> list[str]:
-    """Uniform, cryptographically random strings (rejection sampling keeps them unbiased)."""
+    """Uniform, cryptographically random strings (rejection sampling keeps them unbiased: a byte
+    of the OS's source is kept only below the largest multiple of the alphabet's size)."""
     n = len(alphabet)
     limit = 256 - 256 % n
-    out, need = [], count * length
+    need = count * length
+    if alphabet.isascii():  # the byte → character map and the rejection in one C pass
+        table = bytes(ord(alphabet[b % n]) for b in range(limit)) + bytes(256 - limit)
+        drop = bytes(range(limit, 256))
+        got = bytearray()
+        while len(got) < need:
+            left = need - len(got)
+            got += secrets.token_bytes(left + left // 8 + 16).translate(table, drop)
+        text = got[:need].decode("ascii")
+        return [text[i:i + length] for i in range(0, need, length)]
     chars: list[str] = []
     while len(chars) < need:
         chars.extend(alphabet[b % n] for b in secrets.token_bytes(need - len(chars) + 16) if b < limit)
-    chars = chars[:need]
-    for i in range(count):
-        out.append("".join(chars[i * length:(i + 1) * length]))
-    return out
+    return ["".join(chars[i * length:(i + 1) * length]) for i in range(count)]
 
 
 def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> int:
@@ -369,8 +376,11 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
         while True:
             def stage():
                 before = conn.total_changes
-                conn.executemany(f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
-                                 " VALUES (?, ?, ?, ?)", [(gtin, s, source, import_id) for s in rows])
+                # one statement for the chunk (not one execution per row: the row triggers are set
+                # up once), the serials passed as one JSON array
+                conn.execute(f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
+                             " SELECT ?, value, ?, ? FROM json_each(?)",
+                             (gtin, str(source), import_id, json.dumps(rows)))
                 got = conn.total_changes - before
                 conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
                              (got, time.time(), import_id))
