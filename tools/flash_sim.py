@@ -68,9 +68,7 @@ class SimBoard:
         termios.tcsetattr(s, termios.TCSANOW, a)
         os.set_blocking(m, False)
         args = ["-i", "main.py"] if run_main and (self.dir / "main.py").exists() else []
-        env = {**unixport.env(None), LINK_ENV: self.link, "SERIALINE_LINK": self.dlink,
-               # the board's filesystem only, not unixport.env's firmware folder
-               "MICROPYPATH": ":.frozen"}
+        env = {**unixport.flash_env(), LINK_ENV: self.link, "SERIALINE_LINK": self.dlink}
         self.proc = subprocess.Popen([unixport.binary(), *args], cwd=self.dir, env=env,
                                      stdin=s, stdout=s, stderr=s, close_fds=True,
                                      preexec_fn=lambda: os.login_tty(0))
