@@ -1,7 +1,8 @@
 """`serialine epcis export` and `serialine outbox`: the line engineer's view of what goes upstream.
 
     serialine epcis export --batch B --format jsonld|xml12 --out DIR [--db PATH]
-                           [--sender SGLN] [--receiver SGLN]
+                           [--sender SGLN] [--receiver SGLN] [--max-events N] [--max-bytes SIZE]
+                           [--overwrite]
     serialine outbox [--db PATH] [--limit N]
     serialine outbox [--retry-now] --forward directory:DIR|http(s)://HOST/BASE|mqtt(s)://HOST:PORT/SITE/LINE
                      [--credentials FILE] [--ca FILE] [--cert FILE] [--key FILE]
@@ -278,8 +279,8 @@ def export(argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] != "export":
-        print("usage: serialine epcis export --batch B --format jsonld|xml12 --out DIR [--db PATH]",
-              file=sys.stderr)
+        print("usage: serialine epcis export --batch B --format jsonld|xml12 --out DIR [--db PATH]"
+              " [--max-events N] [--max-bytes SIZE]", file=sys.stderr)
         return 2
     try:
         return export(argv[1:])
