@@ -8,7 +8,8 @@
 - bytes_per_unit: the ledger file (checkpointed) over the units.
 - reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch.
 - export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process;
-  export_peak_rss_mb: the larger of the two processes' peak RSS (ru_maxrss).
+  export_peak_rss_mb: the larger of the two processes' peak RSS (their VmHWM: what ru_maxrss
+  says of a process not forked from a big one).
 - serials_per_s: `serials.generate_pool` of --serials random serials into the pool."""
 
 from __future__ import annotations
@@ -115,23 +116,32 @@ def sqlite_baseline(conn: sqlite3.Connection, path: str, transactions: int) -> t
     return elapsed, total
 
 
+# the child's own peak: its VmHWM (ru_maxrss would carry the forking parent's pages on Linux)
+_CHILD = """import sys
+from serialine.host import cli
+rc = cli.main(sys.argv[1:])
+hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print("peak_rss_kb", hwm[0] if hwm else 0, file=sys.stderr)
+sys.exit(rc)"""
+
+
 def timed_child(argv: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stderr) of a command run in its own process."""
+    """(seconds, peak RSS in MB, stderr) of a `serialine` command run in its own process."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run([sys.executable, "-c", _CHILD, *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"bench broken: {' '.join(argv[:4])} … exited {proc.returncode}: {err.strip()}")
-    return elapsed, usage.ru_maxrss / 1024, err
+    if done.returncode:
+        raise SystemExit(f"bench broken: serialine {' '.join(argv[:3])} … exited {done.returncode}:"
+                         f" {done.stderr.strip()}")
+    lines = done.stderr.strip().splitlines()
+    rss = int(lines[-1].split()[1]) / 1024 if lines and lines[-1].startswith("peak_rss_kb") else float("nan")
+    return elapsed, rss, "\n".join(lines[:-1])
 
 
 def export_cmd(db_path: str, fmt: str, out: str, *extra: str) -> list[str]:
-    serialine = str(Path(sys.executable).parent / "serialine")
-    argv = [serialine, "epcis", "export", "--batch", BATCH, "--format", fmt, "--out", out, "--db", db_path,
+    """`serialine epcis export …` of the bench's batch, as cli.main's argv."""
+    argv = ["epcis", "export", "--batch", BATCH, "--format", fmt, "--out", out, "--db", db_path,
             "--overwrite", *extra]
     return argv + (["--receiver", PARTNER] if fmt == "xml12" else [])
 
