@@ -72,6 +72,8 @@ class PackML:
         self.state_ids: dict[str, ua.NodeId] = {}
         self.shown: tuple | None = None
         self.task: asyncio.Task | None = None
+        self.alarms_seen: set | None = None  # (at, source, alarm) of the snapshot's alarms already sent
+        self.events = None
 
     async def build(self) -> None:
         s = self.server
@@ -103,7 +105,30 @@ class PackML:
         for key, node in (("base", base), ("machine", machine), ("execute", execute)):
             self.nodes[key] = await node.get_child("0:CurrentState")
             self.nodes[key + ".id"] = await self.nodes[key].get_child("0:Id")
+        await line.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
+        self.events = await s.get_event_generator(ua.ObjectIds.BaseEventType, line)
         await self.update(None)
+
+    async def _alarm_events(self, status: dict | None) -> None:
+        """Each alarm of the agent (the snapshot's latest ≤ 20) once, as a BaseEventType event of the
+        Line: SourceName = where (camera, coder, device, agent), Message = "KIND: detail"."""
+        alarms = (status or {}).get("alarms") or []
+        keys = {(a.get("at"), a.get("source"), a.get("alarm")) for a in alarms}
+        if self.alarms_seen is None:  # the ones before this server started are history, not news
+            self.alarms_seen = keys
+            return
+        for a in alarms:
+            key = (a.get("at"), a.get("source"), a.get("alarm"))
+            if key in self.alarms_seen:
+                continue
+            self.alarms_seen.add(key)
+            kind = str(a.get("alarm") or "")
+            ev = self.events.event
+            ev.SourceName = str(a.get("source") or "")
+            ev.Message = ua.LocalizedText(f"{kind}: {a.get('detail') or ''}")
+            ev.Severity = 800 if kind.endswith("_LOST") else 300 if kind.endswith(("_BACK", "RESUMED")) else 500
+            await self.events.trigger()
+        self.alarms_seen &= keys  # older ones left the snapshot for good
 
     async def _write_state(self, key: str, name: str | None) -> None:
         await self.nodes[key].write_value(ua.Variant(ua.LocalizedText(name or ""), ua.VariantType.LocalizedText))
@@ -111,6 +136,8 @@ class PackML:
             ua.Variant(self.state_ids.get(name, ua.NodeId()) if name else ua.NodeId(), ua.VariantType.NodeId))
 
     async def update(self, status: dict | None) -> None:
+        if status is not None:
+            await self._alarm_events(status)
         st, figures = states(status), counters(status)
         if (st, figures) == self.shown:
             return

@@ -130,3 +130,43 @@ def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
     assert ("opcua:olga", "line.stop") in audit and ("opcua:olga", "line.clear") in audit
     assert ("opcua:vera", "opcua.Hold") in audit and ("opcua:olga", "opcua.Start") in audit  # the refusals too
     assert "Traceback" not in agent.log
+
+
+class Events:
+    def __init__(self):
+        self.got = []
+
+    def event_notification(self, event):
+        self.got.append(event)
+
+
+def test_a_lost_camera_is_held_with_an_alarm_event_and_clear_is_refused_until_back(agent_line):
+    agent, rig, ep, db, batch = agent_line
+    agent.wait_status(lambda s: s["ready"], timeout=60)
+    agent.wait_log(r"opcua: serving", timeout=30)
+    svc.wait_for(lambda: len(rig.packs) >= 4, 30, "4 packs", rig)
+
+    async def go():
+        async with session(ep, "olga") as op:
+            nodes = await line_nodes(op)
+            pk, line, base, machine, execute = nodes
+            events = Events()
+            sub = await op.client.create_subscription(100, events)
+            await sub.subscribe_events(line)
+            assert await until(nodes, ("Cleared", "Running", "Execute")) == ("Cleared", "Running", "Execute")
+            host, port = rig.camera.address
+            rig.camera.close()
+            assert await until(nodes, ("Cleared", "Running", "Held")) == ("Cleared", "Running", "Held")
+            end = time.monotonic() + 10
+            while not any("CAMERA_LOST" in e.Message.Text for e in events.got) and time.monotonic() < end:
+                await asyncio.sleep(0.2)
+            lost = [e for e in events.got if "CAMERA_LOST" in e.Message.Text]
+            assert lost and lost[0].SourceName == "camera" and lost[0].Severity == 800, [e.Message for e in events.got]
+            with pytest.raises(ua.uaerrors.BadInvalidState):  # the operator's interlock: not while the camera is lost
+                await base.call_method(f"{pk}:Clear")
+            assert await current(nodes) == ("Cleared", "Running", "Held")
+            return port
+    port = asyncio.run(go())
+    rig.camera = svc.SimCamera(latency_ms=2, jitter_ms=0, port=port).start()
+    agent.wait_log(r"alarm camera CAMERA_BACK", 40)
+    assert agent.stop() == 0, agent.log
