@@ -158,8 +158,15 @@ class PackML:
             return None
 
     async def follow(self) -> None:
+        said = False
         while True:
-            await self.update(await self._status())
+            try:
+                await self.update(await self._status())
+                said = False
+            except Exception:  # a snapshot it cannot show: said once, the last state stands, it goes on
+                if not said:
+                    log.exception("opcua: PackML could not follow the agent's status")
+                    said = True
             await asyncio.sleep(POLL_S)
 
     def start(self) -> None:

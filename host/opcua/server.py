@@ -177,7 +177,14 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
                                         if why.startswith("role ") else Ret.Undefined, why)
         packml = PackML(server, idx, control, caller, CHANGING, refused)
         await packml.build()
-    await server.start()
+    quiet = logging.getLogger("asyncua.server.server")  # it logs a traceback of its own before raising
+    quiet.disabled = True
+    try:
+        await server.start()
+    except OSError as exc:
+        raise OpcuaError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
+    finally:
+        quiet.disabled = False
     if packml is not None:
         packml.start()
     log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),

@@ -151,3 +151,21 @@ def test_a_users_file_loads_or_is_one_line(tmp_path_factory, text):
         assert "\n" not in str(exc)
     else:
         assert all(a.role in users.ROLES for a in out.values())
+
+
+def test_agent_with_its_opcua_port_taken_exits_1_in_one_line(tmp_path):
+    import socket
+    from serialine.host import db as ledger_db
+    ledger_db.connect(str(tmp_path / "l.db")).close()
+    users.add(tmp_path / "users", "olga", "operator", "op-secret-1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "line.toml"
+        cfg.write_text(LINE.replace('path = "serialine.db"', f'path = "{tmp_path / "l.db"}"')
+                       + f'[control]\naddress = "127.0.0.1:0"\n[opcua]\nendpoint = "opc.tcp://127.0.0.1:{port}"\n'
+                       f'users = "{tmp_path / "users"}"\n')
+        r = subprocess.run([sys.executable, "-m", "serialine.host.cli", "agent", "run", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "[opcua]" in r.stderr and "Traceback" not in r.stderr, r.stderr
