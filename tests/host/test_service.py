@@ -679,3 +679,83 @@ def test_a_device_of_another_schema_on_a_socket_url_is_waited_for_then_refused_i
     errors = [ln for ln in agent.lines if " ERROR " in ln]
     assert rc == 1 and heard and "Traceback" not in agent.log, agent.log
     assert len(errors) == 1 and "device schema fingerprint 0x12345678" in errors[0] and "refusing" in errors[0], agent.log
+
+
+class Rfc2217Bridge:
+    """A serial-to-TCP server speaking RFC 2217 (pyserial's PortManager) in front of a tty."""
+
+    def __init__(self, tty_path: str):
+        import socket
+
+        import serial
+        import serial.rfc2217
+
+        class Pty(serial.Serial):  # a pty has no modem lines to report or set
+            cts = dsr = ri = cd = False
+
+            def _update_rts_state(self):
+                pass
+
+            def _update_dtr_state(self):
+                pass
+
+        self.port = Pty(tty_path, timeout=0)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = self.server.getsockname()[:2]
+        self._rfc = serial.rfc2217
+        self._stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self._one(conn)
+            conn.close()
+
+    def _one(self, conn):
+        class Writer:  # what PortManager writes its telnet negotiation to
+            def write(self, data):
+                conn.sendall(data)
+
+        pm = self._rfc.PortManager(self.port, Writer())
+        conn.setblocking(False)
+        while not self._stop:
+            r, _, _ = select.select([conn, self.port.fileno()], [], [], 0.05)
+            try:
+                if conn in r:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    self.port.write(b"".join(pm.filter(data)))
+                if self.port.fileno() in r:
+                    data = self.port.read(4096)
+                    if data:
+                        conn.sendall(b"".join(pm.escape(data)))
+            except (OSError, BlockingIOError):
+                continue
+
+    def close(self):
+        self._stop = True
+        self.server.close()
+        self.port.close()
+
+
+def test_the_device_behind_an_rfc2217_serial_server(line):
+    rig, cfg, db, batch = line()
+    bridge = Rfc2217Bridge(rig.link.host_path)
+    cfg.write_text(cfg.read_text().replace(f'port = "{rig.link.host_path}"',
+                                           'port = "rfc2217://%s:%d"' % tuple(bridge.address)))
+    agent = Agent(cfg, batch)
+    try:
+        st = agent.wait_status(lambda s: s["ready"], 30)
+        assert st["device"]["port"].startswith("rfc2217://")
+        wait_for(lambda: len(rig.packs) >= 4, 30, "4 packs", rig)
+        wait_for(lambda: last_outcomes(db, batch) == ["PASSED", "PASSED"], 30, "two passed", rig)
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+        bridge.close()
+    assert None not in outcomes(db, batch)
