@@ -263,18 +263,19 @@ class Console:
             action = COMMANDS.get(which)
             if action is None:
                 raise Refused(f"unknown command {which[:20]!r}")
-            if not users.may(u, action):
-                who = " or ".join(sorted(r.value for r in users.PERMISSIONS[action]))
-                raise Refused(f"{u.name} ({u.role.value}) may not {which} the line: it takes the role {who}")
+            await run_in_threadpool(self._may, u, action)
             reason = " ".join(fields.get("reason", "").split())
             try:
                 audit.check_reason(reason)
             except ValueError as exc:
                 raise Refused(str(exc)) from None
             from ..control import ControlError
+            password = fields.get("password") or None  # an agent on a ledger with users wants it (host/control.py)
             try:
-                reply = await run_in_threadpool(self.client().command, action, u.name, reason)
+                reply = await run_in_threadpool(lambda: self.client().command(action, u.name, reason, password=password))
             except ControlError as exc:
+                if getattr(exc, "need", None) == "password":
+                    raise Refused(f"the agent wants your password for {which}: enter it and press {which} again") from None
                 raise Refused(str(exc)) from None
             ok = True
             text = f"{which} sent by {u.name}" + (" (held until the agent's resume is done)" if reply.get("held") else "")
@@ -349,10 +350,7 @@ class Console:
             action = MEANINGS.get(meaning)
             if action is None:
                 raise Refused(f"a batch is signed as reviewed or released, not {meaning[:20]!r}")
-            if not users.may(u, action):
-                who = " or ".join(sorted(r.value for r in users.PERMISSIONS[action]))
-                raise Refused(f"{u.name} ({u.role.value}) may not sign batch {batch_id} as {meaning}:"
-                              f" it takes the role {who}")
+            await run_in_threadpool(self._may, u, action)
             await run_in_threadpool(self._sign, u.name, fields.get("password", ""), meaning, batch_id,
                                     fields.get("reason", ""))
         except Refused as exc:
@@ -361,6 +359,13 @@ class Console:
         log.info("console: batch %s signed %s by %s", batch_id, meaning, u.name)
         return await run_in_threadpool(self._batch_page, request, s, u, batch_id,
                                        message=f"signed as {meaning} by {u.full_name}")
+
+    def _may(self, u: users.User, action: str) -> None:
+        """users.refuse: a refused action is audited (`user.refused`) and said in one line."""
+        try:
+            users.refuse(self.conn(), u, action)
+        except users.AuthError as exc:
+            raise Refused(str(exc)) from None
 
     def _sign(self, name: str, password: str, meaning: str, batch_id: str, reason: str) -> None:
         from .. import release

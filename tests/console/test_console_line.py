@@ -113,6 +113,7 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
     starts = conn.execute("SELECT user, json_extract(detail, '$.reason') FROM audit WHERE action='line.start'").fetchall()
     conn.close()
     assert starts == [("olga", "shift start")], starts
+
     _cli("batch", "close", batch, user="ernst", db=db)
 
     # an operator may not sign
@@ -120,7 +121,12 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
     page.select_option("#meaning", "released")
     page.fill("#sign-password", PASSWORD["olga"])
     page.click("#sign-button")
-    assert "olga (operator) may not sign batch B1 as released: it takes the role qa" in page.inner_text("#sign-result")
+    assert "olga (operator) may not do batch.release: it takes the role qa" in page.inner_text("#sign-result")
+    conn = sqlite3.connect(db)
+    refused = conn.execute("SELECT user, json_extract(detail, '$.action') FROM audit WHERE action='user.refused'").fetchall()
+    signed = conn.execute("SELECT count(*) FROM signature").fetchone()[0]
+    conn.close()
+    assert refused == [("olga", "batch.release")] and signed == 0, refused
     logout(page)
 
     # QA reviews: a wrong password is no signature
