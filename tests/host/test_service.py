@@ -759,3 +759,30 @@ def test_the_device_behind_an_rfc2217_serial_server(line):
         agent.kill()
         bridge.close()
     assert None not in outcomes(db, batch)
+
+
+def test_without_start_on_boot_the_operator_starts_the_line(line):
+    from serialine.host.control import ControlError
+
+    rig, cfg, db, batch = line()
+    cfg.write_text(cfg.read_text().replace("start_on_boot = true", "start_on_boot = false"))
+    agent = Agent(cfg, batch)
+    try:
+        st = agent.wait_status(lambda s: s["ready"])
+        assert st["device"]["configured"] and "line started" not in agent.log
+        time.sleep(0.5)
+        assert rig.state != 2 and not rig.packs  # configured, waiting for the operator
+        with pytest.raises(ControlError, match="reason is required"):
+            agent.control.command("line.start", "op-otto", "go")
+        agent.control.command("line.start", "op-otto", "shift start")
+        wait_for(lambda: len(rig.packs) >= 3, 30, "3 packs", rig)
+        agent.control.command("line.stop", "op-otto", "end of shift")
+        agent.wait_status(lambda s: s["device"]["state"] == "STOPPED", 10)
+        with pytest.raises(ControlError, match="latched a line stop; clear it"):
+            agent.control.command("line.start", "op-otto", "start again")
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+    trail = ledger_rows(db, "SELECT user, action, json_extract(detail, '$.reason') FROM audit"
+                            " WHERE action IN ('line.start', 'line.stop', 'line.clear') ORDER BY seq")
+    assert trail == [("op-otto", "line.start", "shift start"), ("op-otto", "line.stop", "end of shift")]
