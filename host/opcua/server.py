@@ -98,6 +98,21 @@ async def ensure_certificate(pki: Path, host: str) -> tuple[Path, Path]:
     return cert, key
 
 
+async def _trust(server: Server, folder: Path) -> None:
+    """PKI/trusted/ holding certificates (DER or PEM): only clients presenting one of them get a secure
+    channel (checked: trusted, within its validity, application URI, client use). No such folder:
+    any client certificate is taken and the user name/password decides."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    from asyncua.crypto.truststore import TrustStore
+    from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions as Opt
+    store = TrustStore([folder], [])
+    await store.load()
+    server.set_certificate_validator(CertificateValidator(
+        Opt.TRUSTED | Opt.TIME_RANGE | Opt.URI | Opt.PEER_CLIENT, store))
+    log.info("opcua: only clients whose certificate is in %s", folder)
+
+
 @dataclass
 class Served:
     server: Server
@@ -153,6 +168,7 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     cert, key = await ensure_certificate(Path(pki), url.hostname or socket.gethostname())
     await server.load_certificate(str(cert))
     await server.load_private_key(str(key))
+    await _trust(server, Path(pki) / "trusted")
     server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt], permission_ruleset=_Roles())
     server.set_identity_tokens([ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if anonymous else []))
     for name in NODESETS:

@@ -186,3 +186,30 @@ def test_a_batch_holding_serials_handed_out_cannot_end_until_they_come_back(site
     assert run(go(taken)) is Ret.NoError
     counts = lifecycle.abort(site.conn, "B1", "qa-anna", "line dismantled")
     assert counts["serials_returned"] == 4 and set(states(site.conn, taken).values()) == {"available"}
+
+
+def test_a_trusted_folder_admits_only_its_client_certificates(tmp_path, users_file):
+    import shutil
+    from conftest import free_port, make_ledger
+    from serialine.host.opcua.client import ClientError, ensure_client_certificate
+    from serialine.host.opcua.server import Background
+    known, stranger = tmp_path / "known", tmp_path / "stranger"
+    cert, _ = run(ensure_client_certificate(known))
+    run(ensure_client_certificate(stranger))
+    (tmp_path / "pki" / "trusted").mkdir(parents=True)
+    shutil.copy(cert, tmp_path / "pki" / "trusted" / "line-3.der")
+    conn = make_ledger(tmp_path / "site.db", 10, batch=False)
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+
+    class At:
+        def __init__(self, pki):
+            self.endpoint, self.pki = endpoint, pki
+
+    async def request(pki):
+        async with session(At(pki)) as pc:
+            return (await pc.request(GTIN, 1, f"t-{pki.name}"))[0]
+    with Background(conn, endpoint, str(users_file), tmp_path / "pki"):
+        assert run(request(known)) is Ret.NoError
+        with pytest.raises(ClientError, match="BadCertificateUntrusted"):
+            run(request(stranger))
+    conn.close()
