@@ -184,10 +184,9 @@ class Watched:
         return None
 
     def _reconnect(self) -> None:
-        from .devices.lineclient import DeviceError
         try:
             self.driver.reconnect("connection lost")
-        except (DeviceError, OSError) as exc:
+        except Exception as exc:  # DeviceError, OSError, a driver's handshake refused: a failed attempt
             self._last_error = str(exc)
             self._wait = min(RECONNECT_MAX_S, max(RECONNECT_FIRST_S, self._wait * 2))
             self._retry_at = time.monotonic() + self._wait
