@@ -159,3 +159,39 @@ def test_bench_batch_tiny_prints_its_figures(tmp_path, capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_per_event_check_is_as_strict_as_the_whole_document(ledger):
+    """The event checker (which remembers strings that passed a `$ref`/`anyOf`) finds exactly what
+    the whole-document validation finds, also for values it has seen pass elsewhere."""
+    from serialine.host.epcis import document
+    conn = sqlite3.connect(ledger)
+    events = [json.loads(b) for (b,) in conn.execute("SELECT body FROM epcis_outbox ORDER BY seq")]
+    conn.close()
+    head, tail = document.envelope()
+    checker = document.EventChecker(head, tail)
+    for event in events:  # every good value seen (and remembered) first
+        checker.check(event, "good")
+    good = events[0]
+    loc = good["bizLocation"]["id"]
+    mutants = [dict(good, action="PUT"), dict(good, bizStep="not a step"), dict(good, disposition=loc),
+               dict(good, epcList=good["epcList"] + ["no uri", 7]), dict(good, readPoint={"id": "x y"}),
+               dict(good, eventTimeZoneOffset="+1:00"), dict(good, eventTime=loc), dict(good, bizStep="packing"),
+               dict(good, **{"unknown name": 1}), dict(good, bizLocation=loc), dict(good, type="Odd")]
+    refused = 0
+    for bad in mutants:
+        try:
+            validate.json_document(document.epcis_document([bad]))
+            expected = []
+        except validate.InvalidDocument as whole:
+            refused += 1
+            expected = sorted((path.removeprefix("epcisBody/eventList/0").lstrip("/") or "(event)", message[:60])
+                              for path, message in (line.split(": ", 1) for line in str(whole).splitlines()[1:]))
+        try:
+            checker.check(bad, "e")
+            found = []
+        except validate.InvalidDocument as exc:
+            found = sorted((path, message[:60]) for path, message in
+                           (line.removeprefix("e: ").split(": ", 1) for line in str(exc).splitlines()[1:]))
+        assert found == expected, bad
+    assert refused >= 8
