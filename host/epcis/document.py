@@ -66,7 +66,7 @@ class EventChecker:
             raise validate.InvalidDocument("EPCIS 2.0 JSON Schema:\n" + "\n".join(lines))
 
 
-MEMO = 100_000  # strings remembered valid (then forgotten at once: memory stays flat)
+MEMO = 20_000  # strings remembered valid (then forgotten at once: memory stays flat)
 
 
 @lru_cache(maxsize=None)
