@@ -36,6 +36,12 @@ def _until(cond, timeout: float, what: str):
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
+def _command(page, which: str, reason: str) -> None:
+    page.fill("#command-password", PASSWORD["olga"])  # for an agent that checks users (control.ledger_authorizer)
+    page.fill("#reason", reason)
+    page.click(f"#{which}")
+
+
 def _cli(*argv, user: str, db: Path) -> str:
     env = dict(os.environ, SERIALINE_PASSWORD=PASSWORD[user])
     p = subprocess.run([SERIALINE, *argv, "--db", str(db), "--user", user], env=env, capture_output=True,
@@ -67,12 +73,10 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
         page.wait_for_selector("#line-state")
         assert page.inner_text("#batch") == batch
         assert _count(page, "#count-detected") == 0
-        page.fill("#reason", "x")
-        page.click("#start")
+        _command(page, "start", "x")
         page.wait_for_selector("#command-result.bad")
         assert "a reason is required" in page.inner_text("#command-result")
-        page.fill("#reason", "shift start")
-        page.click("#start")
+        _command(page, "start", "shift start")
         page.wait_for_selector("#command-result.good")
         assert "start sent by olga" in page.inner_text("#command-result")
         _until(lambda: _count(page, "#count-good") >= 3, 60, "3 good packs on the operator screen")
@@ -87,19 +91,18 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
         alarms = page.inner_text("#alarms")
         assert "the connection to the camera is gone" in alarms and "check the camera is on" in alarms, alarms
         _until(lambda: "CAMERA_BACK" in page.inner_text("#alarms"), 20, "the camera back")
-        page.fill("#reason", "restart after camera")
-        page.click("#start")
+        _command(page, "start", "restart after camera")
         _until(lambda: "refused" in page.inner_text("#result"), 15, "start refused under the latched stop")
         assert "line.start refused" in page.inner_text("#result"), page.inner_text("#result")
-        page.click("#clear")
+        assert page.input_value("#command-password") == ""  # used once, then emptied
+        _command(page, "clear", "restart after camera")
         _until(lambda: "clear sent by olga" in page.inner_text("#result"), 15, "the clear accepted")
         n = _count(page, "#count-detected")
         _until(lambda: _count(page, "#count-detected") > n, 30, "the line runs again after the clear")
         IMG.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(IMG / "console-operator.png"), full_page=True)
 
-        page.fill("#reason", "end of the test run")
-        page.click("#stop")
+        _command(page, "stop", "end of the test run")
         _until(lambda: "stop sent by olga" in page.inner_text("#result"), 15, "the stop confirmed")
         wait_for(lambda: rig.state != 2, 20, "the device stops", rig)
         assert agent.stop() == 0, agent.log
