@@ -12,7 +12,7 @@ from serialine.host import serials
 from serialine.host.opcua.openscs import Ret
 from serialine.host.opcua.server import NAMESPACE, OPENSCS_NS, POOL_MANAGER
 
-from conftest import GTIN, run, session
+from opcuakit import GTIN, run, session
 
 METHODS = ("SNRequestAllocated", "SNRequestUnallocated", "SNRequestUnassigned", "SNReturnAllocated",
            "SNReturnUnallocated", "SNtoAllocated", "SNtoEncoded", "SNtoUnallocated")
@@ -190,7 +190,7 @@ def test_a_batch_holding_serials_handed_out_cannot_end_until_they_come_back(site
 
 def test_a_trusted_folder_admits_only_its_client_certificates(tmp_path, users_file):
     import shutil
-    from conftest import free_port, make_ledger
+    from opcuakit import free_port, make_ledger
     from serialine.host.opcua.client import ClientError, ensure_client_certificate
     from serialine.host.opcua.server import Background
     known, stranger = tmp_path / "known", tmp_path / "stranger"

@@ -17,7 +17,7 @@ from asyncua import ua
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "host"))
 import test_service as svc  # noqa: E402  the service's own rig (real firmware, TCP coder and camera)
 
-from conftest import free_port, session  # noqa: E402
+from opcuakit import free_port, session  # noqa: E402
 from serialine.host.opcua.packml import LINE  # noqa: E402
 from serialine.host.opcua.server import NAMESPACE, PACKML_NS  # noqa: E402
 

@@ -14,7 +14,7 @@ import pytest
 
 from serialine.host import db, masterdata, serials
 
-from conftest import GTIN, PASSWORDS, free_port, make_ledger
+from opcuakit import GTIN, PASSWORDS, free_port, make_ledger
 
 CLI = [sys.executable, "-m", "serialine.host.cli"]
 
