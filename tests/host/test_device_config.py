@@ -73,3 +73,33 @@ def test_get_set_audited_refusal_changes_nothing(challenge_line):
                                        ("gate_at_mm = 410.5", {"gate_at_mm": 410.5})])
 def test_parse_values(text, want):
     assert tune.parse_values(text) == want
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from serialine.host import challenge  # noqa: E402
+
+
+@given(st.text(max_size=200))
+def test_parse_values_says_no_in_one_line_or_parses(text):
+    try:
+        got = tune.parse_values(text)
+    except ValueError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert got and set(got) <= set(tune.device_keys())
+
+
+@given(st.sampled_from(tune.device_keys()), st.floats(allow_nan=False, allow_infinity=False, width=32))
+def test_parse_values_reads_numbers(key, value):
+    assert tune.parse_values(f"{key}={value!r}") == {key: value}
+
+
+@given(st.text(max_size=120))
+def test_parse_plan_says_no_in_one_line_or_parses(text):
+    try:
+        plan = challenge.parse_plan(text)
+    except challenge.ChallengeError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert 1 <= len(plan) <= challenge.MAX_PACKS and set(plan) <= set(challenge.KINDS)
