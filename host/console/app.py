@@ -47,9 +47,11 @@ class Refused(Exception):
 
 
 class Console:
-    def __init__(self, db_path: str, control: str | None = None, *, secure_cookie: bool = False) -> None:
+    def __init__(self, db_path: str, control: str | None = None, *, secure_cookie: bool = False,
+                 gate_window_counts: float | None = None) -> None:
         from ..ledgerfile import open_ledger
         self.db_path = str(db_path)
+        self.gate_window_counts = gate_window_counts  # from a line file, for the gate chart
         self.control = control
         self.secure_cookie = secure_cookie
         self._local = threading.local()
@@ -422,6 +424,8 @@ class Console:
             data = charts.rejects(self.conn(), batch)
         elif name == "grades":
             data = charts.grades(self.conn(), batch)
+        elif name == "gate":
+            data = charts.gate(self.conn(), batch, self.gate_window_counts)
         elif name == "latency":
             data = charts.latency(list(self.samples))
         else:
@@ -454,8 +458,9 @@ def _when(value) -> str:
     return str(value or "")
 
 
-def create_app(db_path: str, control: str | None = None, *, secure_cookie: bool = False) -> Starlette:
-    c = Console(db_path, control, secure_cookie=secure_cookie)
+def create_app(db_path: str, control: str | None = None, *, secure_cookie: bool = False,
+               gate_window_counts: float | None = None) -> Starlette:
+    c = Console(db_path, control, secure_cookie=secure_cookie, gate_window_counts=gate_window_counts)
     routes = [
         Route("/", c.index),
         Route("/login", c.login_page, methods=["GET"]),

@@ -8,7 +8,7 @@ import sqlite3
 from collections import Counter, defaultdict
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
-from matplotlib.dates import date2num
+from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
 
 GRADES = ("A", "B", "C", "D", "F")
@@ -65,6 +65,7 @@ def rejects(conn: sqlite3.Connection, batch_id: str) -> bytes:
         ax.bar(xs, ys, width=width / 86400 * 0.9, bottom=bottom, label=reason, align="edge")
         bottom = [a + b for a, b in zip(bottom, ys)]
     ax.xaxis_date()
+    ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     ax.set_ylabel(f"rejects per {width:.0f} s")
     ax.set_title(f"Rejects by reason, batch {batch_id} (UTC)")
     ax.legend(fontsize=8)
@@ -94,6 +95,7 @@ def latency(samples: list[tuple[float, float, float, float]]) -> bytes:
     xs = [float(date2num(_dt.datetime.fromtimestamp(s[0], _dt.timezone.utc))) for s in samples]
     ax = fig.add_subplot()
     ax.xaxis_date()
+    ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     ax.plot(xs, [s[1] for s in samples], label="p50")
     ax.plot(xs, [s[2] for s in samples], label="p99")
     budget = samples[-1][3]
@@ -106,4 +108,36 @@ def latency(samples: list[tuple[float, float, float, float]]) -> bytes:
     ax.set_title("Verdict latency vs the decision budget (UTC)")
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
+    return _svg(fig)
+
+
+def gate_errors(conn: sqlite3.Connection, batch_id: str) -> list[int]:
+    """The gate's position error (counts) of every unit of the batch the gate fired for."""
+    return [int(e) for (e,) in conn.execute(
+        "SELECT json_extract(body, '$.gate_error') FROM device_event WHERE msg_name='UNIT_OUTCOME'"
+        " AND (device_id, boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)"
+        " AND json_extract(body, '$.outcome') <> 1 AND json_extract(body, '$.gate_error') IS NOT NULL", (batch_id,))]
+
+
+def gate(conn: sqlite3.Connection, batch_id: str, tolerance_counts: float | None) -> bytes:
+    """Gate error of the rejects against the gate window (± [line] gate_window_mm, when the console
+    was given the line file)."""
+    fig = Figure(figsize=(5, 3.2))
+    errors = gate_errors(conn, batch_id)
+    if not errors:
+        return _empty(fig, f"batch {batch_id}: the gate has not fired")
+    ax = fig.add_subplot()
+    lo, hi = min(errors), max(errors)
+    if tolerance_counts:
+        lo, hi = min(lo, -int(tolerance_counts)), max(hi, int(tolerance_counts))
+    step = max(1, (hi - lo + 1) // 60)  # whole counts per bin, at most about 60 bins
+    ax.hist(errors, bins=range(lo, hi + step + 1, step), color="#3b6ea5", align="left")
+    if tolerance_counts:
+        for x in (-tolerance_counts, tolerance_counts):
+            ax.axvline(x, color="#b00", linestyle="--")
+        ax.set_title(f"Gate error vs the window (±{tolerance_counts:g} counts), batch {batch_id}")
+    else:
+        ax.set_title(f"Gate error, batch {batch_id}")
+    ax.set_xlabel("pack position minus gate position when the gate opened, counts")
+    ax.set_ylabel("rejects")
     return _svg(fig)

@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
     from ..ledgerfile import LedgerFileError
     from .. import control as control_mod
     db, address = args.db, args.control
+    window = None
     if args.config:
         from .. import linefile
         try:
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> int:
             print(f"serialine console: {exc}", file=sys.stderr)
             return 1
         address = address or cfg.control.address
+        window = cfg.geometry.gate_window_mm * cfg.geometry.counts_per_mm
         if "--db" not in argv and cfg.ledger:
             db = cfg.ledger
     address = address or control_mod.DEFAULT_ADDRESS
@@ -52,7 +54,8 @@ def main(argv: list[str]) -> int:
         return 2
     from .serve import ConsoleError, Server
     try:
-        server = Server(db, address, args.bind, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        server = Server(db, address, args.bind, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        gate_window_counts=window)
     except (LedgerFileError, ConsoleError) as exc:
         print(f"serialine console: {exc}", file=sys.stderr)
         return 1

@@ -46,10 +46,10 @@ class Server:
     """The console's HTTP(S) server on a bound socket; `run()` in the foreground or `start()` a thread."""
 
     def __init__(self, db_path: str, control: str | None, host: str = "127.0.0.1", port: int = 8780, *,
-                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+                 tls_cert: str | None = None, tls_key: str | None = None, gate_window_counts: float | None = None) -> None:
         from .app import create_app
         tls = _tls(tls_cert, tls_key)
-        self.app = create_app(db_path, control, secure_cookie=bool(tls))
+        self.app = create_app(db_path, control, secure_cookie=bool(tls), gate_window_counts=gate_window_counts)
         self.sock = _listen(host, port)
         bound = self.sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host

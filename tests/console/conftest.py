@@ -103,8 +103,8 @@ def page(browser):
 def consoles():
     made = []
 
-    def start(db, control=None):
-        c = ConsoleProc(db, control)
+    def start(db, control=None, extra=()):
+        c = ConsoleProc(db, control, list(extra))
         made.append(c)
         return c
 

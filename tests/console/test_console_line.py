@@ -66,7 +66,7 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
         agent = Agent(cfg, batch)
         agent.wait_status(lambda s: s["ready"])
         control = agent.wait_log(r"control interface on http://(\S+)")[1]
-        c = consoles(db, control)
+        c = consoles(db, control, ["--config", str(cfg)])  # the line file: the gate window for the gate chart
 
         # the operator starts the line and watches it live
         login(page, c.url, "olga")
@@ -196,7 +196,7 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
 
     # the trends draw from the same ledger
     page.goto(f"{c.url}/trends?batch={batch}")
-    for chart in ("rejects", "grades", "latency"):
+    for chart in ("rejects", "grades", "gate", "latency"):
         ok = page.evaluate(f"document.querySelector('#chart-{chart}').naturalWidth > 0")
         assert ok, chart
     page.screenshot(path=str(IMG / "console-trends.png"), full_page=True)
