@@ -353,6 +353,20 @@ def record(conn, cfg, fields: dict | None, *, user: str, reason: str, result: st
     return audit.append(conn, user, ACTION, detail)
 
 
+def record_content(conn, record_id: str) -> dict:
+    """The `line.challenge` record whose token is `record_id`, for a Part 11 signature over it
+    (host/signatures.py RECORDS["challenge"] = this module)."""
+    for _seq, _at, text in conn.execute("SELECT seq, at, detail FROM audit WHERE action=? ORDER BY seq", (ACTION,)):
+        d = json.loads(text)
+        if str(d.get("token")) == str(record_id):
+            return d
+    raise ChallengeError(f"no challenge {record_id} in this ledger")
+
+
+def record_zone(conn, record_id: str) -> str | None:
+    return None  # shown in UTC: a challenge belongs to a line, not to a site's batch
+
+
 def judge(kind: str, p: dict) -> str | None:
     """None when the pack was handled right; else what went wrong (one phrase)."""
     want = KINDS[kind]

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
         plan = challenge.parse_plan(a.plan)
         cfg = linefile.load(a.config)
         client = Client(a.control or cfg.control.address)
-        got = client.command("challenge.run", a.user, a.reason, plan=",".join(plan), timeout_s=f"{a.timeout:g}")
+        from .tune import command_as
+        got = command_as(client, "challenge.run", a.user, a.reason, plan=",".join(plan), timeout_s=f"{a.timeout:g}")
     except (ControlError, ValueError) as exc:  # LineFileError and ChallengeError are ValueErrors
         print(f"serialine challenge: {exc}", file=sys.stderr)
         return 1

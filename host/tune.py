@@ -194,6 +194,19 @@ def _client(config: str, control: str | None):
     return cfg, Client(control or cfg.control.address)
 
 
+def command_as(client, name: str, user: str, reason: str, **args) -> dict:
+    """A changing control command; on a ledger with users the agent asks for the user's password
+    (users.read_password: $SERIALINE_PASSWORD, a prompt, or stdin) and it is sent once."""
+    from .control import ControlError
+    try:
+        return client.command(name, user, reason, **args)
+    except ControlError as exc:
+        if exc.need != "password":
+            raise
+        from . import users
+        return client.command(name, user, reason, password=users.read_password(f"password for {user}: "), **args)
+
+
 def config_main(argv: list[str]) -> int:
     """`serialine device config get|set --config line.toml [KEY=VALUE ...] --user U --reason R`."""
     from . import linefile
@@ -226,7 +239,7 @@ def config_main(argv: list[str]) -> int:
                 print(f"{k} = {shown}" + (f"  # {unit}" if unit else ""))
             return 0
         parse_values(";".join(a.values))  # a bad key or value is said before anything is sent
-        got = client.command("device.config.set", a.user, a.reason, values=";".join(a.values))
+        got = command_as(client, "device.config.set", a.user, a.reason, values=";".join(a.values))
     except (ControlError, ValueError) as exc:  # LineFileError is a ValueError
         print(f"serialine device config: {exc}", file=sys.stderr)
         return 1
