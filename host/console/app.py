@@ -73,11 +73,12 @@ class Console:
             c = self._local.conn = open_ledger(self.db_path)
         return c
 
-    def client(self):
+    def client(self, timeout: float = 7.0):
+        """The agent's control interface: a command waits for the agent's answer (≤ 5 s there)."""
         from ..control import Client
         if not self.control:
             raise Refused("this console was started without --control: it cannot reach an agent")
-        return Client(self.control, timeout=6.0)
+        return Client(self.control, timeout=timeout)
 
     def session(self, request: Request, *, touch: bool = True) -> Session | None:
         s, timed_out = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
@@ -196,7 +197,7 @@ class Console:
             return None, "no agent: this console was started without --control"
         from ..control import ControlError
         try:
-            st = self.client().status()
+            st = self.client(timeout=2.0).status()  # the status is a snapshot: a slow one is stale
         except ControlError as exc:
             return None, str(exc)
         lat = st.get("verdict_latency_ms") or {}

@@ -80,3 +80,13 @@ def test_a_post_without_the_sessions_csrf_token_is_refused(tmp_path, consoles, p
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kw):
         return None
+
+
+def test_a_ledger_without_users_says_how_to_add_the_first(tmp_path, consoles, page):
+    db = tmp_path / "serialine.db"
+    make_batch(db)
+    c = consoles(db)
+    page.goto(c.url + "/operator")
+    assert "This ledger has no users yet" in page.inner_text("main")
+    login(page, c.url, "olga")
+    assert "unknown user 'olga'" in page.inner_text("#error")
