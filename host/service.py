@@ -803,7 +803,8 @@ class Service:
             ms = sorted(1000 * x for x in self.agent.verdict_latency_s[-500:])
             if ms:
                 self._figures["verdict_latency_ms"] = {"p50": round(ms[len(ms) // 2], 3), "n": len(ms),
-                                                       "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3)}
+                                                       "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
+                                                       "max": round(ms[-1], 3)}  # one outlier shows here
         from .epcis import outbox
         try:
             self._figures["outbox"] = outbox.counts(c)

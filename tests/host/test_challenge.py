@@ -183,7 +183,7 @@ def test_challenge_passes_every_kind_and_unblocks_batch_start(challenge_line, tm
                             "--plot", str(tune_png)], capture_output=True, text=True, timeout=60)
         assert t.returncode == 0, t
         assert "rejects by reason: test_unit 6" in t.stdout and "0 outside the window" in t.stdout, t.stdout
-        assert "gate error vs ±15 mm" in t.stdout and "budget" in t.stdout, t.stdout
+        assert "gate error vs ±15 mm" in t.stdout and "budget" in t.stdout and " max " in t.stdout, t.stdout
         assert tune_png.read_bytes()[:4] == b"\x89PNG"
         assert agent.stop() == 0, agent.log
     finally:
