@@ -91,11 +91,13 @@ class ChallengeRig(Rig):
 def challenge_line(tmp_path):
     made = []
 
-    def make(policy: str | None = "on_change"):
+    def make(policy: str | None = "on_change", min_grade: str | None = None):
         db = tmp_path / "serialine.db"
         batch = make_batch(db)
         rig = ChallengeRig(tmp_path, {})
         cfg = line_file(tmp_path / "line.toml", rig, db)
+        if min_grade:
+            cfg.write_text(cfg.read_text().replace("[camera]\n", f'[camera]\nmin_grade = "{min_grade}"\n'))
         if policy:
             cfg.write_text(cfg.read_text() + f'\n[policy]\nchallenge = "{policy}"\n')
         rig.f = fields_of(cfg)
@@ -209,6 +211,24 @@ def test_challenge_fails_when_a_bad_pack_is_not_confirmed(challenge_line, tmp_pa
         new_batch(db, "B2")
         refused = batch_start(db, "B2")
         assert refused.returncode == 1 and "no passed challenge" in refused.stderr, refused
+        agent.stop()
+    finally:
+        agent.kill()
+
+
+def test_a_kind_the_host_misses_fails_the_challenge_but_the_test_pack_is_still_rejected(challenge_line, tmp_path):
+    rig, cfg, db, batch = challenge_line(None, min_grade="F")  # grade D passes: the host misses low_grade
+    agent = Agent(cfg, batch)
+    try:
+        agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "RUNNING")
+        rc, out, err, _ = run_challenge(agent, rig, cfg, tmp_path, ("low_grade", "good"), "--plan", "low_grade,good")
+        assert rc == 1, (out, err)
+        problems = [ln for ln in err.splitlines() if ln.startswith("serialine challenge: pack")]
+        assert problems == ["serialine challenge: pack 1 low_grade (unit 0): host verdict PASS OK, expected FAIL"
+                            " low_grade"], err
+        (_, rec), = audit_rows(db, challenge.ACTION)
+        assert rec["packs"][0]["outcome"] == "REJECTED_CONFIRMED" and rec["packs"][0]["reason"] == "TEST_UNIT"
+        assert rec["packs"][1]["ok"] and rec["result"] == "failed"
         agent.stop()
     finally:
         agent.kill()
