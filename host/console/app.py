@@ -453,10 +453,15 @@ def _safe_next(value: str | None) -> str:
     return v if v.startswith("/") and not v.startswith("//") and "\\" not in v else "/operator"
 
 
-def _when(value) -> str:
+def _when(value, fmt: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
+    """An epoch or an ISO time as UTC text (`fmt`); anything else as it is."""
     if isinstance(value, (int, float)):
-        return _dt.datetime.fromtimestamp(value, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return str(value or "")
+        return _dt.datetime.fromtimestamp(value, _dt.timezone.utc).strftime(fmt)
+    try:
+        t = _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value or "")
+    return (t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)).astimezone(_dt.timezone.utc).strftime(fmt)
 
 
 def create_app(db_path: str, control: str | None = None, *, secure_cookie: bool = False,

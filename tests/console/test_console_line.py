@@ -19,7 +19,8 @@ from pathlib import Path
 from conftest import PASSWORD, SERIALINE, add_users, login, logout, pdftotext
 from test_service import LINE_FILE, CPM, Agent, Rig, fields_of, make_batch, wait_for
 
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+# the README's screenshots: SERIALINE_CONSOLE_SCREENSHOTS=1 writes them to docs/img/, else to the test's tmp folder
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
 def _count(page, sel: str) -> int:
@@ -51,6 +52,7 @@ def _cli(*argv, user: str, db: Path) -> str:
 
 
 def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fails_verify(tmp_path, consoles, page):
+    IMG = DOCS_IMG if os.environ.get("SERIALINE_CONSOLE_SCREENSHOTS") else tmp_path / "img"
     db = tmp_path / "serialine.db"
     batch = make_batch(db)
     add_users(db)
