@@ -202,7 +202,7 @@ class HostAgent:
                 return
             raise self._died()
 
-    def operator(self, command: str, reason: str = "the simulated operator") -> bool:
+    def operator(self, command: str, reason: str) -> bool:
         """The line operator's command through the control interface: CLEAR_ALARM (POST /line/clear)
         or STOP (/line/stop). A refusal (the line must stay stopped, the service not up) is kept in
         `refusals` and the log; the simulator's operator tries again later."""

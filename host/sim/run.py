@@ -204,7 +204,7 @@ def _stop_line(line, device, host, settle_s: float = 0.5):
     line.line_stop = True
     try:
         if host.present:
-            host.operator("STOP")
+            host.operator("STOP", "serialine sim interrupted (SIGINT)")
         end = time.monotonic() + settle_s
         while time.monotonic() < end:
             device.idle()
@@ -383,10 +383,12 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             if line.line_stop and bin_empty_at is None:
                 bin_empty_at = line.t + BIN_EMPTY_MS * 1000
             if bin_empty_at is not None and line.t >= bin_empty_at:
+                why = "line stop seen to, line clear"
                 if line.bin_full:
                     line.empty_bin()
+                    why = "reject bin emptied"
                 stats["operator_clears"] += 1
-                host.operator("CLEAR_ALARM")
+                host.operator("CLEAR_ALARM", f"simulated operator: {why}")
                 bin_empty_at = None
             dark.check(line.t)
             if host_back_at is not None:

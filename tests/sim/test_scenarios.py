@@ -54,6 +54,10 @@ def test_scenario_holds_its_invariants(name, tmp_path):
         assert r["good_rejected"] > 0  # the camera's faults force fail-safe rejections, with reasons
     if name == "bin-full":
         assert r["alarms"].get("bin_full", 0) >= 1
+        import sqlite3  # the operator's clear went through the agent's control interface, audited
+        with sqlite3.connect(r["db"]) as c:
+            clears = c.execute("SELECT detail FROM audit WHERE user = 'serialine-sim' AND action = 'line.clear'").fetchall()
+        assert clears and any("reject bin emptied" in d for (d,) in clears), clears
     if name == "device-reboot":
         assert r["run"]["device_reboots"] == 1
     if name == "host-crash":
