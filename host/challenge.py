@@ -329,13 +329,14 @@ class Run:
                          for p in self.packs if not p["ok"]]
         if why:
             self.problems.insert(0, why)
-        self.state = "passed" if not self.problems else "failed"
-        with transaction(self.svc.conn):
+        state = "passed" if not self.problems else "failed"
+        with transaction(self.svc.conn):  # busy: raised, the service logs it and the next step writes it
             self.record_hash = record(self.svc.conn, self.svc.cfg, self.svc._config_fields or None, user=self.user,
-                                      reason=self.reason, result=self.state, packs=self.packs, problems=self.problems,
+                                      reason=self.reason, result=state, packs=self.packs, problems=self.problems,
                                       token=self.token, plan=list(self.plan), started_at=self.started_at,
                                       device_id=self.device_id, boot_id=self.boot_id, batch_id=self.batch_id,
                                       first_unit=self.first)
+        self.state = state
         log.info("challenge %d %s: %s", self.token, self.state, "; ".join(self.problems) or "every pack handled right")
 
 

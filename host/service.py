@@ -669,7 +669,10 @@ class Service:
     def _step_tools(self) -> None:
         """The line engineer's tools on the loop: a challenge run, a configuration change."""
         if self.challenge is not None:
-            self.challenge.step()
+            try:
+                self.challenge.step()
+            except sqlite3.OperationalError as exc:  # busy: its record is written at a later step
+                log.warning("challenge %d: %s; retrying", self.challenge.token, sentence(exc))
         if self.config_change is not None:
             from . import tune
             tune.step_change(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sqlite3
 import sys
 import time
 import tomllib
@@ -106,8 +107,7 @@ def execute_change(service, req):
 
 
 def step_change(service) -> None:
-    from . import audit, challenge, linefile
-    from .db import transaction
+    from . import linefile
     from serialine.protocol.schema import ConfigResult
     ch = service.config_change
     rep = service.link.last_config_report
@@ -125,9 +125,27 @@ def step_change(service) -> None:
         log.warning("device.config by %s refused: %s", ch.req.user, msg)
         ch.req.refuse(msg + "; nothing changed")
         return
-    service.cfg, service._config_fields = ch.cfg, ch.fields
     hello = service.link.hello or {}
     device_id = str(hello.get("device_id", "")).rstrip("\x00").strip()
+    try:
+        _record_change(service, ch, device_id)
+    except sqlite3.Error as exc:  # not recorded: the device goes back to what it had, nothing half-applied
+        back = dict(service._config_fields or linefile.device_fields(service.cfg))
+        service.config_id += 1
+        back["config_id"] = service.config_id
+        service.link.send("CONFIG_SET", back)
+        ch.req.refuse(f"the ledger could not record the change ({exc}); the device was given its previous"
+                      " configuration back")
+        return
+    service.cfg, service._config_fields = ch.cfg, ch.fields
+    log.info("device configuration %d by %s (%s): %s", ch.fields["config_id"], ch.req.user, ch.req.reason,
+             ", ".join(f"{k} {ch.before[k]} → {ch.after[k]}" for k in ch.after))
+    ch.req.reply({"config_id": ch.fields["config_id"], "before": ch.before, "after": ch.after})
+
+
+def _record_change(service, ch, device_id: str) -> None:
+    from . import audit, challenge
+    from .db import transaction
     with transaction(service.conn):
         audit.append(service.conn, ch.req.user, ACTION,
                      {"line_id": challenge.line_id(ch.cfg), "device_id": device_id, "boot_id": service.boot_id,
@@ -135,9 +153,6 @@ def step_change(service) -> None:
                       "reason": ch.req.reason})
         challenge.record_configuration(service.conn, ch.cfg, ch.fields, user=ch.req.user, device_id=device_id,
                                        boot_id=service.boot_id, config_id=ch.fields["config_id"], how="changed")
-    log.info("device configuration %d by %s (%s): %s", ch.fields["config_id"], ch.req.user, ch.req.reason,
-             ", ".join(f"{k} {ch.before[k]} → {ch.after[k]}" for k in ch.after))
-    ch.req.reply({"config_id": ch.fields["config_id"], "before": ch.before, "after": ch.after})
 
 
 _VIEW: dict = {}
@@ -166,7 +181,8 @@ def report_values(rep: dict) -> dict | None:
     class G:  # what FIELD_KEYS' conversions read
         counts_per_mm = cpm
 
-    values, units = {}, {}
+    values: dict[str, object] = {}
+    units: dict[str, str] = {}
     for name, (key, unit, back) in linefile.FIELD_KEYS.items():
         if name in ("config_id", "dwell_unit", "confirm_from") or name not in rep:
             continue
@@ -266,7 +282,7 @@ def figures(conn, cfg, n: int = 50) -> dict:
     cpm = g.counts_per_mm
     rows = conn.execute("SELECT device_id, boot_id, unit_seq, body FROM device_event WHERE msg_name='UNIT_OUTCOME'"
                         " ORDER BY received_at DESC, event_seq DESC LIMIT ?", (n,)).fetchall()
-    units = []
+    units: list[dict] = []
     for device_id, boot_id, unit_seq, body in reversed(rows):
         f = json.loads(body)
         det = conn.execute("SELECT body FROM device_event WHERE device_id=? AND boot_id=? AND unit_seq=?"
