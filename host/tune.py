@@ -164,10 +164,9 @@ def view(service) -> dict | None:
     rep = getattr(link, "last_config_report", None) if link is not None else None
     if rep is None:
         return None
-    key = id(rep)
-    if _VIEW.get("key") != key:
+    if _VIEW.get("rep") is not rep:  # the report itself is held: a new one is never mistaken for it
         _VIEW.clear()
-        _VIEW.update(key=key, value=report_values(rep))
+        _VIEW.update(rep=rep, value=report_values(rep))
     return _VIEW["value"]
 
 
