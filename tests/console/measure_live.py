@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import CHROMIUM, PASSWORD, SERIALINE, ConsoleProc, login  # noqa: E402
+from consolekit import CHROMIUM, PASSWORD, SERIALINE, ConsoleProc, login  # noqa: E402
 
 
 def pct(xs, q):

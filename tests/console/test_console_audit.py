@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from conftest import add_users, login
+from consolekit import add_users, login
 from test_service import make_batch
 
 

@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import PASSWORD, SERIALINE, add_users, login, logout, pdftotext
+from consolekit import PASSWORD, SERIALINE, add_users, login, logout, pdftotext
 from test_service import LINE_FILE, CPM, Agent, Rig, fields_of, make_batch, wait_for
 
 # the README's screenshots: SERIALINE_CONSOLE_SCREENSHOTS=1 writes them to docs/img/, else to the test's tmp folder

@@ -6,7 +6,7 @@ import sqlite3
 import urllib.error
 import urllib.request
 
-from conftest import MAX_FAILURES, add_users, login, logout
+from consolekit import MAX_FAILURES, add_users, login, logout
 from test_service import make_batch
 
 

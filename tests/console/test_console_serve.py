@@ -7,7 +7,7 @@ import datetime as dt
 import subprocess
 import time
 
-from conftest import SERIALINE, ConsoleProc, add_users, login
+from consolekit import SERIALINE, ConsoleProc, add_users, login
 from test_service import make_batch
 
 from serialine.host.console.sessions import Sessions
@@ -95,3 +95,35 @@ def test_a_flood_of_login_pages_evicts_no_logged_in_session():
     for _ in range(sessions.MAX_SESSIONS + 50):
         s.new()
     assert s.get(olga.token)[0] is olga
+
+
+def test_the_agent_serves_the_console_from_its_line_file(tmp_path, page):
+    from serialine.host import linefile
+    if "console" not in linefile.SECTIONS:
+        import pytest
+        pytest.skip("host/linefile.py has no [console] section yet (asked of its owner, owners11.md)")
+    from test_service import CPM, LINE_FILE, Agent, Rig, fields_of
+    db = tmp_path / "serialine.db"
+    batch = make_batch(db)
+    add_users(db)
+    rig = Rig(tmp_path, {})
+    agent = None
+    try:
+        cfg = tmp_path / "line.toml"
+        addr = rig.address
+        cfg.write_text(LINE_FILE.format(port=rig.link.host_path, cpm=CPM, coder=addr["coder"], camera=addr["camera"],
+                                        db=db, gate_at=400.0, upstream="") + '\n[console]\naddress = "127.0.0.1:0"\n')
+        rig.f = fields_of(cfg)
+        agent = Agent(cfg, batch)
+        url = agent.wait_log(r"console on (http://\S+?)/?$")[1]
+        agent.wait_status(lambda s: s["ready"])
+        login(page, url, "olga")
+        page.wait_for_selector("#line-state")
+        assert page.inner_text("#batch") == batch
+        assert "agent-error" not in page.content()  # it reaches its own control interface
+        assert agent.stop() == 0, agent.log
+        agent = None
+    finally:
+        if agent is not None:
+            agent.kill()
+        rig.close()
