@@ -75,7 +75,8 @@ def _memo_validator():
     string passed a `$ref` or an `anyOf` of the schema: the outcome is a function of the string
     and that subschema alone, and a batch repeats its property names, steps, dispositions and
     locations in every event. A string that fails is always checked again (its errors are
-    reported as ever); `$ref` lookups are resolved once per schema location."""
+    reported as ever); `$ref` lookups are resolved once per schema location, and one that names
+    only `type`/`format` is checked with those two directly."""
     from jsonschema import FormatChecker, validators
     from jsonschema import _keywords
 
@@ -101,7 +102,14 @@ def _memo_validator():
         hit = refs.get(where)
         if hit is None:
             resolved = validator._resolver.lookup(ref)
-            hit = refs[where] = (resolved.contents, resolved.resolver)
+            leaf = isinstance(resolved.contents, dict) and set(resolved.contents) <= {"type", "format"}
+            hit = refs[where] = (resolved.contents, resolved.resolver, leaf)
+        if hit[2]:  # a type/format leaf (e.g. every EPC's "uri"): its two keywords, checked directly
+            kinds, form = hit[0].get("type"), hit[0].get("format")
+            if (kinds is None or any(validator.is_type(instance, k) for k in
+                                     ([kinds] if isinstance(kinds, str) else kinds))) and \
+                    (form is None or validator.format_checker.conforms(instance, form)):
+                return  # valid; otherwise the errors come from the schema as ever, below
         key = ("$ref", where, instance) if isinstance(instance, str) else None
         yield from remembered(key, instance, lambda: validator.descend(instance, hit[0], resolver=hit[1]))
 
