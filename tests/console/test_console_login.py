@@ -52,8 +52,13 @@ def test_login_session_cookie_logout_and_every_page_behind_it(tmp_path, consoles
     assert page.evaluate("typeof htmx") == "object"
     assert page.evaluate("[...document.scripts].map(s => s.src)") == [c.url + "/static/htmx.min.js"]
     logout(page)
+    assert "logged out" in page.inner_text("#message")
     page.goto(c.url + "/audit")
     assert page.url.startswith(c.url + "/login")
+    conn = sqlite3.connect(db)
+    ends = conn.execute("SELECT user, json_extract(detail, '$.why') FROM audit WHERE action='user.logout'").fetchall()
+    conn.close()
+    assert ends == [("quinn", "logout")], ends
     # the old token is gone on the server: a copy of the cookie is worthless
     req = urllib.request.Request(c.url + "/audit", headers={"Cookie": f"serialine_console={cookie['value']}"})
     opener = urllib.request.build_opener(_NoRedirect)
