@@ -40,6 +40,7 @@ MAX_PACKS = 32
 TIMEOUT_S = 120.0  # from arming to the last pack's outcome
 ACTION = "line.challenge"
 CONFIGURE = "line.configure"
+WAIVED = "challenge.waived"
 POLICIES = ("none", "on_change", "per_batch", "per_shift")
 
 
@@ -215,8 +216,10 @@ def _change_point(configs) -> tuple[int, str]:
     return seq, at
 
 
-def check_batch_start(conn, batch_id: str, line: str | None = None) -> None:
-    """`serialine batch start`: raise ChallengeError (one line) when a line's policy refuses it."""
+def check_batch_start(conn, batch_id: str, line: str | None = None, *, waive: str | None = None,
+                      user: str | None = None) -> None:
+    """`serialine batch start`: raise ChallengeError (one line) when a line's policy refuses it. With
+    `waive` (a reason) the missing challenge is a deviation: a `challenge.waived` record, then go on."""
     lines = lines_with_policy(conn)
     if line is not None:
         names = [line]
@@ -227,8 +230,16 @@ def check_batch_start(conn, batch_id: str, line: str | None = None) -> None:
         names = list(lines)
     for name in names:
         why = missing(conn, name)
-        if why:
+        if why and waive is None:
             raise ChallengeError(f"batch {batch_id} not started: {why}")
+        if why:
+            from . import audit, masterdata
+            from .db import transaction
+            if masterdata.get_batch(conn, batch_id).state != "created":
+                return  # start_batch refuses it: no waiver for a start that does not happen
+            with transaction(conn):
+                audit.append(conn, user or "?", WAIVED, {"line_id": name, "batch_id": batch_id, "missing": why,
+                                                         "reason": waive})
 
 
 # --- one run, in the service loop --------------------------------------------------------------------

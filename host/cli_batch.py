@@ -91,6 +91,9 @@ def main(argv: list[str]) -> int:
         p.add_argument("batch_id")
     sub.choices["start"].add_argument("--line", help="the line that runs it, when several lines of this ledger ask"
                                       " for a challenge ([policy] challenge in their line files)")
+    sub.choices["start"].add_argument("--waive-challenge", metavar="REASON",
+                                      help="start although the line's challenge is missing (a deviation: audited"
+                                      " with the reason; run the challenge at the batch's start)")
     p = sub.add_parser("abort", help="end a stuck batch: units without an outcome rejected, unused serials back")
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     p = sub.add_parser("reopen", help="reopen a closed or aborted batch for rework (close it again after)")
@@ -167,7 +170,7 @@ def main(argv: list[str]) -> int:
                       file=sys.stderr)
         elif a.cmd == "start":
             from . import challenge  # the line's [policy] challenge, as its configuration records say it
-            challenge.check_batch_start(conn, a.batch_id, a.line)
+            challenge.check_batch_start(conn, a.batch_id, a.line, waive=a.waive_challenge, user=a.user)
             masterdata.start_batch(conn, a.batch_id, user=a.user)
             print(f"batch {a.batch_id} started")
         elif a.cmd == "reconcile":

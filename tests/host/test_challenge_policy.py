@@ -104,6 +104,20 @@ def test_on_change(ledger, tmp_path):
     assert refused(start(ledger, "B3"), "configuration changed", "the last passed one was at")
 
 
+def test_a_waived_challenge_is_audited_with_its_reason(ledger, tmp_path):
+    cfg = cfg_for(tmp_path, ledger, "on_change")
+    configure(ledger, cfg)
+    assert refused(start(ledger, "B2", "--waive-challenge", "x"), "reason")  # the one reason rule
+    ok = start(ledger, "B2", "--waive-challenge", "deviation DV-12: batch closed before its challenge")
+    assert ok.returncode == 0, ok
+    conn = open_ledger(ledger)
+    try:
+        (user, text), = conn.execute("SELECT user, detail FROM audit WHERE action='challenge.waived'").fetchall()
+    finally:
+        conn.close()
+    assert user == "qa-anna" and "DV-12" in text and "no passed challenge" in text
+
+
 def test_per_batch_and_per_shift(ledger, tmp_path):
     cfg = cfg_for(tmp_path, ledger, "per_batch")
     configure(ledger, cfg)
