@@ -37,6 +37,9 @@ class Ret(enum.IntEnum):
     InvalidSerialNumbersFormat = 4
     InvalidRequestToken = 5
     InvalidSelectionCriteria = 6
+    UnableToAcceptSerialNumberEvents = 7
+    UnableToAcceptLabelEvents = 8
+    UnableToAcceptSIDEvents = 9
     InsufficientPrivilegeToExecute = 11
 
 

@@ -120,10 +120,12 @@ class Served:
     endpoint: str
     idx: int
     packml: object = None
+    managers: object = None
 
     async def stop(self) -> None:
-        if self.packml is not None and self.packml.task is not None:
-            self.packml.task.cancel()
+        for part in (self.packml, self.managers):
+            if part is not None and part.task is not None:
+                part.task.cancel()
         await self.server.stop()
 
 
@@ -183,6 +185,9 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
                                                objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
     lock = asyncio.Lock()  # one ledger connection: one call at a time
     await _bind_pool_manager(server, pm, pools, scs, lock)
+    from .events import Managers
+    managers = Managers(server, idx, scs, conn, lock, caller, CHANGING, pools.refuse)
+    await managers.build()
     packml = None
     if control is not None:
         from .packml import PackML
@@ -201,11 +206,12 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
         raise OpcuaError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
     finally:
         quiet.disabled = False
+    managers.start()
     if packml is not None:
         packml.start()
     log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),
              ", anonymous viewers" if anonymous else "")
-    return Served(server, pools, endpoint, idx, packml)
+    return Served(server, pools, endpoint, idx, packml, managers)
 
 
 async def _complete_sn_collection(server: Server, scs: int) -> None:
