@@ -47,6 +47,7 @@ from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt, escape_code
 from .ledger import Ledger, LedgerError
 from .printcheck import PrintCheck
+from .trend import Trend
 from .masterdata import MasterDataError
 
 FILL_AHEAD = 8
@@ -93,6 +94,7 @@ class Agent:
         except (LedgerError, MasterDataError) as exc:  # e.g. the batch is closed: nothing to serve
             raise AgentError(f"no line runs on it: {exc}") from None
         self.correlator = Correlator(window_s)
+        self.trend = Trend(min_grade=min_grade)  # print-quality drift, alarmed before packs fail
         self.fill_ahead = fill_ahead
         self.device_id: str | None = None
         self.boot_id: int | None = None
@@ -646,6 +648,7 @@ class Agent:
                 expected = self.ledger.expected_code(self.device_id, self.boot_id, p.unit)
                 verdict, reason, serial = self.ledger.judge.decide(p.result.data, p.result.grade, expected)
                 grade = p.result.grade
+                self._trend(p.unit, p.result)
                 if verdict == Verdict.PASS:
                     self._mismatches = 0
                 elif reason == Reason.CODE_MISMATCH:
@@ -658,6 +661,17 @@ class Agent:
         if rows:
             self.ledger.record_verdicts(rows)
         return out
+
+    def _trend(self, unit: int, result) -> None:
+        """A read's grades into the trend (the overall, plus per-parameter grades if the driver gives them)."""
+        try:
+            started = self.trend.add({"overall": result.grade, **(getattr(result, "parameters", None) or {})})
+        except ValueError:  # a grade the judge refused already (its verdict says so)
+            return
+        for why in started:
+            why = f"unit {self.device_id}:{self.boot_id}:{unit}: {why}"
+            self.ledger.alarm("camera", "PRINT_QUALITY_DRIFT", why)
+            self.alarms.append(why)
 
     def _pairing_lost(self, waiting: list) -> list:
         """Results have slipped against units (a trigger the camera missed, a stray result): every

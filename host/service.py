@@ -776,6 +776,7 @@ class Service:
             "speed_mm_s": _speed_mm_s(st, self.cfg),
             "verdict_latency_ms": self._figures.get("verdict_latency_ms", {}),
             "budget_ms": self._figures.get("budget_ms"),
+            "print_quality": agent.trend.status() if agent else None,  # host/trend.py: drift before packs fail
             "challenge": self.challenge.view() if self.challenge is not None else None,
             "device_config": _device_config(self),
         })

@@ -343,6 +343,12 @@ def render(status: dict, fig: dict):
     worst = lat.get("max", lat.get("p99"))
     if budget and worst and worst > budget:
         warn = f"\n[red]verdict latency up to {worst} ms: over the decision budget {budget:g} ms[/red]"
+    pq = status.get("print_quality") or {}  # host/trend.py
+    grades = ", ".join(f"{k} {v['grade']} ({v['mean']:.2f})" for k, v in sorted((pq.get("parameters") or {}).items()))
+    if grades:
+        tail += f"\nprint quality, last {pq.get('window')} reads: {grades}"
+    if pq.get("drifting"):
+        warn += f"\n[red]print quality drifting ({', '.join(pq['drifting'])}): clean the printhead[/red]"
     return Group(head, t, tail + warn)
 
 

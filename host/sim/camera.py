@@ -36,10 +36,21 @@ from .tcpline import LineServer
 SYMBOLOGY = "]d2"  # ISO/IEC 15424 identifier of GS1 DataMatrix
 
 
+def imager_for(scenario, seed: int):
+    """The scenario's image model (`[print] images = true`) or None: the camera then reads strings."""
+    if not scenario.print.images:
+        return None
+    from serialine.host.linefile import CameraSettings
+    from serialine.host.verify.imager import Imager
+
+    return Imager(scenario.print, scenario.units, seed=seed, min_grade=CameraSettings().min_grade)
+
+
 class SimCamera(LineServer):
     def __init__(self, latency_ms=6.0, jitter_ms=2.0, no_read=0.0, misread=0.0, low_grade=0.0,
-                 missed_trigger=0.0, garbage=0.0, seed=0, **kw):
+                 missed_trigger=0.0, garbage=0.0, seed=0, images=None, **kw):
         super().__init__(**kw)
+        self.images = images  # host/verify/imager.Imager: decode and grade an image of the print
         self.latency_us, self.jitter_us = latency_ms * 1000, jitter_ms * 1000
         self.rates = (("no_read", no_read), ("misread", misread), ("low_grade", low_grade))
         self.missed_trigger = missed_trigger
@@ -89,7 +100,9 @@ class SimCamera(LineServer):
             return None, "missed_trigger"
         self.triggers += 1
         n, fault = self.triggers, ""
-        if printed is None:
+        if self.images is not None:  # what the decoder and the grader found on the image
+            read, grade, fault = self.images.look(printed, smeared, n)
+        elif printed is None:
             read, grade = None, ""
         elif smeared:
             read, grade = (printed, "D") if self.rng.random() < 0.5 else (None, "")

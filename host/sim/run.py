@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import lockfile
 from . import batch, parts
 from . import ledger as ledger_mod
+from .camera import imager_for
 from .emulators import emulator
 from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
@@ -131,7 +132,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     camera = emulator("reader", s.camera.driver)(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
                                                  no_read=s.camera.no_read, misread=s.camera.misread,
                                                  low_grade=s.camera.low_grade, missed_trigger=s.camera.missed_trigger,
-                                                 seed=s.seed * 7 + 2).start()
+                                                 seed=s.seed * 7 + 2, images=imager_for(s, s.seed * 7 + 2)).start()
     relay = FaultyRelay(corrupt=s.faults.link_corrupt, loss=s.faults.link_loss, seed=s.seed * 7 + 3)
     tap = VerdictTap()
     relay.taps["to_device"] = tap

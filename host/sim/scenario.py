@@ -50,6 +50,27 @@ class ScenarioDefects:  # [defects]
 
 
 @dataclass(frozen=True)
+class ScenarioPrint:  # [print]: images of the prints (host/verify/imager.py); off keeps the string model
+    images: bool = False  # the coder's print is an image the camera decodes (zxing-cpp) and grades (ISO/IEC 15415)
+    width: int = 640  # camera image, pixels
+    height: int = 480
+    module_px: float = 6.0  # pixels per module
+    dot_gain: float = 0.0  # the print's defects: host/verify/render.py Defects, same names and units
+    missing_dots: int = 0
+    smear: float = 0.0
+    contrast: float = 1.0
+    skew_deg: float = 0.0
+    rotation_deg: float = 0.0
+    quiet_zone: float = 0.0
+    noise: float = 0.0
+    clogged: float = 0.0  # per print: a nozzle clogs for that print, `clogged_rows` more rows of dots missing
+    clogged_rows: int = 12
+    smeared_by: float = 3.0  # a [defects] smear print is this many modules of motion blur
+    wear: str = ""  # one defect (a name above) growing linearly per print, printhead wear
+    wear_to: float = 0.0  # its value at the last unit
+
+
+@dataclass(frozen=True)
 class ScenarioCoder:  # [coder]
     driver: str = "serialine"  # the agent's coder driver; the simulator runs its emulator (host/sim/emulators.py)
 
@@ -90,6 +111,7 @@ class Scenario:
     coder: ScenarioCoder = field(default_factory=ScenarioCoder)
     camera: ScenarioCamera = field(default_factory=ScenarioCamera)
     faults: Faults = field(default_factory=Faults)
+    print: ScenarioPrint = field(default_factory=ScenarioPrint)
 
     @property
     def has_faults(self) -> bool:
@@ -105,7 +127,7 @@ class Scenario:
 
 
 _SECTIONS = {"line": Geometry, "speed": Speed, "defects": ScenarioDefects, "coder": ScenarioCoder,
-             "camera": ScenarioCamera, "faults": Faults}
+             "camera": ScenarioCamera, "faults": Faults, "print": ScenarioPrint}
 _PROFILES = ("constant", "ramp", "stop-start")
 _RATE = (0.0, 1.0)
 # (lo, hi) inclusive for every number; unit numbers of faults are checked against `units`.
@@ -120,6 +142,8 @@ RANGES = {
     "camera.no_read": _RATE, "camera.misread": _RATE, "camera.low_grade": _RATE, "camera.missed_trigger": _RATE,
     "faults.link_corrupt": (0.0, 0.1), "faults.link_loss": (0.0, 0.1),
     "faults.outage_ms": (1.0, 600_000.0),  # each link outage's duration
+    "print.width": (64, 4096), "print.height": (64, 4096), "print.module_px": (1.0, 50.0),
+    "print.clogged": _RATE, "print.clogged_rows": (0, 400), "print.smeared_by": (0.0, 10.0),
 }
 FAULTS_AT = ("device_reboot_at", "host_kill_at", "host_term_at", "camera_drop_at")  # [faults] unit lists
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # it names the batch and the report file
@@ -140,6 +164,8 @@ def host_budget_counts(s: Scenario) -> float:
 
 
 def _coerce(where: str, key: str, default, value):
+    if isinstance(default, bool) and isinstance(value, bool):
+        return value
     if isinstance(default, bool) or isinstance(value, bool):
         raise ScenarioError(f"{where}: {key} must not be a boolean")
     if isinstance(default, float) and isinstance(value, (int, float)):
@@ -221,6 +247,7 @@ def validate(s: Scenario, where: str) -> None:
         if section.driver not in emulators.NAMES[kind]:
             problems.append(f"[{'camera' if kind == 'reader' else kind}] driver = {section.driver!r}: the simulator"
                             f" emulates {', '.join(emulators.NAMES[kind])}")
+    problems += _print_problems(s.print)
     if f.bin_full_at != -1 and not 0 <= f.bin_full_at <= last:
         problems.append(f"[faults] bin_full_at = {f.bin_full_at} must be -1 (never) or in 0..{last}")
     if problems:  # the checks below compute with these numbers
@@ -236,6 +263,26 @@ def validate(s: Scenario, where: str) -> None:
             problems.append(f"{why} at {s.ppm:g} packs/min")
     if problems:
         raise ScenarioError(f"{where}: " + "; ".join(problems))
+
+
+def _print_problems(p: ScenarioPrint) -> list[str]:
+    """[print]'s defects by the renderer's own ranges (imported only for a scenario that sets them)."""
+    if p == ScenarioPrint():
+        return []
+    from serialine.host.verify.imager import DEFECTS
+    from serialine.host.verify.render import Defects, RenderError
+
+    if p.wear and p.wear not in DEFECTS:
+        return [f"[print] wear = {p.wear!r}: want one of {', '.join(DEFECTS)}"]
+    values = {k: getattr(p, k) for k in DEFECTS}
+    ends = [values] + ([{**values, p.wear: type(values[p.wear])(p.wear_to)}] if p.wear else [])
+    problems = []
+    for i, v in enumerate(ends):
+        try:
+            Defects(**v)
+        except RenderError as exc:
+            problems.append(f"[print] {'wear_to: ' if i else ''}{exc}")
+    return problems
 
 
 def parse(text: str, where: str = "<scenario>") -> Scenario:
