@@ -108,9 +108,12 @@ def check_password(password: str, stored: str) -> bool:
         salt, key = base64.b64decode(salt_), base64.b64decode(key_)
     except ValueError:
         return False
-    if kind != "scrypt":
+    if kind != "scrypt" or not key or n > 2 ** 20 or r > 64 or p > 16:  # a forged row must not exhaust memory
         return False
-    got = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(key), maxmem=_maxmem(n, r, p))
+    try:
+        got = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(key), maxmem=_maxmem(n, r, p))
+    except (ValueError, OverflowError):  # n not a power of 2, parameters out of range
+        return False
     return hmac.compare_digest(got, key)
 
 

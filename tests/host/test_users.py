@@ -196,3 +196,45 @@ def test_passwords_never_reach_the_ledger_its_trail_or_the_output(tmp_path):
     for r in outputs:
         for s in secrets:
             assert s not in r.stdout and s not in r.stderr
+
+
+def test_on_a_terminal_passwords_are_prompted_the_new_one_twice(tmp_path):
+    from userskit import on_tty
+    path = closed_batch(tmp_path / "l.db")
+    rc, shown = on_tty("batch", "serials", GTIN, "--generate", "5", "--user", "anyone", db_path=path)
+    assert rc == 0 and shown.count("note: this ledger has no users yet") == 1
+    rc, shown = on_tty("users", "add", "root", "--role", "admin", "--full-name", "Rita Root", "--reason", "first admin",
+                       db_path=path, answers=[PASSWORDS["root"], "something-else-1"])
+    assert rc == 1 and "the two passwords differ; nothing changed" in shown
+    rc, shown = on_tty("users", "add", "root", "--role", "admin", "--full-name", "Rita Root", "--reason", "first admin",
+                       db_path=path, answers=[PASSWORDS["root"], PASSWORDS["root"]])
+    assert rc == 0 and "new password for root:" in shown and "again:" in shown, shown
+    assert PASSWORDS["root"] not in shown  # not echoed
+    rc, shown = on_tty("users", "add", "ann", "--role", "qa", "--full-name", "Ann Smith", "--user", "root",
+                       "--reason", "new QA", db_path=path, answers=[PASSWORDS["root"], PASSWORDS["ann"], PASSWORDS["ann"]])
+    assert rc == 0 and "password for root:" in shown and "added user ann (Ann Smith, qa)" in shown, shown
+    rc, shown = on_tty("batch", "review", "B1", "--user", "ann", db_path=path, answers=[PASSWORDS["ann"]])
+    assert rc == 0 and "password for ann (signs batch B1 'reviewed'):" in shown and "Reviewed by Ann Smith" in shown
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@given(st.text(max_size=600))
+@settings(max_examples=300, deadline=None)
+def test_the_reason_rule_for_any_text(text):
+    words = " ".join(text.split())
+    ok = 4 <= len(words) <= 500 and words.isprintable()
+    try:
+        assert audit.check_reason(text) == words and ok
+    except ValueError as exc:
+        assert not ok and str(exc).startswith("a reason is required") and "\n" not in str(exc)
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_a_malformed_stored_hash_is_a_refusal_never_a_crash(stored):
+    assert users.check_password("any-password-1", stored) is False
+    for forged in ("scrypt$3$8$1$AAAA$AAAA", "scrypt$1099511627776$8$1$AAAA$AAAA", "scrypt$16384$8$1$AAAA$",
+                   "scrypt$0$0$0$$", "argon2$16384$8$1$AAAA$AAAA"):
+        assert users.check_password("any-password-1", forged) is False

@@ -62,3 +62,40 @@ def cli(*argv, db_path=None, stdin: str | None = None, password: str | None = No
     if check and r.returncode != 0:
         raise AssertionError(f"{argv}: rc {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
+
+
+def on_tty(*argv, db_path, answers=(), timeout=60.0):
+    """`serialine ARGV...` on a pseudo-terminal (its controlling tty: getpass prompts there): each
+    answer is typed after the next prompt ending in ': '. → (exit status, everything shown)."""
+    import pty
+    import select
+    import time
+    env = {k: v for k, v in os.environ.items() if k not in ("SERIALINE_PASSWORD", "SERIALINE_USER", "SERIALINE_DB")}
+    args = [sys.executable, "-m", "serialine.host.cli", *argv, "--db", str(db_path)]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(sys.executable, args, env)
+    shown, pending, deadline, answered = b"", list(answers), time.monotonic() + timeout, 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+                if pending and shown.endswith(b": ") and len(shown) > answered:  # a prompt, not its newline
+                    time.sleep(0.05)  # getpass flushes typed-ahead input when it turns echo off
+                    os.write(fd, pending.pop(0).encode() + b"\n")
+                    answered = len(shown)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"{argv}: still running after {timeout} s; it showed {shown!r}")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace").replace("\r\n", "\n")
