@@ -25,6 +25,13 @@ from ..epcis.events import sgtin_urn
 
 MAX_SN_REQUESTABLE = 10_000  # per call: one write transaction of the ledger stays short
 MAX_SN_RETURNABLE = 10_000
+# methods whose state the ledger does not have: (return code, why), answered and audited
+NOT_SERVED = {
+    "SNRequestUnassigned": (3, "this ledger has no unassigned serials: every serial belongs to a GTIN's pool "
+                               "(SNRequestUnallocated)"),
+    "SNtoUnallocated": (2, "allocated serials go back to the pool only at batch close (SNReturnAllocated, then "
+                           "the lot's batch close)"),
+}
 FORMATS = ("SERIALONLY", "LITERAL", "EPCURI")
 
 
@@ -261,6 +268,52 @@ class PoolManager:
             return Answer(Ret.NoError, gtin=gtin)
         except CallRefused as r:
             return self._audit_refusal(user, action, detail, r)
+
+    def to_allocated(self, user: str, collection, fmt: str, pairs) -> Answer:
+        """SNtoAllocated: serials handed out unallocated become allocated to the lot's running batch,
+        through the ledger's own transitions (the grant returned, the serial allocated, granted again
+        with the lot under the token `TOKEN@LOT`); all or nothing."""
+        action = "opcua.SNtoAllocated"
+        texts = list(collection or ())
+        detail = {"count": len(texts), "format": fmt, "criteria": [list(p) for p in pairs]}
+        try:
+            fmt = _format(fmt)
+            gtin, lot = criteria(pairs)
+            if lot is None:
+                raise CallRefused(Ret.InvalidSelectionCriteria, "SNtoAllocated needs a LOT selection criterion")
+            if not texts or len(texts) > MAX_SN_RETURNABLE:
+                raise CallRefused(Ret.InvalidSerialNumberCollection, f"{len(texts)} serials: 1 to MaxSNReturnable = "
+                                  f"{MAX_SN_RETURNABLE} per call")
+            wanted = [decode(self.conn, gtin, t, fmt) for t in texts]
+            if len(set(wanted)) != len(wanted):
+                raise CallRefused(Ret.InvalidSerialNumberCollection, "a serial appears twice in the collection")
+            with transaction(self.conn):
+                batch_id = _running_batch(self.conn, gtin, lot)
+                out = {s: (tok, g_lot) for s, tok, g_lot in self.conn.execute(
+                    "SELECT g.serial, g.token, g.lot FROM serial_grant g JOIN json_each(?) j ON g.serial = j.value"
+                    " WHERE g.gtin=? AND g.state='out'", (json.dumps(wanted), gtin))}
+                missing = [s for s in wanted if s not in out]
+                if missing:
+                    raise CallRefused(Ret.InvalidSerialNumberCollection,
+                                      f"{len(missing)} serial(s) not handed out by this pool manager (or settled already): "
+                                      f"{missing[:5]!r}")
+                if any(out[s][1] is not None for s in wanted):
+                    raise CallRefused(Ret.InvalidSerialNumberCollection, "some serials are allocated already")
+                now = time.time()
+                self.conn.executemany("UPDATE serial_grant SET state='returned' WHERE gtin=? AND serial=? AND state='out'",
+                                      [(gtin, s) for s in wanted])
+                self.conn.executemany("UPDATE serial SET state='allocated', batch_id=? WHERE gtin=? AND serial=?"
+                                      " AND state='available'", [(batch_id, gtin, s) for s in wanted])
+                self.conn.executemany(
+                    "INSERT INTO serial_grant (token, gtin, serial, lot, user, at) VALUES (?,?,?,?,?,?)",
+                    [(f"{out[s][0]}@{lot}", gtin, s, lot, user, now) for s in wanted])
+                audit.append(self.conn, user, action, {**detail, "gtin": gtin, "lot": lot, "batch_id": batch_id,
+                                                       "return": Ret.NoError.name})
+            return Answer(Ret.NoError, gtin=gtin)
+        except CallRefused as r:
+            return self._audit_refusal(user, action, detail, r)
+        except sqlite3.IntegrityError as exc:  # the ledger's triggers: nothing changed
+            return self._audit_refusal(user, action, detail, CallRefused(Ret.InvalidSerialNumberCollection, str(exc)))
 
     def refuse(self, user: str, action: str, status: Ret, why: str) -> Answer:
         """A call refused before it reached the ledger (e.g. the user's role): audited all the same."""

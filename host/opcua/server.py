@@ -269,7 +269,21 @@ async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs
             return pools.settle(user, how, texts, fmt or "", _pairs(pairs), allocated), openscs.State.Unassigned, ""
         return fn
 
+    def to_allocated(user, coll, pairs, fmt):
+        texts = list(getattr(coll, "SerialNumbers", None) or [])
+        return pools.to_allocated(user, texts, fmt or "", _pairs(pairs)), openscs.State.Allocated, ""
+
+    def not_served(name: str):
+        code, why = openscs.NOT_SERVED[name]
+
+        def fn(user, *args):
+            return pools.refuse(user, f"opcua.{name}", Ret(code), why), openscs.State.Unassigned, ""
+        return fn
+
     binds = {
+        "SNRequestUnassigned": (not_served("SNRequestUnassigned"), True),
+        "SNtoAllocated": (to_allocated, False),
+        "SNtoUnallocated": (not_served("SNtoUnallocated"), False),
         "SNRequestUnallocated": (request(False), True),
         "SNRequestAllocated": (request(True), True),
         "SNReturnUnallocated": (settle("returned", False), False),

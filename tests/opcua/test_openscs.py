@@ -213,3 +213,46 @@ def test_a_trusted_folder_admits_only_its_client_certificates(tmp_path, users_fi
         with pytest.raises(ClientError, match="BadCertificateUntrusted"):
             run(request(stranger))
     conn.close()
+
+
+def test_to_allocated_moves_handed_out_serials_to_the_lots_batch(site):
+    async def go():
+        async with session(site) as pc:
+            _, sn, _, _ = await pc.request(GTIN, 10, "t-alloc")
+            no_lot = await pc.settle("SNtoAllocated", GTIN, sn[:5])
+            foreign = await pc.settle("SNtoAllocated", GTIN, sn[:4] + ["NOTOURS123"], lot="L1")
+            mid = dict(states(site.conn, sn))
+            ok = await pc.settle("SNtoAllocated", GTIN, sn[:5], lot="L1")
+            twice = await pc.settle("SNtoAllocated", GTIN, sn[:5], lot="L1")
+            back = await pc.settle("SNReturnAllocated", GTIN, sn[:2], lot="L1")
+            encoded = await pc.settle("SNtoEncoded", GTIN, sn[2:5], lot="L1")
+            return sn, no_lot, foreign, mid, ok, twice, back, encoded
+    sn, no_lot, foreign, mid, ok, twice, back, encoded = run(go())
+    assert no_lot is Ret.InvalidSelectionCriteria and foreign is Ret.InvalidSerialNumberCollection
+    assert set(mid.values()) == {"available"}  # refused calls changed nothing
+    assert ok is Ret.NoError and twice is Ret.InvalidSerialNumberCollection
+    assert back is Ret.NoError and encoded is Ret.NoError
+    got = states(site.conn, sn)
+    assert [got[s] for s in sn[2:5]] == ["printed"] * 3 and {got[s] for s in sn[5:]} == {"available"}
+    assert {b for (b,) in site.conn.execute(
+        "SELECT batch_id FROM serial WHERE gtin=? AND serial IN (SELECT value FROM json_each(?))",
+        (GTIN, json.dumps(sn[:5])))} == {"B1"}
+    (user, detail), = [a for a in audits(site.conn, "opcua.SNtoAllocated") if a[1]["return"] == "NoError"]
+    assert user == "opcua:olga" and detail["batch_id"] == "B1" and detail["lot"] == "L1"
+
+
+def test_methods_without_the_ledgers_state_are_answered_with_a_code_and_audited(site):
+    async def go():
+        async with session(site) as pc:
+            status, coll, _ = await pc.pm.call_method(
+                f"{pc.scs}:SNRequestUnassigned", ua.Variant("", ua.VariantType.String), ua.Variant(5, ua.VariantType.UInt32),
+                ua.Variant("SERIALONLY", ua.VariantType.String), pc._criteria(GTIN, None), ua.Variant("", ua.VariantType.String))
+            _, sn, _, _ = await pc.request(GTIN, 3, "t-un", lot="L1")
+            to_un = await pc.settle("SNtoUnallocated", GTIN, sn, lot="L1")
+            return status, coll, sn, to_un
+    status, coll, sn, to_un = run(go())
+    assert Ret(status) is Ret.InsufficientSerialNumbers and not coll.SerialNumbers and "unassigned" in coll.Description
+    assert to_un is Ret.InvalidSerialNumberCollection
+    assert set(states(site.conn, sn).values()) == {"allocated"}
+    assert audits(site.conn, "opcua.SNRequestUnassigned")[0][1]["return"] == "InsufficientSerialNumbers"
+    assert "batch close" in audits(site.conn, "opcua.SNtoUnallocated")[0][1]["why"]
