@@ -140,7 +140,9 @@ class Console:
         u = self.user(s)
         if s is None or u is None:
             nxt = quote(request.url.path)
-            if request.headers.get("HX-Request"):
+            if request.headers.get("HX-Request"):  # a poll: back to the page it polls for, after the login
+                from urllib.parse import urlsplit
+                nxt = quote(_safe_next(urlsplit(request.headers.get("HX-Current-URL", "")).path))
                 return Response("", headers={"HX-Redirect": f"/login?next={nxt}"}, status_code=401)
             return RedirectResponse(f"/login?next={nxt}", status_code=303)
         return s, u

@@ -6,7 +6,7 @@ import sqlite3
 import urllib.error
 import urllib.request
 
-from consolekit import MAX_FAILURES, add_users, login, logout
+from consolekit import MAX_FAILURES, PASSWORD, add_users, login, logout
 from test_service import make_batch
 
 
@@ -95,3 +95,19 @@ def test_a_ledger_without_users_says_how_to_add_the_first(tmp_path, consoles, pa
     assert "This ledger has no users yet" in page.inner_text("main")
     login(page, c.url, "olga")
     assert "unknown user 'olga'" in page.inner_text("#error")
+
+
+def test_an_operator_screen_whose_session_ended_goes_to_the_login_page(tmp_path, consoles, page):
+    db = _ledger(tmp_path)
+    c = consoles(db)
+    login(page, c.url, "olga")
+    page.wait_for_selector("#line-state")  # the operator screen, polling every 0.5 s
+    other = page.context.new_page()  # the same browser, another tab: logs out
+    other.goto(c.url + "/batches")
+    logout(other)
+    page.wait_for_url(c.url + "/login?next=/operator", timeout=10000)  # the poll was told to go there
+    assert page.locator("#login").is_visible()
+    page.fill("#user", "olga")
+    page.fill("#password", PASSWORD["olga"])
+    page.click("#login")
+    page.wait_for_selector("#line-state")  # and back where it was
