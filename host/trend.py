@@ -35,10 +35,11 @@ class Series:
 
 
 class Trend:
-    def __init__(self, window: int = 200, drop: float = 1.0, margin: float = 0.5, min_grade: float = 1.5):
+    def __init__(self, window: int = 200, drop: float = 1.0, margin: float = 0.5, min_grade: str | float = 1.5):
         if window < 2 or drop <= 0 or margin < 0:
             raise ValueError("trend: window ≥ 2, drop > 0 and margin ≥ 0")
-        self.window, self.drop, self.margin, self.min_grade = window, drop, margin, min_grade
+        self.window, self.drop, self.margin = window, drop, margin
+        self.min_grade = verdicts.grade_value(min_grade)  # the line's minimum: "C" or 1.5
         self.series: dict[str, Series] = {}
         self.reads = 0
 

@@ -64,7 +64,8 @@ def test_no_reads_are_no_samples_and_each_parameter_has_its_own_series():
 
 
 def test_numeric_grades_and_reset():
-    t = Trend(window=10, min_grade=1.5)
+    t = Trend(window=10, min_grade="C")  # as the line file gives it
+    assert t.min_grade == 1.5
     assert feed(t, [3.5] * 10 + [2.4] * 10) != []
     t.reset()
     assert t.status() == {"window": 10, "reads": 0, "drifting": [], "parameters": {}}
