@@ -81,6 +81,10 @@ class Console:
         return Client(self.control, timeout=timeout)
 
     def session(self, request: Request, *, touch: bool = True) -> Session | None:
+        try:  # the site setting as it is now (an admin may change it while the console runs)
+            self.sessions.timeout_s = 60 * users.setting(self.conn(), "session.timeout_minutes")
+        except sqlite3.Error:
+            pass
         s, timed_out = self.sessions.get(request.cookies.get(COOKIE), touch=touch)
         if timed_out:
             self._ended(timed_out, "timeout")
