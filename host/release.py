@@ -66,6 +66,7 @@ def batch_record(conn: sqlite3.Connection, batch_id: str) -> dict:
         "kind": "batch", "id": batch_id,
         "product": {"gtin": b.gtin, "name": name, "market": market, "nhrn_ai": nhrn_ai, "nhrn": nhrn},
         "batch": {"batch_id": batch_id, "lot": b.lot, "expiry": gs1.expiry_text(b.expiry), "planned": b.planned,
+                  "made": sum(report.serials[s] for s in ("commissioned", "sampled", "destroyed", "decommissioned")),
                   "case_size": b.case_size, "pallet_size": b.pallet_size, "state": b.state, "created_at": created_at,
                   "closed_at": closed_at, "site": b.site, "read_point": b.read_point, "tz": b.tz},
         "units": units,

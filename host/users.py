@@ -343,9 +343,12 @@ def read_password(prompt: str, *, confirm: bool = False, env: bool = True) -> st
     if env and os.environ.get(PASSWORD_ENV):
         return os.environ[PASSWORD_ENV]
     if sys.stdin.isatty():
-        first = getpass.getpass(prompt)
-        if confirm and getpass.getpass("again: ") != first:
-            raise UserError("the two passwords differ; nothing changed")
+        try:
+            first = getpass.getpass(prompt)
+            if confirm and getpass.getpass("again: ") != first:
+                raise UserError("the two passwords differ; nothing changed")
+        except EOFError:  # Ctrl-D at the prompt
+            raise AuthError(f"{prompt.rstrip(': ')}: none given; nothing changed") from None
         return first
     line = sys.stdin.readline()
     if not line:

@@ -94,7 +94,7 @@ def test_the_batch_record_holds_what_qa_signs(tmp_path):
     assert record["product"]["name"] == "Aspirin 100 mg" and record["batch"]["lot"] == "L1"
     assert record["batch"]["expiry"] == "2030-01-31" and record["batch"]["tz"] == "Europe/Berlin"
     assert record["units"] == [{"outcome": "PASSED", "reason": "OK", "verdict_reason": "OK", "test": False, "count": 4}]
-    assert record["serials"]["commissioned"] == 4
+    assert record["serials"]["commissioned"] == 4 and record["batch"]["planned"] == 10 and record["batch"]["made"] == 4
     assert record["containers"]["cases"] == 2 and record["containers"]["pallets"] == 1
     assert [h["action"] for h in record["history"]] == ["batch.create", "batch.start", "batch.close"]
     assert record["reconciliation"]["problems"] == []
