@@ -53,6 +53,8 @@ ALARMS: dict[str, tuple[str, str]] = {
     "CORRELATION": ("a pack got no camera result in its time window: it is rejected",
                     "none for one; many in a row: check the camera's trigger and its network"),
     "OUTCOME_LOST": ("a pack's outcome was lost", "QA resolves the unit before the batch can close"),
+    "PRINT_QUALITY_DRIFT": ("the print quality of the last reads is drifting towards the minimum grade",
+                            "clean the printhead; check the ink and the coder's settings"),
     # the coder and reader drivers
     "DISCONNECTED": ("a coder or camera closed its connection", "see the LOST alarm beside it"),
     "RESYNC": ("the agent is reconnecting to a coder or camera", "none; it retries by itself"),
