@@ -443,11 +443,12 @@ def _signatures(conn) -> int:
 
 
 def _verify_signatures(conn) -> str | None:
-    """Every signature still matches its record's content (host/signatures.py)."""
+    """The users are what their trail says, every signature still matches its record's content
+    (host/users.py, host/signatures.py)."""
     if not _has(conn, "signature"):
         return None
-    from . import signatures
-    return signatures.verify(conn)
+    from . import signatures, users
+    return users.verify(conn) or signatures.verify(conn)
 
 
 def _verify_derived(conn) -> str | None:

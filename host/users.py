@@ -14,6 +14,7 @@ import enum
 import getpass
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sqlite3
@@ -115,6 +116,53 @@ def check_password(password: str, stored: str) -> bool:
     except (ValueError, OverflowError):  # n not a power of 2, parameters out of range
         return False
     return hmac.compare_digest(got, key)
+
+
+def credential(stored: str) -> str:
+    """What the audit trail keeps of a password: the SHA-256 of its stored scrypt hash (salted, so it
+    says nothing about the password) — so a hash swapped behind the ledger's back fails verify."""
+    return hashlib.sha256(stored.encode()).hexdigest()
+
+
+def verify(conn: sqlite3.Connection) -> str | None:
+    """Each user's full name, role, enabled state and password hash are what their audit records
+    (user.add, user.role, user.disable/enable, user.reset_password) say; else one line naming the first
+    that differs (a role raised or a hash replaced by editing the file)."""
+    trail: dict[str, dict] = {}
+    for seq, action, text in conn.execute(
+            "SELECT seq, action, detail FROM audit WHERE action IN ('user.add', 'user.role', 'user.disable',"
+            " 'user.enable', 'user.reset_password') ORDER BY seq"):
+        d = json.loads(text)
+        if not isinstance(d, dict) or "name" not in d:
+            return f"record {seq} ({action}): unreadable"
+        if action == "user.add":
+            trail[d["name"]] = {"full_name": d.get("full_name"), "role": d.get("role"), "enabled": True,
+                                "credential": d.get("credential_sha256"), "seq": seq}
+            continue
+        t = trail.get(d["name"])
+        if t is None:
+            return f"record {seq} ({action}): user {d['name']} was never added"
+        t["seq"] = seq
+        if action == "user.role":
+            t["role"] = d.get("role")
+        elif action in ("user.disable", "user.enable"):
+            t["enabled"] = action == "user.enable"
+        else:
+            t["credential"] = d.get("credential_sha256")
+    for name, full_name, role, stored, enabled in conn.execute(
+            "SELECT name, full_name, role, password, enabled FROM users ORDER BY name"):
+        t = trail.pop(name, None)
+        if t is None:
+            return f"user {name}: no audit record added it"
+        now = {"full_name": full_name, "role": role, "enabled": bool(enabled)}
+        for key, value in now.items():
+            if t[key] != value:
+                return f"user {name}: {key.replace('_', ' ')} is {value!r}, its audit trail says {t[key]!r} (record {t['seq']})"
+        if t["credential"] is not None and t["credential"] != credential(stored):
+            return f"user {name}: the password hash is not the one its audit trail set (record {t['seq']})"
+    if trail:
+        return f"user {next(iter(trail))}: added in the audit trail, missing from the ledger"
+    return None
 
 
 def _maxmem(n: int, r: int, p: int) -> int:
@@ -230,7 +278,8 @@ def add(conn: sqlite3.Connection, name: str, role, password: str, *, by: str, re
                 raise UserError(f"user name {name!r}: 2 to 32 characters of a-z 0-9 . _ -") from None
             raise
         audit.append(conn, by, "user.add", {"name": name, "full_name": full_name, "role": role.value,
-                                            "first": first, "reason": reason})
+                                            "first": first, "credential_sha256": credential(hashed),
+                                            "reason": reason})
     return _existing(conn, name)
 
 
@@ -272,7 +321,7 @@ def reset_password(conn: sqlite3.Connection, name: str, password: str, *, by: st
     """A new password (also lifts a lockout)."""
     _check_password(conn, name, password)
     hashed = hash_password(password)
-    return _change(conn, name, by, "user.reset_password", {"reason": reason},
+    return _change(conn, name, by, "user.reset_password", {"credential_sha256": credential(hashed), "reason": reason},
                    "UPDATE users SET password=?, failures=0, locked_until=NULL", (hashed,))
 
 

@@ -78,3 +78,23 @@ def test_a_reopen_voids_the_signatures_before_it(signed):
     assert signatures.of(conn, "batch", "B1") == [] and len(signatures.of(conn, "batch", "B1", current=False)) == 1
     assert release.status(conn, "B1")["stage"] == "reopened: not closed"
     assert audit.verify(conn)[0]  # the record may change now: it is signed again after the next close
+
+
+def test_a_role_raised_or_a_password_hash_swapped_behind_the_back_fails_audit_verify(signed):
+    """Forging a signature by editing the file: give yourself QA, or put a hash you know the password of."""
+    path, conn = signed
+    add_people(conn, "olga")
+    assert verify(path)[0] == 0
+    behind_the_back(path, "UPDATE users SET role='qa' WHERE name='olga'")
+    rc, text = verify(path)
+    assert rc == 1 and text.startswith("user olga: role is 'qa', its audit trail says 'operator' (record ")
+    behind_the_back(path, "UPDATE users SET role='operator' WHERE name='olga'")
+    assert verify(path)[0] == 0
+    known = users.hash_password("mallory-knows-1")
+    behind_the_back(path, f"UPDATE users SET password='{known}' WHERE name='bob'")
+    rc, text = verify(path)
+    assert rc == 1 and text.startswith("user bob: the password hash is not the one its audit trail set")
+    # the trail keeps only a digest of the salted hash, never the password or the hash itself
+    (detail,) = conn.execute("SELECT detail FROM audit WHERE action='user.add' AND detail LIKE '%\"bob\"%'").fetchone()
+    stored = conn.execute("SELECT password FROM users WHERE name='ann'").fetchone()[0]
+    assert "scrypt$" not in detail and stored not in " ".join(r[0] for r in conn.execute("SELECT detail FROM audit"))
