@@ -16,7 +16,7 @@ from serialine.host.sim.run import run
 SIZES = {"nominal": 120, "high-speed": 150, "speed-ramp": 120, "stop-start": 120,
          "noisy-camera": 150, "link-faults": 150, "device-reboot": 120, "host-crash": 120,
          "bin-full": 120, "kill-then-reboot": 240, "reboot-in-outage": 150,
-         "combined-faults": 300, "vendor-drivers": 150}
+         "combined-faults": 300, "vendor-drivers": 150, "images": 150}
 
 
 def small(name: str) -> sc.Scenario:
