@@ -68,9 +68,11 @@ class Console:
     def conn(self) -> sqlite3.Connection:
         """This thread's ledger connection (Starlette runs sync work in a thread pool)."""
         c = getattr(self._local, "conn", None)
-        if c is None:
+        if c is None:  # the schema was applied once at start: a thread's connection never waits to apply it
             from ..ledgerfile import open_ledger
-            c = self._local.conn = open_ledger(self.db_path)
+            c = open_ledger(self.db_path, schema=False)
+            c.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = c
         return c
 
     def client(self, timeout: float = 7.0):
