@@ -470,7 +470,9 @@ def test_serialine_sim_runs_a_cli_batch_through_agent_run_with_a_camera_drop_and
     out = tmp_path / "out"
     r = serialine("sim", "--scenario", str(scenario), "--batch", batch, "--db", str(db), "--out", str(out), "--quiet",
                   timeout=300)
-    report = json.loads((out / "report-agent-e2e-sim.json").read_text())
+    report_file = out / "report-agent-e2e-sim.json"
+    assert report_file.exists(), (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    report = json.loads(report_file.read_text())
     summary = {k: report.get(k) for k in ("invariants", "run", "alarms", "good_rejected_reasons", "invalid")}
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:], summary)
     assert all(report["invariants"].values()) and report["invalid"] is None, summary
