@@ -99,6 +99,10 @@ def test_a_disabled_user_is_refused_and_never_deleted(tmp_path):
     path = closed_batch(tmp_path / "l.db")
     conn = db.connect(path)
     add_people(conn, "ann", "bob")
+    for reason in ([], ["--reason", "gone"[:3]]):  # no reason, or too short: refused before any password
+        r = cli("users", "disable", "ann", "--user", "root", *reason, db_path=path, stdin="")
+        assert r.returncode == 1 and r.stderr.startswith("error: a reason is required: 4 to 500")
+    assert users.get(conn, "ann").enabled
     cli("users", "disable", "ann", "--user", "root", "--reason", "left the company", db_path=path,
         password=PASSWORDS["root"], check=True)
     with pytest.raises(users.AuthError, match="^ann is disabled$"):

@@ -27,7 +27,7 @@ def closed_batch(path, market="EU_FMD", tz=None, batch="B1", packs=4) -> str:
         masterdata.add_product(c, GTIN, "Aspirin 100 mg", market, PREFIX_LEN, user="setup")
         if tz:
             masterdata.set_location(c, masterdata.Location(SITE, "Plant", tz=tz), user="setup")
-        serials.generate(c, GTIN, 50)
+        serials.generate(c, GTIN, max(50, packs + 10))
         masterdata.create_batch(c, batch, GTIN, "L1", "2030-01-31", 10, 3, 2, user="setup")
         masterdata.start_batch(c, batch, user="setup")
         ledger = Ledger(c, batch)
