@@ -15,7 +15,7 @@ from . import audit, db, gs1, ledgerfile, lifecycle, masterdata, reconcile, repo
 ACTIONS = {"product": "masterdata.change", "master": "masterdata.change", "site": "masterdata.change",
            "serials": "masterdata.change", "create": "batch.create", "start": "batch.start", "reconcile": None,
            "close": "batch.close", "abort": "batch.abort", "reopen": "batch.reopen", "resolve": "batch.resolve",
-           "record": None, "review": None, "release": None}  # review and release prove it by their signature
+           "record": None, "review": None, "release": None, "return-serials": "batch.close"}  # review and release prove it by their signature
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -96,6 +96,12 @@ def main(argv: list[str]) -> int:
                                       " with the reason; run the challenge at the batch's start)")
     p = sub.add_parser("abort", help="end a stuck batch: units without an outcome rejected, unused serials back")
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
+    sub.add_parser("return-serials", help="give a closed batch's unused serials back to the upstream OPEN-SCS pool"
+                   " manager they came from (again, after a failure at close)").add_argument("batch_id")
+    for name in ("close", "abort", "return-serials"):  # unused serials from upstream go back (docs/opcua.md)
+        sub.choices[name].add_argument("--credentials", help="for serials from an upstream OPEN-SCS pool manager: "
+                                       "env:NAME or file:/path holding user:password (default env:SERIALINE_OPCUA_USER)")
+        sub.choices[name].add_argument("--pki", help="folder of the OPC UA client certificate (default: LEDGER.opcua-pki)")
     p = sub.add_parser("reopen", help="reopen a closed or aborted batch for rework (close it again after)")
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     p = sub.add_parser("record", help="the batch record (JSON): what QA reviews and signs")
@@ -183,6 +189,13 @@ def main(argv: list[str]) -> int:
                   f"{n['serials_rejected_printed'] + n['serials_rejected_queued']} serial(s) written off as rejected "
                   f"(printed or sent to a coder), {n['serials_returned']} returned to the pool"
                   + (f", partial containers closed: {', '.join(n['closed_partial'])}" if n["closed_partial"] else ""))
+            _return_upstream(conn, a)
+        elif a.cmd == "return-serials":
+            state = masterdata.get_batch(conn, a.batch_id).state
+            if state not in ("closed", "aborted"):
+                raise ValueError(f"batch {a.batch_id} is {state}: its unused serials go back when it is closed")
+            if not _return_upstream(conn, a):
+                print(f"batch {a.batch_id}: no serials due upstream")
         elif a.cmd == "reopen":
             lifecycle.reopen(conn, a.batch_id, a.user, a.reason)
             print(f"batch {a.batch_id} reopened for rework; close it again when done")
@@ -202,7 +215,22 @@ def main(argv: list[str]) -> int:
                 raise
             print("\n".join(report.lines()))
             print(f"batch {a.batch_id} closed")
+            _return_upstream(conn, a)
     return _run(_anchored(go, "batch"), args, create=args.cmd == "product")
+
+
+def _return_upstream(conn, a) -> bool:
+    """The batch's unused serials that came from an upstream OPEN-SCS pool manager go back to it
+    (host/opcua/client.py return_unused); a failure leaves them marked due and says so in one line."""
+    if not conn.execute("SELECT 1 FROM serial_history h JOIN serial s USING (gtin, serial) WHERE h.batch_id=?"
+                        " AND s.source LIKE 'opcua %' LIMIT 1", (a.batch_id,)).fetchone():
+        return False
+    from .opcua import client
+    r = client.return_unused(conn, a.batch_id, user=a.user, credentials_spec=a.credentials,
+                             pki=a.pki or f"{a.db}.opcua-pki")
+    if r.line:
+        print(("warning: " if r.due else "") + r.line, file=sys.stderr if r.due else sys.stdout)
+    return bool(r.line)
 
 
 def _sign(conn, a) -> None:

@@ -117,6 +117,26 @@ SCHEMA = [
         WHEN NEW.state <> OLD.state AND NEW.state IN ('allocated', 'available')
          AND EXISTS (SELECT 1 FROM serial_grant g WHERE g.gtin = OLD.gtin AND g.serial = OLD.serial AND g.state <> 'returned')
         BEGIN SELECT RAISE(ABORT, 'this serial was handed out over OPEN-SCS and not returned'); END""",
+    # Serials that came from an upstream OPEN-SCS pool manager and a batch close left unused
+    # (host/opcua/client.py return_unused): 'due' until the upstream took them back ('returned');
+    # from 'due' on they are out of this pool for good.
+    """CREATE TABLE IF NOT EXISTS serial_upstream_return (
+        gtin TEXT NOT NULL, serial TEXT NOT NULL, source TEXT NOT NULL, batch_id TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'due' CHECK (state IN ('due', 'returned')), at REAL NOT NULL,
+        PRIMARY KEY (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial)) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS serial_upstream_return_final BEFORE UPDATE ON serial_upstream_return
+        WHEN NOT (OLD.state = 'due' AND NEW.state = 'returned' AND NEW.gtin = OLD.gtin AND NEW.serial = OLD.serial)
+        BEGIN SELECT RAISE(ABORT, 'a serial due upstream is returned, once'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_upstream_return_no_delete BEFORE DELETE ON serial_upstream_return
+        BEGIN SELECT RAISE(ABORT, 'serials due upstream are never forgotten'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_returned_upstream_stays_out BEFORE UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state AND NEW.state = 'allocated'
+         AND EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = OLD.gtin AND r.serial = OLD.serial)
+        BEGIN SELECT RAISE(ABORT, 'this serial goes back to the upstream pool it came from'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_returned_upstream_not_granted BEFORE INSERT ON serial_grant
+        WHEN EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = NEW.gtin AND r.serial = NEW.serial)
+        BEGIN SELECT RAISE(ABORT, 'this serial goes back to the upstream pool it came from'); END""",
     "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state)",
     "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state)",
     """CREATE TABLE IF NOT EXISTS serial_history (

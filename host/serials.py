@@ -42,7 +42,10 @@ USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.
           " AND i.state <> 'published')"
           # ... nor handed out over OPEN-SCS and not returned (host/db.py serial_grant)
           " AND NOT EXISTS (SELECT 1 FROM serial_grant g WHERE g.gtin = serial.gtin AND g.serial = serial.serial"
-          " AND g.state <> 'returned')")
+          " AND g.state <> 'returned')"
+          # ... nor due back to the upstream pool it came from (host/db.py serial_upstream_return)
+          " AND NOT EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = serial.gtin"
+          " AND r.serial = serial.serial)")
 
 _SERIAL = re.compile("[" + re.escape("".join(sorted(gs1.CSET82))) + "]{1,20}")
 

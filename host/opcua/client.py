@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +203,76 @@ def fill(conn, gtin: str, count: int, endpoint: str, *, token: str | None = None
             pass
         raise
     return Fill(token, len(got), False)
+
+
+@dataclass(frozen=True)
+class Returned:
+    returned: int  # taken back upstream now
+    due: int  # still marked to return (the upstream refused or did not answer)
+    line: str  # one line for the operator ("" when the batch had none from upstream)
+
+
+def _mark_due(conn, batch_id: str, user: str) -> None:
+    """Serials the batch close gave back to this pool that came from an upstream pool manager:
+    marked due upstream (out of this pool from now on), in one transaction with its audit record."""
+    from .. import audit
+    from ..db import transaction
+    with transaction(conn):
+        rows = conn.execute(
+            "SELECT s.gtin, s.serial, s.source FROM serial s JOIN (SELECT DISTINCT gtin, serial FROM serial_history"
+            " WHERE batch_id=? AND old_state='allocated' AND new_state='available') h USING (gtin, serial)"
+            " WHERE s.state='available' AND s.source LIKE 'opcua %' AND NOT EXISTS (SELECT 1 FROM serial_upstream_return r"
+            " WHERE r.gtin=s.gtin AND r.serial=s.serial)", (batch_id,)).fetchall()
+        if not rows:
+            return
+        now = time.time()
+        conn.executemany("INSERT INTO serial_upstream_return (gtin, serial, source, batch_id, at) VALUES (?,?,?,?,?)",
+                         [(g, s, src, batch_id, now) for g, s, src in rows])
+        audit.append(conn, user, "serials.upstream_due", {"batch_id": batch_id, "count": len(rows),
+                                                          "sources": sorted({src for *_, src in rows})})
+
+
+def return_unused(conn, batch_id: str, *, user: str, credentials_spec: str | None, pki: str | Path,
+                  page: int = PAGE) -> Returned:
+    """At batch close (and again with `serialine batch return-serials B`): the batch's unused serials
+    that came from upstream go back with SNReturnUnallocated to the pool manager they came from, a
+    page at a time, each page recorded (audit `opcua.returned_upstream`) when the upstream took it.
+    What fails stays marked due (out of this pool) and is said in one line."""
+    from .. import audit
+    from ..db import transaction
+    _mark_due(conn, batch_id, user)
+    due = conn.execute("SELECT gtin, serial, source FROM serial_upstream_return WHERE batch_id=? AND state='due'"
+                       " ORDER BY source, gtin, serial", (batch_id,)).fetchall()
+    if not due:
+        return Returned(0, 0, "")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for gtin, serial, source in due:
+        groups.setdefault((source.split(" ")[1], gtin), []).append(serial)
+    done, failed = 0, []
+
+    async def give(endpoint, gtin, serial_numbers, creds):
+        nonlocal done
+        async with PoolClient(endpoint, *creds, pki) as pc:
+            for start in range(0, len(serial_numbers), page):
+                part = serial_numbers[start:start + page]
+                status = await pc.settle("SNReturnUnallocated", gtin, part)
+                if status is not Ret.NoError:
+                    raise ClientError(f"SNReturnUnallocated: {status.name}")
+                with transaction(conn):
+                    conn.executemany("UPDATE serial_upstream_return SET state='returned' WHERE gtin=? AND serial=?",
+                                     [(gtin, s) for s in part])
+                    audit.append(conn, user, "opcua.returned_upstream", {"batch_id": batch_id, "endpoint": endpoint,
+                                                                       "gtin": gtin, "count": len(part)})
+                done += len(part)
+
+    for (endpoint, gtin), serial_numbers in groups.items():
+        try:
+            asyncio.run(give(endpoint, gtin, serial_numbers, credentials(credentials_spec)))
+        except (ClientError, ua.UaError, OSError, asyncio.TimeoutError) as exc:
+            failed.append(f"{endpoint}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    left = len(due) - done
+    if not left:
+        return Returned(done, 0, f"{done} unused serial(s) of batch {batch_id} returned to "
+                                 f"{', '.join(sorted({e for e, _ in groups}))}")
+    return Returned(done, left, f"{left} unused serial(s) of batch {batch_id} stay marked to return upstream "
+                                f"({'; '.join(failed)}); retry: serialine batch return-serials {batch_id}")
