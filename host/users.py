@@ -55,6 +55,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "audit.checkpoint": _ALL,
     "users.admin": frozenset({Role.ADMIN}),
     "config.change": frozenset({Role.ENGINEER, Role.ADMIN}),  # site settings, line configuration
+    "line.challenge": frozenset({Role.ENGINEER, Role.QA}),  # run the challenge test (host/challenge.py)
+    "challenge.waive": frozenset({Role.QA}),  # start a batch without the challenge its policy wants
 }
 
 # Site settings: name -> (default, lowest, highest). Changed with `serialine users setting`.
