@@ -18,7 +18,10 @@ time and real time use the same code.
 
 A vendor reader's emulator (dataman_emu, keyence_emu) is this camera with another wire format:
 it overrides `_result_line`, `_no_read_line`, `_garbage` and `handle` only, so the line model, the
-faults and the random streams are the same whichever driver the scenario picks."""
+faults and the random streams are the same whichever driver the scenario picks.
+
+With `images` (host/verify/imager.Imager, scenario `[print] images = true`) each trigger decodes and
+grades an image of the print instead; the reader faults above still apply to a good read."""
 
 from __future__ import annotations
 
@@ -99,15 +102,18 @@ class SimCamera(LineServer):
             self.faults["missed_trigger"] += 1
             return None, "missed_trigger"
         self.triggers += 1
-        n, fault = self.triggers, ""
+        n, fault, good = self.triggers, "", False
         if self.images is not None:  # what the decoder and the grader found on the image
             read, grade, fault = self.images.look(printed, smeared, n)
+            good = printed is not None and read is not None and not fault
         elif printed is None:
             read, grade = None, ""
         elif smeared:
             read, grade = (printed, "D") if self.rng.random() < 0.5 else (None, "")
         else:
-            read, grade, x = printed, "A", self.rng.random()
+            read, grade, good = printed, "A", True
+        if good:  # the reader's own faults on a good read
+            x = self.rng.random()
             for name, rate in self.rates:
                 if x < rate:
                     fault = name
