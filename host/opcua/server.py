@@ -196,7 +196,10 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
             async with lock:
                 await asyncio.to_thread(pools.refuse, user, action, Ret.InsufficientPrivilegeToExecute
                                         if why.startswith("role ") else Ret.Undefined, why)
-        packml = PackML(server, idx, control, caller, CHANGING, refused)
+        async def ledger(fn):  # a read of the ledger for PackML (per-reason counts, challenge, batches)
+            async with lock:
+                return await asyncio.to_thread(fn, conn)
+        packml = PackML(server, idx, control, caller, CHANGING, refused, ledger)
         await packml.build()
     quiet = logging.getLogger("asyncua.server.server")  # it logs a traceback of its own before raising
     quiet.disabled = True

@@ -38,18 +38,26 @@ def ledger_counts(db, batch):
     return total, total - rows.get("PASSED", 0)
 
 
-@pytest.fixture
-def agent_line(tmp_path, users_file):
+def counts_of(admin_value):
+    return sum(c.Count for c in admin_value)
+
+
+def start_line(tmp_path, users_file, *, select=True, extra=""):
     db = tmp_path / "serialine.db"
     batch = svc.make_batch(db)
     rig = svc.Rig(tmp_path, {})
     cfg = svc.line_file(tmp_path / "line.toml", rig, db)
     rig.f = svc.fields_of(cfg)
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
-    cfg.write_text(cfg.read_text() + f'\n[opcua]\nendpoint = "{endpoint}"\nusers = "{users_file}"\n')
-    agent = svc.Agent(cfg, batch)
+    cfg.write_text(cfg.read_text() + f'\n[opcua]\nendpoint = "{endpoint}"\nusers = "{users_file}"\n' + extra)
+    return svc.Agent(cfg, batch if select else None), rig, Endpoint(endpoint, tmp_path / "client-pki"), db, batch
+
+
+@pytest.fixture
+def agent_line(tmp_path, users_file):
+    agent, rig, ep, db, batch = start_line(tmp_path, users_file)
     try:
-        yield agent, rig, Endpoint(endpoint, tmp_path / "client-pki"), db, batch
+        yield agent, rig, ep, db, batch
     finally:
         agent.kill()
         rig.close()
@@ -118,8 +126,8 @@ def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
             admin = await line.get_child(f"{pk}:Admin")
             end = time.monotonic() + 30
             while True:  # packs on the belt ride on to their outcome; then the figures stand
-                processed = (await (await admin.get_child(f"{pk}:ProdProcessedCount")).read_value()).Count
-                defective = (await (await admin.get_child(f"{pk}:ProdDefectiveCount")).read_value()).Count
+                processed = counts_of(await (await admin.get_child(f"{pk}:ProdProcessedCount")).read_value())
+                defective = counts_of(await (await admin.get_child(f"{pk}:ProdDefectiveCount")).read_value())
                 if (processed, defective) == ledger_counts(db, batch) and processed > 0 or time.monotonic() > end:
                     break
                 await asyncio.sleep(0.5)
@@ -170,3 +178,91 @@ def test_a_lost_camera_is_held_with_an_alarm_event_and_clear_is_refused_until_ba
     rig.camera = svc.SimCamera(latency_ms=2, jitter_ms=0, port=port).start()
     agent.wait_log(r"alarm camera CAMERA_BACK", 40)
     assert agent.stop() == 0, agent.log
+
+
+def test_set_product_selects_the_batch_speed_and_counters_per_reason(tmp_path, users_file):
+    from serialine.host.opcua.packml import defective_by_reason
+    agent, rig, ep, db, batch = start_line(tmp_path, users_file, select=False)
+    try:
+        agent.wait_log(r"opcua: serving", timeout=60)
+
+        async def go():
+            async with session(ep, "olga") as op:
+                nodes = await line_nodes(op)
+                pk, line = nodes[0], nodes[1]
+                assert await until(nodes, ("Cleared", "Stopped", None)) == ("Cleared", "Stopped", None)
+                idx = await op.client.get_namespace_index(NAMESPACE)
+                listed = await (await line.get_child(f"{idx}:Batches")).read_value()
+                (number,) = [int(x.split()[0]) for x in listed if x.split()[1] == batch]
+                with pytest.raises(ua.uaerrors.BadInvalidArgument):
+                    await line.call_method(f"{pk}:SetProduct", ua.Variant([ua.PackMLProductDataType(ProductID=999)],
+                                                                         ua.VariantType.ExtensionObject))
+                with pytest.raises(ua.uaerrors.BadNotSupported):
+                    await line.call_method(f"{pk}:SetMachSpeed", ua.Variant(100.0, ua.VariantType.Float))
+                await line.call_method(f"{pk}:SetProduct", ua.Variant([ua.PackMLProductDataType(ProductID=number)],
+                                                                     ua.VariantType.ExtensionObject))
+                assert await until(nodes, ("Cleared", "Running", "Execute"), 60) == ("Cleared", "Running", "Execute")
+                status = await line.get_child(f"{pk}:Status")
+                (product,) = await (await status.get_child(f"{pk}:Product")).read_value()
+                assert product.ProductID == number
+                await asyncio.to_thread(svc.wait_for, lambda: len(rig.packs) >= 12, 40, "12 packs", rig)
+                end = time.monotonic() + 20
+                while (speed := await (await status.get_child(f"{pk}:CurMachSpeed")).read_value()) <= 0 \
+                        and time.monotonic() < end:
+                    await asyncio.sleep(0.5)
+                assert speed > 0
+                await nodes[3].call_method(f"{pk}:Stop")
+                admin = await line.get_child(f"{pk}:Admin")
+                end = time.monotonic() + 30
+                while True:
+                    processed = await (await admin.get_child(f"{pk}:ProdProcessedCount")).read_value()
+                    defective = await (await admin.get_child(f"{pk}:ProdDefectiveCount")).read_value()
+                    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+                    want = defective_by_reason(conn, batch)
+                    conn.close()
+                    got = [(c.ID, c.Name, c.Count) for c in defective]
+                    if (counts_of(processed), got) == (ledger_counts(db, batch)[0], want) or time.monotonic() > end:
+                        break
+                    await asyncio.sleep(0.5)
+                assert got == want and counts_of(processed) == ledger_counts(db, batch)[0] > 0
+                assert counts_of(defective) == ledger_counts(db, batch)[1]
+        asyncio.run(go())
+        audit = sqlite3.connect(db).execute("SELECT user, action FROM audit WHERE user LIKE 'opcua:%'").fetchall()
+        assert ("opcua:olga", "batch.select") in audit and ("opcua:olga", "opcua.SetMachSpeed") in audit
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+        rig.close()
+
+
+def test_start_and_batch_selection_refused_without_a_passed_challenge(tmp_path, users_file):
+    agent, rig, ep, db, batch = start_line(tmp_path, users_file, extra='\n[policy]\nchallenge = "on_change"\n')
+    try:
+        agent.wait_status(lambda s: s["ready"], timeout=60)
+        agent.wait_log(r"opcua: serving", timeout=30)
+
+        def configured():  # the service records the configuration it applied: the challenge's change point
+            c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+            try:
+                return c.execute("SELECT count(*) FROM audit WHERE action='line.configure'").fetchone()[0]
+            finally:
+                c.close()
+        svc.wait_for(configured, 30, "a line.configure record", rig)
+
+        async def go():
+            async with session(ep, "emil") as eng:
+                nodes = await line_nodes(eng)
+                pk, line = nodes[0], nodes[1]
+                idx = await eng.client.get_namespace_index(NAMESPACE)
+                with pytest.raises(ua.uaerrors.BadInvalidState):
+                    await nodes[4].call_method(f"{pk}:Start")
+                with pytest.raises(ua.uaerrors.BadInvalidState):
+                    await line.call_method(f"{idx}:SelectBatch", ua.Variant(batch, ua.VariantType.String))
+        asyncio.run(go())
+        rows = sqlite3.connect(db).execute("SELECT action, detail FROM audit WHERE user='opcua:emil'").fetchall()
+        assert {a for a, _ in rows} == {"opcua.SelectBatch", "opcua.Start"}
+        assert all("no passed challenge" in d for _, d in rows), rows
+        assert agent.stop() == 0, agent.log
+    finally:
+        agent.kill()
+        rig.close()
