@@ -78,3 +78,21 @@ def test_numeric_grades_and_reset():
 def test_the_alarm_kind_and_advice_are_one_name_each():
     assert trend.ALARM == "PRINT_QUALITY_DRIFT"
     assert trend.ADVICE == "print quality drifting: clean the printhead"
+
+
+def test_serialine_tune_shows_the_trend_and_its_alarm():
+    from rich.console import Console
+
+    from serialine.host import tune
+
+    t = Trend(window=10, min_grade="C")
+    feed(t, "A" * 10 + "C" * 10, name="overall")
+    status = {"line_id": "L1", "batch": "B1", "speed_mm_s": 100.0, "verdict_latency_ms": {}, "budget_ms": 20.0,
+              "print_quality": t.status()}
+    fig = {"gate_window_mm": 5.0, "units": [], "confirm_window_mm": 10.0, "rejects_by_reason": {},
+           "gate_error_max_mm": None, "outside_window": 0}
+    con = Console(width=120, record=True)
+    con.print(tune.render(status, fig))
+    text = con.export_text()
+    assert "print quality, last 10 reads: overall C (1.50)" in text
+    assert "print quality drifting (overall): clean the printhead" in text
