@@ -7,7 +7,8 @@ One shipping ObjectEvent per batch (CBV bizStep shipping, disposition in_transit
 containers, our site as source and the partner as destination (owning_party and location) and
 the purchase order and despatch advice as business transactions. The shipment, the containers
 it took, the events and the audit record commit in one transaction, or nothing does; each SSCC
-ships once, and only a closed container of a closed batch on no closed pallet ships."""
+ships once, and only a closed container of a closed batch on no closed pallet ships. On a ledger
+with users, `--user` is proved (action "ship") and the batch must be released (docs/part11.md)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import getpass
 import os
 import sqlite3
 
-from . import audit, db, ledgerfile, masterdata, reporting
+from . import audit, db, ledgerfile, masterdata, release, reporting, users
 from .epcis import events, outbox
 
 
@@ -87,6 +88,12 @@ def _containers(conn: sqlite3.Connection, ssccs: list[str]) -> dict[str, list[st
             raise ShipError(f"{level} {sscc} belongs to batch {batch_id}, which is {batch_state}:"
                             " close (reconcile) it before shipping")
         by_batch.setdefault(batch_id, []).append(sscc)
+    if users.present(conn):  # without users there are no signatures, so no release to wait for
+        for batch_id in by_batch:
+            stage = release.status(conn, batch_id)["stage"]
+            if stage != "released":
+                raise ShipError(f"batch {batch_id} is not released ({stage}): QA releases it before it ships"
+                                f" (serialine batch release {batch_id})")
     return by_batch
 
 
@@ -145,6 +152,7 @@ def main(argv: list[str]) -> int:
     def go():
         conn = ledgerfile.open_ledger(args.db)
         try:
+            users.act(conn, args.user, "ship")
             shipment = ship(conn, args.sscc, args.to, args.po, args.desadv, args.user, args.read_point,
                             args.to_party)
         finally:
