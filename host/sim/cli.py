@@ -26,6 +26,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", metavar="B", help="run batch B, created and started with serialine batch"
                    " (default: the run makes its own)")
     p.add_argument("--db", type=Path, help="the ledger B is in (default OUT/serialine.db)")
+    p.add_argument("--opcua", metavar="OPC_TCP_URL", help="the agent also serves OPC UA there (PackML, OPEN-SCS:"
+                   " docs/opcua.md), e.g. opc.tcp://127.0.0.1:4840; with --opcua-users")
+    p.add_argument("--opcua-users", type=Path, metavar="FILE", help="its users file (serialine opcua user add)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
     return p
 
@@ -37,6 +40,9 @@ def main(argv: list[str]) -> int:
     except ScenarioError as exc:
         print(f"serialine sim: {exc}", file=sys.stderr)
         return 2
+    if (args.opcua is None) != (args.opcua_users is None):
+        print("serialine sim: --opcua and --opcua-users go together", file=sys.stderr)
+        return 2
     from rich.console import Console
 
     from . import report as rep
@@ -46,7 +52,7 @@ def main(argv: list[str]) -> int:
     console = Console(stderr=False, quiet=args.quiet)
     try:
         result = run(scenario, out=args.out, realtime=args.realtime, console=console, batch_id=args.batch,
-                     db=args.db)
+                     db=args.db, opcua=(args.opcua, str(args.opcua_users.resolve())) if args.opcua else None)
     except Interrupted as exc:
         print(f"serialine sim: {exc}", file=sys.stderr)
         return 130  # as a shell reports a SIGINT

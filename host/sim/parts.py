@@ -134,7 +134,7 @@ class HostAgent:
     POLL_S = 0.02  # how often /status is asked while waiting for ready
 
     def __init__(self, scenario, out: Path, db_path, batch_id, tty_path, coder_addr, camera_addr, *,
-                 coder_driver: str = "serialine", camera_driver: str = "serialine"):
+                 coder_driver: str = "serialine", camera_driver: str = "serialine", opcua=None):
         _need("serialine.host.service", "the host agent service (host/service.py)")
         from serialine.host import control, linefile
 
@@ -144,6 +144,8 @@ class HostAgent:
                                      ledger=Path(db_path).resolve(), control=self.address)
         cfg = dataclasses.replace(cfg, coder=dataclasses.replace(cfg.coder, driver=coder_driver),
                                   camera=dataclasses.replace(cfg.camera, driver=camera_driver))
+        if opcua is not None:  # (endpoint, users file): the service serves PackML + OPEN-SCS (docs/opcua.md)
+            cfg = dataclasses.replace(cfg, opcua=linefile.OpcuaSettings(endpoint=opcua[0], users=opcua[1]))
         self.line_file = Path(out) / "line-sim.toml"
         self.line_file.write_text(linefile.to_toml(cfg))
         self.client = control.Client(self.address)

@@ -54,12 +54,13 @@ def _wait_for(ready, timeout: float) -> bool:
 
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
-        stall: tuple[int, float] | None = None, batch_id: str | None = None, db: Path | None = None) -> dict:
+        stall: tuple[int, float] | None = None, batch_id: str | None = None, db: Path | None = None,
+        opcua: tuple[str, str] | None = None) -> dict:
     """One batch end to end → the report (report.build). `stall` = (pack, ms): the simulator
     itself stalls that long as that pack reaches the gate's firing point — to prove that it
     notices its own overrun, and what the device then does with the pack it could not aim at.
     `batch_id`: run that batch (created and started by the user) instead of making one; `db`: the
-    ledger it is in (default OUT/serialine.db)."""
+    ledger it is in (default OUT/serialine.db); `opcua`: (endpoint, users file) → the agent's [opcua]."""
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
     db_path = Path(db).resolve() if db is not None else out / "serialine.db"
@@ -73,7 +74,7 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
     where: dict = {}  # how far the run got, for an interrupt
     with _locked(out):
         try:
-            return _run(scenario, out, db_path, batch_id, realtime, console, where, stall)
+            return _run(scenario, out, db_path, batch_id, realtime, console, where, stall, opcua)
         except KeyboardInterrupt:
             _sigint(signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
             try:
@@ -124,7 +125,8 @@ def _abort(db_path: Path, s: Scenario, where: dict) -> str:
             f"({counts.get('units_rejected', 0)} unit(s) in flight rejected)")
 
 
-def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, console, where: dict, stall) -> dict:
+def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, console, where: dict, stall,
+         opcua=None) -> dict:
     epcis_dir = out / "epcis"
     batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
     coder = emulator("coder", s.coder.driver)(misprint=s.defects.misprint, skip=s.defects.skip,
@@ -148,7 +150,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     try:
         device = parts.SimDevice(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
         host = parts.HostAgent(s, out, db_path, batch_id, relay.host_path, coder.address, camera.address,
-                               coder_driver=s.coder.driver, camera_driver=s.camera.driver)
+                               coder_driver=s.coder.driver, camera_driver=s.camera.driver, opcua=opcua)
         device.start()
         host.start()
         host.wait_ready(device)
