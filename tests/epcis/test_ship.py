@@ -176,7 +176,7 @@ def test_bad_shipments_are_refused_whole(ledger, capsys):
                              (pallets[0],)).fetchone()
     assert cli.main(["batch", "reopen", "B1", "--reason", "a complaint", "--db", path, "--user", "qa"]) == 0
     capsys.readouterr()
-    assert cli.main(["rework", "remove", GTIN, serial, "--reason", "r", "--db", path, "--user", "ann"]) == 1
+    assert cli.main(["rework", "remove", GTIN, serial, "--reason", "take it out", "--db", path, "--user", "ann"]) == 1
     assert "shipped" in capsys.readouterr().err
 
 
