@@ -102,3 +102,17 @@ def test_a_fading_print_is_alarmed_before_its_first_low_grade_reject(tmp_path):
     assert first_low is not None and alarmed_at < first_low, (alarms, first_low)
     assert (conn.execute("SELECT count(*) FROM unit WHERE unit_seq < ? AND outcome != 'PASSED'", (alarmed_at,))
             .fetchone() == (0,))  # no pack failed before the alarm
+
+
+def _with_images(name: str) -> scenario.Scenario:
+    from sim.test_scenarios import small  # the shipped scenarios at their test sizes (tests/sim)
+
+    s = small(name)
+    return s.with_overrides(print=replace(s.print, images=True))
+
+
+@pytest.mark.parametrize("name", sorted(set(scenario.names()) - {"images"}))
+def test_every_shipped_scenario_holds_its_invariants_with_images_on(name, tmp_path):
+    s = _with_images(name)
+    r, _ = _run(s, tmp_path)
+    assert r["units_detected"] == s.units and r["bad_rejected"] == r["units_bad"]
