@@ -21,6 +21,7 @@ import json
 import logging
 import sqlite3
 import tempfile
+import time
 
 from asyncua import ua
 from asyncua.common.instantiate_util import instantiate
@@ -37,6 +38,7 @@ EVENT_MANAGER_TYPE, AGGREGATION_MANAGER_TYPE = 15062, 15094  # i= in the OPEN-SC
 POLL_S = 0.5
 READ_MAX = 1 << 20  # bytes per Read (the file's MaxByteStringLength)
 OPEN_MAX = 8  # files open at once
+IDLE_S = 60.0  # EPCISStream.ClientProcessingTimeout: a file not read for this long is closed
 # receiving methods → the NodeSet's refusal (OPENSCSReturnEnum)
 RECEIVERS = {
     EVENT_MANAGER: {**{m: 9 for m in ("SIDCommissioningEvent", "SIDDecommissioningEvent", "SIDDestroyingEvent",
@@ -92,6 +94,7 @@ def write_document(conn: sqlite3.Connection, batch_id: str, fh) -> int:
 class _Open:
     def __init__(self, fh, node, size: int):
         self.fh, self.node, self.size = fh, node, size
+        self.used = time.monotonic()
 
 
 class Managers:
@@ -121,6 +124,8 @@ class Managers:
                 s.link_method(await self.stream.get_child("0:GenerateFileForRead"), self._generate)
                 s.link_method(await self.stream.get_child("0:GenerateFileForWrite"), self._refused_write)
                 s.link_method(await self.stream.get_child("0:CloseAndCommit"), self._close)
+                await (await self.stream.get_child("0:ClientProcessingTimeout")).write_value(
+                    ua.Variant(IDLE_S * 1000, ua.VariantType.Double))
             else:
                 await (await node.get_child(f"{scs}:MaxAggregationEvents")).write_value(ua.Variant(0, ua.VariantType.UInt32))
         async with self.lock:
@@ -183,6 +188,9 @@ class Managers:
 
     async def _generate(self, parent, options=None):
         user, _ = self.caller()
+        for handle in [h for h, f in self.files.items() if time.monotonic() - f.used > IDLE_S]:
+            log.info("opcua: EPCIS stream file %d not read for %g s: closed", handle, IDLE_S)
+            await self._close(None, handle)
         if len(self.files) >= OPEN_MAX:
             return ua.StatusCode(ua.StatusCodes.BadTooManyOperations)
         async with self.lock:
@@ -218,6 +226,7 @@ class Managers:
         f = self._file(handle)
         if f is None:
             return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+        f.used = time.monotonic()
         data = f.fh.read(max(0, min(int(_val(length)), READ_MAX)))
         return [ua.Variant(data, ua.VariantType.ByteString)]
 
@@ -240,7 +249,7 @@ class Managers:
             return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
         f.fh.close()
         await self.server.delete_nodes([f.node], recursive=True)
-        return [] if parent != self.stream.nodeid else [ua.Variant(ua.NodeId(), ua.VariantType.NodeId)]
+        return [ua.Variant(ua.NodeId(), ua.VariantType.NodeId)] if parent == self.stream.nodeid else []
 
     async def _no(self, parent, *args):  # the file is made for reading by GenerateFileForRead only
         return ua.StatusCode(ua.StatusCodes.BadNotWritable)

@@ -62,7 +62,7 @@ def _options(c_ua, **ctx):
                                                  PackedElementSNFormat="EPCURI", EventContext=kv)
 
 
-async def read_stream(c, scs, options, chunk=4096) -> bytes:
+async def read_stream(c, scs, options, chunk=4096, commit=False) -> bytes:
     em, _ = await _managers(c)
     stream = await em.get_child(f"{scs}:EPCISStream")
     fid, handle, _ = await stream.call_method("0:GenerateFileForRead", ua.Variant(options, ua.VariantType.ExtensionObject))
@@ -74,7 +74,12 @@ async def read_stream(c, scs, options, chunk=4096) -> bytes:
         if not part:
             break
         data += part
-    await f.call_method("0:Close", ua.Variant(handle, ua.VariantType.UInt32))
+    if commit:  # the stream's own end of a transfer
+        await stream.call_method("0:CloseAndCommit", ua.Variant(handle, ua.VariantType.UInt32))
+    else:
+        await f.call_method("0:Close", ua.Variant(handle, ua.VariantType.UInt32))
+    with pytest.raises(ua.UaStatusCodeError):  # the temporary file is gone
+        await f.call_method("0:Read", ua.Variant(handle, ua.VariantType.UInt32), ua.Variant(1, ua.VariantType.Int32))
     assert len(data) == size
     return data
 
@@ -101,7 +106,8 @@ def test_the_stream_serves_the_batch_as_the_outbox_holds_it(line):
         async with session(line, "vera") as pc:  # a viewer may read the ledger's events
             scs = await pc.client.get_namespace_index(OPENSCS_NS)
             by_batch = await read_stream(pc.client, scs, _options(ua, BATCH=BATCH))
-            by_lot = await read_stream(pc.client, scs, _options(ua, GTIN=GTIN, LOT="L1"), chunk=1 << 20)
+            by_lot = await read_stream(pc.client, scs, _options(ua, GTIN=GTIN, LOT="L1"), chunk=1 << 20,
+                                       commit=True)
             return by_batch, by_lot
     by_batch, by_lot = run(go())
     doc = json.loads(by_batch)
