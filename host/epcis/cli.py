@@ -389,6 +389,15 @@ def outbox_main(argv: list[str]) -> int:
     if (args.batch or args.to) and not args.resend:
         parser.error("--batch and --to go with --resend")
     conn = _open(args.db)
+    if args.resend:  # a change: on a ledger with users, --user proves it first (docs/part11.md)
+        from serialine.host import users
+        try:
+            audit.check_reason(args.reason)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='users'").fetchone():
+                users.act(conn, args.user, "config.change")
+        except ValueError as exc:
+            print(f"serialine outbox: {exc}", file=sys.stderr)
+            return 1
     if args.retry_now:
         print(f"{outbox.retry_now(conn)} waiting deliveries due now")
     for spec, job in ((args.to, _resend), (args.forward, _forward)):

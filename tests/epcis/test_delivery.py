@@ -91,7 +91,7 @@ def test_resend_refuses_what_it_cannot_do_and_changes_nothing(ledger, capsys):
     path, conn = ledger
     before = db.snapshot(conn)
     with CaptureServer() as server:
-        assert outbox_cli(path, "--resend", "--batch", "nope", "--to", server.url, "--reason", "r") == 1
+        assert outbox_cli(path, "--resend", "--batch", "nope", "--to", server.url, "--reason", "it lost its store") == 1
         assert "has no EPCIS events" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             outbox_cli(path, "--resend", "--to", server.url)
