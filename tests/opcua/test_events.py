@@ -192,3 +192,35 @@ def test_receiving_methods_refused_with_the_nodesets_codes_and_audited(line):
                                      ua.Variant([], ua.VariantType.ExtensionObject))
             return e.value.code
     assert run(viewer()) == ua.StatusCodes.BadUserAccessDenied
+
+
+def test_after_a_simulated_run_the_stream_equals_the_export(tmp_path, users_file):
+    """`serialine sim` (the agent service on the firmware, the simulated coder and camera) fills the
+    ledger; the EPCISStream serves the batch's events exactly as `serialine epcis export` writes them."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    sim = subprocess.run([sys.executable, "-m", "serialine.host.cli", "sim", "--scenario", "nominal", "--units", "40",
+                          "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert sim.returncode == 0, sim.stderr
+    served = db.connect(str(out / "serialine.db"))
+    (batch,) = outbox.batches(served)
+    export = subprocess.run([sys.executable, "-m", "serialine.host.cli", "epcis", "export", "--batch", batch,
+                             "--db", str(out / "serialine.db"), "--out", str(tmp_path / "export")],
+                            capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    exported = json.loads((tmp_path / "export" / f"{batch}.jsonld").read_text())["epcisBody"]["eventList"]
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
+    bg = Background(served, endpoint, str(users_file), tmp_path / "pki").start()
+    bg.endpoint, bg.pki = endpoint, tmp_path / "client-pki"
+    try:
+        async def go():
+            async with session(bg, "vera") as pc:
+                scs = await pc.client.get_namespace_index(OPENSCS_NS)
+                return await read_stream(pc.client, scs, _options(ua, BATCH=batch), chunk=1 << 16)
+        events = json.loads(run(go()))["epcisBody"]["eventList"]
+    finally:
+        bg.stop()
+    assert events == exported == outbox.batch_events(served, batch)
+    assert {e["bizStep"] for e in events} >= {"commissioning", "packing"}
+    served.close()
