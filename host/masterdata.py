@@ -21,6 +21,7 @@ class MarketProfile:
     nhrn_ais: tuple[str, ...]  # national number AIs this market may carry
     max_guess_probability: float = 1e-4  # EU Delegated Regulation 2016/161 art. 4(b)
     randomised: bool = False  # serials must be unpredictable: an imported pool is tested (host/serials.py)
+    upload_before_release: bool = False  # the release waits until the outbox delivered the batch (host/release.py)
 
 
 PROFILES = {
@@ -28,7 +29,8 @@ PROFILES = {
     # that use one (Syntax Dictionary titles): 710 PZN Germany, 711 CIP France, 712 CN Spain,
     # 714 AIM Portugal, 716 AIC Italy. Not EU: 713 DRN Brazil, 715 NDC USA, 717 SRN Costa Rica.
     "EU_FMD": MarketProfile("EU_FMD", "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12,
-                            ("710", "711", "712", "714", "716"), randomised=True),  # art. 4(b): randomised
+                            ("710", "711", "712", "714", "716"), randomised=True,  # art. 4(b): randomised
+                            upload_before_release=True),  # art. 33(2): uploaded before release for sale
     # US DSCSA: SNI = GTIN + serial (up to 20 alphanumeric); numeric serials keep US readers simple.
     # The NDC sits in the GTIN; 715 (NHRN NDC) carries it where it does not fit there.
     "US_DSCSA": MarketProfile("US_DSCSA", "0123456789", 12, ("715",)),

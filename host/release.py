@@ -12,11 +12,8 @@ import datetime as _dt
 import sqlite3
 
 from . import gs1, reconcile, signatures
-from .masterdata import get_batch
+from .masterdata import PROFILES, get_batch
 
-# markets whose batch data must be delivered upstream before release (EU FMD, Delegated Regulation
-# 2016/161 art. 33(2): uploaded before the product is released for sale or distribution)
-UPLOAD_BEFORE_RELEASE = ("EU_FMD",)
 # parts of the record shown with it but not signed: delivery moves on after release, signatures follow each other
 UNSIGNED = ("delivery", "signatures", "release")
 LIFECYCLE = ("batch.create", "batch.start", "batch.close", "batch.abort", "batch.reopen", "unit.resolve")
@@ -24,6 +21,12 @@ LIFECYCLE = ("batch.create", "batch.start", "batch.close", "batch.abort", "batch
 
 class ReleaseError(ValueError):
     pass
+
+
+def upload_before_release(market: str) -> bool:
+    """Whether the market wants the batch's data delivered upstream before release (MarketProfile)."""
+    profile = PROFILES.get(market)
+    return bool(profile and profile.upload_before_release)
 
 
 def _epoch(text: str | None) -> float | None:
@@ -129,7 +132,7 @@ def status(conn: sqlite3.Connection, batch_id: str) -> dict:
     else:
         stage = "closed: awaiting review"
     return {"stage": stage, "reviewed": _sig(reviewed), "released": _sig(released),
-            "upload_before_release": b.market in UPLOAD_BEFORE_RELEASE}
+            "upload_before_release": upload_before_release(b.market)}
 
 
 def _sig(s):
@@ -180,7 +183,7 @@ def release(conn: sqlite3.Connection, batch_id: str, user_name: str, password: s
         if reviewed[-1].content_sha256 != digest:
             raise ReleaseError(f"batch {batch_id}: its record changed since {reviewed[-1].user} reviewed it;"
                                " serialine audit verify says what")
-        if b.market in UPLOAD_BEFORE_RELEASE:
+        if upload_before_release(b.market):
             pending = pending_events(conn, batch_id)
             if pending:
                 raise ReleaseError(f"batch {batch_id} waits for the outbox: {pending} EPCIS event(s) not yet delivered"

@@ -4,6 +4,8 @@ delivered the batch's events. All through `serialine batch review|release` subpr
 
 import time
 
+import pytest
+
 from serialine.host import db, release
 from serialine.host.epcis import outbox
 
@@ -104,3 +106,25 @@ def test_the_batch_record_holds_what_qa_signs(tmp_path):
     assert s.tz == "Europe/Berlin" and s.local_at.endswith("+01:00") and s.at.endswith("+00:00")
     assert s.content_sha256 == record["content_sha256"]
     assert s.manifestation().endswith(" Europe/Berlin)") and "Reviewed by Ann Smith (ann) on " in s.manifestation()
+
+
+def test_which_markets_wait_for_the_outbox_is_the_market_profile(tmp_path, monkeypatch):
+    import dataclasses
+
+    from serialine.host import masterdata
+    assert masterdata.PROFILES["EU_FMD"].upload_before_release
+    assert not masterdata.PROFILES["US_DSCSA"].upload_before_release
+    path = closed_batch(tmp_path / "l.db", market="US_DSCSA")
+    conn = db.connect(path)
+    add_people(conn, "ann", "bob")
+    assert not release.status(conn, "B1")["upload_before_release"]
+    release.review(conn, "B1", "ann", PASSWORDS["ann"])
+    # a market that wants the data first, given on its profile alone: release reads it there
+    monkeypatch.setitem(masterdata.PROFILES, "US_DSCSA",
+                        dataclasses.replace(masterdata.PROFILES["US_DSCSA"], upload_before_release=True))
+    assert release.status(conn, "B1")["upload_before_release"]
+    pending = release.pending_events(conn, "B1")
+    with pytest.raises(release.ReleaseError, match=f"waits for the outbox: {pending} EPCIS event"):
+        release.release(conn, "B1", "bob", PASSWORDS["bob"])
+    deliver_all(conn)
+    assert release.release(conn, "B1", "bob", PASSWORDS["bob"]).meaning == "released"
