@@ -247,8 +247,9 @@ def check_batch_start(conn, batch_id: str, line: str | None = None, *, waive: st
 class Run:
     """A challenge being run by the service (`step` each loop turn); `view()` goes in the status."""
 
-    def __init__(self, service, req, plan: tuple[str, ...], timeout_s: float = TIMEOUT_S):
+    def __init__(self, service, req, plan: tuple[str, ...], timeout_s: float = TIMEOUT_S, purpose: str = "challenge"):
         self.svc, self.user, self.reason, self.plan = service, req.user, req.reason, plan
+        self.purpose = purpose  # "calibrate" (serialine tune calibrate): test packs timed, no challenge record
         self.token = random.SystemRandom().randrange(1, 2**32)
         self.n_bad = sum(k != "good" for k in plan)
         self.state = "armed"
@@ -269,7 +270,7 @@ class Run:
             service.link.send("TEST_UNIT", {"count": self.n_bad, "token": self.token})
 
     def view(self) -> dict:
-        return {"state": self.state, "token": self.token, "plan": list(self.plan), "first_unit": self.first,
+        return {"state": self.state, "token": self.token, "purpose": self.purpose, "plan": list(self.plan), "first_unit": self.first,
                 "user": self.user, "started_at": self.started_at, "packs": self.packs, "problems": self.problems,
                 "record": self.record_hash, "seen": len(self.packs)}
 
@@ -309,10 +310,10 @@ class Run:
                 " AND msg_name IN ('UNIT_DETECTED', 'UNIT_OUTCOME')", (self.device_id, self.boot_id, unit_seq)):
             f = json.loads(body)
             if name == "UNIT_DETECTED":
-                got["detected_pos"] = f.get("pos")
+                got["detected_pos"], got["detected_t_us"] = f.get("pos"), f.get("t_us")
             else:
                 got["gate_error"] = f.get("gate_error")
-                got["outcome_pos"] = f.get("pos")
+                got["outcome_pos"], got["outcome_t_us"] = f.get("pos"), f.get("t_us")
         return got
 
     def _pack(self, i: int, u: dict) -> dict:
@@ -323,7 +324,12 @@ class Run:
              "verdict": u["verdict"], "verdict_reason": u["verdict_reason"], "outcome": u["outcome"],
              "reason": u["reason"], "grade": u["grade"],
              "gate_error_mm": None if ge is None or u["outcome"] == "PASSED" else round(ge / cpm, 2)}  # 0: not fired
-        p["problem"] = judge(kind, p) if u["outcome"] is not None else None
+        if self.purpose == "calibrate":  # the device's timing of the pack (tune.calibration reads it)
+            p.update({k: u.get(k) for k in ("detected_pos", "detected_t_us", "outcome_pos", "outcome_t_us")})
+            p["problem"] = None if u["outcome"] in (None, "REJECTED_CONFIRMED") else \
+                f"{u['outcome']} ({u['reason']}): not confirmed in the bin"
+        else:
+            p["problem"] = judge(kind, p) if u["outcome"] is not None else None
         p["ok"] = u["outcome"] is not None and p["problem"] is None
         return p
 
@@ -341,6 +347,10 @@ class Run:
         if why:
             self.problems.insert(0, why)
         state = "passed" if not self.problems else "failed"
+        if self.purpose == "calibrate":  # a measurement: what it proposes is audited when applied (device.config)
+            self.state = state
+            log.info("calibration run %d %s by %s (%s)", self.token, state, self.user, self.reason)
+            return
         with transaction(self.svc.conn):  # busy: raised, the service logs it and the next step writes it
             self.record_hash = record(self.svc.conn, self.svc.cfg, self.svc._config_fields or None, user=self.user,
                                       reason=self.reason, result=state, packs=self.packs, problems=self.problems,
@@ -415,6 +425,9 @@ def execute(service, req):
     run = getattr(service, "challenge", None)
     if run is not None and run.state == "armed":
         return f"a challenge is already running (token {run.token}, by {run.user})"
+    purpose = req.args.get("purpose") or "challenge"
+    if purpose not in ("challenge", "calibrate"):
+        return f"purpose {purpose!r}: there are challenge, calibrate"
     try:
         plan = parse_plan(req.args.get("plan"))
         timeout_s = float(req.args.get("timeout_s") or TIMEOUT_S)
@@ -431,7 +444,7 @@ def execute(service, req):
                 " (the test units are the next packs detected)")
     if service.agent.line_stop:
         return f"challenge refused: the line stays stopped ({service.agent.line_stop})"
-    service.challenge = Run(service, req, plan, timeout_s)
+    service.challenge = Run(service, req, plan, timeout_s, purpose)
     log.info("challenge %d armed by %s (%s): feed %d pack(s) in this order: %s", service.challenge.token,
                      req.user, req.reason, len(plan), ", ".join(plan))
     return {"token": service.challenge.token, "plan": list(plan), "first_unit": service.challenge.first}

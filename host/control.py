@@ -39,7 +39,7 @@ ENDPOINTS: dict[str, tuple[str, str | None, dict[str, bool]]] = {
     "/line/clear": ("POST", "line.clear", {}),
     "/batch/select": ("POST", "batch.select", {"batch": True}),
     # host/challenge.py and host/tune.py (B6): run on the agent loop like the others
-    "/challenge/run": ("POST", "challenge.run", {"plan": False, "timeout_s": False}),
+    "/challenge/run": ("POST", "challenge.run", {"plan": False, "timeout_s": False, "purpose": False}),
     "/device/config": ("POST", "device.config.set", {"values": True}),
 }
 # the users.PERMISSIONS action a command needs on a ledger with users, where its name is not one

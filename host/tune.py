@@ -381,8 +381,142 @@ def plot_figures(fig: dict, status: dict, path: str) -> None:
     plt.close(f)
 
 
+# --- serialine tune calibrate ---------------------------------------------------------------------
+
+CAL_PACKS = 8  # test packs, half at each of two line speeds
+MIN_SPREAD = 0.2  # the two speeds differ by at least this fraction of their mean
+
+
+class CalibrationError(ValueError):
+    """One line: the packs cannot tell the gate's lead from the confirm delay."""
+
+
+def calibration(packs: list[dict], *, counts_per_mm: float, gate_at_mm: float, gate_lead_ms: float,
+                gate_window_mm: float, max_speed_mm_s: float) -> dict:
+    """The gate's real lead time and the confirm delay from test packs' device timing.
+
+    The device fires a reject `gate_lead_ms` (configured) before the pack reaches gate_at, at the
+    measured speed v; the paddle acts after its real lead L; the confirm sensor sees the pack d mm
+    of travel after it was struck. So per pack, from the photo-eye edge to the confirm edge,
+    T = (confirm position − gate_at) / v + configured lead = L + d / v: a line in 1/v, two speeds
+    give both L (intercept) and d (slope)."""
+    xs, ys, vs, rows = [], [], [], []
+    gate = gate_at_mm * counts_per_mm
+    lead_us = gate_lead_ms * 1000
+    for p in packs:
+        if p.get("outcome") != "REJECTED_CONFIRMED" or p.get("outcome_t_us") is None or p.get("detected_t_us") is None:
+            continue
+        rel = (int(p["outcome_pos"]) - int(p["detected_pos"])) & 0xFFFFFFFF  # counts, u32 wrap
+        dt = (int(p["outcome_t_us"]) - int(p["detected_t_us"])) & 0xFFFFFFFF  # us
+        if rel <= 0 or dt <= 0:
+            continue
+        v = rel / dt  # counts/us, the pack's speed from the photo-eye to the confirm
+        xs.append(1 / v)
+        ys.append((rel - gate) / v + lead_us)
+        vs.append(v)
+        rows.append((p, rel, v))
+    if len(xs) < 4:
+        raise CalibrationError(f"{len(xs)} test pack(s) confirmed in the bin; calibration needs at least 4 "
+                               "(run it again and feed every pack)")
+    speeds = [v * 1e6 / counts_per_mm for v in vs]  # mm/s
+    mean = sum(speeds) / len(speeds)
+    if (max(speeds) - min(speeds)) / mean < MIN_SPREAD:
+        raise CalibrationError(f"every pack ran at about {mean:.0f} mm/s: at one speed the gate's lead and the confirm"
+                               " delay cannot be told apart; feed half the packs at a lower line speed")
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    d = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx  # counts
+    lead = my - d * mx  # us
+    resid = [y - (lead + d * x) for x, y in zip(xs, ys)]
+    d_mm = d / counts_per_mm
+    # where each confirm would fall past gate_at with the measured lead (the pack struck at the gate)
+    at = [(rel - gate - v * (lead - lead_us)) / counts_per_mm for _p, rel, v in rows]
+    window = _up(max(at) + gate_window_mm, 5.0)
+    return {
+        "packs": len(xs), "speeds_mm_s": [round(min(speeds), 1), round(max(speeds), 1)],
+        "gate_lead_ms": {"configured": gate_lead_ms, "measured": round(lead / 1000, 2),
+                         "spread_ms": round(max(abs(r) for r in resid) / 1000, 2)},
+        "confirm_delay_mm": round(d_mm, 1),
+        "confirm_delay_ms": {f"{s:.0f} mm/s": round(d_mm / s * 1000, 1)
+                             for s in sorted({round(min(speeds)), round(max(speeds)), round(max_speed_mm_s)})},
+        "confirm_past_gate_mm_max": round(max(at), 1),
+        "proposal": {"gate_lead_ms": round(lead / 1000, 1), "confirm_window_mm": window},
+    }
+
+
+def _up(v: float, step: float) -> float:
+    import math
+    return math.ceil(v / step) * step
+
+
+def calibrate_main(argv: list[str]) -> int:
+    """`serialine tune calibrate --config line.toml --user U --reason R [--packs N] [--apply]`."""
+    import json
+    from . import challenge
+    from .control import ControlError
+    ap = argparse.ArgumentParser(prog="serialine tune calibrate",
+                                 description="measure the gate's real lead time and the confirm delay with test packs;"
+                                             " propose [line] gate_lead_ms and confirm_window_mm")
+    ap.add_argument("--config", required=True, help="the line file ([control] address)")
+    ap.add_argument("--control", metavar="ADDR", help="the agent's control address (default: the line file's)")
+    ap.add_argument("--user", required=True)
+    ap.add_argument("--reason", required=True)
+    ap.add_argument("--packs", type=int, default=CAL_PACKS, help=f"test packs, half at each speed (default {CAL_PACKS})")
+    ap.add_argument("--timeout", type=float, default=challenge.TIMEOUT_S, help="seconds for every pack's outcome")
+    ap.add_argument("--apply", action="store_true", help="set the proposal on the device (audited: device.config)")
+    ap.add_argument("--json", action="store_true", help="print the measurement as JSON")
+    a = ap.parse_args(argv)
+    try:
+        if not 4 <= a.packs <= challenge.MAX_PACKS:
+            raise ValueError(f"--packs {a.packs}: 4..{challenge.MAX_PACKS}")
+        cfg, client = _client(a.config, a.control)
+        dev = (client.device_config() or {}).get("values") or {}
+        g = cfg.geometry
+        now = {k: float(dev.get(k, getattr(g, k))) for k in ("gate_at_mm", "gate_lead_ms", "confirm_window_mm")}
+        got = command_as(client, "challenge.run", a.user, a.reason, plan=",".join(["no_code"] * a.packs),
+                         timeout_s=f"{a.timeout:g}", purpose="calibrate")
+        token, half = got["token"], a.packs // 2
+        print(f"calibration {token} armed on line {cfg.identity.line_id}: feed {half} pack(s) at the line's speed,"
+              f" then {a.packs - half} at a lower speed (about half)", flush=True)
+        end = time.monotonic() + a.timeout + 30
+        while True:
+            view = client.status().get("challenge")
+            if view and view.get("token") == token and view.get("state") != "armed":
+                break
+            if time.monotonic() > end:
+                raise ControlError(f"no result from the agent within {a.timeout + 30:g} s")
+            time.sleep(0.3)
+        if view["state"] != "passed":
+            raise CalibrationError("calibration run failed: " + "; ".join(view.get("problems") or ["?"]))
+        m = calibration(view["packs"], counts_per_mm=g.counts_per_mm, gate_at_mm=now["gate_at_mm"],
+                        gate_lead_ms=now["gate_lead_ms"], gate_window_mm=g.gate_window_mm,
+                        max_speed_mm_s=g.max_speed_mm_s)
+    except (ControlError, ValueError) as exc:  # CalibrationError, LineFileError
+        print(f"serialine tune calibrate: {exc}", file=sys.stderr)
+        return 1
+    lead, prop = m["gate_lead_ms"], m["proposal"]
+    if a.json:
+        print(json.dumps(m, sort_keys=True))
+    print(f"{m['packs']} test packs at {m['speeds_mm_s'][0]:g}..{m['speeds_mm_s'][1]:g} mm/s")
+    print(f"gate lead: measured {lead['measured']:g} ms (± {lead['spread_ms']:g} ms), configured {lead['configured']:g} ms")
+    print(f"confirm delay: {m['confirm_delay_mm']:g} mm past the gate ("
+          + ", ".join(f"{v:g} ms at {k}" for k, v in m["confirm_delay_ms"].items()) + ")")
+    print("proposal for the line file:\n[line]")
+    print(f"gate_lead_ms = {prop['gate_lead_ms']:g}  # ms (now {now['gate_lead_ms']:g})")
+    print(f"confirm_window_mm = {prop['confirm_window_mm']:g}  # mm (now {now['confirm_window_mm']:g})")
+    if not a.apply:
+        print("not applied: run again with --apply to set it on the device (audited)")
+        return 0
+    values = f"gate_lead_ms={prop['gate_lead_ms']:g};confirm_window_mm={prop['confirm_window_mm']:g}"
+    return config_main(["set", "--config", a.config, *(["--control", a.control] if a.control else []),
+                        *values.split(";"), "--user", a.user, "--reason", a.reason])
+
+
 def main(argv: list[str]) -> int:
-    """`serialine tune --config line.toml [--units N] [--plot FILE.png] [--once]`."""
+    """`serialine tune --config line.toml [--units N] [--plot FILE.png] [--once]`;
+    `serialine tune calibrate ...` (calibrate_main)."""
+    if argv[:1] == ["calibrate"]:
+        return calibrate_main(argv[1:])
     from . import linefile
     from .control import ControlError
     from .ledgerfile import LedgerFileError, open_ledger
