@@ -117,10 +117,14 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
 
     def go(conn, a):
-        if ACTIONS[a.cmd]:
-            if getattr(a, "reason", None) is not None:  # a bad reason is said before any password is asked
-                audit.check_reason(a.reason)
-            users.act(conn, a.user, ACTIONS[a.cmd])
+        action = ACTIONS[a.cmd]
+        if getattr(a, "waive_challenge", None) is not None:  # the deviation is QA's decision, so is this start
+            action = "challenge.waive"
+        if action:
+            for reason in (getattr(a, "reason", None), getattr(a, "waive_challenge", None)):
+                if reason is not None:  # a bad reason is said before any password is asked
+                    audit.check_reason(reason)
+            users.act(conn, a.user, action)
         if a.cmd == "product":
             dscsa = {k: getattr(a, k) for k in ("ndc", "dosage_form", "strength", "net_content", "manufacturer")}
             masterdata.add_product(conn, a.gtin, a.name, a.market, a.prefix_len, a.nhrn_ai, a.nhrn, **dscsa, user=a.user)

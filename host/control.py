@@ -43,7 +43,7 @@ ENDPOINTS: dict[str, tuple[str, str | None, dict[str, bool]]] = {
     "/device/config": ("POST", "device.config.set", {"values": True}),
 }
 # the users.PERMISSIONS action a command needs on a ledger with users, where its name is not one
-USER_ACTION = {"device.config.set": "config.change", "challenge.run": "config.change"}
+USER_ACTION = {"device.config.set": "config.change", "challenge.run": "line.challenge"}
 GET_ONLY = {"/device/config": "device_config"}  # GET path -> the status snapshot's key it serves
 FIELD_MAX = {"plan": 400, "values": 1000}  # longer than a batch id; the service parses them
 PATHS = {command: path for path, (_, command, _) in ENDPOINTS.items() if command}
