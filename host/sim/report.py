@@ -149,6 +149,7 @@ def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wa
         "events_lost_detail": lost,
         "gate_error_counts": {"max": max(gate_err, default=0.0), "p99": percentile(gate_err, 99)},
         "verdict_latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
+        "timing": timing(scenario, gate_err, lat),  # the same in mm and ms, with max, tolerance and budget
         "throughput_ppm": round(len(detected) / virtual_s * 60, 1) if virtual_s > 0 else 0.0,
         "cases": ledger.cases,
         "pallets": ledger.pallets,
@@ -178,7 +179,27 @@ def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wa
     r["ok"] = all(r["invariants"].values()) and not r["invalid"]
     r["_gate_errors"] = [g.error for g in line.gate_events if not math.isnan(g.error)]
     r["_latencies"] = lat
+    r["_counts_per_mm"] = scenario.line.counts_per_mm
     return r
+
+
+def timing(scenario, gate_err_counts, lat_ms) -> dict:
+    """Gate error in mm against the gate window, verdict latency in ms against the decision budget
+    (host_budget_counts at max speed), each p50 / p99 / max: one outlier shows as the max."""
+    from ..linefile import NOMINAL_OF_MAX
+    from .scenario import full_speed_cps, host_budget_counts
+    cpm = scenario.line.counts_per_mm
+    mm = [e / cpm for e in gate_err_counts]
+    max_cps = full_speed_cps(scenario) * NOMINAL_OF_MAX
+    budget = round(host_budget_counts(scenario) / max_cps * 1000, 2) if max_cps > 0 else None
+
+    def stats(xs):
+        return {"p50": round(percentile(xs, 50), 3), "p99": round(percentile(xs, 99), 3),
+                "max": round(max(xs, default=0.0), 3)}
+    return {"gate_error_mm": stats(mm), "gate_window_mm": scenario.line.gate_window_mm,
+            "outside_window": sum(e > scenario.line.gate_window_mm for e in mm),
+            "verdict_latency_ms": stats(lat_ms), "decision_budget_ms": budget,
+            "over_budget": sum(x > budget for x in lat_ms) if budget is not None else 0}
 
 
 def compare_by_code(detected, ledger: LedgerView) -> dict[str, list]:
@@ -253,27 +274,67 @@ def write(report: dict, path: Path) -> tuple[Path, Path]:
     public = {k: v for k, v in report.items() if not k.startswith("_")}
     path.write_text(json.dumps(public, indent=2) + "\n")
     png = path.with_suffix(".png")
+    t = report.get("timing") or {}
     plot(report.get("_gate_errors", []), report.get("_latencies", []), png,
-         f"{report['scenario']} seed {report['seed']} ({report['mode']})")
+         f"{report['scenario']} seed {report['seed']} ({report['mode']})",
+         counts_per_mm=report.get("_counts_per_mm", 1.0), window_mm=t.get("gate_window_mm"),
+         budget_ms=t.get("decision_budget_ms"))
     return path, png
 
 
-def plot(gate_errors, latencies, png: Path, title: str) -> None:
+def plot(gate_errors, latencies, png: Path, title: str, *, counts_per_mm: float = 1.0,
+         window_mm: float | None = None, budget_ms: float | None = None) -> None:
+    """Gate error (mm) with the gate window, verdict latency (ms) with the decision budget; log
+    scales so that a single outlier is a visible bar, p50 / p99 / max in the titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.hist(gate_errors or [0], bins=40, color="#3a7")
-    a.set(title="gate position error", xlabel="pack offset - gate_at when the paddle is out (counts)",
-          ylabel="gate openings")
-    b.hist(latencies or [0], bins=40, color="#37a")
-    b.set(title="verdict latency", xlabel="camera result -> verdict (ms)", ylabel="units")
+    mm = [e / counts_per_mm for e in gate_errors] or [0.0]
+    lat = list(latencies) or [0.0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.hist(mm, bins=40, color="#3a7")
+    a.set_yscale("log")
+    if window_mm is not None:
+        for x in (-window_mm, window_mm):
+            a.axvline(x, color="#c33", ls="--", label=f"gate window ±{window_mm:g} mm" if x > 0 else None)
+        a.set_xlim(min(min(mm), -window_mm) * 1.1, max(max(mm), window_mm) * 1.1)
+        a.legend(fontsize=7)
+    ab = [abs(x) for x in mm]
+    a.set(title=f"gate position error |e|: p50 {percentile(ab, 50):.2f} / p99 {percentile(ab, 99):.2f}"
+                f" / max {max(ab):.2f} mm", xlabel="pack centre − gate when the paddle is out (mm)",
+          ylabel="gate openings (log)")
+    top = max(max(lat), budget_ms or 0.0) * 1.3
+    lo = max(min([x for x in lat if x > 0], default=0.01) / 1.3, 0.01)
+    b.hist(lat, bins=np.geomspace(lo, max(top, lo * 10), 50), color="#37a")
+    b.set_xscale("log")
+    b.set_yscale("log")
+    if budget_ms is not None:
+        b.axvline(budget_ms, color="#c33", ls="--", label=f"decision budget {budget_ms:g} ms")
+        b.legend(fontsize=7)
+    b.axvline(max(lat), color="#333", ls=":", lw=0.8)
+    b.set(title=f"verdict latency: p50 {percentile(lat, 50):.2f} / p99 {percentile(lat, 99):.2f}"
+                f" / max {max(lat):.2f} ms", xlabel="camera result → verdict (ms, log)", ylabel="units (log)")
+    for ax in (a, b):
+        ax.title.set_fontsize(9)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=90)
     plt.close(fig)
+
+
+def _timing_rows(t: dict | None) -> list:
+    if not t:
+        return []
+    g, v = t["gate_error_mm"], t["verdict_latency_ms"]
+    budget = t["decision_budget_ms"]
+    return [(f"gate error p50 / p99 / max (mm), window ±{t['gate_window_mm']:g} mm",
+             f"{g['p50']:.2f} / {g['p99']:.2f} / {g['max']:.2f}", t["outside_window"] == 0),
+            (f"verdict latency p50 / p99 / max (ms), budget {budget:g} ms" if budget is not None
+             else "verdict latency p50 / p99 / max (ms)",
+             f"{v['p50']:.2f} / {v['p99']:.2f} / {v['max']:.2f}", t["over_budget"] == 0)]
 
 
 def table(report: dict):
@@ -307,10 +368,7 @@ def table(report: dict):
          ", ".join(f"{k} {v}" for k, v in (report.get("run") or {}).get("operator_resolutions", {}).items() if v)
          or "none", None),
         ("ledger mismatches (by code)", report["ledger_mismatch"], inv["ledger_matches_line"]),
-        ("gate error max / p99 (counts)",
-         f"{report['gate_error_counts']['max']:.1f} / {report['gate_error_counts']['p99']:.1f}", None),
-        ("verdict latency p50 / p99 (ms)",
-         f"{report['verdict_latency_ms']['p50']:.2f} / {report['verdict_latency_ms']['p99']:.2f}", None),
+        *_timing_rows(report.get("timing")),
         ("throughput (packs/min)", report["throughput_ppm"], None),
         ("cases / pallets", f"{report['cases']} / {report['pallets']}", None),
         ("EPCIS events", report["epcis_events"], inv["epcis_valid"]),
