@@ -380,8 +380,9 @@ class Service:
         address = getattr(getattr(self.cfg, "control", None), "address", None)
         if not address:
             return
-        from .control import ControlServer
-        self.control = ControlServer.at(address)
+        from .control import ControlServer, ledger_authorizer
+        # on a ledger with users a command's user proves it (password, role) before the loop sees it
+        self.control = ControlServer.at(address, authorize=ledger_authorizer(self.cfg.ledger))
         log.info("control interface on http://%s", self.control.address)
 
     def _open_opcua(self) -> None:

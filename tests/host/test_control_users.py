@@ -119,8 +119,6 @@ def test_every_command_is_an_action_the_users_table_knows():
             assert control.USER_ACTION.get(command, command) in users.PERMISSIONS, command
 
 
-@pytest.mark.xfail(reason="host/service.py must build its ControlServer with authorize=control.ledger_authorizer(cfg.ledger)",
-                   strict=False)
 def test_serialine_agent_run_checks_the_users_of_its_ledger(tmp_path):
     """Through the real service: its control interface asks the ledger's users (a pty stands in for
     the device's port; the service serves its control interface while it waits for a batch)."""
