@@ -353,16 +353,18 @@ def render(status: dict, fig: dict):
 
 
 def plot_figures(fig: dict, status: dict, path: str) -> None:
-    """--plot: gate error per unit against the window (symlog scale so outliers show) and the
-    rejects by reason."""
+    """--plot: gate error per unit against the window (symlog scale so outliers show), verdict
+    latency p50/p99/max against the decision budget (log scale), the rejects by reason."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     w = fig["gate_window_mm"]
     units = fig["units"]
-    f, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
+    f, (ax, lx, bx) = plt.subplots(1, 3, figsize=(13, 4), dpi=110, gridspec_kw={"width_ratios": [3, 1, 1]})
     xs = [i for i, u in enumerate(units) if u["gate_error_mm"] is not None]
     ax.axhspan(-w, w, color="tab:green", alpha=0.15, label=f"gate window ±{w:g} mm")
+    for y in (-w, w):
+        ax.axhline(y, color="tab:red", ls="--", lw=0.8)
     ax.plot(xs, [units[i]["gate_error_mm"] for i in xs], "o", color="tab:blue", label="gate error at opening")
     ax.set_yscale("symlog", linthresh=max(1.0, w))
     ax.set_xlabel(f"unit (last {len(units)})")
@@ -372,6 +374,14 @@ def plot_figures(fig: dict, status: dict, path: str) -> None:
                  f" / max {lat.get('max', '-')} ms"
                  f" vs budget {budget} ms", fontsize=8)
     ax.legend(fontsize=7)
+    names = [k for k in ("p50", "p99", "max") if isinstance(lat.get(k), (int, float))]
+    lx.bar(names, [max(float(lat[k]), 0.01) for k in names], color="tab:blue")
+    if budget:
+        lx.axhline(float(budget), color="tab:red", ls="--", label=f"decision budget {budget:g} ms")
+        lx.legend(fontsize=7)
+    lx.set_yscale("log")
+    lx.set_ylabel("verdict latency (ms, log)")
+    lx.set_title(f"verdict latency (n {lat.get('n', 0)})", fontsize=8)
     r = fig["rejects_by_reason"]
     bx.bar(list(r), list(r.values()), color="tab:red")
     bx.set_title("rejects by reason", fontsize=8)
@@ -520,7 +530,8 @@ def main(argv: list[str]) -> int:
     from . import linefile
     from .control import ControlError
     from .ledgerfile import LedgerFileError, open_ledger
-    ap = argparse.ArgumentParser(prog="serialine tune", description="live view of a running line for tuning")
+    ap = argparse.ArgumentParser(prog="serialine tune", description="live view of a running line for tuning;"
+                                 " serialine tune calibrate --help: measure the gate's lead and the confirm delay")
     ap.add_argument("--config", required=True, help="the line file ([control] address, [ledger] path)")
     ap.add_argument("--control", metavar="ADDR", help="the agent's control address (default: the line file's)")
     ap.add_argument("--units", type=int, default=50, help="how many of the last units (default 50)")

@@ -63,3 +63,27 @@ def test_the_plot_uses_log_scales_with_the_window_and_budget_lines(tmp_path, mon
     assert any("decision budget 40 ms" in t.get_text() for t in b.get_legend().get_texts())
     assert any("gate window ±15 mm" in t.get_text() for t in a.get_legend().get_texts())
     assert "max 3.00 mm" in a.get_title()
+
+
+def test_the_tune_plot_draws_the_window_and_the_budget_on_log_scales(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from serialine.host import tune
+    seen = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **kw):
+        seen["axes"] = fig.axes
+        return real(fig, *a, **kw)
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    fig = {"units": [{"gate_error_mm": e} for e in (1.0, -2.0, None, 40.0)], "gate_window_mm": 15.0,
+           "rejects_by_reason": {"no_read": 3}}
+    status = {"speed_mm_s": 200, "budget_ms": 40.0, "verdict_latency_ms": {"p50": 3.0, "p99": 5.0, "max": 370.0, "n": 9}}
+    tune.plot_figures(fig, status, str(tmp_path / "t.png"))
+    ax, lx, _ = seen["axes"]
+    assert ax.get_yscale() == "symlog" and lx.get_yscale() == "log"
+    assert [round(b.get_height(), 1) for b in lx.patches] == [3.0, 5.0, 370.0]
+    assert any("decision budget 40 ms" in t.get_text() for t in lx.get_legend().get_texts())
+    assert "max 370.0 ms" in ax.get_title() and "budget 40.0 ms" in ax.get_title()
