@@ -46,7 +46,9 @@ def imager_for(scenario, seed: int):
     from serialine.host.linefile import CameraSettings
     from serialine.host.verify.imager import Imager
 
-    return Imager(scenario.print, scenario.units, seed=seed, min_grade=CameraSettings().min_grade)
+    imager = Imager(scenario.print, scenario.units, seed=seed, min_grade=CameraSettings().min_grade)
+    imager.start()
+    return imager
 
 
 class SimCamera(LineServer):

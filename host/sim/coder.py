@@ -44,8 +44,10 @@ class CoderModel(LineServer):
     """The printing part of an emulated coder; subclasses speak a protocol (`handle`) and say what
     a print or an empty trigger tells the host (`on_printed`, `on_empty`)."""
 
-    def __init__(self, misprint=0.0, skip=0.0, smear=0.0, stray_reply=0.0, swap=0.0, swap_at=(), seed=0, **kw):
+    def __init__(self, misprint=0.0, skip=0.0, smear=0.0, stray_reply=0.0, swap=0.0, swap_at=(), seed=0,
+                 images=None, **kw):
         super().__init__(**kw)
+        self.images = images  # host/verify/imager.Imager: each print becomes an image (the camera reads it)
         self.rates = (("misprint", misprint), ("skip", skip), ("smear", smear))
         self.rng = random.Random(seed)
         self.stray_reply, self._stray_rng = stray_reply, random.Random(f"stray-{seed}")
@@ -94,11 +96,14 @@ class CoderModel(LineServer):
             self.faults[how] += 1
         self.faults[fault or "ok"] += 1
         self.jobs_printed += 1
+        fault = fault or ("duplicate" if how == "duplicate" else "")
+        if self.images is not None:
+            self.images.prepare(code, fault, self.jobs_printed)
         self.on_printed(code)
         if self.stray_reply and self._stray_rng.random() < self.stray_reply:
             self.faults["stray_reply"] += 1
             self.send(self.stray_line())
-        return code, fault or ("duplicate" if how == "duplicate" else "")
+        return code, fault
 
     def on_printed(self, code: str) -> None:  # pragma: no cover - overridden
         pass

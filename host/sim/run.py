@@ -129,12 +129,13 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
          opcua=None) -> dict:
     epcis_dir = out / "epcis"
     batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
+    images = imager_for(s, s.seed * 7 + 2)  # the coder prints images, the camera decodes and grades them
     coder = emulator("coder", s.coder.driver)(misprint=s.defects.misprint, skip=s.defects.skip,
-                                              smear=s.defects.smear, seed=s.seed * 7 + 1).start()
+                                              smear=s.defects.smear, seed=s.seed * 7 + 1, images=images).start()
     camera = emulator("reader", s.camera.driver)(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
                                                  no_read=s.camera.no_read, misread=s.camera.misread,
                                                  low_grade=s.camera.low_grade, missed_trigger=s.camera.missed_trigger,
-                                                 seed=s.seed * 7 + 2, images=imager_for(s, s.seed * 7 + 2)).start()
+                                                 seed=s.seed * 7 + 2, images=images).start()
     relay = FaultyRelay(corrupt=s.faults.link_corrupt, loss=s.faults.link_loss, seed=s.seed * 7 + 3)
     tap = VerdictTap()
     relay.taps["to_device"] = tap
@@ -173,6 +174,8 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
         relay.close()
         coder.close()
         camera.close()
+        if images is not None:
+            images.close()
     ids = device.boot_ids
     keyed = [(p, (device.device_id, ids[p.unit_key[0]], p.unit_key[1])) for p in line.packs
              if p.unit_key and p.unit_key[0] < len(ids)]

@@ -6,10 +6,19 @@ The print's defects are the scenario's `[print]` values, plus per print: `clogge
 has `clogged_rows` more missing nozzle rows), `wear` (one defect growing linearly from its `[print]`
 value at the first print to `wear_to` at the last unit: a printhead slowly drying up), and the
 coder's `[defects]` mapped onto the image: a misprint is the wrong code rendered cleanly, a skip a blank
-carton, a smear `smeared_by` modules of motion blur."""
+carton, a smear `smeared_by` modules of motion blur.
+
+Rendering and grading take milliseconds, longer than the simulator may hold its clock at speed, so the
+coder hands each print to `prepare()` when it prints it: the image is rendered and graded in a worker
+process (no GIL shared with the simulator's clock) while the pack travels to the camera, and `look()`
+at the camera's trigger takes the result. A print the line changed after the coder (a misprint) is
+rendered at the camera."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import multiprocessing
 import random
 from dataclasses import fields, replace
 
@@ -37,6 +46,32 @@ class Imager:
         self._clog_rng = random.Random(f"clogged-{seed}")
         self.blank = np.full((settings.height, settings.width), round(_render.SUBSTRATE * 255), np.uint8)
         self.grades: dict[str, int] = {}  # overall letter (or "no_read") → count, for the run report
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._ready: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+
+    def prepare(self, code: str, fault: str, print_no: int) -> None:
+        """The coder printed `code` (its fault "", "smear", "skip", …) as its print `print_no`: start
+        the image now. A misprint is left to the camera (the line changes its code after the coder)."""
+        if fault not in ("", "smear", "duplicate", "swap"):
+            return
+        smeared = fault == "smear"
+        self.start()
+        d = self.defects(print_no, smeared)
+        job = self._pool.submit(_measure, code, d, self.s.width, self.s.height, self.s.module_px,
+                                self.seed * 1_000_003 + print_no)
+        self._ready[(code, smeared)].append(job)
+
+    def start(self) -> None:
+        """The worker process, started and warmed up (its imports take a second) before the line runs."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(_measure, "0109506000134352\x1d21WARMUP", self.base, self.s.width, self.s.height,
+                              self.s.module_px, 0).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def defects(self, n: int, smeared: bool = False) -> Defects:
         """The defects of print n (from 1)."""
@@ -52,23 +87,38 @@ class Imager:
         return d
 
     def look(self, printed: str | None, smeared: bool, n: int) -> tuple[str | None, str, str]:
-        d = self.defects(n, smeared)  # drawn for every trigger: the clogged stream does not depend on skips
-        if printed is None:
-            image = self.blank
+        waiting = self._ready.get((printed, smeared))
+        if waiting:
+            found = waiting.popleft().result()
+        elif printed is None:
+            found = _found(grade(self.blank))
         else:
-            try:
-                image = render(printed, d, width=self.s.width, height=self.s.height, module_px=self.s.module_px,
-                               seed=self.seed * 1_000_003 + n)
-            except RenderError:  # a misprint no GS1 encoder would take: the camera reads the wrong code
-                self.grades["unrenderable"] = self.grades.get("unrenderable", 0) + 1
-                return printed, "A", ""
-        r = grade(image)
-        if r.error is not None and r.read_text is None:
+            found = _measure(printed, self.defects(n, smeared), self.s.width, self.s.height, self.s.module_px,
+                             self.seed * 1_000_003 + n)
+        if found is None:  # a misprint no GS1 encoder would take: the camera reads the wrong code
+            self.grades["unrenderable"] = self.grades.get("unrenderable", 0) + 1
+            return printed, "A", ""
+        data, letter = found
+        if data is None:
             self.grades["no_read"] = self.grades.get("no_read", 0) + 1
             return None, "", "" if printed is None else "no_read"
-        letter = r.overall_grade
         self.grades[letter] = self.grades.get(letter, 0) + 1
-        data = r.decoded.data
         if printed is not None and data != printed:
             return data, letter, "misread"
         return data, letter, "low_grade" if verdicts.grade_value(letter) < self.min_grade else ""
+
+
+def _found(r) -> tuple[str | None, str]:
+    """(data read or None for a no-read, overall letter)."""
+    if r.error is not None and r.read_text is None:
+        return None, ""
+    return r.decoded.data, r.overall_grade
+
+
+def _measure(code: str, d: Defects, width: int, height: int, module_px: float, seed: int):
+    """Render and grade one print (in the worker process or here); None if it cannot be printed."""
+    try:
+        image = render(code, d, width=width, height=height, module_px=module_px, seed=seed)
+    except RenderError:
+        return None
+    return _found(grade(image))
