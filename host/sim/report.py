@@ -129,6 +129,8 @@ def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wa
     unaccounted += max(0, len(ledger.units) - len(detected)) + ledger.extra_units
     gate_err = [abs(g.error) for g in line.gate_events if not math.isnan(g.error)]
     lat = [u.verdict_latency_ms for u in ledger.units if u.verdict_latency_ms is not None]
+    r_timing = timing(scenario, gate_err)
+    budget = r_timing["decision_budget_ms"]
     r = {
         "batch": ledger.batch,
         "scenario": scenario.name,
@@ -148,8 +150,10 @@ def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wa
         "events_lost": lost["sequence_gaps"] + lost["units_without_row"] + lost["outcomes_missing"],
         "events_lost_detail": lost,
         "gate_error_counts": {"max": max(gate_err, default=0.0), "p99": percentile(gate_err, 99)},
-        "verdict_latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99)},
-        "timing": timing(scenario, gate_err, lat),  # the same in mm and ms, with max, tolerance and budget
+        "timing": r_timing,  # gate error in mm against the window, the decision budget (deterministic)
+        "verdict_latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99),
+                               "max": round(max(lat, default=0.0), 3),
+                               "over_budget": sum(x > budget for x in lat) if budget is not None else 0},
         "throughput_ppm": round(len(detected) / virtual_s * 60, 1) if virtual_s > 0 else 0.0,
         "cases": ledger.cases,
         "pallets": ledger.pallets,
@@ -183,9 +187,9 @@ def build(scenario, line, ledger: LedgerView, *, mode: str, virtual_s: float, wa
     return r
 
 
-def timing(scenario, gate_err_counts, lat_ms) -> dict:
-    """Gate error in mm against the gate window, verdict latency in ms against the decision budget
-    (host_budget_counts at max speed), each p50 / p99 / max: one outlier shows as the max."""
+def timing(scenario, gate_err_counts) -> dict:
+    """Gate error in mm (p50 / p99 / max) against the gate window, and the decision budget in ms
+    (host_budget_counts at max speed) that `verdict_latency_ms` is held against."""
     from ..linefile import NOMINAL_OF_MAX
     from .scenario import full_speed_cps, host_budget_counts
     cpm = scenario.line.counts_per_mm
@@ -197,9 +201,7 @@ def timing(scenario, gate_err_counts, lat_ms) -> dict:
         return {"p50": round(percentile(xs, 50), 3), "p99": round(percentile(xs, 99), 3),
                 "max": round(max(xs, default=0.0), 3)}
     return {"gate_error_mm": stats(mm), "gate_window_mm": scenario.line.gate_window_mm,
-            "outside_window": sum(e > scenario.line.gate_window_mm for e in mm),
-            "verdict_latency_ms": stats(lat_ms), "decision_budget_ms": budget,
-            "over_budget": sum(x > budget for x in lat_ms) if budget is not None else 0}
+            "outside_window": sum(e > scenario.line.gate_window_mm for e in mm), "decision_budget_ms": budget}
 
 
 def compare_by_code(detected, ledger: LedgerView) -> dict[str, list]:
@@ -325,16 +327,16 @@ def plot(gate_errors, latencies, png: Path, title: str, *, counts_per_mm: float 
     plt.close(fig)
 
 
-def _timing_rows(t: dict | None) -> list:
+def _timing_rows(t: dict | None, v: dict) -> list:
     if not t:
         return []
-    g, v = t["gate_error_mm"], t["verdict_latency_ms"]
+    g = t["gate_error_mm"]
     budget = t["decision_budget_ms"]
     return [(f"gate error p50 / p99 / max (mm), window ±{t['gate_window_mm']:g} mm",
              f"{g['p50']:.2f} / {g['p99']:.2f} / {g['max']:.2f}", t["outside_window"] == 0),
             (f"verdict latency p50 / p99 / max (ms), budget {budget:g} ms" if budget is not None
              else "verdict latency p50 / p99 / max (ms)",
-             f"{v['p50']:.2f} / {v['p99']:.2f} / {v['max']:.2f}", t["over_budget"] == 0)]
+             f"{v['p50']:.2f} / {v['p99']:.2f} / {v.get('max', v['p99']):.2f}", not v.get("over_budget"))]
 
 
 def table(report: dict):
@@ -368,7 +370,7 @@ def table(report: dict):
          ", ".join(f"{k} {v}" for k, v in (report.get("run") or {}).get("operator_resolutions", {}).items() if v)
          or "none", None),
         ("ledger mismatches (by code)", report["ledger_mismatch"], inv["ledger_matches_line"]),
-        *_timing_rows(report.get("timing")),
+        *_timing_rows(report.get("timing"), report["verdict_latency_ms"]),
         ("throughput (packs/min)", report["throughput_ppm"], None),
         ("cases / pallets", f"{report['cases']} / {report['pallets']}", None),
         ("EPCIS events", report["epcis_events"], inv["epcis_valid"]),

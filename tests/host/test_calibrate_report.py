@@ -22,16 +22,17 @@ def test_the_report_has_mm_ms_max_window_budget_and_the_outlier_shows(tmp_path):
     ledger = dataclasses.replace(ledger, units=units)
     r = rep.build(s, line, ledger, mode="virtual", virtual_s=1, wall_s=1)
     t = r["timing"]
-    assert set(t) == {"gate_error_mm", "gate_window_mm", "outside_window", "verdict_latency_ms",
-                      "decision_budget_ms", "over_budget"}
-    assert set(t["gate_error_mm"]) == set(t["verdict_latency_ms"]) == {"p50", "p99", "max"}
-    assert t["verdict_latency_ms"]["max"] == 500.0 and t["verdict_latency_ms"]["p50"] == 3.0
+    assert set(t) == {"gate_error_mm", "gate_window_mm", "outside_window", "decision_budget_ms"}
+    assert set(t["gate_error_mm"]) == {"p50", "p99", "max"}
+    v = r["verdict_latency_ms"]  # milliseconds; not in `timing`: it differs run to run (the host's own time)
+    assert set(v) == {"p50", "p99", "max", "over_budget"}
+    assert v["max"] == 500.0 and v["p50"] == 3.0
     assert t["gate_window_mm"] == s.line.gate_window_mm
     cpm = s.line.counts_per_mm
     assert t["gate_error_mm"]["max"] == round(r["gate_error_counts"]["max"] / cpm, 3)
     budget = t["decision_budget_ms"]
     assert budget == round(sc.host_budget_counts(s) / (sc.full_speed_cps(s) * 1.25) * 1000, 2) and 3.0 < budget < 500
-    assert t["over_budget"] == 1
+    assert v["over_budget"] == 1
     path, png = rep.write(r, tmp_path / "r.json")
     assert json.loads(path.read_text())["timing"] == t
     assert png.read_bytes()[:4] == b"\x89PNG"

@@ -64,7 +64,7 @@ def test_a_clean_run_holds_every_invariant_and_has_the_issue_keys(tmp_path):
     assert r["ok"], r["invariants"]
     assert r["units_bad"] > 0 and r["bad_rejected"] == r["units_bad"]
     assert r["units_good"] + r["units_bad"] == r["units_detected"] == 60
-    assert r["verdict_latency_ms"] == {"p50": 3.0, "p99": 5.0}
+    assert r["verdict_latency_ms"] == {"p50": 3.0, "p99": 5.0, "max": 5.0, "over_budget": 0}
     assert 500 < r["throughput_ppm"] < 650
     path, png = rep.write(r, tmp_path / "r.json")
     data = json.loads(path.read_text())
