@@ -40,7 +40,17 @@ clogged_rows = 18
 
 def test_images_are_off_by_default_and_the_print_section_is_checked():
     assert imager_for(scenario.load("nominal"), 1) is None
-    assert isinstance(imager_for(scenario.load("images"), 1), Imager)
+    im = imager_for(scenario.load("images"), 1)
+    try:
+        assert isinstance(im, Imager) and im._pool is not None  # its worker warmed up before the line runs
+        im.prepare(CODES[0], "", 1)  # the coder printed: the worker renders and grades it
+        im.prepare(CODES[1], "smear", 2)
+        im.prepare(CODES[2], "misprint", 3)  # the line changes a misprint's code: left to the camera
+        assert im.look(CODES[0], False, 1) == (CODES[0], "A", "")
+        assert im.look(CODES[1], True, 2) == (None, "", "no_read")
+        assert not any(im._ready.values())
+    finally:
+        im.close()
     for bad, says in (("[print]\nimages = 1", "must not be a boolean"), ("[print]\nsmear = 11.0", "smear"),
                       ("[print]\nwear = \"ink\"", "wear = 'ink'"), ("[print]\nwear = \"contrast\"\nwear_to = 2.0", "wear_to"),
                       ("[print]\nbogus = 1", "unknown key 'bogus'")):
