@@ -489,10 +489,16 @@ def calibrate_main(argv: list[str]) -> int:
         print(f"calibration {token} armed on line {cfg.identity.line_id}: feed {half} pack(s) at the line's speed,"
               f" then {a.packs - half} at a lower speed (about half)", flush=True)
         end = time.monotonic() + a.timeout + 30
+        told = False
         while True:
             view = client.status().get("challenge")
             if view and view.get("token") == token and view.get("state") != "armed":
                 break
+            done = sum(p.get("outcome") is not None for p in (view or {}).get("packs", []))
+            if not told and done >= half and view and view.get("token") == token:
+                told = True
+                print(f"{done} pack(s) done: lower the line speed (about half), then feed the other"
+                      f" {a.packs - half}", flush=True)
             if time.monotonic() > end:
                 raise ControlError(f"no result from the agent within {a.timeout + 30:g} s")
             time.sleep(0.3)

@@ -7,6 +7,7 @@ through the audited device config path."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -134,7 +135,8 @@ def test_calibrate_measures_the_real_lead_and_applies_it_audited(calib_line):
         agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "RUNNING")
         rc, out, err = calibrate(agent, rig, cfg, "--apply")
         assert rc == 0, (out, err, agent.log)
-        m = json.loads(out.splitlines()[0])
+        assert re.search(r"\n[4-7] pack\(s\) done: lower the line speed \(about half\), then feed the other 4\n", out), out
+        m = json.loads(next(ln for ln in out.splitlines() if ln.startswith("{")))
         lead = m["gate_lead_ms"]
         assert lead["configured"] == 8.0
         tol = 3.0 + 2 * rig.loop_ms()  # the device samples the rig once a loop: fire and confirm that late
