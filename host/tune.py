@@ -409,7 +409,8 @@ def calibration(packs: list[dict], *, counts_per_mm: float, gate_at_mm: float, g
     measured speed v; the paddle acts after its real lead L; the confirm sensor sees the pack d mm
     of travel after it was struck. So per pack, from the photo-eye edge to the confirm edge,
     T = (confirm position − gate_at) / v + configured lead = L + d / v: a line in 1/v, two speeds
-    give both L (intercept) and d (slope)."""
+    give both L (intercept) and d (slope). A scan that fired late by e/v is in the pack's gate_error
+    e (where it was a configured lead after the actual firing), so e/v is taken off T."""
     xs, ys, vs, rows = [], [], [], []
     gate = gate_at_mm * counts_per_mm
     lead_us = gate_lead_ms * 1000
@@ -421,10 +422,11 @@ def calibration(packs: list[dict], *, counts_per_mm: float, gate_at_mm: float, g
         if rel <= 0 or dt <= 0:
             continue
         v = rel / dt  # counts/us, the pack's speed from the photo-eye to the confirm
+        late = float(p.get("gate_error_mm") or 0.0) * counts_per_mm  # counts the firing scan was late
         xs.append(1 / v)
-        ys.append((rel - gate) / v + lead_us)
+        ys.append((rel - gate - late) / v + lead_us)
         vs.append(v)
-        rows.append((p, rel, v))
+        rows.append((p, rel - late, v))
     if len(xs) < 4:
         raise CalibrationError(f"{len(xs)} test pack(s) confirmed in the bin; calibration needs at least 4 "
                                "(run it again and feed every pack)")
