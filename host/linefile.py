@@ -394,6 +394,16 @@ class OpcuaSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """[console]: the service also serves the operator and QA console (docs/console.md)."""
+    address: str = _k("127.0.0.1:8780", doc="HOST:PORT of the web console (:0 = any free port)",
+                      check=_control_address)
+    allow_remote: bool = _k(False, doc="allow a non-loopback address (give tls_cert and tls_key then)")
+    tls_cert: str = _k("", doc="certificate chain PEM file: the console serves HTTPS")
+    tls_key: str = _k("", doc="its private key PEM file")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """[policy]: what the site asks before a batch may start (host/challenge.py, docs/commissioning.md)."""
     challenge: str = _k("none", doc="a passed challenge test before `serialine batch start`: none, on_change (since "
@@ -415,12 +425,14 @@ class LineConfig:
     ledger: str = ""  # the ledger's path ([ledger] path)
     control: ControlSettings = field(default_factory=ControlSettings)
     opcua: OpcuaSettings | None = None  # [opcua] given: the service serves OPC UA
+    console: ConsoleSettings | None = None  # [console] given: the service serves the web console
     policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 SECTIONS = {"identity": Identity, "device": DeviceSettings, "line": Geometry, "coder": CoderSettings,
             "camera": CameraSettings, "agent": AgentSettings, "upstream": Target, "ledger": LedgerSettings,
-            "control": ControlSettings, "opcua": OpcuaSettings, "policy": PolicySettings}
+            "control": ControlSettings, "opcua": OpcuaSettings, "console": ConsoleSettings,
+            "policy": PolicySettings}
 REQUIRED_SECTIONS = ("identity", "device", "line", "coder", "camera", "ledger")
 # Keys that would hold a secret: refused wherever they appear (only references to one are allowed).
 _SECRET = re.compile(r"(?i)(^|[_.-])(pass(word|wd|phrase)?|token|secret|api_?key|auth(orization)?|bearer|"
@@ -591,6 +603,20 @@ def _control_check(where: str, c: ControlSettings) -> None:
                             "(127.0.0.1, ::1, localhost); set [control] allow_remote = true to listen on it")
 
 
+def _console_check(where: str, c: ConsoleSettings) -> None:
+    from serialine.host.epcis.sinks import is_loopback
+
+    host = _host_port(c.address, allow_zero=True)[0]
+    if not c.allow_remote and not is_loopback(host):
+        raise LineFileError(f"{where}: [console] address = {c.address!r} is not a loopback address; set "
+                            "[console] allow_remote = true (with tls_cert and tls_key) to serve it on the network")
+    if c.allow_remote and not is_loopback(host) and not (c.tls_cert and c.tls_key):
+        raise LineFileError(f"{where}: [console] address = {c.address!r} is on the network: give tls_cert and "
+                            "tls_key (passwords must not cross a plant network in clear)")
+    if bool(c.tls_cert) != bool(c.tls_key):
+        raise LineFileError(f"{where}: [console] tls_cert and tls_key go together")
+
+
 def _identity_defaults(ident: Identity) -> Identity:
     if ident.biz_location is None and ident.site_sgln is not None:
         return dataclasses.replace(ident, biz_location=ident.site_sgln)
@@ -630,6 +656,8 @@ def parse(text: str, where: str = "line.toml") -> LineConfig:
     _driver_check(where, "camera", "reader", kw["camera"])
     if "control" in kw:
         _control_check(where, kw["control"])
+    if "console" in kw:
+        _console_check(where, kw["console"])
     return LineConfig(path=where, **kw)
 
 
@@ -924,6 +952,8 @@ def to_toml(cfg: LineConfig) -> str:
     parts += ["", "[control]", *_toml_table(cfg.control)]
     if cfg.opcua is not None:
         parts += ["", "[opcua]", *_toml_table(cfg.opcua)]
+    if cfg.console is not None:
+        parts += ["", "[console]", *_toml_table(cfg.console)]
     if cfg.policy != PolicySettings():
         parts += ["", "[policy]", *_toml_table(cfg.policy)]
     return "\n".join(parts) + "\n"

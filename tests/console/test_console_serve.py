@@ -98,10 +98,6 @@ def test_a_flood_of_login_pages_evicts_no_logged_in_session():
 
 
 def test_the_agent_serves_the_console_from_its_line_file(tmp_path, page):
-    from serialine.host import linefile
-    if "console" not in linefile.SECTIONS:
-        import pytest
-        pytest.skip("host/linefile.py has no [console] section yet (asked of its owner, owners11.md)")
     from test_service import CPM, LINE_FILE, Agent, Rig, fields_of
     db = tmp_path / "serialine.db"
     batch = make_batch(db)

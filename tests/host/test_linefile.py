@@ -269,6 +269,18 @@ def test_a_remote_control_address_needs_allow_remote():
     assert lf.parse(text, "l.toml").control.address == "0.0.0.0:8765"
 
 
+def test_the_console_section_serves_loopback_or_tls_on_the_network():
+    assert lf.parse(GOOD, "l.toml").console is None  # no [console]: the agent serves none
+    cfg = lf.parse(GOOD + '\n[console]\naddress = "127.0.0.1:0"\n', "l.toml")
+    assert cfg.console.address == "127.0.0.1:0" and lf.parse(lf.to_toml(cfg), "l.toml") == cfg
+    for body, message in (('address = "0.0.0.0:8780"', "is not a loopback address"),
+                          ('address = "0.0.0.0:8780"\nallow_remote = true', "give tls_cert and tls_key"),
+                          ('tls_cert = "c.pem"', "tls_cert and tls_key go together")):
+        with pytest.raises(lf.LineFileError, match=message) as e:
+            lf.parse(GOOD + "\n[console]\n" + body + "\n", "l.toml")
+        assert str(e.value).startswith("l.toml: [console]") and "\n" not in str(e.value)
+
+
 def test_sockets_and_rfc2217_ports_are_pyserial_urls():
     for port in ("socket://10.0.0.9:4000", "rfc2217://[::1]:2217", "/dev/serial/by-id/usb-Raspberry_Pi_Pico-if00"):
         assert lf.parse(GOOD.replace("/dev/ttyACM0", port), "l.toml").device.port == port
