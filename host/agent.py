@@ -98,7 +98,7 @@ class Agent:
         self.fill_ahead = fill_ahead
         self.device_id: str | None = None
         self.boot_id: int | None = None
-        self.verdict_latency_s: list[float] = []
+        self.verdict_latency_s: collections.deque[float] = collections.deque(maxlen=10_000)  # the latest: a service runs for months
         self.alarms: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, for a console
         self.resuming = False  # latched the line stop after our restart; coder not yet reset
         self._held: list[str] = []  # operator commands held while resuming

@@ -17,6 +17,7 @@ that resume handles. Logs go to stderr, one line per event that matters."""
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import logging
 import os
@@ -805,7 +806,7 @@ class Service:
             self._figures["counts"] = counts
             if "budget_ms" not in self._figures:
                 self._figures["budget_ms"] = _budget_ms(self.cfg)
-            ms = sorted(1000 * x for x in self.agent.verdict_latency_s[-500:])
+            ms = sorted(1000 * x for x in itertools.islice(reversed(self.agent.verdict_latency_s), 500))
             if ms:
                 self._figures["verdict_latency_ms"] = {"p50": round(ms[len(ms) // 2], 3), "n": len(ms),
                                                        "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 3),
