@@ -28,7 +28,7 @@ from .db import transaction
 from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
-CHUNK = 100_000  # serials per write transaction while staging (a fraction of a second of write lock)
+CHUNK = 25_000  # serials per write transaction while staging (a fraction of a second of write lock)
 YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
 BUSY_DEADLINE_S = 600.0  # an import waits this long in all for other writers' locks, then gives up
 ATTEMPT_S = 2.0  # one wait for the lock (SQLite polls meanwhile), then a progress line and the next try
