@@ -227,7 +227,9 @@ def main(argv: list[str]) -> int:
             xml = None
             for fmt, extra in (("jsonld", []), ("xml12", xml_args)):
                 done = subprocess.run([serialine, "epcis", "export", "--batch", batch, "--format", fmt,
-                                       "--out", str(out / "export"), "--db", args.db, *extra],
+                                       "--out", str(out / "export"), "--db", args.db, *extra,
+                                       # one document: the renderings below re-hash the batch as one
+                                       "--max-events", str(len(events) + 1)],
                                       capture_output=True, text=True)
                 if done.returncode and fmt == "xml12" and "lacks DSCSA master data" in done.stderr:
                     # an EU product (e.g. serialine sim's) has no DSCSA header data: the events are
