@@ -387,8 +387,8 @@ def _opcua_endpoint(v: str) -> str:
 class OpcuaSettings:
     """[opcua]: the service also serves OPC UA (PackML for the line, OPEN-SCS pools; docs/opcua.md)."""
     endpoint: str = _k("", doc="opc.tcp://HOST:PORT to listen on", check=_opcua_endpoint, required=True)
-    users: str = _k("", doc="users file (serialine opcua user add): names, roles, scrypt hashes", check=_path,
-                    required=True)
+    users: str = _k("", doc="users file (serialine opcua user add) for a ledger without users; a ledger with "
+                    "users: they log in, the file is not used", check=_path)
     pki: str = _k("", doc="folder of the application certificate (default: LEDGER.opcua-pki)")
     anonymous: bool = _k(False, doc="let anonymous clients in, as viewers")
 

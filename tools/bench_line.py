@@ -3,7 +3,9 @@ invariant intact — firmware in the MicroPython unix port, host agent over a pt
 camera, SQLite — in virtual time and in real time; gate error and verdict latency at that speed.
 
 Searches upward from --start in steps of --step until a run breaks an invariant, --max is reached
-or --budget seconds of wall time are spent. Prints a table; the last line is one JSON object."""
+or --budget seconds of wall time are spent. Prints a table; the last line is one JSON object.
+--opcua: the same trials with the service's [opcua] section on (PackML + OPEN-SCS served on a loopback
+port, docs/opcua.md), to see what serving OPC UA costs the line."""
 
 from __future__ import annotations
 
@@ -14,14 +16,26 @@ import time
 from pathlib import Path
 
 
-def search(mode: str, base, start: float, step: float, top: float, budget_s: float, units: int, rows):
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def search(mode: str, base, start: float, step: float, top: float, budget_s: float, units: int, rows,
+           opcua_users: str | None = None):
     from serialine.host.sim.run import run
 
     best, t0, ppm = None, time.monotonic(), start
     while ppm <= top and time.monotonic() - t0 < budget_s:
         s = base.with_overrides(ppm=ppm, units=units)
         with tempfile.TemporaryDirectory() as d:
-            r = run(s, out=Path(d), realtime=(mode == "realtime"))
+            opcua = (f"opc.tcp://127.0.0.1:{_free_port()}", opcua_users) if opcua_users else None
+            r = run(s, out=Path(d), realtime=(mode == "realtime"), opcua=opcua)
+            log = Path(d) / "serialine.agent.log"
+            if opcua and "opcua: serving" not in (log.read_text() if log.exists() else ""):
+                raise SystemExit(f"serialine bench line: the agent did not serve OPC UA at {opcua[0]} (see its log)")
         rows.append((mode, ppm, r))
         if not r["ok"]:
             break
@@ -38,6 +52,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--step", type=float, default=300)
     p.add_argument("--max", type=float, default=6000)
     p.add_argument("--budget", type=float, default=240, help="wall seconds per mode")
+    p.add_argument("--opcua", action="store_true", help="the same trials with the agent serving OPC UA ([opcua])")
     args = p.parse_args(argv)
 
     from rich.console import Console
@@ -47,10 +62,16 @@ def main(argv: list[str]) -> int:
 
     base = load(args.scenario)
     rows: list = []
-    best_v = search("virtual", base, args.start, args.step, args.max, args.budget, args.units, rows)
-    best_r = search("realtime", base, args.start, args.step, args.max, args.budget, args.rt_units, rows)
+    with tempfile.TemporaryDirectory() as keep:
+        users_file = None
+        if args.opcua:  # one viewer: the server needs a user; nobody logs in during the trials
+            from serialine.host.opcua import users
+            users_file = str(Path(keep) / "opcua-users")
+            users.add(users_file, "bench", "viewer", "bench-viewer-pw")
+        best_v = search("virtual", base, args.start, args.step, args.max, args.budget, args.units, rows, users_file)
+        best_r = search("realtime", base, args.start, args.step, args.max, args.budget, args.rt_units, rows, users_file)
 
-    t = Table(title=f"bench line — {base.name}")
+    t = Table(title=f"bench line — {base.name}" + (" — with OPC UA" if args.opcua else ""))
     for col in ("mode", "ppm", "ok", "gate err p99", "latency p50 ms", "latency p99 ms", "wall s"):
         t.add_column(col, justify="right")
     for mode, ppm, r in rows:
@@ -72,5 +93,6 @@ def main(argv: list[str]) -> int:
         "verdict_latency_ms_p50": at(best_r, "verdict_latency_ms", "p50"),
         "gate_error_counts_p99_virtual": at(best_v, "gate_error_counts", "p99"),
         "units_per_trial": {"virtual": args.units, "realtime": args.rt_units},
+        "opcua": args.opcua,
     }))
     return 0

@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
     p = sub.add_parser("serve", help="serve the ledger's serial pools as an OPEN-SCS pool manager")
     p.add_argument("--db", default=os.environ.get("SERIALINE_DB", "serialine.db"), help="ledger file")
     p.add_argument("--endpoint", default="opc.tcp://127.0.0.1:4840", help="opc.tcp://HOST:PORT to listen on")
-    p.add_argument("--users", help="users file (serialine opcua user add)")
+    p.add_argument("--users", help="users file (serialine opcua user add), for a ledger without users: once it"
+                   " has users (serialine users add), they log in")
     p.add_argument("--pki", help="folder of the application certificate (default: LEDGER.opcua-pki)")
     p.add_argument("--anonymous", action="store_true", help="also let anonymous clients in, as viewers")
     p = sub.add_parser("user", help="users file: add NAME with a role (password from the terminal or stdin)")

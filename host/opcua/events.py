@@ -29,7 +29,7 @@ from asyncua.common.instantiate_util import instantiate
 from .. import audit
 from ..db import transaction
 from ..epcis import document, outbox
-from .openscs import Ret
+from .openscs import POOL_ACTION, Ret
 
 log = logging.getLogger("serialine.opcua")
 
@@ -98,9 +98,9 @@ class _Open:
 
 
 class Managers:
-    def __init__(self, server, idx: int, scs: int, conn, lock: asyncio.Lock, caller, changing, refuse):
+    def __init__(self, server, idx: int, scs: int, conn, lock: asyncio.Lock, caller, refusal, refuse):
         self.server, self.idx, self.scs, self.conn, self.lock = server, idx, scs, conn, lock
-        self.caller, self.changing, self.refuse = caller, changing, refuse
+        self.caller, self.refusal, self.refuse = caller, refusal, refuse  # refusal: server.gate
         self.files: dict[int, _Open] = {}
         self.next_handle = 1
         self.gens: dict[str, object] = {}
@@ -262,9 +262,9 @@ class Managers:
 
     def _receiver(self, method: str, code: int):
         async def call(parent, *args):
-            user, role = self.caller()
-            if role not in self.changing:
-                why, out = f"role {role or 'none'} may not call {method}", ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
+            user, _ = self.caller()
+            if why := await self.refusal(POOL_ACTION, method):  # receiving events changes a GTIN's serials too
+                out = ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)
                 status = Ret.InsufficientPrivilegeToExecute
             else:
                 why, status, out = NOT_RECEIVED, Ret(code), [ua.Variant(code, ua.VariantType.Int32)]

@@ -23,6 +23,10 @@ from .. import audit, serials
 from ..db import transaction
 from ..epcis.events import sgtin_urn
 
+# users.PERMISSIONS' action of every OPEN-SCS method (handing out or settling a GTIN's serials is what
+# `batch serials` does); the receivers of events too
+POOL_ACTION = "masterdata.change"
+
 MAX_SN_REQUESTABLE = 10_000  # per call: one write transaction of the ledger stays short
 MAX_SN_RETURNABLE = 10_000
 # methods whose state the ledger does not have: (return code, why), answered and audited

@@ -92,13 +92,14 @@ def counters(status: dict | None) -> dict[str, int]:
 
 
 class PackML:
-    def __init__(self, server, idx: int, control_address: str, caller, roles_changing, refused, ledger=None):
+    def __init__(self, server, idx: int, control_address: str, caller, refusal, refused, ledger=None, secret=None):
         self.server, self.idx = server, idx
         self.ledger = ledger  # async fn(callable(conn)) → its result: a read of the ledger
         self.reasons: tuple = ((), None)  # (per-reason rows, the key they were read for)
         self.speed_marks: list[tuple[float, int]] = []
         self.control = Client(control_address)
-        self.caller, self.changing, self.refused = caller, roles_changing, refused
+        self.caller, self.refusal, self.refused = caller, refusal, refused  # refusal: server.gate
+        self.secret = secret or (lambda: None)  # the ledger user's password: the control interface proves it
         self.nodes: dict[str, object] = {}
         self.state_ids: dict[str, ua.NodeId] = {}
         self.shown: tuple | None = None
@@ -266,14 +267,14 @@ class PackML:
     async def _send(self, name: str, command: str, gated: bool, **args):
         """A PackML method → the control interface's command (its interlocks), for a changing role;
         `gated`: also refused while the line's policy wants a passed challenge test."""
-        user, role = self.caller()
-        if role not in self.changing:
-            return await self._refuse(name, user, f"role {role or 'none'} may not call {name}",
-                                      ua.StatusCodes.BadUserAccessDenied)
+        user, _ = self.caller()
+        if why := await self.refusal(command, name):  # the control command's own action in users.PERMISSIONS
+            return await self._refuse(name, user, why, ua.StatusCodes.BadUserAccessDenied)
         if gated and (why := await self._challenge_missing()):
             return await self._refuse(name, user, why, ua.StatusCodes.BadInvalidState)
         try:
-            await asyncio.to_thread(self.control.command, command, user, f"OPC UA PackML {name}", **args)
+            await asyncio.to_thread(self.control.command, command, user, f"OPC UA PackML {name}",
+                                    password=self.secret(), **args)
         except ControlError as exc:  # the agent's interlock (or no agent): said in the log, refused
             return await self._refuse(name, user, str(exc), ua.StatusCodes.BadInvalidState)
         await self.update(await self._status())

@@ -9,7 +9,8 @@ import asyncio
 import contextvars
 import logging
 import socket
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -17,8 +18,10 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
 
 from .. import resources
+from .. import users as ledger_users
+from ..users import Role
 from . import openscs, users
-from .openscs import Ret
+from .openscs import POOL_ACTION, Ret
 
 log = logging.getLogger("serialine.opcua")
 
@@ -30,7 +33,9 @@ NODESETS = ("Opc.Ua.OPENSCS.NodeSet2.xml", "Opc.Ua.PackML.NodeSet2.xml")
 POOL_MANAGER = "PoolManager"  # browse name of the instance under Objects (our namespace)
 POOL_MANAGER_TYPE = 15032  # OPENSCSPoolManagerObjectType (i= in the OPEN-SCS namespace)
 SN_COLLECTION = 15008  # OPENSCSSNCollectionDataType
-CHANGING = ("operator", "engineer")  # roles that may call a method that changes anything
+# THE permission table is users.PERMISSIONS: each method that changes anything names its action there
+# (PackML: the control command's; OPEN-SCS: openscs.POOL_ACTION).
+FILE_ROLES = {"viewer": None, "operator": Role.OPERATOR, "engineer": Role.ENGINEER}  # users-file role → ledger role
 
 _caller: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
 
@@ -56,30 +61,104 @@ class _Roles(SimpleRoleRuleset):
         return super().check_validity(user, action_type_id, body)
 
 
-class _Users:
-    """asyncua user manager over a users file; the role rides in User.name as "name/role"."""
+@dataclass
+class Session(User):
+    """asyncua's User and who it is: `account` the ledger user (or the users file's, as a ledger role;
+    None = a viewer), `ledger` whether the ledger's users table proved it (then each call re-reads it),
+    `secret` its password, for the control interface, which proves the user again per command."""
+    who: str = ""
+    role_name: str = "viewer"
+    account: ledger_users.User | None = None
+    ledger: bool = False
+    secret: str | None = field(default=None, repr=False)
 
-    def __init__(self, accounts: dict[str, users.Account], anonymous: bool):
-        self.accounts, self.anonymous = accounts, anonymous
+
+def _ledger_has_users(conn) -> bool:
+    try:
+        return ledger_users.present(conn)
+    except sqlite3.OperationalError:  # a ledger from before users
+        return False
+
+
+class _Users:
+    """asyncua user manager: the ledger's users when it has any (users.authenticate: lockout and audit
+    come with it), else the users file (standalone `serialine opcua serve`, docs/opcua.md)."""
+
+    def __init__(self, db_path: str | None, accounts: dict[str, users.Account], anonymous: bool):
+        self.db_path, self.accounts, self.anonymous = db_path, accounts, anonymous
+
+    def _ledger_login(self, username: str, password: str) -> Session | None:
+        from ..ledgerfile import open_ledger
+        conn = open_ledger(self.db_path, schema=False)  # its own connection: the server's is used in threads
+        try:
+            if not _ledger_has_users(conn):
+                return None
+            try:
+                acc = ledger_users.authenticate(conn, username, password, purpose="opcua")
+            except ledger_users.AuthError as exc:
+                log.warning("opcua: login refused: %s", exc)
+                return Session(role=UserRole.Anonymous)  # refused (not None: the file is not asked then)
+            return Session(role=UserRole.User, name=acc.name, who=acc.name, role_name=acc.role.value,
+                           account=acc, ledger=True, secret=password)
+        finally:
+            conn.close()
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
         if username is None:
             if self.anonymous:
-                return User(role=UserRole.User, name="anonymous/viewer")
+                return Session(role=UserRole.User, name="anonymous", who="opcua:anonymous")
             log.warning("opcua: anonymous session refused")
             return None
+        if self.db_path:
+            try:
+                got = self._ledger_login(username, password or "")
+            except (sqlite3.Error, ValueError) as exc:
+                log.warning("opcua: login of %r refused: the ledger cannot be read (%s)", username, exc)
+                return None
+            if got is not None:
+                return got if got.ledger else None
         acc = self.accounts.get(username)
         if acc is None or not users.check_password(password or "", acc.hashed):
             log.warning("opcua: login refused for user %r", username)
             return None
-        return User(role=UserRole.User, name=f"{acc.name}/{acc.role}")
+        role = FILE_ROLES[acc.role]
+        account = ledger_users.User(acc.name, acc.name, role, True) if role is not None else None
+        return Session(role=UserRole.User, name=acc.name, who=f"opcua:{acc.name}", role_name=acc.role, account=account)
+
+
+def _session() -> Session:
+    u = _caller.get()
+    return u if isinstance(u, Session) else Session(who="opcua:unknown")
 
 
 def caller() -> tuple[str, str]:
-    """(user, role) of the request being served."""
-    u = _caller.get()
-    name, _, role = ((u.name if u else None) or "unknown/").partition("/")
-    return f"opcua:{name}", role
+    """(user as audited, role) of the request being served."""
+    s = _session()
+    return s.who, s.role_name
+
+
+def secret() -> str | None:
+    """The password of the request's ledger user (the control interface proves it again per command)."""
+    return _session().secret
+
+
+def gate(conn, lock: asyncio.Lock):
+    """→ async refusal(action, method) -> None | one line why not: users.may on users.PERMISSIONS,
+    a ledger user as the ledger says now (disabled or role changed since the login: counts)."""
+    async def refusal(action: str, method: str) -> str | None:
+        s = _session()
+        account = s.account
+        if s.ledger:
+            async with lock:
+                account = await asyncio.to_thread(ledger_users.get, conn, s.name)
+        if ledger_users.may(account, action):
+            return None
+        role = account.role.value if account is not None and account.enabled else s.role_name
+        if account is not None and not account.enabled:
+            return f"{s.who} is disabled: may not call {method}"
+        who = " or ".join(sorted(r.value for r in ledger_users.PERMISSIONS[action]))
+        return f"role {role} may not call {method} ({action}: {who})"
+    return refusal
 
 
 async def ensure_certificate(pki: Path, host: str) -> tuple[Path, Path]:
@@ -160,9 +239,14 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     if url.scheme != "opc.tcp" or not url.hostname or url.port is None:
         raise OpcuaError(f"endpoint {endpoint!r}: expected opc.tcp://HOST:PORT")
     accounts = users.load(users_file) if users_file else {}
-    if not accounts and not anonymous:
-        raise OpcuaError("no OPC UA users: give a users file (serialine opcua user add FILE NAME --role R)")
-    server = Server(user_manager=_Users(accounts, anonymous))
+    db_path = _db_path(conn)
+    in_ledger = _ledger_has_users(conn)
+    if not accounts and not anonymous and not in_ledger:
+        raise OpcuaError("no OPC UA users: the ledger has none (serialine users add) and no users file is given"
+                         " (serialine opcua user add FILE NAME --role R)")
+    if accounts and in_ledger:
+        log.warning("opcua: the ledger has users: they log in; the users file %s is not used", users_file)
+    server = Server(user_manager=_Users(db_path, accounts, anonymous))
     await server.init()
     server.set_endpoint(endpoint)
     server.set_server_name("Serialine")
@@ -184,9 +268,10 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     pm = await server.nodes.objects.add_object(ua.NodeId(POOL_MANAGER, idx), ua.QualifiedName(POOL_MANAGER, idx),
                                                objecttype=ua.NodeId(POOL_MANAGER_TYPE, scs))
     lock = asyncio.Lock()  # one ledger connection: one call at a time
-    await _bind_pool_manager(server, pm, pools, scs, lock)
+    await _bind_pool_manager(server, pm, pools, scs, lock, gate(conn, lock))
     from .events import Managers
-    managers = Managers(server, idx, scs, conn, lock, caller, CHANGING, pools.refuse)
+    refusal = gate(conn, lock)
+    managers = Managers(server, idx, scs, conn, lock, caller, refusal, pools.refuse)
     await managers.build()
     packml = None
     if control is not None:
@@ -199,7 +284,7 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
         async def ledger(fn):  # a read of the ledger for PackML (per-reason counts, challenge, batches)
             async with lock:
                 return await asyncio.to_thread(fn, conn)
-        packml = PackML(server, idx, control, caller, CHANGING, refused, ledger)
+        packml = PackML(server, idx, control, caller, refusal, refused, ledger, secret)
         await packml.build()
     quiet = logging.getLogger("asyncua.server.server")  # it logs a traceback of its own before raising
     quiet.disabled = True
@@ -212,9 +297,17 @@ async def start(conn, endpoint: str, users_file: str | None, pki: str | Path, *,
     managers.start()
     if packml is not None:
         packml.start()
-    log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %d user(s)%s)", endpoint, len(accounts),
+    log.info("opcua: serving %s (Basic256Sha256 SignAndEncrypt, %s%s)", endpoint,
+             "the ledger's users" if in_ledger else f"{len(accounts)} user(s) of {users_file}",
              ", anonymous viewers" if anonymous else "")
     return Served(server, pools, endpoint, idx, packml, managers)
+
+
+def _db_path(conn) -> str | None:
+    for _, name, path in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return path or None
+    return None
 
 
 async def _complete_sn_collection(server: Server, scs: int) -> None:
@@ -235,7 +328,8 @@ async def _set_prop(parent, scs: int, name: str, value, vtype) -> None:
     await node.write_value(ua.Variant(value, vtype))
 
 
-async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs: int, lock: asyncio.Lock) -> None:
+async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs: int, lock: asyncio.Lock,
+                             refusal) -> None:
     for name, value, vtype in (("MaxSNRequestable", pools.max_requestable, ua.VariantType.UInt32),
                                ("MaxSNReturnable", openscs.MAX_SN_RETURNABLE, ua.VariantType.UInt32),
                                ("SNFormat", list(openscs.FORMATS), ua.VariantType.String)):
@@ -247,9 +341,8 @@ async def _bind_pool_manager(server: Server, pm, pools: openscs.PoolManager, scs
 
     def guarded(action: str, fn, outputs: bool):
         async def call(parent, *args):
-            user, role = caller()
-            if role not in CHANGING:
-                why = f"role {role or 'none'} may not call {action}"
+            user, _ = caller()
+            if why := await refusal(POOL_ACTION, action):
                 async with lock:
                     await asyncio.to_thread(pools.refuse, user, action, Ret.InsufficientPrivilegeToExecute, why)
                 return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied)

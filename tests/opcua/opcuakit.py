@@ -31,7 +31,7 @@ def make_ledger(path, count: int = 0, batch: bool = True):
     return c
 
 
-def session(bg, user="olga", password=None):
+def session(bg, user="emil", password=None):  # pool calls take masterdata.change (engineer)
     password = password if password is not None else PASSWORDS[user][1]
     return PoolClient(bg.endpoint, user, password, bg.pki)
 

@@ -154,7 +154,7 @@ def test_new_ledger_events_come_live_from_the_two_managers(line):
 
 def test_receiving_methods_refused_with_the_nodesets_codes_and_audited(line):
     async def go():
-        async with session(line, "olga") as pc:
+        async with session(line, "emil") as pc:
             c = pc.client
             scs = await c.get_namespace_index(OPENSCS_NS)
             em, am = await _managers(c)
@@ -179,7 +179,7 @@ def test_receiving_methods_refused_with_the_nodesets_codes_and_audited(line):
     sid, agg, bad, write = run(go())
     assert sid == Ret.UnableToAcceptSIDEvents and agg == Ret.UnableToAcceptSIDEvents
     assert bad == [ua.StatusCodes.BadInvalidArgument] * 3 and write == ua.StatusCodes.BadNotSupported
-    rows = dict(line.conn.execute("SELECT action, detail FROM audit WHERE user='opcua:olga' AND action IN "
+    rows = dict(line.conn.execute("SELECT action, detail FROM audit WHERE user='opcua:emil' AND action IN "
                                   "('opcua.SIDCommissioningEvent', 'opcua.AggregationPackingEvent')"))
     assert json.loads(rows["opcua.SIDCommissioningEvent"])["return"] == "UnableToAcceptSIDEvents"
 

@@ -64,7 +64,7 @@ def test_request_unallocated_leaves_the_pool_and_repeat_is_idempotent(site):
     picked = serials.allocate(site.conn, "B1", GTIN, before - 1005)
     assert not set(picked) & (set(sn1) | set(sn3))
     user, detail = audits(site.conn, "opcua.SNRequestUnallocated")[0]
-    assert user == "opcua:olga" and detail["handed_out"] == 1000 and detail["return"] == "NoError"
+    assert user == "opcua:emil" and detail["handed_out"] == 1000 and detail["return"] == "NoError"
     assert audits(site.conn, "opcua.SNRequestUnallocated")[1][1]["repeat"] is True
 
 
@@ -238,7 +238,7 @@ def test_to_allocated_moves_handed_out_serials_to_the_lots_batch(site):
         "SELECT batch_id FROM serial WHERE gtin=? AND serial IN (SELECT value FROM json_each(?))",
         (GTIN, json.dumps(sn[:5])))} == {"B1"}
     (user, detail), = [a for a in audits(site.conn, "opcua.SNtoAllocated") if a[1]["return"] == "NoError"]
-    assert user == "opcua:olga" and detail["batch_id"] == "B1" and detail["lot"] == "L1"
+    assert user == "opcua:emil" and detail["batch_id"] == "B1" and detail["lot"] == "L1"
 
 
 def test_methods_without_the_ledgers_state_are_answered_with_a_code_and_audited(site):

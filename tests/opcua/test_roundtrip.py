@@ -46,7 +46,7 @@ def test_pool_round_trip_between_two_ledgers(tmp_path, upstream):
     endpoint, site_db = upstream
     line = make_ledger(tmp_path / "line.db", batch=False)
     line.close()
-    creds = {"SERIALINE_OPCUA_USER": "olga:" + PASSWORDS["olga"][1]}
+    creds = {"SERIALINE_OPCUA_USER": "emil:" + PASSWORDS["emil"][1]}
     args = ["batch", "serials", GTIN, "--db", str(tmp_path / "line.db"), "--from", endpoint, "--user", "eve"]
 
     too_many = cli(*args, "--count", "3000", env=creds)  # more than the site has: nothing at all
@@ -112,7 +112,7 @@ def test_batch_close_returns_unused_serials_to_the_pool_they_came_from(tmp_path,
     endpoint, site_db = upstream
     line_db = tmp_path / "line.db"
     make_ledger(line_db, batch=False).close()
-    creds = {"SERIALINE_OPCUA_USER": "olga:" + PASSWORDS["olga"][1]}
+    creds = {"SERIALINE_OPCUA_USER": "emil:" + PASSWORDS["emil"][1]}
     base = ["--db", str(line_db), "--user", "eve"]
     assert cli("batch", "serials", GTIN, *base, "--from", endpoint, "--count", "30", env=creds).returncode == 0
     ln = db.connect(str(line_db))
@@ -156,6 +156,6 @@ def test_batch_close_returns_unused_serials_to_the_pool_they_came_from(tmp_path,
     assert ok.returncode == 0 and "8 unused serial(s) of batch B2 returned" in ok.stdout, ok.stderr
     acts = [a for (a,) in ln.execute("SELECT action FROM audit WHERE action LIKE '%upstream%' ORDER BY seq")]
     assert acts == ["serials.upstream_due", "opcua.returned_upstream", "serials.upstream_due", "opcua.returned_upstream"]
-    assert site.execute("SELECT count(*) FROM audit WHERE action='opcua.SNReturnUnallocated' AND user='opcua:olga'"
+    assert site.execute("SELECT count(*) FROM audit WHERE action='opcua.SNReturnUnallocated' AND user='opcua:emil'"
                         " AND detail LIKE '%NoError%'").fetchone()[0] == 2
     site.close(), ln.close()
