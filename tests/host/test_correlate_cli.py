@@ -50,7 +50,7 @@ def test_cli_batch_life_and_clear_errors(tmp_path):
     assert r.returncode == 1 and "0 of 5 planned" in r.stdout and "abort" in r.stderr
     r = cli(f, "batch", "abort", "B1", "--reason", "work order cancelled")
     assert r.returncode == 0 and "aborted" in r.stdout
-    r = cli(f, "rework", "disaggregate", "095060000000000015", "--reason", "x")
+    r = cli(f, "rework", "disaggregate", "095060000000000015", "--reason", "case crushed")
     assert r.returncode == 1 and "unknown SSCC" in r.stderr
     r = cli(f, "audit", "verify")
     assert r.returncode == 0 and "intact: 5 records" in r.stdout

@@ -106,7 +106,7 @@ def test_resolve_destroyed_on_the_command_line_then_the_batch_closes(line, tmp_p
     serial = unit_row(conn, 3)[2]
     db_path = conn.execute("PRAGMA database_list").fetchone()[2]
     cmd = [sys.executable, "-m", "serialine.host.cli", "batch", "resolve", "B1", "--db", db_path, "--user", "qa"]
-    bad = subprocess.run(cmd + ["--unit", "dev1:7:9", "--destroyed", "--reason", "x"], capture_output=True, text=True)
+    bad = subprocess.run(cmd + ["--unit", "dev1:7:9", "--destroyed", "--reason", "pack destroyed"], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no unit dev1:7:9" in bad.stderr
     ok = subprocess.run(cmd + ["--unit", "dev1:7:3", "--destroyed", "--reason", "not found on the line"],
                         capture_output=True, text=True)
