@@ -79,6 +79,10 @@ def main(argv: list[str]) -> int:
     if job == "sim":
         return subprocess.call([str(BIN / "serialine"), "sim", *rest], cwd=ROOT, env=env)
     ensure_system_packages()
+    if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest):
+        # the suite mostly waits (subprocesses, real-time runs): one worker more than the cores,
+        # a file per worker (a file's tests share fixtures); -n 0 runs it in this process
+        rest = ["-n", str((os.cpu_count() or 1) + 1), "--dist", "loadfile", *rest]
     code = subprocess.call([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT, env=env)
     if code == 5:
         say("pytest collected no tests: that is a failure")

@@ -11,7 +11,9 @@ import pytest
 from consolekit import CHROMIUM, ConsoleProc
 
 
-@pytest.fixture(scope="session")
+# one browser per module, not per session: Playwright's sync API keeps an asyncio loop running in
+# this thread while it lives, and later tests' asyncio.run() (tests/opcua) would find it
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (tools/dev.py does it as root)")
