@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import heapq
 import random
-import socket
 import threading
 import time
 
@@ -83,18 +82,6 @@ class SimCamera(LineServer):
     def _garbage(self, n: int, rng: random.Random) -> str:
         """A line the host must alarm on and ignore: unknown word, malformed result, over-long."""
         return rng.choice(["STATUS ok", f"READ {n} Q ]d2X", "READ " + "9" * 600])
-
-    def drop(self) -> None:
-        """Fault: close the host's connection now (the reader keeps listening for a new one)."""
-        with self._lock:
-            c, self._client = self._client, None
-            self.connected.clear()
-        if c is not None:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
 
     def trigger(self, t_us: int, printed: str | None, smeared: bool) -> tuple[str | None, str]:
         """Read the pack in front: returns (what was read or None, camera fault on a good print).

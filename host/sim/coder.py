@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import random
-import socket
 import threading
 
 from ..devices.lineclient import GS, escape_code, unescape_code
@@ -113,18 +112,6 @@ class CoderModel(LineServer):
 
     def stray_line(self) -> str:  # pragma: no cover - overridden
         return "ERR"
-
-    def drop(self) -> None:
-        """Close the host's connection (the server keeps listening: the host may reconnect)."""
-        with self._lock:
-            c, self._client = self._client, None
-            self.connected.clear()
-        if c is not None:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
 
 
 class SimCoder(CoderModel):

@@ -38,6 +38,18 @@ class LineServer:
                     pass
                 s.close()
 
+    def drop(self) -> None:
+        """Fault: close the host's connection now (the server keeps listening: the host may reconnect)."""
+        with self._lock:
+            c, self._client = self._client, None
+            self.connected.clear()
+        if c is not None:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
     def __enter__(self):
         return self.start()
 

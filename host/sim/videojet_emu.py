@@ -48,6 +48,7 @@ class VideojetEmu(CoderModel):
         self.batch_count = self.total_count = 0
         self.last = ""  # what the variable field printed last (printed again until updated)
         self.commands: list[str] = []  # every command line received, for tests
+        self._asked = True  # a GST answered since the field was last loaded
 
     @property
     def field(self) -> str:
@@ -58,8 +59,10 @@ class VideojetEmu(CoderModel):
     @property
     def loaded(self) -> bool:
         """Fresh data waits in the field (the next print is a job, not the old data again): a
-        virtual-time simulator may hold its clock until the host has loaded it."""
-        return self.depth > 0
+        virtual-time simulator may hold its clock until the host has loaded it. Loaded means the
+        host has also asked the counts since (its GST closes the window in which a print could have
+        used either data: a print inside it is in doubt and fails its unit)."""
+        return self.depth > 0 and self._asked
 
     def handle(self, line: str) -> str:
         self.commands.append(line)
@@ -78,6 +81,7 @@ class VideojetEmu(CoderModel):
             if cmd in ("JDU", "JDA") and args:
                 return self._update(args, named=cmd == "JDA") if self.job else "ERR"
             if cmd == "GST" and not rest:
+                self._asked = True
                 return f"STS|{self.state}|{self.error}|{self.job}|{self.batch_count}|{self.total_count}|"
             if cmd == "SST" and len(args) == 1:
                 return self._set_state(args[0])
@@ -114,6 +118,7 @@ class VideojetEmu(CoderModel):
                 self.buffer.clear()
                 if v:
                     self.buffer.append(v)  # fresh data: prints once as such
+                    self._asked = False
                 self.last = v
         return "ACK"
 

@@ -150,7 +150,7 @@ def test_stray_replies_never_shift_what_is_reported_printed():
             for x in codes:
                 c.push(x)
             for i in range(5):
-                assert _wait(lambda: emu.depth == 1)
+                assert _wait(lambda: emu.loaded)  # loaded, and the driver's window after the load closed
                 emu.trigger(i)
                 assert _wait(lambda: c.printed == i + 1)
             assert [x for _, x in c.printed_codes()] == codes and c.empty == 0
