@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import sqlite3
 
@@ -145,6 +147,7 @@ def test_the_agent_service_says_a_refusal_in_one_line(tmp_path):
     assert text.splitlines()[-1].startswith("serialine-agent: ERROR no line runs on it"), text
 
 
+@pytest.mark.realtime
 def test_sim_in_real_time_holds_the_invariants(tmp_path, monkeypatch):
     """The wall clock drives the line (600 packs/min, far below what the bench sustains); --out is
     relative, as in the README's quick start."""

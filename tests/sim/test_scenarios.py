@@ -94,6 +94,7 @@ def test_same_seed_same_figures(tmp_path):
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("name", ["device-reboot", "host-crash"])
 def test_faults_in_real_time_hold_the_invariants(name, tmp_path):
     """On the wall clock the simulator cannot hold time while it stages a reboot or a restart: the
