@@ -86,9 +86,9 @@ def main(argv: list[str]) -> int:
         # the suite mostly waits (subprocesses, sockets): one worker more than the cores, a file per
         # worker (a file's tests share fixtures); then the wall-clock runs alone, on a quiet machine
         workers = str((os.cpu_count() or 1) + 1)
-        code = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "-m", "not realtime"], cwd=ROOT, env=env)
+        code = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "-m", "not alone"], cwd=ROOT, env=env)
         if code in (0, 5):
-            rt = subprocess.call([*pytest, "-m", "realtime"], cwd=ROOT, env=env)
+            rt = subprocess.call([*pytest, "-m", "alone"], cwd=ROOT, env=env)
             code = rt if code == 0 else (1 if rt not in (0, 5) else 5)
     if code == 5:
         say("pytest collected no tests: that is a failure")

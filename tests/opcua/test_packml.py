@@ -90,6 +90,7 @@ async def until(nodes, want, timeout=20.0):
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.alone  # once saw ProdProcessedCount stay one behind the ledger under load: to be found
 def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
     agent, rig, ep, db, batch = agent_line
     agent.wait_status(lambda s: s["ready"], timeout=60)

@@ -147,7 +147,7 @@ def test_the_agent_service_says_a_refusal_in_one_line(tmp_path):
     assert text.splitlines()[-1].startswith("serialine-agent: ERROR no line runs on it"), text
 
 
-@pytest.mark.realtime
+@pytest.mark.alone
 def test_sim_in_real_time_holds_the_invariants(tmp_path, monkeypatch):
     """The wall clock drives the line (600 packs/min, far below what the bench sustains); --out is
     relative, as in the README's quick start."""
