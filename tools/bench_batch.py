@@ -27,8 +27,8 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from serialine.host import db, masterdata, reconcile, serials
-from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
+from serialine.tools.bench_host import run_polls
 
 GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
 SITE = "urn:epc:id:sgln:4012345.00000.0"
@@ -52,38 +52,8 @@ def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, 
                             pallet_size, read_point="4012345000009.7")
     masterdata.start_batch(conn, BATCH)
     L = Ledger(conn, BATCH)
-    seq = u = polls = 0
     t0 = time.perf_counter()
-    while u < units:
-        n = min(per_poll, units - u)
-        with transaction(conn):
-            L.queue_codes(n)
-        with transaction(conn):  # one poll: the line's events for n units, then their verdicts
-            msgs = []
-            for k in range(u, u + n):
-                for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
-                                ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
-                                ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
-                    seq += 1
-                    f["event_seq"] = seq
-                    msgs.append((name, f))
-            L.store_batch("bench", 1, msgs)
-            rows = []
-            for k in range(u, u + n):
-                code = L.expected_code("bench", 1, k)
-                verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
-                rows.append(("bench", 1, k, verdict, reason, serial, "A"))
-            L.record_verdicts(rows)
-        with transaction(conn):  # next poll: their outcomes
-            msgs = []
-            for k in range(u, u + n):
-                seq += 1
-                msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
-                                                 gate_error=0, pos=0, t_us=0)))
-            L.store_batch("bench", 1, msgs)
-            L.flush_events()
-        u += n
-        polls += 2
+    seq, polls = run_polls(conn, L, units, per_poll)
     return conn, seq, time.perf_counter() - t0, polls
 
 

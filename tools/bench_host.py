@@ -23,6 +23,47 @@ from serialine.host.ledger import Ledger
 GTIN = "09506000134352"
 
 
+def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None = None) -> tuple[int, int]:
+    """`units` passed units through the host path as the agent runs them: per `per_poll` units,
+    coder jobs allocated, then one poll of their detected/printed/inspected events and verdicts,
+    then one of their outcomes. `latencies` gets each decision's time. → (events, polls)."""
+    seq = u = polls = 0
+    while u < units:
+        n = min(per_poll, units - u)
+        with transaction(conn):
+            L.queue_codes(n)
+        with transaction(conn):  # one poll: the line's events for n units, then their verdicts
+            msgs = []
+            for k in range(u, u + n):
+                for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
+                                ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
+                                ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
+                    seq += 1
+                    f["event_seq"] = seq
+                    msgs.append((name, f))
+            L.store_batch("bench", 1, msgs)
+            rows = []
+            for k in range(u, u + n):
+                code = L.expected_code("bench", 1, k)
+                ts = time.perf_counter()
+                verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
+                if latencies is not None:
+                    latencies.append(time.perf_counter() - ts)
+                rows.append(("bench", 1, k, verdict, reason, serial, "A"))
+            L.record_verdicts(rows)
+        with transaction(conn):  # next poll: their outcomes
+            msgs = []
+            for k in range(u, u + n):
+                seq += 1
+                msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
+                                                 gate_error=0, pos=0, t_us=0)))
+            L.store_batch("bench", 1, msgs)
+            L.flush_events()
+        u += n
+        polls += 2
+    return seq, polls
+
+
 def _pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -43,39 +84,9 @@ def main(argv: list[str]) -> int:
         masterdata.create_batch(conn, "B", GTIN, "L1", "2030-01-31", args.units, 10, 20)
         masterdata.start_batch(conn, "B")
         L = Ledger(conn, "B")
-        latencies, seq, u = [], 0, 0
+        latencies: list[float] = []
         t0, c0 = time.perf_counter(), time.process_time()
-        while u < args.units:
-            n = min(args.per_poll, args.units - u)
-            with transaction(conn):
-                L.queue_codes(n)
-            with transaction(conn):  # one poll: the line's events for n units, then their verdicts
-                msgs = []
-                for k in range(u, u + n):
-                    for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
-                                    ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
-                                    ("UNIT_INSPECTED", dict(unit_seq=k, pos=0, t_us=0))):
-                        seq += 1
-                        f["event_seq"] = seq
-                        msgs.append((name, f))
-                L.store_batch("bench", 1, msgs)
-                rows = []
-                for k in range(u, u + n):
-                    code = L.expected_code("bench", 1, k)
-                    ts = time.perf_counter()
-                    verdict, reason, serial = L.judge.decide("]d2" + code, "A", code)
-                    latencies.append(time.perf_counter() - ts)
-                    rows.append(("bench", 1, k, verdict, reason, serial, "A"))
-                L.record_verdicts(rows)
-            with transaction(conn):  # next poll: their outcomes
-                msgs = []
-                for k in range(u, u + n):
-                    seq += 1
-                    msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
-                                                     gate_error=0, pos=0, t_us=0)))
-                L.store_batch("bench", 1, msgs)
-                L.flush_events()
-            u += n
+        seq, _ = run_polls(conn, L, args.units, args.per_poll, latencies)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
         # reads that are not a code this agent built (misreads, foreign codes) are parsed by biip
