@@ -246,6 +246,11 @@ def test_a_stray_refusal_taken_as_a_push_reply_is_caught_by_the_coders_depth(con
         # CORRELATION if that report came in only after the unit's blind verdict
         assert [r for _, r in results[:3] + results[4:]] == [Reason.CORRELATION] * 4
         assert results[3][1] in (Reason.CODE_MISMATCH, Reason.CORRELATION)
+        deadline = time.monotonic() + 5  # the coder's report of unit 5 may come in after its verdict
+        while not _alarms(conn, "PRINT_MISMATCH") and time.monotonic() < deadline:
+            agent.step(0)
+            time.sleep(0.02)
+        assert agent.resuming  # still held: the belt has not been reported still
         (mismatch,) = [d for (d,) in conn.execute("SELECT detail FROM alarm_log WHERE alarm='PRINT_MISMATCH'")]
         assert "unit line1:42:5:" in mismatch
         link.last_status = {"state": 3, "speed_cps": 0, "queue_fill": 0}
