@@ -50,10 +50,6 @@ class DataMan(ReaderClient):
         self.device_type = ""
         super().__init__(host, port, fmt, timeout=timeout)
 
-    @property
-    def name(self) -> str:
-        return "dataman"
-
     def configure(self) -> None:
         self._send("SET COM.DMCC-RESPONSE 1", optional=True)  # silent mode may never answer it
         if self.get("COM.DMCC-RESPONSE") != "1":

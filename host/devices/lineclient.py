@@ -80,6 +80,7 @@ class LineClient:
     EOL = b"\n"  # line terminator, both ways (a device protocol ending lines in CR sets b"\r")
     SEP = " "  # what ends a line's first word
     RAW_OK = ""  # characters sent unescaped although not printable (a protocol that carries GS as is)
+    ANY_EOL = False  # received lines may end in LF, CR or CR LF (a reader's result output)
 
     def __init__(self, host: str, port: int, timeout: float = 2.0, max_line: int = MAX_LINE):
         self.address, self.timeout, self.max_line = (host, port), timeout, max_line
@@ -145,19 +146,24 @@ class LineClient:
             if not chunk:
                 break
             now = time.monotonic()
+            if self.ANY_EOL:
+                chunk = chunk.replace(b"\r", b"\n")  # CR LF: an empty line, skipped
             for raw in splitter.feed(chunk):
                 if raw is LineSplitter.TOO_LONG:
-                    self.alarm("TOO_LONG", f"{self.name}: line longer than {self.max_line} bytes discarded")
-                else:
+                    self.on_too_long(sock)
+                elif raw:
                     self._line(sock, raw, now)
         with self._state:
-            if sock is self.sock and not self.closed:
+            # the current connection, not closed by the owner (`closed` may also mean "not ready yet")
+            lost = sock is self.sock and not self.shut
+            if lost:
                 self.closed = True
-                lost = True
-            else:
-                lost = False
         if lost:
             self.alarm("DISCONNECTED", f"{self.name}: the device closed the connection")
+
+    def on_too_long(self, sock: socket.socket) -> None:
+        """A line over `max_line` bytes was discarded (never kept)."""
+        self.alarm("TOO_LONG", f"{self.name}: line longer than {self.max_line} bytes discarded")
 
     def _line(self, sock: socket.socket, raw: bytes, now: float) -> None:
         if self.EOL == b"\n":

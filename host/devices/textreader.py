@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 
 from .camera import CameraLineError, CameraResult, Reopening, checked
-from .lineclient import MAX_LINE, DeviceError, LineClient, LineSplitter, unescape_code
+from .lineclient import MAX_LINE, DeviceError, LineClient, unescape_code
 from .registry import check_timeout, known_options
 
 __all__ = ["ResultFormat", "ReaderClient", "TextReader", "check_reader_options", "open_reader"]
@@ -102,29 +101,12 @@ class ReaderClient(Reopening, LineClient):
         self.format = fmt
         super().__init__(host, port, timeout=timeout, max_line=max_line)
 
-    def _read(self, sock: socket.socket) -> None:
-        splitter = LineSplitter(self.max_line)
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            now = time.monotonic()
-            for raw in splitter.feed(chunk.replace(b"\r", b"\n")):  # CR LF: an empty line, skipped
-                if raw is LineSplitter.TOO_LONG:
-                    if sock is self.sock:
-                        self.format.skipped()
-                    self.alarm("TOO_LONG", f"{self.name}: line longer than {self.max_line} bytes discarded")
-                elif raw:
-                    self._line(sock, raw, now)
-        with self._state:
-            lost = sock is self.sock and not self._closed  # also while configuring
-            if lost:
-                self._closed = True
-        if lost:
-            self.alarm("DISCONNECTED", f"{self.name}: the reader closed the connection")
+    ANY_EOL = True
+
+    def on_too_long(self, sock: socket.socket) -> None:
+        if sock is self.sock:
+            self.format.skipped()  # it was a trigger's line all the same
+        super().on_too_long(sock)
 
     def _line(self, sock: socket.socket, raw: bytes, now: float) -> None:
         try:
