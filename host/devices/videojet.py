@@ -6,18 +6,18 @@ printed_codes/alarms/closed/reconnect/close) on a printer that holds ONE job's f
 The jobs wait here, in order (the coder's FIFO is this driver's); the printer holds the next one in
 its variable field, loaded with `JDA|<field>=<code>|` (`ACK`/`ERR`). The protocol reports nothing
 unsolicited, so a poller asks `GST` every `poll_s` (`STS|state|error|job|batch|total|`): each step
-of the total count is one print. A print of freshly loaded data printed that job (`printed_codes`);
-a print with nothing fresh loaded printed the field's old data again, i.e. no job (`empty`: the
-agent stops the line as for an EMPTY). The next job is loaded at once, and `GST` asked right
-after: a print counted then may have used either the old or the new data (`printed_codes` says
-None, alarm PRINT_IN_DOUBT; the agent's cross-check fails that unit and resets the coder). The
-total count survives a lost connection, so prints made meanwhile are still counted once the owner
-(the agent's next request, or the service) has reconnected: the poller never reconnects by itself.
+of the total count is one print, booked by what the field is known to hold: the loaded job (once),
+else no job (`empty`: the field's old data again; the agent stops the line as for an EMPTY).
 
-A JDA with no reply leaves it unknown whether the data changed: the push raises InDoubt and the
-next print is reported as in doubt. `ERR` to a push's JDA is a definite refusal (nothing queued);
-to a later load, the job stays first and is retried (alarm LOAD_REFUSED) while prints meanwhile
-count as empty. `clear()` drops the jobs here and empties the field (`JDA|<field>=|`)."""
+A load is `GST`, `JDA`, `GST`: the field is in doubt from the JDA on (a print while the JDA is on
+its way may have used either data) and known again only when the count after the ACK has not moved.
+While in doubt every print is booked None (alarm PRINT_IN_DOUBT: the agent's cross-check fails that
+unit and stops the line), until a later load is confirmed the same way or the field is emptied
+(`clear()`). A JDA with no reply, or whose count after it never came, leaves the field in doubt
+(InDoubt from the push). `ERR` to a push's JDA is a definite refusal (nothing queued); to a later
+load, the job stays first and is retried (alarm LOAD_REFUSED). The total count survives a lost
+connection, so prints made meanwhile are still counted once the owner (the agent's next request,
+or the service) has reconnected: the poller never reconnects by itself."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ ERRORS = ("no errors", "warnings present", "faults present")
 RUNNING = 3
 _STS = re.compile(r"STS\|([0-4])\|([0-2])\|([^|\r\n]*)\|(\d{1,10})\|(\d{1,10})\|")
 LOAD_RETRY_S = 0.5
+EMPTY = object()  # a print that carried no job
 
 
 class ReplyError(ValueError):
@@ -74,8 +75,8 @@ class VideojetCoder(LineClient):
         self.field, self.job, self.poll_s, self.max_queue = field, job, poll_s, queue
         self._q = threading.RLock()  # one poll / push / clear at a time: the queue and the field agree
         self._fifo: collections.deque[str] = collections.deque()  # jobs not yet loaded
-        self._loaded: str | None = None  # fresh in the printer's field, not printed yet
-        self._field_doubt = False  # the field's content is not known (a JDA without reply)
+        self._fresh: str | None = None  # the job the field holds, known, not printed yet
+        self._unknown = False  # what the field holds is not known: each print counted is booked None
         self._total: int | None = None
         self._load_at = 0.0  # a refused load is retried from then
         self.printed = 0
@@ -111,9 +112,9 @@ class VideojetCoder(LineClient):
             raise DeviceError(f"videojet refused {what}: {command.split('|', 1)[0]} answered ERR")
 
     # --- the counts ----------------------------------------------------------------------------
-    def _gst(self, window: bool = False) -> Status:
-        """Ask the state and count the prints since the last ask. `window`: a JDA went out since
-        then, so a print counted now may have used either data."""
+    def _gst(self) -> int:
+        """Ask the state and book the prints since the last ask, by what the field is known to
+        hold; → the prints booked (-1: the count went back, the printer was reset)."""
         st = parse_reply(self.request("GST", _STS.pattern, idempotent=True))
         old, self.status = self.status, st
         if old is None or (old.state, old.error) != (st.state, st.error):
@@ -122,26 +123,32 @@ class VideojetCoder(LineClient):
             elif st.error:
                 self.alarm("FAULT" if st.error == 2 else "WARNING", f"videojet: {ERRORS[st.error]}")
         if self._total is None or st.total < self._total:
+            moved = 0
             if self._total is not None:  # restarted or reset: what the field holds is unknown too
                 self.alarm("COUNT_RESET", f"videojet: total count went back from {self._total} to {st.total}")
-                self._loaded, self._field_doubt = None, True
+                self._fresh, self._unknown, moved = None, True, -1
             self._total = st.total
-            return st
-        for _ in range(st.total - self._total):
-            if window or self._field_doubt:
-                self._report(None)
-                self.alarm("PRINT_IN_DOUBT", "videojet: a print while the field was being loaded: which code it"
-                           " carries is unknown")
-                self._loaded, self._field_doubt = None, False
-            elif self._loaded is not None:
-                self._report(self._loaded)
-                self._loaded = None
+            return moved
+        moved, self._total = st.total - self._total, st.total
+        for _ in range(moved):
+            if self._unknown:
+                self._book(None)
+            elif self._fresh is not None:
+                self._book(self._fresh)
+                self._fresh = None
             else:
-                self.empty += 1  # nothing fresh: the field's old data again
-        self._total = st.total
-        return st
+                self._book(EMPTY)
+        return moved
 
-    def _report(self, code: str | None) -> None:
+    def _book(self, code) -> None:
+        """One print: the `code` it carries, None when that is not known, EMPTY for no job (the
+        field's old data again, or nothing)."""
+        if code is EMPTY:
+            self.empty += 1
+            return
+        if code is None:
+            self.alarm("PRINT_IN_DOUBT", "videojet: a print while the field's data was not known (a load"
+                       " window, or a load without reply): which code it carries is unknown")
         self.printed += 1
         with self._state:
             if len(self._codes) >= MAX_EVENTS:
@@ -156,27 +163,44 @@ class VideojetCoder(LineClient):
         return out
 
     # --- loading ---------------------------------------------------------------------------------
-    def _load(self, code: str) -> bool:
-        """JDA the next job into the field: True when ACKed. InDoubt: unknown (the field is in doubt)."""
+    def _write(self, value: str, counted: bool = False) -> bool:
+        """JDA `value` into the field ("" empties it) between two counts: prints before the first
+        used what the field held; a print between the two may have used either data, so the field
+        is in doubt from the JDA on and stays so unless the count after the ACK has not moved (or
+        the field was emptied). True: ACKed; False: ERR, nothing changed. DeviceError: nothing
+        sent; InDoubt: sent, the field is in doubt. `counted`: the caller has just asked GST."""
+        if not counted:
+            try:
+                self._gst()
+            except InDoubt as exc:  # nothing sent yet: a definite failure
+                raise DeviceError(str(exc)) from None
+        was = self._fresh, self._unknown
+        self._fresh, self._unknown = None, True
         try:
-            reply = self.request(f"JDA|{self.field}={code}|", "ACK|ERR")
+            reply = self.request(f"JDA|{self.field}={value}|", "ACK|ERR", idempotent=not value)
         except InDoubt:
-            self._loaded, self._field_doubt = code, True
+            raise
+        except DeviceError:  # not sent (no connection)
+            self._fresh, self._unknown = was
             raise
         if reply != "ACK":
+            self._fresh, self._unknown = was
             return False
-        self._loaded = code
-        self._gst(window=True)
+        try:
+            moved = self._gst()
+        except DeviceError as exc:
+            raise InDoubt(f"videojet: loaded, but the count after it is unknown ({exc})") from None
+        if not value or moved == 0:  # emptied, or nothing printed since the JDA: the field is known
+            self._fresh, self._unknown = value or None, False
         return True
 
-    def _load_next(self) -> None:
-        if self._loaded is not None or self._field_doubt or not self._fifo or time.monotonic() < self._load_at:
+    def _load_next(self, counted: bool = False) -> None:
+        if self._fresh is not None or not self._fifo or time.monotonic() < self._load_at:
             return
-        code = self._fifo[0]
         try:
-            ok = self._load(code)
+            ok = self._write(self._fifo[0], counted)
         except InDoubt:
-            self._fifo.popleft()
+            self._fifo.popleft()  # maybe in the field: never loaded again (it would print twice)
             raise
         if ok:
             self._fifo.popleft()
@@ -188,7 +212,7 @@ class VideojetCoder(LineClient):
     def _poll_once(self) -> None:
         with self._q:
             self._gst()
-            self._load_next()
+            self._load_next(counted=True)
 
     def _poller(self) -> None:
         while not self.shut:
@@ -203,7 +227,7 @@ class VideojetCoder(LineClient):
 
     # --- the coder interface ---------------------------------------------------------------------------
     def _held(self) -> int:
-        return len(self._fifo) + (self._loaded is not None)
+        return len(self._fifo) + (self._fresh is not None)
 
     def push(self, code: str) -> int:
         """Queue one job; returns the jobs held (here and in the printer's field). DeviceError when
@@ -212,8 +236,8 @@ class VideojetCoder(LineClient):
         with self._q:
             if self._held() >= self.max_queue:
                 raise DeviceError(f"coder refused PUSH: full ({self.max_queue} jobs held)")
-            if self._loaded is None and not self._fifo and not self._field_doubt:
-                if not self._load(code):
+            if self._fresh is None and not self._fifo:
+                if not self._write(code):
                     raise DeviceError("coder refused PUSH: JDA answered ERR")
             else:
                 if self.closed:
@@ -224,17 +248,16 @@ class VideojetCoder(LineClient):
     def clear(self) -> None:
         with self._q:
             self._fifo.clear()
-            self._gst()
-            self._ok(f"JDA|{self.field}=|", f"CLEAR (emptying field {self.field!r}: is a job selected?)", idempotent=True)
-            self._loaded, self._field_doubt = None, False
-            self._gst(window=True)
+            if not self._write(""):
+                raise DeviceError(f"videojet refused CLEAR (emptying field {self.field!r}: is a job selected?):"
+                                  " JDA answered ERR")
             with self._state:  # prints counted so far belong to what was cleared
                 self.epoch += 1
 
     def depth(self) -> int:
         with self._q:
             self._gst()
-            self._load_next()
+            self._load_next(counted=True)
             return self._held()
 
     def buffered(self) -> int:

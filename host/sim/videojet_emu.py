@@ -48,6 +48,11 @@ class VideojetEmu(CoderModel):
         self.batch_count = self.total_count = 0
         self.last = ""  # what the variable field printed last (printed again until updated)
         self.commands: list[str] = []  # every command line received, for tests
+        # for tests, prints tied to the protocol (no wall clock): (command prefix, "before" | "after"),
+        # one print when the next command with that prefix arrives, before it is carried out or after
+        # it (before its reply goes out)
+        self.prints_at: list[tuple[str, str]] = []
+        self.log: list[str | None] = []  # each counted print: the fresh job it carried, None for none
         self._asked = True  # a GST answered since the field was last loaded
 
     @property
@@ -66,6 +71,19 @@ class VideojetEmu(CoderModel):
 
     def handle(self, line: str) -> str:
         self.commands.append(line)
+        self._hooked(line, "before")
+        reply = self._handle(line)
+        self._hooked(line, "after")
+        return reply
+
+    def _hooked(self, line: str, when: str) -> None:
+        for i, (prefix, at) in enumerate(self.prints_at):
+            if at == when and line.startswith(prefix):
+                del self.prints_at[i]
+                self.trigger(0)
+                return
+
+    def _handle(self, line: str) -> str:
         cmd, rest = line[:3], line[3:].rstrip(" ")
         if rest and not (rest.startswith("|") and rest.endswith("|") and len(rest) >= 2):
             return "ERR"
@@ -153,8 +171,10 @@ class VideojetEmu(CoderModel):
                 return None
             self.batch_count += 1
             self.total_count += 1
-            if self.buffer:
-                return self.buffer.popleft(), ""
+            fresh = self.buffer.popleft() if self.buffer else None
+            self.log.append(fresh)
+            if fresh is not None:
+                return fresh, ""
             if self.last:
                 return self.last, "duplicate"
             return None  # an empty field: the job printed without a code

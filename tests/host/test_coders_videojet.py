@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serialine.host.devices import registry
+from serialine.host.devices import registry, videojet
 from serialine.host.devices.lineclient import DeviceError, InDoubt
 from serialine.host.devices.videojet import ReplyError, Status, VideojetCoder, parse_reply
 from serialine.host.sim.videojet_emu import OFFLINE, RUNNING, VideojetEmu
@@ -109,7 +109,7 @@ def test_refusals_are_definite_and_a_missing_reply_is_in_doubt():
             with pytest.raises(DeviceError, match="cannot carry"):
                 c.push("A|B")
             emu.job = "SERIALINE"
-            emu.reply_delay_s = [0.6]  # the JDA's ACK comes after the driver gave up
+            emu.reply_delay_s = [0, 0.6]  # the count before the load comes; the JDA's ACK after the driver gave up
             with pytest.raises(InDoubt):
                 c.push(CODE.format(2))
             assert _wait(lambda: emu.fields.get("SERIAL") == CODE.format(2))  # it did load
@@ -212,3 +212,146 @@ def test_parse_reply_never_crashes(line):
        st.integers(0, 10**10 - 1), st.integers(0, 10**10 - 1))
 def test_parse_reply_round_trips_a_status(state, error, job, batch, total):
     assert parse_reply(f"STS|{state}|{error}|{job}|{batch}|{total}|") == Status(state, error, job, batch, total)
+
+
+# --- prints inside the load window, driven from the test at fixed points of the protocol ------------
+class Booking(VideojetCoder):
+    """The driver under test, recording how it booked each print, in order ("" = no job)."""
+
+    def __init__(self, *a, **kw):
+        self.bookings: list[str | None] = []
+        super().__init__(*a, **kw)
+
+    def _book(self, code):
+        self.bookings.append("" if code is videojet.EMPTY else code)
+        super()._book(code)
+
+
+def _check_bookings(emu, c):
+    """Every counted print booked once; each booking is what the printer printed, or None (in doubt:
+    the cross-check fails its unit and stops the line); no job printed twice."""
+    assert len(c.bookings) == len(emu.log), (c.bookings, emu.log)
+    for printed, booked in zip(emu.log, c.bookings):
+        assert booked is None or booked == (printed or ""), (c.bookings, emu.log)
+    fresh = [x for x in emu.log if x]
+    assert len(fresh) == len(set(fresh))
+
+
+def test_a_print_just_before_a_push_is_no_job_and_the_pushed_job_is_booked_exactly():
+    """Once failed: the push's JDA went out without asking the count first, so the old data's print
+    was booked in doubt and the pushed job's own print then as no job."""
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, poll_s=60)  # no poller: the test says when the driver looks
+        try:
+            c.push(CODE.format(0))
+            emu.trigger(0)
+            c.depth()
+            emu.trigger(1)  # the same data again: no job on this pack
+            c.push(CODE.format(1))
+            emu.trigger(2)
+            c.depth()
+            assert c.bookings == [CODE.format(0), "", CODE.format(1)] and emu.log == [CODE.format(0), None, CODE.format(1)]
+            assert "PRINT_IN_DOUBT" not in {k for k, _ in c.alarms()}
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_print_inside_the_load_window_keeps_the_field_in_doubt_until_a_load_is_confirmed(when):
+    """A print while the JDA is on its way ("before": the old data; "after": the new data, its ACK
+    not out yet) is in doubt, and so is the next one (the loaded job may still wait in the field:
+    once failed, booked as no job although it printed that job); a confirmed load ends the doubt."""
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, poll_s=60)
+        try:
+            c.push(CODE.format(0))
+            emu.trigger(0)
+            c.depth()
+            emu.prints_at.append(("JDA", when))
+            c.push(CODE.format(1))
+            assert c.buffered() == 0  # not known to wait in the field
+            emu.trigger(1)
+            c.push(CODE.format(2))  # loaded, and the count after it has not moved: known again
+            emu.trigger(2)
+            c.depth()
+            assert emu.log[1:] == ([None, CODE.format(1), CODE.format(2)] if when == "before" else [CODE.format(1), None, CODE.format(2)])
+            assert c.bookings == [CODE.format(0), None, None, CODE.format(2)]
+            _check_bookings(emu, c)
+            assert "PRINT_IN_DOUBT" in {k for k, _ in c.alarms()}
+        finally:
+            c.close()
+
+
+def test_a_load_whose_count_after_never_comes_is_in_doubt():
+    """Once failed: the count after the ACK timed out, the job was taken as loaded and known, so the
+    print of the old data made meanwhile was booked as that job (and the job's own print as none)."""
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, timeout=0.3, poll_s=60)
+        try:
+            c.push(CODE.format(0))
+            emu.trigger(0)
+            c.depth()
+            emu.prints_at.append(("JDA", "before"))
+            emu.reply_delay_s = [0, 0, 0.6, 0.6]  # GST, JDA answered; the GST after it (and its retry) late
+            with pytest.raises(InDoubt):
+                c.push(CODE.format(1))
+            emu.trigger(1)  # the job that waited in the field
+            assert _wait(lambda: not emu.reply_delay_s)
+            c.depth()
+            c.depth()
+            assert emu.log == [CODE.format(0), None, CODE.format(1)] and c.bookings == [CODE.format(0), None, None]
+        finally:
+            c.close()
+
+
+def test_a_refused_load_leaves_the_field_as_it_was():
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, poll_s=60)
+        try:
+            c.push(CODE.format(0))
+            c.push(CODE.format(1))
+            emu.trigger(0)
+            job, emu.job = emu.job, ""  # deselected at the printer: the next load answers ERR
+            assert c.depth() == 1 and "LOAD_REFUSED" in {k for k, _ in c.alarms()}
+            emu.trigger(1)  # the old data again: no job on this pack
+            emu.job = job
+            c._load_at = 0.0  # the retry is due
+            assert c.depth() == 1 and emu.fields["SERIAL"] == CODE.format(1)
+            emu.trigger(2)
+            assert c.depth() == 0 and c.bookings == [CODE.format(0), "", CODE.format(1)]
+            _check_bookings(emu, c)
+        finally:
+            c.close()
+
+
+_STEP = st.sampled_from(["push", "push", "poll", "print", "print", ("JDA", "before"), ("JDA", "after"),
+                         ("GST", "before"), ("GST", "after")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_STEP, min_size=1, max_size=40))
+def test_at_any_print_rate_every_print_is_booked_as_printed_or_in_doubt(steps):
+    """Prints as fast as the test likes: between any two driver calls, and inside any command (before
+    it is carried out, or after it with the reply not out yet), so inside every kind of load window."""
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, poll_s=60)
+        try:
+            n = 0
+            for step in steps:
+                if step == "push":
+                    if c.buffered() < c.max_queue:
+                        c.push(CODE.format(n))
+                        n += 1
+                elif step == "poll":
+                    c.depth()
+                elif step == "print":
+                    emu.trigger(0)
+                else:
+                    emu.prints_at.append(step)
+            emu.prints_at.clear()
+            c.depth()
+            _check_bookings(emu, c)
+            booked = [x for x in c.bookings if x]
+            assert booked == sorted(booked, key=lambda x: int(x.rsplit("SER", 1)[1]))  # in push order
+        finally:
+            c.close()
