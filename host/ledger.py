@@ -12,6 +12,7 @@ UNIT_PRINTED missing before a later one still takes its job (so later bindings s
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import sqlite3
 import time
@@ -54,16 +55,19 @@ class _Life:
 
 
 def _body(fields: dict) -> str:
-    """The event's fields as compact JSON (flat ints on the hot path: formatted directly)."""
-    if all(type(v) is int for v in fields.values()):
-        return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
-    return json.dumps(fields, separators=(",", ":"), default=str)
+    """The event's fields but its event_seq (a key column already) as compact JSON; flat ints (the
+    hot path) formatted directly."""
+    items = [(k, v) for k, v in fields.items() if k != "event_seq"]
+    if all(type(v) is int for _, v in items):
+        return "{" + ",".join([f'"{k}":{v}' for k, v in items]) + "}"
+    return json.dumps(dict(items), separators=(",", ":"), default=str)
 
 
 class LedgerError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=512)  # a handful of values, on every outcome
 def _name(enum_cls, value) -> str:
     return enum_cls(int(value)).name
 

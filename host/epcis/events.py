@@ -10,6 +10,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 
 from serialine.host.epcis.eventhash import check_digit, event_hash
 
@@ -82,15 +83,22 @@ def _prefix_len(company_prefix_len: int) -> int:
     return company_prefix_len
 
 
-def sgtin_urn(gtin: str, serial: str, company_prefix_len: int) -> str:
-    """urn:epc:id:sgtin:CompanyPrefix.IndicatorItemRef.Serial (GS1 EPC TDS)."""
+@lru_cache(maxsize=256)  # a batch's GTIN repeats in every pack's EPC: checked once
+def _sgtin_head(gtin: str, company_prefix_len: int) -> str:
     gtin = str(gtin).zfill(14) if str(gtin).isdigit() and len(str(gtin)) in (8, 12, 13) else gtin
     gtin = _key_digits(gtin, 14, "GTIN")
     n = _prefix_len(company_prefix_len)
-    if not _CSET82.fullmatch(str(serial)):
+    return f"urn:epc:id:sgtin:{gtin[1:1 + n]}.{gtin[0]}{gtin[1 + n:13]}."
+
+
+def sgtin_urn(gtin: str, serial: str, company_prefix_len: int) -> str:
+    """urn:epc:id:sgtin:CompanyPrefix.IndicatorItemRef.Serial (GS1 EPC TDS)."""
+    head = _sgtin_head(gtin, company_prefix_len)
+    if not (type(serial) is str and _CSET82.fullmatch(serial)):
         raise ValueError(f"serial must be 1..20 GS1 AI 21 characters, got {serial!r}")
-    escaped = "".join(_URI_ESCAPES.get(c, c) for c in serial)
-    return f"urn:epc:id:sgtin:{gtin[1:1 + n]}.{gtin[0]}{gtin[1 + n:13]}.{escaped}"
+    if serial.isalnum():  # the common case: nothing to escape
+        return head + serial
+    return head + "".join(_URI_ESCAPES.get(c, c) for c in serial)
 
 
 def sscc_urn(sscc: str, company_prefix_len: int) -> str:
