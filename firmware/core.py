@@ -144,6 +144,7 @@ class Core:
         self.purge_until = (self.pos + self.cfg[C_PURGE_COUNTS]) & _MASK
         self.purging = self.cfg[C_PURGE_COUNTS] > 0
         self.purge_tail = False
+        self.board.out_stop(False, self.now, self.pos)  # the run permissive: off from boot until here
         return True
 
     def stop(self):

@@ -13,16 +13,34 @@ LINK = "uart"
 # Pin map (GPIO numbers)
 PIN_UART_TX = const(17)
 PIN_UART_RX = const(16)
-PIN_ENC_A = const(34)
-PIN_ENC_B = const(35)
+PIN_ENC_A = const(22)  # not 34..39: input-only, no pull-ups
+PIN_ENC_B = const(23)
 PIN_PE = const(32)
 PIN_CONFIRM = const(33)
 PIN_BIN_FULL = const(25)
 PIN_CODER = const(26)
 PIN_CAMERA = const(27)
-PIN_GATE = const(14)
-PIN_STOP = const(12)
+PIN_GATE = const(18)  # not 14: it toggles at reset
+PIN_STOP = const(19)  # not 12: a strapping pin (flash voltage)
 PULSE_US = const(500)
+# Fail-safe wiring (docs/wiring.md "Fail-safe wiring"): the pin level at which each signal is
+# active. Sensor inputs are NPN (open-collector) outputs that pull the pin low when active, against
+# the internal pull-up: a broken wire reads inactive. The gate and the stop are active low: without
+# power, while the board resets, or with a broken wire, the gate is de-energised (the reject path)
+# and the run permissive to the PLC is off (the line stops). tests/firmware/test_board_failsafe.py
+# checks every board file against these rules.
+ACTIVE_LOW = const(0)
+ACTIVE_HIGH = const(1)
+PE_ACTIVE = const(ACTIVE_LOW)
+CONFIRM_ACTIVE = const(ACTIVE_LOW)
+BIN_FULL_ACTIVE = const(ACTIVE_LOW)
+GATE_ACTIVE = const(ACTIVE_LOW)  # active = divert to reject
+STOP_ACTIVE = const(ACTIVE_LOW)  # active = stop; high = run
+_PE_X = const(PE_ACTIVE ^ 1)  # level ^ _X: 1 when active
+_CONFIRM_X = const(CONFIRM_ACTIVE ^ 1)
+_BIN_FULL_X = const(BIN_FULL_ACTIVE ^ 1)
+_GATE_X = const(GATE_ACTIVE ^ 1)
+_STOP_X = const(STOP_ACTIVE ^ 1)
 _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
 
@@ -54,8 +72,9 @@ class Esp32Board:
     NAME = NAME
 
     def __init__(self):
-        self.enc = machine.Encoder(0, machine.Pin(PIN_ENC_A), machine.Pin(PIN_ENC_B),
-                                   filter_ns=1000)
+        enc_a = machine.Pin(PIN_ENC_A, machine.Pin.IN, machine.Pin.PULL_UP)  # open-collector encoders too
+        enc_b = machine.Pin(PIN_ENC_B, machine.Pin.IN, machine.Pin.PULL_UP)
+        self.enc = machine.Encoder(0, enc_a, enc_b, filter_ns=1000)
         # RMT at 1 us resolution: one (high, low) pulse per trigger, sent by hardware
         self.coder = esp32.RMT(0, pin=machine.Pin(PIN_CODER), resolution_hz=1_000_000)
         self.camera = esp32.RMT(1, pin=machine.Pin(PIN_CAMERA), resolution_hz=1_000_000)
@@ -63,8 +82,9 @@ class Esp32Board:
         self.pe_pin = machine.Pin(PIN_PE, machine.Pin.IN, machine.Pin.PULL_UP)
         self.confirm_pin = machine.Pin(PIN_CONFIRM, machine.Pin.IN, machine.Pin.PULL_UP)
         self.bin_pin = machine.Pin(PIN_BIN_FULL, machine.Pin.IN, machine.Pin.PULL_UP)
-        self.gate_pin = machine.Pin(PIN_GATE, machine.Pin.OUT, value=0)
-        self.stop_pin = machine.Pin(PIN_STOP, machine.Pin.OUT, value=0)
+        self.gate_pin = machine.Pin(PIN_GATE, machine.Pin.OUT, value=0)  # as in reset: the reject path
+        self.stop_pin = machine.Pin(PIN_STOP, machine.Pin.OUT, value=0)  # stop, until the core starts the line
+        self.out_gate(False, 0, 0)  # the core starts with the gate at rest: the pass path, energised
         self.pos = 0
         self.pe = 0
         self.confirm = 0
@@ -77,9 +97,9 @@ class Esp32Board:
 
     def sample(self):
         self.pos = self.enc.value() & _MASK
-        self.pe = self.pe_pin.value()
-        self.confirm = self.confirm_pin.value()
-        self.bin_full = self.bin_pin.value()
+        self.pe = self.pe_pin.value() ^ _PE_X
+        self.confirm = self.confirm_pin.value() ^ _CONFIRM_X
+        self.bin_full = self.bin_pin.value() ^ _BIN_FULL_X
 
     def out_coder(self, t, pos):
         self.coder.write_pulses(self.pulse, True)
@@ -88,10 +108,10 @@ class Esp32Board:
         self.camera.write_pulses(self.pulse, True)
 
     def out_gate(self, on, t, pos):
-        self.gate_pin.value(1 if on else 0)
+        self.gate_pin.value((1 if on else 0) ^ _GATE_X)
 
     def out_stop(self, on, t, pos):
-        self.stop_pin.value(1 if on else 0)
+        self.stop_pin.value((1 if on else 0) ^ _STOP_X)
 
 
 def reset_cause():

@@ -24,6 +24,24 @@ PIN_CAMERA = const(11)  # camera trigger pulse
 PIN_GATE = const(12)  # reject gate (held for the dwell)
 PIN_STOP = const(13)  # line stop to the PLC
 PULSE_US = const(500)  # trigger pulse width
+# Fail-safe wiring (docs/wiring.md "Fail-safe wiring"): the pin level at which each signal is
+# active. Sensor inputs are NPN (open-collector) outputs that pull the pin low when active, against
+# the internal pull-up: a broken wire reads inactive. The gate and the stop are active low: without
+# power, while the board resets, or with a broken wire, the gate is de-energised (the reject path)
+# and the run permissive to the PLC is off (the line stops). tests/firmware/test_board_failsafe.py
+# checks every board file against these rules.
+ACTIVE_LOW = const(0)
+ACTIVE_HIGH = const(1)
+PE_ACTIVE = const(ACTIVE_LOW)
+CONFIRM_ACTIVE = const(ACTIVE_LOW)
+BIN_FULL_ACTIVE = const(ACTIVE_LOW)
+GATE_ACTIVE = const(ACTIVE_LOW)  # active = divert to reject
+STOP_ACTIVE = const(ACTIVE_LOW)  # active = stop; high = run
+_PE_X = const(PE_ACTIVE ^ 1)  # level ^ _X: 1 when active
+_CONFIRM_X = const(CONFIRM_ACTIVE ^ 1)
+_BIN_FULL_X = const(BIN_FULL_ACTIVE ^ 1)
+_GATE_X = const(GATE_ACTIVE ^ 1)
+_STOP_X = const(STOP_ACTIVE ^ 1)
 _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
 
@@ -99,7 +117,8 @@ class PicoBoard:
 
     def __init__(self):
         freq = 125_000_000
-        self.enc = rp2.StateMachine(0, _count_edges, freq=freq, in_base=machine.Pin(PIN_ENC_A))
+        enc_a = machine.Pin(PIN_ENC_A, machine.Pin.IN, machine.Pin.PULL_UP)  # open-collector encoders too
+        self.enc = rp2.StateMachine(0, _count_edges, freq=freq, in_base=enc_a)
         self.enc.active(1)
         width = PULSE_US * (freq // 1_000_000) // 2
         self.coder = rp2.StateMachine(1, _pulse, freq=freq, set_base=machine.Pin(PIN_CODER))
@@ -110,8 +129,9 @@ class PicoBoard:
         self.pe_pin = machine.Pin(PIN_PE, machine.Pin.IN, machine.Pin.PULL_UP)
         self.confirm_pin = machine.Pin(PIN_CONFIRM, machine.Pin.IN, machine.Pin.PULL_UP)
         self.bin_pin = machine.Pin(PIN_BIN_FULL, machine.Pin.IN, machine.Pin.PULL_UP)
-        self.gate_pin = machine.Pin(PIN_GATE, machine.Pin.OUT, value=0)
-        self.stop_pin = machine.Pin(PIN_STOP, machine.Pin.OUT, value=0)
+        self.gate_pin = machine.Pin(PIN_GATE, machine.Pin.OUT, value=0)  # as in reset: the reject path
+        self.stop_pin = machine.Pin(PIN_STOP, machine.Pin.OUT, value=0)  # stop, until the core starts the line
+        self.out_gate(False, 0, 0)  # the core starts with the gate at rest: the pass path, energised
         self.pos = 0
         self.pe = 0
         self.confirm = 0
@@ -127,9 +147,9 @@ class PicoBoard:
         sm.exec("mov(isr, x)")
         sm.exec("push()")
         self.pos = (-sm.get()) & _MASK  # X counts down from 0; two's complement word
-        self.pe = self.pe_pin.value()
-        self.confirm = self.confirm_pin.value()
-        self.bin_full = self.bin_pin.value()
+        self.pe = self.pe_pin.value() ^ _PE_X
+        self.confirm = self.confirm_pin.value() ^ _CONFIRM_X
+        self.bin_full = self.bin_pin.value() ^ _BIN_FULL_X
 
     def out_coder(self, t, pos):
         self.coder.put(self.width)
@@ -138,10 +158,10 @@ class PicoBoard:
         self.camera.put(self.width)
 
     def out_gate(self, on, t, pos):
-        self.gate_pin.value(1 if on else 0)
+        self.gate_pin.value((1 if on else 0) ^ _GATE_X)
 
     def out_stop(self, on, t, pos):
-        self.stop_pin.value(1 if on else 0)
+        self.stop_pin.value((1 if on else 0) ^ _STOP_X)
 
 
 def reset_cause():
