@@ -46,13 +46,21 @@ class Aggregator:
     def forget(self) -> None:
         self._case = None
 
-    def _open(self, level: str) -> int:
+    def _open(self, level: str) -> tuple[int, bool]:
+        """The batch's open container of that level, made if there is none: (id, made now)."""
         row = self.conn.execute("SELECT container_id FROM container WHERE batch_id=? AND level=? AND state='open'",
                                 (self.batch.batch_id, level)).fetchone()
         if row:
-            return row[0]
+            return row[0], False
         return self.conn.execute("INSERT INTO container (batch_id, level) VALUES (?, ?)",
-                                 (self.batch.batch_id, level)).lastrowid
+                                 (self.batch.batch_id, level)).lastrowid, True
+
+    def _open_case(self) -> tuple[int, int]:
+        """(open case id, packs in it)."""
+        case, made = self._open("case")
+        if made:
+            return case, 0
+        return case, self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
 
     def children(self, container_id: int) -> list[str]:
         """EPCs directly inside a container."""
@@ -65,11 +73,7 @@ class Aggregator:
     def add_pack(self, serial: str) -> None:
         """A pack that passed in the caller's transaction (its commissioning event still to come:
         the packing of a case it fills waits for it, see reporting)."""
-        if self._case is None:
-            case = self._open("case")
-            n = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
-        else:
-            case, n = self._case
+        case, n = self._case or self._open_case()
         self.conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
                           (self.batch.gtin, serial, case))
         n += 1
@@ -82,11 +86,7 @@ class Aggregator:
         """add_pack for many, in order, one INSERT statement per case they fill."""
         i = 0
         while i < len(serials):
-            if self._case is None:
-                case = self._open("case")
-                n = self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
-            else:
-                case, n = self._case
+            case, n = self._case or self._open_case()
             take = serials[i:i + self.batch.case_size - n]
             self.conn.executemany("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
                                   [(self.batch.gtin, s, case) for s in take])
@@ -108,10 +108,10 @@ class Aggregator:
                           " WHERE container_id=?", (code, int(partial), container_id))
         reporting.packed(self.conn, self.ctx, self.batch, code, self.children(container_id), after_commissioning=line)
         if level == "case":
-            pallet = self._open("pallet")
+            pallet, made = self._open("pallet")
             self.conn.execute("UPDATE container SET parent_id=? WHERE container_id=?", (pallet, container_id))
-            (n,) = self.conn.execute("SELECT count(*) FROM container WHERE parent_id=? AND state='closed'",
-                                     (pallet,)).fetchone()
+            (n,) = (1,) if made else self.conn.execute("SELECT count(*) FROM container WHERE parent_id=?"
+                                                       " AND state='closed'", (pallet,)).fetchone()
             if n >= self.batch.pallet_size and not partial:
                 self.close(pallet, line=line)
         return code

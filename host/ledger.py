@@ -32,8 +32,8 @@ MAX_BINDINGS = 65536  # bindings kept for the agent's print cross-check until it
 
 # One statement per rule, run in this order at each flush: a unit's life, top to bottom.
 _RULES = {
-    "unit": "INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test, outcome, reason)"
-            " VALUES (?,?,?,?,?,?,?)",
+    "unit": "INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test, outcome, reason, gtin, serial)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
     "job_bound": "UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?",
     "unit_serial": "UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
     "serial_printed": "UPDATE serial SET state='printed' WHERE gtin=? AND serial=?",
@@ -93,6 +93,7 @@ class Ledger:
         self.bindings: list[tuple[tuple, str]] = []  # (unit key, code) bound since taken: the print cross-check's
         self._boots: dict[tuple, _Life] = {}  # (device_id, boot_id) -> _Life, loaded on first use
         self._writes: dict[str, list] = {name: [] for name in _RULES}
+        self._new_units: dict[tuple, list] = {}  # unit key -> its queued "unit" row (a print in the same flush fills it)
         self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
         self._tpl = None
         self.packing_stopped: str | None = None  # why passed packs can no longer be packed (the agent stops the line)
@@ -169,6 +170,7 @@ class Ledger:
         self._boots.clear()
         for params in self._writes.values():
             params.clear()
+        self._new_units.clear()
         self._passed = []
         self._commissioned = []
         self.packing_stopped = None  # its alarm rolled back too: said again if it happens again
@@ -285,18 +287,24 @@ class Ledger:
         if u <= life.detected:
             return
         lost = range(life.detected + 1, u + 1)
-        w["unit"] += [(device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST") for m in lost]
+        for m in lost:
+            self._new_unit(w, (device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST", None, None))
         life.lost.update(lost)
         life.detected = u
         self.alarm(device_id, "EVENTS_LOST", f"boot {boot_id} unit(s) {lost[0]}..{lost[-1]}: no UNIT_DETECTED before"
                    f" {what}; outcome unknown until the device reports it")
+
+    def _new_unit(self, w, row: tuple) -> None:
+        row = list(row)
+        w["unit"].append(row)
+        self._new_units[tuple(row[:3])] = row
 
     def _on_detected(self, w, life, device_id, boot_id, f):
         u = f["unit_seq"]
         if u > life.detected + 1:
             self._row(w, life, device_id, boot_id, u - 1, f"unit {u}")
         if u > life.detected:
-            w["unit"].append((device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None))
+            self._new_unit(w, (device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None, None, None))
             life.detected = u
 
     def _on_printed(self, w, life, device_id, boot_id, f):
@@ -341,7 +349,11 @@ class Ledger:
         serial, code = self._queue.popleft()
         gtin = self.batch.gtin
         w["job_bound"].append((gtin, serial))
-        w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
+        row = self._new_units.get((device_id, boot_id, u))
+        if row is not None:  # its row is still to be written: it is written with its serial
+            row[7], row[8] = gtin, serial
+        else:
+            w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
         w["serial_printed"].append((gtin, serial))
         if len(self.bindings) >= MAX_BINDINGS:  # nobody takes them (no agent): never unbounded
             self.bindings.clear()
@@ -405,6 +417,7 @@ class Ledger:
             if params:
                 self.conn.executemany(sql, params)
                 params.clear()
+        self._new_units.clear()
         if self._passed:
             passed, self._passed = self._passed, []
             self._commissioned.extend(passed)
