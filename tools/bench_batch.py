@@ -2,11 +2,10 @@
 
 - events_per_s: unit events (detected, printed, inspected, outcome) through the host path (store +
   verdict + aggregation + EPCIS outbox, one transaction per poll, as `serialine bench host`);
-  events_per_s_sqlite_baseline: the same rows (every table the host path filled) written by a bare
-  SQLite executemany into the same tables (their keys and constraints, no secondary index, no
-  trigger), in as many transactions, in the same run; ratio = the first over the second
-  (comparable across machines).
-- bytes_per_unit: the ledger file (checkpointed) over the units.
+  events_per_s_sqlite_baseline: the same rows written by a bare SQLite executemany, in the same run
+  (`bench_host.sqlite_baseline`); ratio = the first over the second (comparable across machines).
+- bytes_per_unit: the ledger file (checkpointed) over the units; bytes_per_unit_tables: each table
+  and index of a byte or more per unit (SQLite's dbstat: the pages it holds).
 - reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch.
 - export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process;
   export_peak_rss_mb: the larger of the two processes' peak RSS (their VmHWM: what ru_maxrss
@@ -18,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from pathlib import Path
 
 from serialine.host import db, masterdata, reconcile, serials
 from serialine.host.ledger import Ledger
-from serialine.tools.bench_host import run_polls
+from serialine.tools.bench_host import dbstat_per_unit, run_polls, sqlite_baseline
 
 GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
 SITE = "urn:epc:id:sgln:4012345.00000.0"
@@ -38,7 +36,7 @@ BATCH = "B"
 
 def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, pallet_size: int = 20):
     """A ledger with one closed-ready batch of `units` passed units, filled through the host
-    path. Returns (conn, events, seconds in the host path, polls)."""
+    path. Returns (conn, events, seconds in the host path, polls, its CPU seconds)."""
     conn = db.connect(path)
     masterdata.add_product(conn, GTIN, "Examplol 100 mg tablets", "US_DSCSA", 7, ndc="50242-040-62",
                            dosage_form="TABLET", strength="100 mg", net_content="30 tablets",
@@ -52,40 +50,9 @@ def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, 
                             pallet_size, read_point="4012345000009.7")
     masterdata.start_batch(conn, BATCH)
     L = Ledger(conn, BATCH)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     seq, polls = run_polls(conn, L, units, per_poll)
-    return conn, seq, time.perf_counter() - t0, polls
-
-
-def sqlite_baseline(conn: sqlite3.Connection, path: str, transactions: int) -> tuple[float, int]:
-    """Every row of every table `conn` holds, written again by a bare executemany into the same
-    tables (as created: keys and constraints; no secondary index, no trigger) in `transactions`
-    transactions. Returns (seconds, rows)."""
-    tables = [(name, sql) for name, sql in conn.execute(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
-    data = []
-    for name, _ in tables:
-        rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
-        if rows:
-            data.append((name, rows))
-    bare = sqlite3.connect(path, isolation_level=None)
-    (sync,) = conn.execute("PRAGMA synchronous").fetchone()
-    bare.execute("PRAGMA journal_mode=WAL")
-    bare.execute(f"PRAGMA synchronous={sync}")
-    for name, sql in tables:
-        bare.execute(sql)
-    total = sum(len(rows) for _, rows in data)
-    chunk = max(1, -(-total // max(1, transactions)))
-    t0 = time.perf_counter()
-    for name, rows in data:
-        marks = ",".join("?" * len(rows[0]))
-        for i in range(0, len(rows), chunk):
-            bare.execute("BEGIN")
-            bare.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows[i:i + chunk])
-            bare.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
-    bare.close()
-    return elapsed, total
+    return conn, seq, time.perf_counter() - t0, polls, time.process_time() - c0
 
 
 # the child's own peak: its VmHWM (ru_maxrss would carry the forking parent's pages on Linux)
@@ -127,8 +94,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         path = str(Path(d) / "ledger.db")
-        conn, events, host_s, polls = make_ledger(path, args.units, args.per_poll)
-        base_s, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
+        conn, events, host_s, polls, host_cpu = make_ledger(path, args.units, args.per_poll)
+        base_s, base_cpu, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
         t = time.perf_counter()
         problems = reconcile.reconcile(conn, BATCH)
         reconcile_s = time.perf_counter() - t
@@ -137,6 +104,7 @@ def main(argv: list[str]) -> int:
         close_s = time.perf_counter() - t
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = sum(p.stat().st_size for p in Path(d).glob("ledger.db*"))
+        tables = dbstat_per_unit(conn, args.units)
         (n_events,) = conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ?", (BATCH,)).fetchone()
         t = time.perf_counter()
         serials.generate_pool(conn, GTIN, args.serials)
@@ -149,7 +117,11 @@ def main(argv: list[str]) -> int:
         "events_per_s": round(events / host_s),
         "events_per_s_sqlite_baseline": round(events / base_s),
         "ratio": round(base_s / host_s, 4),
+        "events_per_cpu_s": round(events / host_cpu),  # per second of this process's CPU (shared machines)
+        "events_per_cpu_s_sqlite_baseline": round(events / base_cpu),
+        "host_cpu_s": round(host_cpu, 3),
         "bytes_per_unit": round(size / args.units),
+        "bytes_per_unit_tables": tables,
         "close_s": round(close_s, 3),
         "reconcile_s": round(reconcile_s, 3),
         "export_jsonld_s": round(jsonld_s, 3),
@@ -169,7 +141,11 @@ def main(argv: list[str]) -> int:
         table.add_column("figure")
         table.add_column("value", justify="right")
         for k, v in figures.items():
-            table.add_row(k, str(v))
+            if k == "bytes_per_unit_tables":
+                for name, b in v.items():
+                    table.add_row(f"  {name}", str(b))
+            else:
+                table.add_row(k, str(v))
         Console().print(table)
     except ImportError:  # pragma: no cover
         for k, v in figures.items():

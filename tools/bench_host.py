@@ -5,12 +5,17 @@
   coder jobs allocated ahead in the same rhythm.
 - verdict_latency_ms p50/p99: one decision in-process (parse the read with biip, check grade,
   batch, serial, duplicate, code) — the time from camera result to verdict ready to send.
+- events_per_s_sqlite_baseline: the same rows (the batch's serials and every other table's rows)
+  written by a bare SQLite executemany into the same tables (their keys and constraints, no
+  secondary index, no trigger), in as many transactions, in the same run; ratio = events_per_s
+  over it (comparable across machines). *_per_cpu_s: per second of this process's CPU.
 - serials_per_s: random serial generation into the pool (one transaction)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -64,6 +69,47 @@ def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None
     return seq, polls
 
 
+# rows a host path wrote or changed: of the pool, only the serials the batch took
+_BASELINE_ROWS = {"serial": "batch_id IS NOT NULL"}
+
+
+def sqlite_baseline(conn: sqlite3.Connection, path: str, transactions: int) -> tuple[float, float, int]:
+    """The rows the host path left in `conn`, written again by a bare executemany into the same
+    tables (as created: keys and constraints; no secondary index, no trigger) in `transactions`
+    transactions, at the ledger's synchronous level. Returns (seconds, CPU seconds, rows)."""
+    tables = [(name, sql) for name, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    data = []
+    for name, _ in tables:
+        rows = conn.execute(f'SELECT * FROM "{name}" WHERE {_BASELINE_ROWS.get(name, "1")}').fetchall()
+        if rows:
+            data.append((name, rows))
+    bare = sqlite3.connect(path, isolation_level=None)
+    (sync,) = conn.execute("PRAGMA synchronous").fetchone()
+    bare.execute("PRAGMA journal_mode=WAL")
+    bare.execute(f"PRAGMA synchronous={sync}")
+    for name, sql in tables:
+        bare.execute(sql)
+    total = sum(len(rows) for _, rows in data)
+    chunk = max(1, -(-total // max(1, transactions)))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for name, rows in data:
+        marks = ",".join("?" * len(rows[0]))
+        for i in range(0, len(rows), chunk):
+            bare.execute("BEGIN")
+            bare.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows[i:i + chunk])
+            bare.execute("COMMIT")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    bare.close()
+    return elapsed, cpu, total
+
+
+def dbstat_per_unit(conn: sqlite3.Connection, units: int) -> dict[str, float]:
+    """Bytes per unit of each table and index holding a byte or more per unit (its pages)."""
+    return {name: round(size / units, 1) for name, size in conn.execute(
+        "SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC") if size >= units}
+
+
 def _pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -81,14 +127,17 @@ def main(argv: list[str]) -> int:
         t = time.perf_counter()
         serials.generate(conn, GTIN, args.serials)
         serials_per_s = args.serials / (time.perf_counter() - t)
+        if args.units > args.serials:  # the batch needs a serial per unit (not timed)
+            serials.generate(conn, GTIN, args.units - args.serials)
         masterdata.create_batch(conn, "B", GTIN, "L1", "2030-01-31", args.units, 10, 20)
         masterdata.start_batch(conn, "B")
         L = Ledger(conn, "B")
         latencies: list[float] = []
         t0, c0 = time.perf_counter(), time.process_time()
-        seq, _ = run_polls(conn, L, args.units, args.per_poll, latencies)
+        seq, polls = run_polls(conn, L, args.units, args.per_poll, latencies)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        base_s, base_cpu, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
         # reads that are not a code this agent built (misreads, foreign codes) are parsed by biip
         parsed_lat = []
         for k in range(min(1000, args.units)):
@@ -106,11 +155,16 @@ def main(argv: list[str]) -> int:
         "events_per_s": round(seq / elapsed),
         "units_per_s": round(args.units / elapsed),
         "events_per_cpu_s": round(seq / cpu),  # the same, per second of this process's CPU (shared machines)
+        "events_per_s_sqlite_baseline": round(seq / base_s),
+        "events_per_cpu_s_sqlite_baseline": round(seq / base_cpu),
+        "ratio": round(base_s / elapsed, 4),
+        "host_cpu_s": round(cpu, 3),
         "verdict_latency_ms_p50": round(statistics.median(latencies) * 1e3, 4),
         "verdict_latency_ms_p99": round(_pct(latencies, 0.99) * 1e3, 4),
         "verdict_latency_ms_p99_biip": round(_pct(parsed_lat, 0.99) * 1e3, 4),
         "serials_per_s": round(serials_per_s),
-        "units": args.units, "events": seq, "cases_closed": cases, "units_per_poll": args.per_poll,
+        "units": args.units, "events": seq, "baseline_rows": base_rows, "cases_closed": cases,
+        "units_per_poll": args.per_poll,
     }
     try:
         from rich.console import Console
