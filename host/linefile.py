@@ -139,10 +139,9 @@ def geometry_problems(g: Geometry, simulated: bool = True) -> list[str]:
     problems = []
     for f in dataclasses.fields(Geometry):
         m, v = f.metadata, getattr(g, f.name)
-        if v is None or m["lo"] is None:
-            continue
-        if not m["lo"] <= v <= m["hi"]:  # also refuses nan and inf
-            problems.append(f"[line] {f.name} = {v!r} must be in {_n(m['lo'])}..{_n(m['hi'])} {m['unit']}".rstrip())
+        why = None if v is None else range_problem(f"[line] {f.name}", v, m["lo"], m["hi"], m["unit"])
+        if why:
+            problems.append(why)
     if problems:
         return problems
     if simulated and not 0 < g.pack_length_mm < g.pitch_mm * (1 - g.pitch_spread):
@@ -463,79 +462,157 @@ def _plain(v, depth=0) -> bool:
     return False
 
 
-def _value(where: str, sect: str, key: str, meta: dict, v, err):
-    name = f"{sect} {key}"
-    kind = meta["kind"]
-    if kind is bool:
-        if not isinstance(v, bool):
-            raise err(f"{where}: {name} = {_show(v)} must be true or false")
+def range_problem(name: str, v, minval=None, maxval=None, unit: str = "") -> str | None:
+    """`name = v must be in lo..hi unit` when v is outside the inclusive range (nan and inf are), else None."""
+    if (minval is None or v >= minval) and (maxval is None or v <= maxval):
+        return None
+    if minval is not None and maxval is not None:
+        allowed = f"in {_n(minval)}..{_n(maxval)}"
+    else:
+        allowed = f"at least {_n(minval)}" if minval is not None else f"at most {_n(maxval)}"
+    return f"{name} = {_show(v)} must be {allowed}{' ' + unit if unit else ''}"
+
+
+REQUIRED = object()  # a getter's default: the key must be given
+
+
+class Section:
+    """One TOML table, read Klipper style: `sec.getint("fill_ahead", 8, minval=1, maxval=1000)`.
+    Every getter types and range-checks the value given (a default is taken as it is) and raises
+    `err` in one line naming the file, `[section] key`, the value and what is allowed;
+    `refuse_unknown` refuses a key no getter reads, so a typo never silently runs the default.
+    `type_errors` rewords a value of the wrong type, by type ({name}, {value})."""
+
+    TYPE_ERRORS = {bool: "{name} = {value} must be true or false", int: "{name} = {value} must be an integer",
+                   float: "{name} = {value} must be a number", str: "{name} = {value} must be a string"}
+
+    def __init__(self, table, where: str, section: str = "", *, err=LineFileError, type_errors=None):
+        self.where, self.section, self.err = where, section, err
+        self.type_errors = {**self.TYPE_ERRORS, **(type_errors or {})}
+        if not isinstance(table, dict):
+            self.fail(f"{section} must be a table")
+        self.table = table
+
+    def name(self, key: str) -> str:
+        return f"{self.section} {key}" if self.section else key
+
+    def fail(self, text: str):
+        raise self.err(f"{self.where}: {text}")
+
+    def refuse_unknown(self, known) -> None:
+        known = list(known)
+        for key in self.table:
+            if key not in known:
+                self.fail(f"{self.section + ' ' if self.section else ''}unknown key {key!r} (known: {', '.join(known)})")
+
+    def _given(self, key: str, default, kind=None):
+        """(value, given) for `key`; a value of the wrong `kind` (bool is no number) is refused here."""
+        if key not in self.table:
+            if default is REQUIRED:
+                self.fail(f"{self.name(key)} is required")
+            return default, False
+        v = self.table[key]
+        if kind is not None and kind is not bool and isinstance(v, bool):
+            self.fail(f"{self.name(key)} = {_show(v)} must not be a boolean")
+        if kind is not None and not isinstance(v, (int, float) if kind is float else kind):
+            self.fail(self.type_errors[kind].format(name=self.name(key), value=_show(v)))
+        return v, True
+
+    def _ranged(self, key: str, v, minval, maxval, unit: str):
+        why = range_problem(self.name(key), v, minval, maxval, unit)
+        if why:
+            self.fail(why)
         return v
-    if kind is dict:
-        if not isinstance(v, dict):
-            raise err(f"{where}: {name} must be a table")
-        for k, x in v.items():
-            if _SECRET.search(k):
-                raise err(f"{where}: {name}.{k}: a secret is never kept in the line file; "
-                          "give the driver a reference (environment or a file only the service user reads)")
-            if not _plain(x):
-                raise err(f"{where}: {name}.{k} must be a string, number, boolean, or a list or table of them "
-                          "(no secrets, no dates)")
-        return dict(v)
-    if isinstance(v, bool) and kind is not bool:
-        raise err(f"{where}: {name} = {_show(v)} must not be a boolean")
-    if meta["check"] is _grade:
-        try:
-            return _grade(v)
-        except ValueError as exc:
-            raise err(f"{where}: {name} = {_show(v)} {exc}") from None
-    if kind is float:
-        if not isinstance(v, (int, float)):
-            raise err(f"{where}: {name} = {_show(v)} must be a number")
+
+    def getint(self, key: str, default=REQUIRED, *, minval=None, maxval=None, unit: str = ""):
+        v, given = self._given(key, default, int)
+        return self._ranged(key, v, minval, maxval, unit) if given else v
+
+    def getfloat(self, key: str, default=REQUIRED, *, minval=None, maxval=None, unit: str = ""):
+        v, given = self._given(key, default, float)
+        if not given:
+            return v
         try:
             v = float(v)
-        except OverflowError:
+        except OverflowError:  # an integer beyond any float: out of every range
             v = math.inf
-    elif kind is int:
-        if not isinstance(v, int):
-            raise err(f"{where}: {name} = {_show(v)} must be an integer")
-    elif kind is str:
-        if not isinstance(v, str):
-            raise err(f"{where}: {name} = {_show(v)} must be a string")
-    lo, hi = meta["lo"], meta["hi"]
-    if lo is not None and not lo <= v <= hi:  # also refuses nan and inf
-        unit = f" {meta['unit']}" if meta["unit"] else ""
-        raise err(f"{where}: {name} = {_show(v)} must be in {_n(lo)}..{_n(hi)}{unit}")
-    if meta["choices"] is not None and v not in meta["choices"]:
-        raise err(f"{where}: {name} = {_show(v)} must be one of {', '.join(map(str, meta['choices']))}")
-    if meta["check"] is not None:
+        return self._ranged(key, v, minval, maxval, unit)
+
+    def getboolean(self, key: str, default=REQUIRED):
+        return self._given(key, default, bool)[0]
+
+    def get(self, key: str, default=REQUIRED, *, check=None):
+        """A string, through `check` (value -> value, ValueError says why) when given."""
+        v, given = self._given(key, default, str)
+        return self.getwith(key, check, default) if given and check else v
+
+    def getchoice(self, key: str, choices, default=REQUIRED):
+        v, given = self._given(key, default, type(choices[0]))
+        if given and v not in choices:
+            self.fail(f"{self.name(key)} = {_show(v)} must be one of {', '.join(map(str, choices))}")
+        return v
+
+    def getwith(self, key: str, check, default=REQUIRED):
+        """Any value, typed and checked by `check` (value -> value, ValueError says why)."""
+        v, given = self._given(key, default)
+        if not given:
+            return v
         try:
-            v = meta["check"](v)
+            return check(v)
         except ValueError as exc:
-            raise err(f"{where}: {name} = {_show(v)} {exc}") from None
-    return v
+            self.fail(f"{self.name(key)} = {_show(v)} {exc}")
+
+
+def _options(sec: Section, key: str) -> dict:
+    """A driver's options table: plain values, never a secret (its value is not shown)."""
+    name, v = sec.name(key), sec.table[key]
+    if not isinstance(v, dict):
+        sec.fail(f"{name} must be a table")
+    for k, x in v.items():
+        if _SECRET.search(k):
+            sec.fail(f"{name}.{k}: a secret is never kept in the line file; "
+                     "give the driver a reference (environment or a file only the service user reads)")
+        if not _plain(x):
+            sec.fail(f"{name}.{k} must be a string, number, boolean, or a list or table of them "
+                     "(no secrets, no dates)")
+    return dict(v)
+
+
+def _get(sec: Section, f, default):
+    """Field `f` of a section's dataclass through the getter its metadata names."""
+    m, key = f.metadata, f.name
+    kind = m["kind"]
+    if kind is dict:
+        return _options(sec, key) if key in sec.table else default
+    if m["choices"] is not None:
+        return sec.getchoice(key, m["choices"], default)
+    if kind is bool:
+        return sec.getboolean(key, default)
+    if kind is int:
+        return sec.getint(key, default, minval=m["lo"], maxval=m["hi"], unit=m["unit"])
+    if kind is float:
+        return sec.getfloat(key, default, minval=m["lo"], maxval=m["hi"], unit=m["unit"])
+    if kind is str:
+        return sec.get(key, default, check=m["check"])
+    return sec.getwith(key, m["check"], default)  # min_grade: a letter or a number, the check types it
 
 
 def read_section(cls, table, where: str, section: str, *, err=LineFileError, required: bool = True):
     """One section's table → `cls`: every key known, typed and in range; with `required`, the keys a
     line file must give (a scenario gives none of them)."""
-    sect = f"[[{section}]]" if cls is Target else f"[{section}]"
-    if not isinstance(table, dict):
-        raise err(f"{where}: {sect} must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw = {}
-    for key, v in table.items():
+    sec = Section(table, where, f"[[{section}]]" if cls is Target else f"[{section}]", err=err)
+    fields = dataclasses.fields(cls)
+    for key in table:
         if _SECRET.search(key):
-            raise err(f"{where}: {sect} {key}: a secret is never kept in the line file; "
-                      'use credentials = "env" or "file:/path" (a file only the service user can read)')
-        f = fields.get(key)
-        if f is None:
-            raise err(f"{where}: {sect} unknown key {key!r} (known: {', '.join(fields)})")
-        kw[key] = _value(where, sect, key, f.metadata, v, err)
+            sec.fail(f"{sec.name(key)}: a secret is never kept in the line file; "
+                     'use credentials = "env" or "file:/path" (a file only the service user can read)')
+    sec.refuse_unknown(f.name for f in fields)
     if required:
-        missing = [n for n, f in fields.items() if f.metadata["required"] and n not in kw]
-        if missing:
-            raise err(f"{where}: {sect} {missing[0]} is required ({fields[missing[0]].metadata['doc']})")
-    return cls(**kw)
+        for f in fields:
+            if f.metadata["required"] and f.name not in table:
+                sec.fail(f"{sec.name(f.name)} is required ({f.metadata['doc']})")
+    return cls(**{f.name: _get(sec, f, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                  for f in fields})
 
 
 def read_geometry(table, where: str, *, err=LineFileError, required: bool = True) -> Geometry:
@@ -625,12 +702,7 @@ def _identity_defaults(ident: Identity) -> Identity:
 
 def parse(text: str, where: str = "line.toml") -> LineConfig:
     """A line file's text → LineConfig, or LineFileError (one line) naming `where` and the key."""
-    try:
-        table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise LineFileError(f"{where}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise LineFileError(f"{where}: not valid TOML: nested too deep") from None
+    table = read_toml(text, where)
     for name in table:
         if name not in SECTIONS:
             raise LineFileError(f"{where}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
@@ -661,19 +733,32 @@ def parse(text: str, where: str = "line.toml") -> LineConfig:
     return LineConfig(path=where, **kw)
 
 
-def load(path) -> LineConfig:
-    path = str(path)
+def read_toml(text: str, where: str, err=LineFileError) -> dict:
+    """A TOML document's tables, or `err` in one line naming `where`."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise err(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise err(f"{where}: not valid TOML: nested too deep") from None
+
+
+def read_text(path, err=LineFileError) -> str:
+    """A TOML file's text, or `err` in one line naming the file (missing, unreadable, not UTF-8)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise LineFileError(f"{path}: no such file") from None
+        raise err(f"{path}: no such file") from None
     except OSError as exc:
-        raise LineFileError(f"{path}: {exc.strerror or exc}") from None
+        raise err(f"{path}: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LineFileError(f"{path}: not a TOML text file (byte {exc.start} is not UTF-8)") from None
-    return parse(text, path)
+        raise err(f"{path}: not a TOML text file (byte {exc.start} is not UTF-8)") from None
+
+
+def load(path) -> LineConfig:
+    return parse(read_text(path), str(path))
 
 
 # --- mm/ms → ConfigFields: the one conversion --------------------------------------------------------
