@@ -24,6 +24,17 @@ _states = ",".join(f"'{s}'" for s in SERIAL_STATES)
 _OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
 _BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened'))"
 
+SERIAL_PICK = "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state, import_id) WHERE state = 'available'"
+SERIAL_BATCH = "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state) WHERE batch_id IS NOT NULL"
+
+# every new serial: available, and staged only into an import still staging (one trigger: a
+# generated pool runs it once per row, host/serials.py)
+SERIAL_BORN = """CREATE TRIGGER IF NOT EXISTS serial_born BEFORE INSERT ON serial
+        WHEN NEW.state <> 'available' OR (NEW.import_id IS NOT NULL
+             AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'staging')
+        BEGIN SELECT RAISE(ABORT, 'a new serial must be available') WHERE NEW.state <> 'available';
+              SELECT RAISE(ABORT, 'serials are staged only into an import that is still staging'); END"""
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
         gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
@@ -90,9 +101,7 @@ SCHEMA = [
         source TEXT NOT NULL,
         import_id INTEGER REFERENCES serial_import (import_id),
         PRIMARY KEY (gtin, serial)) WITHOUT ROWID""",
-    """CREATE TRIGGER IF NOT EXISTS serial_staged_only_while_staging BEFORE INSERT ON serial
-        WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'staging'
-        BEGIN SELECT RAISE(ABORT, 'serials are staged only into an import that is still staging'); END""",
+    SERIAL_BORN,
     """CREATE TRIGGER IF NOT EXISTS serial_unpublished_unused BEFORE UPDATE OF state ON serial
         WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'
         BEGIN SELECT RAISE(ABORT, 'a serial of an unpublished import cannot be used'); END""",
@@ -105,6 +114,8 @@ SCHEMA = [
         PRIMARY KEY (token, gtin, serial),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial)) WITHOUT ROWID""",
     "CREATE UNIQUE INDEX IF NOT EXISTS serial_grant_once ON serial_grant (gtin, serial) WHERE state <> 'returned'",
+    # the foreign key's child index: removing an abandoned import's serial looks here, not at every grant
+    "CREATE INDEX IF NOT EXISTS serial_grant_of ON serial_grant (gtin, serial)",
     """CREATE TRIGGER IF NOT EXISTS serial_grant_from_pool BEFORE INSERT ON serial_grant
         WHEN NEW.state <> 'out' OR (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial)
              IS NOT (CASE WHEN NEW.lot IS NULL THEN 'available' ELSE 'allocated' END)
@@ -137,8 +148,10 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_returned_upstream_not_granted BEFORE INSERT ON serial_grant
         WHEN EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = NEW.gtin AND r.serial = NEW.serial)
         BEGIN SELECT RAISE(ABORT, 'this serial goes back to the upstream pool it came from'); END""",
-    "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state)",
-    "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state)",
+    # partial: serial_pick holds the available serials (covering the pick, import_id for USABLE),
+    # serial_batch those of a batch; a new pool's rows write one index, not two (host/serials.py)
+    SERIAL_PICK,
+    SERIAL_BATCH,
     """CREATE TABLE IF NOT EXISTS serial_history (
         gtin TEXT NOT NULL, serial TEXT NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
         batch_id TEXT, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))""",
@@ -146,8 +159,6 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
         WHEN OLD.import_id IS NULL OR (SELECT state FROM serial_import WHERE import_id = OLD.import_id) IS NOT 'abandoned'
         BEGIN SELECT RAISE(ABORT, 'serials are never deleted'); END""",
-    """CREATE TRIGGER IF NOT EXISTS serial_born_available BEFORE INSERT ON serial
-        WHEN NEW.state <> 'available' BEGIN SELECT RAISE(ABORT, 'a new serial must be available'); END""",
     f"""CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial
         WHEN NEW.state <> OLD.state AND NOT ({_allowed})
         BEGIN SELECT RAISE(ABORT, 'illegal serial state transition'); END""",
@@ -319,6 +330,13 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if cols and "import_id" not in cols:
         conn.execute("ALTER TABLE serial ADD COLUMN import_id INTEGER REFERENCES serial_import (import_id)")
         conn.execute("DROP TRIGGER IF EXISTS serial_never_deleted")
+    # before partial pool indexes and one insert trigger (host/serials.py: generation speed)
+    for name, sql in (("serial_pick", SERIAL_PICK), ("serial_batch", SERIAL_BATCH)):
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND name=?", (name,)).fetchone()
+        if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
+            conn.execute(f"DROP INDEX {name}")
+    conn.execute("DROP TRIGGER IF EXISTS serial_staged_only_while_staging")
+    conn.execute("DROP TRIGGER IF EXISTS serial_born_available")
     row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='batch'").fetchone()
     if row and _OLD_BATCH_STATES in row[0]:
         (version,) = conn.execute("PRAGMA schema_version").fetchone()

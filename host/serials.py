@@ -29,6 +29,10 @@ from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
 CHUNK = 25_000  # serials per write transaction while staging (a fraction of a second of write lock)
+DRAWN = 8  # generation draws this many chunks' worth at a time (memory: one draw, whatever N)
+# a generated pool sizes its chunks to hold the write lock about this long (the serials per second
+# of this machine decide; CHUNK / 4 .. DRAWN * CHUNK); None: CHUNK each
+HOLD_S: float | None = 0.25
 YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
 BUSY_DEADLINE_S = 600.0  # an import waits this long in all for other writers' locks, then gives up
 ATTEMPT_S = 2.0  # one wait for the lock (SQLite polls meanwhile), then a progress line and the next try
@@ -36,6 +40,7 @@ PROGRESS_S = 5.0  # at most this often a progress line
 # a staging import without progress this long was killed: abandoned by the next one (longer than a
 # live import may wait for the lock)
 STALE_S = BUSY_DEADLINE_S + 120.0
+REDRAWS = 20  # a chunk's collisions drawn again at most this often (a sound source needs one, rarely)
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
 USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
@@ -247,7 +252,7 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
     if known:
         raise SerialError(f"serial(s) already known for {gtin}: {known[:10]!r}; nothing imported")
     ordered = sorted(serials)  # in key order each chunk fills neighbouring pages, not a page per serial
-    chunks = (ordered[i:i + CHUNK] for i in range(0, len(ordered), CHUNK))
+    chunks = ((ordered[i:i + CHUNK], None) for i in range(0, len(ordered), CHUNK))
 
     def check():
         _check_guess(conn, gtin, 0, profile, length, max(alphabet, 1))
@@ -256,9 +261,10 @@ def import_serials(conn: sqlite3.Connection, gtin: str, serials: list[str], sour
     return dataclasses.replace(added, statement=rnd.text())
 
 
-def random_serials(alphabet: str, length: int, count: int) -> list[str]:
+def random_serials(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes) -> list[str]:
     """Uniform, cryptographically random strings (rejection sampling keeps them unbiased: a byte
-    of the OS's source is kept only below the largest multiple of the alphabet's size)."""
+    of the source is kept only below the largest multiple of the alphabet's size). randbytes(n):
+    the source, the OS's by default (tests inject a seeded one)."""
     n = len(alphabet)
     limit = 256 - 256 % n
     need = count * length
@@ -268,13 +274,69 @@ def random_serials(alphabet: str, length: int, count: int) -> list[str]:
         got = bytearray()
         while len(got) < need:
             left = need - len(got)
-            got += secrets.token_bytes(left + left // 8 + 16).translate(table, drop)
+            got += randbytes(left + left // 8 + 16).translate(table, drop)
         text = got[:need].decode("ascii")
         return [text[i:i + length] for i in range(0, need, length)]
     chars: list[str] = []
     while len(chars) < need:
-        chars.extend(alphabet[b % n] for b in secrets.token_bytes(need - len(chars) + 16) if b < limit)
+        chars.extend(alphabet[b % n] for b in randbytes(need - len(chars) + 16) if b < limit)
     return ["".join(chars[i * length:(i + 1) * length]) for i in range(count)]
+
+
+def _below(n: int, randbytes) -> int:
+    """Uniform in [0, n) (rejection, no modulo bias)."""
+    bits = max(1, (n - 1).bit_length())
+    while True:
+        v = int.from_bytes(randbytes((bits + 7) // 8), "big") >> (-bits % 8)
+        if v < n:
+            return v
+
+
+def strata(alphabet: str, length: int, count: int) -> int:
+    """How many leading characters split a generated pool into key ranges (strata): none when it
+    fits one draw, else enough that a draw spans at least DRAWN prefixes' shares, so each write
+    transaction touches one neighbourhood of the pool's B-trees, not a page per serial."""
+    p, k = 0, len(alphabet)
+    while count > DRAWN * CHUNK and count / k ** p > CHUNK and p < length // 2:
+        p += 1
+    return p
+
+
+def _prefix(alphabet: str, p: int, j: int) -> str:
+    k, out = len(alphabet), []
+    for _ in range(p):
+        j, d = divmod(j, k)
+        out.append(alphabet[d])
+    return "".join(reversed(out))
+
+
+def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes):
+    """`count` random serials as sorted draws of about DRAWN * CHUNK, in key order: (rows, redraw),
+    where redraw(n) gives n more from the draw's key range (for those that collided). Stratified: every
+    prefix of strata() characters gets its exact share of the pool (count / prefixes, rounded
+    cumulatively) and the rest of each serial is uniform, so each serial is still uniform over the
+    whole space and the pool is no easier to guess under any prefix. Memory: one draw."""
+    p = strata(alphabet, length, count)
+    m = len(alphabet) ** p
+    j = 0
+    while j < m:
+        lo, shares, total = j, [], 0
+        while j < m and (not shares or total < DRAWN * CHUNK):
+            shares.append(count * (j + 1) // m - count * j // m)
+            total += shares[-1]
+            j += 1
+        suffixes = random_serials(alphabet, length - p, total, randbytes)
+        rows, at = [], 0
+        for i, n in enumerate(shares):
+            prefix = _prefix(alphabet, p, lo + i)
+            rows += [prefix + s for s in suffixes[at:at + n]]
+            at += n
+        rows.sort()
+
+        def redraw(n, lo=lo, hi=j):
+            return sorted(_prefix(alphabet, p, lo + _below(hi - lo, randbytes)) + s
+                          for s in random_serials(alphabet, length - p, n, randbytes))
+        yield rows, redraw
 
 
 def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> int:
@@ -282,26 +344,28 @@ def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None =
     return generate_pool(conn, gtin, count, user).count
 
 
-def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None, progress=None) -> Added:
+def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None, progress=None,
+                  randbytes=secrets.token_bytes) -> Added:
+    """All `count` new serials published in one step with one audit record, or none: an interrupted
+    or failed run leaves no usable serial (its staged chunks are removed, at once or, after a kill,
+    by the next import of the GTIN once it is stale). randbytes: the random source (tests only)."""
     profile = _profile_for(conn, gtin)
     if count <= 0:
         raise SerialError("count must be positive")
     _check_guess(conn, gtin, count, profile, profile.serial_length, len(profile.alphabet))
 
-    def chunks():  # a draw that collides with a known serial is skipped and drawn again
-        left = count
-        while left > 0:
-            got = yield sorted(random_serials(profile.alphabet, profile.serial_length, min(left, CHUNK)))
-            left -= got
-
     def check():
         _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
-    added = _stage_and_publish(conn, gtin, "generated", chunks(), user, check, None, ignore_known=True,
+    chunks = drawn_chunks(profile.alphabet, profile.serial_length, count, randbytes)
+    added = _stage_and_publish(conn, gtin, "generated", chunks, user, check, None, ignore_known=True,
                                total=count, progress=progress)
     p = guess_probability(added.count, len(profile.alphabet), profile.serial_length)
+    k = strata(profile.alphabet, profile.serial_length, count)
     return dataclasses.replace(added, statement=(
         f"randomness of {added.count} generated serials: drawn uniformly from the OS's cryptographic source, "
-        f"{profile.serial_length} characters of {len(profile.alphabet)}; guess probability {p:.3g}"))
+        f"{profile.serial_length} characters of {len(profile.alphabet)}"
+        + (f" (the same share under every {k}-character prefix)" if k else "")
+        + f"; guess probability {p:.3g}"))
 
 
 def _busy(exc: BaseException) -> bool:
@@ -319,6 +383,7 @@ class _Writes:
         self.staged = 0
         self.waited = 0.0  # time spent waiting for the lock
         self.longest = 0.0  # the longest one successful transaction took
+        self.last = 0.0  # the last one
 
     def run(self, fn):
         backoff = 0.01
@@ -345,7 +410,8 @@ class _Writes:
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, self.deadline - now)))
                 backoff = min(backoff * 2, 0.5)
                 continue
-            self.longest = max(self.longest, time.monotonic() - t)
+            self.last = time.monotonic() - t
+            self.longest = max(self.longest, self.last)
             return out
 
     def say(self, what: str = "") -> None:
@@ -374,31 +440,49 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                             (gtin, str(source), now, now)).lastrowid
     import_id = w.run(begin)
     n_chunks = 0
+    insert = (f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
+              " SELECT ?, value, ?, ? FROM json_each(?)")
     try:
-        rows = next(chunks)
-        while True:
-            def stage():
-                before = conn.total_changes
-                # one statement for the chunk (not one execution per row: the row triggers are set
-                # up once), the serials passed as one JSON array
-                conn.execute(f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
-                             " SELECT ?, value, ?, ? FROM json_each(?)",
-                             (gtin, str(source), import_id, json.dumps(rows)))
-                got = conn.total_changes - before
-                conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
-                             (got, time.time(), import_id))
-                return got
-            got = w.run(stage)
-            # copy our pages back now (another writer's commit does not inherit the checkpoint), and
-            # leave the lock free longer than SQLite's busy retry period: a waiting writer gets in
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            time.sleep(YIELD_S)
-            w.staged, n_chunks = w.staged + got, n_chunks + 1
-            w.say()
-            try:
-                rows = chunks.send(got)  # generate() draws again for what collided
-            except StopIteration:
-                break
+        freed = None  # when this import last let go of the write lock
+        size = CHUNK  # serials in the next write transaction
+        for drawn, redraw in chunks:
+            at = 0
+            while at < len(drawn):
+                # sorted: a range of keys (a short rest of the draw goes along)
+                rows = drawn[at:at + size] if len(drawn) - at >= 1.5 * size else drawn[at:]
+                at += len(rows)
+
+                def stage():
+                    before, want, more = conn.total_changes, len(rows), rows
+                    for _ in range(REDRAWS + 1):
+                        # one statement for the chunk (not one execution per row: the row triggers are
+                        # set up once), the serials passed as one JSON array
+                        conn.execute(insert, (gtin, str(source), import_id, json.dumps(more)))
+                        short = want - (conn.total_changes - before)
+                        if not short or redraw is None:
+                            break
+                        more = redraw(short)  # collided with a serial known for ever (or a twin): drawn again
+                    else:
+                        raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
+                                          f"{short} of a chunk of {want}; nothing added")
+                    got = conn.total_changes - before
+                    conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
+                                 (got, time.time(), import_id))
+                    return got
+                if freed is not None:
+                    # the lock stays free longer than SQLite's busy retry period (drawing counts): a
+                    # waiting writer gets in
+                    time.sleep(max(0.0, YIELD_S - (time.monotonic() - freed)))
+                got = w.run(stage)
+                # copy our pages back now (another writer's commit does not inherit the checkpoint)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                freed = time.monotonic()
+                w.staged, n_chunks = w.staged + got, n_chunks + 1
+                w.say()
+                if redraw is not None and HOLD_S:
+                    # towards the hold aimed at: at most twice as many next time, fewer at once
+                    aim = len(rows) * HOLD_S / max(w.last, 1e-3)
+                    size = int(max(CHUNK / 4, min(aim, 2 * size, DRAWN * CHUNK)))
 
         def publish():
             check()
@@ -426,26 +510,44 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)
 
 
-def _abandon(conn, import_id: int) -> None:
-    """Mark the import abandoned, then remove its staged serials chunk by chunk."""
+def _abandon(conn, import_id: int, progress=None) -> None:
+    """Mark the import abandoned (from then on its serials are out of every pool for good), then
+    remove its staged serials chunk by chunk; interrupted, the next import of the GTIN goes on."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
     with transaction(conn):
         conn.execute("UPDATE serial_import SET state='abandoned' WHERE import_id=? AND state='staging'", (import_id,))
+    _remove_abandoned(conn, import_id, progress)
+
+
+def _remove_abandoned(conn, import_id: int, progress=None) -> None:
+    said, removed = time.monotonic(), 0
     while True:
         with transaction(conn):
+            # staged rows are 'available' for good (serial_unpublished_unused): serial_pick finds
+            # the import's rows, CHUNK at a time, without a scan of the pool
             n = conn.execute("DELETE FROM serial WHERE (gtin, serial) IN (SELECT s.gtin, s.serial FROM serial_import i"
-                             " JOIN serial s ON s.gtin = i.gtin AND s.import_id = i.import_id WHERE i.import_id=? LIMIT ?)",
-                             (import_id, CHUNK)).rowcount
+                             " JOIN serial s ON s.gtin = i.gtin AND s.state = 'available' AND s.import_id = i.import_id"
+                             " WHERE i.import_id=? AND i.state='abandoned' LIMIT ?)", (import_id, CHUNK)).rowcount
         if n == 0:
             return
+        removed += n
+        if progress is not None and time.monotonic() - said >= PROGRESS_S:
+            said = time.monotonic()
+            progress(f"serials: {removed:,} staged serials of abandoned import {import_id} removed so far")
 
 
 def _abandon_stale(conn, gtin: str) -> None:
+    """A killed import's staged serials (no heartbeat for STALE_S), and what an interrupted removal
+    left, are removed before the next import of the GTIN."""
     stale = [i for (i,) in conn.execute("SELECT import_id FROM serial_import WHERE gtin=? AND state='staging' AND heartbeat<?",
                                         (gtin, time.time() - STALE_S))]
     for import_id in stale:
         _abandon(conn, import_id)
+    for (import_id,) in conn.execute(
+            "SELECT import_id FROM serial_import i WHERE gtin=? AND state='abandoned' AND EXISTS (SELECT 1 FROM serial s"
+            " WHERE s.gtin = i.gtin AND s.state = 'available' AND s.import_id = i.import_id)", (gtin,)).fetchall():
+        _remove_abandoned(conn, import_id)
 
 
 # --- using a pool ---------------------------------------------------------------------------
@@ -464,7 +566,16 @@ def allocate(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> 
 
 
 def available(conn: sqlite3.Connection, gtin: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM serial WHERE gtin=? AND state='available' AND {USABLE}", (gtin,)).fetchone()[0]
+    """The serials `allocate` could take: counted per usable import over serial_pick, less the
+    few handed out or due upstream (USABLE row by row costs seconds for a pool of millions)."""
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM serial s WHERE s.gtin=:g AND s.state='available' AND (s.import_id IS NULL"
+        "  OR s.import_id IN (SELECT import_id FROM serial_import WHERE gtin=:g AND state='published')))"
+        " - (SELECT count(*) FROM (SELECT serial FROM serial_grant WHERE gtin=:g AND state<>'returned'"
+        "  UNION SELECT serial FROM serial_upstream_return WHERE gtin=:g) o"
+        "  JOIN serial s ON s.gtin=:g AND s.serial=o.serial WHERE s.state='available' AND (s.import_id IS NULL"
+        "  OR s.import_id IN (SELECT import_id FROM serial_import WHERE gtin=:g AND state='published')))",
+        {"g": gtin}).fetchone()[0]
 
 
 def low_water(conn: sqlite3.Connection, gtin: str, threshold: int = LOW_WATER) -> str | None:

@@ -20,6 +20,7 @@ US_GTIN = "00012345600012"
 @pytest.fixture(autouse=True)
 def no_pause(monkeypatch):
     monkeypatch.setattr(serials, "YIELD_S", 0.0)  # the pause between chunks is for other processes
+    monkeypatch.setattr(serials, "HOLD_S", None)  # chunks of CHUNK, whatever this machine's speed
 
 
 def write(tmp_path, text, name="pool.txt"):
