@@ -385,6 +385,7 @@ def _label(action: str, key: str) -> str:
 
 def _verify_outbox(conn) -> str | None:
     from serialine.host.epcis.eventhash import event_hash
+    from serialine.host.epcis.outbox import body_text
     try:
         rows = conn.execute("SELECT seq, batch_id, event_id, body FROM epcis_outbox ORDER BY seq")
     except sqlite3.OperationalError:
@@ -392,7 +393,7 @@ def _verify_outbox(conn) -> str | None:
     bad, first = 0, None
     for seq, batch_id, event_id, body in rows:
         try:
-            event = json.loads(body)
+            event = json.loads(body_text(body))
             ok = event.get("eventID") == event_id and event_hash(event) == event_id
         except (ValueError, KeyError, TypeError, AttributeError):
             ok = False

@@ -43,10 +43,10 @@ def event_time(conn: sqlite3.Connection, batch: Batch) -> _dt.datetime:
     """Now (to the millisecond), but always after the batch's last event in the outbox."""
     now = _now()
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)
-    row = conn.execute("SELECT json_extract(body, '$.eventTime') FROM epcis_outbox WHERE batch_id=?"
-                       " ORDER BY seq DESC LIMIT 1", (batch.batch_id,)).fetchone()
-    if row and row[0]:
-        last = _dt.datetime.fromisoformat(row[0])
+    row = conn.execute("SELECT body FROM epcis_outbox WHERE batch_id=? ORDER BY seq DESC LIMIT 1",
+                       (batch.batch_id,)).fetchone()
+    if row:
+        last = _dt.datetime.fromisoformat(json.loads(outbox.body_text(row[0]))["eventTime"])
         if now <= last:
             now = last + _MS
     return now

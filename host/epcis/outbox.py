@@ -10,7 +10,12 @@ out in order, what a target has of it is one number, `epcis_delivery.delivered_s
 state sits beside it. A receiver added later starts at the batch's beginning; `resend` starts a
 target over. The row's own `delivered_at` / `attempts` / `next_try_at` / `last_error` summarise
 all targets (first delivery anywhere, failures so far, the latest failure) for the operator's
-view; scheduling reads only the per-target state. A restart resumes where each target stopped."""
+view; scheduling reads only the per-target state. A restart resumes where each target stopped.
+
+An event's JSON text (the bytes its eventID hashed and every receiver gets) is stored deflated
+with a preset dictionary (`pack`, about 30 bytes per unit instead of 230); `body_text` gives
+the text back byte for byte. Rows stored as text before (an older outbox) stay text: their
+audit seals cover them as they are."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import re
 import sqlite3
 import time
+import zlib
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS epcis_outbox (
@@ -25,7 +31,7 @@ SCHEMA = (
     batch_id     TEXT NOT NULL CHECK (length(batch_id) > 0),
     event_id     TEXT NOT NULL UNIQUE CHECK (event_id LIKE 'ni:///sha-256;%?ver=CBV2.0'),
     event_type   TEXT NOT NULL,
-    body         TEXT NOT NULL CHECK (json_valid(body)),
+    body         BLOB NOT NULL CHECK (typeof(body) = 'blob' OR json_valid(body)),  -- pack(text), or text
     enqueued_at  REAL NOT NULL,
     delivered_at REAL,
     attempts     INTEGER NOT NULL DEFAULT 0,
@@ -69,11 +75,60 @@ SCHEMA = (
 
 _EVENT_ID = re.compile(r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$")
 
+# The deflate preset dictionary of every packed body: never change it (stored bodies need it).
+ZDICT = (b'{"type":"AggregationEvent","eventTime":"","eventTimeZoneOffset":"+01:00","parentID":"urn:epc:id:sscc:",'
+         b'"childEPCs":["urn:epc:id:sgtin:"],"action":"ADD","bizStep":"packing","disposition":"in_progress",'
+         b'"readPoint":{"id":"urn:epc:id:sgln:"},"bizLocation":{"id":"urn:epc:id:sgln:"},"eventID":"ni:///sha-256;'
+         b'?ver=CBV2.0"}')
+
+
+def pack(text: str) -> bytes:
+    """An event's JSON text as stored: deflated (a 16 KiB window and little state: a small
+    event costs ~20 us, not the ~75 us of zlib's defaults, for 1 % more bytes)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, 14, 3, zdict=ZDICT)
+    return packer.compress(text.encode()) + packer.flush()
+
+
+def body_text(stored) -> str:
+    """The event's JSON text from a stored body (packed, or text in an older outbox)."""
+    if isinstance(stored, str):
+        return stored
+    inflater = zlib.decompressobj(zdict=ZDICT)
+    return (inflater.decompress(stored) + inflater.flush()).decode()
+
+
+_TEXT_BODY = "body         TEXT NOT NULL CHECK (json_valid(body))"  # the column before packed bodies
+
+
+def _compact(conn: sqlite3.Connection) -> None:
+    """An outbox made when bodies were text gets the table that takes packed ones: its rows copied
+    as they are (their seals hold), then its indexes and triggers made again (ensure_schema)."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'epcis_outbox'").fetchone()
+    if row is None or _TEXT_BODY not in row[0]:
+        return
+    conn.execute("SAVEPOINT outbox_compact")
+    try:
+        conn.execute(SCHEMA[0].replace("IF NOT EXISTS epcis_outbox (", "epcis_outbox_packed (", 1))
+        conn.execute("INSERT INTO epcis_outbox_packed SELECT * FROM epcis_outbox")
+        (given,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'epcis_outbox'").fetchone()
+        conn.execute("DROP TABLE epcis_outbox")
+        conn.execute("ALTER TABLE epcis_outbox_packed RENAME TO epcis_outbox")
+        # a seq once given is never given again (AUTOINCREMENT), also of rows deleted since
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'epcis_outbox'")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'epcis_outbox', MAX(?, COALESCE(MAX(seq), 0))"
+                     " FROM epcis_outbox", (given,))
+    except BaseException:
+        conn.execute("ROLLBACK TO outbox_compact")
+        conn.execute("RELEASE outbox_compact")
+        raise
+    conn.execute("RELEASE outbox_compact")
+
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the outbox table, index and triggers if missing (idempotent)."""
     # statement by statement: executescript() would commit the caller's open transaction
     outside = not conn.in_transaction
+    _compact(conn)
     for statement in SCHEMA:
         conn.execute(statement)
     if conn.execute("SELECT 1 FROM epcis_outbox_tally").fetchone() is None:
@@ -93,7 +148,7 @@ def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
     event_id = event.get("eventID") if isinstance(event, dict) else None
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError(f"event needs a CBV 2.0 hash eventID, got {event_id!r}")
-    body = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    body = pack(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
     cur = conn.execute(
         "INSERT INTO epcis_outbox (batch_id, event_id, event_type, body, enqueued_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
@@ -111,7 +166,7 @@ def batch_events(conn: sqlite3.Connection, batch_id: str) -> list[dict]:
     """Every event of a batch in outbox order, delivered or not (for export)."""
     rows = conn.execute("SELECT body FROM epcis_outbox WHERE batch_id = ? ORDER BY seq",
                         (batch_id,))
-    return [json.loads(body) for (body,) in rows]
+    return [json.loads(body_text(body)) for (body,) in rows]
 
 
 def batch_count(conn: sqlite3.Connection, batch_id: str) -> int:
@@ -122,21 +177,20 @@ def batch_bodies(conn: sqlite3.Connection, batch_id: str):
     """Every event of a batch in outbox order as its stored JSON text, streamed (one statement:
     one consistent read, whatever is written meanwhile)."""
     for (body,) in conn.execute("SELECT body FROM epcis_outbox WHERE batch_id = ? ORDER BY seq", (batch_id,)):
-        yield body
+        yield body_text(body)
 
 
 def batch_locations(conn: sqlite3.Connection, batch_id: str) -> list[str]:
     """Every location a batch's events name (bizLocation, readPoint, source, destination), in
-    the order they first appear, read in one pass without building the events."""
+    the order they first appear, read in one pass."""
     named: dict[str, None] = {}
-    for biz, read, sources, destinations in conn.execute(
-            "SELECT body ->> '$.bizLocation.id', body ->> '$.readPoint.id', body -> '$.sourceList',"
-            " body -> '$.destinationList' FROM epcis_outbox WHERE batch_id = ? ORDER BY seq", (batch_id,)):
-        for urn in (biz, read):
-            if urn is not None:
-                named[urn] = None
-        for items, key in ((sources, "source"), (destinations, "destination")):
-            for item in json.loads(items) if items else ():
+    for body in batch_bodies(conn, batch_id):
+        event = json.loads(body)
+        for field in ("bizLocation", "readPoint"):
+            if field in event:
+                named[event[field]["id"]] = None
+        for name, key in (("sourceList", "source"), ("destinationList", "destination")):
+            for item in event.get(name) or ():
                 named[item[key]] = None
     return list(named)
 
@@ -178,7 +232,7 @@ def next_chunk(conn: sqlite3.Connection, target: str, batch_id: str, size: int, 
         return None
     rows = conn.execute("SELECT seq, event_id, body FROM epcis_outbox WHERE batch_id = ? AND seq > ?"
                         " ORDER BY seq LIMIT ?", (batch_id, done, size)).fetchall()
-    return [(seq, event_id, json.loads(body)) for seq, event_id, body in rows] or None
+    return [(seq, event_id, json.loads(body_text(body))) for seq, event_id, body in rows] or None
 
 
 def attempts(conn: sqlite3.Connection, target: str, batch_id: str) -> int:

@@ -151,7 +151,7 @@ class Managers:
         for seq, batch_id, kind, body in rows:
             gen = self.gens[AGGREGATION_MANAGER if kind == "AggregationEvent" else EVENT_MANAGER]
             gen.event.SourceName = batch_id
-            gen.event.Message = ua.LocalizedText(body)
+            gen.event.Message = ua.LocalizedText(outbox.body_text(body))
             gen.event.Severity = 100
             await gen.trigger()
             self.seen = seq

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from serialine.host import cli, reconcile
-from serialine.host.epcis import eventhash, validate
+from serialine.host.epcis import eventhash, outbox, validate
 from serialine.tools import bench_batch
 
 from .story import xml_events
@@ -83,7 +83,7 @@ def test_split_xml12_is_valid_and_has_the_unsplit_events(ledger, tmp_path):
     assert xml_file_events(files) == events
     assert all(eventhash.event_hash(e) == e["eventID"] for e in events)
     conn = sqlite3.connect(ledger)
-    ids = [json.loads(b)["eventID"] for (b,) in conn.execute("SELECT body FROM epcis_outbox ORDER BY seq")]
+    ids = [json.loads(outbox.body_text(b))["eventID"] for (b,) in conn.execute("SELECT body FROM epcis_outbox ORDER BY seq")]
     assert [e["eventID"] for e in events] == ids
     # every part a document of its own: its own SBDH instance identifier, the same master data
     idents = {re.search(rb"<sbdh:InstanceIdentifier>([^<]+)<", f.read_bytes()).group(1) for f in files}
@@ -132,7 +132,7 @@ def test_an_invalid_event_writes_nothing(tmp_path, capsys):
     conn, *_ = bench_batch.make_ledger(path, 20, per_poll=10, case_size=5, pallet_size=4)
     reconcile.close_batch(conn, bench_batch.BATCH, "ann")
     (body,) = conn.execute("SELECT body FROM epcis_outbox ORDER BY seq LIMIT 1").fetchone()
-    bad = json.loads(body)
+    bad = json.loads(outbox.body_text(body))
     bad["action"] = "PUT"
     bad["eventID"] = "ni:///sha-256;" + "0" * 64 + "?ver=CBV2.0"
     with conn:
@@ -166,7 +166,7 @@ def test_per_event_check_is_as_strict_as_the_whole_document(ledger):
     the whole-document validation finds, also for values it has seen pass elsewhere."""
     from serialine.host.epcis import document
     conn = sqlite3.connect(ledger)
-    events = [json.loads(b) for (b,) in conn.execute("SELECT body FROM epcis_outbox ORDER BY seq")]
+    events = [json.loads(outbox.body_text(b)) for (b,) in conn.execute("SELECT body FROM epcis_outbox ORDER BY seq")]
     conn.close()
     head, tail = document.envelope()
     checker = document.EventChecker(head, tail)

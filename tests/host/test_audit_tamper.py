@@ -13,7 +13,7 @@ import pytest
 
 from serialine.host import audit, cli_batch, db
 from serialine.host.db import transaction
-from serialine.host.epcis import eventhash
+from serialine.host.epcis import eventhash, outbox
 from serialine.host.ledger import Ledger
 from serialine.protocol.schema import Reason
 
@@ -116,7 +116,7 @@ def edit_batch_lot_expiry(c):
 def edit_outbox_body(c):
     c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
     seq, body = c.execute("SELECT seq, body FROM epcis_outbox WHERE event_type='ObjectEvent' LIMIT 1").fetchone()
-    event = json.loads(body)
+    event = json.loads(outbox.body_text(body))
     event["epcList"] = event["epcList"][:-1]
     c.execute("UPDATE epcis_outbox SET body=? WHERE seq=?", (json.dumps(event), seq))
 
@@ -124,7 +124,7 @@ def edit_outbox_body(c):
 def edit_outbox_event_id(c):
     c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
     seq, body = c.execute("SELECT seq, body FROM epcis_outbox LIMIT 1").fetchone()
-    event = json.loads(body)
+    event = json.loads(outbox.body_text(body))
     event["eventID"] = "ni:///sha-256;" + "ab" * 32 + "?ver=CBV2.0"
     c.execute("UPDATE epcis_outbox SET event_id=?, body=? WHERE seq=?", (event["eventID"], json.dumps(event), seq))
 
@@ -204,7 +204,7 @@ def test_outbox_eventids_recomputed_on_a_running_batch(tmp_path, capsys):
     c = sqlite3.connect(dbfile, isolation_level=None)
     c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
     seq, body = c.execute("SELECT seq, body FROM epcis_outbox WHERE event_type='ObjectEvent' LIMIT 1").fetchone()
-    event = json.loads(body)
+    event = json.loads(outbox.body_text(body))
     event["epcList"] = event["epcList"][:-1]
     assert eventhash.event_hash(event) != event["eventID"]
     c.execute("UPDATE epcis_outbox SET body=? WHERE seq=?", (json.dumps(event), seq))

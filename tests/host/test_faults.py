@@ -293,7 +293,7 @@ def test_resolve_found_at_the_packer_packs_into_the_open_case_on_the_command_lin
     (sscc,) = conn.execute("SELECT c.sscc FROM packed p JOIN container c USING (container_id) WHERE p.serial=?",
                            (found[5],)).fetchone()
     assert sscc and f"packed in case {sscc}, which it filled" in ok.stdout  # the open case was full: closed
-    new = [(t, json.loads(b)) for t, b in conn.execute(
+    new = [(t, json.loads(outbox.body_text(b))) for t, b in conn.execute(
         "SELECT event_type, body FROM epcis_outbox ORDER BY seq LIMIT -1 OFFSET ?", (events,))]
     # commissioned, then the case it filled packed, then the pallet of 2 that case filled
     assert [(t, b.get("bizStep")) for t, b in new] == [("ObjectEvent", "commissioning")] + [("AggregationEvent", "packing")] * 2

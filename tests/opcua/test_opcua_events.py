@@ -145,7 +145,8 @@ def test_new_ledger_events_come_live_from_the_two_managers(line):
             while sum(map(len, got.values())) < want and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
     run(go())
-    rows = line.conn.execute("SELECT event_type, body FROM epcis_outbox WHERE seq > ? ORDER BY seq", (before,)).fetchall()
+    rows = [(t, outbox.body_text(b)) for t, b in line.conn.execute(
+        "SELECT event_type, body FROM epcis_outbox WHERE seq > ? ORDER BY seq", (before,))]
     assert [b for t, b in rows if t == "AggregationEvent"] == [m for _, m in got[AGGREGATION_MANAGER]]
     assert [b for t, b in rows if t == "ObjectEvent"] == [m for _, m in got[EVENT_MANAGER]]
     assert {s for v in got.values() for s, _ in v} == {BATCH}
