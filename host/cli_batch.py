@@ -68,10 +68,17 @@ def main(argv: list[str]) -> int:
     for opt in ("--street", "--city", "--state", "--postal", "--country"):
         p.add_argument(opt)
     p.add_argument("--tz", help="IANA time zone of a site of ours, e.g. Europe/Berlin")
-    p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N, --import FILE or --from opc.tcp://…")
+    p = sub.add_parser("serials", help="add serials to a GTIN's pool: --generate N, --import FILE or --from opc.tcp://…",
+                       description="All or nothing: the serials are staged in chunks (short write locks) and "
+                       "published at once with one audit record. Interrupted (Ctrl-C, kill, power loss), nothing "
+                       "is added: staged serials are never usable; Ctrl-C removes them at once, after a kill the next "
+                       "import of the GTIN does (once the killed one is 12 min stale). A serial once in a pool is "
+                       "never issued again.")
     p.add_argument("gtin")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--generate", type=int); g.add_argument("--import", dest="import_file")
+    g.add_argument("--generate", type=int, metavar="N", help="N new random serials (the market's alphabet and "
+                   "length, the OS's cryptographic source), any N: memory does not grow with it")
+    g.add_argument("--import", dest="import_file")
     g.add_argument("--from", dest="upstream", metavar="OPC_TCP_URL", help="an upstream OPEN-SCS pool manager (docs/opcua.md)")
     p.add_argument("--count", type=int, help="with --from: how many serials (all or none)")
     p.add_argument("--request-token", help="with --from: repeat a fill idempotently (printed by the first)")
@@ -153,11 +160,15 @@ def main(argv: list[str]) -> int:
                 print(f"request token {got.token}: " + ("already imported, nothing new" if got.already else
                       f"{got.count} serials from {a.upstream} added to {a.gtin}; {serials.available(conn, a.gtin)} available"))
                 return
-            if a.generate is not None:
-                added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user, progress=progress)
-            else:
-                added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file), a.import_file,
-                                               user=a.user, progress=progress)
+            try:
+                if a.generate is not None:
+                    added = serials.generate_pool(conn, a.gtin, a.generate, user=a.user, progress=progress)
+                else:
+                    added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file),
+                                                   a.import_file, user=a.user, progress=progress)
+            except serials.Interrupted as exc:
+                print(f"serialine: {exc}", file=sys.stderr)
+                return 130
             print(added.statement)
             if added.randomness is not None and added.randomness.predictable:
                 print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "

@@ -59,6 +59,10 @@ class SerialError(ValueError):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while adding to a pool: nothing was added (the staged serials are removed)."""
+
+
 def guess_probability(pool_size: int, alphabet_size: int, length: int) -> float:
     """Chance that one random guess hits a valid serial: valid serials / possible serials."""
     return pool_size / float(alphabet_size) ** length
@@ -497,15 +501,21 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                 audit.append(conn, user, "serials.add", detail)
         w.run(publish)
     except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and w.progress is not None:
+            w.progress(f"serials: interrupted; removing the {w.staged:,} staged serials (Ctrl-C again: the next "
+                       f"import of {gtin} removes the rest; none of them is usable)")
         try:
             conn.execute(f"PRAGMA busy_timeout={int(5 * ATTEMPT_S * 1000)}")
-            _abandon(conn, import_id)
+            _abandon(conn, import_id, w.progress)
         except sqlite3.OperationalError as again:
             if not _busy(again):
                 raise
             # still locked: the staged serials were never usable; the next import removes them
         if isinstance(exc, sqlite3.IntegrityError):
             raise SerialError(f"import into the pool of {gtin} failed ({exc}); nothing imported") from None
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: nothing added to the pool of {gtin} ({w.staged:,} staged serials "
+                              "removed)") from None
         raise
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)
 
