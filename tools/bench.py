@@ -10,6 +10,7 @@ BENCHES = {
     "firmware": "serialine.tools.bench_firmware",
     "host": "serialine.tools.bench_host",
     "batch": "serialine.tools.bench_batch",
+    "serials": "serialine.tools.bench_serials",
     "epcis": "serialine.tools.bench_epcis",
     "line": "serialine.tools.bench_line",
     "link": "serialine.tools.bench_link",
