@@ -144,6 +144,38 @@ def test_a_videojet_coder_through_the_agent_checks_every_print(conn):
         agent.coder.close(); agent.camera.close()
 
 
+def test_a_videojet_print_inside_a_load_window_fails_its_unit_and_stops_the_line(conn):
+    """At a print rate that leaves the driver no gap: unit 2's print comes while its job's JDA is
+    being answered (driven from the protocol, no wall clock). The pack does carry the bound code and
+    the camera reads it, but which code it carries cannot be known from the counts: the unit FAILs
+    and the line stops, never a pass on an unknown code."""
+    with VideojetEmu() as emu, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, VideojetCoder(*emu.address, poll_s=0.002), Camera(*scam.address), fill_ahead=4,
+                      window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)
+        assert _until(agent, lambda: emu.depth == 1)
+        assert one_unit(agent, link, emu, scam, 0) == (Verdict.PASS, Reason.OK)
+        assert _until(agent, lambda: emu.depth == 1)
+        emu.prints_at.append(("JDA", "after"))  # the next load (unit 2's job): printed before its ACK
+        assert one_unit(agent, link, emu, scam, 1) == (Verdict.PASS, Reason.OK)
+        assert _until(agent, lambda: len(emu.log) == 3)
+        link.event("UNIT_DETECTED", unit_seq=2, pos=0, t_us=0, flags=0)
+        link.event("UNIT_PRINTED", unit_seq=2, pos=0, t_us=0)
+        assert _until(agent, lambda: not agent.printcheck.armed)
+        printed = emu.log[2]
+        assert printed == agent.ledger.expected_code(agent.device_id, agent.boot_id, 2)  # the right code, unknowable
+        scam.trigger(2000, printed, False)
+        link.event("UNIT_INSPECTED", unit_seq=2, pos=0, t_us=0)
+        scam.deliver(10 ** 12)
+        got = []
+        assert _until(agent, lambda: got.extend(f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == 2) or got)
+        assert (Verdict(got[0]["verdict"]), Reason(got[0]["reason"])) == (Verdict.FAIL, Reason.CODE_MISMATCH)
+        assert STOP in link.sent and _alarms(conn, "PRINT_IN_DOUBT") and len(_alarms(conn, "PRINT_MISMATCH")) == 1
+        agent.coder.close(); agent.camera.close()
+
+
 def test_a_print_the_coder_cannot_name_is_a_mismatch():
     """A Videojet print inside a load window (in doubt: None) fails the unit it is paired with."""
     pc = PrintCheck()
