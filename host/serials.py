@@ -456,16 +456,19 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                 rows = drawn[at:at + size] if len(drawn) - at >= 1.5 * size else drawn[at:]
                 at += len(rows)
 
+                # one statement for the chunk (not one execution per row: the row triggers are set up
+                # once), the serials passed as one JSON array, encoded before the lock is taken
+                payload = json.dumps(rows)
+
                 def stage():
-                    before, want, more = conn.total_changes, len(rows), rows
+                    before, want, more = conn.total_changes, len(rows), payload
                     for _ in range(REDRAWS + 1):
-                        # one statement for the chunk (not one execution per row: the row triggers are
-                        # set up once), the serials passed as one JSON array
-                        conn.execute(insert, (gtin, str(source), import_id, json.dumps(more)))
+                        conn.execute(insert, (gtin, str(source), import_id, more))
                         short = want - (conn.total_changes - before)
                         if not short or redraw is None:
                             break
-                        more = redraw(short)  # collided with a serial known for ever (or a twin): drawn again
+                        # collided with a serial known for ever (or a twin in the draw): drawn again
+                        more = json.dumps(redraw(short))
                     else:
                         raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
                                           f"{short} of a chunk of {want}; nothing added")
