@@ -190,7 +190,7 @@ class VideojetCoder(LineClient):
             moved = self._gst()
         except DeviceError as exc:
             raise InDoubt(f"videojet: loaded, but the count after it is unknown ({exc})") from None
-        if not value or moved == 0:  # emptied, or nothing printed since the JDA: the field is known
+        if moved == 0 or (moved > 0 and not value):  # nothing printed since the JDA, or emptied (no reset)
             self._fresh, self._unknown = value or None, False
         return True
 
