@@ -3,7 +3,8 @@
 #   --cfg PATH          configuration file (default serialine.cfg in the working directory)
 #   --device-id ID      --wdt-ms MS (0 = off)
 #   --reset-cause N     ResetCause reported at HELLO (2 = WATCHDOG after a SimWDT exit)
-# The sim channel (SIM_TTY, a second pty) carries text lines, see boards/sim/README.md.
+# The sim channel (SIM_TTY, a second pty, or `fd:R,W`: a pipe pair the simulator passed, R non-blocking)
+# carries text lines, see boards/sim/README.md.
 import select
 import sys
 import time
@@ -23,7 +24,11 @@ def main(argv):
             opt[a] = argv[i + 1]
     b = board.SimBoard(virtual=virtual)
     port = link.open_tty(link_path)
-    sim = link.open_tty(sim_path)
+    if sim_path.startswith("fd:"):  # pipes wake the reader at once; a pty's data goes through a kernel worker
+        r, w = sim_path[3:].split(",")
+        sim, sim_out = open(int(r), "rb"), open(int(w), "wb")
+    else:
+        sim = sim_out = link.open_tty(sim_path)
     cause = int(opt["--reset-cause"])  # the simulator knows why it restarted us
     dev = device.Device(b, port, device_id=opt["--device-id"], cfg_path=opt["--cfg"],
                         reset_cause=cause)
@@ -51,9 +56,9 @@ def main(argv):
                 b.t, b.pos = int(w[1]), int(w[2])
                 b.pe, b.confirm, b.bin_full = int(w[3]), int(w[4]), int(w[5])
                 dev.scan(b.t, b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
-                sent = report(sim, b, sent)
+                sent = report(sim_out, b, sent)
                 c = dev.core
-                sim.write(b"K %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill))
+                sim_out.write(b"K %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill))
                 stepped = True
             elif w[0] == b"I":  # real-time inputs: pe confirm bin [pos]
                 b.pe, b.confirm, b.bin_full = int(w[1]), int(w[2]), int(w[3])
@@ -72,7 +77,7 @@ def main(argv):
                 poller.poll(2)
         else:
             dev.scan(b.now(), b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
-            sent = report(sim, b, sent)
+            sent = report(sim_out, b, sent)
     print("EXIT")
 
 

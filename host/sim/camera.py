@@ -32,14 +32,16 @@ import threading
 import time
 
 from ..devices.lineclient import escape_code as escape
+from . import rtsched
 from .line import mutate
 from .tcpline import LineServer
 
 SYMBOLOGY = "]d2"  # ISO/IEC 15424 identifier of GS1 DataMatrix
 
 
-def imager_for(scenario, seed: int):
-    """The scenario's image model (`[print] images = true`) or None: the camera then reads strings."""
+def imager_for(scenario, seed: int, priority: int | None = None):
+    """The scenario's image model (`[print] images = true`) or None: the camera then reads strings.
+    `priority`: its worker's SCHED_FIFO priority (a real-time run, host/sim/rtsched.py)."""
     if not scenario.print.images:
         return None
     from serialine.host.linefile import CameraSettings
@@ -47,6 +49,8 @@ def imager_for(scenario, seed: int):
 
     imager = Imager(scenario.print, scenario.units, seed=seed, min_grade=CameraSettings().min_grade)
     imager.start()
+    for pid in imager.worker_pids() if priority is not None else ():
+        rtsched.fifo(pid, priority)
     return imager
 
 

@@ -310,6 +310,8 @@ class LineModel:
             p.defect = p.defect or "skip"
         elif fault == "misprint":
             p.printed, p.defect = mutate(code, self.rng), p.defect or "misprint"
+            if getattr(self.coder, "images", None) is not None:  # its image is made while the pack travels
+                self.coder.images.misprinted(p.printed, self.coder.jobs_printed)
         else:
             p.printed = code
             if fault == "smear":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from serialine.host import linefile
 
-from . import unixboard
+from . import rtsched, unixboard
 from .errors import RunError
 
 
@@ -44,8 +44,9 @@ class SimDevice:
     (a new boot_id; the configuration the device stored survives in its working directory)."""
 
     def __init__(self, tty_path: str, line, scenario, *, realtime: bool, workdir: Path,
-                 device_id: str = "sim-line-1"):
+                 device_id: str = "sim-line-1", priority: int | None = None):
         self.tty_path, self.line, self.realtime = tty_path, line, realtime
+        self.priority = priority  # SCHED_FIFO priority of the firmware's process (rtsched.py), None: as started
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for stale in self.workdir.glob("serialine.cfg*"):
@@ -64,6 +65,7 @@ class SimDevice:
                                              device_id=self.device_id, cwd=self.workdir)
         except (RuntimeError, OSError) as exc:  # RuntimeError: no micropython command too
             raise RunError(f"the device (MicroPython) did not start: {exc}") from None
+        rtsched.fifo(self.board.proc.pid, self.priority)
         self.log.write(self.board.boot_line)
         m = re.search(r"READY boot_id=(\d+)", self.board.boot_line)
         self.boot_ids.append(int(m.group(1)) if m else -1)
@@ -134,11 +136,13 @@ class HostAgent:
     POLL_S = 0.02  # how often /status is asked while waiting for ready
 
     def __init__(self, scenario, out: Path, db_path, batch_id, tty_path, coder_addr, camera_addr, *,
-                 coder_driver: str = "serialine", camera_driver: str = "serialine", opcua=None):
+                 coder_driver: str = "serialine", camera_driver: str = "serialine", opcua=None,
+                 priority: int | None = None):
         _need("serialine.host.service", "the host agent service (host/service.py)")
         from serialine.host import control, linefile
 
         self.batch_id = batch_id
+        self.priority = priority  # SCHED_FIFO priority of the service's process (rtsched.py), None: as started
         self.address = f"127.0.0.1:{_free_port()}"
         cfg = linefile.from_scenario(scenario, port=tty_path, coder_addr=coder_addr, camera_addr=camera_addr,
                                      ledger=Path(db_path).resolve(), control=self.address)
@@ -162,6 +166,7 @@ class HostAgent:
         # its own session: a Ctrl-C at the terminal reaches the simulator, which stops it in order
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
+        rtsched.fifo(self.proc.pid, self.priority)
         self.present, self.leaving, self._asked_at = False, False, 0.0
 
     def _ready(self) -> bool:

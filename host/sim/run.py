@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .. import lockfile
-from . import batch, parts
+from . import batch, parts, rtsched
 from . import ledger as ledger_mod
 from .camera import imager_for
 from .emulators import emulator
@@ -28,11 +28,12 @@ from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
 from .line import LineModel
 from .report import build
-from .scenario import Scenario, validate
+from .scenario import Scenario, full_speed_cps, validate
 from .wiretap import VerdictTap
 
 BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
 MAX_STEP_US = 250  # the longest virtual jump: the firmware sees the encoder at least this often
+REALTIME_MIN_TICK_S = 0.0002  # real time: the shortest sleep between two scans
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
 
 
@@ -129,7 +130,9 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
          opcua=None) -> dict:
     epcis_dir = out / "epcis"
     batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
-    images = imager_for(s, s.seed * 7 + 2)  # the coder prints images, the camera decodes and grades them
+    # real time: the parts that stand for hardware on SCHED_FIFO until they are down (rtsched.py)
+    sched = rtsched.Held(realtime).__enter__()
+    images = imager_for(s, s.seed * 7 + 2, priority=sched.priority(rtsched.CAMERA))  # the coder prints images, the camera decodes and grades them
     coder = emulator("coder", s.coder.driver)(misprint=s.defects.misprint, skip=s.defects.skip,
                                               smear=s.defects.smear, seed=s.seed * 7 + 1, images=images).start()
     camera = emulator("reader", s.camera.driver)(latency_ms=s.camera.latency_ms, jitter_ms=s.camera.latency_jitter_ms,
@@ -149,9 +152,11 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
-        device = parts.SimDevice(relay.device_path, line, s, realtime=realtime, workdir=out / "device")
+        device = parts.SimDevice(relay.device_path, line, s, realtime=realtime, workdir=out / "device",
+                                 priority=sched.priority(rtsched.DEVICE))
         host = parts.HostAgent(s, out, db_path, batch_id, relay.host_path, coder.address, camera.address,
-                               coder_driver=s.coder.driver, camera_driver=s.camera.driver, opcua=opcua)
+                               coder_driver=s.coder.driver, camera_driver=s.camera.driver, opcua=opcua,
+                               priority=sched.priority(rtsched.AGENT))
         device.start()
         host.start()
         host.wait_ready(device)
@@ -176,6 +181,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
         camera.close()
         if images is not None:
             images.close()
+        sched.__exit__(None, None, None)
     ids = device.boot_ids
     keyed = [(p, (device.device_id, ids[p.unit_key[0]], p.unit_key[1])) for p in line.packs
              if p.unit_key and p.unit_key[0] < len(ids)]
@@ -198,7 +204,8 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
              "coder_faults": dict(coder.faults), "camera_faults": dict(camera.faults),
              "triggers_without_pack": line.triggers_without_pack, "reconciliation_problems": problems,
              "epcis_errors": ledger.epcis_errors[:5], "db": str(db_path), "epcis_dir": str(epcis_dir),
-             "ticks": ticks.summary(), "invalid": ticks.invalid()}
+             "ticks": ticks.summary(), "invalid": ticks.invalid(), "sched": sched.policy,
+             "images": images.stats() if images is not None else None}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
                  virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
 
@@ -306,6 +313,9 @@ class Ticks:
 def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks):
     progress = _progress(console, s.units)
     t0 = time.monotonic()
+    # real time: a scan each quarter of the travel a tick may take near the gate, no more often:
+    # scans the line does not need cost the firmware and the agent CPU on a shared machine
+    rt_period = max(REALTIME_MIN_TICK_S, ticks.bound / 4 / max(1.0, full_speed_cps(s)))
     detected = 0
     boot_no, boot_base = 0, 0
     dark = _Outage(relay)
@@ -408,7 +418,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     owed = tap.count()
             host.check()
             if realtime:
-                time.sleep(0.0002)
+                time.sleep(max(REALTIME_MIN_TICK_S, t0 + line.t / 1e6 + rt_period - time.monotonic()))
     finally:
         progress(None)
 

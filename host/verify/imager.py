@@ -12,7 +12,9 @@ Rendering and grading take milliseconds, longer than the simulator may hold its 
 coder hands each print to `prepare()` when it prints it: the image is rendered and graded in a worker
 process (no GIL shared with the simulator's clock) while the pack travels to the camera, and `look()`
 at the camera's trigger takes the result. A print the line changed after the coder (a misprint) is
-rendered at the camera."""
+handed over by the line as it changes it (`misprinted()`), so nothing is rendered in the simulator's
+own process; a blank carton is the same image every time, graded once at `start()`. `stats()` says
+how often the camera had to wait for the worker (never, at speed, on a machine that has the CPU)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import collections
 import concurrent.futures
 import multiprocessing
 import random
+import time
 from dataclasses import fields, replace
 
 import numpy as np
@@ -48,13 +51,22 @@ class Imager:
         self.grades: dict[str, int] = {}  # overall letter (or "no_read") → count, for the run report
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._ready: dict[tuple, collections.deque] = collections.defaultdict(collections.deque)
+        self._blank_found = None  # what the camera finds on a blank carton (graded once)
+        self.waits, self.wait_s, self.here = 0, 0.0, 0  # camera waits for the worker; prints measured here
 
     def prepare(self, code: str, fault: str, print_no: int) -> None:
         """The coder printed `code` (its fault "", "smear", "skip", …) as its print `print_no`: start
         the image now. A misprint is left to the camera (the line changes its code after the coder)."""
         if fault not in ("", "smear", "duplicate", "swap"):
             return
-        smeared = fault == "smear"
+        self._submit(code, fault == "smear", print_no)
+
+    def misprinted(self, printed: str, print_no: int) -> None:
+        """The line turned the coder's print `print_no` into `printed` (a misprint: the wrong code,
+        rendered cleanly): start its image now."""
+        self._submit(printed, False, print_no)
+
+    def _submit(self, code: str, smeared: bool, print_no: int) -> None:
         self.start()
         d = self.defects(print_no, smeared)
         job = self._pool.submit(_measure, code, d, self.s.width, self.s.height, self.s.module_px,
@@ -67,9 +79,19 @@ class Imager:
             self._pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
             warm = ("0109506000134352\x1d21WARMUP", self.base, self.s.width, self.s.height, self.s.module_px, 0)
             job = self._pool.submit(_measure, *warm)
-            _measure(*warm)  # here too: a misprint or a blank is measured at the camera, the first one costs 80 ms
-            grade(self.blank)
+            _measure(*warm)  # here too: a print nobody prepared is measured at the camera, the first one costs 80 ms
+            self._blank_found = _found(grade(self.blank))
             job.result()
+
+    def stats(self) -> dict:
+        """For the run report: how often the camera waited for the worker and for how long, and how
+        many prints were measured in the simulator's own process."""
+        return {"camera_waits": self.waits, "camera_wait_ms": round(self.wait_s * 1000, 1), "measured_here": self.here}
+
+    def worker_pids(self) -> list[int]:
+        """The worker process(es), started (for a real-time run's scheduling, host/sim/rtsched.py)."""
+        self.start()
+        return [p.pid for p in multiprocessing.active_children() if p.pid is not None and p.name.startswith("SpawnProcess")]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -92,10 +114,19 @@ class Imager:
     def look(self, printed: str | None, smeared: bool, n: int) -> tuple[str | None, str, str]:
         waiting = self._ready.get((printed, smeared))
         if waiting:
-            found = waiting.popleft().result()
+            job = waiting.popleft()
+            if not job.done():  # the worker is behind: the simulator's clock waits (counted)
+                t0 = time.perf_counter()
+                found = job.result()
+                self.waits, self.wait_s = self.waits + 1, self.wait_s + time.perf_counter() - t0
+            else:
+                found = job.result()
         elif printed is None:
-            found = _found(grade(self.blank))
-        else:
+            if self._blank_found is None:
+                self._blank_found = _found(grade(self.blank))
+            found = self._blank_found
+        else:  # a print nobody prepared (a caller without a coder): measured here
+            self.here += 1
             found = _measure(printed, self.defects(n, smeared), self.s.width, self.s.height, self.s.module_px,
                              self.seed * 1_000_003 + n)
         if found is None:  # a misprint no GS1 encoder would take: the camera reads the wrong code

@@ -1,0 +1,89 @@
+"""Real-time runs on a shared machine: the parts that stand for hardware run SCHED_FIFO, as a real-time
+deployment of the unix port does (tools/bench_firmware.py), so the load of other work falls on other work.
+
+Measured at load average 10 on two cores, 1,200 packs/min: with the default scheduler a tick of the
+simulator waits up to 127 ms for a CPU (the belt travels 1,000 counts between two scans); SCHED_FIFO
+with the sim channel on pipes, 6 ms. Priorities: the firmware (a microcontroller on a real line) above
+the simulator's clock (physics is never late), above the agent (the line's PC, `chrt -f` or systemd
+`CPUSchedulingPolicy=fifo` in a deployment), above the camera's image worker (its processor).
+Every FIFO part sleeps between scans or blocks on I/O; the kernel's RT throttling
+(`/proc/sys/kernel/sched_rt_runtime_us`) keeps 5 % of each CPU for everything else regardless."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+DEVICE, SIMULATOR, AGENT, CAMERA = 30, 20, 10, 5
+PIN = os.environ.get("SERIALINE_RT_PIN", "1") == "1"
+SWITCH_INTERVAL_S = 0.0005  # GIL hand-over in the simulator: its clock must not wait 5 ms for a relay thread
+
+
+def _clock_cpu() -> set[int] | None:
+    """The CPU the simulator's clock and the firmware share (the last one this process may use), None
+    on a single CPU: a scan's round trip then never waits for another CPU to take the firmware."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {cpus[-1]} if len(cpus) > 1 else None
+
+
+def fifo(pid: int, priority: int | None) -> bool:
+    """Put process `pid` (0: the calling thread) on SCHED_FIFO at `priority`; False if not permitted.
+    The firmware (DEVICE) shares the simulator's CPU; the other parts keep off it (a FIFO agent in a
+    long system call there would hold the clock: the kernel preempts only when it returns)."""
+    if priority is None:
+        return False
+    try:
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
+        if priority == DEVICE and _CLOCK_CPU[0] is not None:
+            os.sched_setaffinity(pid, _CLOCK_CPU[0])
+        elif _ALL_CPUS[0] is not None:
+            os.sched_setaffinity(pid, (_ALL_CPUS[0] - _CLOCK_CPU[0]) if _CLOCK_CPU[0] else _ALL_CPUS[0])
+        return True
+    except (PermissionError, OSError, AttributeError):
+        return False
+
+
+_CLOCK_CPU: list = [None]  # set while Held
+_ALL_CPUS: list = [None]
+
+
+class Held:
+    """`with Held(on) as sched:` the calling thread, the threads it starts (the relay, the coder and
+    camera servers) and the processes it starts on SCHED_FIFO at SIMULATOR; each part's process is then
+    set to its own priority (`fifo(pid, sched.priority(DEVICE))`). `sched.policy` "fifo" or "other"
+    (off, or not permitted: no CAP_SYS_NICE). The calling thread is left as it was on exit."""
+
+    def __init__(self, on: bool = True):
+        self.on, self.policy = on, "other"
+        self._was = None
+
+    def __enter__(self) -> Held:
+        if not self.on:
+            return self
+        try:
+            was = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority, sys.getswitchinterval())
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(SIMULATOR))
+        except (PermissionError, OSError, AttributeError):
+            return self
+        self._was, self.policy = was, "fifo"
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if PIN:
+            _ALL_CPUS[0], _CLOCK_CPU[0] = os.sched_getaffinity(0), _clock_cpu()
+            if _CLOCK_CPU[0] is not None:
+                os.sched_setaffinity(0, _CLOCK_CPU[0])
+        return self
+
+    def priority(self, part: int) -> int | None:
+        """The priority to give a part's process, None when not raising."""
+        return part if self.policy == "fifo" else None
+
+    def __exit__(self, *exc) -> None:
+        if self._was is None:
+            return
+        policy, prio, switch = self._was
+        os.sched_setscheduler(0, policy, os.sched_param(prio))
+        sys.setswitchinterval(switch)
+        if _ALL_CPUS[0] is not None:
+            os.sched_setaffinity(0, _ALL_CPUS[0])
+        _ALL_CPUS[0] = _CLOCK_CPU[0] = None
+        self._was = None
