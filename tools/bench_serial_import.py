@@ -2,7 +2,10 @@
 that commits every 20 ms as a line's agent does: wall time, the import's longest write
 transaction, and the longest the writer waited for its BEGIN IMMEDIATE ... COMMIT.
 
-    python tools/bench_serial_import.py [LINES]
+    python tools/bench_serial_import.py [LINES] [--generate]
+
+--generate: the same beside `batch serials --generate LINES` instead (chunks paced to hold the
+lock about serials.HOLD_S).
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ from serialine.host import cli, db, masterdata, serials
 GTIN = "09506000134352"
 
 
-def main(lines: int = 1_000_000) -> dict:
+def main(lines: int = 1_000_000, generate: bool = False) -> dict:
     d = tempfile.mkdtemp()
     path = os.path.join(d, "ledger.db")
     conn = db.connect(path)
     masterdata.add_product(conn, GTIN, "bench", "EU_FMD", 7)
     pool = os.path.join(d, "pool.txt")
-    with open(pool, "w") as f:
-        f.write("".join(s + "\n" for s in serials.random_serials("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12, lines)))
+    if not generate:
+        with open(pool, "w") as f:
+            f.write("".join(s + "\n" for s in serials.random_serials("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ", 12, lines)))
     holds: list[float] = []
     real = serials.transaction
 
@@ -54,7 +58,8 @@ def main(lines: int = 1_000_000) -> dict:
     th = threading.Thread(target=agent)
     th.start()
     t = time.monotonic()
-    rc = cli.main(["batch", "serials", GTIN, "--import", pool, "--db", path, "--user", "bench"])
+    how = ["--generate", str(lines)] if generate else ["--import", pool]
+    rc = cli.main(["batch", "serials", GTIN, *how, "--db", path, "--user", "bench"])
     wall = time.monotonic() - t
     stop.set()
     th.join()
@@ -64,4 +69,5 @@ def main(lines: int = 1_000_000) -> dict:
 
 
 if __name__ == "__main__":
-    print(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000))
+    numbers = [a for a in sys.argv[1:] if a.isdigit()]
+    print(main(int(numbers[0]) if numbers else 1_000_000, "--generate" in sys.argv[1:]))
