@@ -6,8 +6,10 @@
   (`bench_host.sqlite_baseline`); ratio = the first over the second (comparable across machines).
 - bytes_per_unit: the ledger file (checkpointed) over the units; bytes_per_unit_tables: each table
   and index of a byte or more per unit (SQLite's dbstat: the pages it holds).
-- reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch.
-- export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process;
+- reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch (and their
+  *_cpu_s: CPU seconds, the figure to compare on a shared machine; close seals every row of the batch).
+- export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process
+  (export_*_cpu_s: that process's CPU seconds);
   export_peak_rss_mb: the larger of the two processes' peak RSS (their VmHWM: what ru_maxrss
   says of a process not forked from a big one).
 - serials_per_s: `serialine batch serials --generate` of --serials random serials into the pool,
@@ -79,6 +81,13 @@ def timed_child(argv: list[str]) -> tuple[float, float, str]:
     return elapsed, rss, "\n".join(lines[:-1])
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def export_cmd(db_path: str, fmt: str, out: str, *extra: str) -> list[str]:
     """`serialine epcis export …` of the bench's batch, as cli.main's argv."""
     argv = ["epcis", "export", "--batch", BATCH, "--format", fmt, "--out", out, "--db", db_path,
@@ -97,12 +106,12 @@ def main(argv: list[str]) -> int:
         path = str(Path(d) / "ledger.db")
         conn, events, host_s, polls, host_cpu = make_ledger(path, args.units, args.per_poll)
         base_s, base_cpu, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         problems = reconcile.reconcile(conn, BATCH)
-        reconcile_s = time.perf_counter() - t
-        t = time.perf_counter()
+        reconcile_s, reconcile_cpu = time.perf_counter() - t, time.process_time() - c
+        t, c = time.perf_counter(), time.process_time()
         reconcile.close_batch(conn, BATCH, "bench")
-        close_s = time.perf_counter() - t
+        close_s, close_cpu = time.perf_counter() - t, time.process_time() - c
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         size = sum(p.stat().st_size for p in Path(d).glob("ledger.db*"))
         tables = dbstat_per_unit(conn, args.units)
@@ -110,8 +119,11 @@ def main(argv: list[str]) -> int:
         conn.close()
         from serialine.tools.bench_serials import generate  # (it uses timed_child of this module)
         gen = generate(path, GTIN, args.serials)  # `batch serials --generate` in its own process
+        c0 = _children_cpu()
         jsonld_s, jsonld_rss, _ = timed_child(export_cmd(path, "jsonld", str(Path(d) / "jsonld")))
+        c1 = _children_cpu()
         xml_s, xml_rss, _ = timed_child(export_cmd(path, "xml12", str(Path(d) / "xml")))
+        jsonld_cpu, xml_cpu = c1 - c0, _children_cpu() - c1
         docs = len(list((Path(d) / "jsonld").iterdir()))
     figures = {
         "events_per_s": round(events / host_s),
@@ -124,8 +136,12 @@ def main(argv: list[str]) -> int:
         "bytes_per_unit_tables": tables,
         "close_s": round(close_s, 3),
         "reconcile_s": round(reconcile_s, 3),
+        "close_cpu_s": round(close_cpu, 3),
+        "reconcile_cpu_s": round(reconcile_cpu, 3),
         "export_jsonld_s": round(jsonld_s, 3),
         "export_xml_s": round(xml_s, 3),
+        "export_jsonld_cpu_s": round(jsonld_cpu, 3),
+        "export_xml_cpu_s": round(xml_cpu, 3),
         "export_peak_rss_mb": round(max(jsonld_rss, xml_rss), 1),
         "export_jsonld_rss_mb": round(jsonld_rss, 1),
         "export_xml_rss_mb": round(xml_rss, 1),
