@@ -513,6 +513,70 @@ class Core:
             self.gate_on = False
             self.board.out_gate(False, now, pos)
 
+    def next_due(self, out):
+        """When a scan must next run, for a board that sleeps between scans or a simulator that
+        jumps to the next event (not called by scan: costs nothing on the per-unit path). Fills
+        out[0] counts of travel to the next position that matters, out[1] µs to the next time
+        deadline (NO_UNIT: nothing ahead)."""
+        out[0] = out[1] = NO_UNIT
+        cfg = self.cfg
+        if cfg is None:
+            return
+        b = self.board
+        now = self.now
+        pos = self.pos
+        gate = cfg[C_GATE_AT]
+        fire_at = gate - self.lead_counts()
+        deadline = fire_at - cfg[C_DEADLINE_MARGIN]
+        lead = cfg[C_GATE_LEAD_US]
+        dp = NO_UNIT
+        dt = NO_UNIT
+        i = self.head
+        for _ in range(self.count):
+            st = self.stage[i]
+            if not st & _DONE:
+                rel = pdiff(pos, self.upos[i])
+                if not st & _PRINTED:
+                    dp = min(dp, cfg[C_CODER_AT] - rel)
+                if not st & _INSPECTED:
+                    dp = min(dp, cfg[C_CAMERA_AT] - rel)
+                if not st & _DECIDED:
+                    v = self.verdict[i]
+                    if not v:  # the first verdict wins: with one in, the deadline decides nothing
+                        dp = min(dp, deadline - rel)
+                    else:
+                        dp = min(dp, (self.pass_at if v == VERDICT_PASS else fire_at) - rel)
+                if self.purging and not st & _FIRED and not st & _REJECT:
+                    dp = min(dp, fire_at - self.pass_at + gate - rel)  # the purge's sweep
+                if st & _REJECT:
+                    if not st & _FIRED:
+                        dp = min(dp, fire_at - rel)
+                    elif not st & _MEASURED:
+                        dt = min(dt, lead - b.ticks_diff(now, self.tfire[i]))
+                    else:
+                        dp = min(dp, cfg[C_CONFIRM_TO] + 1 - rel)
+                elif st & _DECIDED:
+                    dp = min(dp, self.pass_at - rel)
+            i += 1
+            if i == self.cap:
+                i = 0
+        if self.gate_on and not (self.gate_hold or self.purging):
+            if self.gate_until_is_t:
+                dt = min(dt, b.ticks_diff(self.gate_until, now))
+            else:
+                dp = min(dp, pdiff(self.gate_until, pos))
+        if self.purging:
+            dp = min(dp, pdiff(self.purge_until, pos))
+        if self.purge_tail:  # its sweep moves with time: scans as close as a board's
+            dt = min(dt, 250, lead + _PURGE_TAIL_US + 1 - b.ticks_diff(now, self.purge_tail_t))
+        if self.pe_cand:
+            dt = min(dt, cfg[C_DEBOUNCE_US] - b.ticks_diff(now, self.pe_t))
+        if not self.link_up and self.state == STATE_RUNNING and cfg[C_POLICY] & POLICY_STOP_ON_LINK_LOSS \
+                and cfg[C_LINK_STOP_MS]:
+            dt = min(dt, cfg[C_LINK_STOP_MS] * 1000 - b.ticks_diff(now, self.link_down_t))
+        out[0] = max(1, dp)
+        out[1] = max(1, dt)
+
     def _raise(self, alarm, unit):
         bit = 1 << alarm
         if not self.alarms & bit:

@@ -41,6 +41,7 @@ class Device:
         self.store = config.Store(self.core, cfg_path)
         self.boot_note = self.store.boot()  # "" or why there is no configuration
         self.event_seq = 0
+        self.verdicts_in = 0  # VERDICT messages applied this boot
         # events the link ring had no room for, in order; flushed first on every scan. Sized for
         # every event the units in flight can still emit after the fail-safe stop (see _emit).
         if pending is None:
@@ -157,6 +158,7 @@ class Device:
         f = self.fields
         c = self.core
         if t == wire.MSG_VERDICT:
+            self.verdicts_in += 1  # for a simulator's barrier (boards/sim)
             if wire.dec_verdict(frame, f) < 0:
                 c.apply_verdict(f[0], f[1], f[2])
             else:  # an enum out of range: fail safe, the unit is rejected

@@ -5,6 +5,7 @@
 #   --reset-cause N     ResetCause reported at HELLO (2 = WATCHDOG after a SimWDT exit)
 # The sim channel (SIM_TTY, a second pty, or `fd:R,W`: a pipe pair the simulator passed, R non-blocking)
 # carries text lines, see boards/sim/README.md.
+from array import array
 import select
 import sys
 import time
@@ -41,6 +42,7 @@ def main(argv):
     poller.register(sim, select.POLLIN)
     rx = b""
     buf = bytearray(256)
+    due = array("i", [0, 0])  # core.next_due: where the simulator may jump to
     sent = 0  # output edges already reported
     while not dev.reboot:
         n = sim.readinto(buf)
@@ -58,7 +60,9 @@ def main(argv):
                 dev.scan(b.t, b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
                 sent = report(sim_out, b, sent)
                 c = dev.core
-                sim_out.write(b"K %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill))
+                c.next_due(due)
+                sim_out.write(b"K %d %d %d %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill,
+                                                          due[0], due[1], dev.verdicts_in))
                 stepped = True
             elif w[0] == b"I":  # real-time inputs: pe confirm bin [pos]
                 b.pe, b.confirm, b.bin_full = int(w[1]), int(w[2]), int(w[3])

@@ -12,6 +12,7 @@ paddle is physically out (lead time after the output edge) while the pack is in 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -94,6 +95,19 @@ class Profile:
             return self.full_cps * (p - self.stop_us) / self.accel_us
         return self.full_cps
 
+    def steady_for(self, t: float) -> float:
+        """How long (profile µs) the speed stays what it is at t: 0 while it changes."""
+        if self.kind == "ramp":
+            return float("inf") if t >= self.ramp_us else 0.0
+        if self.kind == "stop-start":
+            period = self.run_us + self.stop_us + 2 * self.accel_us
+            p = t % period
+            if p < self.run_us:
+                return self.run_us - p
+            p -= self.run_us + self.accel_us
+            return self.stop_us - p if 0 <= p < self.stop_us else 0.0
+        return float("inf")
+
 
 def make_profile(s: Scenario) -> Profile:
     cpm = s.line.counts_per_mm
@@ -155,28 +169,56 @@ class LineModel:
     @property
     def done(self) -> bool:
         """All packs past the gate far enough to have been decided and confirmed."""
-        if not self.packs:
-            return True
+        return not self.packs or self.belt > self._done_at
+
+    @property
+    def _done_at(self) -> float:
         last = self.packs[-1]
-        return self.offset(last) > self.gate_at + self.window + self.s.line.confirm_window_mm * self.s.line.counts_per_mm
+        return last.belt_at + self.gate_at + self.window + self.s.line.confirm_window_mm * self.s.line.counts_per_mm
 
     def next_event_us(self) -> int:
         """The next time the physical world changes something the device sees, for time jumps."""
         cands = [self.t + 1_000_000]
         v = self.speed()
         if self._pe_next < len(self.packs) and v > 0:
-            cands.append(self.t + int((self.packs[self._pe_next].belt_at - self.belt) / v * 1e6))
+            cands.append(self.t + math.ceil((self.packs[self._pe_next].belt_at - self.belt) / v * 1e6) + 1)
+        if self.packs and v > 0:  # the run's end
+            cands.append(self.t + math.ceil((self._done_at - self.belt) / v * 1e6) + 1)
         if self._pe_tail is not None and v > 0:
             p = self._pe_tail
-            cands.append(self.t + int((p.belt_at + p.length - self.belt) / v * 1e6))
-        cands += [t for t, _ in self._gate_cmds[:1]] + self._confirms[:1]
+            cands.append(self.t + math.ceil((p.belt_at + p.length - self.belt) / v * 1e6) + 1)
+        cands += [t for t, _ in self._gate_cmds[:1]] + self._confirms[:1] + [e.t_us for e in self._pending]
+        steady = self.steady_us()
+        if 0 < steady < float("inf"):  # a change of speed starts
+            cands.append(self.t + max(1, int(steady)))
         return max(self.t + 1, min(cands))
+
+    def steady_us(self) -> float:
+        """How long (µs) the belt's speed stays what it is now: 0 while it ramps (profile or the
+        device's line stop)."""
+        if self.line_stop:
+            return float("inf") if self.run_factor == 0.0 else 0.0
+        if self.run_factor < 1.0:
+            return 0.0
+        return self.profile.steady_for(self.pt)
+
+    def encoder_at(self, t_us: int) -> int:
+        """What the encoder will read at t_us at the present speed."""
+        return int(self.belt + self.speed() * (t_us - self.t) / 1e6)
+
+    def t_at_encoder(self, count: int) -> int:
+        """When the encoder reads `count` at the present speed (far ahead if the belt stands)."""
+        v = self.speed()
+        if v <= 0:
+            return self.t + 1_000_000
+        return self.t + max(1, math.ceil((count - self.belt) / v * 1e6) + 1)  # +1: past float error
 
     # --- moving the world ---
     def advance(self, t_us: int) -> list[Edge]:
         """Move the belt to time t_us; return the input edges that happened on the way, in order."""
         while self.t < t_us:
-            t1 = min(t_us, self.t + SUBSTEP_US)
+            # one step over a stretch of steady speed (edges are interpolated exactly in it)
+            t1 = min(t_us, self.t + max(SUBSTEP_US, min(self.steady_us(), 1e12)))
             if self._gate_cmds and self._gate_cmds[0][0] < t1:
                 t1 = max(self.t + 1, self._gate_cmds[0][0])
             v0 = self.speed()

@@ -54,6 +54,7 @@ class SimDevice:
         self.device_id = device_id
         self.levels = {"photo_eye": 0, "confirm": 0, "bin_full": 0}
         self.state = 0
+        self.status = unixboard.StepStatus(0, 0, 0, 0)
         self.board = None
         self.boot_ids: list[int] = []  # the boot_id of each boot, in order
         self.log = open(self.workdir / "device.log", "a")
@@ -76,7 +77,7 @@ class SimDevice:
             edges, st = self.board.step(t_us, encoder, lv["photo_eye"], lv["confirm"], lv["bin_full"])
         except (RuntimeError, OSError):
             raise self._died() from None
-        self.state = st.state
+        self.state, self.status = st.state, st
         # edge times come back wrapped at 2**30: unwrap against this scan's (unwrapped) time
         return [(e.name, 1, t_us - ((t_us - e.t_us) & unixboard.MASK)) for e in edges]
 
@@ -92,11 +93,13 @@ class SimDevice:
         for e in edges:  # scan at each input edge, so the firmware sees every pulse
             self.levels[e.name] = e.level
             outs += self._scan(e.t_us, self.pos_at(e.t_us, t_us, encoder))
+        if edges and t_us - edges[-1].t_us <= 1 and self.pos_at(edges[-1].t_us, t_us, encoder) == encoder:
+            return outs  # that scan was this one, to a µs
         return outs + self._scan(t_us, encoder)
 
     def pos_at(self, t_edge, t_now, encoder):
         # the encoder at an edge inside the step: back off by the travel since (speed ~ constant)
-        return max(0, int(encoder - self.line.speed() * (t_now - t_edge) / 1e6))
+        return max(0, encoder - int(self.line.speed() * (t_now - t_edge) / 1e6))
 
     def idle(self) -> None:
         """Let the firmware run (its link, its timers) without moving the line. Its outputs still
@@ -104,8 +107,14 @@ class SimDevice:
         for name, level, te in self._scan(self.line.t, self.line.encoder):
             self.line.output(name, level, te)
 
-    def next_wakeup_us(self, now: int) -> int:
-        return now + 1_000_000
+    def next_due_us(self) -> int:
+        """When the firmware next needs a scan (its last scan's core.next_due): the next position
+        that matters at the belt's present speed, or its next time deadline."""
+        st, line = self.status, self.line
+        t = line.t + st.due_us if st.due_us != unixboard.NO_DUE else line.t + 1_000_000
+        if st.due_counts != unixboard.NO_DUE:
+            t = min(t, line.t_at_encoder(line.encoder + st.due_counts))
+        return t
 
     @property
     def running(self) -> bool:

@@ -32,7 +32,7 @@ from .scenario import Scenario, full_speed_cps, validate
 from .wiretap import VerdictTap
 
 BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
-MAX_STEP_US = 250  # the longest virtual jump: the firmware sees the encoder at least this often
+MAX_STEP_US = 250  # the longest virtual step while the belt's speed changes (as often as a board scans)
 REALTIME_MIN_TICK_S = 0.0002  # real time: the shortest sleep between two scans
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
 
@@ -56,12 +56,14 @@ def _wait_for(ready, timeout: float) -> bool:
 
 def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
         stall: tuple[int, float] | None = None, batch_id: str | None = None, db: Path | None = None,
-        opcua: tuple[str, str] | None = None) -> dict:
+        opcua: tuple[str, str] | None = None, fixed_step_us: int | None = None) -> dict:
     """One batch end to end → the report (report.build). `stall` = (pack, ms): the simulator
     itself stalls that long as that pack reaches the gate's firing point — to prove that it
     notices its own overrun, and what the device then does with the pack it could not aim at.
     `batch_id`: run that batch (created and started by the user) instead of making one; `db`: the
-    ledger it is in (default OUT/serialine.db); `opcua`: (endpoint, users file) → the agent's [opcua]."""
+    ledger it is in (default OUT/serialine.db); `opcua`: (endpoint, users file) → the agent's [opcua].
+    `fixed_step_us`: virtual time in steps of at most that many µs, as before it jumped from event
+    to event (to compare the two)."""
     validate(scenario, scenario.name)  # before anything is created
     out = Path(out).resolve()  # the device and the agent run in other working directories
     db_path = Path(db).resolve() if db is not None else out / "serialine.db"
@@ -75,7 +77,7 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
     where: dict = {}  # how far the run got, for an interrupt
     with _locked(out):
         try:
-            return _run(scenario, out, db_path, batch_id, realtime, console, where, stall, opcua)
+            return _run(scenario, out, db_path, batch_id, realtime, console, where, stall, opcua, fixed_step_us)
         except KeyboardInterrupt:
             _sigint(signal.SIG_IGN)  # a second Ctrl-C must not cut the abort short
             try:
@@ -127,7 +129,7 @@ def _abort(db_path: Path, s: Scenario, where: dict) -> str:
 
 
 def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, console, where: dict, stall,
-         opcua=None) -> dict:
+         opcua=None, fixed_step_us=None) -> dict:
     epcis_dir = out / "epcis"
     batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
     # real time: the parts that stand for hardware on SCHED_FIFO until they are down (rtsched.py)
@@ -146,9 +148,10 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     line = LineModel(s, coder=coder, camera=camera)
     plan = FaultPlan(s.faults)
     device = host = None
+    virtual_s = 0.0
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "host_terms": 0, "device_reboots": 0,
-             "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0}
+             "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0, "steps": 0}
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
@@ -161,12 +164,18 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
         host.start()
         host.wait_ready(device)
         _until_running(device)
+        loop_wall, loop_cpu = time.monotonic(), time.process_time()
         try:
-            _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks)
+            _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks, fixed_step_us)
         except KeyboardInterrupt:
             where["detected"] = sum(1 for p in line.packs if p.detected_t is not None)
             _stop_line(line, device, host)
             raise
+        # the line's run, without setup and drain: simulated seconds per wall (and simulator CPU) second
+        loop_wall, loop_cpu = time.monotonic() - loop_wall, time.process_time() - loop_cpu
+        stats["loop_wall_s"], stats["loop_cpu_s"] = round(loop_wall, 3), round(loop_cpu, 3)
+        stats["virtual_speedup"] = round(line.t / 1e6 / loop_wall, 2) if loop_wall > 0 else 0.0
+        virtual_s = line.t / 1e6  # the drain after it waits on the host's wall clock
         line.unprinted()
         _drain(line, device, db_path, batch_id)
         host.stop(device)
@@ -207,7 +216,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
              "ticks": ticks.summary(), "invalid": ticks.invalid(), "sched": sched.policy,
              "images": images.stats() if images is not None else None}
     return build(s, line, ledger, mode="realtime" if realtime else "virtual",
-                 virtual_s=line.t / 1e6, wall_s=wall, extra=extra)
+                 virtual_s=virtual_s, wall_s=wall, extra=extra)
 
 
 def _stop_line(line, device, host, settle_s: float = 0.5):
@@ -310,7 +319,7 @@ class Ticks:
                 f"in this run are the simulator's, not the line's")
 
 
-def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks):
+def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, console, ticks, fixed_step_us=None):
     progress = _progress(console, s.units)
     t0 = time.monotonic()
     # real time: a scan each quarter of the travel a tick may take near the gate, no more often:
@@ -323,17 +332,19 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     term_until = None  # a SIGTERMed service is leaving (in wall time, at most until then)
     bin_empty_at = None
     wall_limit = time.monotonic() + 120 + s.units * 0.5
-    owed = 0  # camera results delivered this boot that the host has not yet answered on the wire
+    owed, n_seen = 0, 0  # units the host owes a verdict this boot; camera results sent
+    wall_was = time.monotonic()
+    paced, steady, dev_due = False, False, 0
     coder = line.coder
+    # a coder trigger holds virtual time until the coder has a job to print (a Videojet-like driver:
+    # until the host has loaded the next, after counting the last print)
+    coder_ready = (lambda: coder.loaded) if hasattr(coder, "loaded") else (lambda: coder.depth > 0)
 
     def emit(outputs):
         for name, level, te in outputs:
-            # a coder whose driver loads each job on its own clock (Videojet: after counting the
-            # last print) holds virtual time at its trigger until the host has loaded the next
-            if (name == "coder" and not realtime and getattr(coder, "loaded", True) is False
-                    and host.present and not relay.dark):
+            if name == "coder" and not realtime and host.present and not relay.dark and not coder_ready():
                 stats["coder_waits"] += 1
-                if not _wait_for(lambda: coder.loaded, CODER_HOLD_S):
+                if not _wait_for(coder_ready, CODER_HOLD_S):
                     stats["coder_wait_timeouts"] += 1
             line.output(name, level, te)
 
@@ -354,19 +365,27 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             elif stall:
                 t = line.t + stall
             else:
-                t = min(line.next_event_us(), line.t + MAX_STEP_US, device.next_wakeup_us(line.t))
-                due = camera.next_due()
-                if due is not None:
-                    t = max(line.t + 1, min(t, due))
-                # barrier: the host owes verdicts; do not run into their deadlines without them
-                if owed > tap.count() and host.present and not relay.dark:
-                    stats["barrier_waits"] += 1
-                    if not tap.wait_for(owed, BARRIER_TIMEOUT_S):
-                        stats["barrier_timeouts"] += 1
-                        owed = tap.count()
+                # the next physical event: the line's, the firmware's (core.next_due), the camera's,
+                # the simulator's own (operator, host restart, end of an outage)
+                dev_due = device.next_due_us()
+                t = min(line.next_event_us(), dev_due,
+                        *(x for x in (camera.next_due(), bin_empty_at, host_back_at, dark.until) if x is not None))
+                steady = line.steady_us() > 0 and not fixed_step_us
+                if not steady:  # speed changing: scan as often as a board would
+                    t = min(t, line.t + (fixed_step_us or MAX_STEP_US))
+                paced = relay.dark or line.line_stop
+                if paced:
+                    # a dark link or a latched stop waits on the link's timeouts, the host and the
+                    # operator, who all keep the wall clock: virtual time keeps it meanwhile
+                    time.sleep(0.0005)
+                    t = min(t, line.t + max(MAX_STEP_US, int((time.monotonic() - wall_was) * 1e6)))
+                t = max(line.t + 1, t)
+                wall_was = time.monotonic()
+                stats["steps"] += 1
             t_was, belt_was = line.t, line.belt
             edges = line.advance(t)
-            ticks.tick(line.t - t_was, line.belt - belt_was, line)
+            if realtime:  # virtual time scans at every event: a long tick is no overrun there
+                ticks.tick(line.t - t_was, line.belt - belt_was, line)
             seen = 0  # edges the device has been given
             for k, e in enumerate(edges):
                 # unit-numbered faults strike in the gap before pack N (after pack N-1 has left
@@ -392,8 +411,23 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)
-            emit(device.step(line.t, line.encoder, edges[seen:]))
-            owed += len(camera.deliver(line.t))
+            if realtime or paced or not steady or edges[seen:] or line.t >= dev_due:  # else the camera's turn
+                emit(device.step(line.t, line.encoder, edges[seen:]))
+            base = max(owed, tap.count())  # before sending: a quick answer must count
+            camera.deliver(line.t)
+            if not realtime:
+                # barrier: virtual time holds at each camera result the host was sent until the host
+                # has reacted (a verdict for one more unit: each result pairs with one; what it sends
+                # before it, a line stop, comes with it) and the device has applied it. Not while the
+                # host is away, the link dark, or the line latched stopped (results are then
+                # discarded, and the host answers on its own clock).
+                sent, n_seen = len(camera.delivered) - n_seen, len(camera.delivered)
+                if sent and host.present and not relay.dark and not line.line_stop:
+                    owed = base + sent  # verdicts the host sent unasked (blind FAILs) do not count
+                    stats["barrier_waits"] += 1
+                    if not _await_host(device, tap, owed, BARRIER_TIMEOUT_S):
+                        stats["barrier_timeouts"] += 1
+                        owed = tap.count()
             # the operator: a line the device stopped (bin full, unconfirmed reject, ...) gets the
             # bin emptied if full and the alarm cleared, a second later
             if line.line_stop and bin_empty_at is None:
@@ -421,6 +455,22 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 time.sleep(max(REALTIME_MIN_TICK_S, t0 + line.t / 1e6 + rt_period - time.monotonic()))
     finally:
         progress(None)
+
+
+def _await_host(device, tap, owed: int, timeout: float) -> bool:
+    """Until verdicts for `owed` units (this boot) have gone by on the wire and the device has
+    applied every one that did, as it says after a scan at the same virtual time."""
+    end = time.monotonic() + timeout
+    if not tap.wait_for(owed, timeout):
+        return False
+    want = tap.count()
+    while True:
+        device.idle()
+        if device.status.verdicts_in >= want:
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.0002)  # on the wire: in the device's tty in a moment
 
 
 class _Outage:

@@ -18,6 +18,7 @@ from serialine.host.sim import unixport
 
 OUT_NAMES = ("", "coder", "camera", "gate_open", "gate_close", "stop_on", "stop_off")
 MASK = 0x3FFFFFFF  # the board's clock and encoder wrap at 2**30, as on a real board
+NO_DUE = 0x3FFFFFFF  # StepStatus: nothing ahead (the firmware's NO_UNIT)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class StepStatus:
     in_flight: int
     alarms: int  # bit (1 << Alarm)
     queue_fill: int
+    # firmware core.next_due (NO_DUE: nothing ahead): counts to the next position that matters, µs
+    # to the next time deadline
+    due_counts: int = 0x3FFFFFFF
+    due_us: int = 0x3FFFFFFF
+    verdicts_in: int = 0  # VERDICT messages the device has applied this boot
 
 
 class UnixBoard:
@@ -100,7 +106,7 @@ class UnixBoard:
             if w[0] == b"E":
                 edges.append(OutputEdge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
             elif w[0] == b"K":
-                return edges, StepStatus(*(int(x) for x in w[1:5]))
+                return edges, StepStatus(*(int(x) for x in w[1:8]))
 
     def set_inputs(self, pe: int, confirm: int = 0, bin_full: int = 0,
                    pos: int | None = None) -> None:
