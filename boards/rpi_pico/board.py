@@ -24,24 +24,13 @@ PIN_CAMERA = const(11)  # camera trigger pulse
 PIN_GATE = const(12)  # reject gate (held for the dwell)
 PIN_STOP = const(13)  # line stop to the PLC
 PULSE_US = const(500)  # trigger pulse width
-# Fail-safe wiring (docs/wiring.md "Fail-safe wiring"): the pin level at which each signal is
-# active. Sensor inputs are NPN (open-collector) outputs that pull the pin low when active, against
-# the internal pull-up: a broken wire reads inactive. The gate and the stop are active low: without
-# power, while the board resets, or with a broken wire, the gate is de-energised (the reject path)
-# and the run permissive to the PLC is off (the line stops). tests/firmware/test_board_failsafe.py
-# checks every board file against these rules.
-ACTIVE_LOW = const(0)
-ACTIVE_HIGH = const(1)
-PE_ACTIVE = const(ACTIVE_LOW)
-CONFIRM_ACTIVE = const(ACTIVE_LOW)
-BIN_FULL_ACTIVE = const(ACTIVE_LOW)
-GATE_ACTIVE = const(ACTIVE_LOW)  # active = divert to reject
-STOP_ACTIVE = const(ACTIVE_LOW)  # active = stop; high = run
-_PE_X = const(PE_ACTIVE ^ 1)  # level ^ _X: 1 when active
-_CONFIRM_X = const(CONFIRM_ACTIVE ^ 1)
-_BIN_FULL_X = const(BIN_FULL_ACTIVE ^ 1)
-_GATE_X = const(GATE_ACTIVE ^ 1)
-_STOP_X = const(STOP_ACTIVE ^ 1)
+# Fail-safe wiring (docs/wiring.md "Fail-safe wiring"), checked by tests/firmware/test_board_failsafe.py:
+# the pin level (0 or 1) at which each signal is active; the adapter reads level ^ X_ACTIVE ^ 1.
+PE_ACTIVE = const(0)  # NPN sensors pull the pin low when active; the pull-up reads a broken wire inactive
+CONFIRM_ACTIVE = const(0)
+BIN_FULL_ACTIVE = const(0)
+GATE_ACTIVE = const(0)  # divert = de-energised: no power, a reset or a broken wire sends packs to reject
+STOP_ACTIVE = const(0)  # the run permissive: high = run; no power, a reset or a broken wire stops the line
 _MASK = const(0x3FFFFFFF)
 _HALF = const(0x20000000)
 
@@ -147,9 +136,9 @@ class PicoBoard:
         sm.exec("mov(isr, x)")
         sm.exec("push()")
         self.pos = (-sm.get()) & _MASK  # X counts down from 0; two's complement word
-        self.pe = self.pe_pin.value() ^ _PE_X
-        self.confirm = self.confirm_pin.value() ^ _CONFIRM_X
-        self.bin_full = self.bin_pin.value() ^ _BIN_FULL_X
+        self.pe = self.pe_pin.value() ^ PE_ACTIVE ^ 1
+        self.confirm = self.confirm_pin.value() ^ CONFIRM_ACTIVE ^ 1
+        self.bin_full = self.bin_pin.value() ^ BIN_FULL_ACTIVE ^ 1
 
     def out_coder(self, t, pos):
         self.coder.put(self.width)
@@ -158,10 +147,10 @@ class PicoBoard:
         self.camera.put(self.width)
 
     def out_gate(self, on, t, pos):
-        self.gate_pin.value((1 if on else 0) ^ _GATE_X)
+        self.gate_pin.value((1 if on else 0) ^ GATE_ACTIVE ^ 1)
 
     def out_stop(self, on, t, pos):
-        self.stop_pin.value((1 if on else 0) ^ _STOP_X)
+        self.stop_pin.value((1 if on else 0) ^ STOP_ACTIVE ^ 1)
 
 
 def reset_cause():
