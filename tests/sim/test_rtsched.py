@@ -1,0 +1,61 @@
+"""Real-time runs put the parts that stand for hardware on SCHED_FIFO (host/sim/rtsched.py): the
+simulator's thread and the firmware share one CPU, the other parts keep off it, and everything is left
+as it was afterwards. Where the scheduler is not ours to change, nothing changes and the run says so."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from serialine.host.sim import rtsched
+
+
+def _state(pid: int = 0):
+    return os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority, os.sched_getaffinity(pid)
+
+
+def test_off_changes_nothing():
+    before, switch = _state(), sys.getswitchinterval()
+    with rtsched.Held(False) as sched:
+        assert sched.policy == "other" and sched.priority(rtsched.DEVICE) is None
+        assert _state() == before
+        assert not rtsched.fifo(0, sched.priority(rtsched.AGENT))  # None: left as started
+    assert _state() == before and sys.getswitchinterval() == switch
+
+
+def test_on_raises_the_clock_and_puts_it_back():
+    before, switch = _state(), sys.getswitchinterval()
+    with rtsched.Held(True) as sched:
+        if sched.policy == "other":  # no CAP_SYS_NICE here: the run goes on, unchanged
+            assert _state() == before
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        policy, prio, cpus = _state()
+        assert (policy, prio) == (os.SCHED_FIFO, rtsched.SIMULATOR)
+        assert sys.getswitchinterval() == rtsched.SWITCH_INTERVAL_S
+        if len(before[2]) > 1 and rtsched.PIN:
+            assert len(cpus) == 1 and cpus <= before[2]
+        assert sched.priority(rtsched.DEVICE) == rtsched.DEVICE
+    assert _state() == before and sys.getswitchinterval() == switch
+
+
+def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
+    with rtsched.Held(True) as sched:
+        if sched.policy == "other":
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        clock = os.sched_getaffinity(0)
+        procs = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+                 for _ in range(2)]
+        try:
+            device, agent = procs
+            assert rtsched.fifo(device.pid, sched.priority(rtsched.DEVICE))
+            assert rtsched.fifo(agent.pid, sched.priority(rtsched.AGENT))
+            assert _state(device.pid)[:2] == (os.SCHED_FIFO, rtsched.DEVICE)
+            assert _state(agent.pid)[:2] == (os.SCHED_FIFO, rtsched.AGENT)
+            if len(rtsched._ALL_CPUS[0] or ()) > 1 and rtsched.PIN:
+                assert _state(device.pid)[2] == clock
+                assert not _state(agent.pid)[2] & clock
+        finally:
+            for p in procs:
+                p.stdin.close()
+                p.wait()
