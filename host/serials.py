@@ -335,12 +335,14 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
             prefix = _prefix(alphabet, p, lo + i)
             rows += [prefix + s for s in suffixes[at:at + n]]
             at += n
+        suffixes = None
         rows.sort()
 
         def redraw(n, lo=lo, hi=j):
             return sorted(_prefix(alphabet, p, lo + _below(hi - lo, randbytes)) + s
                           for s in random_serials(alphabet, length - p, n, randbytes))
         yield rows, redraw
+        rows = None
 
 
 def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> int:
@@ -490,6 +492,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                     # towards the hold aimed at: at most twice as many next time, fewer at once
                     aim = len(rows) * HOLD_S / max(w.last, 1e-3)
                     size = int(max(CHUNK / 4, min(aim, 2 * size, DRAWN * CHUNK)))
+            drawn = rows = payload = None  # this draw goes before the next one is made: one in memory
 
         def publish():
             check()
