@@ -3,6 +3,7 @@
 the driver loads one job at a time and learns of prints from the counts, refusals are definite,
 a reply that never comes is in doubt, a dropped connection loses no print; the reply parser is fuzzed."""
 
+import contextlib
 import socket
 import time
 
@@ -237,23 +238,30 @@ def _check_bookings(emu, c):
     assert len(fresh) == len(set(fresh))
 
 
+@contextlib.contextmanager
+def _booking(**kw):
+    """An emulator and a recording driver without a poller: the test says when the driver looks."""
+    with VideojetEmu() as emu:
+        c = Booking(*emu.address, poll_s=60, **kw)
+        try:
+            yield emu, c
+        finally:
+            c.close()
+
+
 def test_a_print_just_before_a_push_is_no_job_and_the_pushed_job_is_booked_exactly():
     """Once failed: the push's JDA went out without asking the count first, so the old data's print
     was booked in doubt and the pushed job's own print then as no job."""
-    with VideojetEmu() as emu:
-        c = Booking(*emu.address, poll_s=60)  # no poller: the test says when the driver looks
-        try:
-            c.push(CODE.format(0))
-            emu.trigger(0)
-            c.depth()
-            emu.trigger(1)  # the same data again: no job on this pack
-            c.push(CODE.format(1))
-            emu.trigger(2)
-            c.depth()
-            assert c.bookings == [CODE.format(0), "", CODE.format(1)] and emu.log == [CODE.format(0), None, CODE.format(1)]
-            assert "PRINT_IN_DOUBT" not in {k for k, _ in c.alarms()}
-        finally:
-            c.close()
+    with _booking() as (emu, c):
+        c.push(CODE.format(0))
+        emu.trigger(0)
+        c.depth()
+        emu.trigger(1)  # the same data again: no job on this pack
+        c.push(CODE.format(1))
+        emu.trigger(2)
+        c.depth()
+        assert c.bookings == [CODE.format(0), "", CODE.format(1)] and emu.log == [CODE.format(0), None, CODE.format(1)]
+        assert "PRINT_IN_DOUBT" not in {k for k, _ in c.alarms()}
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -261,67 +269,55 @@ def test_a_print_inside_the_load_window_keeps_the_field_in_doubt_until_a_load_is
     """A print while the JDA is on its way ("before": the old data; "after": the new data, its ACK
     not out yet) is in doubt, and so is the next one (the loaded job may still wait in the field:
     once failed, booked as no job although it printed that job); a confirmed load ends the doubt."""
-    with VideojetEmu() as emu:
-        c = Booking(*emu.address, poll_s=60)
-        try:
-            c.push(CODE.format(0))
-            emu.trigger(0)
-            c.depth()
-            emu.prints_at.append(("JDA", when))
-            c.push(CODE.format(1))
-            assert c.buffered() == 0  # not known to wait in the field
-            emu.trigger(1)
-            c.push(CODE.format(2))  # loaded, and the count after it has not moved: known again
-            emu.trigger(2)
-            c.depth()
-            assert emu.log[1:] == ([None, CODE.format(1), CODE.format(2)] if when == "before" else [CODE.format(1), None, CODE.format(2)])
-            assert c.bookings == [CODE.format(0), None, None, CODE.format(2)]
-            _check_bookings(emu, c)
-            assert "PRINT_IN_DOUBT" in {k for k, _ in c.alarms()}
-        finally:
-            c.close()
+    with _booking() as (emu, c):
+        c.push(CODE.format(0))
+        emu.trigger(0)
+        c.depth()
+        emu.prints_at.append(("JDA", when))
+        c.push(CODE.format(1))
+        assert c.buffered() == 0  # not known to wait in the field
+        emu.trigger(1)
+        c.push(CODE.format(2))  # loaded, and the count after it has not moved: known again
+        emu.trigger(2)
+        c.depth()
+        assert emu.log[1:] == ([None, CODE.format(1), CODE.format(2)] if when == "before" else [CODE.format(1), None, CODE.format(2)])
+        assert c.bookings == [CODE.format(0), None, None, CODE.format(2)]
+        _check_bookings(emu, c)
+        assert "PRINT_IN_DOUBT" in {k for k, _ in c.alarms()}
 
 
 def test_a_load_whose_count_after_never_comes_is_in_doubt():
     """Once failed: the count after the ACK timed out, the job was taken as loaded and known, so the
     print of the old data made meanwhile was booked as that job (and the job's own print as none)."""
-    with VideojetEmu() as emu:
-        c = Booking(*emu.address, timeout=0.3, poll_s=60)
-        try:
-            c.push(CODE.format(0))
-            emu.trigger(0)
-            c.depth()
-            emu.prints_at.append(("JDA", "before"))
-            emu.reply_delay_s = [0, 0, 0.6, 0.6]  # GST, JDA answered; the GST after it (and its retry) late
-            with pytest.raises(InDoubt):
-                c.push(CODE.format(1))
-            emu.trigger(1)  # the job that waited in the field
-            assert _wait(lambda: not emu.reply_delay_s)
-            c.depth()
-            c.depth()
-            assert emu.log == [CODE.format(0), None, CODE.format(1)] and c.bookings == [CODE.format(0), None, None]
-        finally:
-            c.close()
+    with _booking(timeout=0.3) as (emu, c):
+        c.push(CODE.format(0))
+        emu.trigger(0)
+        c.depth()
+        emu.prints_at.append(("JDA", "before"))
+        emu.reply_delay_s = [0, 0, 0.6, 0.6]  # GST, JDA answered; the GST after it (and its retry) late
+        with pytest.raises(InDoubt):
+            c.push(CODE.format(1))
+        emu.trigger(1)  # the job that waited in the field
+        assert _wait(lambda: not emu.reply_delay_s)
+        c.depth()
+        c.depth()
+        assert emu.log == [CODE.format(0), None, CODE.format(1)] and c.bookings == [CODE.format(0), None, None]
 
 
 def test_a_refused_load_leaves_the_field_as_it_was():
-    with VideojetEmu() as emu:
-        c = Booking(*emu.address, poll_s=60)
-        try:
-            c.push(CODE.format(0))
-            c.push(CODE.format(1))
-            emu.trigger(0)
-            job, emu.job = emu.job, ""  # deselected at the printer: the next load answers ERR
-            assert c.depth() == 1 and "LOAD_REFUSED" in {k for k, _ in c.alarms()}
-            emu.trigger(1)  # the old data again: no job on this pack
-            emu.job = job
-            c._load_at = 0.0  # the retry is due
-            assert c.depth() == 1 and emu.fields["SERIAL"] == CODE.format(1)
-            emu.trigger(2)
-            assert c.depth() == 0 and c.bookings == [CODE.format(0), "", CODE.format(1)]
-            _check_bookings(emu, c)
-        finally:
-            c.close()
+    with _booking() as (emu, c):
+        c.push(CODE.format(0))
+        c.push(CODE.format(1))
+        emu.trigger(0)
+        job, emu.job = emu.job, ""  # deselected at the printer: the next load answers ERR
+        assert c.depth() == 1 and "LOAD_REFUSED" in {k for k, _ in c.alarms()}
+        emu.trigger(1)  # the old data again: no job on this pack
+        emu.job = job
+        c._load_at = 0.0  # the retry is due
+        assert c.depth() == 1 and emu.fields["SERIAL"] == CODE.format(1)
+        emu.trigger(2)
+        assert c.depth() == 0 and c.bookings == [CODE.format(0), "", CODE.format(1)]
+        _check_bookings(emu, c)
 
 
 _STEP = st.sampled_from(["push", "push", "poll", "print", "print", ("JDA", "before"), ("JDA", "after"),
@@ -333,25 +329,21 @@ _STEP = st.sampled_from(["push", "push", "poll", "print", "print", ("JDA", "befo
 def test_at_any_print_rate_every_print_is_booked_as_printed_or_in_doubt(steps):
     """Prints as fast as the test likes: between any two driver calls, and inside any command (before
     it is carried out, or after it with the reply not out yet), so inside every kind of load window."""
-    with VideojetEmu() as emu:
-        c = Booking(*emu.address, poll_s=60)
-        try:
-            n = 0
-            for step in steps:
-                if step == "push":
-                    if c.buffered() < c.max_queue:
-                        c.push(CODE.format(n))
-                        n += 1
-                elif step == "poll":
-                    c.depth()
-                elif step == "print":
-                    emu.trigger(0)
-                else:
-                    emu.prints_at.append(step)
-            emu.prints_at.clear()
-            c.depth()
-            _check_bookings(emu, c)
-            booked = [x for x in c.bookings if x]
-            assert booked == sorted(booked, key=lambda x: int(x.rsplit("SER", 1)[1]))  # in push order
-        finally:
-            c.close()
+    with _booking() as (emu, c):
+        n = 0
+        for step in steps:
+            if step == "push":
+                if c.buffered() < c.max_queue:
+                    c.push(CODE.format(n))
+                    n += 1
+            elif step == "poll":
+                c.depth()
+            elif step == "print":
+                emu.trigger(0)
+            else:
+                emu.prints_at.append(step)
+        emu.prints_at.clear()
+        c.depth()
+        _check_bookings(emu, c)
+        booked = [x for x in c.bookings if x]
+        assert booked == sorted(booked, key=lambda x: int(x.rsplit("SER", 1)[1]))  # in push order
