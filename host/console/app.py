@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import datetime as _dt
+import functools
 import logging
 import sqlite3
 import threading
@@ -44,6 +45,38 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 
 class Refused(Exception):
     """A request the console will not do: one line for the person."""
+
+
+def page(*, touch: bool = True):
+    """A page behind the login: the handler gets (request, session, user); no login, the login page.
+    `touch=False` for a poll (not a person's activity: the session still times out)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(self: "Console", request: Request) -> Response:
+            got = self.login_required(request, touch=touch)
+            return got if isinstance(got, Response) else fn(self, request, *got)
+        return handler
+    return wrap
+
+
+def form_action(refused):
+    """A POST behind the login and the session's CSRF token: the handler gets (request, session, user,
+    fields) and runs in the thread pool; a Refused from the form or the handler is answered by
+    `refused(self, request, session, user, text)`, its one line for the person."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def handler(self: "Console", request: Request) -> Response:
+            got = await run_in_threadpool(self.login_required, request)
+            if isinstance(got, Response):
+                return got
+            s, u = got
+            try:
+                fields = await self.form(request, s)
+                return await run_in_threadpool(fn, self, request, s, u, fields)
+            except Refused as exc:
+                return await run_in_threadpool(refused, self, request, s, u, str(exc))
+        return handler
+    return wrap
 
 
 class Console:
@@ -246,61 +279,43 @@ class Console:
                                   " LIMIT 1").fetchone()
         return row[0] if row else None
 
-    def operator(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, u = got
+    @page()
+    def operator(self, request: Request, s: Session, u: users.User) -> Response:
         ctx = self.live_context()
         ctx["may"] = {k: users.may(u, v) for k, v in COMMANDS.items()}
         return self.render(request, "operator.html", ctx, session=s)
 
-    def live(self, request: Request) -> Response:
-        got = self.login_required(request, touch=False)  # polling is not a person's activity
-        if isinstance(got, Response):
-            return got
-        s, _ = got
+    @page(touch=False)
+    def live(self, request: Request, s: Session, u: users.User) -> Response:
         return self.render(request, "_live.html", self.live_context(), session=s)
 
-    async def command(self, request: Request) -> Response:
-        got = await run_in_threadpool(self.login_required, request)
-        if isinstance(got, Response):
-            return got
-        s, u = got
-        ok, text = False, ""
-        try:
-            fields = await self.form(request, s)
-            which = fields.get("command", "")
-            action = COMMANDS.get(which)
-            if action is None:
-                raise Refused(f"unknown command {which[:20]!r}")
-            await run_in_threadpool(self._may, u, action)
-            reason = " ".join(fields.get("reason", "").split())
-            try:
-                audit.check_reason(reason)
-            except ValueError as exc:
-                raise Refused(str(exc)) from None
-            from ..control import ControlError
-            password = fields.get("password") or None  # an agent on a ledger with users wants it (host/control.py)
-            try:
-                reply = await run_in_threadpool(lambda: self.client().command(action, u.name, reason, password=password))
-            except ControlError as exc:
-                if getattr(exc, "need", None) == "password":
-                    raise Refused(f"the agent wants your password for {which}: enter it and press {which} again") from None
-                raise Refused(str(exc)) from None
-            ok = True
-            text = f"{which} sent by {u.name}" + (" (held until the agent's resume is done)" if reply.get("held") else "")
-        except Refused as exc:
-            text = str(exc)
+    def _message(self, request: Request, s: Session, u: users.User, text: str, ok: bool = False) -> Response:
         # 200 either way: htmx swaps in only a 2xx answer, and the refusal is what the operator must read
-        return await run_in_threadpool(self.render, request, "_message.html", {"ok": ok, "text": text}, session=s)
+        return self.render(request, "_message.html", {"ok": ok, "text": text}, session=s)
+
+    @form_action(_message)
+    def command(self, request: Request, s: Session, u: users.User, fields: dict) -> Response:
+        which = fields.get("command", "")
+        action = self._allowed(u, COMMANDS, which, f"unknown command {which[:20]!r}")
+        reason = " ".join(fields.get("reason", "").split())
+        try:
+            audit.check_reason(reason)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        from ..control import ControlError
+        password = fields.get("password") or None  # an agent on a ledger with users wants it (host/control.py)
+        try:
+            reply = self.client().command(action, u.name, reason, password=password)
+        except ControlError as exc:
+            if getattr(exc, "need", None) == "password":
+                raise Refused(f"the agent wants your password for {which}: enter it and press {which} again") from None
+            raise Refused(str(exc)) from None
+        held = " (held until the agent's resume is done)" if reply.get("held") else ""
+        return self._message(request, s, u, f"{which} sent by {u.name}{held}", ok=True)
 
     # --- batch record ---------------------------------------------------------------------------
-    def batches(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, _ = got
+    @page()
+    def batches(self, request: Request, s: Session, u: users.User) -> Response:
         rows = self.conn().execute("SELECT b.batch_id, b.gtin, p.name, b.lot, b.expiry, b.planned, b.state,"
                                    " b.created_at, b.closed_at FROM batch b JOIN product p USING (gtin)"
                                    " ORDER BY b.created_at DESC LIMIT 200").fetchall()
@@ -315,15 +330,12 @@ class Console:
         except (KeyError, LookupError, ValueError) as exc:
             raise Refused(str(exc).strip("'\"")) from None
 
-    def batch(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, u = got
-        batch_id = request.path_params["batch"]
-        return self._batch_page(request, s, u, batch_id)
+    @page()
+    def batch(self, request: Request, s: Session, u: users.User) -> Response:
+        return self._batch_page(request, s, u)
 
-    def _batch_page(self, request, s, u, batch_id, *, message: str = "", ok: bool = True, status: int = 200):
+    def _batch_page(self, request, s, u, message: str = "", ok: bool = True, status: int = 200):
+        batch_id = request.path_params["batch"]
         try:
             rec = self.batch_record(batch_id)
         except Refused as exc:
@@ -333,11 +345,8 @@ class Console:
         return self.render(request, "batch.html", {"batch_id": batch_id, "rec": rec, "sigs": sigs, "may": may,
                                                    "message": message, "ok": ok}, status=status, session=s)
 
-    def batch_pdf(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        _, u = got
+    @page()
+    def batch_pdf(self, request: Request, s: Session, u: users.User) -> Response:
         batch_id = request.path_params["batch"]
         try:
             rec = self.batch_record(batch_id)
@@ -349,27 +358,24 @@ class Console:
         return Response(data, media_type="application/pdf", headers={
             "Content-Disposition": f'inline; filename="batch-record-{safe}.pdf"', "Cache-Control": "no-store"})
 
-    async def sign(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, u = got
-        batch_id = request.path_params["batch"]
-        try:
-            fields = await self.form(request, s)
-            meaning = fields.get("meaning", "")
-            action = MEANINGS.get(meaning)
-            if action is None:
-                raise Refused(f"a batch is signed as reviewed or released, not {meaning[:20]!r}")
-            await run_in_threadpool(self._may, u, action)
-            await run_in_threadpool(self._sign, u.name, fields.get("password", ""), meaning, batch_id,
-                                    fields.get("reason", ""))
-        except Refused as exc:
-            return await run_in_threadpool(self._batch_page, request, s, u, batch_id, message=str(exc), ok=False,
-                                           status=409)
+    def _sign_refused(self, request: Request, s: Session, u: users.User, text: str) -> Response:
+        return self._batch_page(request, s, u, text, ok=False, status=409)
+
+    @form_action(_sign_refused)
+    def sign(self, request: Request, s: Session, u: users.User, fields: dict) -> Response:
+        batch_id, meaning = request.path_params["batch"], fields.get("meaning", "")
+        self._allowed(u, MEANINGS, meaning, f"a batch is signed as reviewed or released, not {meaning[:20]!r}")
+        self._sign(u.name, fields.get("password", ""), meaning, batch_id, fields.get("reason", ""))
         log.info("console: batch %s signed %s by %s", batch_id, meaning, u.name)
-        return await run_in_threadpool(self._batch_page, request, s, u, batch_id,
-                                       message=f"signed as {meaning} by {u.full_name}")
+        return self._batch_page(request, s, u, f"signed as {meaning} by {u.full_name}")
+
+    def _allowed(self, u: users.User, actions: dict, which: str, unknown: str) -> str:
+        """The action `which` names in `actions`, once the user may do it (a refusal is audited)."""
+        action = actions.get(which)
+        if action is None:
+            raise Refused(unknown)
+        self._may(u, action)
+        return action
 
     def _may(self, u: users.User, action: str) -> None:
         """users.refuse: a refused action is audited (`user.refused`) and said in one line."""
@@ -387,11 +393,8 @@ class Console:
             raise Refused(" ".join(str(exc).split())) from None
 
     # --- audit trail -----------------------------------------------------------------------------
-    def audit_page(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, _ = got
+    @page()
+    def audit_page(self, request: Request, s: Session, u: users.User) -> Response:
         q = {k: (request.query_params.get(k) or "").strip() for k in ("batch", "user", "kind", "since", "until")}
         error = ""
         rows: list = []
@@ -410,11 +413,8 @@ class Console:
                                                    "verify": verdict}, session=s)
 
     # --- trends --------------------------------------------------------------------------------
-    def trends(self, request: Request) -> Response:
-        got = self.login_required(request)
-        if isinstance(got, Response):
-            return got
-        s, _ = got
+    @page()
+    def trends(self, request: Request, s: Session, u: users.User) -> Response:
         batch = request.query_params.get("batch") or self.current_batch() or self._last_batch()
         all_batches = [r[0] for r in self.conn().execute("SELECT batch_id FROM batch ORDER BY created_at DESC LIMIT 50")]
         return self.render(request, "trends.html", {"batch": batch, "batches": all_batches}, session=s)
@@ -423,10 +423,8 @@ class Console:
         row = self.conn().execute("SELECT batch_id FROM batch ORDER BY created_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
-    def chart(self, request: Request) -> Response:
-        got = self.login_required(request, touch=False)
-        if isinstance(got, Response):
-            return got
+    @page(touch=False)
+    def chart(self, request: Request, s: Session, u: users.User) -> Response:
         name = request.path_params["name"]
         batch = request.query_params.get("batch") or ""
         if name == "rejects":
