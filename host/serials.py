@@ -507,9 +507,11 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                 audit.append(conn, user, "serials.add", detail)
         w.run(publish)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) and w.progress is not None:
-            w.progress(f"serials: interrupted; removing the {w.staged:,} staged serials (Ctrl-C again: the next "
-                       f"import of {gtin} removes the rest; none of them is usable)")
+        if isinstance(exc, KeyboardInterrupt):  # what was committed (the signal may come between two lines here)
+            (w.staged,) = conn.execute("SELECT count FROM serial_import WHERE import_id=?", (import_id,)).fetchone()
+            if w.progress is not None:
+                w.progress(f"serials: interrupted; removing the {w.staged:,} staged serials (Ctrl-C again: the next "
+                           f"import of {gtin} removes the rest; none of them is usable)")
         try:
             conn.execute(f"PRAGMA busy_timeout={int(5 * ATTEMPT_S * 1000)}")
             _abandon(conn, import_id, w.progress)
