@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 import zxingcpp
@@ -134,9 +135,9 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     if d.quiet_zone > 0:  # a foreign mark in the quiet zone beside the L's upright, from the bottom up
         h = int(round(d.quiet_zone * n_rows))
         grid[pad + n_rows - h:pad + n_rows, pad - 1] = True
-    ink = np.kron(grid, np.ones((_K, _K), dtype=np.uint8)).astype(bool)
+    ink = np.repeat(np.repeat(grid, _K, axis=0), _K, axis=1)
     line = _K // NOZZLES_PER_MODULE
-    for z in clogged(n_rows, seed)[:d.missing_dots]:  # before the spread: neighbours' ink bleeds in
+    for z in clogged(n_rows, seed)[:d.missing_dots] if d.missing_dots else ():  # before the spread: neighbours' ink bleeds in
         top = (pad * NOZZLES_PER_MODULE + z) * line
         ink[top:top + line, pad * _K:(pad + n_cols) * _K] = False
     gain = int(round(d.dot_gain * _K))
@@ -145,39 +146,21 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     elif gain < 0:
         ink = ~_dilate(~ink, -gain)
 
-    # camera pixel → print raster: inverse of rotation · shear · scale about the symbol's centre
-    th, sk = math.radians(d.rotation_deg), math.tan(math.radians(d.skew_deg))
-    fwd = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ np.array([[1.0, sk], [0.0, 1.0]])
-    inv = np.linalg.inv(fwd * module_px)
     gh, gw = grid.shape
-    centre = np.array([gw / 2, gh / 2])
-    corners = (np.array([[0, 0], [gw, 0], [0, gh], [gw, gh]]) - centre) @ (fwd * module_px).T
-    x0, y0 = np.floor(corners.min(0) + [width / 2, height / 2]).astype(int)
-    x1, y1 = np.ceil(corners.max(0) + [width / 2, height / 2]).astype(int)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    margin = 2 + int(math.ceil(d.smear * module_px))  # the blurs reach this far past the print
-    x0, y0 = max(x0 - margin, 0), max(y0 - margin, 0)
-    x1, y1 = min(x1 + margin, width), min(y1 + margin, height)
-    # each camera pixel sees the raster's mean over its footprint: a box of b × b cells, then one sample
-    b = max(1, int(round(_K / module_px)))
-    inkf = ink.astype(np.float32)
+    x0, y0, x1, y1, base, border, b = _camera_map(gh, gw, width, height, float(module_px), float(d.rotation_deg),
+                                                  float(d.skew_deg), float(d.smear))
+    # each camera pixel sees the raster's mean over its footprint: a box of b × b cells at one sample;
+    # summed at the samples only (the same float32 sums, in the same order, as boxing the whole raster)
+    lo, hi = b // 2 + 1, b - 1 - b // 2 + 1
+    flat = np.pad(ink, ((lo, hi), (lo, hi))).ravel()  # bool: a sample adds 0.0 or 1.0
+    w_pr = gw * _K + b + 1
+    cov = np.zeros(base.shape, dtype=np.float32)
+    for i in range(b):
+        for j in range(b):
+            cov += flat.take(base + (i * w_pr + j))
     if b > 1:
-        padded = np.pad(inkf, ((b // 2, b - 1 - b // 2), (b // 2, b - 1 - b // 2)))
-        h, w = inkf.shape
-        acc = np.zeros_like(inkf)
-        for i in range(b):
-            for j in range(b):
-                acc += padded[i:i + h, j:j + w]
-        inkf = acc * np.float32(1.0 / (b * b))
-    inkf = np.pad(inkf, 1)  # a bare border: points off the raster clip onto it
-    h_ink, w_ink = inkf.shape
-    xs = np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - width / 2)
-    ys = np.arange(y0, y1, dtype=np.float32) + np.float32(0.5 - height / 2)
-    inv_k = (inv * _K).astype(np.float32)
-    ck = (centre * _K + 1).astype(np.float32)
-    iu = np.clip(inv_k[0, 0] * xs[None, :] + inv_k[0, 1] * ys[:, None] + ck[0], 0, w_ink - 1).astype(np.intp)
-    iv = np.clip(inv_k[1, 0] * xs[None, :] + inv_k[1, 1] * ys[:, None] + ck[1], 0, h_ink - 1).astype(np.intp)
-    cov = inkf.ravel().take(iv * w_ink + iu)
+        cov *= np.float32(1.0 / (b * b))
+    cov[border] = 0.0  # off the raster
 
     cov = _blur(cov, np.array([0.25, 0.5, 0.25], dtype=np.float32), axis=(0, 1))  # the lens
     if d.smear > 0:
@@ -190,6 +173,39 @@ def render(code: str, defects: Defects = Defects(), *, width: int = 640, height:
     out = np.full((height, width), int(round(SUBSTRATE * 255)), dtype=np.uint8)
     out[y0:y1, x0:x1] = np.clip(np.rint(refl * 255.0), 0, 255).astype(np.uint8)
     return out
+
+
+@lru_cache(maxsize=16)
+def _camera_map(gh: int, gw: int, width: int, height: int, module_px: float, rotation_deg: float, skew_deg: float,
+                smear: float):
+    """Where each camera pixel of the symbol's region falls on the print raster — the same for every
+    print of one size and geometry, so computed once: (x0, y0, x1, y1) the region, `base` the flat index
+    of each pixel's footprint corner in the raster padded for the box, `border` the pixels off the raster,
+    b the footprint's side in raster cells."""
+    # camera pixel → print raster: inverse of rotation · shear · scale about the symbol's centre
+    th, sk = math.radians(rotation_deg), math.tan(math.radians(skew_deg))
+    fwd = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]) @ np.array([[1.0, sk], [0.0, 1.0]])
+    inv = np.linalg.inv(fwd * module_px)
+    centre = np.array([gw / 2, gh / 2])
+    corners = (np.array([[0, 0], [gw, 0], [0, gh], [gw, gh]]) - centre) @ (fwd * module_px).T
+    x0, y0 = np.floor(corners.min(0) + [width / 2, height / 2]).astype(int)
+    x1, y1 = np.ceil(corners.max(0) + [width / 2, height / 2]).astype(int)
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    margin = 2 + int(math.ceil(smear * module_px))  # the blurs reach this far past the print
+    x0, y0 = max(x0 - margin, 0), max(y0 - margin, 0)
+    x1, y1 = min(x1 + margin, width), min(y1 + margin, height)
+    b = max(1, int(round(_K / module_px)))
+    h_ink, w_ink = gh * _K + 2, gw * _K + 2  # the raster with a bare border: points off it clip onto it
+    xs = np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - width / 2)
+    ys = np.arange(y0, y1, dtype=np.float32) + np.float32(0.5 - height / 2)
+    inv_k = (inv * _K).astype(np.float32)
+    ck = (centre * _K + 1).astype(np.float32)
+    iu = np.clip(inv_k[0, 0] * xs[None, :] + inv_k[0, 1] * ys[:, None] + ck[0], 0, w_ink - 1).astype(np.intp)
+    iv = np.clip(inv_k[1, 0] * xs[None, :] + inv_k[1, 1] * ys[:, None] + ck[1], 0, h_ink - 1).astype(np.intp)
+    border = (iu == 0) | (iv == 0) | (iu == w_ink - 1) | (iv == h_ink - 1)
+    base = iv * (gw * _K + b + 1) + iu  # row iv, column iu of the raster padded by b // 2 + 1 before
+    base.flags.writeable = border.flags.writeable = False
+    return int(x0), int(y0), int(x1), int(y1), base, border, b
 
 
 def _blur(a: np.ndarray, kernel: np.ndarray, axis: tuple[int, ...]) -> np.ndarray:
