@@ -3,20 +3,15 @@ users and passwords, `serialine console` as a process, logging in, reading a PDF
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-
-HOST_TESTS = Path(__file__).resolve().parent.parent / "host"
-if str(HOST_TESTS) not in sys.path:  # the service rig of tests/host/test_service.py (the line around the device)
-    sys.path.insert(0, str(HOST_TESTS))
+from rigs import LoggedProc, service_lines
 
 CHROMIUM = "/usr/bin/chromium"
 SERIALINE = str(Path(sys.executable).parent / "serialine")
@@ -41,41 +36,31 @@ def add_users(db: Path) -> None:
         conn.close()
 
 
-class ConsoleProc:
+class ConsoleProc(LoggedProc):
+    """`serialine console` on a free port; `url` is where it says it serves."""
+
+    what = "the console"
+
     def __init__(self, db: Path, control: str | None = None, extra: list[str] = ()):
-        args = [SERIALINE, "console", "--db", str(db), "--port", "0", *extra] + (["--control", control] if control else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-        end = time.monotonic() + 30
-        self.url = None
-        while time.monotonic() < end and self.url is None:
-            for line in list(self.lines):
-                m = re.search(r"on (https?://\S+?)/? ", line)
-                if m:
-                    self.url = m[1]
-            if self.proc.poll() is not None:
-                raise AssertionError(f"console exited {self.proc.returncode}:\n" + "\n".join(self.lines))
-            time.sleep(0.05)
-        assert self.url, "\n".join(self.lines)
+        super().__init__([SERIALINE, "console", "--db", str(db), "--port", "0", *extra]
+                         + (["--control", control] if control else []))
+        self.url = self.wait_log(r"on (https?://\S+?)/? ")[1]
 
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
 
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+@contextlib.contextmanager
+def agent_line(tmp_path: Path, edit=None):
+    """(rig, line file, ledger, batch, agent): rigs.service_lines' line with the console's users and
+    `serialine agent run` on it, ready. The agent is killed at the end (one stopped before is left)."""
+    from test_service import Agent
+    with service_lines(tmp_path) as make:
+        rig, cfg, db, batch = make(edit)
+        add_users(db)
+        agent = Agent(cfg, batch)
+        try:
+            agent.wait_status(lambda s: s["ready"])
+            yield rig, cfg, db, batch, agent
+        finally:
+            agent.kill()
 
 
 def login(page, url: str, name: str, password: str | None = None):

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]  # consolekit, rigs
 from consolekit import CHROMIUM, PASSWORD, SERIALINE, ConsoleProc, login  # noqa: E402
 
 

@@ -16,8 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from consolekit import PASSWORD, SERIALINE, add_users, login, logout, pdftotext
-from test_service import LINE_FILE, CPM, Agent, Rig, fields_of, make_batch, wait_for
+from consolekit import PASSWORD, SERIALINE, agent_line, login, logout, pdftotext
+from test_service import wait_for
 
 # the README's screenshots: SERIALINE_CONSOLE_SCREENSHOTS=1 writes them to docs/img/, else to the test's tmp folder
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
@@ -53,20 +53,8 @@ def _cli(*argv, user: str, db: Path) -> str:
 
 def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fails_verify(tmp_path, consoles, page):
     IMG = DOCS_IMG if os.environ.get("SERIALINE_CONSOLE_SCREENSHOTS") else tmp_path / "img"
-    db = tmp_path / "serialine.db"
-    batch = make_batch(db)
-    add_users(db)
-    rig = Rig(tmp_path, {})
-    agent = None
-    try:
-        cfg = tmp_path / "line.toml"
-        addr = rig.address
-        cfg.write_text(LINE_FILE.format(port=rig.link.host_path, cpm=CPM, coder=addr["coder"], camera=addr["camera"],
-                                        db=db, gate_at=400.0, upstream="").replace("start_on_boot = true",
-                                                                                  "start_on_boot = false"))
-        rig.f = fields_of(cfg)
-        agent = Agent(cfg, batch)
-        agent.wait_status(lambda s: s["ready"])
+    with agent_line(tmp_path, lambda text: text.replace("start_on_boot = true", "start_on_boot = false")) as (
+            rig, cfg, db, batch, agent):
         control = agent.wait_log(r"control interface on http://(\S+)")[1]
         c = consoles(db, control, ["--config", str(cfg)])  # the line file: the gate window for the gate chart
 
@@ -108,11 +96,6 @@ def test_operator_runs_the_line_qa_reviews_and_releases_and_a_changed_record_fai
         _until(lambda: "stop sent by olga" in page.inner_text("#result"), 15, "the stop confirmed")
         wait_for(lambda: rig.state != 2, 20, "the device stops", rig)
         assert agent.stop() == 0, agent.log
-        agent = None
-    finally:
-        if agent is not None:
-            agent.kill()
-        rig.close()
 
     conn = sqlite3.connect(db)
     starts = conn.execute("SELECT user, json_extract(detail, '$.reason') FROM audit WHERE action='line.start'").fetchall()

@@ -7,7 +7,7 @@ import datetime as dt
 import subprocess
 import time
 
-from consolekit import SERIALINE, ConsoleProc, add_users, login
+from consolekit import SERIALINE, ConsoleProc, add_users, agent_line, login
 from test_service import make_batch
 
 from serialine.host.console.sessions import Sessions
@@ -98,28 +98,10 @@ def test_a_flood_of_login_pages_evicts_no_logged_in_session():
 
 
 def test_the_agent_serves_the_console_from_its_line_file(tmp_path, page):
-    from test_service import CPM, LINE_FILE, Agent, Rig, fields_of
-    db = tmp_path / "serialine.db"
-    batch = make_batch(db)
-    add_users(db)
-    rig = Rig(tmp_path, {})
-    agent = None
-    try:
-        cfg = tmp_path / "line.toml"
-        addr = rig.address
-        cfg.write_text(LINE_FILE.format(port=rig.link.host_path, cpm=CPM, coder=addr["coder"], camera=addr["camera"],
-                                        db=db, gate_at=400.0, upstream="") + '\n[console]\naddress = "127.0.0.1:0"\n')
-        rig.f = fields_of(cfg)
-        agent = Agent(cfg, batch)
+    with agent_line(tmp_path, lambda text: text + '\n[console]\naddress = "127.0.0.1:0"\n') as (_, _, _, batch, agent):
         url = agent.wait_log(r"console on (http://\S+?)/?$")[1]
-        agent.wait_status(lambda s: s["ready"])
         login(page, url, "olga")
         page.wait_for_selector("#line-state")
         assert page.inner_text("#batch") == batch
         assert "agent-error" not in page.content()  # it reaches its own control interface
         assert agent.stop() == 0, agent.log
-        agent = None
-    finally:
-        if agent is not None:
-            agent.kill()
-        rig.close()

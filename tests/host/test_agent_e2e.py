@@ -36,6 +36,8 @@ from serialine.host.sim import report as sim_report
 from serialine.host.sim.emulators import emulator
 from serialine.host.sim.faults import FaultyRelay
 
+from rigs import LoggedProc
+
 try:
     from serialine.host.sim.line import LineModel
 except ImportError:  # before the simulator's rename
@@ -88,41 +90,13 @@ def make_batch(db: Path, batch: str, units: int) -> None:
     ok("batch", "start", batch, *who)
 
 
-class ServiceProc:
+class ServiceProc(LoggedProc):
     """`serialine agent run` as systemd would run it: its own process, stderr is its log."""
 
+    what = "the agent"
+
     def __init__(self, config: Path, batch: str | None):
-        args = [SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else [])
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> re.Match:
-        rx = re.compile(pattern)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for line in self.lines[after:]:
-                m = rx.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None:
-                self._reader.join(2)
-                for line in self.lines[after:]:
-                    if rx.search(line):
-                        return rx.search(line)
-                raise AssertionError(f"the agent exited {self.proc.returncode} without {pattern!r}:\n{self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} in the agent's log within {timeout} s:\n{self.log}")
+        super().__init__([SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else []))
 
     @property
     def control(self) -> str:
@@ -153,11 +127,6 @@ class ServiceProc:
         rc = self.proc.wait(timeout)
         self._reader.join(5)
         return rc
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class World(threading.Thread):
@@ -423,13 +392,8 @@ def test_a_configuration_the_device_refuses_is_its_field_in_mm_and_ms(tmp_path, 
     assert len(refusal) == 1 and "min_host_budget_ms = 5000 ms" in refusal[0], said
     world.start()
     agent = ServiceProc(config, batch)
-    try:
-        rc = agent.proc.wait(60)
-    finally:
-        agent.kill()
-    agent._reader.join(5)
-    assert rc == 1, agent.log
-    errors = [x for x in agent.lines if " ERROR " in x]
+    assert agent.exit_code(60) == 1, agent.log
+    errors = agent.errors()
     assert len(errors) == 1, agent.log
     assert errors[0].startswith("serialine-agent: ERROR device refused the configuration: "), errors[0]
     assert "min_host_budget_ms = 5000 ms" in errors[0], errors[0]

@@ -17,7 +17,8 @@ import pytest
 from serialine.host import challenge, cli
 from serialine.host.sim.camera import SimCamera
 
-from test_service import SERIALINE, Agent, Rig, fields_of, line_file, make_batch, wait_for
+from rigs import service_lines
+from test_service import SERIALINE, Agent, Rig, wait_for
 
 
 class ChallengeCamera(SimCamera):
@@ -89,24 +90,15 @@ class ChallengeRig(Rig):
 
 @pytest.fixture
 def challenge_line(tmp_path):
-    made = []
+    with service_lines(tmp_path, ChallengeRig) as make:
+        def make_challenge(policy: str | None = "on_change", min_grade: str | None = None):
+            def edit(text: str) -> str:
+                if min_grade:
+                    text = text.replace("[camera]\n", f'[camera]\nmin_grade = "{min_grade}"\n')
+                return text + (f'\n[policy]\nchallenge = "{policy}"\n' if policy else "")
+            return make(edit)
 
-    def make(policy: str | None = "on_change", min_grade: str | None = None):
-        db = tmp_path / "serialine.db"
-        batch = make_batch(db)
-        rig = ChallengeRig(tmp_path, {})
-        cfg = line_file(tmp_path / "line.toml", rig, db)
-        if min_grade:
-            cfg.write_text(cfg.read_text().replace("[camera]\n", f'[camera]\nmin_grade = "{min_grade}"\n'))
-        if policy:
-            cfg.write_text(cfg.read_text() + f'\n[policy]\nchallenge = "{policy}"\n')
-        rig.f = fields_of(cfg)
-        made.append(rig)
-        return rig, cfg, db, batch
-
-    yield make
-    for rig in made:
-        rig.close()
+        yield make_challenge
 
 
 def run_challenge(agent, rig, cfg: Path, tmp_path: Path, plan=challenge.PLAN, *extra):

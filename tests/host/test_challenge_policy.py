@@ -15,47 +15,27 @@ from serialine.host import challenge, cli, linefile
 from serialine.host.db import transaction
 from serialine.host.ledgerfile import open_ledger
 
+from rigs import line_text
 from test_service import GTIN, SERIALINE, make_batch
 
-LINE = """\
-[identity]
-line_id = "{line}"
-[device]
-port = "/dev/null"
-board = "sim"
-[line]
-counts_per_mm = 4
-coder_at_mm = 100.0
-camera_at_mm = 200.0
-gate_at_mm = 400.0
-max_speed_mm_s = 300.0
-[coder]
-driver = "serialine"
-address = "127.0.0.1:1"
-[camera]
-driver = "serialine"
-address = "127.0.0.1:2"
-[ledger]
-path = "{db}"
-[policy]
-challenge = "{policy}"
-shift_hours = 8
-"""
+
+def three_batches(db: Path, user: str = "qa-anna") -> Path:
+    """A ledger with batch B1 running and B2, B3 made, not started."""
+    make_batch(db, "B1")
+    for b in ("B2", "B3"):
+        assert cli.main(["batch", "create", b, GTIN, "L" + b, "2031-01-31", "--planned", "10", "--case-size", "10",
+                         "--pallet-size", "10", "--db", str(db), "--user", user]) == 0
+    return db
 
 
 @pytest.fixture
 def ledger(tmp_path):
-    db = tmp_path / "serialine.db"
-    make_batch(db, "B1")
-    for b in ("B2", "B3"):
-        assert cli.main(["batch", "create", b, GTIN, "L" + b, "2031-01-31", "--planned", "10", "--case-size", "10",
-                         "--pallet-size", "10", "--db", str(db), "--user", "qa-anna"]) == 0
-    return db
+    return three_batches(tmp_path / "serialine.db")
 
 
 def cfg_for(tmp_path: Path, db: Path, policy: str, line: str = "line-1"):
     path = tmp_path / f"{line}.toml"
-    path.write_text(LINE.format(db=db, policy=policy, line=line))
+    path.write_text(line_text(db, line_id=line, extra=f'\n[policy]\nchallenge = "{policy}"\nshift_hours = 8\n'))
     return linefile.load(path)
 
 
