@@ -9,12 +9,12 @@ unsolicited, so a poller asks `GST` every `poll_s` (`STS|state|error|job|batch|t
 of the total count is one print, booked by what the field is known to hold: the loaded job (once),
 else no job (`empty`: the field's old data again; the agent stops the line as for an EMPTY).
 
-A load is `GST`, `JDA`, `GST`: the field is in doubt from the JDA on (a print while the JDA is on
-its way may have used either data) and known again only when the count after the ACK has not moved.
-While in doubt every print is booked None (alarm PRINT_IN_DOUBT: the agent's cross-check fails that
-unit and stops the line), until a later load is confirmed the same way or the field is emptied
-(`clear()`). A JDA with no reply, or whose count after it never came, leaves the field in doubt
-(InDoubt from the push). `ERR` to a push's JDA is a definite refusal (nothing queued); to a later
+A load is `GST`, `JDA`, `GST`: a print while the JDA is on its way may have used either data. If
+the count after the ACK has not moved the field is known (the job waits in it); if it moved, those
+prints and the next one are booked None (alarm PRINT_IN_DOUBT: the agent's cross-check fails that
+unit and stops the line), and after that one the job is gone. A JDA with no reply, a load whose
+count after it never came, or a printer reset leave the field in doubt until a later load is
+confirmed (or `clear()` empties it); InDoubt from the push. `ERR` to a push's JDA is a definite refusal (nothing queued); to a later
 load, the job stays first and is retried (alarm LOAD_REFUSED). The total count survives a lost
 connection, so prints made meanwhile are still counted once the owner (the agent's next request,
 or the service) has reconnected: the poller never reconnects by itself."""
@@ -36,6 +36,7 @@ RUNNING = 3
 _STS = re.compile(r"STS\|([0-4])\|([0-2])\|([^|\r\n]*)\|(\d{1,10})\|(\d{1,10})\|")
 LOAD_RETRY_S = 0.5
 EMPTY = object()  # a print that carried no job
+KNOWN, ONE_PRINT, UNTIL_WRITTEN = 0, 1, 2  # the field: known; in doubt for the next print; until a load is confirmed
 
 
 class ReplyError(ValueError):
@@ -76,7 +77,7 @@ class VideojetCoder(LineClient):
         self._q = threading.RLock()  # one poll / push / clear at a time: the queue and the field agree
         self._fifo: collections.deque[str] = collections.deque()  # jobs not yet loaded
         self._fresh: str | None = None  # the job the field holds, known, not printed yet
-        self._unknown = False  # what the field holds is not known: each print counted is booked None
+        self._field_doubt = KNOWN  # what the field holds: known, or not (each print counted then is booked None)
         self._total: int | None = None
         self._load_at = 0.0  # a refused load is retried from then
         self.printed = 0
@@ -126,13 +127,15 @@ class VideojetCoder(LineClient):
             moved = 0
             if self._total is not None:  # restarted or reset: what the field holds is unknown too
                 self.alarm("COUNT_RESET", f"videojet: total count went back from {self._total} to {st.total}")
-                self._fresh, self._unknown, moved = None, True, -1
+                self._fresh, self._field_doubt, moved = None, UNTIL_WRITTEN, -1
             self._total = st.total
             return moved
         moved, self._total = st.total - self._total, st.total
         for _ in range(moved):
-            if self._unknown:
+            if self._field_doubt:
                 self._book(None)
+                if self._field_doubt == ONE_PRINT:  # that print took the loaded job if it was still there
+                    self._field_doubt = KNOWN
             elif self._fresh is not None:
                 self._book(self._fresh)
                 self._fresh = None
@@ -165,33 +168,37 @@ class VideojetCoder(LineClient):
     # --- loading ---------------------------------------------------------------------------------
     def _write(self, value: str, counted: bool = False) -> bool:
         """JDA `value` into the field ("" empties it) between two counts: prints before the first
-        used what the field held; a print between the two may have used either data, so the field
-        is in doubt from the JDA on and stays so unless the count after the ACK has not moved (or
-        the field was emptied). True: ACKed; False: ERR, nothing changed. DeviceError: nothing
-        sent; InDoubt: sent, the field is in doubt. `counted`: the caller has just asked GST."""
+        used what the field held; a print between the two may have used either data (in doubt). The
+        field is known again when the count after the ACK has not moved (or it was emptied); if it
+        moved, the job printed in the window or still waits, so the next print is in doubt too and
+        after it the job is gone. True: ACKed; False: ERR, nothing changed. DeviceError: nothing
+        sent; InDoubt: sent, the field in doubt until a load is confirmed. `counted`: the caller
+        has just asked GST."""
         if not counted:
             try:
                 self._gst()
             except InDoubt as exc:  # nothing sent yet: a definite failure
                 raise DeviceError(str(exc)) from None
-        was = self._fresh, self._unknown
-        self._fresh, self._unknown = None, True
+        was = self._fresh, self._field_doubt
+        self._fresh, self._field_doubt = None, UNTIL_WRITTEN
         try:
             reply = self.request(f"JDA|{self.field}={value}|", "ACK|ERR", idempotent=not value)
         except InDoubt:
             raise
         except DeviceError:  # not sent (no connection)
-            self._fresh, self._unknown = was
+            self._fresh, self._field_doubt = was
             raise
         if reply != "ACK":
-            self._fresh, self._unknown = was
+            self._fresh, self._field_doubt = was
             return False
         try:
             moved = self._gst()
         except DeviceError as exc:
             raise InDoubt(f"videojet: loaded, but the count after it is unknown ({exc})") from None
         if moved == 0 or (moved > 0 and not value):  # nothing printed since the JDA, or emptied (no reset)
-            self._fresh, self._unknown = value or None, False
+            self._fresh, self._field_doubt = value or None, KNOWN
+        elif moved > 0:  # the job printed in the window, or waits for the next print: after it, gone
+            self._field_doubt = ONE_PRINT
         return True
 
     def _load_next(self, counted: bool = False) -> None:
