@@ -14,10 +14,11 @@ the count after the ACK has not moved the field is known (the job waits in it); 
 prints and the next one are booked None (alarm PRINT_IN_DOUBT: the agent's cross-check fails that
 unit and stops the line), and after that one the job is gone. A JDA with no reply, a load whose
 count after it never came, or a printer reset leave the field in doubt until a later load is
-confirmed (or `clear()` empties it); InDoubt from the push. `ERR` to a push's JDA is a definite refusal (nothing queued); to a later
-load, the job stays first and is retried (alarm LOAD_REFUSED). The total count survives a lost
-connection, so prints made meanwhile are still counted once the owner (the agent's next request,
-or the service) has reconnected: the poller never reconnects by itself."""
+confirmed (or `clear()` empties it); InDoubt from the push. `ERR` to a push's JDA is a definite
+refusal (nothing queued); to a later load, the job stays first and is retried (alarm LOAD_REFUSED).
+The total count survives a lost connection, so prints made meanwhile are still counted once the
+owner (the agent's next request, or the service) has reconnected: the poller never reconnects by
+itself."""
 
 from __future__ import annotations
 
