@@ -108,7 +108,13 @@ def _compact(conn: sqlite3.Connection) -> None:
         return
     conn.execute("SAVEPOINT outbox_compact")
     try:
-        conn.execute(SCHEMA[0].replace("IF NOT EXISTS epcis_outbox (", "epcis_outbox_packed (", 1))
+        try:
+            conn.execute(SCHEMA[0].replace("IF NOT EXISTS epcis_outbox (", "epcis_outbox_packed (", 1))
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            conn.execute("RELEASE outbox_compact")
+            return  # a read-only ledger (an archive being exported): its text bodies read as they are
         conn.execute("INSERT INTO epcis_outbox_packed SELECT * FROM epcis_outbox")
         (given,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'epcis_outbox'").fetchone()
         conn.execute("DROP TABLE epcis_outbox")

@@ -94,3 +94,23 @@ def test_an_outbox_of_text_bodies_keeps_its_rows_and_takes_packed_ones():
         c.execute("UPDATE epcis_outbox SET body = x'00' WHERE seq = 5")
     outbox.ensure_schema(c)  # again: nothing to do
     assert outbox.batch_events(c, "B") == made[:3] + made[4:]
+
+
+def test_a_read_only_outbox_of_text_bodies_is_read_as_it_is(tmp_path):
+    path = tmp_path / "archive.db"
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute(outbox.SCHEMA[0].replace(
+        "body         BLOB NOT NULL CHECK (typeof(body) = 'blob' OR json_valid(body)),  -- pack(text), or text",
+        outbox._TEXT_BODY + ","))
+    for statement in outbox.SCHEMA[1:]:
+        c.execute(statement)
+    c.execute("INSERT INTO epcis_outbox_tally VALUES (1, 0, 0)")
+    made = batch_events()[:3]
+    for event in made:
+        c.execute("INSERT INTO epcis_outbox (batch_id, event_id, event_type, body, enqueued_at) VALUES (?,?,?,?,?)",
+                  ("B", event["eventID"], event["type"], text_of(event), 1.5))
+    c.close()
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    outbox.ensure_schema(ro)
+    assert outbox.batch_events(ro, "B") == made and outbox.counts(ro)["pending"] == 3
+    ro.close()
