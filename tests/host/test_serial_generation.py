@@ -88,3 +88,15 @@ def test_memory_does_not_grow_with_the_count(conn, monkeypatch):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.5 * peaks[0], peaks  # eight times the serials, about the same peak
+
+
+@pytest.mark.parametrize("hold_s, writes", [
+    (1e-9, 1 + 28),  # every write "too long": 1,000, then CHUNK / 4 = 250 and no fewer
+    (1e9, 3),  # every write "short": 1,000, 2,000, then the rest of the draw (5,000 < 1.5 x 4,000)
+])
+def test_a_generated_pool_paces_its_chunks_within_bounds(conn, monkeypatch, hold_s, writes):
+    monkeypatch.setattr(serials, "CHUNK", 1000)  # a draw: 8,000
+    monkeypatch.setattr(serials, "HOLD_S", hold_s)
+    added = serials.generate_pool(conn, GTIN, 8000)
+    assert added.count == 8000 and added.chunks == writes
+    assert conn.execute("SELECT count FROM serial_import WHERE import_id=?", (added.import_id,)).fetchone() == (8000,)
