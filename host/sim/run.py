@@ -13,6 +13,7 @@ link dark). Real time: the same loop on the wall clock, to measure latency and j
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import sqlite3
@@ -296,6 +297,14 @@ class Ticks:
         ms, self.stall = self.stall[1], None
         return int(ms * 1000)
 
+    def stall_due_us(self, line) -> int | None:
+        """When the stall strikes at the present speed (virtual time must not jump past it)."""
+        v = line.speed()
+        if self.stall is None or v <= 0:
+            return None
+        fire_at = line.gate_at - v * line.lead_us / 1e6
+        return line.t + max(0, math.ceil((line.packs[self.stall[0]].belt_at + fire_at - 4 - line.belt) / v * 1e6))
+
     def tick(self, dt_us: int, travel: float, line) -> None:
         self.n += 1
         if travel <= self.bound:
@@ -369,7 +378,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 # the simulator's own (operator, host restart, end of an outage)
                 dev_due = device.next_due_us()
                 t = min(line.next_event_us(), dev_due,
-                        *(x for x in (camera.next_due(), bin_empty_at, host_back_at, dark.until) if x is not None))
+                        *(x for x in (camera.next_due(), bin_empty_at, host_back_at, dark.until,
+                                      ticks.stall_due_us(line)) if x is not None))
                 steady = line.steady_us() > 0 and not fixed_step_us
                 if not steady:  # speed changing: scan as often as a board would
                     t = min(t, line.t + (fixed_step_us or MAX_STEP_US))
@@ -384,7 +394,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 stats["steps"] += 1
             t_was, belt_was = line.t, line.belt
             edges = line.advance(t)
-            if realtime:  # virtual time scans at every event: a long tick is no overrun there
+            if realtime or stall:  # virtual time scans at every event: its long ticks are no overruns
                 ticks.tick(line.t - t_was, line.belt - belt_was, line)
             seen = 0  # edges the device has been given
             for k, e in enumerate(edges):
