@@ -178,6 +178,8 @@ SCHEMA = [
         BEGIN INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id)
               VALUES (NEW.gtin, NEW.serial, OLD.state, NEW.state, COALESCE(NEW.batch_id, OLD.batch_id)); END""",
     # Every device event once, keyed by the device's identity; the row is the durable copy acked.
+    # body: the event's fields but event_seq and unit_seq, which are columns (host/ledger.py _body;
+    # rows stored before that repeat them in the body too)
     """CREATE TABLE IF NOT EXISTS device_event (
         device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, event_seq INTEGER NOT NULL,
         msg_name TEXT NOT NULL, unit_seq INTEGER, body TEXT NOT NULL,

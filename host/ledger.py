@@ -54,10 +54,12 @@ class _Life:
         self.lost: set[int] = set()  # booked UNKNOWN in this run: their outcome reads the database
 
 
+_IN_COLUMNS = ("event_seq", "unit_seq")  # device_event has a column for each: the body does not repeat them
+
+
 def _body(fields: dict) -> str:
-    """The event's fields but its event_seq (a key column already) as compact JSON; flat ints (the
-    hot path) formatted directly."""
-    items = [(k, v) for k, v in fields.items() if k != "event_seq"]
+    """The event's other fields as compact JSON; flat ints (the hot path) formatted directly."""
+    items = [(k, v) for k, v in fields.items() if k not in _IN_COLUMNS]
     if all(type(v) is int for _, v in items):
         return "{" + ",".join([f'"{k}":{v}' for k, v in items]) + "}"
     return json.dumps(dict(items), separators=(",", ":"), default=str)
