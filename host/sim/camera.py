@@ -48,7 +48,8 @@ def imager_for(scenario, seed: int, priority: int | None = None):
     from serialine.host.verify.imager import Imager
 
     imager = Imager(scenario.print, scenario.units, seed=seed, min_grade=CameraSettings().min_grade)
-    imager.start()
+    with rtsched.spawning():  # its worker starts on the default scheduler; raised below
+        imager.start()
     for pid in imager.worker_pids() if priority is not None else ():
         rtsched.fifo(pid, priority)
     return imager

@@ -62,8 +62,9 @@ class SimDevice:
     def start(self):
         try:
             # lockstep even in a real-time run: the orchestrator then takes t from the wall clock
-            self.board = unixboard.UnixBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
-                                             device_id=self.device_id, cwd=self.workdir)
+            with rtsched.spawning():  # it starts on the default scheduler; raised below
+                self.board = unixboard.UnixBoard(self.tty_path, cfg_path=self.workdir / "serialine.cfg",
+                                                 device_id=self.device_id, cwd=self.workdir)
         except (RuntimeError, OSError) as exc:  # RuntimeError: no micropython command too
             raise RunError(f"the device (MicroPython) did not start: {exc}") from None
         rtsched.fifo(self.board.proc.pid, self.priority)
@@ -173,8 +174,9 @@ class HostAgent:
         cmd = [sys.executable, "-m", "serialine.host.cli", "agent", "run", "--config", str(self.line_file),
                "--batch", self.batch_id]
         # its own session: a Ctrl-C at the terminal reaches the simulator, which stops it in order
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                     start_new_session=True)
+        with rtsched.spawning():  # it starts on the default scheduler; raised below
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                         start_new_session=True)
         rtsched.fifo(self.proc.pid, self.priority)
         self.present, self.leaving, self._asked_at = False, False, 0.0
 

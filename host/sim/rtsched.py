@@ -11,6 +11,8 @@ Every FIFO part sleeps between scans or blocks on I/O; the kernel's RT throttlin
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 
@@ -47,6 +49,30 @@ _CLOCK_CPU: list = [None]  # set while Held
 _ALL_CPUS: list = [None]
 
 
+@contextlib.contextmanager
+def spawning():
+    """Start a part's process from the simulator's thread inside this: the child starts on the default
+    scheduler and every CPU, then `fifo()` raises it. (Inheriting SCHED_FIFO, it would run its whole
+    start-up on the clock's CPU at the clock's priority, which no equal priority preempts, and keep the
+    threads it starts meanwhile there: a FIFO agent thread holding the clock's CPU for 200 ms.)"""
+    try:
+        was = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority, os.sched_getaffinity(0)
+    except (OSError, AttributeError):
+        yield
+        return
+    if was[0] != os.SCHED_FIFO:
+        yield
+        return
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    if _ALL_CPUS[0] is not None:
+        os.sched_setaffinity(0, _ALL_CPUS[0])
+    try:
+        yield
+    finally:
+        os.sched_setscheduler(0, was[0], os.sched_param(was[1]))
+        os.sched_setaffinity(0, was[2])
+
+
 class Held:
     """`with Held(on) as sched:` the calling thread, the threads it starts (the relay, the coder and
     camera servers) and the processes it starts on SCHED_FIFO at SIMULATOR; each part's process is then
@@ -67,6 +93,7 @@ class Held:
             return self
         self._was, self.policy = was, "fifo"
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        gc.freeze()  # what exists now is never collected again: a full collection then takes 0.1 s less
         if PIN:
             _ALL_CPUS[0], _CLOCK_CPU[0] = os.sched_getaffinity(0), _clock_cpu()
             if _CLOCK_CPU[0] is not None:
@@ -83,6 +110,7 @@ class Held:
         policy, prio, switch = self._was
         os.sched_setscheduler(0, policy, os.sched_param(prio))
         sys.setswitchinterval(switch)
+        gc.unfreeze()
         if _ALL_CPUS[0] is not None:
             os.sched_setaffinity(0, _ALL_CPUS[0])
         _ALL_CPUS[0] = _CLOCK_CPU[0] = None

@@ -59,3 +59,19 @@ def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
             for p in procs:
                 p.stdin.close()
                 p.wait()
+
+
+def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
+    with rtsched.Held(True) as sched:
+        if sched.policy == "other":
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        clock = _state()
+        with rtsched.spawning():
+            child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            assert _state() == clock  # the clock is back at its priority, on its CPU
+            policy, _, cpus = _state(child.pid)
+            assert policy == os.SCHED_OTHER and cpus == rtsched._ALL_CPUS[0]
+        finally:
+            child.stdin.close()
+            child.wait()
