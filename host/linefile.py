@@ -501,9 +501,10 @@ class Section:
 
     def refuse_unknown(self, known) -> None:
         known = list(known)
+        where = f"{self.section} " if self.section else ""
         for key in self.table:
             if key not in known:
-                self.fail(f"{self.section + ' ' if self.section else ''}unknown key {key!r} (known: {', '.join(known)})")
+                self.fail(f"{where}unknown key {key!r} (known: {', '.join(known)})")
 
     def _given(self, key: str, default, kind=None):
         """(value, given) for `key`; a value of the wrong `kind` (bool is no number) is refused here."""

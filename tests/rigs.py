@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -80,6 +81,15 @@ class LoggedProc:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def ledger_rows(db, sql: str, *args) -> list[tuple]:
+    """A query on the ledger, read-only (beside a running agent: it waits up to 30 s for a lock)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
 
 
 LINE_TEXT = """\

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from serialine.host.sim import report as sim_report
 from serialine.host.sim.emulators import emulator
 from serialine.host.sim.faults import FaultyRelay
 
-from rigs import LoggedProc
+from rigs import LoggedProc, ledger_rows
 
 try:
     from serialine.host.sim.line import LineModel
@@ -234,16 +233,8 @@ def rig(tmp_path):
         world.camera.close()
 
 
-def rows(db: Path, sql: str, *args):
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 def alarm_count(db: Path, kind: str) -> int:
-    return rows(db, "SELECT COUNT(*) FROM alarm_log WHERE alarm = ?", kind)[0][0]
+    return ledger_rows(db, "SELECT COUNT(*) FROM alarm_log WHERE alarm = ?", kind)[0][0]
 
 
 def assert_journal_lines(agent: ServiceProc):
@@ -307,7 +298,7 @@ def test_agent_run_end_to_end_camera_drop_sigterm_restart(tmp_path, rig):
         # 4. the rest of the batch; then everything in the ledger, SIGTERM again
         world.wait(lambda: world.line.done, 120, "every pack past the gate", agent)
         want = world.detected
-        world.wait(lambda: rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome IS NOT NULL",
+        world.wait(lambda: ledger_rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome IS NOT NULL",
                                 batch)[0][0] >= want, 30, "an outcome for every detected pack", agent)
         assert agent.sigterm() == 0, agent.log
         assert_journal_lines(agent)
@@ -343,12 +334,12 @@ def test_agent_run_end_to_end_camera_drop_sigterm_restart(tmp_path, rig):
     assert reconcile.returncode == 0, (reconcile.stdout, reconcile.stderr)
     assert "PROBLEM" not in reconcile.stdout, reconcile.stdout
     assert inv["reconciliation_ok"]
-    assert rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome IS NULL", batch) == [(0,)]
-    assert rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome = 'UNKNOWN'", batch) == [(0,)]
+    assert ledger_rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome IS NULL", batch) == [(0,)]
+    assert ledger_rows(db, "SELECT COUNT(*) FROM unit WHERE batch_id=? AND outcome = 'UNKNOWN'", batch) == [(0,)]
     # the operator's commands, with user and reason, in the audit log; and the chain verifies
     trail = [(u, a, json.loads(d)["reason"]) for u, a, d in
-             rows(db, "SELECT user, action, detail FROM audit WHERE action IN ('line.start', 'line.stop', 'line.clear')"
-                  " ORDER BY seq")]
+             ledger_rows(db, "SELECT user, action, detail FROM audit WHERE action IN"
+                         " ('line.start', 'line.stop', 'line.clear') ORDER BY seq")]
     assert trail == [(OPERATOR, "line.clear", "camera reconnected, pairing restarted"),
                      (OPERATOR, "line.clear", "agent restarted after maintenance"),
                      (OPERATOR, "line.stop", "pallet change at the packer"),

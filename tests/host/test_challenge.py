@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from serialine.host import challenge, cli
 from serialine.host.sim.camera import SimCamera
 
-from rigs import service_lines
+from rigs import ledger_rows, service_lines
 from test_service import SERIALINE, Agent, Rig, wait_for
 
 
@@ -117,12 +116,8 @@ def run_challenge(agent, rig, cfg: Path, tmp_path: Path, plan=challenge.PLAN, *e
 
 
 def audit_rows(db: Path, action: str):
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return [(u, json.loads(d)) for u, d in conn.execute("SELECT user, detail FROM audit WHERE action=? ORDER BY seq",
-                                                            (action,))]
-    finally:
-        conn.close()
+    return [(u, json.loads(d)) for u, d in ledger_rows(db, "SELECT user, detail FROM audit WHERE action=? ORDER BY seq",
+                                                       action)]
 
 
 def batch_start(db: Path, batch: str, *extra):

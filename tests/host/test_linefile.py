@@ -281,6 +281,26 @@ def test_the_console_section_serves_loopback_or_tls_on_the_network():
         assert str(e.value).startswith("l.toml: [console]") and "\n" not in str(e.value)
 
 
+def test_the_typed_getters_range_check_and_refuse_in_one_line():
+    sec = lf.Section({"n": 300, "x": 10**400, "b": 1, "s": "warp", "k": 5.0}, "f.toml", "[agent]")
+    assert sec.getint("missing", 8, minval=1, maxval=10) == 8  # a default is taken as it is
+    for call, says in ((lambda: sec.getint("n", minval=0, maxval=255, unit="packs"),
+                        "[agent] n = 300 must be in 0..255 packs"),
+                       (lambda: sec.getint("n", minval=400), "[agent] n = 300 must be at least 400"),
+                       (lambda: sec.getfloat("x", maxval=1e9), "[agent] x = inf must be at most 1e+09"),
+                       (lambda: sec.getboolean("b"), "[agent] b = 1 must be true or false"),
+                       (lambda: sec.getint("k"), "[agent] k = 5.0 must be an integer"),
+                       (lambda: sec.getchoice("s", ("constant", "ramp")),
+                        "[agent] s = 'warp' must be one of constant, ramp"),
+                       (lambda: sec.get("absent"), "[agent] absent is required"),
+                       (lambda: sec.refuse_unknown(["n", "x", "b", "s"]), "[agent] unknown key 'k' (known: n, x, b, s)")):
+        with pytest.raises(lf.LineFileError) as exc:
+            call()
+        assert str(exc.value) == f"f.toml: {says}"
+    with pytest.raises(sc.ScenarioError, match=r"^s\.toml: \[speed\] must be a table$"):
+        lf.Section(3, "s.toml", "[speed]", err=sc.ScenarioError)
+
+
 def test_sockets_and_rfc2217_ports_are_pyserial_urls():
     for port in ("socket://10.0.0.9:4000", "rfc2217://[::1]:2217", "/dev/serial/by-id/usb-Raspberry_Pi_Pico-if00"):
         assert lf.parse(GOOD.replace("/dev/ttyACM0", port), "l.toml").device.port == port
