@@ -308,10 +308,11 @@ def strata(alphabet: str, length: int, count: int) -> int:
 
 
 def _prefix(alphabet: str, p: int, j: int) -> str:
-    k, out = len(alphabet), []
+    """The j-th string of p characters in key order."""
+    order, out = sorted(alphabet), []
     for _ in range(p):
-        j, d = divmod(j, k)
-        out.append(alphabet[d])
+        j, d = divmod(j, len(order))
+        out.append(order[d])
     return "".join(reversed(out))
 
 
