@@ -112,16 +112,96 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     """Rows and sha256 of the part's rows (with bound in [since, upto)); `start` chains a digest
     onto the previous checkpoint's."""
     table, where, order, _, bound = _PARTS[part]
-    sql = f"SELECT {', '.join(cols)} FROM {table} WHERE ({where})"
+    rest = f" FROM {table} WHERE ({where})"
     if bound and upto is not None:
-        sql += f" AND {bound} < :upto"
+        rest += f" AND {bound} < :upto"
     if bound and since is not None:
-        sql += f" AND {bound} >= :since"
+        rest += f" AND {bound} >= :since"
+    rest += f" ORDER BY {order}"
+    args = {"key": key, "upto": upto, "since": since}
+    made = _sql_digest(conn, table, cols, rest, args, start)
+    if made is not None:
+        return made
     h, n = hashlib.sha256(start.encode()), 0
-    cur = conn.execute(sql + f" ORDER BY {order}", {"key": key, "upto": upto, "since": since})
+    cur = conn.execute(f"SELECT {', '.join(cols)}" + rest, args)
     while rows := cur.fetchmany(4096):
         h.update(_rows_json(rows).encode())
         n += len(rows)
+    return {"rows": n, "sha256": h.hexdigest()}
+
+
+_SQL_ALIKE: dict[str, bool] = {}  # SQLite version -> its json_array writes text, integers, NULL as _row_json
+
+
+def _sql_writes_alike(conn) -> bool:
+    version = sqlite3.sqlite_version
+    if version not in _SQL_ALIKE:
+        probe = ["".join(map(chr, range(128))) + "é\u2028\U0001F600\ufffd", "", 0, -1, 2 ** 63 - 1, -2 ** 63, None]
+        try:
+            (got,) = conn.execute(f"SELECT json_array({', '.join('?' * len(probe))})", probe).fetchone()
+        except sqlite3.Error:
+            got = None
+        _SQL_ALIKE[version] = got == _row_json(probe)
+    return _SQL_ALIKE[version]
+
+
+def _affinity(declared: str) -> str:
+    """SQLite's column affinity of a declared type (its rules, in their order)."""
+    kind = (declared or "").upper()
+    if "INT" in kind:
+        return "INTEGER"
+    if any(k in kind for k in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in kind or not kind:
+        return "BLOB"
+    if any(k in kind for k in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _sql_digest(conn, table: str, cols: list[str], rest: str, args: dict, start: str) -> dict | None:
+    """_part_digest with each row's line written by SQLite (json_array: no Python object per
+    value) where that gives the same lines: text, integers and NULL. A TEXT column holds no REAL
+    (SQLite stores a number put there as text), an INTEGER one may (checked per row), any may
+    hold a BLOB (json_array refuses it): such a row sends the part back to Python. A last REAL
+    column (times) is written by float.__repr__, as json does. None: not this way."""
+    if not _sql_writes_alike(conn):
+        return None
+    kinds = {name: _affinity(kind) for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({table})")}
+    tail = cols[-1:] if kinds.get(cols[-1]) == "REAL" else []
+    head = cols[:len(cols) - len(tail)]
+    if not head or any(kinds.get(c) not in ("TEXT", "INTEGER", "NUMERIC") for c in head):
+        return None
+    line = f"json_array({', '.join(head)})"
+    numeric = [c for c in head if kinds[c] != "TEXT"]
+    if numeric:
+        line = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
+    h, n = hashlib.sha256(start.encode()), 0
+    try:
+        cur = conn.execute(f"SELECT {line}{''.join(', ' + c for c in tail)}" + rest, args)
+        while rows := cur.fetchmany(4096):
+            if tail:
+                out = []
+                for text, value in rows:
+                    if text is None:
+                        return None
+                    if type(value) is float and value - value == 0:  # finite
+                        out.append(f"{text[:-1]},{float.__repr__(value)}]\n")
+                    elif value is None:
+                        out.append(f"{text[:-1]},null]\n")
+                    elif type(value) is int:
+                        out.append(f"{text[:-1]},{int.__repr__(value)}]\n")
+                    else:
+                        return None
+                h.update("".join(out).encode())
+            else:
+                lines = [text for (text,) in rows]
+                if None in lines:
+                    return None
+                h.update(("\n".join(lines) + "\n").encode())
+            n += len(rows)
+    except sqlite3.OperationalError:  # a BLOB value
+        return None
     return {"rows": n, "sha256": h.hexdigest()}
 
 
