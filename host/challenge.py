@@ -41,6 +41,7 @@ TIMEOUT_S = 120.0  # from arming to the last pack's outcome
 ACTION = "line.challenge"
 CONFIGURE = "line.configure"
 WAIVED = "challenge.waived"
+REFUSED = "challenge.refused"  # a line.start refused for want of a passed challenge
 POLICIES = ("none", "on_change", "per_batch", "per_shift")
 
 
@@ -448,6 +449,24 @@ def execute(service, req):
     log.info("challenge %d armed by %s (%s): feed %d pack(s) in this order: %s", service.challenge.token,
                      req.user, req.reason, len(plan), ", ".join(plan))
     return {"token": service.challenge.token, "plan": list(plan), "first_unit": service.challenge.first}
+
+
+def start_refusal(service, req) -> str | None:
+    """line.start on the control interface (and so PackML Start, which is that command): refused
+    and audited while the line's [policy] wants a passed challenge that is not there — `missing`,
+    the rule `serialine batch start` applies. Not while a challenge is armed: its packs need the
+    line running. None: the start may go on."""
+    run = getattr(service, "challenge", None)
+    if run is not None and run.state == "armed":
+        return None
+    why = missing(service.conn, line_id(service.cfg))
+    if why is None:
+        return None
+    from . import audit
+    from .db import transaction
+    with transaction(service.conn):
+        audit.append(service.conn, req.user, REFUSED, service._audit_detail(req, command=req.command, missing=why))
+    return f"{req.command} refused: {why}"
 
 
 def result_lines(view: dict) -> list[str]:

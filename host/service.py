@@ -39,7 +39,8 @@ log = logging.getLogger("serialine.service")
 
 USER = "serialine-agent"  # who the service's own audit records are by
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 1.0, 30.0
-DRAIN_S = 5.0  # after SIGTERM: how long the units in flight get to reach their outcome
+DRAIN_S = 10.0  # after SIGTERM: how long the units in flight get to reach their outcome (systemd: 30 s)
+STILL_S = 3.0  # after SIGTERM: the belt still and no outcome stored this long: the units left will not get one
 CONNECT_S = 1.0  # one HELLO attempt; the service keeps trying, serving its control interface
 PUBLISH_EVERY_S = 0.005  # the status snapshot (a JSON dump, ~40 µs): at most this often, not every step
 ALARMS_EVERY_S = 0.2  # new alarms (ledger and device) logged and put in the status this often
@@ -201,11 +202,26 @@ class Watched:
 # --- the forwarder threads ---------------------------------------------------------------------
 
 def _sink(target):
-    """A line file's [[upstream]] target → its sink; credentials from the environment or the
-    target's file (never from the line file itself)."""
+    """A line file's [[upstream]] target → its sink; credentials from the environment (`env:NAME,…`:
+    only those, each set) or the target's file, never from the line file itself. A refusal is one
+    line naming the target and the variable, never a value."""
     from .epcis.cli import sink_from_spec
-    return sink_from_spec(target.spec, credentials_file=target.credentials_file, ca_file=target.ca_file or None,
-                          cert_file=target.cert_file or None, key_file=target.key_file or None)
+    cred = target.credentials
+    names = tuple(cred[len("env:"):].split(",")) if cred.startswith("env:") else None
+    try:
+        return sink_from_spec(target.spec, credentials_file=target.credentials_file, ca_file=target.ca_file or None,
+                              cert_file=target.cert_file or None, key_file=target.key_file or None, env_names=names)
+    except ValueError as exc:
+        where = _without_userinfo(target.where)
+        raise ServiceError(f"[[upstream]] {target.kind} {where}: credentials = {cred!r}: {exc}" if names
+                           else f"[[upstream]] {target.kind} {where}: {exc}") from None
+
+
+def _without_userinfo(where: str) -> str:
+    """An address fit for the log: a `user:secret@` in it (refused anyway) is not repeated."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(where)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else where
 
 
 class _SaidSink:
@@ -245,7 +261,7 @@ class Forwarding:
     def start(self) -> None:
         from .epcis.forwarder import target_of
         for target in self.targets:
-            sink = _sink(target)  # ValueError: one line, redacted
+            sink = _sink(target)  # ServiceError: one line, redacted
             name = target_of(sink)
             log.info("forwarding the outbox to %s", name)
             t = threading.Thread(target=self._run, args=(sink,), daemon=True, name=f"forward {name}")
@@ -312,6 +328,7 @@ class Service:
         self._ready = False
         self._status_at = self._alarms_at = self._published_at = 0.0
         self._figures: dict = {}
+        self._read_failing: set[str] = set()  # status reads failing now (said once)
         self._alarm_seen = 0
         self._alarms: list[dict] = []
         self._signals = 0
@@ -707,6 +724,10 @@ class Service:
             st = self.link.last_status or {}
             if name == "START" and st.get("state") == DeviceState.STOPPED:
                 return "line.start refused: the device has latched a line stop; clear it (line.clear) to restart"
+        if name == "START":
+            from . import challenge
+            if why := challenge.start_refusal(self, req):  # [policy] challenge: audited there
+                return why
         with transaction(self.conn):
             audit.append(self.conn, req.user, req.command, self._audit_detail(req))
         sent = self.agent.command(name)
@@ -742,15 +763,13 @@ class Service:
     # --- status ------------------------------------------------------------------------------
     def _publish(self, force: bool = False, ready: bool | None = None) -> None:
         now = time.monotonic()
+        # each read stands alone: a busy or failing one keeps its own last figures, never the other's
         if now - self._alarms_at >= ALARMS_EVERY_S or force:
             self._alarms_at = now
-            try:
-                self._read_alarms()
-                if now - self._status_at >= STATUS_EVERY_S or force:
-                    self._status_at = now
-                    self._read_figures()
-            except sqlite3.Error:
-                pass  # busy: the figures of the last read stand
+            self._read("alarms", self._read_alarms)
+        if now - self._status_at >= STATUS_EVERY_S or force:
+            self._status_at = now
+            self._read("figures", self._read_figures)
         if self.control is None or (now - self._published_at < PUBLISH_EVERY_S and not force and ready is None):
             return
         self._published_at = now
@@ -782,6 +801,19 @@ class Service:
             "challenge": self.challenge.view() if self.challenge is not None else None,
             "device_config": _device_config(self),
         })
+
+    def _read(self, what: str, read) -> None:
+        """One status read; a failure is said once per episode (busy: retried at its next turn)."""
+        try:
+            read()
+        except sqlite3.Error as exc:
+            if what not in self._read_failing:
+                self._read_failing.add(what)
+                log.warning("status %s: %s; the last ones stand, retrying", what, sentence(exc))
+            return
+        if what in self._read_failing:
+            self._read_failing.discard(what)
+            log.info("status %s: read again", what)
 
     def _read_alarms(self) -> None:
         c = self.conn
@@ -838,34 +870,67 @@ class Service:
 
     # --- SIGTERM -----------------------------------------------------------------------------
     def _leave(self) -> None:
-        """Stop the line; step until the units in flight of this boot have their outcome and every
-        event is stored and acked, or DRAIN_S; then leave (the ledger is closed by _close)."""
+        """A controlled stop (docs/agent.md "SIGTERM"): STOP drops the run permissive (the infeed
+        holds); while the belt runs out, the units in flight are judged as ever and reach their
+        outcome. Once each unit of this boot has one and every event is stored and acked, leave.
+        If the belt stands with units still short of the gate (the stop halts the belt), or after
+        DRAIN_S, PURGE them: the device rejects each of them whatever the host said (fail safe), at
+        the gate when the line next moves, or as PURGED/UNKNOWN at its next boot; the next start
+        resumes them. The ledger is closed by _close."""
         agent = self.agent
-        log.info("stopping: line stop sent, waiting up to %g s for the units in flight", DRAIN_S)
+        log.info("stopping: line stop sent, the packs on the belt ride on to their outcome (at most %g s)", DRAIN_S)
         if agent is None or agent.boot_id is None:
             return
         self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
-        end = time.monotonic() + DRAIN_S
-        left = None
+        t0 = time.monotonic()
+        left = self._drain(DRAIN_S, still_s=STILL_S)
+        if left == 0:
+            log.info("stopped: every unit in flight has its outcome, everything stored and acknowledged")
+            return
+        if left is None:  # the batch ended or the link went: nothing more can be stored or sent
+            return
+        self.link.send("COMMAND", {"command": int(Command.PURGE), "arg": 0})
+        self._drain(2.0, still_s=None, acked_only=True)
+        log.warning("stopping: %d unit(s) of boot %s still without an outcome after %.1f s; the device keeps their"
+                    " events: purged, the device rejects each when the line next moves (or books it at its next"
+                    " boot), and the next start resumes them", left, agent.boot_id, time.monotonic() - t0)
+
+    def _drain(self, seconds: float, *, still_s: float | None, acked_only: bool = False) -> int | None:
+        """Step the agent until no unit of this boot is without an outcome and nothing waits to be
+        sent (acked_only: until nothing waits to be sent), for at most `seconds`, or until the
+        device has reported a still belt for `still_s` → the units left (None: stepping failed)."""
+        agent, end, still_since, left = self.agent, time.monotonic() + seconds, None, -1
+        seen, before = None, None
         while time.monotonic() < end:
             try:
                 agent.step(0.01)
             except Exception as exc:  # the batch ended, the link went: nothing more can be stored
                 log.warning("stopping: %s", _first_line(exc))
-                break
+                return None
             self._serve_requests()
             self._publish()
+            if acked_only:
+                if not self.link.tx_pending:
+                    return left
+                continue
             try:
                 left = self._in_flight()
             except sqlite3.OperationalError:  # another writer holds the lock: ask again next step
                 continue
             if left == 0 and not self.link.tx_pending:
-                break
-        else:
-            log.warning("stopping: %s unit(s) of boot %s still without an outcome after %g s; the device keeps"
-                        " their events and the next start resumes them", left, agent.boot_id, DRAIN_S)
-            return
-        log.info("stopped: every unit in flight has its outcome, everything stored and acknowledged")
+                return 0
+            st = self.link.last_status
+            if still_s is None or st is None or st is seen:
+                continue
+            seen = st  # a fresh STATUS from the device: the belt is still, or moving
+            now = time.monotonic()
+            if st.get("speed_cps") or left != before:  # moving, or outcomes still coming in
+                still_since, before = None, left
+            elif still_since is None:
+                still_since = now
+            elif now - still_since >= still_s and left:
+                return left
+        return left if left >= 0 else None
 
     def _in_flight(self) -> int:
         a = self.agent

@@ -292,10 +292,11 @@ def main(argv: list[str]) -> int:
         return 1
 
 
-def sink_from_spec(spec: str, credentials_file=None, ca_file=None, cert_file=None, key_file=None):
+def sink_from_spec(spec: str, credentials_file=None, ca_file=None, cert_file=None, key_file=None, env_names=None):
     """directory:DIR | http(s)://HOST[:PORT]/BASE | mqtt(s)://HOST[:PORT][/SITE/LINE]. Credentials
-    come from the environment or `credentials_file` (sinks/credentials.py), never from the address;
-    ValueError with a one-line, redacted message for anything refused."""
+    come from the environment (only `env_names` when given, each required) or `credentials_file`
+    (sinks/credentials.py), never from the address; ValueError with a one-line, redacted message
+    for anything refused."""
     import urllib.parse
 
     from serialine.host.epcis import sinks
@@ -310,7 +311,7 @@ def sink_from_spec(spec: str, credentials_file=None, ca_file=None, cert_file=Non
             raise ValueError(f"unknown sink {spec!r} (directory:DIR | http(s)://HOST/BASE | "
                              "mqtt(s)://HOST:PORT/SITE/LINE)")
         sinks.check_address(spec, True, False, scheme.rstrip("s"))  # userinfo refused before reading any
-        creds = credentials.load(credentials_file)
+        creds = credentials.load(credentials_file, names=None if credentials_file else env_names)
         secrets = list(creds.values())
         if scheme.startswith("http"):
             return sinks.from_config({

@@ -24,6 +24,7 @@ from .server import NAMESPACE, OPENSCS_NS, POOL_MANAGER, sn_collection_class
 
 CLIENT_URI = "urn:serialine:opcua:client"
 PAGE = 1000
+WATCHDOG_S = 10.0
 
 
 class ClientError(ValueError):
@@ -80,7 +81,8 @@ class PoolClient:
 
     async def __aenter__(self):
         cert, key = await ensure_client_certificate(self.pki)
-        c = Client(self.endpoint, timeout=30)
+        # the liveness probe waits at most watchdog_intervall (asyncua: 1 s): a busy server is not a dead one
+        c = Client(self.endpoint, timeout=30, watchdog_intervall=WATCHDOG_S)
         c.application_uri = CLIENT_URI
         c.set_user(self.user)
         c.set_password(self.password)

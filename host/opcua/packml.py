@@ -257,7 +257,8 @@ class PackML:
         return ua.StatusCode(code)
 
     async def _challenge_missing(self) -> str | None:
-        """host/challenge.py's rule for the line ([policy] challenge, as its configuration records say)."""
+        """host/challenge.py's rule for the line ([policy] challenge, as its configuration records say),
+        for a batch selection (the agent's line.start applies it to Start)."""
         line = ((await self._status()) or {}).get("line_id")
         if self.ledger is None or not line:
             return None
@@ -266,7 +267,7 @@ class PackML:
 
     async def _send(self, name: str, command: str, gated: bool, **args):
         """A PackML method → the control interface's command (its interlocks), for a changing role;
-        `gated`: also refused while the line's policy wants a passed challenge test."""
+        `gated`: also refused here while the line's policy wants a passed challenge test."""
         user, _ = self.caller()
         if why := await self.refusal(command, name):  # the control command's own action in users.PERMISSIONS
             return await self._refuse(name, user, why, ua.StatusCodes.BadUserAccessDenied)
@@ -283,8 +284,8 @@ class PackML:
     def _command(self, name: str):
         command = COMMANDS[name][0]
 
-        async def call(parent, *args):
-            return await self._send(name, command, name == "Start")
+        async def call(parent, *args):  # Start's [policy] challenge: the agent's line.start refuses it
+            return await self._send(name, command, False)
         return call
 
     async def _select_batch(self, parent, batch_id=None):

@@ -34,6 +34,8 @@ except ImportError:  # before the simulator's move
 
 
 GTIN = "09506000134352"
+MAX_STEP = 20  # belt counts per scan at most: a starved rig thread slows the belt, never jumps a station
+CONFIRM_SCANS = 3  # the confirm sensor stays high this many scans: the device sees it however late it runs
 SERIALINE = str(Path(sys.executable).parent / "serialine")
 CPM = 4  # counts per mm in the line files below
 
@@ -103,10 +105,12 @@ class Rig:
         self.gate_out = False
         self.stops = 0  # stop_on edges seen
         self.feeding = True
+        self.belt_halts = False  # True: the stop output halts the belt too (not only the infeed)
         self.t0 = time.monotonic()
         self.belt = 0.0
         self.run_from = None  # belt position when the device last went RUNNING (the purge runs from it)
-        self.confirm_until = 0.0
+        self.confirm_scans = 0
+        self.confirm_until = 0.0  # a subclass's own confirm level (tests/host/test_calibrate.py)
         self._reboot = threading.Event()
         self._quit = False
         self.error = None
@@ -137,11 +141,12 @@ class Rig:
                     self._reboot.clear()
                 t = self._now_us()
                 if self._moving():
-                    self.belt += self.cps * (t - last) / 1e6
+                    self.belt += min(MAX_STEP, self.cps * (t - last) / 1e6)
                 last = t
                 self._feed()
                 pe = int(any(p.at <= self.belt < p.at + self.length for p in self.packs[-3:]))
-                confirm = int(time.monotonic() < self.confirm_until)
+                confirm = int(self.confirm_scans > 0 or time.monotonic() < self.confirm_until)
+                self.confirm_scans = max(0, self.confirm_scans - 1)
                 edges, st = self.board.step(t, int(self.belt), pe, confirm, 0)
                 self.state = st.state
                 if st.state == 2 and self.run_from is None:
@@ -161,7 +166,7 @@ class Rig:
         runs on until no pack is short of its confirm point (the line clears), then stands."""
         if self.state == 2 and not self.stop_out:
             return True
-        if not self.stop_out or not self.f:
+        if not self.stop_out or not self.f or self.belt_halts:
             return False
         clear = self.f["confirm_to"] + 40
         return any(self.belt - p.at < clear for p in self.packs[-40:])
@@ -206,7 +211,7 @@ class Rig:
                 p.rejected = True  # the paddle is out while the pack is in front of it
             if p.rejected and not p.confirmed and self.belt - p.at >= f["gate_at"] + 80:
                 p.confirmed = True
-                self.confirm_until = time.monotonic() + 0.003
+                self.confirm_scans = CONFIRM_SCANS
 
     def reboot(self):
         self._reboot.set()
@@ -291,9 +296,10 @@ def fields_of(path: Path) -> dict:
 # --- the service process ----------------------------------------------------------------------
 
 class Agent:
-    def __init__(self, config: Path, batch: str | None):
+    def __init__(self, config: Path, batch: str | None, env: dict | None = None):
         args = [SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()

@@ -22,6 +22,9 @@ from serialine.host.opcua.packml import LINE  # noqa: E402
 from serialine.host.opcua.server import NAMESPACE, PACKML_NS  # noqa: E402
 
 
+STARTUP_S = 180.0  # the agent's start (certificate, NodeSets, device boot): an upper bound, for a loaded machine
+
+
 class Endpoint:
     def __init__(self, endpoint, pki):
         self.endpoint, self.pki = endpoint, pki
@@ -59,6 +62,7 @@ def agent_line(tmp_path, users_file):
     try:
         yield agent, rig, ep, db, batch
     finally:
+        print("the agent's log:\n" + agent.log)  # pytest shows it when the test failed
         agent.kill()
         rig.close()
 
@@ -81,7 +85,7 @@ async def current(nodes):
     return tuple(out)
 
 
-async def until(nodes, want, timeout=20.0):
+async def until(nodes, want, timeout=40.0):
     end = time.monotonic() + timeout
     while True:
         got = await current(nodes)
@@ -90,11 +94,10 @@ async def until(nodes, want, timeout=20.0):
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.alone  # once saw ProdProcessedCount stay one behind the ledger under load: to be found
 def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
     agent, rig, ep, db, batch = agent_line
-    agent.wait_status(lambda s: s["ready"], timeout=60)
-    agent.wait_log(r"opcua: serving", timeout=30)
+    agent.wait_status(lambda s: s["ready"], timeout=STARTUP_S)
+    agent.wait_log(r"opcua: serving", timeout=STARTUP_S)
     control = agent.control
 
     async def go():
@@ -107,7 +110,7 @@ def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
             with pytest.raises(ua.uaerrors.BadUserAccessDenied):
                 await nodes[4].call_method(f"{pk}:Hold")
             assert control.status()["device"]["state"] == "RUNNING"
-        await asyncio.to_thread(svc.wait_for, lambda: len(rig.packs) >= 8, 30, "8 packs on the line", rig)
+        await asyncio.to_thread(svc.wait_for, lambda: len(rig.packs) >= 8, 60, "8 packs on the line", rig)
         async with session(ep, "olga") as op:
             nodes = await line_nodes(op)
             pk, line, base, machine, execute = nodes
@@ -116,10 +119,7 @@ def test_packml_follows_the_line_and_commands_drive_the_device(agent_line):
             assert control.status()["device"]["state"] == "STOPPED"
             with pytest.raises(ua.uaerrors.BadInvalidState):  # the operator's interlock: stopped until cleared
                 await execute.call_method(f"{pk}:Start")
-            await execute.call_method(f"{pk}:Unhold")
-            got = await until(nodes, ("Cleared", "Running", "Execute"), 5)
-            if got != ("Cleared", "Running", "Execute"):
-                await execute.call_method(f"{pk}:Start")
+            await execute.call_method(f"{pk}:Unhold")  # line.clear: the latched stop released, running again
             assert await until(nodes, ("Cleared", "Running", "Execute")) == ("Cleared", "Running", "Execute")
             assert control.status()["device"]["state"] == "RUNNING"
             await machine.call_method(f"{pk}:Stop")
@@ -151,9 +151,9 @@ class Events:
 
 def test_a_lost_camera_is_held_with_an_alarm_event_and_clear_is_refused_until_back(agent_line):
     agent, rig, ep, db, batch = agent_line
-    agent.wait_status(lambda s: s["ready"], timeout=60)
-    agent.wait_log(r"opcua: serving", timeout=30)
-    svc.wait_for(lambda: len(rig.packs) >= 4, 30, "4 packs", rig)
+    agent.wait_status(lambda s: s["ready"], timeout=STARTUP_S)
+    agent.wait_log(r"opcua: serving", timeout=STARTUP_S)
+    svc.wait_for(lambda: len(rig.packs) >= 4, 60, "4 packs", rig)
 
     async def go():
         async with session(ep, "olga") as op:
@@ -185,7 +185,7 @@ def test_set_product_selects_the_batch_speed_and_counters_per_reason(tmp_path, u
     from serialine.host.opcua.packml import defective_by_reason
     agent, rig, ep, db, batch = start_line(tmp_path, users_file, select=False)
     try:
-        agent.wait_log(r"opcua: serving", timeout=60)
+        agent.wait_log(r"opcua: serving", timeout=STARTUP_S)
 
         async def go():
             async with session(ep, "olga") as op:
@@ -206,7 +206,7 @@ def test_set_product_selects_the_batch_speed_and_counters_per_reason(tmp_path, u
                 status = await line.get_child(f"{pk}:Status")
                 (product,) = await (await status.get_child(f"{pk}:Product")).read_value()
                 assert product.ProductID == number
-                await asyncio.to_thread(svc.wait_for, lambda: len(rig.packs) >= 12, 40, "12 packs", rig)
+                await asyncio.to_thread(svc.wait_for, lambda: len(rig.packs) >= 12, 60, "12 packs", rig)
                 end = time.monotonic() + 20
                 while (speed := await (await status.get_child(f"{pk}:CurMachSpeed")).read_value()) <= 0 \
                         and time.monotonic() < end:
@@ -239,8 +239,8 @@ def test_set_product_selects_the_batch_speed_and_counters_per_reason(tmp_path, u
 def test_start_and_batch_selection_refused_without_a_passed_challenge(tmp_path, users_file):
     agent, rig, ep, db, batch = start_line(tmp_path, users_file, extra='\n[policy]\nchallenge = "on_change"\n')
     try:
-        agent.wait_status(lambda s: s["ready"], timeout=60)
-        agent.wait_log(r"opcua: serving", timeout=30)
+        agent.wait_status(lambda s: s["ready"], timeout=STARTUP_S)
+        agent.wait_log(r"opcua: serving", timeout=STARTUP_S)
 
         def configured():  # the service records the configuration it applied: the challenge's change point
             c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
@@ -261,7 +261,8 @@ def test_start_and_batch_selection_refused_without_a_passed_challenge(tmp_path, 
                     await line.call_method(f"{idx}:SelectBatch", ua.Variant(batch, ua.VariantType.String))
         asyncio.run(go())
         rows = sqlite3.connect(db).execute("SELECT action, detail FROM audit WHERE user='opcua:emil'").fetchall()
-        assert {a for a, _ in rows} == {"opcua.SelectBatch", "opcua.Start"}
+        # Start is the agent's line.start: refused there by the rule (challenge.refused), and the call here
+        assert sorted(a for a, _ in rows) == ["challenge.refused", "opcua.SelectBatch", "opcua.Start"], rows
         assert all("no passed challenge" in d for _, d in rows), rows
         assert agent.stop() == 0, agent.log
     finally:

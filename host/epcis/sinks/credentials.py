@@ -11,10 +11,18 @@ NAMES = ("SERIALINE_HTTP_TOKEN", "SERIALINE_HTTP_USER", "SERIALINE_HTTP_PASSWORD
          "SERIALINE_MQTT_USER", "SERIALINE_MQTT_PASSWORD")
 
 
-def load(path: str | os.PathLike | None = None, environ=None) -> dict[str, str]:
-    """{NAME: value} of the credentials that are set (empty values count as unset)."""
+def load(path: str | os.PathLike | None = None, environ=None, names=None) -> dict[str, str]:
+    """{NAME: value} of the credentials that are set (empty values count as unset). `names` (from
+    the environment only): just these, and each must be set, or ValueError naming the variable."""
     if path is None:
         environ = os.environ if environ is None else environ
+        if names is not None:
+            for name in names:
+                if name not in NAMES:
+                    raise ValueError(f"{name} is not a credential name ({', '.join(NAMES)})")
+                if not environ.get(name):
+                    raise ValueError(f"environment variable {name} is {'empty' if name in environ else 'not set'}")
+            return {name: environ[name] for name in names}
         return {name: environ[name] for name in NAMES if environ.get(name)}
     return read_file(path)
 
