@@ -71,6 +71,19 @@ def spawning():
     finally:
         os.sched_setscheduler(0, was[0], os.sched_param(was[1]))
         os.sched_setaffinity(0, was[2])
+        # threads started meanwhile (a process pool's manager) share the clock's GIL: on the default
+        # scheduler one preempted while holding it holds the clock a scheduler tick (4 ms)
+        for tid in _threads():
+            if os.sched_getscheduler(tid) != os.SCHED_FIFO:
+                os.sched_setscheduler(tid, was[0], os.sched_param(was[1]))
+                os.sched_setaffinity(tid, was[2])
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: the threads stay as they started
+        return []
 
 
 class Held:

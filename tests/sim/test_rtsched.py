@@ -75,3 +75,22 @@ def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
         finally:
             child.stdin.close()
             child.wait()
+
+
+def test_threads_started_while_spawning_join_the_clock():
+    import threading
+
+    with rtsched.Held(True) as sched:
+        if sched.policy == "other":
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        clock, tid, go = _state(), [], threading.Event()
+        with rtsched.spawning():
+            t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), go.wait()))
+            t.start()
+            while not tid:
+                go.wait(0.001)
+        try:
+            assert _state(tid[0]) == clock  # it shares the clock's GIL: it runs at the clock's priority
+        finally:
+            go.set()
+            t.join()
