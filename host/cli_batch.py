@@ -174,7 +174,8 @@ def main(argv: list[str]) -> int:
                 print(f"warning: this pool is predictable; the market of {a.gtin} has no randomisation rule, "
                       "but anyone holding one pack can guess others", file=sys.stderr)
             n = added.count
-            print(f"{n} serials added to {a.gtin}; {serials.available(conn, a.gtin)} available")
+            print(f"{n} serials added to {a.gtin} in {added.chunks} write transaction(s) (the longest held the "
+                  f"ledger {added.longest_write_s:.2f} s); {serials.available(conn, a.gtin)} available")
             warn = serials.low_water(conn, a.gtin)
             if warn:
                 print("warning: " + warn, file=sys.stderr)

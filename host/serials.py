@@ -390,7 +390,7 @@ class _Writes:
         self.deadline = self.started + BUSY_DEADLINE_S
         self.staged = 0
         self.waited = 0.0  # time spent waiting for the lock
-        self.longest = 0.0  # the longest one successful transaction took
+        self.longest = 0.0  # the longest one successful transaction held the lock
         self.last = 0.0  # the last one
 
     def run(self, fn):
@@ -401,6 +401,7 @@ class _Writes:
             t = time.monotonic()
             try:
                 with transaction(self.conn):
+                    held = time.monotonic()  # BEGIN IMMEDIATE got the lock (it may have waited for it)
                     out = fn()
             except sqlite3.OperationalError as exc:
                 if not _busy(exc):
@@ -418,7 +419,7 @@ class _Writes:
                 time.sleep(min(backoff * random.uniform(0.5, 1.0), max(0.0, self.deadline - now)))
                 backoff = min(backoff * 2, 0.5)
                 continue
-            self.last = time.monotonic() - t
+            self.last = time.monotonic() - held
             self.longest = max(self.longest, self.last)
             return out
 
