@@ -1,6 +1,7 @@
 """`serialine bench line`: the highest line speed (packs/min) the whole loop sustains with every
 invariant intact — firmware in the MicroPython unix port, host agent over a pty, simulated coder and
-camera, SQLite — in virtual time and in real time; gate error and verdict latency at that speed.
+camera, SQLite — in virtual time and in real time; gate error and verdict latency at that speed, and
+how much faster than the wall clock virtual time ran (`virtual_speedup`).
 
 Searches upward from --start in steps of --step until a run breaks an invariant, --max is reached
 or --budget seconds of wall time are spent. Prints a table; the last line is one JSON object.
@@ -93,14 +94,15 @@ def main(argv: list[str]) -> int:
             best_r = search("realtime", base, args.start, args.step, args.max, args.budget, args.rt_units, rows, users_file)
 
     t = Table(title=f"bench line — {base.name}" + (" — with OPC UA" if args.opcua else ""))
-    for col in ("mode", "ppm", "ok", "gate err p99", "latency p50 ms", "latency p99 ms", "wall s", "CPU ms/pack",
-                "load", "worst tick ms"):
+    for col in ("mode", "ppm", "ok", "gate err p99", "latency p50 ms", "latency p99 ms", "wall s", "virtual x",
+                "CPU ms/pack", "load", "worst tick ms"):
         t.add_column(col, justify="right")
     for mode, ppm, r in rows:
         why = ",".join(k for k, v in r["invariants"].items() if not v) or ("ticks late" if r.get("invalid") else "")
         t.add_row(mode, f"{ppm:.0f}", "yes" if r["ok"] else "NO: " + why,
                   f"{r['gate_error_counts']['p99']:.1f}", f"{r['verdict_latency_ms']['p50']:.2f}",
-                  f"{r['verdict_latency_ms']['p99']:.2f}", f"{r['wall_s']:.1f}", f"{r['_cpu_ms_per_pack']:.1f}",
+                  f"{r['verdict_latency_ms']['p99']:.2f}", f"{r['wall_s']:.1f}",
+                  f"{r['run']['virtual_speedup']:.1f}" if mode == "virtual" else "", f"{r['_cpu_ms_per_pack']:.1f}",
                   f"{r['_load']:.1f}", f"{r['ticks']['worst_tick_ms']:.1f}" if mode == "realtime" else "")
     Console().print(t)
 
@@ -116,6 +118,9 @@ def main(argv: list[str]) -> int:
         "verdict_latency_ms_p99": at(best_r, "verdict_latency_ms", "p99"),
         "verdict_latency_ms_p50": at(best_r, "verdict_latency_ms", "p50"),
         "gate_error_counts_p99_virtual": at(best_v, "gate_error_counts", "p99"),
+        # simulated seconds per wall second of the line's run (setup and drain excluded) at max_ppm_virtual
+        "virtual_speedup": at(best_v, "run", "virtual_speedup"),
+        "virtual_speedup_by_ppm": {f"{ppm:.0f}": r["run"]["virtual_speedup"] for mode, ppm, r in rows if mode == "virtual"},
         "units_per_trial": {"virtual": args.units, "realtime": args.rt_units},
         "opcua": args.opcua,
         "cpu_ms_per_pack_realtime": round(best_r[1]["_cpu_ms_per_pack"], 2) if best_r else None,
