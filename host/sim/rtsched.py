@@ -4,8 +4,9 @@ deployment of the unix port does (tools/bench_firmware.py), so the load of other
 Measured at load average 10 on two cores, 1,200 packs/min: with the default scheduler a tick of the
 simulator waits up to 127 ms for a CPU (the belt travels 1,000 counts between two scans); SCHED_FIFO
 with the sim channel on pipes, 6 ms. Priorities: the firmware (a microcontroller on a real line) above
-the simulator's clock (physics is never late), above the agent (the line's PC, `chrt -f` or systemd
-`CPUSchedulingPolicy=fifo` in a deployment), above the camera's image worker (its processor).
+the simulator's clock (physics is never late), above the camera's image worker (the camera's own
+processor: no host PC delays it), above the agent (the line's PC, `chrt -f` or systemd
+`CPUSchedulingPolicy=fifo` in a deployment).
 Every FIFO part sleeps between scans or blocks on I/O; the kernel's RT throttling
 (`/proc/sys/kernel/sched_rt_runtime_us`) keeps 5 % of each CPU for everything else regardless."""
 
@@ -16,7 +17,7 @@ import gc
 import os
 import sys
 
-DEVICE, SIMULATOR, AGENT, CAMERA = 30, 20, 10, 5
+DEVICE, SIMULATOR, CAMERA, AGENT = 30, 20, 15, 10
 PIN = os.environ.get("SERIALINE_RT_PIN", "1") == "1"
 SWITCH_INTERVAL_S = 0.0005  # GIL hand-over in the simulator: its clock must not wait 5 ms for a relay thread
 
@@ -30,8 +31,10 @@ def _clock_cpu() -> set[int] | None:
 
 def fifo(pid: int, priority: int | None) -> bool:
     """Put process `pid` (0: the calling thread) on SCHED_FIFO at `priority`; False if not permitted.
-    The firmware (DEVICE) shares the simulator's CPU; the other parts keep off it (a FIFO agent in a
-    long system call there would hold the clock: the kernel preempts only when it returns)."""
+    The firmware (DEVICE) shares the simulator's CPU; the agent keeps off it (in a long system call
+    there it would hold the clock: this kernel preempts only when the call returns); the image worker,
+    numpy in user space, may use every CPU (pinned beside the agent it waited for it, and the clock
+    for the worker: 190 ms)."""
     if priority is None:
         return False
     try:
@@ -39,7 +42,8 @@ def fifo(pid: int, priority: int | None) -> bool:
         if priority == DEVICE and _CLOCK_CPU[0] is not None:
             os.sched_setaffinity(pid, _CLOCK_CPU[0])
         elif _ALL_CPUS[0] is not None:
-            os.sched_setaffinity(pid, (_ALL_CPUS[0] - _CLOCK_CPU[0]) if _CLOCK_CPU[0] else _ALL_CPUS[0])
+            off_clock = priority == AGENT and _CLOCK_CPU[0] is not None
+            os.sched_setaffinity(pid, (_ALL_CPUS[0] - _CLOCK_CPU[0]) if off_clock else _ALL_CPUS[0])
         return True
     except (PermissionError, OSError, AttributeError):
         return False
