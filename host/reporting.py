@@ -46,7 +46,7 @@ def event_time(conn: sqlite3.Connection, batch: Batch) -> _dt.datetime:
     row = conn.execute("SELECT body FROM epcis_outbox WHERE batch_id=? ORDER BY seq DESC LIMIT 1",
                        (batch.batch_id,)).fetchone()
     if row:
-        last = _dt.datetime.fromisoformat(json.loads(outbox.body_text(row[0]))["eventTime"])
+        last = _dt.datetime.fromisoformat(outbox.event_time_of(row[0]))
         if now <= last:
             now = last + _MS
     return now

@@ -114,3 +114,11 @@ def test_a_read_only_outbox_of_text_bodies_is_read_as_it_is(tmp_path):
     outbox.ensure_schema(ro)
     assert outbox.batch_events(ro, "B") == made and outbox.counts(ro)["pending"] == 3
     ro.close()
+
+
+def test_the_event_time_is_read_from_the_head_of_a_stored_event():
+    for event in batch_events():
+        text = text_of(event)
+        assert outbox.event_time_of(outbox.pack(text)) == outbox.event_time_of(text) == event["eventTime"]
+    odd = json.dumps({"eventTime": "2026-12-01T08:00:00.000Z", "type": "ObjectEvent"})  # another key order
+    assert outbox.event_time_of(outbox.pack(odd)) == outbox.event_time_of(odd) == "2026-12-01T08:00:00.000Z"
