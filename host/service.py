@@ -846,8 +846,8 @@ class Service:
         from .epcis import outbox
         try:
             self._figures["outbox"] = outbox.counts(c)
-        except sqlite3.OperationalError:
-            self._figures["outbox"] = {}
+        except sqlite3.OperationalError:  # busy (or a ledger without an outbox): the last ones stand
+            self._figures.setdefault("outbox", {})
 
     def _device_alarms(self) -> None:
         """The device's own ALARM events of this boot (stored by the agent), one line each."""
