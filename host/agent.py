@@ -46,7 +46,7 @@ from .correlate import Correlator
 from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt, escape_code
 from .ledger import Ledger, LedgerError
-from .printcheck import PrintCheck
+from .printcheck import UNTIED, PrintCheck
 from .trend import Trend
 from .masterdata import MasterDataError
 
@@ -57,6 +57,7 @@ BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step
 BACKOFF_MAX_S = 1.0
 CODER_RETRY_S = 1.0  # a refusing or unreachable coder is tried again after this, doubling ...
 CODER_RETRY_MAX_S = 30.0  # ... up to this (each retry of a push puts one serial at stake)
+REPORT_WAIT_S = 2.0  # after a new coder connection a verdict waits this long for the report that shows none was lost
 log = logging.getLogger("serialine.agent")
 
 
@@ -121,8 +122,13 @@ class Agent:
         self._clear_failing = False  # CODER_CLEAR_FAILED said (once per episode)
         self._unbound_held = False  # CODER_FILL_HELD said (once per episode)
         self._empty_seen = coder.empty if coder is not None else 0  # EMPTY lines acted on
-        self.printcheck = PrintCheck()  # the coder's PRINTED reports against the ledger's bindings
-        self._misprinted: set[tuple] = set()  # unit keys the coder printed another code on: they FAIL
+        reports = coder is not None and callable(getattr(coder, "printed_codes", None))
+        self.printcheck = PrintCheck(on=reports)  # the coder's PRINTED reports against the ledger's bindings
+        if coder is not None:
+            log.info("print cross-check: %s", f"on (driver {type(coder).__name__} reports each print)" if reports
+                     else f"off (driver {type(coder).__name__} gives no print reports)")
+        self._misprinted: dict[tuple, bool] = {}  # unit key → printed another code (False: untied): they FAIL
+        self._report_wait: dict = {}  # unit key → (pair, since): decided while its print report may be lost
         self.line_stop: str | None = None  # why the line stays stopped whatever the operator does
 
     def _lease(self, device_id: str) -> None:
@@ -218,8 +224,10 @@ class Agent:
         self._stop_and_resync(reset_coder=True)
 
     def _stop_and_resync(self, reset_coder: bool) -> None:
-        """Latch a line stop; pair nothing until the belt is still and the camera quiet."""
-        self.resuming, self._reset_coder = True, reset_coder
+        """Latch a line stop; pair nothing until the belt is still and the camera quiet. A pending
+        coder reset stays (the print check re-arms only at its CLEAR)."""
+        self._reset_coder = reset_coder or (self.resuming and self._reset_coder)
+        self.resuming = True
         self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
 
     def driver_back(self, kind: str) -> None:
@@ -307,11 +315,13 @@ class Agent:
         self.device_id, self.boot_id = device_id, boot_id  # only once booked: a busy ledger retries it
         self.resuming = False  # a freshly booted device prints nothing until configured and started
         self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
+        self._report_wait.clear()
         if self.coder is not None:
             try:
                 self.coder.clear()
             except DeviceError as exc:  # its old jobs may still print: stop until a clear is confirmed
                 self._coder_unclear(exc)
+                self.printcheck.disarm("the coder's CLEAR at a new boot was not confirmed")
                 self._stop_and_resync(reset_coder=True)
             else:
                 self._clear_failing = False
@@ -465,7 +475,7 @@ class Agent:
                 self._book_new_boot(dict(hello))  # busy: nothing booked, retried next step
             self._take_drivers()  # before `saved`: what the drivers handed over survives a rollback
             saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
-            printed = self.printcheck.snapshot(), set(self._misprinted)
+            printed = self.printcheck.snapshot(), dict(self._misprinted), dict(self._report_wait)
             stored = self._step()
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
@@ -474,7 +484,7 @@ class Agent:
             if saved is not None:
                 self.correlator, self._mismatches, self.resuming, self._reset_coder = saved
                 self.printcheck.restore(printed[0])
-                self._misprinted = printed[1]
+                self._misprinted, self._report_wait = printed[1], printed[2]
             self._on_busy(exc)
             return 0
         except BatchEnded as exc:
@@ -518,7 +528,10 @@ class Agent:
             reports = getattr(self.coder, "printed_codes", None)
             if reports is not None:
                 self.printcheck.add_reports(reports())
+                self.printcheck.connection(getattr(self.coder, "epoch", 0))  # a new connection before its first report
             empty, self._empty_seen = self.coder.empty - self._empty_seen, self.coder.empty
+            if empty:
+                self.printcheck.disarm("the coder ran dry: which job is on which pack is not known")
             if empty and not (self.resuming and self._reset_coder):
                 self._stop_and_resync(reset_coder=True)
                 errors.append(("coder", "CODER_RAN_DRY", f"the coder printed nothing on {empty} trigger(s): which"
@@ -585,59 +598,92 @@ class Agent:
         """Units inspected while resuming (or waiting when pairing slipped): no camera result can be
         trusted to be theirs. Their verdicts are recorded here (caller's transaction)."""
         t0 = time.perf_counter()
-        reason = {u: self._misprint_reason(u) for u in units}
+        reason = {u: self._misprint_reason(u, blind=True) for u in units}
         self.ledger.record_verdicts([(self.device_id, self.boot_id, u, Verdict.FAIL, reason[u], None, None)
                                      for u in units])
         self.ledger.alarm("agent", "CORRELATION", f"units {units[0]}..{units[-1]}: rejected, their camera "
                           "results cannot be paired (line stopped to pair afresh)")
         return [(u, Verdict.FAIL, reason[u], t0) for u in units]
 
-    def _misprint_reason(self, u: int) -> Reason:
-        """CODE_MISMATCH for a unit the coder printed another code on (its verdict is now made)."""
-        key = (self.device_id, self.boot_id, u)
-        if key in self._misprinted:
-            self._misprinted.discard(key)
+    def _misprint_reason(self, u: int, blind: bool = False) -> Reason:
+        """CODE_MISMATCH for a unit the coder printed another code on, or whose print no report can be
+        tied to (its verdict is now made); a unit failed blind (no camera result can be paired) for
+        an untied print alone keeps CORRELATION, the first reason it fails for."""
+        misprinted = self._misprinted.pop((self.device_id, self.boot_id, u), None)
+        if misprinted or (misprinted is not None and not blind):
             return Reason.CODE_MISMATCH
         return Reason.CORRELATION
 
     def _coder_cleared(self) -> None:
-        """A CLEAR was confirmed: the coder's print reports and the ledger's bindings start afresh."""
+        """A CLEAR was confirmed: the coder's print reports and the ledger's bindings start afresh
+        (bindings not yet paired are untied: their units FAIL with the next step)."""
+        self.printcheck.add_bindings(self.ledger.take_bindings())
         self.printcheck.restart(getattr(self.coder, "epoch", 0))
-        self.ledger.take_bindings()
 
     def _check_prints(self) -> None:
         """Pair the coder's print reports with the prints the ledger bound (caller's transaction). A
         mismatch: alarm PRINT_MISMATCH, its unit FAILs (CODE_MISMATCH) unless its verdict is out
-        already, and the line stops to clear and refill the coder, as for CODER_RAN_DRY."""
+        already, and the line stops to clear and refill the coder, as for CODER_RAN_DRY. A print no
+        report can be tied to (the check not armed: after a mismatch, lost reports, a coder that ran
+        dry, ... until the coder's CLEAR) FAILs the same way: alarm PRINT_UNTIED."""
         self.printcheck.add_bindings(self.ledger.take_bindings())
+        untied: dict[str, list] = {}  # why → [(unit, fate)]
         for m in self.printcheck.pairs():
             device_id, boot_id, u = m.unit
-            printed = "a code it cannot name" if m.printed is None else escape_code(m.printed)
             (verdict,) = self.conn.execute("SELECT verdict FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
                                            m.unit).fetchone() or (None,)
             if verdict is None:
-                self._misprinted.add(m.unit)
-                fate = "it FAILs"
-            else:
-                fate = f"its verdict ({verdict}) was sent already; the camera judged the code it read"
+                self._misprinted[m.unit] = m.printed is not UNTIED
+            if m.printed is UNTIED:
+                untied.setdefault(m.why, []).append((f"{device_id}:{boot_id}:{u}", verdict))
+                continue
+            printed = "a code it cannot name" if m.printed is None else escape_code(m.printed)
+            fate = "it FAILs" if verdict is None else \
+                f"its verdict ({verdict}) was sent already; the camera judged the code it read"
             detail = (f"unit {device_id}:{boot_id}:{u}: the coder printed {printed}, the ledger bound"
                       f" {escape_code(m.bound)}; {fate}; line stop latched: once the belt is still the coder is"
                       " cleared and its queued jobs written off, then refilled")
             self.ledger.alarm("coder", "PRINT_MISMATCH", detail)
             self.alarms.append(detail)
-            if not (self.resuming and self._reset_coder):
-                self._stop_and_resync(reset_coder=True)
+        for why, units in untied.items():
+            failed = [k for k, v in units if v is None]
+            out = [f"{k} ({v})" for k, v in units if v is not None]
+            detail = (f"no print report can be tied to the job bound to unit(s) {', '.join(failed) or '-'} ({why}):"
+                      " they FAIL" + (f"; verdict sent already for {', '.join(out)}" if out else "")
+                      + "; line stop latched: once the belt is still the coder is cleared and its queued jobs"
+                      " written off, then refilled; the check re-arms from that CLEAR")
+            self.ledger.alarm("coder", "PRINT_UNTIED", detail)
+            self.alarms.append(detail)
+        if self.printcheck.on and not self.printcheck.armed and not (self.resuming and self._reset_coder):
+            if not untied:  # nothing bound yet since the check was lost: say it now
+                detail = (f"print cross-check lost ({self.printcheck.why}): every print until the coder is"
+                          " cleared FAILs its unit; line stop latched: once the belt is still the coder is"
+                          " cleared and its queued jobs written off, then refilled")
+                self.ledger.alarm("coder", "PRINT_UNTIED", detail)
+                self.alarms.append(detail)
+            self._stop_and_resync(reset_coder=True)
 
     def _decide(self, now: float) -> list:
         out, rows = [], []
-        pairs = self.correlator.pairs(now)
+        pairs = [p for p, _ in self._report_wait.values()] + self.correlator.pairs(now)
         for i, p in enumerate(pairs):
             if p.unit is None:
                 self.ledger.alarm("camera", "CORRELATION", p.why)
                 self.alarms.append(p.why)
                 continue
             t0 = time.perf_counter()
-            if (self.device_id, self.boot_id, p.unit) in self._misprinted:  # whatever the camera read
+            key = (self.device_id, self.boot_id, p.unit)
+            since = self._report_wait.pop(key, (p, now))[1]
+            if self.printcheck.waiting(key) and key not in self._misprinted:  # its report may be lost
+                if now - since < REPORT_WAIT_S:
+                    self._report_wait[key] = (p, since)  # decided once the report shows nothing was lost
+                    continue
+                self._misprinted[key] = False
+                why = (f"unit {key[0]}:{key[1]}:{key[2]}: no print report after the coder's new connection within"
+                       f" {REPORT_WAIT_S:g} s showed that none was lost: it FAILs")
+                self.ledger.alarm("coder", "PRINT_UNTIED", why)
+                self.alarms.append(why)
+            if key in self._misprinted:  # whatever the camera read
                 verdict, reason, serial = Verdict.FAIL, self._misprint_reason(p.unit), None
                 grade = p.result.grade if p.result is not None else None
             elif p.result is None:
@@ -656,7 +702,10 @@ class Agent:
             rows.append((self.device_id, self.boot_id, p.unit, verdict, reason, serial, grade))
             out.append((p.unit, verdict, reason, t0))
             if self._mismatches >= self.pairing_lost_after:
-                out += self._pairing_lost([q.unit for q in pairs[i + 1:] if q.unit is not None])
+                waiting = [q.unit for q, _ in self._report_wait.values()]
+                self._report_wait.clear()
+                out += self._pairing_lost([q.unit for q in pairs[i + 1:] if q.unit is not None and q.unit not in waiting]
+                                          + waiting)
                 break
         if rows:
             self.ledger.record_verdicts(rows)

@@ -1,8 +1,11 @@
 """The coder's own print reports cross-check the print binding, through the real Agent with the
 emulated coders over loopback: a coder that prints another code than the ledger bound gives alarm
 PRINT_MISMATCH and that unit FAILs (even when the camera is fooled into reading the bound code);
-a clean run, a dropped coder connection and a Videojet coder (prints learnt from its counts) give
-no false alarm. The pairing rules themselves (host/printcheck.py) are tested directly too."""
+a print no report can be tied to (reports lost with a connection, a print the coder cannot name,
+anything until the coder's CLEAR re-arms the check) FAILs too (PRINT_UNTIED) and the coder is
+cleared and refilled; a clean run, a reconnect that lost nothing and a Videojet coder (prints
+learnt from its counts) give no false alarm; a driver without print reports has no check (logged).
+The pairing rules themselves (host/printcheck.py) are tested directly too."""
 
 import time
 
@@ -10,7 +13,7 @@ from serialine.host.agent import Agent
 from serialine.host.devices.camera import Camera
 from serialine.host.devices.coder import Coder
 from serialine.host.devices.videojet import VideojetCoder
-from serialine.host.printcheck import PrintCheck
+from serialine.host.printcheck import MAX_PENDING, UNTIED, PrintCheck
 from serialine.host.sim.camera import SimCamera
 from serialine.host.sim.coder import SimCoder
 from serialine.host.sim.videojet_emu import VideojetEmu
@@ -86,44 +89,90 @@ def test_a_coder_printing_another_code_fails_the_unit_even_when_the_camera_is_fo
         agent.coder.close(); agent.camera.close()
 
 
-def test_without_the_cross_check_that_unit_would_pass(conn):
-    """The same fault with the coder's reports ignored: the fooled camera passes the pack (what the
-    cross-check adds)."""
+def test_a_driver_without_print_reports_has_no_cross_check_and_says_so(conn, caplog):
+    """A coder family that reports no prints: the check is off by design (logged at start), and the
+    same fault with a fooled camera passes the pack (what the cross-check adds)."""
+    caplog.set_level("INFO", logger="serialine.agent")
     with SimCoder(swap_at={3}) as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
         link = ScriptedLink()
         coder = Coder(*sc.address)
-        coder.printed_codes = lambda: []  # the check hears nothing
+        coder.printed_codes = None  # a driver without print reports
         agent = Agent(conn, "B1", link, coder, Camera(*scam.address), fill_ahead=4, window_s=0.2)
         agent.start()
         assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
-        agent.printcheck.disarm()
+        assert not agent.printcheck.on and "print cross-check: off (driver Coder gives no print reports)" in caplog.text
         results = [one_unit(agent, link, sc, scam, u, read="bound") for u in (0, 1, 2)]
         assert results == [(Verdict.PASS, Reason.OK)] * 3 and not _alarms(conn, "PRINT_MISMATCH")
+        assert not _alarms(conn, "PRINT_UNTIED") and not agent.resuming
         agent.coder.close(); agent.camera.close()
 
 
-def test_a_clean_run_and_a_dropped_coder_connection_give_no_false_alarm(conn):
+def _verdict(agent, link, u, timeout=10.0):
+    got = []
+    assert _until(agent, lambda: got.extend(f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u) or got,
+                  timeout)
+    return Verdict(got[0]["verdict"]), Reason(got[0]["reason"])
+
+
+def test_a_clean_run_and_a_coder_reconnect_that_lost_nothing_give_no_false_alarm(conn, caplog):
+    caplog.set_level("INFO", logger="serialine.agent")
     with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
         link = ScriptedLink()
         agent = Agent(conn, "B1", link, Coder(*sc.address, timeout=0.5), Camera(*scam.address), fill_ahead=4,
                       window_s=0.2)
         agent.start()
+        assert "print cross-check: on (driver Coder reports each print)" in caplog.text
         assert scam.connected.wait(2)  # a result sent before the camera's connection is accepted is lost
         assert [one_unit(agent, link, sc, scam, u) for u in range(4)] == [(Verdict.PASS, Reason.OK)] * 4
         assert agent.printcheck.checked == 4
         epoch = agent.coder.epoch
-        sc.drop()  # the coder drops the connection; the next print's report goes to nobody
+        sc.drop()  # no print while it is gone: the first report after it names the oldest binding's code
+        assert _until(agent, lambda: agent.coder.epoch > epoch and sc.depth == 4 and agent.printcheck.gap)
+        assert [one_unit(agent, link, sc, scam, u) for u in (4, 5)] == [(Verdict.PASS, Reason.OK)] * 2
+        assert agent.printcheck.checked == 6 and agent.printcheck.armed and not agent.printcheck.gap
+        assert not _alarms(conn, "PRINT_MISMATCH") and not _alarms(conn, "PRINT_UNTIED") and not agent.resuming
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_coder_reconnect_that_lost_a_report_fails_the_untied_units_then_clears_and_refills(conn):
+    """The coder's connection drops while unit 4 is printed (its PRINTED line goes to nobody). After
+    the reconnect the first report is unit 5's code, not unit 4's: reports were lost, so neither
+    print can be tied to its job. Both units FAIL (whatever the camera reads), the line stops, the
+    coder is cleared and refilled, and the check re-arms from that CLEAR: later packs PASS."""
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 2}
+        agent = Agent(conn, "B1", link, Coder(*sc.address, timeout=0.5), Camera(*scam.address), fill_ahead=4,
+                      window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)
+        assert [one_unit(agent, link, sc, scam, u) for u in range(4)] == [(Verdict.PASS, Reason.OK)] * 4
+        epoch = agent.coder.epoch
+        sc.drop()
         link.event("UNIT_DETECTED", unit_seq=4, pos=0, t_us=0, flags=0)
-        sc.trigger(4000)
+        printed4 = sc.trigger(4000)[0]  # its report is lost with the connection
         link.event("UNIT_PRINTED", unit_seq=4, pos=0, t_us=0)
         assert _until(agent, lambda: agent.coder.epoch > epoch and sc.depth == 4)  # reconnected, topped up
+        scam.trigger(4000, printed4, False)  # the pack carries its bound code: unknowable from the reports
         link.event("UNIT_INSPECTED", unit_seq=4, pos=0, t_us=0)
-        link.event("UNIT_OUTCOME", unit_seq=4, outcome=int(Outcome.REJECTED_CONFIRMED), reason=int(Reason.CORRELATION),
+        scam.deliver(10 ** 12)
+        # inspected after the line stop latched: its camera result is not paired either (CORRELATION)
+        assert one_unit(agent, link, sc, scam, 5, read="bound") == (Verdict.FAIL, Reason.CORRELATION)
+        assert _verdict(agent, link, 4) == (Verdict.FAIL, Reason.CODE_MISMATCH)
+        (untied,) = [d for d in _alarms(conn, "PRINT_UNTIED") if "PRINTED lines were lost" in d]
+        assert "line1:42:5" in untied and "line1:42:4" in untied and "they FAIL" in untied
+        assert not agent.printcheck.armed and agent.resuming and STOP in link.sent
+        link.event("UNIT_OUTCOME", unit_seq=4, outcome=int(Outcome.REJECTED_CONFIRMED), reason=int(Reason.VERDICT_FAIL),
                    gate_error=0, pos=0, t_us=0)
-        assert _until(agent, lambda: any(n == "VERDICT" and f["unit_seq"] == 4 for n, f in link.sent))
-        assert [one_unit(agent, link, sc, scam, u) for u in (5, 6)] == [(Verdict.PASS, Reason.OK)] * 2
-        assert agent.printcheck.unverified == 1 and agent.printcheck.checked == 6 and agent.printcheck.armed
-        assert not _alarms(conn, "PRINT_MISMATCH")
+        assert conn.execute("SELECT verdict, verdict_reason FROM unit WHERE unit_seq IN (4, 5) ORDER BY unit_seq").fetchall() == \
+            [("FAIL", "CODE_MISMATCH"), ("FAIL", "CORRELATION")]
+        _finish_resume(agent, link)
+        assert agent.printcheck.armed and list(sc.buffer) == [c for (c,) in conn.execute(
+            "SELECT code FROM coder_job WHERE state='queued' ORDER BY job_id")] and sc.depth == 4
+        said = len(_alarms(conn, "PRINT_UNTIED"))
+        assert [one_unit(agent, link, sc, scam, u) for u in (6, 7, 8)] == [(Verdict.PASS, Reason.OK)] * 3
+        assert len(_alarms(conn, "PRINT_UNTIED")) == said and not _alarms(conn, "PRINT_MISMATCH")
+        assert agent.printcheck.checked == 4 + 3
         agent.coder.close(); agent.camera.close()
 
 
@@ -148,7 +197,8 @@ def test_a_videojet_print_inside_a_load_window_fails_its_unit_and_stops_the_line
     """At a print rate that leaves the driver no gap: unit 2's print comes while its job's JDA is
     being answered (driven from the protocol, no wall clock). The pack does carry the bound code and
     the camera reads it, but which code it carries cannot be known from the counts: the unit FAILs
-    and the line stops, never a pass on an unknown code."""
+    and the line stops, never a pass on an unknown code; once the coder is cleared and refilled the
+    next packs pass."""
     with VideojetEmu() as emu, SimCamera(latency_ms=0, jitter_ms=0) as scam:
         link = ScriptedLink()
         agent = Agent(conn, "B1", link, VideojetCoder(*emu.address, poll_s=0.002), Camera(*scam.address), fill_ahead=4,
@@ -173,39 +223,102 @@ def test_a_videojet_print_inside_a_load_window_fails_its_unit_and_stops_the_line
         assert _until(agent, lambda: got.extend(f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == 2) or got)
         assert (Verdict(got[0]["verdict"]), Reason(got[0]["reason"])) == (Verdict.FAIL, Reason.CODE_MISMATCH)
         assert STOP in link.sent and _alarms(conn, "PRINT_IN_DOUBT") and len(_alarms(conn, "PRINT_MISMATCH")) == 1
+        assert not agent.printcheck.armed  # nothing is compared, every print FAILs until the coder's CLEAR
+        link.event("UNIT_OUTCOME", unit_seq=2, outcome=int(Outcome.REJECTED_CONFIRMED), reason=int(Reason.VERDICT_FAIL),
+                   gate_error=0, pos=0, t_us=0)
+        _finish_resume(agent, link)  # cleared and refilled: the check re-arms from the CLEAR
+        assert agent.printcheck.armed
+        checked = agent.printcheck.checked
+        for u in (3, 4):
+            assert _until(agent, lambda: emu.depth == 1)
+            assert one_unit(agent, link, emu, scam, u) == (Verdict.PASS, Reason.OK)
+        assert agent.printcheck.checked == checked + 2 and len(_alarms(conn, "PRINT_MISMATCH")) == 1
         agent.coder.close(); agent.camera.close()
 
 
 def test_a_print_the_coder_cannot_name_is_a_mismatch():
-    """A Videojet print inside a load window (in doubt: None) fails the unit it is paired with."""
+    """A Videojet print inside a load window (in doubt: None) fails the unit it is paired with, and
+    every binding after it until the next CLEAR."""
     pc = PrintCheck()
     pc.restart(3)
     pc.add_reports([(3, "A"), (3, None)])
-    pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B")])
-    (m,) = pc.pairs()
+    pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B"), (("d", 1, 2), "C")])
+    m, u = pc.pairs()
     assert m.unit == ("d", 1, 1) and m.printed is None and not pc.armed
+    assert (u.unit, u.printed) == (("d", 1, 2), UNTIED) and "cannot name" in u.why
+    pc.add_bindings([(("d", 1, 3), "D")])
+    assert [(x.unit, x.printed) for x in pc.pairs()] == [(("d", 1, 3), UNTIED)]
+
+
+def test_an_unknown_report_after_lost_reports_fails_its_unit_and_the_check_stays_off_until_a_clear():
+    """D7's case: reports lost with a connection, then a report the coder cannot name. Before, the
+    check switched itself off and returned nothing: the unit could pass on a code nobody knew."""
+    pc = PrintCheck()
+    pc.restart(3)
+    pc.add_reports([(3, "A")])
+    pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B"), (("d", 1, 2), "C")])
+    assert pc.pairs() == [] and pc.checked == 1
+    pc.add_reports([(4, None)])  # a new connection (B's report lost?), then a print it cannot name
+    assert [(m.unit, m.printed) for m in pc.pairs()] == [(("d", 1, 1), UNTIED), (("d", 1, 2), UNTIED)]
+    assert not pc.armed and pc.untied == 2
+    pc.add_reports([(4, "D")])  # nothing after it is compared, every binding fails ...
+    pc.add_bindings([(("d", 1, 3), "D")])
+    assert [(m.unit, m.printed) for m in pc.pairs()] == [(("d", 1, 3), UNTIED)] and pc.checked == 1
+    pc.restart(5)  # ... until a CLEAR
+    pc.add_reports([(5, "E")])
+    pc.add_bindings([(("d", 1, 4), "E")])
+    assert pc.pairs() == [] and pc.armed and pc.checked == 2
 
 
 def test_pairing_rules():
     pc = PrintCheck()
     pc.add_reports([(1, "A")])
     pc.add_bindings([(("d", 1, 0), "X")])
-    assert pc.pairs() == [] and pc.checked == 0  # not armed: nothing compared
+    (m,) = pc.pairs()  # before the first CLEAR nothing can be tied: the unit FAILs
+    assert (m.unit, m.printed) == (("d", 1, 0), UNTIED) and "no coder CLEAR" in m.why and pc.checked == 0
     pc.restart(2)
     pc.add_reports([(1, "OLD"), (2, "A")])  # a report from before the CLEAR is not ours
     assert pc.pairs() == []
     pc.add_bindings([(("d", 1, 0), "A"), (("d", 1, 1), "B"), (("d", 1, 2), "C")])
     assert pc.pairs() == [] and pc.checked == 1  # B waits for its report
-    pc.add_reports([(3, "C")])  # a new connection: B's report was lost with the old one
-    assert pc.pairs() == [] and pc.unverified == 1 and not pc.gap and pc.checked == 2
+    pc.connection(3)  # a new connection: B's report may be lost
+    assert pc.gap and pc.waiting(("d", 1, 1)) and not pc.waiting(("d", 1, 0))
+    pc.add_reports([(3, "B")])  # it was not: strict pairing goes on
+    assert pc.pairs() == [] and not pc.gap and pc.checked == 2 and pc.armed
+    pc.add_reports([(4, "D")])  # another connection: C's report was lost with the old one
+    (m,) = pc.pairs()
+    assert (m.unit, m.printed) == (("d", 1, 2), UNTIED) and "lost" in m.why and not pc.armed and pc.checked == 2
+    pc.restart(5)
     pc.add_bindings([(("d", 1, 3), "D")])
-    pc.add_reports([(3, "E")])
+    pc.add_reports([(5, "E")])
     (m,) = pc.pairs()
     assert (m.unit, m.bound, m.printed) == (("d", 1, 3), "D", "E") and not pc.armed
     state = pc.snapshot()
-    pc.restart(4)
+    pc.restart(6)
     pc.restore(state)
     assert not pc.armed
+
+
+def test_too_many_unpaired_prints_untie_them_and_a_clear_unties_a_binding_whose_report_never_came():
+    pc = PrintCheck()
+    pc.restart(1)
+    pc.add_bindings([(("d", 1, i), f"C{i}") for i in range(MAX_PENDING + 1)])
+    out = pc.pairs()
+    assert len(out) == MAX_PENDING + 1 and {m.printed for m in out} == {UNTIED} and not pc.armed
+    pc.restart(2)
+    pc.add_bindings([(("d", 1, 0), "A")])
+    pc.restart(3)
+    (m,) = pc.pairs()
+    assert m.unit == ("d", 1, 0) and m.printed is UNTIED and "before the coder's CLEAR" in m.why and pc.armed
+
+
+def test_a_coder_without_reports_checks_and_fails_nothing():
+    pc = PrintCheck(on=False)
+    pc.add_bindings([(("d", 1, 0), "A")])
+    pc.restart(1)
+    pc.disarm("whatever")
+    pc.add_bindings([(("d", 1, 1), "B")])
+    assert pc.pairs() == [] and not pc.armed and pc.untied == 0
 
 
 def test_a_busy_ledger_only_delays_the_pairing(conn):
