@@ -553,6 +553,7 @@ def _remove_abandoned(conn, import_id: int, progress=None) -> None:
         if n == 0:
             return
         removed += n
+        time.sleep(YIELD_S)  # a waiting writer gets in between, as between staged chunks
         if progress is not None and time.monotonic() - said >= PROGRESS_S:
             said = time.monotonic()
             progress(f"serials: {removed:,} staged serials of abandoned import {import_id} removed so far")

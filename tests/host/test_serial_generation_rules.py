@@ -185,14 +185,15 @@ def test_an_old_ledger_gains_the_partial_indexes_and_keeps_its_rules(tmp_path):
 
 # --- an interrupted `serialine batch serials --generate` -----------------------------------
 
-# the real CLI with small chunks and a long pause after each: it is between chunks when signalled
+# the real CLI with small chunks and a pause after each: 200 chunks take 100 s at least, it is
+# signalled within the first ones
 _CHILD = """import sys
 from serialine.host import cli, serials
-serials.CHUNK, serials.HOLD_S, serials.YIELD_S = 1000, None, 3600.0
+serials.CHUNK, serials.HOLD_S, serials.YIELD_S = 1000, None, 0.5
 sys.exit(cli.main(sys.argv[1:]))"""
 
 
-def start_generating(conn, n=5000):
+def start_generating(conn, n=200_000):
     path = db.file_of(conn)
     child = subprocess.Popen([sys.executable, "-c", _CHILD, "batch", "serials", GTIN, "--generate", str(n),
                               "--db", path, "--user", "ann"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -209,16 +210,16 @@ def start_generating(conn, n=5000):
 def test_ctrl_c_adds_nothing_and_removes_what_was_staged(conn):
     before = snapshot(conn)
     child, import_id = start_generating(conn)
-    assert len(pool(conn, import_id)) == 1000 and serials.available(conn, GTIN) == 300  # staged: not usable
+    assert len(pool(conn, import_id)) >= 1000 and serials.available(conn, GTIN) == 300  # staged: not usable
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
-    assert f"interrupted: nothing added to the pool of {GTIN} (1,000 staged serials removed)" in err
+    state, staged = conn.execute("SELECT state, count FROM serial_import WHERE import_id=?", (import_id,)).fetchone()
+    assert state == "abandoned" and staged >= 1000
+    assert f"interrupted: nothing added to the pool of {GTIN} ({staged:,} staged serials removed)" in err
     assert "Traceback" not in err and "serials added" not in out
     after = snapshot(conn)
     assert after["serial"] == before["serial"] and after["audit"] == before["audit"]
-    assert conn.execute("SELECT state, count FROM serial_import WHERE import_id=?", (import_id,)).fetchone() == \
-        ("abandoned", 1000)
 
 
 def test_a_killed_run_adds_nothing_and_the_next_one_removes_its_chunks(conn, monkeypatch):
@@ -228,7 +229,8 @@ def test_a_killed_run_adds_nothing_and_the_next_one_removes_its_chunks(conn, mon
     child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL
     staged = pool(conn, import_id)
-    assert len(staged) == 1000  # left behind, and never usable:
+    assert len(staged) >= 1000 and (len(staged),) == conn.execute(
+        "SELECT count FROM serial_import WHERE import_id=?", (import_id,)).fetchone()  # left behind, never usable:
     assert serials.available(conn, GTIN) == 300 and snapshot(conn)["audit"] == before["audit"]
     with transaction(conn):
         assert not set(serials.allocate(conn, "B1", GTIN, 300)) & staged
