@@ -1,7 +1,9 @@
 """`serialine bench verify`: per symbol at 640×480 — render (print + camera), zxing-cpp's decode alone,
 the grading after it (ISO/IEC 15415 parameters, host/verify/grade.py), and the ratio of grading time to
 the decode time (goal ≤ 1). Timed one symbol at a time, decode and grade back to back, best of
---repeat, so load from elsewhere on the machine falls on both alike. Prints a table, then one JSON object as the last line."""
+--repeat, so load from elsewhere on the machine falls on both alike. Render is timed in wall and CPU
+time, on the corpus (every symbol its own geometry) and at one line's fixed geometry (the scenario
+`images`: the camera map is computed once, render.py). Prints a table, then one JSON object as the last line."""
 
 from __future__ import annotations
 
@@ -41,16 +43,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="decode and grade each symbol this often, keep the best")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
-    t_render, t_read, t_decode, t_grade = [], [], [], []
+    t_render, t_read, t_decode, t_grade, c_render, c_line = [], [], [], [], [], []
+    line_d = Defects(noise=0.02, rotation_deg=4.0, skew_deg=0.5)  # scenarios/images.toml [print]
     letters: Counter = Counter()
     errors: Counter = Counter()
     for i in range(args.symbols):
         code = gs1.element_string(gs1.pack_pairs("09506000134352", f"SN{args.seed}{i:010d}", "LOT2612",
                                                  gs1.parse_expiry("2027-06-30")))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         img = render(code, corpus_defects(rng), width=args.width, height=args.height,
                      module_px=args.module_px, seed=args.seed + i)
         t_render.append(time.perf_counter() - t0)
+        c1 = time.process_time()
+        c_render.append(c1 - c0)
+        render(code, line_d, width=args.width, height=args.height, module_px=args.module_px, seed=args.seed + i)
+        c_line.append(time.process_time() - c1)
         best = [float("inf")] * 3
         for _ in range(args.repeat):  # back to back; the best of each filters out another job's slices
             t1 = time.perf_counter()
@@ -70,7 +77,8 @@ def main(argv: list[str]) -> int:
     ratio = statistics.median(g / r for g, r in zip(t_grade, t_read))
     figures = {
         "symbols": args.symbols, "repeat": args.repeat, "image": f"{args.width}x{args.height}", "module_px": args.module_px,
-        "render_ms_p50": round(_p(t_render, 50), 3),
+        "render_ms_p50": round(_p(t_render, 50), 3), "render_cpu_ms_p50": round(_p(c_render, 50), 3),
+        "render_line_cpu_ms_p50": round(_p(c_line, 50), 3),
         "decode_ms_p50": round(_p(t_read, 50), 3), "decode_ms_p99": round(_p(t_read, 99), 3),
         "decode_gs1_ms_p50": round(_p(t_decode, 50), 3),
         "grade_ms_p50": round(_p(t_grade, 50), 3), "grade_ms_p99": round(_p(t_grade, 99), 3),
@@ -85,6 +93,8 @@ def main(argv: list[str]) -> int:
     for column in ("step", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right")
     table.add_row("render (print defects + camera)", f"{_p(t_render, 50):.3f}", f"{_p(t_render, 99):.3f}")
+    table.add_row("render, CPU time", f"{_p(c_render, 50):.3f}", f"{_p(c_render, 99):.3f}")
+    table.add_row("render, CPU time, one line's geometry", f"{_p(c_line, 50):.3f}", f"{_p(c_line, 99):.3f}")
     table.add_row("zxing-cpp decode alone", f"{_p(t_read, 50):.3f}", f"{_p(t_read, 99):.3f}")
     table.add_row("decode + ]d2 + GS1 parse", f"{_p(t_decode, 50):.3f}", f"{_p(t_decode, 99):.3f}")
     table.add_row("grade (ISO/IEC 15415 parameters)", f"{_p(t_grade, 50):.3f}", f"{_p(t_grade, 99):.3f}")
