@@ -7,7 +7,9 @@ keeps writing meanwhile), into a `serial_import` that is `staging`; one last tra
 publishes it with its audit record. Until then nobody can use its serials; a failed or killed
 import is abandoned and its staged serials removed (they were never in the pool). A write that
 finds the lock taken (an agent, a simulator) is retried, for BUSY_DEADLINE_S in all, with a
-progress line at most every PROGRESS_S."""
+progress line at most every PROGRESS_S. A generated pool is drawn DRAWN chunks at a time,
+stratified by prefix so that each chunk is one range of keys (drawn_chunks), its chunks sized to
+hold the lock about HOLD_S."""
 
 from __future__ import annotations
 
@@ -515,6 +517,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
             if w.progress is not None:
                 w.progress(f"serials: interrupted; removing the {w.staged:,} staged serials (Ctrl-C again: the next "
                            f"import of {gtin} removes the rest; none of them is usable)")
+        removed = "removed"
         try:
             conn.execute(f"PRAGMA busy_timeout={int(5 * ATTEMPT_S * 1000)}")
             _abandon(conn, import_id, w.progress)
@@ -522,11 +525,12 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
             if not _busy(again):
                 raise
             # still locked: the staged serials were never usable; the next import removes them
+            removed = f"never usable, the next import of {gtin} removes them"
         if isinstance(exc, sqlite3.IntegrityError):
             raise SerialError(f"import into the pool of {gtin} failed ({exc}); nothing imported") from None
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted: nothing added to the pool of {gtin} ({w.staged:,} staged serials "
-                              "removed)") from None
+                              f"{removed})") from None
         raise
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)
 
