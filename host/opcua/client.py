@@ -24,7 +24,7 @@ from .server import NAMESPACE, OPENSCS_NS, POOL_MANAGER, sn_collection_class
 
 CLIENT_URI = "urn:serialine:opcua:client"
 PAGE = 1000
-WATCHDOG_S = 10.0
+TIMEOUT_S = 30.0  # a request's answer; asyncua's liveness probe gets as long (see PoolClient.__aenter__)
 
 
 class ClientError(ValueError):
@@ -81,8 +81,9 @@ class PoolClient:
 
     async def __aenter__(self):
         cert, key = await ensure_client_certificate(self.pki)
-        # the liveness probe waits at most watchdog_intervall (asyncua: 1 s): a busy server is not a dead one
-        c = Client(self.endpoint, timeout=30, watchdog_intervall=WATCHDOG_S)
+        # asyncua probes ServerState every watchdog_intervall and waits at most that long (default 1 s),
+        # then drops the session: a server is alive while it answers within the request timeout
+        c = Client(self.endpoint, timeout=TIMEOUT_S, watchdog_intervall=TIMEOUT_S)
         c.application_uri = CLIENT_URI
         c.set_user(self.user)
         c.set_password(self.password)
