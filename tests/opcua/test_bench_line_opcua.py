@@ -7,7 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.alone  # its real-time trials run SCHED_FIFO as root (host/sim/rtsched.py): not beside other tests
 def test_a_tiny_bench_line_with_opcua_prints_its_json_line():
     r = subprocess.run([sys.executable, "-m", "serialine.host.cli", "bench", "line", "--opcua", "--units", "20",
                         "--rt-units", "20", "--start", "600", "--max", "600", "--budget", "1"],

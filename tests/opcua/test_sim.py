@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from serialine.host.opcua.packml import LINE
 from serialine.host.opcua.server import NAMESPACE, PACKML_NS
@@ -30,6 +31,7 @@ async def execute_state(pc):
     return node, line, pk
 
 
+@pytest.mark.alone  # a real-time run: its parts run SCHED_FIFO as root (host/sim/rtsched.py), beside other tests
 def test_a_client_sees_execute_during_a_simulated_run(tmp_path, users_file):
     endpoint = f"opc.tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
