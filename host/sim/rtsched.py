@@ -8,7 +8,11 @@ the simulator's clock (physics is never late), above the camera's image worker (
 processor: no host PC delays it), above the agent (the line's PC, `chrt -f` or systemd
 `CPUSchedulingPolicy=fifo` in a deployment).
 Every FIFO part sleeps between scans or blocks on I/O; the kernel's RT throttling
-(`/proc/sys/kernel/sched_rt_runtime_us`) keeps 5 % of each CPU for everything else regardless."""
+(`/proc/sys/kernel/sched_rt_runtime_us`) keeps 5 % of each CPU for everything else regardless.
+What is left (load 9–13, 2026-12-01): about one tick in 10,000 wakes 4–30 ms late with the
+simulator's thread neither running nor waiting for a CPU (its schedstat), asleep past its timer —
+the VM's or this kernel's (PREEMPT_NONE, HZ 250), not the CPU. SERIALINE_RT_PIN=0: no CPU pinning
+(to compare)."""
 
 from __future__ import annotations
 
