@@ -310,7 +310,9 @@ def connect(path: str) -> sqlite3.Connection:
     """Open (and create) the ledger: WAL, foreign keys on, explicit transactions only."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    # FULL: a commit is on disk before the device is told it is stored (it then drops the events);
+    # NORMAL would survive a process crash but a power cut of the PC could roll back acknowledged events
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     with transaction(conn):
         _migrate(conn)

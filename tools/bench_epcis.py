@@ -24,10 +24,10 @@ GTIN = "04012345123456"
 
 
 def _ledger(path: Path) -> sqlite3.Connection:
-    # the ledger's own settings (host/db.py): WAL, synchronous=NORMAL, explicit transactions
+    # the ledger's own settings (host/db.py): WAL, synchronous=FULL, explicit transactions
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")
     outbox.ensure_schema(conn)
     return conn
 

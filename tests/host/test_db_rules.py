@@ -173,3 +173,16 @@ def test_a_ledger_made_before_abort_and_staged_imports_is_migrated(tmp_path):
         conn.execute("DELETE FROM serial WHERE serial='OLDSERIAL001'")
     conn.close()
     assert db.connect(path).execute("SELECT count(*) FROM serial").fetchone() == (21,)  # reopens cleanly
+
+
+def test_a_commit_is_on_disk_before_the_device_is_told(tmp_path):
+    """The device drops its events once the host says they are stored: every ledger connection commits
+    with synchronous=FULL in WAL, so a power cut of the PC cannot roll back an acknowledged event."""
+    from serialine.host import db
+
+    c = db.connect(str(tmp_path / "fresh.db"))
+    try:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        c.close()
