@@ -33,9 +33,14 @@ def test_sigkill_mid_batch_then_restart(tmp_path):
     p.wait()
     assert p.returncode == -signal.SIGKILL
     last_unit = acked[-1] // 4 - 1
-    # restart: the device resends from a few units before its last ack to a few after (the process
-    # may have stored some of those before it died), then reboots (boot 2) and the line runs on
-    out = subprocess.run([sys.executable, PROC, path, "2", "0", "40", "1", str(last_unit - 3), str(last_unit + 3)],
+    # restart: the device resends every event it has not seen acknowledged — from a few units before
+    # the last ack this test read up to past the last one the process stored before it died (its acks
+    # may still sit in the pipe, so that can be well beyond what was read), then reboots (boot 2)
+    c = db.connect(path)
+    (top_seq,) = c.execute("SELECT max(event_seq) FROM device_event WHERE boot_id=1").fetchone()
+    c.close()
+    resend_to = max(last_unit, (top_seq - 1) // 4) + 3
+    out = subprocess.run([sys.executable, PROC, path, "2", "0", "40", "1", str(last_unit - 3), str(resend_to)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("DONE")
