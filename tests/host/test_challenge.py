@@ -187,9 +187,9 @@ def test_challenge_fails_when_a_bad_pack_is_not_confirmed(challenge_line, tmp_pa
     try:
         agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "RUNNING")
         rc, out, err, plot = run_challenge(agent, rig, cfg, tmp_path)
-        assert rc == 1, (out, err)
+        assert rc == 1, (out, err, agent.log)
         problems = [ln for ln in err.splitlines() if ln.startswith("serialine challenge: pack")]
-        assert len(problems) == 1, err
+        assert len(problems) == 1, (err, agent.log)
         assert "pack 6 low_grade" in problems[0] and "REJECTED_UNCONFIRMED" in problems[0] \
             and "not confirmed in the bin" in problems[0], err
         assert plot.exists()
