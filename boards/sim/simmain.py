@@ -44,6 +44,9 @@ def main(argv):
     buf = bytearray(256)
     due = array("i", [0, 0])  # core.next_due: where the simulator may jump to
     sent = 0  # output edges already reported
+    held = []  # virtual time: host messages as they came, applied at a scan (see release)
+    if virtual:
+        dev.handler = lambda t, frame: held.append((t, bytes(frame)))
     while not dev.reboot:
         n = sim.readinto(buf)
         if n:
@@ -54,9 +57,11 @@ def main(argv):
             w = line.split()
             if not w:
                 continue
-            if w[0] == b"S":  # virtual step: t pos pe confirm bin
+            if w[0] == b"S":  # virtual step: t pos pe confirm bin [upto]
                 b.t, b.pos = int(w[1]), int(w[2])
                 b.pe, b.confirm, b.bin_full = int(w[3]), int(w[4]), int(w[5])
+                dev.link.poll(time.ticks_ms(), dev.handler)  # what has come is held first
+                release(dev, held, int(w[6]) if len(w) > 6 else -1)
                 dev.scan(b.t, b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
                 sent = report(sim_out, b, sent)
                 c = dev.core
@@ -83,6 +88,15 @@ def main(argv):
             dev.scan(b.now(), b.pos, b.pe, b.confirm, b.bin_full, time.ticks_ms())
             sent = report(sim_out, b, sent)
     print("EXIT")
+
+
+def release(dev, held, upto):
+    """Apply the host messages held, in order, until `upto` VERDICTs have been applied this boot
+    (-1: all). The simulator says when its host's answer to a camera result lands, so a line stop
+    sent before that verdict lands at the same virtual time, and what came after it waits."""
+    while held and (upto < 0 or dev.verdicts_in < upto):
+        t, frame = held.pop(0)
+        dev.handle(t, frame)
 
 
 def report(sim, b, sent):

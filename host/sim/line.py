@@ -202,6 +202,11 @@ class LineModel:
             return 0.0
         return self.profile.steady_for(self.pt)
 
+    def reaches(self, at: float, t_us: int) -> bool:
+        """A pack's leading edge gets to offset `at` (a station) by t_us at the present speed."""
+        b1 = self.belt + self.speed() * (t_us - self.t) / 1e6
+        return any(self.belt - p.belt_at < at <= b1 - p.belt_at for p in self.packs[: self._pe_next][-8:])
+
     def encoder_at(self, t_us: int) -> int:
         """What the encoder will read at t_us at the present speed."""
         return int(self.belt + self.speed() * (t_us - self.t) / 1e6)

@@ -72,10 +72,10 @@ class SimDevice:
         m = re.search(r"READY boot_id=(\d+)", self.board.boot_line)
         self.boot_ids.append(int(m.group(1)) if m else -1)
 
-    def _scan(self, t_us: int, encoder: int) -> list[tuple[str, int, int]]:
+    def _scan(self, t_us: int, encoder: int, upto: int = -1) -> list[tuple[str, int, int]]:
         lv = self.levels
         try:
-            edges, st = self.board.step(t_us, encoder, lv["photo_eye"], lv["confirm"], lv["bin_full"])
+            edges, st = self.board.step(t_us, encoder, lv["photo_eye"], lv["confirm"], lv["bin_full"], upto)
         except (RuntimeError, OSError):
             raise self._died() from None
         self.state, self.status = st.state, st
@@ -89,23 +89,24 @@ class SimDevice:
         tail = (self.workdir / "device.log").read_text(errors="replace")[-2000:]
         return RunError(f"the device (MicroPython) stopped:\n{tail}")
 
-    def step(self, t_us: int, encoder: int, edges) -> list[tuple[str, int, int]]:
+    def step(self, t_us: int, encoder: int, edges, upto: int = -1) -> list[tuple[str, int, int]]:
+        """Scans at each input edge and at t_us; `upto`: host messages held (unixboard.step)."""
         outs = []
         for e in edges:  # scan at each input edge, so the firmware sees every pulse
             self.levels[e.name] = e.level
-            outs += self._scan(e.t_us, self.pos_at(e.t_us, t_us, encoder))
+            outs += self._scan(e.t_us, self.pos_at(e.t_us, t_us, encoder), upto)
         if edges and t_us - edges[-1].t_us <= 1 and self.pos_at(edges[-1].t_us, t_us, encoder) == encoder:
             return outs  # that scan was this one, to a µs
-        return outs + self._scan(t_us, encoder)
+        return outs + self._scan(t_us, encoder, upto)
 
     def pos_at(self, t_edge, t_now, encoder):
         # the encoder at an edge inside the step: back off by the travel since (speed ~ constant)
         return max(0, encoder - int(self.line.speed() * (t_now - t_edge) / 1e6))
 
-    def idle(self) -> None:
+    def idle(self, upto: int = -1) -> None:
         """Let the firmware run (its link, its timers) without moving the line. Its outputs still
         reach the line: a START's purge opens the gate in the very scan that applies it."""
-        for name, level, te in self._scan(self.line.t, self.line.encoder):
+        for name, level, te in self._scan(self.line.t, self.line.encoder, upto):
             self.line.output(name, level, te)
 
     def next_due_us(self) -> int:

@@ -5,13 +5,17 @@
         │                                                          ▼
     SimCoder / SimCamera  ◀──── loopback TCP ────▶  serialine agent run ──▶ SQLite, EPCIS
 
-Virtual time: the simulator owns the clock and jumps from one physical event to the next. It holds
-the clock (a barrier) while the host owes a verdict for a camera result it has delivered, so the
-outcome never depends on how fast this machine is, unless a fault makes the host absent (killed,
-link dark). Real time: the same loop on the wall clock, to measure latency and jitter."""
+Virtual time: the simulator owns the clock and jumps from one physical event to the next (the line's
+edges, a camera result due, the firmware's next position or timer from `Core.next_due`), scanning
+there only. The host's answer to each camera result lands at the device a fixed virtual time later
+(`_host_reaction_us`: within its decision budget); the device holds host messages until then and
+the clock holds there until the answer has come (a barrier), so the outcome never depends on how
+fast this machine is, unless a fault makes the host absent (killed, link dark). Real time: the same
+loop on the wall clock, to measure latency and jitter."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -29,13 +33,14 @@ from .errors import Interrupted, RunError
 from .faults import FaultPlan, FaultyRelay
 from .line import LineModel
 from .report import build
-from .scenario import Scenario, full_speed_cps, validate
+from .scenario import Scenario, full_speed_cps, host_budget_counts, validate
 from .wiretap import VerdictTap
 
 BIN_EMPTY_MS = 1000  # the operator empties a full reject bin this long after the line stopped
 MAX_STEP_US = 250  # the longest virtual step while the belt's speed changes (as often as a board scans)
 REALTIME_MIN_TICK_S = 0.0002  # real time: the shortest sleep between two scans
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
+HOST_REACTION_MAX_MS = 250.0  # virtual time: the host's answer to a camera result lands this late at most
 
 
 LOCK_NAME = ".serialine-sim.lock"
@@ -152,7 +157,8 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     virtual_s = 0.0
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "host_terms": 0, "device_reboots": 0,
-             "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0, "steps": 0}
+             "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0, "steps": 0,
+             "catch_up_waits": 0}
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
@@ -342,6 +348,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     bin_empty_at = None
     wall_limit = time.monotonic() + 120 + s.units * 0.5
     owed, n_seen = 0, 0  # units the host owes a verdict this boot; camera results sent
+    pending: collections.deque = collections.deque()  # (virtual µs, owed): host answers to land
+    released, react_us = -1, _host_reaction_us(s)  # verdicts the device may apply (-1: all)
     wall_was = time.monotonic()
     paced, steady, dev_due = False, False, 0
     coder = line.coder
@@ -379,7 +387,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 dev_due = device.next_due_us()
                 t = min(line.next_event_us(), dev_due,
                         *(x for x in (camera.next_due(), bin_empty_at, host_back_at, dark.until,
-                                      ticks.stall_due_us(line)) if x is not None))
+                                      ticks.stall_due_us(line), pending[0][0] if pending else None)
+                          if x is not None))
                 steady = line.steady_us() > 0 and not fixed_step_us
                 if not steady:  # speed changing: scan as often as a board would
                     t = min(t, line.t + (fixed_step_us or MAX_STEP_US))
@@ -390,6 +399,13 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     time.sleep(0.0005)
                     t = min(t, line.t + max(MAX_STEP_US, int((time.monotonic() - wall_was) * 1e6)))
                 t = max(line.t + 1, t)
+                # a step whose scan fires the coder waits first for its job: the device tells the host
+                # of the print at once, and a host asking the coder's counts before the trigger has
+                # reached it would find nothing printed
+                if host.present and not relay.dark and not coder_ready() and line.reaches(line.coder_at - 2, t):
+                    stats["coder_waits"] += 1
+                    if not _wait_for(coder_ready, CODER_HOLD_S):
+                        stats["coder_wait_timeouts"] += 1
                 wall_was = time.monotonic()
                 stats["steps"] += 1
             t_was, belt_was = line.t, line.belt
@@ -403,7 +419,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 faults = plan.due(detected) if e.name == "photo_eye" and not e.level else []
                 if faults:  # the device sees the world up to this edge before the fault strikes
                     at = device.pos_at(e.t_us, line.t, line.encoder)
-                    emit(device.step(e.t_us, at, edges[seen:k + 1]))
+                    emit(device.step(e.t_us, at, edges[seen:k + 1], released))
                     seen = k + 1
                 for kind, arg in faults:
                     fired_at, fired_t = time.monotonic(), line.t
@@ -416,28 +432,49 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     if kind == "host_term":
                         term_until = time.monotonic() + TERM_WAIT_S
                     if kind == "device_reboot":
-                        owed, boot_no, boot_base = 0, boot_no + 1, detected
+                        owed, boot_no, boot_base, released = 0, boot_no + 1, detected, -1
+                        pending.clear()
                 if e.name == "photo_eye" and e.level:
                     line.packs[detected].unit_key = (boot_no, detected - boot_base)
                     detected += 1
                     progress(detected)
             if realtime or paced or not steady or edges[seen:] or line.t >= dev_due:  # else the camera's turn
-                emit(device.step(line.t, line.encoder, edges[seen:]))
+                emit(device.step(line.t, line.encoder, edges[seen:], released))
+            due = camera.next_due()
+            if (not realtime and due is not None and due <= line.t and host.present and not relay.dark
+                    and not line.line_stop):
+                # a result reaches the host no sooner than the device's events before it are stored:
+                # the host pairs them by its own arrival times, within a window of wall time
+                stats["catch_up_waits"] += 1
+                if not _await_stored(device, tap, released, BARRIER_TIMEOUT_S):
+                    stats["barrier_timeouts"] += 1
             base = max(owed, tap.count())  # before sending: a quick answer must count
             camera.deliver(line.t)
             if not realtime:
-                # barrier: virtual time holds at each camera result the host was sent until the host
-                # has reacted (a verdict for one more unit: each result pairs with one; what it sends
-                # before it, a line stop, comes with it) and the device has applied it. Not while the
-                # host is away, the link dark, or the line latched stopped (results are then
-                # discarded, and the host answers on its own clock).
+                # barrier: the host's answer to each camera result it was sent lands at the device
+                # react_us of virtual time later, exactly: a verdict for one more unit (each result
+                # pairs with one) and what the host sent before it (a line stop). The device holds
+                # host messages until then (boards/sim simmain `release`); virtual time holds there
+                # until the answer has come, while the host works meanwhile. Not while the host is
+                # away, the link dark, or the line latched stopped (results are then discarded and
+                # the host answers on its own clock).
                 sent, n_seen = len(camera.delivered) - n_seen, len(camera.delivered)
-                if sent and host.present and not relay.dark and not line.line_stop:
+                if not host.present or relay.dark:
+                    pending.clear()
+                elif sent and not line.line_stop:
                     owed = base + sent  # verdicts the host sent unasked (blind FAILs) do not count
+                    pending.append((line.t + react_us, owed))
+                while pending and line.t >= pending[0][0]:
+                    _, want = pending.popleft()
                     stats["barrier_waits"] += 1
-                    if not _await_host(device, tap, owed, BARRIER_TIMEOUT_S):
+                    if _await_host(device, tap, want, BARRIER_TIMEOUT_S):
+                        released = want
+                    else:
                         stats["barrier_timeouts"] += 1
-                        owed = tap.count()
+                        owed, released = tap.count(), -1
+                        pending.clear()
+                if not pending:
+                    released = -1
             # the operator: a line the device stopped (bin full, unconfirmed reject, ...) gets the
             # bin emptied if full and the alarm cleared, a second later
             if line.line_stop and bin_empty_at is None:
@@ -467,16 +504,37 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
         progress(None)
 
 
+def _host_reaction_us(s: Scenario) -> int:
+    """When the host's answer to a camera result lands (virtual µs after the result): late in what
+    its decision budget leaves after the camera's slowest result (a tenth kept for the scan's own
+    lateness and pitch spread), at most HOST_REACTION_MAX_MS. Late, so the host works meanwhile."""
+    budget_us = host_budget_counts(s) / max(1.0, full_speed_cps(s)) * 1e6
+    slowest_us = (s.camera.latency_ms + s.camera.latency_jitter_ms) * 1000
+    return int(max(1000.0, min(HOST_REACTION_MAX_MS * 1000.0, (budget_us - slowest_us) * 0.9)))
+
+
+def _await_stored(device, tap, upto: int, timeout: float) -> bool:
+    """Until the host has acknowledged (stored) every event the device has sent, as the device
+    says after a scan at the same virtual time; a scan again each time an ACK goes by."""
+    end = time.monotonic() + timeout
+    acks = tap.acks
+    while device.status.queue_fill:
+        if time.monotonic() > end:
+            return False
+        acks = tap.wait_ack(acks, 0.005)
+        device.idle(upto)
+    return True
+
+
 def _await_host(device, tap, owed: int, timeout: float) -> bool:
     """Until verdicts for `owed` units (this boot) have gone by on the wire and the device has
-    applied every one that did, as it says after a scan at the same virtual time."""
+    applied them, and what came before them, as it says after a scan at the same virtual time."""
     end = time.monotonic() + timeout
     if not tap.wait_for(owed, timeout):
         return False
-    want = tap.count()
     while True:
-        device.idle()
-        if device.status.verdicts_in >= want:
+        device.idle(owed)
+        if device.status.verdicts_in >= owed:
             return True
         if time.monotonic() > end:
             return False

@@ -95,11 +95,12 @@ class UnixBoard:
         return line
 
     def step(self, t_us: int, pos: int, pe: int, confirm: int = 0,
-             bin_full: int = 0) -> tuple[list[OutputEdge], StepStatus]:
-        """Virtual time: set the clock, the encoder and the inputs, run one scan; the output
+             bin_full: int = 0, upto: int = -1) -> tuple[list[OutputEdge], StepStatus]:
+        """Virtual time: set the clock, the encoder and the inputs, apply the host messages held
+        until `upto` VERDICTs have been applied this boot (-1: all), run one scan; the output
         edges of that scan and the device's state after it."""
-        os.write(self._w, b"S %d %d %d %d %d\n" % (t_us & MASK, pos & MASK,
-                                                       pe, confirm, bin_full))
+        os.write(self._w, b"S %d %d %d %d %d %d\n" % (t_us & MASK, pos & MASK,
+                                                          pe, confirm, bin_full, upto))
         edges = []
         while True:
             w = self._readline().split()

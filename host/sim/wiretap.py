@@ -11,6 +11,7 @@ from serialine.protocol.fastcodec import StreamDecoder, ValueOutOfRange
 from serialine.protocol.schema import BY_NAME
 
 VERDICT = BY_NAME["VERDICT"].msg_type
+ACK = BY_NAME["ACK"].msg_type
 
 
 class VerdictTap:
@@ -22,11 +23,14 @@ class VerdictTap:
         self.first_seen: dict[tuple[int, int], float] = {}  # (boot_no, unit_seq) -> monotonic s
         self.boot_no = 0
         self.frames = 0
+        self.acks = 0  # ACK frames: the host has stored what the device sent
 
     def __call__(self, data: bytes) -> None:
         for msg_type, _, _, fields in self._decoder.feed(data):
             with self.cond:
                 self.frames += 1
+                if msg_type == ACK:
+                    self.acks += 1
                 if msg_type == VERDICT and not isinstance(fields, ValueOutOfRange):
                     u = fields[0]  # unit_seq
                     self.verdicts[u] = self.verdicts.get(u, 0) + 1
@@ -41,6 +45,12 @@ class VerdictTap:
         """Block until verdicts for at least n distinct units have gone by (or timeout)."""
         with self.cond:
             return self.cond.wait_for(lambda: len(self.verdicts) >= n, timeout)
+
+    def wait_ack(self, seen: int, timeout: float) -> int:
+        """Block until more than `seen` ACK frames have gone by (or timeout); how many have."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.acks > seen, timeout)
+            return self.acks
 
     def reset(self) -> None:
         """A new device boot numbers its units from 0 again."""
