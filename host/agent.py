@@ -57,7 +57,7 @@ BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step
 BACKOFF_MAX_S = 1.0
 CODER_RETRY_S = 1.0  # a refusing or unreachable coder is tried again after this, doubling ...
 CODER_RETRY_MAX_S = 30.0  # ... up to this (each retry of a push puts one serial at stake)
-REPORT_WAIT_S = 2.0  # after a new coder connection a verdict waits this long for the report that shows none was lost
+REPORT_WAIT_S = 2.0  # a verdict waits at most this long for its print's report (the check), then FAILs
 log = logging.getLogger("serialine.agent")
 
 
@@ -674,13 +674,13 @@ class Agent:
             t0 = time.perf_counter()
             key = (self.device_id, self.boot_id, p.unit)
             since = self._report_wait.pop(key, (p, now))[1]
-            if self.printcheck.waiting(key) and key not in self._misprinted:  # its report may be lost
+            if self.printcheck.waiting(key) and key not in self._misprinted:  # never passed unchecked
                 if now - since < REPORT_WAIT_S:
-                    self._report_wait[key] = (p, since)  # decided once the report shows nothing was lost
+                    self._report_wait[key] = (p, since)  # decided once its print report is compared
                     continue
                 self._misprinted[key] = False
-                why = (f"unit {key[0]}:{key[1]}:{key[2]}: no print report after the coder's new connection within"
-                       f" {REPORT_WAIT_S:g} s showed that none was lost: it FAILs")
+                why = (f"unit {key[0]}:{key[1]}:{key[2]}: no print report came for it within {REPORT_WAIT_S:g} s"
+                       " of its camera result: it FAILs")
                 self.ledger.alarm("coder", "PRINT_UNTIED", why)
                 self.alarms.append(why)
             if key in self._misprinted:  # whatever the camera read

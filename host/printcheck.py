@@ -92,9 +92,8 @@ class PrintCheck:
             self.epoch, self.gap = epoch, True
 
     def waiting(self, unit: tuple) -> bool:
-        """After a new connection, `unit`'s binding still waits for the report that shows nothing was
-        lost: not checked (a verdict made now must FAIL it)."""
-        return self.gap and any(u == unit for u, _ in self.bound)
+        """`unit`'s binding still waits for its report: not checked yet (its verdict waits)."""
+        return any(u == unit for u, _ in self.bound)
 
     def add_bindings(self, bindings) -> None:
         if self.armed:

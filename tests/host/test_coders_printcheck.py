@@ -9,6 +9,7 @@ The pairing rules themselves (host/printcheck.py) are tested directly too."""
 
 import time
 
+from serialine.host import agent as agent_mod
 from serialine.host.agent import Agent
 from serialine.host.devices.camera import Camera
 from serialine.host.devices.coder import Coder
@@ -173,6 +174,42 @@ def test_a_coder_reconnect_that_lost_a_report_fails_the_untied_units_then_clears
         assert [one_unit(agent, link, sc, scam, u) for u in (6, 7, 8)] == [(Verdict.PASS, Reason.OK)] * 3
         assert len(_alarms(conn, "PRINT_UNTIED")) == said and not _alarms(conn, "PRINT_MISMATCH")
         assert agent.printcheck.checked == 4 + 3
+        agent.coder.close(); agent.camera.close()
+
+
+def test_a_verdict_waits_for_the_print_report_and_fails_if_none_comes(conn, monkeypatch):
+    """The camera's result for a unit is in before the coder's report of its print (here: the coder
+    has not even printed yet): the verdict waits for the report and passes once the print is
+    compared. If no report comes within REPORT_WAIT_S the unit FAILs (never passed unchecked)."""
+    monkeypatch.setattr(agent_mod, "REPORT_WAIT_S", 0.3)
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)
+        assert one_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
+        for u, report in ((1, True), (2, False)):
+            link.event("UNIT_DETECTED", unit_seq=u, pos=0, t_us=0, flags=0)
+            link.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0)
+            key = (agent.device_id, agent.boot_id, u)
+            assert _until(agent, lambda: agent.printcheck.waiting(key))
+            scam.trigger(u * 1000, agent.ledger.expected_code(*key), False)
+            link.event("UNIT_INSPECTED", unit_seq=u, pos=0, t_us=0)
+            scam.deliver(10 ** 12)
+            assert _until(agent, lambda: key in agent._report_wait)  # paired with its result, held
+            assert not [f for n, f in link.sent if n == "VERDICT" and f["unit_seq"] == u]
+            if report:
+                sc.trigger(u * 1000)  # the print (and its report) come after the camera's result
+                assert _verdict(agent, link, u) == (Verdict.PASS, Reason.OK)
+            else:
+                assert _verdict(agent, link, u) == (Verdict.FAIL, Reason.CODE_MISMATCH)
+                (why,) = _alarms(conn, "PRINT_UNTIED")
+                assert f"unit line1:42:{u}: no print report came for it within 0.3 s" in why
+            link.event("UNIT_OUTCOME", unit_seq=u, outcome=int(Outcome.PASSED if report else Outcome.REJECTED_CONFIRMED),
+                       reason=0 if report else int(Reason.VERDICT_FAIL), gate_error=0, pos=0, t_us=0)
+        sc.trigger(2000)  # unit 2's report, late: compared, equal
+        assert _until(agent, lambda: agent.printcheck.checked == 3)
+        assert agent.printcheck.armed and not _alarms(conn, "PRINT_MISMATCH") and not agent._report_wait
         agent.coder.close(); agent.camera.close()
 
 
