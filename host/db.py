@@ -18,7 +18,10 @@ TRANSITIONS = (
     ("commissioned", "destroyed"), ("commissioned", "sampled"), ("commissioned", "decommissioned"),
 )
 
-_allowed = " OR ".join(f"(OLD.state='{a}' AND NEW.state='{b}')" for a, b in TRANSITIONS)
+# `=` chains, not IN lists: in a trigger an IN list of 3+ values is an ephemeral table built per row
+_legal = "CASE OLD.state " + " ".join(
+    f"WHEN '{a}' THEN " + " OR ".join(f"NEW.state = '{b}'" for x, b in TRANSITIONS if x == a)
+    for a in dict.fromkeys(a for a, _ in TRANSITIONS)) + " ELSE 0 END"
 _states = ",".join(f"'{s}'" for s in SERIAL_STATES)
 
 _OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
@@ -34,6 +37,37 @@ SERIAL_BORN = """CREATE TRIGGER IF NOT EXISTS serial_born BEFORE INSERT ON seria
              AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'staging')
         BEGIN SELECT RAISE(ABORT, 'a new serial must be available') WHERE NEW.state <> 'available';
               SELECT RAISE(ABORT, 'serials are staged only into an import that is still staging'); END"""
+
+# Every rule on a serial's state change, (condition, message) in the order checked: one trigger
+# (each trigger costs a program run per row; a unit changes its serial three times), column
+# comparisons first, a lookup only for the transitions it concerns.
+_SERIAL_RULES = (
+    (f"NEW.state <> OLD.state AND NOT ({_legal})", "illegal serial state transition"),
+    # an aborted, closed or reopened batch takes no new serials (what it held was returned or written off)
+    ("NEW.state = 'allocated' AND OLD.state <> 'allocated'"
+     " AND (SELECT state FROM batch WHERE batch_id = NEW.batch_id) IS NOT 'running'",
+     "serials are allocated only to a running batch"),
+    ("OLD.state = 'allocated' AND NEW.state = 'available'"
+     " AND (SELECT state FROM batch WHERE batch_id = OLD.batch_id) IS NOT 'closing'",
+     "allocated serials return to the pool only at batch close"),
+    ("NEW.state <> OLD.state AND NEW.state IN ('allocated', 'available') AND EXISTS (SELECT 1 FROM serial_grant g"
+     " WHERE g.gtin = OLD.gtin AND g.serial = OLD.serial AND g.state <> 'returned')",
+     "this serial was handed out over OPEN-SCS and not returned"),
+    ("NEW.state <> OLD.state AND NEW.state = 'allocated'"
+     " AND EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = OLD.gtin AND r.serial = OLD.serial)",
+     "this serial goes back to the upstream pool it came from"),
+    # only an available serial can be of an unpublished import (published is final, serial_import_final)
+    ("NEW.import_id IS NOT NULL AND (OLD.state = 'available' OR NEW.import_id IS NOT OLD.import_id)"
+     " AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'",
+     "a serial of an unpublished import cannot be used"),
+)
+SERIAL_TRANSITION = ("CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial\n        WHEN "
+                     + "\n          OR ".join(f"({c})" for c, _ in _SERIAL_RULES) + "\n        BEGIN "
+                     + "\n              ".join(f"SELECT RAISE(ABORT, '{m}') WHERE {c};" for c, m in _SERIAL_RULES)
+                     + " END")
+# before the rules were one trigger (ledgers made then hold these, and the old serial_transition)
+_OLD_SERIAL_TRIGGERS = ("serial_unpublished_unused", "serial_granted_stays_out", "serial_returned_upstream_stays_out",
+                        "serial_allocated_to_running_batch", "serial_return_only_at_close")
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
@@ -102,9 +136,6 @@ SCHEMA = [
         import_id INTEGER REFERENCES serial_import (import_id),
         PRIMARY KEY (gtin, serial)) WITHOUT ROWID""",
     SERIAL_BORN,
-    """CREATE TRIGGER IF NOT EXISTS serial_unpublished_unused BEFORE UPDATE OF state ON serial
-        WHEN NEW.import_id IS NOT NULL AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'
-        BEGIN SELECT RAISE(ABORT, 'a serial of an unpublished import cannot be used'); END""",
     # Serials handed to another system over OPEN-SCS (host/opcua/openscs.py): out of this pool, never
     # issued here, until that system returns them ('returned'); 'used' ones (encoded there) never come back.
     """CREATE TABLE IF NOT EXISTS serial_grant (
@@ -124,10 +155,6 @@ SCHEMA = [
         WHEN NOT (OLD.state = 'out' AND NEW.state IN ('returned', 'used') AND NEW.token = OLD.token
                   AND NEW.gtin = OLD.gtin AND NEW.serial = OLD.serial)
         BEGIN SELECT RAISE(ABORT, 'a handed-out serial is returned or used, once'); END""",
-    """CREATE TRIGGER IF NOT EXISTS serial_granted_stays_out BEFORE UPDATE OF state ON serial
-        WHEN NEW.state <> OLD.state AND NEW.state IN ('allocated', 'available')
-         AND EXISTS (SELECT 1 FROM serial_grant g WHERE g.gtin = OLD.gtin AND g.serial = OLD.serial AND g.state <> 'returned')
-        BEGIN SELECT RAISE(ABORT, 'this serial was handed out over OPEN-SCS and not returned'); END""",
     # Serials that came from an upstream OPEN-SCS pool manager and a batch close left unused
     # (host/opcua/client.py return_unused): 'due' until the upstream took them back ('returned');
     # from 'due' on they are out of this pool for good.
@@ -141,10 +168,6 @@ SCHEMA = [
         BEGIN SELECT RAISE(ABORT, 'a serial due upstream is returned, once'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_upstream_return_no_delete BEFORE DELETE ON serial_upstream_return
         BEGIN SELECT RAISE(ABORT, 'serials due upstream are never forgotten'); END""",
-    """CREATE TRIGGER IF NOT EXISTS serial_returned_upstream_stays_out BEFORE UPDATE OF state ON serial
-        WHEN NEW.state <> OLD.state AND NEW.state = 'allocated'
-         AND EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = OLD.gtin AND r.serial = OLD.serial)
-        BEGIN SELECT RAISE(ABORT, 'this serial goes back to the upstream pool it came from'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_returned_upstream_not_granted BEFORE INSERT ON serial_grant
         WHEN EXISTS (SELECT 1 FROM serial_upstream_return r WHERE r.gtin = NEW.gtin AND r.serial = NEW.serial)
         BEGIN SELECT RAISE(ABORT, 'this serial goes back to the upstream pool it came from'); END""",
@@ -159,18 +182,7 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
         WHEN OLD.import_id IS NULL OR (SELECT state FROM serial_import WHERE import_id = OLD.import_id) IS NOT 'abandoned'
         BEGIN SELECT RAISE(ABORT, 'serials are never deleted'); END""",
-    f"""CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial
-        WHEN NEW.state <> OLD.state AND NOT ({_allowed})
-        BEGIN SELECT RAISE(ABORT, 'illegal serial state transition'); END""",
-    # an aborted, closed or reopened batch takes no new serials (what it held was returned or written off)
-    """CREATE TRIGGER IF NOT EXISTS serial_allocated_to_running_batch BEFORE UPDATE OF state ON serial
-        WHEN NEW.state = 'allocated' AND OLD.state <> 'allocated'
-         AND (SELECT state FROM batch WHERE batch_id = NEW.batch_id) IS NOT 'running'
-        BEGIN SELECT RAISE(ABORT, 'serials are allocated only to a running batch'); END""",
-    """CREATE TRIGGER IF NOT EXISTS serial_return_only_at_close BEFORE UPDATE OF state ON serial
-        WHEN OLD.state = 'allocated' AND NEW.state = 'available'
-         AND (SELECT state FROM batch WHERE batch_id = OLD.batch_id) IS NOT 'closing'
-        BEGIN SELECT RAISE(ABORT, 'allocated serials return to the pool only at batch close'); END""",
+    SERIAL_TRANSITION,
     """CREATE TRIGGER IF NOT EXISTS serial_identity_fixed BEFORE UPDATE OF gtin, serial ON serial
         BEGIN SELECT RAISE(ABORT, 'a serial''s identity never changes'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
@@ -340,6 +352,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
             conn.execute(f"DROP INDEX {name}")
     conn.execute("DROP TRIGGER IF EXISTS serial_staged_only_while_staging")
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='serial_transition'").fetchone()
+    if row and row[0] != SERIAL_TRANSITION.replace(" IF NOT EXISTS", ""):
+        conn.execute("DROP TRIGGER serial_transition")
+        for name in _OLD_SERIAL_TRIGGERS:
+            conn.execute(f"DROP TRIGGER IF EXISTS {name}")
     conn.execute("DROP TRIGGER IF EXISTS serial_born_available")
     row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='batch'").fetchone()
     if row and _OLD_BATCH_STATES in row[0]:
