@@ -46,6 +46,7 @@ SERIALINE = str(Path(sys.executable).with_name("serialine"))
 GTIN = "09506000134352"
 OPERATOR = "op-otto"
 MAX_TICK_US = 15_000  # the longest the belt moves between two scans (9 counts here; the gate's half window is 60)
+WALL_FACTOR = 5  # World.wait: a line this many times slower than the wall clock is a stuck one
 
 SCENARIO = """\
 name = "agent-e2e"
@@ -179,16 +180,23 @@ class World(threading.Thread):
         except BaseException as exc:  # the test sees it
             self.error = exc
 
-    def wait(self, cond, timeout: float, what: str, agent: ServiceProc | None = None):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+    def wait(self, cond, line_s: float, what: str, agent: ServiceProc | None = None):
+        """Until `cond()`, for at most `line_s` s of the line's own clock: on a loaded machine the line
+        runs slower than the wall clock (a late tick pauses it, MAX_TICK_US) and so does all it feeds;
+        the wall clock bounds only a world that stopped ticking (WALL_FACTOR times as long)."""
+        t_end = self.line.t + line_s * 1e6
+        wall_end = time.monotonic() + line_s * WALL_FACTOR
+        while self.line.t < t_end and time.monotonic() < wall_end:
             if self.error is not None:
                 raise self.error
             if cond():
                 return
             time.sleep(0.05)
-        raise AssertionError(f"{what}: not within {timeout} s (detected {self.detected}, device state "
-                             f"{self.device.state})\n{agent.log if agent else ''}")
+        if cond():
+            return
+        raise AssertionError(f"{what}: not within {line_s} s of the line's clock (detected {self.detected}, "
+                             f"device state {self.device.state}, line at {self.line.t / 1e6:.1f} s)\n"
+                             f"{agent.log if agent else ''}")
 
     def close(self):
         self._quit.set()
