@@ -632,7 +632,7 @@ class Agent:
             device_id, boot_id, u = m.unit
             (verdict,) = self.conn.execute("SELECT verdict FROM unit WHERE device_id=? AND boot_id=? AND unit_seq=?",
                                            m.unit).fetchone() or (None,)
-            if verdict is None:
+            if verdict is None and m.unit[:2] == (self.device_id, self.boot_id):  # an old boot's are booked already
                 self._misprinted[m.unit] = m.printed is not UNTIED
             if m.printed is UNTIED:
                 untied.setdefault(m.why, []).append((f"{device_id}:{boot_id}:{u}", verdict))
