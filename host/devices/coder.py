@@ -76,9 +76,12 @@ class Coder(LineClient):
 
     def on_event(self, line: str, t: float) -> None:
         word, _, code = line.partition(" ")
-        if word == "PRINTED" and code and " " not in code:
+        if word == "PRINTED":  # a print the coder reports but cannot be read is a print of no known code
             self.printed += 1
-            self._printed_code(unescape_code(code))
+            well_formed = code and " " not in code
+            self._printed_code(unescape_code(code) if well_formed else None)
+            if not well_formed:
+                self.alarm("MALFORMED", f"coder: malformed line {line[:80]!r} (taken as a print of an unknown code)")
         elif word == "EMPTY" and not code:
             self.empty += 1
         else:

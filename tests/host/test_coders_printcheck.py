@@ -90,6 +90,33 @@ def test_a_coder_printing_another_code_fails_the_unit_even_when_the_camera_is_fo
         agent.coder.close(); agent.camera.close()
 
 
+class GarbledReport(SimCoder):
+    """Reports the print of job 3 in a line the driver cannot read (a code with a space in it)."""
+
+    def on_printed(self, code: str) -> None:
+        if self.jobs_printed == 3:
+            self.send("PRINTED garbled code")
+        else:
+            super().on_printed(code)
+
+
+def test_a_print_report_the_driver_cannot_read_fails_that_unit_not_a_later_one(conn):
+    with GarbledReport() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        link.last_status = {"state": 2, "speed_cps": 5000, "queue_fill": 2}
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.2)
+        agent.start()
+        assert scam.connected.wait(2)
+        assert [one_unit(agent, link, sc, scam, u) for u in (0, 1)] == [(Verdict.PASS, Reason.OK)] * 2
+        # unit 2's print came as an unreadable report: a print of no known code, so unit 2 FAILs
+        assert one_unit(agent, link, sc, scam, 2) == (Verdict.FAIL, Reason.CODE_MISMATCH)
+        assert agent.coder.printed == 3 and agent.resuming and STOP in link.sent
+        assert any("unit line1:42:2" in d for d in _alarms(conn, "PRINT_MISMATCH") + _alarms(conn, "PRINT_UNTIED"))
+        _finish_resume(agent, link)
+        assert [one_unit(agent, link, sc, scam, u) for u in (3, 4)] == [(Verdict.PASS, Reason.OK)] * 2
+        agent.coder.close(); agent.camera.close()
+
+
 def test_a_driver_without_print_reports_has_no_cross_check_and_says_so(conn, caplog):
     """A coder family that reports no prints: the check is off by design (logged at start), and the
     same fault with a fooled camera passes the pack (what the cross-check adds)."""
