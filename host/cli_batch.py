@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
                 else:
                     added = serials.import_serials(conn, a.gtin, serials.read_import_file(a.import_file),
                                                    a.import_file, user=a.user, progress=progress)
-            except serials.Interrupted as exc:
+            except serials.GenerationInterrupted as exc:
                 print(f"serialine: {exc}", file=sys.stderr)
                 return 130
             print(added.statement)

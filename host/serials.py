@@ -62,7 +62,7 @@ class SerialError(ValueError):
     pass
 
 
-class Interrupted(KeyboardInterrupt):
+class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C while adding to a pool: nothing was added (the staged serials are removed)."""
 
 
@@ -529,7 +529,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
         if isinstance(exc, sqlite3.IntegrityError):
             raise SerialError(f"import into the pool of {gtin} failed ({exc}); nothing imported") from None
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted: nothing added to the pool of {gtin} ({w.staged:,} staged serials "
+            raise GenerationInterrupted(f"interrupted: nothing added to the pool of {gtin} ({w.staged:,} staged serials "
                               f"{removed})") from None
         raise
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)

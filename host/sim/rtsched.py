@@ -53,7 +53,7 @@ def fifo(pid: int, priority: int | None) -> bool:
         return False
 
 
-_CLOCK_CPU: list = [None]  # set while Held
+_CLOCK_CPU: list = [None]  # set while FifoParts
 _ALL_CPUS: list = [None]
 
 
@@ -94,8 +94,8 @@ def _threads() -> list[int]:
         return []
 
 
-class Held:
-    """`with Held(on) as sched:` the calling thread, the threads it starts (the relay, the coder and
+class FifoParts:
+    """`with FifoParts(on) as sched:` the calling thread, the threads it starts (the relay, the coder and
     camera servers) and the processes it starts on SCHED_FIFO at SIMULATOR; each part's process is then
     set to its own priority (`fifo(pid, sched.priority(DEVICE))`). `sched.policy` "fifo" or "other"
     (off, or not permitted: no CAP_SYS_NICE). The calling thread is left as it was on exit."""
@@ -104,7 +104,7 @@ class Held:
         self.on, self.policy = on, "other"
         self._was = None
 
-    def __enter__(self) -> Held:
+    def __enter__(self) -> FifoParts:
         if not self.on:
             return self
         try:

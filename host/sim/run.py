@@ -139,7 +139,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     epcis_dir = out / "epcis"
     batch_id = where["batch_id"] = batch_id or batch.setup(db_path, s)
     # real time: the parts that stand for hardware on SCHED_FIFO until they are down (rtsched.py)
-    sched = rtsched.Held(realtime).__enter__()
+    sched = rtsched.FifoParts(realtime).__enter__()
     images = imager_for(s, s.seed * 7 + 2, priority=sched.priority(rtsched.CAMERA))  # the coder prints images, the camera decodes and grades them
     coder = emulator("coder", s.coder.driver)(misprint=s.defects.misprint, skip=s.defects.skip,
                                               smear=s.defects.smear, seed=s.seed * 7 + 1, images=images).start()

@@ -17,7 +17,7 @@ def _state(pid: int = 0):
 
 def test_off_changes_nothing():
     before, switch = _state(), sys.getswitchinterval()
-    with rtsched.Held(False) as sched:
+    with rtsched.FifoParts(False) as sched:
         assert sched.policy == "other" and sched.priority(rtsched.DEVICE) is None
         assert _state() == before
         assert not rtsched.fifo(0, sched.priority(rtsched.AGENT))  # None: left as started
@@ -26,7 +26,7 @@ def test_off_changes_nothing():
 
 def test_on_raises_the_clock_and_puts_it_back():
     before, switch = _state(), sys.getswitchinterval()
-    with rtsched.Held(True) as sched:
+    with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":  # no CAP_SYS_NICE here: the run goes on, unchanged
             assert _state() == before
             pytest.skip("SCHED_FIFO not permitted for this user")
@@ -40,7 +40,7 @@ def test_on_raises_the_clock_and_puts_it_back():
 
 
 def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
-    with rtsched.Held(True) as sched:
+    with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
             pytest.skip("SCHED_FIFO not permitted for this user")
         clock = os.sched_getaffinity(0)
@@ -62,7 +62,7 @@ def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
 
 
 def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
-    with rtsched.Held(True) as sched:
+    with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
             pytest.skip("SCHED_FIFO not permitted for this user")
         clock = _state()
@@ -80,7 +80,7 @@ def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
 def test_threads_started_while_spawning_join_the_clock():
     import threading
 
-    with rtsched.Held(True) as sched:
+    with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
             pytest.skip("SCHED_FIFO not permitted for this user")
         clock, tid, go = _state(), [], threading.Event()
