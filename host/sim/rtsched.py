@@ -20,6 +20,7 @@ import contextlib
 import gc
 import os
 import sys
+import threading
 
 DEVICE, SIMULATOR, CAMERA, AGENT = 30, 20, 15, 10
 PIN = os.environ.get("SERIALINE_RT_PIN", "1") == "1"
@@ -43,6 +44,8 @@ def fifo(pid: int, priority: int | None) -> bool:
         return False
     try:
         os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
+        if pid and _RAISED[0] is not None:
+            _RAISED[0].add(pid)
         if priority == DEVICE and _CLOCK_CPU[0] is not None:
             os.sched_setaffinity(pid, _CLOCK_CPU[0])
         elif _ALL_CPUS[0] is not None:
@@ -55,6 +58,7 @@ def fifo(pid: int, priority: int | None) -> bool:
 
 _CLOCK_CPU: list = [None]  # set while FifoParts
 _ALL_CPUS: list = [None]
+_RAISED: list = [None]  # while FifoParts: the processes fifo() raised
 
 
 @contextlib.contextmanager
@@ -87,22 +91,44 @@ def spawning():
                 os.sched_setaffinity(tid, was[2])
 
 
-def _threads() -> list[int]:
+def _threads(pid: int | str = "self") -> list[int]:
     try:
-        return [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:  # no procfs: the threads stay as they started
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # no procfs (the threads stay as they started), or the process has ended
         return []
+
+
+def _fifo_threads(pid: int | str = "self") -> set[int]:
+    fifo_ = set()
+    for tid in _threads(pid):
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(tid) == os.SCHED_FIFO:
+                fifo_.add(tid)
+    return fifo_
+
+
+def _lower(tids, cpus) -> None:
+    """Back to the default scheduler (and every CPU): a thread left FIFO outranks whatever this
+    process or machine runs next whenever it wakes (a pytest worker's later tests)."""
+    for tid in tids:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            if cpus is not None:
+                os.sched_setaffinity(tid, cpus)
 
 
 class FifoParts:
     """`with FifoParts(on) as sched:` the calling thread, the threads it starts (the relay, the coder and
     camera servers) and the processes it starts on SCHED_FIFO at SIMULATOR; each part's process is then
     set to its own priority (`fifo(pid, sched.priority(DEVICE))`). `sched.policy` "fifo" or "other"
-    (off, or not permitted: no CAP_SYS_NICE). The calling thread is left as it was on exit."""
+    (off, or not permitted: no CAP_SYS_NICE). On exit the calling thread is left as it was, and every
+    other thread of this process and of the processes raised that is FIFO now and was not before is
+    put back on the default scheduler (threads inherit the policy of the thread that starts them)."""
 
     def __init__(self, on: bool = True):
         self.on, self.policy = on, "other"
         self._was = None
+        self._fifo_before: set[int] = set()
 
     def __enter__(self) -> FifoParts:
         if not self.on:
@@ -113,6 +139,8 @@ class FifoParts:
         except (PermissionError, OSError, AttributeError):
             return self
         self._was, self.policy = was, "fifo"
+        self._fifo_before = _fifo_threads() - {threading.get_native_id()}
+        _RAISED[0] = set()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         gc.freeze()  # what exists now is never collected again: a full collection then takes 0.1 s less
         if PIN:
@@ -132,7 +160,11 @@ class FifoParts:
         os.sched_setscheduler(0, policy, os.sched_param(prio))
         sys.setswitchinterval(switch)
         gc.unfreeze()
-        if _ALL_CPUS[0] is not None:
-            os.sched_setaffinity(0, _ALL_CPUS[0])
-        _ALL_CPUS[0] = _CLOCK_CPU[0] = None
+        cpus = _ALL_CPUS[0]
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        _lower(_fifo_threads() - self._fifo_before - {threading.get_native_id()}, cpus)
+        for pid in _RAISED[0] or ():  # parts still running (they are normally down by now)
+            _lower(_fifo_threads(pid), cpus)
+        _ALL_CPUS[0] = _CLOCK_CPU[0] = _RAISED[0] = None
         self._was = None

@@ -292,13 +292,19 @@ class Ticks:
         self.n = self.late = self.overruns = 0
         self.worst_counts = self.worst_us = 0.0
 
+    def _strike_at(self, line, v: float) -> float:
+        """The offset of the stall's pack at which the stall begins: where the gate fires for it (the
+        device leads the gate by its lead time at the speed it measures), less 4 counts, less one
+        tick's largest travel that is no overrun itself (the bound): a real-time tick travels ~bound/4
+        and more when late, and the check runs between ticks, so nearer than that a tick could carry
+        the pack past the firing point unseen: the gate fires, the pack is taken, the stall is late."""
+        return line.gate_at - v * line.lead_us / 1e6 - 4 - self.bound
+
     def stall_us(self, line) -> int:
-        """Once, as the stall's pack is a few counts short of where the gate fires for it (the
-        device leads the gate by its lead time at the speed it measures): how long (µs)."""
+        """Once, as the stall's pack reaches `_strike_at`: how long (µs)."""
         if self.stall is None:
             return 0
-        fire_at = line.gate_at - line.speed() * line.lead_us / 1e6
-        if line.offset(line.packs[self.stall[0]]) < fire_at - 4:
+        if line.offset(line.packs[self.stall[0]]) < self._strike_at(line, line.speed()):
             return 0
         ms, self.stall = self.stall[1], None
         return int(ms * 1000)
@@ -308,8 +314,8 @@ class Ticks:
         v = line.speed()
         if self.stall is None or v <= 0:
             return None
-        fire_at = line.gate_at - v * line.lead_us / 1e6
-        return line.t + max(0, math.ceil((line.packs[self.stall[0]].belt_at + fire_at - 4 - line.belt) / v * 1e6))
+        return line.t + max(0, math.ceil((line.packs[self.stall[0]].belt_at + self._strike_at(line, v) - line.belt)
+                                         / v * 1e6))
 
     def tick(self, dt_us: int, travel: float, line) -> None:
         self.n += 1

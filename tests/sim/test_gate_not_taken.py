@@ -5,6 +5,7 @@ stalling itself just as a reject reaches the gate — which it must notice and c
 from __future__ import annotations
 
 import ast
+import os
 import sqlite3
 
 import pytest
@@ -72,6 +73,9 @@ def test_the_simulator_stalling_makes_the_run_invalid_and_the_missed_pack_unconf
     with sqlite3.connect(r["db"]) as c:  # no pack is ever recorded as passed
         assert c.execute("SELECT count(*) FROM unit WHERE outcome = 'PASSED'").fetchone()[0] == 0
     if realtime:  # on a loaded machine other ticks may be late too: which packs got away varies
+        # and no thread it started is left SCHED_FIFO, to outrank this process's later tests
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+        assert [t for t in tasks if os.sched_getscheduler(t) == os.SCHED_FIFO] == [], r["sched"]
         return
     missed = [p for p in r["left_unaccounted_packs"] if p["pack"] == 30]
     assert missed and missed[0]["defect"] == "misprint"

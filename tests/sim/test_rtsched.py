@@ -5,14 +5,24 @@ as it was afterwards. Where the scheduler is not ours to change, nothing changes
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from serialine.host.sim import rtsched
 
 
+# raising priorities for real (as root) takes a CPU from whatever runs beside: these run alone
+alone = pytest.mark.alone
+
+
 def _state(pid: int = 0):
     return os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority, os.sched_getaffinity(pid)
+
+
+def _fifo_tasks(pid="self") -> list[int]:
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    return [t for t in tids if os.sched_getscheduler(t) == os.SCHED_FIFO]
 
 
 def test_off_changes_nothing():
@@ -24,6 +34,7 @@ def test_off_changes_nothing():
     assert _state() == before and sys.getswitchinterval() == switch
 
 
+@alone
 def test_on_raises_the_clock_and_puts_it_back():
     before, switch = _state(), sys.getswitchinterval()
     with rtsched.FifoParts(True) as sched:
@@ -39,6 +50,7 @@ def test_on_raises_the_clock_and_puts_it_back():
     assert _state() == before and sys.getswitchinterval() == switch
 
 
+@alone
 def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
     with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
@@ -61,6 +73,7 @@ def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
                 p.wait()
 
 
+@alone
 def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
     with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
@@ -77,9 +90,8 @@ def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
             child.wait()
 
 
+@alone
 def test_threads_started_while_spawning_join_the_clock():
-    import threading
-
     with rtsched.FifoParts(True) as sched:
         if sched.policy == "other":
             pytest.skip("SCHED_FIFO not permitted for this user")
@@ -94,3 +106,41 @@ def test_threads_started_while_spawning_join_the_clock():
         finally:
             go.set()
             t.join()
+
+
+@alone
+def test_no_thread_or_raised_part_stays_fifo_after_the_block():
+    """Threads inherit SCHED_FIFO from the thread that starts them: one started during a real-time
+    run (a server's, a pool's) and still alive after it would outrank every later test of the process
+    whenever it wakes. So would a part's process still running. All are put back on exit."""
+    before = _fifo_tasks()
+    go, tids = threading.Event(), []
+
+    def idle():
+        tids.append(threading.get_native_id())
+        go.wait()
+
+    threads = []
+    with rtsched.FifoParts(True) as sched:
+        if sched.policy == "other":
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        threads.append(threading.Thread(target=idle))  # inherits the clock's FIFO
+        threads[-1].start()
+        with rtsched.spawning():
+            threads.append(threading.Thread(target=idle))  # raised to the clock's FIFO on leaving
+            threads[-1].start()
+            child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        assert rtsched.fifo(child.pid, sched.priority(rtsched.DEVICE))
+        while len(tids) < len(threads):
+            go.wait(0.001)
+        assert set(tids) <= set(_fifo_tasks())
+    try:
+        assert _fifo_tasks() == before and not set(tids) & set(before)  # before: none, unless run under chrt
+        assert _fifo_tasks(child.pid) == []
+        assert all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)  # off the clock's CPU too
+    finally:
+        go.set()
+        for t in threads:
+            t.join()
+        child.stdin.close()
+        child.wait()
