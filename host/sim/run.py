@@ -64,7 +64,7 @@ def run(scenario: Scenario, *, out: Path, realtime: bool = False, console=None,
         stall: tuple[int, float] | None = None, batch_id: str | None = None, db: Path | None = None,
         opcua: tuple[str, str] | None = None, fixed_step_us: int | None = None) -> dict:
     """One batch end to end → the report (report.build). `stall` = (pack, ms): the simulator
-    itself stalls that long as that pack reaches the gate's firing point — to prove that it
+    itself stalls that long just before that pack reaches the gate's firing point — to prove that it
     notices its own overrun, and what the device then does with the pack it could not aim at.
     `batch_id`: run that batch (created and started by the user) instead of making one; `db`: the
     ledger it is in (default OUT/serialine.db); `opcua`: (endpoint, users file) → the agent's [opcua].
