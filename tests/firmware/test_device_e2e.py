@@ -17,11 +17,15 @@ CFG = dict(config_id=7, coder_at=400, camera_at=800, gate_at=2000, confirm_from=
 assert list(CFG) == [sc.name for sc in ConfigFields.subcons]
 
 
-def wait_for(host, name, timeout=5.0, seen=None):
+def wait_for(host, name, timeout=5.0, seen=None, board=None, t_us=100):
+    """Poll the host link for `name`. With `board` (virtual time), scan it at `t_us` meanwhile: the
+    sim board applies host messages at its scans, as a device applies them in its loop."""
     import time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
+        if board is not None:
+            board.step(t_us, 0, 0)
         for msg, fields in host.poll(0.05):
             host.ack_delivered()
             if seen is not None:
@@ -41,11 +45,11 @@ def test_firmware_end_to_end_on_a_pty(tmp_path):
             assert hello["board"] == "sim" and hello["next_unit_seq"] == 0
             host.send("CONFIG_SET", dict(CFG, gate_at=700))  # out of order: refused
             seen: list = []
-            rep = wait_for(host, "CONFIG_REPORT", seen=seen)
+            rep = wait_for(host, "CONFIG_REPORT", seen=seen, board=sb)
             assert not [f for m, f in seen if m == "ALARM"]  # no host before HELLO is not a lost link
             assert (rep["result"], rep["bad_field"]) == (1, 3)
             host.send("CONFIG_SET", CFG)
-            rep = wait_for(host, "CONFIG_REPORT")
+            rep = wait_for(host, "CONFIG_REPORT", board=sb)
             assert rep["result"] == 0 and rep.get("config", rep)["gate_at"] == 2000
             host.send("COMMAND", dict(command=1, arg=0))  # START
             outcomes: dict[int, dict] = {}
@@ -99,10 +103,10 @@ def test_config_survives_a_reboot_and_a_corrupt_file_boots_unconfigured(tmp_path
                 assert hello["state"] == expect_state
                 if expect_state == 0:
                     host.send("CONFIG_SET", CFG)
-                    assert wait_for(host, "CONFIG_REPORT")["result"] == 0
+                    assert wait_for(host, "CONFIG_REPORT", board=sb)["result"] == 0
                 else:
                     host.send("CONFIG_GET", {})
-                    assert (lambda r: r.get("config", r))(wait_for(host, "CONFIG_REPORT"))["config_id"] == 7
+                    assert (lambda r: r.get("config", r))(wait_for(host, "CONFIG_REPORT", board=sb))["config_id"] == 7
             finally:
                 host.close()
 
