@@ -103,6 +103,7 @@ class PackML:
         self.nodes: dict[str, object] = {}
         self.state_ids: dict[str, ua.NodeId] = {}
         self.shown: tuple | None = None
+        self.updating = asyncio.Lock()  # one update at a time (see refresh)
         self.task: asyncio.Task | None = None
         self.alarms_seen: set | None = None  # (at, source, alarm) of the snapshot's alarms already sent
         self.events = None
@@ -236,11 +237,18 @@ class PackML:
         except ControlError:
             return None
 
+    async def refresh(self) -> None:
+        """Show the agent's status now (the poll, and each method after its command). One at a time,
+        the status read under the lock: an older snapshot's writes never land after a newer one's
+        while `shown` names the newer (the nodes would then keep the older figures until a change)."""
+        async with self.updating:
+            await self.update(await self._status())
+
     async def follow(self) -> None:
         said = False
         while True:
             try:
-                await self.update(await self._status())
+                await self.refresh()
                 said = False
             except Exception:  # a snapshot it cannot show: said once, the last state stands, it goes on
                 if not said:
@@ -278,7 +286,7 @@ class PackML:
                                     password=self.secret(), **args)
         except ControlError as exc:  # the agent's interlock (or no agent): said in the log, refused
             return await self._refuse(name, user, str(exc), ua.StatusCodes.BadInvalidState)
-        await self.update(await self._status())
+        await self.refresh()
         return []
 
     def _command(self, name: str):
