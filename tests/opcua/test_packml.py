@@ -271,3 +271,73 @@ def test_start_and_batch_selection_refused_without_a_passed_challenge(tmp_path, 
     finally:
         agent.kill()
         rig.close()
+
+
+def test_a_methods_refresh_and_the_polls_never_leave_an_older_snapshot_shown(tmp_path):
+    """The poll's refresh and a method's (after its command) at once, made to interleave the worst
+    way (the older one held at its first ledger read until the newer one has written): the nodes end
+    with the newest snapshot and stay there. Before refreshes were one at a time, the older snapshot's
+    writes landed last while `shown` named the newer, so at a standing line (nothing else changing)
+    the state stayed Idle for good after Execute, Idle, Held. Real asyncua address space, control
+    interface and ledger."""
+    import contextvars
+
+    from asyncua import Server
+
+    from opcuakit import make_ledger
+    from serialine.host.control import ControlServer
+    from serialine.host.opcua.packml import PackML, batch_numbers
+    from serialine.host.opcua.server import nodeset
+
+    conn = make_ledger(tmp_path / "ledger.db")
+    who = contextvars.ContextVar("who", default=None)
+    older_held, newer_wrote, older_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def ledger(fn):
+        if who.get() == "older" and fn is batch_numbers and not older_done.is_set():
+            older_held.set()  # its snapshot read
+            try:  # held until the newer one has written (with the fix it cannot: it waits its turn)
+                await asyncio.wait_for(newer_wrote.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
+        if who.get() == "newer" and fn is not batch_numbers:  # its Product read: after its state writes
+            newer_wrote.set()
+            await older_done.wait()
+        return await asyncio.to_thread(fn, conn)
+
+    def snapshot(device_state):  # a standing line: no counts, so nothing else changes between snapshots
+        return {"ready": True, "batch": "B1", "device": {"state": device_state}, "counts": {}, "alarms": []}
+
+    async def go():
+        server = Server()
+        await server.init()
+        await server.import_xml(str(nodeset("Opc.Ua.PackML.NodeSet2.xml")))
+        await server.load_data_type_definitions()
+        idx = await server.register_namespace(NAMESPACE)
+        with ControlServer(port=0) as control:
+            pk = PackML(server, idx, control.address, lambda: ("opcua:test", None), None, None, ledger)
+            await pk.build()
+            execute = pk.nodes["execute"]
+            control.set_status(snapshot("RUNNING"))
+            await pk.refresh()
+            assert (await execute.read_value()).Text == "Execute"
+            control.set_status(snapshot("IDLE"))
+
+            async def older():
+                who.set("older")
+                try:
+                    await pk.refresh()
+                finally:
+                    older_done.set()
+
+            async def newer():
+                who.set("newer")
+                await pk.refresh()
+
+            first = asyncio.create_task(older())
+            await older_held.wait()
+            control.set_status(snapshot("STOPPED"))
+            await asyncio.gather(first, newer())
+            await pk.refresh()  # the next poll: the same snapshot
+            assert (await execute.read_value()).Text == "Held"
+    asyncio.run(go())
