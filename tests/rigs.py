@@ -5,6 +5,7 @@ tests/host/test_service.py (its Rig around the firmware, a ledger with a running
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import subprocess
@@ -24,9 +25,10 @@ class LoggedProc:
 
     what = "the process"
 
-    def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+    def __init__(self, args: list[str], env: dict | None = None, stdin=subprocess.DEVNULL):
+        self.proc = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True,
+                                     env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+import rigs
+
 from serialine.host import cli
 from serialine.host.sim.camera import SimCamera
 from serialine.host.sim.coder import SimCoder
@@ -295,39 +297,14 @@ def fields_of(path: Path) -> dict:
 
 # --- the service process ----------------------------------------------------------------------
 
-class Agent:
+class Agent(rigs.LoggedProc):
+    """`serialine agent run --config CONFIG [--batch B]` (rigs.LoggedProc: its log, wait_log)."""
+
+    what = "the agent"
+
     def __init__(self, config: Path, batch: str | None, env: dict | None = None):
-        args = [SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else [])
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=None if env is None else {**os.environ, **env})
-        self.lines: list[str] = []
-        self._t = threading.Thread(target=self._read, daemon=True)
-        self._t.start()
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_log(self, pattern: str, timeout: float = 20.0) -> re.Match:
-        end = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < end:
-            for line in list(self.lines):
-                m = rx.search(line)
-                if m:
-                    return m
-            if self.proc.poll() is not None:
-                self._t.join(2)
-                for line in self.lines:
-                    if rx.search(line):
-                        return rx.search(line)
-                raise AssertionError(f"agent exited {self.proc.returncode} without logging {pattern!r}:\n{self.log}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.log}")
+        super().__init__([SERIALINE, "agent", "run", "--config", str(config)] + (["--batch", batch] if batch else []),
+                         env=env, stdin=None)
 
     @property
     def control(self):
@@ -353,15 +330,10 @@ class Agent:
     def stop(self, timeout: float = 20.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout)
-        self._t.join(2)
+        self._reader.join(2)
         if os.environ.get("SERIALINE_TEST_SHOW_LOG"):
             print(self.log)
         return rc
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture
@@ -382,12 +354,7 @@ def line(tmp_path):
         rig.close()
 
 
-def ledger_rows(db: Path, sql: str, *args):
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
+ledger_rows = rigs.ledger_rows
 
 
 def wait_for(cond, timeout: float, what: str, rig=None):
@@ -519,7 +486,7 @@ def test_a_refused_configuration_is_one_line_in_the_line_files_units_and_exit_1(
         rc = agent.proc.wait(30)
     finally:
         agent.kill()
-    agent._t.join(2)
+    agent._reader.join(2)
     assert rc == 1, agent.log
     errors = [line for line in agent.lines if " ERROR " in line]
     assert len(errors) == 1, agent.log
@@ -678,7 +645,7 @@ def test_a_device_of_another_schema_on_a_socket_url_is_waited_for_then_refused_i
             server = socket.create_server(("127.0.0.1", port))
             threading.Thread(target=device, args=(server,), daemon=True).start()
             rc = agent.proc.wait(20)
-            agent._t.join(2)
+            agent._reader.join(2)
         finally:
             agent.kill()
     server.close()

@@ -29,7 +29,9 @@ def test_line_start_is_refused_without_a_passed_challenge_in_one_line_and_audite
         assert "\n" not in why and why.startswith("line.start refused: line line-1 has no passed challenge since its"
                                                   " configuration changed at "), why
         assert why.endswith('([policy] challenge = "on_change"): run serialine challenge --config LINE.toml'), why
-        assert agent.control.status()["device"]["state"] == "IDLE" and not rig.packs
+        # configured, not started: the status shows the device IDLE once its next report is in
+        agent.wait_status(lambda s: s["device"]["state"] == "IDLE", 30)
+        assert not rig.packs
         # an armed challenge starts the line: its test packs are the next ones fed
         agent.control.command("challenge.run", "eng-emil", "after the gate change", plan="no_code,good")
         agent.control.command("line.start", "op-otto", "challenge packs")

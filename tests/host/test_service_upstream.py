@@ -51,7 +51,7 @@ def test_a_named_variable_unset_or_empty_is_refused_at_start_in_one_line(line):
                 rc = agent.proc.wait(120)
             finally:
                 agent.kill()
-            agent._t.join(2)
+            agent._reader.join(2)
             assert rc == 1, agent.log
             errors = [x for x in agent.lines if " ERROR " in x]
             assert errors == [f"serialine-agent: ERROR [[upstream]] http {capture.url}: credentials ="
