@@ -855,15 +855,14 @@ class Service:
         key = (a.device_id, a.boot_id)
         if self._device_alarm_at[0] != key:
             self._device_alarm_at = (key, -1)
-        rows = self.conn.execute("SELECT event_seq, body FROM device_event WHERE device_id=? AND boot_id=?"
+        rows = self.conn.execute("SELECT event_seq, unit_seq, body FROM device_event WHERE device_id=? AND boot_id=?"
                                  " AND msg_name='ALARM' AND event_seq > ? ORDER BY event_seq",
                                  (*key, self._device_alarm_at[1])).fetchall()
         (top,) = self.conn.execute("SELECT MAX(event_seq) FROM device_event WHERE device_id=? AND boot_id=?",
                                    key).fetchone()  # the next look starts after what is stored now
         self._device_alarm_at = (key, max(self._device_alarm_at[1], -1 if top is None else top))
-        for seq, body in rows:
+        for seq, unit, body in rows:  # unit_seq is a column (the body no longer repeats it)
             f = json.loads(body)
-            unit = f.get("unit_seq")
             log.warning("device alarm %s %s%s", _enum_name(Alarm, f.get("alarm")),
                         "raised" if f.get("active") else "cleared",
                         f" (unit {unit})" if isinstance(unit, int) and unit != NO_UNIT else "")

@@ -34,3 +34,32 @@ def test_a_failing_alarm_read_does_not_stop_the_figures(tmp_path, caplog):
         svc._publish(force=True)
         assert any(r.getMessage() == "status alarms: read again" for r in caplog.records)
     svc.conn.close()
+
+
+def test_a_device_alarm_is_logged_with_its_unit_from_the_ledger_row(tmp_path, caplog):
+    """The unit of a device ALARM is a column of its row (the stored body does not repeat it): the
+    service's log line names it, as a line engineer reads it in the journal."""
+    import time
+    from types import SimpleNamespace
+
+    from serialine.host.ledger import _body
+    from serialine.protocol.schema import Alarm
+
+    path = tmp_path / "serialine.db"
+    ledger_db.connect(str(path)).close()
+    cfg_path = tmp_path / "line.toml"
+    cfg_path.write_text(LINE_FILE.format(port="/dev/null", cpm=4, coder="127.0.0.1:1", camera="127.0.0.1:2",
+                                         db=path, gate_at=400.0, upstream=""))
+    svc = service.Service(linefile.load(cfg_path))
+    svc.conn = ledger_db.connect(str(path))
+    svc.agent = SimpleNamespace(device_id="line-1", boot_id=7)
+    fields = dict(event_seq=3, alarm=int(Alarm.REJECT_UNCONFIRMED), active=1, unit_seq=5, t_us=0)
+    with ledger_db.transaction(svc.conn):
+        svc.conn.execute("INSERT INTO device_event VALUES (?, ?, ?, 'ALARM', ?, ?, ?)",
+                         ("line-1", 7, 3, 5, _body(fields), time.time()))
+    assert '"unit_seq"' not in _body(fields)
+    with caplog.at_level(logging.INFO, logger="serialine.service"):
+        svc._device_alarms()
+        svc._device_alarms()  # once: the next look starts after what was logged
+    said = [r.getMessage() for r in caplog.records if "device alarm" in r.getMessage()]
+    assert said == ["device alarm REJECT_UNCONFIRMED raised (unit 5)"]
