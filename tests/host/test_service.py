@@ -482,13 +482,9 @@ def test_a_refused_configuration_is_one_line_in_the_line_files_units_and_exit_1(
     rig, cfg, db, batch = line()
     cfg.write_text(cfg.read_text().replace("max_speed_mm_s = 300.0", "max_speed_mm_s = 300.0\nmin_host_budget_ms = 5000"))
     agent = Agent(cfg, batch)
-    try:
-        rc = agent.proc.wait(30)
-    finally:
-        agent.kill()
-    agent._reader.join(2)
+    rc = agent.exit_code(30)
     assert rc == 1, agent.log
-    errors = [line for line in agent.lines if " ERROR " in line]
+    errors = agent.errors()
     assert len(errors) == 1, agent.log
     assert re.fullmatch(r"serialine-agent: ERROR device refused the configuration: the host's decision budget at max"
                         r" speed \(\[line\] max_speed_mm_s = 300 mm/s\) is [\d.]+ ms .* below \[line\]"
@@ -644,12 +640,11 @@ def test_a_device_of_another_schema_on_a_socket_url_is_waited_for_then_refused_i
             agent.wait_log(rf"WARNING device port socket://127.0.0.1:{port}: cannot open it .*; retrying every 1..30 s")
             server = socket.create_server(("127.0.0.1", port))
             threading.Thread(target=device, args=(server,), daemon=True).start()
-            rc = agent.proc.wait(20)
-            agent._reader.join(2)
+            rc = agent.exit_code(20)
         finally:
             agent.kill()
     server.close()
-    errors = [ln for ln in agent.lines if " ERROR " in ln]
+    errors = agent.errors()
     assert rc == 1 and heard and "Traceback" not in agent.log, agent.log
     assert len(errors) == 1 and "device schema fingerprint 0x12345678" in errors[0] and "refusing" in errors[0], agent.log
 

@@ -13,7 +13,8 @@ from serialine.host import linefile, service
 from test_service import LINE_FILE
 
 
-def test_a_failing_alarm_read_does_not_stop_the_figures(tmp_path, caplog):
+def _service(tmp_path) -> service.Service:
+    """A Service on a fresh ledger, its connection open, nothing started (no device, coder or camera)."""
     path = tmp_path / "serialine.db"
     ledger_db.connect(str(path)).close()
     cfg_path = tmp_path / "line.toml"
@@ -21,6 +22,11 @@ def test_a_failing_alarm_read_does_not_stop_the_figures(tmp_path, caplog):
                                          db=path, gate_at=400.0, upstream=""))
     svc = service.Service(linefile.load(cfg_path))
     svc.conn = ledger_db.connect(str(path))
+    return svc
+
+
+def test_a_failing_alarm_read_does_not_stop_the_figures(tmp_path, caplog):
+    svc = _service(tmp_path)
     denied = {"alarm_log"}
     svc.conn.set_authorizer(lambda action, table, *_: sqlite3.SQLITE_DENY
                             if action == sqlite3.SQLITE_READ and table in denied else sqlite3.SQLITE_OK)
@@ -45,13 +51,7 @@ def test_a_device_alarm_is_logged_with_its_unit_from_the_ledger_row(tmp_path, ca
     from serialine.host.ledger import _body
     from serialine.protocol.schema import Alarm
 
-    path = tmp_path / "serialine.db"
-    ledger_db.connect(str(path)).close()
-    cfg_path = tmp_path / "line.toml"
-    cfg_path.write_text(LINE_FILE.format(port="/dev/null", cpm=4, coder="127.0.0.1:1", camera="127.0.0.1:2",
-                                         db=path, gate_at=400.0, upstream=""))
-    svc = service.Service(linefile.load(cfg_path))
-    svc.conn = ledger_db.connect(str(path))
+    svc = _service(tmp_path)
     svc.agent = SimpleNamespace(device_id="line-1", boot_id=7)
     fields = dict(event_seq=3, alarm=int(Alarm.REJECT_UNCONFIRMED), active=1, unit_seq=5, t_us=0)
     with ledger_db.transaction(svc.conn):
@@ -63,3 +63,4 @@ def test_a_device_alarm_is_logged_with_its_unit_from_the_ledger_row(tmp_path, ca
         svc._device_alarms()  # once: the next look starts after what was logged
     said = [r.getMessage() for r in caplog.records if "device alarm" in r.getMessage()]
     assert said == ["device alarm REJECT_UNCONFIRMED raised (unit 5)"]
+    svc.conn.close()

@@ -47,13 +47,9 @@ def test_a_named_variable_unset_or_empty_is_refused_at_start_in_one_line(line):
         rig, cfg, db, batch = line(upstream=upstream(capture.url, "SERIALINE_HTTP_USER,SERIALINE_HTTP_PASSWORD"))
         for env, why in (({}, "is not set"), ({"SERIALINE_HTTP_PASSWORD": ""}, "is empty")):
             agent = Agent(cfg, batch, env={"SERIALINE_HTTP_USER": USER, "SERIALINE_HTTP_TOKEN": STRAY, **env})
-            try:
-                rc = agent.proc.wait(120)
-            finally:
-                agent.kill()
-            agent._reader.join(2)
+            rc = agent.exit_code(120)
             assert rc == 1, agent.log
-            errors = [x for x in agent.lines if " ERROR " in x]
+            errors = agent.errors()
             assert errors == [f"serialine-agent: ERROR [[upstream]] http {capture.url}: credentials ="
                               f" 'env:SERIALINE_HTTP_USER,SERIALINE_HTTP_PASSWORD': environment variable"
                               f" SERIALINE_HTTP_PASSWORD {why}"], agent.log
