@@ -57,6 +57,9 @@ BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step
 BACKOFF_MAX_S = 1.0
 CODER_RETRY_S = 1.0  # a refusing or unreachable coder is tried again after this, doubling ...
 CODER_RETRY_MAX_S = 30.0  # ... up to this (each retry of a push puts one serial at stake)
+# what every alarm that resets the coder says happens next (host/agent.py _try_finish_resume)
+CODER_RESYNC = ("line stop latched: once the belt is still the coder is cleared and its queued jobs written off,"
+                " then refilled")
 REPORT_WAIT_S = 2.0  # a verdict waits at most this long for its print's report (the check), then FAILs
 log = logging.getLogger("serialine.agent")
 
@@ -418,8 +421,7 @@ class Agent:
         Prints go on taking the jobs queued before (those are certain) until the line stops; then
         _try_finish_resume clears the coder, writes the queue off and refills."""
         self._stop_and_resync(reset_coder=True)
-        self._alarm_now("coder", "CODER_IN_DOUBT", f"{exc}; line stop latched: once the belt is still the coder"
-                        " is cleared and its queued jobs written off, then refilled")
+        self._alarm_now("coder", "CODER_IN_DOUBT", f"{exc}; {CODER_RESYNC}")
 
     def _coder_refusing(self, exc: DeviceError, unsent: list[str]) -> None:
         """Nothing was queued for the refused job: it and the jobs after it are written off."""
@@ -535,8 +537,7 @@ class Agent:
             if empty and not (self.resuming and self._reset_coder):
                 self._stop_and_resync(reset_coder=True)
                 errors.append(("coder", "CODER_RAN_DRY", f"the coder printed nothing on {empty} trigger(s): which"
-                               " job is on which pack is no longer certain; line stop latched: once the belt is"
-                               " still the coder is cleared and its queued jobs written off, then refilled"))
+                               f" job is on which pack is no longer certain; {CODER_RESYNC}"))
         if self.camera is not None:
             results, camera_alarms = self.camera.results()
             errors += [("camera", kind, detail) for kind, detail in camera_alarms]
@@ -641,8 +642,7 @@ class Agent:
             fate = "it FAILs" if verdict is None else \
                 f"its verdict ({verdict}) was sent already; the camera judged the code it read"
             detail = (f"unit {device_id}:{boot_id}:{u}: the coder printed {printed}, the ledger bound"
-                      f" {escape_code(m.bound)}; {fate}; line stop latched: once the belt is still the coder is"
-                      " cleared and its queued jobs written off, then refilled")
+                      f" {escape_code(m.bound)}; {fate}; {CODER_RESYNC}")
             self.ledger.alarm("coder", "PRINT_MISMATCH", detail)
             self.alarms.append(detail)
         for why, units in untied.items():
@@ -650,15 +650,13 @@ class Agent:
             out = [f"{k} ({v})" for k, v in units if v is not None]
             detail = (f"no print report can be tied to the job bound to unit(s) {', '.join(failed) or '-'} ({why}):"
                       " they FAIL" + (f"; verdict sent already for {', '.join(out)}" if out else "")
-                      + "; line stop latched: once the belt is still the coder is cleared and its queued jobs"
-                      " written off, then refilled; the check re-arms from that CLEAR")
+                      + f"; {CODER_RESYNC}; the check re-arms from that CLEAR")
             self.ledger.alarm("coder", "PRINT_UNTIED", detail)
             self.alarms.append(detail)
         if self.printcheck.on and not self.printcheck.armed and not (self.resuming and self._reset_coder):
             if not untied:  # nothing bound yet since the check was lost: say it now
                 detail = (f"print cross-check lost ({self.printcheck.why}): every print until the coder is"
-                          " cleared FAILs its unit; line stop latched: once the belt is still the coder is"
-                          " cleared and its queued jobs written off, then refilled")
+                          f" cleared FAILs its unit; {CODER_RESYNC}")
                 self.ledger.alarm("coder", "PRINT_UNTIED", detail)
                 self.alarms.append(detail)
             self._stop_and_resync(reset_coder=True)
