@@ -42,7 +42,7 @@ import time
 from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
 from . import db, lockfile, serials
-from .correlate import Correlator
+from .correlate import Correlator, StepClock
 from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt, escape_code
 from .ledger import Ledger, LedgerError
@@ -98,6 +98,8 @@ class Agent:
         except (LedgerError, MasterDataError) as exc:  # e.g. the batch is closed: nothing to serve
             raise AgentError(f"no line runs on it: {exc}") from None
         self.correlator = Correlator(window_s)
+        # pairing's clock: a host stall counts as one short step (host/correlate.py)
+        self.clock = StepClock(window_s / 4)
         self.trend = Trend(min_grade=min_grade)  # print-quality drift, alarmed before packs fail
         self.fill_ahead = fill_ahead
         self.device_id: str | None = None
@@ -106,7 +108,7 @@ class Agent:
         self.alarms: collections.deque[str] = collections.deque(maxlen=1000)  # the latest, for a console
         self.resuming = False  # latched the line stop after our restart; coder not yet reset
         self._held: list[str] = []  # operator commands held while resuming
-        self._last_result_at = 0.0  # when the camera last sent a result (monotonic s)
+        self._last_result_at = float("-inf")  # when a camera result was last taken (self.clock s)
         self._reset_coder = True  # what finishing the resume does besides restarting the pairing
         self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
         self.pairing_lost_after = pairing_lost_after
@@ -252,7 +254,7 @@ class Agent:
         st = getattr(self.link, "last_status", None)
         if st is None or int(st["state"]) == DeviceState.RUNNING or st["speed_cps"] or st["queue_fill"]:
             return
-        if time.monotonic() - self._last_result_at < self.correlator.window_s:
+        if self.clock.now - self._last_result_at < self.correlator.window_s:
             return  # a result may still be on its way for a unit inspected before the stop
         clear = self.coder is not None and self._reset_coder
         if clear:
@@ -465,6 +467,7 @@ class Agent:
 
     def step(self, timeout: float = 0.05) -> int:
         """One poll: returns the number of events stored. A busy ledger is waited out (see above)."""
+        self.clock.tick()
         try:
             self._waiting += self.link.poll(max(timeout, self._backoff))
         except BatchEnded as exc:  # a link wrapper's on_new_boot found the batch ended
@@ -542,11 +545,11 @@ class Agent:
             results, camera_alarms = self.camera.results()
             errors += [("camera", kind, detail) for kind, detail in camera_alarms]
             if results:
-                self._last_result_at = time.monotonic()
+                self._last_result_at = self.clock.now
             if self.resuming:
                 results = []  # no result can be paired until the belt is still and the camera quiet
             for r in results:
-                self.correlator.result(r)
+                self.correlator.result(r, self.clock.now)
         self.alarms.extend(detail for _, _, detail in errors)
         self._pending_errors += errors
 
@@ -577,7 +580,7 @@ class Agent:
         with transaction(self.conn):
             if msgs:
                 self._check_batch()
-            now = time.monotonic()
+            now = self.clock.now
             for (name, fields), new in zip(msgs, self.ledger.store_batch(self.device_id, self.boot_id, msgs)):
                 if new:
                     stored += 1
@@ -589,7 +592,7 @@ class Agent:
             for source, kind, detail in errors:
                 self.ledger.alarm(source, kind, detail)
             self._check_prints()
-            verdicts = self._decide(time.monotonic())
+            verdicts = self._decide(self.clock.now)
             if blind:
                 verdicts += self._fail_blind(blind)
             self.ledger.flush_events()
