@@ -16,6 +16,9 @@ from urllib.parse import urlparse
 
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.server import binary_server_asyncio
+from asyncua.server.uaprocessor import UaProcessor
+from asyncua.ua.ua_binary import struct_from_binary
 
 from .. import resources
 from .. import users as ledger_users
@@ -38,6 +41,9 @@ SN_COLLECTION = 15008  # OPENSCSSNCollectionDataType
 FILE_ROLES = {"viewer": None, "operator": Role.OPERATOR, "engineer": Role.ENGINEER}  # users-file role → ledger role
 
 _caller: contextvars.ContextVar[User | None] = contextvars.ContextVar("opcua_caller", default=None)
+# (user name, password, Session | None) of the ActivateSession being served: logged in off the loop
+_login: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("opcua_login", default=None)
+_ACTIVATE = ua.NodeId(ua.ObjectIds.ActivateSessionRequest_Encoding_DefaultBinary)
 
 
 class OpcuaError(ValueError):
@@ -104,6 +110,15 @@ class _Users:
             conn.close()
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
+        """asyncua's call, synchronous on its event loop: the login done in a thread just before
+        (_Processor) for this very request, else done here."""
+        ready = _login.get()
+        if ready is not None and username is not None and ready[:2] == (username, password):
+            return ready[2]
+        return self.login(username, password)
+
+    def login(self, username=None, password=None) -> Session | None:
+        """A session's user, or None (refused): scrypt, the ledger's lockout and its audit; blocking."""
         if username is None:
             if self.anonymous:
                 return Session(role=UserRole.User, name="anonymous", who="opcua:anonymous")
@@ -124,6 +139,39 @@ class _Users:
         role = FILE_ROLES[acc.role]
         account = ledger_users.User(acc.name, acc.name, role, True) if role is not None else None
         return Session(role=UserRole.User, name=acc.name, who=f"opcua:{acc.name}", role_name=acc.role, account=account)
+
+
+class _Processor(UaProcessor):
+    """asyncua's request processor, but an ActivateSession's user name login (scrypt, ~50 ms of CPU,
+    the ledger's lockout and audit commit) runs in a worker thread, so other sessions are served
+    meanwhile; asyncua's own activation then takes its result (_Users.get_user). The client's
+    signature is proved first, as asyncua does, so a forged activation counts no failed login."""
+
+    async def _process_message(self, typeid, requesthdr, seqhdr, body):
+        manager = self.iserver.user_manager
+        if typeid != _ACTIVATE or not isinstance(manager, _Users) or self.session is None:
+            return await super()._process_message(typeid, requesthdr, seqhdr, body)
+        params = struct_from_binary(ua.ActivateSessionParameters, body.copy())
+        token = params.UserIdentityToken
+        ready = None
+        if isinstance(token, ua.UserNameIdentityToken):
+            try:
+                name, password = self.iserver.decrypt_user_token(self.session, token)
+            except Exception:  # asyncua's own path below refuses it, as ever
+                name = None
+            if name is not None:
+                policy = self._connection.security_policy
+                data = self.session.nonce if policy.host_certificate is None else policy.host_certificate + self.session.nonce
+                policy.asymmetric_cryptography.verify(data, params.ClientSignature.Signature)
+                ready = _login.set((name, password, await asyncio.to_thread(manager.login, name, password)))
+        try:
+            return await super()._process_message(typeid, requesthdr, seqhdr, body)
+        finally:
+            if ready is not None:
+                _login.reset(ready)  # never taken by a later activation on this connection
+
+
+binary_server_asyncio.UaProcessor = _Processor  # asyncua makes one per connection by this name
 
 
 def _session() -> Session:
