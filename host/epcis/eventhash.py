@@ -44,19 +44,32 @@ def check_digit(digits: str) -> int:
 
 def _dl_escape(text: str) -> str:
     # GS1 Digital Link percent-encodes these; EPC URIs already escaped the rest
+    if text.isalnum():  # the common serial: none of them
+        return text
     for ch, esc in (("!", "%21"), ("(", "%28"), (")", "%29"), ("*", "%2A"), ("+", "%2B"),
                     (",", "%2C"), (":", "%3A")):
         text = text.replace(ch, esc)
     return text
 
 
-@lru_cache(maxsize=1024)  # read points and locations repeat in every event
 def canonical_uri(uri: str) -> str:
     """EPC URI -> constrained canonical GS1 Digital Link URI; other values unchanged."""
-    if m := _SGTIN.match(uri):
-        prefix, item, serial = m.groups()
-        raw = item[:1] + prefix + item[1:]
-        return f"https://id.gs1.org/01/{raw}{check_digit(raw)}/21/{_dl_escape(serial)}"
+    if uri.startswith("urn:epc:id:sgtin:"):  # one per pack, never again: not worth a cache entry
+        if m := _SGTIN.match(uri):
+            prefix, item, serial = m.groups()
+            return _gtin_dl(prefix, item) + _dl_escape(serial)
+        return uri
+    return _canonical_other(uri)
+
+
+@lru_cache(maxsize=256)  # a batch's GTIN, in every pack's SGTIN
+def _gtin_dl(prefix: str, item: str) -> str:
+    raw = item[:1] + prefix + item[1:]
+    return f"https://id.gs1.org/01/{raw}{check_digit(raw)}/21/"
+
+
+@lru_cache(maxsize=1024)  # read points and locations repeat in every event
+def _canonical_other(uri: str) -> str:
     if m := _SSCC.match(uri):
         prefix, ref = m.groups()
         raw = ref[:1] + prefix + ref[1:]
@@ -71,6 +84,8 @@ def canonical_uri(uri: str) -> str:
 
 def _canonical_value(value: str) -> str:
     value = value.strip()
+    if value.startswith("urn:"):  # an EPC or location: never a number (float() would only raise)
+        return canonical_uri(value)
     try:  # numbers lose leading zeros, '+' and '.0', as in the reference
         number = float(value)
         value = str(int(number) if number == int(number) else number)
