@@ -69,6 +69,33 @@ SERIAL_TRANSITION = ("CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDA
 _OLD_SERIAL_TRIGGERS = ("serial_unpublished_unused", "serial_granted_stays_out", "serial_returned_upstream_stays_out",
                         "serial_allocated_to_running_batch", "serial_return_only_at_close")
 
+# Codes queued to the coder, in order; the head still 'queued' is bound at the next UNIT_PRINTED.
+# A job's code is its batch's element string around its serial (host/ledger.py code_for): the view
+# coder_job gives it from the batch's coder_template; a row holds it only where it is not that (a
+# ledger made before the template could hold any). Every reader (and every seal) reads the view.
+CODER_JOB = [
+    """CREATE TABLE IF NOT EXISTS coder_job_row (
+        job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'bound', 'dropped')),
+        UNIQUE (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    # code = head || serial || tail (head ends with AI 21); fixed once a job is written from it
+    """CREATE TABLE IF NOT EXISTS coder_template (
+        batch_id TEXT PRIMARY KEY REFERENCES batch (batch_id), head TEXT NOT NULL, tail TEXT NOT NULL) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS coder_template_fixed BEFORE UPDATE ON coder_template
+        BEGIN SELECT RAISE(ABORT, 'a batch''s code template never changes'); END""",
+    """CREATE TRIGGER IF NOT EXISTS coder_template_kept BEFORE DELETE ON coder_template
+        BEGIN SELECT RAISE(ABORT, 'a batch''s code template never changes'); END""",
+    """CREATE VIEW IF NOT EXISTS coder_job AS SELECT j.job_id, j.batch_id, j.gtin, j.serial,
+        coalesce(j.code, t.head || j.serial || t.tail) AS code, j.state
+        FROM coder_job_row j LEFT JOIN coder_template t ON t.batch_id = j.batch_id""",
+    # a batch's jobs in order (its seal, the simulator's report); its queue (a few rows at any time)
+    "CREATE INDEX IF NOT EXISTS coder_job_batch ON coder_job_row (batch_id)",
+    "CREATE INDEX IF NOT EXISTS coder_job_queue ON coder_job_row (batch_id) WHERE state = 'queued'",
+]
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
         gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
@@ -213,15 +240,7 @@ SCHEMA = [
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
     "CREATE UNIQUE INDEX IF NOT EXISTS unit_serial_once ON unit (gtin, serial) WHERE serial IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS unit_batch ON unit (batch_id, outcome)",
-    # Codes queued to the coder, in order; the head still 'queued' is bound at the next UNIT_PRINTED.
-    """CREATE TABLE IF NOT EXISTS coder_job (
-        job_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
-        gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'bound', 'dropped')),
-        UNIQUE (gtin, serial),
-        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
-    "CREATE INDEX IF NOT EXISTS coder_job_queue ON coder_job (batch_id, state, job_id)",
+    *CODER_JOB,
     # Cases and pallets. An SSCC is given when the container closes and is never given again.
     """CREATE TABLE IF NOT EXISTS container (
         container_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -316,6 +335,7 @@ SCHEMA = [
 
 
 BUSY_TIMEOUT_S = 30.0  # how long one statement waits for another writer's lock
+CACHE_KIB = 65536  # page cache per connection, at most (it grows only with the pages read)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -326,6 +346,9 @@ def connect(path: str) -> sqlite3.Connection:
     # NORMAL would survive a process crash but a power cut of the PC could roll back acknowledged events
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
+    # a big batch writes random-key indexes (serial, unit, coder_job, packed: ~40 MB each at 1M units);
+    # with SQLite's default 2 MB cache each row re-reads their pages from the OS
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     with transaction(conn):
         _migrate(conn)
         for statement in SCHEMA:
@@ -366,6 +389,45 @@ def _migrate(conn: sqlite3.Connection) -> None:
                      (row[0].replace(_OLD_BATCH_STATES, _BATCH_STATES),))
         conn.execute(f"PRAGMA schema_version={version + 1}")
         conn.execute("PRAGMA writable_schema=OFF")
+    _migrate_coder_job(conn)
+
+
+def _migrate_coder_job(conn: sqlite3.Connection) -> None:
+    """Ledgers made before the code template (coder_job a table with each job's code): each batch's
+    template is read off its first job, its rows are copied into coder_job_row with the code left out
+    where the template gives it, and the view coder_job reads every row back as it was, which is
+    checked here (the seals made before read it): not exact, nothing changes."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='coder_job'").fetchone() is None:
+        return
+    conn.execute("DROP INDEX IF EXISTS coder_job_queue")
+    conn.execute("ALTER TABLE coder_job RENAME TO coder_job_v0")
+    for statement in CODER_JOB:
+        conn.execute(statement)
+    # the first GS ends the lot, the only variable field before AI 21 (host/ledger.py _template)
+    conn.execute("""INSERT INTO coder_template (batch_id, head, tail)
+        SELECT j.batch_id, substr(code, 1, instr(code, char(29) || '21') + 2),
+               substr(code, instr(code, char(29) || '21') + 3 + length(serial))
+        FROM (SELECT min(job_id) AS first FROM coder_job_v0 GROUP BY batch_id) f JOIN coder_job_v0 j ON j.job_id = f.first
+        WHERE instr(code, char(29) || '21') > 0
+          AND substr(code, instr(code, char(29) || '21') + 3, length(serial)) = serial""")
+    conn.execute("""INSERT INTO coder_job_row (job_id, batch_id, gtin, serial, code, state)
+        SELECT j.job_id, j.batch_id, j.gtin, j.serial,
+               CASE WHEN j.code IS t.head || j.serial || t.tail THEN NULL ELSE j.code END, j.state
+        FROM coder_job_v0 j LEFT JOIN coder_template t ON t.batch_id = j.batch_id ORDER BY j.job_id""")
+    # a job_id once given is never given again (AUTOINCREMENT)
+    (given,) = conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name IN ('coder_job', 'coder_job_v0',"
+                            " 'coder_job_row')").fetchone()
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'coder_job_row'")
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'coder_job_row', max(?, coalesce(max(job_id), 0))"
+                 " FROM coder_job_row", (given,))
+    cols = "job_id, batch_id, gtin, serial, code, state"
+    (differ,) = conn.execute(f"SELECT count(*) FROM (SELECT {cols} FROM coder_job_v0 EXCEPT"
+                             f" SELECT {cols} FROM coder_job)").fetchone()
+    (old,), (new,) = (conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in ("coder_job_v0", "coder_job"))
+    if differ or old != new:
+        raise sqlite3.IntegrityError(f"coder_job: {differ or abs(old - new)} row(s) would not read back as stored;"
+                                     " this ledger is left as it was")
+    conn.execute("DROP TABLE coder_job_v0")
 
 
 def file_of(conn: sqlite3.Connection) -> str:

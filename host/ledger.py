@@ -34,7 +34,7 @@ MAX_BINDINGS = 65536  # bindings kept for the agent's print cross-check until it
 _RULES = {
     "unit": "INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test, outcome, reason, gtin, serial)"
             " VALUES (?,?,?,?,?,?,?,?,?)",
-    "job_bound": "UPDATE coder_job SET state='bound' WHERE gtin=? AND serial=?",
+    "job_bound": "UPDATE coder_job_row SET state='bound' WHERE gtin=? AND serial=?",
     "unit_serial": "UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
     "serial_printed": "UPDATE serial SET state='printed' WHERE gtin=? AND serial=?",
     "unit_outcome": "UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
@@ -98,6 +98,7 @@ class Ledger:
         self._new_units: dict[tuple, list] = {}  # unit key -> its queued "unit" row (a print in the same flush fills it)
         self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
         self._tpl = None
+        self._tpl_stored: bool | None = None  # is coder_template this batch's template (its jobs' codes left out)?
         self.packing_stopped: str | None = None  # why passed packs can no longer be packed (the agent stops the line)
 
     # --- lookups ---
@@ -131,8 +132,14 @@ class Ledger:
         → [(serial, code)]."""
         out = [(s, self.code_for(s)) for s in serials.allocate(self.conn, self.batch.batch_id, self.batch.gtin, count)]
         b = self.batch
-        self.conn.executemany("INSERT INTO coder_job (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
-                              [(b.batch_id, b.gtin, s, code) for s, code in out])
+        if self._tpl_stored is None:
+            head, tail, _ = self._tpl or self._template()
+            self.conn.execute("INSERT OR IGNORE INTO coder_template VALUES (?,?,?)", (b.batch_id, head + "21", tail))
+            self._tpl_stored = self.conn.execute("SELECT head, tail FROM coder_template WHERE batch_id=?",
+                                                 (b.batch_id,)).fetchone() == (head + "21", tail)
+        stored = self._tpl_stored
+        self.conn.executemany("INSERT INTO coder_job_row (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
+                              [(b.batch_id, b.gtin, s, None if stored else code) for s, code in out])
         self._queue.extend(out)
         return out
 
@@ -148,7 +155,7 @@ class Ledger:
         """The coder's buffer was cleared: its jobs will never print (serials stay allocated and
         return to the pool at batch close)."""
         self._queue.clear()
-        return self.conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
+        return self.conn.execute("UPDATE coder_job_row SET state='dropped' WHERE batch_id=? AND state='queued'",
                                  (self.batch.batch_id,)).rowcount
 
     def drop_unsent(self, serials: list[str]) -> int:
@@ -159,7 +166,7 @@ class Ledger:
             raise LedgerError(f"jobs {serials[:3]}... are not the tail of the coder queue")
         for _ in serials:
             self._queue.pop()
-        return self.conn.executemany("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND serial=?"
+        return self.conn.executemany("UPDATE coder_job_row SET state='dropped' WHERE batch_id=? AND serial=?"
                                      " AND state='queued'", [(self.batch.batch_id, s) for s in serials]).rowcount
 
     def resync(self) -> None:
@@ -175,6 +182,7 @@ class Ledger:
         self._new_units.clear()
         self._passed = []
         self._commissioned = []
+        self._tpl_stored = None  # its coder_template row may have rolled back too
         self.packing_stopped = None  # its alarm rolled back too: said again if it happens again
         self.judge.known.clear()
         self.judge.seen.clear()

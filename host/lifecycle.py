@@ -86,10 +86,10 @@ def release_allocations(conn: sqlite3.Connection, batch_id: str) -> tuple[int, i
     """End of a batch (close or abort; state 'closing'): queued coder jobs dropped; a serial that
     reached a coder may exist on some pack, so it is written off as rejected, never reissued; one
     only allocated goes back to the pool. → (jobs dropped, serials rejected, serials returned)."""
-    dropped = conn.execute("UPDATE coder_job SET state='dropped' WHERE batch_id=? AND state='queued'",
+    dropped = conn.execute("UPDATE coder_job_row SET state='dropped' WHERE batch_id=? AND state='queued'",
                            (batch_id,)).rowcount
     voided = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
-                          " (SELECT 1 FROM coder_job j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
+                          " (SELECT 1 FROM coder_job_row j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
                           (batch_id,)).rowcount
     returned = conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id=? AND state='allocated'",
                             (batch_id,)).rowcount
