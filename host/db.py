@@ -24,6 +24,49 @@ _legal = "CASE OLD.state " + " ".join(
     for a in dict.fromkeys(a for a, _ in TRANSITIONS)) + " ELSE 0 END"
 _states = ",".join(f"'{s}'" for s in SERIAL_STATES)
 
+# serial_history keeps a state as its place in SERIAL_STATES (one byte) and a time as ms since 1970 UTC
+STATE_CODE = {s: i for i, s in enumerate(SERIAL_STATES)}
+
+
+def state_code_sql(expr: str) -> str:
+    """SQL giving the code of the state name `expr`."""
+    return f"CASE {expr} " + " ".join(f"WHEN '{s}' THEN {i}" for s, i in STATE_CODE.items()) + " END"
+
+
+def state_name_sql(expr: str) -> str:
+    """SQL giving the state name of the code `expr`."""
+    return f"CASE {expr} " + " ".join(f"WHEN {i} THEN '{s}'" for s, i in STATE_CODE.items()) + " END"
+
+
+def ms_sql(text: str) -> str:
+    """SQL giving ms since 1970 of an SQLite time value (julianday is exact to well under a ms)."""
+    return f"CAST(round((julianday({text}) - 2440587.5) * 86400000) AS INTEGER)"
+
+
+def ms_text_sql(ms: str) -> str:
+    """SQL giving the ISO text (strftime '%Y-%m-%dT%H:%M:%fZ', the history's form before) of ms since 1970."""
+    return f"strftime('%Y-%m-%dT%H:%M:%S', {ms} / 1000, 'unixepoch') || printf('.%03dZ', {ms} % 1000)"
+
+
+# One row per change of a serial's state, appended by serial_log, never changed. Only what the
+# rest of the ledger does not say: the serial's GTIN is its batch's (a serial is allocated only to
+# a batch of its GTIN), the state it left is the one the row before for that serial reached
+# ('available' before the first). seq: the order of the changes, never reused (rows are never deleted).
+SERIAL_HISTORY = """CREATE TABLE IF NOT EXISTS serial_history (
+        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial TEXT NOT NULL, state INTEGER NOT NULL,
+        at INTEGER NOT NULL)"""
+SERIAL_LOG = f"""CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state
+        BEGIN INSERT INTO serial_history (batch_id, serial, state, at)
+              VALUES (COALESCE(NEW.batch_id, OLD.batch_id), NEW.serial, {state_code_sql("NEW.state")}, {ms_sql("'now'")}); END"""
+# the history as a QA reviewer reads it: GTIN, both states by name, ISO time (tests and sqlite3 users)
+SERIAL_TRAIL = f"""CREATE VIEW IF NOT EXISTS serial_trail AS
+        SELECT h.seq AS seq, b.gtin AS gtin, h.serial AS serial,
+               COALESCE(lag({state_name_sql("h.state")}) OVER (PARTITION BY b.gtin, h.serial ORDER BY h.seq),
+                        'available') AS old_state,
+               {state_name_sql("h.state")} AS new_state, h.batch_id AS batch_id, {ms_text_sql("h.at")} AS at
+        FROM serial_history h JOIN batch b USING (batch_id)"""
+
 _OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
 _BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened'))"
 
@@ -43,10 +86,11 @@ SERIAL_BORN = """CREATE TRIGGER IF NOT EXISTS serial_born BEFORE INSERT ON seria
 # comparisons first, a lookup only for the transitions it concerns.
 _SERIAL_RULES = (
     (f"NEW.state <> OLD.state AND NOT ({_legal})", "illegal serial state transition"),
-    # an aborted, closed or reopened batch takes no new serials (what it held was returned or written off)
+    # an aborted, closed or reopened batch takes no new serials (what it held was returned or written off);
+    # nor one of another GTIN (serial_history takes a serial's GTIN from its batch)
     ("NEW.state = 'allocated' AND OLD.state <> 'allocated'"
-     " AND (SELECT state FROM batch WHERE batch_id = NEW.batch_id) IS NOT 'running'",
-     "serials are allocated only to a running batch"),
+     " AND (SELECT state = 'running' AND gtin = NEW.gtin FROM batch WHERE batch_id = NEW.batch_id) IS NOT 1",
+     "serials are allocated only to a running batch of their GTIN"),
     ("OLD.state = 'allocated' AND NEW.state = 'available'"
      " AND (SELECT state FROM batch WHERE batch_id = OLD.batch_id) IS NOT 'closing'",
      "allocated serials return to the pool only at batch close"),
@@ -202,9 +246,12 @@ SCHEMA = [
     # serial_batch those of a batch; a new pool's rows write one index, not two (host/serials.py)
     SERIAL_PICK,
     SERIAL_BATCH,
-    """CREATE TABLE IF NOT EXISTS serial_history (
-        gtin TEXT NOT NULL, serial TEXT NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
-        batch_id TEXT, at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))""",
+    SERIAL_HISTORY,
+    """CREATE TRIGGER IF NOT EXISTS serial_history_no_update BEFORE UPDATE ON serial_history
+        BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS serial_history_no_delete BEFORE DELETE ON serial_history
+        BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""",
+    SERIAL_TRAIL,
     # ... except those of an import abandoned before it was published: they were never in a pool
     """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
         WHEN OLD.import_id IS NULL OR (SELECT state FROM serial_import WHERE import_id = OLD.import_id) IS NOT 'abandoned'
@@ -212,10 +259,7 @@ SCHEMA = [
     SERIAL_TRANSITION,
     """CREATE TRIGGER IF NOT EXISTS serial_identity_fixed BEFORE UPDATE OF gtin, serial ON serial
         BEGIN SELECT RAISE(ABORT, 'a serial''s identity never changes'); END""",
-    """CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
-        WHEN NEW.state <> OLD.state
-        BEGIN INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id)
-              VALUES (NEW.gtin, NEW.serial, OLD.state, NEW.state, COALESCE(NEW.batch_id, OLD.batch_id)); END""",
+    SERIAL_LOG,
     # Every device event once, keyed by the device's identity; the row is the durable copy acked.
     # body: the event's fields but event_seq and unit_seq, which are columns (host/ledger.py _body;
     # rows stored before that repeat them in the body too)
@@ -389,7 +433,28 @@ def _migrate(conn: sqlite3.Connection) -> None:
                      (row[0].replace(_OLD_BATCH_STATES, _BATCH_STATES),))
         conn.execute(f"PRAGMA schema_version={version + 1}")
         conn.execute("PRAGMA writable_schema=OFF")
+    _migrate_serial_history(conn)
     _migrate_coder_job(conn)
+
+
+def _migrate_serial_history(conn: sqlite3.Connection) -> None:
+    """Ledgers made before the compact serial history (gtin, serial, old_state, new_state, batch_id,
+    at text): that table becomes serial_history_v1, kept as it was (the audit seals made before
+    cover it, host/audit.py), and its rows are copied into the compact table, so one table holds
+    every serial's whole history. A row the compact form cannot say (no batch, or a GTIN not its
+    batch's: never written by this ledger) stays only in serial_history_v1."""
+    if "old_state" not in {r[1] for r in conn.execute("PRAGMA table_info(serial_history)")}:
+        return
+    conn.execute("DROP TRIGGER IF EXISTS serial_log")
+    conn.execute("ALTER TABLE serial_history RENAME TO serial_history_v1")
+    for what in ("UPDATE", "DELETE"):
+        conn.execute(f"""CREATE TRIGGER serial_history_v1_no_{what.lower()} BEFORE {what} ON serial_history_v1
+            BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""")
+    conn.execute(SERIAL_HISTORY)
+    conn.execute(f"""INSERT INTO serial_history (batch_id, serial, state, at)
+        SELECT h.batch_id, h.serial, {state_code_sql("h.new_state")}, {ms_sql("h.at")}
+        FROM serial_history_v1 h JOIN batch b ON b.batch_id = h.batch_id AND b.gtin = h.gtin
+        WHERE h.new_state IN ({_states}) AND julianday(h.at) IS NOT NULL ORDER BY h.rowid""")
 
 
 def _migrate_coder_job(conn: sqlite3.Connection) -> None:

@@ -95,7 +95,8 @@ def edit_serial_state(c):
 
 
 def delete_serial_history_row(c):
-    c.execute("DELETE FROM serial_history WHERE serial=? AND new_state='rejected'", (_rejected(c)[1],))
+    c.execute("DROP TRIGGER serial_history_no_delete")
+    c.execute("DELETE FROM serial_history WHERE serial=? AND state=?", (_rejected(c)[1], db.STATE_CODE["rejected"]))
 
 
 def edit_device_event_body(c):
@@ -346,12 +347,14 @@ def _forged_then_aborted(tmp_path, checkpoint, *extra):
 
 
 def _history_says_commissioned(c, gtin, serial):  # the forger also writes the step a trigger would have
-    c.execute("INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id) VALUES (?,?,?,?,?)",
-              (gtin, serial, "rejected", "commissioned", "B1"))
+    c.execute(f"INSERT INTO serial_history (batch_id, serial, state, at) VALUES ('B1', ?, ?, {db.ms_sql(repr('now'))})",
+              (serial, db.STATE_CODE["commissioned"]))
 
 
 def _history_rewritten(c, gtin, serial):  # ... or rewrites the history to a legal one
-    c.execute("UPDATE serial_history SET new_state='commissioned' WHERE serial=? AND new_state='rejected'", (serial,))
+    c.execute("DROP TRIGGER serial_history_no_update")
+    c.execute("UPDATE serial_history SET state=? WHERE serial=? AND state=?",
+              (db.STATE_CODE["commissioned"], serial, db.STATE_CODE["rejected"]))
 
 
 @pytest.mark.parametrize("checkpoint, extra, expected", [

@@ -43,7 +43,7 @@ def test_allocated_returns_only_at_close(conn):
     conn.execute("UPDATE serial SET state='allocated', batch_id='B1' WHERE serial=?", (s,))
     with pytest.raises(sqlite3.IntegrityError, match="only at batch close"):
         conn.execute("UPDATE serial SET state='available' WHERE serial=?", (s,))
-    history = conn.execute("SELECT old_state, new_state FROM serial_history WHERE serial=?", (s,)).fetchall()
+    history = conn.execute("SELECT old_state, new_state FROM serial_trail WHERE serial=? ORDER BY seq", (s,)).fetchall()
     assert history == [("available", "allocated")]
 
 

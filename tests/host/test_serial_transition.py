@@ -85,7 +85,7 @@ def test_every_serial_rule_holds_in_one_trigger(tmp_path, old):
         _alloc(c, "X1")
     for state in ("printed", "commissioned", "destroyed"):  # a legal life, every step in the history
         c.execute("UPDATE serial SET state=? WHERE serial='S1'", (state,))
-    history = c.execute("SELECT old_state, new_state FROM serial_history WHERE serial='S1' ORDER BY rowid").fetchall()
+    history = c.execute("SELECT old_state, new_state FROM serial_trail WHERE serial='S1' ORDER BY seq").fetchall()
     assert history == [("available", "allocated"), ("allocated", "printed"), ("printed", "commissioned"),
                        ("commissioned", "destroyed")]
     c.execute("UPDATE batch SET state='closing' WHERE batch_id='B1'")
@@ -99,6 +99,6 @@ def test_a_batch_at_close_takes_its_serials_back(tmp_path):
     _alloc(c, "S1")
     c.execute("UPDATE batch SET state='closing' WHERE batch_id='B1'")
     c.execute("UPDATE serial SET state='available', batch_id=NULL WHERE serial='S1'")
-    history = c.execute("SELECT old_state, new_state, batch_id FROM serial_history WHERE serial='S1'").fetchall()
+    history = c.execute("SELECT old_state, new_state, batch_id FROM serial_trail WHERE serial='S1' ORDER BY seq").fetchall()
     assert history == [("available", "allocated", "B1"), ("allocated", "available", "B1")]
     c.close()
