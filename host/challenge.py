@@ -22,6 +22,8 @@ import time
 
 from serialine.protocol.schema import Reason
 
+from . import devevents
+
 log = logging.getLogger("serialine.service")
 
 # kind -> the host FAIL reasons that prove it was caught (None: a good pack, it must pass)
@@ -306,11 +308,10 @@ class Run:
 
     def _events(self, unit_seq: int) -> dict:
         got = {}
-        for name, body in self.svc.conn.execute(
-                "SELECT msg_name, body FROM device_event WHERE device_id=? AND boot_id=? AND unit_seq=?"
-                " AND msg_name IN ('UNIT_DETECTED', 'UNIT_OUTCOME')", (self.device_id, self.boot_id, unit_seq)):
-            f = json.loads(body)
-            if name == "UNIT_DETECTED":
+        for e in devevents.events(self.svc.conn, device_id=self.device_id, boot_id=self.boot_id,
+                                  names=("UNIT_DETECTED", "UNIT_OUTCOME"), unit_seq=unit_seq):
+            f = e.fields
+            if e.msg_name == "UNIT_DETECTED":
                 got["detected_pos"], got["detected_t_us"] = f.get("pos"), f.get("t_us")
             else:
                 got["gate_error"] = f.get("gate_error")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from . import devevents
+
 SERIAL_STATES = ("available", "allocated", "printed", "commissioned", "rejected", "destroyed",
                  "sampled", "decommissioned")
 
@@ -112,6 +114,20 @@ SERIAL_TRANSITION = ("CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDA
 # before the rules were one trigger (ledgers made then hold these, and the old serial_transition)
 _OLD_SERIAL_TRIGGERS = ("serial_unpublished_unused", "serial_granted_stays_out", "serial_returned_upstream_stays_out",
                         "serial_allocated_to_running_batch", "serial_return_only_at_close")
+
+DEVICE_EVENT = (
+    """CREATE TABLE IF NOT EXISTS device_boot_ref (
+        ref INTEGER PRIMARY KEY, device_id TEXT NOT NULL, boot_id INTEGER NOT NULL,
+        UNIQUE (device_id, boot_id))""",
+    """CREATE TRIGGER IF NOT EXISTS device_boot_ref_fixed BEFORE UPDATE ON device_boot_ref
+        BEGIN SELECT RAISE(ABORT, 'a device boot''s ref never changes'); END""",
+    """CREATE TABLE IF NOT EXISTS device_event (
+        boot_ref INTEGER NOT NULL REFERENCES device_boot_ref (ref), event_seq INTEGER NOT NULL,
+        msg INTEGER NOT NULL, unit_seq INTEGER, body INTEGER NOT NULL, body2 INTEGER,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (boot_ref, event_seq)) WITHOUT ROWID""",
+    devevents.DEVICE_EVENT_V1,
+)
 
 # Codes queued to the coder, in order; the head still 'queued' is bound at the next UNIT_PRINTED.
 # A job's code is its batch's element string around its serial (host/ledger.py code_for): the view
@@ -261,13 +277,9 @@ SCHEMA = [
         BEGIN SELECT RAISE(ABORT, 'a serial''s identity never changes'); END""",
     SERIAL_LOG,
     # Every device event once, keyed by the device's identity; the row is the durable copy acked.
-    # body: the event's fields but event_seq and unit_seq, which are columns (host/ledger.py _body;
-    # rows stored before that repeat them in the body too)
-    """CREATE TABLE IF NOT EXISTS device_event (
-        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, event_seq INTEGER NOT NULL,
-        msg_name TEXT NOT NULL, unit_seq INTEGER, body TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        PRIMARY KEY (device_id, boot_id, event_seq)) WITHOUT ROWID""",
+    # The boot as a small integer, msg the protocol's id, body/body2 the other fields packed as the
+    # schema lays them out, or JSON text (host/devevents.py, which every reader goes through).
+    *DEVICE_EVENT,
     """CREATE TABLE IF NOT EXISTS unit (
         device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
@@ -434,7 +446,35 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA schema_version={version + 1}")
         conn.execute("PRAGMA writable_schema=OFF")
     _migrate_serial_history(conn)
+    _migrate_device_event(conn)
     _migrate_coder_job(conn)
+
+
+def _migrate_device_event(conn: sqlite3.Connection) -> None:
+    """Ledgers made before the compact device events (device_id, boot_id, event_seq, msg_name,
+    unit_seq, body JSON, received_at): each boot gets its ref in (device_id, boot_id) order, so
+    (boot_ref, event_seq) orders the rows as before; a body in the form the ledger wrote is packed,
+    any other kept as its text. The view device_event_v1 gives every row back in the old columns,
+    which is checked here row for row (the seals made before read it): not exact, nothing changes."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='device_event_v1'").fetchone()
+    if row and row[0] != devevents.DEVICE_EVENT_V1.replace(" IF NOT EXISTS", ""):
+        conn.execute("DROP VIEW device_event_v1")  # made from an earlier schema: made again
+    if "msg_name" not in {r[1] for r in conn.execute("PRAGMA table_info(device_event)")}:
+        return
+    conn.execute("ALTER TABLE device_event RENAME TO device_event_v0")
+    for statement in DEVICE_EVENT:
+        conn.execute(statement)
+    conn.execute("INSERT INTO device_boot_ref (device_id, boot_id) SELECT DISTINCT device_id, boot_id"
+                 " FROM device_event_v0 ORDER BY device_id, boot_id")
+    conn.execute(devevents.migrate_v1_sql("device_event_v0"))
+    cols = ", ".join(devevents.SEALED_V1)
+    (differ,) = conn.execute(f"SELECT count(*) FROM (SELECT {cols} FROM device_event_v0 EXCEPT"
+                             f" SELECT {cols} FROM device_event_v1)").fetchone()
+    (old,), (new,) = (conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in ("device_event_v0", "device_event"))
+    if differ or old != new:
+        raise sqlite3.IntegrityError(f"device_event: {differ or abs(old - new)} row(s) would not read back as stored;"
+                                     " this ledger is left as it was")
+    conn.execute("DROP TABLE device_event_v0")
 
 
 def _migrate_serial_history(conn: sqlite3.Connection) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ import serial  # type: ignore[import-untyped]
 
 from serialine.protocol.schema import FINGERPRINT, NO_UNIT, Alarm, Command, ConfigResult, DeviceState
 
-from . import audit
+from . import audit, devevents
 from .db import transaction
 
 log = logging.getLogger("serialine.service")
@@ -855,14 +854,11 @@ class Service:
         key = (a.device_id, a.boot_id)
         if self._device_alarm_at[0] != key:
             self._device_alarm_at = (key, -1)
-        rows = self.conn.execute("SELECT event_seq, unit_seq, body FROM device_event WHERE device_id=? AND boot_id=?"
-                                 " AND msg_name='ALARM' AND event_seq > ? ORDER BY event_seq",
-                                 (*key, self._device_alarm_at[1])).fetchall()
-        (top,) = self.conn.execute("SELECT MAX(event_seq) FROM device_event WHERE device_id=? AND boot_id=?",
-                                   key).fetchone()  # the next look starts after what is stored now
+        rows = list(devevents.events(self.conn, device_id=key[0], boot_id=key[1], names=("ALARM",),
+                                     after_seq=self._device_alarm_at[1]))
+        top = devevents.top_seq(self.conn, *key)  # the next look starts after what is stored now
         self._device_alarm_at = (key, max(self._device_alarm_at[1], -1 if top is None else top))
-        for seq, unit, body in rows:  # unit_seq is a column (the body no longer repeats it)
-            f = json.loads(body)
+        for _, _, _, _, unit, f, _ in rows:  # unit_seq is a column (the body no longer repeats it)
             log.warning("device alarm %s %s%s", _enum_name(Alarm, f.get("alarm")),
                         "raised" if f.get("active") else "cleared",
                         f" (unit {unit})" if isinstance(unit, int) and unit != NO_UNIT else "")

@@ -276,21 +276,19 @@ def figures(conn, cfg, n: int = 50) -> dict:
     """The last `n` unit outcomes of the ledger as a line engineer tunes by them: per unit the gate
     error (mm) and, for confirmed rejects, where the confirm sensor saw it (mm past the gate); the
     rejects by reason."""
-    import json
+    from . import devevents
     g = cfg.geometry
     cpm = g.counts_per_mm
-    rows = conn.execute("SELECT device_id, boot_id, unit_seq, body FROM device_event WHERE msg_name='UNIT_OUTCOME'"
-                        " ORDER BY received_at DESC, event_seq DESC LIMIT ?", (n,)).fetchall()
+    rows = list(devevents.events(conn, names=("UNIT_OUTCOME",), order="e.received_at DESC, e.event_seq DESC", limit=n))
     units: list[dict] = []
-    for device_id, boot_id, unit_seq, body in reversed(rows):
-        f = json.loads(body)
-        det = conn.execute("SELECT body FROM device_event WHERE device_id=? AND boot_id=? AND unit_seq=?"
-                           " AND msg_name='UNIT_DETECTED'", (device_id, boot_id, unit_seq)).fetchone()
+    for device_id, boot_id, _, _, unit_seq, f, _ in reversed(rows):
+        det = next((e.fields for e in devevents.events(conn, device_id=device_id, boot_id=boot_id,
+                                                        names=("UNIT_DETECTED",), unit_seq=unit_seq)), None)
         outcome, reason = _name("Outcome", f.get("outcome")), _name("Reason", f.get("reason"))
         fired = outcome.startswith("REJECTED")
         confirm = None
         if outcome == "REJECTED_CONFIRMED" and det is not None:
-            confirm = round((int(f["pos"]) - int(json.loads(det[0])["pos"])) / cpm - g.gate_at_mm, 2)
+            confirm = round((int(f["pos"]) - int(det["pos"])) / cpm - g.gate_at_mm, 2)
         units.append({"unit": f"{boot_id}/{unit_seq}", "outcome": outcome, "reason": reason,
                       "gate_error_mm": round(int(f.get("gate_error", 0)) / cpm, 2) if fired else None,
                       "confirm_mm": confirm})

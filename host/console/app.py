@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import audit, users
+from .. import audit, devevents, users
 from ..db import transaction
 from . import alarms, charts, record
 from .sessions import COOKIE, Session, Sessions, same
@@ -447,9 +447,10 @@ class Console:
 def _packs_per_minute(conn, device_id: str, boot_id: int, window_s: float = 10.0) -> int | None:
     """Packs detected in the last `window_s`, as packs per minute (the newest 2000 events looked at)."""
     since = time.time() - window_s
-    (n,) = conn.execute("SELECT COUNT(*) FROM (SELECT msg_name, received_at FROM device_event WHERE device_id=?"
-                        " AND boot_id=? ORDER BY event_seq DESC LIMIT 2000) WHERE msg_name='UNIT_DETECTED'"
-                        " AND received_at >= ?", (device_id, boot_id, since)).fetchone()
+    (n,) = conn.execute("SELECT COUNT(*) FROM (SELECT msg, received_at FROM device_event WHERE boot_ref="
+                        "(SELECT ref FROM device_boot_ref WHERE device_id=? AND boot_id=?) ORDER BY event_seq DESC"
+                        f" LIMIT 2000) WHERE msg={devevents.MSG['UNIT_DETECTED']} AND received_at >= ?",
+                        (device_id, boot_id, since)).fetchone()
     return round(n * 60 / window_s)
 
 

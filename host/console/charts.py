@@ -11,6 +11,10 @@ from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.dates import DateFormatter, date2num
 from matplotlib.figure import Figure
 
+from serialine.protocol.schema import Outcome
+
+from .. import devevents
+
 GRADES = ("A", "B", "C", "D", "F")
 
 
@@ -37,8 +41,9 @@ def reject_times(conn: sqlite3.Connection, batch_id: str) -> list[tuple[float, s
         return []
     out = []
     for d, b, u, at in conn.execute(
-            "SELECT device_id, boot_id, unit_seq, received_at FROM device_event WHERE msg_name='UNIT_OUTCOME'"
-            " AND (device_id, boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)", (batch_id,)):
+            "SELECT r.device_id, r.boot_id, e.unit_seq, e.received_at FROM device_event e JOIN device_boot_ref r"
+            f" ON r.ref = e.boot_ref WHERE e.msg = {devevents.MSG['UNIT_OUTCOME']}"
+            " AND (r.device_id, r.boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)", (batch_id,)):
         r = reasons.get((d, b, u))
         if r is not None:
             out.append((float(at), r))
@@ -113,10 +118,12 @@ def latency(samples: list[tuple[float, float, float, float]]) -> bytes:
 
 def gate_errors(conn: sqlite3.Connection, batch_id: str) -> list[int]:
     """The gate's position error (counts) of every unit of the batch the gate fired for."""
+    error, outcome = (devevents.sql_field("UNIT_OUTCOME", f) for f in ("gate_error", "outcome"))
     return [int(e) for (e,) in conn.execute(
-        "SELECT json_extract(body, '$.gate_error') FROM device_event WHERE msg_name='UNIT_OUTCOME'"
-        " AND (device_id, boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)"
-        " AND json_extract(body, '$.outcome') <> 1 AND json_extract(body, '$.gate_error') IS NOT NULL", (batch_id,))]
+        f"SELECT {error} FROM device_event WHERE msg = {devevents.MSG['UNIT_OUTCOME']}"
+        " AND boot_ref IN (SELECT r.ref FROM device_boot_ref r JOIN unit u ON u.device_id = r.device_id"
+        " AND u.boot_id = r.boot_id WHERE u.batch_id = ?)"
+        f" AND {outcome} <> {int(Outcome.PASSED)} AND {error} IS NOT NULL", (batch_id,))]
 
 
 def gate(conn: sqlite3.Connection, batch_id: str, tolerance_counts: float | None) -> bytes:

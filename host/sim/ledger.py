@@ -18,6 +18,7 @@ from pathlib import Path
 
 from serialine.protocol.schema import Alarm, Outcome, Reason
 
+from .. import devevents
 from .report import UNKNOWN, CodeRecord, LedgerView, UnitRecord
 
 _OUTCOME = {o.name: int(o) for o in Outcome}
@@ -48,18 +49,15 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         outcomes = collections.defaultdict(list)
         seqs = collections.defaultdict(list)
         device_alarms = collections.Counter()
-        for dev, boot, eseq, name, useq, body in conn.execute(
-                "SELECT device_id, boot_id, event_seq, msg_name, unit_seq, body FROM device_event"):
+        for dev, boot, eseq, name, useq, f, _ in devevents.events(conn):
             seqs[(dev, boot)].append(eseq)
             if name == "ALARM":
-                f = json.loads(body)
                 if f.get("active"):
                     try:
                         device_alarms[Alarm(int(f["alarm"])).name.lower()] += 1
                     except (ValueError, KeyError, TypeError):
                         device_alarms["invalid"] += 1
             if name == "UNIT_OUTCOME":
-                f = json.loads(body)
                 outcomes[(dev, boot, useq)].append((_OUTCOME.get(str(f.get("outcome")).upper(), f.get("outcome")),
                                                     _reason(f.get("reason")), f.get("gate_error")))
         rows = {(d, b, u): (o, r) for d, b, u, o, r in conn.execute(
@@ -90,7 +88,8 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
             extra = sum(1 for key in rows if key not in seen)
         else:  # no line to align with: boots in the order of their first stored event
             boots = [tuple(r) for r in conn.execute(
-                "SELECT device_id, boot_id FROM device_event GROUP BY device_id, boot_id ORDER BY MIN(received_at)")]
+                "SELECT r.device_id, r.boot_id FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref"
+                " GROUP BY e.boot_ref ORDER BY MIN(e.received_at)")]
             for k, (dev, boot) in enumerate(boots):
                 for key in sorted(key for key in rows if key[:2] == (dev, boot)):
                     units.append(record(key, (verdict_latency or {}).get((k, key[2]))))

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from serialine.host import audit, cli_batch, db
+from serialine.host import audit, cli_batch, db, devevents
 from serialine.host.db import transaction
 from serialine.host.epcis import eventhash, outbox
 from serialine.host.ledger import Ledger
@@ -100,10 +100,9 @@ def delete_serial_history_row(c):
 
 
 def edit_device_event_body(c):
-    (body,) = c.execute("SELECT body FROM device_event WHERE msg_name='UNIT_OUTCOME' AND unit_seq=6").fetchone()
-    fields = json.loads(body)
-    fields["outcome"] = 1
-    c.execute("UPDATE device_event SET body=? WHERE msg_name='UNIT_OUTCOME' AND unit_seq=6", (json.dumps(fields),))
+    [e] = devevents.events(c, names=("UNIT_OUTCOME",), unit_seq=6)
+    _, _, msg, _, body, body2, _ = devevents.row(0, "UNIT_OUTCOME", {**e.fields, "outcome": 1, "event_seq": 0, "unit_seq": 6}, 0)
+    c.execute("UPDATE device_event SET body=?, body2=? WHERE msg=? AND unit_seq=6", (body, body2, msg))
 
 
 def delete_alarm(c):
@@ -254,14 +253,14 @@ def test_checkpoints_chain_over_new_rows_only(tmp_path, capsys):
     line.event_seq = conn.execute("SELECT max(event_seq) FROM device_event").fetchone()[0]
     line.unit(7)  # the line runs on
     audit.checkpoint(conn, "qa")
-    parts = [json.loads(d)["parts"]["log:device_event"] for (d,) in conn.execute(
+    parts = [json.loads(d)["parts"]["log:device_event2"] for (d,) in conn.execute(
         "SELECT detail FROM audit WHERE action='audit.checkpoint' ORDER BY seq")]
     assert parts[1]["rows"] == parts[0]["rows"] + 4 and parts[1]["upto"] > parts[0]["upto"]
     assert audit.verify(conn)[0]
     first = conn.execute("SELECT seq FROM audit WHERE action='audit.checkpoint' ORDER BY seq").fetchone()[0]
     conn.close()
     c = sqlite3.connect(dbfile, isolation_level=None)
-    c.execute("DELETE FROM device_event WHERE unit_seq = 0 AND msg_name = 'UNIT_DETECTED'")  # before the first
+    c.execute(f"DELETE FROM device_event WHERE unit_seq = 0 AND msg = {devevents.MSG['UNIT_DETECTED']}")  # before the first
     c.close()
     conn = db.connect(str(dbfile))
     ok, _, message = audit.verify(conn)

@@ -4,6 +4,7 @@ import sqlite3
 
 import pytest
 
+from serialine.host import devevents
 from serialine.host.db import transaction
 
 from hostkit import GTIN
@@ -74,9 +75,14 @@ def test_sscc_never_reused_or_changed(conn):
 
 
 def test_device_event_key_is_idempotent(conn):
-    row = ("dev1", 7, 1, "LOG", None, "{}", 0.0)
-    assert conn.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", row).rowcount == 1
-    assert conn.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", row).rowcount == 0
+    row = devevents.row(devevents.boot_ref(conn, "dev1", 7), "LOG", {"event_seq": 1, "level": 20, "text": "x"}, 0.0)
+    assert conn.execute(devevents.INSERT, row).rowcount == 1
+    assert conn.execute(devevents.INSERT, row).rowcount == 0
+    assert devevents.boot_ref(conn, "dev1", 7) == row[0]  # one ref per boot
+    with pytest.raises(sqlite3.IntegrityError, match="never changes"):
+        conn.execute("UPDATE device_boot_ref SET boot_id = 8")
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        conn.execute("DELETE FROM device_boot_ref")
 
 
 def test_transaction_rolls_back_everything(conn):

@@ -12,7 +12,7 @@ import tty
 
 import pytest
 
-from serialine.host import db
+from serialine.host import db, devevents
 from serialine.host.agent import Agent, AgentError
 from serialine.host.link import HostLink
 from serialine.protocol.fastcodec import StreamDecoder, as_dict, encode
@@ -66,7 +66,7 @@ def test_an_out_of_range_event_is_quarantined_and_acked_never_a_crash_loop(conn)
             link.close()
             os.close(master)
             os.close(slave)
-    rows = conn.execute("SELECT event_seq, msg_name FROM device_event WHERE device_id='dev-q'").fetchall()
+    rows = [(e.event_seq, e.msg_name) for e in devevents.events(conn, where="r.device_id = 'dev-q'")]
     assert rows == [(1, "UNIT_DETECTED"), (2, "UNIT_OUTCOME")]
     # not applied: the outcome is unknown until a person resolves the unit
     assert conn.execute("SELECT outcome, reason FROM unit WHERE device_id='dev-q'").fetchall() == [("UNKNOWN", "OUTCOME_INVALID")]

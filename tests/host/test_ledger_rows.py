@@ -10,7 +10,7 @@ from hostkit import GTIN
 def test_event_body_leaves_out_what_its_columns_hold(line):
     conn = line.ledger.conn
     line.store([line.event("UNIT_DETECTED", unit_seq=0, pos=11, t_us=22, flags=0)])
-    (seq, unit, body), = conn.execute("SELECT event_seq, unit_seq, body FROM device_event").fetchall()
+    (seq, unit, body), = conn.execute("SELECT event_seq, unit_seq, body FROM device_event_v1").fetchall()
     assert unit == 0 and json.loads(body) == {"pos": 11, "t_us": 22, "flags": 0}
     assert seq == line.event_seq
 

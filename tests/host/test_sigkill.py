@@ -37,7 +37,7 @@ def test_sigkill_mid_batch_then_restart(tmp_path):
     # the last ack this test read up to past the last one the process stored before it died (its acks
     # may still sit in the pipe, so that can be well beyond what was read), then reboots (boot 2)
     c = db.connect(path)
-    (top_seq,) = c.execute("SELECT max(event_seq) FROM device_event WHERE boot_id=1").fetchone()
+    (top_seq,) = c.execute("SELECT max(event_seq) FROM device_event_v1 WHERE boot_id=1").fetchone()
     c.close()
     resend_to = max(last_unit, (top_seq - 1) // 4) + 3
     out = subprocess.run([sys.executable, PROC, path, "2", "0", "40", "1", str(last_unit - 3), str(resend_to)],
@@ -47,10 +47,10 @@ def test_sigkill_mid_batch_then_restart(tmp_path):
 
     c = db.connect(path)
     # every acknowledged event is there, each once, and boot 1's stream has no gap
-    seqs = [s for (s,) in c.execute("SELECT event_seq FROM device_event WHERE boot_id=1 ORDER BY event_seq")]
+    seqs = [s for (s,) in c.execute("SELECT event_seq FROM device_event_v1 WHERE boot_id=1 ORDER BY event_seq")]
     assert set(acked) <= set(seqs)
     assert seqs == list(range(1, len(seqs) + 1))
-    assert c.execute("SELECT count(*) FROM device_event WHERE boot_id=2").fetchone()[0] == 41 * 4
+    assert c.execute("SELECT count(*) FROM device_event_v1 WHERE boot_id=2").fetchone()[0] == 41 * 4
     # no serial issued twice: one allocation per serial, one unit per serial, one coder job per serial
     assert c.execute("SELECT count(*) FROM serial_history WHERE state=?"
                      " GROUP BY serial HAVING count(*) > 1", (db.STATE_CODE["allocated"],)).fetchall() == []

@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from serialine.host import devevents
 from serialine.host.sim import cli
 from serialine.host.sim import scenario as sc
 from serialine.host.sim.run import run
@@ -82,8 +83,8 @@ def test_the_simulator_stalling_makes_the_run_invalid_and_the_missed_pack_unconf
     with sqlite3.connect(r["db"]) as c:
         (outcome,) = c.execute("SELECT outcome FROM unit WHERE unit_seq = 30").fetchone()
         assert outcome == "REJECTED_UNCONFIRMED"
-        bodies = [b for (b,) in c.execute("SELECT body FROM device_event WHERE msg_name='ALARM' AND unit_seq=30")]
-        assert any('"alarm":2' in b and '"active":1' in b for b in bodies), bodies
+        alarms = [e.fields for e in devevents.events(c, names=("ALARM",), unit_seq=30)]
+        assert any(f["alarm"] == 2 and f["active"] == 1 for f in alarms), alarms
     assert r["bad_rejected"] == r["units_bad"] - 1  # only pack 30 got away
 
 
