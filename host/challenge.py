@@ -453,10 +453,12 @@ def execute(service, req):
 
 
 def start_refusal(service, req) -> str | None:
-    """line.start on the control interface (and so PackML Start, which is that command): refused
-    and audited while the line's [policy] wants a passed challenge that is not there — `missing`,
-    the rule `serialine batch start` applies. Not while a challenge is armed: its packs need the
-    line running. None: the start may go on."""
+    """Every command that sets the line running: line.start and line.clear on the control interface
+    (PackML Start and Clear are these; the device's CLEAR_ALARM releases a latched stop into
+    running) and the service's own start at a new boot ([agent] start_on_boot, a line.start by
+    serialine-agent). Refused and audited (`challenge.refused`) while the line's [policy] wants a
+    passed challenge that is not there — `missing`, the rule `serialine batch start` applies. Not
+    while a challenge is armed: its packs need the line running. None: the command may go on."""
     run = getattr(service, "challenge", None)
     if run is not None and run.state == "armed":
         return None

@@ -604,8 +604,14 @@ class Service:
             challenge.record_configuration(self.conn, self.cfg, self._config_fields, user=USER, boot_id=self.boot_id,
                                            device_id=_text(hello.get("device_id", "")), config_id=shown, how=how)
         if getattr(self.cfg.agent, "start_on_boot", False) and not self._batch_changed:
-            self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
-            log.info("line started (start_on_boot)")
+            from .control import Request
+            why = challenge.start_refusal(self, Request("line.start", {}, USER, f"[agent] start_on_boot: boot"
+                                                        f" {self.boot_id} configured"))  # audited there
+            if why:
+                log.warning("start_on_boot: %s", why)
+            else:
+                self.link.send("COMMAND", {"command": int(Command.START), "arg": 0})
+                log.info("line started (start_on_boot)")
         self._ready = True
 
     # --- the loop ----------------------------------------------------------------------------
@@ -723,7 +729,7 @@ class Service:
             st = self.link.last_status or {}
             if name == "START" and st.get("state") == DeviceState.STOPPED:
                 return "line.start refused: the device has latched a line stop; clear it (line.clear) to restart"
-        if name == "START":
+        if name in ("START", "CLEAR_ALARM"):  # both set the line running
             from . import challenge
             if why := challenge.start_refusal(self, req):  # [policy] challenge: audited there
                 return why

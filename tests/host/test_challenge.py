@@ -100,8 +100,9 @@ def challenge_line(tmp_path):
         yield make_challenge
 
 
-def run_challenge(agent, rig, cfg: Path, tmp_path: Path, plan=challenge.PLAN, *extra):
-    """`serialine challenge` as a process; the rig feeds the plan once it is armed."""
+def run_challenge(agent, rig, cfg: Path, tmp_path: Path, plan=challenge.PLAN, *extra, start=False):
+    """`serialine challenge` as a process; the rig feeds the plan once it is armed. `start`: the line
+    waits (its [policy] held start_on_boot): the operator starts it once the challenge is armed."""
     plot = tmp_path / "challenge.png"
     proc = subprocess.Popen([SERIALINE, "challenge", "--config", str(cfg), "--control", agent.control.address,
                              "--user", "eng-bob",
@@ -110,6 +111,9 @@ def run_challenge(agent, rig, cfg: Path, tmp_path: Path, plan=challenge.PLAN, *e
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = proc.stdout.readline()
     assert "armed" in first, (first, proc.stderr.read() if proc.poll() is not None else "")
+    if start:
+        agent.control.command("line.start", "op-otto", "challenge packs")
+        agent.wait_status(lambda s: s["device"]["state"] == "RUNNING")
     rig.feed(plan)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, first + out, err, plot
@@ -135,7 +139,8 @@ def test_challenge_passes_every_kind_and_unblocks_batch_start(challenge_line, tm
     rig, cfg, db, batch = challenge_line("on_change")
     agent = Agent(cfg, batch)
     try:
-        agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "RUNNING")
+        # the policy holds start_on_boot: the line waits for the challenge
+        agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "IDLE")
         (_, conf), = audit_rows(db, challenge.CONFIGURE)
         assert conf["policy"]["challenge"] == "on_change" and conf["line_id"] == "line-1"
         assert len(conf["line_file_sha256"]) == 64 and conf["device_fields"]["gate_at"] == rig.f["gate_at"]
@@ -146,7 +151,7 @@ def test_challenge_passes_every_kind_and_unblocks_batch_start(challenge_line, tm
             " changed" in refused.stderr and "serialine challenge" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
 
-        rc, out, err, plot = run_challenge(agent, rig, cfg, tmp_path)
+        rc, out, err, plot = run_challenge(agent, rig, cfg, tmp_path, start=True)
         assert rc == 0, (out, err, agent.log)
         lines = [ln for ln in out.splitlines() if " pack " in ln and ln[:4] in ("ok  ", "FAIL")]
         assert len(lines) == len(challenge.PLAN) and all(ln.startswith("ok") for ln in lines), out
@@ -185,8 +190,8 @@ def test_challenge_fails_when_a_bad_pack_is_not_confirmed(challenge_line, tmp_pa
     rig.gate_fault = {5}  # the low-grade pack (6th): the paddle does not reach it
     agent = Agent(cfg, batch)
     try:
-        agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "RUNNING")
-        rc, out, err, plot = run_challenge(agent, rig, cfg, tmp_path)
+        agent.wait_status(lambda s: s["ready"] and s["device"]["state"] == "IDLE")
+        rc, out, err, plot = run_challenge(agent, rig, cfg, tmp_path, start=True)
         assert rc == 1, (out, err, agent.log)
         problems = [ln for ln in err.splitlines() if ln.startswith("serialine challenge: pack")]
         assert len(problems) == 1, (err, agent.log)
