@@ -19,7 +19,7 @@ import time
 
 from serialine.protocol.schema import Outcome, Reason
 
-from . import gs1, reporting, serials
+from . import devevents, gs1, reporting, serials
 from .aggregation import AggregationError, Aggregator
 from .masterdata import Batch, get_batch
 from .verdicts import Judge
@@ -52,17 +52,6 @@ class _Life:
         self.printed = -1  # highest unit printed
         self.unprinted: set[int] = set()  # beyond `printed`, finished without a print (untracked)
         self.lost: set[int] = set()  # booked UNKNOWN in this run: their outcome reads the database
-
-
-_IN_COLUMNS = ("event_seq", "unit_seq")  # device_event has a column for each: the body does not repeat them
-
-
-def _body(fields: dict) -> str:
-    """The event's other fields as compact JSON; flat ints (the hot path) formatted directly."""
-    items = [(k, v) for k, v in fields.items() if k not in _IN_COLUMNS]
-    if all(type(v) is int for _, v in items):
-        return "{" + ",".join([f'"{k}":{v}' for k, v in items]) + "}"
-    return json.dumps(dict(items), separators=(",", ":"), default=str)
 
 
 class LedgerError(ValueError):
@@ -242,19 +231,18 @@ class Ledger:
         nothing. → per message: stored and applied now."""
         life = self._boot(device_id, boot_id)  # before this poll's rows exist
         now = time.time()
-        rows = [(device_id, boot_id, f["event_seq"], n, f.get("unit_seq"), _body(f), now)
-                for n, f in msgs if "event_seq" in f]
         c = self.conn
+        ref, row = devevents.boot_ref(c, device_id, boot_id), devevents.row
+        rows = [row(ref, n, f, now) for n, f in msgs if "event_seq" in f]
         c.execute("SAVEPOINT store_batch")
         before = c.total_changes
-        c.executemany("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)", rows)
+        c.executemany(devevents.INSERT, rows)
         if c.total_changes - before == len(rows):
             new = ["event_seq" in f for _, f in msgs]
         else:  # some were stored already (a retransmission): find which, one by one
             c.execute("ROLLBACK TO store_batch")
             it = iter(rows)
-            new = [("event_seq" in f) and c.execute("INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)",
-                                                     next(it)).rowcount == 1 for _, f in msgs]
+            new = [("event_seq" in f) and c.execute(devevents.INSERT, next(it)).rowcount == 1 for _, f in msgs]
         c.execute("RELEASE store_batch")
         w = self._writes
         for i, (n, f) in enumerate(msgs):
@@ -284,8 +272,7 @@ class Ledger:
             life = _Life()
             life.detected = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM unit WHERE device_id=? AND boot_id=?",
                                       key).fetchone()[0]
-            life.printed = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM device_event WHERE device_id=?"
-                                     " AND boot_id=? AND msg_name='UNIT_PRINTED'", key).fetchone()[0]
+            life.printed = devevents.last_unit(c, device_id, boot_id, "UNIT_PRINTED")
             life.unprinted = {u for (u,) in c.execute(
                 "SELECT unit_seq FROM unit WHERE device_id=? AND boot_id=? AND unit_seq>? AND serial IS NULL"
                 " AND outcome IS NOT NULL AND outcome<>'UNKNOWN'", key + (life.printed,))}
