@@ -66,7 +66,9 @@ def spawning():
     """Start a part's process from the simulator's thread inside this: the child starts on the default
     scheduler and every CPU, then `fifo()` raises it. (Inheriting SCHED_FIFO, it would run its whole
     start-up on the clock's CPU at the clock's priority, which no equal priority preempts, and keep the
-    threads it starts meanwhile there: a FIFO agent thread holding the clock's CPU for 200 ms.)"""
+    threads it starts meanwhile there: a FIFO agent thread holding the clock's CPU for 200 ms.) Threads
+    started in here are raised to the clock's priority on leaving; threads that were there before (a
+    test runner's, a pool's started earlier) are left as they are."""
     try:
         was = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority, os.sched_getaffinity(0)
     except (OSError, AttributeError):
@@ -75,6 +77,7 @@ def spawning():
     if was[0] != os.SCHED_FIFO:
         yield
         return
+    before = set(_threads())  # not raised on leaving: only what starts in here joins the clock
     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     if _ALL_CPUS[0] is not None:
         os.sched_setaffinity(0, _ALL_CPUS[0])
@@ -85,10 +88,11 @@ def spawning():
         os.sched_setaffinity(0, was[2])
         # threads started meanwhile (a process pool's manager) share the clock's GIL: on the default
         # scheduler one preempted while holding it holds the clock a scheduler tick (4 ms)
-        for tid in _threads():
-            if os.sched_getscheduler(tid) != os.SCHED_FIFO:
-                os.sched_setscheduler(tid, was[0], os.sched_param(was[1]))
-                os.sched_setaffinity(tid, was[2])
+        for tid in set(_threads()) - before:
+            with contextlib.suppress(OSError):  # ended meanwhile
+                if os.sched_getscheduler(tid) != os.SCHED_FIFO:
+                    os.sched_setscheduler(tid, was[0], os.sched_param(was[1]))
+                    os.sched_setaffinity(tid, was[2])
 
 
 def _threads(pid: int | str = "self") -> list[int]:

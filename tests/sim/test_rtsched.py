@@ -109,6 +109,40 @@ def test_threads_started_while_spawning_join_the_clock():
 
 
 @alone
+def test_spawning_raises_only_the_threads_started_inside_it():
+    """A thread of the process from before (a test runner's, xdist's) stays on the default scheduler:
+    only a thread started while spawning joins the clock's priority."""
+    go, tids = threading.Event(), []
+
+    def idle():
+        tids.append(threading.get_native_id())
+        go.wait()
+
+    old = threading.Thread(target=idle)
+    old.start()
+    try:
+        while not tids:
+            go.wait(0.001)
+        assert os.sched_getscheduler(tids[0]) == os.SCHED_OTHER
+        with rtsched.FifoParts(True) as sched:
+            if sched.policy == "other":
+                pytest.skip("SCHED_FIFO not permitted for this user")
+            clock = _state()
+            with rtsched.spawning():
+                new = threading.Thread(target=idle)
+                new.start()
+                while len(tids) < 2:
+                    go.wait(0.001)
+            assert os.sched_getscheduler(tids[0]) == os.SCHED_OTHER  # left as it was
+            assert _state(tids[1]) == clock  # started inside: raised
+    finally:
+        go.set()
+        old.join()
+        if len(tids) > 1:
+            new.join()
+
+
+@alone
 def test_no_thread_or_raised_part_stays_fifo_after_the_block():
     """Threads inherit SCHED_FIFO from the thread that starts them: one started during a real-time
     run (a server's, a pool's) and still alive after it would outrank every later test of the process
