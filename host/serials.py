@@ -7,9 +7,10 @@ keeps writing meanwhile), into a `serial_import` that is `staging`; one last tra
 publishes it with its audit record. Until then nobody can use its serials; a failed or killed
 import is abandoned and its staged serials removed (they were never in the pool). A write that
 finds the lock taken (an agent, a simulator) is retried, for BUSY_DEADLINE_S in all, with a
-progress line at most every PROGRESS_S. A generated pool is drawn DRAWN chunks at a time,
-stratified by prefix so that each chunk is one range of keys (drawn_chunks), its chunks sized to
-hold the lock about HOLD_S."""
+progress line at most every PROGRESS_S. A generated pool is drawn one chunk at a time, in the
+pause before its write, stratified by prefix so that each chunk is one range of keys
+(drawn_chunks), its chunks sized to hold the lock about HOLD_S. Staged chunks are written without
+an fsync of their own and checkpointed outside their lock; the publication syncs them all."""
 
 from __future__ import annotations
 
@@ -31,12 +32,15 @@ from .masterdata import PROFILES
 
 LOW_WATER = 1000  # warn when fewer serials than this are available for a GTIN
 CHUNK = 25_000  # serials per write transaction while staging (a fraction of a second of write lock)
-DRAWN = 8  # generation draws this many chunks' worth at a time (memory: one draw, whatever N)
+DRAWN = 8  # a generated chunk (one draw) holds at most DRAWN * CHUNK serials (memory: one draw, whatever N)
 # a generated pool sizes its chunks to hold the write lock about this long, by the serials per second
-# this machine does (CHUNK / 4 .. DRAWN * CHUNK): a writer beside waits about 0.36 s at most, as beside
-# an import of 25,000-serial chunks (0.3: 0.45-0.75 s under load). None: CHUNK each
-HOLD_S: float | None = 0.25
-YIELD_S = 0.11  # pause between chunks: longer than SQLite's longest busy-handler sleep (100 ms)
+# this machine does (CHUNK / 4 .. DRAWN * CHUNK). None: CHUNK each. Short holds need short pauses
+# (_pause): 0.1 s costs a 0.035 s pause (35 %; 0.25 s needed 0.11 s, 44 %), which the chunk's
+# checkpoint and the next chunk's encoding fill
+HOLD_S: float | None = 0.1
+YIELD_S = 0.11  # the longest pause between chunks: over SQLite's longest busy-handler sleep (100 ms)
+# a writer that finds the lock taken sleeps this long, again and again (SQLite's default busy handler)
+BUSY_SLEEPS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100)
 BUSY_DEADLINE_S = 600.0  # an import waits this long in all for other writers' locks, then gives up
 ATTEMPT_S = 2.0  # one wait for the lock (SQLite polls meanwhile), then a progress line and the next try
 PROGRESS_S = 5.0  # at most this often a progress line
@@ -78,7 +82,17 @@ def _profile_for(conn, gtin):
     return PROFILES[row[0]]
 
 
+MIN_SERIAL_ROW_BYTES = 16  # a serial row holds its 14-digit GTIN, the serial and its state at least
+
+
 def _check_guess(conn, gtin, adding: int, profile, length: int, alphabet_size: int) -> None:
+    # the ledger's size bounds its serials: counting them (a scan of the pool, 0.05 s per million)
+    # only when that bound is not enough
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+    bound = pages * page_size // MIN_SERIAL_ROW_BYTES
+    if guess_probability(bound + adding, alphabet_size, length) < profile.max_guess_probability:
+        return
     (existing,) = conn.execute("SELECT count(*) FROM serial WHERE gtin=?", (gtin,)).fetchone()
     p = guess_probability(existing + adding, alphabet_size, length)
     if not p < profile.max_guess_probability:
@@ -301,10 +315,11 @@ def _below(n: int, randbytes) -> int:
 
 def strata(alphabet: str, length: int, count: int) -> int:
     """How many leading characters split a generated pool into key ranges (strata): none when it
-    fits one draw, else enough that a draw spans at least DRAWN prefixes' shares, so each write
-    transaction touches one neighbourhood of the pool's B-trees, not a page per serial."""
+    fits one small write, else enough that a prefix's share is at most CHUNK / 4, so a draw of any
+    chunk's size is a few prefixes: each write transaction touches one neighbourhood of the pool's
+    B-trees, not a page per serial."""
     p, k = 0, len(alphabet)
-    while count > DRAWN * CHUNK and count / k ** p > CHUNK and p < length // 2:
+    while count / k ** p > CHUNK / 4 and p < length // 2:
         p += 1
     return p
 
@@ -319,17 +334,18 @@ def _prefix(alphabet: str, p: int, j: int) -> str:
 
 
 def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes):
-    """`count` random serials as sorted draws of about DRAWN * CHUNK, in key order: (rows, redraw),
-    where redraw(n) gives n more from the draw's key range (for those that collided). Stratified: every
-    prefix of strata() characters gets its exact share of the pool (count / prefixes, rounded
+    """`count` random serials as sorted draws in key order, each one write: (rows, redraw), where
+    redraw(n) gives n more from the draw's key range (for those that collided). A generator: send()
+    it the size of the next draw (next(): CHUNK); a rest under half of that goes along. Stratified:
+    every prefix of strata() characters gets its exact share of the pool (count / prefixes, rounded
     cumulatively) and the rest of each serial is uniform, so each serial is still uniform over the
     whole space and the pool is no easier to guess under any prefix. Memory: one draw."""
     p = strata(alphabet, length, count)
     m = len(alphabet) ** p
-    j = 0
+    j, done, size = 0, 0, CHUNK
     while j < m:
         lo, shares, total = j, [], 0
-        while j < m and (not shares or total < DRAWN * CHUNK):
+        while j < m and (total < size or count - done - total < size / 2):
             shares.append(count * (j + 1) // m - count * j // m)
             total += shares[-1]
             j += 1
@@ -341,11 +357,12 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
             at += n
         suffixes = None
         rows.sort()
+        done += total
 
         def redraw(n, lo=lo, hi=j):
             return sorted(_prefix(alphabet, p, lo + _below(hi - lo, randbytes)) + s
                           for s in random_serials(alphabet, length - p, n, randbytes))
-        yield rows, redraw
+        size = (yield rows, redraw) or CHUNK
         rows = None
 
 
@@ -376,6 +393,27 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
         f"{profile.serial_length} characters of {len(profile.alphabet)}"
         + (f" (the same share under every {k}-character prefix)" if k else "")
         + f"; guess probability {p:.3g}"))
+
+
+def _json_array(rows: list[str]) -> str:
+    """The serials as one JSON array: joined as they are unless one needs an escape (a quote or a
+    backslash: CSET 82 has no control character), json.dumps then."""
+    plain = "".join(rows)
+    if '"' in plain or "\\" in plain:
+        return json.dumps(rows)
+    return '["' + '","'.join(rows) + '"]'
+
+
+def _pause(held: float) -> float:
+    """How long the lock stays free after a write that held it `held` s: a writer that found it
+    taken meanwhile waited at most that long, so it wakes within the busy-handler sleep it is in
+    (10 ms to spare), at most YIELD_S."""
+    at = 0
+    for ms in BUSY_SLEEPS_MS:
+        if at + ms > held * 1000:
+            return min(YIELD_S, (ms + 10) / 1000)
+        at += ms
+    return YIELD_S
 
 
 def _busy(exc: BaseException) -> bool:
@@ -435,14 +473,23 @@ class _Writes:
 
 def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_known, total=0, progress=None) -> Added:
     (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    (sync,) = conn.execute("PRAGMA synchronous").fetchone()
+    (auto,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
     w = _Writes(conn, total, progress)
     try:
-        return _stage(conn, w, gtin, source, chunks, user, check, rnd, ignore_known)
+        # staged chunks need no fsync of their own: they are unusable until the publication, whose
+        # commit (the connection's own synchronous) syncs the WAL with every chunk before it; the
+        # checkpoint of each chunk runs outside its write lock (COMMIT would do it before returning)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        return _stage(conn, w, gtin, source, chunks, user, check, rnd, ignore_known, sync)
     finally:
         conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
+        conn.execute(f"PRAGMA synchronous={sync}")
+        conn.execute(f"PRAGMA wal_autocheckpoint={auto}")
 
 
-def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_known) -> Added:
+def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_known, sync: int) -> Added:
     _abandon_stale(conn, gtin)
 
     def begin():
@@ -455,49 +502,48 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
               " SELECT ?, value, ?, ? FROM json_each(?)")
     try:
         freed = None  # when this import last let go of the write lock
-        size = CHUNK  # serials in the next write transaction
-        for drawn, redraw in chunks:
-            at = 0
-            while at < len(drawn):
-                # sorted: a range of keys (a short rest of the draw goes along)
-                rows = drawn[at:at + size] if len(drawn) - at >= 1.5 * size else drawn[at:]
-                at += len(rows)
+        item = next(chunks, None)  # (serials, redraw), one write each; send() the next one's size
+        while item is not None:
+            rows, redraw = item
+            # one statement for the chunk (not one execution per row: the row triggers are set up
+            # once), the serials passed as one JSON array, encoded before the lock is taken
+            payload = _json_array(rows)
 
-                # one statement for the chunk (not one execution per row: the row triggers are set up
-                # once), the serials passed as one JSON array, encoded before the lock is taken
-                payload = json.dumps(rows)
-
-                def stage():
-                    before, want, more = conn.total_changes, len(rows), payload
-                    for _ in range(REDRAWS + 1):
-                        conn.execute(insert, (gtin, str(source), import_id, more))
-                        short = want - (conn.total_changes - before)
-                        if not short or redraw is None:
-                            break
-                        # collided with a serial known for ever (or a twin in the draw): drawn again
-                        more = json.dumps(redraw(short))
-                    else:
-                        raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
-                                          f"{short} of a chunk of {want}; nothing added")
-                    got = conn.total_changes - before
-                    conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
-                                 (got, time.time(), import_id))
-                    return got
-                if freed is not None:
-                    # the lock stays free longer than SQLite's busy retry period (drawing counts): a
-                    # waiting writer gets in
-                    time.sleep(max(0.0, YIELD_S - (time.monotonic() - freed)))
-                got = w.run(stage)
-                # copy our pages back now (another writer's commit does not inherit the checkpoint)
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                freed = time.monotonic()
-                w.staged, n_chunks = w.staged + got, n_chunks + 1
-                w.say()
-                if redraw is not None and HOLD_S:
-                    # towards the hold aimed at: at most twice as many next time, fewer at once
-                    aim = len(rows) * HOLD_S / max(w.last, 1e-3)
-                    size = int(max(CHUNK / 4, min(aim, 2 * size, DRAWN * CHUNK)))
-            drawn = rows = payload = None  # this draw goes before the next one is made: one in memory
+            def stage():
+                before, want, more = conn.total_changes, len(rows), payload
+                for _ in range(REDRAWS + 1):
+                    conn.execute(insert, (gtin, str(source), import_id, more))
+                    short = want - (conn.total_changes - before)
+                    if not short or redraw is None:
+                        break
+                    # collided with a serial known for ever (or a twin in the draw): drawn again
+                    more = _json_array(redraw(short))
+                else:
+                    raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
+                                      f"{short} of a chunk of {want}; nothing added")
+                got = conn.total_changes - before
+                conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
+                             (got, time.time(), import_id))
+                return got
+            if freed is not None:
+                # the lock stays free until a writer that waited for it wakes (drawing counts)
+                time.sleep(max(0.0, _pause(w.last) - (time.monotonic() - freed)))
+            got = w.run(stage)
+            freed = time.monotonic()
+            # copy our pages back now, in the pause (another writer's commit does not inherit it)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            w.staged, n_chunks = w.staged + got, n_chunks + 1
+            w.say()
+            size = CHUNK
+            if redraw is not None and HOLD_S:
+                # towards the hold aimed at: at most twice as many next time, fewer at once
+                aim = len(rows) * HOLD_S / max(w.last, 1e-3)
+                size = int(max(CHUNK / 4, min(aim, 2 * len(rows), DRAWN * CHUNK)))
+            rows = payload = item = None  # this draw goes before the next one is made: one in memory
+            try:
+                item = chunks.send(size)  # drawn in the pause
+            except StopIteration:
+                item = None
 
         def publish():
             check()
@@ -510,6 +556,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                 if rnd is not None:
                     detail["guess_probability"] = rnd.guess_probability
                 audit.append(conn, user, "serials.add", detail)
+        conn.execute(f"PRAGMA synchronous={sync}")
         w.run(publish)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):  # what was committed (the signal may come between two lines here)

@@ -62,12 +62,17 @@ def test_every_prefix_gets_its_exact_share_and_the_rest_is_uniform(monkeypatch):
 
 
 def test_one_draw_is_in_memory_whatever_the_count():
-    """The generator is lazy: the first draw of a billion serials is as big as that of a million."""
+    """The generator is lazy: a draw of a billion serials is as big as that of a million, the size
+    asked for (CHUNK first, then what is sent) and less than a prefix's share more."""
     cap = serials.DRAWN * serials.CHUNK
     for count in (1_000_000, 1_000_000_000):
         p = serials.strata(EU.alphabet, 12, count)
         share = -(-count // len(EU.alphabet) ** p)
-        rows, _ = next(serials.drawn_chunks(EU.alphabet, 12, count))
+        assert share <= serials.CHUNK / 4
+        draws = serials.drawn_chunks(EU.alphabet, 12, count)
+        rows, _ = next(draws)
+        assert serials.CHUNK <= len(rows) < serials.CHUNK + share, (count, len(rows))
+        rows, _ = draws.send(cap)
         assert cap <= len(rows) < cap + share, (count, len(rows))
 
 
@@ -190,6 +195,7 @@ def test_an_old_ledger_gains_the_partial_indexes_and_keeps_its_rules(tmp_path):
 _CHILD = """import sys
 from serialine.host import cli, serials
 serials.CHUNK, serials.HOLD_S, serials.YIELD_S = 1000, None, 0.5
+serials._pause = lambda held: 0.5
 sys.exit(cli.main(sys.argv[1:]))"""
 
 
