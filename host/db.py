@@ -124,7 +124,7 @@ DEVICE_EVENT = (
     """CREATE TABLE IF NOT EXISTS device_event (
         boot_ref INTEGER NOT NULL REFERENCES device_boot_ref (ref), event_seq INTEGER NOT NULL,
         msg INTEGER NOT NULL, unit_seq INTEGER, body INTEGER NOT NULL, body2 INTEGER,
-        received_at REAL NOT NULL,
+        received_at NOT NULL,  -- ms since 1970; a row from before the compact form: its seconds (REAL), as they were
         PRIMARY KEY (boot_ref, event_seq)) WITHOUT ROWID""",
     devevents.DEVICE_EVENT_V1,
 )

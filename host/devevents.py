@@ -8,7 +8,9 @@ A row is (boot_ref, event_seq, msg, unit_seq, body, body2, received_at):
   out, packed into one or two 64-bit integers (`_Packing`): about 10 bytes instead of ~30 of JSON,
   and still plain integers SQL can read (`sql_field`). An event whose fields are not exactly its
   message's (a quarantined one, a message too wide) has its JSON text in `body`, body2 NULL, as
-  every row stored before did (db._migrate_device_event keeps those texts byte for byte).
+  every row stored before did (db._migrate_device_event keeps those texts byte for byte);
+- received_at: ms since 1970, an integer (6 bytes, not a REAL's 8); a row migrated from before keeps
+  its time.time() seconds, a REAL, exactly as the seals made then hashed it (`seconds` reads both).
 
 Everything that reads the table reads it through this module; `AS_SEALED` names the view that
 renders rows in the columns seals made before the change cover (host/audit.py)."""
@@ -89,7 +91,8 @@ def _json(fields: dict) -> str:
 
 
 def row(ref: int, name: str, f: dict, now: float) -> tuple:
-    """The stored row of one sequenced event (fields with event_seq) of the boot `ref`."""
+    """The stored row of one sequenced event (fields with event_seq) of the boot `ref`, received at
+    `now` (time.time())."""
     p = _PACK.get(name)
     if p is not None and len(f) == p.fields:
         try:
@@ -97,8 +100,8 @@ def row(ref: int, name: str, f: dict, now: float) -> tuple:
         except (KeyError, struct.error):
             pass
         else:
-            return ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, now
-    return ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, now
+            return ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, int(now * 1000)
+    return ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, int(now * 1000)
 
 
 def fields(msg, body, body2=None) -> dict:
@@ -107,6 +110,15 @@ def fields(msg, body, body2=None) -> dict:
         p = _BY_ID[msg]
         return dict(zip(p.names, p.st.unpack(_QQ.pack(body, body2 or 0))))
     return json.loads(body)
+
+
+def seconds(received_at) -> float:
+    """A row's received_at as time.time() seconds."""
+    return received_at if type(received_at) is float else received_at / 1000
+
+
+def seconds_sql(col: str = "received_at") -> str:
+    return f"(CASE WHEN typeof({col}) = 'real' THEN {col} ELSE {col} / 1000.0 END)"
 
 
 def name(msg) -> str:
@@ -156,7 +168,7 @@ DEVICE_EVENT_V1 = (
     + " ".join(f"WHEN {t} THEN '{n}'" for t, n in NAME.items()) + " END ELSE e.msg END AS msg_name,"
     " e.unit_seq AS unit_seq, CASE WHEN typeof(e.body) = 'integer' THEN CASE e.msg "
     + " ".join(f"WHEN {p.msg} THEN '' || {_json_sql(p, 'e.body', 'e.body2')}" for p in _PACK.values())  # text, not JSON
-    + " END ELSE e.body END AS body, e.received_at AS received_at, e.boot_ref AS boot_ref"
+    + f" END ELSE e.body END AS body, {seconds_sql('e.received_at')} AS received_at, e.boot_ref AS boot_ref"
     " FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref")
 
 
@@ -203,7 +215,7 @@ class Event(NamedTuple):
     msg_name: str
     unit_seq: int | None
     fields: dict
-    received_at: float
+    received_at: float  # time.time() seconds
 
 
 _SELECT = ("SELECT r.device_id, r.boot_id, e.event_seq, e.msg, e.unit_seq, e.body, e.body2, e.received_at"
@@ -236,7 +248,7 @@ def events(conn: sqlite3.Connection, *, device_id: str | None = None, boot_id: i
         params.extend(args)
     sql += f" ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit is not None else "")
     for dev, boot, seq, msg, unit, body, body2, at in conn.execute(sql, params):
-        yield Event(dev, boot, seq, name(msg), unit, fields(msg, body, body2), at)
+        yield Event(dev, boot, seq, name(msg), unit, fields(msg, body, body2), seconds(at))
 
 
 def top_seq(conn: sqlite3.Connection, device_id: str, boot_id: int) -> int | None:

@@ -449,7 +449,7 @@ def _packs_per_minute(conn, device_id: str, boot_id: int, window_s: float = 10.0
     since = time.time() - window_s
     (n,) = conn.execute("SELECT COUNT(*) FROM (SELECT msg, received_at FROM device_event WHERE boot_ref="
                         "(SELECT ref FROM device_boot_ref WHERE device_id=? AND boot_id=?) ORDER BY event_seq DESC"
-                        f" LIMIT 2000) WHERE msg={devevents.MSG['UNIT_DETECTED']} AND received_at >= ?",
+                        f" LIMIT 2000) WHERE msg={devevents.MSG['UNIT_DETECTED']} AND {devevents.seconds_sql()} >= ?",
                         (device_id, boot_id, since)).fetchone()
     return round(n * 60 / window_s)
 

@@ -46,7 +46,7 @@ def reject_times(conn: sqlite3.Connection, batch_id: str) -> list[tuple[float, s
             " AND (r.device_id, r.boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)", (batch_id,)):
         r = reasons.get((d, b, u))
         if r is not None:
-            out.append((float(at), r))
+            out.append((devevents.seconds(at), r))
     return sorted(out)
 
 
