@@ -15,7 +15,7 @@ from . import audit, db, gs1, ledgerfile, lifecycle, masterdata, reconcile, repo
 ACTIONS = {"product": "masterdata.change", "master": "masterdata.change", "site": "masterdata.change",
            "serials": "masterdata.change", "create": "batch.create", "start": "batch.start", "reconcile": None,
            "close": "batch.close", "abort": "batch.abort", "reopen": "batch.reopen", "resolve": "batch.resolve",
-           "record": None, "review": None, "release": None, "return-serials": "batch.close"}  # review and release prove it by their signature
+           "record": None, "history": None, "review": None, "release": None, "return-serials": "batch.close"}  # review and release prove it by their signature
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def _anchored(fn, prog):
     `<db>.anchors`, after its commit: a later truncation or re-hash of the chain is then detectable."""
     def go(conn, a):
         rc = fn(conn, a)
-        if a.cmd == "record":  # stdout is the JSON document
+        if a.cmd in ("record", "history"):  # stdout is the document / the trail
             return rc
         what = " ".join(str(v) for v in (a.cmd, getattr(a, "batch_id", None) or getattr(a, "gtin", None)) if v)
         print(f"audit head {audit.anchor(conn, f'{prog} {what} by {a.user}')}")
@@ -113,6 +113,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("batch_id"); p.add_argument("--reason", required=True)
     p = sub.add_parser("record", help="the batch record (JSON): what QA reviews and signs")
     p.add_argument("batch_id")
+    p = sub.add_parser("history", help="a serial's every state change, oldest first (serial_history)")
+    p.add_argument("gtin"); p.add_argument("serial")
     for name, help_ in (("review", "QA signs the closed batch's record 'reviewed' (password again)"),
                         ("release", "a second person signs the reviewed batch 'released' (password again)")):
         p = sub.add_parser(name, help=help_)
@@ -221,6 +223,11 @@ def main(argv: list[str]) -> int:
             import json
             from . import release
             print(json.dumps(release.batch_record(conn, a.batch_id), indent=1, ensure_ascii=False))
+        elif a.cmd == "history":
+            steps = db.serial_trail(conn, a.gtin, a.serial)
+            print(f"serial {a.gtin}/{a.serial}: {len(steps)} change(s)" + ("" if steps else ", still as it was made"))
+            for seq, at, old, new, batch_id in steps:
+                print(f"  {at}  {old} -> {new}  batch {batch_id}  (seq {seq})")
         elif a.cmd in ("review", "release"):
             _sign(conn, a)
         elif a.cmd == "close":

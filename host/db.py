@@ -477,6 +477,16 @@ def _migrate_device_event(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE device_event_v0")
 
 
+def serial_trail(conn: sqlite3.Connection, gtin: str, serial: str) -> list[tuple]:
+    """A serial's history, oldest first: [(seq, ISO time, old state, new state, batch)]; ValueError
+    if there is no such serial."""
+    if conn.execute("SELECT 1 FROM serial WHERE gtin=? AND serial=?", (gtin, serial)).fetchone() is None:
+        raise ValueError(f"no serial {serial!r} of GTIN {gtin} in this ledger")
+    # (SQLite pushes the serial's terms into the view's window partition: a scan, no sort of the whole history)
+    return conn.execute("SELECT seq, at, old_state, new_state, batch_id FROM serial_trail WHERE gtin = ? AND serial = ?"
+                        " ORDER BY seq", (gtin, serial)).fetchall()
+
+
 def _migrate_serial_history(conn: sqlite3.Connection) -> None:
     """Ledgers made before the compact serial history (gtin, serial, old_state, new_state, batch_id,
     at text): that table becomes serial_history_v1, kept as it was (the audit seals made before

@@ -61,6 +61,25 @@ def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
     conn.close()
 
 
+def test_batch_history_shows_a_serials_every_change(tmp_path, capsys):
+    path = str(tmp_path / "l.db")
+    conn = _ledger(path)
+    _run(conn, "B1", 1)
+    serial, at = conn.execute("SELECT serial, at FROM serial_trail WHERE new_state = 'commissioned'").fetchone()
+    conn.close()
+    capsys.readouterr()
+    assert cli_batch.main(["history", GTIN, serial, "--db", path, "--user", "qa"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"serial {GTIN}/{serial}: 3 change(s)" and len(lines) == 4
+    assert [l.split()[1:4] for l in lines[1:]] == [["available", "->", "allocated"], ["allocated", "->", "printed"],
+                                                   ["printed", "->", "commissioned"]]
+    assert lines[3].split()[0] == at
+    assert cli_batch.main(["history", GTIN, "000000000039", "--db", path, "--user", "qa"]) == 0  # never used
+    assert capsys.readouterr().out == f"serial {GTIN}/000000000039: 0 change(s), still as it was made\n"
+    assert cli_batch.main(["history", GTIN, "NOPE", "--db", path, "--user", "qa"]) == 1
+    assert capsys.readouterr().err == f"error: no serial 'NOPE' of GTIN {GTIN} in this ledger\n"
+
+
 def test_a_serial_is_allocated_only_to_a_batch_of_its_gtin(tmp_path):
     conn = _ledger(tmp_path / "l.db")
     masterdata.add_product(conn, "09506000134369", "Other 5 mg", "EU_FMD", 7)
