@@ -101,3 +101,48 @@ def test_a_generated_pool_paces_its_chunks_within_bounds(conn, monkeypatch, hold
     added = serials.generate_pool(conn, GTIN, 8000)
     assert added.count == 8000 and added.chunks == writes
     assert conn.execute("SELECT count FROM serial_import WHERE import_id=?", (added.import_id,)).fetchone() == (8000,)
+
+
+def test_the_guess_check_counts_the_pool_only_when_the_ledgers_size_does_not_bound_it(conn):
+    """12 characters of 34: the ledger's bytes bound its serials far below 1/10,000, no scan of the
+    pool. 5 digits: the bound is not enough, so the serials already known count (5 + 5 of 10**5 is
+    a 1/10,000 chance: refused, though 5 alone were not)."""
+    seen = []
+    conn.set_trace_callback(seen.append)
+    serials.generate_pool(conn, GTIN, 2000, user="ann")
+    conn.set_trace_callback(None)
+    assert not [s for s in seen if "count(*) FROM serial WHERE" in s], seen
+    masterdata.add_product(conn, US_GTIN, "Examplol", "US_DSCSA", 7)
+    serials.import_serials(conn, US_GTIN, ["01234", "56789", "13579", "24680", "97531"])
+    before = snapshot(conn)
+    with pytest.raises(serials.SerialError, match="10 serials of 5 characters from 10 gives a guess probability"):
+        serials.import_serials(conn, US_GTIN, ["86420", "02468", "31415", "27182", "16189"])
+    assert snapshot(conn) == before
+
+
+def test_staged_chunks_skip_their_fsync_and_the_publication_is_durable(conn, monkeypatch):
+    """synchronous=NORMAL and no automatic checkpoint while staging (nothing staged is usable), the
+    connection's own synchronous (FULL) for the publication, and both given back afterwards."""
+    monkeypatch.setattr(serials, "CHUNK", 1000)
+    conn.execute("PRAGMA wal_autocheckpoint=500")
+    seen = []
+    conn.set_trace_callback(seen.append)
+    serials.generate_pool(conn, GTIN, 3000, user="ann")
+    conn.set_trace_callback(None)
+    syncs = [i for i, s in enumerate(seen) if s.startswith("PRAGMA synchronous=")]
+    chunks = [i for i, s in enumerate(seen) if s.startswith("INSERT OR IGNORE INTO serial ")]
+    publish = next(i for i, s in enumerate(seen) if s.startswith("UPDATE serial_import SET state='published'"))
+    assert seen[syncs[0]] == "PRAGMA synchronous=NORMAL" and syncs[0] < chunks[0]
+    assert chunks and chunks[-1] < max(i for i in syncs if i < publish) < publish
+    assert seen[max(i for i in syncs if i < publish)] == "PRAGMA synchronous=2"  # FULL, as db.connect sets it
+    assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (500,)
+
+
+@pytest.mark.parametrize("held_s, pause_s", [
+    (0.0, 0.011), (0.05, 0.03), (0.1, 0.035), (0.127, 0.035),  # a writer that waited this long sleeps 20, 25 ms
+    (0.13, 0.06), (0.2, 0.06), (0.25, 0.11), (5.0, 0.11),  # ... then 50, then 100 ms
+])
+def test_the_pause_after_a_write_outlasts_the_sleep_of_a_writer_that_waited_meanwhile(monkeypatch, held_s, pause_s):
+    monkeypatch.setattr(serials, "YIELD_S", 0.11)
+    assert serials._pause(held_s) == pytest.approx(pause_s)
