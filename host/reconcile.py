@@ -64,8 +64,8 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
     printed = [s for (s,) in conn.execute("SELECT serial FROM serial WHERE batch_id=? AND state='printed'", (batch_id,))]
     if printed:
         r.problems.append(f"{len(printed)} serial(s) printed but neither commissioned nor rejected: {_few(printed)}")
-    outcomes = dict(conn.execute("SELECT COALESCE(outcome, 'NONE'), count(*) FROM unit WHERE batch_id=? GROUP BY 1",
-                                 (batch_id,)))
+    outcomes = {o or "NONE": n for o, n in conn.execute(  # grouped in unit_batch's order: no sort
+        "SELECT outcome, count(*) FROM unit WHERE batch_id=? GROUP BY outcome", (batch_id,))}
     detected = sum(outcomes.values())
     passed = outcomes.get("PASSED", 0)
     rejected = sum(outcomes.get(k, 0) for k in ("REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED", "DESTROYED"))

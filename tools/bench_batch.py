@@ -6,8 +6,12 @@
   (`bench_host.sqlite_baseline`); ratio = the first over the second (comparable across machines).
 - bytes_per_unit: the ledger file (checkpointed) over the units; bytes_per_unit_tables: each table
   and index of a byte or more per unit (SQLite's dbstat: the pages it holds).
+- checkpoints, checkpoints_cpu_s: the audit checkpoints the fill made at the running agent's cadence
+  (`audit.Checkpointer`: every 10,000 units, and as it stops), in the host path's figures as the
+  agent pays them.
 - reconcile_s, close_s: `reconcile.reconcile` and `reconcile.close_batch` of the batch (and their
-  *_cpu_s: CPU seconds, the figure to compare on a shared machine; close seals every row of the batch).
+  *_cpu_s: CPU seconds, the figure to compare on a shared machine; close seals the batch's rows
+  and the logs' tail since the last checkpoint).
 - export_jsonld_s, export_xml_s: `serialine epcis export` of the batch, each in its own process
   (export_*_cpu_s: that process's CPU seconds);
   export_peak_rss_mb: the larger of the two processes' peak RSS (their VmHWM: what ru_maxrss
@@ -27,7 +31,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from serialine.host import db, masterdata, reconcile, serials
+from serialine.host import audit, db, masterdata, reconcile, serials
 from serialine.host.ledger import Ledger
 from serialine.tools.bench_host import dbstat_per_unit, run_polls, sqlite_baseline
 
@@ -37,9 +41,12 @@ PARTNER = "urn:epc:id:sgln:0614141.00001.0"
 BATCH = "B"
 
 
-def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, pallet_size: int = 20):
+def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, pallet_size: int = 20,
+                checkpoints: bool = False):
     """A ledger with one closed-ready batch of `units` passed units, filled through the host
-    path. Returns (conn, events, seconds in the host path, polls, its CPU seconds)."""
+    path; `checkpoints`: the running agent's audit checkpoints (`audit.Checkpointer`, noted after
+    each poll as the agent does; their cost is in the host path's figures). Returns (conn, events,
+    seconds in the host path, polls, its CPU seconds, the Checkpointer or None)."""
     conn = db.connect(path)
     masterdata.add_product(conn, GTIN, "Examplol 100 mg tablets", "US_DSCSA", 7, ndc="50242-040-62",
                            dosage_form="TABLET", strength="100 mg", net_content="30 tablets",
@@ -54,8 +61,11 @@ def make_ledger(path: str, units: int, per_poll: int = 64, case_size: int = 10, 
     masterdata.start_batch(conn, BATCH)
     L = Ledger(conn, BATCH)
     t0, c0 = time.perf_counter(), time.process_time()
-    seq, polls = run_polls(conn, L, units, per_poll)
-    return conn, seq, time.perf_counter() - t0, polls, time.process_time() - c0
+    cadence = audit.Checkpointer(conn, "bench") if checkpoints else None
+    seq, polls = run_polls(conn, L, units, per_poll, on_poll=cadence.note if cadence else None)
+    if cadence:
+        cadence.flush()  # the agent stops (a batch is closed only then)
+    return conn, seq, time.perf_counter() - t0, polls, time.process_time() - c0, cadence
 
 
 # the child's own peak: its VmHWM (ru_maxrss would carry the forking parent's pages on Linux)
@@ -102,9 +112,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--serials", type=int, default=200000, help="serials generated into the pool")
     ap.add_argument("--dir", help="work here (kept) instead of a temporary directory")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+    try:
+        work = tempfile.TemporaryDirectory(dir=args.dir)
+    except OSError as exc:  # no such directory, not one, not writable: said in one line
+        print(f"serialine bench batch: --dir {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    with work as d:
         path = str(Path(d) / "ledger.db")
-        conn, events, host_s, polls, host_cpu = make_ledger(path, args.units, args.per_poll)
+        conn, events, host_s, polls, host_cpu, checkpoints = make_ledger(path, args.units, args.per_poll,
+                                                                         checkpoints=True)
         base_s, base_cpu, base_rows = sqlite_baseline(conn, str(Path(d) / "bare.db"), polls)
         t, c = time.perf_counter(), time.process_time()
         problems = reconcile.reconcile(conn, BATCH)
@@ -132,6 +148,7 @@ def main(argv: list[str]) -> int:
         "events_per_cpu_s": round(events / host_cpu),  # per second of this process's CPU (shared machines)
         "events_per_cpu_s_sqlite_baseline": round(events / base_cpu),
         "host_cpu_s": round(host_cpu, 3),
+        "checkpoints": checkpoints.made, "checkpoints_cpu_s": round(checkpoints.cpu_s, 3),  # (in host_cpu_s)
         "bytes_per_unit": round(size / args.units),
         "bytes_per_unit_tables": tables,
         "close_s": round(close_s, 3),

@@ -28,10 +28,12 @@ from serialine.host.ledger import Ledger
 GTIN = "09506000134352"
 
 
-def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None = None) -> tuple[int, int]:
+def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None = None,
+              on_poll=None) -> tuple[int, int]:
     """`units` passed units through the host path as the agent runs them: per `per_poll` units,
     coder jobs allocated, then one poll of their detected/printed/inspected events and verdicts,
-    then one of their outcomes. `latencies` gets each decision's time. → (events, polls)."""
+    then one of their outcomes. `latencies` gets each decision's time; `on_poll(events)` is called
+    after each poll's transaction, as the agent's step ends (its audit checkpoints). → (events, polls)."""
     seq = u = polls = 0
     while u < units:
         n = min(per_poll, units - u)
@@ -56,6 +58,8 @@ def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None
                     latencies.append(time.perf_counter() - ts)
                 rows.append(("bench", 1, k, verdict, reason, serial, "A"))
             L.record_verdicts(rows)
+        if on_poll is not None:
+            on_poll(3 * n)
         with transaction(conn):  # next poll: their outcomes
             msgs = []
             for k in range(u, u + n):
@@ -64,6 +68,8 @@ def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None
                                                  gate_error=0, pos=0, t_us=0)))
             L.store_batch("bench", 1, msgs)
             L.flush_events()
+        if on_poll is not None:
+            on_poll(n)
         u += n
         polls += 2
     return seq, polls

@@ -1,0 +1,193 @@
+"""The logs' chain (host/audit.py): a batch close continues the last checkpoint over the rows added
+since instead of re-hashing the batch's log rows, and `verify` still catches an edit of a log row
+wherever it is on the chain; close seals made before still verify; the running agent's cadence."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from serialine.host import audit, cli_batch, db
+from serialine.host.db import transaction
+from serialine.host.ledger import Ledger
+
+from hostkit import GTIN, Line
+
+SETUP = [["product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len", "7"],
+         ["serials", GTIN, "--generate", "300"],
+         ["create", "B1", GTIN, "L1", "2030-01-31", "--planned", "12", "--case-size", "3", "--pallet-size", "2"],
+         ["start", "B1"]]
+# what batch.close sealed before it continued the logs' chain: the batch's rows of each log too
+OLD_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial", "serial_history", "device_event",
+              "coder_job", "container", "packed", "epcis_outbox", "alarm_log")
+
+
+def _log(table: str) -> str:
+    """The part the chain seals `table` by now (a log that changed form starts a new part)."""
+    return next(p for p in audit._LOGS if p not in audit._FROZEN and audit._PARTS[p][0] == table)
+
+
+def _line(dbfile):
+    for argv in SETUP:
+        assert cli_batch.main([*argv, "--db", str(dbfile), "--user", "ann"]) == 0
+    conn = db.connect(str(dbfile))
+    ledger = Ledger(conn, "B1")
+    with transaction(conn):
+        ledger.queue_codes(14)
+    return conn, Line(ledger)
+
+
+def _close(dbfile) -> tuple[int, dict]:
+    assert cli_batch.main(["close", "B1", "--db", str(dbfile), "--user", "qa"]) == 0
+    c = sqlite3.connect(dbfile)
+    seq, detail = c.execute("SELECT seq, detail FROM audit WHERE action='batch.close' ORDER BY seq DESC").fetchone()
+    c.close()
+    return seq, json.loads(detail)["seal"]
+
+
+def _verify(dbfile) -> tuple[bool, str]:
+    conn = db.connect(str(dbfile))
+    ok, _, message = audit.verify(conn)
+    conn.close()
+    return ok, message
+
+
+@pytest.fixture
+def checkpointed_then_closed(tmp_path):
+    """Six units, a checkpoint, six more units, the close: (ledger, checkpoint seq, close seq, seal)."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    for u in range(6):
+        line.unit(u)
+    audit.checkpoint(conn, "qa")
+    (ck,) = conn.execute("SELECT max(seq) FROM audit WHERE action='audit.checkpoint'").fetchone()
+    for u in range(6, 12):
+        line.unit(u)
+    conn.close()
+    close, sealed = _close(dbfile)
+    return dbfile, ck, close, sealed
+
+
+def test_a_close_continues_the_last_checkpoint(checkpointed_then_closed):
+    dbfile, ck, close, sealed = checkpointed_then_closed
+    c = sqlite3.connect(dbfile)
+    (parts,) = c.execute("SELECT detail FROM audit WHERE seq=?", (ck,)).fetchone()
+    before = json.loads(parts)["parts"][_log("device_event")]
+    counts = {p: c.execute(f"SELECT count(*) FROM {audit._PARTS[p][0]}").fetchone()[0] for p in sealed if p in audit._LOGS}
+    c.close()
+    assert "device_event" not in sealed and "epcis_outbox" not in sealed  # the batch's log rows are not re-hashed
+    assert sealed[_log("device_event")]["after"] == ck
+    assert sealed[_log("device_event")]["rows"] == before["rows"] + 6 * 4
+    assert counts and all(sealed[p]["rows"] == n for p, n in counts.items())  # every row the close wrote is in its seal
+    assert _verify(dbfile)[0]
+
+
+def _edit_outcome(dbfile, unit_seq):
+    """The unit's last device event (its outcome) deleted, behind the project's back."""
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    assert c.execute("DELETE FROM device_event WHERE unit_seq=? AND event_seq ="
+                     " (SELECT max(event_seq) FROM device_event WHERE unit_seq=?)", (unit_seq, unit_seq)).rowcount == 1
+    c.close()
+
+
+def test_an_edit_before_the_checkpoint_is_caught_by_it(checkpointed_then_closed):
+    dbfile, ck, close, _ = checkpointed_then_closed
+    _edit_outcome(dbfile, 2)
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"checkpoint record {ck}: table device_event differs from its seal"), message
+
+
+def test_an_edit_after_the_checkpoint_is_caught_by_the_close(checkpointed_then_closed):
+    dbfile, ck, close, _ = checkpointed_then_closed
+    _edit_outcome(dbfile, 9)
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event differs from"
+                                          f" its seal since record {ck}"), message
+
+
+def test_the_next_links_continue_the_close(checkpointed_then_closed):
+    """A checkpoint after the close, and a close after a reopen, each continue the link before."""
+    dbfile, ck, close, _ = checkpointed_then_closed
+    conn = db.connect(str(dbfile))
+    audit.checkpoint(conn, "qa")
+    (ck2, detail) = conn.execute("SELECT seq, detail FROM audit WHERE action='audit.checkpoint' ORDER BY seq DESC").fetchone()
+    conn.close()
+    assert json.loads(detail)["parts"][_log("device_event")]["after"] == close
+    assert cli_batch.main(["reopen", "B1", "--reason", "recount the cases", "--db", str(dbfile), "--user", "qa"]) == 0
+    close2, sealed = _close(dbfile)
+    assert sealed[_log("epcis_outbox")]["after"] == ck2
+    assert _verify(dbfile)[0]
+    _edit_outcome(dbfile, 9)  # sealed by the first close: still caught after the second
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event differs"), message
+
+
+def test_a_close_sealed_the_old_way_still_verifies(tmp_path, monkeypatch):
+    """A close made before the chain (the batch's rows of each log in its seal) verifies as it did,
+    and an edit of a log row it sealed is still caught by it."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    for u in range(12):
+        line.unit(u)
+    conn.close()
+    monkeypatch.setitem(audit.SEALS, "batch.close", ("batch_id", OLD_CLOSED))
+    close, sealed = _close(dbfile)
+    monkeypatch.undo()
+    assert "device_event" in sealed and not any(p in audit._LOGS for p in sealed)
+    assert _verify(dbfile)[0]
+    conn = db.connect(str(dbfile))
+    audit.checkpoint(conn, "qa")  # a link after the old close: the chain starts at the first row
+    conn.close()
+    assert _verify(dbfile)[0]
+    _edit_outcome(dbfile, 9)
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith("batch B1: table device_event") and f"from its seal in record {close}" in message
+
+
+def test_the_agents_cadence(tmp_path):
+    """Checkpointer: a checkpoint once as many events as `units` units (4 each) are stored, or the
+    time is up, or the agent stops (`flush`); none without new events."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    every = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
+    line.unit(0)
+    assert not every.note(4)
+    line.unit(1)
+    assert every.note(4) and every.made == 1
+    assert not every.note(0)
+    (n,) = conn.execute("SELECT count(*) FROM audit WHERE action='audit.checkpoint'").fetchone()
+    late = audit.Checkpointer(conn, "serialine-agent", units=1000, seconds=0.0)
+    assert not late.note(0) and late.note(1)  # time is up, and there is something new
+    stops = audit.Checkpointer(conn, "serialine-agent", units=1000, seconds=float("inf"))
+    assert not stops.flush()
+    line.unit(2)
+    assert not stops.note(4) and stops.flush() and not stops.flush()  # the agent stops: what it stored is sealed
+    (m,) = conn.execute("SELECT count(*) FROM audit WHERE action='audit.checkpoint'").fetchone()
+    conn.close()
+    assert (n, m) == (1, 3)
+
+
+CELLS = st.one_of(st.none(), st.text(alphabet=st.characters(max_codepoint=0x2030), max_size=8),
+                  st.integers(-2 ** 63, 2 ** 63 - 1), st.floats(allow_nan=False, allow_infinity=False),
+                  st.binary(max_size=4))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(CELLS, CELLS), min_size=1, max_size=12))
+def test_a_views_untyped_column_is_written_by_sqlite_as_by_python(rows):
+    """A view's column without a declared type (coder_job.code: BLOB affinity) is written by SQLite
+    when it holds text, integers or NULL, and gives the Python lines' digest; else Python writes it."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, a, b TEXT)")
+    conn.execute("CREATE VIEW v AS SELECT k, coalesce(a, b) AS c FROM t")
+    conn.executemany("INSERT INTO t (a, b) VALUES (?, ?)", rows)
+    stored = conn.execute("SELECT k, c FROM v ORDER BY k").fetchall()
+    want = hashlib.sha256(("x" + audit._rows_json(stored)).encode()).hexdigest()
+    got = audit._sql_digest(conn, "v", ["k", "c"], " FROM v WHERE (:key = :key) ORDER BY k", {"key": ""}, "x")
+    assert got is None or got == {"rows": len(rows), "sha256": want}
+    if not any(isinstance(v, (bytes, float)) for _, v in stored):
+        assert got is not None
