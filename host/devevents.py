@@ -12,8 +12,9 @@ A row is (boot_ref, event_seq, msg, unit_seq, body, body2, received_at):
 - received_at: ms since 1970, an integer (6 bytes, not a REAL's 8); a row migrated from before keeps
   its time.time() seconds, a REAL, exactly as the seals made then hashed it (`seconds` reads both).
 
-Everything that reads the table reads it through this module; `AS_SEALED` names the view that
-renders rows in the columns seals made before the change cover (host/audit.py)."""
+Everything that reads the table reads it through this module. The view device_event_v1
+(`DEVICE_EVENT_V1`) renders every row in the columns seals made before the change cover
+(`SEALED_V1`; host/audit.py reads old seals through it)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,15 @@ from typing import Iterator, NamedTuple
 
 from serialine.protocol import schema
 
-COLUMNS = ("boot_ref", "event_seq", "msg", "unit_seq", "body", "body2", "received_at")
 INSERT = "INSERT OR IGNORE INTO device_event VALUES (?,?,?,?,?,?,?)"
 IN_COLUMNS = ("event_seq", "unit_seq")  # the body does not repeat them
 
 MSG: dict[str, int] = {m.name: m.msg_type for m in schema.MESSAGES}  # name -> the protocol's id
 NAME: dict[int, str] = {m.msg_type: m.name for m in schema.MESSAGES}
 
-# The columns seals made before this storage covered, and the view giving them back byte for byte
-# (db.py DEVICE_EVENT_V1). Its rows ascend (device_id, boot_id) with boot_ref for migrated rows.
+# The columns seals made before this storage covered (the view device_event_v1 gives them back; its
+# rows ascend (device_id, boot_id) with boot_ref for migrated rows)
 SEALED_V1 = ("device_id", "boot_id", "event_seq", "msg_name", "unit_seq", "body", "received_at")
-AS_SEALED = {("device_event", SEALED_V1): "device_event_v1"}
 
 _QQ = struct.Struct("<qq")
 _WORD = 8
@@ -43,12 +42,13 @@ _WORD = 8
 class _Packing:
     """One message's non-column fields laid out in two 64-bit words: schema order, little-endian,
     a field never straddles a word (padded to the next)."""
-    __slots__ = ("msg", "names", "fields", "st", "two", "bits")
+    __slots__ = ("msg", "names", "fields", "unit", "st", "two", "bits")
 
     def __init__(self, m: schema.Message):
         self.msg = m.msg_type
         flat = schema.flat_fields(m.payload)
         self.fields = len(flat)
+        self.unit = any(f.name == "unit_seq" for f in flat)
         rest = [f for f in flat if f.name not in IN_COLUMNS]
         if any(f.kind != "int" for f in rest):
             raise ValueError(m.name)
@@ -94,7 +94,7 @@ def row(ref: int, name: str, f: dict, now: float) -> tuple:
     """The stored row of one sequenced event (fields with event_seq) of the boot `ref`, received at
     `now` (time.time())."""
     p = _PACK.get(name)
-    if p is not None and len(f) == p.fields:
+    if p is not None and len(f) == p.fields and (not p.unit or "unit_seq" in f):  # exactly its schema's fields
         try:
             body, body2 = _QQ.unpack(p.st.pack(*[f[k] for k in p.names]))
         except (KeyError, struct.error):

@@ -75,12 +75,13 @@ def test_an_event_outside_its_schema_keeps_its_json():
                              "t_us": 0, "invalid": "UNIT_OUTCOME.outcome 9 is not a Outcome"}),
            ("UNIT_DETECTED", {"event_seq": 2, "unit_seq": 1, "pos": 2 ** 32, "t_us": 0, "flags": 0}),  # wider than u32
            ("LOG", {"event_seq": 3, "level": 20, "text": 'a "quoted" line'}),
-           ("NOT_A_MESSAGE", {"event_seq": 4, "x": 1})]
+           ("NOT_A_MESSAGE", {"event_seq": 4, "x": 1}),
+           ("UNIT_DETECTED", {"event_seq": 5, "pos": 1, "t_us": 2, "flags": 0, "note": 1})]  # its count, not its fields
     conn = db.connect(":memory:")
     ref = devevents.boot_ref(conn, "dev1", 7)
     for name, f in odd:
         conn.execute(devevents.INSERT, devevents.row(ref, name, f, 2.0))
-    assert [type(b) for (b,) in conn.execute("SELECT body FROM device_event")] == [str] * 4
+    assert [type(b) for (b,) in conn.execute("SELECT body FROM device_event")] == [str] * 5
     assert [(e.msg_name, e.fields) for e in devevents.events(conn)] == [
         (n, {k: v for k, v in f.items() if k not in devevents.IN_COLUMNS}) for n, f in odd]
     assert [b for (b,) in conn.execute("SELECT body FROM device_event_v1")] == [_old_body(f) for _, f in odd]
