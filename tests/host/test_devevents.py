@@ -215,3 +215,15 @@ def test_tune_reads_the_gate_and_confirm_positions_of_compact_rows(ledger):
     fig = tune.figures(ledger.conn, cfg)
     [unit] = fig["units"]
     assert unit["outcome"] == "REJECTED_CONFIRMED" and unit["gate_error_mm"] == -2.0 and unit["confirm_mm"] == 50.0
+
+
+def test_the_console_reads_outcomes_and_detections_of_compact_rows(ledger):
+    from serialine.host.console import app, charts
+    line = Line(ledger)
+    for u, (outcome, reason, gate) in enumerate([(2, 16, -20), (3, 2, 7), (2, 18, 300)]):
+        line.store([line.event("UNIT_DETECTED", unit_seq=u, pos=10 * u, t_us=u, flags=0),
+                    line.event("UNIT_OUTCOME", unit_seq=u, outcome=outcome, reason=reason, gate_error=gate, pos=0, t_us=0)])
+    assert charts.gate_errors(ledger.conn, "B1") == [-20, 7, 300]
+    stored = [e.received_at for e in devevents.events(ledger.conn, names=("UNIT_OUTCOME",))]
+    assert [t for t, _ in charts.reject_times(ledger.conn, "B1")] == sorted(stored)
+    assert app._packs_per_minute(ledger.conn, "dev1", 7, window_s=60) == 3
