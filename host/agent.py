@@ -41,7 +41,7 @@ import time
 
 from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
 
-from . import db, lockfile, serials
+from . import audit, db, lockfile, serials
 from .correlate import Correlator, StepClock
 from .db import transaction
 from .devices.lineclient import DeviceError, InDoubt, escape_code
@@ -101,6 +101,7 @@ class Agent:
         # pairing's clock: a host stall counts as one short step (host/correlate.py)
         self.clock = StepClock(window_s / 4)
         self.trend = Trend(min_grade=min_grade)  # print-quality drift, alarmed before packs fail
+        self.checkpoints = audit.Checkpointer(conn, "serialine-agent")  # (service.USER) logs sealed as the line runs
         self.fill_ahead = fill_ahead
         self.device_id: str | None = None
         self.boot_id: int | None = None
@@ -155,7 +156,8 @@ class Agent:
         self._lock = (device_id, f)
 
     def release(self) -> None:
-        """Give up the device's lock (the process ending does the same)."""
+        """Give up the device's lock (the process ending does the same), the logs sealed so far."""
+        self.checkpoints.flush()
         if self._lock:
             self._lock[1].close()
             self._lock = None
@@ -573,6 +575,7 @@ class Agent:
             self.link.send("VERDICT", {"unit_seq": unit_seq, "verdict": int(verdict), "reason": int(reason)})
             self.verdict_latency_s.append(time.perf_counter() - t0)
         self.fill_coder()
+        self.checkpoints.note(stored)  # after the verdicts: a close then finds only the logs' tail unsealed
         return stored
 
     def _store_and_decide(self, msgs, errors):
