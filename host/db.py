@@ -50,22 +50,41 @@ def ms_text_sql(ms: str) -> str:
     return f"strftime('%Y-%m-%dT%H:%M:%S', {ms} / 1000, 'unixepoch') || printf('.%03dZ', {ms} % 1000)"
 
 
+def serial_key(serial: str):
+    """A serial as serial_history keeps it: one of digits only (up to 18) as the integer of '1' and
+    its digits (6 bytes for 12 digits, leading zeros kept), any other as its text."""
+    return int("1" + serial) if 0 < len(serial) <= 18 and serial.isascii() and serial.isdigit() else serial
+
+
+def serial_key_sql(expr: str) -> str:
+    """SQL of serial_key."""
+    return (f"CASE WHEN length({expr}) BETWEEN 1 AND 18 AND {expr} NOT GLOB '*[^0-9]*'"
+            f" THEN CAST('1' || {expr} AS INTEGER) ELSE {expr} END")
+
+
+def serial_text_sql(expr: str) -> str:
+    """SQL giving the serial of a serial_history key."""
+    return f"CASE WHEN typeof({expr}) = 'integer' THEN substr({expr}, 2) ELSE {expr} END"
+
+
 # One row per change of a serial's state, appended by serial_log, never changed. Only what the
 # rest of the ledger does not say: the serial's GTIN is its batch's (a serial is allocated only to
 # a batch of its GTIN), the state it left is the one the row before for that serial reached
 # ('available' before the first). seq: the order of the changes, never reused (rows are never deleted).
+# serial: serial_key (no declared type: an integer stays one).
 SERIAL_HISTORY = """CREATE TABLE IF NOT EXISTS serial_history (
-        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial TEXT NOT NULL, state INTEGER NOT NULL,
+        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial NOT NULL, state INTEGER NOT NULL,
         at INTEGER NOT NULL)"""
 SERIAL_LOG = f"""CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
         WHEN NEW.state <> OLD.state
         BEGIN INSERT INTO serial_history (batch_id, serial, state, at)
-              VALUES (COALESCE(NEW.batch_id, OLD.batch_id), NEW.serial, {state_code_sql("NEW.state")}, {ms_sql("'now'")}); END"""
+              VALUES (COALESCE(NEW.batch_id, OLD.batch_id), {serial_key_sql("NEW.serial")}, {state_code_sql("NEW.state")},
+                      {ms_sql("'now'")}); END"""
 # the history as a QA reviewer reads it: GTIN, both states by name, ISO time (tests and sqlite3 users)
 SERIAL_TRAIL = f"""CREATE VIEW IF NOT EXISTS serial_trail AS
-        SELECT h.seq AS seq, b.gtin AS gtin, h.serial AS serial,
-               COALESCE(lag({state_name_sql("h.state")}) OVER (PARTITION BY b.gtin, h.serial ORDER BY h.seq),
-                        'available') AS old_state,
+        SELECT h.seq AS seq, b.gtin AS gtin, {serial_text_sql("h.serial")} AS serial,
+               COALESCE(lag({state_name_sql("h.state")}) OVER (PARTITION BY b.gtin, {serial_text_sql("h.serial")}
+                                                             ORDER BY h.seq), 'available') AS old_state,
                {state_name_sql("h.state")} AS new_state, h.batch_id AS batch_id, {ms_text_sql("h.at")} AS at
         FROM serial_history h JOIN batch b USING (batch_id)"""
 
@@ -492,17 +511,30 @@ def _migrate_serial_history(conn: sqlite3.Connection) -> None:
     at text): that table becomes serial_history_v1, kept as it was (the audit seals made before
     cover it, host/audit.py), and its rows are copied into the compact table, so one table holds
     every serial's whole history. A row the compact form cannot say (no batch, or a GTIN not its
-    batch's: never written by this ledger) stays only in serial_history_v1."""
-    if "old_state" not in {r[1] for r in conn.execute("PRAGMA table_info(serial_history)")}:
+    batch's: never written by this ledger) stays only in serial_history_v1. The compact form's
+    first version (serials as text, no seal of a released ledger covers it) gets its serials keyed."""
+    cols = {name: kind for _, name, kind, *_ in conn.execute("PRAGMA table_info(serial_history)")}
+    for kind, name, sql in (("trigger", "serial_log", SERIAL_LOG), ("view", "serial_trail", SERIAL_TRAIL)):
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type=? AND name=?", (kind, name)).fetchone()
+        if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
+            conn.execute(f"DROP {kind.upper()} {name}")  # SCHEMA makes it anew
+    if cols.get("serial") == "TEXT" and "old_state" not in cols:  # the first compact form kept serials as text
+        conn.execute("DROP VIEW IF EXISTS serial_trail")  # (both read the table; SCHEMA makes them anew)
+        conn.execute("DROP TRIGGER IF EXISTS serial_log")
+        conn.execute(SERIAL_HISTORY.replace("serial_history", "serial_history_keyed"))
+        conn.execute(f"INSERT INTO serial_history_keyed SELECT seq, batch_id, {serial_key_sql('serial')}, state, at"
+                     " FROM serial_history ORDER BY seq")
+        conn.execute("DROP TABLE serial_history")
+        conn.execute("ALTER TABLE serial_history_keyed RENAME TO serial_history")
+    if "old_state" not in cols:
         return
-    conn.execute("DROP TRIGGER IF EXISTS serial_log")
     conn.execute("ALTER TABLE serial_history RENAME TO serial_history_v1")
     for what in ("UPDATE", "DELETE"):
         conn.execute(f"""CREATE TRIGGER serial_history_v1_no_{what.lower()} BEFORE {what} ON serial_history_v1
             BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""")
     conn.execute(SERIAL_HISTORY)
     conn.execute(f"""INSERT INTO serial_history (batch_id, serial, state, at)
-        SELECT h.batch_id, h.serial, {state_code_sql("h.new_state")}, {ms_sql("h.at")}
+        SELECT h.batch_id, {serial_key_sql("h.serial")}, {state_code_sql("h.new_state")}, {ms_sql("h.at")}
         FROM serial_history_v1 h JOIN batch b ON b.batch_id = h.batch_id AND b.gtin = h.gtin
         WHERE h.new_state IN ({_states}) AND julianday(h.at) IS NOT NULL ORDER BY h.rowid""")
 

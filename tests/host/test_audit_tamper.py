@@ -96,7 +96,8 @@ def edit_serial_state(c):
 
 def delete_serial_history_row(c):
     c.execute("DROP TRIGGER serial_history_no_delete")
-    c.execute("DELETE FROM serial_history WHERE serial=? AND state=?", (_rejected(c)[1], db.STATE_CODE["rejected"]))
+    c.execute("DELETE FROM serial_history WHERE serial=? AND state=?",
+              (db.serial_key(_rejected(c)[1]), db.STATE_CODE["rejected"]))
 
 
 def edit_device_event_body(c):
@@ -347,13 +348,13 @@ def _forged_then_aborted(tmp_path, checkpoint, *extra):
 
 def _history_says_commissioned(c, gtin, serial):  # the forger also writes the step a trigger would have
     c.execute(f"INSERT INTO serial_history (batch_id, serial, state, at) VALUES ('B1', ?, ?, {db.ms_sql(repr('now'))})",
-              (serial, db.STATE_CODE["commissioned"]))
+              (db.serial_key(serial), db.STATE_CODE["commissioned"]))
 
 
 def _history_rewritten(c, gtin, serial):  # ... or rewrites the history to a legal one
     c.execute("DROP TRIGGER serial_history_no_update")
     c.execute("UPDATE serial_history SET state=? WHERE serial=? AND state=?",
-              (db.STATE_CODE["commissioned"], serial, db.STATE_CODE["rejected"]))
+              (db.STATE_CODE["commissioned"], db.serial_key(serial), db.STATE_CODE["rejected"]))
 
 
 @pytest.mark.parametrize("checkpoint, extra, expected", [

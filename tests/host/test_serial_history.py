@@ -7,8 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from serialine.host import audit, cli_batch, db, masterdata, serials
+from serialine.host import audit, cli_batch, db, gs1, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
@@ -51,8 +52,10 @@ def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
     _run(conn, "B1", 3)
     rows = conn.execute("SELECT batch_id, serial, state, typeof(at) FROM serial_history ORDER BY seq").fetchall()
     assert len(rows) == 3 * 3 + 2 and {r[0] for r in rows} == {"B1"} and {r[3] for r in rows} == {"integer"}
+    serial = conn.execute("SELECT serial FROM coder_job ORDER BY job_id").fetchone()[0]
+    assert rows[0][1] == db.serial_key(serial) == int("1" + serial)  # 12 digits: one 6-byte integer
     trail = conn.execute("SELECT gtin, old_state, new_state FROM serial_trail WHERE serial = ? ORDER BY seq",
-                         (rows[0][1],)).fetchall()
+                         (serial,)).fetchall()
     assert trail == [(GTIN, "available", "allocated"), (GTIN, "allocated", "printed"), (GTIN, "printed", "commissioned")]
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE serial_history SET state = 0")
@@ -158,3 +161,36 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     assert cli_batch.audit_main(["verify", "--db", str(path)]) == 1
     err = capsys.readouterr().err
     assert "batch B1: table serial_history" in err and "differs from its seal in record 2 (batch.close)" in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789", min_size=1, max_size=20),
+                 st.text(alphabet=sorted(gs1.CSET82), min_size=1, max_size=20)))
+def test_a_serials_key_reads_back_as_the_serial(serial):
+    c = sqlite3.connect(":memory:")
+    c.execute("CREATE TABLE t (serial NOT NULL)")  # as serial_history: no declared type
+    c.execute(f"INSERT INTO t VALUES ({db.serial_key_sql('?1')})", (serial,))
+    (key, back), = c.execute(f"SELECT serial, {db.serial_text_sql('serial')} FROM t").fetchall()
+    assert key == db.serial_key(serial) and back == serial
+    assert type(key) is (int if len(serial) <= 18 and serial.isdigit() else str)
+
+
+FIRST_COMPACT = """CREATE TABLE serial_history (
+        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial TEXT NOT NULL, state INTEGER NOT NULL,
+        at INTEGER NOT NULL)"""
+
+
+def test_the_first_compact_form_gets_its_serials_keyed(tmp_path):
+    path = tmp_path / "l.db"
+    conn = _ledger(path)
+    _run(conn, "B1", 2)
+    before = conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall()
+    rows = conn.execute(f"SELECT seq, batch_id, {db.serial_text_sql('serial')}, state, at FROM serial_history").fetchall()
+    for sql in ("DROP VIEW serial_trail", "DROP TABLE serial_history", FIRST_COMPACT):
+        conn.execute(sql)
+    conn.executemany("INSERT INTO serial_history VALUES (?,?,?,?,?)", rows)
+    conn.close()
+    conn = db.connect(str(path))
+    assert conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall() == before
+    assert {t for (t,) in conn.execute("SELECT typeof(serial) FROM serial_history")} == {"integer"}
+    conn.close()
