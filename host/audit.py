@@ -384,8 +384,10 @@ class Checkpointer:
         c = time.process_time()
         try:
             checkpoint(self.conn, self.user)
-        except sqlite3.OperationalError:  # the ledger busy (a long CLI command): the line goes on, retried later
-            self.retry_at = time.monotonic() + 10.0
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            self.retry_at = time.monotonic() + 10.0  # the ledger busy (a long CLI command): the line goes on
             return False
         finally:
             self.cpu_s += time.process_time() - c

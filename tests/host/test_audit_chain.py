@@ -191,3 +191,20 @@ def test_a_views_untyped_column_is_written_by_sqlite_as_by_python(rows):
     assert got is None or got == {"rows": len(rows), "sha256": want}
     if not any(isinstance(v, (bytes, float)) for _, v in stored):
         assert got is not None
+
+
+def test_a_busy_ledger_delays_the_agents_checkpoint(tmp_path):
+    """Another writer holds the ledger: the checkpoint waits for a later step, the line goes on."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    line.unit(0)
+    conn.execute("PRAGMA busy_timeout = 0")
+    other = sqlite3.connect(dbfile, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    every = audit.Checkpointer(conn, "serialine-agent", units=1, seconds=float("inf"))
+    assert not every.note(4) and every.made == 0
+    other.execute("ROLLBACK")
+    other.close()
+    assert every.flush() and every.made == 1  # e.g. as the agent stops
+    conn.close()
+    assert _verify(dbfile)[0]
