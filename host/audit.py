@@ -48,6 +48,10 @@ _PARTS = {
     # (host/devevents.py; boot_ref, event_seq is their old order device_id, boot_id, event_seq)
     "device_event": ("device_event_v1", _BATCH_BOOTS, "boot_ref, event_seq", None, "received_at"),
     "coder_job": ("coder_job", "batch_id = :key", "job_id", None, None),
+    # the jobs as stored (code NULL where the batch's template gives it) and that template: half the
+    # work of reading the view coder_job, and the same rows (host/db.py)
+    "coder_job_row": ("coder_job_row", "batch_id = :key", "job_id", None, None),
+    "coder_template": ("coder_template", "batch_id = :key", "batch_id", None, None),
     "container": ("container", "batch_id = :key", "container_id", None, None),
     "packed": ("packed", "container_id IN (SELECT container_id FROM container WHERE batch_id = :key)",
                "gtin, serial", None, None),
@@ -82,8 +86,8 @@ _FROZEN = ("log:serial_history", "log:device_event")  # logs whose table no long
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
-_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial", "coder_job", "container",
-           "packed", *_LOGS)
+_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial", "coder_job_row", "coder_template",
+           "container", "packed", *_LOGS)
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
     "product.add": ("gtin", ("product_row", "product_master_row")),

@@ -208,3 +208,20 @@ def test_a_busy_ledger_delays_the_agents_checkpoint(tmp_path):
     assert every.flush() and every.made == 1  # e.g. as the agent stops
     conn.close()
     assert _verify(dbfile)[0]
+
+
+@pytest.mark.parametrize("edit, table", [
+    ("UPDATE coder_job_row SET state='queued' WHERE job_id = (SELECT min(job_id) FROM coder_job_row)", "coder_job_row"),
+    ("UPDATE coder_job_row SET code='X' WHERE job_id = (SELECT min(job_id) FROM coder_job_row)", "coder_job_row"),
+    ("UPDATE coder_template SET tail='X'", "coder_template"),  # every job's code reads otherwise
+], ids=["job state", "job code", "template"])
+def test_a_closed_batchs_coder_jobs_are_sealed_as_stored(checkpointed_then_closed, edit, table):
+    dbfile, _, close, sealed = checkpointed_then_closed
+    assert "coder_job_row" in sealed and "coder_template" in sealed
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?", (table,)).fetchall():
+        c.execute(f"DROP TRIGGER {name}")
+    assert c.execute(edit).rowcount == 1
+    c.close()
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"batch B1: table {table} differs from its seal in record {close}"), message
