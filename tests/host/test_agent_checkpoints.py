@@ -1,0 +1,39 @@
+"""The running agent seals its logs as it goes (audit.Checkpointer in Agent._step, after the
+verdicts) and when it stops (Agent.release), so a batch close finds only its own rows unsealed."""
+
+from __future__ import annotations
+
+import json
+
+from serialine.host import audit
+from serialine.host.agent import Agent
+from serialine.host.devices.camera import Camera
+from serialine.host.devices.coder import Coder
+from serialine.host.sim.camera import SimCamera
+from serialine.host.sim.coder import SimCoder
+from serialine.protocol.schema import Reason, Verdict
+
+from test_agent_devices import ScriptedLink, run_unit
+
+
+def _checkpoints(conn):
+    return [(user, json.loads(detail)["parts"]) for user, detail in conn.execute(
+        "SELECT user, detail FROM audit WHERE action = ? ORDER BY seq", (audit.CHECKPOINT,))]
+
+
+def test_the_agent_checkpoints_as_the_line_runs_and_as_it_stops(conn):
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
+        agent.checkpoints = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
+        agent.start()
+        assert [run_unit(agent, link, sc, scam, u) for u in range(3)] == [(Verdict.PASS, Reason.OK)] * 3
+        ran = _checkpoints(conn)
+        assert [user for user, _ in ran] == ["serialine-agent"]  # after 2 units' 8 events, not before
+        agent.release()  # the agent stops: the third unit's events are sealed too
+        stopped = _checkpoints(conn)
+    assert len(stopped) == 2
+    (n,) = conn.execute("SELECT count(*) FROM device_event WHERE unit_seq IS NOT NULL").fetchone()
+    part = next(p for p in stopped[1][1] if audit._PARTS[p][0] == "device_event")
+    assert stopped[1][1][part]["rows"] >= n == 12
+    assert audit.verify(conn)[0]
