@@ -148,16 +148,35 @@ DEVICE_EVENT = (
     devevents.DEVICE_EVENT_V1,
 )
 
+
+def _one_of(column: str, values) -> str:
+    """`column` is one of `values`, as a CHECK: `=` chains, since SQLite builds an IN list of 3+
+    values as an ephemeral table each time the statement runs (each row of an executemany: ~2 us)."""
+    return " OR ".join(f"{column} = '{v}'" for v in values)
+
+
+_UNIT_OUTCOME = _one_of("outcome", ("PASSED", "REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED", "UNKNOWN", "DESTROYED"))
+_CODER_JOB_STATE = _one_of("state", ("queued", "bound", "dropped"))
+_CONTAINER_STATE = _one_of("state", ("open", "closed", "disaggregated"))
+# the same CHECKs as ledgers made before hold them: table -> (old text, new text)
+_IN_LIST_CHECKS = {
+    "unit": (
+        """outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED',
+                                        'UNKNOWN', 'DESTROYED')),""", f"outcome TEXT CHECK ({_UNIT_OUTCOME}),"),
+    "coder_job_row": ("CHECK (state IN ('queued', 'bound', 'dropped'))", f"CHECK ({_CODER_JOB_STATE})"),
+    "container": ("CHECK (state IN ('open', 'closed', 'disaggregated'))", f"CHECK ({_CONTAINER_STATE})"),
+}
+
 # Codes queued to the coder, in order; the head still 'queued' is bound at the next UNIT_PRINTED.
 # A job's code is its batch's element string around its serial (host/ledger.py code_for): the view
 # coder_job gives it from the batch's coder_template; a row holds it only where it is not that (a
 # ledger made before the template could hold any). Every reader (and every seal) reads the view.
 CODER_JOB = [
-    """CREATE TABLE IF NOT EXISTS coder_job_row (
+    f"""CREATE TABLE IF NOT EXISTS coder_job_row (
         job_id INTEGER PRIMARY KEY AUTOINCREMENT,
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
         gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT,
-        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'bound', 'dropped')),
+        state TEXT NOT NULL DEFAULT 'queued' CHECK ({_CODER_JOB_STATE}),
         UNIQUE (gtin, serial),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
     # code = head || serial || tail (head ends with AI 21); fixed once a job is written from it
@@ -299,7 +318,7 @@ SCHEMA = [
     # The boot as a small integer, msg the protocol's id, body/body2 the other fields packed as the
     # schema lays them out, or JSON text (host/devevents.py, which every reader goes through).
     *DEVICE_EVENT,
-    """CREATE TABLE IF NOT EXISTS unit (
+    f"""CREATE TABLE IF NOT EXISTS unit (
         device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
         test INTEGER NOT NULL DEFAULT 0,
@@ -308,8 +327,7 @@ SCHEMA = [
         read_serial TEXT, grade TEXT,
         verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
         -- UNKNOWN: the host never heard it (host/ledger.py), until a person resolves it: PASSED or DESTROYED
-        outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED',
-                                        'UNKNOWN', 'DESTROYED')),
+        outcome TEXT CHECK ({_UNIT_OUTCOME}),
         reason TEXT,
         PRIMARY KEY (device_id, boot_id, unit_seq),
         FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
@@ -317,13 +335,13 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS unit_batch ON unit (batch_id, outcome)",
     *CODER_JOB,
     # Cases and pallets. An SSCC is given when the container closes and is never given again.
-    """CREATE TABLE IF NOT EXISTS container (
+    f"""CREATE TABLE IF NOT EXISTS container (
         container_id INTEGER PRIMARY KEY AUTOINCREMENT,
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
         level TEXT NOT NULL CHECK (level IN ('case', 'pallet')),
         sscc TEXT UNIQUE CHECK (sscc IS NULL OR (length(sscc) = 18 AND sscc NOT GLOB '*[^0-9]*')),
         parent_id INTEGER REFERENCES container (container_id),
-        state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed', 'disaggregated')),
+        state TEXT NOT NULL DEFAULT 'open' CHECK ({_CONTAINER_STATE}),
         partial INTEGER NOT NULL DEFAULT 0,
         closed_at TEXT)""",
     """CREATE TRIGGER IF NOT EXISTS container_never_deleted BEFORE DELETE ON container
@@ -467,6 +485,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_serial_history(conn)
     _migrate_device_event(conn)
     _migrate_coder_job(conn)
+    _migrate_in_list_checks(conn)
 
 
 def _migrate_device_event(conn: sqlite3.Connection) -> None:
@@ -575,6 +594,19 @@ def _migrate_coder_job(conn: sqlite3.Connection) -> None:
         raise sqlite3.IntegrityError(f"coder_job: {differ or abs(old - new)} row(s) would not read back as stored;"
                                      " this ledger is left as it was")
     conn.execute("DROP TABLE coder_job_v0")
+
+
+def _migrate_in_list_checks(conn: sqlite3.Connection) -> None:
+    """Ledgers made before the host path's CHECKs were `=` chains (_one_of) get them edited in place:
+    the same values are admitted, so no stored row changes (as for the batch states in _migrate)."""
+    for table, (old, new) in _IN_LIST_CHECKS.items():
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        if row and old in row[0]:
+            (version,) = conn.execute("PRAGMA schema_version").fetchone()
+            conn.execute("PRAGMA writable_schema=ON")
+            conn.execute("UPDATE sqlite_master SET sql=? WHERE type='table' AND name=?", (row[0].replace(old, new), table))
+            conn.execute(f"PRAGMA schema_version={version + 1}")
+            conn.execute("PRAGMA writable_schema=OFF")
 
 
 def file_of(conn: sqlite3.Connection) -> str:

@@ -4,6 +4,7 @@ db.connect: every row reads back as it was, so the seals made before still verif
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -27,9 +28,12 @@ OLD_CODER_JOB = [
 ]
 
 
-def _old_ledger(path) -> tuple[list[tuple], str]:
+def _old_ledger(path, monkeypatch) -> tuple[list[tuple], str]:
     """A ledger whose coder_job is the old table, with jobs of every state (one holding a code that
-    is not its batch's template) and a batch.close seal over them. → (its coder_job rows, head)."""
+    is not its batch's template) and a batch.close seal over them, as closes sealed it then (part
+    coder_job). → (its coder_job rows, head)."""
+    key, parts = audit.SEALS["batch.close"]
+    monkeypatch.setitem(audit.SEALS, "batch.close", (key, (*parts, "coder_job")))
     c = db.connect(str(path))
     for name in ("VIEW coder_job", "TABLE coder_job_row", "TABLE coder_template"):
         c.execute(f"DROP {name}")
@@ -48,14 +52,16 @@ def _old_ledger(path) -> tuple[list[tuple], str]:
         c.executemany("INSERT INTO coder_job (batch_id, gtin, serial, code, state) VALUES ('B1', ?, ?, ?, ?)",
                       [(GTIN, s, code, st) for s, code, st in zip(picked, codes, states)])
         audit.append(c, "qa", "batch.close", {"batch_id": "B1"})  # seals coder_job as it is now
+    assert "coder_job" in json.loads(c.execute("SELECT detail FROM audit WHERE action='batch.close'").fetchone()[0])["seal"]
     rows = c.execute("SELECT * FROM coder_job ORDER BY job_id").fetchall()
     head = codes[0][:codes[0].index("\x1d21") + 3]
     c.close()
+    monkeypatch.undo()
     return rows, head
 
 
-def test_old_ledger_migrates_and_its_seal_still_verifies(tmp_path):
-    rows, head = _old_ledger(tmp_path / "old.db")
+def test_old_ledger_migrates_and_its_seal_still_verifies(tmp_path, monkeypatch):
+    rows, head = _old_ledger(tmp_path / "old.db", monkeypatch)
     c = db.connect(str(tmp_path / "old.db"))
     assert c.execute("SELECT type FROM sqlite_master WHERE name='coder_job'").fetchone() == ("view",)
     assert c.execute("SELECT * FROM coder_job ORDER BY job_id").fetchall() == rows  # byte for byte
@@ -95,3 +101,34 @@ def test_a_job_stores_no_code_and_the_rules_still_hold(conn):
         conn.execute("UPDATE coder_template SET tail='x'")
     with pytest.raises(sqlite3.IntegrityError, match="template never changes"):
         conn.execute("DELETE FROM coder_template")
+
+
+def test_connections_get_the_big_page_cache(conn):
+    # the host path's random-key indexes at 1M units are far beyond SQLite's default 2 MB
+    assert conn.execute("PRAGMA cache_size").fetchone() == (-db.CACHE_KIB,)
+
+
+def test_in_list_checks_become_equality_chains_and_still_refuse(tmp_path):
+    # ledgers made before hold `x IN (...)` CHECKs (an ephemeral table per row written): edited in place
+    path = str(tmp_path / "l.db")
+    c = db.connect(path)
+    (version,) = c.execute("PRAGMA schema_version").fetchone()
+    c.execute("PRAGMA writable_schema=ON")
+    for table, (old, new) in db._IN_LIST_CHECKS.items():
+        c.execute("UPDATE sqlite_master SET sql=replace(sql, ?, ?) WHERE type='table' AND name=?", (new, old, table))
+    c.execute(f"PRAGMA schema_version={version + 1}")
+    c.execute("PRAGMA writable_schema=OFF")
+    c.close()
+    c = db.connect(path)
+    for table, (old, new) in db._IN_LIST_CHECKS.items():
+        (sql,) = c.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
+        assert new in sql and old not in sql, table
+    assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    masterdata.add_product(c, GTIN, "Aspirin 100 mg", "EU_FMD", PREFIX_LEN)
+    masterdata.create_batch(c, "B1", GTIN, "L1", "2030-01-31", 10, 3, 2)
+    c.execute("INSERT INTO unit (device_id, boot_id, unit_seq, batch_id, outcome) VALUES ('d', 1, 0, 'B1', 'PASSED')")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        c.execute("UPDATE unit SET outcome='LOST' WHERE unit_seq=0")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+        c.execute("INSERT INTO container (batch_id, level, state) VALUES ('B1', 'case', 'gone')")
+    c.close()
