@@ -13,7 +13,7 @@ from opcuakit import run, session
 from serialine.host.opcua.client import CLIENT_URI, TIMEOUT_S, ensure_client_certificate
 from test_opcua_ledger_users import PW, audit_rows, ledger_site  # noqa: F401  (the fixture)
 
-READS = 30
+READS = 10  # few: the waiting login gives up after the ledger's busy timeout (30 s)
 
 
 async def _activation_sent(bg, user: str):
