@@ -66,8 +66,10 @@ def main(argv):
                 sent = report(sim_out, b, sent)
                 c = dev.core
                 c.next_due(due)
-                sim_out.write(b"K %d %d %d %d %d %d %d\n" % (c.state, c.count, c.alarms, dev.link.queue_fill,
-                                                          due[0], due[1], dev.verdicts_in))
+                lk = dev.link  # its event mark: the seq its next event gets (all before it sent or queued)
+                sim_out.write(b"K %d %d %d %d %d %d %d %d\n" % (c.state, c.count, c.alarms, lk.queue_fill,
+                                                             due[0], due[1], dev.verdicts_in,
+                                                             (lk.base + lk.count) & 0xFF))
                 stepped = True
             elif w[0] == b"I":  # real-time inputs: pe confirm bin [pos]
                 b.pe, b.confirm, b.bin_full = int(w[1]), int(w[2]), int(w[3])

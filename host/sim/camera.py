@@ -130,9 +130,12 @@ class SimCamera(LineServer):
             heapq.heappush(self._due, (due, n, line))
         return read, fault
 
-    def next_due(self) -> int | None:
+    def next_due(self, after: int | None = None) -> int | None:
+        """When the next result not yet sent is due (the first due after `after`, if given)."""
         with self._lock2:
-            return self._due[0][0] if self._due else None
+            if after is None:
+                return self._due[0][0] if self._due else None
+            return min((due for due, _, _ in self._due if due > after), default=None)
 
     def deliver(self, now_us: int) -> list[int]:
         """Send every result due by now_us; returns their trigger numbers."""

@@ -10,8 +10,11 @@ edges, a camera result due, the firmware's next position or timer from `Core.nex
 there only. The host's answer to each camera result lands at the device a fixed virtual time later
 (`_host_reaction_us`: within its decision budget); the device holds host messages until then and
 the clock holds there until the answer has come (a barrier), so the outcome never depends on how
-fast this machine is, unless a fault makes the host absent (killed, link dark). Real time: the same
-loop on the wall clock, to measure latency and jitter."""
+fast this machine is, unless a fault makes the host absent (killed, link dark). A result goes to the
+host once the device's events before it are stored (a host ACK on the wire names the device's event
+mark, boards/sim `K`): held meanwhile while virtual time runs on, so the host stores, pairs and
+answers several packs per wake while the line moves. Real time: the same loop on the wall clock, to
+measure latency and jitter."""
 
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ MAX_STEP_US = 250  # the longest virtual step while the belt's speed changes (as
 REALTIME_MIN_TICK_S = 0.0002  # real time: the shortest sleep between two scans
 BARRIER_TIMEOUT_S = 2.0  # a host that has not answered in this much wall time is absent
 HOST_REACTION_MAX_MS = 250.0  # virtual time: the host's answer to a camera result lands this late at most
+# virtual time holds while the device holds this many events unacknowledged: its ring has 32 slots
+# (firmware/link.py) and a full one stops the line (BUFFER_OVERFLOW) at a time the host's speed set
+QUEUE_HOLD = 24
 
 
 LOCK_NAME = ".serialine-sim.lock"
@@ -158,7 +164,7 @@ def _run(s: Scenario, out: Path, db_path: Path, batch_id, realtime: bool, consol
     wall0 = time.monotonic()
     stats = {"barrier_waits": 0, "barrier_timeouts": 0, "host_restarts": 0, "host_terms": 0, "device_reboots": 0,
              "camera_drops": 0, "operator_clears": 0, "coder_waits": 0, "coder_wait_timeouts": 0, "steps": 0,
-             "catch_up_waits": 0}
+             "catch_up_waits": 0, "catch_up_holds": 0, "queue_holds": 0, "queue_fill_max": 0}
     ticks = Ticks(s, stall)
     printed: list[str] = []
     try:
@@ -355,6 +361,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     wall_limit = time.monotonic() + 120 + s.units * 0.5
     owed, n_seen = 0, 0  # units the host owes a verdict this boot; camera results sent
     pending: collections.deque = collections.deque()  # (virtual µs, owed): host answers to land
+    gates: collections.deque = collections.deque()  # (virtual µs due, device event mark): results held
     released, react_us = -1, _host_reaction_us(s)  # verdicts the device may apply (-1: all)
     wall_was = time.monotonic()
     paced, steady, dev_due = False, False, 0
@@ -362,6 +369,40 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
     # a coder trigger holds virtual time until the coder has a job to print (a Videojet-like driver:
     # until the host has loaded the next, after counting the last print)
     coder_ready = (lambda: coder.loaded) if hasattr(coder, "loaded") else (lambda: coder.depth > 0)
+
+    def send(at: int) -> None:
+        """The camera's results due by `at` to the host; their answer lands react_us after `at`."""
+        nonlocal owed, n_seen
+        base = max(owed, tap.count())  # before sending: a quick answer must count
+        camera.deliver(at)
+        sent, n_seen = len(camera.delivered) - n_seen, len(camera.delivered)
+        if sent and host.present and not relay.dark and not line.line_stop:
+            owed = base + sent  # verdicts the host sent unasked (blind FAILs) do not count
+            pending.append((at + react_us, owed))
+
+    def send_held() -> None:
+        """Every held result to the host now, each once the events before it are stored (virtual
+        time holds here): before a fault strikes, as when each was due."""
+        while gates:
+            if (host.present and not relay.dark and not line.line_stop
+                    and not (tap.wait_stored(gates[0][1], BARRIER_TIMEOUT_S)
+                             or _await_stored(device, tap, released, BARRIER_TIMEOUT_S))):
+                stats["barrier_timeouts"] += 1
+            send(gates.popleft()[0])
+
+    def await_host(want: int) -> bool:
+        """_await_host, sending each held result meanwhile as soon as it may go: a verdict the host
+        sent unasked (a blind FAIL) may make it owe the answer to one of them."""
+        end = time.monotonic() + BARRIER_TIMEOUT_S
+        seen = tap.frames
+        while gates and tap.count() < want:
+            if tap.stored(gates[0][1]):
+                send(gates.popleft()[0])
+                continue
+            if time.monotonic() > end:
+                return False
+            seen = tap.wait_frames(seen, end - time.monotonic())
+        return _await_host(device, tap, want, max(0.0, end - time.monotonic()))
 
     def emit(outputs):
         for name, level, te in outputs:
@@ -392,8 +433,10 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 # the simulator's own (operator, host restart, end of an outage)
                 dev_due = device.next_due_us()
                 t = min(line.next_event_us(), dev_due,
-                        *(x for x in (camera.next_due(), bin_empty_at, host_back_at, dark.until,
-                                      ticks.stall_due_us(line), pending[0][0] if pending else None)
+                        *(x for x in (camera.next_due(gates[-1][0] if gates else None), bin_empty_at,
+                                      host_back_at, dark.until, ticks.stall_due_us(line),
+                                      pending[0][0] if pending else None,
+                                      gates[0][0] + react_us if gates else None)
                           if x is not None))
                 steady = line.steady_us() > 0 and not fixed_step_us
                 if not steady:  # speed changing: scan as often as a board would
@@ -427,6 +470,8 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     at = device.pos_at(e.t_us, line.t, line.encoder)
                     emit(device.step(e.t_us, at, edges[seen:k + 1], released))
                     seen = k + 1
+                if faults:
+                    send_held()
                 for kind, arg in faults:
                     fired_at, fired_t = time.monotonic(), line.t
                     _fire(kind, arg, line, device, host, camera, relay, tap, stats, dark)
@@ -446,17 +491,36 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                     progress(detected)
             if realtime or paced or not steady or edges[seen:] or line.t >= dev_due:  # else the camera's turn
                 emit(device.step(line.t, line.encoder, edges[seen:], released))
-            due = camera.next_due()
-            if (not realtime and due is not None and due <= line.t and host.present and not relay.dark
-                    and not line.line_stop):
-                # a result reaches the host no sooner than the device's events before it are stored:
-                # the host pairs them by its own arrival times, within a window of wall time
-                stats["catch_up_waits"] += 1
-                if not _await_stored(device, tap, released, BARRIER_TIMEOUT_S):
-                    stats["barrier_timeouts"] += 1
-            base = max(owed, tap.count())  # before sending: a quick answer must count
-            camera.deliver(line.t)
-            if not realtime:
+            if realtime:
+                camera.deliver(line.t)
+            else:
+                # a result reaches the host no sooner than the device's events before it are stored
+                # (the host pairs them by its own arrival times, within a window of wall time): held
+                # (a gate) until an ACK on the wire names the device's event mark of the scan it came
+                # due at, while virtual time runs on; it holds at its answer's time if the ACK has
+                # not come by then. Not while the host is away, the link dark or the line latched
+                # stopped: then at once.
+                gating = host.present and not relay.dark and not line.line_stop
+                while gates and (not gating or tap.stored(gates[0][1])):
+                    send(gates.popleft()[0])
+                due = camera.next_due(gates[-1][0] if gates else None)
+                if due is not None and due <= line.t:
+                    if not gating:
+                        send(line.t)
+                    elif not gates and tap.stored(device.status.event_mark):
+                        send(line.t)
+                    else:
+                        stats["catch_up_waits"] += 1
+                        gates.append((line.t, device.status.event_mark))
+                fill = device.status.queue_fill
+                stats["queue_fill_max"] = max(stats["queue_fill_max"], fill)
+                if fill >= QUEUE_HOLD and gating:
+                    stats["queue_holds"] += 1
+                    if not _await_stored(device, tap, released, BARRIER_TIMEOUT_S):
+                        stats["barrier_timeouts"] += 1
+                if gates and line.t >= gates[0][0] + react_us:
+                    stats["catch_up_holds"] += 1
+                    send_held()
                 # barrier: the host's answer to each camera result it was sent lands at the device
                 # react_us of virtual time later, exactly: a verdict for one more unit (each result
                 # pairs with one) and what the host sent before it (a line stop). The device holds
@@ -464,16 +528,12 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
                 # until the answer has come, while the host works meanwhile. Not while the host is
                 # away, the link dark, or the line latched stopped (results are then discarded and
                 # the host answers on its own clock).
-                sent, n_seen = len(camera.delivered) - n_seen, len(camera.delivered)
                 if not host.present or relay.dark:
                     pending.clear()
-                elif sent and not line.line_stop:
-                    owed = base + sent  # verdicts the host sent unasked (blind FAILs) do not count
-                    pending.append((line.t + react_us, owed))
                 while pending and line.t >= pending[0][0]:
                     _, want = pending.popleft()
                     stats["barrier_waits"] += 1
-                    if _await_host(device, tap, want, BARRIER_TIMEOUT_S):
+                    if await_host(want):
                         released = want
                     else:
                         stats["barrier_timeouts"] += 1
@@ -506,6 +566,7 @@ def _loop(s, line, device, host, camera, relay, tap, plan, stats, realtime, cons
             host.check()
             if realtime:
                 time.sleep(max(REALTIME_MIN_TICK_S, t0 + line.t / 1e6 + rt_period - time.monotonic()))
+        send_held()
     finally:
         progress(None)
 

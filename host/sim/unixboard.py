@@ -39,6 +39,7 @@ class StepStatus:
     due_counts: int = 0x3FFFFFFF
     due_us: int = 0x3FFFFFFF
     verdicts_in: int = 0  # VERDICT messages the device has applied this boot
+    event_mark: int = -1  # the link seq its next event gets (mod 256): a host ACK of it stored all before
 
 
 class UnixBoard:
@@ -107,7 +108,7 @@ class UnixBoard:
             if w[0] == b"E":
                 edges.append(OutputEdge(OUT_NAMES[int(w[1])], int(w[2]), int(w[3])))
             elif w[0] == b"K":
-                return edges, StepStatus(*(int(x) for x in w[1:8]))
+                return edges, StepStatus(*(int(x) for x in w[1:9]))
 
     def set_inputs(self, pe: int, confirm: int = 0, bin_full: int = 0,
                    pos: int | None = None) -> None:
