@@ -329,8 +329,9 @@ def _links(conn):
 
 def _continue_logs(conn) -> dict:
     """The logs' next link: per log, its digest continuing the last link's over only the rows added
-    since (cheap however big the ledger grows), `after` naming that link (0: none, from the first
-    row). Inside the caller's transaction, which must see every committed row and no writer between."""
+    since, `after` naming that link (0: none, from the first row). A rowid bound reads just those
+    rows; a time bound has no index, so its log is scanned (filtered, not hashed). Inside the
+    caller's transaction, which must see every committed row and no writer between."""
     last, after = {}, {}
     for seq, _, _, parts in _links(conn):
         for part, s in (parts or {}).items():
