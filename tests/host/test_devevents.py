@@ -3,7 +3,6 @@ schema lays them out): every event reads back as it came, the view device_event_
 in the old columns byte for byte, and a ledger made with the old form is migrated with every audit
 seal made before still verifying."""
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -12,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serialine.host import audit, cli_batch, db, devevents, masterdata, tune
+from serialine.host import audit, db, devevents, masterdata, tune
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 from serialine.protocol import schema
 
-from hostkit import GTIN, Line
+import oldledger
+from hostkit import Line
 
 # device_event's DDL before the compact form (its text then), and what a seal of it named
 OLD_TABLE = """CREATE TABLE device_event (
@@ -87,29 +87,6 @@ def test_an_event_outside_its_schema_keeps_its_json():
     assert [b for (b,) in conn.execute("SELECT body FROM device_event_v1")] == [_old_body(f) for _, f in odd]
 
 
-def _digest(rows) -> str:  # a seal's digest as audit wrote it: one JSON line per row
-    return hashlib.sha256("".join(json.dumps(list(r), ensure_ascii=False, separators=(",", ":")) + "\n"
-                                  for r in rows).encode()).hexdigest()
-
-
-def _old_seal(conn, user, action, detail):
-    """An audit record as the old release appended it (its chain, the given detail)."""
-    seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or (0, audit.GENESIS)
-    at, text = "2026-12-01T12:00:00.000000+00:00", json.dumps(detail, sort_keys=True, separators=(",", ":"))
-    conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)",
-                 (seq + 1, at, user, action, text, prev, audit._digest(prev, seq + 1, at, user, action, text)))
-
-
-def _ledger(path):
-    conn = db.connect(str(path))
-    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", 7)
-    conn.executemany("INSERT INTO serial (gtin, serial, source) VALUES (?, ?, 'file')",
-                     [(GTIN, f"{i:012d}") for i in range(40)])
-    for b in ("B1", "B2"):
-        masterdata.create_batch(conn, b, GTIN, "L" + b, "2030-01-31", 10, 3, 2)
-    return conn
-
-
 def _run(conn, batch, units):
     masterdata.start_batch(conn, batch)
     ledger = Ledger(conn, batch)
@@ -134,7 +111,7 @@ def _to_old_form(conn, extra=()):
 
 def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
-    conn = _ledger(path)
+    conn = oldledger.ledger(path, ("B1", "B2"))
     _run(conn, "B1", 4)
     t = time.time()
     odd = [  # rows the old releases wrote that the compact form does not say: kept as their text
@@ -152,16 +129,13 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     # what the old release sealed: a checkpoint of the whole log, then the batch's close
     upto = time.time()
     logged = conn.execute(f"SELECT * FROM device_event WHERE received_at < ? ORDER BY {OLD_ORDER}", (upto,)).fetchall()
-    _old_seal(conn, "qa", audit.CHECKPOINT, {"parts": {"log:device_event": {
-        "cols": OLD_COLS, "upto": upto, "rows": len(logged), "sha256": _digest(logged)}}})
-    with transaction(conn):
-        conn.execute("UPDATE batch SET state='closing' WHERE batch_id='B1'")
-        conn.execute("UPDATE batch SET state='closed' WHERE batch_id='B1'")
+    oldledger.seal(conn, audit.CHECKPOINT, {"parts": {"log:device_event": oldledger.part(OLD_COLS, logged, upto)}})
+    oldledger.close_states(conn, "B1")
     batch_rows = conn.execute(f"SELECT * FROM device_event WHERE {audit._BATCH_BOOTS.replace(':key', chr(39) + 'B1' + chr(39))}"
                               f" AND received_at < ? ORDER BY {OLD_ORDER}", (upto,)).fetchall()
     assert len(batch_rows) == 4 * 4 + 1
-    _old_seal(conn, "qa", "batch.close", {"batch_id": "B1", "seal": {"device_event": {
-        "cols": OLD_COLS, "upto": upto, "rows": len(batch_rows), "sha256": _digest(batch_rows)}}})
+    oldledger.seal(conn, "batch.close", {"batch_id": "B1",
+                                         "seal": {"device_event": oldledger.part(OLD_COLS, batch_rows, upto)}})
     conn.close()
 
     conn = db.connect(str(path))  # migrates
@@ -174,25 +148,17 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     assert line.store([line.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)]) == [True]
     line.event_seq -= 1
     assert line.store([line.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)]) == [False]  # resent
-    audit.checkpoint(conn, "qa")
-    conn.close()
-    assert cli_batch.main(["close", "B2", "--db", str(path), "--user", "qa"]) == 0
-    capsys.readouterr()
-    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 0, capsys.readouterr().err
+    oldledger.close_and_verify(conn, path, capsys)
 
-    c = sqlite3.connect(path)  # an old row edited behind the project's back: its seals say so
-    c.execute("UPDATE device_event SET body = body + 1 WHERE event_seq = 4 AND boot_ref ="
-              " (SELECT ref FROM device_boot_ref WHERE device_id = 'old-dev')")
-    c.commit()
-    c.close()
-    capsys.readouterr()
-    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 1
-    assert "table device_event_v1 differs from its seal" in capsys.readouterr().err
+    err = oldledger.verify_after_edit(path, capsys,  # an old row edited: its seals say so
+                                      "UPDATE device_event SET body = body + 1 WHERE event_seq = 4 AND boot_ref ="
+                                      " (SELECT ref FROM device_boot_ref WHERE device_id = 'old-dev')")
+    assert "table device_event_v1 differs from its seal" in err
 
 
 def test_a_ledger_whose_rows_would_not_read_back_is_left_as_it_was(tmp_path):
     path = tmp_path / "old.db"
-    conn = _ledger(path)
+    conn = oldledger.ledger(path, ("B1", "B2"))
     old_rows = _to_old_form(conn, [("dev9", 1, 1, "18", None, "{}", 1.0)])  # a name like a number: not its text
     conn.close()
     with pytest.raises(sqlite3.IntegrityError, match="1 row.*would not read back as stored; this ledger is left as it was"):

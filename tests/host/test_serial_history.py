@@ -2,8 +2,6 @@
 by serial_trail; a ledger made with the old form (gtin, serial, old_state, new_state, batch_id, at
 text) is migrated and every audit seal made before still verifies."""
 
-import hashlib
-import json
 import sqlite3
 
 import pytest
@@ -13,6 +11,7 @@ from serialine.host import audit, cli_batch, db, gs1, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
+import oldledger
 from hostkit import GTIN, Line
 
 # the serial history's DDL before the compact form (its text then)
@@ -24,16 +23,6 @@ OLD_LOG = """CREATE TRIGGER serial_log AFTER UPDATE OF state ON serial
         BEGIN INSERT INTO serial_history (gtin, serial, old_state, new_state, batch_id)
               VALUES (NEW.gtin, NEW.serial, OLD.state, NEW.state, COALESCE(NEW.batch_id, OLD.batch_id)); END"""
 OLD_COLS = ["gtin", "serial", "old_state", "new_state", "batch_id", "at"]
-
-
-def _ledger(path, batches=("B1",)):
-    conn = db.connect(str(path))
-    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", 7)
-    conn.executemany("INSERT INTO serial (gtin, serial, source) VALUES (?, ?, 'file')",
-                     [(GTIN, f"{i:012d}") for i in range(40)])
-    for b in batches:
-        masterdata.create_batch(conn, b, GTIN, "L" + b, "2030-01-31", 10, 3, 2)
-    return conn
 
 
 def _run(conn, batch, units):
@@ -48,7 +37,7 @@ def _run(conn, batch, units):
 
 
 def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
-    conn = _ledger(tmp_path / "l.db")
+    conn = oldledger.ledger(tmp_path / "l.db")
     _run(conn, "B1", 3)
     rows = conn.execute("SELECT batch_id, serial, state, typeof(at) FROM serial_history ORDER BY seq").fetchall()
     assert len(rows) == 3 * 3 + 2 and {r[0] for r in rows} == {"B1"} and {r[3] for r in rows} == {"integer"}
@@ -66,7 +55,7 @@ def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
 
 def test_batch_history_shows_a_serials_every_change(tmp_path, capsys):
     path = str(tmp_path / "l.db")
-    conn = _ledger(path)
+    conn = oldledger.ledger(path)
     _run(conn, "B1", 1)
     serial, at = conn.execute("SELECT serial, at FROM serial_trail WHERE new_state = 'commissioned'").fetchone()
     conn.close()
@@ -84,7 +73,7 @@ def test_batch_history_shows_a_serials_every_change(tmp_path, capsys):
 
 
 def test_a_serial_is_allocated_only_to_a_batch_of_its_gtin(tmp_path):
-    conn = _ledger(tmp_path / "l.db")
+    conn = oldledger.ledger(tmp_path / "l.db")
     masterdata.add_product(conn, "09506000134369", "Other 5 mg", "EU_FMD", 7)
     conn.execute("INSERT INTO serial (gtin, serial, source) VALUES ('09506000134369', 'X1', 'file')")
     masterdata.start_batch(conn, "B1")
@@ -103,22 +92,9 @@ def test_ms_times_read_back_as_the_old_text():
     assert now == again
 
 
-def _digest(rows) -> str:  # a seal's digest as audit wrote it: one JSON line per row
-    return hashlib.sha256("".join(json.dumps(list(r), ensure_ascii=False, separators=(",", ":")) + "\n"
-                                  for r in rows).encode()).hexdigest()
-
-
-def _old_seal(conn, user, action, detail):
-    """An audit record as the old release appended it (its chain, the given detail)."""
-    seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or (0, audit.GENESIS)
-    at, text = "2026-12-01T12:00:00.000000+00:00", json.dumps(detail, sort_keys=True, separators=(",", ":"))
-    conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)",
-                 (seq + 1, at, user, action, text, prev, audit._digest(prev, seq + 1, at, user, action, text)))
-
-
 def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
-    conn = _ledger(path, ("B1", "B2"))
+    conn = oldledger.ledger(path, ("B1", "B2"))
     for sql in ("DROP VIEW serial_trail", "DROP TRIGGER serial_log", "DROP TABLE serial_history", OLD_TABLE, OLD_LOG):
         conn.execute(sql)
     _run(conn, "B1", 4)
@@ -126,16 +102,13 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     (upto,) = conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").fetchone()
     logged = conn.execute("SELECT gtin, serial, old_state, new_state, batch_id, at FROM serial_history WHERE at < ?"
                           " ORDER BY at, gtin, serial, old_state, new_state, batch_id", (upto,)).fetchall()
-    _old_seal(conn, "qa", audit.CHECKPOINT, {"parts": {"log:serial_history": {
-        "cols": OLD_COLS, "upto": upto, "rows": len(logged), "sha256": _digest(logged)}}})
-    with transaction(conn):
-        conn.execute("UPDATE batch SET state='closing' WHERE batch_id='B1'")
-        conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id='B1' AND state='allocated'")
-        conn.execute("UPDATE batch SET state='closed' WHERE batch_id='B1'")
+    oldledger.seal(conn, audit.CHECKPOINT, {"parts": {"log:serial_history": oldledger.part(OLD_COLS, logged, upto)}})
+    oldledger.close_states(conn, "B1", "UPDATE serial SET state='available', batch_id=NULL"
+                                       " WHERE batch_id='B1' AND state='allocated'")
     batch_rows = conn.execute("SELECT gtin, serial, old_state, new_state, batch_id, at FROM serial_history"
                               " WHERE batch_id='B1' ORDER BY gtin, serial, at, old_state, new_state").fetchall()
-    _old_seal(conn, "qa", "batch.close", {"batch_id": "B1", "seal": {"serial_history": {
-        "cols": OLD_COLS, "rows": len(batch_rows), "sha256": _digest(batch_rows)}}})
+    oldledger.seal(conn, "batch.close", {"batch_id": "B1",
+                                         "seal": {"serial_history": oldledger.part(OLD_COLS, batch_rows)}})
     old_rows = conn.execute("SELECT * FROM serial_history ORDER BY rowid").fetchall()
     assert len(old_rows) == 4 * 3 + 2 * 2
     conn.close()
@@ -145,21 +118,11 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     assert conn.execute("SELECT gtin, serial, old_state, new_state, batch_id, at FROM serial_trail"
                         " ORDER BY seq").fetchall() == old_rows  # every row copied, read back as it was
     _run(conn, "B2", 2)  # the next batch writes the compact form, and its serials' history goes on
-    audit.checkpoint(conn, "qa")
-    conn.close()
-    assert cli_batch.main(["close", "B2", "--db", str(path), "--user", "qa"]) == 0
-    capsys.readouterr()
-    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 0, capsys.readouterr().err
+    oldledger.close_and_verify(conn, path, capsys)
     assert db.connect(str(path)).execute("SELECT count(*) FROM serial_history_v1").fetchone() == (len(old_rows),)
 
-    c = sqlite3.connect(path)  # an old row edited behind the project's back: its seals say so
-    c.execute("DROP TRIGGER serial_history_v1_no_update")
-    c.execute("UPDATE serial_history_v1 SET at = '2026-01-01T00:00:00.000Z' WHERE rowid = 1")
-    c.commit()
-    c.close()
-    capsys.readouterr()
-    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 1
-    err = capsys.readouterr().err
+    err = oldledger.verify_after_edit(path, capsys, "DROP TRIGGER serial_history_v1_no_update",  # an old row edited
+                                      "UPDATE serial_history_v1 SET at = '2026-01-01T00:00:00.000Z' WHERE rowid = 1")
     assert "batch B1: table serial_history" in err and "differs from its seal in record 2 (batch.close)" in err
 
 
@@ -182,7 +145,7 @@ FIRST_COMPACT = """CREATE TABLE serial_history (
 
 def test_the_first_compact_form_gets_its_serials_keyed(tmp_path):
     path = tmp_path / "l.db"
-    conn = _ledger(path)
+    conn = oldledger.ledger(path)
     _run(conn, "B1", 2)
     before = conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall()
     rows = conn.execute(f"SELECT seq, batch_id, {db.serial_text_sql('serial')}, state, at FROM serial_history").fetchall()

@@ -1,0 +1,83 @@
+"""A ledger as an older release sealed it, for the migration tests of a table's compact form
+(test_devevents, test_serial_history): the ledger, audit records appended as that release wrote them,
+and the end of every such test (the next batch closed, `audit verify` passing; an old row edited
+behind the project's back, verify failing). Imported by name (tests/host has no __init__.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+
+from serialine.host import audit, cli_batch, db, masterdata
+from serialine.host.db import transaction
+
+from hostkit import GTIN
+
+
+def ledger(path, batches=("B1",)):
+    """A ledger at `path` with one product, serials 000000000000..039 from a file and `batches` created
+    (not started). The test puts its table into the old form."""
+    conn = db.connect(str(path))
+    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", 7)
+    conn.executemany("INSERT INTO serial (gtin, serial, source) VALUES (?, ?, 'file')",
+                     [(GTIN, f"{i:012d}") for i in range(40)])
+    for b in batches:
+        masterdata.create_batch(conn, b, GTIN, "L" + b, "2030-01-31", 10, 3, 2)
+    return conn
+
+
+def digest(rows) -> str:
+    """A seal's digest as audit wrote it: one JSON line per row."""
+    return hashlib.sha256("".join(json.dumps(list(r), ensure_ascii=False, separators=(",", ":")) + "\n"
+                                  for r in rows).encode()).hexdigest()
+
+
+def part(cols, rows, upto=None) -> dict:
+    """A sealed part as the old release wrote it: its columns, its bound (if it had one), rows, digest."""
+    return {"cols": cols, **({} if upto is None else {"upto": upto}), "rows": len(rows), "sha256": digest(rows)}
+
+
+def seal(conn, action, detail, user="qa"):
+    """An audit record as the old release appended it (its chain, the given detail)."""
+    seq, prev = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone() or (0, audit.GENESIS)
+    at, text = "2026-12-01T12:00:00.000000+00:00", json.dumps(detail, sort_keys=True, separators=(",", ":"))
+    conn.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?)",
+                 (seq + 1, at, user, action, text, prev, audit._digest(prev, seq + 1, at, user, action, text)))
+
+
+def close_states(conn, batch, *sql):
+    """A batch closed as the old release did before it sealed: closing, `sql`, closed (one transaction)."""
+    with transaction(conn):
+        conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch,))
+        for s in sql:
+            conn.execute(s)
+        conn.execute("UPDATE batch SET state='closed' WHERE batch_id=?", (batch,))
+
+
+def close_and_verify(conn, path, capsys, batch="B2"):
+    """After the migration: a checkpoint on `conn` (then closed), `batch close` of `batch`, and
+    `audit verify` passes, the old seals with the new."""
+    audit.checkpoint(conn, "qa")
+    conn.close()
+    rc = cli_batch.main(["close", batch, "--db", str(path), "--user", "qa"])
+    err = capsys.readouterr().err
+    assert rc == 0, f"batch close {batch} exited {rc}:\n{err}"
+    rc = cli_batch.audit_main(["verify", "--db", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 0, f"audit verify exited {rc}:\n{err}"
+
+
+def verify_after_edit(path, capsys, *sql) -> str:
+    """`sql` run on the ledger by plain sqlite3 (behind the project's back): `audit verify` fails;
+    its stderr."""
+    c = sqlite3.connect(path)
+    for s in sql:
+        c.execute(s)
+    c.commit()
+    c.close()
+    capsys.readouterr()
+    rc = cli_batch.audit_main(["verify", "--db", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 1, f"audit verify exited {rc} after the edit:\n{err}"
+    return err
