@@ -7,12 +7,29 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
 from rich.console import Console
 
 from serialine.host.sim import report as rep
 from serialine.host.sim import scenario as sc
 
 from tests.sim.test_report import _run
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """What the figure saved last drew (`saved["axes"]`), matplotlib on Agg."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    seen = {}
+    real = plt.Figure.savefig
+
+    def keep(fig, *a, **kw):
+        seen["axes"] = fig.axes
+        return real(fig, *a, **kw)
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    return seen
 
 
 def test_the_report_has_mm_ms_max_window_budget_and_the_outlier_shows(tmp_path):
@@ -45,20 +62,10 @@ def test_the_report_has_mm_ms_max_window_budget_and_the_outlier_shows(tmp_path):
     assert "✗" in row  # over the budget
 
 
-def test_the_plot_uses_log_scales_with_the_window_and_budget_lines(tmp_path, monkeypatch):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    seen = {}
-    real = plt.Figure.savefig
-
-    def keep(fig, *a, **kw):
-        seen["axes"] = fig.axes
-        return real(fig, *a, **kw)
-    monkeypatch.setattr(plt.Figure, "savefig", keep)
+def test_the_plot_uses_log_scales_with_the_window_and_budget_lines(tmp_path, saved):
     rep.plot([-8, 4, 12, 0], [2.0, 3.0, 2.5, 370.0], tmp_path / "p.png", "t", counts_per_mm=4.0,
              window_mm=15.0, budget_ms=40.0)
-    a, b = seen["axes"]
+    a, b = saved["axes"]
     assert a.get_yscale() == "log" and b.get_xscale() == "log" and b.get_yscale() == "log"
     assert b.get_xlim()[1] > 370 and "max 370.00 ms" in b.get_title() and "p99" in b.get_title()
     assert any("decision budget 40 ms" in t.get_text() for t in b.get_legend().get_texts())
@@ -66,24 +73,13 @@ def test_the_plot_uses_log_scales_with_the_window_and_budget_lines(tmp_path, mon
     assert "max 3.00 mm" in a.get_title()
 
 
-def test_the_tune_plot_draws_the_window_and_the_budget_on_log_scales(tmp_path, monkeypatch):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def test_the_tune_plot_draws_the_window_and_the_budget_on_log_scales(tmp_path, saved):
     from serialine.host import tune
-    seen = {}
-    real = plt.Figure.savefig
-
-    def keep(fig, *a, **kw):
-        seen["axes"] = fig.axes
-        return real(fig, *a, **kw)
-    monkeypatch.setattr(plt.Figure, "savefig", keep)
     fig = {"units": [{"gate_error_mm": e} for e in (1.0, -2.0, None, 40.0)], "gate_window_mm": 15.0,
            "rejects_by_reason": {"no_read": 3}}
     status = {"speed_mm_s": 200, "budget_ms": 40.0, "verdict_latency_ms": {"p50": 3.0, "p99": 5.0, "max": 370.0, "n": 9}}
     tune.plot_figures(fig, status, str(tmp_path / "t.png"))
-    ax, lx, _ = seen["axes"]
+    ax, lx, _ = saved["axes"]
     assert ax.get_yscale() == "symlog" and lx.get_yscale() == "log"
     assert [round(b.get_height(), 1) for b in lx.patches] == [3.0, 5.0, 370.0]
     assert any("decision budget 40 ms" in t.get_text() for t in lx.get_legend().get_texts())
