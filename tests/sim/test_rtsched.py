@@ -2,6 +2,7 @@
 simulator's thread and the firmware share one CPU, the other parts keep off it, and everything is left
 as it was afterwards. Where the scheduler is not ours to change, nothing changes and the run says so."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,57 @@ def _state(pid: int = 0):
 def _fifo_tasks(pid="self") -> list[int]:
     tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     return [t for t in tids if os.sched_getscheduler(t) == os.SCHED_FIFO]
+
+
+@contextlib.contextmanager
+def _fifo():
+    """FifoParts(True) entered; the test skipped where SCHED_FIFO is not permitted for this user."""
+    with rtsched.FifoParts(True) as sched:
+        if sched.policy == "other":
+            pytest.skip("SCHED_FIFO not permitted for this user")
+        yield sched
+
+
+def _process():
+    """A part's process (it waits on its stdin): its pid, and the call that ends it."""
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+
+    def end():
+        p.stdin.close()
+        p.wait()
+    return p.pid, end
+
+
+class _Idle:
+    """Threads that idle until `stop()`; `tids`: their native ids, once each has run."""
+
+    def __init__(self):
+        self.go, self.tids, self.threads = threading.Event(), [], []
+
+    def start(self):
+        self.threads.append(threading.Thread(target=self._idle))
+        self.threads[-1].start()
+
+    def _idle(self):
+        self.tids.append(threading.get_native_id())
+        self.go.wait()
+
+    def running(self) -> list[int]:
+        while len(self.tids) < len(self.threads):
+            self.go.wait(0.001)
+        return self.tids
+
+    def stop(self):
+        self.go.set()
+        for t in self.threads:
+            t.join()
+
+
+def _thread():
+    """A thread (it idles): its native id, and the call that ends it."""
+    idle = _Idle()
+    idle.start()
+    return idle.running()[0], idle.stop
 
 
 def test_off_changes_nothing():
@@ -52,94 +104,58 @@ def test_on_raises_the_clock_and_puts_it_back():
 
 @alone
 def test_the_firmware_shares_the_clocks_cpu_and_the_agent_keeps_off_it():
-    with rtsched.FifoParts(True) as sched:
-        if sched.policy == "other":
-            pytest.skip("SCHED_FIFO not permitted for this user")
+    with _fifo() as sched:
         clock = os.sched_getaffinity(0)
-        procs = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-                 for _ in range(2)]
+        (device, end_device), (agent, end_agent) = _process(), _process()
         try:
-            device, agent = procs
-            assert rtsched.fifo(device.pid, sched.priority(rtsched.DEVICE))
-            assert rtsched.fifo(agent.pid, sched.priority(rtsched.AGENT))
-            assert _state(device.pid)[:2] == (os.SCHED_FIFO, rtsched.DEVICE)
-            assert _state(agent.pid)[:2] == (os.SCHED_FIFO, rtsched.AGENT)
+            assert rtsched.fifo(device, sched.priority(rtsched.DEVICE))
+            assert rtsched.fifo(agent, sched.priority(rtsched.AGENT))
+            assert _state(device)[:2] == (os.SCHED_FIFO, rtsched.DEVICE)
+            assert _state(agent)[:2] == (os.SCHED_FIFO, rtsched.AGENT)
             if len(rtsched._ALL_CPUS[0] or ()) > 1 and rtsched.PIN:
-                assert _state(device.pid)[2] == clock
-                assert not _state(agent.pid)[2] & clock
+                assert _state(device)[2] == clock
+                assert not _state(agent)[2] & clock
         finally:
-            for p in procs:
-                p.stdin.close()
-                p.wait()
+            end_device()
+            end_agent()
 
 
 @alone
-def test_a_part_starts_on_the_default_scheduler_not_the_clocks():
-    with rtsched.FifoParts(True) as sched:
-        if sched.policy == "other":
-            pytest.skip("SCHED_FIFO not permitted for this user")
+@pytest.mark.parametrize("start, expect", [
+    # a part's process starts on the default scheduler, on every CPU, not the clock's
+    (_process, lambda clock: (os.SCHED_OTHER, 0, rtsched._ALL_CPUS[0])),
+    # a thread shares the clock's GIL: it runs at the clock's priority, on its CPU
+    (_thread, lambda clock: clock)], ids=["process", "thread"])
+def test_what_starts_while_spawning(start, expect):
+    with _fifo():
         clock = _state()
         with rtsched.spawning():
-            child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+            started, end = start()
         try:
             assert _state() == clock  # the clock is back at its priority, on its CPU
-            policy, _, cpus = _state(child.pid)
-            assert policy == os.SCHED_OTHER and cpus == rtsched._ALL_CPUS[0]
+            assert _state(started) == expect(clock)
         finally:
-            child.stdin.close()
-            child.wait()
-
-
-@alone
-def test_threads_started_while_spawning_join_the_clock():
-    with rtsched.FifoParts(True) as sched:
-        if sched.policy == "other":
-            pytest.skip("SCHED_FIFO not permitted for this user")
-        clock, tid, go = _state(), [], threading.Event()
-        with rtsched.spawning():
-            t = threading.Thread(target=lambda: (tid.append(threading.get_native_id()), go.wait()))
-            t.start()
-            while not tid:
-                go.wait(0.001)
-        try:
-            assert _state(tid[0]) == clock  # it shares the clock's GIL: it runs at the clock's priority
-        finally:
-            go.set()
-            t.join()
+            end()
 
 
 @alone
 def test_spawning_raises_only_the_threads_started_inside_it():
     """A thread of the process from before (a test runner's, xdist's) stays on the default scheduler:
     only a thread started while spawning joins the clock's priority."""
-    go, tids = threading.Event(), []
-
-    def idle():
-        tids.append(threading.get_native_id())
-        go.wait()
-
-    old = threading.Thread(target=idle)
-    old.start()
+    idle = _Idle()
+    idle.start()
     try:
-        while not tids:
-            go.wait(0.001)
+        tids = idle.running()
         assert os.sched_getscheduler(tids[0]) == os.SCHED_OTHER
-        with rtsched.FifoParts(True) as sched:
-            if sched.policy == "other":
-                pytest.skip("SCHED_FIFO not permitted for this user")
+        with _fifo():
             clock = _state()
             with rtsched.spawning():
-                new = threading.Thread(target=idle)
-                new.start()
-                while len(tids) < 2:
-                    go.wait(0.001)
+                idle.start()
+                idle.running()
             assert os.sched_getscheduler(tids[0]) == os.SCHED_OTHER  # left as it was
             assert _state(tids[1]) == clock  # started inside: raised
     finally:
-        go.set()
-        old.join()
-        if len(tids) > 1:
-            new.join()
+        idle.stop()
 
 
 @alone
@@ -148,33 +164,19 @@ def test_no_thread_or_raised_part_stays_fifo_after_the_block():
     run (a server's, a pool's) and still alive after it would outrank every later test of the process
     whenever it wakes. So would a part's process still running. All are put back on exit."""
     before = _fifo_tasks()
-    go, tids = threading.Event(), []
-
-    def idle():
-        tids.append(threading.get_native_id())
-        go.wait()
-
-    threads = []
-    with rtsched.FifoParts(True) as sched:
-        if sched.policy == "other":
-            pytest.skip("SCHED_FIFO not permitted for this user")
-        threads.append(threading.Thread(target=idle))  # inherits the clock's FIFO
-        threads[-1].start()
+    idle = _Idle()
+    with _fifo() as sched:
+        idle.start()  # inherits the clock's FIFO
         with rtsched.spawning():
-            threads.append(threading.Thread(target=idle))  # raised to the clock's FIFO on leaving
-            threads[-1].start()
-            child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
-        assert rtsched.fifo(child.pid, sched.priority(rtsched.DEVICE))
-        while len(tids) < len(threads):
-            go.wait(0.001)
+            idle.start()  # raised to the clock's FIFO on leaving
+            child, end = _process()
+        assert rtsched.fifo(child, sched.priority(rtsched.DEVICE))
+        tids = idle.running()
         assert set(tids) <= set(_fifo_tasks())
     try:
         assert _fifo_tasks() == before and not set(tids) & set(before)  # before: none, unless run under chrt
-        assert _fifo_tasks(child.pid) == []
+        assert _fifo_tasks(child) == []
         assert all(os.sched_getaffinity(t) == os.sched_getaffinity(0) for t in tids)  # off the clock's CPU too
     finally:
-        go.set()
-        for t in threads:
-            t.join()
-        child.stdin.close()
-        child.wait()
+        idle.stop()
+        end()
