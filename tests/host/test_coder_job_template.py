@@ -1,6 +1,7 @@
 """coder_job is a view: a job's code comes from its batch's coder_template, stored in the row only
 where it is not that. A ledger made when coder_job was a table holding every code migrates at
-db.connect: every row reads back as it was, so the seals made before still verify."""
+db.connect: every row reads back as it was, so the seals made before still verify. Also the host
+path's connection settings and CHECKs (db.CACHE_KIB, db._one_of) on old and new ledgers."""
 
 from __future__ import annotations
 
