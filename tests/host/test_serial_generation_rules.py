@@ -20,7 +20,9 @@ import pytest
 from serialine.host import audit, db, masterdata, serials
 from serialine.host.db import snapshot, transaction
 
-from hostkit import GTIN
+from serialine.host.ledger import Ledger
+
+from hostkit import GTIN, Line
 
 EU = masterdata.PROFILES["EU_FMD"]
 
@@ -258,3 +260,48 @@ def test_what_an_interrupted_removal_left_is_removed_by_the_next_import(conn):
     assert len(pool(conn, imp)) == 40  # a second Ctrl-C stopped the removal here
     serials.generate_pool(conn, GTIN, 10)
     assert not pool(conn, imp) and serials.available(conn, GTIN) == 310
+
+
+# --- a ledger made when the state CHECK was an IN list ----------------------------------------
+
+def test_a_ledger_with_the_old_state_check_is_edited_in_place_and_its_seals_still_verify(tmp_path, capsys):
+    """`state IN (8 values)` built an ephemeral table for every serial written (~1.2 us a row); the
+    `=` chain admits the same states, so the text is edited in place and no row changes."""
+    import oldledger
+    path = tmp_path / "old.db"
+    conn = oldledger.ledger(path, ("B1", "B2"))
+    old, new = db._IN_LIST_CHECKS["serial"]
+    (version,) = conn.execute("PRAGMA schema_version").fetchone()
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("UPDATE sqlite_master SET sql=replace(sql, ?, ?) WHERE type='table' AND name='serial'", (new, old))
+    conn.execute(f"PRAGMA schema_version={version + 1}")
+    conn.execute("PRAGMA writable_schema=OFF")
+    serials.generate_pool(conn, GTIN, 500)
+    for b in ("B1", "B2"):  # each batch: 3 packs made, 2 serials left allocated (back to the pool at close)
+        masterdata.start_batch(conn, b)
+        ledger = Ledger(conn, b)
+        with transaction(conn):
+            ledger.queue_codes(3)
+            serials.allocate(conn, b, GTIN, 2)
+        line = Line(ledger, boot_id=int(b[1:]))
+        for u in range(3):
+            line.unit(u)
+    conn.close()
+    assert cli_close(path, "B1") == 0, capsys.readouterr().err  # sealed under the old CHECK
+    before = snapshot(db.connect(str(path)))["serial"]
+    conn = db.connect(str(path))
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='serial'").fetchone()
+    assert new in sql and old not in sql and "IN (" not in sql.split("state TEXT")[1].split(",")[0]
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert snapshot(conn)["serial"] == before
+    conn.execute("BEGIN")  # the CHECK behind the insert trigger still refuses a state that is none
+    conn.execute("DROP TRIGGER serial_born")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed: state = 'available' OR"):
+        conn.execute("INSERT INTO serial (gtin, serial, source, state) VALUES (?, 'X1', 'f', 'lost')", (GTIN,))
+    conn.execute("ROLLBACK")
+    oldledger.close_and_verify(conn, path, capsys)  # B2 closed, every seal (B1's too) verifies
+
+
+def cli_close(path, batch):
+    from serialine.host import cli_batch
+    return cli_batch.main(["close", batch, "--db", str(path), "--user", "qa"])
