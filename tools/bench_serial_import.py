@@ -5,7 +5,7 @@ transaction, and the longest the writer waited for its BEGIN IMMEDIATE ... COMMI
     python tools/bench_serial_import.py [LINES] [--generate]
 
 --generate: the same beside `batch serials --generate LINES` instead (chunks paced to hold the
-lock about serials.HOLD_S).
+lock about serials.HOLD_S). Either way the lock stays free after each chunk for serials._pause.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ process, into a new ledger (or one given with --pool M serials already in it).
 
 - serials_per_s: N over the command's wall time; serials_per_cpu_s: over its CPU time (user +
   system: comparable on a shared machine); serials_peak_rss_mb: its peak RSS (VmHWM), flat in N
-  (one draw of serials.DRAWN * serials.CHUNK in memory);
+  (one draw, a chunk of at most serials.DRAWN * serials.CHUNK, in memory, and the connection's
+  page cache, db.CACHE_KIB at most);
 - serial_bytes_per_serial: the pool's table and indexes (dbstat) over the serials in it.
 `serialine bench batch` runs the same at its --serials size."""
 
