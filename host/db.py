@@ -159,6 +159,12 @@ _UNIT_OUTCOME = _one_of("outcome", ("PASSED", "REJECTED_CONFIRMED", "REJECTED_UN
 _CODER_JOB_STATE = _one_of("state", ("queued", "bound", "dropped"))
 _CONTAINER_STATE = _one_of("state", ("open", "closed", "disaggregated"))
 _SERIAL_STATE = _one_of("state", SERIAL_STATES)  # every serial inserted (a pool: ~1.2 us per row) and updated
+# what left the site is no longer ours to rework: its containment stays as shipped (two lookups, not
+# `IN (OLD.container_id, OLD.parent_id)`: an ephemeral table at every update of a container)
+SHIPPED_CONTAINER_FIXED = """CREATE TRIGGER IF NOT EXISTS shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
+        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc WHERE p.container_id = OLD.container_id)
+          OR EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc WHERE p.container_id = OLD.parent_id)
+        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END"""
 # the same CHECKs as ledgers made before hold them: table -> (old text, new text)
 _IN_LIST_CHECKS = {
     "unit": (
@@ -369,11 +375,7 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS packed_into_open_case BEFORE INSERT ON packed
         WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
         BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
-    # what left the site is no longer ours to rework: its containment stays as shipped
-    """CREATE TRIGGER IF NOT EXISTS shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
-        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc
-                     WHERE p.container_id IN (OLD.container_id, OLD.parent_id))
-        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END""",
+    SHIPPED_CONTAINER_FIXED,
     """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed
         WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
                      ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
@@ -487,7 +489,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_serial_history(conn)
     _migrate_device_event(conn)
     _migrate_coder_job(conn)
-    _migrate_in_list_checks(conn)
+    _migrate_in_lists(conn)
 
 
 def _migrate_device_event(conn: sqlite3.Connection) -> None:
@@ -598,9 +600,13 @@ def _migrate_coder_job(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE coder_job_v0")
 
 
-def _migrate_in_list_checks(conn: sqlite3.Connection) -> None:
+def _migrate_in_lists(conn: sqlite3.Connection) -> None:
     """Ledgers made before the host path's CHECKs were `=` chains (_one_of) get them edited in place:
-    the same values are admitted, so no stored row changes (as for the batch states in _migrate)."""
+    the same values are admitted, so no stored row changes (as for the batch states in _migrate);
+    shipped_container_fixed is made again (SCHEMA) if it is the one with an IN list."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='shipped_container_fixed'").fetchone()
+    if row and row[0] != SHIPPED_CONTAINER_FIXED.replace(" IF NOT EXISTS", ""):
+        conn.execute("DROP TRIGGER shipped_container_fixed")
     for table, (old, new) in _IN_LIST_CHECKS.items():
         row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if row and old in row[0]:

@@ -133,3 +133,34 @@ def test_in_list_checks_become_equality_chains_and_still_refuse(tmp_path):
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
         c.execute("INSERT INTO container (batch_id, level, state) VALUES ('B1', 'case', 'gone')")
     c.close()
+
+
+OLD_SHIPPED_CONTAINER_FIXED = """CREATE TRIGGER shipped_container_fixed BEFORE UPDATE OF state, parent_id ON container
+        WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc
+                     WHERE p.container_id IN (OLD.container_id, OLD.parent_id))
+        BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END"""
+
+
+def test_shipped_containers_stay_fixed_after_the_trigger_is_made_again(tmp_path):
+    path = str(tmp_path / "l.db")
+    c = db.connect(path)
+    c.execute("DROP TRIGGER shipped_container_fixed")
+    c.execute(OLD_SHIPPED_CONTAINER_FIXED)  # as ledgers made before hold it
+    c.close()
+    c = db.connect(path)
+    (sql,) = c.execute("SELECT sql FROM sqlite_master WHERE name='shipped_container_fixed'").fetchone()
+    assert "IN (OLD" not in sql
+    masterdata.add_product(c, GTIN, "Aspirin 100 mg", "EU_FMD", PREFIX_LEN)
+    masterdata.create_batch(c, "B1", GTIN, "L1", "2030-01-31", 10, 3, 2)
+    pallet = c.execute("INSERT INTO container (batch_id, level, sscc, state) VALUES ('B1', 'pallet', '095060000000000017',"
+                       " 'closed')").lastrowid
+    case = c.execute("INSERT INTO container (batch_id, level, sscc, state, parent_id) VALUES ('B1', 'case',"
+                     " '095060000000000024', 'closed', ?)", (pallet,)).lastrowid
+    loose = c.execute("INSERT INTO container (batch_id, level) VALUES ('B1', 'case')").lastrowid
+    shipment = c.execute("INSERT INTO shipment (at, user, destination, po, desadv) VALUES ('t', 'ann', 'x', 'p', 'd')").lastrowid
+    c.execute("INSERT INTO shipped VALUES ('095060000000000017', ?)", (shipment,))
+    for cid in (pallet, case):  # the shipped pallet itself, and a case on it
+        with pytest.raises(sqlite3.IntegrityError, match="left the site"):
+            c.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (cid,))
+    c.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (loose,))  # not shipped: free
+    c.close()
