@@ -47,6 +47,7 @@ PROGRESS_S = 5.0  # at most this often a progress line
 # a staging import without progress this long was killed: abandoned by the next one (longer than a
 # live import may wait for the lock)
 STALE_S = BUSY_DEADLINE_S + 120.0
+STAGING_CACHE_KIB = 16384  # the page cache while staging (db.connect's is larger, for the host path)
 REDRAWS = 20  # a chunk's collisions drawn again at most this often (a sound source needs one, rarely)
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
@@ -475,6 +476,7 @@ def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_know
     (timeout_ms,) = conn.execute("PRAGMA busy_timeout").fetchone()
     (sync,) = conn.execute("PRAGMA synchronous").fetchone()
     (auto,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
     w = _Writes(conn, total, progress)
     try:
         # staged chunks need no fsync of their own: they are unusable until the publication, whose
@@ -482,11 +484,14 @@ def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_know
         # checkpoint of each chunk runs outside its write lock (COMMIT would do it before returning)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        # a chunk touches each of its pages once: a small cache (memory flat, whatever the pool)
+        conn.execute(f"PRAGMA cache_size=-{STAGING_CACHE_KIB}")
         return _stage(conn, w, gtin, source, chunks, user, check, rnd, ignore_known, sync)
     finally:
         conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
         conn.execute(f"PRAGMA synchronous={sync}")
         conn.execute(f"PRAGMA wal_autocheckpoint={auto}")
+        conn.execute(f"PRAGMA cache_size={cache}")
 
 
 def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_known, sync: int) -> Added:

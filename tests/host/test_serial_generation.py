@@ -125,6 +125,7 @@ def test_staged_chunks_skip_their_fsync_and_the_publication_is_durable(conn, mon
     connection's own synchronous (FULL) for the publication, and both given back afterwards."""
     monkeypatch.setattr(serials, "CHUNK", 1000)
     conn.execute("PRAGMA wal_autocheckpoint=500")
+    conn.execute("PRAGMA cache_size=-4321")
     seen = []
     conn.set_trace_callback(seen.append)
     serials.generate_pool(conn, GTIN, 3000, user="ann")
@@ -137,6 +138,8 @@ def test_staged_chunks_skip_their_fsync_and_the_publication_is_durable(conn, mon
     assert seen[max(i for i in syncs if i < publish)] == "PRAGMA synchronous=2"  # FULL, as db.connect sets it
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
     assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (500,)
+    assert conn.execute("PRAGMA cache_size").fetchone() == (-4321,)
+    assert f"PRAGMA cache_size=-{serials.STAGING_CACHE_KIB}" in seen
 
 
 @pytest.mark.parametrize("held_s, pause_s", [
