@@ -132,6 +132,10 @@ def main(argv: list[str]) -> int:
         # simulated seconds per wall second of the line's run (setup and drain excluded) at max_ppm_virtual
         "virtual_speedup": at(best_v, "run", "virtual_speedup"),
         "virtual_speedup_by_ppm": {f"{ppm:.0f}": r["run"]["virtual_speedup"] for mode, ppm, r in rows if mode == "virtual"},
+        # CPU of the whole trial (simulator, firmware, agent; setup and close too) per pack, and the load it ran at
+        "cpu_ms_per_pack_virtual_by_ppm": {f"{ppm:.0f}": round(r["_cpu_ms_per_pack"], 2)
+                                           for mode, ppm, r in rows if mode == "virtual"},
+        "load_avg_virtual": [round(r["_load"], 1) for mode, _, r in rows if mode == "virtual"],
         "units_per_trial": {"virtual": args.units, "realtime": args.rt_units},
         "opcua": args.opcua,
         "cpu_ms_per_pack_realtime": round(best_r[1]["_cpu_ms_per_pack"], 2) if best_r else None,

@@ -1,6 +1,7 @@
 """`serialine bench line` reports how much faster than the wall clock virtual time ran: a tiny run's
 JSON line carries `virtual_speedup` (simulated seconds per wall second of the line's run) overall and
-per speed tried. Its value is the machine's; only its presence and sign are checked here."""
+per speed tried, with the CPU each trial cost per pack. Their values are the machine's; only their
+presence and sign are checked here."""
 
 from __future__ import annotations
 
@@ -19,3 +20,4 @@ def test_bench_line_reports_virtual_speedup():
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["max_ppm_virtual"] == 1200
     assert got["virtual_speedup"] > 0 and list(got["virtual_speedup_by_ppm"]) == ["1200"]
+    assert got["cpu_ms_per_pack_virtual_by_ppm"]["1200"] > 0 and len(got["load_avg_virtual"]) == 1
