@@ -22,10 +22,14 @@ import hashlib
 import json
 import os
 import re
+import logging
 import sqlite3
+import threading
 import time
 
 from . import db
+
+log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 
@@ -82,6 +86,12 @@ _MS_BOUNDS: tuple = ("device_event",)
 # part -> the part that reads its rows as sealed before its table changed form (the old table kept
 # as it was): used for a seal whose `cols` the table no longer has
 _AS_SEALED: dict = {"serial_history": "serial_history_v1"}
+# A log whose tail is read by its key, not by a scan of its time bound (no index on it): per group
+# (boot_ref), each link records `next` (1 + the highest key it covers) and the gaps below it (keys
+# not stored then, which a late event may fill): the next link reads those ranges and the keys from
+# `next` on, filtered by the time bound as before — the same rows, by the primary key (`_key_tail`).
+# part -> (group column, key column, SQL of the groups)
+_KEY_TAILS = {"log:device_event2": ("boot_ref", "event_seq", "SELECT ref FROM device_boot_ref ORDER BY ref")}
 _LOGS = tuple(p for p in _PARTS if p.startswith("log:"))
 _FROZEN = ("log:serial_history", "log:device_event")  # logs whose table no longer grows: verify reads their links, no new one extends them
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
@@ -138,27 +148,80 @@ def _as_sealed(conn, part: str, cols: list[str]) -> str:
     return part
 
 
-def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, start: str = "") -> dict:
+def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, start: str = "",
+                 boots: dict | None = None) -> dict:
     """Rows and sha256 of the part's rows (with bound in [since, upto)); `start` chains a digest
-    onto the previous checkpoint's."""
+    onto the previous checkpoint's. A key-tailed log (`_KEY_TAILS`) reads only the key ranges the
+    link before left open (`boots`, its "boots"; None or {}: every key) and says what it leaves open."""
     part = _as_sealed(conn, part, cols)
     table, where, order, _, bound = _PARTS[part]
-    rest = f" FROM {table} WHERE ({where})"
+    cond = f" WHERE ({where})"
     if bound and upto is not None:
-        rest += f" AND {bound} < :upto"
+        cond += f" AND {bound} < :upto"
     if bound and since is not None:
-        rest += f" AND {bound} >= :since"
-    rest += f" ORDER BY {order}"
+        cond += f" AND {bound} >= :since"
     args = {"key": key, "upto": upto, "since": since}
-    made = _sql_digest(conn, table, cols, rest, args, start)
-    if made is not None:
-        return made
+    pieces, left = _key_tail(conn, part, cond, args, boots or {}) if part in _KEY_TAILS else ([(cond, args)], None)
     h, n = hashlib.sha256(start.encode()), 0
-    cur = conn.execute(f"SELECT {', '.join(cols)}" + rest, args)
-    while rows := cur.fetchmany(4096):
-        h.update(_rows_json(rows).encode())
-        n += len(rows)
-    return {"rows": n, "sha256": h.hexdigest()}
+    for cond, args in pieces:  # in `order`: the pieces go up the key
+        rest = f" FROM {table}{cond} ORDER BY {order}"
+        ahead = h.copy()
+        rows = _sql_lines(conn, table, cols, rest, args, ahead)
+        if rows is None:  # not SQLite's way: Python writes the lines
+            ahead, rows = h.copy(), 0
+            cur = conn.execute(f"SELECT {', '.join(cols)}" + rest, args)
+            while got := cur.fetchmany(4096):
+                ahead.update(_rows_json(got).encode())
+                rows += len(got)
+        h, n = ahead, n + rows
+    return {"rows": n, "sha256": h.hexdigest(), **({"boots": left} if left is not None else {})}
+
+
+def _key_tail(conn, part: str, cond: str, args: dict, boots: dict) -> tuple[list, dict]:
+    """The pieces (condition, args) of a key-tailed log's rows in [since, upto) — per group, the
+    gaps and the keys from `next` the link before left open; every other key of the group was
+    sealed by a link before (so its time is below `since`) — and what this link leaves open."""
+    table = _PARTS[part][0]
+    group, key, groups = _KEY_TAILS[part]
+    pieces, left = [], {}
+    for (g,) in conn.execute(groups).fetchall():
+        (top,) = conn.execute(f"SELECT max({key}) FROM {table} WHERE {group} = ?", (g,)).fetchone()
+        if top is None:
+            continue
+        if str(g) in boots:
+            nxt, gaps = boots[str(g)]
+        else:  # a group no link has seen: all of it
+            (low,) = conn.execute(f"SELECT min({key}) FROM {table} WHERE {group} = ?", (g,)).fetchone()
+            nxt, gaps = min(0, low), []
+        ranges = [(gaps[i], gaps[i + 1]) for i in range(0, len(gaps), 2)] + ([(nxt, None)] if top >= nxt else [])
+        open_ = []
+        for lo, hi in ranges:
+            c = cond + f" AND {group} = :g AND {key} >= :lo" + ("" if hi is None else f" AND {key} < :hi")
+            a = {**args, "g": g, "lo": lo, "hi": hi}
+            at = lo
+            for first, last in _runs(conn, table, key, c, a):
+                if first > at:
+                    open_ += [at, first]
+                at = last + 1
+            if hi is None:
+                nxt = at
+            elif at < hi:
+                open_ += [at, hi]
+            if at != lo:
+                pieces.append((c, a))
+        left[str(g)] = [nxt, open_]
+    return pieces, left
+
+
+def _runs(conn, table: str, key: str, cond: str, args: dict) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive keys among the rows of `cond`, ascending."""
+    lo, hi, n = conn.execute(f"SELECT min({key}), max({key}), count(*) FROM {table}{cond}", args).fetchone()
+    if not n:
+        return []
+    if hi - lo + 1 == n:
+        return [(lo, hi)]
+    return conn.execute(f"SELECT min(k), max(k) FROM (SELECT {key} AS k, {key} - row_number() OVER (ORDER BY {key})"
+                        f" AS run FROM {table}{cond}) GROUP BY run ORDER BY 1", args).fetchall()
 
 
 _SQL_ALIKE: dict[str, bool] = {}  # SQLite version -> its json_array writes text, integers, NULL as _row_json
@@ -191,11 +254,19 @@ def _affinity(declared: str) -> str:
 
 
 def _sql_digest(conn, table: str, cols: list[str], rest: str, args: dict, start: str) -> dict | None:
-    """_part_digest with each row's line written by SQLite (json_array: no Python object per
+    """{rows, sha256} of the rows' lines after `start`, written by SQLite (`_sql_lines`), or None."""
+    h = hashlib.sha256(start.encode())
+    rows = _sql_lines(conn, table, cols, rest, args, h)
+    return None if rows is None else {"rows": rows, "sha256": h.hexdigest()}
+
+
+def _sql_lines(conn, table: str, cols: list[str], rest: str, args: dict, h) -> int | None:
+    """The rows' lines into `h`, each written by SQLite (json_array: no Python object per
     value) where that gives the same lines: text, integers and NULL. A TEXT column holds no REAL
     (SQLite stores a number put there as text), any other may (checked per row), any may hold a
     BLOB (json_array refuses it): such a row sends the part back to Python. A last REAL
-    column (times) is written by float.__repr__, as json does. None: not this way."""
+    column (times) is written by float.__repr__, as json does. → rows, or None: not this way
+    (`h` then holds part of them)."""
     if not _sql_writes_alike(conn):
         return None
     kinds = {name: _affinity(kind) for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({table})")}
@@ -207,7 +278,7 @@ def _sql_digest(conn, table: str, cols: list[str], rest: str, args: dict, start:
     numeric = [c for c in head if kinds[c] != "TEXT"]
     if numeric:
         line = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
-    h, n = hashlib.sha256(start.encode()), 0
+    n = 0
     try:
         cur = conn.execute(f"SELECT {line}{''.join(', ' + c for c in tail)}" + rest, args)
         while rows := cur.fetchmany(4096):
@@ -233,7 +304,7 @@ def _sql_digest(conn, table: str, cols: list[str], rest: str, args: dict, start:
             n += len(rows)
     except sqlite3.OperationalError:  # a BLOB value
         return None
-    return {"rows": n, "sha256": h.hexdigest()}
+    return n
 
 
 _row_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -327,28 +398,36 @@ def _links(conn):
             # a close whose seal is unreadable is reported by _verify_seals
 
 
-def _continue_logs(conn) -> dict:
+def _continue_logs(conn, uptos: dict | None = None) -> dict:
     """The logs' next link: per log, its digest continuing the last link's over only the rows added
-    since, `after` naming that link (0: none, from the first row). A rowid bound reads just those
-    rows; a time bound has no index, so its log is scanned (filtered, not hashed). Inside the
-    caller's transaction, which must see every committed row and no writer between."""
+    since, `after` naming that link (0: none, from the first row), up to `uptos` (`_log_uptos`,
+    taken now if None). A rowid bound, and a key-tailed log, read just those rows; another time
+    bound has no index, so its log is scanned (filtered, not hashed). The caller's transaction must
+    see every row below the bounds and none written after them (`checkpoint`, `checkpoint_aside`)."""
     last, after = {}, {}
     for seq, _, _, parts in _links(conn):
         for part, s in (parts or {}).items():
             last[part], after[part] = s, seq
+    uptos = _log_uptos(conn) if uptos is None else uptos
+    out = {}
+    for part, (cols, upto) in uptos.items():
+        before = last.get(part, {})
+        if before and before.get("cols") != cols:  # the table changed form: a new chain, from its first row
+            before, after[part] = {}, 0
+        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""), before.get("boots"))
+        out[part] = {"cols": cols, "upto": upto, "rows": before.get("rows", 0) + d["rows"], "sha256": d["sha256"],
+                     "after": after.get(part, 0), **({"boots": d["boots"]} if "boots" in d else {})}
+    return out
+
+
+def _log_uptos(conn) -> dict:
+    """Per growing log: (its columns, its bound for a link now: `_now_bound`, under the write lock)."""
     out = {}
     for part in (p for p in _LOGS if p not in _FROZEN):
         table, _, _, leave_out, bound = _PARTS[part]
         cols = _columns(conn, table, leave_out)
-        if not cols:
-            continue
-        before = last.get(part, {})
-        if before and before.get("cols") != cols:  # the table changed form: a new chain, from its first row
-            before, after[part] = {}, 0
-        upto = _now_bound(conn, table, bound)
-        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""))
-        out[part] = {"cols": cols, "upto": upto, "rows": before.get("rows", 0) + d["rows"], "sha256": d["sha256"],
-                     "after": after.get(part, 0)}
+        if cols:
+            out[part] = (cols, _now_bound(conn, table, bound))
     return out
 
 
@@ -361,44 +440,116 @@ def checkpoint(conn: sqlite3.Connection, user: str) -> str:
         return append(conn, user, CHECKPOINT, {"parts": _continue_logs(conn)})
 
 
+def _last_link(conn) -> int:
+    return conn.execute(f"SELECT coalesce(max(seq), 0) FROM audit WHERE action IN ({', '.join('?' * (1 + len(FINAL)))})",
+                        (CHECKPOINT, *FINAL)).fetchone()[0]
+
+
+def checkpoint_aside(path: str, user: str, busy_s: float = db.BUSY_TIMEOUT_S, tries: int = 3) -> str:
+    """`checkpoint` of the ledger file `path` on two connections of its own, for a running line
+    (call it off the line's loop): the other writers wait for it only while it takes the bounds
+    and opens a read snapshot on them, and while it appends the record — not while it hashes the
+    rows (in the snapshot, WAL: the writers go on). Its writes wait out theirs (`busy_s`). A link
+    another writer appended meanwhile makes it start again (`tries`); returns the record's hash."""
+    lock = sqlite3.connect(path, isolation_level=None, timeout=busy_s, check_same_thread=False)
+    snap = sqlite3.connect(path, isolation_level=None, timeout=busy_s, check_same_thread=False)
+    try:
+        for _ in range(tries):
+            with db.transaction(lock):  # no writer between the bounds and the snapshot
+                uptos = _log_uptos(lock)
+                snap.execute("BEGIN")
+                seen = _last_link(snap)  # (its first read: the snapshot)
+            try:
+                parts = _continue_logs(snap, uptos)
+            finally:
+                snap.execute("COMMIT")
+            with db.transaction(lock):
+                if _last_link(lock) == seen:
+                    return append(lock, user, CHECKPOINT, {"parts": parts})
+        raise AuditError(f"a link was appended by another writer during each of {tries} tries")
+    finally:
+        lock.close()
+        snap.close()
+
+
 CHECKPOINT_UNITS, CHECKPOINT_S = 10_000, 600.0  # a running line's logs are sealed at least this often
+RETRY_S = 10.0  # a checkpoint that failed is tried again after this (or as the agent stops)
 
 
 class Checkpointer:
     """When a running agent checkpoints: after every CHECKPOINT_UNITS units' events (4 per unit)
     or CHECKPOINT_S seconds with new events, whichever comes first, and when it stops (`flush`),
-    so a close finds only its own rows unsealed. Call outside a transaction, off the verdict path."""
+    so a close finds only its own rows unsealed. Call `note` after each step's commit: a due
+    checkpoint runs on a thread of its own (`checkpoint_aside`), so the loop never waits for it; an
+    in-memory ledger has no second connection, so there it runs in `note` itself (tests). A failed
+    one is logged in one line and tried again after RETRY_S."""
 
     def __init__(self, conn: sqlite3.Connection, user: str, units: int = CHECKPOINT_UNITS,
-                 seconds: float = CHECKPOINT_S):
-        self.conn, self.user, self.events, self.seconds = conn, user, 4 * units, seconds
+                 seconds: float = CHECKPOINT_S, busy_s: float = db.BUSY_TIMEOUT_S):
+        self.conn, self.user, self.events, self.seconds, self.busy_s = conn, user, 4 * units, seconds, busy_s
         self.pending, self.since, self.retry_at = 0, time.monotonic(), 0.0
         self.made, self.cpu_s = 0, 0.0  # checkpoints made, their CPU seconds (for the benchmarks)
+        self.failed, self.error = 0, None  # failed attempts (each logged), the last one's error
+        self.path = db.file_of(conn)  # "": in memory
+        self._count = threading.Lock()  # pending: added to by the loop, taken by the checkpoint
+        self._running = threading.Lock()
+        self._job: threading.Thread | None = None
 
     def note(self, events: int) -> bool:
-        """`events` new device events stored; checkpoint if due. → whether it did."""
-        self.pending += events
+        """`events` new device events stored (committed); start a checkpoint if one is due and none
+        runs. → whether it started one."""
+        with self._count:
+            self.pending += events
+            pending = self.pending
         now = time.monotonic()
-        if now < self.retry_at or (self.pending < self.events and now - self.since < self.seconds):
+        if not pending or now < self.retry_at or (pending < self.events and now - self.since < self.seconds):
             return False
-        return self.flush()
+        if not self.path:
+            return self._run()
+        if self._job is not None and self._job.is_alive():
+            return False
+        self._job = threading.Thread(target=self._run, name="audit-checkpoint", daemon=True)
+        self._job.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a started checkpoint to end. → whether none runs now."""
+        job = self._job
+        if job is not None:
+            job.join(timeout)
+            return not job.is_alive()
+        return True
 
     def flush(self) -> bool:
-        """Checkpoint now if any event is not yet sealed (the agent stops). → whether it did."""
-        if not self.pending:
-            return False
-        c = time.process_time()
-        try:
-            checkpoint(self.conn, self.user)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            self.retry_at = time.monotonic() + 10.0  # the ledger busy (a long CLI command): the line goes on
-            return False
-        finally:
-            self.cpu_s += time.process_time() - c
-        self.pending, self.since, self.made = 0, time.monotonic(), self.made + 1
-        return True
+        """The agent stops: wait for a running checkpoint, then checkpoint what is not yet sealed,
+        before returning. → whether this call checkpointed."""
+        self.wait()
+        return self._run()
+
+    def _run(self) -> bool:
+        with self._running:
+            with self._count:
+                taken = self.pending
+            if not taken:
+                return False
+            c = time.thread_time()
+            try:
+                if self.path:
+                    checkpoint_aside(self.path, self.user, self.busy_s)
+                else:
+                    checkpoint(self.conn, self.user)
+            except Exception as exc:  # said, and tried again: the events stay pending
+                self.failed, self.error = self.failed + 1, f"{type(exc).__name__}: {exc}"
+                self.retry_at = time.monotonic() + RETRY_S
+                log.warning("audit checkpoint by %s failed (%s); its %d device events wait for the next one, in %.0f s"
+                            " or as the agent stops", self.user, " ".join(self.error.split()), taken, RETRY_S)
+                return False
+            finally:
+                self.cpu_s += time.thread_time() - c
+            with self._count:
+                self.pending -= taken
+            self.since, self.made, self.retry_at = time.monotonic(), self.made + 1, 0.0
+            return True
 
 
 def _verify_checkpoints(conn) -> str | None:
@@ -418,7 +569,8 @@ def _verify_checkpoints(conn) -> str | None:
                 if s.get("after", after.get(part, 0)) != after.get(part, 0):
                     return (f"{who}: its seal of table {table} continues record {s['after']}, but the link before"
                             f" it is record {after.get(part, 0)}")
-                d = _part_digest(conn, part, "", s["cols"], s["upto"], before.get("upto"), before.get("sha256", ""))
+                d = _part_digest(conn, part, "", s["cols"], s["upto"], before.get("upto"), before.get("sha256", ""),
+                                 before.get("boots"))
             except sqlite3.Error as exc:
                 return f"{who}: table {table} cannot be read as sealed ({exc})"
             except (KeyError, TypeError, AttributeError):
@@ -428,6 +580,8 @@ def _verify_checkpoints(conn) -> str | None:
                 what = f"{s['rows']} rows sealed, {rows} now" if rows != s["rows"] else "rows changed"
                 since = f" since record {after[part]} ({before['upto']})" if before else ""
                 return f"{who}: table {table} differs from its seal{since}: {what}"
+            if "boots" in s and s["boots"] != d["boots"]:  # what the next link reads: as these rows leave it
+                return f"{who}: its seal of table {table} leaves other keys open than its rows do"
             last[part], after[part] = s, seq
     return None
 

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from serialine.host import audit, cli_batch, db
+from serialine.host import audit, cli_batch, db, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
@@ -150,18 +150,18 @@ def test_a_close_sealed_the_old_way_still_verifies(tmp_path, monkeypatch):
 
 def test_the_agents_cadence(tmp_path):
     """Checkpointer: a checkpoint once as many events as `units` units (4 each) are stored, or the
-    time is up, or the agent stops (`flush`); none without new events."""
+    time is up, or the agent stops (`flush`: done when it returns); none without new events."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
     every = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
     line.unit(0)
     assert not every.note(4)
     line.unit(1)
-    assert every.note(4) and every.made == 1
+    assert every.note(4) and every.wait(60) and every.made == 1  # (on its own thread)
     assert not every.note(0)
     (n,) = conn.execute("SELECT count(*) FROM audit WHERE action='audit.checkpoint'").fetchone()
     late = audit.Checkpointer(conn, "serialine-agent", units=1000, seconds=0.0)
-    assert not late.note(0) and late.note(1)  # time is up, and there is something new
+    assert not late.note(0) and late.note(1) and late.wait(60)  # time is up, and there is something new
     stops = audit.Checkpointer(conn, "serialine-agent", units=1000, seconds=float("inf"))
     assert not stops.flush()
     line.unit(2)
@@ -169,6 +169,24 @@ def test_the_agents_cadence(tmp_path):
     (m,) = conn.execute("SELECT count(*) FROM audit WHERE action='audit.checkpoint'").fetchone()
     conn.close()
     assert (n, m) == (1, 3)
+    assert _verify(dbfile)[0]
+
+
+def test_an_in_memory_ledger_checkpoints_in_note():
+    """No second connection sees an in-memory ledger: its checkpoint runs in `note` itself."""
+    conn = db.connect(":memory:")
+    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", 7)
+    serials.generate(conn, GTIN, 30)
+    masterdata.create_batch(conn, "B1", GTIN, "L1", "2030-01-31", 12, 3, 2)
+    masterdata.start_batch(conn, "B1")
+    ledger = Ledger(conn, "B1")
+    with transaction(conn):
+        ledger.queue_codes(2)
+    Line(ledger).unit(0)
+    every = audit.Checkpointer(conn, "serialine-agent", units=1, seconds=float("inf"))
+    assert every.path == ""
+    assert every.note(4) and every.made == 1 and every._job is None
+    assert audit.verify(conn)[0]
 
 
 CELLS = st.one_of(st.none(), st.text(alphabet=st.characters(max_codepoint=0x2030), max_size=8),
@@ -194,18 +212,41 @@ def test_a_views_untyped_column_is_written_by_sqlite_as_by_python(rows):
 
 
 def test_a_busy_ledger_delays_the_agents_checkpoint(tmp_path):
-    """Another writer holds the ledger: the checkpoint waits for a later step, the line goes on."""
+    """Another writer holds the ledger: the checkpoint waits for it on its own thread (the loop does
+    not), and is made once the writer is done."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
     line.unit(0)
-    conn.execute("PRAGMA busy_timeout = 0")
     other = sqlite3.connect(dbfile, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     every = audit.Checkpointer(conn, "serialine-agent", units=1, seconds=float("inf"))
-    assert not every.note(4) and every.made == 0
+    assert every.note(4) and not every.wait(0.2) and every.made == 0  # waiting for the lock, off the loop
     other.execute("ROLLBACK")
     other.close()
-    assert every.flush() and every.made == 1  # e.g. as the agent stops
+    assert every.wait(60) and every.made == 1 and every.failed == 0
+    assert not every.flush()  # e.g. as the agent stops: nothing left
+    conn.close()
+    assert _verify(dbfile)[0]
+
+
+def test_a_failed_checkpoint_is_said_and_tried_again(tmp_path, caplog):
+    """The ledger stays locked past the checkpoint's busy timeout: one line in the log, the events
+    stay pending, and the next attempt (here the agent stopping) seals them."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    line.unit(0)
+    other = sqlite3.connect(dbfile, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    every = audit.Checkpointer(conn, "serialine-agent", units=1, seconds=float("inf"), busy_s=0.05)
+    with caplog.at_level("WARNING", logger="serialine.host.audit"):
+        assert every.note(4) and every.wait(60)
+    assert every.made == 0 and every.failed == 1 and every.pending == 4 and "locked" in every.error
+    said = [r.getMessage() for r in caplog.records if r.name == "serialine.host.audit"]
+    assert len(said) == 1 and "\n" not in said[0] and "4 device events wait" in said[0], said
+    assert not every.note(0)  # not before RETRY_S
+    other.execute("ROLLBACK")
+    other.close()
+    assert every.flush() and every.made == 1 and every.pending == 0
     conn.close()
     assert _verify(dbfile)[0]
 
@@ -225,3 +266,87 @@ def test_a_closed_batchs_coder_jobs_are_sealed_as_stored(checkpointed_then_close
     c.close()
     ok, message = _verify(dbfile)
     assert not ok and message.startswith(f"batch B1: table {table} differs from its seal in record {close}"), message
+
+
+def _links_of(dbfile, part):
+    c = sqlite3.connect(dbfile)
+    out = [(seq, json.loads(d)["parts"][part]) for seq, d in
+           c.execute("SELECT seq, detail FROM audit WHERE action='audit.checkpoint' ORDER BY seq")]
+    c.close()
+    return out
+
+
+def _edit_event(dbfile, boot_id, event_seq):
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    assert c.execute("UPDATE device_event SET unit_seq = unit_seq + 1000 WHERE event_seq = ? AND boot_ref ="
+                     " (SELECT ref FROM device_boot_ref WHERE boot_id = ?)", (event_seq, boot_id)).rowcount == 1
+    c.close()
+
+
+def test_a_late_event_that_fills_a_gap_is_sealed_by_the_next_link(tmp_path):
+    """device_event's tail is read by key (the ranges the link before left open, `boots`), not by a
+    scan of received_at: an event stored after a link, below the highest seq stored then (a gap),
+    is in the next link, as a boot's new events are; a boot without new rows is passed over; an
+    edit of a row anywhere on the chain is caught by the link that sealed it."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    part = _log("device_event")
+    line.unit(0)  # seqs 1..4 of boot 7
+    line.event_seq += 1  # 5 is late
+    line.unit(1)  # 6..9
+    other = Line(line.ledger, boot_id=8)
+    other.store([other.event("ALARM", alarm=1, active=1, unit_seq=0, t_us=0)])  # boot 8: seq 1
+    audit.checkpoint(conn, "qa")
+    first = _links_of(dbfile, part)[-1][1]
+    ref7, ref8 = (str(conn.execute("SELECT ref FROM device_boot_ref WHERE boot_id=?", (b,)).fetchone()[0]) for b in (7, 8))
+    assert first["rows"] == 9 and first["boots"] == {ref7: [10, [0, 1, 5, 6]], ref8: [2, [0, 1]]}
+    line.store([("ALARM", dict(alarm=1, active=1, unit_seq=0, t_us=0, event_seq=5))])  # the late one
+    line.unit(2)  # 10..13
+    audit.checkpoint(conn, "qa")
+    second = _links_of(dbfile, part)[-1][1]
+    assert second["rows"] == 9 + 5 and second["boots"] == {ref7: [14, [0, 1]], ref8: [2, [0, 1]]}
+    (n,) = conn.execute("SELECT count(*) FROM device_event").fetchone()
+    assert second["rows"] == n  # every row, each in one link
+    conn.close()
+    assert _verify(dbfile)[0]
+    (ck1, _), (ck2, _) = _links_of(dbfile, part)[-2:]
+    for boot, seq, link in ((7, 5, ck2), (7, 11, ck2), (7, 6, ck1), (8, 1, ck1)):
+        _edit_event(dbfile, boot, seq)
+        ok, message = _verify(dbfile)
+        assert not ok and message.startswith(f"checkpoint record {link}: table device_event differs"), (boot, seq, message)
+        _edit_event_back(dbfile, boot, seq)
+        assert _verify(dbfile)[0]
+
+
+def _edit_event_back(dbfile, boot_id, event_seq):
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    c.execute("UPDATE device_event SET unit_seq = unit_seq - 1000 WHERE event_seq = ? AND boot_ref ="
+              " (SELECT ref FROM device_boot_ref WHERE boot_id = ?)", (event_seq, boot_id))
+    c.close()
+
+
+def test_links_made_before_the_key_tail_still_verify(tmp_path, monkeypatch):
+    """A link made by a scan of received_at (no `boots`: before the key tail) verifies as it did,
+    the next link continues it over the same rows, and an edit of a row it sealed is caught by it."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    part = _log("device_event")
+    for u in range(3):
+        line.unit(u)
+    monkeypatch.setattr(audit, "_KEY_TAILS", {})  # the link as made before
+    audit.checkpoint(conn, "qa")
+    monkeypatch.undo()
+    old = _links_of(dbfile, part)[-1]
+    assert "boots" not in old[1] and old[1]["rows"] == 12
+    for u in range(3, 6):
+        line.unit(u)
+    audit.checkpoint(conn, "qa")
+    new = _links_of(dbfile, part)[-1][1]
+    assert new["after"] == old[0] and new["rows"] == 24 and "boots" in new
+    conn.close()
+    close, sealed = _close(dbfile)
+    assert sealed[part]["after"] == _links_of(dbfile, part)[-1][0]
+    assert _verify(dbfile)[0]
+    _edit_event(dbfile, 7, 2)
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"checkpoint record {old[0]}: table device_event differs"), message
