@@ -57,6 +57,7 @@ BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step
 BACKOFF_MAX_S = 1.0
 CODER_RETRY_S = 1.0  # a refusing or unreachable coder is tried again after this, doubling ...
 CODER_RETRY_MAX_S = 30.0  # ... up to this (each retry of a push puts one serial at stake)
+LOW_WATER_EVERY_S = 1.0  # a pool above its low-water mark is counted again after this (not at every top-up)
 # what every alarm that resets the coder says happens next (host/agent.py _try_finish_resume)
 CODER_RESYNC = ("line stop latched: once the belt is still the coder is cleared and its queued jobs written off,"
                 " then refilled")
@@ -114,6 +115,7 @@ class Agent:
         self._mismatches = 0  # consecutive CODE_MISMATCH verdicts
         self.pairing_lost_after = pairing_lost_after
         self._serials_low = False
+        self._low_water_at = float("-inf")  # when the pool's low-water mark is next counted (monotonic s)
         self._serials_out = False  # SERIALS_EXHAUSTED said (once per episode)
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         self._lock = None  # (device_id, open lock file)
@@ -409,7 +411,10 @@ class Agent:
                 if not self._serials_out:
                     self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{dry}; the coder gets no more jobs until"
                                       " serials are added (prints without a job are rejected)")
-            warning = serials.low_water(self.conn, self.ledger.batch.gtin)
+            warning = None  # a bounded count, yet a sixth of a top-up: once a second while not low
+            if dry or self._serials_low or time.monotonic() >= self._low_water_at:
+                self._low_water_at = time.monotonic() + LOW_WATER_EVERY_S
+                warning = serials.low_water(self.conn, self.ledger.batch.gtin)
             if warning and not self._serials_low:  # once per crossing, not once per top-up
                 self.ledger.alarm("agent", "SERIALS_LOW", warning)
         for text, said in ((warning, self._serials_low), (dry, self._serials_out)):
