@@ -155,13 +155,12 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     link before left open (`boots`, its "boots"; None or {}: every key) and says what it leaves open."""
     part = _as_sealed(conn, part, cols)
     table, where, order, _, bound = _PARTS[part]
-    cond = f" WHERE ({where})"
+    below = f" WHERE ({where})"
     if bound and upto is not None:
-        cond += f" AND {bound} < :upto"
-    if bound and since is not None:
-        cond += f" AND {bound} >= :since"
+        below += f" AND {bound} < :upto"
+    cond = below + (f" AND {bound} >= :since" if bound and since is not None else "")
     args = {"key": key, "upto": upto, "since": since}
-    pieces, left = _key_tail(conn, part, cond, args, boots or {}) if part in _KEY_TAILS else ([(cond, args)], None)
+    pieces, left = _key_tail(conn, part, below, cond, args, boots or {}) if part in _KEY_TAILS else ([(cond, args)], None)
     h, n = hashlib.sha256(start.encode()), 0
     for cond, args in pieces:  # in `order`: the pieces go up the key
         rest = f" FROM {table}{cond} ORDER BY {order}"
@@ -177,10 +176,11 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     return {"rows": n, "sha256": h.hexdigest(), **({"boots": left} if left is not None else {})}
 
 
-def _key_tail(conn, part: str, cond: str, args: dict, boots: dict) -> tuple[list, dict]:
-    """The pieces (condition, args) of a key-tailed log's rows in [since, upto) — per group, the
-    gaps and the keys from `next` the link before left open; every other key of the group was
-    sealed by a link before (so its time is below `since`) — and what this link leaves open."""
+def _key_tail(conn, part: str, below: str, cond: str, args: dict, boots: dict) -> tuple[list, dict]:
+    """The pieces (condition, args) of a key-tailed log's rows in [since, upto) (`cond`) — per
+    group, the gaps and the keys from `next` the link before left open; every other key of the
+    group was sealed by a link before (so its time is below `since`) — and what this link leaves
+    open: the keys of no row below `upto` (`below`: every such row is sealed by it or one before)."""
     table = _PARTS[part][0]
     group, key, groups = _KEY_TAILS[part]
     pieces, left = [], {}
@@ -196,10 +196,10 @@ def _key_tail(conn, part: str, cond: str, args: dict, boots: dict) -> tuple[list
         ranges = [(gaps[i], gaps[i + 1]) for i in range(0, len(gaps), 2)] + ([(nxt, None)] if top >= nxt else [])
         open_ = []
         for lo, hi in ranges:
-            c = cond + f" AND {group} = :g AND {key} >= :lo" + ("" if hi is None else f" AND {key} < :hi")
+            span = f" AND {group} = :g AND {key} >= :lo" + ("" if hi is None else f" AND {key} < :hi")
             a = {**args, "g": g, "lo": lo, "hi": hi}
             at = lo
-            for first, last in _runs(conn, table, key, c, a):
+            for first, last in _runs(conn, table, key, below + span, a):
                 if first > at:
                     open_ += [at, first]
                 at = last + 1
@@ -208,7 +208,7 @@ def _key_tail(conn, part: str, cond: str, args: dict, boots: dict) -> tuple[list
             elif at < hi:
                 open_ += [at, hi]
             if at != lo:
-                pieces.append((c, a))
+                pieces.append((cond + span, a))
         left[str(g)] = [nxt, open_]
     return pieces, left
 
