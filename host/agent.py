@@ -154,12 +154,16 @@ class Agent:
             raise AgentError(f"device {device_id} is already served by an agent on this ledger"
                              f" ({held.holder or 'another process'}); one agent per device: stop it first,"
                              " or give each line its own device_id") from None
-        self.release()
+        self._unlock()  # (not release: the loop does not wait for a checkpoint; the next one is due as before)
         self._lock = (device_id, f)
 
     def release(self) -> None:
-        """Give up the device's lock (the process ending does the same), the logs sealed so far."""
+        """Give up the device's lock (the process ending does the same), the logs sealed so far
+        (a running checkpoint waited for, then the last one made)."""
         self.checkpoints.flush()
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock:
             self._lock[1].close()
             self._lock = None
