@@ -440,9 +440,10 @@ def checkpoint(conn: sqlite3.Connection, user: str) -> str:
         return append(conn, user, CHECKPOINT, {"parts": _continue_logs(conn)})
 
 
-def _last_link(conn) -> int:
-    return conn.execute(f"SELECT coalesce(max(seq), 0) FROM audit WHERE action IN ({', '.join('?' * (1 + len(FINAL)))})",
-                        (CHECKPOINT, *FINAL)).fetchone()[0]
+def _link_since(conn, seq: int) -> bool:
+    """Whether a record after `seq` may be a link (read by the key: only those records)."""
+    return conn.execute(f"SELECT 1 FROM audit WHERE seq > ? AND action IN ({', '.join('?' * (1 + len(FINAL)))}) LIMIT 1",
+                        (seq, CHECKPOINT, *FINAL)).fetchone() is not None
 
 
 def checkpoint_aside(path: str, user: str, busy_s: float = db.BUSY_TIMEOUT_S, tries: int = 3) -> str:
@@ -458,13 +459,13 @@ def checkpoint_aside(path: str, user: str, busy_s: float = db.BUSY_TIMEOUT_S, tr
             with db.transaction(lock):  # no writer between the bounds and the snapshot
                 uptos = _log_uptos(lock)
                 snap.execute("BEGIN")
-                seen = _last_link(snap)  # (its first read: the snapshot)
+                (seen,) = snap.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()  # (its first read: the snapshot)
             try:
                 parts = _continue_logs(snap, uptos)
             finally:
                 snap.execute("COMMIT")
             with db.transaction(lock):
-                if _last_link(lock) == seen:
+                if not _link_since(lock, seen):
                     return append(lock, user, CHECKPOINT, {"parts": parts})
         raise AuditError(f"a link was appended by another writer during each of {tries} tries")
     finally:

@@ -352,3 +352,27 @@ def test_links_made_before_the_key_tail_still_verify(tmp_path, monkeypatch):
     _edit_event(dbfile, 7, 2)
     ok, message = _verify(dbfile)
     assert not ok and message.startswith(f"checkpoint record {old[0]}: table device_event differs"), message
+
+
+def test_a_link_made_while_the_agents_checkpoint_hashes_makes_it_start_again(tmp_path, monkeypatch):
+    """checkpoint_aside hashes in a snapshot, off the write lock: a link another writer appends in
+    that time (here `audit checkpoint` by hand) is continued, not forked from."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    line.unit(0)
+    real, calls = audit._continue_logs, []
+
+    def meanwhile(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            line.unit(1)
+            audit.checkpoint(conn, "qa")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(audit, "_continue_logs", meanwhile)
+    audit.checkpoint_aside(str(dbfile), "serialine-agent")
+    monkeypatch.undo()
+    part = _log("device_event")
+    (qa, by_hand), (_, aside) = _links_of(dbfile, part)
+    assert len(calls) == 3 and aside["after"] == qa and aside["rows"] == by_hand["rows"] == 8
+    conn.close()
+    assert _verify(dbfile)[0]
