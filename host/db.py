@@ -450,6 +450,7 @@ def connect(path: str) -> sqlite3.Connection:
         _migrate(conn)
         for statement in SCHEMA:
             conn.execute(statement)
+        devevents.check_layout(conn)
         try:
             from serialine.host.epcis import outbox
             outbox.ensure_schema(conn)

@@ -81,6 +81,28 @@ def _packings() -> dict[str, _Packing]:
 _PACK = _packings()
 _BY_ID = {p.msg: p for p in _PACK.values()}
 
+# How this release packs, message by message: a packed row reads right only under the layout it was
+# packed with, so a ledger records it (table device_event_layout) and a release that packs another
+# way refuses the ledger instead of misreading its events (`check_layout`, at every db.connect)
+LAYOUT = ";".join(f"{p.msg}:{p.st.format}:{','.join(p.names)}" for p in sorted(_PACK.values(), key=lambda p: p.msg))
+LAYOUT_DDL = "CREATE TABLE IF NOT EXISTS device_event_layout (layout TEXT NOT NULL)"
+
+
+def check_layout(conn: sqlite3.Connection) -> None:
+    """Record this release's packing layout in a ledger without packed rows; refuse (one line,
+    nothing changed) a ledger whose packed rows were written under another one."""
+    conn.execute(LAYOUT_DDL)
+    stored = [layout for (layout,) in conn.execute("SELECT layout FROM device_event_layout")]
+    if stored == [LAYOUT]:
+        return
+    packed = conn.execute("SELECT 1 FROM device_event WHERE typeof(body) = 'integer' LIMIT 1").fetchone()
+    if stored and packed:
+        raise sqlite3.DatabaseError(
+            "this ledger's device events were packed by a release whose protocol schema lays them out"
+            " otherwise; this release would misread them: open the ledger with the release that wrote it")
+    conn.execute("DELETE FROM device_event_layout")
+    conn.execute("INSERT INTO device_event_layout (layout) VALUES (?)", (LAYOUT,))
+
 
 def _json(fields: dict) -> str:
     """The JSON body of before (host/ledger.py wrote it so): compact, flat ints formatted directly."""

@@ -193,3 +193,24 @@ def test_the_console_reads_outcomes_and_detections_of_compact_rows(ledger):
     stored = [e.received_at for e in devevents.events(ledger.conn, names=("UNIT_OUTCOME",))]
     assert [t for t, _ in charts.reject_times(ledger.conn, "B1")] == sorted(stored)
     assert app._packs_per_minute(ledger.conn, "dev1", 7, window_s=60) == 3
+
+
+def test_a_ledger_packed_under_another_layout_is_refused_not_misread(tmp_path):
+    path = str(tmp_path / "l.db")
+    conn = db.connect(path)
+    assert conn.execute("SELECT layout FROM device_event_layout").fetchall() == [(devevents.LAYOUT,)]
+    # another release, whose schema lays the fields out otherwise, recorded its layout: while no row
+    # is packed that changes nothing a reader needs, and this release records its own
+    conn.execute("UPDATE device_event_layout SET layout = 'another release'")
+    conn.close()
+    conn = db.connect(path)
+    assert conn.execute("SELECT layout FROM device_event_layout").fetchall() == [(devevents.LAYOUT,)]
+    ref = devevents.boot_ref(conn, "dev1", 1)
+    conn.execute(devevents.INSERT, devevents.row(ref, "UNIT_DETECTED", {"event_seq": 0, "unit_seq": 0, "pos": 5,
+                                                                         "t_us": 9, "flags": 0}, 1.0))
+    conn.execute("UPDATE device_event_layout SET layout = 'another release'")
+    conn.close()
+    before = db.snapshot(sqlite3.connect(path))
+    with pytest.raises(sqlite3.DatabaseError, match="packed by a release whose protocol schema lays them out otherwise"):
+        db.connect(path)
+    assert db.snapshot(sqlite3.connect(path)) == before  # refused as it was: nothing migrated, nothing rewritten
