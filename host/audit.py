@@ -75,6 +75,11 @@ _PARTS = {
     "log:device_event": ("device_event_v1", "1", "boot_ref, event_seq", None, "received_at"),
     "log:serial_history2": ("serial_history", "1", "seq", None, "rowid"),  # its chain starts at the compact form
     "log:serial_history": ("serial_history_v1", "1", "at, gtin, serial, old_state, new_state, batch_id", None, "at"),
+    # alarms and outbox bodies by their row id (AUTOINCREMENT, never deleted): a link reads only the
+    # rows added since, however long the ledger's history (by time, each link scanned the whole table)
+    "log:alarm_log2": ("alarm_log", "1", "alarm_id", None, "rowid"),
+    "log:epcis_outbox2": ("epcis_outbox", "1", "seq", ("delivered_at", "attempts", "next_try_at", "last_error"),
+                          "rowid"),
     "log:alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
     "log:epcis_outbox": ("epcis_outbox", "1", "seq", ("delivered_at", "attempts", "next_try_at", "last_error"),
                          "enqueued_at"),
@@ -93,7 +98,7 @@ _AS_SEALED: dict = {"serial_history": "serial_history_v1"}
 # part -> (group column, key column, SQL of the groups)
 _KEY_TAILS = {"log:device_event2": ("boot_ref", "event_seq", "SELECT ref FROM device_boot_ref ORDER BY ref")}
 _LOGS = tuple(p for p in _PARTS if p.startswith("log:"))
-_FROZEN = ("log:serial_history", "log:device_event")  # logs whose table no longer grows: verify reads their links, no new one extends them
+_FROZEN = ("log:serial_history", "log:device_event", "log:alarm_log", "log:epcis_outbox")  # chains no new link extends (their table no longer grows, or a chain by row id took over): verify reads their links
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)

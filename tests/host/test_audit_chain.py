@@ -376,3 +376,21 @@ def test_a_link_made_while_the_agents_checkpoint_hashes_makes_it_start_again(tmp
     assert len(calls) == 3 and aside["after"] == qa and aside["rows"] == by_hand["rows"] == 8
     conn.close()
     assert _verify(dbfile)[0]
+
+
+def test_an_alarm_stamped_before_the_last_link_is_still_sealed_by_the_next(tmp_path):
+    """Alarms (and outbox bodies) are chained by row id: a row whose time lies before the last
+    link's bound (a clock stepped back) is still the next link's, and an edit of it is caught; by
+    time it fell between the links and no link ever sealed it."""
+    dbfile = tmp_path / "l.db"
+    conn, _ = _line(dbfile)
+    audit.checkpoint(conn, "qa")
+    conn.execute("INSERT INTO alarm_log (at, source, alarm, detail) VALUES (1.0, 'agent', 'X', 'stamped in 1970')")
+    audit.checkpoint(conn, "qa")
+    (detail,) = conn.execute("SELECT detail FROM audit WHERE action = ? ORDER BY seq DESC", (audit.CHECKPOINT,)).fetchone()
+    link = json.loads(detail)["parts"][_log("alarm_log")]
+    assert link["rows"] == conn.execute("SELECT count(*) FROM alarm_log").fetchone()[0]
+    conn.execute("UPDATE alarm_log SET detail = 'edited' WHERE at = 1.0")
+    conn.close()
+    ok, message = _verify(dbfile)
+    assert not ok and "alarm_log" in message
