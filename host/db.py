@@ -493,6 +493,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_in_lists(conn)
 
 
+def _reads_back(conn: sqlite3.Connection, what: str, old: str, new: str, cols: str) -> None:
+    """A migration's check: every row of the old table `old` reads back from `new` (its new form as
+    the seals made before read it), the same rows; else IntegrityError, and the caller's
+    transaction leaves the ledger as it was."""
+    (differ,) = conn.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {old} EXCEPT SELECT {cols} FROM {new})").fetchone()
+    (n_old,), (n_new,) = (conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in (old, new))
+    if differ or n_old != n_new:
+        raise sqlite3.IntegrityError(f"{what}: {differ or abs(n_old - n_new)} row(s) would not read back as stored;"
+                                     " this ledger is left as it was")
+
+
 def _migrate_device_event(conn: sqlite3.Connection) -> None:
     """Ledgers made before the compact device events (device_id, boot_id, event_seq, msg_name,
     unit_seq, body JSON, received_at): each boot gets its ref in (device_id, boot_id) order, so
@@ -510,13 +521,7 @@ def _migrate_device_event(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO device_boot_ref (device_id, boot_id) SELECT DISTINCT device_id, boot_id"
                  " FROM device_event_v0 ORDER BY device_id, boot_id")
     conn.execute(devevents.migrate_v1_sql("device_event_v0"))
-    cols = ", ".join(devevents.SEALED_V1)
-    (differ,) = conn.execute(f"SELECT count(*) FROM (SELECT {cols} FROM device_event_v0 EXCEPT"
-                             f" SELECT {cols} FROM device_event_v1)").fetchone()
-    (old,), (new,) = (conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in ("device_event_v0", "device_event"))
-    if differ or old != new:
-        raise sqlite3.IntegrityError(f"device_event: {differ or abs(old - new)} row(s) would not read back as stored;"
-                                     " this ledger is left as it was")
+    _reads_back(conn, "device_event", "device_event_v0", "device_event_v1", ", ".join(devevents.SEALED_V1))
     conn.execute("DROP TABLE device_event_v0")
 
 
@@ -591,13 +596,7 @@ def _migrate_coder_job(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM sqlite_sequence WHERE name = 'coder_job_row'")
     conn.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'coder_job_row', max(?, coalesce(max(job_id), 0))"
                  " FROM coder_job_row", (given,))
-    cols = "job_id, batch_id, gtin, serial, code, state"
-    (differ,) = conn.execute(f"SELECT count(*) FROM (SELECT {cols} FROM coder_job_v0 EXCEPT"
-                             f" SELECT {cols} FROM coder_job)").fetchone()
-    (old,), (new,) = (conn.execute(f"SELECT count(*) FROM {t}").fetchone() for t in ("coder_job_v0", "coder_job"))
-    if differ or old != new:
-        raise sqlite3.IntegrityError(f"coder_job: {differ or abs(old - new)} row(s) would not read back as stored;"
-                                     " this ledger is left as it was")
+    _reads_back(conn, "coder_job", "coder_job_v0", "coder_job", "job_id, batch_id, gtin, serial, code, state")
     conn.execute("DROP TABLE coder_job_v0")
 
 

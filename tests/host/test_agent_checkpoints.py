@@ -3,6 +3,7 @@ verdicts) and when it stops (Agent.release), so a batch close finds only its own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 
@@ -17,17 +18,24 @@ from serialine.protocol.schema import Reason, Verdict
 from test_agent_devices import ScriptedLink, run_unit
 
 
+@contextlib.contextmanager
+def _line(conn):
+    """A started agent with a coder and a camera, checkpointing after every 2 units' events."""
+    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
+        link = ScriptedLink()
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
+        agent.checkpoints = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
+        agent.start()
+        yield agent, link, sc, scam
+
+
 def _checkpoints(conn):
     return [(user, json.loads(detail)["parts"]) for user, detail in conn.execute(
         "SELECT user, detail FROM audit WHERE action = ? ORDER BY seq", (audit.CHECKPOINT,))]
 
 
 def test_the_agent_checkpoints_as_the_line_runs_and_as_it_stops(conn):
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
-        agent.checkpoints = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
-        agent.start()
+    with _line(conn) as (agent, link, sc, scam):
         assert [run_unit(agent, link, sc, scam, u) for u in range(3)] == [(Verdict.PASS, Reason.OK)] * 3
         assert agent.checkpoints.wait(60)  # (it runs on a thread of its own)
         ran = _checkpoints(conn)
@@ -55,11 +63,7 @@ def test_the_line_goes_on_while_a_checkpoint_runs(conn, monkeypatch):
                 raise RuntimeError("held past the test's deadline")
         return real(*args, **kwargs)
     monkeypatch.setattr(audit, "_continue_logs", held)
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
-        agent.checkpoints = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
-        agent.start()
+    with _line(conn) as (agent, link, sc, scam):
         assert [run_unit(agent, link, sc, scam, u) for u in range(2)] == [(Verdict.PASS, Reason.OK)] * 2
         assert entered.wait(30) and where[0] is not threading.current_thread()
         assert [run_unit(agent, link, sc, scam, u) for u in range(2, 6)] == [(Verdict.PASS, Reason.OK)] * 4
