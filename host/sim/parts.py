@@ -55,6 +55,7 @@ class SimDevice:
         self.levels = {"photo_eye": 0, "confirm": 0, "bin_full": 0}
         self.state = 0
         self.status = unixboard.StepStatus(0, 0, 0, 0)
+        self.scanned = (0, 0)  # (virtual µs, encoder) of the last scan: where its next_due counts from
         self.board = None
         self.boot_ids: list[int] = []  # the boot_id of each boot, in order
         self.log = open(self.workdir / "device.log", "a")
@@ -78,7 +79,7 @@ class SimDevice:
             edges, st = self.board.step(t_us, encoder, lv["photo_eye"], lv["confirm"], lv["bin_full"], upto)
         except (RuntimeError, OSError):
             raise self._died() from None
-        self.state, self.status = st.state, st
+        self.state, self.status, self.scanned = st.state, st, (t_us, encoder)
         # edge times come back wrapped at 2**30: unwrap against this scan's (unwrapped) time
         return [(e.name, 1, t_us - ((t_us - e.t_us) & unixboard.MASK)) for e in edges]
 
@@ -111,12 +112,16 @@ class SimDevice:
 
     def next_due_us(self) -> int:
         """When the firmware next needs a scan (its last scan's core.next_due): the next position
-        that matters at the belt's present speed, or its next time deadline."""
+        that matters at the belt's present speed, or its next time deadline. Both count from that
+        scan's time and encoder, not the line's now: virtual time may have moved on since without a
+        scan (a camera result due, a held result's answer time), and counting from now would move
+        every deadline on by as much (a gate fired late)."""
         st, line = self.status, self.line
-        t = line.t + st.due_us if st.due_us != unixboard.NO_DUE else line.t + 1_000_000
+        t_scan, enc_scan = self.scanned
+        t = t_scan + st.due_us if st.due_us != unixboard.NO_DUE else line.t + 1_000_000
         if st.due_counts != unixboard.NO_DUE:
-            t = min(t, line.t_at_encoder(line.encoder + st.due_counts))
-        return t
+            t = min(t, line.t_at_encoder(enc_scan + st.due_counts))
+        return max(t, line.t + 1)
 
     @property
     def running(self) -> bool:

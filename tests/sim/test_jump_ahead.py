@@ -63,3 +63,35 @@ def test_jumps_give_what_fixed_steps_gave_and_one_seed_gives_one_ledger(tmp_path
             == {k: v for k, v in fixed.items() if k not in DROP + TIMING})
     # and it scans at the events only: a few steps per pack instead of one per 250 µs
     assert a["run"]["steps"] * 10 < fixed["run"]["steps"], (a["run"]["steps"], fixed["run"]["steps"])
+
+
+def test_virtual_time_never_runs_past_a_firmware_deadline_at_speed(tmp_path, monkeypatch):
+    """At 3,000 packs/min (where held camera results and their answer times put many steps between
+    two scans) every scan comes no later than the deadline the scan before it named (core.next_due:
+    µs to its next timer, counts to its next position), so the gate acts where fixed steps put it:
+    within a count or so of the pack. Before, a step that did not scan (a camera result due, a held
+    result's answer time) moved the firmware's deadlines on by the time since its last scan: the
+    gate fired 10-25 counts late at 2,700-3,000 packs/min, growing with speed (here a bad pack passed)."""
+    from serialine.host.sim import parts, unixboard
+
+    scans: list[tuple] = []  # (t µs, encoder, due_counts, due_us) of each scan, in order
+    late: list[tuple] = []
+    scan = parts.SimDevice._scan
+
+    def recorded(self, t_us, encoder, upto=-1):
+        if scans and self.board is not None:
+            t0, e0, dc, du = scans[-1]
+            if (du != unixboard.NO_DUE and t_us > t0 + du) or (dc != unixboard.NO_DUE and encoder > e0 + dc):
+                late.append((scans[-1], (t_us, encoder)))
+        out = scan(self, t_us, encoder, upto)
+        scans.append((t_us, encoder, self.status.due_counts, self.status.due_us))
+        return out
+
+    monkeypatch.setattr(parts.SimDevice, "_scan", recorded)
+    s = sc.load("nominal")
+    s = s.with_overrides(units=80, seed=5, ppm=3000, defects=dataclasses.replace(s.defects, misprint=0.05, skip=0.03))
+    r = run(s, out=tmp_path / "a")
+    assert not late, f"{len(late)} scan(s) after the deadline the scan before named, first {late[0]}"
+    assert r["ok"], {k: v for k, v in r["invariants"].items() if not v}
+    assert r["units_bad"] > 0 and r["bad_rejected"] == r["units_bad"]
+    assert r["gate_error_counts"]["max"] < 2.0, r["_gate_errors"]
