@@ -20,14 +20,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
-import logging
 import sqlite3
 import threading
 import time
 
-from . import db
+from . import db, devevents
 
 log = logging.getLogger(__name__)
 
@@ -870,7 +870,6 @@ def _verify_derived(conn) -> str | None:
     (used,) = conn.execute("SELECT count(*) FROM serial WHERE state <> 'available'").fetchone()
     if used != ended_out:
         return f"{used - ended_out} serial(s) left 'available' without any history"
-    from . import devevents
     said = devevents.passed_units(conn)
     for (detail,) in conn.execute("SELECT detail FROM audit WHERE action = 'unit.resolve'"):
         d = json.loads(detail)

@@ -864,7 +864,8 @@ class Service:
                                      after_seq=self._device_alarm_at[1]))
         top = devevents.top_seq(self.conn, *key)  # the next look starts after what is stored now
         self._device_alarm_at = (key, max(self._device_alarm_at[1], -1 if top is None else top))
-        for _, _, _, _, unit, f, _ in rows:  # unit_seq is a column (the body no longer repeats it)
+        for e in rows:  # unit_seq is a column (the body no longer repeats it)
+            unit, f = e.unit_seq, e.fields
             log.warning("device alarm %s %s%s", _enum_name(Alarm, f.get("alarm")),
                         "raised" if f.get("active") else "cleared",
                         f" (unit {unit})" if isinstance(unit, int) and unit != NO_UNIT else "")

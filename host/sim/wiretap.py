@@ -63,15 +63,18 @@ class VerdictTap:
             self.cond.wait_for(lambda: self.frames > seen, max(0.0, timeout))
             return self.frames
 
+    def _stored(self, mark: int) -> bool:  # (the lock held)
+        return self.acked is not None and (self.acked - mark) & 0xFF < 0x80
+
     def stored(self, mark: int) -> bool:
         """Has the host acknowledged (stored) every device event before link seq `mark` (a device's
         StepStatus.event_mark)? An ACK names the seq it awaits next; later events may be acked too."""
         with self._lock:
-            return self.acked is not None and (self.acked - mark) & 0xFF < 0x80
+            return self._stored(mark)
 
     def wait_stored(self, mark: int, timeout: float) -> bool:
         with self.cond:
-            return self.cond.wait_for(lambda: self.acked is not None and (self.acked - mark) & 0xFF < 0x80, timeout)
+            return self.cond.wait_for(lambda: self._stored(mark), timeout)
 
     def reset(self) -> None:
         """A new device boot numbers its units from 0 again."""

@@ -8,24 +8,16 @@ import json
 import threading
 
 from serialine.host import audit
-from serialine.host.agent import Agent
-from serialine.host.devices.camera import Camera
-from serialine.host.devices.coder import Coder
-from serialine.host.sim.camera import SimCamera
-from serialine.host.sim.coder import SimCoder
 from serialine.protocol.schema import Reason, Verdict
 
-from test_agent_devices import ScriptedLink, run_unit
+from test_agent_devices import agent_line, run_unit
 
 
 @contextlib.contextmanager
 def _line(conn):
-    """A started agent with a coder and a camera, checkpointing after every 2 units' events."""
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.3)
+    """A started agent checkpointing after every 2 units' events."""
+    with agent_line(conn, fill_ahead=4, window_s=0.3) as (agent, link, sc, scam):
         agent.checkpoints = audit.Checkpointer(conn, "serialine-agent", units=2, seconds=float("inf"))
-        agent.start()
         yield agent, link, sc, scam
 
 

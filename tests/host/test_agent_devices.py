@@ -3,6 +3,7 @@ to the coder ahead of the line, print order binds serials to units, camera reads
 TCP and are correlated and judged. The line device's event stream is scripted (the link itself is
 tested by its owner; end to end runs in the line simulator)."""
 
+import contextlib
 import time
 
 from serialine.host.agent import Agent
@@ -63,11 +64,20 @@ def run_unit(agent, link, coder, camera, u, fault=None):
     raise AssertionError(f"no verdict for unit {u}")
 
 
-def test_agent_with_tcp_coder_and_camera(conn):
+@contextlib.contextmanager
+def agent_line(conn, fill_ahead: int, window_s: float):
+    """A started agent of batch B1 on a scripted device link, with the simulator's coder and camera
+    as TCP servers: (agent, link, coder, camera)."""
     with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
         link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.3)
+        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=fill_ahead,
+                      window_s=window_s)
         agent.start()
+        yield agent, link, sc, scam
+
+
+def test_agent_with_tcp_coder_and_camera(conn):
+    with agent_line(conn, fill_ahead=5, window_s=0.3) as (agent, link, sc, scam):
         assert sc.depth == 5  # filled ahead, and every pushed code is a committed coder job
         assert conn.execute("SELECT count(*) FROM coder_job WHERE state='queued'").fetchone()[0] == 5
         results = [run_unit(agent, link, sc, scam, u) for u in range(4)]

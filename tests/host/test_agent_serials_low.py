@@ -9,15 +9,10 @@ import functools
 import pytest
 
 from serialine.host import agent as agent_mod, serials
-from serialine.host.agent import Agent
-from serialine.host.devices.camera import Camera
-from serialine.host.devices.coder import Coder
-from serialine.host.sim.camera import SimCamera
-from serialine.host.sim.coder import SimCoder
 from serialine.protocol.schema import Reason, Verdict
 
 from hostkit import GTIN
-from test_agent_devices import ScriptedLink, run_unit
+from test_agent_devices import agent_line, run_unit
 
 
 def _lows(conn) -> int:
@@ -32,10 +27,7 @@ def test_serials_low_is_said_once_per_crossing(conn, monkeypatch, every_s, said)
     real = serials.low_water
     monkeypatch.setattr(serials, "low_water", lambda *a, **k: counted.append(1) or real(*a, **k))
     monkeypatch.setattr(agent_mod, "LOW_WATER_EVERY_S", every_s)
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=5, window_s=0.3)
-        agent.start()
+    with agent_line(conn, fill_ahead=5, window_s=0.3) as (agent, link, sc, scam):
         assert _lows(conn) == 0  # 295 available: not low
         assert [run_unit(agent, link, sc, scam, u) for u in range(8)] == [(Verdict.PASS, Reason.OK)] * 8
     assert serials.available(conn, GTIN) < 292

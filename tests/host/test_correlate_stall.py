@@ -4,15 +4,11 @@ stamped alike on the step clock, and pair off in trigger order."""
 
 import time
 
-from serialine.host.agent import Agent
 from serialine.host.correlate import Correlator, StepClock
-from serialine.host.devices.camera import Camera, CameraResult
-from serialine.host.devices.coder import Coder
-from serialine.host.sim.camera import SimCamera
-from serialine.host.sim.coder import SimCoder
+from serialine.host.devices.camera import CameraResult
 from serialine.protocol.schema import Reason, Verdict
 
-from test_agent_devices import ScriptedLink, run_unit
+from test_agent_devices import agent_line, run_unit
 
 WINDOW_S = 0.3
 
@@ -41,10 +37,7 @@ def _wait(cond, what, timeout=10.0):
 
 
 def test_a_host_stall_of_several_windows_loses_no_result(conn):
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=8, window_s=WINDOW_S)
-        agent.start()
+    with agent_line(conn, fill_ahead=8, window_s=WINDOW_S) as (agent, link, sc, scam):
         assert run_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
         units = range(1, 5)
         for u in units:  # four packs pass the camera while the agent's loop is held up
