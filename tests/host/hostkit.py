@@ -39,3 +39,15 @@ class Line:
             L.record_verdict(self.device_id, self.boot_id, u, v, r, s, grade)
         self.store([self.event("UNIT_OUTCOME", unit_seq=u, outcome=outcome, reason=reason, gate_error=0, pos=0, t_us=0)])
         return v, r, s
+
+
+def cli_line(dbfile, setup: list[list[str]], queued: int) -> "Line":
+    """A ledger file set up by `serialine batch` commands (`setup`, as user ann), its batch B1 with
+    `queued` coder jobs, and a Line on it (the ledger's connection: line.ledger.conn)."""
+    from serialine.host import cli_batch, db
+    for argv in setup:
+        assert cli_batch.main([*argv, "--db", str(dbfile), "--user", "ann"]) == 0
+    ledger = Ledger(db.connect(str(dbfile)), "B1")
+    with transaction(ledger.conn):
+        ledger.queue_codes(queued)
+    return Line(ledger)

@@ -15,7 +15,7 @@ from serialine.host import audit, cli_batch, db, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
-from hostkit import GTIN, Line
+from hostkit import GTIN, Line, cli_line
 
 SETUP = [["product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len", "7"],
          ["serials", GTIN, "--generate", "300"],
@@ -32,13 +32,8 @@ def _log(table: str) -> str:
 
 
 def _line(dbfile):
-    for argv in SETUP:
-        assert cli_batch.main([*argv, "--db", str(dbfile), "--user", "ann"]) == 0
-    conn = db.connect(str(dbfile))
-    ledger = Ledger(conn, "B1")
-    with transaction(conn):
-        ledger.queue_codes(14)
-    return conn, Line(ledger)
+    line = cli_line(dbfile, SETUP, 14)
+    return line.ledger.conn, line
 
 
 def _close(dbfile) -> tuple[int, dict]:

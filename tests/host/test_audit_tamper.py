@@ -17,7 +17,7 @@ from serialine.host.epcis import eventhash, outbox
 from serialine.host.ledger import Ledger
 from serialine.protocol.schema import Reason
 
-from hostkit import GTIN, Line
+from hostkit import GTIN, Line, cli_line
 
 SETUP = [["product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len", "7"],
          ["serials", GTIN, "--generate", "300"],
@@ -26,13 +26,8 @@ SETUP = [["product", GTIN, "Aspirin 100 mg", "--market", "EU_FMD", "--prefix-len
 
 
 def _run_line(dbfile, close=True):
-    for argv in SETUP:
-        assert cli_batch.main([*argv, "--db", str(dbfile), "--user", "ann"]) == 0
-    conn = db.connect(str(dbfile))
-    ledger = Ledger(conn, "B1")
-    with transaction(conn):
-        ledger.queue_codes(12)
-    line = Line(ledger)
+    line = cli_line(dbfile, SETUP, 12)
+    conn, ledger = line.ledger.conn, line.ledger
     for u in range(6):
         line.unit(u)  # two full cases on one pallet
     line.unit(6, outcome=2, reason=int(Reason.VERDICT_FAIL), grade="F")  # rejected

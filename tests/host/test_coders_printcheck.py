@@ -20,7 +20,7 @@ from serialine.host.sim.coder import SimCoder
 from serialine.host.sim.videojet_emu import VideojetEmu
 from serialine.protocol.schema import Outcome, Reason, Verdict
 
-from test_agent_devices import ScriptedLink
+from test_agent_devices import ScriptedLink, agent_line
 
 STOP = ("COMMAND", {"command": 2, "arg": 0})
 
@@ -209,10 +209,7 @@ def test_a_verdict_waits_for_the_print_report_and_fails_if_none_comes(conn, monk
     has not even printed yet): the verdict waits for the report and passes once the print is
     compared. If no report comes within REPORT_WAIT_S the unit FAILs (never passed unchecked)."""
     monkeypatch.setattr(agent_mod, "REPORT_WAIT_S", 0.3)
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.2)
-        agent.start()
+    with agent_line(conn, fill_ahead=4, window_s=0.2) as (agent, link, sc, scam):
         assert scam.connected.wait(2)
         assert one_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
         for u, report in ((1, True), (2, False)):
@@ -390,10 +387,7 @@ def test_a_busy_ledger_only_delays_the_pairing(conn):
     once the step can store, and each print is checked once: no false alarm."""
     import sqlite3
     path = next(f for _, name, f in conn.execute("PRAGMA database_list") if name == "main")
-    with SimCoder() as sc, SimCamera(latency_ms=0, jitter_ms=0) as scam:
-        link = ScriptedLink()
-        agent = Agent(conn, "B1", link, Coder(*sc.address), Camera(*scam.address), fill_ahead=4, window_s=0.5)
-        agent.start()
+    with agent_line(conn, fill_ahead=4, window_s=0.5) as (agent, link, sc, scam):
         assert scam.connected.wait(2)
         assert one_unit(agent, link, sc, scam, 0) == (Verdict.PASS, Reason.OK)
         other = sqlite3.connect(path, isolation_level=None)
