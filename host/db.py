@@ -260,14 +260,17 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_import_final BEFORE UPDATE OF state ON serial_import
         WHEN OLD.state <> 'staging' AND NEW.state <> OLD.state
         BEGIN SELECT RAISE(ABORT, 'a published or abandoned serial import is final'); END""",
+    # serial_id: the pack's identity as every other table of the ledger refers to it (an integer,
+    # a few bytes, where (gtin, serial) would be 27 in each table and each index of it)
     f"""CREATE TABLE IF NOT EXISTS serial (
+        serial_id INTEGER PRIMARY KEY,
         gtin TEXT NOT NULL REFERENCES product (gtin),
         serial TEXT NOT NULL,
         state TEXT NOT NULL DEFAULT 'available' CHECK ({_SERIAL_STATE}),
         batch_id TEXT REFERENCES batch (batch_id),
         source TEXT NOT NULL,
         import_id INTEGER REFERENCES serial_import (import_id),
-        PRIMARY KEY (gtin, serial)) WITHOUT ROWID""",
+        UNIQUE (gtin, serial))""",
     SERIAL_BORN,
     # Serials handed to another system over OPEN-SCS (host/opcua/openscs.py): out of this pool, never
     # issued here, until that system returns them ('returned'); 'used' ones (encoded there) never come back.
