@@ -46,6 +46,7 @@ _PARTS = {
     "unit": ("unit", "batch_id = :key", "device_id, boot_id, unit_seq", None, None),
     "serial": ("serial", "batch_id = :key", "gtin, serial", None, None),
     "serial2": ("serial", "batch_id = :key", "state, gtin, serial", None, None),  # the same rows in serial_batch's order: no sort
+    "serial3": ("serial", "batch_id = :key", "state, serial_id", None, None),  # the rowid form's order in serial_batch
     "serial_history": ("serial_history", "batch_id = :key", "seq", None, None),
     # the serial history as sealed before it was compact: kept as it was in serial_history_v1 (db.py)
     "serial_history_v1": ("serial_history_v1", "batch_id = :key", "gtin, serial, at, old_state, new_state", None, None),
@@ -102,7 +103,7 @@ _FROZEN = ("log:serial_history", "log:device_event", "log:alarm_log", "log:epcis
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
-_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial2", "coder_job_row", "coder_template",
+_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial3", "coder_job_row", "coder_template",
            "container", "packed", *_LOGS)
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {

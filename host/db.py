@@ -91,7 +91,11 @@ SERIAL_TRAIL = f"""CREATE VIEW IF NOT EXISTS serial_trail AS
 _OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
 _BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened'))"
 
-SERIAL_PICK = "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state, import_id) WHERE state = 'available'"
+# a rowid table's index carries the row's serial_id, not (gtin, serial): the pick names serial (allocate
+# gives the serial with its id; USABLE looks up its grants) so the index holds it; a new import's rows
+# append at the index's end (its import_id is the highest), in the key order each chunk is drawn in
+SERIAL_PICK = "CREATE INDEX IF NOT EXISTS serial_pick ON serial (gtin, state, import_id, serial) WHERE state = 'available'"
+# a batch's serials by state, then serial_id (the seal serial3 reads them in that order, host/audit.py)
 SERIAL_BATCH = "CREATE INDEX IF NOT EXISTS serial_batch ON serial (batch_id, state) WHERE batch_id IS NOT NULL"
 
 # every new serial: available, and staged only into an import still staging (one trigger: a
@@ -165,6 +169,17 @@ SHIPPED_CONTAINER_FIXED = """CREATE TRIGGER IF NOT EXISTS shipped_container_fixe
         WHEN EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc WHERE p.container_id = OLD.container_id)
           OR EXISTS (SELECT 1 FROM shipped s JOIN container p ON p.sscc = s.sscc WHERE p.container_id = OLD.parent_id)
         BEGIN SELECT RAISE(ABORT, 'this container has been shipped: it left the site'); END"""
+# serial_id: the pack's identity as every other table of the ledger refers to it (an integer,
+# a few bytes, where (gtin, serial) would be 27 in each table and each index of it)
+SERIAL = f"""CREATE TABLE IF NOT EXISTS serial (
+        serial_id INTEGER PRIMARY KEY,
+        gtin TEXT NOT NULL REFERENCES product (gtin),
+        serial TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'available' CHECK ({_SERIAL_STATE}),
+        batch_id TEXT REFERENCES batch (batch_id),
+        source TEXT NOT NULL,
+        import_id INTEGER REFERENCES serial_import (import_id),
+        UNIQUE (gtin, serial))"""
 # the same CHECKs as ledgers made before hold them: table -> (old text, new text)
 _IN_LIST_CHECKS = {
     "unit": (
@@ -260,17 +275,7 @@ SCHEMA = [
     """CREATE TRIGGER IF NOT EXISTS serial_import_final BEFORE UPDATE OF state ON serial_import
         WHEN OLD.state <> 'staging' AND NEW.state <> OLD.state
         BEGIN SELECT RAISE(ABORT, 'a published or abandoned serial import is final'); END""",
-    # serial_id: the pack's identity as every other table of the ledger refers to it (an integer,
-    # a few bytes, where (gtin, serial) would be 27 in each table and each index of it)
-    f"""CREATE TABLE IF NOT EXISTS serial (
-        serial_id INTEGER PRIMARY KEY,
-        gtin TEXT NOT NULL REFERENCES product (gtin),
-        serial TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'available' CHECK ({_SERIAL_STATE}),
-        batch_id TEXT REFERENCES batch (batch_id),
-        source TEXT NOT NULL,
-        import_id INTEGER REFERENCES serial_import (import_id),
-        UNIQUE (gtin, serial))""",
+    SERIAL,
     SERIAL_BORN,
     # Serials handed to another system over OPEN-SCS (host/opcua/openscs.py): out of this pool, never
     # issued here, until that system returns them ('returned'); 'used' ones (encoded there) never come back.
@@ -449,17 +454,43 @@ def connect(path: str) -> sqlite3.Connection:
     # a big batch writes random-key indexes (serial, unit, coder_job, packed: ~40 MB each at 1M units);
     # with SQLite's default 2 MB cache each row re-reads their pages from the OS
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    with transaction(conn):
-        _migrate(conn)
-        for statement in SCHEMA:
-            conn.execute(statement)
-        devevents.check_layout(conn)
-        try:
-            from serialine.host.epcis import outbox
-            outbox.ensure_schema(conn)
-        except ImportError:  # pragma: no cover - EPCIS package not installed
-            pass
+    # a migration that rebuilds a table others refer to runs with foreign keys off (SQLite ignores
+    # the pragma inside a transaction), then every foreign key is checked before it commits
+    rebuilds = _rebuilds_a_parent(conn)
+    if rebuilds:
+        conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with transaction(conn):
+            _migrate(conn)
+            for statement in SCHEMA:
+                conn.execute(statement)
+            devevents.check_layout(conn)
+            try:
+                from serialine.host.epcis import outbox
+                outbox.ensure_schema(conn)
+            except ImportError:  # pragma: no cover - EPCIS package not installed
+                pass
+            if rebuilds:
+                _foreign_keys_hold(conn)
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+def _rebuilds_a_parent(conn: sqlite3.Connection) -> bool:
+    """A migration below will rebuild a table other tables refer to (serial: _migrate_serial_rowid)."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(serial)")}
+    return bool(cols) and "serial_id" not in cols
+
+
+def _foreign_keys_hold(conn: sqlite3.Connection) -> None:
+    """IntegrityError (one line; the caller's transaction leaves the ledger as it was) unless every
+    foreign key of the ledger finds its row."""
+    bad = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if bad:
+        tables = ", ".join(sorted({f"{t} -> {parent}" for t, _, parent, _ in bad}))
+        raise sqlite3.IntegrityError(f"ledger migration: {len(bad)} row(s) would refer to rows that are not there"
+                                     f" ({tables}); this ledger is left as it was")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -470,6 +501,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     if cols and "import_id" not in cols:
         conn.execute("ALTER TABLE serial ADD COLUMN import_id INTEGER REFERENCES serial_import (import_id)")
         conn.execute("DROP TRIGGER IF EXISTS serial_never_deleted")
+    _migrate_serial_rowid(conn)  # before the other tables' migrations to serial_id
     # before partial pool indexes and one insert trigger (host/serials.py: generation speed)
     for name, sql in (("serial_pick", SERIAL_PICK), ("serial_batch", SERIAL_BATCH)):
         row = conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND name=?", (name,)).fetchone()
@@ -494,6 +526,28 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_device_event(conn)
     _migrate_coder_job(conn)
     _migrate_in_lists(conn)
+
+
+_SERIAL_COLS = "gtin, serial, state, batch_id, source, import_id"
+
+
+def _migrate_serial_rowid(conn: sqlite3.Connection) -> None:
+    """Ledgers made before serial_id (serial WITHOUT ROWID, primary key (gtin, serial)): the table is
+    rebuilt in its rowid form (SQLite's way: new table, copy, drop, rename; foreign keys off, connect()
+    sees to it), serial_id given in (gtin, serial) order, its indexes and triggers made anew by SCHEMA.
+    The other tables' foreign keys still name serial (gtin, serial): the UNIQUE index serves them. Every
+    row reads back as it was (the seals made before read these columns); else nothing changes."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(serial)")}
+    if not cols or "serial_id" in cols:
+        return
+    conn.execute(SERIAL.replace("serial (", "serial_new (", 1))
+    conn.execute(f"INSERT INTO serial_new ({_SERIAL_COLS}) SELECT {_SERIAL_COLS} FROM serial ORDER BY gtin, serial")
+    _reads_back(conn, "serial", "serial", "serial_new", _SERIAL_COLS)
+    conn.execute("DROP TABLE serial")  # its indexes and triggers with it
+    # legacy: a plain rename (the modern one rewrites and checks every trigger naming serial, now absent)
+    conn.execute("PRAGMA legacy_alter_table=ON")
+    conn.execute("ALTER TABLE serial_new RENAME TO serial")
+    conn.execute("PRAGMA legacy_alter_table=OFF")
 
 
 def _reads_back(conn: sqlite3.Connection, what: str, old: str, new: str, cols: str) -> None:

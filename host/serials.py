@@ -1,6 +1,6 @@
 """Serial number pools per GTIN: generated (cryptographically random, the market's alphabet and
 length) or imported from the enterprise level; allocated to a batch when queued to the coder.
-The database's primary key (gtin, serial) and its triggers make a second issue impossible.
+The database's UNIQUE (gtin, serial) and its triggers make a second issue impossible.
 
 A pool is added in chunks of CHUNK serials, each its own short write transaction (a line's agent
 keeps writing meanwhile), into a `serial_import` that is `staging`; one last transaction
@@ -603,7 +603,7 @@ def _remove_abandoned(conn, import_id: int, progress=None) -> None:
         with transaction(conn):
             # staged rows are 'available' for good (serial_unpublished_unused): serial_pick finds
             # the import's rows, CHUNK at a time, without a scan of the pool
-            n = conn.execute("DELETE FROM serial WHERE (gtin, serial) IN (SELECT s.gtin, s.serial FROM serial_import i"
+            n = conn.execute("DELETE FROM serial WHERE serial_id IN (SELECT s.serial_id FROM serial_import i"
                              " JOIN serial s ON s.gtin = i.gtin AND s.state = 'available' AND s.import_id = i.import_id"
                              " WHERE i.import_id=? AND i.state='abandoned' LIMIT ?)", (import_id, CHUNK)).rowcount
         if n == 0:
@@ -631,16 +631,21 @@ def _abandon_stale(conn, gtin: str) -> None:
 # --- using a pool ---------------------------------------------------------------------------
 
 
-def allocate(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> list[str]:
-    """Take `count` available serials for the batch. Call inside the caller's transaction."""
-    rows = conn.execute(f"SELECT serial FROM serial WHERE gtin=? AND state='available' AND {USABLE} LIMIT ?",
+def allocate_ids(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> list[tuple[int, str]]:
+    """Take `count` available serials for the batch: [(serial_id, serial)], in the pick's order (the
+    index serial_pick gives both, no lookup of the row). Call inside the caller's transaction."""
+    rows = conn.execute(f"SELECT serial_id, serial FROM serial WHERE gtin=? AND state='available' AND {USABLE} LIMIT ?",
                         (gtin, count)).fetchall()
     if len(rows) < count:
         raise SerialError(f"pool for {gtin} exhausted: {len(rows)} available, {count} needed")
-    picked = [r[0] for r in rows]
-    conn.executemany("UPDATE serial SET state='allocated', batch_id=? WHERE gtin=? AND serial=? AND state='available'",
-                     [(batch_id, gtin, s) for s in picked])
-    return picked
+    conn.executemany("UPDATE serial SET state='allocated', batch_id=? WHERE serial_id=? AND state='available'",
+                     [(batch_id, i) for i, _ in rows])
+    return rows
+
+
+def allocate(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int) -> list[str]:
+    """allocate_ids without the ids: the serials."""
+    return [s for _, s in allocate_ids(conn, batch_id, gtin, count)]
 
 
 def available(conn: sqlite3.Connection, gtin: str) -> int:

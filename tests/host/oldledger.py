@@ -81,3 +81,34 @@ def verify_after_edit(path, capsys, *sql) -> str:
     err = capsys.readouterr().err
     assert rc == 1, f"audit verify exited {rc} after the edit:\n{err}"
     return err
+
+
+# serial as made before serial_id (e429782): WITHOUT ROWID, keyed by (gtin, serial); its pick index then
+OLD_SERIAL = f"""CREATE TABLE serial_old (
+        gtin TEXT NOT NULL REFERENCES product (gtin),
+        serial TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'available' CHECK ({db._SERIAL_STATE}),
+        batch_id TEXT REFERENCES batch (batch_id),
+        source TEXT NOT NULL,
+        import_id INTEGER REFERENCES serial_import (import_id),
+        PRIMARY KEY (gtin, serial)) WITHOUT ROWID"""
+OLD_SERIAL_PICK = "CREATE INDEX serial_pick ON serial (gtin, state, import_id) WHERE state = 'available'"
+
+
+def before_serial_id(conn):
+    """Put `conn`'s tables into their form before serial_id (issue 16): the tables that refer to a
+    serial by serial_id first (their owners add theirs here), then serial itself (rows, triggers,
+    indexes): WITHOUT ROWID, keyed by (gtin, serial)."""
+    triggers = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND tbl_name='serial'")]
+    conn.execute("PRAGMA foreign_keys=OFF")
+    with transaction(conn):
+        conn.execute(OLD_SERIAL)
+        conn.execute("INSERT INTO serial_old SELECT gtin, serial, state, batch_id, source, import_id FROM serial")
+        conn.execute("DROP TABLE serial")
+        conn.execute("PRAGMA legacy_alter_table=ON")
+        conn.execute("ALTER TABLE serial_old RENAME TO serial")
+        conn.execute("PRAGMA legacy_alter_table=OFF")
+        for sql in [*triggers, OLD_SERIAL_PICK, db.SERIAL_BATCH]:
+            conn.execute(sql)
+    conn.execute("PRAGMA foreign_keys=ON")
+    assert "serial_id" not in {r[1] for r in conn.execute("PRAGMA table_info(serial)")}
