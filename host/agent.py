@@ -2,9 +2,12 @@
 ahead and camera results correlated to inspected units.
 
 One loop step: poll the link; in ONE transaction store every event (idempotently), pair camera
-results with inspected units and record the verdicts; commit; only then ack the device and send
-the verdicts; then top the coder up (serials allocated and committed before they are pushed, so a
-crash can never make a code the ledger does not know about).
+results with inspected units, record the verdicts and allocate the coder's top-up jobs; commit (one
+fsync a step); only then ack the device, send the verdicts and push the jobs (serials committed
+before they are pushed, so a crash can never make a code the ledger does not know about). The
+coder is kept `fill_ahead` jobs deep, deeper at speed: enough for `fill_cover_s` of printing at
+the rate the device's own clock measures (UNIT_PRINTED t_us), up to `fill_max`, so a ledger held
+by another writer for a few seconds (a checkpoint, another batch's close) does not run it dry.
 
 Which code is on which pack: the coder prints its queue in order, so each UNIT_PRINTED takes the
 oldest job still queued; the coder is topped up by its own buffer (prints the device has not
@@ -33,13 +36,14 @@ from __future__ import annotations
 import collections
 import copy
 import logging
+import math
 import os
 import re
 import socket
 import sqlite3
 import time
 
-from serialine.protocol.schema import Command, DeviceState, Reason, Verdict
+from serialine.protocol.schema import WRAP, Command, DeviceState, Reason, Verdict
 
 from . import audit, db, lockfile, serials
 from .correlate import Correlator, StepClock
@@ -50,7 +54,10 @@ from .printcheck import UNTIED, PrintCheck
 from .trend import Trend
 from .masterdata import MasterDataError
 
-FILL_AHEAD = 8
+FILL_AHEAD = 8  # the least depth kept in the coder
+FILL_COVER_S = 5.0  # ... and deeper: this long of printing at the measured print rate
+FILL_MAX = 48  # ... but no deeper than this (a coder's own buffer: SimCoder and the videojet driver hold 64)
+RATE_WINDOW_S = 10.0  # the print rate is taken over the prints of this long (device clock)
 MAX_UNBOUND = 256  # coder jobs printed but not yet reported: more and filling holds (fail safe)
 PAIRING_LOST_AFTER = 3  # consecutive code mismatches: the camera's results have slipped against units
 BUSY_TIMEOUT_S = 0.2  # one attempt at the write lock; longer waits are the step's backoff, link served
@@ -84,6 +91,49 @@ def _busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
+class PrintRate:
+    """Prints per second, on the device's clock: the UNIT_PRINTED events' t_us (wrapping at WRAP)
+    of the last RATE_WINDOW_S. Deterministic for a recorded event stream; no rate (0) until two
+    prints of a window are apart in time."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        self.window_us = window_s * 1e6
+        self._t: collections.deque[int] = collections.deque()  # unwrapped t_us of the window's prints
+        self._last: int | None = None  # the last print's wrapped t_us
+
+    def add(self, t_us: int) -> None:
+        if self._last is None:
+            self._t.append(0)
+        else:
+            self._t.append(self._t[-1] + (t_us - self._last) % WRAP)
+        self._last = t_us
+        while self._t[-1] - self._t[0] > self.window_us:
+            self._t.popleft()
+
+    def reset(self) -> None:
+        """A new device boot: its clock starts afresh."""
+        self._t.clear()
+        self._last = None
+
+    def per_s(self) -> float:
+        span = self._t[-1] - self._t[0] if self._t else 0
+        return (len(self._t) - 1) * 1e6 / span if span > 0 else 0.0
+
+
+class _TopUp:
+    """A coder top-up allocated in a transaction, acted on once it committed (Agent._push)."""
+    __slots__ = ("jobs", "queued_before", "held", "said", "asked", "dry", "warning")
+
+    def __init__(self, queued_before: int = 0):
+        self.jobs: list[tuple[str, str]] = []  # (serial, code), committed as queued coder jobs
+        self.queued_before = queued_before  # jobs the ledger had queued (pushed already) before these
+        self.held = False  # filling held (too many prints unreported)
+        self.said: str | None = None  # CODER_FILL_HELD's detail, logged with this top-up
+        self.asked = False  # serials were asked of the pool (then dry and warning say how it stands)
+        self.dry: str | None = None  # the pool ran dry (SERIALS_EXHAUSTED)
+        self.warning: str | None = None  # the pool is low (SERIALS_LOW), when counted
+
+
 def _boot_key(hello: dict) -> tuple[str, int]:
     """(device_id, boot_id) of a HELLO_REPLY: the device's session in the ledger."""
     return hello["device_id"].rstrip("\x00"), int(hello["boot_id"])
@@ -92,7 +142,8 @@ def _boot_key(hello: dict) -> tuple[str, int]:
 class Agent:
     def __init__(self, conn, batch_id: str, link, coder=None, camera=None, *, fill_ahead: int = FILL_AHEAD,
                  window_s: float = 0.5, min_grade: float = 1.5, ctx=None,
-                 pairing_lost_after: int = PAIRING_LOST_AFTER):
+                 pairing_lost_after: int = PAIRING_LOST_AFTER, fill_cover_s: float = FILL_COVER_S,
+                 fill_max: int = FILL_MAX):
         self.conn, self.link, self.coder, self.camera = conn, link, coder, camera
         try:
             self.ledger = Ledger(conn, batch_id, ctx=ctx, min_grade=min_grade)
@@ -103,7 +154,8 @@ class Agent:
         self.clock = StepClock(window_s / 4)
         self.trend = Trend(min_grade=min_grade)  # print-quality drift, alarmed before packs fail
         self.checkpoints = audit.Checkpointer(conn, "serialine-agent")  # (service.USER) logs sealed as the line runs
-        self.fill_ahead = fill_ahead
+        self.fill_ahead, self.fill_cover_s, self.fill_max = fill_ahead, fill_cover_s, fill_max
+        self.print_rate = PrintRate()  # what the coder's depth covers (fill_target)
         self.device_id: str | None = None
         self.boot_id: int | None = None
         self.verdict_latency_s: collections.deque[float] = collections.deque(maxlen=10_000)  # the latest: a service runs for months
@@ -326,6 +378,7 @@ class Agent:
             if self.coder is not None:  # what the coder holds is unknown after our restart: start clean
                 self.ledger.drop_queued()
         self.device_id, self.boot_id = device_id, boot_id  # only once booked: a busy ledger retries it
+        self.print_rate.reset()  # the new boot's clock
         self.resuming = False  # a freshly booted device prints nothing until configured and started
         self.correlator = Correlator(self.correlator.window_s)  # old inspections are purged units
         self._report_wait.clear()
@@ -342,41 +395,102 @@ class Agent:
         self.fill_coder()
 
     def fill_coder(self) -> int:
-        """Top the coder's own buffer up to fill_ahead jobs (committed before pushed): prints the
-        device has not reported yet (its link down) stay queued in the ledger, bound in order once
-        reported, and at most MAX_UNBOUND of them. A push in doubt latches a
-        line stop and the coder's queue is reset once the belt is still (as on resume); a refused
-        one (or an unreachable coder) writes off the jobs it never got and pauses filling, retried
-        with one job at a time until the coder takes one. Never raises for the coder's sake."""
-        if self.coder is None or self.resuming or time.monotonic() < self._coder_retry_at:
+        """Top the coder up outside a step (at a start, a new boot, the end of a resume): its own
+        transaction, then the pushes (Agent._push). → jobs pushed."""
+        buffered = self._coder_buffered()
+        if buffered is None:
             return 0
-        try:  # by the coder's own buffer: prints the device has not reported yet are gone from it
-            held = min(self.coder.buffered(), self.ledger.queued_depth())
-        except DeviceError as exc:
-            self._coder_refusing(exc, [])
-            return 0
-        unbound = self.ledger.queued_depth() - held
-        need = self.fill_ahead - held
-        if unbound >= MAX_UNBOUND:
-            if not self._unbound_held:
-                self._unbound_held = True
-                self._alarm_now("agent", "CODER_FILL_HELD", f"{unbound} coder jobs printed but not yet reported by"
-                                " the device (link down?): filling held; a coder that runs dry stops the line")
-            return 0
-        self._unbound_held = False
-        if need <= 0:
-            return 0
-        if self._coder_refused:
-            need = 1  # probing whether it takes jobs again
         try:
-            jobs = self._allocate(need)
+            with transaction(self.conn):
+                top = self._top_up(buffered)
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
             self.ledger.resync()  # rolled back: none of these jobs exists, none was pushed
-            self._on_busy(exc)  # the step's events are in and acked already: only the top-up waits
+            self._on_busy(exc)
             return 0
-        pushed_before = self.ledger.queued_depth() - len(jobs)  # queued in the ledger, pushed already
+        return self._push(top)
+
+    def fill_target(self) -> int:
+        """Jobs to keep in the coder: fill_ahead, or enough for fill_cover_s of printing at the
+        measured print rate, at most fill_max (or fill_ahead, if that is more)."""
+        want = math.ceil(self.print_rate.per_s() * self.fill_cover_s)
+        return max(self.fill_ahead, min(self.fill_max, want))
+
+    def _coder_buffered(self) -> int | None:
+        """The coder's own buffer (Coder.buffered(): prints the device has not reported yet are gone
+        from it), when a top-up may run now; None: not now. Asked before the transaction (a
+        driver's request is never made under the write lock)."""
+        if self.coder is None or self.resuming or time.monotonic() < self._coder_retry_at:
+            return None
+        try:
+            return self.coder.buffered()
+        except DeviceError as exc:
+            self._coder_refusing(exc, [])
+            return None
+
+    def _top_up(self, buffered: int, batch_checked: bool = False) -> _TopUp | None:
+        """The jobs that top the coder up to fill_target() (caller's transaction; Agent._push
+        pushes them once it committed): prints the device has not reported yet stay queued in the
+        ledger, bound in order once reported, and at most MAX_UNBOUND of them (then filling holds).
+        A refused coder is probed with one job at a time. None: no top-up (the step latched a stop)."""
+        if self.resuming:  # no job may race the coder's clear
+            return None
+        queued = self.ledger.queued_depth()
+        held = min(buffered, queued)
+        top = _TopUp(queued)
+        if queued - held >= MAX_UNBOUND:
+            top.held = True
+            if not self._unbound_held:
+                top.said = (f"{queued - held} coder jobs printed but not yet reported by the device (link down?):"
+                            " filling held; a coder that runs dry stops the line")
+                self.ledger.alarm("agent", "CODER_FILL_HELD", top.said)
+            return top
+        need = self.fill_target() - held
+        if need <= 0:
+            return top
+        if self._coder_refused:
+            need = 1  # probing whether it takes jobs again
+        if not batch_checked:
+            self._check_batch()
+        top.asked = True
+        try:
+            top.jobs = self.ledger.queue_codes(need)
+        except serials.SerialError as exc:
+            top.dry = str(exc)
+            left = serials.available(self.conn, self.ledger.batch.gtin)
+            top.jobs = self.ledger.queue_codes(left) if left else []
+            if not self._serials_out:
+                self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{top.dry}; the coder gets no more jobs until"
+                                  " serials are added (prints without a job are rejected)")
+        # a bounded count, yet a sixth of a top-up: once a second while not low
+        if top.dry or self._serials_low or time.monotonic() >= self._low_water_at:
+            self._low_water_at = time.monotonic() + LOW_WATER_EVERY_S
+            top.warning = serials.low_water(self.conn, self.ledger.batch.gtin)
+            if top.warning and not self._serials_low:  # once per crossing, not once per top-up
+                self.ledger.alarm("agent", "SERIALS_LOW", top.warning)
+        return top
+
+    def _push(self, top: _TopUp | None) -> int:
+        """A committed top-up to the coder, in order. A push in doubt latches a line stop and the
+        coder's queue is reset once the belt is still (as on resume); a refused one (or an
+        unreachable coder) writes off the jobs it never got and pauses filling, retried with one
+        job at a time until the coder takes one. Never raises for the coder's sake. → jobs pushed."""
+        if top is None:
+            return 0
+        if top.said:
+            self.alarms.append(top.said)
+        self._unbound_held = top.held
+        if top.held:
+            return 0
+        if top.asked:
+            for text, said in ((top.warning, self._serials_low), (top.dry, self._serials_out)):
+                if text and not said:
+                    self.alarms.append(text)
+            self._serials_low, self._serials_out = top.warning is not None, top.dry is not None  # committed: said
+        if top.dry:
+            self._coder_retry_at = time.monotonic() + CODER_RETRY_S
+        jobs = top.jobs
         for i, (_, code) in enumerate(jobs):
             try:
                 depth = self.coder.push(code)
@@ -390,44 +504,15 @@ class Agent:
             # coder kept that job and holds more than the ledger queued (fewer is prints not yet
             # reported). Checked only here: while printing, one more is a print the coder has not
             # made yet although the device reported it.
-            if self._coder_refused and depth > pushed_before + i + 1:
+            if self._coder_refused and depth > top.queued_before + i + 1:
                 self._coder_in_doubt(InDoubt(f"coder holds {depth} jobs after a refusal, the ledger queued "
-                                             f"{pushed_before + i + 1}: the refusal was not what the coder did"))
+                                             f"{top.queued_before + i + 1}: the refusal was not what the coder did"))
                 return i + 1
-        if self._coder_refused:
+        if self._coder_refused and jobs:
             self._alarm_now("coder", "CODER_ACCEPTS", f"the coder takes jobs again after {self._coder_refused}"
                             " refused push(es); filling resumed")
             self._coder_refused, self._coder_wait = 0, 0.0
         return len(jobs)
-
-    def _allocate(self, need: int) -> list[tuple[str, str]]:
-        """Serials for `need` jobs, committed as queued coder jobs before any is pushed. A pool that
-        ran dry gives what is left, then nothing (SERIALS_EXHAUSTED once; looked at once a second)."""
-        dry = None
-        with transaction(self.conn):
-            self._check_batch()
-            try:
-                jobs = self.ledger.queue_codes(need)
-            except serials.SerialError as exc:
-                dry = str(exc)
-                left = serials.available(self.conn, self.ledger.batch.gtin)
-                jobs = self.ledger.queue_codes(left) if left else []
-                if not self._serials_out:
-                    self.ledger.alarm("agent", "SERIALS_EXHAUSTED", f"{dry}; the coder gets no more jobs until"
-                                      " serials are added (prints without a job are rejected)")
-            warning = None  # a bounded count, yet a sixth of a top-up: once a second while not low
-            if dry or self._serials_low or time.monotonic() >= self._low_water_at:
-                self._low_water_at = time.monotonic() + LOW_WATER_EVERY_S
-                warning = serials.low_water(self.conn, self.ledger.batch.gtin)
-            if warning and not self._serials_low:  # once per crossing, not once per top-up
-                self.ledger.alarm("agent", "SERIALS_LOW", warning)
-        for text, said in ((warning, self._serials_low), (dry, self._serials_out)):
-            if text and not said:
-                self.alarms.append(text)
-        self._serials_low, self._serials_out = warning is not None, dry is not None  # committed: said
-        if dry:
-            self._coder_retry_at = time.monotonic() + CODER_RETRY_S
-        return jobs
 
     def _coder_in_doubt(self, exc: DeviceError) -> None:
         """The coder may or may not have queued a job: its queue no longer matches the ledger's.
@@ -490,9 +575,10 @@ class Agent:
             if hello and int(hello["boot_id"]) != self.boot_id:
                 self._book_new_boot(dict(hello))  # busy: nothing booked, retried next step
             self._take_drivers()  # before `saved`: what the drivers handed over survives a rollback
+            buffered = self._coder_buffered()  # (before `saved`: a refusal it met is not undone)
             saved = _copy(self.correlator), self._mismatches, self.resuming, self._reset_coder
             printed = self.printcheck.snapshot(), dict(self._misprinted), dict(self._report_wait)
-            stored = self._step()
+            stored = self._step(buffered)
         except sqlite3.OperationalError as exc:
             if not _busy(exc):
                 raise
@@ -564,31 +650,39 @@ class Agent:
         self.alarms.extend(detail for _, _, detail in errors)
         self._pending_errors += errors
 
-    def _step(self) -> int:
+    def _step(self, buffered: int | None) -> int:
         msgs, errors = self._waiting, self._pending_errors
-        stored, verdicts = 0, []
         try:
-            stored, verdicts = self._store_and_decide(msgs, errors)
+            stored, verdicts, top, printed_at = self._store_and_decide(msgs, errors, buffered)
         except Exception:
             self.ledger.resync()  # the transaction rolled back: nothing is acked, mirrors rebuilt
             raise
         self._waiting, self._pending_errors = [], []
+        for t_us in printed_at:
+            self.print_rate.add(t_us)
         self.link.ack_delivered()
         if self.ledger.packing_stopped and not self.line_stop:  # alarm SSCC_EXHAUSTED is in the ledger
             self.line_stop = self.ledger.packing_stopped
             self.alarms.append(self.line_stop)
             self.link.send("COMMAND", {"command": int(Command.STOP), "arg": 0})
+        resumed = False
         if self.resuming:
             self._try_finish_resume()
+            resumed = not self.resuming
         for unit_seq, verdict, reason, t0 in verdicts:
             self.link.send("VERDICT", {"unit_seq": unit_seq, "verdict": int(verdict), "reason": int(reason)})
             self.verdict_latency_s.append(time.perf_counter() - t0)
-        self.fill_coder()
+        if resumed:  # the step's transaction left the coder alone; the resume's own top-up may be a probe
+            self.fill_coder()
+        else:
+            self._push(top)  # committed with the step's events
         self.checkpoints.note(stored)  # after the verdicts: a close then finds only the logs' tail unsealed
         return stored
 
-    def _store_and_decide(self, msgs, errors):
-        stored, blind = 0, []
+    def _store_and_decide(self, msgs, errors, buffered: int | None):
+        """The step's one transaction: its events, alarms, verdicts and the coder's top-up.
+        → (events stored, verdicts to send, top-up to push, t_us of the prints stored)."""
+        stored, blind, printed_at, top = 0, [], [], None
         with transaction(self.conn):
             if msgs:
                 self._check_batch()
@@ -601,6 +695,8 @@ class Agent:
                             blind.append(fields["unit_seq"])
                         else:
                             self.correlator.inspected(fields["unit_seq"], now)
+                    elif name == "UNIT_PRINTED":
+                        printed_at.append(fields["t_us"])
             for source, kind, detail in errors:
                 self.ledger.alarm(source, kind, detail)
             self._check_prints()
@@ -608,7 +704,9 @@ class Agent:
             if blind:
                 verdicts += self._fail_blind(blind)
             self.ledger.flush_events()
-        return stored, verdicts
+            if buffered is not None:  # after the binds: the ledger's queue is what the coder holds
+                top = self._top_up(buffered, batch_checked=bool(msgs))
+        return stored, verdicts, top, printed_at
 
     def _fail_blind(self, units: list[int]) -> list:
         """Units inspected while resuming (or waiting when pairing slipped): no camera result can be

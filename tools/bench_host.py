@@ -30,16 +30,19 @@ GTIN = "09506000134352"
 
 def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None = None,
               on_poll=None) -> tuple[int, int]:
-    """`units` passed units through the host path as the agent runs them: per `per_poll` units,
-    coder jobs allocated, then one poll of their detected/printed/inspected events and verdicts,
-    then one of their outcomes. `latencies` gets each decision's time; `on_poll(events)` is called
-    after each poll's transaction, as the agent's step ends (its audit checkpoints). → (events, polls)."""
+    """`units` passed units through the host path in the agent's transactions (host/agent.py
+    `Agent._store_and_decide`: one a step): per `per_poll` units one poll of their detected/printed/
+    inspected events, their verdicts and the coder jobs of the next `per_poll` units (the top-up,
+    committed before it is pushed), then one of their outcomes; the first jobs as the agent's start
+    queues them. Not here: the agent's Python around the ledger (correlator, print check, trend).
+    `latencies` gets each decision's time; `on_poll(events)` is called after each poll's
+    transaction, as the agent's step ends (its audit checkpoints). → (events, polls)."""
     seq = u = polls = 0
+    with transaction(conn):
+        L.queue_codes(min(per_poll, units))
     while u < units:
         n = min(per_poll, units - u)
-        with transaction(conn):
-            L.queue_codes(n)
-        with transaction(conn):  # one poll: the line's events for n units, then their verdicts
+        with transaction(conn):  # one poll: the line's events for n units, their verdicts, the top-up
             msgs = []
             for k in range(u, u + n):
                 for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
@@ -58,9 +61,12 @@ def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None
                     latencies.append(time.perf_counter() - ts)
                 rows.append(("bench", 1, k, verdict, reason, serial, "A"))
             L.record_verdicts(rows)
+            L.flush_events()
+            if u + n < units:
+                L.queue_codes(min(per_poll, units - u - n))
         if on_poll is not None:
             on_poll(3 * n)
-        with transaction(conn):  # next poll: their outcomes
+        with transaction(conn):  # next poll: their outcomes (no print: no top-up)
             msgs = []
             for k in range(u, u + n):
                 seq += 1
