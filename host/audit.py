@@ -44,6 +44,7 @@ _PARTS = {
     "batch": ("batch", "batch_id = :key", "batch_id", None, None),
     "batch_site": ("batch_site", "batch_id = :key", "batch_id", None, None),
     "unit": ("unit", "batch_id = :key", "device_id, boot_id, unit_seq", None, None),
+    "unit_row": ("unit_row", "batch_id = :key", "device_id, boot_id, unit_seq", None, None),  # as stored (serial_id): no join
     "serial": ("serial", "batch_id = :key", "gtin, serial", None, None),
     "serial2": ("serial", "batch_id = :key", "state, gtin, serial", None, None),  # the same rows in serial_batch's order: no sort
     "serial3": ("serial", "batch_id = :key", "state, serial_id", None, None),  # the rowid form's order in serial_batch
@@ -56,7 +57,8 @@ _PARTS = {
     "coder_job": ("coder_job", "batch_id = :key", "job_id", None, None),
     # the jobs as stored (code NULL where the batch's template gives it) and that template: half the
     # work of reading the view coder_job, and the same rows (host/db.py)
-    "coder_job_row": ("coder_job_row", "batch_id = :key", "job_id", None, None),
+    "coder_job_row": ("coder_job_row_v1", "batch_id = :key", "job_id", None, None),  # (gtin, serial): the view renders them
+    "coder_job_row2": ("coder_job_row", "batch_id = :key", "job_id", None, None),  # by serial_id, as stored
     "coder_template": ("coder_template", "batch_id = :key", "batch_id", None, None),
     "container": ("container", "batch_id = :key", "container_id", None, None),
     "packed": ("packed", "container_id IN (SELECT container_id FROM container WHERE batch_id = :key)",
@@ -103,7 +105,7 @@ _FROZEN = ("log:serial_history", "log:device_event", "log:alarm_log", "log:epcis
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
-_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "serial3", "coder_job_row", "coder_template",
+_CLOSED = ("product", "product_master", "batch", "batch_site", "unit_row", "serial3", "coder_job_row2", "coder_template",
            "container", "packed", *_LOGS)
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
@@ -884,7 +886,8 @@ def _verify_derived(conn) -> str | None:
 
 
 def _has(conn, table: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone() is not None
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name=?",  # unit: a view
+                        (table,)).fetchone() is not None
 
 
 def _since(text: str) -> _dt.datetime:

@@ -181,10 +181,8 @@ SERIAL = f"""CREATE TABLE IF NOT EXISTS serial (
         import_id INTEGER REFERENCES serial_import (import_id),
         UNIQUE (gtin, serial))"""
 # the same CHECKs as ledgers made before hold them: table -> (old text, new text)
+# (unit's is gone: _migrate_unit_row makes unit_row anew)
 _IN_LIST_CHECKS = {
-    "unit": (
-        """outcome TEXT CHECK (outcome IN ('PASSED', 'REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED',
-                                        'UNKNOWN', 'DESTROYED')),""", f"outcome TEXT CHECK ({_UNIT_OUTCOME}),"),
     "coder_job_row": ("CHECK (state IN ('queued', 'bound', 'dropped'))", f"CHECK ({_CODER_JOB_STATE})"),
     "container": ("CHECK (state IN ('open', 'closed', 'disaggregated'))", f"CHECK ({_CONTAINER_STATE})"),
     "serial": (f"CHECK (state IN ({_states}))", f"CHECK ({_SERIAL_STATE})"),
@@ -194,14 +192,13 @@ _IN_LIST_CHECKS = {
 # A job's code is its batch's element string around its serial (host/ledger.py code_for): the view
 # coder_job gives it from the batch's coder_template; a row holds it only where it is not that (a
 # ledger made before the template could hold any). Every reader (and every seal) reads the view.
+# A job names its pack by serial_id (the view gives gtin, serial).
 CODER_JOB = [
     f"""CREATE TABLE IF NOT EXISTS coder_job_row (
         job_id INTEGER PRIMARY KEY AUTOINCREMENT,
         batch_id TEXT NOT NULL REFERENCES batch (batch_id),
-        gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT,
-        state TEXT NOT NULL DEFAULT 'queued' CHECK ({_CODER_JOB_STATE}),
-        UNIQUE (gtin, serial),
-        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+        serial_id INTEGER NOT NULL UNIQUE REFERENCES serial (serial_id), code TEXT,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK ({_CODER_JOB_STATE}))""",
     # code = head || serial || tail (head ends with AI 21); fixed once a job is written from it
     """CREATE TABLE IF NOT EXISTS coder_template (
         batch_id TEXT PRIMARY KEY REFERENCES batch (batch_id), head TEXT NOT NULL, tail TEXT NOT NULL) WITHOUT ROWID""",
@@ -209,12 +206,85 @@ CODER_JOB = [
         BEGIN SELECT RAISE(ABORT, 'a batch''s code template never changes'); END""",
     """CREATE TRIGGER IF NOT EXISTS coder_template_kept BEFORE DELETE ON coder_template
         BEGIN SELECT RAISE(ABORT, 'a batch''s code template never changes'); END""",
-    """CREATE VIEW IF NOT EXISTS coder_job AS SELECT j.job_id, j.batch_id, j.gtin, j.serial,
-        coalesce(j.code, t.head || j.serial || t.tail) AS code, j.state
-        FROM coder_job_row j LEFT JOIN coder_template t ON t.batch_id = j.batch_id""",
+    """CREATE VIEW IF NOT EXISTS coder_job AS SELECT j.job_id AS job_id, j.batch_id AS batch_id, s.gtin AS gtin,
+        s.serial AS serial, coalesce(j.code, t.head || s.serial || t.tail) AS code, j.state AS state
+        FROM coder_job_row j JOIN serial s ON s.serial_id = j.serial_id LEFT JOIN coder_template t ON t.batch_id = j.batch_id""",
+    # the rows as they were stored before serial_id (gtin, serial; code as stored): the seals made then
+    """CREATE VIEW IF NOT EXISTS coder_job_row_v1 AS SELECT j.job_id AS job_id, j.batch_id AS batch_id, s.gtin AS gtin,
+        s.serial AS serial, j.code AS code, j.state AS state FROM coder_job_row j JOIN serial s ON s.serial_id = j.serial_id""",
     # a batch's jobs in order (its seal, the simulator's report); its queue (a few rows at any time)
     "CREATE INDEX IF NOT EXISTS coder_job_batch ON coder_job_row (batch_id)",
     "CREATE INDEX IF NOT EXISTS coder_job_queue ON coder_job_row (batch_id) WHERE state = 'queued'",
+]
+# coder_job_row as it was from the code template until serial_id (_migrate_coder_job makes it, then
+# _migrate_coder_job_serial_id moves it on)
+_CODER_JOB_V1 = [
+    f"""CREATE TABLE coder_job_row (
+        job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        gtin TEXT NOT NULL, serial TEXT NOT NULL, code TEXT,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK ({_CODER_JOB_STATE}),
+        UNIQUE (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    *CODER_JOB[1:4],
+    """CREATE VIEW coder_job AS SELECT j.job_id, j.batch_id, j.gtin, j.serial,
+        coalesce(j.code, t.head || j.serial || t.tail) AS code, j.state
+        FROM coder_job_row j LEFT JOIN coder_template t ON t.batch_id = j.batch_id""",
+]
+
+# A unit names its pack by serial_id (unit_row); the view unit gives the columns it had before, in
+# their order, with the same values (readers, the seals made before), and takes writes the old way.
+# read_serial: 0 where it is the unit's printed serial (nearly every read: no bytes), else the text read.
+_UNIT_COLS = ("device_id, boot_id, unit_seq, batch_id, test, gtin, serial, inspected, read_serial, grade, verdict,"
+              " verdict_reason, outcome, reason")
+# the view's read_serial as unit_row keeps it (`serial_id`: the unit's serial_id then)
+_READ_SERIAL_ROW = ("CASE WHEN NEW.read_serial = (SELECT serial FROM serial WHERE serial_id = {serial_id}) THEN 0"
+                    " WHEN typeof(NEW.read_serial) IN ('integer', 'real') THEN CAST(NEW.read_serial AS TEXT)"
+                    " ELSE NEW.read_serial END")
+_SERIAL_ID_OF_NEW = "(SELECT serial_id FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial)"
+# (gtin, serial) named a serial by a foreign key; NULL in either meant none
+_UNIT_NAMES_A_SERIAL = (f"SELECT RAISE(ABORT, 'FOREIGN KEY constraint failed') WHERE (NEW.gtin IS NOT NULL OR NEW.serial IS NOT NULL)"
+                        f" AND {_SERIAL_ID_OF_NEW} IS NULL;")
+UNIT = [
+    f"""CREATE TABLE IF NOT EXISTS unit_row (
+        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        test INTEGER NOT NULL DEFAULT 0,
+        serial_id INTEGER REFERENCES serial (serial_id),
+        inspected INTEGER NOT NULL DEFAULT 0,
+        read_serial CHECK (read_serial IS NOT 0 OR serial_id IS NOT NULL), grade TEXT,
+        verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
+        -- UNKNOWN: the host never heard it (host/ledger.py), until a person resolves it: PASSED or DESTROYED
+        outcome TEXT CHECK ({_UNIT_OUTCOME}),
+        reason TEXT,
+        PRIMARY KEY (device_id, boot_id, unit_seq))""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS unit_serial_once ON unit_row (serial_id) WHERE serial_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS unit_batch ON unit_row (batch_id, outcome)",
+    # a read recorded as the printed serial (0) would read as another serial
+    """CREATE TRIGGER IF NOT EXISTS unit_read_serial_kept BEFORE UPDATE OF serial_id ON unit_row
+        WHEN NEW.read_serial IS 0 AND NEW.serial_id IS NOT OLD.serial_id
+        BEGIN SELECT RAISE(ABORT, 'a unit''s serial is fixed once its read is recorded as it'); END""",
+    f"""CREATE VIEW IF NOT EXISTS unit AS SELECT u.device_id AS device_id, u.boot_id AS boot_id, u.unit_seq AS unit_seq,
+        u.batch_id AS batch_id, u.test AS test, s.gtin AS gtin, s.serial AS serial, u.inspected AS inspected,
+        CASE WHEN u.read_serial IS 0 THEN s.serial ELSE u.read_serial END AS read_serial, u.grade AS grade,
+        u.verdict AS verdict, u.verdict_reason AS verdict_reason, u.outcome AS outcome, u.reason AS reason
+        FROM unit_row u LEFT JOIN serial s ON s.serial_id = u.serial_id""",
+    f"""CREATE TRIGGER IF NOT EXISTS unit_insert INSTEAD OF INSERT ON unit
+        BEGIN {_UNIT_NAMES_A_SERIAL}
+              INSERT INTO unit_row (device_id, boot_id, unit_seq, batch_id, test, serial_id, inspected, read_serial, grade,
+                                    verdict, verdict_reason, outcome, reason)
+              VALUES (NEW.device_id, NEW.boot_id, NEW.unit_seq, NEW.batch_id, coalesce(NEW.test, 0), {_SERIAL_ID_OF_NEW},
+                      coalesce(NEW.inspected, 0), {_READ_SERIAL_ROW.format(serial_id=_SERIAL_ID_OF_NEW)}, NEW.grade,
+                      NEW.verdict, NEW.verdict_reason, NEW.outcome, NEW.reason); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS unit_update INSTEAD OF UPDATE ON unit
+        BEGIN {_UNIT_NAMES_A_SERIAL}
+              UPDATE unit_row SET device_id = NEW.device_id, boot_id = NEW.boot_id, unit_seq = NEW.unit_seq,
+                     batch_id = NEW.batch_id, test = NEW.test, serial_id = {_SERIAL_ID_OF_NEW}, inspected = NEW.inspected,
+                     read_serial = {_READ_SERIAL_ROW.format(serial_id=_SERIAL_ID_OF_NEW)}, grade = NEW.grade,
+                     verdict = NEW.verdict, verdict_reason = NEW.verdict_reason, outcome = NEW.outcome, reason = NEW.reason
+              WHERE device_id = OLD.device_id AND boot_id = OLD.boot_id AND unit_seq = OLD.unit_seq; END""",
+    """CREATE TRIGGER IF NOT EXISTS unit_delete INSTEAD OF DELETE ON unit
+        BEGIN DELETE FROM unit_row WHERE device_id = OLD.device_id AND boot_id = OLD.boot_id AND unit_seq = OLD.unit_seq; END""",
 ]
 
 SCHEMA = [
@@ -334,21 +404,7 @@ SCHEMA = [
     # The boot as a small integer, msg the protocol's id, body/body2 the other fields packed as the
     # schema lays them out, or JSON text (host/devevents.py, which every reader goes through).
     *DEVICE_EVENT,
-    f"""CREATE TABLE IF NOT EXISTS unit (
-        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
-        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
-        test INTEGER NOT NULL DEFAULT 0,
-        gtin TEXT, serial TEXT,
-        inspected INTEGER NOT NULL DEFAULT 0,
-        read_serial TEXT, grade TEXT,
-        verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
-        -- UNKNOWN: the host never heard it (host/ledger.py), until a person resolves it: PASSED or DESTROYED
-        outcome TEXT CHECK ({_UNIT_OUTCOME}),
-        reason TEXT,
-        PRIMARY KEY (device_id, boot_id, unit_seq),
-        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
-    "CREATE UNIQUE INDEX IF NOT EXISTS unit_serial_once ON unit (gtin, serial) WHERE serial IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS unit_batch ON unit (batch_id, outcome)",
+    *UNIT,
     *CODER_JOB,
     # Cases and pallets. An SSCC is given when the container closes and is never given again.
     f"""CREATE TABLE IF NOT EXISTS container (
@@ -525,6 +581,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_serial_history(conn)
     _migrate_device_event(conn)
     _migrate_coder_job(conn)
+    _migrate_coder_job_serial_id(conn)  # after _migrate_serial_rowid: they need serial_id
+    _migrate_unit_row(conn)
     _migrate_in_lists(conn)
 
 
@@ -634,7 +692,7 @@ def _migrate_coder_job(conn: sqlite3.Connection) -> None:
         return
     conn.execute("DROP INDEX IF EXISTS coder_job_queue")
     conn.execute("ALTER TABLE coder_job RENAME TO coder_job_v0")
-    for statement in CODER_JOB:
+    for statement in _CODER_JOB_V1:
         conn.execute(statement)
     # the first GS ends the lot, the only variable field before AI 21 (host/ledger.py _template)
     conn.execute("""INSERT INTO coder_template (batch_id, head, tail)
@@ -655,6 +713,58 @@ def _migrate_coder_job(conn: sqlite3.Connection) -> None:
                  " FROM coder_job_row", (given,))
     _reads_back(conn, "coder_job", "coder_job_v0", "coder_job", "job_id, batch_id, gtin, serial, code, state")
     conn.execute("DROP TABLE coder_job_v0")
+
+
+def _rename(conn: sqlite3.Connection, table: str, to: str) -> None:
+    """A plain rename: triggers and views that name `table` keep naming it (the view of that name made
+    next), where the modern rename would point them at `to`, which the migration drops."""
+    conn.execute("PRAGMA legacy_alter_table=ON")
+    conn.execute(f"ALTER TABLE {table} RENAME TO {to}")
+    conn.execute("PRAGMA legacy_alter_table=OFF")
+
+
+def _migrate_coder_job_serial_id(conn: sqlite3.Connection) -> None:
+    """Ledgers made before serial_id in coder_job_row (gtin, serial): the rows are copied with their
+    serial's serial_id, job_id and sqlite_sequence kept; the view coder_job_row_v1 reads every row
+    back as it was, which is checked here (the seals made before read it): not exact, nothing changes."""
+    if "gtin" not in {r[1] for r in conn.execute("PRAGMA table_info(coder_job_row)")}:
+        return
+    for name in ("VIEW coder_job", "VIEW coder_job_row_v1", "INDEX coder_job_batch", "INDEX coder_job_queue"):
+        conn.execute(f"DROP {name.replace(' ', ' IF EXISTS ', 1)}")
+    _rename(conn, "coder_job_row", "coder_job_row_v0")  # (its sqlite_sequence row too)
+    for statement in CODER_JOB:
+        conn.execute(statement)
+    conn.execute("""INSERT INTO coder_job_row (job_id, batch_id, serial_id, code, state)
+        SELECT j.job_id, j.batch_id, s.serial_id, j.code, j.state
+        FROM coder_job_row_v0 j JOIN serial s ON s.gtin = j.gtin AND s.serial = j.serial ORDER BY j.job_id""")
+    # a job_id once given is never given again (AUTOINCREMENT)
+    (given,) = conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name IN ('coder_job_row',"
+                            " 'coder_job_row_v0')").fetchone()
+    conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('coder_job_row', 'coder_job_row_v0')")
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('coder_job_row', ?)", (given,))
+    _reads_back(conn, "coder_job_row", "coder_job_row_v0", "coder_job_row_v1", "job_id, batch_id, gtin, serial, code, state")
+    conn.execute("DROP TABLE coder_job_row_v0")
+
+
+def _migrate_unit_row(conn: sqlite3.Connection) -> None:
+    """Ledgers made before unit_row (the table unit with gtin, serial): the rows are copied with their
+    serial's serial_id (a read of the printed serial kept as 0), and the view unit reads every row
+    back as it was, which is checked here (the seals made before read it): not exact, nothing changes."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='unit'").fetchone() is None:
+        return
+    _rename(conn, "unit", "unit_v0")
+    for name in ("unit_serial_once", "unit_batch"):
+        conn.execute(f"DROP INDEX IF EXISTS {name}")
+    for statement in UNIT:
+        conn.execute(statement)
+    conn.execute("""INSERT INTO unit_row (device_id, boot_id, unit_seq, batch_id, test, serial_id, inspected, read_serial,
+                                          grade, verdict, verdict_reason, outcome, reason)
+        SELECT u.device_id, u.boot_id, u.unit_seq, u.batch_id, u.test, s.serial_id, u.inspected,
+               CASE WHEN u.read_serial = s.serial THEN 0 ELSE u.read_serial END, u.grade, u.verdict, u.verdict_reason,
+               u.outcome, u.reason
+        FROM unit_v0 u LEFT JOIN serial s ON s.gtin = u.gtin AND s.serial = u.serial ORDER BY 1, 2, 3""")
+    _reads_back(conn, "unit", "unit_v0", "unit", _UNIT_COLS)
+    conn.execute("DROP TABLE unit_v0")
 
 
 def _migrate_in_lists(conn: sqlite3.Connection) -> None:

@@ -30,17 +30,21 @@ UNIT_EVENTS = ("UNIT_DETECTED", "UNIT_PRINTED", "UNIT_INSPECTED", "UNIT_OUTCOME"
 MAX_UNIT_GAP = 4096
 MAX_BINDINGS = 65536  # bindings kept for the agent's print cross-check until it takes them (each step)
 
-# One statement per rule, run in this order at each flush: a unit's life, top to bottom.
+# One statement per rule, run in this order at each flush: a unit's life, top to bottom. A pack is
+# named by its serial_id (a coder job carries it from the allocation: nothing is looked up).
 _RULES = {
-    "unit": "INSERT OR IGNORE INTO unit (device_id, boot_id, unit_seq, batch_id, test, outcome, reason, gtin, serial)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
-    "job_bound": "UPDATE coder_job_row SET state='bound' WHERE gtin=? AND serial=?",
-    "unit_serial": "UPDATE unit SET gtin=?, serial=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
-    "serial_printed": "UPDATE serial SET state='printed' WHERE gtin=? AND serial=?",
-    "unit_outcome": "UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
-    "serial_commissioned": "UPDATE serial SET state='commissioned' WHERE gtin=? AND serial=?",
-    "serial_rejected": "UPDATE serial SET state='rejected' WHERE gtin=? AND serial=?",
+    "unit": "INSERT OR IGNORE INTO unit_row (device_id, boot_id, unit_seq, batch_id, test, outcome, reason, serial_id)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+    "job_bound": "UPDATE coder_job_row SET state='bound' WHERE serial_id=?",
+    "unit_serial": "UPDATE unit_row SET serial_id=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+    "serial_printed": "UPDATE serial SET state='printed' WHERE serial_id=?",
+    "unit_outcome": "UPDATE unit_row SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+    "serial_commissioned": "UPDATE serial SET state='commissioned' WHERE serial_id=?",
+    "serial_rejected": "UPDATE serial SET state='rejected' WHERE serial_id=?",
 }
+# the queued jobs, oldest first: (serial_id, serial, code)
+_QUEUE = ("SELECT s.serial_id, j.serial, j.code FROM coder_job j JOIN serial s ON s.gtin = j.gtin AND s.serial = j.serial"
+          " WHERE j.batch_id=? AND j.state='queued' ORDER BY j.job_id")
 
 
 class _Life:
@@ -52,6 +56,9 @@ class _Life:
         self.printed = -1  # highest unit printed
         self.unprinted: set[int] = set()  # beyond `printed`, finished without a print (untracked)
         self.lost: set[int] = set()  # booked UNKNOWN in this run: their outcome reads the database
+
+
+_NONE = (None, None, None)  # no job bound
 
 
 class LedgerError(ValueError):
@@ -77,15 +84,13 @@ class Ledger:
         self.judge = Judge(batch_id, self.batch.gtin, self.batch.lot, self._serial_batch, seen, min_grade)
         self._commissioned: list[str] = []  # passed in this transaction: one commissioning event
         # hot-path mirrors of the DB (rebuilt here at start; a rolled-back transaction resets them)
-        self._queue = collections.deque(conn.execute(
-            "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
-            (batch_id,)).fetchall())
-        self._bound: dict[tuple, tuple[str, str]] = {}  # unit key -> (serial, code)
+        self._queue = collections.deque(conn.execute(_QUEUE, (batch_id,)).fetchall())  # (serial_id, serial, code)
+        self._bound: dict[tuple, tuple[int, str, str]] = {}  # unit key -> (serial_id, serial, code)
         self.bindings: list[tuple[tuple, str]] = []  # (unit key, code) bound since taken: the print cross-check's
         self._boots: dict[tuple, _Life] = {}  # (device_id, boot_id) -> _Life, loaded on first use
         self._writes: dict[str, list] = {name: [] for name in _RULES}
         self._new_units: dict[tuple, list] = {}  # unit key -> its queued "unit" row (a print in the same flush fills it)
-        self._passed: list[str] = []  # commissioned by the queued writes, to pack at the flush
+        self._passed: list[tuple[int, str]] = []  # (serial_id, serial) commissioned by the queued writes, to pack at the flush
         self._tpl = None
         self._tpl_stored: bool | None = None  # is coder_template this batch's template (its jobs' codes left out)?
         self.packing_stopped: str | None = None  # why passed packs can no longer be packed (the agent stops the line)
@@ -119,7 +124,8 @@ class Ledger:
     def queue_codes(self, count: int) -> list[tuple[str, str]]:
         """Allocate serials and record them as coder jobs, in order (caller's transaction)
         → [(serial, code)]."""
-        out = [(s, self.code_for(s)) for s in serials.allocate(self.conn, self.batch.batch_id, self.batch.gtin, count)]
+        jobs = [(i, s, self.code_for(s)) for i, s in serials.allocate_ids(self.conn, self.batch.batch_id,
+                                                                          self.batch.gtin, count)]
         b = self.batch
         if self._tpl_stored is None:
             head, tail, _ = self._tpl or self._template()
@@ -127,10 +133,10 @@ class Ledger:
             self._tpl_stored = self.conn.execute("SELECT head, tail FROM coder_template WHERE batch_id=?",
                                                  (b.batch_id,)).fetchone() == (head + "21", tail)
         stored = self._tpl_stored
-        self.conn.executemany("INSERT INTO coder_job_row (batch_id, gtin, serial, code) VALUES (?,?,?,?)",
-                              [(b.batch_id, b.gtin, s, None if stored else code) for s, code in out])
-        self._queue.extend(out)
-        return out
+        self.conn.executemany("INSERT INTO coder_job_row (batch_id, serial_id, code) VALUES (?,?,?)",
+                              [(b.batch_id, i, None if stored else code) for i, _, code in jobs])
+        self._queue.extend(jobs)
+        return [(s, code) for _, s, code in jobs]
 
     def take_bindings(self) -> list[tuple[tuple, str]]:
         """(unit key, code) of the prints bound since the last call, in binding order."""
@@ -150,19 +156,17 @@ class Ledger:
     def drop_unsent(self, serials: list[str]) -> int:
         """The coder refused a push: that job and those allocated after it (the queue's tail) never
         reached it and are written off like drop_queued's (caller's transaction)."""
-        tail = [s for s, _ in list(self._queue)[len(self._queue) - len(serials):]] if serials else []
-        if tail != list(serials):
+        tail = list(self._queue)[len(self._queue) - len(serials):] if serials else []
+        if [s for _, s, _ in tail] != list(serials):
             raise LedgerError(f"jobs {serials[:3]}... are not the tail of the coder queue")
         for _ in serials:
             self._queue.pop()
-        return self.conn.executemany("UPDATE coder_job_row SET state='dropped' WHERE batch_id=? AND serial=?"
-                                     " AND state='queued'", [(self.batch.batch_id, s) for s in serials]).rowcount
+        return self.conn.executemany("UPDATE coder_job_row SET state='dropped' WHERE serial_id=? AND batch_id=?"
+                                     " AND state='queued'", [(i, self.batch.batch_id) for i, _, _ in tail]).rowcount
 
     def resync(self) -> None:
         """After a rolled-back transaction: rebuild the mirrors from the database."""
-        self._queue = collections.deque(self.conn.execute(
-            "SELECT serial, code FROM coder_job WHERE batch_id=? AND state='queued' ORDER BY job_id",
-            (self.batch.batch_id,)).fetchall())
+        self._queue = collections.deque(self.conn.execute(_QUEUE, (self.batch.batch_id,)).fetchall())
         self._bound.clear()
         self.bindings.clear()  # rolled back with the transaction that made them
         self._boots.clear()
@@ -197,17 +201,18 @@ class Ledger:
         c.execute("INSERT OR IGNORE INTO device_boot (device_id, boot_id, batch_id, first_seen) VALUES (?,?,?,?)",
                   (device_id, boot_id, self.batch.batch_id, time.time()))
         w, unknown = self._writes, []
-        for b, u, serial, passed in c.execute(
-                "SELECT boot_id, unit_seq, serial, verdict='PASS' AND test=0 FROM unit WHERE device_id=? AND boot_id<>?"
-                " AND batch_id=? AND (outcome IS NULL OR reason='EVENTS_LOST')",
+        for b, u, serial_id, serial, passed in c.execute(
+                "SELECT u.boot_id, u.unit_seq, u.serial_id, s.serial, u.verdict='PASS' AND u.test=0 FROM unit_row u"
+                " LEFT JOIN serial s ON s.serial_id = u.serial_id WHERE u.device_id=? AND u.boot_id<>?"
+                " AND u.batch_id=? AND (u.outcome IS NULL OR u.reason='EVENTS_LOST')",
                 (device_id, boot_id, self.batch.batch_id)).fetchall():
             if passed:
                 w["unit_outcome"].append(("UNKNOWN", "OUTCOME_LOST", device_id, b, u))
                 unknown.append((b, u, serial))
             else:
                 w["unit_outcome"].append(("PURGED", "PURGE", device_id, b, u))
-                if serial is not None:
-                    w["serial_rejected"].append((self.batch.gtin, serial))
+                if serial_id is not None:
+                    w["serial_rejected"].append((serial_id,))
         booked = len(w["unit_outcome"])
         self._flush()
         if unknown:
@@ -270,11 +275,11 @@ class Ledger:
         if life is None:
             c, key = self.conn, (device_id, boot_id)
             life = _Life()
-            life.detected = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM unit WHERE device_id=? AND boot_id=?",
+            life.detected = c.execute("SELECT COALESCE(max(unit_seq), -1) FROM unit_row WHERE device_id=? AND boot_id=?",
                                       key).fetchone()[0]
             life.printed = devevents.last_unit(c, device_id, boot_id, "UNIT_PRINTED")
             life.unprinted = {u for (u,) in c.execute(
-                "SELECT unit_seq FROM unit WHERE device_id=? AND boot_id=? AND unit_seq>? AND serial IS NULL"
+                "SELECT unit_seq FROM unit_row WHERE device_id=? AND boot_id=? AND unit_seq>? AND serial_id IS NULL"
                 " AND outcome IS NOT NULL AND outcome<>'UNKNOWN'", key + (life.printed,))}
             self._boots[key] = life
         return life
@@ -285,7 +290,7 @@ class Ledger:
             return
         lost = range(life.detected + 1, u + 1)
         for m in lost:
-            self._new_unit(w, (device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST", None, None))
+            self._new_unit(w, (device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST", None))
         life.lost.update(lost)
         life.detected = u
         self.alarm(device_id, "EVENTS_LOST", f"boot {boot_id} unit(s) {lost[0]}..{lost[-1]}: no UNIT_DETECTED before"
@@ -301,7 +306,7 @@ class Ledger:
         if u > life.detected + 1:
             self._row(w, life, device_id, boot_id, u - 1, f"unit {u}")
         if u > life.detected:
-            self._new_unit(w, (device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None, None, None))
+            self._new_unit(w, (device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None, None))
             life.detected = u
 
     def _on_printed(self, w, life, device_id, boot_id, f):
@@ -343,20 +348,19 @@ class Ledger:
         if not self._queue:
             self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{u} printed with no code queued")
             return
-        serial, code = self._queue.popleft()
-        gtin = self.batch.gtin
-        w["job_bound"].append((gtin, serial))
+        job = serial_id, _, code = self._queue.popleft()
+        w["job_bound"].append((serial_id,))
         row = self._new_units.get((device_id, boot_id, u))
         if row is not None:  # its row is still to be written: it is written with its serial
-            row[7], row[8] = gtin, serial
+            row[7] = serial_id
         else:
-            w["unit_serial"].append((gtin, serial, device_id, boot_id, u))
-        w["serial_printed"].append((gtin, serial))
+            w["unit_serial"].append((serial_id, device_id, boot_id, u))
+        w["serial_printed"].append((serial_id,))
         if len(self.bindings) >= MAX_BINDINGS:  # nobody takes them (no agent): never unbounded
             self.bindings.clear()
         self.bindings.append(((device_id, boot_id, u), code))
         if u not in life.lost:  # a unit booked UNKNOWN takes the careful path at its outcome
-            self._bound[(device_id, boot_id, u)] = (serial, code)
+            self._bound[(device_id, boot_id, u)] = job
 
     def _on_inspected(self, w, life, device_id, boot_id, f):
         # the stored event is the record; the agent's correlator takes it from there
@@ -370,24 +374,25 @@ class Ledger:
         outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
         bound = self._bound.pop((device_id, boot_id, u), None)
         if bound is not None:
-            serial = bound[0]
+            serial_id, serial, _ = bound
         else:  # not bound in this run: the database knows
             self._flush()
-            serial, was = self.conn.execute("SELECT serial, outcome FROM unit WHERE device_id=? AND boot_id=?"
-                                            " AND unit_seq=?", (device_id, boot_id, u)).fetchone() or (None, None)
+            serial_id, serial, was = self.conn.execute(
+                "SELECT u.serial_id, s.serial, u.outcome FROM unit_row u LEFT JOIN serial s ON s.serial_id = u.serial_id"
+                " WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?", (device_id, boot_id, u)).fetchone() or (None,) * 3
             if was not in (None, "UNKNOWN"):  # resolved by a person, or booked at a reboot
                 self.alarm(device_id, "OUTCOME_IGNORED", f"unit {boot_id}/{u} is already {was}; the device says {outcome}")
                 return
             life.lost.discard(u)
         w["unit_outcome"].append((outcome, reason, device_id, boot_id, u))
-        if serial is None:
+        if serial_id is None:
             if outcome == "PASSED":
                 self.alarm(device_id, "PASSED_WITHOUT_CODE", f"unit {boot_id}/{u}")
         elif outcome == "PASSED":
-            w["serial_commissioned"].append((self.batch.gtin, serial))
-            self._passed.append(serial)
+            w["serial_commissioned"].append((serial_id,))
+            self._passed.append((serial_id, serial))
         else:
-            w["serial_rejected"].append((self.batch.gtin, serial))
+            w["serial_rejected"].append((serial_id,))
 
     def _outcome_unreadable(self, w, life, device_id, boot_id, u) -> None:
         """The device decided unit u but its UNIT_OUTCOME is quarantined: the device sends no other,
@@ -416,7 +421,7 @@ class Ledger:
                 params.clear()
         self._new_units.clear()
         if self._passed:
-            passed, self._passed = self._passed, []
+            passed, self._passed = [s for _, s in self._passed], []
             self._commissioned.extend(passed)
             try:
                 self.agg.add_packs(passed)  # after the commissioning rows: packed needs 'commissioned'
@@ -447,15 +452,18 @@ class Ledger:
         self.record_verdicts([(device_id, boot_id, unit_seq, verdict, reason, read_serial, grade)])
 
     def record_verdicts(self, rows) -> None:
-        """[(device_id, boot_id, unit_seq, verdict, reason, read_serial, grade)] in one statement."""
-        self.conn.executemany("UPDATE unit SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
+        """[(device_id, boot_id, unit_seq, verdict, reason, read_serial, grade)] in one statement. A read
+        of the serial bound to the unit in this run is kept as 0 (unit_row; the view unit gives it)."""
+        bound = self._bound
+        self.conn.executemany("UPDATE unit_row SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
                               " WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                              [(v.name, r.name, s, g, d, b, u) for d, b, u, v, r, s, g in rows])
+                              [(v.name, r.name, 0 if s is not None and s == (bound.get((d, b, u)) or _NONE)[1] else s,
+                                g, d, b, u) for d, b, u, v, r, s, g in rows])
 
     def expected_code(self, device_id, boot_id, unit_seq) -> str | None:
         bound = self._bound.get((device_id, boot_id, unit_seq))
         if bound is not None:
-            return bound[1]
+            return bound[2]
         row = self.conn.execute("SELECT j.code FROM unit u JOIN coder_job j ON j.gtin=u.gtin AND j.serial=u.serial"
                                 " WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?",
                                 (device_id, boot_id, unit_seq)).fetchone()

@@ -54,7 +54,7 @@ def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> di
         if unknown:
             raise LifecycleError(f"batch {batch_id} has {unknown} unit(s) whose outcome is unknown (the pack may be "
                                  "on the market): resolve each with serialine batch resolve before aborting")
-        units = conn.execute("UPDATE unit SET outcome='REJECTED_UNCONFIRMED', reason=? WHERE batch_id=? AND outcome IS NULL",
+        units = conn.execute("UPDATE unit_row SET outcome='REJECTED_UNCONFIRMED', reason=? WHERE batch_id=? AND outcome IS NULL",
                              (ABORTED_REASON, batch_id)).rowcount
         # the return trigger lets allocations go back only while a batch is closing
         conn.execute("UPDATE batch SET state='closing' WHERE batch_id=?", (batch_id,))
@@ -89,7 +89,7 @@ def release_allocations(conn: sqlite3.Connection, batch_id: str) -> tuple[int, i
     dropped = conn.execute("UPDATE coder_job_row SET state='dropped' WHERE batch_id=? AND state='queued'",
                            (batch_id,)).rowcount
     voided = conn.execute("UPDATE serial SET state='rejected' WHERE batch_id=? AND state='allocated' AND EXISTS"
-                          " (SELECT 1 FROM coder_job_row j WHERE j.gtin=serial.gtin AND j.serial=serial.serial)",
+                          " (SELECT 1 FROM coder_job_row j WHERE j.serial_id=serial.serial_id)",
                           (batch_id,)).rowcount
     returned = conn.execute("UPDATE serial SET state='available', batch_id=NULL WHERE batch_id=? AND state='allocated'",
                             (batch_id,)).rowcount

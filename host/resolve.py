@@ -88,7 +88,7 @@ def resolve(conn: sqlite3.Connection, batch_id: str, unit: str, *, found_in: str
             if serial is not None:
                 rework._decommission_in(conn, b.gtin, serial, "destroyed", user, reason)
             new, done = ("DESTROYED", "RESOLVED"), f"unit {unit}" + (f" serial {serial}" if serial else "") + ": destroyed"
-        conn.execute("UPDATE unit SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
+        conn.execute("UPDATE unit_row SET outcome=?, reason=? WHERE device_id=? AND boot_id=? AND unit_seq=?",
                      new + (device_id, boot_id, unit_seq))
         audit.append(conn, user, "unit.resolve", {"batch_id": batch_id, "unit": unit, "serial": serial,
                                                   "outcome": new[0], "case": found_in, "reason": reason})

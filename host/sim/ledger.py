@@ -101,13 +101,13 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         for code, serial, state, outcome in conn.execute(
                 "SELECT j.code, j.serial, s.state, u.outcome FROM coder_job j"
                 " JOIN serial s ON s.gtin = j.gtin AND s.serial = j.serial"
-                " LEFT JOIN unit u ON u.gtin = j.gtin AND u.serial = j.serial"
+                " LEFT JOIN unit_row u ON u.serial_id = s.serial_id"
                 " WHERE j.batch_id = ?", (batch_id,)):
             codes[code] = CodeRecord(serial, state, outcome)
         commissioned = [serial for (serial,) in conn.execute(
             "SELECT serial FROM serial WHERE batch_id = ? AND state = 'commissioned'", (batch_id,))]
         twice = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM unit WHERE serial IS NOT NULL GROUP BY gtin, serial HAVING COUNT(*) > 1)"
+            "SELECT COUNT(*) FROM (SELECT 1 FROM unit_row WHERE serial_id IS NOT NULL GROUP BY serial_id HAVING COUNT(*) > 1)"
         ).fetchone()[0]
         twice += sum(n - 1 for n in collections.Counter(printed_codes).values() if n > 1)
         cases = conn.execute("SELECT COUNT(*) FROM container WHERE batch_id = ? AND level = 'case' AND state = 'closed'",

@@ -95,6 +95,48 @@ OLD_SERIAL = f"""CREATE TABLE serial_old (
 OLD_SERIAL_PICK = "CREATE INDEX serial_pick ON serial (gtin, state, import_id) WHERE state = 'available'"
 
 
+# unit as made before unit_row (the base of issue 16): a table with the pack's (gtin, serial)
+OLD_UNIT = (
+    f"""CREATE TABLE unit (
+        device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, unit_seq INTEGER NOT NULL,
+        batch_id TEXT NOT NULL REFERENCES batch (batch_id),
+        test INTEGER NOT NULL DEFAULT 0,
+        gtin TEXT, serial TEXT,
+        inspected INTEGER NOT NULL DEFAULT 0,
+        read_serial TEXT, grade TEXT,
+        verdict TEXT CHECK (verdict IN ('PASS', 'FAIL')), verdict_reason TEXT,
+        outcome TEXT CHECK ({db._UNIT_OUTCOME}),
+        reason TEXT,
+        PRIMARY KEY (device_id, boot_id, unit_seq),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    "CREATE UNIQUE INDEX unit_serial_once ON unit (gtin, serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX unit_batch ON unit (batch_id, outcome)")
+
+
+def _unit_before_serial_id(conn):
+    """unit_row (and its view unit) back into the table unit, the same rows."""
+    rows = conn.execute(f"SELECT {db._UNIT_COLS} FROM unit").fetchall()
+    conn.execute("DROP VIEW unit")  # its INSTEAD OF triggers with it
+    conn.execute("DROP TABLE unit_row")  # its indexes and rule with it
+    for sql in OLD_UNIT:
+        conn.execute(sql)
+    conn.executemany(f"INSERT INTO unit VALUES ({', '.join('?' * 14)})", rows)
+
+
+def _coder_job_before_serial_id(conn):
+    """coder_job_row by serial_id back into its form with (gtin, serial), the same rows and job_id
+    counter; the seal part coder_job_row read that table itself (here: a view of all of it)."""
+    rows = conn.execute("SELECT job_id, batch_id, gtin, serial, code, state FROM coder_job_row_v1").fetchall()
+    (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'coder_job_row'").fetchone()
+    for name in ("VIEW coder_job", "VIEW coder_job_row_v1", "TABLE coder_job_row"):
+        conn.execute(f"DROP {name}")
+    for sql in (db._CODER_JOB_V1[0], db._CODER_JOB_V1[-1], *db.CODER_JOB[-2:],
+                "CREATE VIEW coder_job_row_v1 AS SELECT * FROM coder_job_row"):
+        conn.execute(sql)
+    conn.executemany("INSERT INTO coder_job_row VALUES (?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'coder_job_row'", (seq,))
+
+
 def before_serial_id(conn):
     """Put `conn`'s tables into their form before serial_id (issue 16): the tables that refer to a
     serial by serial_id first (their owners add theirs here), then serial itself (rows, triggers,
@@ -102,6 +144,8 @@ def before_serial_id(conn):
     triggers = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND tbl_name='serial'")]
     conn.execute("PRAGMA foreign_keys=OFF")
     with transaction(conn):
+        _unit_before_serial_id(conn)
+        _coder_job_before_serial_id(conn)
         conn.execute(OLD_SERIAL)
         conn.execute("INSERT INTO serial_old SELECT gtin, serial, state, batch_id, source, import_id FROM serial")
         conn.execute("DROP TABLE serial")

@@ -36,7 +36,7 @@ def _old_ledger(path, monkeypatch) -> tuple[list[tuple], str]:
     key, parts = audit.SEALS["batch.close"]
     monkeypatch.setitem(audit.SEALS, "batch.close", (key, (*parts, "coder_job")))
     c = db.connect(str(path))
-    for name in ("VIEW coder_job", "TABLE coder_job_row", "TABLE coder_template"):
+    for name in ("VIEW coder_job", "VIEW coder_job_row_v1", "TABLE coder_job_row", "TABLE coder_template"):
         c.execute(f"DROP {name}")
     for statement in OLD_CODER_JOB:
         c.execute(statement)
@@ -78,10 +78,10 @@ def test_old_ledger_migrates_and_its_seal_still_verifies(tmp_path, monkeypatch):
     assert not ok and "table coder_job differs" in msg
     # the agent resumes: the queue reads back with its codes, new jobs follow with a fresh job_id and no code
     L = Ledger(c, "B1")
-    assert list(L._queue) == [(r[3], r[4]) for r in rows if r[5] == "queued"]
+    assert [q[1:] for q in L._queue] == [(r[3], r[4]) for r in rows if r[5] == "queued"]
     with transaction(c):
         (serial, code), = L.queue_codes(1)
-    new = c.execute("SELECT job_id, code FROM coder_job_row WHERE serial=?", (serial,)).fetchone()
+    new = c.execute("SELECT job_id, code FROM coder_job_row_v1 WHERE serial=?", (serial,)).fetchone()
     assert new == (rows[-1][0] + 1, None)
     assert c.execute("SELECT code FROM coder_job WHERE serial=?", (serial,)).fetchone() == (code,)
     c.close()
@@ -97,7 +97,8 @@ def test_a_job_stores_no_code_and_the_rules_still_hold(conn):
     assert conn.execute("SELECT serial, code FROM coder_job ORDER BY job_id").fetchall() == jobs
     assert conn.execute("SELECT count(*) FROM coder_job_row WHERE code IS NOT NULL").fetchone() == (0,)
     with pytest.raises(sqlite3.IntegrityError):  # a serial goes to a coder once
-        conn.execute("INSERT INTO coder_job_row (batch_id, gtin, serial) VALUES ('B1', ?, ?)", (GTIN, jobs[0][0]))
+        conn.execute("INSERT INTO coder_job_row (batch_id, serial_id) SELECT 'B1', serial_id FROM serial WHERE serial=?",
+                     (jobs[0][0],))
     with pytest.raises(sqlite3.IntegrityError, match="template never changes"):
         conn.execute("UPDATE coder_template SET tail='x'")
     with pytest.raises(sqlite3.IntegrityError, match="template never changes"):
