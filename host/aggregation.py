@@ -13,6 +13,19 @@ class AggregationError(ValueError):
     pass
 
 
+# a pack into a case, by serial_id; by (gtin, serial) with its serial_id looked up (none found: -1,
+# which packed_only_commissioned refuses as it does any pack not commissioned)
+_PACK_ID = "INSERT INTO packed_row (serial_id, container_id) VALUES (?, ?)"
+_PACK_SERIAL = ("INSERT INTO packed_row (serial_id, container_id)"
+                " VALUES (coalesce((SELECT serial_id FROM serial WHERE gtin = ? AND serial = ?), -1), ?)")
+
+
+def packs_in(conn: sqlite3.Connection, container_id: int) -> list[tuple[int, str]]:
+    """(serial_id, serial) of the packs in a case, in serial_id order (packed_by_container's: no sort)."""
+    return conn.execute("SELECT p.serial_id, s.serial FROM packed_row p JOIN serial s ON s.serial_id = p.serial_id"
+                        " WHERE p.container_id = ? ORDER BY p.serial_id", (container_id,)).fetchall()
+
+
 def sscc_capacity(company_prefix: str) -> int:
     """SSCCs one company prefix can give: extension digit and serial reference count together
     (10 ** (17 - prefix length), less the all-zero one)."""
@@ -60,12 +73,11 @@ class Aggregator:
         case, made = self._open("case")
         if made:
             return case, 0
-        return case, self.conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (case,)).fetchone()[0]
+        return case, self.conn.execute("SELECT count(*) FROM packed_row WHERE container_id=?", (case,)).fetchone()[0]
 
     def children(self, container_id: int) -> list[str]:
-        """EPCs directly inside a container."""
-        packs = [reporting.sgtin(self.batch, s) for (s,) in self.conn.execute(
-            "SELECT serial FROM packed WHERE container_id=? ORDER BY rowid", (container_id,))]
+        """EPCs directly inside a container (packs in serial_id order: packed_by_container's)."""
+        packs = [reporting.sgtin(self.batch, s) for _, s in packs_in(self.conn, container_id)]
         cases = [reporting.sscc(self.batch, c) for (c,) in self.conn.execute(
             "SELECT sscc FROM container WHERE parent_id=? AND state='closed' ORDER BY container_id", (container_id,))]
         return packs + cases
@@ -73,23 +85,24 @@ class Aggregator:
     def add_pack(self, serial: str) -> None:
         """A pack that passed in the caller's transaction (its commissioning event still to come:
         the packing of a case it fills waits for it, see reporting)."""
-        case, n = self._case or self._open_case()
-        self.conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
-                          (self.batch.gtin, serial, case))
-        n += 1
-        self._case = (case, n)
-        if n >= self.batch.case_size:
-            self._case = None
-            self.close(case, line=True)
+        self.add_packs([serial])
 
     def add_packs(self, serials: list[str]) -> None:
-        """add_pack for many, in order, one INSERT statement per case they fill."""
+        """add_pack for many, in order (each one's serial_id looked up: add_packs_by_id needs none)."""
+        gtin = self.batch.gtin
+        self._fill(serials, _PACK_SERIAL, lambda s, case: (gtin, s, case))
+
+    def add_packs_by_id(self, serial_ids: list[int]) -> None:
+        """add_pack for many, by their serial.serial_id, in order."""
+        self._fill(serial_ids, _PACK_ID, lambda i, case: (i, case))
+
+    def _fill(self, packs: list, sql: str, params) -> None:
+        """Into the open case, and the next when it is full: one INSERT statement per case they fill."""
         i = 0
-        while i < len(serials):
+        while i < len(packs):
             case, n = self._case or self._open_case()
-            take = serials[i:i + self.batch.case_size - n]
-            self.conn.executemany("INSERT INTO packed (gtin, serial, container_id) VALUES (?, ?, ?)",
-                                  [(self.batch.gtin, s, case) for s in take])
+            take = packs[i:i + self.batch.case_size - n]
+            self.conn.executemany(sql, [params(p, case) for p in take])
             i, n = i + len(take), n + len(take)
             self._case = (case, n)
             if n >= self.batch.case_size:
@@ -124,7 +137,7 @@ class Aggregator:
                                     (self.batch.batch_id, level)).fetchone()
             if row is None:
                 continue
-            empty = not self.conn.execute("SELECT 1 FROM packed WHERE container_id=? UNION ALL "
+            empty = not self.conn.execute("SELECT 1 FROM packed_row WHERE container_id=? UNION ALL "
                                           "SELECT 1 FROM container WHERE parent_id=? AND state='closed'",
                                           (row[0], row[0])).fetchone()
             if empty:  # nothing in it: leave it without an SSCC, it was never a real container

@@ -63,6 +63,9 @@ _PARTS = {
     "container": ("container", "batch_id = :key", "container_id", None, None),
     "packed": ("packed", "container_id IN (SELECT container_id FROM container WHERE batch_id = :key)",
                "gtin, serial", None, None),
+    # the rows as stored (serial_id, container_id), in packed_by_container's order: no sort, no join
+    "packed_row": ("packed_row", "container_id IN (SELECT container_id FROM container WHERE batch_id = :key)",
+                   "container_id, serial_id", None, None),
     "epcis_outbox": ("epcis_outbox", "batch_id = :key", "seq",
                      ("delivered_at", "attempts", "next_try_at", "last_error"), "enqueued_at"),  # delivery moves on
     "alarm_log": ("alarm_log", "1", "alarm_id", None, "at"),
@@ -106,7 +109,7 @@ _FROZEN = ("log:serial_history", "log:device_event", "log:alarm_log", "log:epcis
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
 _CLOSED = ("product", "product_master", "batch", "batch_site", "unit_row", "serial3", "coder_job_row2", "coder_template",
-           "container", "packed", *_LOGS)
+           "container", "packed_row", *_LOGS)
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
     "product.add": ("gtin", ("product_row", "product_master_row")),

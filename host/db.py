@@ -287,6 +287,40 @@ UNIT = [
         BEGIN DELETE FROM unit_row WHERE device_id = OLD.device_id AND boot_id = OLD.boot_id AND unit_seq = OLD.unit_seq; END""",
 ]
 
+# A pack is in at most one case: the primary key is the pack, by its serial_id (an integer: the
+# (gtin, serial) key was 27 bytes in the row and as many again in its index). The view packed gives
+# the rows as (gtin, serial, container_id): readers, writers of the old form, the seals made before.
+PACKED = [
+    """CREATE TABLE IF NOT EXISTS packed_row (
+        serial_id INTEGER PRIMARY KEY REFERENCES serial (serial_id),
+        container_id INTEGER NOT NULL REFERENCES container (container_id))""",
+    "CREATE INDEX IF NOT EXISTS packed_by_container ON packed_row (container_id)",
+    """CREATE VIEW IF NOT EXISTS packed AS SELECT s.gtin AS gtin, s.serial AS serial, p.container_id AS container_id
+        FROM packed_row p JOIN serial s ON s.serial_id = p.serial_id""",
+]
+# On packed_row, so a direct write obeys them (a migration copies the rows first: its packs are in
+# closed cases). A serial_id the INSERT into the view finds no serial for is -1: not commissioned.
+PACKED_RULES = [
+    """CREATE TRIGGER IF NOT EXISTS packed_only_commissioned BEFORE INSERT ON packed_row
+        WHEN (SELECT state FROM serial WHERE serial_id = NEW.serial_id) IS NOT 'commissioned'
+        BEGIN SELECT RAISE(ABORT, 'only a commissioned pack can be packed (destroyed, sampled, rejected or decommissioned packs cannot)'); END""",
+    """CREATE TRIGGER IF NOT EXISTS packed_into_open_case BEFORE INSERT ON packed_row
+        WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
+        BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
+    """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed_row
+        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
+                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
+                     WHERE c.container_id = OLD.container_id)
+        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""",
+    # moved in place, a pack would skip both rules: it leaves its case and goes into another (rework)
+    """CREATE TRIGGER IF NOT EXISTS packed_row_fixed BEFORE UPDATE ON packed_row
+        BEGIN SELECT RAISE(ABORT, 'a pack changes case only by leaving one and going into another'); END""",
+    """CREATE TRIGGER IF NOT EXISTS packed_insert INSTEAD OF INSERT ON packed
+        BEGIN INSERT INTO packed_row (serial_id, container_id) VALUES
+              (coalesce((SELECT serial_id FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial), -1), NEW.container_id); END""",
+    """CREATE TRIGGER IF NOT EXISTS packed_delete INSTEAD OF DELETE ON packed
+        BEGIN DELETE FROM packed_row WHERE serial_id = (SELECT serial_id FROM serial WHERE gtin = OLD.gtin AND serial = OLD.serial); END""",
+]
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
         gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
@@ -424,27 +458,11 @@ SCHEMA = [
         company_prefix TEXT PRIMARY KEY, next_ref INTEGER NOT NULL)""",
     """CREATE TRIGGER IF NOT EXISTS sscc_counter_forward BEFORE UPDATE ON sscc_counter
         WHEN NEW.next_ref <= OLD.next_ref BEGIN SELECT RAISE(ABORT, 'the SSCC counter only moves forward'); END""",
-    # A pack is in at most one case: the primary key is the pack.
-    """CREATE TABLE IF NOT EXISTS packed (
-        gtin TEXT NOT NULL, serial TEXT NOT NULL,
-        container_id INTEGER NOT NULL REFERENCES container (container_id),
-        PRIMARY KEY (gtin, serial),
-        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
-    "CREATE INDEX IF NOT EXISTS packed_by_container ON packed (container_id)",
+    *PACKED,
     "CREATE INDEX IF NOT EXISTS container_open ON container (batch_id, level, state)",
     "CREATE INDEX IF NOT EXISTS container_parent ON container (parent_id)",
-    """CREATE TRIGGER IF NOT EXISTS packed_only_commissioned BEFORE INSERT ON packed
-        WHEN (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial) IS NOT 'commissioned'
-        BEGIN SELECT RAISE(ABORT, 'only a commissioned pack can be packed (destroyed, sampled, rejected or decommissioned packs cannot)'); END""",
-    """CREATE TRIGGER IF NOT EXISTS packed_into_open_case BEFORE INSERT ON packed
-        WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
-        BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
+    *PACKED_RULES,
     SHIPPED_CONTAINER_FIXED,
-    """CREATE TRIGGER IF NOT EXISTS shipped_packs_fixed BEFORE DELETE ON packed
-        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
-                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
-                     WHERE c.container_id = OLD.container_id)
-        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""",
     """CREATE TABLE IF NOT EXISTS rework (
         rework_id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL CHECK (user <> ''),
         action TEXT NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL CHECK (reason <> ''), detail TEXT)""",
@@ -583,6 +601,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_coder_job(conn)
     _migrate_coder_job_serial_id(conn)  # after _migrate_serial_rowid: they need serial_id
     _migrate_unit_row(conn)
+    _migrate_packed_row(conn)  # after _migrate_serial_rowid: it needs serial_id
     _migrate_in_lists(conn)
 
 
@@ -765,6 +784,25 @@ def _migrate_unit_row(conn: sqlite3.Connection) -> None:
         FROM unit_v0 u LEFT JOIN serial s ON s.gtin = u.gtin AND s.serial = u.serial ORDER BY 1, 2, 3""")
     _reads_back(conn, "unit", "unit_v0", "unit", _UNIT_COLS)
     conn.execute("DROP TABLE unit_v0")
+
+
+def _migrate_packed_row(conn: sqlite3.Connection) -> None:
+    """Ledgers made before packed_row (packed a table keyed by (gtin, serial)): its rows are copied
+    into packed_row by their serial's serial_id, and the view packed reads every one back as it was,
+    which is checked here (the seals made before read it): not exact, nothing changes. The rules
+    are made anew on packed_row by SCHEMA after the copy (its packs are in closed cases)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='packed'").fetchone() is None:
+        return
+    for name in ("packed_only_commissioned", "packed_into_open_case", "shipped_packs_fixed"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute("DROP INDEX IF EXISTS packed_by_container")
+    _rename(conn, "packed", "packed_v0")
+    for statement in PACKED:
+        conn.execute(statement)
+    conn.execute("INSERT INTO packed_row (serial_id, container_id) SELECT s.serial_id, p.container_id"
+                 " FROM packed_v0 p JOIN serial s ON s.gtin = p.gtin AND s.serial = p.serial ORDER BY s.serial_id")
+    _reads_back(conn, "packed", "packed_v0", "packed", "gtin, serial, container_id")
+    conn.execute("DROP TABLE packed_v0")
 
 
 def _migrate_in_lists(conn: sqlite3.Connection) -> None:

@@ -68,7 +68,7 @@ _UNIQUE = {
     "batch.batch_id": "a batch with this id is already in the ledger",
     "serial.gtin, serial.serial": "this serial is already in the GTIN's pool (a serial is issued once)",
     "container.sscc": "this SSCC was already given (an SSCC is never reused)",
-    "packed.gtin, packed.serial": "this pack is already in a case (a pack is in one case at most)",
+    "packed_row.serial_id": "this pack is already in a case (a pack is in one case at most)",
     "unit.gtin, unit.serial": "this serial is already bound to another unit",
 }
 _CHECK = {

@@ -88,8 +88,8 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
     if bad_pass:
         r.problems.append(f"{len(bad_pass)} passed pack(s) whose serial is not commissioned: {_few(bad_pass)}")
     loose = [s for (s,) in conn.execute(
-        "SELECT serial FROM serial s WHERE batch_id=? AND state='commissioned' AND NOT EXISTS (SELECT 1 FROM packed p"
-        " JOIN container c USING (container_id) WHERE p.gtin=s.gtin AND p.serial=s.serial AND c.state='closed')",
+        "SELECT serial FROM serial s WHERE batch_id=? AND state='commissioned' AND NOT EXISTS (SELECT 1 FROM packed_row p"
+        " JOIN container c USING (container_id) WHERE p.serial_id=s.serial_id AND c.state='closed')",
         (batch_id,))]
     if loose:
         r.problems.append(f"{len(loose)} commissioned pack(s) not in a closed case: {_few(loose)}")
@@ -98,7 +98,7 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
     r.partial = [s for (s,) in conn.execute("SELECT sscc FROM container WHERE batch_id=? AND state='closed' AND partial=1",
                                             (batch_id,))]
     short = conn.execute(
-        "SELECT c.sscc, (SELECT count(*) FROM packed p WHERE p.container_id=c.container_id) n FROM container c"
+        "SELECT c.sscc, (SELECT count(*) FROM packed_row p WHERE p.container_id=c.container_id) n FROM container c"
         " WHERE batch_id=? AND level='case' AND state='closed' AND partial=0 AND n<>?", (batch_id, b.case_size)).fetchall()
     if short:
         r.problems.append(f"{len(short)} case(s) not full: " + _few(f"{s} ({n}/{b.case_size})" for s, n in short))

@@ -51,7 +51,7 @@ def batch_record(conn: sqlite3.Connection, batch_id: str) -> dict:
     containers = [{"sscc": s, "level": lv, "parent": p, "state": st, "partial": bool(pt), "closed_at": ca,
                    "packs": n, "children": k} for s, lv, p, st, pt, ca, n, k in conn.execute(
         "SELECT c.sscc, c.level, (SELECT sscc FROM container WHERE container_id = c.parent_id), c.state, c.partial,"
-        " c.closed_at, (SELECT count(*) FROM packed WHERE container_id = c.container_id),"
+        " c.closed_at, (SELECT count(*) FROM packed_row WHERE container_id = c.container_id),"
         " (SELECT count(*) FROM container WHERE parent_id = c.container_id)"
         " FROM container c WHERE c.batch_id=? ORDER BY c.container_id", (batch_id,))]
     rework = [{"at": at, "user": u, "action": a, "target": t, "reason": r} for at, u, a, t, r in conn.execute(

@@ -10,6 +10,7 @@ import sqlite3
 
 from . import audit, reporting
 from .db import transaction
+from .aggregation import Aggregator, packs_in
 from .lifecycle import check_reworkable, live_agents
 from .masterdata import get_batch
 
@@ -30,8 +31,10 @@ def _record(conn, user, action, target, reason, detail):
 
 
 def _pack(conn, gtin: str, serial: str):
-    row = conn.execute("SELECT s.state, s.batch_id, p.container_id FROM serial s LEFT JOIN packed p USING (gtin, serial)"
-                       " WHERE s.gtin=? AND s.serial=?", (gtin, serial)).fetchone()
+    """(serial_id, state, batch, its case's container_id or None) of a pack."""
+    row = conn.execute("SELECT s.serial_id, s.state, s.batch_id, p.container_id FROM serial s"
+                       " LEFT JOIN packed_row p ON p.serial_id = s.serial_id WHERE s.gtin=? AND s.serial=?",
+                       (gtin, serial)).fetchone()
     if row is None:
         raise ReworkError(f"unknown pack {gtin}/{serial}")
     return row
@@ -50,10 +53,10 @@ def _sscc_of(conn, container_id):
     return conn.execute("SELECT sscc FROM container WHERE container_id=?", (container_id,)).fetchone()[0]
 
 
-def _check_fits(conn, b, cid: int, sscc: str, gtin: str, serial: str, leaving: int = 0) -> None:
+def _check_fits(conn, b, cid: int, sscc: str, gtin: str, serial: str, leaving: int = 0) -> int:
     """The one rule for a pack going into a case by rework (add, replace): commissioned, in no
-    case, of the case's batch, and room for it once `leaving` packs are out."""
-    state, pack_batch, in_case = _pack(conn, gtin, serial)
+    case, of the case's batch, and room for it once `leaving` packs are out. → its serial_id."""
+    serial_id, state, pack_batch, in_case = _pack(conn, gtin, serial)
     if in_case is not None:
         raise ReworkError(f"pack {serial} is already in case {_sscc_of(conn, in_case)}: a pack is in one case at most")
     if state != "commissioned":
@@ -61,22 +64,23 @@ def _check_fits(conn, b, cid: int, sscc: str, gtin: str, serial: str, leaving: i
     if pack_batch != b.batch_id or gtin != b.gtin:
         raise ReworkError(f"pack {serial} belongs to batch {pack_batch}, case {sscc} to {b.batch_id}: "
                           "a case holds packs of its own batch only")
-    (n,) = conn.execute("SELECT count(*) FROM packed WHERE container_id=?", (cid,)).fetchone()
+    (n,) = conn.execute("SELECT count(*) FROM packed_row WHERE container_id=?", (cid,)).fetchone()
     if n - leaving >= b.case_size:
         raise ReworkError(f"case {sscc} is full ({n}/{b.case_size})")
+    return serial_id
 
 
 def remove_pack(conn: sqlite3.Connection, gtin: str, serial: str, user: str, reason: str) -> str:
     """Take a pack out of its case → the case's SSCC."""
     with transaction(conn):
-        state, batch_id, cid = _pack(conn, gtin, serial)
+        serial_id, state, batch_id, cid = _pack(conn, gtin, serial)
         if cid is None:
             raise ReworkError(f"pack {serial} is not in a case")
         b = check_reworkable(conn, batch_id)
         sscc = _sscc_of(conn, cid)
         if sscc is None:
             raise ReworkError(f"pack {serial} is in a case that is still open on the line")
-        conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
+        conn.execute("DELETE FROM packed_row WHERE serial_id=?", (serial_id,))
         reporting.unpacked(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
         _record(conn, user, "remove", serial, reason, {"gtin": gtin, "case": sscc})
         return sscc
@@ -89,19 +93,23 @@ def add_pack(conn: sqlite3.Connection, sscc: str, gtin: str, serial: str, user: 
         if level != "case":
             raise ReworkError(f"{sscc} is a {level}; packs go into cases")
         b = check_reworkable(conn, batch_id)
-        _check_fits(conn, b, cid, sscc, gtin, serial)
-        # the trigger only lets packs into open cases: reopen for the insert, inside this transaction
-        conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
-        conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?,?,?)", (gtin, serial, cid))
-        conn.execute("UPDATE container SET state='closed' WHERE container_id=?", (cid,))
+        _into(conn, cid, _check_fits(conn, b, cid, sscc, gtin, serial))
         reporting.packed(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
         _record(conn, user, "add", serial, reason, {"gtin": gtin, "case": sscc})
+
+
+def _into(conn, cid: int, serial_id: int) -> None:
+    """The pack into the closed case `cid` (packed_into_open_case lets packs only into open cases:
+    it is open for the insert, inside the caller's transaction)."""
+    conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
+    conn.execute("INSERT INTO packed_row (serial_id, container_id) VALUES (?, ?)", (serial_id, cid))
+    conn.execute("UPDATE container SET state='closed' WHERE container_id=?", (cid,))
 
 
 def replace_pack(conn, gtin: str, old_serial: str, new_serial: str, user: str, reason: str) -> str:
     """Take one pack out of its case and put another in its place: both steps or neither."""
     with transaction(conn):
-        _, _, cid = _pack(conn, gtin, old_serial)
+        _, _, _, cid = _pack(conn, gtin, old_serial)
         if cid is None or _sscc_of(conn, cid) is None:
             raise ReworkError(f"pack {old_serial} is not in a closed case")
         sscc = _sscc_of(conn, cid)
@@ -113,10 +121,10 @@ def replace_pack(conn, gtin: str, old_serial: str, new_serial: str, user: str, r
 
 
 def _remove_in(conn, gtin, serial, user, reason):
-    state, batch_id, cid = _pack(conn, gtin, serial)
+    serial_id, _, batch_id, cid = _pack(conn, gtin, serial)
     b = get_batch(conn, batch_id)
     sscc = _sscc_of(conn, cid)
-    conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
+    conn.execute("DELETE FROM packed_row WHERE serial_id=?", (serial_id,))
     reporting.unpacked(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
     _record(conn, user, "remove", serial, reason, {"gtin": gtin, "case": sscc})
 
@@ -124,9 +132,7 @@ def _remove_in(conn, gtin, serial, user, reason):
 def _add_in(conn, sscc, gtin, serial, user, reason):
     cid, batch_id, level, _ = _container(conn, sscc)
     b = get_batch(conn, batch_id)
-    conn.execute("UPDATE container SET state='open' WHERE container_id=?", (cid,))
-    conn.execute("INSERT INTO packed (gtin, serial, container_id) VALUES (?,?,?)", (gtin, serial, cid))
-    conn.execute("UPDATE container SET state='closed' WHERE container_id=?", (cid,))
+    _into(conn, cid, _pack(conn, gtin, serial)[0])
     reporting.packed(conn, reporting.context_for(b), b, sscc, [reporting.sgtin(b, serial)])
     _record(conn, user, "add", serial, reason, {"gtin": gtin, "case": sscc})
 
@@ -155,10 +161,9 @@ def disaggregate(conn: sqlite3.Connection, sscc: str, user: str, reason: str) ->
     with transaction(conn):
         cid, batch_id, level, _ = _container(conn, sscc)
         b = check_reworkable(conn, batch_id)
-        from .aggregation import Aggregator
         children = Aggregator(conn, b, None).children(cid)
         _off_pallet(conn, b, cid, sscc)
-        conn.execute("DELETE FROM packed WHERE container_id=?", (cid,))
+        conn.execute("DELETE FROM packed_row WHERE container_id=?", (cid,))
         conn.execute("UPDATE container SET parent_id=NULL WHERE parent_id=?", (cid,))
         conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (cid,))
         reporting.unpacked(conn, reporting.context_for(b), b, sscc, children)
@@ -175,24 +180,24 @@ def decommission(conn: sqlite3.Connection, gtin: str, serial: str, kind: str, us
 
 
 def _decommission_in(conn, gtin, serial, kind, user, reason):
-    state, batch_id, cid = _pack(conn, gtin, serial)
+    serial_id, state, batch_id, cid = _pack(conn, gtin, serial)
     if state not in ("commissioned", "printed"):
         raise ReworkError(f"pack {serial} is {state}: it cannot be {kind}")
     check_reworkable(conn, batch_id)
     detail = {"gtin": gtin, "kind": kind}
     if cid is not None and _sscc_of(conn, cid) is None:
-        _out_of_open_case(conn, batch_id, gtin, serial, kind)
+        _out_of_open_case(conn, batch_id, serial_id, serial, kind)
         detail["case"] = "open"
     elif cid is not None:
         _remove_in(conn, gtin, serial, user, reason)
     b = get_batch(conn, batch_id)
-    conn.execute("UPDATE serial SET state=? WHERE gtin=? AND serial=?", (kind, gtin, serial))
+    conn.execute("UPDATE serial SET state=? WHERE serial_id=?", (kind, serial_id))
     if state == "commissioned":
         _end_of_life(conn, b, [serial], kind)
     _record(conn, user, "decommission", serial, reason, detail)
 
 
-def _out_of_open_case(conn, batch_id, gtin, serial, kind):
+def _out_of_open_case(conn, batch_id, serial_id, serial, kind):
     """A pack leaving the case the line is filling: that case was never reported (no SSCC, no
     packing event yet), so no unpacking event. Only while no agent fills it: the agent counts the
     open case's packs in memory."""
@@ -200,7 +205,7 @@ def _out_of_open_case(conn, batch_id, gtin, serial, kind):
     if agents:
         raise ReworkError(f"pack {serial} is in the open case of batch {batch_id}, which an agent is filling "
                           f"({agents[0]}): stop the line and its agent first, or mark it {kind} once its case is closed")
-    conn.execute("DELETE FROM packed WHERE gtin=? AND serial=?", (gtin, serial))
+    conn.execute("DELETE FROM packed_row WHERE serial_id=?", (serial_id,))
 
 
 def decommission_container(conn, sscc: str, kind: str, user: str, reason: str) -> int:
@@ -220,16 +225,16 @@ def decommission_container(conn, sscc: str, kind: str, user: str, reason: str) -
         if level == "pallet":
             reporting.unpacked(conn, ctx, b, sscc, [reporting.sscc(b, c) for _, c in cases])
             conn.execute("UPDATE container SET parent_id=NULL WHERE parent_id=?", (cid,))
-        packs = []
+        ids, packs = [], []
         for case_id, case_sscc in cases:
-            serials = [s for (s,) in conn.execute("SELECT serial FROM packed WHERE container_id=? ORDER BY rowid",
-                                                  (case_id,))]
-            conn.execute("DELETE FROM packed WHERE container_id=?", (case_id,))
-            reporting.unpacked(conn, ctx, b, case_sscc, [reporting.sgtin(b, s) for s in serials])
-            packs += serials
+            inside = packs_in(conn, case_id)
+            conn.execute("DELETE FROM packed_row WHERE container_id=?", (case_id,))
+            reporting.unpacked(conn, ctx, b, case_sscc, [reporting.sgtin(b, s) for _, s in inside])
+            ids += [i for i, _ in inside]
+            packs += [s for _, s in inside]
         for c in {cid, *(case_id for case_id, _ in cases)}:
             conn.execute("UPDATE container SET state='disaggregated' WHERE container_id=?", (c,))
-        conn.executemany("UPDATE serial SET state=? WHERE gtin=? AND serial=?", [(kind, b.gtin, s) for s in packs])
+        conn.executemany("UPDATE serial SET state=? WHERE serial_id=?", [(kind, i) for i in ids])
         _end_of_life(conn, b, packs, kind)
         for s in packs:
             _record(conn, user, "decommission", s, reason, {"gtin": b.gtin, "kind": kind, "container": sscc})

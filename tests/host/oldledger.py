@@ -93,6 +93,38 @@ OLD_SERIAL = f"""CREATE TABLE serial_old (
         import_id INTEGER REFERENCES serial_import (import_id),
         PRIMARY KEY (gtin, serial)) WITHOUT ROWID"""
 OLD_SERIAL_PICK = "CREATE INDEX serial_pick ON serial (gtin, state, import_id) WHERE state = 'available'"
+# packed as made before packed_row: a table keyed by (gtin, serial), its index, then its rules on it
+OLD_PACKED = (
+    """CREATE TABLE packed (
+        gtin TEXT NOT NULL, serial TEXT NOT NULL,
+        container_id INTEGER NOT NULL REFERENCES container (container_id),
+        PRIMARY KEY (gtin, serial),
+        FOREIGN KEY (gtin, serial) REFERENCES serial (gtin, serial))""",
+    "CREATE INDEX packed_by_container ON packed (container_id)")
+OLD_PACKED_RULES = (
+    """CREATE TRIGGER packed_only_commissioned BEFORE INSERT ON packed
+        WHEN (SELECT state FROM serial WHERE gtin = NEW.gtin AND serial = NEW.serial) IS NOT 'commissioned'
+        BEGIN SELECT RAISE(ABORT, 'only a commissioned pack can be packed (destroyed, sampled, rejected or decommissioned packs cannot)'); END""",
+    """CREATE TRIGGER packed_into_open_case BEFORE INSERT ON packed
+        WHEN (SELECT level || '/' || state FROM container WHERE container_id = NEW.container_id) IS NOT 'case/open'
+        BEGIN SELECT RAISE(ABORT, 'packs go only into an open case'); END""",
+    """CREATE TRIGGER shipped_packs_fixed BEFORE DELETE ON packed
+        WHEN EXISTS (SELECT 1 FROM container c JOIN shipped s
+                     ON s.sscc IN (c.sscc, (SELECT sscc FROM container WHERE container_id = c.parent_id))
+                     WHERE c.container_id = OLD.container_id)
+        BEGIN SELECT RAISE(ABORT, 'this pack has been shipped: it left the site'); END""")
+
+
+def _packed_before_serial_id(conn):
+    """packed_row (and its view packed) back into the table packed, the same rows, its rules after them."""
+    rows = conn.execute("SELECT gtin, serial, container_id FROM packed").fetchall()
+    conn.execute("DROP VIEW packed")  # its INSTEAD OF triggers with it
+    conn.execute("DROP TABLE packed_row")  # its rules and index with it
+    for sql in OLD_PACKED:
+        conn.execute(sql)
+    conn.executemany("INSERT INTO packed VALUES (?, ?, ?)", rows)
+    for sql in OLD_PACKED_RULES:
+        conn.execute(sql)
 
 
 # unit as made before unit_row (the base of issue 16): a table with the pack's (gtin, serial)
@@ -144,6 +176,7 @@ def before_serial_id(conn):
     triggers = [sql for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND tbl_name='serial'")]
     conn.execute("PRAGMA foreign_keys=OFF")
     with transaction(conn):
+        _packed_before_serial_id(conn)
         _unit_before_serial_id(conn)
         _coder_job_before_serial_id(conn)
         conn.execute(OLD_SERIAL)
