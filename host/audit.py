@@ -174,12 +174,11 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     pieces, left = _key_tail(conn, part, below, cond, args, boots or {}) if part in _KEY_TAILS else ([(cond, args)], None)
     h, n = hashlib.sha256(start.encode()), 0
     for cond, args in pieces:  # in `order`: the pieces go up the key
-        rest = f" FROM {table}{cond} ORDER BY {order}"
         ahead = h.copy()
-        rows = _sql_lines(conn, table, cols, rest, args, ahead)
+        rows = _sql_lines(conn, table, cols, cond, order, args, ahead)
         if rows is None:  # not SQLite's way: Python writes the lines
             ahead, rows = h.copy(), 0
-            cur = conn.execute(f"SELECT {', '.join(cols)}" + rest, args)
+            cur = conn.execute(f"SELECT {', '.join(cols)} FROM {table}{cond} ORDER BY {order}", args)
             while got := cur.fetchmany(4096):
                 ahead.update(_rows_json(got).encode())
                 rows += len(got)
@@ -264,20 +263,25 @@ def _affinity(declared: str) -> str:
     return "NUMERIC"
 
 
-def _sql_digest(conn, table: str, cols: list[str], rest: str, args: dict, start: str) -> dict | None:
+def _sql_digest(conn, table: str, cols: list[str], cond: str, order: str, args: dict, start: str,
+                chunk: int | None = None) -> dict | None:
     """{rows, sha256} of the rows' lines after `start`, written by SQLite (`_sql_lines`), or None."""
     h = hashlib.sha256(start.encode())
-    rows = _sql_lines(conn, table, cols, rest, args, h)
+    rows = _sql_lines(conn, table, cols, cond, order, args, h, chunk or CHUNK)
     return None if rows is None else {"rows": rows, "sha256": h.hexdigest()}
 
 
-def _sql_lines(conn, table: str, cols: list[str], rest: str, args: dict, h) -> int | None:
-    """The rows' lines into `h`, each written by SQLite (json_array: no Python object per
-    value) where that gives the same lines: text, integers and NULL. A TEXT column holds no REAL
-    (SQLite stores a number put there as text), any other may (checked per row), any may hold a
-    BLOB (json_array refuses it): such a row sends the part back to Python. A last REAL
-    column (times) is written by float.__repr__, as json does. → rows, or None: not this way
-    (`h` then holds part of them)."""
+CHUNK = 4096  # rows SQLite writes into one string (group_concat): one step, one Python object, one update
+_REAL_MARKS = ".eEIN"  # a REAL as json_array writes it ("%!.15g": 1.0, 1.0e+20, Inf) holds one; an integer none
+
+
+def _sql_lines(conn, table: str, cols: list[str], cond: str, order: str, args: dict, h, chunk: int = CHUNK) -> int | None:
+    """The rows' lines (`cond` ... ORDER BY `order`) into `h`, each written by SQLite (json_array:
+    no Python object per value) where that gives the same lines: text, integers and NULL. A TEXT
+    column holds no REAL (SQLite stores a number put there as text), any other may (checked), any
+    may hold a BLOB (json_array refuses it): such a row sends the part back to Python. A last REAL
+    column (times) is written by float.__repr__, as json does. A table's rows go chunk by chunk
+    (`_sql_chunks`). → rows, or None: not this way (`h` then holds part of them)."""
     if not _sql_writes_alike(conn):
         return None
     kinds = {name: _affinity(kind) for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({table})")}
@@ -287,35 +291,101 @@ def _sql_lines(conn, table: str, cols: list[str], rest: str, args: dict, h) -> i
         return None
     line = f"json_array({', '.join(head)})"
     numeric = [c for c in head if kinds[c] != "TEXT"]
+    guarded = line
     if numeric:
-        line = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
-    n = 0
+        guarded = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
     try:
-        cur = conn.execute(f"SELECT {line}{''.join(', ' + c for c in tail)}" + rest, args)
-        while rows := cur.fetchmany(4096):
-            if tail:
-                out = []
-                for text, value in rows:
-                    if text is None:
-                        return None
-                    if type(value) is float and value - value == 0:  # finite
-                        out.append(f"{text[:-1]},{float.__repr__(value)}]\n")
-                    elif value is None:
-                        out.append(f"{text[:-1]},null]\n")
-                    elif type(value) is int:
-                        out.append(f"{text[:-1]},{int.__repr__(value)}]\n")
-                    else:
-                        return None
-                h.update("".join(out).encode())
-            else:
-                lines = [text for (text,) in rows]
-                if None in lines:
-                    return None
-                h.update(("\n".join(lines) + "\n").encode())
-            n += len(rows)
+        if not tail and _is_table(conn, table):
+            return _sql_chunks(conn, table, line, guarded if numeric else None, cond, order, args, h, chunk)
+        return _sql_rows(conn, guarded, tail, f" FROM {table}{cond} ORDER BY {order}", args, h)
     except sqlite3.OperationalError:  # a BLOB value
         return None
+
+
+def _sql_rows(conn, line: str, tail: list[str], rest: str, args: dict, h) -> int | None:
+    """`_sql_lines` a row at a time (a REAL tail written by Python, or a view's rows)."""
+    n = 0
+    cur = conn.execute(f"SELECT {line}{''.join(', ' + c for c in tail)}" + rest, args)
+    while rows := cur.fetchmany(4096):
+        if tail:
+            out = []
+            for text, value in rows:
+                if text is None:
+                    return None
+                if type(value) is float and value - value == 0:  # finite
+                    out.append(f"{text[:-1]},{float.__repr__(value)}]\n")
+                elif value is None:
+                    out.append(f"{text[:-1]},null]\n")
+                elif type(value) is int:
+                    out.append(f"{text[:-1]},{int.__repr__(value)}]\n")
+                else:
+                    return None
+            h.update("".join(out).encode())
+        else:
+            lines = [text for (text,) in rows]
+            if None in lines:
+                return None
+            h.update(("\n".join(lines) + "\n").encode())
+        n += len(rows)
     return n
+
+
+def _sql_chunks(conn, table: str, line: str, guarded: str | None, cond: str, order: str, args: dict, h,
+                chunk: int) -> int | None:
+    """`_sql_lines` of a table's rows `chunk` at a time, each chunk's lines joined by SQLite (one
+    row out, not `chunk`), each chunk after the one before by the order's key: after the end
+    (e1, ..., en) come the rows with k1 = e1, ..., kn > en, then those with k1 = e1, ..., k(n-1) >
+    e(n-1), ... (each an index seek: `(k1, ..., kn) > (...)` is none once the index has a column
+    before them). A chunk's text without a mark of a REAL is taken as is; one with (a text may
+    hold "." or "e") is written again `guarded` to tell. Every row is counted apart first: a key
+    SQLite cannot compare (NULL) or a tie across a chunk's end would fall between the chunks (then
+    None); a plan that sorts (no index gives the order) goes row by row."""
+    keys = [k.strip() for k in order.split(",")]
+    where = cond.removeprefix(" WHERE ")
+
+    def after(i: int) -> str:  # the rows after the end that share its first i key columns
+        return (f" WHERE {keys[i]} > :_a{i} AND " + "".join(f"{k} = :_a{j} AND " for j, k in enumerate(keys[:i]))
+                + where)  # the bound first: SQLite seeks by the first it is given
+    pick = f" FROM {table}{{}} ORDER BY {order} LIMIT {{}}"
+    lines = f"SELECT group_concat(l, char(10)), count(*) FROM (SELECT {line} AS l{pick})"
+    probe = {**args, **{f"_a{i}": 0 for i in range(len(keys))}}
+    for span in (cond, *map(after, range(len(keys)))):
+        if "TEMP B-TREE" in " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {lines.format(span, 1)}", probe)):
+            return _sql_rows(conn, guarded or line, [], f" FROM {table}{cond} ORDER BY {order}", args, h)
+    (total,) = conn.execute(f"SELECT count(*) FROM {table}{cond}", args).fetchone()
+    n, a, level = 0, dict(args), None  # level: None before the first chunk, else the key columns shared + 1
+    while n < total:
+        need, texts = chunk, []
+        while need:
+            span = cond if level is None else after(level - 1)
+            text, rows = conn.execute(lines.format(span, need), a).fetchone()
+            if rows and guarded and any(m in text for m in _REAL_MARKS):
+                (sure,) = conn.execute(f"SELECT count(l) FROM (SELECT {guarded} AS l{pick.format(span, need)})",
+                                       a).fetchone()
+                if sure != rows:
+                    return None
+            if rows:
+                texts.append(text)
+                need -= rows
+            if need == 0:
+                end = conn.execute(f"SELECT {order}{pick.format(span, 1)} OFFSET {rows - 1}", a).fetchone()
+                a.update((f"_a{i}", v) for i, v in enumerate(end))
+                level = len(keys)
+            elif level is None or level == 1:
+                break  # no more rows
+            else:
+                level -= 1
+        if not texts:
+            break
+        h.update(("\n".join(texts) + "\n").encode())
+        n += chunk - need
+        if need:
+            break
+    return n if n == total else None
+
+
+def _is_table(conn, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 _row_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode

@@ -200,7 +200,7 @@ def test_a_views_untyped_column_is_written_by_sqlite_as_by_python(rows):
     conn.executemany("INSERT INTO t (a, b) VALUES (?, ?)", rows)
     stored = conn.execute("SELECT k, c FROM v ORDER BY k").fetchall()
     want = hashlib.sha256(("x" + audit._rows_json(stored)).encode()).hexdigest()
-    got = audit._sql_digest(conn, "v", ["k", "c"], " FROM v WHERE (:key = :key) ORDER BY k", {"key": ""}, "x")
+    got = audit._sql_digest(conn, "v", ["k", "c"], " WHERE (:key = :key)", "k", {"key": ""}, "x")
     assert got is None or got == {"rows": len(rows), "sha256": want}
     if not any(isinstance(v, (bytes, float)) for _, v in stored):
         assert got is not None

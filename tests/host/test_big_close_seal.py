@@ -41,7 +41,37 @@ def test_rows_written_by_sqlite_hash_as_the_rows_written_by_python(rows):
     cols = ["k", "a", "b", "at"]
     stored = conn.execute("SELECT k, a, b, at FROM t ORDER BY k").fetchall()
     want = hashlib.sha256(("x" + audit._rows_json(stored)).encode()).hexdigest()
-    got = audit._sql_digest(conn, "t", cols, " FROM t WHERE (:key = :key) ORDER BY k", {"key": ""}, "x")
+    got = audit._sql_digest(conn, "t", cols, " WHERE (:key = :key)", "k", {"key": ""}, "x")
     assert got is None or got == {"rows": len(rows), "sha256": want}
     if not any(isinstance(v, (bytes, float)) for r in stored for v in r[1:3]):
         assert got is not None  # text, integers and NULL: SQLite writes them
+
+
+KEYS = st.one_of(st.integers(-3, 3), st.none(), st.sampled_from(["a", "b"]), st.just(1.5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(KEYS, KEYS, CELLS, CELLS), min_size=0, max_size=30), st.integers(1, 7),
+       st.sampled_from(["", " WITHOUT ROWID"]))
+def test_rows_written_by_sqlite_in_chunks_hash_as_the_rows_written_by_python(rows, chunk, form):
+    """A table's rows written by SQLite `chunk` rows to a string, chunk after chunk by the key:
+    the Python lines' digest whatever the keys and cells hold (NULL or REAL keys, "." and "e" in a
+    text beside an integer, one key column shared across a chunk's end or not), or the part left
+    to Python (None)."""
+    import hashlib
+    import sqlite3
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE t (g INTEGER {'NOT NULL' if form else ''}, k INTEGER {'NOT NULL' if form else ''},"
+                 f" a TEXT, b INTEGER, PRIMARY KEY (g, k)){form}")
+    if form:
+        rows = [r for r in rows if None not in r[:2]]
+    rows = list({r[:2]: r for r in rows}.values())  # the key is unique
+    conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows)
+    stored = conn.execute("SELECT g, k, a, b FROM t ORDER BY g, k").fetchall()
+    want = hashlib.sha256(("x" + audit._rows_json(stored)).encode()).hexdigest()
+    got = audit._sql_digest(conn, "t", ["g", "k", "a", "b"], " WHERE (:key = :key)", "g, k", {"key": ""}, "x", chunk)
+    assert got is None or got == {"rows": len(stored), "sha256": want}
+    plain = not any(isinstance(v, (bytes, float)) for r in stored for v in (r[0], r[1], r[3])) and not any(
+        isinstance(r[2], bytes) for r in stored)
+    if plain and not any(None in r[:2] for r in stored):
+        assert got is not None  # text, integers and NULL, every key comparable: SQLite writes them
