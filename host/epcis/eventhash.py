@@ -94,6 +94,28 @@ def _canonical_value(value: str) -> str:
     return canonical_uri(value)
 
 
+def _epc_items(values) -> list[str]:
+    """`epc=<canonical value>` of each EPC of a list, as _canonical_value gives it; an SGTIN's head
+    (company prefix and item reference: a list's packs share one) is matched once per list, its
+    serial checked as the pattern would (1..60 characters, no line break)."""
+    out, heads = [], {}
+    for v in values:
+        v = v.strip()
+        cut = v.find(".", v.find(".", 17) + 1) + 1 if v.startswith("urn:epc:id:sgtin:") else 0
+        serial = v[cut:]
+        if cut and 0 < len(serial) <= 60 and "\n" not in serial:
+            head = v[:cut]
+            dl = heads.get(head)
+            if dl is None:
+                m = _SGTIN.match(head + "0")
+                dl = heads[head] = _gtin_dl(*m.groups()[:2]) if m else ""
+            if dl:
+                out.append("epc=" + dl + _dl_escape(serial))
+                continue
+        out.append("epc=" + _canonical_value(v))
+    return out
+
+
 def canonical_time(text: str) -> str:
     when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -120,7 +142,7 @@ def prehash(event: dict) -> str:
             parts.append(f"eventTime={canonical_time(value)}")
         elif name in ("epcList", "childEPCs"):
             if value:
-                parts.append(name + "".join(sorted(f"epc={_canonical_value(v)}" for v in value)))
+                parts.append(name + "".join(sorted(_epc_items(value))))
         elif name in ("readPoint", "bizLocation"):
             parts.append(f"{name}id={_canonical_value(value['id'])}")
         elif name in _VOCAB_FIELDS and ":" not in value:
