@@ -48,7 +48,8 @@ _PARTS = {
     "serial": ("serial", "batch_id = :key", "gtin, serial", None, None),
     "serial2": ("serial", "batch_id = :key", "state, gtin, serial", None, None),  # the same rows in serial_batch's order: no sort
     "serial3": ("serial", "batch_id = :key", "state, serial_id", None, None),  # the rowid form's order in serial_batch
-    "serial_history": ("serial_history", "batch_id = :key", "seq", None, None),
+    # closes of before sealed the batch's history (batch_id, serial key): the view serial_history_v2 renders it
+    "serial_history": ("serial_history_v2", "batch_id = :key", "seq", None, None),
     # the serial history as sealed before it was compact: kept as it was in serial_history_v1 (db.py)
     "serial_history_v1": ("serial_history_v1", "batch_id = :key", "gtin, serial, at, old_state, new_state", None, None),
     # device events as sealed before they were compact: the view device_event_v1 renders them byte for byte
@@ -79,7 +80,8 @@ _PARTS = {
     # the append-only logs as a whole, for checkpoints of running batches
     "log:device_event2": ("device_event", "1", "boot_ref, event_seq", None, "received_at"),  # the compact form's chain
     "log:device_event": ("device_event_v1", "1", "boot_ref, event_seq", None, "received_at"),
-    "log:serial_history2": ("serial_history", "1", "seq", None, "rowid"),  # its chain starts at the compact form
+    "log:serial_history3": ("serial_history", "1", "seq", None, "rowid"),  # by serial_id, batch ref: its chain's start
+    "log:serial_history2": ("serial_history_v2", "1", "seq", None, "seq"),  # the form before, rendered (db.py)
     "log:serial_history": ("serial_history_v1", "1", "at, gtin, serial, old_state, new_state, batch_id", None, "at"),
     # alarms and outbox bodies by their row id (AUTOINCREMENT, never deleted): a link reads only the
     # rows added since, however long the ledger's history (by time, each link scanned the whole table)
@@ -104,7 +106,7 @@ _AS_SEALED: dict = {"serial_history": "serial_history_v1"}
 # part -> (group column, key column, SQL of the groups)
 _KEY_TAILS = {"log:device_event2": ("boot_ref", "event_seq", "SELECT ref FROM device_boot_ref ORDER BY ref")}
 _LOGS = tuple(p for p in _PARTS if p.startswith("log:"))
-_FROZEN = ("log:serial_history", "log:device_event", "log:alarm_log", "log:epcis_outbox")  # chains no new link extends (their table no longer grows, or a chain by row id took over): verify reads their links
+_FROZEN = ("log:serial_history", "log:serial_history2", "log:device_event", "log:alarm_log", "log:epcis_outbox")  # chains no new link extends (their table no longer grows, or a chain by row id took over): verify reads their links
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
@@ -923,8 +925,9 @@ def _verify_derived(conn) -> str | None:
     names = db.SERIAL_STATES
     # each row says the state reached; the one left is where the row before ended (db.SERIAL_HISTORY),
     # so a missing step shows as a change the ledger never makes
-    for gtin, serial, code in conn.execute(f"SELECT b.gtin, {db.serial_text_sql('h.serial')}, h.state FROM serial_history h"
-                                           " JOIN batch b USING (batch_id) ORDER BY b.gtin, h.serial, h.seq"):
+    for gtin, serial, code in conn.execute("SELECT coalesce(s.gtin, '?'), coalesce(s.serial, 'serial_id ' || h.serial_id),"
+                                           " h.state FROM serial_history h LEFT JOIN serial s ON s.serial_id = h.serial_id"
+                                           " ORDER BY h.serial_id, h.seq"):
         if (gtin, serial) != key:
             if key is not None:
                 problem = closed(key, end)

@@ -245,9 +245,9 @@ def main(argv: list[str]) -> int:
 def _return_upstream(conn, a) -> bool:
     """The batch's unused serials that came from an upstream OPEN-SCS pool manager go back to it
     (host/opcua/client.py return_unused); a failure leaves them marked due and says so in one line."""
-    if not conn.execute("SELECT 1 FROM serial_history h JOIN batch b USING (batch_id) JOIN serial s"
-                        f" ON s.gtin = b.gtin AND s.serial = {db.serial_text_sql('h.serial')} WHERE h.batch_id=?"
-                        " AND s.source LIKE 'opcua %' LIMIT 1", (a.batch_id,)).fetchone():
+    if not conn.execute("SELECT 1 FROM serial_history h JOIN batch_ref r ON r.ref = h.batch_ref JOIN serial s"
+                        " ON s.serial_id = h.serial_id WHERE r.batch_id=? AND s.source LIKE 'opcua %' LIMIT 1",
+                        (a.batch_id,)).fetchone():
         return False
     from .opcua import client
     r = client.return_unused(conn, a.batch_id, user=a.user, credentials_spec=a.credentials,

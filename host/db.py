@@ -67,26 +67,54 @@ def serial_text_sql(expr: str) -> str:
     return f"CASE WHEN typeof({expr}) = 'integer' THEN substr({expr}, 2) ELSE {expr} END"
 
 
+# A batch as a small integer (serial_history's rows name it so: 1-2 bytes, not its id's text) and the
+# ms since 1970 its history's times count from (its creation: 3-4 bytes a time, not 6). Given when the
+# batch is made, never changed. Keyed by batch_id: serial_log finds ref and t0 in one look-up.
+BATCH_REF = (
+    """CREATE TABLE IF NOT EXISTS batch_ref (
+        batch_id TEXT PRIMARY KEY REFERENCES batch (batch_id), ref INTEGER NOT NULL UNIQUE, t0 INTEGER NOT NULL)
+        WITHOUT ROWID""",
+    f"""CREATE TRIGGER IF NOT EXISTS batch_ref_given AFTER INSERT ON batch
+        BEGIN INSERT INTO batch_ref (batch_id, ref, t0)
+              SELECT NEW.batch_id, coalesce(max(ref), 0) + 1, {ms_sql("'now'")} FROM batch_ref; END""",
+    """CREATE TRIGGER IF NOT EXISTS batch_ref_fixed BEFORE UPDATE ON batch_ref
+        BEGIN SELECT RAISE(ABORT, 'a batch''s ref never changes'); END""",
+    """CREATE TRIGGER IF NOT EXISTS batch_ref_kept BEFORE DELETE ON batch_ref
+        BEGIN SELECT RAISE(ABORT, 'a batch''s ref never changes'); END""",
+)
 # One row per change of a serial's state, appended by serial_log, never changed. Only what the
-# rest of the ledger does not say: the serial's GTIN is its batch's (a serial is allocated only to
-# a batch of its GTIN), the state it left is the one the row before for that serial reached
+# rest of the ledger does not say: the serial by its serial_id, the batch by its ref, the time as ms
+# since the batch's t0; the state it left is the one the row before for that serial reached
 # ('available' before the first). seq: the order of the changes, never reused (rows are never deleted).
-# serial: serial_key (no declared type: an integer stays one).
+# No foreign keys: serial_history has no index on serial_id, so each delete of a serial (an abandoned
+# import's) would scan it; serial_log writes only ids that exist, and serials with a history stay.
 SERIAL_HISTORY = """CREATE TABLE IF NOT EXISTS serial_history (
-        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial NOT NULL, state INTEGER NOT NULL,
+        seq INTEGER PRIMARY KEY, serial_id INTEGER NOT NULL, batch_ref INTEGER NOT NULL, state INTEGER NOT NULL,
         at INTEGER NOT NULL)"""
+# a serial without a batch has no ref: NULL, refused by NOT NULL (as batch_id was before)
 SERIAL_LOG = f"""CREATE TRIGGER IF NOT EXISTS serial_log AFTER UPDATE OF state ON serial
         WHEN NEW.state <> OLD.state
-        BEGIN INSERT INTO serial_history (batch_id, serial, state, at)
-              VALUES (COALESCE(NEW.batch_id, OLD.batch_id), {serial_key_sql("NEW.serial")}, {state_code_sql("NEW.state")},
-                      {ms_sql("'now'")}); END"""
-# the history as a QA reviewer reads it: GTIN, both states by name, ISO time (tests and sqlite3 users)
+        BEGIN INSERT INTO serial_history (serial_id, batch_ref, state, at)
+              SELECT NEW.serial_id, r.ref, {state_code_sql("NEW.state")}, {ms_sql("'now'")} - r.t0
+              FROM (SELECT 1) LEFT JOIN batch_ref r ON r.batch_id = COALESCE(NEW.batch_id, OLD.batch_id); END"""
+# the rows in the columns of the form before (seq, batch_id, serial key, state, ms since 1970): the
+# seals made then read them (host/audit.py log:serial_history2), byte for byte
+SERIAL_HISTORY_V2 = f"""CREATE VIEW IF NOT EXISTS serial_history_v2 AS
+        SELECT h.seq AS seq, r.batch_id AS batch_id, {serial_key_sql("s.serial")} AS serial, h.state AS state,
+               r.t0 + h.at AS at
+        FROM serial_history h JOIN batch_ref r ON r.ref = h.batch_ref JOIN serial s ON s.serial_id = h.serial_id"""
+# that form's table (the migrations of the forms before it write it; _migrate_serial_history_ref moves it on)
+_SERIAL_HISTORY_V2_TABLE = """CREATE TABLE IF NOT EXISTS serial_history (
+        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial NOT NULL, state INTEGER NOT NULL,
+        at INTEGER NOT NULL)"""
+# the history as a QA reviewer reads it: GTIN, serial, both states by name, batch, ISO time (the
+# command `batch history`, tests and sqlite3 users)
 SERIAL_TRAIL = f"""CREATE VIEW IF NOT EXISTS serial_trail AS
-        SELECT h.seq AS seq, b.gtin AS gtin, {serial_text_sql("h.serial")} AS serial,
-               COALESCE(lag({state_name_sql("h.state")}) OVER (PARTITION BY b.gtin, {serial_text_sql("h.serial")}
-                                                             ORDER BY h.seq), 'available') AS old_state,
-               {state_name_sql("h.state")} AS new_state, h.batch_id AS batch_id, {ms_text_sql("h.at")} AS at
-        FROM serial_history h JOIN batch b USING (batch_id)"""
+        SELECT h.seq AS seq, s.gtin AS gtin, s.serial AS serial,
+               COALESCE(lag({state_name_sql("h.state")}) OVER (PARTITION BY s.gtin, s.serial ORDER BY h.seq),
+                        'available') AS old_state,
+               {state_name_sql("h.state")} AS new_state, r.batch_id AS batch_id, {ms_text_sql("(r.t0 + h.at)")} AS at
+        FROM serial_history h JOIN batch_ref r ON r.ref = h.batch_ref JOIN serial s ON s.serial_id = h.serial_id"""
 
 _OLD_BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed'))"
 _BATCH_STATES = "CHECK (state IN ('created', 'running', 'closing', 'closed', 'aborted', 'reopened'))"
@@ -420,12 +448,14 @@ SCHEMA = [
     # serial_batch those of a batch; a new pool's rows write one index, not two (host/serials.py)
     SERIAL_PICK,
     SERIAL_BATCH,
+    *BATCH_REF,
     SERIAL_HISTORY,
     """CREATE TRIGGER IF NOT EXISTS serial_history_no_update BEFORE UPDATE ON serial_history
         BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""",
     """CREATE TRIGGER IF NOT EXISTS serial_history_no_delete BEFORE DELETE ON serial_history
         BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""",
     SERIAL_TRAIL,
+    SERIAL_HISTORY_V2,
     # ... except those of an import abandoned before it was published: they were never in a pool
     """CREATE TRIGGER IF NOT EXISTS serial_never_deleted BEFORE DELETE ON serial
         WHEN OLD.import_id IS NULL OR (SELECT state FROM serial_import WHERE import_id = OLD.import_id) IS NOT 'abandoned'
@@ -597,6 +627,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA schema_version={version + 1}")
         conn.execute("PRAGMA writable_schema=OFF")
     _migrate_serial_history(conn)
+    _migrate_serial_history_ref(conn)  # after it and _migrate_serial_rowid: it needs serial_id
     _migrate_device_event(conn)
     _migrate_coder_job(conn)
     _migrate_coder_job_serial_id(conn)  # after _migrate_serial_rowid: they need serial_id
@@ -681,10 +712,12 @@ def _migrate_serial_history(conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT sql FROM sqlite_master WHERE type=? AND name=?", (kind, name)).fetchone()
         if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
             conn.execute(f"DROP {kind.upper()} {name}")  # SCHEMA makes it anew
+    if "serial_id" not in cols:
+        conn.execute("DROP VIEW IF EXISTS serial_history_v2")  # (it reads the table as it is now)
     if cols.get("serial") == "TEXT" and "old_state" not in cols:  # the first compact form kept serials as text
         conn.execute("DROP VIEW IF EXISTS serial_trail")  # (both read the table; SCHEMA makes them anew)
         conn.execute("DROP TRIGGER IF EXISTS serial_log")
-        conn.execute(SERIAL_HISTORY.replace("serial_history", "serial_history_keyed"))
+        conn.execute(_SERIAL_HISTORY_V2_TABLE.replace("serial_history", "serial_history_keyed"))
         conn.execute(f"INSERT INTO serial_history_keyed SELECT seq, batch_id, {serial_key_sql('serial')}, state, at"
                      " FROM serial_history ORDER BY seq")
         conn.execute("DROP TABLE serial_history")
@@ -695,11 +728,47 @@ def _migrate_serial_history(conn: sqlite3.Connection) -> None:
     for what in ("UPDATE", "DELETE"):
         conn.execute(f"""CREATE TRIGGER serial_history_v1_no_{what.lower()} BEFORE {what} ON serial_history_v1
             BEGIN SELECT RAISE(ABORT, 'a serial''s history is append-only'); END""")
-    conn.execute(SERIAL_HISTORY)
+    conn.execute(_SERIAL_HISTORY_V2_TABLE)
     conn.execute(f"""INSERT INTO serial_history (batch_id, serial, state, at)
         SELECT h.batch_id, {serial_key_sql("h.serial")}, {state_code_sql("h.new_state")}, {ms_sql("h.at")}
         FROM serial_history_v1 h JOIN batch b ON b.batch_id = h.batch_id AND b.gtin = h.gtin
         WHERE h.new_state IN ({_states}) AND julianday(h.at) IS NOT NULL ORDER BY h.rowid""")
+
+
+def _migrate_serial_history_ref(conn: sqlite3.Connection) -> None:
+    """Every batch gets its ref (batch_ref), t0 its history's first time (else its creation); a ledger
+    whose serial_history is of the form before (seq, batch_id, serial key, state, ms since 1970) gets
+    its rows copied with the same seq by serial_id and batch ref, and the view serial_history_v2 gives
+    each back in the old columns, checked here row for row (the seals made before read it): not
+    exact, nothing changes."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='batch'").fetchone() is None:
+        return  # a new ledger: SCHEMA makes it all
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='serial_history_v2'").fetchone()
+    if row and row[0] != SERIAL_HISTORY_V2.replace(" IF NOT EXISTS", ""):
+        conn.execute("DROP VIEW serial_history_v2")
+    for statement in BATCH_REF:
+        conn.execute(statement)
+    old = "batch_id" in {r[1] for r in conn.execute("PRAGMA table_info(serial_history)")}
+    if old:
+        conn.execute("DROP VIEW IF EXISTS serial_trail")  # (they read the table; SCHEMA makes them anew)
+        conn.execute("DROP TRIGGER IF EXISTS serial_log")
+        conn.execute("ALTER TABLE serial_history RENAME TO serial_history_v2_rows")
+    first = ("(SELECT batch_id, min(at) AS t0 FROM serial_history_v2_rows GROUP BY batch_id)" if old
+             else "(SELECT NULL AS batch_id, NULL AS t0)")
+    conn.execute(f"""INSERT INTO batch_ref (batch_id, ref, t0)
+        SELECT b.batch_id, (SELECT coalesce(max(ref), 0) FROM batch_ref) + row_number() OVER (ORDER BY b.rowid),
+               coalesce(f.t0, {ms_sql("b.created_at")}, {ms_sql("'now'")})
+        FROM batch b LEFT JOIN {first} f ON f.batch_id = b.batch_id WHERE b.batch_id NOT IN (SELECT batch_id FROM batch_ref)""")
+    if not old:
+        return
+    conn.execute(SERIAL_HISTORY)
+    conn.execute(f"""INSERT INTO serial_history (seq, serial_id, batch_ref, state, at)
+        SELECT o.seq, s.serial_id, r.ref, o.state, o.at - r.t0 FROM serial_history_v2_rows o
+        JOIN batch_ref r ON r.batch_id = o.batch_id JOIN batch b ON b.batch_id = o.batch_id
+        JOIN serial s ON s.gtin = b.gtin AND s.serial = {serial_text_sql("o.serial")} ORDER BY o.seq""")
+    conn.execute(SERIAL_HISTORY_V2)
+    _reads_back(conn, "serial_history", "serial_history_v2_rows", "serial_history_v2", "seq, batch_id, serial, state, at")
+    conn.execute("DROP TABLE serial_history_v2_rows")
 
 
 def _migrate_coder_job(conn: sqlite3.Connection) -> None:

@@ -219,14 +219,13 @@ def _mark_due(conn, batch_id: str, user: str) -> None:
     """Serials the batch close gave back to this pool that came from an upstream pool manager:
     marked due upstream (out of this pool from now on), in one transaction with its audit record."""
     from .. import audit
-    from ..db import STATE_CODE, serial_text_sql, transaction
+    from ..db import STATE_CODE, transaction
     with transaction(conn):
         rows = conn.execute(
             # a change to 'available' is always a return (allocated -> available, db.TRANSITIONS)
-            "SELECT s.gtin, s.serial, s.source FROM serial s JOIN (SELECT DISTINCT b.gtin,"
-            f" {serial_text_sql('h.serial')} AS serial FROM serial_history h"
-            " JOIN batch b USING (batch_id) WHERE h.batch_id=? AND h.state=?) h USING (gtin, serial)"
-            " WHERE s.state='available' AND s.source LIKE 'opcua %' AND NOT EXISTS (SELECT 1 FROM serial_upstream_return r"
+            "SELECT s.gtin, s.serial, s.source FROM serial s WHERE s.serial_id IN (SELECT h.serial_id FROM serial_history h"
+            " JOIN batch_ref r ON r.ref = h.batch_ref WHERE r.batch_id=? AND h.state=?)"
+            " AND s.state='available' AND s.source LIKE 'opcua %' AND NOT EXISTS (SELECT 1 FROM serial_upstream_return r"
             " WHERE r.gtin=s.gtin AND r.serial=s.serial)", (batch_id, STATE_CODE["available"])).fetchall()
         if not rows:
             return

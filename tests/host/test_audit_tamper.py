@@ -91,8 +91,8 @@ def edit_serial_state(c):
 
 def delete_serial_history_row(c):
     c.execute("DROP TRIGGER serial_history_no_delete")
-    c.execute("DELETE FROM serial_history WHERE serial=? AND state=?",
-              (db.serial_key(_rejected(c)[1]), db.STATE_CODE["rejected"]))
+    c.execute("DELETE FROM serial_history WHERE serial_id=(SELECT serial_id FROM serial WHERE gtin=? AND serial=?)"
+              " AND state=?", (*_rejected(c), db.STATE_CODE["rejected"]))
 
 
 def edit_device_event_body(c):
@@ -342,14 +342,14 @@ def _forged_then_aborted(tmp_path, checkpoint, *extra):
 
 
 def _history_says_commissioned(c, gtin, serial):  # the forger also writes the step a trigger would have
-    c.execute(f"INSERT INTO serial_history (batch_id, serial, state, at) VALUES ('B1', ?, ?, {db.ms_sql(repr('now'))})",
-              (db.serial_key(serial), db.STATE_CODE["commissioned"]))
+    c.execute("INSERT INTO serial_history (serial_id, batch_ref, state, at) SELECT serial_id, 1, ?, 0 FROM serial"
+              " WHERE gtin=? AND serial=?", (db.STATE_CODE["commissioned"], gtin, serial))
 
 
 def _history_rewritten(c, gtin, serial):  # ... or rewrites the history to a legal one
     c.execute("DROP TRIGGER serial_history_no_update")
-    c.execute("UPDATE serial_history SET state=? WHERE serial=? AND state=?",
-              (db.STATE_CODE["commissioned"], db.serial_key(serial), db.STATE_CODE["rejected"]))
+    c.execute("UPDATE serial_history SET state=? WHERE serial_id=(SELECT serial_id FROM serial WHERE gtin=? AND serial=?)"
+              " AND state=?", (db.STATE_CODE["commissioned"], gtin, serial, db.STATE_CODE["rejected"]))
 
 
 @pytest.mark.parametrize("checkpoint, extra, expected", [

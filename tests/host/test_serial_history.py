@@ -1,6 +1,7 @@
-"""serial_history in its compact form (db.SERIAL_HISTORY: batch, serial, state code, ms), read back
-by serial_trail; a ledger made with the old form (gtin, serial, old_state, new_state, batch_id, at
-text) is migrated and every audit seal made before still verifies."""
+"""serial_history in its compact form (db.SERIAL_HISTORY: serial_id, batch ref, state code, ms since
+the batch's t0), read back by serial_trail; ledgers made with the forms before (gtin, serial, old_state,
+new_state, batch_id, at text; then batch_id, serial key, state code, ms since 1970) are migrated and
+every audit seal made before still verifies."""
 
 import sqlite3
 
@@ -39,10 +40,17 @@ def _run(conn, batch, units):
 def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
     conn = oldledger.ledger(tmp_path / "l.db")
     _run(conn, "B1", 3)
-    rows = conn.execute("SELECT batch_id, serial, state, typeof(at) FROM serial_history ORDER BY seq").fetchall()
-    assert len(rows) == 3 * 3 + 2 and {r[0] for r in rows} == {"B1"} and {r[3] for r in rows} == {"integer"}
-    serial = conn.execute("SELECT serial FROM coder_job ORDER BY job_id").fetchone()[0]
-    assert rows[0][1] == db.serial_key(serial) == int("1" + serial)  # 12 digits: one 6-byte integer
+    rows = conn.execute("SELECT r.batch_id, h.batch_ref, h.serial_id, h.at, r.t0 FROM serial_history h"
+                        " JOIN batch_ref r ON r.ref = h.batch_ref ORDER BY seq").fetchall()
+    assert len(rows) == 3 * 3 + 2 and {r[:2] for r in rows} == {("B1", 1)}  # the batch as a small integer
+    (made,) = conn.execute(f"SELECT {db.ms_sql('created_at')} FROM batch WHERE batch_id = 'B1'").fetchone()
+    assert all(type(at) is int and 0 <= at and t0 - 1 <= made <= t0 for *_, at, t0 in rows)  # ms since the batch was made
+    serial, serial_id = conn.execute("SELECT s.serial, s.serial_id FROM coder_job j JOIN serial s USING (gtin, serial)"
+                                     " ORDER BY job_id").fetchone()
+    assert rows[0][2] == serial_id
+    assert conn.execute("SELECT serial, at FROM serial_history_v2 ORDER BY seq").fetchall() == [
+        (int("1" + serial), rows[0][4] + rows[0][3]), *[(int("1" + s), t0 + at) for (s,), (*_, at, t0) in zip(
+            conn.execute("SELECT s.serial FROM serial_history h JOIN serial s USING (serial_id) ORDER BY seq"), rows)][1:]]
     trail = conn.execute("SELECT gtin, old_state, new_state FROM serial_trail WHERE serial = ? ORDER BY seq",
                          (serial,)).fetchall()
     assert trail == [(GTIN, "available", "allocated"), (GTIN, "allocated", "printed"), (GTIN, "printed", "commissioned")]
@@ -95,7 +103,7 @@ def test_ms_times_read_back_as_the_old_text():
 def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
-    for sql in ("DROP VIEW serial_trail", "DROP TRIGGER serial_log", "DROP TABLE serial_history", OLD_TABLE, OLD_LOG):
+    for sql in (*_NO_REF, OLD_TABLE, OLD_LOG):
         conn.execute(sql)
     _run(conn, "B1", 4)
     # what the old release sealed: a checkpoint of the whole log, then the batch's close
@@ -148,12 +156,83 @@ def test_the_first_compact_form_gets_its_serials_keyed(tmp_path):
     conn = oldledger.ledger(path)
     _run(conn, "B1", 2)
     before = conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall()
-    rows = conn.execute(f"SELECT seq, batch_id, {db.serial_text_sql('serial')}, state, at FROM serial_history").fetchall()
-    for sql in ("DROP VIEW serial_trail", "DROP TABLE serial_history", FIRST_COMPACT):
+    rows = conn.execute(f"SELECT seq, batch_id, {db.serial_text_sql('serial')}, state, at FROM serial_history_v2").fetchall()
+    for sql in (*_NO_REF, FIRST_COMPACT):
         conn.execute(sql)
     conn.executemany("INSERT INTO serial_history VALUES (?,?,?,?,?)", rows)
     conn.close()
     conn = db.connect(str(path))
     assert conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall() == before
-    assert {t for (t,) in conn.execute("SELECT typeof(serial) FROM serial_history")} == {"integer"}
+    assert {t for (t,) in conn.execute("SELECT typeof(serial) FROM serial_history_v2")} == {"integer"}
     conn.close()
+
+
+# the form before serial_id and the batch ref (its DDL, trigger and view then)
+V2_TABLE = """CREATE TABLE serial_history (
+        seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL, serial NOT NULL, state INTEGER NOT NULL,
+        at INTEGER NOT NULL)"""
+V2_LOG = f"""CREATE TRIGGER serial_log AFTER UPDATE OF state ON serial
+        WHEN NEW.state <> OLD.state
+        BEGIN INSERT INTO serial_history (batch_id, serial, state, at)
+              VALUES (COALESCE(NEW.batch_id, OLD.batch_id), {db.serial_key_sql("NEW.serial")}, {db.state_code_sql("NEW.state")},
+                      {db.ms_sql("'now'")}); END"""
+V2_TRAIL = f"""CREATE VIEW serial_trail AS
+        SELECT h.seq AS seq, b.gtin AS gtin, {db.serial_text_sql("h.serial")} AS serial,
+               COALESCE(lag({db.state_name_sql("h.state")}) OVER (PARTITION BY b.gtin, {db.serial_text_sql("h.serial")}
+                                                             ORDER BY h.seq), 'available') AS old_state,
+               {db.state_name_sql("h.state")} AS new_state, h.batch_id AS batch_id, {db.ms_text_sql("h.at")} AS at
+        FROM serial_history h JOIN batch b USING (batch_id)"""
+V2_COLS = ["seq", "batch_id", "serial", "state", "at"]
+# what a ledger of the forms before lacks
+_NO_REF = ("DROP VIEW serial_trail", "DROP VIEW serial_history_v2", "DROP TRIGGER serial_log", "DROP TABLE serial_history",
+           "DROP TRIGGER batch_ref_given", "DROP TRIGGER batch_ref_fixed", "DROP TRIGGER batch_ref_kept", "DROP TABLE batch_ref")
+
+
+def _to_v2_form(conn):
+    for sql in (*_NO_REF, V2_TABLE, V2_LOG, V2_TRAIL):
+        conn.execute(sql)
+
+
+def test_a_ledger_of_the_form_before_serial_id_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
+    path = tmp_path / "old.db"
+    conn = oldledger.ledger(path, ("B1", "B2"))
+    _to_v2_form(conn)
+    _run(conn, "B1", 4)
+    # what the old release sealed: a link of the log's chain (by rowid), then the batch's close
+    logged = conn.execute("SELECT * FROM serial_history ORDER BY seq").fetchall()
+    (upto,) = conn.execute("SELECT max(rowid) + 1 FROM serial_history").fetchone()
+    oldledger.seal(conn, audit.CHECKPOINT, {"parts": {"log:serial_history2": oldledger.part(V2_COLS, logged, upto)}})
+    oldledger.close_states(conn, "B1", "UPDATE serial SET state='available', batch_id=NULL"
+                                       " WHERE batch_id='B1' AND state='allocated'")
+    batch_rows = conn.execute("SELECT * FROM serial_history WHERE batch_id='B1' ORDER BY seq").fetchall()
+    oldledger.seal(conn, "batch.close", {"batch_id": "B1", "seal": {"serial_history": oldledger.part(V2_COLS, batch_rows)}})
+    old_rows = conn.execute("SELECT * FROM serial_history ORDER BY seq").fetchall()
+    trail = conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall()
+    assert len(old_rows) == 4 * 3 + 2 * 2 and type(old_rows[0][2]) is int
+    conn.close()
+
+    conn = db.connect(str(path))  # migrates
+    assert list(map(repr, conn.execute("SELECT * FROM serial_history_v2 ORDER BY seq"))) == list(map(repr, old_rows))
+    assert conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall() == trail  # as a reviewer read it
+    assert {r for (r,) in conn.execute("SELECT batch_ref FROM serial_history")} == {1}
+    assert "serial_history_v2_rows" not in {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+    _run(conn, "B2", 2)  # the next batch writes the compact form, and its serials' history goes on
+    assert conn.execute("SELECT count(*) FROM serial_history h JOIN batch_ref r ON r.ref = h.batch_ref"
+                        " WHERE r.batch_id = 'B2'").fetchone() == (2 * 3 + 2,)
+    oldledger.close_and_verify(conn, path, capsys)
+
+    err = oldledger.verify_after_edit(path, capsys, "DROP TRIGGER serial_history_no_update",  # an old row edited
+                                      "UPDATE serial_history SET at = at + 1 WHERE seq = 1")
+    assert "batch B1: table serial_history_v2 differs from its seal in record 2 (batch.close)" in err
+
+
+def test_a_history_that_would_not_read_back_is_left_as_it_was(tmp_path):
+    path = tmp_path / "old.db"
+    conn = oldledger.ledger(path, ("B1",))
+    _to_v2_form(conn)
+    conn.execute("INSERT INTO serial_history (batch_id, serial, state, at) VALUES ('B1', 1999, 1, 0)")  # no such serial
+    before = db.snapshot(conn)
+    conn.close()
+    with pytest.raises(sqlite3.IntegrityError, match="serial_history: 1 row.*would not read back as stored"):
+        db.connect(str(path))
+    assert db.snapshot(sqlite3.connect(path)) == before

@@ -53,7 +53,7 @@ def test_sigkill_mid_batch_then_restart(tmp_path):
     assert c.execute("SELECT count(*) FROM device_event_v1 WHERE boot_id=2").fetchone()[0] == 41 * 4
     # no serial issued twice: one allocation per serial, one unit per serial, one coder job per serial
     assert c.execute("SELECT count(*) FROM serial_history WHERE state=?"
-                     " GROUP BY serial HAVING count(*) > 1", (db.STATE_CODE["allocated"],)).fetchall() == []
+                     " GROUP BY serial_id HAVING count(*) > 1", (db.STATE_CODE["allocated"],)).fetchall() == []
     assert c.execute("SELECT serial FROM unit WHERE serial IS NOT NULL GROUP BY serial HAVING count(*) > 1").fetchall() == []
     units = c.execute("SELECT count(*), count(serial), sum(outcome='PASSED') FROM unit").fetchone()
     assert units[0] == len(seqs) // 4 + 41 and units[1] == units[0] == units[2]
