@@ -1,8 +1,8 @@
 """`serialine bench host`: the host agent's figures on this machine.
 
 - events_per_s: unit events (detected, printed, inspected, outcome) through store + verdict +
-  aggregation + EPCIS outbox, as the agent runs them: one transaction per poll of many events,
-  coder jobs allocated ahead in the same rhythm.
+  aggregation + EPCIS outbox, as the agent runs them (`run_polls`): one transaction per poll of a
+  running line's events (4 a unit), its verdicts and the coder's top-up, as the agent's step.
 - verdict_latency_ms p50/p99: one decision in-process (parse the read with biip, check grade,
   batch, serial, duplicate, code) — the time from camera result to verdict ready to send.
 - events_per_s_sqlite_baseline: the same rows (the batch's serials and every other table's rows)
@@ -31,19 +31,26 @@ GTIN = "09506000134352"
 def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None = None,
               on_poll=None) -> tuple[int, int]:
     """`units` passed units through the host path in the agent's transactions (host/agent.py
-    `Agent._store_and_decide`: one a step): per `per_poll` units one poll of their detected/printed/
-    inspected events, their verdicts and the coder jobs of the next `per_poll` units (the top-up,
-    committed before it is pushed), then one of their outcomes; the first jobs as the agent's start
-    queues them. Not here: the agent's Python around the ledger (correlator, print check, trend).
-    `latencies` gets each decision's time; `on_poll(events)` is called after each poll's
-    transaction, as the agent's step ends (its audit checkpoints). → (events, polls)."""
+    `Agent._store_and_decide`: one a step) on a running line: each poll brings `per_poll` units'
+    detected/printed/inspected events and the outcomes of the poll before's units (4 events a unit),
+    and its transaction holds their verdicts and the coder jobs of the next `per_poll` units (the
+    top-up, committed before it is pushed); the first jobs as the agent's start queues them, the
+    last outcomes in a poll of their own. Not here: the agent's Python around the ledger
+    (correlator, print check, trend). `latencies` gets each decision's time; `on_poll(events)` is
+    called after each poll's transaction, as the agent's step ends (its audit checkpoints).
+    → (events, polls)."""
     seq = u = polls = 0
     with transaction(conn):
         L.queue_codes(min(per_poll, units))
-    while u < units:
+    last: range = range(0)  # the units whose outcomes the next poll brings
+    while u < units or last:
         n = min(per_poll, units - u)
-        with transaction(conn):  # one poll: the line's events for n units, their verdicts, the top-up
+        with transaction(conn):  # one poll: outcomes, the line's events for n units, verdicts, top-up
             msgs = []
+            for k in last:
+                seq += 1
+                msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
+                                                 gate_error=0, pos=0, t_us=0)))
             for k in range(u, u + n):
                 for name, f in (("UNIT_DETECTED", dict(unit_seq=k, pos=0, t_us=0, flags=0)),
                                 ("UNIT_PRINTED", dict(unit_seq=k, pos=0, t_us=0)),
@@ -60,24 +67,16 @@ def run_polls(conn, L: Ledger, units: int, per_poll: int, latencies: list | None
                 if latencies is not None:
                     latencies.append(time.perf_counter() - ts)
                 rows.append(("bench", 1, k, verdict, reason, serial, "A"))
-            L.record_verdicts(rows)
+            if rows:
+                L.record_verdicts(rows)
             L.flush_events()
             if u + n < units:
                 L.queue_codes(min(per_poll, units - u - n))
         if on_poll is not None:
-            on_poll(3 * n)
-        with transaction(conn):  # next poll: their outcomes (no print: no top-up)
-            msgs = []
-            for k in range(u, u + n):
-                seq += 1
-                msgs.append(("UNIT_OUTCOME", dict(event_seq=seq, unit_seq=k, outcome=1, reason=0,
-                                                 gate_error=0, pos=0, t_us=0)))
-            L.store_batch("bench", 1, msgs)
-            L.flush_events()
-        if on_poll is not None:
-            on_poll(n)
+            on_poll(len(msgs))
+        last = range(u, u + n)
         u += n
-        polls += 2
+        polls += 1
     return seq, polls
 
 
