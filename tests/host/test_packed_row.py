@@ -10,6 +10,7 @@ import pytest
 from serialine.host import audit, cli_batch, db, ledgerfile, masterdata, reporting, rework
 from serialine.host.aggregation import Aggregator
 from serialine.host.db import transaction
+from serialine.host.epcis import outbox
 from serialine.host.ledger import Ledger
 
 import oldledger
@@ -75,21 +76,23 @@ def test_the_view_packed_reads_and_writes_the_old_columns(conn):
         ("gtin", "TEXT"), ("serial", "TEXT"), ("container_id", "INTEGER")]  # the old columns, as the seals read them
 
 
-def test_the_line_packs_by_serial_id_and_the_close_seals_packed_row(line):
-    conn = line.ledger.conn
-    for u in range(4):
-        line.unit(u)
-    by_id = conn.execute("SELECT p.serial_id, p.container_id FROM packed_row p JOIN serial s USING (serial_id)"
-                         " WHERE s.state = 'commissioned' ORDER BY 1").fetchall()
-    assert len(by_id) == 4
-    agg = Aggregator(conn, line.ledger.batch, reporting.context_for(line.ledger.batch))
-    extra = conn.execute("SELECT serial_id, serial FROM serial WHERE state='available' LIMIT 1").fetchone()
+def test_packs_by_serial_id_fill_cases_as_packs_by_serial_do(ledger):
+    conn, b = ledger.conn, ledger.batch  # cases of 3, pallets of 2
     with transaction(conn):
-        for state in ("allocated", "printed", "commissioned"):
-            conn.execute("UPDATE serial SET state=?, batch_id='B1' WHERE serial_id=?", (state, extra[0]))
-        agg.add_packs_by_id([extra[0]])
-    assert conn.execute("SELECT container_id FROM packed_row WHERE serial_id=?", (extra[0],)).fetchone() is not None
-    assert "packed_row" in audit._CLOSED and "packed" not in audit._CLOSED
+        ids = _commissioned(conn, 4)
+        serial_of = dict(conn.execute(f"SELECT serial_id, serial FROM serial WHERE serial_id IN ({','.join('?' * 4)})", ids))
+        agg = Aggregator(conn, b, reporting.context_for(b))
+        agg.add_packs_by_id(ids[:2])
+        agg.add_packs([serial_of[ids[2]]])  # the same case, by its serial: it fills it
+        agg.add_packs_by_id(ids[3:])
+        reporting.commissioned(conn, agg.ctx, b, [serial_of[i] for i in ids])  # releases the full case's packing
+    cases = conn.execute("SELECT container_id, state, sscc FROM container WHERE level = 'case' ORDER BY 1").fetchall()
+    assert [st for _, st, _ in cases] == ["closed", "open"]
+    assert conn.execute("SELECT serial_id, container_id FROM packed_row ORDER BY serial_id").fetchall() == [
+        (i, cases[0][0] if i in ids[:3] else cases[1][0]) for i in sorted(ids)]
+    assert agg.children(cases[0][0]) == [reporting.sgtin(b, serial_of[i]) for i in sorted(ids[:3])]
+    (children,) = [e["childEPCs"] for e in outbox.batch_events(conn, "B1") if e.get("bizStep") == "packing"]
+    assert children == agg.children(cases[0][0])  # the case's packing event names its packs
 
 
 def _run(conn, batch, units, close=True):
