@@ -49,6 +49,7 @@ PROGRESS_S = 5.0  # at most this often a progress line
 STALE_S = BUSY_DEADLINE_S + 120.0
 STAGING_CACHE_KIB = 16384  # the page cache while staging (db.connect's is larger, for the host path)
 REDRAWS = 20  # a chunk's collisions drawn again at most this often (a sound source needs one, rarely)
+SPREAD = 64  # a generated pool lies under at most this share (1 / SPREAD) of its prefixes (clusters)
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
 USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
@@ -314,15 +315,18 @@ def _below(n: int, randbytes) -> int:
             return v
 
 
-def strata(alphabet: str, length: int, count: int) -> int:
-    """How many leading characters split a generated pool into key ranges (strata): none when it
-    fits one small write, else enough that a prefix's share is at most CHUNK / 4, so a draw of any
-    chunk's size is a few prefixes: each write transaction touches one neighbourhood of the pool's
-    B-trees, not a page per serial."""
-    p, k = 0, len(alphabet)
-    while count / k ** p > CHUNK / 4 and p < length // 2:
+def clusters(alphabet: str, length: int, count: int) -> tuple[int, int]:
+    """(p, k): a generated pool goes under k prefixes of p characters, each with a share of at most
+    CHUNK / 16 (a draw is close to the size asked), the k at most 1 / SPREAD of all p-character
+    prefixes (p at most half the length).
+    A draw of any chunk's size is a few prefixes, so each write transaction touches one neighbourhood
+    of the pool's B-trees; and the pool as a whole lies in 1 / SPREAD of the key space, so it touches
+    that share of the serials known before, not a page of every neighbourhood (which made the pool's
+    growth cost in the pool's size: random keys split every page)."""
+    k, a, p = max(1, -(-count // max(1, CHUNK // 16))), len(alphabet), 0
+    while a ** p < SPREAD * k and p < length // 2:
         p += 1
-    return p
+    return p, min(k, a ** p)
 
 
 def _prefix(alphabet: str, p: int, j: int) -> str:
@@ -334,26 +338,41 @@ def _prefix(alphabet: str, p: int, j: int) -> str:
     return "".join(reversed(out))
 
 
+def _chosen(m: int, k: int, randbytes) -> list[int]:
+    """k distinct numbers uniform in [0, m), ascending (k <= m; k is at most m / SPREAD but for tiny spaces)."""
+    if k * 2 > m:  # (most of them: which to leave out)
+        out = set(range(m))
+        while len(out) > k:
+            out.discard(_below(m, randbytes))
+        return sorted(out)
+    got: set[int] = set()
+    while len(got) < k:
+        got.add(_below(m, randbytes))
+    return sorted(got)
+
+
 def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes):
     """`count` random serials as sorted draws in key order, each one write: (rows, redraw), where
     redraw(n) gives n more from the draw's key range (for those that collided). A generator: send()
-    it the size of the next draw (next(): CHUNK); a rest under half of that goes along. Stratified:
-    every prefix of strata() characters gets its exact share of the pool (count / prefixes, rounded
-    cumulatively) and the rest of each serial is uniform, so each serial is still uniform over the
-    whole space and the pool is no easier to guess under any prefix. Memory: one draw."""
-    p = strata(alphabet, length, count)
-    m = len(alphabet) ** p
+    it the size of the next draw (next(): CHUNK); a rest under half of that goes along. Clustered:
+    k prefixes of p characters (clusters()) drawn uniformly from the OS's source, each with its exact
+    share of the pool (count / k, rounded cumulatively), the rest of each serial uniform: each serial
+    is still uniform over the whole space (its prefix is any with the same chance), and one known
+    serial tells its prefix, under which the pool's share is guessed no better than
+    share / alphabet ** (length - p). Memory: one draw (and the k prefixes' numbers)."""
+    p, k = clusters(alphabet, length, count)
+    chosen = _chosen(len(alphabet) ** p, k, randbytes)
     j, done, size = 0, 0, CHUNK
-    while j < m:
+    while j < k:
         lo, shares, total = j, [], 0
-        while j < m and (total < size or count - done - total < size / 2):
-            shares.append(count * (j + 1) // m - count * j // m)
+        while j < k and (total < size or count - done - total < size / 2):
+            shares.append(count * (j + 1) // k - count * j // k)
             total += shares[-1]
             j += 1
         suffixes = random_serials(alphabet, length - p, total, randbytes)
         rows, at = [], 0
         for i, n in enumerate(shares):
-            prefix = _prefix(alphabet, p, lo + i)
+            prefix = _prefix(alphabet, p, chosen[lo + i])
             rows += [prefix + s for s in suffixes[at:at + n]]
             at += n
         suffixes = None
@@ -361,7 +380,7 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
         done += total
 
         def redraw(n, lo=lo, hi=j):
-            return sorted(_prefix(alphabet, p, lo + _below(hi - lo, randbytes)) + s
+            return sorted(_prefix(alphabet, p, chosen[lo + _below(hi - lo, randbytes)]) + s
                           for s in random_serials(alphabet, length - p, n, randbytes))
         size = (yield rows, redraw) or CHUNK
         rows = None
@@ -381,6 +400,11 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
     if count <= 0:
         raise SerialError("count must be positive")
     _check_guess(conn, gtin, count, profile, profile.serial_length, len(profile.alphabet))
+    p, k = clusters(profile.alphabet, profile.serial_length, count)
+    known = guess_probability(-(-count // k), len(profile.alphabet), profile.serial_length - p)
+    if profile.randomised and not known < profile.max_guess_probability:  # (far below it for any N of EU_FMD)
+        raise SerialError(f"pool for {gtin} refused: {count} serials under {k} prefixes of {p} characters give a"
+                          f" guess probability of {known:.3g} knowing one serial, not below {profile.max_guess_probability:g}")
 
     def check():
         _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
@@ -388,12 +412,22 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
     added = _stage_and_publish(conn, gtin, "generated", chunks, user, check, None, ignore_known=True,
                                total=count, progress=progress)
     p = guess_probability(added.count, len(profile.alphabet), profile.serial_length)
-    k = strata(profile.alphabet, profile.serial_length, count)
     return dataclasses.replace(added, statement=(
         f"randomness of {added.count} generated serials: drawn uniformly from the OS's cryptographic source, "
-        f"{profile.serial_length} characters of {len(profile.alphabet)}"
-        + (f" (the same share under every {k}-character prefix)" if k else "")
-        + f"; guess probability {p:.3g}"))
+        f"{profile.serial_length} characters of {len(profile.alphabet)}{_clustered(profile, count)}"
+        f"; guess probability {p:.3g}"))
+
+
+def _clustered(profile, count: int) -> str:
+    """How a generated pool of `count` lies in the key space, and how well it is guessed knowing one
+    of its serials (whose prefix it shares with count / k); "" for a pool under one prefix of none."""
+    p, k = clusters(profile.alphabet, profile.serial_length, count)
+    if not p:
+        return ""
+    share = -(-count // k)
+    known = guess_probability(share, len(profile.alphabet), profile.serial_length - p)
+    return (f" under {k:,} random {p}-character prefix(es), at most {share:,} each (guess probability"
+            f" {known:.3g} knowing one serial)")
 
 
 def _json_array(rows: list[str]) -> str:
@@ -515,6 +549,9 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
             payload = _json_array(rows)
 
             def stage():
+                # the rows' parents, once (their foreign keys are not checked row by row, _stage_rows)
+                if conn.execute("SELECT gtin FROM serial_import WHERE import_id=?", (import_id,)).fetchone() != (gtin,):
+                    raise SerialError(f"serial import {import_id} is not one of {gtin}")
                 before, want, more = conn.total_changes, len(rows), payload
                 for _ in range(REDRAWS + 1):
                     conn.execute(insert, (gtin, str(source), import_id, more))
@@ -533,7 +570,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
             if freed is not None:
                 # the lock stays free until a writer that waited for it wakes (drawing counts)
                 time.sleep(max(0.0, _pause(w.last) - (time.monotonic() - freed)))
-            got = w.run(stage)
+            got = _stage_rows(conn, w, stage)
             freed = time.monotonic()
             # copy our pages back now, in the pause (another writer's commit does not inherit it)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -585,6 +622,19 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                               f"{removed})") from None
         raise
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)
+
+
+def _stage_rows(conn, w: _Writes, stage):
+    """w.run(stage) with foreign keys off: an INSERT of many rows into serial checks each row's
+    parents (product, serial_import) and looks in each table that refers to serial for rows naming
+    it (SQLite does so for a statement writing more than one row), ~15 % of the insert; stage
+    checks the parents once (the import is of this GTIN: product), and no row can name a serial
+    not yet made. (SQLite ignores the pragma inside a transaction: set around it.)"""
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        return w.run(stage)
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _abandon(conn, import_id: int, progress=None) -> None:

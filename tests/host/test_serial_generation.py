@@ -46,7 +46,8 @@ def test_generated_serials_are_new_and_published_at_once(conn, monkeypatch):
     monkeypatch.setattr(serials, "CHUNK", 1000)
     before = {s for (s,) in conn.execute("SELECT serial FROM serial WHERE gtin = ?", (GTIN,))}
     added = serials.generate_pool(conn, GTIN, 4500, user="ann")
-    # draws of whole 1-character prefixes' shares (132 or 133), 1,000 at least: 1,059 three times, the rest in one
+    # draws of whole prefixes' shares (73 prefixes of 3 characters: 61 or 62 each), 1,000 at least: 1,047 or
+    # 1,048 three times, the rest in one
     assert added.count == 4500 and added.chunks == 4
     after = [s for (s,) in conn.execute("SELECT serial FROM serial WHERE gtin = ?", (GTIN,))]
     assert len(after) == len(set(after)) == len(before) + 4500 and before <= set(after)
@@ -92,7 +93,7 @@ def test_memory_does_not_grow_with_the_count(conn, monkeypatch):
 
 
 @pytest.mark.parametrize("hold_s, writes", [
-    (1e-9, 1 + 15),  # every write "too long": 1,000, then CHUNK / 4 = 250 and no fewer (2 prefixes' shares: 470)
+    (1e-9, 1 + 23),  # every write "too long": 1,000, then CHUNK / 4 = 250 and no fewer (5 prefixes' shares: 308)
     (1e9, 3),  # every write "short": 1,000, 2,000, then the rest of the draw (5,000 < 1.5 x 4,000)
 ])
 def test_a_generated_pool_paces_its_chunks_within_bounds(conn, monkeypatch, hold_s, writes):

@@ -1,5 +1,5 @@
-"""Generated pools at any size: stratified draws (each serial still uniform, every prefix its exact
-share), one draw in memory whatever N, a serial that collides with one known for ever drawn
+"""Generated pools at any size: clustered draws (a few random prefixes, each its exact share, each
+serial still uniform), one draw in memory whatever N, a serial that collides with one known for ever drawn
 again (a seeded source forces it), a source that repeats itself refused, and an interrupted
 `batch serials --generate` (Ctrl-C, kill) adds nothing. Old ledgers gain the partial pool
 indexes and the one insert trigger."""
@@ -42,25 +42,36 @@ def pool(conn, import_id=None):
     return {s for (s,) in conn.execute(q, (GTIN, import_id) if import_id else (GTIN,))}
 
 
-def test_every_prefix_gets_its_exact_share_and_the_rest_is_uniform(monkeypatch):
-    monkeypatch.setattr(serials, "CHUNK", 100)  # a draw: 800 serials, so 5,000 are split by 2 characters
+def test_a_pool_lies_under_few_random_prefixes_each_its_exact_share_the_rest_uniform(monkeypatch):
+    monkeypatch.setattr(serials, "CHUNK", 1600)  # shares of 100 at most: 5,000 under 50 prefixes
     count = 5000
-    assert serials.strata(EU.alphabet, 12, count) == 2
+    p, k = serials.clusters(EU.alphabet, 12, count)
+    assert (p, k) == (3, 50) and k * serials.SPREAD <= 34 ** p  # 50 of 39,304: the pool in 1/786 of the key space
     draws = [rows for rows, _ in serials.drawn_chunks(EU.alphabet, 12, count, seeded())]
     drawn = [s for rows in draws for s in rows]
     assert len(drawn) == count and {len(s) for s in drawn} == {12} and set("".join(drawn)) <= set(EU.alphabet)
-    m = len(EU.alphabet) ** 2
-    shares = Counter(s[:2] for s in drawn)
-    for j in range(m):
-        prefix = EU.alphabet[j // 34] + EU.alphabet[j % 34]
-        assert shares[prefix] == count * (j + 1) // m - count * j // m
-    # each draw sorted, the draws in key order: every write is one range of keys
+    shares = Counter(s[:3] for s in drawn)
+    assert len(shares) == 50 and set(shares.values()) == {100}
+    # the prefixes: random (another source, others), over the whole space
+    other = {s[:3] for rows, _ in serials.drawn_chunks(EU.alphabet, 12, count, seeded(8)) for s in rows}
+    assert len(other & set(shares)) < 5
+    firsts = Counter(prefix[0] for prefix in list(shares) + list(other))
+    assert len(firsts) > 20 and max(firsts.values()) < 12, firsts
+    # each draw sorted, the draws in key order: every write is a few ranges of keys
     assert all(rows == sorted(rows) for rows in draws)
     assert all(a[-1] < b[0] for a, b in zip(draws, draws[1:]))
-    rest = Counter("".join(s[2:] for s in drawn))
-    mean = count * 10 / 34
+    rest = Counter("".join(s[3:] for s in drawn))
+    mean = count * 9 / 34
     assert all(abs(c - mean) < 0.12 * mean for c in rest.values()), rest
     assert not serials.randomness(drawn).predictable
+
+
+def test_a_pool_of_any_size_takes_at_most_its_share_of_the_prefixes():
+    for count in (1, 6_000, 200_000, 10_000_000):
+        p, k = serials.clusters(EU.alphabet, 12, count)
+        assert -(-count // k) <= serials.CHUNK / 16 and k * serials.SPREAD <= 34 ** p and p <= 6, count
+    # ten digits of 12 for a pool of ten million (US: a short alphabet): p is at most half the length
+    assert serials.clusters("0123456789", 12, 10_000_000) == (6, 6403)
 
 
 def test_one_draw_is_in_memory_whatever_the_count():
@@ -68,9 +79,9 @@ def test_one_draw_is_in_memory_whatever_the_count():
     asked for (CHUNK first, then what is sent) and less than a prefix's share more."""
     cap = serials.DRAWN * serials.CHUNK
     for count in (1_000_000, 1_000_000_000):
-        p = serials.strata(EU.alphabet, 12, count)
-        share = -(-count // len(EU.alphabet) ** p)
-        assert share <= serials.CHUNK / 4
+        p, k = serials.clusters(EU.alphabet, 12, count)
+        share = -(-count // k)
+        assert share <= serials.CHUNK / 16
         draws = serials.drawn_chunks(EU.alphabet, 12, count)
         rows, _ = next(draws)
         assert serials.CHUNK <= len(rows) < serials.CHUNK + share, (count, len(rows))
@@ -305,3 +316,14 @@ def test_a_ledger_with_the_old_state_check_is_edited_in_place_and_its_seals_stil
 def cli_close(path, batch):
     from serialine.host import cli_batch
     return cli_batch.main(["close", batch, "--db", str(path), "--user", "qa"])
+
+
+def test_a_pool_is_staged_without_row_by_row_foreign_keys_and_leaves_them_on(conn):
+    seen = []
+    conn.set_trace_callback(seen.append)
+    serials.generate_pool(conn, GTIN, 500)
+    conn.set_trace_callback(None)
+    assert [s for s in seen if s.startswith("PRAGMA foreign_keys")] == ["PRAGMA foreign_keys=OFF", "PRAGMA foreign_keys=ON"]
+    assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        conn.execute("INSERT INTO serial (gtin, serial, source) VALUES ('09999999999999', 'X1', 'f')")
