@@ -22,7 +22,7 @@ from pathlib import Path
 from serialine.host import db, masterdata
 
 GTINS = {"EU_FMD": "09506000134352", "US_DSCSA": "00350242040624"}
-POOL_TABLES = ("serial", "serial_pick", "serial_batch")
+POOL_TABLES = ("serial", "sqlite_autoindex_serial_1", "serial_pick", "serial_batch")  # the table, its UNIQUE (gtin, serial), the partial indexes
 
 
 def generate(path: str, gtin: str, n: int) -> dict:

@@ -168,6 +168,12 @@ def test_the_pick_and_a_batch_use_their_partial_indexes(conn):
     for name, (q, args) in plans.items():
         plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + q, args))
         assert f"COVERING INDEX serial_{name}" in plan, plan
+    # (a rowid table's index carries serial_id: the pick's index holds serial for it.) The seal part
+    # serial3 reads a batch's rows in serial_batch's order, no sort
+    table, where, order, _, _ = audit._PARTS["serial3"]
+    plan = " ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE {where} ORDER BY {order}",
+                                               {"key": "B1"}))
+    assert "USING INDEX serial_batch" in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_an_old_ledger_gains_the_partial_indexes_and_keeps_its_rules(tmp_path):
