@@ -461,24 +461,33 @@ def append(conn: sqlite3.Connection, user: str, action: str, detail: dict) -> st
 CHECKPOINT = "audit.checkpoint"
 
 
-def _links(conn):
+def _links(conn, newest_first: bool = False):
     """(seq, action, key, log parts or None if unreadable) of each record that is a link of the
-    logs' chain, oldest first: every checkpoint, and every batch close or abort since they
-    continue it (those before seal the batch's rows of each log instead, and are no link)."""
-    sql = f"SELECT seq, action, detail FROM audit WHERE action IN ({', '.join('?' * (1 + len(FINAL)))}) ORDER BY seq"
+    logs' chain, oldest first (or newest): every checkpoint, and every batch close or abort since
+    they continue it (those before seal the batch's rows of each log instead, and are no link)."""
+    sql = (f"SELECT seq, action, detail FROM audit WHERE action IN ({', '.join('?' * (1 + len(FINAL)))})"
+           f" ORDER BY seq{' DESC' if newest_first else ''}")
     for seq, action, text in conn.execute(sql, (CHECKPOINT, *FINAL)):
-        try:
-            detail = json.loads(text)
-            if action == CHECKPOINT:
-                if not isinstance(detail["parts"], dict):
-                    raise TypeError
-                yield seq, action, None, detail["parts"]
-            elif any(p in detail["seal"] for p in _LOGS):
-                yield seq, action, str(detail[SEALS[action][0]]), {p: detail["seal"][p] for p in _LOGS if p in detail["seal"]}
-        except (ValueError, KeyError, TypeError):
-            if action == CHECKPOINT:
-                yield seq, action, None, None
-            # a close whose seal is unreadable is reported by _verify_seals
+        link = _link_parts(action, text)
+        if link is not None:
+            yield seq, action, *link
+
+
+def _link_parts(action: str, text: str) -> tuple | None:
+    """(key, log parts or None if unreadable) of a record that may be a link, or None: no link."""
+    try:
+        detail = json.loads(text)
+        if action == CHECKPOINT:
+            if not isinstance(detail["parts"], dict):
+                raise TypeError
+            return None, detail["parts"]
+        if any(p in detail["seal"] for p in _LOGS):
+            return str(detail[SEALS[action][0]]), {p: detail["seal"][p] for p in _LOGS if p in detail["seal"]}
+    except (ValueError, KeyError, TypeError):
+        if action == CHECKPOINT:
+            return None, None
+        # a close whose seal is unreadable is reported by _verify_seals
+    return None
 
 
 def _continue_logs(conn, uptos: dict | None = None) -> dict:
@@ -487,11 +496,14 @@ def _continue_logs(conn, uptos: dict | None = None) -> dict:
     taken now if None). A rowid bound, and a key-tailed log, read just those rows; another time
     bound has no index, so its log is scanned (filtered, not hashed). The caller's transaction must
     see every row below the bounds and none written after them (`checkpoint`, `checkpoint_aside`)."""
-    last, after = {}, {}
-    for seq, _, _, parts in _links(conn):
-        for part, s in (parts or {}).items():
-            last[part], after[part] = s, seq
     uptos = _log_uptos(conn) if uptos is None else uptos
+    last, after = {}, {}
+    for seq, _, _, parts in _links(conn, newest_first=True):  # back to each log's last link: mostly the newest record
+        for part, s in (parts or {}).items():
+            if part not in last:
+                last[part], after[part] = s, seq
+        if all(p in last for p in uptos):
+            break
     out = {}
     for part, (cols, upto) in uptos.items():
         before = last.get(part, {})
@@ -566,7 +578,10 @@ class Checkpointer:
     so a close finds only its own rows unsealed. Call `note` after each step's commit: a due
     checkpoint runs on a thread of its own (`checkpoint_aside`), so the loop never waits for it; an
     in-memory ledger has no second connection, so there it runs in `note` itself (tests). A failed
-    one is logged in one line and tried again after RETRY_S."""
+    one is logged in one line and tried again after RETRY_S; the first failure of a run of them is an
+    alarm (FAILED: the console lists it, with its cause) and the next success clears it (SEALED)."""
+
+    FAILED, SEALED = "AUDIT_CHECKPOINT_FAILED", "AUDIT_CHECKPOINT_SEALED"  # alarm_log kinds, source "audit"
 
     def __init__(self, conn: sqlite3.Connection, user: str, units: int = CHECKPOINT_UNITS,
                  seconds: float = CHECKPOINT_S, busy_s: float = db.BUSY_TIMEOUT_S):
@@ -574,6 +589,8 @@ class Checkpointer:
         self.pending, self.since, self.retry_at = 0, time.monotonic(), 0.0
         self.made, self.cpu_s = 0, 0.0  # checkpoints made, their CPU seconds (for the benchmarks)
         self.failed, self.error = 0, None  # failed attempts (each logged), the last one's error
+        self.failing = 0  # failed attempts since the last success (the FAILED alarm is up while > 0)
+        self._unsaid: list[tuple[str, str]] = []  # alarms not yet in the ledger (it was busy): in order
         self.path = db.file_of(conn)  # "": in memory
         self._count = threading.Lock()  # pending: added to by the loop, taken by the checkpoint
         self._running = threading.Lock()
@@ -625,15 +642,40 @@ class Checkpointer:
             except Exception as exc:  # said, and tried again: the events stay pending
                 self.failed, self.error = self.failed + 1, f"{type(exc).__name__}: {exc}"
                 self.retry_at = time.monotonic() + RETRY_S
-                log.warning("audit checkpoint by %s failed (%s); its %d device events wait for the next one, in %.0f s"
-                            " or as the agent stops", self.user, " ".join(self.error.split()), taken, RETRY_S)
+                cause = (f"audit checkpoint by {self.user} failed ({' '.join(self.error.split())}); its {taken} device"
+                         f" events wait for the next one, in {RETRY_S:.0f} s or as the agent stops")
+                log.warning("%s", cause)
+                self.failing += 1
+                self._say((self.FAILED, cause) if self.failing == 1 else None)  # one alarm a run of failures
                 return False
             finally:
                 self.cpu_s += time.thread_time() - c
             with self._count:
                 self.pending -= taken
             self.since, self.made, self.retry_at = time.monotonic(), self.made + 1, 0.0
+            if self.failing:
+                self._say((self.SEALED, f"audit checkpoint by {self.user} sealed the logs again after {self.failing}"
+                                        f" failed attempt(s), the {taken} device events that waited among them"))
+                self.failing = 0
             return True
+
+    def _say(self, alarm: tuple[str, str] | None) -> None:
+        """`alarm` (kind, detail) and those not yet said into alarm_log, in order, in a transaction
+        of their own (a busy ledger: kept for the next attempt)."""
+        self._unsaid += [alarm] if alarm else []
+        if not self._unsaid:
+            return
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_s) if self.path else self.conn
+        try:
+            with db.transaction(conn):
+                conn.executemany("INSERT INTO alarm_log (at, source, alarm, detail) VALUES (?, 'audit', ?, ?)",
+                                 [(time.time(), kind, detail) for kind, detail in self._unsaid])
+            self._unsaid.clear()
+        except sqlite3.Error as exc:
+            log.info("audit checkpoint alarm kept for the next attempt (%s)", " ".join(str(exc).split()))
+        finally:
+            if conn is not self.conn:
+                conn.close()
 
 
 def _verify_checkpoints(conn) -> str | None:

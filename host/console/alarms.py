@@ -55,6 +55,9 @@ ALARMS: dict[str, tuple[str, str]] = {
     "OUTCOME_LOST": ("a pack's outcome was lost", "QA resolves the unit before the batch can close"),
     "PRINT_QUALITY_DRIFT": ("the print quality of the last reads is drifting towards the minimum grade",
                             "clean the printhead; check the ink and the coder's settings"),
+    "AUDIT_CHECKPOINT_FAILED": ("the audit trail could not seal the logs so far (its detail says why); the agent"
+                                " tries again", "none if AUDIT_CHECKPOINT_SEALED follows; else call the engineer"),
+    "AUDIT_CHECKPOINT_SEALED": ("the audit trail sealed the logs again after a failed checkpoint", "none"),
     # the coder and reader drivers
     "DISCONNECTED": ("a coder or camera closed its connection", "see the LOST alarm beside it"),
     "RESYNC": ("the agent is reconnecting to a coder or camera", "none; it retries by itself"),

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from serialine.host import audit, cli_batch, db, masterdata, serials
+from serialine.host.console import alarms
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
@@ -226,7 +227,8 @@ def test_a_busy_ledger_delays_the_agents_checkpoint(tmp_path):
 
 def test_a_failed_checkpoint_is_said_and_tried_again(tmp_path, caplog):
     """The ledger stays locked past the checkpoint's busy timeout: one line in the log, the events
-    stay pending, and the next attempt (here the agent stopping) seals them."""
+    stay pending, and the next attempt (here the agent stopping) seals them; the alarm the console
+    lists (FAILED, with its cause, kept while the ledger is locked) and its clearing (SEALED)."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
     line.unit(0)
@@ -242,6 +244,38 @@ def test_a_failed_checkpoint_is_said_and_tried_again(tmp_path, caplog):
     other.execute("ROLLBACK")
     other.close()
     assert every.flush() and every.made == 1 and every.pending == 0
+    said = conn.execute("SELECT source, alarm, detail FROM alarm_log ORDER BY alarm_id").fetchall()
+    assert [(s, a) for s, a, _ in said] == [("audit", every.FAILED), ("audit", every.SEALED)], said
+    assert "locked" in said[0][2] and "\n" not in said[0][2] and "1 failed attempt" in said[1][2]
+    assert all(alarms.explain(kind) != alarms.UNKNOWN for kind in (every.FAILED, every.SEALED))
+    conn.close()
+    assert _verify(dbfile)[0]
+
+
+def test_a_run_of_failed_checkpoints_is_one_alarm_cleared_by_the_next_that_seals(tmp_path, monkeypatch):
+    """A link appended by another writer during each of the checkpoint's tries (a checkpoint by
+    hand, every time it hashes): a failure with the ledger free, its alarm in alarm_log at once;
+    the next failure adds none; the next success clears it."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    line.unit(0)
+    real = audit._continue_logs
+
+    def meanwhile(*args, **kwargs):  # (on the checkpoint's thread: a connection of its own)
+        hand = sqlite3.connect(dbfile, isolation_level=None)
+        with transaction(hand):
+            audit.append(hand, "qa", audit.CHECKPOINT, {"parts": real(hand)})
+        hand.close()
+        return real(*args, **kwargs)
+    every = audit.Checkpointer(conn, "serialine-agent", units=1, seconds=float("inf"))
+    monkeypatch.setattr(audit, "_continue_logs", meanwhile)
+    for _ in range(2):
+        every.retry_at = 0.0  # (not RETRY_S later)
+        assert every.note(4 - 4 * _) and every.wait(60)
+    monkeypatch.undo()
+    kinds = lambda: [a for (a,) in conn.execute("SELECT alarm FROM alarm_log WHERE source = 'audit' ORDER BY alarm_id")]
+    assert every.failed == 2 and "another writer" in every.error and kinds() == [every.FAILED]
+    assert every.flush() and kinds() == [every.FAILED, every.SEALED] and every.failing == 0
     conn.close()
     assert _verify(dbfile)[0]
 
@@ -253,7 +287,7 @@ def test_a_failed_checkpoint_is_said_and_tried_again(tmp_path, caplog):
 ], ids=["job state", "job code", "template"])
 def test_a_closed_batchs_coder_jobs_are_sealed_as_stored(checkpointed_then_closed, edit, table):
     dbfile, _, close, sealed = checkpointed_then_closed
-    assert "coder_job_row" in sealed and "coder_template" in sealed
+    assert "coder_job_row2" in sealed and "coder_template" in sealed
     c = sqlite3.connect(dbfile, isolation_level=None)
     for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name=?", (table,)).fetchall():
         c.execute(f"DROP TRIGGER {name}")
@@ -389,3 +423,22 @@ def test_an_alarm_stamped_before_the_last_link_is_still_sealed_by_the_next(tmp_p
     conn.close()
     ok, message = _verify(dbfile)
     assert not ok and "alarm_log" in message
+
+
+def test_a_checkpoint_reads_back_only_to_the_last_link(tmp_path, monkeypatch):
+    """However many links the trail holds, a checkpoint parses one record to continue them: the
+    newest link (it carries every growing log); the chain still verifies link by link."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    for u in range(4):
+        line.unit(u)
+        audit.checkpoint(conn, "qa")
+    parsed = []
+    real = audit._link_parts
+    monkeypatch.setattr(audit, "_link_parts", lambda action, text: parsed.append(action) or real(action, text))
+    line.unit(4)
+    audit.checkpoint(conn, "qa")
+    assert parsed == [audit.CHECKPOINT]
+    parsed.clear()
+    assert audit.verify(conn)[0] and parsed.count(audit.CHECKPOINT) >= 5  # verify reads every link
+    conn.close()

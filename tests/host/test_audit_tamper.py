@@ -152,8 +152,8 @@ def append_forged_reopen(c):  # a "reopen" appended at the head, so the close se
 MATRIX = {
     "delete the last 2 audit records": (delete_last_records, "is missing, the log ends at record"),
     "edit a record, re-hash the chain": (edit_record_and_rehash, "has another hash (the chain was rewritten)"),
-    "rejected unit forged PASSED, commissioned, cased": (forge_passed_commissioned_cased, "table unit differs"),
-    "edit a unit outcome": (edit_unit_outcome, "table unit differs"),
+    "rejected unit forged PASSED, commissioned, cased": (forge_passed_commissioned_cased, "table unit_row differs"),
+    "edit a unit outcome": (edit_unit_outcome, "table unit_row differs"),
     "edit a serial state": (edit_serial_state, "table serial differs"),
     "delete a serial_history row": (delete_serial_history_row, "table serial_history differs"),
     "edit a device_event body": (edit_device_event_body, "table device_event differs"),
@@ -300,7 +300,7 @@ def test_abort_seals_the_batch(tmp_path, capsys):
     c.close()
     capsys.readouterr()
     assert cli_batch.audit_main(["verify", "--db", str(dbfile)]) == 1
-    assert "table unit differs from its seal" in capsys.readouterr().err
+    assert "table unit_row differs from its seal" in capsys.readouterr().err
 
 
 def append_forged_record(c):  # a self-consistent record at the head: the chain holds, no seal is touched
