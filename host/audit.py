@@ -298,7 +298,7 @@ def _sql_lines(conn, table: str, cols: list[str], cond: str, order: str, args: d
         guarded = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
     try:
         if not tail and _is_table(conn, table):
-            return _sql_chunks(conn, table, line, guarded if numeric else None, cond, order, args, h, chunk)
+            return _sql_chunks(conn, table, line, guarded, numeric, cond, order, args, h, chunk)
         return _sql_rows(conn, guarded, tail, f" FROM {table}{cond} ORDER BY {order}", args, h)
     except sqlite3.OperationalError:  # a BLOB value
         return None
@@ -332,16 +332,17 @@ def _sql_rows(conn, line: str, tail: list[str], rest: str, args: dict, h) -> int
     return n
 
 
-def _sql_chunks(conn, table: str, line: str, guarded: str | None, cond: str, order: str, args: dict, h,
-                chunk: int) -> int | None:
+def _sql_chunks(conn, table: str, line: str, guarded: str, numeric: list[str], cond: str, order: str, args: dict,
+                h, chunk: int) -> int | None:
     """`_sql_lines` of a table's rows `chunk` at a time, each chunk's lines joined by SQLite (one
     row out, not `chunk`), each chunk after the one before by the order's key: after the end
     (e1, ..., en) come the rows with k1 = e1, ..., kn > en, then those with k1 = e1, ..., k(n-1) >
     e(n-1), ... (each an index seek: `(k1, ..., kn) > (...)` is none once the index has a column
     before them). A chunk's text without a mark of a REAL is taken as is; one with (a text may
-    hold "." or "e") is written again `guarded` to tell. Every row is counted apart first: a key
-    SQLite cannot compare (NULL) or a tie across a chunk's end would fall between the chunks (then
-    None); a plan that sorts (no index gives the order) goes row by row."""
+    hold "." or "e") has its `numeric` columns' types counted to tell. Every row is counted apart
+    first: a key SQLite cannot compare (NULL) or a tie across a chunk's end would fall between the
+    chunks (then None). A plan that sorts (no index gives the order), or that walks a list (IN a
+    subquery: each chunk would walk it from its start), goes row by row (`guarded`)."""
     keys = [k.strip() for k in order.split(",")]
     where = cond.removeprefix(" WHERE ")
 
@@ -352,8 +353,10 @@ def _sql_chunks(conn, table: str, line: str, guarded: str | None, cond: str, ord
     lines = f"SELECT group_concat(l, char(10)), count(*) FROM (SELECT {line} AS l{pick})"
     probe = {**args, **{f"_a{i}": 0 for i in range(len(keys))}}
     for span in (cond, *map(after, range(len(keys)))):
-        if "TEMP B-TREE" in " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {lines.format(span, 1)}", probe)):
-            return _sql_rows(conn, guarded or line, [], f" FROM {table}{cond} ORDER BY {order}", args, h)
+        plan = " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {lines.format(span, 1)}", probe))
+        if "TEMP B-TREE" in plan or (span != cond and "LIST SUBQUERY" in plan):
+            return _sql_rows(conn, guarded, [], f" FROM {table}{cond} ORDER BY {order}", args, h)
+    reals = " OR ".join(f"typeof({c}) = 'real'" for c in numeric)
     (total,) = conn.execute(f"SELECT count(*) FROM {table}{cond}", args).fetchone()
     n, a, level = 0, dict(args), None  # level: None before the first chunk, else the key columns shared + 1
     while n < total:
@@ -361,10 +364,10 @@ def _sql_chunks(conn, table: str, line: str, guarded: str | None, cond: str, ord
         while need:
             span = cond if level is None else after(level - 1)
             text, rows = conn.execute(lines.format(span, need), a).fetchone()
-            if rows and guarded and any(m in text for m in _REAL_MARKS):
-                (sure,) = conn.execute(f"SELECT count(l) FROM (SELECT {guarded} AS l{pick.format(span, need)})",
-                                       a).fetchone()
-                if sure != rows:
+            if rows and numeric and any(m in text for m in _REAL_MARKS):
+                (real,) = conn.execute(f"SELECT count(*) FROM (SELECT {', '.join(numeric)}{pick.format(span, need)})"
+                                       f" WHERE {reals}", a).fetchone()
+                if real:
                     return None
             if rows:
                 texts.append(text)
