@@ -65,7 +65,7 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
     if printed:
         r.problems.append(f"{len(printed)} serial(s) printed but neither commissioned nor rejected: {_few(printed)}")
     outcomes = {o or "NONE": n for o, n in conn.execute(  # grouped in unit_batch's order: no sort
-        "SELECT outcome, count(*) FROM unit WHERE batch_id=? GROUP BY outcome", (batch_id,))}
+        "SELECT outcome, count(*) FROM unit_row WHERE batch_id=? GROUP BY outcome", (batch_id,))}  # (the view: a join per row)
     detected = sum(outcomes.values())
     passed = outcomes.get("PASSED", 0)
     rejected = sum(outcomes.get(k, 0) for k in ("REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED", "DESTROYED"))
@@ -83,7 +83,7 @@ def reconcile(conn: sqlite3.Connection, batch_id: str) -> Report:
         r.problems.append(f"{len(open_units)} unit(s) detected without an outcome: "
                           + _few(f"{d}/{bt}/{u}" + (f" serial {s}" if s else "") for d, bt, u, s in open_units))
     bad_pass = [s for (s,) in conn.execute(
-        "SELECT u.serial FROM unit u JOIN serial s USING (gtin, serial) WHERE u.batch_id=? AND u.outcome='PASSED'"
+        "SELECT s.serial FROM unit_row u JOIN serial s USING (serial_id) WHERE u.batch_id=? AND u.outcome='PASSED'"
         " AND s.state NOT IN ('commissioned', 'destroyed', 'sampled', 'decommissioned')", (batch_id,))]
     if bad_pass:
         r.problems.append(f"{len(bad_pass)} passed pack(s) whose serial is not commissioned: {_few(bad_pass)}")
