@@ -421,20 +421,21 @@ class Ledger:
                 params.clear()
         self._new_units.clear()
         if self._passed:
-            passed, self._passed = [s for _, s in self._passed], []
-            self._commissioned.extend(passed)
-            try:
-                self.agg.add_packs(passed)  # after the commissioning rows: packed needs 'commissioned'
+            passed, self._passed = self._passed, []
+            self._commissioned.extend(s for _, s in passed)
+            try:  # after the commissioning rows: a pack is packed only commissioned
+                self.agg.add_packs_by_id([i for i, _ in passed])
             except AggregationError as exc:
                 self._cannot_pack(passed, exc)
 
-    def _cannot_pack(self, passed: list[str], exc: AggregationError) -> None:
+    def _cannot_pack(self, passed: list[tuple[int, str]], exc: AggregationError) -> None:
         """A container could not close (its SSCC prefix is exhausted). Nothing in it was written
         (next_sscc raises first): it stays open, full, and the packs after it stay commissioned but
         unpacked (reconcile lists them). The poll's events are kept; the agent latches a line stop."""
         self.agg.forget()
         unpacked = self.conn.execute(
-            "SELECT count(*) FROM json_each(?) WHERE value NOT IN (SELECT serial FROM packed WHERE gtin=?)", (json.dumps(passed), self.batch.gtin)).fetchone()[0]
+            "SELECT count(*) FROM json_each(?) WHERE value NOT IN (SELECT serial_id FROM packed_row)",
+            (json.dumps([i for i, _ in passed]),)).fetchone()[0]
         if self.packing_stopped is None:
             self.alarm("agent", "SSCC_EXHAUSTED", f"{exc}; the full container stays open, {unpacked} passed pack(s)"
                        " commissioned but not packed (and any that pass later); line stop latched")
