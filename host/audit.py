@@ -297,7 +297,7 @@ def _sql_lines(conn, table: str, cols: list[str], cond: str, order: str, args: d
     if numeric:
         guarded = f"CASE WHEN {' OR '.join(f'typeof({c}) = {chr(39)}real{chr(39)}' for c in numeric)} THEN NULL ELSE {line} END"
     try:
-        if not tail and _is_table(conn, table):
+        if not tail:
             return _sql_chunks(conn, table, line, guarded, numeric, cond, order, args, h, chunk)
         return _sql_rows(conn, guarded, tail, f" FROM {table}{cond} ORDER BY {order}", args, h)
     except sqlite3.OperationalError:  # a BLOB value
@@ -341,8 +341,9 @@ def _sql_chunks(conn, table: str, line: str, guarded: str, numeric: list[str], c
     before them). A chunk's text without a mark of a REAL is taken as is; one with (a text may
     hold "." or "e") has its `numeric` columns' types counted to tell. Every row is counted apart
     first: a key SQLite cannot compare (NULL) or a tie across a chunk's end would fall between the
-    chunks (then None). A plan that sorts (no index gives the order), or that walks a list (IN a
-    subquery: each chunk would walk it from its start), goes row by row (`guarded`)."""
+    chunks (then None). A plan that sorts (no index gives the order), or that would read a chunk
+    from the start of the rows, not seek it (a scan, a list IN a subquery walked from its start: a
+    view's column may be no index's), goes row by row (`guarded`)."""
     keys = [k.strip() for k in order.split(",")]
     where = cond.removeprefix(" WHERE ")
 
@@ -353,8 +354,9 @@ def _sql_chunks(conn, table: str, line: str, guarded: str, numeric: list[str], c
     lines = f"SELECT group_concat(l, char(10)), count(*) FROM (SELECT {line} AS l{pick})"
     probe = {**args, **{f"_a{i}": 0 for i in range(len(keys))}}
     for span in (cond, *map(after, range(len(keys)))):
-        plan = " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {lines.format(span, 1)}", probe))
-        if "TEMP B-TREE" in plan or (span != cond and "LIST SUBQUERY" in plan):
+        plan = [r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {lines.format(span, 1)}", probe)]
+        if any("TEMP B-TREE" in p for p in plan) or (span != cond and any(
+                "LIST SUBQUERY" in p or (p.startswith("SCAN ") and not p.startswith("SCAN (subquery")) for p in plan)):
             return _sql_rows(conn, guarded, [], f" FROM {table}{cond} ORDER BY {order}", args, h)
     reals = " OR ".join(f"typeof({c}) = 'real'" for c in numeric)
     (total,) = conn.execute(f"SELECT count(*) FROM {table}{cond}", args).fetchone()
@@ -387,10 +389,6 @@ def _sql_chunks(conn, table: str, line: str, guarded: str, numeric: list[str], c
         if need:
             break
     return n if n == total else None
-
-
-def _is_table(conn, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 _row_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
@@ -709,7 +707,9 @@ def _verify_checkpoints(conn) -> str | None:
                 what = f"{s['rows']} rows sealed, {rows} now" if rows != s["rows"] else "rows changed"
                 since = f" since record {after[part]} ({before['upto']})" if before else ""
                 return f"{who}: table {table} differs from its seal{since}: {what}"
-            if "boots" in s and s["boots"] != d["boots"]:  # what the next link reads: as these rows leave it
+            # what the next link reads: as these rows leave it (a boot none of whose rows is below the bound
+            # came after the seal: it saw no row of it and left nothing of it open)
+            if "boots" in s and s["boots"] != {g: v for g, v in d["boots"].items() if g in s["boots"] or v[0] > 0 or v[1]}:
                 return f"{who}: its seal of table {table} leaves other keys open than its rows do"
             last[part], after[part] = s, seq
     return None
