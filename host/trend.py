@@ -11,7 +11,6 @@ printhead) forgets the history."""
 from __future__ import annotations
 
 import collections
-import math
 from dataclasses import dataclass
 
 from . import verdicts
@@ -23,15 +22,31 @@ def letter(value: float) -> str:
     return next((k for k, v in verdicts.GRADE_VALUES.items() if value >= v - 1e-9), "F")
 
 
+_EXACT = 1074  # every float is a whole multiple of 2**-1074: scaled by it, a sum of them is an exact integer
+
+
+def _scaled(value: float) -> int:
+    num, den = value.as_integer_ratio()  # den is a power of two
+    return num << (_EXACT + 1 - den.bit_length())
+
+
 @dataclass
 class Series:
     values: collections.deque
     best: float | None = None  # best full-window mean
     drifting: bool = False
+    total: int = 0  # the window's exact sum, scaled by 2**_EXACT: kept per read, not summed per read
+
+    def push(self, value: float) -> None:
+        if len(self.values) == self.values.maxlen:
+            self.total -= _scaled(self.values[0])
+        self.values.append(value)
+        self.total += _scaled(value)
 
     @property
     def mean(self) -> float | None:
-        return math.fsum(self.values) / len(self.values) if self.values else None
+        # total / 2**_EXACT is math.fsum(values), both correctly rounded: the same mean as summing the window
+        return self.total / (1 << _EXACT) / len(self.values) if self.values else None
 
 
 class Trend:
@@ -58,7 +73,7 @@ class Trend:
             s = self.series.get(name)
             if s is None:
                 s = self.series[name] = Series(collections.deque(maxlen=self.window))
-            s.values.append(verdicts.grade_value(g))
+            s.push(verdicts.grade_value(g))
             why = self._judge(name, s)
             if why:
                 out.append(why)
