@@ -333,3 +333,19 @@ def test_a_pool_is_staged_without_row_by_row_foreign_keys_and_leaves_them_on(con
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         conn.execute("INSERT INTO serial (gtin, serial, source) VALUES ('09999999999999', 'X1', 'f')")
+
+
+def _index_leaves(conn) -> dict:
+    return {page: cells for page, cells in conn.execute(
+        "SELECT pageno, ncell FROM dbstat WHERE name = 'sqlite_autoindex_serial_1' AND pagetype = 'leaf'")}
+
+
+def test_a_new_pool_touches_few_pages_of_the_serials_known_before(conn, monkeypatch):
+    """Clustered: 2,000 serials under 2 random prefixes of 39,304 change a few of the UNIQUE index's
+    pages holding the 20,000 known before (drawn uniformly, each of its pages would take some)."""
+    serials.generate_pool(conn, GTIN, 20_000, randbytes=seeded(1))
+    before = _index_leaves(conn)
+    serials.generate_pool(conn, GTIN, 2_000, randbytes=seeded(2))
+    after = _index_leaves(conn)
+    touched = [page for page, cells in before.items() if after.get(page) != cells]
+    assert len(before) > 100 and len(touched) <= len(before) // 20, (len(touched), len(before))
