@@ -69,7 +69,8 @@ _UNIQUE = {
     "serial.gtin, serial.serial": "this serial is already in the GTIN's pool (a serial is issued once)",
     "container.sscc": "this SSCC was already given (an SSCC is never reused)",
     "packed_row.serial_id": "this pack is already in a case (a pack is in one case at most)",
-    "unit.gtin, unit.serial": "this serial is already bound to another unit",
+    "unit_row.serial_id": "this serial is already bound to another unit",
+    "coder_job_row.serial_id": "this serial was already sent to a coder (a serial is printed once)",
 }
 _CHECK = {
     "expiry_is_a_date": "the expiry must be a real date, YYYY-MM-DD (or YYYY-MM-00: the month only)",

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from serialine.host import audit, db, masterdata, serials
+from serialine.host import audit, db, ledgerfile, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
 
@@ -151,8 +151,9 @@ def test_the_view_unit_takes_writes_the_old_way(fresh):
                      (GTIN,))
     with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
         conn.execute("UPDATE unit SET outcome = 'LOST' WHERE unit_seq = 1")
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):  # a serial on one unit only
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE") as twice:  # a serial on one unit only
         conn.execute("UPDATE unit SET gtin = ?, serial = ? WHERE unit_seq = 1", (GTIN, s1))
+    assert ledgerfile.sentence(twice.value) == "this serial is already bound to another unit"
     # a read kept as 0 is the unit's serial: a direct write cannot move the serial under it
     with pytest.raises(sqlite3.IntegrityError, match="fixed once its read is recorded"):
         conn.execute("UPDATE unit_row SET serial_id = ? WHERE unit_seq = 0", (picked[2][0],))
