@@ -162,10 +162,11 @@ def _as_sealed(conn, part: str, cols: list[str]) -> str:
 
 
 def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, start: str = "",
-                 boots: dict | None = None) -> dict:
-    """Rows and sha256 of the part's rows (with bound in [since, upto)); `start` chains a digest
-    onto the previous checkpoint's. A key-tailed log (`_KEY_TAILS`) reads only the key ranges the
-    link before left open (`boots`, its "boots"; None or {}: every key) and says what it leaves open."""
+                 boots: dict | None = None, form: int = 1) -> dict:
+    """Rows and sha256 of the part's rows (with bound in [since, upto)), their lines in `form`
+    (`FORM`); `start` chains a digest onto the previous checkpoint's. A key-tailed log
+    (`_KEY_TAILS`) reads only the key ranges the link before left open (`boots`, its "boots"; None
+    or {}: every key) and says what it leaves open."""
     part = _as_sealed(conn, part, cols)
     table, where, order, _, bound = _PARTS[part]
     below = f" WHERE ({where})"
@@ -177,12 +178,12 @@ def _part_digest(conn, part: str, key: str, cols: list[str], upto, since=None, s
     h, n = hashlib.sha256(start.encode()), 0
     for cond, args in pieces:  # in `order`: the pieces go up the key
         ahead = h.copy()
-        rows = _sql_lines(conn, table, cols, cond, order, args, ahead)
+        rows = _sql_lines(conn, table, cols, cond, order, args, ahead, form=form)
         if rows is None:  # not SQLite's way: Python writes the lines
             ahead, rows = h.copy(), 0
             cur = conn.execute(f"SELECT {', '.join(cols)} FROM {table}{cond} ORDER BY {order}", args)
             while got := cur.fetchmany(4096):
-                ahead.update(_rows_json(got).encode())
+                ahead.update(_rows_json(got, form).encode())
                 rows += len(got)
         h, n = ahead, n + rows
     return {"rows": n, "sha256": h.hexdigest(), **({"boots": left} if left is not None else {})}
@@ -251,6 +252,21 @@ def _sql_writes_alike(conn) -> bool:
     return _SQL_ALIKE[version]
 
 
+def _sql_writes_hex(conn) -> bool:
+    """Whether SQLite writes a BLOB as form 2 does ([its hex]: json_array keeps the inner array's
+    JSON through CASE), checked once per SQLite version."""
+    version = "hex " + sqlite3.sqlite_version
+    if version not in _SQL_ALIKE:
+        probe = b"\x00\xff\x7f"
+        try:
+            (got,) = conn.execute("SELECT json_array(CASE WHEN typeof(?1) = 'blob' THEN json_array(lower(hex(?1)))"
+                                  " ELSE ?1 END, ?2)", (probe, "x")).fetchone()
+        except sqlite3.Error:
+            got = None
+        _SQL_ALIKE[version] = got == _rows_json([(probe, "x")], 2)[:-1]
+    return _SQL_ALIKE[version]
+
+
 def _affinity(declared: str) -> str:
     """SQLite's column affinity of a declared type (its rules, in their order)."""
     kind = (declared or "").upper()
@@ -266,10 +282,10 @@ def _affinity(declared: str) -> str:
 
 
 def _sql_digest(conn, table: str, cols: list[str], cond: str, order: str, args: dict, start: str,
-                chunk: int | None = None) -> dict | None:
+                chunk: int | None = None, form: int = 1) -> dict | None:
     """{rows, sha256} of the rows' lines after `start`, written by SQLite (`_sql_lines`), or None."""
     h = hashlib.sha256(start.encode())
-    rows = _sql_lines(conn, table, cols, cond, order, args, h, chunk or CHUNK)
+    rows = _sql_lines(conn, table, cols, cond, order, args, h, chunk or CHUNK, form)
     return None if rows is None else {"rows": rows, "sha256": h.hexdigest()}
 
 
@@ -277,21 +293,26 @@ CHUNK = 4096  # rows SQLite writes into one string (group_concat): one step, one
 _REAL_MARKS = ".eEIN"  # a REAL as json_array writes it ("%!.15g": 1.0, 1.0e+20, Inf) holds one; an integer none
 
 
-def _sql_lines(conn, table: str, cols: list[str], cond: str, order: str, args: dict, h, chunk: int = CHUNK) -> int | None:
+def _sql_lines(conn, table: str, cols: list[str], cond: str, order: str, args: dict, h, chunk: int = CHUNK,
+               form: int = 1) -> int | None:
     """The rows' lines (`cond` ... ORDER BY `order`) into `h`, each written by SQLite (json_array:
     no Python object per value) where that gives the same lines: text, integers and NULL. A TEXT
     column holds no REAL (SQLite stores a number put there as text), any other may (checked), any
     may hold a BLOB (json_array refuses it): such a row sends the part back to Python. A last REAL
     column (times) is written by float.__repr__, as json does. A table's rows go chunk by chunk
-    (`_sql_chunks`). → rows, or None: not this way (`h` then holds part of them)."""
+    (`_sql_chunks`). Form 2: a column declared BLOB is written [its hex] by SQLite too (where it
+    writes so). → rows, or None: not this way (`h` then holds part of them)."""
     if not _sql_writes_alike(conn):
         return None
-    kinds = {name: _affinity(kind) for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({table})")}
+    declared = {name: kind for _, name, kind, *_ in conn.execute(f"PRAGMA table_info({table})")}
+    kinds = {name: _affinity(kind) for name, kind in declared.items()}
     tail = cols[-1:] if kinds.get(cols[-1]) == "REAL" else []
     head = cols[:len(cols) - len(tail)]
     if not head or any(c not in kinds or kinds[c] == "REAL" for c in head):  # (a view's untyped column: BLOB)
         return None
-    line = f"json_array({', '.join(head)})"
+    hexed = form >= 2 and _sql_writes_hex(conn)
+    line = "json_array(" + ", ".join(f"CASE WHEN typeof({c}) = 'blob' THEN json_array(lower(hex({c}))) ELSE {c} END"
+                                     if hexed and declared[c].upper() == "BLOB" else c for c in head) + ")"
     numeric = [c for c in head if kinds[c] != "TEXT"]
     guarded = line
     if numeric:
@@ -392,16 +413,22 @@ def _sql_chunks(conn, table: str, line: str, guarded: str, numeric: list[str], c
 
 
 _row_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+# The lines' form a new link writes: 2, a BLOB as a one-element array of its hex (["00ff"]; SQLite can
+# write it); 1, the form before (a BLOB as Python's str of it: a link without "form" was written so).
+FORM = 2
+_row_json2 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                              default=lambda v: [v.hex()] if isinstance(v, bytes) else str(v)).encode
 
 
-def _rows_json(rows: list) -> str:
-    """Each row as one line of JSON. The rows are encoded in one call and split at their "],["
-    joints: a row of plain values has no "],[" outside its strings, so when the count is one
-    per joint every one is a joint; otherwise (a string holds one) row by row."""
-    text = _row_json(rows)
+def _rows_json(rows: list, form: int = 1) -> str:
+    """Each row as one line of JSON (in `form`). The rows are encoded in one call and split at
+    their "],[" joints: a row of plain values has no "],[" outside its strings, so when the count
+    is one per joint every one is a joint; otherwise (a string holds one) row by row."""
+    encode = _row_json2 if form >= 2 else _row_json
+    text = encode(rows)
     if text.count("],[") == len(rows) - 1:
         return text[1:-1].replace("],[", "]\n[") + "\n"
-    return "".join([_row_json(r) + "\n" for r in rows])
+    return "".join([encode(r) + "\n" for r in rows])
 
 
 def _now_bound(conn, table: str, bound: str):
@@ -510,9 +537,11 @@ def _continue_logs(conn, uptos: dict | None = None) -> dict:
         before = last.get(part, {})
         if before and before.get("cols") != cols:  # the table changed form: a new chain, from its first row
             before, after[part] = {}, 0
-        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""), before.get("boots"))
+        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""), before.get("boots"),
+                         FORM)
         out[part] = {"cols": cols, "upto": upto, "rows": before.get("rows", 0) + d["rows"], "sha256": d["sha256"],
-                     "after": after.get(part, 0), **({"boots": d["boots"]} if "boots" in d else {})}
+                     "after": after.get(part, 0), **({"boots": d["boots"]} if "boots" in d else {}),
+                     **({"form": FORM} if FORM != 1 else {})}
     return out
 
 
@@ -697,7 +726,7 @@ def _verify_checkpoints(conn) -> str | None:
                     return (f"{who}: its seal of table {table} continues record {s['after']}, but the link before"
                             f" it is record {after.get(part, 0)}")
                 d = _part_digest(conn, part, "", s["cols"], s["upto"], before.get("upto"), before.get("sha256", ""),
-                                 before.get("boots"))
+                                 before.get("boots"), s.get("form", 1))
             except sqlite3.Error as exc:
                 return f"{who}: table {table} cannot be read as sealed ({exc})"
             except (KeyError, TypeError, AttributeError):

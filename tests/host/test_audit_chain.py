@@ -442,3 +442,31 @@ def test_a_checkpoint_reads_back_only_to_the_last_link(tmp_path, monkeypatch):
     parsed.clear()
     assert audit.verify(conn)[0] and parsed.count(audit.CHECKPOINT) >= 5  # verify reads every link
     conn.close()
+
+
+def test_links_written_before_form_2_still_verify_and_the_next_write_blobs_as_hex(tmp_path, monkeypatch):
+    """A link of the form before (FORM 1: a BLOB as Python's str, no "form") is continued by one
+    in form 2 (an outbox body as its hex, by SQLite); both verify, and a body edited behind the
+    project's back after the first is caught by the second."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    for u in range(6):
+        line.unit(u)
+    monkeypatch.setattr(audit, "FORM", 1)
+    audit.checkpoint(conn, "qa")  # as the release before wrote it
+    monkeypatch.undo()
+    (first,) = conn.execute("SELECT max(seq) FROM epcis_outbox").fetchone()
+    for u in range(6, 12):
+        line.unit(u)
+    audit.checkpoint(conn, "qa")
+    links = _links_of(dbfile, "log:epcis_outbox2")
+    assert [s.get("form") for _, s in links] == [None, audit.FORM] and links[1][1]["rows"] > links[0][1]["rows"]
+    assert audit.verify(conn)[0]
+    conn.close()
+    c = sqlite3.connect(dbfile, isolation_level=None)
+    c.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
+    c.execute("UPDATE epcis_outbox SET body = CAST(body || 'x' AS BLOB) WHERE seq = (SELECT max(seq) FROM epcis_outbox)")
+    assert c.execute("SELECT max(seq) FROM epcis_outbox").fetchone()[0] > first
+    c.close()
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"checkpoint record {links[1][0]}: table epcis_outbox differs"), message
