@@ -202,3 +202,26 @@ def test_a_migration_killed_half_way_leaves_the_released_ledger(tmp_path, capsys
     db.connect(str(path)).close()  # and it migrates on the next open
     assert _differences(path, _released()) == []
     _verify(path, capsys)
+
+
+_CLI = """import sys
+from serialine.host import cli, db
+db.MIGRATE_NOTICE_S = float(sys.argv[1])  # (the fixture migrates in well under the real threshold)
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_a_long_migration_is_said_on_stderr_before_it_starts_and_its_time_after(tmp_path):
+    path = _copy(tmp_path)
+    argv = [sys.executable, "-c", _CLI, "0", "audit", "verify", "--db", str(path)]
+    first = subprocess.run(argv, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    lines = first.stderr.splitlines()
+    assert lines[0].startswith("serialine: migrating this ledger to the current form (once; about ")
+    assert lines[1].startswith("serialine: ledger migrated in ")
+    again = subprocess.run(argv, capture_output=True, text=True)  # once: the ledger is in its current form
+    assert again.returncode == 0 and "migrat" not in again.stderr, again.stderr
+    quick = subprocess.run(  # a fresh copy, under the real threshold: nothing said
+        [sys.executable, "-c", _CLI, str(db.MIGRATE_NOTICE_S), "audit", "verify", "--db", str(_copy(tmp_path))],
+        capture_output=True, text=True)
+    assert quick.returncode == 0 and "migrat" not in quick.stderr, quick.stderr
