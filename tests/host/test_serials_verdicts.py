@@ -13,7 +13,9 @@ def test_generated_serials_follow_profile_and_are_unique(conn):
     prof = masterdata.PROFILES["EU_FMD"]
     assert len(rows) == 300 == len(set(rows))
     assert all(len(s) == prof.serial_length and set(s) <= set(prof.alphabet) for s in rows)
-    assert len({s[:3] for s in rows}) > 100  # non-sequential: prefixes spread
+    # non-sequential: a generated pool lies under a few random prefixes (serials.clusters), the rest of
+    # each serial uniform, so its last characters spread
+    assert len({s[-3:] for s in rows}) > 100
 
 
 def test_guess_probability_refused(tmp_path):
