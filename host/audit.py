@@ -525,24 +525,53 @@ def _continue_logs(conn, uptos: dict | None = None) -> dict:
     bound has no index, so its log is scanned (filtered, not hashed). The caller's transaction must
     see every row below the bounds and none written after them (`checkpoint`, `checkpoint_aside`)."""
     uptos = _log_uptos(conn) if uptos is None else uptos
-    last, after = {}, {}
+    last, after, trail = {}, {}, {}  # trail: a key-tailed log's links back to one with every group's state
+    pending = set(uptos)
     for seq, _, _, parts in _links(conn, newest_first=True):  # back to each log's last link: mostly the newest record
         for part, s in (parts or {}).items():
+            if part not in pending:
+                continue
             if part not in last:
                 last[part], after[part] = s, seq
-        if all(p in last for p in uptos):
+            if part in _KEY_TAILS and s.get("cols") == last[part].get("cols"):
+                trail.setdefault(part, []).append(s)
+                if "boots_changed" in s:
+                    continue  # the groups it did not change: in a link before
+            pending.discard(part)
+        if not pending:
             break
     out = {}
     for part, (cols, upto) in uptos.items():
-        before = last.get(part, {})
+        before, opened = last.get(part, {}), None
         if before and before.get("cols") != cols:  # the table changed form: a new chain, from its first row
             before, after[part] = {}, 0
-        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""), before.get("boots"),
-                         FORM)
+        elif before:
+            for s in reversed(trail.get(part, [])):
+                opened = _open_keys(s, opened)
+        d = _part_digest(conn, part, "", cols, upto, before.get("upto"), before.get("sha256", ""), opened, FORM)
+        if "boots" in d and opened is not None and len(trail.get(part, [])) < OPEN_KEYS_EVERY:
+            keys = {"boots_changed": {g: v for g, v in d["boots"].items() if opened.get(g) != v}}
+        else:
+            keys = {"boots": d["boots"]} if "boots" in d else {}
         out[part] = {"cols": cols, "upto": upto, "rows": before.get("rows", 0) + d["rows"], "sha256": d["sha256"],
-                     "after": after.get(part, 0), **({"boots": d["boots"]} if "boots" in d else {}),
-                     **({"form": FORM} if FORM != 1 else {})}
+                     "after": after.get(part, 0), **keys, **({"form": FORM} if FORM != 1 else {})}
     return out
+
+
+# A key-tailed log's link names every group's open keys ("boots") once every OPEN_KEYS_EVERY links of
+# it, and otherwise only the groups whose open keys it changed ("boots_changed"; a boot ended long ago
+# is not written again link after link): a checkpoint reads back at most that many links.
+OPEN_KEYS_EVERY = 64
+
+
+def _open_keys(s: dict, before: dict | None) -> dict | None:
+    """Every group's open keys as a key-tailed log's link `s` leaves them: its "boots", or those
+    `before` it with its "boots_changed"; None: a link from before the key tail (every key)."""
+    if "boots" in s:
+        return s["boots"]
+    if "boots_changed" in s:
+        return {**(before or {}), **s["boots_changed"]}
+    return None
 
 
 def _log_uptos(conn) -> dict:
@@ -712,6 +741,7 @@ def _verify_checkpoints(conn) -> str | None:
     """Every link of the logs' chain (checkpoints, closes), each from the one before."""
     last: dict = {}
     after: dict = {}
+    opened: dict = {}  # key-tailed log -> every group's open keys after its last link (`_open_keys`)
     for seq, action, key, parts in _links(conn):
         if parts is None:
             return f"record {seq} ({CHECKPOINT}): unreadable"
@@ -721,12 +751,13 @@ def _verify_checkpoints(conn) -> str | None:
             table = _PARTS[part][0]
             try:
                 if before and s["cols"] != before.get("cols"):  # a new chain (see _continue_logs)
-                    before, after[part] = {}, 0
+                    before, after[part], opened[part] = {}, 0, None
                 if s.get("after", after.get(part, 0)) != after.get(part, 0):
                     return (f"{who}: its seal of table {table} continues record {s['after']}, but the link before"
                             f" it is record {after.get(part, 0)}")
+                was = opened.get(part) if before else None
                 d = _part_digest(conn, part, "", s["cols"], s["upto"], before.get("upto"), before.get("sha256", ""),
-                                 before.get("boots"), s.get("form", 1))
+                                 was, s.get("form", 1))
             except sqlite3.Error as exc:
                 return f"{who}: table {table} cannot be read as sealed ({exc})"
             except (KeyError, TypeError, AttributeError):
@@ -738,9 +769,11 @@ def _verify_checkpoints(conn) -> str | None:
                 return f"{who}: table {table} differs from its seal{since}: {what}"
             # what the next link reads: as these rows leave it (a boot none of whose rows is below the bound
             # came after the seal: it saw no row of it and left nothing of it open)
-            if "boots" in s and s["boots"] != {g: v for g, v in d["boots"].items() if g in s["boots"] or v[0] > 0 or v[1]}:
+            named = s.get("boots", s.get("boots_changed"))
+            if named is not None and named != {g: v for g, v in d["boots"].items() if (g in named or v[0] > 0 or v[1])
+                                               and ("boots" in s or (was or {}).get(g) != v)}:
                 return f"{who}: its seal of table {table} leaves other keys open than its rows do"
-            last[part], after[part] = s, seq
+            last[part], after[part], opened[part] = s, seq, _open_keys(s, was)
     return None
 
 

@@ -333,7 +333,7 @@ def test_a_late_event_that_fills_a_gap_is_sealed_by_the_next_link(tmp_path):
     line.unit(2)  # 10..13
     audit.checkpoint(conn, "qa")
     second = _links_of(dbfile, part)[-1][1]
-    assert second["rows"] == 9 + 5 and second["boots"] == {ref7: [14, [0, 1]], ref8: [2, [0, 1]]}
+    assert second["rows"] == 9 + 5 and second["boots_changed"] == {ref7: [14, [0, 1]]}  # (boot 8's: as they were)
     (n,) = conn.execute("SELECT count(*) FROM device_event").fetchone()
     assert second["rows"] == n  # every row, each in one link
     conn.close()
@@ -427,9 +427,11 @@ def test_an_alarm_stamped_before_the_last_link_is_still_sealed_by_the_next(tmp_p
 
 def test_a_checkpoint_reads_back_only_to_the_last_link(tmp_path, monkeypatch):
     """However many links the trail holds, a checkpoint parses one record to continue them: the
-    newest link (it carries every growing log); the chain still verifies link by link."""
+    newest link (it carries every growing log; here every link names every boot's open keys); the
+    chain still verifies link by link."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
+    monkeypatch.setattr(audit, "OPEN_KEYS_EVERY", 1)
     for u in range(4):
         line.unit(u)
         audit.checkpoint(conn, "qa")
@@ -470,3 +472,37 @@ def test_links_written_before_form_2_still_verify_and_the_next_write_blobs_as_he
     c.close()
     ok, message = _verify(dbfile)
     assert not ok and message.startswith(f"checkpoint record {links[1][0]}: table epcis_outbox differs"), message
+
+
+def test_a_link_names_the_boots_it_changed_and_every_few_links_all(tmp_path, monkeypatch):
+    """A key-tailed log's link names only the boots whose open keys it changed (a boot that ended is
+    not written again), and every OPEN_KEYS_EVERY links all of them; a checkpoint reads back to the
+    last link naming all; verify rebuilds every boot's open keys link by link, and an edited event
+    is caught by the link that sealed it."""
+    dbfile = tmp_path / "ledger.db"
+    conn, line = _line(dbfile)
+    monkeypatch.setattr(audit, "OPEN_KEYS_EVERY", 3)
+    (part,) = (p for p in audit._KEY_TAILS if p not in audit._FROZEN)  # the device events' chain
+    line.unit(0)
+    audit.checkpoint(conn, "qa")
+    later = Line(line.ledger, boot_id=line.boot_id + 1)  # the device restarted: the first boot ended
+    for u in range(4):
+        later.unit(u)
+        audit.checkpoint(conn, "qa")
+    seqs, links = zip(*_links_of(dbfile, part))
+    assert ["boots" in s for s in links] == [True, False, False, True, False]
+    (ended,) = links[0]["boots"]
+    assert all(set(s["boots_changed"]) == set(links[1]["boots_changed"]) != {ended} for s in links[1:3] + links[4:])
+    assert set(links[3]["boots"]) == {ended, *links[1]["boots_changed"]}
+    parsed = []
+    real = audit._link_parts
+    monkeypatch.setattr(audit, "_link_parts", lambda action, text: parsed.append(action) or real(action, text))
+    later.unit(4)
+    audit.checkpoint(conn, "qa")
+    assert parsed == [audit.CHECKPOINT] * 2  # the newest link, and the one before naming every boot
+    monkeypatch.undo()
+    assert audit.verify(conn)[0]
+    conn.close()
+    _edit_event(dbfile, line.boot_id + 1, 6)  # the second unit's: sealed by the third link
+    ok, message = _verify(dbfile)
+    assert not ok and message.startswith(f"checkpoint record {seqs[2]}: table device_event"), message
