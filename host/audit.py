@@ -78,7 +78,9 @@ _PARTS = {
     "shipment_row": ("shipment", "shipment_id = :key", "shipment_id", None, None),
     "shipped_rows": ("shipped", "shipment_id = :key", "sscc", None, None),
     # the append-only logs as a whole, for checkpoints of running batches
-    "log:device_event2": ("device_event", "1", "boot_ref, event_seq", None, "received_at"),  # the compact form's chain
+    # the compact form's chain, over the view device_event_v2: received_at as ms since 1970 (t0 + at) as
+    # the rows stored it before they counted from their boot's t0, so the chain goes on and covers t0
+    "log:device_event2": ("device_event_v2", "1", "boot_ref, event_seq", None, "received_at"),
     "log:device_event": ("device_event_v1", "1", "boot_ref, event_seq", None, "received_at"),
     "log:serial_history3": ("serial_history", "1", "seq", None, "rowid"),  # by serial_id, batch ref: its chain's start
     "log:serial_history2": ("serial_history_v2", "1", "seq", None, "seq"),  # the form before, rendered (db.py)
@@ -95,7 +97,7 @@ _PARTS = {
 # A bound column is a time — SQLite's strftime text (_TEXT_BOUNDS), integer ms since 1970 (_MS_BOUNDS),
 # or else time.time() — or "rowid", the row's place in an append-only table (rows never deleted).
 _TEXT_BOUNDS = ("serial_history_v1",)
-_MS_BOUNDS: tuple = ("device_event",)
+_MS_BOUNDS: tuple = ("device_event", "device_event_v2")
 # part -> the part that reads its rows as sealed before its table changed form (the old table kept
 # as it was): used for a seal whose `cols` the table no longer has
 _AS_SEALED: dict = {"serial_history": "serial_history_v1"}

@@ -170,18 +170,20 @@ SERIAL_TRANSITION = ("CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDA
 _OLD_SERIAL_TRIGGERS = ("serial_unpublished_unused", "serial_granted_stays_out", "serial_returned_upstream_stays_out",
                         "serial_allocated_to_running_batch", "serial_return_only_at_close")
 
+# t0: ms since 1970 the boot's event times count from (when first seen; 0: a boot seen before they did)
 DEVICE_EVENT = (
     """CREATE TABLE IF NOT EXISTS device_boot_ref (
-        ref INTEGER PRIMARY KEY, device_id TEXT NOT NULL, boot_id INTEGER NOT NULL,
+        ref INTEGER PRIMARY KEY, device_id TEXT NOT NULL, boot_id INTEGER NOT NULL, t0 INTEGER NOT NULL DEFAULT 0,
         UNIQUE (device_id, boot_id))""",
     """CREATE TRIGGER IF NOT EXISTS device_boot_ref_fixed BEFORE UPDATE ON device_boot_ref
         BEGIN SELECT RAISE(ABORT, 'a device boot''s ref never changes'); END""",
     """CREATE TABLE IF NOT EXISTS device_event (
         boot_ref INTEGER NOT NULL REFERENCES device_boot_ref (ref), event_seq INTEGER NOT NULL,
         msg INTEGER NOT NULL, unit_seq INTEGER, body INTEGER NOT NULL, body2 INTEGER,
-        received_at NOT NULL,  -- ms since 1970; a row from before the compact form: its seconds (REAL), as they were
+        at NOT NULL,  -- ms since the boot's t0; a row from before the compact form: its seconds (REAL), as they were
         PRIMARY KEY (boot_ref, event_seq)) WITHOUT ROWID""",
     devevents.DEVICE_EVENT_V1,
+    devevents.DEVICE_EVENT_V2,
 )
 
 
@@ -353,6 +355,7 @@ PACKED_RULES = [
     """CREATE TRIGGER IF NOT EXISTS packed_delete INSTEAD OF DELETE ON packed
         BEGIN DELETE FROM packed_row WHERE serial_id = (SELECT serial_id FROM serial WHERE gtin = OLD.gtin AND serial = OLD.serial); END""",
 ]
+
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS product (
         gtin TEXT PRIMARY KEY CHECK (length(gtin) = 14 AND gtin NOT GLOB '*[^0-9]*'),
@@ -649,6 +652,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_serial_history(conn)
     _migrate_serial_history_ref(conn)  # after it and _migrate_serial_rowid: it needs serial_id
     _migrate_device_event(conn)
+    _migrate_device_event_at(conn)
     _migrate_coder_job(conn)
     _migrate_coder_job_serial_id(conn)  # after _migrate_serial_rowid: they need serial_id
     _migrate_unit_row(conn)
@@ -700,6 +704,7 @@ def _migrate_device_event(conn: sqlite3.Connection) -> None:
         conn.execute("DROP VIEW device_event_v1")  # made from an earlier schema: made again
     if "msg_name" not in {r[1] for r in conn.execute("PRAGMA table_info(device_event)")}:
         return
+    conn.execute("DROP VIEW IF EXISTS device_event_v2")  # (it reads the table as it is now)
     conn.execute("ALTER TABLE device_event RENAME TO device_event_v0")
     for statement in DEVICE_EVENT:
         conn.execute(statement)
@@ -708,6 +713,28 @@ def _migrate_device_event(conn: sqlite3.Connection) -> None:
     conn.execute(devevents.migrate_v1_sql("device_event_v0"))
     _reads_back(conn, "device_event", "device_event_v0", "device_event_v1", ", ".join(devevents.SEALED_V1))
     conn.execute("DROP TABLE device_event_v0")
+
+
+def _migrate_device_event_at(conn: sqlite3.Connection) -> None:
+    """Ledgers made before a device event's time counted from its boot's t0 (received_at, ms since
+    1970): every boot gets t0 = 0 and the column is renamed, so each row stays as it was and reads as
+    before (t0 + at); only boots seen from now on count from their own t0. The view device_event_v2
+    gives every row back in the columns of before, checked here row for row (the seals made then read
+    it): not exact, nothing changes."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='device_event_v2'").fetchone()
+    if row and row[0] != devevents.DEVICE_EVENT_V2.replace(" IF NOT EXISTS", ""):
+        conn.execute("DROP VIEW device_event_v2")
+    if "received_at" not in {r[1] for r in conn.execute("PRAGMA table_info(device_event)")}:
+        return
+    conn.execute("DROP VIEW IF EXISTS device_event_v1")  # (they read the column; made anew below)
+    conn.execute("DROP VIEW IF EXISTS device_event_v2")
+    conn.execute(f"CREATE TEMP TABLE device_event_v2_rows AS SELECT {', '.join(devevents.SEALED_V2)} FROM device_event")
+    conn.execute("ALTER TABLE device_boot_ref ADD COLUMN t0 INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE device_event RENAME COLUMN received_at TO at")
+    for statement in DEVICE_EVENT:
+        conn.execute(statement)
+    _reads_back(conn, "device_event", "temp.device_event_v2_rows", "device_event_v2", ", ".join(devevents.SEALED_V2))
+    conn.execute("DROP TABLE temp.device_event_v2_rows")
 
 
 def serial_trail(conn: sqlite3.Connection, gtin: str, serial: str) -> list[tuple]:

@@ -1,26 +1,30 @@
 """Device events as the ledger stores them (table device_event, DDL in host/db.py): every device
 event once, keyed by the device's identity, the durable copy acknowledged to the device.
 
-A row is (boot_ref, event_seq, msg, unit_seq, body, body2, received_at):
-- boot_ref: the device boot (device_id, boot_id) as a small integer, `device_boot_ref.ref`;
+A row is (boot_ref, event_seq, msg, unit_seq, body, body2, at):
+- boot_ref: the device boot (device_id, boot_id) as a small integer, `device_boot_ref.ref`, which
+  also holds the boot's t0 (ms since 1970 when the ledger first saw it; 0 for boots seen before);
 - msg: the protocol's message id (protocol/schema.py MESSAGES; a name it lacks is kept as text);
 - body, body2: the event's other fields (not event_seq, unit_seq: columns) as the schema lays them
   out, packed into one or two 64-bit integers (`_Packing`): about 10 bytes instead of ~30 of JSON,
   and still plain integers SQL can read (`sql_field`). An event whose fields are not exactly its
   message's (a quarantined one, a message too wide) has its JSON text in `body`, body2 NULL, as
   every row stored before did (db._migrate_device_event keeps those texts byte for byte);
-- received_at: ms since 1970, an integer (6 bytes, not a REAL's 8); a row migrated from before keeps
-  its time.time() seconds, a REAL, exactly as the seals made then hashed it (`seconds` reads both).
+- at: when the host stored it, ms since the boot's t0 (2-4 bytes, not 6 of ms since 1970: its
+  received_at is t0 + at); a row migrated from before the compact form keeps its time.time()
+  seconds, a REAL, exactly as the seals made then hashed it (`seconds`, `received_sql` read both).
 
-Everything that reads the table reads it through this module. The view device_event_v1
-(`DEVICE_EVENT_V1`) renders every row in the columns seals made before the change cover
-(`SEALED_V1`; host/audit.py reads old seals through it)."""
+Everything that reads the table reads it through this module. The views render every row in the
+columns seals made before cover: device_event_v1 (`DEVICE_EVENT_V1`, `SEALED_V1`: device ids, JSON
+bodies, seconds) and device_event_v2 (`DEVICE_EVENT_V2`: received_at as ms since 1970); host/audit.py
+reads the old seals through them."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import struct
+import time
 from typing import Iterator, NamedTuple
 
 from serialine.protocol import schema
@@ -112,9 +116,9 @@ def _json(fields: dict) -> str:
     return json.dumps(dict(items), separators=(",", ":"), default=str)
 
 
-def row(ref: int, name: str, f: dict, now: float) -> tuple:
-    """The stored row of one sequenced event (fields with event_seq) of the boot `ref`, received at
-    `now` (time.time())."""
+def row(ref: int, name: str, f: dict, at: int) -> tuple:
+    """The stored row of one sequenced event (fields with event_seq) of the boot `ref`, received
+    `at` ms after the boot's t0 (`stamp`: once a poll, not once a row)."""
     p = _PACK.get(name)
     if p is not None and len(f) == p.fields and (not p.unit or "unit_seq" in f):  # exactly its schema's fields
         try:
@@ -122,8 +126,13 @@ def row(ref: int, name: str, f: dict, now: float) -> tuple:
         except (KeyError, struct.error):
             pass
         else:
-            return ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, int(now * 1000)
-    return ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, int(now * 1000)
+            return ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, at
+    return ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, at
+
+
+def stamp(t0: int, now: float) -> int:
+    """A row's `at`: ms since its boot's t0 (`boot`) at `now` (time.time())."""
+    return int(now * 1000) - t0
 
 
 def fields(msg, body, body2=None) -> dict:
@@ -134,13 +143,21 @@ def fields(msg, body, body2=None) -> dict:
     return json.loads(body)
 
 
-def seconds(received_at) -> float:
-    """A row's received_at as time.time() seconds."""
-    return received_at if type(received_at) is float else received_at / 1000
+def seconds(at, t0: int = 0) -> float:
+    """A row's time (`at`, of a boot whose t0 is `t0`) as time.time() seconds."""
+    return at if type(at) is float else (t0 + at) / 1000
 
 
-def seconds_sql(col: str = "received_at") -> str:
-    return f"(CASE WHEN typeof({col}) = 'real' THEN {col} ELSE {col} / 1000.0 END)"
+def received_sql(e: str = "e", r: str = "r") -> str:
+    """SQL: the time.time() seconds a row was received (e: device_event, r: its device_boot_ref)."""
+    return f"(CASE WHEN typeof({e}.at) = 'real' THEN {e}.at ELSE ({r}.t0 + {e}.at) / 1000.0 END)"
+
+
+def _received_ms_sql(e: str = "e", r: str = "r") -> str:
+    """SQL: received_at as the compact form before stored it (ms since 1970; a migrated row's REAL
+    seconds: its boot's t0 is 0, and 0 + x is x)."""
+    return f"({r}.t0 + {e}.at)"
+
 
 
 def name(msg) -> str:
@@ -190,8 +207,15 @@ DEVICE_EVENT_V1 = (
     + " ".join(f"WHEN {t} THEN '{n}'" for t, n in NAME.items()) + " END ELSE e.msg END AS msg_name,"
     " e.unit_seq AS unit_seq, CASE WHEN typeof(e.body) = 'integer' THEN CASE e.msg "
     + " ".join(f"WHEN {p.msg} THEN '' || {_json_sql(p, 'e.body', 'e.body2')}" for p in _PACK.values())  # text, not JSON
-    + f" END ELSE e.body END AS body, {seconds_sql('e.received_at')} AS received_at, e.boot_ref AS boot_ref"
+    + f" END ELSE e.body END AS body, {received_sql()} AS received_at, e.boot_ref AS boot_ref"
     " FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref")
+# The rows in the columns of the compact form before `at` (received_at ms since 1970): the chain of
+# links sealed them so before and goes on so (host/audit.py log:device_event2 reads this view)
+SEALED_V2 = ("boot_ref", "event_seq", "msg", "unit_seq", "body", "body2", "received_at")
+DEVICE_EVENT_V2 = (
+    "CREATE VIEW IF NOT EXISTS device_event_v2 AS SELECT e.boot_ref AS boot_ref, e.event_seq AS event_seq,"
+    " e.msg AS msg, e.unit_seq AS unit_seq, e.body AS body, e.body2 AS body2,"
+    f" {_received_ms_sql()} AS received_at FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref")
 
 
 def migrate_v1_sql(old: str) -> str:
@@ -219,13 +243,21 @@ def find_ref(conn: sqlite3.Connection, device_id: str, boot_id: int) -> int | No
     return None if row_ is None else row_[0]
 
 
+def boot(conn: sqlite3.Connection, device_id: str, boot_id: int) -> tuple[int, int]:
+    """The boot's (ref, t0), given on first use, t0 then (caller's transaction: not cached, a
+    rollback takes it back)."""
+    got = conn.execute("SELECT ref, t0 FROM device_boot_ref WHERE device_id=? AND boot_id=?",
+                       (device_id, boot_id)).fetchone()
+    if got is None:
+        t0 = int(time.time() * 1000)
+        got = conn.execute("INSERT INTO device_boot_ref (device_id, boot_id, t0) VALUES (?,?,?)",
+                           (device_id, boot_id, t0)).lastrowid, t0
+    return got
+
+
 def boot_ref(conn: sqlite3.Connection, device_id: str, boot_id: int) -> int:
-    """The boot's ref, given on first use (caller's transaction: not cached, a rollback takes it back)."""
-    ref = find_ref(conn, device_id, boot_id)
-    if ref is None:
-        ref = conn.execute("INSERT INTO device_boot_ref (device_id, boot_id) VALUES (?,?)",
-                           (device_id, boot_id)).lastrowid
-    return ref
+    """The boot's ref (`boot`)."""
+    return boot(conn, device_id, boot_id)[0]
 
 
 # --- reading ---
@@ -240,7 +272,7 @@ class Event(NamedTuple):
     received_at: float  # time.time() seconds
 
 
-_SELECT = ("SELECT r.device_id, r.boot_id, e.event_seq, e.msg, e.unit_seq, e.body, e.body2, e.received_at"
+_SELECT = ("SELECT r.device_id, r.boot_id, e.event_seq, e.msg, e.unit_seq, e.body, e.body2, e.at, r.t0"
            " FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref")
 
 
@@ -269,8 +301,8 @@ def events(conn: sqlite3.Connection, *, device_id: str | None = None, boot_id: i
         sql += f" AND ({where})"
         params.extend(args)
     sql += f" ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit is not None else "")
-    for dev, boot, seq, msg, unit, body, body2, at in conn.execute(sql, params):
-        yield Event(dev, boot, seq, name(msg), unit, fields(msg, body, body2), seconds(at))
+    for dev, b, seq, msg, unit, body, body2, at, t0 in conn.execute(sql, params):
+        yield Event(dev, b, seq, name(msg), unit, fields(msg, body, body2), seconds(at, t0))
 
 
 def top_seq(conn: sqlite3.Connection, device_id: str, boot_id: int) -> int | None:

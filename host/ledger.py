@@ -237,8 +237,9 @@ class Ledger:
         life = self._boot(device_id, boot_id)  # before this poll's rows exist
         now = time.time()
         c = self.conn
-        ref, row = devevents.boot_ref(c, device_id, boot_id), devevents.row
-        rows = [row(ref, n, f, now) for n, f in msgs if "event_seq" in f]
+        (ref, t0), row = devevents.boot(c, device_id, boot_id), devevents.row
+        at = devevents.stamp(t0, now)
+        rows = [row(ref, n, f, at) for n, f in msgs if "event_seq" in f]
         c.execute("SAVEPOINT store_batch")
         before = c.total_changes
         c.executemany(devevents.INSERT, rows)

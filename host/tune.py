@@ -279,7 +279,7 @@ def figures(conn, cfg, n: int = 50) -> dict:
     from . import devevents
     g = cfg.geometry
     cpm = g.counts_per_mm
-    rows = list(devevents.events(conn, names=("UNIT_OUTCOME",), order="e.received_at DESC, e.event_seq DESC", limit=n))
+    rows = list(devevents.events(conn, names=("UNIT_OUTCOME",), order=f"{devevents.received_sql()} DESC, e.event_seq DESC", limit=n))
     units: list[dict] = []
     for device_id, boot_id, _, _, unit_seq, f, _ in reversed(rows):
         det = next((e.fields for e in devevents.events(conn, device_id=device_id, boot_id=boot_id,

@@ -447,9 +447,9 @@ class Console:
 def _packs_per_minute(conn, device_id: str, boot_id: int, window_s: float = 10.0) -> int | None:
     """Packs detected in the last `window_s`, as packs per minute (the newest 2000 events looked at)."""
     since = time.time() - window_s
-    (n,) = conn.execute("SELECT COUNT(*) FROM (SELECT msg, received_at FROM device_event WHERE boot_ref="
-                        "(SELECT ref FROM device_boot_ref WHERE device_id=? AND boot_id=?) ORDER BY event_seq DESC"
-                        f" LIMIT 2000) WHERE msg={devevents.MSG['UNIT_DETECTED']} AND {devevents.seconds_sql()} >= ?",
+    (n,) = conn.execute(f"SELECT COUNT(*) FROM (SELECT e.msg AS msg, {devevents.received_sql()} AS t FROM device_event e"
+                        " JOIN device_boot_ref r ON r.ref = e.boot_ref WHERE r.device_id=? AND r.boot_id=?"
+                        f" ORDER BY e.event_seq DESC LIMIT 2000) WHERE msg={devevents.MSG['UNIT_DETECTED']} AND t >= ?",
                         (device_id, boot_id, since)).fetchone()
     return round(n * 60 / window_s)
 

@@ -41,7 +41,7 @@ def reject_times(conn: sqlite3.Connection, batch_id: str) -> list[tuple[float, s
         return []
     out = []
     for d, b, u, at in conn.execute(
-            "SELECT r.device_id, r.boot_id, e.unit_seq, e.received_at FROM device_event e JOIN device_boot_ref r"
+            f"SELECT r.device_id, r.boot_id, e.unit_seq, {devevents.received_sql()} FROM device_event e JOIN device_boot_ref r"
             f" ON r.ref = e.boot_ref WHERE e.msg = {devevents.MSG['UNIT_OUTCOME']}"
             " AND (r.device_id, r.boot_id) IN (SELECT device_id, boot_id FROM unit WHERE batch_id=?)", (batch_id,)):
         r = reasons.get((d, b, u))

@@ -89,7 +89,7 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         else:  # no line to align with: boots in the order of their first stored event
             boots = [tuple(r) for r in conn.execute(
                 "SELECT r.device_id, r.boot_id FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref"
-                " GROUP BY e.boot_ref ORDER BY MIN(e.received_at)")]
+                f" GROUP BY e.boot_ref ORDER BY MIN({devevents.received_sql()})")]
             for k, (dev, boot) in enumerate(boots):
                 for key in sorted(key for key in rows if key[:2] == (dev, boot)):
                     units.append(record(key, (verdict_latency or {}).get((k, key[2]))))

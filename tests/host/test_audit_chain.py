@@ -72,12 +72,12 @@ def test_a_close_continues_the_last_checkpoint(checkpointed_then_closed):
     dbfile, ck, close, sealed = checkpointed_then_closed
     c = sqlite3.connect(dbfile)
     (parts,) = c.execute("SELECT detail FROM audit WHERE seq=?", (ck,)).fetchone()
-    before = json.loads(parts)["parts"][_log("device_event")]
+    before = json.loads(parts)["parts"][_log("device_event_v2")]
     counts = {p: c.execute(f"SELECT count(*) FROM {audit._PARTS[p][0]}").fetchone()[0] for p in sealed if p in audit._LOGS}
     c.close()
     assert "device_event" not in sealed and "epcis_outbox" not in sealed  # the batch's log rows are not re-hashed
-    assert sealed[_log("device_event")]["after"] == ck
-    assert sealed[_log("device_event")]["rows"] == before["rows"] + 6 * 4
+    assert sealed[_log("device_event_v2")]["after"] == ck
+    assert sealed[_log("device_event_v2")]["rows"] == before["rows"] + 6 * 4
     assert counts and all(sealed[p]["rows"] == n for p, n in counts.items())  # every row the close wrote is in its seal
     assert _verify(dbfile)[0]
 
@@ -94,14 +94,14 @@ def test_an_edit_before_the_checkpoint_is_caught_by_it(checkpointed_then_closed)
     dbfile, ck, close, _ = checkpointed_then_closed
     _edit_outcome(dbfile, 2)
     ok, message = _verify(dbfile)
-    assert not ok and message.startswith(f"checkpoint record {ck}: table device_event differs from its seal"), message
+    assert not ok and message.startswith(f"checkpoint record {ck}: table device_event_v2 differs from its seal"), message
 
 
 def test_an_edit_after_the_checkpoint_is_caught_by_the_close(checkpointed_then_closed):
     dbfile, ck, close, _ = checkpointed_then_closed
     _edit_outcome(dbfile, 9)
     ok, message = _verify(dbfile)
-    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event differs from"
+    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event_v2 differs from"
                                           f" its seal since record {ck}"), message
 
 
@@ -112,14 +112,14 @@ def test_the_next_links_continue_the_close(checkpointed_then_closed):
     audit.checkpoint(conn, "qa")
     (ck2, detail) = conn.execute("SELECT seq, detail FROM audit WHERE action='audit.checkpoint' ORDER BY seq DESC").fetchone()
     conn.close()
-    assert json.loads(detail)["parts"][_log("device_event")]["after"] == close
+    assert json.loads(detail)["parts"][_log("device_event_v2")]["after"] == close
     assert cli_batch.main(["reopen", "B1", "--reason", "recount the cases", "--db", str(dbfile), "--user", "qa"]) == 0
     close2, sealed = _close(dbfile)
     assert sealed[_log("epcis_outbox")]["after"] == ck2
     assert _verify(dbfile)[0]
     _edit_outcome(dbfile, 9)  # sealed by the first close: still caught after the second
     ok, message = _verify(dbfile)
-    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event differs"), message
+    assert not ok and message.startswith(f"batch B1: record {close} (batch.close): table device_event_v2 differs"), message
 
 
 def test_a_close_sealed_the_old_way_still_verifies(tmp_path, monkeypatch):
@@ -319,7 +319,7 @@ def test_a_late_event_that_fills_a_gap_is_sealed_by_the_next_link(tmp_path):
     edit of a row anywhere on the chain is caught by the link that sealed it."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
-    part = _log("device_event")
+    part = _log("device_event_v2")
     line.unit(0)  # seqs 1..4 of boot 7
     line.event_seq += 1  # 5 is late
     line.unit(1)  # 6..9
@@ -342,7 +342,7 @@ def test_a_late_event_that_fills_a_gap_is_sealed_by_the_next_link(tmp_path):
     for boot, seq, link in ((7, 5, ck2), (7, 11, ck2), (7, 6, ck1), (8, 1, ck1)):
         _edit_event(dbfile, boot, seq)
         ok, message = _verify(dbfile)
-        assert not ok and message.startswith(f"checkpoint record {link}: table device_event differs"), (boot, seq, message)
+        assert not ok and message.startswith(f"checkpoint record {link}: table device_event_v2 differs"), (boot, seq, message)
         _edit_event_back(dbfile, boot, seq)
         assert _verify(dbfile)[0]
 
@@ -359,7 +359,7 @@ def test_links_made_before_the_key_tail_still_verify(tmp_path, monkeypatch):
     the next link continues it over the same rows, and an edit of a row it sealed is caught by it."""
     dbfile = tmp_path / "ledger.db"
     conn, line = _line(dbfile)
-    part = _log("device_event")
+    part = _log("device_event_v2")
     for u in range(3):
         line.unit(u)
     monkeypatch.setattr(audit, "_KEY_TAILS", {})  # the link as made before
@@ -380,7 +380,7 @@ def test_links_made_before_the_key_tail_still_verify(tmp_path, monkeypatch):
     assert _verify(dbfile)[0]
     _edit_event(dbfile, 7, 2)
     ok, message = _verify(dbfile)
-    assert not ok and message.startswith(f"checkpoint record {old[0]}: table device_event differs"), message
+    assert not ok and message.startswith(f"checkpoint record {old[0]}: table device_event_v2 differs"), message
 
 
 def test_a_link_made_while_the_agents_checkpoint_hashes_makes_it_start_again(tmp_path, monkeypatch):
@@ -400,7 +400,7 @@ def test_a_link_made_while_the_agents_checkpoint_hashes_makes_it_start_again(tmp
     monkeypatch.setattr(audit, "_continue_logs", meanwhile)
     audit.checkpoint_aside(str(dbfile), "serialine-agent")
     monkeypatch.undo()
-    part = _log("device_event")
+    part = _log("device_event_v2")
     (qa, by_hand), (_, aside) = _links_of(dbfile, part)
     assert len(calls) == 3 and aside["after"] == qa and aside["rows"] == by_hand["rows"] == 8
     conn.close()

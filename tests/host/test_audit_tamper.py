@@ -156,7 +156,7 @@ MATRIX = {
     "edit a unit outcome": (edit_unit_outcome, "table unit_row differs"),
     "edit a serial state": (edit_serial_state, "table serial differs"),
     "delete a serial_history row": (delete_serial_history_row, "table serial_history differs"),
-    "edit a device_event body": (edit_device_event_body, "table device_event differs"),
+    "edit a device_event body": (edit_device_event_body, "table device_event_v2 differs"),
     "delete an alarm": (delete_alarm, "table alarm_log differs"),
     "edit the batch's lot and expiry": (edit_batch_lot_expiry, "batch B1: table batch differs from its seal in record 3 (batch.create)"),
     "edit an outbox body": (edit_outbox_body, "table epcis_outbox differs"),
@@ -220,7 +220,7 @@ def running_ledger(tmp_path_factory):
 
 
 RUNNING = {
-    "edit a device_event body": (edit_device_event_body, "table device_event differs from its seal"),
+    "edit a device_event body": (edit_device_event_body, "table device_event_v2 differs from its seal"),
     "delete a serial_history row": (delete_serial_history_row, "table serial_history differs from its seal"),
     "delete an alarm": (delete_alarm, "table alarm_log differs from its seal"),
     "edit an outbox body": (edit_outbox_body, "table epcis_outbox differs from its seal"),
@@ -261,7 +261,7 @@ def test_checkpoints_chain_over_new_rows_only(tmp_path, capsys):
     conn = db.connect(str(dbfile))
     ok, _, message = audit.verify(conn)
     conn.close()
-    assert not ok and message.startswith(f"checkpoint record {first}: table device_event differs from its seal")
+    assert not ok and message.startswith(f"checkpoint record {first}: table device_event_v2 differs from its seal")
 
 
 def test_reopen_lifts_the_seal_until_the_next_close(closed_ledger, tmp_path, capsys):

@@ -75,7 +75,7 @@ def test_sscc_never_reused_or_changed(conn):
 
 
 def test_device_event_key_is_idempotent(conn):
-    row = devevents.row(devevents.boot_ref(conn, "dev1", 7), "LOG", {"event_seq": 1, "level": 20, "text": "x"}, 0.0)
+    row = devevents.row(devevents.boot_ref(conn, "dev1", 7), "LOG", {"event_seq": 1, "level": 20, "text": "x"}, 0)
     assert conn.execute(devevents.INSERT, row).rowcount == 1
     assert conn.execute(devevents.INSERT, row).rowcount == 0
     assert devevents.boot_ref(conn, "dev1", 7) == row[0]  # one ref per boot

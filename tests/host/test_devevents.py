@@ -51,10 +51,10 @@ def _event(m):  # fields in schema order, as the codec gives them (fastcodec.as_
 @given(st.lists(st.one_of([_event(m).map(lambda f, n=m.name: (n, f)) for m in EVENTS]), min_size=1, max_size=12))
 def test_every_event_reads_back_as_it_came_and_renders_as_before(events):
     conn = db.connect(":memory:")
-    ref = devevents.boot_ref(conn, "dev1", 7)
+    ref, t0 = devevents.boot(conn, "dev1", 7)
     for i, (name, f) in enumerate(events):
         f["event_seq"] = i
-        row = devevents.row(ref, name, f, 1.5)
+        row = devevents.row(ref, name, f, devevents.stamp(t0, 1.5))
         assert type(row[4]) is int and row[2] == schema.BY_NAME[name].msg_type  # packed, the protocol's id
         assert devevents.fields(row[2], row[4], row[5]) == {k: v for k, v in f.items() if k not in devevents.IN_COLUMNS}
         conn.execute(devevents.INSERT, row)
@@ -78,9 +78,9 @@ def test_an_event_outside_its_schema_keeps_its_json():
            ("NOT_A_MESSAGE", {"event_seq": 4, "x": 1}),
            ("UNIT_DETECTED", {"event_seq": 5, "pos": 1, "t_us": 2, "flags": 0, "note": 1})]  # its count, not its fields
     conn = db.connect(":memory:")
-    ref = devevents.boot_ref(conn, "dev1", 7)
+    ref, t0 = devevents.boot(conn, "dev1", 7)
     for name, f in odd:
-        conn.execute(devevents.INSERT, devevents.row(ref, name, f, 2.0))
+        conn.execute(devevents.INSERT, devevents.row(ref, name, f, devevents.stamp(t0, 2.0)))
     assert [type(b) for (b,) in conn.execute("SELECT body FROM device_event")] == [str] * 5
     assert [(e.msg_name, e.fields) for e in devevents.events(conn)] == [
         (n, {k: v for k, v in f.items() if k not in devevents.IN_COLUMNS}) for n, f in odd]
@@ -102,7 +102,7 @@ def _to_old_form(conn, extra=()):
     """The ledger's device events as the old release stored them (its DDL, its JSON bodies)."""
     rows = [(e.device_id, e.boot_id, e.event_seq, e.msg_name, e.unit_seq, _old_body(e.fields), e.received_at)
             for e in devevents.events(conn)] + list(extra)
-    for sql in ("DROP VIEW device_event_v1", "DROP TABLE device_event", "DROP TRIGGER device_boot_ref_fixed",
+    for sql in ("DROP VIEW device_event_v1", "DROP VIEW device_event_v2", "DROP TABLE device_event", "DROP TRIGGER device_boot_ref_fixed",
                 "DROP TABLE device_boot_ref", OLD_TABLE):
         conn.execute(sql)
     conn.executemany("INSERT INTO device_event VALUES (?,?,?,?,?,?,?)", rows)
@@ -207,10 +207,79 @@ def test_a_ledger_packed_under_another_layout_is_refused_not_misread(tmp_path):
     assert conn.execute("SELECT layout FROM device_event_layout").fetchall() == [(devevents.LAYOUT,)]
     ref = devevents.boot_ref(conn, "dev1", 1)
     conn.execute(devevents.INSERT, devevents.row(ref, "UNIT_DETECTED", {"event_seq": 0, "unit_seq": 0, "pos": 5,
-                                                                         "t_us": 9, "flags": 0}, 1.0))
+                                                                         "t_us": 9, "flags": 0}, 0))
     conn.execute("UPDATE device_event_layout SET layout = 'another release'")
     conn.close()
     before = db.snapshot(sqlite3.connect(path))
     with pytest.raises(sqlite3.DatabaseError, match="packed by a release whose protocol schema lays them out otherwise"):
         db.connect(path)
     assert db.snapshot(sqlite3.connect(path)) == before  # refused as it was: nothing migrated, nothing rewritten
+
+
+def test_a_boots_events_count_their_time_from_its_t0():
+    conn = db.connect(":memory:")
+    before = int(time.time() * 1000)
+    ref, t0 = devevents.boot(conn, "dev1", 7)
+    assert before <= t0 <= int(time.time() * 1000) and devevents.boot(conn, "dev1", 7) == (ref, t0)  # given once
+    f = {"event_seq": 1, "unit_seq": 0, "pos": 5, "t_us": 9, "flags": 0}
+    row = devevents.row(ref, "UNIT_DETECTED", f, devevents.stamp(t0, (t0 + 250.5) / 1000))
+    assert row[6] == 250  # two bytes, where ms since 1970 took six
+    conn.execute(devevents.INSERT, row)
+    [e] = devevents.events(conn)
+    assert e.received_at == (t0 + 250) / 1000
+    assert conn.execute("SELECT received_at FROM device_event_v2").fetchall() == [(t0 + 250,)]
+    assert conn.execute("SELECT received_at FROM device_event_v1").fetchall() == [((t0 + 250) / 1000,)]
+
+
+# device_event's DDL before the times counted from the boot's t0 (received_at: ms since 1970), and
+# device_boot_ref's then; the view device_event_v1 of then read that column
+V2_BOOT_REF = """CREATE TABLE device_boot_ref (
+        ref INTEGER PRIMARY KEY, device_id TEXT NOT NULL, boot_id INTEGER NOT NULL,
+        UNIQUE (device_id, boot_id))"""
+V2_TABLE = """CREATE TABLE device_event (
+        boot_ref INTEGER NOT NULL REFERENCES device_boot_ref (ref), event_seq INTEGER NOT NULL,
+        msg INTEGER NOT NULL, unit_seq INTEGER, body INTEGER NOT NULL, body2 INTEGER,
+        received_at NOT NULL,  -- ms since 1970; a row from before the compact form: its seconds (REAL), as they were
+        PRIMARY KEY (boot_ref, event_seq)) WITHOUT ROWID"""
+V2_V1_VIEW = devevents.DEVICE_EVENT_V1.replace(
+    devevents.received_sql(), "(CASE WHEN typeof(e.received_at) = 'real' THEN e.received_at ELSE e.received_at / 1000.0 END)")
+
+
+def _to_v2_form(conn, extra=()):
+    """The ledger's device events as the release before stored them (received_at ms since 1970)."""
+    refs = conn.execute("SELECT ref, device_id, boot_id FROM device_boot_ref").fetchall()
+    rows = conn.execute(f"SELECT {', '.join(devevents.SEALED_V2)} FROM device_event_v2").fetchall() + list(extra)
+    for sql in ("DROP VIEW device_event_v1", "DROP VIEW device_event_v2", "DROP TABLE device_event",
+                "DROP TRIGGER device_boot_ref_fixed", "DROP TABLE device_boot_ref", V2_BOOT_REF, V2_TABLE, V2_V1_VIEW):
+        conn.execute(sql)
+    conn.executemany("INSERT INTO device_boot_ref VALUES (?,?,?)", refs)
+    conn.executemany("INSERT INTO device_event VALUES (?,?,?,?,?,?,?)", rows)
+    return conn.execute("SELECT * FROM device_event ORDER BY boot_ref, event_seq").fetchall()
+
+
+def test_a_ledger_of_the_form_before_boot_times_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
+    path = tmp_path / "old.db"
+    conn = oldledger.ledger(path, ("B1", "B2"))
+    _run(conn, "B1", 4)
+    (ref,) = conn.execute("SELECT ref FROM device_boot_ref").fetchone()
+    old_rows = _to_v2_form(conn, [(ref, 100, devevents.MSG["LOG"], None, '{"level":20,"text":"x"}', None, 1796163183.125)])
+    assert {type(r[6]) for r in old_rows} == {int, float}  # ms since 1970, and a row migrated once before: seconds
+    # what the release before sealed: a link of the log's chain (read by key: what it left open per boot)
+    upto = int(time.time() * 1000) + 1
+    oldledger.seal(conn, audit.CHECKPOINT, {"parts": {"log:device_event2": {
+        **oldledger.part(list(devevents.SEALED_V2), old_rows, upto), "after": 0, "boots": {str(ref): [101, [0, 1, 17, 100]]}}}})
+    conn.close()
+
+    conn = db.connect(str(path))  # migrates
+    assert list(map(repr, conn.execute(f"SELECT {', '.join(devevents.SEALED_V2)} FROM device_event_v2"
+                                       " ORDER BY boot_ref, event_seq"))) == list(map(repr, old_rows))
+    assert conn.execute("SELECT t0 FROM device_boot_ref").fetchall() == [(0,)]  # its times still count from 1970
+    _run(conn, "B2", 2)  # a new boot: its times count from its own t0
+    (t0,) = conn.execute("SELECT t0 FROM device_boot_ref WHERE boot_id = 2").fetchone()
+    assert t0 > 0 and all(0 <= at < 600_000 for (at,) in conn.execute(
+        "SELECT at FROM device_event WHERE boot_ref = (SELECT ref FROM device_boot_ref WHERE boot_id = 2)"))
+    oldledger.close_and_verify(conn, path, capsys)
+
+    err = oldledger.verify_after_edit(path, capsys,  # an old row edited: the link that sealed it says so
+                                      f"UPDATE device_event SET at = at + 1 WHERE boot_ref = {ref} AND event_seq = 3")
+    assert "checkpoint record 1: table device_event_v2 differs from its seal" in err

@@ -55,7 +55,7 @@ def test_a_device_alarm_is_logged_with_its_unit_from_the_ledger_row(tmp_path, ca
     svc.agent = SimpleNamespace(device_id="line-1", boot_id=7)
     fields = dict(event_seq=3, alarm=int(Alarm.REJECT_UNCONFIRMED), active=1, unit_seq=5, t_us=0)
     with ledger_db.transaction(svc.conn):
-        row = devevents.row(devevents.boot_ref(svc.conn, "line-1", 7), "ALARM", fields, time.time())
+        row = devevents.row(devevents.boot_ref(svc.conn, "line-1", 7), "ALARM", fields, 0)
         svc.conn.execute(devevents.INSERT, row)
     assert row[3] == 5 and type(row[4]) is int  # unit_seq is a column, the rest packed
     with caplog.at_level(logging.INFO, logger="serialine.service"):
