@@ -1,8 +1,9 @@
 """A ledger made by the RELEASED code (0cb9add: tests/host/data/make_released.py, committed with what
 that code read from it) migrates at db.connect through every migration at once: every table and view
-reads back as the release read it, `audit verify` passes (the release's seals and links), the open batch
-B2 goes on and closes, the next batch runs, an old row edited behind the project's back fails verify;
-a migration that fails or is killed half way leaves the released ledger as it was."""
+reads back as the release read it, `audit verify` passes (the release's seals and links; QA's signature of
+B1's record), the open batch B2 goes on and closes, the next batch runs, an old row edited behind the
+project's back fails verify; a migration that fails or is killed half way leaves the released ledger as
+it was."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from serialine.host import audit, cli_batch, db
+from serialine.host import audit, cli_batch, db, signatures
 from serialine.host.ledger import Ledger
 
 DATA = Path(__file__).parent / "data"
@@ -98,10 +99,15 @@ def test_the_released_ledger_reads_back_as_the_release_read_it(tmp_path, capsys)
     assert c.execute("SELECT type FROM sqlite_master WHERE name='unit'").fetchone() == ("view",)
     c.close()
     assert _differences(path, released) == []
+    c = db.connect(str(path))  # B1's signed record builds to what QA signed
+    (signed,) = c.execute("SELECT content_sha256 FROM signature WHERE record_id='B1'").fetchone()
+    assert signatures.record_hash(c, "batch", "B1") == signed
+    c.close()
     assert "audit log intact" in _verify(path, capsys)
 
 
-def test_the_open_batch_goes_on_closes_and_the_next_batch_runs(tmp_path, capsys):
+def test_the_open_batch_goes_on_closes_and_the_next_batch_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(make_released.PASSWORD_ENV, make_released.PASSWORD)  # the fixture's users prove it
     path = _copy(tmp_path)
     conn = db.connect(str(path))
     (seq,) = conn.execute("SELECT max(e.event_seq) FROM device_event e JOIN device_boot_ref r ON r.ref = e.boot_ref"

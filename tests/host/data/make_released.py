@@ -9,12 +9,14 @@ test_migrate_released. Re-run (from /work/main or any checkout; the release's co
 The ledger: a product, a generated pool, batch B1 (301 units on boot 7: 300 passed into 30 cases on 6
 pallets, one rejected; an alarm; a checkpoint half way), B1 closed (sealed); batch B2 started on a new
 boot (8) with 40 units stored (one pack reworked out of its case, one unit in flight with no outcome,
-coder jobs queued), a checkpoint, not closed. The .json.gz holds every table and view as the release read
+coder jobs queued), not closed; then users (an admin, an engineer, two QA), B1 reviewed (signed: the
+release then waits for the outbox's delivery upstream), a checkpoint. The .json.gz holds every table and view as the release read
 it (`SELECT * ... ORDER BY` every column): what the migrated ledger must read back the same."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import sqlite3
@@ -27,6 +29,9 @@ from serialine.protocol.schema import Reason
 
 GTIN = "09506000134352"
 FAIL_UNIT = 17
+PASSWORD_ENV, PASSWORD = "SERIALINE_PASSWORD", "fixture-password-1"  # every user's (a test fixture's)
+USERS = (("ada", "admin", "Ada Admin"), ("ann", "engineer", "Ann Engineer"), ("qa", "qa", "Quinn Quality"),
+         ("qa2", "qa", "Quentin Second"))
 
 
 def check(argv):
@@ -122,6 +127,13 @@ def main(stem: str) -> int:
     (serial,) = conn.execute("SELECT serial FROM unit WHERE batch_id='B2' AND unit_seq=5").fetchone()
     conn.close()
     check(["rework", "remove", GTIN, serial, "--reason", "damaged carton", "--db", path, "--user", "ann"])
+    os.environ[PASSWORD_ENV] = PASSWORD  # from here on every changing command proves its user
+    for name, role, full in USERS:
+        sys.stdin = io.StringIO(PASSWORD + "\n")  # the new user's (--password-stdin)
+        check(["users", "add", name, "--role", role, "--full-name", full, "--password-stdin", "--db", path,
+               "--user", "ada", "--reason", "the fixture's people"])
+    sys.stdin = sys.__stdin__
+    check(["batch", "review", "B1", "--db", path, "--user", "qa"])
     conn = db.connect(path)
     audit.checkpoint(conn, "agent")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
