@@ -74,6 +74,8 @@ _PARTS = {
     "product_row": ("product", "gtin = :key", "gtin", None, None),
     "product_master_row": ("product_master", "gtin = :key", "gtin", None, None),
     "batch_master": ("batch", "batch_id = :key", "batch_id", ("state", "closed_at"), None),
+    # the batch's ref and the t0 its history's times count from (db.BATCH_REF; log:serial_history3 hashes them as stored)
+    "batch_ref": ("batch_ref", "batch_id = :key", "batch_id", None, None),
     "location_row": ("location", "sgln = :key", "sgln", None, None),
     "shipment_row": ("shipment", "shipment_id = :key", "shipment_id", None, None),
     "shipped_rows": ("shipped", "shipment_id = :key", "sscc", None, None),
@@ -112,13 +114,13 @@ _FROZEN = ("log:serial_history", "log:serial_history2", "log:device_event", "log
 # A close seals the batch's own rows that may still change, and continues the chain of the logs (as
 # a checkpoint does) over the rows added since its last link. (Closes before that sealed the batch's
 # rows of each log too: serial_history, device_event, epcis_outbox, alarm_log; verify still reads them.)
-_CLOSED = ("product", "product_master", "batch", "batch_site", "unit_row", "serial3", "coder_job_row2", "coder_template",
-           "container", "packed_row", *_LOGS)
+_CLOSED = ("product", "product_master", "batch", "batch_site", "batch_ref", "unit_row", "serial3", "coder_job_row2",
+           "coder_template", "container", "packed_row", *_LOGS)
 # action -> (detail key naming what is sealed, parts): the one place that says what is sealed when
 SEALS = {
     "product.add": ("gtin", ("product_row", "product_master_row")),
     "product.master": ("gtin", ("product_master_row",)),  # DSCSA master data added or changed later
-    "batch.create": ("batch_id", ("batch_master",)),
+    "batch.create": ("batch_id", ("batch_master", "batch_ref")),
     "batch.close": ("batch_id", _CLOSED),
     "batch.abort": ("batch_id", _CLOSED),
     "location.set": ("sgln", ("location_row",)),

@@ -3,6 +3,7 @@ the batch's t0), read back by serial_trail; ledgers made with the forms before (
 new_state, batch_id, at text; then batch_id, serial key, state code, ms since 1970) are migrated and
 every audit seal made before still verifies."""
 
+import json
 import sqlite3
 
 import pytest
@@ -236,3 +237,18 @@ def test_a_history_that_would_not_read_back_is_left_as_it_was(tmp_path):
     with pytest.raises(sqlite3.IntegrityError, match="serial_history: 1 row.*would not read back as stored"):
         db.connect(str(path))
     assert db.snapshot(sqlite3.connect(path)) == before
+
+
+def test_a_batchs_ref_and_t0_are_sealed_from_its_creation(tmp_path, capsys):
+    path = tmp_path / "l.db"
+    conn = oldledger.ledger(path, ())
+    masterdata.create_batch(conn, "B1", GTIN, "LB1", "2030-01-31", 10, 3, 2, user="qa")
+    (detail,) = conn.execute("SELECT detail FROM audit WHERE action = 'batch.create'").fetchone()
+    assert "batch_ref" in json.loads(detail)["seal"]
+    _run(conn, "B1", 2)
+    conn.close()
+    capsys.readouterr()
+    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 0
+    # every time of the batch's history moved by an hour, behind the project's back
+    err = oldledger.verify_after_edit(path, capsys, "DROP TRIGGER batch_ref_fixed", "UPDATE batch_ref SET t0 = t0 - 3600000")
+    assert "batch B1: table batch_ref differs from its seal in record 1 (batch.create)" in err
