@@ -28,9 +28,6 @@ FIXTURE = "released_0cb9add"
 sys.path.insert(0, str(DATA))
 import make_released  # noqa: E402  (the release's line loop; the current code runs it here)
 
-# a released table whose name now holds its compact form: the view rendering it as it was
-RENDERED_AS = {"coder_job_row": "coder_job_row_v1", "device_event": "device_event_v2",
-               "serial_history": "serial_history_v2"}
 
 
 def _released() -> dict:
@@ -55,12 +52,13 @@ def _differences(path, released, renamed=True) -> list[str]:
     """The released relations that do not read back as the release read them (by name, or by the view
     that renders the old form)."""
     c = sqlite3.connect(path)
-    names = {n for (n,) in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    names = [n for (n,) in c.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') ORDER BY name")]
     out = []
     for name, t in released.items():
-        rel = RENDERED_AS.get(name, name) if renamed else name
-        rel = rel if rel in names else name
-        if rel not in names:
+        # the table itself, else (its name now holds a compact form) the view rendering it as it was
+        rel = next((n for n in names if (n == name or renamed and n.startswith(name + "_v"))
+                    and set(t["cols"]) <= {r[1] for r in c.execute(f'PRAGMA table_info("{n}")')}), None)
+        if rel is None:
             out.append(f"{name}: gone")
         elif _read(c, rel, t["cols"]) != t["rows"]:
             out.append(f"{name} (read as {rel}): differs")
