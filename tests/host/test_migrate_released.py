@@ -29,7 +29,6 @@ sys.path.insert(0, str(DATA))
 import make_released  # noqa: E402  (the release's line loop; the current code runs it here)
 
 
-
 def _released() -> dict:
     with gzip.open(DATA / f"{FIXTURE}.json.gz", "rt") as f:
         return json.load(f)
