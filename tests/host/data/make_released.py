@@ -1,5 +1,6 @@
-"""Make tests/host/data/released_0cb9add.db (+ .db.anchors, .json.gz) with the RELEASED code (commit 0cb9add), for
-test_migrate_released. Re-run (from /work/main or any checkout; the release's code is imported, not this tree's):
+"""Make tests/host/data/released_0cb9add.db (+ .db.anchors, .json.gz) with the RELEASED code (commit
+0cb9add), for test_migrate_released. Re-run from any checkout (the release's code is imported, not
+this tree's; the ledger differs in its random serials and times, the test reads them from the .json.gz):
 
     git worktree add -f /tmp/rel 0cb9add
     mkdir -p /tmp/relpkg/serialine
@@ -10,8 +11,9 @@ The ledger: a product, a generated pool, batch B1 (301 units on boot 7: 300 pass
 pallets, one rejected; an alarm; a checkpoint half way), B1 closed (sealed); batch B2 started on a new
 boot (8) with 40 units stored (one pack reworked out of its case, one unit in flight with no outcome,
 coder jobs queued), not closed; then users (an admin, an engineer, two QA), B1 reviewed (signed: the
-release then waits for the outbox's delivery upstream), a checkpoint. The .json.gz holds every table and view as the release read
-it (`SELECT * ... ORDER BY` every column): what the migrated ledger must read back the same."""
+release then waits for the outbox's delivery upstream), a checkpoint. The .json.gz holds every table
+and view as the release read it (`SELECT * ... ORDER BY` every column): what the migrated ledger must
+read back the same."""
 
 from __future__ import annotations
 
