@@ -9,10 +9,11 @@ import hashlib
 import json
 import sqlite3
 
-from serialine.host import audit, cli_batch, db, masterdata
+from serialine.host import audit, cli_batch, db, masterdata, serials
 from serialine.host.db import transaction
+from serialine.host.ledger import Ledger
 
-from hostkit import GTIN
+from hostkit import GTIN, Line
 
 
 def ledger(path, batches=("B1",)):
@@ -25,6 +26,25 @@ def ledger(path, batches=("B1",)):
     for b in batches:
         masterdata.create_batch(conn, b, GTIN, "L" + b, "2030-01-31", 10, 3, 2)
     return conn
+
+
+def run(conn, batch, units, queued=2, allocated=0, close_cases=False):
+    """`batch` started and `units` passed packs played on a boot of its own (B2: boot 2), with
+    `queued` coder jobs more than units left queued and `allocated` serials left allocated (both go
+    back at close); `close_cases`: its open case and pallet closed, as a close does. The Line."""
+    masterdata.start_batch(conn, batch)
+    ledger = Ledger(conn, batch)
+    with transaction(conn):
+        ledger.queue_codes(units + queued)
+        if allocated:
+            serials.allocate(conn, batch, GTIN, allocated)
+    line = Line(ledger, boot_id=int(batch[1:]))
+    for u in range(units):
+        line.unit(u)
+    if close_cases:
+        with transaction(conn):
+            ledger.agg.close_partial()
+    return line
 
 
 def digest(rows) -> str:

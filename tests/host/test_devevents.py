@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serialine.host import audit, db, devevents, masterdata, tune
+from serialine.host import audit, db, devevents, tune
 from serialine.host.db import transaction
-from serialine.host.ledger import Ledger
 from serialine.protocol import schema
 
 import oldledger
@@ -87,15 +86,6 @@ def test_an_event_outside_its_schema_keeps_its_json():
     assert [b for (b,) in conn.execute("SELECT body FROM device_event_v1")] == [_old_body(f) for _, f in odd]
 
 
-def _run(conn, batch, units):
-    masterdata.start_batch(conn, batch)
-    ledger = Ledger(conn, batch)
-    with transaction(conn):
-        ledger.queue_codes(units + 2)
-    line = Line(ledger, boot_id=int(batch[1:]))
-    for u in range(units):
-        line.unit(u)
-    return line
 
 
 def _to_old_form(conn, extra=()):
@@ -112,7 +102,7 @@ def _to_old_form(conn, extra=()):
 def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
-    _run(conn, "B1", 4)
+    oldledger.run(conn, "B1", 4)
     t = time.time()
     odd = [  # rows the old releases wrote that the compact form does not say: kept as their text
         ("dev1", 1, 100, "UNIT_OUTCOME", 3, '{"event_seq":100,"unit_seq":3,"outcome":2,"reason":1,"gate_error":0,'
@@ -144,7 +134,7 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     kinds = dict(conn.execute("SELECT typeof(body), count(*) FROM device_event GROUP BY 1"))
     assert kinds == {"integer": 4 * 4 + 2, "text": 4}
     assert "device_event_v0" not in {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
-    line = _run(conn, "B2", 2)  # the next batch writes the compact form
+    line = oldledger.run(conn, "B2", 2)  # the next batch writes the compact form
     assert line.store([line.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)]) == [True]
     line.event_seq -= 1
     assert line.store([line.event("UNIT_DETECTED", unit_seq=1, pos=0, t_us=0, flags=0)]) == [False]  # resent
@@ -260,7 +250,7 @@ def _to_v2_form(conn, extra=()):
 def test_a_ledger_of_the_form_before_boot_times_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
-    _run(conn, "B1", 4)
+    oldledger.run(conn, "B1", 4)
     (ref,) = conn.execute("SELECT ref FROM device_boot_ref").fetchone()
     old_rows = _to_v2_form(conn, [(ref, 100, devevents.MSG["LOG"], None, '{"level":20,"text":"x"}', None, 1796163183.125)])
     assert {type(r[6]) for r in old_rows} == {int, float}  # ms since 1970, and a row migrated once before: seconds
@@ -274,7 +264,7 @@ def test_a_ledger_of_the_form_before_boot_times_is_migrated_and_its_seals_still_
     assert list(map(repr, conn.execute(f"SELECT {', '.join(devevents.SEALED_V2)} FROM device_event_v2"
                                        " ORDER BY boot_ref, event_seq"))) == list(map(repr, old_rows))
     assert conn.execute("SELECT t0 FROM device_boot_ref").fetchall() == [(0,)]  # its times still count from 1970
-    _run(conn, "B2", 2)  # a new boot: its times count from its own t0
+    oldledger.run(conn, "B2", 2)  # a new boot: its times count from its own t0
     (t0,) = conn.execute("SELECT t0 FROM device_boot_ref WHERE boot_id = 2").fetchone()
     assert t0 > 0 and all(0 <= at < 600_000 for (at,) in conn.execute(
         "SELECT at FROM device_event WHERE boot_ref = (SELECT ref FROM device_boot_ref WHERE boot_id = 2)"))

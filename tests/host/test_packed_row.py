@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from serialine.host import audit, cli_batch, db, ledgerfile, masterdata, reporting, rework
+from serialine.host import audit, cli_batch, db, ledgerfile, reporting, rework
 from serialine.host.aggregation import Aggregator
 from serialine.host.db import transaction
 from serialine.host.epcis import outbox
@@ -95,18 +95,6 @@ def test_packs_by_serial_id_fill_cases_as_packs_by_serial_do(ledger):
     assert children == agg.children(cases[0][0])  # the case's packing event names its packs
 
 
-def _run(conn, batch, units, close=True):
-    masterdata.start_batch(conn, batch)
-    ledger = Ledger(conn, batch)
-    with transaction(conn):
-        ledger.queue_codes(units + 2)
-    line = Line(ledger, boot_id=int(batch[1:]))
-    for u in range(units):
-        line.unit(u)
-    if close:
-        with transaction(conn):  # the open case and pallet, as a close does
-            ledger.agg.close_partial()
-    return line
 
 
 def _to_old_form(conn):
@@ -126,9 +114,9 @@ def _old_close(conn, batch):
 def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_path, capsys):
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2", "B3"))
-    _run(conn, "B1", 6)  # 2 cases of 3, a pallet of 2
-    _run(conn, "B2", 4)  # a full case, a partial one
-    _run(conn, "B3", 2, close=False)  # (its boot's events before B1's new close: see owners14.md, H3 -> H5)
+    oldledger.run(conn, "B1", 6, close_cases=True)  # 2 cases of 3, a pallet of 2
+    oldledger.run(conn, "B2", 4, close_cases=True)  # a full case, a partial one
+    oldledger.run(conn, "B3", 2)  # (its boot's events before B1's new close: see owners14.md, H3 -> H5)
     old_rows = _to_old_form(conn)
     assert len(old_rows) == 12
     assert len(_old_close(conn, "B1")) == 6 and len(_old_close(conn, "B2")) == 4
@@ -178,7 +166,7 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
 def test_an_edit_of_packed_row_after_a_close_fails_verify(tmp_path, capsys):
     path = tmp_path / "new.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
-    _run(conn, "B1", 2)
+    oldledger.run(conn, "B1", 2, close_cases=True)
     conn.close()
     assert cli_batch.main(["close", "B1", "--db", str(path), "--user", "qa"]) == 0
     capsys.readouterr()
@@ -190,7 +178,7 @@ def test_an_edit_of_packed_row_after_a_close_fails_verify(tmp_path, capsys):
 def test_a_ledger_whose_rows_would_not_read_back_is_left_as_it_was(tmp_path):
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
-    _run(conn, "B1", 3)
+    oldledger.run(conn, "B1", 3, close_cases=True)
     old_rows = _to_old_form(conn)
     conn.execute("PRAGMA foreign_keys=OFF")  # a row behind the project's back: its serial is not in the ledger
     conn.execute("DROP TRIGGER packed_only_commissioned")

@@ -10,11 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from serialine.host import audit, cli_batch, db, gs1, masterdata, serials
-from serialine.host.db import transaction
-from serialine.host.ledger import Ledger
 
 import oldledger
-from hostkit import GTIN, Line
+from hostkit import GTIN
 
 # the serial history's DDL before the compact form (its text then)
 OLD_TABLE = """CREATE TABLE serial_history (
@@ -27,20 +25,11 @@ OLD_LOG = """CREATE TRIGGER serial_log AFTER UPDATE OF state ON serial
 OLD_COLS = ["gtin", "serial", "old_state", "new_state", "batch_id", "at"]
 
 
-def _run(conn, batch, units):
-    masterdata.start_batch(conn, batch)
-    ledger = Ledger(conn, batch)
-    with transaction(conn):
-        ledger.queue_codes(units)
-        serials.allocate(conn, batch, GTIN, 2)  # two left allocated: returned to the pool at close
-    line = Line(ledger, boot_id=int(batch[1:]))  # a boot per batch
-    for u in range(units):
-        line.unit(u)
 
 
 def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
     conn = oldledger.ledger(tmp_path / "l.db")
-    _run(conn, "B1", 3)
+    oldledger.run(conn, "B1", 3, queued=0, allocated=2)
     rows = conn.execute("SELECT r.batch_id, h.batch_ref, h.serial_id, h.at, r.t0 FROM serial_history h"
                         " JOIN batch_ref r ON r.ref = h.batch_ref ORDER BY seq").fetchall()
     assert len(rows) == 3 * 3 + 2 and {r[:2] for r in rows} == {("B1", 1)}  # the batch as a small integer
@@ -65,7 +54,7 @@ def test_each_change_is_one_compact_row_read_back_by_name(tmp_path):
 def test_batch_history_shows_a_serials_every_change(tmp_path, capsys):
     path = str(tmp_path / "l.db")
     conn = oldledger.ledger(path)
-    _run(conn, "B1", 1)
+    oldledger.run(conn, "B1", 1, queued=0, allocated=2)
     serial, at = conn.execute("SELECT serial, at FROM serial_trail WHERE new_state = 'commissioned'").fetchone()
     conn.close()
     capsys.readouterr()
@@ -106,7 +95,7 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     conn = oldledger.ledger(path, ("B1", "B2"))
     for sql in (*_NO_REF, OLD_TABLE, OLD_LOG):
         conn.execute(sql)
-    _run(conn, "B1", 4)
+    oldledger.run(conn, "B1", 4, queued=0, allocated=2)
     # what the old release sealed: a checkpoint of the whole log, then the batch's close
     (upto,) = conn.execute("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')").fetchone()
     logged = conn.execute("SELECT gtin, serial, old_state, new_state, batch_id, at FROM serial_history WHERE at < ?"
@@ -126,7 +115,7 @@ def test_a_ledger_of_the_old_form_is_migrated_and_its_seals_still_verify(tmp_pat
     assert conn.execute("SELECT * FROM serial_history_v1 ORDER BY rowid").fetchall() == old_rows
     assert conn.execute("SELECT gtin, serial, old_state, new_state, batch_id, at FROM serial_trail"
                         " ORDER BY seq").fetchall() == old_rows  # every row copied, read back as it was
-    _run(conn, "B2", 2)  # the next batch writes the compact form, and its serials' history goes on
+    oldledger.run(conn, "B2", 2, queued=0, allocated=2)  # the next batch writes the compact form, and its serials' history goes on
     oldledger.close_and_verify(conn, path, capsys)
     assert db.connect(str(path)).execute("SELECT count(*) FROM serial_history_v1").fetchone() == (len(old_rows),)
 
@@ -155,7 +144,7 @@ FIRST_COMPACT = """CREATE TABLE serial_history (
 def test_the_first_compact_form_gets_its_serials_keyed(tmp_path):
     path = tmp_path / "l.db"
     conn = oldledger.ledger(path)
-    _run(conn, "B1", 2)
+    oldledger.run(conn, "B1", 2, queued=0, allocated=2)
     before = conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall()
     rows = conn.execute(f"SELECT seq, batch_id, {db.serial_text_sql('serial')}, state, at FROM serial_history_v2").fetchall()
     for sql in (*_NO_REF, FIRST_COMPACT):
@@ -198,7 +187,7 @@ def test_a_ledger_of_the_form_before_serial_id_is_migrated_and_its_seals_still_v
     path = tmp_path / "old.db"
     conn = oldledger.ledger(path, ("B1", "B2"))
     _to_v2_form(conn)
-    _run(conn, "B1", 4)
+    oldledger.run(conn, "B1", 4, queued=0, allocated=2)
     # what the old release sealed: a link of the log's chain (by rowid), then the batch's close
     logged = conn.execute("SELECT * FROM serial_history ORDER BY seq").fetchall()
     (upto,) = conn.execute("SELECT max(rowid) + 1 FROM serial_history").fetchone()
@@ -217,7 +206,7 @@ def test_a_ledger_of_the_form_before_serial_id_is_migrated_and_its_seals_still_v
     assert conn.execute("SELECT * FROM serial_trail ORDER BY seq").fetchall() == trail  # as a reviewer read it
     assert {r for (r,) in conn.execute("SELECT batch_ref FROM serial_history")} == {1}
     assert "serial_history_v2_rows" not in {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
-    _run(conn, "B2", 2)  # the next batch writes the compact form, and its serials' history goes on
+    oldledger.run(conn, "B2", 2, queued=0, allocated=2)  # the next batch writes the compact form, and its serials' history goes on
     assert conn.execute("SELECT count(*) FROM serial_history h JOIN batch_ref r ON r.ref = h.batch_ref"
                         " WHERE r.batch_id = 'B2'").fetchone() == (2 * 3 + 2,)
     oldledger.close_and_verify(conn, path, capsys)
@@ -245,7 +234,7 @@ def test_a_batchs_ref_and_t0_are_sealed_from_its_creation(tmp_path, capsys):
     masterdata.create_batch(conn, "B1", GTIN, "LB1", "2030-01-31", 10, 3, 2, user="qa")
     (detail,) = conn.execute("SELECT detail FROM audit WHERE action = 'batch.create'").fetchone()
     assert "batch_ref" in json.loads(detail)["seal"]
-    _run(conn, "B1", 2)
+    oldledger.run(conn, "B1", 2, queued=0, allocated=2)
     conn.close()
     capsys.readouterr()
     assert cli_batch.audit_main(["verify", "--db", str(path)]) == 0

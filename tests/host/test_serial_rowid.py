@@ -8,11 +8,10 @@ import pytest
 
 from serialine.host import audit, db, serials
 from serialine.host.db import transaction
-from serialine.host.ledger import Ledger
 from serialine.host import masterdata
 
 import oldledger
-from hostkit import GTIN, Line
+from hostkit import GTIN
 
 # what the old release's close sealed of a batch's own rows (its logs went on in the chain): both
 # names the serial rows were sealed under then
@@ -20,22 +19,13 @@ OLD_CLOSED = ("product", "product_master", "batch", "batch_site", "unit", "seria
               "coder_template", "container", "packed")
 
 
-def _run(conn, batch, units):
-    masterdata.start_batch(conn, batch)
-    ledger = Ledger(conn, batch)
-    with transaction(conn):
-        ledger.queue_codes(units)
-        serials.allocate(conn, batch, GTIN, 2)  # two left allocated: returned to the pool at close
-    line = Line(ledger, boot_id=int(batch[1:]))
-    for u in range(units):
-        line.unit(u)
 
 
 def _old_ledger(path):
     """B1 run and closed, a serial handed out over OPEN-SCS and one due upstream, then the ledger put
     into the form before serial_id and B1 sealed as the old release sealed its close."""
     conn = oldledger.ledger(path, ("B1", "B2"))
-    _run(conn, "B1", 4)
+    oldledger.run(conn, "B1", 4, queued=0, allocated=2)
     with transaction(conn):
         conn.execute("INSERT INTO serial_grant (token, gtin, serial, user, at) VALUES ('t1', ?, '000000000039', 'qa', 1.0)",
                      (GTIN,))
@@ -71,7 +61,7 @@ def test_an_old_ledger_is_rebuilt_with_serial_ids_and_its_seals_still_verify(tmp
                      (GTIN,))
     with pytest.raises(sqlite3.IntegrityError, match="serials are never deleted"):
         conn.execute("DELETE FROM serial WHERE serial_id = 1")
-    _run(conn, "B2", 2)  # the next batch runs on the rowid form; the granted and the upstream's serials stay out
+    oldledger.run(conn, "B2", 2, queued=0, allocated=2)  # the next batch runs on the rowid form; the granted and the upstream's serials stay out
     used = {s for (s,) in conn.execute("SELECT serial FROM serial WHERE batch_id = 'B2'")}
     assert len(used) == 4 and not used & {"000000000038", "000000000039"}
     oldledger.close_and_verify(conn, path, capsys)
