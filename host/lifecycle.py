@@ -49,7 +49,7 @@ def abort(conn: sqlite3.Connection, batch_id: str, user: str, reason: str) -> di
         if agents:
             raise LifecycleError(f"batch {batch_id} is being run by an agent ({agents[0]}): stop the line and "
                                  "its agent first, then abort")
-        (unknown,) = conn.execute("SELECT count(*) FROM unit WHERE batch_id=? AND outcome='UNKNOWN'",
+        (unknown,) = conn.execute("SELECT count(*) FROM unit_row WHERE batch_id=? AND outcome='UNKNOWN'",
                                   (batch_id,)).fetchone()
         if unknown:
             raise LifecycleError(f"batch {batch_id} has {unknown} unit(s) whose outcome is unknown (the pack may be "

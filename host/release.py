@@ -45,7 +45,7 @@ def batch_record(conn: sqlite3.Connection, batch_id: str) -> dict:
     name, market, nhrn_ai, nhrn = conn.execute("SELECT name, market, nhrn_ai, nhrn FROM product WHERE gtin=?",
                                                (b.gtin,)).fetchone()
     units = [{"outcome": o, "reason": r, "verdict_reason": v, "test": bool(t), "count": n} for o, r, v, t, n in conn.execute(
-        "SELECT COALESCE(outcome, 'NONE'), reason, verdict_reason, test, count(*) FROM unit WHERE batch_id=?"
+        "SELECT COALESCE(outcome, 'NONE'), reason, verdict_reason, test, count(*) FROM unit_row WHERE batch_id=?"
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", (batch_id,))]
     report = reconcile.reconcile(conn, batch_id)
     containers = [{"sscc": s, "level": lv, "parent": p, "state": st, "partial": bool(pt), "closed_at": ca,

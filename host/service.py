@@ -837,8 +837,8 @@ class Service:
         c = self.conn
         if self.agent is not None:
             batch_id = self.agent.ledger.batch.batch_id
-            counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit WHERE batch_id=?"
-                                    " GROUP BY 1", (batch_id,)).fetchall())
+            counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit_row WHERE batch_id=?"
+                                    " GROUP BY outcome", (batch_id,)).fetchall())  # unit_batch's order: no sort
             counts["detected"] = sum(counts.values())
             self._figures["counts"] = counts
             if "budget_ms" not in self._figures:
@@ -936,7 +936,9 @@ class Service:
 
     def _in_flight(self) -> int:
         a = self.agent
-        (n,) = self.conn.execute("SELECT COUNT(*) FROM unit WHERE device_id=? AND boot_id=? AND outcome IS NULL",
+        # by unit_batch (batch, outcome NULL): the few in flight; '+' keeps SQLite off the key, a walk of the boot's units
+        (n,) = self.conn.execute("SELECT COUNT(*) FROM unit_row WHERE batch_id IN (SELECT batch_id FROM device_boot"
+                                 " WHERE device_id=?1 AND boot_id=?2) AND outcome IS NULL AND +device_id=?1 AND +boot_id=?2",
                                  (a.device_id, a.boot_id)).fetchone()
         return n
 

@@ -256,10 +256,10 @@ class Console:
         ppm = None
         if batch:
             if not counts:
-                counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit WHERE batch_id=?"
-                                        " GROUP BY 1", (batch,)).fetchall())
+                counts = dict(c.execute("SELECT COALESCE(outcome, 'in_flight'), COUNT(*) FROM unit_row WHERE batch_id=?"
+                                        " GROUP BY outcome", (batch,)).fetchall())  # unit_batch's order: no sort
                 counts["detected"] = sum(counts.values())
-            reasons = c.execute("SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM unit WHERE batch_id=? AND outcome"
+            reasons = c.execute("SELECT COALESCE(reason, 'unknown'), COUNT(*) FROM unit_row WHERE batch_id=? AND outcome"
                                 " IN ('REJECTED_CONFIRMED', 'REJECTED_UNCONFIRMED', 'PURGED') GROUP BY 1"
                                 " ORDER BY 2 DESC", (batch,)).fetchall()
             dev = (st or {}).get("device") or {}

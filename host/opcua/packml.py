@@ -72,8 +72,9 @@ OUTCOMES = ("REJECTED_CONFIRMED", "REJECTED_UNCONFIRMED", "PURGED", "UNKNOWN", "
 
 def defective_by_reason(conn, batch_id: str) -> list[tuple[int, str, int]]:
     """The ledger's units of the batch without PASSED, per reject reason → [(ID, reason, count)]."""
-    rows = conn.execute("SELECT COALESCE(reason, outcome), COUNT(*) FROM unit WHERE batch_id=? AND outcome IS NOT NULL"
-                        " AND outcome <> 'PASSED' GROUP BY 1", (batch_id,)).fetchall()
+    # the outcomes named (not "<> 'PASSED'"): unit_batch seeks the few, never walks the passed
+    rows = conn.execute("SELECT COALESCE(reason, outcome), COUNT(*) FROM unit_row WHERE batch_id=? AND outcome IN"
+                        f" ({', '.join(repr(o) for o in OUTCOMES)}) GROUP BY 1", (batch_id,)).fetchall()
     return sorted((reason_id(r), r, n) for r, n in rows)
 
 

@@ -269,7 +269,7 @@ def _drain(line, device, db_path, batch_id, timeout: float = 20.0, quiet_s: floa
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         while time.monotonic() < end:
-            (n,) = conn.execute("SELECT COUNT(*) FROM unit WHERE batch_id = ? AND outcome IS NOT NULL",
+            (n,) = conn.execute("SELECT COUNT(*) FROM unit_row WHERE batch_id = ? AND outcome IS NOT NULL",
                                 (batch_id,)).fetchone()
             if n >= want:
                 return
