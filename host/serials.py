@@ -50,6 +50,8 @@ STALE_S = BUSY_DEADLINE_S + 120.0
 STAGING_CACHE_KIB = 16384  # the page cache while staging (db.connect's is larger, for the host path)
 REDRAWS = 20  # a chunk's collisions drawn again at most this often (a sound source needs one, rarely)
 SPREAD = 64  # a generated pool lies under at most this share (1 / SPREAD) of its prefixes (clusters)
+# ... unless one known serial would then guess others within this factor of the market's max (clusters)
+KNOWN_MARGIN = 100
 
 # a serial's rows are usable when not part of an import still staging (or abandoned)
 USABLE = ("NOT EXISTS (SELECT 1 FROM serial_import i WHERE i.import_id = serial.import_id"
@@ -315,18 +317,24 @@ def _below(n: int, randbytes) -> int:
             return v
 
 
-def clusters(alphabet: str, length: int, count: int) -> tuple[int, int]:
+def clusters(alphabet: str, length: int, count: int, max_guess: float = 1e-4) -> tuple[int, int]:
     """(p, k): a generated pool goes under k prefixes of p characters, each with a share of at most
     CHUNK / 16 (a draw is close to the size asked), the k at most 1 / SPREAD of all p-character
-    prefixes (p at most half the length).
+    prefixes (p at most half the length), but never so few that one known serial, which tells its
+    prefix, makes the rest of its prefix's share guessed with more than max_guess / KNOWN_MARGIN
+    (then as many as that needs, all of them at worst: the pool spread over every prefix, uniform).
     A draw of any chunk's size is a few prefixes, so each write transaction touches one neighbourhood
-    of the pool's B-trees; and the pool as a whole lies in 1 / SPREAD of the key space, so it touches
+    of the pool's B-trees; and the pool as a whole lies in k / a ** p of the key space, so it touches
     that share of the serials known before, not a page of every neighbourhood (which made the pool's
     growth cost in the pool's size: random keys split every page)."""
-    k, a, p = max(1, -(-count // max(1, CHUNK // 16))), len(alphabet), 0
-    while a ** p < SPREAD * k and p < length // 2:
+    a = len(alphabet)
+    k0 = max(1, -(-count // max(1, CHUNK // 16)))
+    # knowing one serial: share / a ** (length - p) = (count / a ** length) / (k / a ** p)
+    least = min(1.0, KNOWN_MARGIN * count / (max_guess * float(a) ** length))
+    p = 0
+    while a ** p < k0 * min(SPREAD, 1 / least) and p < length // 2:
         p += 1
-    return p, min(k, a ** p)
+    return p, min(a ** p, max(k0, math.ceil(least * a ** p)))
 
 
 def _prefix(alphabet: str, p: int, j: int) -> str:
@@ -351,7 +359,7 @@ def _chosen(m: int, k: int, randbytes) -> list[int]:
     return sorted(got)
 
 
-def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes):
+def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token_bytes, max_guess: float = 1e-4):
     """`count` random serials as sorted draws in key order, each one write: (rows, redraw), where
     redraw(n) gives n more from the draw's key range (for those that collided). A generator: send()
     it the size of the next draw (next(): CHUNK); a rest under half of that goes along. Clustered:
@@ -360,7 +368,7 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
     is still uniform over the whole space (its prefix is any with the same chance), and one known
     serial tells its prefix, under which the pool's share is guessed no better than
     share / alphabet ** (length - p). Memory: one draw (and the k prefixes' numbers)."""
-    p, k = clusters(alphabet, length, count)
+    p, k = clusters(alphabet, length, count, max_guess)
     chosen = _chosen(len(alphabet) ** p, k, randbytes)
     j, done, size = 0, 0, CHUNK
     while j < k:
@@ -399,16 +407,12 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
     profile = _profile_for(conn, gtin)
     if count <= 0:
         raise SerialError("count must be positive")
+    # (the only refusal: the clustering never makes a pool guessable, clusters)
     _check_guess(conn, gtin, count, profile, profile.serial_length, len(profile.alphabet))
-    p, k = clusters(profile.alphabet, profile.serial_length, count)
-    known = guess_probability(-(-count // k), len(profile.alphabet), profile.serial_length - p)
-    if profile.randomised and not known < profile.max_guess_probability:  # (far below it for any N of EU_FMD)
-        raise SerialError(f"pool for {gtin} refused: {count} serials under {k} prefixes of {p} characters give a"
-                          f" guess probability of {known:.3g} knowing one serial, not below {profile.max_guess_probability:g}")
 
     def check():
         _check_guess(conn, gtin, 0, profile, profile.serial_length, len(profile.alphabet))
-    chunks = drawn_chunks(profile.alphabet, profile.serial_length, count, randbytes)
+    chunks = drawn_chunks(profile.alphabet, profile.serial_length, count, randbytes, profile.max_guess_probability)
     added = _stage_and_publish(conn, gtin, "generated", chunks, user, check, None, ignore_known=True,
                                total=count, progress=progress)
     p = guess_probability(added.count, len(profile.alphabet), profile.serial_length)
@@ -420,14 +424,15 @@ def generate_pool(conn: sqlite3.Connection, gtin: str, count: int, user: str | N
 
 def _clustered(profile, count: int) -> str:
     """How a generated pool of `count` lies in the key space, and how well it is guessed knowing one
-    of its serials (whose prefix it shares with count / k); "" for a pool under one prefix of none."""
-    p, k = clusters(profile.alphabet, profile.serial_length, count)
-    if not p:
+    of its serials (whose prefix it shares with count / k); "" for a pool under all prefixes or none."""
+    p, k = clusters(profile.alphabet, profile.serial_length, count, profile.max_guess_probability)
+    if not p or k == len(profile.alphabet) ** p:
         return ""
     share = -(-count // k)
     known = guess_probability(share, len(profile.alphabet), profile.serial_length - p)
     return (f" under {k:,} random {p}-character prefix(es), at most {share:,} each (guess probability"
-            f" {known:.3g} knowing one serial)")
+            f" {known:.3g} knowing one serial, at least {KNOWN_MARGIN} times below the market's"
+            f" {profile.max_guess_probability:g})")
 
 
 def _json_array(rows: list[str]) -> str:

@@ -6,6 +6,7 @@ indexes and the one insert trigger."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -70,8 +71,33 @@ def test_a_pool_of_any_size_takes_at_most_its_share_of_the_prefixes():
     for count in (1, 6_000, 200_000, 10_000_000):
         p, k = serials.clusters(EU.alphabet, 12, count)
         assert -(-count // k) <= serials.CHUNK / 16 and k * serials.SPREAD <= 34 ** p and p <= 6, count
-    # ten digits of 12 for a pool of ten million (US: a short alphabet): p is at most half the length
-    assert serials.clusters("0123456789", 12, 10_000_000) == (6, 6403)
+    # ten digits of 12 (US: a short alphabet): one known serial must not guess the rest of its prefix's share
+    # better than 1/100 of the market's 1e-4, so the pool takes as much of the key space as that needs
+    for count, (p, k) in ((200_000, (3, 200)), (1_000_000, (3, 1000)), (10_000_000, (4, 10_000))):
+        assert serials.clusters("0123456789", 12, count) == (p, k), count  # 1/5 of the space, then all of it
+        known = serials.guess_probability(-(-count // k), 10, 12 - p)
+        uniform = serials.guess_probability(count, 10, 12)  # (10M: 1e-5, above 1e-6: all prefixes, no worse)
+        assert known <= max(1e-4 / serials.KNOWN_MARGIN, uniform) * 1.0001 and -(-count // k) <= serials.CHUNK / 16
+
+
+def test_the_clustering_never_refuses_a_pool_the_uniform_draw_admits(conn, monkeypatch):
+    """A randomised market of 6 digits (US_DSCSA made so): 50 serials are 5e-5 to guess, admitted. Under one 2-digit
+    prefix (the clustering of 14246f3) one known serial would guess the rest with 5e-3 and the pool was
+    refused; now the pool is drawn uniformly (no prefix) and admitted, said without a prefix."""
+    short = dataclasses.replace(masterdata.PROFILES["US_DSCSA"], serial_length=6, randomised=True)
+    monkeypatch.setitem(masterdata.PROFILES, "US_DSCSA", short)
+    assert serials.clusters(short.alphabet, 6, 50, short.max_guess_probability) == (0, 1)  # no prefix: uniform
+    masterdata.add_product(conn, "00012345600012", "six digits", "US_DSCSA", 7)
+    added = serials.generate_pool(conn, "00012345600012", 50, user="ann")
+    drawn = pool_of(conn, "00012345600012")
+    assert added.count == 50 and len(drawn) == 50 and {len(s) for s in drawn} == {6}
+    assert "prefix" not in added.statement and "guess probability 5e-05" in added.statement
+    with pytest.raises(serials.SerialError, match="guess probability"):  # only the uniform check refuses
+        serials.generate_pool(conn, "00012345600012", 60)
+
+
+def pool_of(conn, gtin):
+    return {s for (s,) in conn.execute("SELECT serial FROM serial WHERE gtin = ?", (gtin,))}
 
 
 def test_one_draw_is_in_memory_whatever_the_count():
