@@ -1017,43 +1017,45 @@ def _verify_derived(conn) -> str | None:
     before; a serial ever commissioned belongs to a PASSED unit; a PASSED unit has its device's
     UNIT_OUTCOME saying so, or a person's `unit.resolve` record. So a unit forged good while its
     batch runs is caught even after the close seals the forgery."""
-    if not all(_has(conn, t) for t in ("serial", "serial_history", "unit", "device_event")):
+    if not all(_has(conn, t) for t in ("serial", "serial_history", "unit_row", "device_event")):
         return None
     from .db import TRANSITIONS
     legal = set(TRANSITIONS)
-    state_of = "SELECT state FROM serial WHERE gtin=? AND serial=?"
-    unit_of = "SELECT outcome FROM unit WHERE gtin=? AND serial=?"
-    key = end = None
+    names = db.SERIAL_STATES
+    key = end = serial_id = now = None
     ended_out = 0  # serials whose history ends away from 'available'
 
-    def closed(key, end):
-        row = conn.execute(state_of, key).fetchone()
-        if row is None:
+    def closed(key, now, end):
+        has_row, state = now
+        if not has_row:
             return f"serial {key[0]}/{key[1]}: it has a history but no row"
-        if row[0] != end:
-            return f"serial {key[0]}/{key[1]}: state {row[0]}, but its history ends {end}"
+        if state != end:
+            return f"serial {key[0]}/{key[1]}: state {state}, but its history ends {end}"
         return None
-    names = db.SERIAL_STATES
     # each row says the state reached; the one left is where the row before ended (db.SERIAL_HISTORY),
-    # so a missing step shows as a change the ledger never makes
-    for gtin, serial, code in conn.execute("SELECT coalesce(s.gtin, '?'), coalesce(s.serial, 'serial_id ' || h.serial_id),"
-                                           " h.state FROM serial_history h LEFT JOIN serial s ON s.serial_id = h.serial_id"
-                                           " ORDER BY h.serial_id, h.seq"):
-        if (gtin, serial) != key:
+    # so a missing step shows as a change the ledger never makes. The serial's row and a commissioned
+    # one's unit come along by serial_id (one statement, not a lookup per serial)
+    for sid, gtin, serial, code, has_row, state, outcome in conn.execute(
+            "SELECT h.serial_id, coalesce(s.gtin, '?'), coalesce(s.serial, 'serial_id ' || h.serial_id), h.state,"
+            " s.serial_id IS NOT NULL, s.state, CASE WHEN h.state = ? THEN"
+            " (SELECT outcome FROM unit_row WHERE serial_id = h.serial_id) END"
+            " FROM serial_history h LEFT JOIN serial s ON s.serial_id = h.serial_id ORDER BY h.serial_id, h.seq",
+            (names.index("commissioned"),)):
+        if sid != serial_id:
             if key is not None:
-                problem = closed(key, end)
+                problem = closed(key, now, end)
                 if problem:
                     return problem
                 ended_out += end != "available"
-            key, end = (gtin, serial), "available"  # every serial is born available
+            key, serial_id, now, end = (gtin, serial), sid, (has_row, state), "available"  # every serial is born available
         old, new = end, names[code] if type(code) is int and 0 <= code < len(names) else repr(code)
         if (old, new) not in legal:
             return f"serial {gtin}/{serial}: its history holds {old} -> {new}, a change the ledger never makes"
         end = new
-        if new == "commissioned" and (conn.execute(unit_of, key).fetchone() or (None,))[0] != "PASSED":
+        if new == "commissioned" and outcome != "PASSED":
             return f"serial {gtin}/{serial}: commissioned, but its unit is not PASSED"
     if key is not None:
-        problem = closed(key, end)
+        problem = closed(key, now, end)
         if problem:
             return problem
         ended_out += end != "available"
@@ -1066,7 +1068,7 @@ def _verify_derived(conn) -> str | None:
         if isinstance(d, dict) and d.get("outcome") == "PASSED":
             device, boot, seq = str(d.get("unit", "")).rsplit(":", 2)
             said.add((device, int(boot), int(seq)))
-    for device, boot, seq in conn.execute("SELECT device_id, boot_id, unit_seq FROM unit WHERE outcome = 'PASSED'"):
+    for device, boot, seq in conn.execute("SELECT device_id, boot_id, unit_seq FROM unit_row WHERE outcome = 'PASSED'"):
         if (device, boot, seq) not in said:
             return f"unit {device}:{boot}:{seq} is PASSED, but neither its device nor a unit.resolve record says so"
     return None
