@@ -466,8 +466,8 @@ class Ledger:
         bound = self._bound.get((device_id, boot_id, unit_seq))
         if bound is not None:
             return bound[2]
-        row = self.conn.execute("SELECT j.code FROM unit u JOIN coder_job j ON j.gtin=u.gtin AND j.serial=u.serial"
-                                " WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?",
+        row = self.conn.execute("SELECT j.code FROM unit_row u JOIN coder_job_row r ON r.serial_id = u.serial_id"
+                                " JOIN coder_job j ON j.job_id = r.job_id WHERE u.device_id=? AND u.boot_id=? AND u.unit_seq=?",
                                 (device_id, boot_id, unit_seq)).fetchone()
         return row[0] if row else None
 
