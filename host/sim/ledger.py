@@ -100,9 +100,9 @@ def read(db_path: Path, batch_id: str, *, printed_codes: list[str], epcis_dir: P
         codes = {}
         for code, serial, state, outcome in conn.execute(
                 "SELECT j.code, j.serial, s.state, u.outcome FROM coder_job j"
-                " JOIN serial s ON s.gtin = j.gtin AND s.serial = j.serial"
-                " LEFT JOIN unit_row u ON u.serial_id = s.serial_id"
-                " WHERE j.batch_id = ?", (batch_id,)):
+                " JOIN coder_job_row r ON r.job_id = j.job_id JOIN serial s ON s.serial_id = r.serial_id"
+                " LEFT JOIN unit_row u ON u.serial_id = r.serial_id"
+                " WHERE j.batch_id = ?", (batch_id,)):  # by serial_id: rowid probes, not serial's text index
             codes[code] = CodeRecord(serial, state, outcome)
         commissioned = [serial for (serial,) in conn.execute(
             "SELECT serial FROM serial WHERE batch_id = ? AND state = 'commissioned'", (batch_id,))]
