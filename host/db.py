@@ -162,8 +162,14 @@ _SERIAL_RULES = (
      " AND (SELECT state FROM serial_import WHERE import_id = NEW.import_id) IS NOT 'published'",
      "a serial of an unpublished import cannot be used"),
 )
+# A legal change into a state outside the pool's (a print, an outcome: two of a unit's three) on the same
+# import: no rule above can apply (each needs an illegal pair, a pool state, a serial leaving 'available'
+# or a new import), so the trigger stops at its WHEN. The rules in the WHEN too cost more (~30 % of the
+# trigger, callgrind) than running the body for the other changes (an allocation, a return).
+_OUT_OF_POOL = " OR ".join(f"OLD.state = '{a}' AND NEW.state = '{b}'" for a, b in TRANSITIONS
+                           if b not in ("allocated", "available"))
 SERIAL_TRANSITION = ("CREATE TRIGGER IF NOT EXISTS serial_transition BEFORE UPDATE OF state ON serial\n        WHEN "
-                     + "\n          OR ".join(f"({c})" for c, _ in _SERIAL_RULES) + "\n        BEGIN "
+                     f"NOT (({_OUT_OF_POOL}) AND NEW.import_id IS OLD.import_id)\n        BEGIN "
                      + "\n              ".join(f"SELECT RAISE(ABORT, '{m}') WHERE {c};" for c, m in _SERIAL_RULES)
                      + " END")
 # before the rules were one trigger (ledgers made then hold these, and the old serial_transition)
