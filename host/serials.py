@@ -300,8 +300,8 @@ def random_serials(alphabet: str, length: int, count: int, randbytes=secrets.tok
         while len(got) < need:
             left = need - len(got)
             got += randbytes(left + left // 8 + 16).translate(table, drop)
-        text = got[:need].decode("ascii")
-        return [text[i:i + length] for i in range(0, need, length)]
+        # cut by the regex engine: a third faster than slicing in a comprehension
+        return re.findall(f".{{{length}}}", got[:need].decode("ascii"), re.S)
     chars: list[str] = []
     while len(chars) < need:
         chars.extend(alphabet[b % n] for b in randbytes(need - len(chars) + 16) if b < limit)
@@ -369,6 +369,7 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
     serial tells its prefix, under which the pool's share is guessed no better than
     share / alphabet ** (length - p). Memory: one draw (and the k prefixes' numbers)."""
     p, k = clusters(alphabet, length, count, max_guess)
+    plain = '"' not in alphabet and "\\" not in alphabet
     chosen = _chosen(len(alphabet) ** p, k, randbytes)
     j, done, size = 0, 0, CHUNK
     while j < k:
@@ -378,13 +379,18 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
             total += shares[-1]
             j += 1
         suffixes = random_serials(alphabet, length - p, total, randbytes)
-        rows, at = [], 0
+        # each prefix's share sorted and joined with its prefix by str.join (not a string a serial),
+        # straight into JSON where no character needs an escape; the prefixes are in key order
+        parts, at = [], 0
         for i, n in enumerate(shares):
-            prefix = _prefix(alphabet, p, chosen[lo + i])
-            rows += [prefix + s for s in suffixes[at:at + n]]
+            prefix, part = _prefix(alphabet, p, chosen[lo + i]), suffixes[at:at + n]
+            part.sort()
+            if part:
+                parts.append(prefix + ('","' + prefix).join(part) if plain else json.dumps([prefix + s for s in part])[2:-2])
             at += n
-        suffixes = None
-        rows.sort()
+        suffixes = part = None
+        rows = Drawn(total, '["' + '","'.join(parts) + '"]')
+        parts = None
         done += total
 
         def redraw(n, lo=lo, hi=j):
@@ -392,6 +398,21 @@ def drawn_chunks(alphabet: str, length: int, count: int, randbytes=secrets.token
                           for s in random_serials(alphabet, length - p, n, randbytes))
         size = (yield rows, redraw) or CHUNK
         rows = None
+
+
+class Drawn:
+    """A draw of drawn_chunks: how many serials, and the JSON array of them the write passes to
+    SQLite (no list of the serials is made); iterating it gives them (tests, a redraw's rows)."""
+    __slots__ = ("count", "json")
+
+    def __init__(self, count: int, payload: str):
+        self.count, self.json = count, payload
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return iter(json.loads(self.json))
 
 
 def generate(conn: sqlite3.Connection, gtin: str, count: int, user: str | None = None) -> int:
@@ -551,7 +572,7 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
             rows, redraw = item
             # one statement for the chunk (not one execution per row: the row triggers are set up
             # once), the serials passed as one JSON array, encoded before the lock is taken
-            payload = _json_array(rows)
+            payload = rows.json if isinstance(rows, Drawn) else _json_array(rows)
 
             def stage():
                 # the rows' parents, once (their foreign keys are not checked row by row, _stage_rows)

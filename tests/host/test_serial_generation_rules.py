@@ -48,7 +48,7 @@ def test_a_pool_lies_under_few_random_prefixes_each_its_exact_share_the_rest_uni
     count = 5000
     p, k = serials.clusters(EU.alphabet, 12, count)
     assert (p, k) == (3, 50) and k * serials.SPREAD <= 34 ** p  # 50 of 39,304: the pool in 1/786 of the key space
-    draws = [rows for rows, _ in serials.drawn_chunks(EU.alphabet, 12, count, seeded())]
+    draws = [list(rows) for rows, _ in serials.drawn_chunks(EU.alphabet, 12, count, seeded())]  # (a Drawn: its JSON)
     drawn = [s for rows in draws for s in rows]
     assert len(drawn) == count and {len(s) for s in drawn} == {12} and set("".join(drawn)) <= set(EU.alphabet)
     shares = Counter(s[:3] for s in drawn)
