@@ -136,8 +136,10 @@ class Ledger:
             self._tpl_stored = self.conn.execute("SELECT head, tail FROM coder_template WHERE batch_id=?",
                                                  (b.batch_id,)).fetchone() == (head + "21", tail)
         stored = self._tpl_stored
-        self.conn.executemany("INSERT INTO coder_job_row (batch_id, serial_id, code) VALUES (?,?,?)",
-                              [(b.batch_id, i, None if stored else code) for i, _, code in jobs])
+        # one statement over them all, in their order (a statement a row: about twice the work, as in _flush)
+        self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
+                          " SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) ORDER BY key",
+                          (b.batch_id, json.dumps([(i, None if stored else code) for i, _, code in jobs])))
         self._queue.extend(jobs)
         return [(s, code) for _, s, code in jobs]
 

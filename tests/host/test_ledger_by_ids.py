@@ -72,3 +72,15 @@ def test_a_refused_change_leaves_the_poll_as_it_was(ledger):
                    + [line.event("UNIT_PRINTED", unit_seq=u, pos=0, t_us=0) for u in (2, 3, 4)])
     assert c.execute("SELECT serial_id, state FROM serial WHERE batch_id='B1' ORDER BY serial_id").fetchall() == before
     assert c.execute("SELECT count(*) FROM unit_row WHERE unit_seq >= 2").fetchone() == (0,)
+
+
+def test_a_top_up_is_one_statement_its_jobs_in_order(ledger):
+    c = ledger.conn
+    runs = []
+    c.set_trace_callback(runs.append)
+    with transaction(c):
+        jobs = ledger.queue_codes(7)
+    c.set_trace_callback(None)
+    assert len({s for s in runs if s.startswith("INSERT INTO coder_job_row")}) == 1
+    assert c.execute("SELECT serial, code FROM coder_job WHERE batch_id='B1' ORDER BY job_id").fetchall() == jobs
+    assert c.execute("SELECT count(*) FROM coder_job_row WHERE code IS NOT NULL").fetchone() == (0,)  # the template's
