@@ -470,6 +470,7 @@ class Background:
         ready.wait()
         if failed:
             self._thread.join()
+            self.loop.close()  # else closed by the garbage collector at exit, after its selector: a traceback
             raise failed[0]
         return self
 
