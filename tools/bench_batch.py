@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--units", type=int, default=10000)
     ap.add_argument("--per-poll", type=int, default=64, help="units per poll (4 events each)")
     ap.add_argument("--serials", type=int, default=200000, help="serials generated into the pool")
-    ap.add_argument("--dir", help="work here (kept) instead of a temporary directory")
+    ap.add_argument("--dir", help="make the temporary work directory inside DIR (removed at the end)")
     args = ap.parse_args(argv)
     try:
         work = tempfile.TemporaryDirectory(dir=args.dir)
