@@ -637,13 +637,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
     _migrate_serial_rowid(conn)  # before the other tables' migrations to serial_id
     # before partial pool indexes and one insert trigger (host/serials.py: generation speed)
     for name, sql in (("serial_pick", SERIAL_PICK), ("serial_batch", SERIAL_BATCH)):
-        row = conn.execute("SELECT sql FROM sqlite_master WHERE type='index' AND name=?", (name,)).fetchone()
-        if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
-            conn.execute(f"DROP INDEX {name}")
+        _drop_if_changed(conn, "index", name, sql)
     conn.execute("DROP TRIGGER IF EXISTS serial_staged_only_while_staging")
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='serial_transition'").fetchone()
-    if row and row[0] != SERIAL_TRANSITION.replace(" IF NOT EXISTS", ""):
-        conn.execute("DROP TRIGGER serial_transition")
+    if _drop_if_changed(conn, "trigger", "serial_transition", SERIAL_TRANSITION):
         for name in _OLD_SERIAL_TRIGGERS:
             conn.execute(f"DROP TRIGGER IF EXISTS {name}")
     conn.execute("DROP TRIGGER IF EXISTS serial_born_available")
@@ -682,10 +678,17 @@ def _migrate_serial_rowid(conn: sqlite3.Connection) -> None:
     conn.execute(f"INSERT INTO serial_new ({_SERIAL_COLS}) SELECT {_SERIAL_COLS} FROM serial ORDER BY gtin, serial")
     _reads_back(conn, "serial", "serial", "serial_new", _SERIAL_COLS)
     conn.execute("DROP TABLE serial")  # its indexes and triggers with it
-    # legacy: a plain rename (the modern one rewrites and checks every trigger naming serial, now absent)
-    conn.execute("PRAGMA legacy_alter_table=ON")
-    conn.execute("ALTER TABLE serial_new RENAME TO serial")
-    conn.execute("PRAGMA legacy_alter_table=OFF")
+    _rename(conn, "serial_new", "serial")  # (the modern rename checks every trigger naming serial, now absent)
+
+
+def _drop_if_changed(conn: sqlite3.Connection, kind: str, name: str, sql: str) -> bool:
+    """Drop the index, trigger or view `name` if the ledger holds it made from other text than `sql`
+    (an earlier schema's): SCHEMA makes it anew. → whether it was dropped."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type=? AND name=?", (kind, name)).fetchone()
+    if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
+        conn.execute(f"DROP {kind.upper()} {name}")
+        return True
+    return False
 
 
 def _reads_back(conn: sqlite3.Connection, what: str, old: str, new: str, cols: str) -> None:
@@ -705,9 +708,7 @@ def _migrate_device_event(conn: sqlite3.Connection) -> None:
     (boot_ref, event_seq) orders the rows as before; a body in the form the ledger wrote is packed,
     any other kept as its text. The view device_event_v1 gives every row back in the old columns,
     which is checked here row for row (the seals made before read it): not exact, nothing changes."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='device_event_v1'").fetchone()
-    if row and row[0] != devevents.DEVICE_EVENT_V1.replace(" IF NOT EXISTS", ""):
-        conn.execute("DROP VIEW device_event_v1")  # made from an earlier schema: made again
+    _drop_if_changed(conn, "view", "device_event_v1", devevents.DEVICE_EVENT_V1)
     if "msg_name" not in {r[1] for r in conn.execute("PRAGMA table_info(device_event)")}:
         return
     conn.execute("DROP VIEW IF EXISTS device_event_v2")  # (it reads the table as it is now)
@@ -727,9 +728,7 @@ def _migrate_device_event_at(conn: sqlite3.Connection) -> None:
     before (t0 + at); only boots seen from now on count from their own t0. The view device_event_v2
     gives every row back in the columns of before, checked here row for row (the seals made then read
     it): not exact, nothing changes."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='device_event_v2'").fetchone()
-    if row and row[0] != devevents.DEVICE_EVENT_V2.replace(" IF NOT EXISTS", ""):
-        conn.execute("DROP VIEW device_event_v2")
+    _drop_if_changed(conn, "view", "device_event_v2", devevents.DEVICE_EVENT_V2)
     if "received_at" not in {r[1] for r in conn.execute("PRAGMA table_info(device_event)")}:
         return
     conn.execute("DROP VIEW IF EXISTS device_event_v1")  # (they read the column; made anew below)
@@ -762,9 +761,7 @@ def _migrate_serial_history(conn: sqlite3.Connection) -> None:
     first version (serials as text, no seal of a released ledger covers it) gets its serials keyed."""
     cols = {name: kind for _, name, kind, *_ in conn.execute("PRAGMA table_info(serial_history)")}
     for kind, name, sql in (("trigger", "serial_log", SERIAL_LOG), ("view", "serial_trail", SERIAL_TRAIL)):
-        row = conn.execute("SELECT sql FROM sqlite_master WHERE type=? AND name=?", (kind, name)).fetchone()
-        if row and row[0] != sql.replace(" IF NOT EXISTS", ""):
-            conn.execute(f"DROP {kind.upper()} {name}")  # SCHEMA makes it anew
+        _drop_if_changed(conn, kind, name, sql)
     if "serial_id" not in cols:
         conn.execute("DROP VIEW IF EXISTS serial_history_v2")  # (it reads the table as it is now)
     if cols.get("serial") == "TEXT" and "old_state" not in cols:  # the first compact form kept serials as text
@@ -796,9 +793,7 @@ def _migrate_serial_history_ref(conn: sqlite3.Connection) -> None:
     exact, nothing changes."""
     if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='batch'").fetchone() is None:
         return  # a new ledger: SCHEMA makes it all
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='view' AND name='serial_history_v2'").fetchone()
-    if row and row[0] != SERIAL_HISTORY_V2.replace(" IF NOT EXISTS", ""):
-        conn.execute("DROP VIEW serial_history_v2")
+    _drop_if_changed(conn, "view", "serial_history_v2", SERIAL_HISTORY_V2)
     for statement in BATCH_REF:
         conn.execute(statement)
     old = "batch_id" in {r[1] for r in conn.execute("PRAGMA table_info(serial_history)")}
@@ -931,9 +926,7 @@ def _migrate_in_lists(conn: sqlite3.Connection) -> None:
     """Ledgers made before the host path's CHECKs were `=` chains (_one_of) get them edited in place:
     the same values are admitted, so no stored row changes (as for the batch states in _migrate);
     shipped_container_fixed is made again (SCHEMA) if it is the one with an IN list."""
-    row = conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='shipped_container_fixed'").fetchone()
-    if row and row[0] != SHIPPED_CONTAINER_FIXED.replace(" IF NOT EXISTS", ""):
-        conn.execute("DROP TRIGGER shipped_container_fixed")
+    _drop_if_changed(conn, "trigger", "shipped_container_fixed", SHIPPED_CONTAINER_FIXED)
     for table, (old, new) in _IN_LIST_CHECKS.items():
         row = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()
         if row and old in row[0]:
