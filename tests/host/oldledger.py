@@ -9,6 +9,8 @@ import hashlib
 import json
 import sqlite3
 
+import pytest
+
 from serialine.host import audit, cli_batch, db, masterdata, serials
 from serialine.host.db import transaction
 from serialine.host.ledger import Ledger
@@ -86,6 +88,23 @@ def close_and_verify(conn, path, capsys, batch="B2"):
     rc = cli_batch.audit_main(["verify", "--db", str(path)])
     err = capsys.readouterr().err
     assert rc == 0, f"audit verify exited {rc}:\n{err}"
+
+
+def migration_refused(path, match: str, *sql) -> sqlite3.Connection:
+    """`sql` run on the ledger by plain sqlite3 (behind the project's back): db.connect refuses to
+    migrate it (IntegrityError matching `match`) and every row stays as it was. → a plain sqlite3
+    connection to it (the caller closes it)."""
+    c = sqlite3.connect(path)
+    for s in sql:
+        c.execute(s)
+    c.commit()
+    before = db.snapshot(c)
+    c.close()
+    with pytest.raises(sqlite3.IntegrityError, match=match):
+        db.connect(str(path))
+    c = sqlite3.connect(path)
+    assert db.snapshot(c) == before
+    return c
 
 
 def verify_after_edit(path, capsys, *sql) -> str:
