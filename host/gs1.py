@@ -77,7 +77,28 @@ def dictionary() -> dict[str, AISpec]:
     return out
 
 
+@lru_cache(maxsize=None)
+def _plain(ai: str):
+    """A regex that a value of `ai` matches only if `_check_spec` passes it (one component of
+    digits or set 82, no linter: a serial, a lot), or None. A value it misses gets the full check
+    and its error; one it matches (every pack's serial) skips the spec's walk."""
+    spec = dictionary().get(ai)
+    if spec is None or len(spec.components) != 1:
+        return None
+    cset, lo, hi, linters = spec.components[0]
+    if linters or cset not in "NX":
+        return None
+    chars = "0-9" if cset == "N" else "".join(re.escape(c) for c in sorted(CSET82))
+    return re.compile(f"[{chars}]{{{lo},{hi}}}")
+
+
 def _check_value(ai: str, value: str) -> None:
+    plain = _plain(ai)
+    if plain is None or type(value) is not str or not plain.fullmatch(value):
+        _check_spec(ai, value)
+
+
+def _check_spec(ai: str, value: str) -> None:
     spec = dictionary().get(ai)
     if spec is None:
         raise GS1Error(f"AI ({ai}) is not in the GS1 Syntax Dictionary")
@@ -161,6 +182,11 @@ def parse_expiry(text: str) -> _dt.date:
     except ValueError:
         pass
     raise GS1Error(f"invalid date {text!r} (want YYYY-MM-DD, or YYYY-MM-00 for a month-only expiry)")
+
+
+def check(ai: str, value: str) -> None:
+    """One AI's value against the dictionary (GS1Error: the first rule it breaks)."""
+    _check_value(ai, value)
 
 
 def validate(pairs: list[tuple[str, str]]) -> None:

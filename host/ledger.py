@@ -107,20 +107,23 @@ class Ledger:
         return row[0]
 
     def _template(self):
-        """The batch's code around its serial, validated once: (head, tail, pairs with a slot)."""
+        """The batch's code around its serial, validated once: (head, tail, its AIs with a slot for 21)."""
         b = self.batch
-        es = gs1.element_string(gs1.pack_pairs(b.gtin, "0", b.lot, b.expiry, b.nhrn_ai, b.nhrn))
+        pairs = gs1.pack_pairs(b.gtin, "0", b.lot, b.expiry, b.nhrn_ai, b.nhrn)
+        es = gs1.element_string(pairs)
         cut = es.index(gs1.GS + "21") + 1  # the first GS follows the lot, the only variable field before 21
-        return es[:cut], es[cut + 3:], gs1.pack_pairs(b.gtin, "0", b.lot, b.expiry, b.nhrn_ai, b.nhrn)
+        return es[:cut], es[cut + 3:], dict(pairs)
 
     def code_for(self, serial: str) -> str:
         """The element string for one pack; the serial is checked against the Syntax Dictionary."""
         if self._tpl is None:
             self._tpl = self._template()
-        head, tail, pairs = self._tpl
-        gs1.validate([("21", serial)])
+        head, tail, ais = self._tpl
+        gs1.check("21", serial)
         code = head + "21" + serial + tail
-        self.judge.expect(code, [(ai, serial if ai == "21" else v) for ai, v in pairs])
+        ais = ais.copy()
+        ais["21"] = serial
+        self.judge.known[code] = ais  # Judge.expect's, without a copy of a copy
         return code
 
     # --- coder fill-ahead ---
@@ -137,9 +140,14 @@ class Ledger:
                                                  (b.batch_id,)).fetchone() == (head + "21", tail)
         stored = self._tpl_stored
         # one statement over them all, in their order (a statement a row: about twice the work, as in _flush)
-        self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
-                          " SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) ORDER BY key",
-                          (b.batch_id, json.dumps([(i, None if stored else code) for i, _, code in jobs])))
+        if stored:  # the view builds each code from the template: the row holds none
+            self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
+                              " SELECT ?, value, NULL FROM json_each(?) ORDER BY key",
+                              (b.batch_id, "[" + ",".join([str(i) for i, _, _ in jobs]) + "]"))
+        else:
+            self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
+                              " SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
+                              " ORDER BY key", (b.batch_id, json.dumps([(i, code) for i, _, code in jobs])))
         self._queue.extend(jobs)
         return [(s, code) for _, s, code in jobs]
 
