@@ -22,6 +22,7 @@ reads the old seals through them."""
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 import struct
 import time
@@ -46,7 +47,7 @@ _WORD = 8
 class _Packing:
     """One message's non-column fields laid out in two 64-bit words: schema order, little-endian,
     a field never straddles a word (padded to the next)."""
-    __slots__ = ("msg", "names", "fields", "unit", "st", "two", "bits")
+    __slots__ = ("msg", "names", "fields", "unit", "st", "two", "bits", "values")
 
     def __init__(self, m: schema.Message):
         self.msg = m.msg_type
@@ -67,6 +68,9 @@ class _Packing:
         if off > 2 * _WORD:
             raise ValueError(m.name)
         self.names = tuple(f.name for f in rest)
+        # the fields' values in order, as a tuple (itemgetter gives one name's value alone)
+        get = operator.itemgetter(*self.names) if self.names else (lambda f: ())
+        self.values = get if len(self.names) != 1 else (lambda f: (get(f),))
         self.st = struct.Struct(fmt + "x" * (2 * _WORD - off))
         self.two = off > _WORD
         self.bits = bits
@@ -119,15 +123,29 @@ def _json(fields: dict) -> str:
 def row(ref: int, name: str, f: dict, at: int) -> tuple:
     """The stored row of one sequenced event (fields with event_seq) of the boot `ref`, received
     `at` ms after the boot's t0 (`stamp`: once a poll, not once a row)."""
-    p = _PACK.get(name)
-    if p is not None and len(f) == p.fields and (not p.unit or "unit_seq" in f):  # exactly its schema's fields
-        try:
-            body, body2 = _QQ.unpack(p.st.pack(*[f[k] for k in p.names]))
-        except (KeyError, struct.error):
-            pass
-        else:
-            return ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, at
-    return ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, at
+    if "event_seq" not in f:
+        raise KeyError("event_seq")
+    return rows(ref, ((name, f),), at)[0]
+
+
+def rows(ref: int, msgs, at: int) -> list[tuple]:
+    """`row` of each sequenced message of a poll's [(name, fields)], in order (those without
+    event_seq have none): one loop, not a call a row."""
+    out, pack, unpack = [], _PACK.get, _QQ.unpack
+    for name, f in msgs:
+        if "event_seq" not in f:
+            continue
+        p = pack(name)
+        if p is not None and len(f) == p.fields and (not p.unit or "unit_seq" in f):  # exactly its schema's fields
+            try:
+                body, body2 = unpack(p.st.pack(*p.values(f)))
+            except (KeyError, struct.error):
+                pass
+            else:
+                out.append((ref, f["event_seq"], p.msg, f.get("unit_seq"), body, body2 if p.two else None, at))
+                continue
+        out.append((ref, f["event_seq"], MSG.get(name, name), f.get("unit_seq"), _json(f), None, at))
+    return out
 
 
 def stamp(t0: int, now: float) -> int:

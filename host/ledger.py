@@ -42,7 +42,7 @@ _RULES = {
     "serial_commissioned": "UPDATE serial SET state='commissioned' WHERE serial_id IN (SELECT value FROM json_each(?))",
     "serial_rejected": "UPDATE serial SET state='rejected' WHERE serial_id IN (SELECT value FROM json_each(?))",
 }
-# rules queued as (serial_id,) and run as one statement over the flush's ids (a JSON array): row by row,
+# rules queued as a serial_id and run as one statement over the flush's ids (a JSON array): row by row,
 # each row was a statement of its own (its statement journal, its triggers' frames): about twice the work
 _BY_IDS = frozenset(("job_bound", "serial_printed", "serial_commissioned", "serial_rejected"))
 # the queued jobs, oldest first: (serial_id, serial, code)
@@ -225,7 +225,7 @@ class Ledger:
             else:
                 w["unit_outcome"].append(("PURGED", "PURGE", device_id, b, u))
                 if serial_id is not None:
-                    w["serial_rejected"].append((serial_id,))
+                    w["serial_rejected"].append(serial_id)
         booked = len(w["unit_outcome"])
         self._flush()
         if unknown:
@@ -250,9 +250,8 @@ class Ledger:
         life = self._boot(device_id, boot_id)  # before this poll's rows exist
         now = time.time()
         c = self.conn
-        (ref, t0), row = devevents.boot(c, device_id, boot_id), devevents.row
-        at = devevents.stamp(t0, now)
-        rows = [row(ref, n, f, at) for n, f in msgs if "event_seq" in f]
+        ref, t0 = devevents.boot(c, device_id, boot_id)
+        rows = devevents.rows(ref, msgs, devevents.stamp(t0, now))
         c.execute("SAVEPOINT store_batch")
         before = c.total_changes
         c.executemany(devevents.INSERT, rows)
@@ -263,7 +262,7 @@ class Ledger:
             it = iter(rows)
             new = [("event_seq" in f) and c.execute(devevents.INSERT, next(it)).rowcount == 1 for _, f in msgs]
         c.execute("RELEASE store_batch")
-        w = self._writes
+        w, handlers = self._writes, self.HANDLERS
         for i, (n, f) in enumerate(msgs):
             if not new[i]:
                 continue
@@ -273,12 +272,14 @@ class Ledger:
                 if n == "UNIT_OUTCOME" and type(f.get("unit_seq")) is int:
                     self._outcome_unreadable(w, life, device_id, boot_id, f["unit_seq"])
                 continue
-            handler = self.HANDLERS.get(n)
-            if handler is not None and f["unit_seq"] > life.detected + MAX_UNIT_GAP:
+            handler = handlers.get(n)
+            if handler is None:
+                continue
+            if f["unit_seq"] > life.detected + MAX_UNIT_GAP:
                 self.alarm(device_id, "QUARANTINED", f"boot {boot_id} event {f['event_seq']} {n}: unit_seq {f['unit_seq']}"
                            f" is more than {MAX_UNIT_GAP} beyond the last unit heard of ({life.detected})")
                 new[i] = False
-            elif handler is not None:
+            else:
                 handler(self, w, life, device_id, boot_id, f)
         self._flush()
         return new
@@ -304,27 +305,30 @@ class Ledger:
             return
         lost = range(life.detected + 1, u + 1)
         for m in lost:
-            self._new_unit(w, (device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST", None))
+            self._new_unit(w, [device_id, boot_id, m, self.batch.batch_id, 0, "UNKNOWN", "EVENTS_LOST", None])
         life.lost.update(lost)
         life.detected = u
         self.alarm(device_id, "EVENTS_LOST", f"boot {boot_id} unit(s) {lost[0]}..{lost[-1]}: no UNIT_DETECTED before"
                    f" {what}; outcome unknown until the device reports it")
 
-    def _new_unit(self, w, row: tuple) -> None:
-        row = list(row)
+    def _new_unit(self, w, row: list) -> None:
         w["unit"].append(row)
-        self._new_units[tuple(row[:3])] = row
+        self._new_units[(row[0], row[1], row[2])] = row
 
     def _on_detected(self, w, life, device_id, boot_id, f):
         u = f["unit_seq"]
         if u > life.detected + 1:
             self._row(w, life, device_id, boot_id, u - 1, f"unit {u}")
         if u > life.detected:
-            self._new_unit(w, (device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None, None))
+            self._new_unit(w, [device_id, boot_id, u, self.batch.batch_id, f.get("flags", 0) & 1, None, None, None])
             life.detected = u
 
     def _on_printed(self, w, life, device_id, boot_id, f):
         u = f["unit_seq"]
+        if u == life.printed + 1 and u <= life.detected:  # the next print, of a unit with its row
+            self._bind(w, life, device_id, boot_id, u)
+            life.printed = u
+            return
         self._row(w, life, device_id, boot_id, u, "its UNIT_PRINTED")
         # the coder prints each trigger in order: a print we never heard of took the next job
         lost = [m for m in range(life.printed + 1, u) if m not in life.unprinted]
@@ -363,18 +367,19 @@ class Ledger:
             self.alarm("agent", "CODER_EMPTY", f"unit {device_id}/{boot_id}/{u} printed with no code queued")
             return
         job = serial_id, _, code = self._queue.popleft()
-        w["job_bound"].append((serial_id,))
-        row = self._new_units.get((device_id, boot_id, u))
+        key = (device_id, boot_id, u)
+        w["job_bound"].append(serial_id)
+        row = self._new_units.get(key)
         if row is not None:  # its row is still to be written: it is written with its serial
             row[7] = serial_id
         else:
             w["unit_serial"].append((serial_id, device_id, boot_id, u))
-        w["serial_printed"].append((serial_id,))
+        w["serial_printed"].append(serial_id)
         if len(self.bindings) >= MAX_BINDINGS:  # nobody takes them (no agent): never unbounded
             self.bindings.clear()
-        self.bindings.append(((device_id, boot_id, u), code))
+        self.bindings.append((key, code))
         if u not in life.lost:  # a unit booked UNKNOWN takes the careful path at its outcome
-            self._bound[(device_id, boot_id, u)] = job
+            self._bound[key] = job
 
     def _on_inspected(self, w, life, device_id, boot_id, f):
         # the stored event is the record; the agent's correlator takes it from there
@@ -403,10 +408,10 @@ class Ledger:
             if outcome == "PASSED":
                 self.alarm(device_id, "PASSED_WITHOUT_CODE", f"unit {boot_id}/{u}")
         elif outcome == "PASSED":
-            w["serial_commissioned"].append((serial_id,))
+            w["serial_commissioned"].append(serial_id)
             self._passed.append((serial_id, serial))
         else:
-            w["serial_rejected"].append((serial_id,))
+            w["serial_rejected"].append(serial_id)
 
     def _outcome_unreadable(self, w, life, device_id, boot_id, u) -> None:
         """The device decided unit u but its UNIT_OUTCOME is quarantined: the device sends no other,
@@ -432,7 +437,7 @@ class Ledger:
             params = self._writes[name]
             if params:
                 if name in _BY_IDS:
-                    self.conn.execute(sql, ("[" + ",".join([str(i) for i, in params]) + "]",))
+                    self.conn.execute(sql, ("[" + ",".join(map(str, params)) + "]",))
                 else:
                     self.conn.executemany(sql, params)
                 params.clear()
