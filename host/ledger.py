@@ -17,7 +17,7 @@ import json
 import sqlite3
 import time
 
-from serialine.protocol.schema import Outcome, Reason
+from serialine.protocol.schema import Outcome, Reason, Verdict
 
 from . import devevents, gs1, reporting, serials
 from .aggregation import AggregationError, Aggregator
@@ -71,6 +71,10 @@ class LedgerError(ValueError):
 @functools.lru_cache(maxsize=512)  # a handful of values, on every outcome
 def _name(enum_cls, value) -> str:
     return enum_cls(int(value)).name
+
+
+_VERDICT = {v: v.name for v in Verdict}  # .name is a property call: a dict is 4x cheaper per verdict
+_REASON = {r: r.name for r in Reason}
 
 
 class Ledger:
@@ -480,7 +484,8 @@ class Ledger:
         bound = self._bound
         self.conn.executemany("UPDATE unit_row SET verdict=?, verdict_reason=?, read_serial=?, grade=?"
                               " WHERE device_id=? AND boot_id=? AND unit_seq=?",
-                              [(v.name, r.name, 0 if s is not None and s == (bound.get((d, b, u)) or _NONE)[1] else s,
+                              [(_VERDICT[v] if type(v) is Verdict else v.name, _REASON[r] if type(r) is Reason else r.name,
+                                0 if s is not None and s == (bound.get((d, b, u)) or _NONE)[1] else s,
                                 g, d, b, u) for d, b, u, v, r, s, g in rows])
 
     def expected_code(self, device_id, boot_id, unit_seq) -> str | None:

@@ -16,6 +16,8 @@ DEFAULT_MIN_GRADE = 1.5  # C
 
 def grade_value(grade: str) -> float:
     """'A'..'F' or a number 0.0..4.0 → numeric grade; ValueError on anything else."""
+    if type(grade) is str and grade in GRADE_VALUES:  # a camera's letter as it is: every read
+        return GRADE_VALUES[grade]
     g = str(grade).strip().upper()
     if g in GRADE_VALUES:
         return GRADE_VALUES[g]
