@@ -41,20 +41,26 @@ _MS = _dt.timedelta(milliseconds=1)
 
 def event_time(conn: sqlite3.Connection, batch: Batch) -> _dt.datetime:
     """Now (to the millisecond), but always after the batch's last event in the outbox."""
-    now = _now()
-    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     row = conn.execute("SELECT body FROM epcis_outbox WHERE batch_id=? ORDER BY seq DESC LIMIT 1",
                        (batch.batch_id,)).fetchone()
-    if row:
-        last = _dt.datetime.fromisoformat(outbox.event_time_of(row[0]))
-        if now <= last:
-            now = last + _MS
-    return now
+    return _after(_dt.datetime.fromisoformat(outbox.event_time_of(row[0])) if row else None)
 
 
-def _enqueue(conn, batch: Batch, build) -> None:
-    """build(when) -> event, enqueued at the batch's next instant."""
-    outbox.enqueue(conn, batch.batch_id, build(event_time(conn, batch)))
+def _after(last: _dt.datetime | None) -> _dt.datetime:
+    now = _now()
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return last + _MS if last is not None and now <= last else now
+
+
+def _enqueue(conn, batch: Batch, builds) -> None:
+    """build(when) -> event of each build, enqueued in order, each at the batch's next instant:
+    after the first, the one after the event just added (the outbox's last of the batch, so
+    event_time need not read it back)."""
+    when = None
+    for build in builds:
+        when = event_time(conn, batch) if when is None else _after(when)
+        if not outbox.enqueue(conn, batch.batch_id, build(when)):
+            when = None  # not added: the batch's last event is another
 
 
 _WAITING = """CREATE TEMP TABLE IF NOT EXISTS epcis_waiting (
@@ -62,22 +68,31 @@ _WAITING = """CREATE TEMP TABLE IF NOT EXISTS epcis_waiting (
 _MAYBE_WAITING: set[int] = set()  # id() of connections that may hold rows there (a hint: skips the query)
 
 
-def _release_waiting(conn, ctx, batch: Batch) -> None:
+def _waiting(conn, ctx, batch: Batch) -> list:
+    """The builds of the batch's packings that waited for a commissioning (taken out of waiting)."""
     if id(conn) not in _MAYBE_WAITING:
-        return
+        return []
     conn.execute(_WAITING)
     rows = conn.execute("SELECT rowid, parent, children FROM temp.epcis_waiting WHERE batch_id=? ORDER BY rowid",
                         (batch.batch_id,)).fetchall()
-    for _, parent, children in rows:
-        _enqueue(conn, batch, lambda when: events.packing(ctx, sscc(batch, parent), json.loads(children), when))
     if rows:
         conn.execute("DELETE FROM temp.epcis_waiting WHERE batch_id=?", (batch.batch_id,))
     if not conn.execute("SELECT 1 FROM temp.epcis_waiting LIMIT 1").fetchone():
         _MAYBE_WAITING.discard(id(conn))
+    return [_packing(ctx, sscc(batch, parent), json.loads(children)) for _, parent, children in rows]
+
+
+def _packing(ctx, parent: str, children: list[str]):
+    return lambda when: events.packing(ctx, parent, children, when)
 
 
 def sgtin(batch: Batch, serial: str) -> str:
     return events.sgtin_urn(batch.gtin, serial, batch.company_prefix_len)
+
+
+def sgtins(batch: Batch, serials: list[str]) -> list[str]:
+    """sgtin of each serial (a poll's or a case's: checked at once)."""
+    return events.sgtin_urns(batch.gtin, serials, batch.company_prefix_len)
 
 
 def sscc(batch: Batch, code: str) -> str:
@@ -86,10 +101,11 @@ def sscc(batch: Batch, code: str) -> str:
 
 def commissioned(conn: sqlite3.Connection, ctx, batch: Batch, serials: list[str]) -> None:
     """ObjectEvent ADD for packs that passed; then the packing of cases they filled."""
+    builds = []
     if serials:
-        epcs = [sgtin(batch, s) for s in serials]
-        _enqueue(conn, batch, lambda when: events.commissioning(ctx, epcs, batch.lot, batch.expiry, when))
-    _release_waiting(conn, ctx, batch)
+        epcs = sgtins(batch, serials)
+        builds.append(lambda when: events.commissioning(ctx, epcs, batch.lot, batch.expiry, when))
+    _enqueue(conn, batch, builds + _waiting(conn, ctx, batch))
 
 
 def packed(conn, ctx, batch: Batch, parent_sscc: str, children: list[str],
@@ -104,24 +120,23 @@ def packed(conn, ctx, batch: Batch, parent_sscc: str, children: list[str],
         conn.execute("INSERT INTO temp.epcis_waiting VALUES (?, ?, ?)",
                      (batch.batch_id, parent_sscc, json.dumps(children)))
         return
-    _release_waiting(conn, ctx, batch)
-    _enqueue(conn, batch, lambda when: events.packing(ctx, sscc(batch, parent_sscc), children, when))
+    _enqueue(conn, batch, _waiting(conn, ctx, batch) + [_packing(ctx, sscc(batch, parent_sscc), children)])
 
 
 def unpacked(conn, ctx, batch: Batch, parent_sscc: str, children: list[str]) -> None:
     if children:
-        _release_waiting(conn, ctx, batch)
-        _enqueue(conn, batch, lambda when: events.unpacking(ctx, sscc(batch, parent_sscc), children, when))
+        _enqueue(conn, batch, _waiting(conn, ctx, batch) + [
+            lambda when: events.unpacking(ctx, sscc(batch, parent_sscc), children, when)])
 
 
 def sampled(conn, ctx, batch: Batch, serials: list[str]) -> None:
     """ObjectEvent OBSERVE bizStep sampling: the packs are taken as samples (end of life follows)."""
     if serials:
-        epcs = [sgtin(batch, s) for s in serials]
-        _enqueue(conn, batch, lambda when: events.sampling(ctx, epcs, when))
+        epcs = sgtins(batch, serials)
+        _enqueue(conn, batch, [lambda when: events.sampling(ctx, epcs, when)])
 
 
 def decommissioned(conn, ctx, batch: Batch, serials: list[str], kind: str) -> None:
     if serials:
-        epcs = [sgtin(batch, s) for s in serials]
-        _enqueue(conn, batch, lambda when: events.decommissioning(ctx, epcs, kind, when))
+        epcs = sgtins(batch, serials)
+        _enqueue(conn, batch, [lambda when: events.decommissioning(ctx, epcs, kind, when)])

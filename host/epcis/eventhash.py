@@ -29,6 +29,7 @@ _IGNORED = {"type", "eventID", "recordTime", "@context"}
 _TYPED_LISTS = {"bizTransactionList": ("bizTransaction", "BTT-"), "sourceList": ("source", "SDT-"),
                 "destinationList": ("destination", "SDT-")}
 _UNORDERED = {"ilmd", *_TYPED_LISTS}
+_KNOWN = frozenset({*_ORDERED, *_IGNORED, *_UNORDERED})
 
 _SGTIN = re.compile(r"^urn:epc:id:sgtin:(\d{6,12})\.(\d{1,7})\.(.{1,60})$")
 _SSCC = re.compile(r"^urn:epc:id:sscc:(\d{6,12})\.(\d{5,11})$")
@@ -38,7 +39,7 @@ _SGLN = re.compile(r"^urn:epc:id:sgln:(\d{6,12})\.(\d{0,6})\.(.{1,60})$")
 @lru_cache(maxsize=1024)  # the same GTINs, GLNs and company prefixes come back all the time
 def check_digit(digits: str) -> int:
     """GS1 mod-10 check digit of a key given without it (weights 3,1,... from the right)."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(digits)))
+    total = 3 * sum(map(int, digits[-1::-2])) + sum(map(int, digits[-2::-2]))
     return (10 - total % 10) % 10
 
 
@@ -97,20 +98,28 @@ def _canonical_value(value: str) -> str:
 def _epc_items(values) -> list[str]:
     """`epc=<canonical value>` of each EPC of a list, as _canonical_value gives it; an SGTIN's head
     (company prefix and item reference: a list's packs share one) is matched once per list, its
-    serial checked as the pattern would (1..60 characters, no line break)."""
+    serial checked as the pattern would (1..60 characters, no line break). The common pack (the
+    last head seen, an alphanumeric serial: no space to strip, nothing to escape) takes one test."""
     out, heads = [], {}
+    head, dl, cut = None, "", 0
     for v in values:
+        if head is not None and v.startswith(head):
+            serial = v[cut:]
+            if serial.isalnum() and len(serial) <= 60:
+                out.append(dl + serial)
+                continue
         v = v.strip()
-        cut = v.find(".", v.find(".", 17) + 1) + 1 if v.startswith("urn:epc:id:sgtin:") else 0
-        serial = v[cut:]
-        if cut and 0 < len(serial) <= 60 and "\n" not in serial:
-            head = v[:cut]
-            dl = heads.get(head)
-            if dl is None:
-                m = _SGTIN.match(head + "0")
-                dl = heads[head] = _gtin_dl(*m.groups()[:2]) if m else ""
-            if dl:
-                out.append("epc=" + dl + _dl_escape(serial))
+        c = v.find(".", v.find(".", 17) + 1) + 1 if v.startswith("urn:epc:id:sgtin:") else 0
+        serial = v[c:]
+        if c and 0 < len(serial) <= 60 and "\n" not in serial:
+            h = v[:c]
+            d = heads.get(h)
+            if d is None:
+                m = _SGTIN.match(h + "0")
+                d = heads[h] = "epc=" + _gtin_dl(*m.groups()[:2]) if m else ""
+            if d:
+                head, dl, cut = h, d, c
+                out.append(d + _dl_escape(serial))
                 continue
         out.append("epc=" + _canonical_value(v))
     return out
@@ -130,8 +139,8 @@ def expand_name(name: str) -> str:
 
 
 def prehash(event: dict) -> str:
-    unknown = set(event) - set(_ORDERED) - _IGNORED - _UNORDERED
-    if unknown:
+    if not _KNOWN.issuperset(event):
+        unknown = set(event) - _KNOWN
         raise ValueError(f"event hash: unsupported field(s) {sorted(unknown)}")
     parts = ["eventType=" + event["type"]]
     for name in _ORDERED:

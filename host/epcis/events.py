@@ -11,6 +11,7 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
+from itertools import repeat
 
 from serialine.host.epcis.eventhash import check_digit, event_hash
 
@@ -101,6 +102,16 @@ def sgtin_urn(gtin: str, serial: str, company_prefix_len: int) -> str:
     return head + "".join(_URI_ESCAPES.get(c, c) for c in serial)
 
 
+def sgtin_urns(gtin: str, serials: list[str], company_prefix_len: int) -> list[str]:
+    """sgtin_urn of each serial; a poll's alphanumeric serials (nothing to escape) checked at once."""
+    head = _sgtin_head(gtin, company_prefix_len)
+    if serials and set(map(type, serials)) == {str}:
+        joined = "".join(serials)
+        if joined.isascii() and joined.isalnum() and min(map(len, serials)) > 0 and max(map(len, serials)) <= 20:
+            return [head + s for s in serials]
+    return [sgtin_urn(gtin, s, company_prefix_len) for s in serials]  # escapes, or says which is wrong
+
+
 def sscc_urn(sscc: str, company_prefix_len: int) -> str:
     """urn:epc:id:sscc:CompanyPrefix.ExtensionSerialRef (GS1 EPC TDS)."""
     sscc = _key_digits(sscc, 18, "SSCC")
@@ -119,15 +130,23 @@ def _time(ctx: Context, when: datetime) -> tuple[str, str]:
     """(eventTime, eventTimeZoneOffset): the time in the site's local time at that instant."""
     if not isinstance(when, datetime) or when.tzinfo is None:
         raise ValueError(f"event time must be a timezone-aware datetime, got {when!r}")
-    offset = when.astimezone(ctx.tzinfo).utcoffset()
-    local = when.astimezone(timezone(timedelta(minutes=round(offset.total_seconds() / 60))))
-    return local.isoformat(timespec="milliseconds"), _offset(offset)
+    zone, offset = _fixed_zone(when.astimezone(ctx.tzinfo).utcoffset())
+    return when.astimezone(zone).isoformat(timespec="milliseconds"), offset
+
+
+@lru_cache(maxsize=64)  # a site has an offset or two (daylight saving)
+def _fixed_zone(offset: timedelta) -> tuple[timezone, str]:
+    """The fixed zone an event's local time is written in (whole minutes) and its offset text."""
+    return timezone(timedelta(minutes=round(offset.total_seconds() / 60))), _offset(offset)
 
 
 def _epcs(epcs, what: str) -> list[str]:
     epcs = list(epcs)
     if not epcs:
         raise ValueError(f"{what}: at least one EPC is required")
+    if set(map(type, epcs)) == {str} and all(map(str.startswith, epcs, repeat("urn:epc:id:"))) \
+            and len(set(epcs)) == len(epcs):
+        return epcs
     for epc in epcs:
         if not isinstance(epc, str) or not epc.startswith("urn:epc:id:"):
             raise ValueError(f"{what}: not an EPC URI: {epc!r}")

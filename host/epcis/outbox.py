@@ -83,9 +83,10 @@ ZDICT = (b'{"type":"AggregationEvent","eventTime":"","eventTimeZoneOffset":"+01:
 
 
 def pack(text: str) -> bytes:
-    """An event's JSON text as stored: deflated (a 16 KiB window and little state: a small
-    event costs ~20 us, not the ~75 us of zlib's defaults, for 1 % more bytes)."""
-    packer = zlib.compressobj(6, zlib.DEFLATED, 14, 3, zdict=ZDICT)
+    """An event's JSON text as stored: deflated, a 16 KiB window (any level inflates alike:
+    level 4 with zlib's memory level 8 packs a poll's events in half the time of level 6 with
+    memory level 3, and smaller)."""
+    packer = zlib.compressobj(4, zlib.DEFLATED, 14, 8, zdict=ZDICT)
     return packer.compress(text.encode()) + packer.flush()
 
 
@@ -160,6 +161,9 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
             conn.commit()
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # an event's text, as its receivers get it
+
+
 def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
     """Add an event to the outbox inside the caller's transaction (does not commit).
     Returns True if added, False if this eventID was already there for the same batch."""
@@ -168,7 +172,7 @@ def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
     event_id = event.get("eventID") if isinstance(event, dict) else None
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError(f"event needs a CBV 2.0 hash eventID, got {event_id!r}")
-    body = pack(json.dumps(event, ensure_ascii=False, separators=(",", ":")))
+    body = pack(_JSON.encode(event))
     cur = conn.execute(
         "INSERT INTO epcis_outbox (batch_id, event_id, event_type, body, enqueued_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
