@@ -184,9 +184,14 @@ def parse_expiry(text: str) -> _dt.date:
     raise GS1Error(f"invalid date {text!r} (want YYYY-MM-DD, or YYYY-MM-00 for a month-only expiry)")
 
 
-def check(ai: str, value: str) -> None:
-    """One AI's value against the dictionary (GS1Error: the first rule it breaks)."""
-    _check_value(ai, value)
+def check_each(ai: str, values: list[str]) -> None:
+    """Each value of one AI against the dictionary, in order (GS1Error: the first rule one breaks;
+    a pack serial a job, the regex looked up once)."""
+    plain = _plain(ai)
+    match = plain.fullmatch if plain is not None else None
+    for value in values:
+        if match is None or type(value) is not str or not match(value):
+            _check_spec(ai, value)
 
 
 def validate(pairs: list[tuple[str, str]]) -> None:

@@ -120,22 +120,30 @@ class Ledger:
 
     def code_for(self, serial: str) -> str:
         """The element string for one pack; the serial is checked against the Syntax Dictionary."""
+        return self._jobs([(None, serial)])[0][2]
+
+    def _jobs(self, picked: list[tuple]) -> list[tuple]:
+        """[(serial_id, serial)] → [(serial_id, serial, code)], each code known to the judge; every
+        serial is checked first (the first that breaks a rule raises, nothing known yet)."""
         if self._tpl is None:
             self._tpl = self._template()
         head, tail, ais = self._tpl
-        gs1.check("21", serial)
-        code = head + "21" + serial + tail
-        ais = ais.copy()
-        ais["21"] = serial
-        self.judge.known[code] = ais  # Judge.expect's, without a copy of a copy
-        return code
+        head += "21"
+        gs1.check_each("21", [s for _, s in picked])
+        known, jobs = self.judge.known, []
+        for i, s in picked:
+            code = head + s + tail
+            a = ais.copy()
+            a["21"] = s
+            known[code] = a  # Judge.expect's, without a copy of a copy
+            jobs.append((i, s, code))
+        return jobs
 
     # --- coder fill-ahead ---
     def queue_codes(self, count: int) -> list[tuple[str, str]]:
         """Allocate serials and record them as coder jobs, in order (caller's transaction)
         → [(serial, code)]."""
-        jobs = [(i, s, self.code_for(s)) for i, s in serials.allocate_ids(self.conn, self.batch.batch_id,
-                                                                          self.batch.gtin, count)]
+        jobs = self._jobs(serials.allocate_ids(self.conn, self.batch.batch_id, self.batch.gtin, count))
         b = self.batch
         if self._tpl_stored is None:
             head, tail, _ = self._tpl or self._template()

@@ -30,6 +30,14 @@ def test_plain_agrees_with_the_walk(ai, value):
     if gs1._plain(ai).fullmatch(value):
         assert walk is None
     assert _error(gs1._check_value, ai, value) == walk
+    assert _error(lambda a, v: gs1.check_each(a, [v]), ai, value) == walk
+
+
+def test_check_each_raises_at_the_first_bad_value():
+    with pytest.raises(gs1.GS1Error, match=r"characters \['~'\]"):
+        gs1.check_each("21", ["ABC", "A~", "A" * 21])
+    gs1.check_each("21", ["ABC", "0" * 20])
+    gs1.check_each("21", [])
 
 
 @pytest.mark.parametrize("value, words", [("", "length 0 not in 1..20"), ("A" * 21, "length 21"),
