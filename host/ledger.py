@@ -395,11 +395,13 @@ class Ledger:
 
     def _on_inspected(self, w, life, device_id, boot_id, f):
         # the stored event is the record; the agent's correlator takes it from there
-        self._row(w, life, device_id, boot_id, f["unit_seq"], "its UNIT_INSPECTED")
+        if f["unit_seq"] > life.detected:  # (_row's own test, without the call: every unit)
+            self._row(w, life, device_id, boot_id, f["unit_seq"], "its UNIT_INSPECTED")
 
     def _on_outcome(self, w, life, device_id, boot_id, f):
         u = f["unit_seq"]
-        self._row(w, life, device_id, boot_id, u, "its UNIT_OUTCOME")
+        if u > life.detected:
+            self._row(w, life, device_id, boot_id, u, "its UNIT_OUTCOME")
         if u > life.printed:
             life.unprinted.add(u)
         outcome, reason = _name(Outcome, f["outcome"]), _name(Reason, f["reason"])
