@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from functools import lru_cache
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 CBV = "https://ref.gs1.org/cbv/"
 # namespace prefixes of the extension fields we emit; documents declare them inline (document.py)
@@ -125,9 +125,22 @@ def _epc_items(values) -> list[str]:
     return out
 
 
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
 def canonical_time(text: str) -> str:
-    when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _utc(text).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_EPOCH, _MS = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(milliseconds=1)
+
+
+def time_ms(text: str) -> int:
+    """An eventTime as the hash has it (canonical_time), in ms since 1970 UTC: events of one
+    eventID have one time_ms."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return ((when if when.tzinfo else when.astimezone(timezone.utc)) - _EPOCH) // _MS  # naive: local, as _utc
 
 
 def expand_name(name: str) -> str:

@@ -25,11 +25,14 @@ import sqlite3
 import time
 import zlib
 
+from serialine.host.epcis.eventhash import time_ms
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS epcis_outbox (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id     TEXT NOT NULL CHECK (length(batch_id) > 0),
-    event_id     TEXT NOT NULL UNIQUE CHECK (event_id LIKE 'ni:///sha-256;%?ver=CBV2.0'),
+    event_id     TEXT NOT NULL CHECK (event_id LIKE 'ni:///sha-256;%?ver=CBV2.0'),
+    event_ms     INTEGER NOT NULL,  -- eventhash.time_ms of its eventTime (unique with event_id: below)
     event_type   TEXT NOT NULL,
     body         BLOB NOT NULL CHECK (typeof(body) = 'blob' OR json_valid(body)),  -- pack(text), or text
     enqueued_at  REAL NOT NULL,
@@ -37,6 +40,9 @@ SCHEMA = (
     attempts     INTEGER NOT NULL DEFAULT 0,
     next_try_at  REAL NOT NULL DEFAULT 0,
     last_error   TEXT)""",
+    # an eventID once: its events share their time, so (time, id) is unique as the id alone is, and
+    # a new event's entry goes at the index's end (the id alone put each in a random page of it)
+    "CREATE UNIQUE INDEX IF NOT EXISTS epcis_outbox_event ON epcis_outbox (event_ms, event_id)",
     """CREATE INDEX IF NOT EXISTS epcis_outbox_pending
     ON epcis_outbox (batch_id, seq) WHERE delivered_at IS NULL""",
     # a delivered event stays delivered: the forwarder never sends it again
@@ -45,7 +51,7 @@ SCHEMA = (
     WHEN OLD.delivered_at IS NOT NULL AND NEW.delivered_at IS NOT OLD.delivered_at
     BEGIN SELECT RAISE(ABORT, 'epcis_outbox: a delivered event cannot be undelivered'); END""",
     """CREATE TRIGGER IF NOT EXISTS epcis_outbox_body_is_immutable
-    BEFORE UPDATE OF body, event_id, batch_id ON epcis_outbox
+    BEFORE UPDATE OF body, event_id, event_ms, batch_id ON epcis_outbox
     BEGIN SELECT RAISE(ABORT, 'epcis_outbox: events are immutable'); END""",
     "CREATE INDEX IF NOT EXISTS epcis_outbox_batch_seq ON epcis_outbox (batch_id, seq)",
     """CREATE TABLE IF NOT EXISTS epcis_delivery (
@@ -115,12 +121,18 @@ def event_time_of(stored) -> str:
 _TEXT_BODY = "body         TEXT NOT NULL CHECK (json_valid(body))"  # the column before packed bodies
 
 
-def _compact(conn: sqlite3.Connection) -> None:
-    """An outbox made when bodies were text gets the table that takes packed ones: its rows copied
-    as they are (their seals hold), then its indexes and triggers made again (ensure_schema)."""
+_COLUMNS = "seq, batch_id, event_id, event_type, body, enqueued_at, delivered_at, attempts, next_try_at, last_error"
+
+
+def _compact(conn: sqlite3.Connection) -> bool:
+    """An outbox of an earlier form gets the current table: one made when bodies were text takes
+    packed ones, one without `event_ms` gets each row's (read from its body) and loses the UNIQUE
+    (event_id) index that `epcis_outbox_event` replaces. Its rows are copied as they are (their
+    seals hold: a seal reads the columns it names), then its indexes and triggers made again
+    (ensure_schema). → False: left in its form (a read-only ledger)."""
     row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'epcis_outbox'").fetchone()
-    if row is None or _TEXT_BODY not in row[0]:
-        return
+    if row is None or (_TEXT_BODY not in row[0] and " event_ms " in row[0]):
+        return True
     conn.execute("SAVEPOINT outbox_compact")
     try:
         try:
@@ -129,8 +141,11 @@ def _compact(conn: sqlite3.Connection) -> None:
             if "readonly" not in str(exc):
                 raise
             conn.execute("RELEASE outbox_compact")
-            return  # a read-only ledger (an archive being exported): its text bodies read as they are
-        conn.execute("INSERT INTO epcis_outbox_packed SELECT * FROM epcis_outbox")
+            return False  # a read-only ledger (an archive being exported): its rows read as they are
+        conn.create_function("serialine_event_ms", 1, lambda body: time_ms(event_time_of(body)), deterministic=True)
+        conn.execute(f"INSERT INTO epcis_outbox_packed ({_COLUMNS}, event_ms)"
+                     f" SELECT {_COLUMNS}, serialine_event_ms(body) FROM epcis_outbox")
+        conn.create_function("serialine_event_ms", 1, None)
         (given,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'epcis_outbox'").fetchone()
         conn.execute("DROP TABLE epcis_outbox")
         conn.execute("ALTER TABLE epcis_outbox_packed RENAME TO epcis_outbox")
@@ -143,15 +158,16 @@ def _compact(conn: sqlite3.Connection) -> None:
         conn.execute("RELEASE outbox_compact")
         raise
     conn.execute("RELEASE outbox_compact")
+    return True
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     """Create the outbox table, index and triggers if missing (idempotent)."""
     # statement by statement: executescript() would commit the caller's open transaction
     outside = not conn.in_transaction
-    _compact(conn)
-    for statement in SCHEMA:
-        conn.execute(statement)
+    if _compact(conn):
+        for statement in SCHEMA:
+            conn.execute(statement)
     if conn.execute("SELECT 1 FROM epcis_outbox_tally").fetchone() is None:
         # an outbox made before the tally: counted once, after its triggers exist (one statement,
         # so no event falls between the count and the triggers)
@@ -172,15 +188,19 @@ def enqueue(conn: sqlite3.Connection, batch_id: str, event: dict) -> bool:
     event_id = event.get("eventID") if isinstance(event, dict) else None
     if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
         raise ValueError(f"event needs a CBV 2.0 hash eventID, got {event_id!r}")
+    try:
+        event_ms = time_ms(event["eventTime"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(f"event needs an ISO 8601 eventTime, got {event.get('eventTime')!r}") from None
     body = pack(_JSON.encode(event))
     cur = conn.execute(
-        "INSERT INTO epcis_outbox (batch_id, event_id, event_type, body, enqueued_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        (batch_id, event_id, event.get("type", ""), body, time.time()))
+        "INSERT INTO epcis_outbox (batch_id, event_id, event_ms, event_type, body, enqueued_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_ms, event_id) DO NOTHING",
+        (batch_id, event_id, event_ms, event.get("type", ""), body, time.time()))
     if cur.rowcount:
         return True
-    (other,) = conn.execute("SELECT batch_id FROM epcis_outbox WHERE event_id = ?",
-                            (event_id,)).fetchone()
+    (other,) = conn.execute("SELECT batch_id FROM epcis_outbox WHERE event_ms = ? AND event_id = ?",
+                            (event_ms, event_id)).fetchone()
     if other != batch_id:
         raise ValueError(f"event {event_id} is already in the outbox for batch {other!r}")
     return False

@@ -136,8 +136,8 @@ def test_an_invalid_event_writes_nothing(tmp_path, capsys):
     bad["action"] = "PUT"
     bad["eventID"] = "ni:///sha-256;" + "0" * 64 + "?ver=CBV2.0"
     with conn:
-        conn.execute("INSERT INTO epcis_outbox (batch_id, event_id, event_type, body, enqueued_at)"
-                     " VALUES ('B', ?, ?, ?, 0)", (bad["eventID"], bad["type"], json.dumps(bad)))
+        conn.execute("INSERT INTO epcis_outbox (batch_id, event_id, event_ms, event_type, body, enqueued_at)"
+                     " VALUES ('B', ?, 0, ?, ?, 0)", (bad["eventID"], bad["type"], json.dumps(bad)))
     conn.close()
     out = tmp_path / "out"
     for fmt in ("jsonld", "xml12"):
