@@ -12,6 +12,7 @@ from . import gs1
 # ISO/IEC 15415 overall grade: letter -> lowest numeric value of that letter.
 GRADE_VALUES = {"A": 3.5, "B": 2.5, "C": 1.5, "D": 0.5, "F": 0.0}
 DEFAULT_MIN_GRADE = 1.5  # C
+_PASS, _OK = Verdict.PASS, Reason.OK  # a member through its class is a metaclass lookup (0.2 µs), every pass
 
 
 def grade_value(grade: str) -> float:
@@ -80,4 +81,4 @@ class Judge:
         self.known.pop(data, None)
         if expected is None or data != expected:
             return Verdict.FAIL, Reason.CODE_MISMATCH, serial
-        return Verdict.PASS, Reason.OK, serial
+        return _PASS, _OK, serial
