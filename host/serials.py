@@ -10,7 +10,9 @@ finds the lock taken (an agent, a simulator) is retried, for BUSY_DEADLINE_S in 
 progress line at most every PROGRESS_S. A generated pool is drawn one chunk at a time, in the
 pause before its write, stratified by prefix so that each chunk is one range of keys
 (drawn_chunks), its chunks sized to hold the lock about HOLD_S. Staged chunks are written without
-an fsync of their own and checkpointed outside their lock; the publication syncs them all."""
+an fsync of their own and checkpointed outside their lock; the publication syncs them all. A
+chunk's one INSERT proves serial_born's rule for its rows and runs without that row trigger, inside
+its own transaction only (_without_born)."""
 
 from __future__ import annotations
 
@@ -554,6 +556,14 @@ def _stage_and_publish(conn, gtin, source, chunks, user, check, rnd, ignore_know
         conn.execute(f"PRAGMA cache_size={cache}")
 
 
+# A staged chunk, one statement: (source, JSON array of serials, import_id). The import's own row
+# joined in (still staging) and no state given (the column's default, 'available'): serial_born's
+# rule holds for every row by the statement itself, which runs without it (_without_born).
+STAGE_INSERT = ("INSERT {or_ignore}INTO serial (gtin, serial, source, import_id)"
+                " SELECT i.gtin, j.value, ?, i.import_id FROM serial_import i, json_each(?) j"
+                " WHERE i.import_id = ? AND i.state = 'staging'")
+
+
 def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_known, sync: int) -> Added:
     _abandon_stale(conn, gtin)
 
@@ -563,33 +573,35 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                             (gtin, str(source), now, now)).lastrowid
     import_id = w.run(begin)
     n_chunks = 0
-    insert = (f"INSERT {'OR IGNORE ' if ignore_known else ''}INTO serial (gtin, serial, source, import_id)"
-              " SELECT ?, value, ?, ? FROM json_each(?)")
+    insert = STAGE_INSERT.format(or_ignore="OR IGNORE " if ignore_known else "")
     try:
         freed = None  # when this import last let go of the write lock
         item = next(chunks, None)  # (serials, redraw), one write each; send() the next one's size
         while item is not None:
             rows, redraw = item
-            # one statement for the chunk (not one execution per row: the row triggers are set up
-            # once), the serials passed as one JSON array, encoded before the lock is taken
+            # one statement for the chunk (not one execution per row), the serials passed as one
+            # JSON array, encoded before the lock is taken
             payload = rows.json if isinstance(rows, Drawn) else _json_array(rows)
 
             def stage():
                 # the rows' parents, once (their foreign keys are not checked row by row, _stage_rows)
-                if conn.execute("SELECT gtin FROM serial_import WHERE import_id=?", (import_id,)).fetchone() != (gtin,):
+                row = conn.execute("SELECT gtin, state FROM serial_import WHERE import_id=?", (import_id,)).fetchone()
+                if row is None or row[0] != gtin:
                     raise SerialError(f"serial import {import_id} is not one of {gtin}")
-                before, want, more = conn.total_changes, len(rows), payload
-                for _ in range(REDRAWS + 1):
-                    conn.execute(insert, (gtin, str(source), import_id, more))
-                    short = want - (conn.total_changes - before)
-                    if not short or redraw is None:
-                        break
-                    # collided with a serial known for ever (or a twin in the draw): drawn again
-                    more = _json_array(redraw(short))
-                else:
-                    raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
-                                      f"{short} of a chunk of {want}; nothing added")
-                got = conn.total_changes - before
+                if row[1] != "staging":
+                    raise SerialError(f"serial import {import_id} was {row[1]} meanwhile (stalled over {STALE_S:.0f} s)")
+                got, want, more = 0, len(rows), payload
+                with _without_born(conn):
+                    for _ in range(REDRAWS + 1):
+                        got += conn.execute(insert, (str(source), more, import_id)).rowcount
+                        short = want - got
+                        if not short or redraw is None:
+                            break
+                        # collided with a serial known for ever (or a twin in the draw): drawn again
+                        more = _json_array(redraw(short))
+                    else:
+                        raise SerialError(f"the random source gave serials already known {REDRAWS} times over for "
+                                          f"{short} of a chunk of {want}; nothing added")
                 conn.execute("UPDATE serial_import SET count=count+?, heartbeat=? WHERE import_id=?",
                              (got, time.time(), import_id))
                 return got
@@ -648,6 +660,30 @@ def _stage(conn, w: _Writes, gtin, source, chunks, user, check, rnd, ignore_know
                               f"{removed})") from None
         raise
     return Added(w.staged, import_id, rnd, n_chunks, w.longest)
+
+
+class _without_born:
+    """serial_born (host/db.py) left out of a staged chunk's INSERT: dropped and made again from its
+    own text inside the chunk's write transaction, so no other statement, of this writer or any
+    other, ever runs without it (a rollback, or a kill, brings it back with the rest). A row trigger
+    costs the INSERT ... SELECT a third of its time (SQLite runs its program once a row and first
+    copies the rows into a temporary table); the chunk's statement proves the rule itself (insert)."""
+
+    def __init__(self, conn):
+        self.conn, self.sql = conn, None
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            raise RuntimeError("serial_born is left out only inside the chunk's write transaction")
+        row = self.conn.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND name='serial_born'").fetchone()
+        if row:
+            self.sql = row[0]
+            self.conn.execute("DROP TRIGGER serial_born")
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.sql is not None and exc_type is None:  # (an error: the caller's rollback restores it)
+            self.conn.execute(self.sql)
+        return False
 
 
 def _stage_rows(conn, w: _Writes, stage):
