@@ -27,6 +27,21 @@ def _alarms(conn, kind) -> int:
     return conn.execute("SELECT count(*) FROM alarm_log WHERE alarm=?", (kind,)).fetchone()[0]
 
 
+def _past_retry_pause(agent) -> None:
+    """Until the agent's next coder request is due (its pause after a refusal), however loaded the machine."""
+    while time.monotonic() <= agent._coder_retry_at:
+        time.sleep(0.01)
+
+
+def _eventually(cond, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _bindings_match(conn) -> bool:
     printed = [_serial_of(c) for (c,) in conn.execute("SELECT code FROM coder_job WHERE state='bound' ORDER BY job_id")]
     return printed == [s for (s,) in conn.execute("SELECT serial FROM unit WHERE serial IS NOT NULL ORDER BY unit_seq")]
@@ -118,9 +133,9 @@ def test_a_refusing_coder_pauses_filling_and_never_crashes_the_agent(conn, monke
         assert not agent.resuming and STOP not in link.sent  # a definite refusal: nothing in doubt
         for u in range(5):
             assert run_unit(agent, link, sc, scam, u) == (Verdict.PASS, Reason.OK)
-            time.sleep(0.12)  # past the retry pause
+            _past_retry_pause(agent)
             agent.step(0)
-            assert list(sc.buffer) == _queued(conn)
+            assert _eventually(lambda: list(sc.buffer) == _queued(conn)), (list(sc.buffer), _queued(conn))
         assert _bindings_match(conn) and sc.depth == 6
         assert _alarms(conn, "CODER_ACCEPTS") >= 1
         dropped = [s for (s,) in conn.execute("SELECT serial FROM coder_job WHERE state='dropped'")]
@@ -145,6 +160,7 @@ def test_an_unreachable_coder_at_a_new_boot_keeps_the_line_stopped_until_a_clear
     assert _queued(conn) == []  # what the coder held is written off at the reboot
     for _ in range(3):
         time.sleep(0.12)
+        _past_retry_pause(agent)
         agent.step(0)  # retried, still unreachable: no crash, no refill, one alarm per episode
     assert agent.resuming and _queued(conn) == [] and _alarms(conn, "CODER_CLEAR_FAILED") == 1
     with SimCoder(port=port) as back:  # it comes back
@@ -206,6 +222,7 @@ def test_a_busy_ledger_at_a_top_up_only_delays_the_top_up(conn):
         other.execute("ROLLBACK")
         other.close()
         time.sleep(0.1)  # past the backoff
+        _past_retry_pause(agent)
         agent.step(0)
         assert sc.depth == 5 and list(sc.buffer) == _queued(conn) and _bindings_match(conn)
         assert conn.execute("SELECT count(*) FROM alarm_log WHERE alarm='LEDGER_BUSY'").fetchone()[0] >= 1
@@ -237,7 +254,7 @@ def test_a_stray_refusal_taken_as_a_push_reply_is_caught_by_the_coders_depth(con
         agent.start()
         assert [run_unit(agent, link, sc, scam, u) for u in (0, 1)] == [(Verdict.PASS, Reason.OK)] * 2
         assert _alarms(conn, "CODER_REFUSED") == 1 and sc.depth == 4 and len(_queued(conn)) == 3
-        time.sleep(0.1)
+        _past_retry_pause(agent)
         agent.step(0)  # the probe push: the coder says 5, the ledger queued 4
         assert _alarms(conn, "CODER_IN_DOUBT") == 1 and agent.resuming and STOP in link.sent
         results = [run_unit(agent, link, sc, scam, u) for u in range(2, 7)]  # the line coasting to a stop
