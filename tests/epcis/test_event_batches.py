@@ -103,3 +103,34 @@ def test_the_events_of_one_change_each_follow_the_last_one_added(tmp_path):
     assert times()[3:] == [later + 3 * ms, later + 4 * ms]
     assert [e["type"] for e in outbox.batch_events(conn, "B1")][3:] == ["ObjectEvent", "AggregationEvent"]
     conn.close()
+
+
+def test_a_case_that_waited_in_a_change_rolled_back_is_not_reported(tmp_path):
+    conn = db.connect(str(tmp_path / "ledger.db"))
+    masterdata.add_product(conn, GTIN, "Aspirin 100 mg", "EU_FMD", 7)
+    masterdata.set_location(conn, masterdata.Location(SITE, "Plant Berlin", country="DE", tz="Europe/Berlin"))
+    made = [masterdata.create_batch(conn, b, GTIN, "L" + b, "2030-01-31", 10, 2, 2, read_point="4012345000009.7")
+            for b in ("B1", "B2")]
+    b1, b2 = made
+    ctx = reporting.context_for(b1)
+    case, other = "095060000000000015", "095060000000000022"
+    for _ in range(2):  # the first time the rollback also takes the temp table with it
+        with pytest.raises(RuntimeError):
+            with db.transaction(conn):
+                reporting.packed(conn, ctx, b1, case, [reporting.sgtin(b1, "S1")], after_commissioning=True)
+                raise RuntimeError("the poll failed")
+    with db.transaction(conn):
+        reporting.packed(conn, ctx, b1, other, [reporting.sgtin(b1, "S2")], after_commissioning=True)
+        reporting.packed(conn, ctx, b2, case, [reporting.sgtin(b2, "S3")], after_commissioning=True)
+        reporting.packed(conn, ctx, b1, case, [reporting.sgtin(b1, "S4")], after_commissioning=True)
+        reporting.commissioned(conn, ctx, b1, ["S2", "S4"])
+    told = [(e["type"], e.get("parentID"), e.get("childEPCs") or e.get("epcList")) for e in outbox.batch_events(conn, "B1")]
+    assert told == [("ObjectEvent", None, ev.sgtin_urns(GTIN, ["S2", "S4"], 7)),
+                    ("AggregationEvent", reporting.sscc(b1, other), [reporting.sgtin(b1, "S2")]),
+                    ("AggregationEvent", reporting.sscc(b1, case), [reporting.sgtin(b1, "S4")])]
+    assert outbox.batch_events(conn, "B2") == []  # B2's case waits for B2's commissioning
+    with db.transaction(conn):
+        reporting.commissioned(conn, ctx, b2, ["S3"])
+        reporting.commissioned(conn, ctx, b2, [])  # nothing waits now
+    assert [e["type"] for e in outbox.batch_events(conn, "B2")] == ["ObjectEvent", "AggregationEvent"]
+    conn.close()
