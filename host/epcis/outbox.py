@@ -124,6 +124,15 @@ _TEXT_BODY = "body         TEXT NOT NULL CHECK (json_valid(body))"  # the column
 _COLUMNS = "seq, batch_id, event_id, event_type, body, enqueued_at, delivered_at, attempts, next_try_at, last_error"
 
 
+def _stored_ms(body) -> int:
+    """A stored row's event_ms; -1 for a body that does not read (broken behind the project's
+    back: `audit verify` names it), so the ledger still opens to be verified."""
+    try:
+        return time_ms(event_time_of(body))
+    except Exception:  # noqa: BLE001 - any way a body may be broken
+        return -1
+
+
 def _compact(conn: sqlite3.Connection) -> bool:
     """An outbox of an earlier form gets the current table: one made when bodies were text takes
     packed ones, one without `event_ms` gets each row's (read from its body) and loses the UNIQUE
@@ -142,7 +151,7 @@ def _compact(conn: sqlite3.Connection) -> bool:
                 raise
             conn.execute("RELEASE outbox_compact")
             return False  # a read-only ledger (an archive being exported): its rows read as they are
-        conn.create_function("serialine_event_ms", 1, lambda body: time_ms(event_time_of(body)), deterministic=True)
+        conn.create_function("serialine_event_ms", 1, _stored_ms, deterministic=True)
         conn.execute(f"INSERT INTO epcis_outbox_packed ({_COLUMNS}, event_ms)"
                      f" SELECT {_COLUMNS}, serialine_event_ms(body) FROM epcis_outbox")
         conn.create_function("serialine_event_ms", 1, None)

@@ -108,3 +108,18 @@ def test_time_ms_is_the_time_the_hash_has(when, minutes, spec):
             else when.astimezone(timezone(timedelta(minutes=minutes))).isoformat(timespec=spec))
     hashed = datetime.fromisoformat(canonical_time(text).replace("Z", "+00:00"))
     assert time_ms(text) == (hashed - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+
+
+def test_a_body_broken_behind_the_projects_back_still_migrates_and_verify_names_it(tmp_path, capsys):
+    for suffix in (".db", ".db.anchors"):
+        shutil.copy(f"{RELEASED}{suffix}", tmp_path / f"released{suffix}")
+    path = tmp_path / "released.db"
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TRIGGER epcis_outbox_body_is_immutable")
+    raw.execute("UPDATE epcis_outbox SET body = x'00ff' WHERE seq = (SELECT min(seq) FROM epcis_outbox)")
+    raw.commit()
+    raw.close()
+    conn = db.connect(str(path))
+    assert conn.execute("SELECT event_ms FROM epcis_outbox ORDER BY seq LIMIT 1").fetchone() == (-1,)
+    conn.close()
+    assert cli_batch.audit_main(["verify", "--db", str(path)]) == 1
