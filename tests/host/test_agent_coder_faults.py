@@ -15,6 +15,7 @@ from serialine.host.sim.coder import SimCoder
 from serialine.protocol.schema import Outcome, Reason, Verdict
 
 from test_agent_devices import ScriptedLink, _serial_of, run_unit
+from test_readers import wait_for
 
 STOP, CLEAR_ALARM = ("COMMAND", {"command": 2, "arg": 0}), ("COMMAND", {"command": 3, "arg": 0})
 
@@ -31,15 +32,6 @@ def _past_retry_pause(agent) -> None:
     """Until the agent's next coder request is due (its pause after a refusal), however loaded the machine."""
     while time.monotonic() <= agent._coder_retry_at:
         time.sleep(0.01)
-
-
-def _eventually(cond, timeout_s: float = 10.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _bindings_match(conn) -> bool:
@@ -135,7 +127,7 @@ def test_a_refusing_coder_pauses_filling_and_never_crashes_the_agent(conn, monke
             assert run_unit(agent, link, sc, scam, u) == (Verdict.PASS, Reason.OK)
             _past_retry_pause(agent)
             agent.step(0)
-            assert _eventually(lambda: list(sc.buffer) == _queued(conn)), (list(sc.buffer), _queued(conn))
+            wait_for(lambda: list(sc.buffer) == _queued(conn), timeout=10.0)
         assert _bindings_match(conn) and sc.depth == 6
         assert _alarms(conn, "CODER_ACCEPTS") >= 1
         dropped = [s for (s,) in conn.execute("SELECT serial FROM coder_job WHERE state='dropped'")]
