@@ -16,8 +16,11 @@
   (export_*_cpu_s: that process's CPU seconds);
   export_peak_rss_mb: the larger of the two processes' peak RSS (their VmHWM: what ru_maxrss
   says of a process not forked from a big one).
-- serials_per_s: `serialine batch serials --generate` of --serials random serials into the pool,
-  in its own process, with its CPU time and peak RSS (tools/bench_serials.py)."""
+- serials_per_s: `serialine batch serials --generate` of --serials random serials into the pool
+  the batch left, in its own process, --serial-draws times one after the other (each one real work
+  into the pool the draws before it grew): the median draw's serials per wall second;
+  serials_per_s_best the best draw's, serials_draws every draw's in order; their CPU time
+  (serials_per_cpu_s, the median) and peak RSS (tools/bench_serials.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from pathlib import Path
 from serialine.host import audit, db, masterdata, reconcile, serials
 from serialine.host.ledger import Ledger
 from serialine.tools.bench_host import dbstat_per_unit, run_polls, sqlite_baseline
+from serialine.tools.bench_serials import DRAWS, at_least_one, generate
 
 GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
 SITE = "urn:epc:id:sgln:4012345.00000.0"
@@ -109,7 +113,9 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine bench batch", description=__doc__.splitlines()[0])
     ap.add_argument("--units", type=int, default=10000)
     ap.add_argument("--per-poll", type=int, default=64, help="units per poll (4 events each)")
-    ap.add_argument("--serials", type=int, default=200000, help="serials generated into the pool")
+    ap.add_argument("--serials", type=at_least_one, default=200000, help="serials generated into the pool, each draw")
+    ap.add_argument("--serial-draws", type=at_least_one, default=DRAWS,
+                    help="draws of --serials one after the other (serials_per_s: the median)")
     ap.add_argument("--dir", help="make the temporary work directory inside DIR (removed at the end)")
     args = ap.parse_args(argv)
     try:
@@ -133,8 +139,7 @@ def main(argv: list[str]) -> int:
         tables = dbstat_per_unit(conn, args.units)
         (n_events,) = conn.execute("SELECT COUNT(*) FROM epcis_outbox WHERE batch_id = ?", (BATCH,)).fetchone()
         conn.close()
-        from serialine.tools.bench_serials import generate  # (it uses timed_child of this module)
-        gen = generate(path, GTIN, args.serials)  # `batch serials --generate` in its own process
+        gen = generate(path, GTIN, args.serials, args.serial_draws)  # `batch serials --generate`, each in its own process
         c0 = _children_cpu()
         jsonld_s, jsonld_rss, _ = timed_child(export_cmd(path, "jsonld", str(Path(d) / "jsonld")))
         c1 = _children_cpu()
@@ -162,7 +167,7 @@ def main(argv: list[str]) -> int:
         "export_peak_rss_mb": round(max(jsonld_rss, xml_rss), 1),
         "export_jsonld_rss_mb": round(jsonld_rss, 1),
         "export_xml_rss_mb": round(xml_rss, 1),
-        **{k: v for k, v in gen.items() if k != "serials_in_pool"},  # serials_per_s, its CPU and RSS figures
+        **{k: v for k, v in gen.items() if k != "serials_in_pool"},  # serials_per_s (median), best, draws, CPU, RSS
         "units": args.units, "events": events, "baseline_rows": base_rows, "epcis_events": n_events,
         "documents": docs, "reconcile_warnings": len(problems.warnings),
         "loadavg_1m": round(os.getloadavg()[0], 2),

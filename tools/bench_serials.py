@@ -1,12 +1,20 @@
 """`serialine bench serials --serials N`: `serialine batch serials GTIN --generate N` in its own
-process, into a new ledger (or one given with --pool M serials already in it).
+process, --draws times one after the other (each one real work into the pool the draws before it
+grew), into a new ledger (or one given with --pool M serials already in it).
 
-- serials_per_s: N over the command's wall time; serials_per_cpu_s: over its CPU time (user +
-  system: comparable on a shared machine); serials_peak_rss_mb: its peak RSS (VmHWM), flat in N
-  (one draw, a chunk of at most serials.DRAWN * serials.CHUNK, in memory, and the connection's
-  page cache, db.CACHE_KIB at most);
-- serial_bytes_per_serial: the pool's table and indexes (dbstat) over the serials in it.
-`serialine bench batch` runs the same at its --serials size."""
+One draw of ~1 s moves with the machine's moment (168k-273k/s at 200k on one machine within the
+hour), so the figures are over the draws:
+- serials_per_s: the median draw's N over the command's wall time (serials_per_s_best: the best
+  draw's; serials_draws: every draw's, in order, serials_draws_cpu_s their CPU seconds);
+  serials_per_cpu_s (and _best): over its CPU time
+  (user + system: comparable on a shared machine); serials_s, serials_cpu_s: the median draw's
+  seconds; serials_peak_rss_mb: the largest draw's peak RSS (VmHWM), flat in N (one draw, a chunk
+  of at most serials.DRAWN * serials.CHUNK, in memory, and the connection's page cache, db.CACHE_KIB
+  at most);
+- serial_bytes_per_serial: the pool's table and indexes (dbstat) over the serials in it, after the
+  last draw.
+`serialine bench batch` runs the same at its --serials and --serial-draws, into the pool its batch
+left."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -25,26 +34,62 @@ GTINS = {"EU_FMD": "09506000134352", "US_DSCSA": "00350242040624"}
 POOL_TABLES = ("serial", "sqlite_autoindex_serial_1", "serial_pick", "serial_batch")  # the table, its UNIQUE (gtin, serial), the partial indexes
 
 
-def generate(path: str, gtin: str, n: int) -> dict:
+DRAWS = 5  # draws a figure is the median of
+
+
+def draw(path: str, gtin: str, n: int) -> dict:
     """The figures of one `batch serials --generate n` child on the ledger at `path`."""
     from serialine.tools.bench_batch import timed_child
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, rss, _ = timed_child(["batch", "serials", gtin, "--generate", str(n), "--db", path, "--user", "bench"])
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"wall": wall, "cpu": cpu, "rss": rss}
+
+
+def pool(path: str, gtin: str) -> dict:
+    """The pool's bytes per serial (its table and indexes, dbstat) and its serials."""
     conn = db.connect(path)
     (count,) = conn.execute("SELECT count(*) FROM serial WHERE gtin=?", (gtin,)).fetchone()
     marks = ",".join("?" * len(POOL_TABLES))
     (pages,) = conn.execute(f"SELECT sum(pgsize) FROM dbstat WHERE name IN ({marks})", POOL_TABLES).fetchone()
     conn.close()
-    return {"serials_per_s": round(n / wall), "serials_per_cpu_s": round(n / cpu) if cpu else None,
-            "serials_s": round(wall, 3), "serials_cpu_s": round(cpu, 3), "serials_peak_rss_mb": round(rss, 1),
-            "serial_bytes_per_serial": round(pages / count, 1), "serials_in_pool": count}
+    return {"serial_bytes_per_serial": round(pages / count, 1), "serials_in_pool": count}
+
+
+def generate(path: str, gtin: str, n: int, draws: int = DRAWS) -> dict:
+    """The figures of `draws` children of `batch serials --generate n`, one after the other, on the
+    ledger at `path` (the module's docstring)."""
+    if draws < 1:
+        raise ValueError("draws must be at least 1")
+    runs = [draw(path, gtin, n) for _ in range(draws)]
+    per_s = [n / r["wall"] for r in runs]
+    per_cpu_s = [n / r["cpu"] for r in runs if r["cpu"]]
+    return {"serials_per_s": round(statistics.median(per_s)), "serials_per_s_best": round(max(per_s)),
+            "serials_draws": [round(v) for v in per_s], "serials_draws_cpu_s": [round(r["cpu"], 3) for r in runs],
+            "serials_per_draw": n,
+            "serials_per_cpu_s": round(statistics.median(per_cpu_s)) if per_cpu_s else None,
+            "serials_per_cpu_s_best": round(max(per_cpu_s)) if per_cpu_s else None,
+            "serials_s": round(statistics.median(r["wall"] for r in runs), 3),
+            "serials_cpu_s": round(statistics.median(r["cpu"] for r in runs), 3),
+            "serials_peak_rss_mb": round(max(r["rss"] for r in runs), 1), **pool(path, gtin)}
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine bench serials", description=__doc__.splitlines()[0])
-    ap.add_argument("--serials", type=int, default=200_000, help="serials generated by the command")
+    ap.add_argument("--serials", type=at_least_one, default=200_000, help="serials generated by the command (each draw)")
+    ap.add_argument("--draws", type=at_least_one, default=DRAWS, help="draws (commands) one after the other: median and best")
     ap.add_argument("--pool", type=int, default=0, help="serials in the pool before (generated first, not timed)")
     ap.add_argument("--market", choices=sorted(GTINS), default="EU_FMD")
     ap.add_argument("--dir", help="make the temporary work directory inside DIR (removed at the end)")
@@ -56,9 +101,9 @@ def main(argv: list[str]) -> int:
         masterdata.add_product(conn, gtin, "bench", args.market, 7)
         conn.close()
         if args.pool:
-            generate(path, gtin, args.pool)
+            draw(path, gtin, args.pool)
         t = time.time()
-        figures = generate(path, gtin, args.serials)
+        figures = generate(path, gtin, args.serials, args.draws)
         figures.update(serials=args.serials, pool_before=args.pool, market=args.market,
                        loadavg_1m=round(os.getloadavg()[0], 2), started=round(t))
     for k, v in figures.items():
