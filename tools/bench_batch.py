@@ -37,7 +37,7 @@ from pathlib import Path
 from serialine.host import audit, db, masterdata, reconcile, serials
 from serialine.host.ledger import Ledger
 from serialine.tools.bench_host import dbstat_per_unit, run_polls, sqlite_baseline
-from serialine.tools.bench_serials import DRAWS, at_least_one, generate
+from serialine.tools.bench_serials import DRAWS, SERIALS_PER_DRAW, at_least_one, generate
 
 GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
 SITE = "urn:epc:id:sgln:4012345.00000.0"
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="serialine bench batch", description=__doc__.splitlines()[0])
     ap.add_argument("--units", type=int, default=10000)
     ap.add_argument("--per-poll", type=int, default=64, help="units per poll (4 events each)")
-    ap.add_argument("--serials", type=at_least_one, default=200000, help="serials generated into the pool, each draw")
+    ap.add_argument("--serials", type=at_least_one, default=SERIALS_PER_DRAW, help="serials generated into the pool, each draw")
     ap.add_argument("--serial-draws", type=at_least_one, default=DRAWS,
                     help="draws of --serials one after the other (serials_per_s: the median)")
     ap.add_argument("--dir", help="make the temporary work directory inside DIR (removed at the end)")
