@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from . import gs1, reporting
+from . import db, gs1, reporting
 from .masterdata import Batch
 
 
@@ -102,7 +102,7 @@ class Aggregator:
 
     def add_packs_by_id(self, serial_ids: list[int]) -> None:
         """add_pack for many, by their serial.serial_id, in order."""
-        self._fill(serial_ids, _PACK_ID, lambda case, take: (case, "[" + ",".join([str(i) for i in take]) + "]"))
+        self._fill(serial_ids, _PACK_ID, lambda case, take: (case, db.id_array(take)))
 
     def _fill(self, packs: list, sql: str, params) -> None:
         """Into the open case, and the next when it is full: one INSERT statement per case they fill."""

@@ -942,6 +942,12 @@ def _migrate_in_lists(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA writable_schema=OFF")
 
 
+def id_array(ids) -> str:
+    """Integer ids as the JSON array a statement over many rows reads with json_each (one statement,
+    not one a row: each row's statement paid its own journal and trigger frames)."""
+    return "[" + ",".join(map(str, ids)) + "]"
+
+
 def file_of(conn: sqlite3.Connection) -> str:
     """The path of the ledger's file ("" for an in-memory ledger)."""
     return next((f for _, name, f in conn.execute("PRAGMA database_list") if name == "main"), "")

@@ -19,7 +19,7 @@ import time
 
 from serialine.protocol.schema import Outcome, Reason, Verdict
 
-from . import devevents, gs1, reporting, serials
+from . import db, devevents, gs1, reporting, serials
 from .aggregation import AggregationError, Aggregator
 from .masterdata import Batch, get_batch
 from .verdicts import Judge
@@ -130,12 +130,12 @@ class Ledger:
         head, tail, ais = self._tpl
         head += "21"
         gs1.check_each("21", [s for _, s in picked])
-        known, jobs = self.judge.known, []
+        expect, jobs = self.judge.expect, []
         for i, s in picked:
             code = head + s + tail
             a = ais.copy()
             a["21"] = s
-            known[code] = a  # Judge.expect's, without a copy of a copy
+            expect(code, a)
             jobs.append((i, s, code))
         return jobs
 
@@ -155,7 +155,7 @@ class Ledger:
         if stored:  # the view builds each code from the template: the row holds none
             self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
                               " SELECT ?, value, NULL FROM json_each(?) ORDER BY key",
-                              (b.batch_id, "[" + ",".join([str(i) for i, _, _ in jobs]) + "]"))
+                              (b.batch_id, db.id_array(i for i, _, _ in jobs)))
         else:
             self.conn.execute("INSERT INTO coder_job_row (batch_id, serial_id, code)"
                               " SELECT ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
@@ -451,7 +451,7 @@ class Ledger:
             params = self._writes[name]
             if params:
                 if name in _BY_IDS:
-                    self.conn.execute(sql, ("[" + ",".join(map(str, params)) + "]",))
+                    self.conn.execute(sql, (db.id_array(params),))
                 else:
                     self.conn.executemany(sql, params)
                 params.clear()

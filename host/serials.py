@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import audit, gs1
+from . import audit, db, gs1
 from .db import transaction
 from .masterdata import PROFILES
 
@@ -752,7 +752,7 @@ def allocate_ids(conn: sqlite3.Connection, batch_id: str, gtin: str, count: int)
         raise SerialError(f"pool for {gtin} exhausted: {len(rows)} available, {count} needed")
     # one statement over the ids (a statement a row paid its own journal and trigger frames: host/ledger.py _flush)
     n = conn.execute("UPDATE serial SET state='allocated', batch_id=? WHERE serial_id IN (SELECT value FROM json_each(?))"
-                     " AND state='available'", (batch_id, json.dumps([i for i, _ in rows]))).rowcount
+                     " AND state='available'", (batch_id, db.id_array(i for i, _ in rows))).rowcount
     if n != count:
         raise SerialError(f"pool for {gtin}: {count - n} of the {count} serials picked were taken meanwhile")
     return rows

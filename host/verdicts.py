@@ -42,8 +42,9 @@ class Judge:
         # went to the coder) → their AIs: a read identical to one needs no parse on the hot path
         self.known: dict[str, dict[str, str]] = {}
 
-    def expect(self, code: str, pairs: list[tuple[str, str]]) -> None:
-        self.known[code] = dict(pairs)
+    def expect(self, code: str, ais: dict[str, str]) -> None:
+        """`code` was sent to a coder, its AIs `ais` (kept as given: the caller hands it over)."""
+        self.known[code] = ais
 
     def decide(self, read: str | None, grade: str | None, expected: str | None
                ) -> tuple[Verdict, Reason, str | None]:
