@@ -139,8 +139,7 @@ _EPOCH, _MS = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(milliseconds=
 def time_ms(text: str) -> int:
     """An eventTime as the hash has it (canonical_time), in ms since 1970 UTC: events of one
     eventID have one time_ms."""
-    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return ((when if when.tzinfo else when.astimezone(timezone.utc)) - _EPOCH) // _MS  # naive: local, as _utc
+    return (_utc(text) - _EPOCH) // _MS
 
 
 def expand_name(name: str) -> str:

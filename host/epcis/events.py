@@ -144,12 +144,10 @@ def _epcs(epcs, what: str) -> list[str]:
     epcs = list(epcs)
     if not epcs:
         raise ValueError(f"{what}: at least one EPC is required")
-    if set(map(type, epcs)) == {str} and all(map(str.startswith, epcs, repeat("urn:epc:id:"))) \
-            and len(set(epcs)) == len(epcs):
-        return epcs
-    for epc in epcs:
-        if not isinstance(epc, str) or not epc.startswith("urn:epc:id:"):
-            raise ValueError(f"{what}: not an EPC URI: {epc!r}")
+    if not (set(map(type, epcs)) == {str} and all(map(str.startswith, epcs, repeat("urn:epc:id:")))):
+        for epc in epcs:  # which one (the test above at once: a list of plain strings, every pack)
+            if not isinstance(epc, str) or not epc.startswith("urn:epc:id:"):
+                raise ValueError(f"{what}: not an EPC URI: {epc!r}")
     if len(set(epcs)) != len(epcs):
         raise ValueError(f"{what}: duplicate EPCs")
     return epcs
