@@ -3,6 +3,7 @@ imported only when used, so a broken or heavy module never slows the others down
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -33,6 +34,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 # commands on the ledger: errors the ledger or its input raise are said in one line (host/ledgerfile.py)
 LEDGER_COMMANDS = ("init", "batch", "rework", "audit", "epcis", "outbox", "users")
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a subcommand's count: a whole number of 1 or more (else argparse's one line)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return n
 
 
 def usage() -> str:

@@ -35,9 +35,10 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from serialine.host import audit, db, masterdata, reconcile, serials
+from serialine.host.cli import at_least_one
 from serialine.host.ledger import Ledger
 from serialine.tools.bench_host import dbstat_per_unit, run_polls, sqlite_baseline
-from serialine.tools.bench_serials import DRAWS, SERIALS_PER_DRAW, at_least_one, generate
+from serialine.tools.bench_serials import DRAWS, SERIALS_PER_DRAW, generate
 
 GTIN = "00350242040624"  # US: a DSCSA product, so the 1.2 export has its master data
 SITE = "urn:epc:id:sgln:4012345.00000.0"

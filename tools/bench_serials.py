@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from serialine.host import db, masterdata
+from serialine.host.cli import at_least_one
 
 GTINS = {"EU_FMD": "09506000134352", "US_DSCSA": "00350242040624"}
 POOL_TABLES = ("serial", "sqlite_autoindex_serial_1", "serial_pick", "serial_batch")  # the table, its UNIQUE (gtin, serial), the partial indexes
@@ -76,17 +77,6 @@ def generate(path: str, gtin: str, n: int, draws: int = DRAWS) -> dict:
             "serials_s": round(statistics.median(r["wall"] for r in runs), 3),
             "serials_cpu_s": round(statistics.median(r["cpu"] for r in runs), 3),
             "serials_peak_rss_mb": round(max(r["rss"] for r in runs), 1), **pool(path, gtin)}
-
-
-def at_least_one(text: str) -> int:
-    """argparse type: an integer of 1 or more."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
-    return n
 
 
 def main(argv: list[str]) -> int:

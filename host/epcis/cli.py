@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from serialine.host import audit
+from serialine.host.cli import at_least_one
 from serialine.host.epcis import document, outbox, validate
 from serialine.host.epcis.sinks import redact
 
@@ -110,16 +111,6 @@ def byte_size(text: str) -> int:
     n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if n <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
-    return n
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return n
 
 
@@ -222,7 +213,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("--sender", help="SGLN URI of the sender (xml12; default: the batch's site)")
     parser.add_argument("--receiver", help="SGLN URI of the trading partner receiving it (xml12)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    parser.add_argument("--max-events", type=_positive, default=MAX_EVENTS,
+    parser.add_argument("--max-events", type=at_least_one, default=MAX_EVENTS,
                         help=f"events per document at most (default {MAX_EVENTS}); more go to the next document")
     parser.add_argument("--max-bytes", type=byte_size, default=None, metavar="SIZE",
                         help="bytes per document at most, e.g. 25MB (default: no limit)")
